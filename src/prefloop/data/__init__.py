@@ -1,0 +1,1 @@
+"""Preference data: readers, registry, templates, encoding, quality checks."""

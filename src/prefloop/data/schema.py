@@ -1,0 +1,88 @@
+"""The one internal representation of preference data.
+
+Every reader in `formats.py` converts its on-disk format into `PreferencePair`;
+nothing downstream (encoding, training, labeling, judging) knows about file formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool", "function_call")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn. `role` is one of ROLES (LLaMA-Factory's `observation` maps to `tool`)."""
+
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class PreferencePair:
+    """A prompt (a conversation ending with a user turn) and two answers, one preferred.
+
+    `prompt` holds the turns in order; an optional system prompt is its first message with
+    role "system". `tools` is the tool/function description (a JSON string) when the data has
+    one. `chosen` and `rejected` are the assistant's answers as plain text.
+
+    Optional fields: `id` (stable identifier, used in logs and reports), `weight` (per-pair loss
+    weight), `margin` (a target reward margin, e.g. a judge's score gap), `dimensions`
+    (multi-objective scores, e.g. {"helpfulness": 4}), `source` (file:line or provenance).
+    """
+
+    prompt: list[Message]
+    chosen: str
+    rejected: str
+    tools: str | None = None
+    id: str | None = None
+    weight: float | None = None
+    margin: float | None = None
+    dimensions: dict[str, Any] | None = None
+    source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def system(self) -> str | None:
+        if self.prompt and self.prompt[0].role == "system":
+            return self.prompt[0].content
+        return None
+
+    @property
+    def turns(self) -> list[Message]:
+        """The prompt without the system message."""
+        return [m for m in self.prompt if m.role != "system"]
+
+    def messages(self, response: str) -> list[dict[str, str]]:
+        """The whole conversation with `response` as the final assistant turn (for chat templates)."""
+        return [m.to_dict() for m in self.prompt] + [{"role": "assistant", "content": response}]
+
+    def prompt_messages(self) -> list[dict[str, str]]:
+        return [m.to_dict() for m in self.prompt]
+
+
+@dataclass
+class EncodedPair:
+    """Token ids of one pair, produced by `data/encode.py`.
+
+    Invariant: `prompt_ids + chosen_ids` equals the token ids of the whole conversation rendered
+    by the chat template (same for rejected). Responses end with the template's end-of-turn token.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    id: str | None = None
+    weight: float = 1.0
+    margin: float = 0.0
+    prompt_truncated: bool = False
+    response_truncated: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) * 2 + len(self.chosen_ids) + len(self.rejected_ids)

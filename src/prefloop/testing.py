@@ -1,0 +1,137 @@
+"""Tiny models and tokenizers for tests and benchmarks (no network, seconds to build).
+
+`build_tiny_tokenizer` trains a byte-level BPE with the `tokenizers` library on a built-in
+corpus and gives it a ChatML chat template (like Qwen2 / SmolLM2); `build_tiny_model` makes a
+small random Qwen2 or Llama causal LM. Both save to a directory so the real loading code
+(`from_pretrained`) is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_WORDS = (
+    "the a an is are was were be been to of and in that it for on with as at by from this "
+    "what how why when where who which can could would should will may might please thank you "
+    "yes no not answer question help explain describe list write code python function return "
+    "print def class import data model train learn preference good bad better best worse "
+    "capital city country france paris germany berlin italy rome spain madrid japan tokyo "
+    "number one two three four five six seven eight nine ten hundred thousand plus minus times "
+    "water fire earth air sun moon star planet ocean river mountain tree flower animal dog cat "
+    "bird fish food bread apple orange banana coffee tea milk sugar salt sorry cannot know "
+    "user assistant system hello hi hey great sure certainly here step first second finally "
+    "because therefore however also very much many more most some any every each other "
+    "### Instruction Response Input Human Assistant : ; , . ! ? ' \" ( ) [ ] { } < > = + - * / "
+    "0 1 2 3 4 5 6 7 8 9 \n \t"
+).split(" ")
+
+
+def _corpus() -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(3000):
+        n = rng.randint(3, 20)
+        lines.append(" ".join(rng.choice(_WORDS) for _ in range(n)))
+    # Capitalised and punctuated forms so common text tokenizes compactly.
+    lines += [w.capitalize() + "." for w in _WORDS] + [w + "," for w in _WORDS]
+    return lines
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_object(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def build_tiny_tokenizer(vocab_size: int = 512, chat_template: str | None = CHATML_TEMPLATE):
+    """A fast byte-level BPE tokenizer (every string encodes) with ChatML special tokens."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_object(vocab_size)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def build_tiny_model(
+    tokenizer=None,
+    arch: str = "qwen2",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vocab_size: int | None = None,
+    seed: int = 0,
+):
+    """A small random causal LM (Qwen2 or Llama architecture) matching `tokenizer`'s vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    vocab = vocab_size or len(tokenizer)
+    kwargs = dict(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(seed)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**kwargs))
+    elif arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**kwargs))
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}: use 'qwen2' or 'llama'")
+    return model.eval()
+
+
+def save_tiny_model(path: str | Path, arch: str = "qwen2", seed: int = 0, **model_kwargs) -> Path:
+    """Build a tiny tokenizer + model and save both to `path` (a from_pretrained-able directory)."""
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, arch=arch, seed=seed, **model_kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

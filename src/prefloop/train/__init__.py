@@ -1,0 +1,1 @@
+"""DPO training: losses, log-probs, batch layouts, reference cache, trainer."""
