@@ -147,3 +147,21 @@ def preference_loss(
         rejected_rewards = spec.beta * policy.rejected_mean.detach()
     return LossOutput(total, chosen_rewards, rejected_rewards)
 
+
+
+def build_loss_spec(cfg) -> LossSpec:
+    """LossSpec from a training config (attributes `pref_loss`, `pref_beta`, `dpo_label_smoothing`,
+    `pref_ftx`, `pref_loss_weights`); raises ConfigError for unknown losses or options that do not apply."""
+    from prefloop.errors import ConfigError
+
+    names = cfg.pref_loss if isinstance(cfg.pref_loss, (list, tuple)) else [cfg.pref_loss]
+    for name in names:
+        if name not in KNOWN_LOSSES:
+            raise ConfigError(f"pref_loss: {name!r} is not a known loss; choose from {', '.join(KNOWN_LOSSES)}")
+    weights = list(getattr(cfg, "pref_loss_weights", None) or [1.0] * len(names))
+    if len(weights) != len(names):
+        raise ConfigError(f"pref_loss_weights has {len(weights)} values but pref_loss names {len(names)} losses")
+    smoothing = getattr(cfg, "dpo_label_smoothing", 0.0) or 0.0
+    if smoothing and any(n != "sigmoid" for n in names):
+        raise ConfigError("dpo_label_smoothing (cDPO) is defined only for pref_loss: sigmoid")
+    return LossSpec(list(names), weights, cfg.pref_beta, smoothing, getattr(cfg, "pref_ftx", 0.0) or 0.0)
