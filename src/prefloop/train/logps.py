@@ -1,0 +1,222 @@
+"""Per-sequence log-probs of preference pairs: the only place the model is called.
+
+`pair_logps` runs the decoder backbone once for the batch (any layout of `train/collate.py`),
+takes hidden states only at the positions that predict a response token, and pushes them through
+the output head in chunks of `chunk_size` rows with a logsumexp per chunk. The full
+(tokens x vocab) fp32 logits are never materialised, neither in forward nor in backward:
+- frozen head (LoRA; the usual case): a custom autograd function computes, per chunk, the token
+  log-probs and their gradient with respect to the hidden states, (onehot - softmax) @ W, and keeps
+  only that [rows, hidden] tensor for backward: two head matmuls per token instead of three.
+- trainable head (full fine-tuning, tied embeddings being trained, a peft-wrapped head, logit
+  soft-capping): each chunk runs under `torch.utils.checkpoint`, so backward recomputes the chunk's
+  logits instead of keeping them alive.
+
+`pair_logps_reference` is the plain computation (padded batch, full logits, log_softmax, gather):
+the ground truth for tests and benchmarks.
+
+Mixed precision: pass `autocast_dtype=torch.bfloat16` (fp32 master weights, bf16 matmuls; works on
+CPU where `torch.autocast("cpu", dtype=torch.bfloat16)` is supported and on CUDA). Nesting with the
+autocast that `transformers.Trainer(bf16=True)` already applies is harmless; passing it here makes
+the reference-cache pass and eval use the same precision as training. Logsumexp and sums are fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
+from prefloop.train.losses import SequenceLogps
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+@dataclass
+class PairLogps:
+    """Log-probs of a batch of B pairs plus the logits metric (TRL's `logits/chosen`)."""
+
+    seq: SequenceLogps
+    chosen_logits_mean: torch.Tensor  # [B], detached: mean logit over response positions and vocab
+    rejected_logits_mean: torch.Tensor  # [B], detached
+
+
+def num_pairs(batch: dict) -> int:
+    return int(batch["weight"].shape[0])
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder backbone (hidden states, final norm applied) and the output head of a causal LM,
+    unwrapping peft (its LoRA layers live inside these modules, so they still apply, and
+    `disable_adapter()` still switches them off)."""
+    base = model
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    if not hasattr(base, "get_decoder") or not hasattr(base, "get_output_embeddings"):
+        raise TypeError(f"{type(base).__name__} is not a transformers causal LM (no get_decoder/get_output_embeddings)")
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or head is None:
+        raise TypeError(f"{type(base).__name__} has no separate decoder/output head; prefloop needs a causal LM")
+    return decoder, head
+
+
+def _hidden_states(decoder, batch: dict) -> torch.Tensor:
+    """Last hidden states [R, L, d] for any layout."""
+    if "attn_segments" in batch:
+        mask = attention_mask_4d(batch["attn_segments"], batch["attn_branches"])
+        impl = getattr(decoder.config, "_attn_implementation", "sdpa")
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"packed / prefix-shared batches need attn_implementation 'sdpa' or 'eager' "
+                             f"(an explicit 4D mask); this model uses {impl!r}. Load it with "
+                             f"attn_implementation='sdpa' or use the padded layout")
+        if impl == "eager":
+            dtype = next(decoder.parameters()).dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    else:
+        mask = batch["attention_mask"]
+    out = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                  use_cache=False)
+    return out.last_hidden_state
+
+
+class _FrozenHeadLogps(torch.autograd.Function):
+    """Token log-probs and logit sums of one chunk through a frozen linear head (no bias).
+
+    Forward keeps only grad_h = (onehot - softmax) @ W [n, d] for backward (when h needs a grad),
+    never the [n, vocab] logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        logits = F.linear(hidden, weight).float()
+        lse = torch.logsumexp(logits, dim=-1)
+        token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+        logit_sums = logits.sum(-1)
+        if ctx.needs_input_grad[0]:
+            # d log p(t) / d logits = onehot(t) - softmax, built in place in the logits' memory.
+            grad_logits = logits.sub_(lse[:, None]).exp_().neg_()
+            grad_logits.scatter_add_(-1, targets[:, None], torch.ones_like(token_logps)[:, None])
+            # Under autocast this matmul runs in the autocast dtype, like the forward one.
+            grad_hidden = grad_logits.to(weight.dtype) @ weight
+            ctx.save_for_backward(grad_hidden.to(hidden.dtype))
+        ctx.mark_non_differentiable(logit_sums)
+        return token_logps, logit_sums
+
+    @staticmethod
+    def backward(ctx, grad_token_logps, _grad_logit_sums):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_token_logps.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None
+
+
+def _chunk_logps_module(head, softcap, hidden, targets):
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    lse = torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - lse, logits.sum(-1).detach()
+
+
+def _frozen_linear(head) -> bool:
+    return (type(head) is torch.nn.Linear and not head.weight.requires_grad
+            and (head.bias is None or not head.bias.requires_grad))
+
+
+def response_token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each target token and the sum of its logits over the vocabulary, [N] each, from
+    hidden states [N, d] at the predicting positions, `chunk_size` rows at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"logps_chunk_size must be a positive number of rows, got {chunk_size}")
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    fast = _frozen_linear(head) and head.bias is None and not softcap
+    logps, sums = [], []
+    for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)):
+        if fast:
+            lp, s = _FrozenHeadLogps.apply(h, head.weight, t)
+        elif torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters())):
+            lp, s = checkpoint(_chunk_logps_module, head, softcap, h, t, use_reentrant=False)
+        else:
+            lp, s = _chunk_logps_module(head, softcap, h, t)
+        logps.append(lp)
+        sums.append(s.detach())
+    return torch.cat(logps), torch.cat(sums)
+
+
+def _ld_weights(offsets: torch.Tensor, seqs: torch.Tensor, counts: torch.Tensor, batch_size: int,
+                ld_alpha: float) -> torch.Tensor:
+    """LD-DPO token weights: 1 within the shorter response's length of the pair, alpha beyond."""
+    public = torch.minimum(counts[:batch_size], counts[batch_size:]).repeat(2)
+    return torch.where(offsets < public[seqs], 1.0, float(ld_alpha))
+
+
+def _per_sequence(token_values: torch.Tensor, seqs: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    return torch.zeros(num_seqs, dtype=token_values.dtype, device=token_values.device).index_add(0, seqs, token_values)
+
+
+def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alpha: float | None = None,
+               autocast_dtype: torch.dtype | None = None) -> PairLogps:
+    """Summed response log-probs of chosen and rejected for a batch from `collate_pairs` (any layout).
+
+    `ld_alpha` (LD-DPO, Liu et al. 2024, "Length Desensitization in DPO"): response tokens beyond
+    the shorter response's length in the pair count with weight alpha in the sum
+    (log p = log p(y[:l_p]) + alpha * log p(y[l_p:])). TRL applies it to the policy only; the caller
+    decides (pass None for the reference). Token counts are unweighted.
+    """
+    decoder, head = decoder_and_head(model)
+    batch_size = num_pairs(batch)
+    seqs, offsets = batch["target_seqs"], batch["target_offsets"]
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    with _autocast(batch["input_ids"].device, autocast_dtype):
+        hidden = _hidden_states(decoder, batch)
+        selected = hidden[batch["target_rows"], batch["target_cols"]]
+        token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap)
+    counts = torch.bincount(seqs, minlength=2 * batch_size).to(torch.float32)
+    weighted = token_logps if ld_alpha is None else token_logps * _ld_weights(offsets, seqs, counts, batch_size, ld_alpha)
+    sums = _per_sequence(weighted, seqs, 2 * batch_size)
+    vocab = head.weight.shape[0]
+    logits_mean = _per_sequence(logit_sums, seqs, 2 * batch_size) / (counts.clamp(min=1) * vocab)
+    return PairLogps(
+        seq=SequenceLogps(sums[:batch_size], sums[batch_size:], counts[:batch_size], counts[batch_size:]),
+        chosen_logits_mean=logits_mean[:batch_size].detach(),
+        rejected_logits_mean=logits_mean[batch_size:].detach(),
+    )
+
+
+def pair_logps_reference(model, batch: dict, ld_alpha: float | None = None,
+                         autocast_dtype: torch.dtype | None = None) -> PairLogps:
+    """The plain computation, as TRL / LLaMA-Factory do it: a padded batch through the whole model,
+    full (2B, L, vocab) logits, log_softmax, gather at the labels. Ground truth for tests and benches;
+    it does not use the target index of the batch, only `labels` and `attention_mask`."""
+    if "labels" not in batch:
+        raise ValueError("pair_logps_reference needs a batch collated with layout='padded'")
+    batch_size = num_pairs(batch)
+    with _autocast(batch["input_ids"].device, autocast_dtype):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
+    counts = mask.sum(-1)
+    if ld_alpha is not None:
+        offsets = mask.cumsum(-1) - 1
+        public = torch.minimum(counts[:batch_size], counts[batch_size:]).repeat(2)
+        token_logps = token_logps * torch.where(offsets < public[:, None], 1.0, float(ld_alpha))
+    sums = token_logps.sum(-1)
+    counts = counts.to(torch.float32)
+    logits_mean = (logits.detach() * mask[..., None]).sum((1, 2)) / (counts.clamp(min=1) * logits.shape[-1])
+    return PairLogps(
+        seq=SequenceLogps(sums[:batch_size], sums[batch_size:], counts[:batch_size], counts[batch_size:]),
+        chosen_logits_mean=logits_mean[:batch_size],
+        rejected_logits_mean=logits_mean[batch_size:],
+    )
