@@ -1,0 +1,544 @@
+"""The one SQLite store of prefloop: label items and votes, interactions and feedback, model versions.
+
+Why SQLite (stdlib `sqlite3`) in WAL mode: many annotators, a chat server and the loop write to the
+same file at once; WAL lets readers run beside one writer, `busy_timeout` makes a concurrent writer
+wait instead of failing, and one transaction per write (`BEGIN IMMEDIATE ... COMMIT`, with
+`synchronous=FULL`) means a write that returned is on disk: a killed process loses nothing it
+acknowledged.
+
+Nothing is overwritten: votes, feedback and model-status changes are append-only (triggers refuse
+UPDATE and DELETE on them); undoing a vote adds a row to `vote_retractions`.
+
+A database from another program is refused: the file carries `PRAGMA application_id` = PREFLOOP_APP_ID
+and a `prefloop_meta` table with the schema version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from prefloop.errors import PrefloopError
+
+PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+VERDICTS = ("a", "b", "tie", "both_bad", "skip")
+SHOWN_ORDERS = ("ab", "ba")  # "ab": stored A shown on the left (as "A"); "ba": stored B shown on the left
+FEEDBACK_KINDS = ("thumbs", "choice")
+THUMBS_VALUES = ("up", "down")
+MODEL_STATUSES = ("candidate", "promoted", "rejected", "retired")
+
+
+class StoreError(PrefloopError):
+    """The store file is not a prefloop database, is corrupt, or a write refers to a missing row."""
+
+
+_SCHEMA = """
+CREATE TABLE prefloop_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE label_items (
+    id          INTEGER PRIMARY KEY,
+    item_key    TEXT NOT NULL UNIQUE,
+    prompt_json TEXT NOT NULL,
+    response_a  TEXT NOT NULL,
+    response_b  TEXT NOT NULL,
+    source_a    TEXT,
+    source_b    TEXT,
+    origin      TEXT,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE votes (
+    id           INTEGER PRIMARY KEY,
+    item_id      INTEGER NOT NULL REFERENCES label_items(id),
+    annotator    TEXT NOT NULL,
+    verdict      TEXT NOT NULL CHECK (verdict IN ('a', 'b', 'tie', 'both_bad', 'skip')),
+    shown_order  TEXT NOT NULL CHECK (shown_order IN ('ab', 'ba')),
+    ratings_json TEXT NOT NULL DEFAULT '{}',
+    reason       TEXT,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX votes_item ON votes(item_id);
+CREATE INDEX votes_annotator ON votes(annotator);
+CREATE TABLE vote_retractions (
+    vote_id      INTEGER PRIMARY KEY REFERENCES votes(id),
+    retracted_at TEXT NOT NULL
+);
+CREATE TABLE interactions (
+    id              INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    model           TEXT NOT NULL,
+    messages_json   TEXT NOT NULL,
+    response        TEXT NOT NULL,
+    params_json     TEXT NOT NULL DEFAULT '{}',
+    usage_json      TEXT NOT NULL DEFAULT '{}',
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX interactions_conversation ON interactions(conversation_id);
+CREATE TABLE feedback (
+    id                   INTEGER PRIMARY KEY,
+    interaction_id       INTEGER NOT NULL REFERENCES interactions(id),
+    kind                 TEXT NOT NULL CHECK (kind IN ('thumbs', 'choice')),
+    value_json           TEXT NOT NULL,
+    annotator            TEXT,
+    other_interaction_id INTEGER REFERENCES interactions(id),
+    created_at           TEXT NOT NULL
+);
+CREATE TABLE model_versions (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    parent_id    INTEGER REFERENCES model_versions(id),
+    metrics_json TEXT NOT NULL DEFAULT '{}',
+    meta_json    TEXT NOT NULL DEFAULT '{}',
+    created_at   TEXT NOT NULL
+);
+CREATE TABLE model_events (
+    id         INTEGER PRIMARY KEY,
+    version_id INTEGER NOT NULL REFERENCES model_versions(id),
+    status     TEXT NOT NULL CHECK (status IN ('candidate', 'promoted', 'rejected', 'retired')),
+    note       TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
+_APPEND_ONLY_TABLES = ("votes", "vote_retractions", "feedback", "model_events", "interactions")
+
+
+def _append_only_triggers() -> str:
+    parts = []
+    for table in _APPEND_ONLY_TABLES:
+        for op in ("UPDATE", "DELETE"):
+            parts.append(
+                f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
+            )
+    return "\n".join(parts)
+
+
+def now_iso() -> str:
+    """UTC timestamp with microseconds, sortable as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def item_key(prompt: list[dict], response_a: str, response_b: str, source_a: str | None, source_b: str | None) -> str:
+    """Stable content hash of a label item, so loading the same file twice adds no duplicates."""
+    blob = json.dumps([prompt, response_a, response_b, source_a, source_b], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """A prefloop SQLite database. Thread-safe: each thread gets its own connection.
+
+    `Store(path)` creates the file (and its parent directory) or opens an existing prefloop store;
+    anything else (another program's database, a non-SQLite file, a newer schema) raises StoreError.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._check_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._initialize()
+
+    # ------------------------------------------------------------------ connection handling
+
+    def _check_file(self) -> None:
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a directory; --db needs a file path, e.g. {self.path / 'prefloop.sqlite'}")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as fh:
+                header = fh.read(16)
+            if header != b"SQLite format 3\x00":
+                raise StoreError(
+                    f"{self.path} is not a SQLite database (it starts with {header[:8]!r}); "
+                    "point --db at a new file or an existing prefloop store"
+                )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"cannot open {self.path} as a SQLite database: {err}") from err
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._setup_connection(conn)
+            self._local.conn = conn
+        return conn
+
+    def _setup_connection(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is corrupt or not a database: {err}") from err
+
+    def _initialize(self) -> None:
+        conn = self._conn
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode!r}); is it on a network filesystem?")
+            with self._write() as c:
+                app_id = c.execute("PRAGMA application_id").fetchone()[0]
+                tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                if app_id == 0 and not tables:
+                    for statement in _split_sql(_SCHEMA + _append_only_triggers()):
+                        c.execute(statement)
+                    c.execute(f"PRAGMA application_id = {PREFLOOP_APP_ID}")
+                    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    c.execute("INSERT INTO prefloop_meta(key, value) VALUES ('program', 'prefloop'), "
+                              "('schema_version', ?), ('created_at', ?)", (str(SCHEMA_VERSION), now_iso()))
+                    return
+            self._verify_existing(app_id, tables)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is corrupt or not a SQLite database: {err}") from err
+
+    def _verify_existing(self, app_id: int, tables: list[str]) -> None:
+        if app_id != PREFLOOP_APP_ID or "prefloop_meta" not in tables:
+            shown = ", ".join(sorted(tables)[:6]) or "none"
+            raise StoreError(
+                f"{self.path} is a SQLite database from another program (application_id={app_id:#x}, "
+                f"tables: {shown}); prefloop will not write into it. Use a new file for --db."
+            )
+        row = self._conn.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {version}, newer than this prefloop understands "
+                f"({SCHEMA_VERSION}); upgrade prefloop"
+            )
+        if version < 1:
+            raise StoreError(f"{self.path} has no valid prefloop schema version; it may be damaged")
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def _write(self) -> "Store._Tx":
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front (waits up to busy_timeout)."""
+        return Store._Tx(self._conn)
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"reading {self.path} failed: {err}") from err
+
+    def close(self) -> None:
+        """Close every connection this store opened (from any thread)."""
+        with self._lock:
+            conns, self._connections = self._connections, []
+            self._closed = True
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.ProgrammingError:  # opened in a thread that is gone; sqlite allows it with check_same_thread=False
+                pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ label items and votes
+
+    def add_label_item(self, prompt: list[dict], response_a: str, response_b: str, source_a: str | None = None,
+                       source_b: str | None = None, origin: str | None = None) -> int:
+        """Add a comparison item (or find the identical one already stored); returns its id."""
+        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        key = item_key(prompt, response_a, response_b, source_a, source_b)
+        with self._write() as c:
+            row = c.execute("SELECT id FROM label_items WHERE item_key = ?", (key,)).fetchone()
+            if row:
+                return int(row[0])
+            cur = c.execute(
+                "INSERT INTO label_items(item_key, prompt_json, response_a, response_b, source_a, source_b, origin, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, json.dumps(prompt, ensure_ascii=False), response_a, response_b, source_a, source_b, origin,
+                 now_iso()),
+            )
+            return int(cur.lastrowid)
+
+    def label_items(self) -> list[dict]:
+        rows = self._query("SELECT * FROM label_items ORDER BY id")
+        return [_item_dict(r) for r in rows]
+
+    def label_item(self, item_id: int) -> dict:
+        rows = self._query("SELECT * FROM label_items WHERE id = ?", (item_id,))
+        if not rows:
+            raise StoreError(f"no label item with id {item_id} in {self.path}")
+        return _item_dict(rows[0])
+
+    def add_vote(self, item_id: int, annotator: str, verdict: str, shown_order: str,
+                 ratings: dict | None = None, reason: str | None = None) -> int:
+        """Append one vote (verdict relative to the STORED a/b); committed to disk when this returns."""
+        if verdict not in VERDICTS:
+            raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
+        if shown_order not in SHOWN_ORDERS:
+            raise StoreError(f"shown_order {shown_order!r} is not one of {', '.join(SHOWN_ORDERS)}")
+        if not annotator:
+            raise StoreError("a vote needs an annotator id")
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM label_items WHERE id = ?", (item_id,)).fetchone():
+                raise StoreError(f"no label item with id {item_id} in {self.path}")
+            cur = c.execute(
+                "INSERT INTO votes(item_id, annotator, verdict, shown_order, ratings_json, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item_id, annotator, verdict, shown_order, json.dumps(ratings or {}, sort_keys=True), reason or None,
+                 now_iso()),
+            )
+            return int(cur.lastrowid)
+
+    def retract_last_vote(self, annotator: str) -> int | None:
+        """Undo: mark the annotator's latest active vote retracted; returns its id (None if nothing to undo)."""
+        with self._write() as c:
+            row = c.execute(
+                "SELECT v.id FROM votes v LEFT JOIN vote_retractions r ON r.vote_id = v.id "
+                "WHERE v.annotator = ? AND r.vote_id IS NULL ORDER BY v.id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute("INSERT INTO vote_retractions(vote_id, retracted_at) VALUES (?, ?)", (row[0], now_iso()))
+            return int(row[0])
+
+    def votes(self, include_retracted: bool = True) -> list[dict]:
+        """Every vote row joined with its item; `retracted` tells undone ones apart."""
+        where = "" if include_retracted else "WHERE r.vote_id IS NULL"
+        rows = self._query(
+            "SELECT v.id AS vote_id, v.item_id, v.annotator, v.verdict, v.shown_order, v.ratings_json, v.reason, "
+            "v.created_at, r.retracted_at, i.prompt_json, i.response_a, i.response_b, i.source_a, i.source_b, "
+            "i.origin FROM votes v JOIN label_items i ON i.id = v.item_id "
+            f"LEFT JOIN vote_retractions r ON r.vote_id = v.id {where} ORDER BY v.id"
+        )
+        return [_vote_dict(r) for r in rows]
+
+    def active_votes(self) -> list[dict]:
+        """Votes not undone, with their items; verdicts relative to the stored a/b (see `shown_order`)."""
+        return self.votes(include_retracted=False)
+
+    def annotator_item_ids(self, annotator: str) -> set[int]:
+        """Items this annotator holds an active vote on (skips included)."""
+        rows = self._query(
+            "SELECT DISTINCT v.item_id FROM votes v LEFT JOIN vote_retractions r ON r.vote_id = v.id "
+            "WHERE v.annotator = ? AND r.vote_id IS NULL",
+            (annotator,),
+        )
+        return {int(r[0]) for r in rows}
+
+    def completed_counts(self) -> dict[int, int]:
+        """item id -> number of active non-skip votes (how many annotators judged it)."""
+        rows = self._query(
+            "SELECT v.item_id, COUNT(DISTINCT v.annotator) FROM votes v LEFT JOIN vote_retractions r "
+            "ON r.vote_id = v.id WHERE r.vote_id IS NULL AND v.verdict != 'skip' GROUP BY v.item_id"
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    # ------------------------------------------------------------------ interactions and feedback
+
+    def log_interaction(self, conversation_id: str, model: str, messages: list[dict], response: str,
+                        params: dict | None = None, usage: dict | None = None) -> int:
+        """Record one served chat request and its response; returns the interaction id."""
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO interactions(conversation_id, model, messages_json, response, params_json, usage_json, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (str(conversation_id), str(model), json.dumps(messages, ensure_ascii=False), response,
+                 json.dumps(params or {}, ensure_ascii=False, default=str),
+                 json.dumps(usage or {}, ensure_ascii=False, default=str), now_iso()),
+            )
+            return int(cur.lastrowid)
+
+    def add_feedback(self, interaction_id: int, kind: str, value: Any, annotator: str | None = None,
+                     other_interaction_id: int | None = None) -> int:
+        """Feedback on a served response: kind "thumbs" (value "up"/"down") or "choice" between two interactions.
+
+        For "choice", `value` names the preferred one: "this"/"other" or one of the two interaction ids.
+        """
+        if kind not in FEEDBACK_KINDS:
+            raise StoreError(f"feedback kind {kind!r} is not one of {', '.join(FEEDBACK_KINDS)}")
+        if kind == "thumbs" and value not in THUMBS_VALUES:
+            raise StoreError(f"thumbs feedback must be 'up' or 'down', got {value!r}")
+        if kind == "choice":
+            if other_interaction_id is None:
+                raise StoreError("choice feedback needs other_interaction_id (the interaction it was compared with)")
+            allowed = ("this", "other", interaction_id, other_interaction_id,
+                       str(interaction_id), str(other_interaction_id))
+            if value not in allowed:
+                raise StoreError(f"choice feedback value must be 'this', 'other', {interaction_id} or "
+                                 f"{other_interaction_id}, got {value!r}")
+        with self._write() as c:
+            for iid in (interaction_id, other_interaction_id):
+                if iid is not None and not c.execute("SELECT 1 FROM interactions WHERE id = ?", (iid,)).fetchone():
+                    raise StoreError(f"no interaction with id {iid} in {self.path}")
+            cur = c.execute(
+                "INSERT INTO feedback(interaction_id, kind, value_json, annotator, other_interaction_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (interaction_id, kind, json.dumps(value), annotator, other_interaction_id, now_iso()),
+            )
+            return int(cur.lastrowid)
+
+    def interactions(self, limit: int | None = None) -> list[dict]:
+        """Logged interactions, oldest first (the latest `limit` if given)."""
+        if limit is not None:
+            rows = self._query("SELECT * FROM (SELECT * FROM interactions ORDER BY id DESC LIMIT ?) ORDER BY id",
+                               (int(limit),))
+        else:
+            rows = self._query("SELECT * FROM interactions ORDER BY id")
+        return [_interaction_dict(r) for r in rows]
+
+    def interaction(self, interaction_id: int) -> dict:
+        rows = self._query("SELECT * FROM interactions WHERE id = ?", (interaction_id,))
+        if not rows:
+            raise StoreError(f"no interaction with id {interaction_id} in {self.path}")
+        return _interaction_dict(rows[0])
+
+    def feedback(self) -> list[dict]:
+        rows = self._query("SELECT * FROM feedback ORDER BY id")
+        return [
+            {"id": r["id"], "interaction_id": r["interaction_id"], "kind": r["kind"],
+             "value": json.loads(r["value_json"]), "annotator": r["annotator"],
+             "other_interaction_id": r["other_interaction_id"], "created_at": r["created_at"]}
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ model versions (registry)
+
+    def add_model_version(self, name: str, path: str, parent_id: int | None = None, metrics: dict | None = None,
+                          meta: dict | None = None, status: str = "candidate") -> int:
+        """Register a model version with its lineage (parent) and metrics; its first status event is `status`."""
+        if status not in MODEL_STATUSES:
+            raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
+        with self._write() as c:
+            if parent_id is not None and not c.execute("SELECT 1 FROM model_versions WHERE id = ?",
+                                                       (parent_id,)).fetchone():
+                raise StoreError(f"no model version with id {parent_id} in {self.path}")
+            created = now_iso()
+            cur = c.execute(
+                "INSERT INTO model_versions(name, path, parent_id, metrics_json, meta_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, str(path), parent_id, json.dumps(metrics or {}, default=str),
+                 json.dumps(meta or {}, default=str), created),
+            )
+            version_id = int(cur.lastrowid)
+            c.execute("INSERT INTO model_events(version_id, status, note, created_at) VALUES (?, ?, ?, ?)",
+                      (version_id, status, None, created))
+            return version_id
+
+    def set_model_status(self, version_id: int, status: str, note: str | None = None) -> int:
+        """Append a status event (promote, reject, retire); the latest event is the version's status."""
+        if status not in MODEL_STATUSES:
+            raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
+        with self._write() as c:
+            if not c.execute("SELECT 1 FROM model_versions WHERE id = ?", (version_id,)).fetchone():
+                raise StoreError(f"no model version with id {version_id} in {self.path}")
+            cur = c.execute("INSERT INTO model_events(version_id, status, note, created_at) VALUES (?, ?, ?, ?)",
+                            (version_id, status, note, now_iso()))
+            return int(cur.lastrowid)
+
+    def model_versions(self) -> list[dict]:
+        """All versions, oldest first, each with its current status (latest event) and lineage."""
+        rows = self._query(
+            "SELECT m.*, (SELECT e.status FROM model_events e WHERE e.version_id = m.id ORDER BY e.id DESC LIMIT 1) "
+            "AS status FROM model_versions m ORDER BY m.id"
+        )
+        return [
+            {"id": r["id"], "name": r["name"], "path": r["path"], "parent_id": r["parent_id"],
+             "metrics": json.loads(r["metrics_json"]), "meta": json.loads(r["meta_json"]), "status": r["status"],
+             "created_at": r["created_at"]}
+            for r in rows
+        ]
+
+    def model_events(self, version_id: int | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM model_events", ()
+        if version_id is not None:
+            sql, params = sql + " WHERE version_id = ?", (version_id,)
+        return [dict(r) for r in self._query(sql + " ORDER BY id", params)]
+
+    def promoted_model(self) -> dict | None:
+        """The most recently promoted version that is still promoted, or None."""
+        promoted = [v for v in self.model_versions() if v["status"] == "promoted"]
+        if not promoted:
+            return None
+        last_event = {e["version_id"]: e["id"] for e in self.model_events() if e["status"] == "promoted"}
+        return max(promoted, key=lambda v: last_event[v["id"]])
+
+    # ------------------------------------------------------------------ integrity
+
+    def integrity_check(self) -> str:
+        """SQLite's own `PRAGMA integrity_check` ('ok' when the file is consistent)."""
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a schema script into statements (trigger bodies keep their inner ';')."""
+    statements, current = [], []
+    for line in script.splitlines():
+        if not line.strip():
+            continue
+        current.append(line)
+        text = "\n".join(current)
+        if sqlite3.complete_statement(text):
+            statements.append(text)
+            current = []
+    if current:
+        raise ValueError("incomplete SQL statement in schema: " + "\n".join(current))
+    return statements
+
+
+def _item_dict(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "item_key": r["item_key"], "prompt": json.loads(r["prompt_json"]),
+            "response_a": r["response_a"], "response_b": r["response_b"], "source_a": r["source_a"],
+            "source_b": r["source_b"], "origin": r["origin"], "created_at": r["created_at"]}
+
+
+def _vote_dict(r: sqlite3.Row) -> dict:
+    return {"vote_id": r["vote_id"], "item_id": r["item_id"], "prompt": json.loads(r["prompt_json"]),
+            "response_a": r["response_a"], "response_b": r["response_b"], "source_a": r["source_a"],
+            "source_b": r["source_b"], "origin": r["origin"], "verdict": r["verdict"],
+            "shown_order": r["shown_order"], "ratings": json.loads(r["ratings_json"]), "reason": r["reason"],
+            "annotator": r["annotator"], "created_at": r["created_at"], "retracted": r["retracted_at"] is not None,
+            "retracted_at": r["retracted_at"]}
+
+
+def _interaction_dict(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "conversation_id": r["conversation_id"], "model": r["model"],
+            "messages": json.loads(r["messages_json"]), "response": r["response"],
+            "params": json.loads(r["params_json"]), "usage": json.loads(r["usage_json"]),
+            "created_at": r["created_at"]}
