@@ -1,0 +1,567 @@
+"""Readers for every accepted on-disk preference format, and the writer of the seed's format.
+
+Each record (one JSON object / parquet row) is converted to a `PreferencePair`. The format is
+detected from the record's keys and value types, or declared in `dataset_info.json`
+(`formatting`, `columns`, `tags`, LLaMA-Factory's convention). Formats:
+
+- ``seed``: ``conversations`` (``from``/``value`` turns) + ``chosen``/``rejected`` strings;
+- ``sharegpt``: LLaMA-Factory ranking, ``chosen``/``rejected`` are message objects;
+- ``alpaca``: LLaMA-Factory ranking, ``instruction``/``input``/``chosen``/``rejected``;
+- ``trl_standard``: TRL ``prompt``/``chosen``/``rejected`` strings;
+- ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt;
+- ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
+
+A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from prefloop.data.schema import Message, PreferencePair
+
+FORMATS = ("seed", "sharegpt", "alpaca", "trl_standard", "trl_conversational", "hh")
+# Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms).
+FORMATTINGS = ("auto", "seed", "sharegpt", "alpaca", "trl", "hh")
+
+FORMATS_HELP = (
+    "accepted formats: the seed's {conversations, chosen, rejected}; LLaMA-Factory sharegpt ranking "
+    "(chosen/rejected message objects) or alpaca ranking {instruction, input, chosen, rejected}; "
+    "TRL {prompt, chosen, rejected} (strings or role/content lists); Anthropic HH transcripts "
+    "(chosen/rejected starting with '\\n\\nHuman:')"
+)
+
+OPTIONAL_FIELDS = ("id", "weight", "margin", "dimensions", "source")
+
+# On-disk role names -> internal roles (schema.ROLES). LLaMA-Factory's `observation` is a tool result.
+DEFAULT_ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+    "ipython": "tool",
+    "function_call": "function_call",
+}
+_PROMPT_SIDE = ("user", "tool")  # roles that may end a prompt / take even positions
+_ANSWER_SIDE = ("assistant", "function_call")
+
+# Keys that hold the pair itself; `extra` and provenance never overwrite them (they may set OPTIONAL_FIELDS).
+_SEED_CORE = ("conversations", "chosen", "rejected", "tools")
+
+
+class RecordError(ValueError):
+    """One record cannot be read: `field` names the offending key, `suggestion` says what to do."""
+
+    def __init__(self, field: str, message: str, suggestion: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.suggestion = suggestion
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer: the seed's format (what `export`, `judge`, `data check --write-clean` produce)
+# ---------------------------------------------------------------------------------------------
+
+
+def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
+    """`pair` as one record of the seed's format; `provenance` adds top-level keys (e.g. judge="gpt-4o").
+
+    Optional fields are written only when set; `pair.extra` keys are written back at top level,
+    so reading the record again gives the same pair. `provenance` may also set an optional field
+    (e.g. source="judge:gpt-4o").
+    """
+    record: dict[str, Any] = {
+        "conversations": [{"from": m.role, "value": m.content} for m in pair.prompt],
+        "chosen": pair.chosen,
+        "rejected": pair.rejected,
+    }
+    if pair.tools is not None:
+        record["tools"] = pair.tools
+    for name in OPTIONAL_FIELDS:
+        value = getattr(pair, name)
+        if value is not None:
+            record[name] = value
+    for key, value in list(pair.extra.items()) + list(provenance.items()):
+        if key in _SEED_CORE:
+            raise ValueError(f"provenance/extra key {key!r} would overwrite the pair's {key!r}")
+        if value is not None:
+            record[key] = value
+    return record
+
+
+def write_seed_jsonl(pairs: Iterable[PreferencePair], path: str | Path, **provenance: Any) -> int:
+    """Write `pairs` as JSONL in the seed's format (UTF-8, one record per line); returns the count."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(to_seed_record(pair, **provenance), ensure_ascii=False))
+            f.write("\n")
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Format declaration (from dataset_info.json) and detection
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """How to read one dataset: `formatting` (one of FORMATTINGS), LLaMA-Factory `columns` and `tags`."""
+
+    formatting: str = "auto"
+    columns: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+AUTO = FormatSpec()
+
+
+def detect_format(record: Mapping[str, Any]) -> str:
+    """The format of one record from its keys and value types (see FORMATS); RecordError if none fits."""
+    if "conversations" in record or "messages" in record:
+        chosen = record.get("chosen")
+        return "sharegpt" if isinstance(chosen, (dict, list)) else "seed"
+    if "instruction" in record:
+        return "alpaca"
+    chosen = record.get("chosen")
+    if "chosen" not in record or "rejected" not in record:
+        missing = [k for k in ("chosen", "rejected") if k not in record]
+        raise RecordError(
+            missing[0],
+            f"missing field {missing[0]!r} (record keys: {sorted(record)[:12]})",
+            "every preference record needs a chosen and a rejected answer; " + FORMATS_HELP,
+        )
+    if isinstance(chosen, list):
+        return "trl_conversational"
+    if "prompt" in record:
+        return "trl_conversational" if isinstance(record["prompt"], list) else "trl_standard"
+    if isinstance(chosen, str) and _looks_like_hh(chosen):
+        return "hh"
+    raise RecordError(
+        "prompt",
+        f"cannot tell the format: no prompt, and chosen is not an HH transcript (keys: {sorted(record)[:12]})",
+        "add a 'prompt' (TRL), 'conversations' (seed/sharegpt) or 'instruction' (alpaca) field; " + FORMATS_HELP,
+    )
+
+
+def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
+    """A function record -> (format name, PreferencePair) for `spec`; built once per dataset."""
+    if spec.formatting not in FORMATTINGS:
+        raise ValueError(f"unknown formatting {spec.formatting!r}; known: {', '.join(FORMATTINGS)}")
+    conv = _ConversationReader(spec)
+    alpaca = _AlpacaReader(spec)
+    trl = _TrlReader(spec)
+    by_format = {
+        "seed": conv,
+        "sharegpt": conv,
+        "alpaca": alpaca,
+        "trl_standard": trl,
+        "trl_conversational": trl,
+        "hh": _read_hh,
+    }
+    if spec.formatting in ("seed", "sharegpt"):
+        return conv
+    if spec.formatting == "alpaca":
+        return alpaca
+    if spec.formatting == "trl":
+        return trl
+    if spec.formatting == "hh":
+        return _read_hh
+
+    def read_auto(record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
+        return by_format[detect_format(record)](record)
+
+    return read_auto
+
+
+def record_to_pair(record: Mapping[str, Any], spec: FormatSpec = AUTO) -> tuple[str, PreferencePair]:
+    """Convert one record (convenience for single records; loops should reuse `make_reader`)."""
+    if not isinstance(record, Mapping):
+        raise RecordError("", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP)
+    return make_reader(spec)(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
+
+
+def _require_str(record: Mapping[str, Any], key: str, hint: str = "") -> str:
+    value = record.get(key)
+    if isinstance(value, str):
+        return value
+    if key not in record:
+        raise RecordError(key, f"missing field {key!r}", hint or f"add {key!r} as a string")
+    raise RecordError(key, f"{key!r} must be a string, got {_type_name(value)}", hint or f"make {key!r} a string")
+
+
+def _content_text(content: Any, where: str) -> str:
+    """Message content as text: a string, or OpenAI-style text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(str(p.get("text", "")) for p in content)
+    raise RecordError(where, f"message content must be a string, got {_type_name(content)}", "write the turn's text as a string")
+
+
+def _tools_text(record: Mapping[str, Any], key: str) -> str | None:
+    value = record.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    raise RecordError(key, f"{key!r} must be a JSON string or list, got {_type_name(value)}", "describe the tools as a JSON string")
+
+
+class _Roles:
+    """Role/content key names and role aliases, from LLaMA-Factory `tags` or the defaults."""
+
+    def __init__(self, tags: Mapping[str, str]) -> None:
+        self.role_key = tags.get("role_tag")
+        self.content_key = tags.get("content_tag")
+        self.aliases = dict(DEFAULT_ROLE_ALIASES)
+        for tag, role in (
+            ("user_tag", "user"),
+            ("assistant_tag", "assistant"),
+            ("observation_tag", "tool"),
+            ("function_tag", "function_call"),
+            ("system_tag", "system"),
+        ):
+            if tag in tags:
+                self.aliases[tags[tag]] = role
+
+    def message(self, raw: Any, where: str) -> Message:
+        if not isinstance(raw, dict):
+            raise RecordError(where, f"a turn must be an object with role and content, got {_type_name(raw)}", 'write turns as {"from": "user", "value": "..."}')
+        role_key, content_key = self.role_key, self.content_key
+        if role_key is None:
+            if "from" in raw:
+                role_key, content_key = "from", "value"
+            elif "role" in raw:
+                role_key, content_key = "role", "content"
+            else:
+                raise RecordError(where, f"turn has no 'from' or 'role' key (keys: {sorted(raw)})", "give each turn from/value or role/content (or declare tags in dataset_info.json)")
+        if role_key not in raw:
+            raise RecordError(where, f"turn has no {role_key!r} key (keys: {sorted(raw)})", f"give each turn {role_key!r}/{content_key!r} as declared in tags")
+        raw_role = raw[role_key]
+        role = self.aliases.get(raw_role) if isinstance(raw_role, str) else None
+        if role is None:
+            known = ", ".join(sorted(self.aliases))
+            raise RecordError(f"{where}.{role_key}", f"unknown role {raw_role!r}", f"use one of: {known} (or declare custom tags in dataset_info.json)")
+        if content_key not in raw:
+            raise RecordError(where, f"turn has no {content_key!r} key", f"add the turn's text under {content_key!r}")
+        return Message(role, _content_text(raw[content_key], f"{where}.{content_key}"))
+
+    def messages(self, raw: Any, where: str) -> list[Message]:
+        if not isinstance(raw, list):
+            raise RecordError(where, f"{where!r} must be a list of turns, got {_type_name(raw)}", 'write a list like [{"from": "user", "value": "..."}]')
+        return [self.message(m, f"{where}[{i}]") for i, m in enumerate(raw)]
+
+
+def check_prompt(prompt: list[Message], where: str) -> None:
+    """A prompt: optional system first, then user/assistant alternating, ending with a user turn."""
+    if not prompt or (len(prompt) == 1 and prompt[0].role == "system"):
+        raise RecordError(where, "the prompt has no user turn", "add at least one user turn before the answers")
+    start = 1 if prompt[0].role == "system" else 0
+    for i in range(start, len(prompt)):
+        role = prompt[i].role
+        if role == "system":
+            raise RecordError(f"{where}[{i}]", "a system turn may only come first", "move the system prompt to the first turn (or the 'system' field)")
+        expected = _PROMPT_SIDE if (i - start) % 2 == 0 else _ANSWER_SIDE
+        if role not in expected:
+            raise RecordError(
+                f"{where}[{i}]",
+                f"turn {i} is {role!r} but turns must alternate user/assistant (expected {' or '.join(expected)})",
+                "merge consecutive turns of the same speaker, or add the missing turn",
+            )
+    if prompt[-1].role not in _PROMPT_SIDE:
+        raise RecordError(
+            where,
+            f"the conversation does not end with a user turn (it ends with {prompt[-1].role!r})",
+            "the prompt is every turn before the answers: drop the trailing assistant turn or move it into chosen/rejected",
+        )
+
+
+def _with_system(prompt: list[Message], system: Any, key: str) -> list[Message]:
+    if system is None or system == "":
+        return prompt
+    if not isinstance(system, str):
+        raise RecordError(key, f"{key!r} must be a string, got {_type_name(system)}", "write the system prompt as a string")
+    if prompt and prompt[0].role == "system":
+        raise RecordError(key, f"both a {key!r} field and a system turn", "keep only one of them")
+    return [Message("system", system)] + prompt
+
+
+def _optional(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional per-pair fields (id, weight, margin, dimensions, source), validated."""
+    out: dict[str, Any] = {}
+    value = record.get("id")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise RecordError("id", f"'id' must be a string or integer, got {_type_name(value)}", "use a unique string id per pair")
+        out["id"] = str(value)
+    for key in ("weight", "margin"):
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RecordError(key, f"{key!r} must be a finite number, got {value!r}", f"write {key!r} as a number (or leave it out)")
+        if key == "weight" and value < 0:
+            raise RecordError(key, f"'weight' must be >= 0, got {value}", "use a non-negative per-pair loss weight")
+        out[key] = float(value)
+    value = record.get("dimensions")
+    if value is not None:
+        if not isinstance(value, dict):
+            raise RecordError("dimensions", f"'dimensions' must be an object of scores, got {_type_name(value)}", 'write e.g. {"helpfulness": 4, "safety": 5}')
+        out["dimensions"] = value
+    value = record.get("source")
+    if value is not None:
+        if not isinstance(value, str):
+            raise RecordError("source", f"'source' must be a string, got {_type_name(value)}", "write the provenance as a string")
+        out["source"] = value
+    return out
+
+
+def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in used and v is not None}
+
+
+def _answer(raw: Any, roles: _Roles, key: str) -> str:
+    """A response given as a string or a single message object."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    if isinstance(raw, dict):
+        message = roles.message(raw, key)
+        if message.role not in _ANSWER_SIDE:
+            raise RecordError(key, f"{key!r} is a {message.role!r} turn; the answer must be an assistant turn", "give the answer the assistant role/tag")
+        return message.content
+    if raw is None:
+        raise RecordError(key, f"missing field {key!r}", f"add {key!r}: the answer as a string or message object")
+    raise RecordError(key, f"{key!r} must be a string or a message object, got {_type_name(raw)}", f"write {key!r} as a string")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------
+
+
+class _ConversationReader:
+    """The seed's format and LLaMA-Factory sharegpt ranking (one reader: they differ in chosen's type)."""
+
+    def __init__(self, spec: FormatSpec) -> None:
+        cols = spec.columns
+        self.messages_key = cols.get("messages")
+        self.chosen_key = cols.get("chosen", "chosen")
+        self.rejected_key = cols.get("rejected", "rejected")
+        self.system_key = cols.get("system", "system")
+        self.tools_key = cols.get("tools", "tools")
+        self.roles = _Roles(spec.tags)
+        base = {self.chosen_key, self.rejected_key, self.system_key, self.tools_key, *OPTIONAL_FIELDS}
+        self.used = frozenset(base | {self.messages_key or "conversations", "messages"})
+
+    def __call__(self, record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
+        key = self.messages_key or ("conversations" if "conversations" in record else "messages")
+        if key not in record:
+            raise RecordError(key, f"missing field {key!r}", "add the prompt turns as a list (or set columns.messages in dataset_info.json)")
+        prompt = self.roles.messages(record[key], key)
+        prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
+        check_prompt(prompt, key)
+        raw_chosen = record.get(self.chosen_key)
+        chosen = _answer(raw_chosen, self.roles, self.chosen_key)
+        rejected = _answer(record.get(self.rejected_key), self.roles, self.rejected_key)
+        pair = PreferencePair(
+            prompt=prompt,
+            chosen=chosen,
+            rejected=rejected,
+            tools=_tools_text(record, self.tools_key),
+            extra=_extra(record, self.used),
+            **_optional(record),
+        )
+        return ("seed" if isinstance(raw_chosen, str) else "sharegpt"), pair
+
+
+class _AlpacaReader:
+    """LLaMA-Factory alpaca ranking: instruction (+ input) is the user turn; optional system, history."""
+
+    def __init__(self, spec: FormatSpec) -> None:
+        cols = spec.columns
+        self.prompt_key = cols.get("prompt", "instruction")
+        self.query_key = cols.get("query", "input")
+        self.chosen_key = cols.get("chosen", "chosen")
+        self.rejected_key = cols.get("rejected", "rejected")
+        self.system_key = cols.get("system", "system")
+        self.history_key = cols.get("history", "history")
+        self.used = frozenset(
+            {self.prompt_key, self.query_key, self.chosen_key, self.rejected_key, self.system_key, self.history_key, *OPTIONAL_FIELDS}
+        )
+
+    def __call__(self, record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
+        instruction = _require_str(record, self.prompt_key, "add the instruction as a string")
+        query = record.get(self.query_key)
+        if query is not None and not isinstance(query, str):
+            raise RecordError(self.query_key, f"{self.query_key!r} must be a string, got {_type_name(query)}", "write the input as a string")
+        user = "\n".join(part for part in (instruction, query) if part)
+        prompt: list[Message] = []
+        history = record.get(self.history_key)
+        if history:
+            if not isinstance(history, list):
+                raise RecordError(self.history_key, f"{self.history_key!r} must be a list of [question, answer] pairs", 'write e.g. [["Hi", "Hello!"]]')
+            for i, turn in enumerate(history):
+                if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+                    raise RecordError(f"{self.history_key}[{i}]", "each history entry must be [question, answer] strings", 'write e.g. ["Hi", "Hello!"]')
+                prompt += [Message("user", turn[0]), Message("assistant", turn[1])]
+        prompt.append(Message("user", user))
+        prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
+        pair = PreferencePair(
+            prompt=prompt,
+            chosen=_require_str(record, self.chosen_key, "add the preferred answer as a string"),
+            rejected=_require_str(record, self.rejected_key, "add the dispreferred answer as a string"),
+            extra=_extra(record, self.used),
+            **_optional(record),
+        )
+        return "alpaca", pair
+
+
+def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], str, str]:
+    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer."""
+    limit = min(len(chosen), len(rejected)) - 1
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    answers = []
+    for key, messages in ((chosen_key, chosen), (rejected_key, rejected)):
+        rest = messages[n:]
+        if len(rest) != 1:
+            raise RecordError(
+                key,
+                f"after the {n} turns chosen and rejected share, {key!r} has {len(rest)} turns (expected one answer)",
+                "chosen and rejected must share every turn except the final assistant answer",
+            )
+        if rest[0].role not in _ANSWER_SIDE:
+            raise RecordError(key, f"the last turn of {key!r} is {rest[0].role!r}, not an assistant answer", "end chosen and rejected with the assistant's answer")
+        answers.append(rest[0].content)
+    return list(chosen[:n]), answers[0], answers[1]
+
+
+class _TrlReader:
+    """TRL preference data: standard (strings) or conversational (role/content lists), explicit or implicit prompt."""
+
+    def __init__(self, spec: FormatSpec) -> None:
+        cols = spec.columns
+        self.prompt_key = cols.get("prompt", "prompt")
+        self.chosen_key = cols.get("chosen", "chosen")
+        self.rejected_key = cols.get("rejected", "rejected")
+        self.system_key = cols.get("system", "system")
+        self.tools_key = cols.get("tools", "tools")
+        self.roles = _Roles(spec.tags)
+        self.used = frozenset({self.prompt_key, self.chosen_key, self.rejected_key, self.system_key, self.tools_key, *OPTIONAL_FIELDS})
+
+    def _responses(self, raw: Any, key: str, prompt: list[Message]) -> list[Message]:
+        messages = self.roles.messages(raw, key)
+        if len(messages) > len(prompt) and messages[: len(prompt)] == prompt:
+            messages = messages[len(prompt):]  # the list repeats the prompt: keep what follows it
+        return messages
+
+    def __call__(self, record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
+        raw_prompt = record.get(self.prompt_key)
+        raw_chosen = record.get(self.chosen_key)
+        raw_rejected = record.get(self.rejected_key)
+        for key, value in ((self.chosen_key, raw_chosen), (self.rejected_key, raw_rejected)):
+            if value is None:
+                raise RecordError(key, f"missing field {key!r}", f"add {key!r} as a string or a list of role/content turns")
+            if not isinstance(value, (str, list)):
+                raise RecordError(key, f"{key!r} must be a string or a list of turns, got {_type_name(value)}", f"write {key!r} as a string")
+        if type(raw_chosen) is not type(raw_rejected):
+            raise RecordError(self.rejected_key, "chosen and rejected must both be strings or both be lists of turns", "use the same form for both answers")
+
+        if isinstance(raw_chosen, str):
+            if isinstance(raw_prompt, str):
+                prompt, fmt = [Message("user", raw_prompt)], "trl_standard"
+            elif isinstance(raw_prompt, list):
+                prompt, fmt = self.roles.messages(raw_prompt, self.prompt_key), "trl_conversational"
+            elif raw_prompt is None:
+                raise RecordError(self.prompt_key, f"missing field {self.prompt_key!r}", "add the prompt as a string (or use full HH transcripts)")
+            else:
+                raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a string")
+            chosen, rejected = raw_chosen, raw_rejected
+        else:
+            fmt = "trl_conversational"
+            if isinstance(raw_prompt, list):
+                prompt = self.roles.messages(raw_prompt, self.prompt_key)
+            elif isinstance(raw_prompt, str):
+                prompt = [Message("user", raw_prompt)]
+            elif raw_prompt is None:
+                prompt = []
+            else:
+                raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a list of role/content turns")
+            chosen_msgs = self._responses(raw_chosen, self.chosen_key, prompt)
+            rejected_msgs = self._responses(raw_rejected, self.rejected_key, prompt)
+            shared, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs, self.chosen_key, self.rejected_key)
+            prompt = prompt + shared
+        prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
+        check_prompt(prompt, self.prompt_key if fmt == "trl_standard" or raw_prompt is not None else self.chosen_key)
+        pair = PreferencePair(
+            prompt=prompt,
+            chosen=chosen,
+            rejected=rejected,
+            tools=_tools_text(record, self.tools_key),
+            extra=_extra(record, self.used),
+            **_optional(record),
+        )
+        return fmt, pair
+
+
+_HH_MARKER = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_HH_USED = frozenset({"chosen", "rejected", *OPTIONAL_FIELDS})
+
+
+def _looks_like_hh(text: str) -> bool:
+    return text.startswith("\n\nHuman:") or text.startswith("Human:")
+
+
+def parse_hh_transcript(text: str, key: str) -> list[Message]:
+    """`\\n\\nHuman: ...\\n\\nAssistant: ...` -> messages (contents stripped of surrounding whitespace)."""
+    if text.startswith("Human:"):
+        text = "\n\n" + text
+    parts = _HH_MARKER.split(text)
+    if parts[0].strip():
+        raise RecordError(key, f"text before the first 'Human:' turn: {parts[0][:40]!r}", "start the transcript with '\\n\\nHuman:'")
+    if len(parts) < 5:
+        raise RecordError(key, "an HH transcript needs at least one Human and one Assistant turn", "write '\\n\\nHuman: question\\n\\nAssistant: answer'")
+    return [Message(_HH_ROLES[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+
+
+def _read_hh(record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
+    chosen_text = _require_str(record, "chosen", "add the full chosen transcript as a string")
+    rejected_text = _require_str(record, "rejected", "add the full rejected transcript as a string")
+    chosen_msgs = parse_hh_transcript(chosen_text, "chosen")
+    rejected_msgs = parse_hh_transcript(rejected_text, "rejected")
+    prompt, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs)
+    check_prompt(prompt, "chosen")
+    pair = PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, extra=_extra(record, _HH_USED), **_optional(record))
+    return "hh", pair
