@@ -1,0 +1,439 @@
+"""Training config: a LLaMA-Factory-style YAML file plus `key=value` overrides -> one typed `Config`.
+
+The keys are grouped by concern (model, data, loss, speed, training, health, scale-out) in small
+dataclasses; `Config` inherits them all so code reads `cfg.pref_beta`, exactly the YAML key. Every
+value is coerced to its declared type and checked; an unknown key names the closest known one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from prefloop.errors import ConfigError
+
+CONFIG_FILENAME = "prefloop_config.yaml"
+
+
+@dataclass
+class ModelArgs:
+    model_name_or_path: str | None = None  # local HF directory, hub id (org/name) or .gguf file
+    ref_model: str | None = None  # omitted = the policy's starting weights
+    finetuning_type: Literal["lora", "full", "freeze"] = "lora"
+    lora_target: Union[str, list[str]] = "all"  # "all" = every nn.Linear except the output head
+    lora_rank: int = 8
+    lora_alpha: int | None = None  # default: 2 * lora_rank
+    lora_dropout: float = 0.0
+    freeze_trainable_layers: int = 2  # finetuning_type: freeze trains the last N decoder layers
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataArgs:
+    dataset: Union[str, list[str], None] = None  # file(s) or names in dataset_dir/dataset_info.json
+    dataset_dir: str = "data"
+    template: str | None = None  # None = the tokenizer's own chat template
+    cutoff_len: int = 2048
+    max_samples: int | None = None
+    val_size: float = 0.0  # a fraction in [0, 1), or a whole number of pairs
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class LossArgs:
+    stage: Literal["dpo"] = "dpo"
+    pref_beta: float = 0.1
+    pref_loss: Union[str, list[str]] = "sigmoid"
+    pref_loss_weights: list[float] | None = None
+    simpo_gamma: float = 0.5
+    dpo_label_smoothing: float = 0.0
+    pref_ftx: float = 0.0
+    ld_alpha: float | None = None
+
+
+@dataclass
+class SpeedArgs:
+    precompute_ref: bool = True  # reference log-probs computed once before training, cached on disk
+    ref_cache_dir: str | None = None  # default: output_dir/ref_cache
+    packing: bool = False
+    prefix_sharing: bool = False
+    logps_chunk_size: int = 4096
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str | None = None
+    overwrite_output_dir: bool = False
+    do_train: bool = True
+    do_eval: bool | None = None  # default: true when there is a validation split
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5.0e-5
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    seed: int = 42
+    fp16: bool = False
+    bf16: bool = False
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = None
+    save_strategy: Literal["no", "steps", "epoch"] = "steps"
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    logging_steps: int = 500
+    report_to: Union[str, list[str]] = "tensorboard"
+    plot_loss: bool = False
+    resume_from_checkpoint: Union[bool, str, None] = None  # a checkpoint dir, or true = the latest one
+    sample_prompts: int = 1  # validation prompts answered (greedy) before and after training
+    dataloader_num_workers: int = 0
+
+
+@dataclass
+class HealthArgs:
+    max_bad_steps: int = 3  # stop after this many NaN/Inf steps in a row
+    early_stopping_patience: int | None = None
+
+
+@dataclass
+class ScaleArgs:
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config
+    fsdp: Union[str, list[str]] = ""
+    fsdp_config: Union[str, dict, None] = None
+    ddp_timeout: int = 1800
+    ddp_find_unused_parameters: bool | None = None
+
+
+@dataclass
+class Config(ModelArgs, DataArgs, LossArgs, SpeedArgs, TrainArgs, HealthArgs, ScaleArgs):
+    """Every training key; grouped above, flat here."""
+
+    @property
+    def layout(self) -> str:
+        """The batch layout `collate_pairs` builds, from `packing` and `prefix_sharing`."""
+        if self.packing and self.prefix_sharing:
+            return "packed_prefix_shared"
+        return "packed" if self.packing else "prefix_shared" if self.prefix_sharing else "padded"
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_size > 0
+
+    @property
+    def run_eval(self) -> bool:
+        return self.has_validation if self.do_eval is None else self.do_eval
+
+    @property
+    def resolved_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    @property
+    def reference_cache_dir(self) -> Path:
+        return Path(self.ref_cache_dir) if self.ref_cache_dir else Path(self.output_dir) / "ref_cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+KNOWN_KEYS = tuple(f.name for f in dataclasses.fields(Config))
+_UNION_TYPES = (Union, types.UnionType)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(config_or_path=None, overrides=None) -> Config:
+    """A checked `Config` from a YAML path, a dict or a Config, with overrides applied.
+
+    `overrides` is a list of "key=value" strings (command line; values parsed as YAML scalars) or
+    a dict of already-typed values (Python API). Raises ConfigError with file and key on any problem.
+    """
+    if isinstance(config_or_path, Config):
+        raw, where = dataclasses.asdict(config_or_path), "config"
+    elif isinstance(config_or_path, dict):
+        raw, where = dict(config_or_path), "config"
+    elif config_or_path is None:
+        raw, where = {}, "config"
+    else:
+        where = str(config_or_path)
+        raw = _read_yaml(Path(config_or_path))
+    values = {k: (v, where) for k, v in raw.items()}
+    for key, value in _parse_overrides(overrides).items():
+        values[key] = (value, "command line" if isinstance(overrides, (list, tuple)) else "overrides")
+    hints = typing.get_type_hints(Config)
+    kwargs = {}
+    for key, (value, source) in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
+        kwargs[key] = _coerce(key, value, hints[key], source)
+    cfg = Config(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of `key: value` lines, got a {type(data).__name__}")
+    return data
+
+
+def _parse_overrides(overrides) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"command line: override {item!r} is not of the form key=value (e.g. learning_rate=1e-6)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parsed[key.strip()] = value
+    return parsed
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else "; see examples/seed_config.yaml for the known keys"
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def _describe(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in _UNION_TYPES:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value, tp, source: str):
+    """`value` as type `tp`, or ConfigError saying what is allowed."""
+    try:
+        return _coerce_value(value, tp)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key}: {value!r} is not allowed; expected {_describe(tp)}") from None
+
+
+def _coerce_value(value, tp):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in _UNION_TYPES:
+        if value is None and type(None) in args:
+            return None
+        # Try the exact types first so "all" stays a str and [a, b] stays a list.
+        for arg in args:
+            if arg is not type(None) and _is_instance(value, arg):
+                return _coerce_value(value, arg)
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce_value(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(value)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ValueError(value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        return [_coerce_value(v, args[0]) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(value)
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip())
+        raise TypeError(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError(value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-6" (no dot) as a string
+            return float(value.strip())
+        raise TypeError(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError(value)
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+        raise TypeError(value)
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _is_instance(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return isinstance(value, (list, tuple))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is float:
+        return isinstance(value, float)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(tp, type) and isinstance(value, tp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need more than a type: ranges, required keys, combinations."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.model_name_or_path is not None, "model_name_or_path is required: a local model directory, a .gguf file or a hub id")
+    _check_model_path("model_name_or_path", cfg.model_name_or_path)
+    if cfg.ref_model is not None:
+        _check_model_path("ref_model", cfg.ref_model)
+    need(cfg.output_dir is not None, "output_dir is required: the directory for the adapter/model, logs and checkpoints")
+    if cfg.do_train or cfg.run_eval:
+        need(bool(cfg.dataset), "dataset is required: a file, or names registered in dataset_dir/dataset_info.json")
+    need(cfg.pref_beta > 0, f"pref_beta: {cfg.pref_beta} is not allowed; it must be > 0 (typical: 0.05 to 0.5)")
+    need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} is not allowed; it must be > 0")
+    need(cfg.cutoff_len > 0, f"cutoff_len: {cfg.cutoff_len} is not allowed; it must be a positive number of tokens")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "lora_rank", "logging_steps", "save_steps", "logps_chunk_size", "max_bad_steps"):
+        need(getattr(cfg, key) >= 1, f"{key}: {getattr(cfg, key)} is not allowed; it must be >= 1")
+    for key in ("eval_steps", "save_total_limit", "early_stopping_patience", "max_samples"):
+        value = getattr(cfg, key)
+        need(value is None or value >= 1, f"{key}: {value} is not allowed; it must be >= 1 (or left out)")
+    need(cfg.lora_alpha is None or cfg.lora_alpha > 0, f"lora_alpha: {cfg.lora_alpha} is not allowed; it must be > 0")
+    need(0 <= cfg.lora_dropout < 1, f"lora_dropout: {cfg.lora_dropout} is not allowed; it must be in [0, 1)")
+    need(cfg.freeze_trainable_layers >= 1, "freeze_trainable_layers must be >= 1 (the number of last layers to train)")
+    need(0 <= cfg.warmup_ratio < 1, f"warmup_ratio: {cfg.warmup_ratio} is not allowed; it must be in [0, 1)")
+    need(cfg.warmup_steps >= 0, f"warmup_steps: {cfg.warmup_steps} is not allowed; it must be >= 0")
+    need(not (cfg.warmup_ratio and cfg.warmup_steps), "give warmup_ratio or warmup_steps, not both")
+    need(cfg.num_train_epochs > 0 or cfg.max_steps > 0, "num_train_epochs must be > 0 (or set max_steps)")
+    need(cfg.max_grad_norm >= 0, f"max_grad_norm: {cfg.max_grad_norm} is not allowed; it must be >= 0 (0 = no clipping)")
+    need(cfg.weight_decay >= 0, f"weight_decay: {cfg.weight_decay} is not allowed; it must be >= 0")
+    need(cfg.val_size >= 0 and (cfg.val_size < 1 or float(cfg.val_size).is_integer()),
+         f"val_size: {cfg.val_size} is not allowed; give a fraction in [0, 1) or a whole number of pairs")
+    need(not (cfg.fp16 and cfg.bf16), "fp16 and bf16 are both true: choose one")
+    need(cfg.sample_prompts >= 0, "sample_prompts must be >= 0")
+    need(cfg.ld_alpha is None or 0 <= cfg.ld_alpha <= 1, f"ld_alpha: {cfg.ld_alpha} is not allowed; it must be in [0, 1]")
+    need(0 <= cfg.dpo_label_smoothing < 0.5, f"dpo_label_smoothing: {cfg.dpo_label_smoothing} is not allowed; it must be in [0, 0.5)")
+    need(cfg.pref_ftx >= 0, f"pref_ftx: {cfg.pref_ftx} is not allowed; it must be >= 0")
+    _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
+    _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
+    if cfg.eval_strategy != "no":
+        need(cfg.has_validation, f"eval_strategy: {cfg.eval_strategy} needs a validation split; set val_size (e.g. 0.1)")
+    if cfg.do_eval:
+        need(cfg.has_validation, "do_eval: true needs a validation split; set val_size (e.g. 0.1)")
+    if cfg.early_stopping_patience is not None:
+        need(cfg.eval_strategy != "no", "early_stopping_patience needs evaluation: set eval_strategy: steps and val_size")
+    if cfg.deepspeed is not None:
+        need(Path(cfg.deepspeed).is_file(), f"deepspeed: {cfg.deepspeed} does not exist; give the path of a DeepSpeed JSON config")
+
+    from prefloop.train.losses import build_loss_spec
+
+    build_loss_spec(cfg)  # raises ConfigError for unknown losses and options that do not apply
+
+
+def _check_model_path(key: str, path: str) -> None:
+    if Path(path).exists() or (_HUB_ID.match(path) and not path.startswith(".")):
+        if path.endswith(".gguf") and not Path(path).is_file():
+            raise ConfigError(f"{key}: GGUF file {path} does not exist")
+        return
+    raise ConfigError(
+        f"{key}: {path!r} does not exist; give a local model directory, a .gguf file, or a hub id like org/name"
+    )
+
+
+def _check_choice(key: str, value: str, module: str, enum_name: str) -> None:
+    import importlib
+
+    allowed = [e.value for e in getattr(importlib.import_module(module), enum_name)]
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: {value!r} is not allowed{hint}; choose from {', '.join(allowed)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine-dependent resolution and saving
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(cfg: Config) -> Config:
+    """`fp16: true` without CUDA falls back to bf16 (if the CPU has it) or fp32, with a one-line warning."""
+    import torch
+
+    if not cfg.fp16 or torch.cuda.is_available():
+        return cfg
+    use_bf16 = cpu_supports_bf16()
+    print(
+        f"prefloop: warning: fp16: true needs a CUDA GPU and none is available; "
+        f"training in {'bf16 (this CPU supports it)' if use_bf16 else 'fp32'} instead",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(cfg, fp16=False, bf16=use_bf16)
+
+
+def save_config(cfg: Config, output_dir: str | Path) -> Path:
+    """Write the resolved config (every key, defaults included) to output_dir/prefloop_config.yaml."""
+    path = Path(output_dir) / CONFIG_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    return path
