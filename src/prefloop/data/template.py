@@ -1,0 +1,365 @@
+"""Chat templates: the tokenizer's own Jinja template, or a built-in one chosen by name.
+
+A `ChatTemplate` renders a conversation (a list of {"role", "content"} dicts, optionally starting
+with a system message) to the text a model sees. Training (`encode.py`), generation and serving
+all render through `ChatTemplate.render`, so a model is trained on exactly the format it is
+prompted with.
+
+Built-in templates are Jinja strings written to render the same text as the chat templates of
+the model families they are named after (rendered with the same Jinja environment transformers'
+`apply_chat_template` uses). They serve tokenizers that ship without a template (base models).
+
+Besides rendering, a template tells the encoder where a reply ends: `end_of_turn` is the string
+that closes an assistant turn (`<|im_end|>`, `<|eot_id|>`, the EOS token, ...), and
+`reply_trailer` is what the template writes after it at the end of a conversation (ChatML's
+"\\n"). A model stops generating at the end-of-turn token, so the trailer is never generated and
+is not part of a training sequence (see `training_text`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from prefloop.errors import ConfigError
+
+# The literal "{eos}" in a built-in's end of turn means "the tokenizer's EOS token".
+EOS = "{eos}"
+
+_CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Qwen2.5-Instruct: ChatML with a default system prompt when the conversation has none.
+_QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+_QWEN = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>system\n" + _QWEN_DEFAULT_SYSTEM + "<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if not (loop.first and message['role'] == 'system') %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Llama-3-Instruct: BOS, header-wrapped roles, trimmed contents, <|eot_id|> after every turn.
+_LLAMA3 = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Mistral-7B-Instruct v0.3 (tokenizer V3): [INST] blocks, the system prompt joins the last user
+# message, replies are " " + trimmed content + EOS; user/assistant must alternate.
+_MISTRAL = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set loop_messages = messages %}{% endif %}"
+    "{{ bos_token }}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('mistral template: after an optional system message, roles must alternate "
+    "user/assistant/user/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% if loop.last and system_message is defined %}"
+    "{{ '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}"
+    "{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% endif %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'] | trim + eos_token }}"
+    "{% else %}{{ raise_exception('mistral template: only system, user and assistant roles are supported') }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+# Gemma 3 (text): BOS, the system prompt is prepended to the first user turn, the assistant role
+# is called "model", contents are trimmed.
+_GEMMA = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('gemma template: after an optional system message, roles must alternate "
+    "user/assistant/user/...') }}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+# Phi-3.5-mini-instruct: <|role|> headers, <|end|> after every turn, EOS at the very end of a
+# finished conversation.
+_PHI3 = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and message['content'] %}"
+    "{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+# Stanford Alpaca: a system paragraph (by default Alpaca's own), then "### Instruction:" /
+# "### Response:" blocks; EOS and a blank line after each reply (as LLaMA-Factory's `alpaca`).
+_ALPACA_DEFAULT_SYSTEM = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+_ALPACA = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\n\n' }}{% set loop_messages = messages[1:] %}"
+    "{% else %}{{ '" + _ALPACA_DEFAULT_SYSTEM + "\n\n' }}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n### Response:\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + '\n\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+# Vicuna v1.1 (FastChat): "SYSTEM USER: q ASSISTANT: a</s>USER: ..."; the generation prompt
+# ends with "ASSISTANT:" and the reply starts with a space.
+_VICUNA_DEFAULT_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+_VICUNA = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + ' ' }}{% set loop_messages = messages[1:] %}"
+    "{% else %}{{ \"" + _VICUNA_DEFAULT_SYSTEM + " \" }}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if message['role'] == 'user' %}{{ 'USER: ' + message['content'] + ' ' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'ASSISTANT: ' + message['content'] + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# LLaMA-Factory's `default` template: "System: ...<eos>\nHuman: ...<eos>\nAssistant:...<eos>\n".
+_DEFAULT = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ 'System: ' + message['content'] + eos_token + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + eos_token + '\nAssistant:' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class BuiltinTemplate:
+    source: str  # Jinja, rendered like transformers' apply_chat_template
+    end_of_turn: str  # what closes an assistant turn; EOS = the tokenizer's EOS token
+    about: str
+
+
+BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
+    "qwen": BuiltinTemplate(_QWEN, "<|im_end|>", "ChatML with Qwen2.5's default system prompt"),
+    "chatml": BuiltinTemplate(_CHATML, "<|im_end|>", "ChatML, no default system prompt"),
+    "llama3": BuiltinTemplate(_LLAMA3, "<|eot_id|>", "Llama-3-Instruct"),
+    "mistral": BuiltinTemplate(_MISTRAL, EOS, "Mistral-7B-Instruct v0.3 [INST] format"),
+    "gemma": BuiltinTemplate(_GEMMA, "<end_of_turn>", "Gemma 3 (system prompt joins the first user turn)"),
+    "phi3": BuiltinTemplate(_PHI3, "<|end|>", "Phi-3.5-mini-instruct"),
+    "alpaca": BuiltinTemplate(_ALPACA, EOS, "Stanford Alpaca ### Instruction / ### Response"),
+    "vicuna": BuiltinTemplate(_VICUNA, EOS, "Vicuna v1.1 USER: / ASSISTANT:"),
+    "default": BuiltinTemplate(_DEFAULT, EOS, "LLaMA-Factory's default Human: / Assistant:"),
+}
+
+_PROBE_USER = "prefloopprobequestion"
+_PROBE_REPLY = "prefloopprobereply"
+
+
+def known_templates() -> list[str]:
+    return list(BUILTIN_TEMPLATES)
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str):
+    """Compile with the Jinja environment `apply_chat_template` uses, so renders match it exactly."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:  # pragma: no cover - older/newer transformers without the private helper
+        return _compile_sandboxed(source)
+    return _compile_jinja_template(source)
+
+
+def _compile_sandboxed(source: str):
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def _special_strings(tokenizer) -> list[str]:
+    """Special and added tokens, longest first (so `<|im_end|>` wins over a shorter prefix)."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        tokens.add(str(token))
+    return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+class ChatTemplate:
+    """A compiled chat template bound to a tokenizer's special tokens.
+
+    Attributes a caller uses:
+    - `name`: the built-in's name, or "tokenizer" for the tokenizer's own template.
+    - `end_of_turn`: the string that closes an assistant reply; generation stops on it.
+    - `reply_trailer`: what the template writes after the final `end_of_turn` (e.g. "\\n");
+      it is not part of training sequences.
+    - `appends_eos`: True when the template writes nothing after a reply, so the encoder appends
+      the tokenizer's EOS token to each response (a response must end with one stop token).
+    - `bos_token`: the BOS string when the rendering starts with it (then tokenization must not
+      add another), else None.
+    """
+
+    def __init__(self, name: str, source: str, tokenizer, end_of_turn: str | None = None):
+        self.name = name
+        self.source = source
+        self._compiled = _compile(source)
+        # Same variables apply_chat_template gives a template: the special tokens map.
+        self._context = dict(getattr(tokenizer, "special_tokens_map", {}) or {})
+        if name != "tokenizer":
+            self._context.setdefault("bos_token", tokenizer.bos_token or "")
+            self._context.setdefault("eos_token", tokenizer.eos_token or "")
+        self.supports_tools = "tools" in source
+        self._probe(tokenizer, end_of_turn)
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools=None) -> str:
+        """The conversation as text, exactly as the template writes it.
+
+        With `add_generation_prompt=True` the text ends with the header that starts the
+        assistant's reply: this is the prompt for generation and the `prompt_ids` of training.
+        `tools` (a JSON string or a list of tool schemas) is passed to templates that use it.
+        """
+        if tools is not None and isinstance(tools, str):
+            tools = json.loads(tools)
+        extra = {"tools": tools} if tools is not None and self.supports_tools else {}
+        return self._compiled.render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **extra, **self._context
+        )
+
+    def training_text(self, messages: list[dict], tools=None) -> str:
+        """A conversation that ends with an assistant reply, as a training sequence holds it.
+
+        That is `render(messages)` cut right after the final reply's `end_of_turn` (the
+        template's `reply_trailer`, e.g. ChatML's "\\n", is removed: the model stops at the
+        end-of-turn token and never generates it), or `render(messages) + EOS` for templates
+        that write no end of turn. Raises ValueError if the rendering does not end as probed.
+        """
+        text = self.render(messages, add_generation_prompt=False, tools=tools)
+        if self.appends_eos:
+            return text + self.end_of_turn
+        ending = self.end_of_turn + self.reply_trailer
+        if not text.endswith(ending):
+            raise ValueError(f"the {self.name} template's rendering does not end with {ending!r}")
+        return text[: len(text) - len(self.reply_trailer)] if self.reply_trailer else text
+
+    # -- probing -----------------------------------------------------------------------------
+
+    def _probe(self, tokenizer, end_of_turn: str | None) -> None:
+        """Find what the template writes after a reply, using a marker reply."""
+        probe = [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_REPLY}]
+        try:
+            text = self.render(probe)
+        except Exception as err:  # noqa: BLE001 - a broken template is a config problem
+            raise ConfigError(
+                f"chat template {self.name!r} fails on a plain [user, assistant] conversation: {err}. "
+                f"Choose a built-in template with `template: NAME` (known: {', '.join(known_templates())})."
+            ) from err
+        at = text.rfind(_PROBE_REPLY)
+        if at < 0:
+            raise ConfigError(f"chat template {self.name!r} does not write the assistant's reply; it cannot be trained on")
+        after = text[at + len(_PROBE_REPLY) :]
+        eos = tokenizer.eos_token
+        if end_of_turn == EOS:
+            if not eos:
+                raise ConfigError(
+                    f"template {self.name!r} ends replies with the tokenizer's EOS token, but the tokenizer has "
+                    "none: set eos_token in the tokenizer, or choose another template"
+                )
+            end_of_turn = eos
+        if end_of_turn is None:
+            end_of_turn = self._find_end_of_turn(after, tokenizer)
+        self.appends_eos = end_of_turn == ""
+        if self.appends_eos:
+            if not eos:
+                raise ConfigError(
+                    f"chat template {self.name!r} writes nothing after a reply and the tokenizer has no EOS "
+                    "token, so a trained model could never stop: set eos_token, or choose a built-in template"
+                )
+            end_of_turn = eos
+            after = ""
+        elif not after.startswith(end_of_turn):
+            raise ConfigError(  # a built-in whose declared end of turn is wrong: a bug here
+                f"template {self.name!r} writes {after!r} after a reply, expected it to start with {end_of_turn!r}"
+            )
+        self.end_of_turn = end_of_turn
+        self.reply_trailer = "" if self.appends_eos else after[len(end_of_turn) :]
+        bos = tokenizer.bos_token
+        self.bos_token = bos if bos and text.startswith(bos) else None
+
+    @staticmethod
+    def _find_end_of_turn(after: str, tokenizer) -> str:
+        """The end of turn of an unknown template: up to the first special token after the reply,
+        else the text after the reply without trailing whitespace ("" when there is none)."""
+        best = None
+        for token in _special_strings(tokenizer):
+            at = after.find(token)
+            if at >= 0 and (best is None or at < best[0]):
+                best = (at, token)
+        if best is not None:
+            return after[: best[0] + len(best[1])]
+        return after.rstrip()
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate({self.name!r}, end_of_turn={self.end_of_turn!r}, reply_trailer={self.reply_trailer!r})"
+
+
+def get_template(name: str | None, tokenizer) -> ChatTemplate:
+    """The chat template to train and generate with.
+
+    `name=None` (or "tokenizer"): the tokenizer's own Jinja template; otherwise a built-in one
+    (see BUILTIN_TEMPLATES). Errors say which names exist.
+    """
+    known = ", ".join(known_templates())
+    if name is None or name == "tokenizer":
+        source = getattr(tokenizer, "chat_template", None)
+        if isinstance(source, dict):  # several named templates: the default one is for chat
+            source = source.get("default")
+        if not source:
+            raise ConfigError(
+                f"the tokenizer {getattr(tokenizer, 'name_or_path', '') or ''} has no chat template: "
+                f"set template: NAME, known: {known}"
+            )
+        return ChatTemplate("tokenizer", source, tokenizer)
+    key = name.strip().lower()
+    if key not in BUILTIN_TEMPLATES:
+        raise ConfigError(f"unknown chat template {name!r}: known templates are {known} (or leave template unset "
+                          "to use the tokenizer's own)")
+    spec = BUILTIN_TEMPLATES[key]
+    return ChatTemplate(key, spec.source, tokenizer, end_of_turn=spec.end_of_turn)
