@@ -1,0 +1,222 @@
+"""`prefloop serve`: an OpenAI-compatible chat server for a local model (FastAPI + uvicorn).
+
+`create_app` builds the web app around a `GenerationEngine`, so tests (and other programs) can
+run it in-process; `serve_command` loads the model and runs it with uvicorn. With a store,
+every completion choice is logged as an interaction (the raw material of the online loop) and
+`POST /v1/feedback` records what the user thought of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from prefloop.sampling import Sample
+from prefloop.serve.engine import GenerationEngine
+from prefloop.serve.feedback import record_feedback
+from prefloop.serve.protocol import (
+    APIError,
+    ChatRequest,
+    chunk_body,
+    completion_body,
+    completion_id,
+    parse_chat_request,
+    usage,
+)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+async def _json_body(request: Request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(400, f"We could not parse the JSON body of your request ({err}). Send valid JSON with "
+                            "'Content-Type: application/json'.") from err
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _Logger:
+    """Writes interactions to the store (if any) off the event loop."""
+
+    def __init__(self, store, model_name: str):
+        self.store, self.model_name = store, model_name
+
+    async def log(self, req: ChatRequest, sample: Sample, prompt_tokens: int) -> dict:
+        if self.store is None:
+            return {}
+        interaction_id = await run_in_threadpool(
+            self.store.log_interaction,
+            req.conversation_id,
+            self.model_name,
+            req.messages,
+            sample.text,
+            params={**req.logged_params(), "finish_reason": sample.finish_reason},
+            usage=usage(prompt_tokens, [sample]),
+        )
+        return {"interaction_id": interaction_id}
+
+
+def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = None, store=None,
+               max_tokens_limit: int = 2048) -> FastAPI:
+    """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health."""
+    app = FastAPI(title="prefloop serve", docs_url=None, redoc_url=None, openapi_url=None)
+    logger = _Logger(store, model_name)
+    started = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, err: APIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(given.encode(), api_key.encode()):
+                err = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
+                                    "given to prefloop serve --api-key.", code="invalid_api_key")
+                return JSONResponse(err.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "batches_run": engine.batches_run,
+                "largest_batch": engine.largest_batch, "logging": store is not None}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
+                                            "owned_by": "prefloop"}]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name != model_name:
+            raise APIError(404, f"The model `{name}` does not exist; this server serves `{model_name}`", "model",
+                           "model_not_found")
+        return {"id": model_name, "object": "model", "created": started, "owned_by": "prefloop"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit)
+        req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
+        prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
+        context = engine.context_length
+        if context and len(prompt_ids) + req.params.max_new_tokens > context:
+            raise APIError(400, f"This model's context is {context} tokens; the messages take {len(prompt_ids)} "
+                                f"and max_tokens asks for {req.params.max_new_tokens} more. Shorten the messages "
+                                "or lower max_tokens.", "messages", "context_length_exceeded")
+        rows = [(prompt_ids, _choice_params(req, i)) for i in range(req.n)]
+        headers = {"X-Conversation-Id": req.conversation_id}
+        if req.stream:
+            return StreamingResponse(_stream(req, rows, len(prompt_ids)), media_type="text/event-stream",
+                                     headers=headers)
+        samples = await asyncio.wrap_future(engine.submit(rows))
+        extras = [await logger.log(req, s, len(prompt_ids)) for s in samples]
+        body = completion_body(completion_id(), model_name, len(prompt_ids), samples, extras)
+        body["conversation_id"] = req.conversation_id
+        return JSONResponse(body, headers=headers)
+
+    async def _stream(req: ChatRequest, rows, prompt_tokens: int):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_update(index, delta, logprobs, finished):
+            loop.call_soon_threadsafe(events.put_nowait, (index, delta, logprobs, finished))
+
+        def on_done(future):
+            if future.exception() is not None:
+                loop.call_soon_threadsafe(events.put_nowait, (None, future.exception(), None, None))
+
+        cid, created = completion_id(), int(time.time())
+        engine.submit(rows, on_update).add_done_callback(on_done)
+        for i in range(req.n):
+            yield _sse({**chunk_body(cid, model_name, created, i, {"role": "assistant", "content": ""}),
+                        "conversation_id": req.conversation_id})
+        finished: list[Sample] = []
+        while len(finished) < req.n:
+            index, delta, logprobs, sample = await events.get()
+            if index is None:
+                yield _sse(APIError(500, f"generation failed: {delta}", type="server_error").body())
+                return
+            wants_logprobs = req.params.logprobs and logprobs
+            if delta or wants_logprobs:
+                yield _sse(chunk_body(cid, model_name, created, index, {"content": delta},
+                                      logprobs=logprobs if req.params.logprobs else None))
+            if sample is not None:
+                finished.append(sample)
+                extra = await logger.log(req, sample, prompt_tokens)
+                yield _sse(chunk_body(cid, model_name, created, index, {}, sample.finish_reason, extra=extra))
+        if req.include_usage:
+            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                        "choices": [], "usage": usage(prompt_tokens, finished)})
+        yield "data: [DONE]\n\n"
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        if store is None:
+            raise APIError(404, "feedback needs an interaction log: start the server with prefloop serve --db FILE",
+                           code="feedback_disabled")
+        body = await _json_body(request)
+        return await run_in_threadpool(record_feedback, store, body)
+
+    return app
+
+
+def _choice_params(req: ChatRequest, index: int):
+    """Choice i of a seeded request uses seed + i: n different samples, the same ones on every rerun."""
+    from dataclasses import replace
+
+    if req.params.seed is None:
+        return req.params
+    return replace(req.params, seed=req.params.seed + index)
+
+
+def default_model_name(model: str) -> str:
+    path = Path(model)
+    return path.stem if path.suffix == ".gguf" else (path.name or str(model))
+
+
+def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
+                  max_tokens_limit=2048, max_batch_rows: int = 16) -> int:
+    import torch
+    import uvicorn
+
+    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.sampling import LocalGenerator
+
+    device = "cuda" if torch.cuda.is_available() else None
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+    tokenizer = load_tokenizer(model)
+    lm = load_causal_lm(model, dtype=dtype, adapter=adapter, device=device)
+    store = None
+    if db:
+        from prefloop.store import Store
+
+        store = Store(db)
+    name = model_name or default_model_name(model)
+    engine = GenerationEngine(LocalGenerator(lm, tokenizer), max_batch_rows=max_batch_rows)
+    if host not in LOOPBACK and not api_key:
+        print(f"prefloop serve: warning: listening on {host} without --api-key: anyone who can reach this "
+              "machine can use the model", file=sys.stderr)
+    print(f"prefloop serve: model {name!r} at http://{host}:{port}/v1"
+          + (f", logging interactions to {db}" if db else ""), file=sys.stderr)
+    try:
+        uvicorn.run(create_app(engine, name, api_key, store, max_tokens_limit), host=host, port=port,
+                    log_level="info")
+    finally:
+        engine.close()
+    return 0
