@@ -1,19 +1,32 @@
 """Preference losses: pure functions of per-sequence log-probabilities.
 
-No model, no tokenizer, no hidden state. Each loss takes the summed log-probs of the chosen and
-rejected responses under the policy and (for reference-based losses) the reference, and returns a
-per-pair loss of shape [B]. `preference_loss` combines the configured losses and computes the
-implicit rewards that the trainer logs (`rewards/chosen` = beta * (pi_c - ref_c), ...).
+No model, no tokenizer, no hidden state. Each loss takes log-probs (or log-ratios) of the chosen
+and rejected responses and returns a per-pair loss of shape [B]. `preference_loss` combines the
+configured losses with their weights, adds the SFT term, applies per-pair weights/margins, and
+computes the implicit rewards that the trainer logs (`rewards/chosen` = beta * (pi_c - ref_c), ...).
 
-Shapes: every tensor argument is [B] (one value per pair), float32.
+Notation used in the docstrings (every tensor is [B], one value per pair, float32):
+    pi_c, pi_r     policy log-prob of the chosen / rejected response (summed over its tokens)
+    ref_c, ref_r   the same under the reference model
+    r_c, r_r       log-ratios: r_c = pi_c - ref_c, r_r = pi_r - ref_r
+    h              r_c - r_r (the DPO "logits")
+    |y_c|, |y_r|   number of response tokens
+    m              per-pair target reward margin from the data (0 when absent)
+    eps            `dpo_label_smoothing`
+The only state any loss needs, bco_pair's running reward mean, is passed in and returned
+(`BCOState`); the trainer owns it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,78 +53,350 @@ class SequenceLogps:
 
 @dataclass
 class LossSpec:
-    """Which losses to use and their hyperparameters (built from the training config)."""
+    """Which losses to use and their hyperparameters (built from the training config).
+
+    `label_smoothing` is cDPO's eps for the losses in SMOOTHING_LOSSES, the label-flip rate for
+    `robust`, and EXO's eps for `exo_pair`. `ld_alpha` (LD-DPO) is applied by `logps.py` when it sums
+    token log-probs; it is carried here so one object describes the objective.
+    """
 
     names: list[str] = field(default_factory=lambda: ["sigmoid"])
     weights: list[float] = field(default_factory=lambda: [1.0])
     beta: float = 0.1
     label_smoothing: float = 0.0
     ftx: float = 0.0
+    simpo_gamma: float = 0.5
+    discopop_tau: float = 0.05
+    ld_alpha: float | None = None
 
     @property
     def needs_reference(self) -> bool:
+        """False when every loss is reference-free: the trainer then loads and caches no reference."""
         return any(name not in REFERENCE_FREE for name in self.names)
+
+    @property
+    def uses_margin(self) -> bool:
+        """True when at least one configured loss can use per-pair margins from the data."""
+        return any(name in MARGIN_LOSSES for name in self.names)
+
+    @property
+    def uses_pair_weight(self) -> bool:
+        """False when a loss sorts the batch (aot): its rows are quantiles, not pairs."""
+        return not any(name in SORTED_LOSSES for name in self.names)
+
+
+@dataclass
+class BCOState:
+    """bco_pair's reward shift delta: the mean of every implicit reward seen in training so far.
+
+    Immutable: `updated` returns a new state. The trainer keeps the state across training steps
+    (and in its checkpoint); evaluation passes the training state in and discards what comes back.
+    Under data parallelism, gather the rewards of all ranks before `updated` so ranks agree.
+    """
+
+    mean: float = 0.0
+    count: int = 0
+
+    def updated(self, rewards: torch.Tensor) -> "BCOState":
+        rewards = rewards.detach().float().flatten()
+        n = rewards.numel()
+        if n == 0:
+            return self
+        total = self.count + n
+        mean = self.mean + (rewards.mean().item() - self.mean) * n / total
+        return BCOState(mean, total)
 
 
 @dataclass
 class LossOutput:
-    losses: torch.Tensor  # [B] per-pair loss, already weighted
+    losses: torch.Tensor  # [B] per-pair loss, weighted and with the SFT term
     chosen_rewards: torch.Tensor  # [B], detached
     rejected_rewards: torch.Tensor  # [B], detached
+    components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] detached, unweighted
+    bco_state: BCOState | None = None  # the new state when bco_pair ran, else the state passed in
 
 
-def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+# --------------------------------------------------------------------------------------------
+# Losses on the pair log-ratio difference h (reference-based)
+# --------------------------------------------------------------------------------------------
+
+
+def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 0.0, margin=0.0) -> torch.Tensor:
     """DPO (Rafailov et al. 2023, "Direct Preference Optimization", eq. 7) with cDPO smoothing.
 
-    h = (pi_c - ref_c) - (pi_r - ref_r)
-    loss = -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)
-    `logits` is h; eps is the label-smoothing rate (Mitchell 2023, conservative DPO). At h = 0 the
-    loss is ln 2.
+    z = beta * h - m
+    loss = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)            [B]
+    `logits` is h; eps is the label-smoothing rate (Mitchell 2023, "A note on DPO with noisy
+    preferences", conservative DPO). At h = 0 (policy == reference), m = 0 the loss is ln 2.
     """
-    return -(1 - label_smoothing) * F.logsigmoid(beta * logits) - label_smoothing * F.logsigmoid(-beta * logits)
+    z = beta * logits - margin
+    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-def hinge_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
+def sigmoid_norm_loss(logits_per_token: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+                      margin=0.0) -> torch.Tensor:
+    """Length-normalised DPO (SimPO, Meng et al. 2024, App. "DPO w/ LN"; Tülu 3, Lambert et al. 2024, sec. 4.3).
+
+    h_norm = r_c / |y_c| - r_r / |y_r|
+    loss = sigmoid_loss(h_norm) = -log sigmoid(beta * h_norm - m)  (cDPO smoothing as in sigmoid)   [B]
+    """
+    return sigmoid_loss(logits_per_token, beta, label_smoothing, margin)
+
+
+def hinge_loss(logits: torch.Tensor, beta: float, margin=0.0) -> torch.Tensor:
     """SLiC hinge (Zhao et al. 2023, "SLiC-HF", eq. 1 with delta = 1/beta, scaled by beta).
 
-    loss = max(0, 1 - beta * h), with h as in `sigmoid_loss`. At h = 0 the loss is 1.
+    loss = max(0, 1 - (beta * h - m))                                     [B]
+    At h = 0, m = 0 the loss is 1.
     """
-    return torch.relu(1 - beta * logits)
+    return torch.relu(1 - (beta * logits - margin))
 
 
-def ipo_loss(logits_per_token: torch.Tensor, beta: float) -> torch.Tensor:
-    """IPO (Azar et al. 2023, "A General Theoretical Paradigm...", eq. 17).
+def ipo_loss(logits_per_token: torch.Tensor, beta: float, margin=0.0) -> torch.Tensor:
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", eq. 17; beta is the paper's tau).
 
-    loss = (h - 1 / (2 * beta))^2, where h uses length-averaged log-probs (as the paper's
-    token-level formulation does): h = (pi_c - ref_c)/|y_c| - (pi_r - ref_r)/|y_r|.
-    At h = 0 the loss is (1 / (2 beta))^2.
+    loss = (h_norm - (1 + 2m) / (2 * beta))^2, with h_norm = r_c/|y_c| - r_r/|y_r|      [B]
+    Length-averaged log-ratios as the paper's authors use them (confirmed in TRL's notes). A margin
+    m in reward units moves the target from 1/(2 beta) to 1/(2 beta) + m/beta, i.e. the loss is
+    ((beta h_norm - m) - 1/2)^2 / beta^2. At h = 0, m = 0 the loss is (1 / (2 beta))^2.
     """
-    return (logits_per_token - 1 / (2 * beta)) ** 2
+    return (logits_per_token - (0.5 + margin) / beta) ** 2
 
 
-REFERENCE_FREE: set[str] = set()
-KNOWN_LOSSES = ("sigmoid", "hinge", "ipo")
+def robust_loss(logits: torch.Tensor, beta: float, label_smoothing: float, margin=0.0) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024, "Provably Robust DPO"): unbiased under label flips.
+
+    z = beta * h - m; eps = probability that a label is flipped, 0 <= eps < 1/2
+    loss = [(1 - eps) * (-log sigmoid(z)) - eps * (-log sigmoid(-z))] / (1 - 2 eps)      [B]
+    """
+    z = beta * logits - margin
+    return (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
 
 
-def _log_ratios(policy: SequenceLogps, reference: SequenceLogps):
-    return policy.chosen - reference.chosen, policy.rejected - reference.rejected
+def exo_pair_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 1e-3, margin=0.0) -> torch.Tensor:
+    """EXO, pairwise (Ji et al. 2024, "Towards Efficient Exact Optimization of Language Model
+    Alignment", eq. 16, K = 2): reverse KL from the policy's preference to the smoothed label.
+
+    z = beta * h - m;  q = sigmoid(z) (policy's probability that chosen wins); label p = (1 - eps, eps)
+    loss = KL(q || p) = q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)        [B]
+    eps must be in (0, 1); the paper uses 1e-3, the default when `dpo_label_smoothing` is unset.
+    """
+    z = beta * logits - margin
+    q = torch.sigmoid(z)
+    return q * (F.logsigmoid(z) - math.log1p(-label_smoothing)) + (1 - q) * (F.logsigmoid(-z) - math.log(label_smoothing))
 
 
-def single_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | None, spec: LossSpec) -> torch.Tensor:
-    """The per-pair loss [B] of one named loss."""
-    if name in REFERENCE_FREE:
-        raise NotImplementedError(name)
-    assert reference is not None, f"pref_loss {name!r} needs reference log-probs"
-    chosen_ratio, rejected_ratio = _log_ratios(policy, reference)
-    logits = chosen_ratio - rejected_ratio
+def discopop_loss(logits: torch.Tensor, beta: float, tau: float = 0.05, margin=0.0) -> torch.Tensor:
+    """DiscoPOP / log-ratio modulated loss (Lu et al. 2024, "Discovering Preference Optimization
+    Algorithms with and for Large Language Models", eq. 5).
+
+    z = beta * h - m;  s = sigmoid(z / tau)
+    loss = (1 - s) * (-log sigmoid(z)) + s * exp(-z)                      [B]
+    tau = 0.05 in the paper. At h = 0: (ln 2 + 1) / 2.
+    """
+    z = beta * logits - margin
+    s = torch.sigmoid(z / tau)
+    return (1 - s) * -F.logsigmoid(z) + s * torch.exp(-z)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses on the individual log-ratios r_c, r_r (reference-based)
+# --------------------------------------------------------------------------------------------
+
+
+def nca_pair_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """NCA, pairwise (Chen et al. 2024, "Noise Contrastive Alignment of Language Models with Explicit
+    Rewards", preference case K = 2): optimises absolute likelihoods, so chosen cannot fall freely.
+
+    loss = -log sigmoid(beta r_c) - 1/2 log sigmoid(-beta r_c) - 1/2 log sigmoid(-beta r_r)   [B]
+    At r = 0: 2 ln 2.
+    """
+    zc, zr = beta * chosen_ratio, beta * rejected_ratio
+    return -F.logsigmoid(zc) - 0.5 * F.logsigmoid(-zc) - 0.5 * F.logsigmoid(-zr)
+
+
+def bco_pair_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float, delta) -> torch.Tensor:
+    """BCO, pairwise (Jung et al. 2024, "Binary Classifier Optimization for Large Language Model
+    Alignment"): a binary classifier with the implicit reward as logit, shifted by delta.
+
+    loss = -log sigmoid(beta r_c - delta) - log sigmoid(-(beta r_r - delta))            [B]
+    delta is the running mean of all implicit rewards beta*r seen so far, this batch included
+    (`BCOState`, kept by the trainer). TRL's current `bco_pair` drops delta; this follows the paper.
+    """
+    return -F.logsigmoid(beta * chosen_ratio - delta) - F.logsigmoid(-(beta * rejected_ratio - delta))
+
+
+def sppo_hard_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """SPPO with hard labels (Wu et al. 2024, "Self-Play Preference Optimization for Language Model
+    Alignment", eq. 4.7 / Alg. 1 with P(chosen wins) = 1, P(rejected wins) = 0, eta = 1/beta).
+
+    loss = (r_c - 1/(2 beta))^2 + (r_r + 1/(2 beta))^2                   [B]
+    At r = 0: 2 (1/(2 beta))^2.
+    """
+    return (chosen_ratio - 0.5 / beta) ** 2 + (rejected_ratio + 0.5 / beta) ** 2
+
+
+def apo_zero_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive
+    Revisions", eq. 7): raise chosen, lower rejected, each anchored at the reference.
+
+    loss = 1 - sigmoid(beta r_c) + sigmoid(beta r_r)                     [B]
+    The paper writes -sigmoid(beta r_c) + sigmoid(beta r_r); the constant 1 (as TRL logs it) keeps
+    the loss non-negative and changes no gradient. At r = 0: 1.
+    """
+    return 1 - torch.sigmoid(beta * chosen_ratio) + torch.sigmoid(beta * rejected_ratio)
+
+
+def apo_down_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """APO-down (D'Oosterlinck et al. 2024, eq. 8): lower both, rejected more (when the model is
+    already better than the chosen answers).
+
+    loss = sigmoid(beta r_c) + 1 - sigmoid(beta (r_c - r_r))             [B]
+    The paper has no constant 1 (see `apo_zero_loss`). At r = 0: 1.
+    """
+    return torch.sigmoid(beta * chosen_ratio) + 1 - torch.sigmoid(beta * (chosen_ratio - rejected_ratio))
+
+
+def kto_pair_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """KTO on paired data (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
+    Optimization", with lambda_D = lambda_U = 1).
+
+    z_c = max(0, mean_batch(r_r)), z_r = max(0, mean_batch(r_c))   (KL reference points, detached)
+    loss = 1/2 [(1 - sigmoid(beta (r_c - z_c))) + (1 - sigmoid(beta (z_r - r_r)))]      [B]
+    Chosen and rejected are separate examples of the paper's expectation, hence the mean of the two.
+    The paper estimates the reference point z from mismatched outputs; with paired data and no extra
+    forward pass, the other half of the batch stands in (as TRL's former kto_pair did). The paper
+    does not backpropagate through z, so it is detached here (TRL's was not). At r = 0: 1/2.
+    """
+    z_chosen = rejected_ratio.detach().mean().clamp(min=0)
+    z_rejected = chosen_ratio.detach().mean().clamp(min=0)
+    desirable = 1 - torch.sigmoid(beta * (chosen_ratio - z_chosen))
+    undesirable = 1 - torch.sigmoid(beta * (z_rejected - rejected_ratio))
+    return 0.5 * (desirable + undesirable)
+
+
+def aot_loss(policy_margin: torch.Tensor, reference_margin: torch.Tensor, beta: float,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+    """AOT, paired (Melnyk et al. 2024, "Distributional Preference Alignment of LLMs via Optimal
+    Transport"): first-order stochastic dominance of the policy's margins over the reference's.
+
+    u = sort(pi_c - pi_r), v = sort(ref_c - ref_r)   (ascending over the batch: quantiles)
+    loss_i = -(1 - eps) log sigmoid(beta (u_i - v_i)) - eps log sigmoid(-beta (u_i - v_i))   [B]
+    Row i is the i-th quantile, not pair i, so per-pair weights do not apply. Larger batches
+    estimate the quantiles better.
+    """
+    delta = torch.sort(policy_margin, dim=0).values - torch.sort(reference_margin, dim=0).values
+    return sigmoid_loss(delta, beta, label_smoothing)
+
+
+def aot_unpaired_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta: float,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """AOT, unpaired (Melnyk et al. 2024): the chosen log-ratios' distribution should dominate the
+    rejected log-ratios' distribution.
+
+    loss_i = sigmoid_loss(sort(r_c)_i - sort(r_r)_i)   (cDPO smoothing as in sigmoid)   [B]
+    """
+    delta = torch.sort(chosen_ratio, dim=0).values - torch.sort(rejected_ratio, dim=0).values
+    return sigmoid_loss(delta, beta, label_smoothing)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference-free losses (length-averaged policy log-probs lp_c = pi_c/|y_c|, lp_r = pi_r/|y_r|)
+# --------------------------------------------------------------------------------------------
+
+
+def simpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: float, gamma: float,
+               label_smoothing: float = 0.0, margin=0.0) -> torch.Tensor:
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward").
+
+    z = beta * (lp_c - lp_r) - gamma - m
+    loss = -(1 - eps) log sigmoid(z) - eps log sigmoid(-z)               [B]
+    gamma is the target reward margin (`simpo_gamma`); the paper uses beta of 2-10.
+    """
+    return sigmoid_loss(chosen_mean - rejected_mean, beta, label_smoothing, gamma + margin)
+
+
+def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: float) -> torch.Tensor:
+    """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model").
+
+    odds(y) = P / (1 - P), P = exp(lp)    log odds(y) = lp - log(1 - exp(lp))
+    loss = -lp_c + beta * (-log sigmoid(log odds(y_c) - log odds(y_r)))    [B]
+    The SFT term -lp_c is part of ORPO; beta is the paper's lambda. lp is clamped to <= -1e-6 so
+    log(1 - exp(lp)) stays finite when a response has probability 1 in floating point.
+    """
+    lp_c, lp_r = chosen_mean.clamp(max=-1e-6), rejected_mean.clamp(max=-1e-6)
+    log_odds = (lp_c - torch.log(-torch.expm1(lp_c))) - (lp_r - torch.log(-torch.expm1(lp_r)))
+    return -chosen_mean + beta * -F.logsigmoid(log_odds)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and combination
+# --------------------------------------------------------------------------------------------
+
+KNOWN_LOSSES = (
+    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "orpo", "simpo", "kto_pair",
+)
+REFERENCE_FREE: set[str] = {"orpo", "simpo"}
+# Losses that accept dpo_label_smoothing (cDPO eps, robust's flip rate, EXO's eps).
+SMOOTHING_LOSSES = {"sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot_unpaired", "simpo"}
+# Losses built on a reward margin z = beta*h where a per-pair target margin m has a meaning (z - m).
+MARGIN_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "robust", "exo_pair", "discopop", "simpo"}
+SORTED_LOSSES = {"aot", "aot_unpaired"}
+EXO_DEFAULT_EPS = 1e-3
+
+
+def _per_token(ratio: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return ratio / tokens.clamp(min=1)
+
+
+def single_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | None, spec: LossSpec,
+                margin=0.0, bco_delta: float = 0.0) -> torch.Tensor:
+    """The per-pair loss [B] of one named loss; `margin` ([B] or 0) in reward units."""
+    beta, eps = spec.beta, spec.label_smoothing
+    if name == "simpo":
+        return simpo_loss(policy.chosen_mean, policy.rejected_mean, beta, spec.simpo_gamma, eps, margin)
+    if name == "orpo":
+        return orpo_loss(policy.chosen_mean, policy.rejected_mean, beta)
+    if name not in KNOWN_LOSSES:
+        raise ValueError(f"unknown pref_loss {name!r}; known: {', '.join(KNOWN_LOSSES)}")
+    if reference is None:
+        raise ValueError(f"pref_loss {name!r} needs reference log-probs; none were given")
+    r_c, r_r = policy.chosen - reference.chosen, policy.rejected - reference.rejected
+    h = r_c - r_r
     if name == "sigmoid":
-        return sigmoid_loss(logits, spec.beta, spec.label_smoothing)
+        return sigmoid_loss(h, beta, eps, margin)
     if name == "hinge":
-        return hinge_loss(logits, spec.beta)
-    if name == "ipo":
-        per_token = chosen_ratio / policy.chosen_tokens.clamp(min=1) - rejected_ratio / policy.rejected_tokens.clamp(min=1)
-        return ipo_loss(per_token, spec.beta)
-    raise ValueError(f"unknown pref_loss {name!r}; known: {', '.join(KNOWN_LOSSES)}")
+        return hinge_loss(h, beta, margin)
+    if name in ("ipo", "sigmoid_norm"):
+        h_norm = _per_token(r_c, policy.chosen_tokens) - _per_token(r_r, policy.rejected_tokens)
+        return ipo_loss(h_norm, beta, margin) if name == "ipo" else sigmoid_norm_loss(h_norm, beta, eps, margin)
+    if name == "robust":
+        return robust_loss(h, beta, eps, margin)
+    if name == "exo_pair":
+        return exo_pair_loss(h, beta, eps or EXO_DEFAULT_EPS, margin)
+    if name == "discopop":
+        return discopop_loss(h, beta, spec.discopop_tau, margin)
+    if name == "nca_pair":
+        return nca_pair_loss(r_c, r_r, beta)
+    if name == "bco_pair":
+        return bco_pair_loss(r_c, r_r, beta, bco_delta)
+    if name == "sppo_hard":
+        return sppo_hard_loss(r_c, r_r, beta)
+    if name == "apo_zero":
+        return apo_zero_loss(r_c, r_r, beta)
+    if name == "apo_down":
+        return apo_down_loss(r_c, r_r, beta)
+    if name == "kto_pair":
+        return kto_pair_loss(r_c, r_r, beta)
+    if name == "aot":
+        return aot_loss(policy.chosen - policy.rejected, reference.chosen - reference.rejected, beta, eps)
+    return aot_unpaired_loss(r_c, r_r, beta, eps)  # the only name left
+
+
+def _is_trivial(values: torch.Tensor | None, neutral: float) -> bool:
+    return values is None or bool(torch.all(values == neutral))
 
 
 def preference_loss(
@@ -120,48 +405,131 @@ def preference_loss(
     spec: LossSpec,
     weight: torch.Tensor | None = None,
     margin: torch.Tensor | None = None,
+    bco_state: BCOState | None = None,
 ) -> LossOutput:
-    """Weighted sum of the configured losses, plus the SFT term `ftx * NLL(chosen)/|y_c|`.
+    """Weighted sum of the configured losses, plus the SFT term `ftx * (-pi_c / |y_c|)`, per pair.
 
-    `weight` ([B], per-pair weights from the data) scales each pair's loss. `margin` ([B]) is a
-    target reward margin subtracted from the logits where the loss defines one (sigmoid/hinge).
-    Rewards are beta * log-ratio (reference-based) or beta * mean log-prob (reference-free).
+    loss_i = weight_i * (sum_k w_k * loss_k(pair i; margin_i) + ftx * NLL_mean(chosen_i))     [B]
+    `weight` ([B], per-pair weights from the data) scales each pair's whole loss. `margin` ([B]) is
+    a target reward margin for the losses in MARGIN_LOSSES (z = beta*h becomes z - margin); a
+    non-zero margin with no such loss, or non-unit weights with a sorted loss (aot), is an error.
+    `bco_state` is bco_pair's running reward mean; the updated state comes back in the output.
+    Rewards are beta * log-ratio when a reference is given, else beta * mean log-prob (SimPO/ORPO).
     """
-    loss_reference = reference
-    if margin is not None and reference is not None:
-        # Shifting the rejected log-ratio by margin/beta turns beta*h into beta*h - margin.
-        loss_reference = SequenceLogps(reference.chosen, reference.rejected - margin / spec.beta,
-                                       reference.chosen_tokens, reference.rejected_tokens)
-    total = torch.zeros_like(policy.chosen)
-    for name, w in zip(spec.names, spec.weights):
-        total = total + w * single_loss(name, policy, loss_reference, spec)
-    if spec.ftx:
-        total = total - spec.ftx * policy.chosen_mean
-    if weight is not None:
-        total = total * weight
-    if reference is not None and spec.needs_reference:
+    if not _is_trivial(margin, 0.0) and not spec.uses_margin:
+        raise ValueError(f"the data has per-pair margins but pref_loss {spec.names} cannot use them; "
+                         f"margins apply to {sorted(MARGIN_LOSSES)}")
+    if not _is_trivial(weight, 1.0) and not spec.uses_pair_weight:
+        raise ValueError(f"the data has per-pair weights but pref_loss {spec.names} sorts the batch "
+                         "(aot): its rows are quantiles, not pairs")
+    if reference is not None:
         chosen_rewards = spec.beta * (policy.chosen - reference.chosen).detach()
         rejected_rewards = spec.beta * (policy.rejected - reference.rejected).detach()
     else:
         chosen_rewards = spec.beta * policy.chosen_mean.detach()
         rejected_rewards = spec.beta * policy.rejected_mean.detach()
-    return LossOutput(total, chosen_rewards, rejected_rewards)
 
+    bco_delta = 0.0
+    if "bco_pair" in spec.names:
+        bco_state = (bco_state or BCOState()).updated(torch.cat([chosen_rewards, rejected_rewards]))
+        bco_delta = bco_state.mean
+
+    pair_margin = 0.0 if margin is None else margin
+    total = torch.zeros_like(policy.chosen)
+    components: dict[str, torch.Tensor] = {}
+    for name, w in zip(spec.names, spec.weights):
+        loss = single_loss(name, policy, reference, spec, pair_margin if name in MARGIN_LOSSES else 0.0, bco_delta)
+        components[name] = loss.detach()
+        total = total + w * loss
+    if spec.ftx:
+        sft = -policy.chosen_mean
+        components["sft"] = sft.detach()
+        total = total + spec.ftx * sft
+    if weight is not None:
+        total = total * weight
+    return LossOutput(total, chosen_rewards, rejected_rewards, components, bco_state)
+
+
+# --------------------------------------------------------------------------------------------
+# From the config
+# --------------------------------------------------------------------------------------------
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
 
 
 def build_loss_spec(cfg) -> LossSpec:
-    """LossSpec from a training config (attributes `pref_loss`, `pref_beta`, `dpo_label_smoothing`,
-    `pref_ftx`, `pref_loss_weights`); raises ConfigError for unknown losses or options that do not apply."""
+    """LossSpec from a training config; raises ConfigError for unknown losses, bad values, and
+    options that do not apply to the chosen losses.
+
+    Reads `pref_loss` (a name, "a,b", or a list), `pref_loss_weights`, `pref_beta`,
+    `dpo_label_smoothing`, `pref_ftx`, `simpo_gamma`, `discopop_tau`, `ld_alpha`. Options left unset
+    (None; 0 for label smoothing and ftx) take the paper defaults.
+    """
     from prefloop.errors import ConfigError
 
-    names = cfg.pref_loss if isinstance(cfg.pref_loss, (list, tuple)) else [cfg.pref_loss]
+    names = _as_list(getattr(cfg, "pref_loss", "sigmoid"))
+    if not names:
+        raise ConfigError("pref_loss is empty; name at least one loss, e.g. pref_loss: sigmoid")
     for name in names:
         if name not in KNOWN_LOSSES:
             raise ConfigError(f"pref_loss: {name!r} is not a known loss; choose from {', '.join(KNOWN_LOSSES)}")
-    weights = list(getattr(cfg, "pref_loss_weights", None) or [1.0] * len(names))
+    if len(set(names)) != len(names):
+        raise ConfigError(f"pref_loss names a loss twice ({names}); give it one entry and set its weight")
+
+    weights = [float(w) for w in _as_list(getattr(cfg, "pref_loss_weights", None))] or [1.0] * len(names)
     if len(weights) != len(names):
-        raise ConfigError(f"pref_loss_weights has {len(weights)} values but pref_loss names {len(names)} losses")
-    smoothing = getattr(cfg, "dpo_label_smoothing", 0.0) or 0.0
-    if smoothing and any(n != "sigmoid" for n in names):
-        raise ConfigError("dpo_label_smoothing (cDPO) is defined only for pref_loss: sigmoid")
-    return LossSpec(list(names), weights, cfg.pref_beta, smoothing, getattr(cfg, "pref_ftx", 0.0) or 0.0)
+        raise ConfigError(f"pref_loss_weights has {len(weights)} values but pref_loss names {len(names)} "
+                          f"losses ({names}); give one weight per loss, in the same order")
+    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) == 0:
+        raise ConfigError(f"pref_loss_weights {weights} must be finite, >= 0 and not all 0")
+
+    beta = float(getattr(cfg, "pref_beta", 0.1))
+    if not beta > 0:
+        raise ConfigError(f"pref_beta must be > 0 (got {beta}); 0.1 is the usual DPO value")
+
+    smoothing = float(getattr(cfg, "dpo_label_smoothing", 0.0) or 0.0)
+    if smoothing:
+        users = [n for n in names if n in SMOOTHING_LOSSES]
+        if not users:
+            raise ConfigError(f"dpo_label_smoothing does not apply to pref_loss {names}; it is defined for "
+                              f"{', '.join(sorted(SMOOTHING_LOSSES))}. Remove it or change pref_loss.")
+        ignored = [n for n in names if n not in SMOOTHING_LOSSES]
+        if ignored:
+            log.warning("dpo_label_smoothing=%s applies to %s only, not to %s", smoothing, users, ignored)
+        upper = 1.0 if users == ["exo_pair"] else 0.5
+        if not 0 < smoothing < upper:
+            raise ConfigError(f"dpo_label_smoothing must be in (0, {upper}) for {users} (got {smoothing}); "
+                              "it is the assumed rate of flipped labels, e.g. 0.1")
+    if "robust" in names and not smoothing:
+        raise ConfigError("pref_loss robust needs dpo_label_smoothing > 0 (the assumed label-flip rate, "
+                          "e.g. 0.1); with 0 it is plain sigmoid")
+
+    ftx = float(getattr(cfg, "pref_ftx", 0.0) or 0.0)
+    if ftx < 0:
+        raise ConfigError(f"pref_ftx must be >= 0 (got {ftx}); it weights the SFT loss on chosen answers")
+
+    gamma = getattr(cfg, "simpo_gamma", None)
+    if gamma is not None and "simpo" not in names:
+        raise ConfigError(f"simpo_gamma is set but pref_loss is {names}; it applies only to pref_loss: simpo")
+    tau = getattr(cfg, "discopop_tau", None)
+    if tau is not None and "discopop" not in names:
+        raise ConfigError(f"discopop_tau is set but pref_loss is {names}; it applies only to pref_loss: discopop")
+    if tau is not None and not float(tau) > 0:
+        raise ConfigError(f"discopop_tau must be > 0 (got {tau}); the paper uses 0.05")
+
+    ld_alpha = getattr(cfg, "ld_alpha", None)
+    if ld_alpha is not None:
+        ld_alpha = float(ld_alpha)
+        if not 0 <= ld_alpha <= 1:
+            raise ConfigError(f"ld_alpha must be in [0, 1] (got {ld_alpha}); LD-DPO suggests 0.5")
+    return LossSpec(
+        names=names, weights=weights, beta=beta, label_smoothing=smoothing, ftx=ftx,
+        simpo_gamma=0.5 if gamma is None else float(gamma),
+        discopop_tau=0.05 if tau is None else float(tau), ld_alpha=ld_alpha,
+    )

@@ -1,0 +1,337 @@
+"""Each preference loss against values computed by hand from its paper's formula.
+
+The expected values are written with math.log / math.exp from the formula in each docstring,
+never by calling another implementation.
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prefloop.errors import ConfigError
+from prefloop.train.losses import (
+    BCOState,
+    KNOWN_LOSSES,
+    LossSpec,
+    SequenceLogps,
+    build_loss_spec,
+    preference_loss,
+)
+
+BETA = 0.1
+
+
+def logsig(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def seq(chosen, rejected, chosen_tokens=(4.0, 5.0), rejected_tokens=(2.0, 8.0)):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return SequenceLogps(t(chosen), t(rejected), t(chosen_tokens), t(rejected_tokens))
+
+
+# Two pairs. r_c = [1, -1], r_r = [-0.5, 0.5], h = [1.5, -1.5].
+POLICY = seq([-10.0, -20.0], [-12.0, -18.0])
+REFERENCE = seq([-11.0, -19.0], [-11.5, -18.5])
+R_C = [1.0, -1.0]
+R_R = [-0.5, 0.5]
+H = [1.5, -1.5]
+LEN_C = [4.0, 5.0]
+LEN_R = [2.0, 8.0]
+PI_C = [-10.0, -20.0]
+PI_R = [-12.0, -18.0]
+
+
+def run(names, reference=REFERENCE, policy=POLICY, **kw):
+    names = [names] if isinstance(names, str) else names
+    spec = LossSpec(names=names, weights=kw.pop("weights", [1.0] * len(names)), beta=kw.pop("beta", BETA), **kw)
+    return preference_loss(policy, reference, spec)
+
+
+def check(names, expected, **kw):
+    out = run(names, **kw)
+    assert out.losses.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    return out
+
+
+# --- at policy == reference (the first step) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value", [
+    ("sigmoid", math.log(2)),
+    ("hinge", 1.0),
+    ("ipo", (1 / (2 * BETA)) ** 2),
+    ("sigmoid_norm", math.log(2)),
+    ("nca_pair", 2 * math.log(2)),
+    ("bco_pair", 2 * math.log(2)),
+    ("sppo_hard", 2 * (1 / (2 * BETA)) ** 2),
+    ("apo_zero", 1.0),
+    ("apo_down", 1.0),
+    ("kto_pair", 0.5),
+    ("discopop", (math.log(2) + 1) / 2),
+    ("aot", math.log(2)),
+    ("aot_unpaired", math.log(2)),
+])
+def test_loss_at_policy_equal_reference(name, value):
+    out = run(name, policy=REFERENCE)
+    assert out.losses.tolist() == pytest.approx([value, value], rel=1e-12)
+    assert out.chosen_rewards.tolist() == [0.0, 0.0]
+
+
+def test_sigmoid_hinge_ipo_differ_at_first_step():
+    values = {n: run(n, policy=REFERENCE).losses.mean().item() for n in ("sigmoid", "hinge", "ipo")}
+    assert values == pytest.approx({"sigmoid": math.log(2), "hinge": 1.0, "ipo": 25.0})
+
+
+# --- each loss at h != 0 -------------------------------------------------------------------------
+
+
+def test_sigmoid():
+    check("sigmoid", [-logsig(BETA * h) for h in H])
+
+
+def test_sigmoid_label_smoothing_cdpo():
+    eps = 0.2
+    check("sigmoid", [-(1 - eps) * logsig(BETA * h) - eps * logsig(-BETA * h) for h in H], label_smoothing=eps)
+
+
+def test_hinge():
+    check("hinge", [max(0.0, 1 - BETA * h) for h in H])
+    check("hinge", [max(0.0, 1 - 2.0 * h) for h in H], beta=2.0)  # second pair saturates at 0
+
+
+def test_ipo_uses_per_token_log_ratios():
+    hn = [R_C[i] / LEN_C[i] - R_R[i] / LEN_R[i] for i in range(2)]
+    check("ipo", [(x - 1 / (2 * BETA)) ** 2 for x in hn])
+
+
+def test_sigmoid_norm():
+    hn = [R_C[i] / LEN_C[i] - R_R[i] / LEN_R[i] for i in range(2)]
+    check("sigmoid_norm", [-logsig(BETA * x) for x in hn])
+
+
+def test_robust():
+    eps = 0.1
+    check("robust", [((1 - eps) * -logsig(BETA * h) - eps * -logsig(-BETA * h)) / (1 - 2 * eps) for h in H],
+          label_smoothing=eps)
+
+
+def test_exo_pair_default_and_explicit_eps():
+    def exo(h, eps):
+        q = sig(BETA * h)
+        return q * (math.log(q) - math.log(1 - eps)) + (1 - q) * (math.log(1 - q) - math.log(eps))
+    check("exo_pair", [exo(h, 1e-3) for h in H])
+    check("exo_pair", [exo(h, 0.05) for h in H], label_smoothing=0.05)
+
+
+def test_nca_pair():
+    check("nca_pair", [-logsig(BETA * c) - 0.5 * logsig(-BETA * c) - 0.5 * logsig(-BETA * r) for c, r in zip(R_C, R_R)])
+
+
+def test_bco_pair_running_delta_is_passed_in_and_out():
+    rewards = [BETA * x for x in R_C + R_R]  # this batch: mean 0
+    prior = BCOState(mean=0.3, count=4)
+    delta = (0.3 * 4 + sum(rewards)) / 8
+    spec = LossSpec(names=["bco_pair"], weights=[1.0], beta=BETA)
+    out = preference_loss(POLICY, REFERENCE, spec, bco_state=prior)
+    expected = [-logsig(BETA * c - delta) - logsig(-(BETA * r - delta)) for c, r in zip(R_C, R_R)]
+    assert out.losses.tolist() == pytest.approx(expected, rel=1e-9)
+    assert out.bco_state == BCOState(mean=pytest.approx(delta), count=8)
+    assert prior == BCOState(0.3, 4)  # the state passed in is not changed
+    # a fresh run starts from delta = mean of this batch
+    assert run("bco_pair").bco_state.mean == pytest.approx(sum(rewards) / 4)
+
+
+def test_sppo_hard():
+    check("sppo_hard", [(c - 0.5 / BETA) ** 2 + (r + 0.5 / BETA) ** 2 for c, r in zip(R_C, R_R)])
+
+
+def test_aot_sorts_margins_over_the_batch():
+    # policy margins pi_c - pi_r = [2, -2] -> sorted [-2, 2]; reference [0.5, -0.5] -> [-0.5, 0.5]
+    deltas = [-2 - -0.5, 2 - 0.5]
+    check("aot", [-logsig(BETA * d) for d in deltas])
+
+
+def test_aot_unpaired_sorts_log_ratios():
+    # r_c sorted [-1, 1], r_r sorted [-0.5, 0.5]
+    deltas = [-1 - -0.5, 1 - 0.5]
+    eps = 0.1
+    check("aot_unpaired", [-(1 - eps) * logsig(BETA * d) - eps * logsig(-BETA * d) for d in deltas],
+          label_smoothing=eps)
+
+
+def test_apo_zero_and_down():
+    check("apo_zero", [1 - sig(BETA * c) + sig(BETA * r) for c, r in zip(R_C, R_R)])
+    check("apo_down", [sig(BETA * c) + 1 - sig(BETA * (c - r)) for c, r in zip(R_C, R_R)])
+
+
+def test_discopop():
+    tau = 0.05
+
+    def f(h):
+        z = BETA * h
+        s = sig(z / tau)
+        return (1 - s) * -logsig(z) + s * math.exp(-z)
+    check("discopop", [f(h) for h in H])
+
+
+def test_kto_pair_uses_detached_batch_kl_reference_points():
+    z_c = max(0.0, sum(R_R) / 2)  # 0
+    z_r = max(0.0, sum(R_C) / 2)  # 0
+    expected = [0.5 * ((1 - sig(BETA * (c - z_c))) + (1 - sig(BETA * (z_r - r)))) for c, r in zip(R_C, R_R)]
+    check("kto_pair", expected)
+    # with positive mean log-ratios the reference points are active
+    policy = seq([-9.0, -18.0], [-10.0, -17.0])  # r_c = [2, 1], r_r = [1.5, 1.5]
+    rc, rr = [2.0, 1.0], [1.5, 1.5]
+    zc, zr = 1.5, 1.5
+    out = check("kto_pair", [0.5 * ((1 - sig(BETA * (c - zc))) + (1 - sig(BETA * (zr - r)))) for c, r in zip(rc, rr)],
+                policy=policy)
+    # z is not differentiated: d loss_0 / d pi_r[1] is zero (pi_r[1] enters only through z_r)
+    pol = seq([-9.0, -18.0], [-10.0, -17.0])
+    pol.rejected.requires_grad_(True)
+    pol.chosen.requires_grad_(True)
+    preference_loss(pol, REFERENCE, LossSpec(["kto_pair"], [1.0], BETA)).losses[0].backward()
+    assert pol.chosen.grad[1].item() == 0.0 and pol.rejected.grad[1].item() == 0.0
+    assert out.losses.shape == (2,)
+
+
+def test_simpo_is_reference_free_and_uses_gamma():
+    gamma = 0.8
+    lp_c = [PI_C[i] / LEN_C[i] for i in range(2)]
+    lp_r = [PI_R[i] / LEN_R[i] for i in range(2)]
+    out = check("simpo", [-logsig(2.0 * (c - r) - gamma) for c, r in zip(lp_c, lp_r)],
+                reference=None, beta=2.0, simpo_gamma=gamma)
+    assert out.chosen_rewards.tolist() == pytest.approx([2.0 * c for c in lp_c])
+
+
+def test_orpo_is_reference_free_with_its_sft_term():
+    lam = 0.25
+    lp_c = [PI_C[i] / LEN_C[i] for i in range(2)]
+    lp_r = [PI_R[i] / LEN_R[i] for i in range(2)]
+
+    def log_odds(lp):
+        return lp - math.log(1 - math.exp(lp))
+    check("orpo", [-c + lam * -logsig(log_odds(c) - log_odds(r)) for c, r in zip(lp_c, lp_r)],
+          reference=None, beta=lam)
+
+
+def test_reference_free_losses_need_no_reference():
+    assert not LossSpec(["simpo"]).needs_reference
+    assert not LossSpec(["orpo", "simpo"], [1.0, 1.0]).needs_reference
+    assert LossSpec(["simpo", "sigmoid"], [1.0, 1.0]).needs_reference
+    with pytest.raises(ValueError, match="needs reference"):
+        run("sigmoid", reference=None)
+
+
+# --- combinations, SFT term, per-pair weight and margin ------------------------------------------
+
+
+def test_loss_list_with_weights_and_components():
+    sigm = [-logsig(BETA * h) for h in H]
+    nca = [-logsig(BETA * c) - 0.5 * logsig(-BETA * c) - 0.5 * logsig(-BETA * r) for c, r in zip(R_C, R_R)]
+    out = check(["sigmoid", "nca_pair"], [0.8 * s + 0.2 * n for s, n in zip(sigm, nca)], weights=[0.8, 0.2])
+    assert out.components["sigmoid"].tolist() == pytest.approx(sigm)
+    assert out.components["nca_pair"].tolist() == pytest.approx(nca)
+
+
+def test_pref_ftx_adds_mean_nll_of_chosen():
+    ftx = 0.5
+    check("sigmoid", [-logsig(BETA * h) + ftx * -(PI_C[i] / LEN_C[i]) for i, h in enumerate(H)], ftx=ftx)
+
+
+def test_per_pair_weight_scales_whole_pair_loss():
+    spec = LossSpec(["sigmoid"], [1.0], BETA, ftx=1.0)
+    out = preference_loss(POLICY, REFERENCE, spec, weight=torch.tensor([2.0, 0.5], dtype=torch.float64))
+    expected = [w * (-logsig(BETA * h) - PI_C[i] / LEN_C[i]) for i, (w, h) in enumerate(zip([2.0, 0.5], H))]
+    assert out.losses.tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("sigmoid", lambda h, m: -logsig(BETA * h - m)),
+    ("hinge", lambda h, m: max(0.0, 1 - (BETA * h - m))),
+    ("robust", lambda h, m: (0.9 * -logsig(BETA * h - m) - 0.1 * -logsig(-(BETA * h - m))) / 0.8),
+])
+def test_per_pair_margin_shifts_reward_margin(name, formula):
+    margin = torch.tensor([0.3, 0.0], dtype=torch.float64)
+    kw = {"label_smoothing": 0.1} if name == "robust" else {}
+    spec = LossSpec([name], [1.0], BETA, **kw)
+    out = preference_loss(POLICY, REFERENCE, spec, margin=margin)
+    assert out.losses.tolist() == pytest.approx([formula(h, m) for h, m in zip(H, [0.3, 0.0])])
+
+
+def test_ipo_margin_moves_the_target():
+    hn = [R_C[i] / LEN_C[i] - R_R[i] / LEN_R[i] for i in range(2)]
+    out = preference_loss(POLICY, REFERENCE, LossSpec(["ipo"], [1.0], BETA),
+                          margin=torch.tensor([0.2, 0.2], dtype=torch.float64))
+    assert out.losses.tolist() == pytest.approx([((BETA * x - 0.2) - 0.5) ** 2 / BETA ** 2 for x in hn])
+
+
+def test_margin_or_weight_that_cannot_apply_is_an_error():
+    with pytest.raises(ValueError, match="margins"):
+        preference_loss(POLICY, REFERENCE, LossSpec(["nca_pair"], [1.0], BETA), margin=torch.tensor([0.5, 0.0]))
+    with pytest.raises(ValueError, match="quantiles"):
+        preference_loss(POLICY, REFERENCE, LossSpec(["aot"], [1.0], BETA), weight=torch.tensor([2.0, 1.0]))
+    # neutral values (what a trainer passes when the data has none) are fine
+    preference_loss(POLICY, REFERENCE, LossSpec(["aot"], [1.0], BETA), weight=torch.ones(2, dtype=torch.float64),
+                    margin=None)
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+def cfg(**kw):
+    base = {"pref_loss": "sigmoid", "pref_beta": 0.1}
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_build_spec_defaults_and_lists():
+    spec = build_loss_spec(cfg())
+    assert spec.names == ["sigmoid"] and spec.weights == [1.0] and spec.needs_reference
+    spec = build_loss_spec(cfg(pref_loss=["sigmoid", "bco_pair"], pref_loss_weights=[0.8, 0.2]))
+    assert spec.names == ["sigmoid", "bco_pair"] and spec.weights == [0.8, 0.2]
+    assert build_loss_spec(cfg(pref_loss="sigmoid, hinge")).names == ["sigmoid", "hinge"]
+    spec = build_loss_spec(cfg(pref_loss="simpo", simpo_gamma=1.0, pref_beta=2.0, ld_alpha=0.5))
+    assert not spec.needs_reference and spec.simpo_gamma == 1.0 and spec.ld_alpha == 0.5
+    assert build_loss_spec(cfg(pref_loss="simpo")).simpo_gamma == 0.5
+    assert build_loss_spec(cfg(pref_loss="robust", dpo_label_smoothing=0.1)).label_smoothing == 0.1
+
+
+@pytest.mark.parametrize("name", KNOWN_LOSSES)
+def test_every_known_loss_builds_and_runs(name):
+    extra = {"dpo_label_smoothing": 0.1} if name == "robust" else {}
+    spec = build_loss_spec(cfg(pref_loss=name, **extra))
+    out = preference_loss(POLICY, REFERENCE if spec.needs_reference else None, spec)
+    assert out.losses.shape == (2,) and torch.isfinite(out.losses).all()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"pref_loss": "dpo"}, "not a known loss"),
+    ({"pref_loss": []}, "empty"),
+    ({"pref_loss": ["sigmoid", "sigmoid"]}, "twice"),
+    ({"pref_loss": ["sigmoid", "hinge"], "pref_loss_weights": [1.0]}, "one weight per loss"),
+    ({"pref_loss_weights": [-1.0]}, ">= 0"),
+    ({"pref_beta": 0.0}, "pref_beta"),
+    ({"pref_loss": "hinge", "dpo_label_smoothing": 0.1}, "does not apply"),
+    ({"pref_loss": "ipo", "dpo_label_smoothing": 0.1}, "does not apply"),
+    ({"dpo_label_smoothing": 0.6}, r"\(0, 0.5\)"),
+    ({"pref_loss": "robust"}, "needs dpo_label_smoothing"),
+    ({"simpo_gamma": 0.5}, "only to pref_loss: simpo"),
+    ({"discopop_tau": 0.05}, "only to pref_loss: discopop"),
+    ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau must be"),
+    ({"pref_ftx": -1.0}, "pref_ftx"),
+    ({"ld_alpha": 1.5}, "ld_alpha"),
+])
+def test_options_that_do_not_apply_are_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        build_loss_spec(cfg(**kw))
+
+
+def test_exo_eps_may_exceed_half():
+    assert build_loss_spec(cfg(pref_loss="exo_pair", dpo_label_smoothing=0.7)).label_smoothing == 0.7
