@@ -322,7 +322,7 @@ def test_every_known_loss_builds_and_runs(name):
     ({"pref_loss": "ipo", "dpo_label_smoothing": 0.1}, "does not apply"),
     ({"dpo_label_smoothing": 0.6}, r"\(0, 0.5\)"),
     ({"pref_loss": "robust"}, "needs dpo_label_smoothing"),
-    ({"simpo_gamma": 0.5}, "only to pref_loss: simpo"),
+    ({"simpo_gamma": 1.0}, "only to pref_loss: simpo"),
     ({"discopop_tau": 0.05}, "only to pref_loss: discopop"),
     ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau must be"),
     ({"pref_ftx": -1.0}, "pref_ftx"),
@@ -331,6 +331,11 @@ def test_every_known_loss_builds_and_runs(name):
 def test_options_that_do_not_apply_are_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
         build_loss_spec(cfg(**kw))
+
+
+def test_config_default_simpo_gamma_is_not_an_error():
+    # prefloop.config.Config defaults simpo_gamma to 0.5 for every loss; that value means "unset"
+    assert build_loss_spec(cfg(simpo_gamma=0.5)).names == ["sigmoid"]
 
 
 def test_exo_eps_may_exceed_half():

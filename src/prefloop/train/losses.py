@@ -65,7 +65,7 @@ class LossSpec:
     beta: float = 0.1
     label_smoothing: float = 0.0
     ftx: float = 0.0
-    simpo_gamma: float = 0.5
+    simpo_gamma: float = 0.5  # SIMPO_GAMMA_DEFAULT
     discopop_tau: float = 0.05
     ld_alpha: float | None = None
 
@@ -345,6 +345,7 @@ SMOOTHING_LOSSES = {"sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot
 MARGIN_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "robust", "exo_pair", "discopop", "simpo"}
 SORTED_LOSSES = {"aot", "aot_unpaired"}
 EXO_DEFAULT_EPS = 1e-3
+SIMPO_GAMMA_DEFAULT = 0.5  # LLaMA-Factory's default
 
 
 def _per_token(ratio: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -515,6 +516,8 @@ def build_loss_spec(cfg) -> LossSpec:
         raise ConfigError(f"pref_ftx must be >= 0 (got {ftx}); it weights the SFT loss on chosen answers")
 
     gamma = getattr(cfg, "simpo_gamma", None)
+    if gamma == SIMPO_GAMMA_DEFAULT and "simpo" not in names:
+        gamma = None  # a config whose default is 0.5 cannot tell "unset" from "set to 0.5"
     if gamma is not None and "simpo" not in names:
         raise ConfigError(f"simpo_gamma is set but pref_loss is {names}; it applies only to pref_loss: simpo")
     tau = getattr(cfg, "discopop_tau", None)
@@ -530,6 +533,6 @@ def build_loss_spec(cfg) -> LossSpec:
             raise ConfigError(f"ld_alpha must be in [0, 1] (got {ld_alpha}); LD-DPO suggests 0.5")
     return LossSpec(
         names=names, weights=weights, beta=beta, label_smoothing=smoothing, ftx=ftx,
-        simpo_gamma=0.5 if gamma is None else float(gamma),
+        simpo_gamma=SIMPO_GAMMA_DEFAULT if gamma is None else float(gamma),
         discopop_tau=0.05 if tau is None else float(tau), ld_alpha=ld_alpha,
     )
