@@ -1,0 +1,216 @@
+"""`prefloop data check`: validate a preference dataset, print a quality report, write a clean copy.
+
+Exit codes: 0 the data can be trained on (warnings may be printed), 1 no usable pair is left
+(every pair fails a check or would be dropped at `--cutoff-len`), 2 the data cannot be read
+(DataError, printed by the CLI with file, line and field).
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import statistics
+import sys
+from typing import Any, Sequence
+
+from prefloop.data.formats import write_seed_jsonl
+from prefloop.data.loader import LoadResult, load_pairs
+from prefloop.data.quality import QualityReport, run_quality_checks
+from prefloop.data.schema import PreferencePair
+from prefloop.errors import ConfigError
+
+
+def distribution(values: Sequence[int]) -> dict[str, float]:
+    """min / median / p95 (nearest rank) / max / mean of a list of lengths."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, max(0, -(-95 * len(ordered) // 100) - 1))]
+    return {"min": ordered[0], "median": statistics.median(ordered), "p95": p95, "max": ordered[-1],
+            "mean": round(statistics.fmean(ordered), 2)}
+
+
+def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
+    """Prompt turns per pair (system excluded), multi-turn share, system prompts and tools."""
+    user_turns = [sum(1 for m in p.prompt if m.role == "user") for p in pairs]
+    return {
+        "prompt_turns": distribution([len(p.turns) for p in pairs]),
+        "multi_turn_pairs": sum(1 for n in user_turns if n > 1),
+        "with_system_prompt": sum(1 for p in pairs if p.system is not None),
+        "with_tools": sum(1 for p in pairs if p.tools),
+        "with_weight": sum(1 for p in pairs if p.weight is not None),
+        "with_margin": sum(1 for p in pairs if p.margin is not None),
+        "with_dimensions": sum(1 for p in pairs if p.dimensions),
+    }
+
+
+def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_name: str | None,
+                 cutoff_len: int | None) -> dict[str, Any]:
+    """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop."""
+    from prefloop.data.encode import encode_pairs
+    from prefloop.data.template import get_template
+    from prefloop.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    template = get_template(template_name, tokenizer)
+    encoded, full = encode_pairs(pairs, tokenizer, template, cutoff_len=None)
+    report: dict[str, Any] = {
+        "tokenizer": tokenizer_path,
+        "template": template.name,
+        "encoded": full.kept,
+        "not_encodable": [{"id": d.id, "reason": d.reason} for d in full.dropped],
+        "prompt": distribution([len(e.prompt_ids) for e in encoded]),
+        "chosen": distribution([len(e.chosen_ids) for e in encoded]),
+        "rejected": distribution([len(e.rejected_ids) for e in encoded]),
+        "pair_length": distribution([len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]),
+    }
+    if full.tools_ignored:
+        report["tools_ignored"] = full.tools_ignored
+    if cutoff_len is not None:
+        kept, cut = encode_pairs(pairs, tokenizer, template, cutoff_len=cutoff_len)
+        report["cutoff"] = {
+            "cutoff_len": cutoff_len,
+            "kept": cut.kept,
+            "dropped": len(cut.dropped),
+            "drop_reasons": dict(cut.drop_reasons()),
+            "dropped_ids": [d.id for d in cut.dropped[:20]],
+            "prompt_truncated": cut.prompt_truncated,
+            "turns_dropped": cut.turns_dropped,
+            "response_truncated": cut.response_truncated,
+            "summary": cut.summary(),
+        }
+        report["_kept_ids"] = {e.id for e in kept}
+    else:
+        report["_kept_ids"] = {e.id for e in encoded}
+    return report
+
+
+def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, Any] | None) -> dict[str, Any]:
+    pairs = loaded.pairs
+    report: dict[str, Any] = {
+        "datasets": [{"name": s.name, "files": [str(f) for f in s.files], "formatting": s.spec.formatting,
+                      "pairs": loaded.pairs_per_dataset.get(s.name, 0)} for s in loaded.sources],
+        "pairs": len(pairs),
+        "formats": dict(loaded.format_counts.most_common()),
+        "skipped": loaded.skipped.to_dict(),
+        "turns": turn_stats(pairs),
+        "quality": quality.to_dict(),
+    }
+    passing = {i for i in range(len(pairs)) if i not in quality.removed}
+    if tokens is not None:
+        kept_ids = tokens.pop("_kept_ids")
+        passing = {i for i in passing if pairs[i].id in kept_ids}
+        report["tokens"] = tokens
+    report["usable_pairs"] = len(passing)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Text rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _dist_text(d: dict[str, Any]) -> str:
+    if not d:
+        return "-"
+    return f"min {d['min']} / median {d['median']:g} / p95 {d['p95']} / max {d['max']}"
+
+
+def render_text(report: dict[str, Any], dataset: str) -> str:
+    lines = [f"Dataset {dataset}"]
+    for ds in report["datasets"]:
+        files = ", ".join(ds["files"][:5]) + (f" (+{len(ds['files']) - 5} more)" if len(ds["files"]) > 5 else "")
+        lines.append(f"  {ds['name']}: {ds['pairs']} pairs from {files} (formatting: {ds['formatting']})")
+    formats = ", ".join(f"{k} {v}" for k, v in report["formats"].items()) or "none"
+    lines.append(f"  pairs: {report['pairs']}   formats detected: {formats}")
+    skipped = report["skipped"]
+    if skipped["count"]:
+        lines.append(f"  skipped bad rows: {skipped['count']}")
+        for reason, n in list(skipped["reasons"].items())[:10]:
+            lines.append(f"    {n:>6}  {reason}")
+        for p in skipped["first"][:5]:
+            where = f"{p['file']} {p['location']}".strip()
+            lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
+    t = report["turns"]
+    lines.append(f"  prompt turns per pair: {_dist_text(t['prompt_turns'])}; {t['multi_turn_pairs']} multi-turn, "
+                 f"{t['with_system_prompt']} with a system prompt, {t['with_tools']} with tools")
+    extras = [f"{t[k]} with {k[5:]}" for k in ("with_weight", "with_margin", "with_dimensions") if t[k]]
+    if extras:
+        lines.append("  optional fields: " + ", ".join(extras))
+
+    tokens = report.get("tokens")
+    if tokens:
+        lines.append("")
+        lines.append(f"Tokens (tokenizer {tokens['tokenizer']}, template {tokens['template']})")
+        lines.append(f"  {'':10}{'min':>8}{'median':>9}{'p95':>8}{'max':>8}")
+        for part in ("prompt", "chosen", "rejected", "pair_length"):
+            d = tokens[part]
+            if d:
+                lines.append(f"  {part:10}{d['min']:>8}{d['median']:>9g}{d['p95']:>8}{d['max']:>8}")
+        if tokens["not_encodable"]:
+            lines.append(f"  {len(tokens['not_encodable'])} pairs cannot be encoded, e.g. "
+                         + "; ".join(f"{d['id']}: {d['reason']}" for d in tokens["not_encodable"][:3]))
+        if tokens.get("tools_ignored"):
+            lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
+        cut = tokens.get("cutoff")
+        if cut:
+            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['prompt_truncated']} prompts truncated "
+                         f"({cut['turns_dropped']} oldest turns dropped), {cut['response_truncated']} pairs with "
+                         f"responses cut, {cut['dropped']} pairs dropped")
+            for reason, n in cut["drop_reasons"].items():
+                lines.append(f"    {n:>6} dropped: {reason}")
+
+    quality = report["quality"]
+    lines.append("")
+    lines.append("Quality")
+    for f in quality["findings"]:
+        tag = {"ok": "ok", "error": "ERROR", "warning": "WARN", "info": "info"}[f["severity"]]
+        removal = "  (removed by --write-clean)" if f["removes"] and f["count"] else ""
+        lines.append(f"  [{tag:5}] {f['title']}: {f['count']}{removal}")
+        if f["check"] == "length_bias":
+            lines.append(f"          {f['advice']}" if f["count"] else f"          {f['advice'].split('. ')[0]}")
+            continue
+        if f["count"]:
+            lines.append(f"          {f['advice']}")
+        if f["count"] or f["check"] == "off_topic":
+            label = "least related" if f["check"] == "off_topic" else "e.g."
+            for ex in f["examples"]:
+                detail = f": {ex['detail']}" if ex.get("detail") else ""
+                lines.append(f"          {label} {ex['id']} ({ex['source']}){detail}")
+    lines.append("")
+    lines.append(f"Result: {quality['passing']} of {quality['total']} pairs pass the quality checks; "
+                 f"{report['usable_pairs']} usable for training"
+                 + (f" at cutoff_len {tokens['cutoff']['cutoff_len']}" if tokens and tokens.get("cutoff") else "") + ".")
+    clean = report.get("write_clean")
+    if clean:
+        removed = ", ".join(f"{n} {check}" for check, n in clean["removed_by_check"].items()) or "nothing"
+        lines.append(f"Wrote {clean['written']} pairs to {clean['path']} (removed: {removed}).")
+    if report["usable_pairs"] == 0:
+        lines.append("No usable pairs: this data cannot be trained on. Fix the problems above.")
+    return "\n".join(lines)
+
+
+def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None = None, template: str | None = None,
+                  cutoff_len: int | None = None, write_clean: str | None = None, json: bool = False,
+                  skip_bad_rows: bool = False) -> int:
+    """`prefloop data check`; returns 0 (trainable), 1 (no usable pairs). Unreadable data raises DataError."""
+    if tokenizer is None and (cutoff_len is not None or template is not None):
+        raise ConfigError("--cutoff-len and --template need --tokenizer (a model directory) to count tokens")
+    if cutoff_len is not None and cutoff_len < 1:
+        raise ConfigError(f"--cutoff-len must be a positive number of tokens, got {cutoff_len}")
+    loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True)
+    quality = run_quality_checks(loaded.pairs)
+    tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
+    report = build_report(loaded, quality, tokens)
+    if write_clean:
+        clean = quality.clean(loaded.pairs)
+        written = write_seed_jsonl(clean, write_clean)
+        report["write_clean"] = {"path": str(write_clean), "written": written, "removed": len(quality.removed),
+                                 "removed_by_check": quality.removed_by_check()}
+    if json:
+        print(jsonlib.dumps(report, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(render_text(report, dataset))
+    if report["usable_pairs"] == 0:
+        print("prefloop data check: no usable pairs", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,279 @@
+"""Load preference pairs: dataset names/paths -> `PreferencePair`s, with every problem reported.
+
+`load_pairs` is the one entry point (training, eval, `data check`, the loop). Malformed input is
+reported with file, line (or record number) and field plus a suggestion; by default loading
+fails listing the first problems, with `skip_bad_rows=True` bad rows are skipped and counted.
+Every pair gets a stable `id` (`file stem:line` when the data has none) and a `source`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader
+from prefloop.data.registry import DatasetSource, resolve_dataset
+from prefloop.data.schema import PreferencePair
+from prefloop.errors import DataError
+
+MAX_LISTED_PROBLEMS = 20
+_KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
+_INDEX = re.compile(r"\[\d+\]")
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the input: where (file, line or record), which field, what, what to do."""
+
+    file: str
+    location: str  # "line 12", "record 3" or "" for the whole file
+    field: str
+    message: str
+    suggestion: str = ""
+
+    @property
+    def reason(self) -> str:
+        """The kind of problem, for counting (no line numbers or list indices)."""
+        field_name = _INDEX.sub("[]", self.field)
+        return f"{field_name}: {self.message}" if field_name else self.message
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.location.split(' ')[-1]}" if self.location.startswith("line") else self.file
+        if self.location.startswith("record"):
+            where += f" ({self.location})"
+        text = f"{where}: " + (f"field '{self.field}': " if self.field else "") + self.message
+        return text + (f" -> {self.suggestion}" if self.suggestion else "")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "location": self.location, "field": self.field, "message": self.message, "suggestion": self.suggestion}
+
+
+@dataclass
+class SkipReport:
+    """Rows (or whole files) that could not be read: how many, grouped by reason, and the first few."""
+
+    count: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, problem: Problem) -> None:
+        self.count += 1
+        self.reasons[problem.reason] += 1
+        if len(self.problems) < _KEPT_PROBLEMS:
+            self.problems.append(problem)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "reasons": dict(self.reasons.most_common()), "first": [p.to_dict() for p in self.problems[:MAX_LISTED_PROBLEMS]]}
+
+
+@dataclass
+class LoadResult:
+    pairs: list[PreferencePair]
+    format_counts: Counter
+    skipped: SkipReport
+    sources: list[DatasetSource]
+    pairs_per_dataset: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[str]:
+        return [str(f) for s in self.sources for f in s.files]
+
+    def summary(self) -> str:
+        formats = ", ".join(f"{name} {n}" for name, n in self.format_counts.most_common()) or "none"
+        text = f"{len(self.pairs)} pairs from {len(self.files)} file(s) (formats: {formats})"
+        if self.skipped.count:
+            text += f"; skipped {self.skipped.count} bad row(s): " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Records from files: (location, record) or a Problem
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
+    seen_any = False
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                record = json.loads(raw)
+            except UnicodeDecodeError as err:
+                yield Problem(str(path), f"line {lineno}", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
+                continue
+            except json.JSONDecodeError as err:
+                if not raw.strip():
+                    continue
+                yield Problem(str(path), f"line {lineno}", "", f"malformed JSON ({err.msg} at column {err.colno})", "each line must be one complete JSON object")
+                continue
+            seen_any = True
+            yield "line", lineno, record
+    if not seen_any:
+        yield Problem(str(path), "", "", "file is empty (no records)", "add preference records or remove the file from the dataset")
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as err:
+        yield Problem(str(path), "", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
+        return
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # several JSON values: it is JSON Lines with a .json name
+            yield from _jsonl_records(path)
+            return
+        if not raw.strip():
+            yield Problem(str(path), "", "", "file is empty (no records)", "add preference records or remove the file from the dataset")
+            return
+        yield Problem(str(path), f"line {err.lineno}", "", f"malformed JSON ({err.msg} at column {err.colno})", "fix the JSON syntax (the file must be one JSON list of records)")
+        return
+    if isinstance(data, dict):
+        data = [data]  # a single record
+    if not isinstance(data, list):
+        yield Problem(str(path), "", "", f"expected a JSON list of records, got {type(data).__name__}", "write the file as [ {...}, {...} ] or as JSON Lines")
+        return
+    if not data:
+        yield Problem(str(path), "", "", "file is empty (an empty list)", "add preference records or remove the file from the dataset")
+        return
+    for index, record in enumerate(data, 1):
+        yield "record", index, record
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid/OSError subclasses
+        yield Problem(str(path), "", "", f"not a readable parquet file ({err})", "check the file is complete parquet (re-export it)")
+        return
+    index = 0
+    for batch in parquet.iter_batches(batch_size=8192):
+        for record in batch.to_pylist():
+            index += 1
+            yield "record", index, record
+    if index == 0:
+        yield Problem(str(path), "", "", "file is empty (no rows)", "add preference records or remove the file from the dataset")
+
+
+_READERS = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parquet_records}
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
+    """(kind, number, record) for each record of `path` ("line" for JSONL, "record" otherwise), or Problems."""
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        yield Problem(str(path), "", "", f"unsupported file type {path.suffix!r}", "use .jsonl, .json (a list) or .parquet")
+        return
+    try:
+        yield from reader(path)
+    except OSError as err:
+        yield Problem(str(path), "", "", f"cannot read the file ({err.strerror or err})", "check that it exists and is readable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_source(source: DatasetSource, limit: int | None, pairs: list[PreferencePair], formats: Counter,
+                 problems: SkipReport, used_prefixes: dict[str, Path]) -> int:
+    read = make_reader(source.spec)
+    count = 0
+    for path in source.files:
+        if limit is not None and count >= limit:
+            break
+        # Stable default ids: "stem:line"; the whole path if another file already uses the stem.
+        prefix = path.stem
+        if used_prefixes.setdefault(prefix, path) != path:
+            prefix = str(path)
+        file_name = str(path)
+        for item in iter_records(path):
+            if isinstance(item, Problem):
+                problems.add(item)
+                continue
+            kind, number, record = item
+            if not isinstance(record, dict):
+                problems.add(Problem(file_name, f"{kind} {number}", "", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
+                continue
+            try:
+                fmt, pair = read(record)
+            except RecordError as err:
+                problems.add(Problem(file_name, f"{kind} {number}", err.field, err.message, err.suggestion))
+                continue
+            if pair.id is None:
+                pair.id = f"{prefix}:{number}"
+            if pair.source is None:
+                pair.source = f"{file_name}:{number}" if kind == "line" else f"{file_name}#{number}"
+            pairs.append(pair)
+            formats[fmt] += 1
+            count += 1
+            if limit is not None and count >= limit:
+                break
+    return count
+
+
+def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = False, max_samples: int | None = None,
+               allow_empty: bool = False) -> LoadResult:
+    """Read every pair of `dataset` (names from dataset_info.json, files or directories, comma-separated).
+
+    `max_samples` caps the pairs taken from each dataset (LLaMA-Factory's meaning). Raises DataError
+    listing problems unless `skip_bad_rows`; raises when no pair is left unless `allow_empty`.
+    """
+    if max_samples is not None and max_samples < 0:
+        raise DataError(f"max_samples must be >= 0, got {max_samples}")
+    sources = resolve_dataset(dataset, dataset_dir)
+    pairs: list[PreferencePair] = []
+    formats: Counter = Counter()
+    problems = SkipReport()
+    per_dataset: dict[str, int] = {}
+    used_prefixes: dict[str, Path] = {}
+    for source in sources:
+        limits = [n for n in (max_samples, source.num_samples) if n is not None]
+        limit = min(limits) if limits else None
+        per_dataset[source.name] = per_dataset.get(source.name, 0) + _read_source(source, limit, pairs, formats, problems, used_prefixes)
+    if problems.count and not skip_bad_rows:
+        raise DataError(_problems_message(dataset, problems))
+    if not pairs and not allow_empty:
+        detail = f"; {problems.count} bad row(s) were skipped: " + "; ".join(problems.reasons) if problems.count else ""
+        raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
+    return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset)
+
+
+def _problems_message(dataset: str, problems: SkipReport) -> str:
+    lines = [f"{problems.count} problem(s) reading dataset {dataset!r}:"]
+    lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
+    if problems.count > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {problems.count - MAX_LISTED_PROBLEMS} more")
+    lines.append("Fix them, or set skip_bad_rows: true (--skip-bad-rows) to skip bad rows; skipped rows are counted and reported.")
+    return "\n".join(lines)
+
+
+def split_validation(pairs: Sequence[PreferencePair], val_size: float | int, seed: int = 42) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Reproducible train/validation split: `val_size` < 1 is a fraction, >= 1 a count of pairs.
+
+    The same pairs, seed and val_size always give the same split; both parts keep the input order.
+    """
+    n = len(pairs)
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or not math.isfinite(val_size) or val_size < 0:
+        raise DataError(f"val_size must be a fraction in [0, 1) or a count >= 1, got {val_size!r}")
+    if val_size == 0:
+        return list(pairs), []
+    if val_size < 1:
+        n_val = math.ceil(n * val_size)
+    elif float(val_size).is_integer():
+        n_val = int(val_size)
+    else:
+        raise DataError(f"val_size {val_size} is neither a fraction below 1 nor a whole count of pairs")
+    if n_val >= n:
+        raise DataError(f"val_size {val_size!r} leaves no training pairs ({n_val} of {n} pairs for validation); use a smaller val_size")
+    val_indices = set(random.Random(seed).sample(range(n), n_val))
+    train = [p for i, p in enumerate(pairs) if i not in val_indices]
+    val = [p for i, p in enumerate(pairs) if i in val_indices]
+    return train, val
