@@ -19,10 +19,13 @@ is not part of a training sequence (see `training_text`).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 from prefloop.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # The literal "{eos}" in a built-in's end of turn means "the tokenizer's EOS token".
 EOS = "{eos}"
@@ -61,12 +64,17 @@ _LLAMA3 = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
-# Mistral-7B-Instruct v0.3 (tokenizer V3): [INST] blocks, the system prompt joins the last user
-# message, replies are " " + trimmed content + EOS; user/assistant must alternate.
+# Mistral-7B-Instruct v0.3 (tokenizer V3) as mistral-common writes it: [INST] blocks, replies are
+# " " + trimmed content + EOS, user/assistant alternate, and the system prompt joins the last
+# *user* message (the Hugging Face template's `loop.last` would drop it once a reply follows,
+# so a prompt would not be a prefix of its answered conversation).
 _MISTRAL = (
     "{% if messages[0]['role'] == 'system' %}"
     "{% set system_message = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
     "{% else %}{% set loop_messages = messages %}{% endif %}"
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for message in loop_messages %}{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}"
+    "{% endif %}{% endfor %}"
     "{{ bos_token }}"
     "{% for message in loop_messages %}"
     "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -74,7 +82,7 @@ _MISTRAL = (
     "user/assistant/user/...') }}"
     "{% endif %}"
     "{% if message['role'] == 'user' %}"
-    "{% if loop.last and system_message is defined %}"
+    "{% if loop.index0 == ns.last_user and system_message is defined %}"
     "{{ '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}"
     "{% else %}{{ '[INST] ' + message['content'] + '[/INST]' }}{% endif %}"
     "{% elif message['role'] == 'assistant' %}"
@@ -167,15 +175,25 @@ class BuiltinTemplate:
     source: str  # Jinja, rendered like transformers' apply_chat_template
     end_of_turn: str  # what closes an assistant turn; EOS = the tokenizer's EOS token
     about: str
+    # Control tokens the template writes, which the family's tokenizers hold as single tokens.
+    control_tokens: tuple[str, ...] = ()
 
 
+_CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 BUILTIN_TEMPLATES: dict[str, BuiltinTemplate] = {
-    "qwen": BuiltinTemplate(_QWEN, "<|im_end|>", "ChatML with Qwen2.5's default system prompt"),
-    "chatml": BuiltinTemplate(_CHATML, "<|im_end|>", "ChatML, no default system prompt"),
-    "llama3": BuiltinTemplate(_LLAMA3, "<|eot_id|>", "Llama-3-Instruct"),
-    "mistral": BuiltinTemplate(_MISTRAL, EOS, "Mistral-7B-Instruct v0.3 [INST] format"),
-    "gemma": BuiltinTemplate(_GEMMA, "<end_of_turn>", "Gemma 3 (system prompt joins the first user turn)"),
-    "phi3": BuiltinTemplate(_PHI3, "<|end|>", "Phi-3.5-mini-instruct"),
+    "qwen": BuiltinTemplate(_QWEN, "<|im_end|>", "ChatML with Qwen2.5's default system prompt", _CHATML_TOKENS),
+    "chatml": BuiltinTemplate(_CHATML, "<|im_end|>", "ChatML, no default system prompt", _CHATML_TOKENS),
+    "llama3": BuiltinTemplate(
+        _LLAMA3, "<|eot_id|>", "Llama-3-Instruct", ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    ),
+    "mistral": BuiltinTemplate(_MISTRAL, EOS, "Mistral-7B-Instruct v0.3 [INST] format", ("[INST]", "[/INST]")),
+    "gemma": BuiltinTemplate(
+        _GEMMA, "<end_of_turn>", "Gemma 3 (system prompt joins the first user turn)",
+        ("<start_of_turn>", "<end_of_turn>"),
+    ),
+    "phi3": BuiltinTemplate(
+        _PHI3, "<|end|>", "Phi-3.5-mini-instruct", ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+    ),
     "alpaca": BuiltinTemplate(_ALPACA, EOS, "Stanford Alpaca ### Instruction / ### Response"),
     "vicuna": BuiltinTemplate(_VICUNA, EOS, "Vicuna v1.1 USER: / ASSISTANT:"),
     "default": BuiltinTemplate(_DEFAULT, EOS, "LLaMA-Factory's default Human: / Assistant:"),
@@ -362,4 +380,18 @@ def get_template(name: str | None, tokenizer) -> ChatTemplate:
         raise ConfigError(f"unknown chat template {name!r}: known templates are {known} (or leave template unset "
                           "to use the tokenizer's own)")
     spec = BUILTIN_TEMPLATES[key]
-    return ChatTemplate(key, spec.source, tokenizer, end_of_turn=spec.end_of_turn)
+    template = ChatTemplate(key, spec.source, tokenizer, end_of_turn=spec.end_of_turn)
+    missing = split_control_tokens(spec.control_tokens, tokenizer)
+    if missing:
+        logger.warning(
+            "template %s writes %s, which this tokenizer splits into several tokens; a model trained this way "
+            "still works, but the family's own tokenizer (or adding them as special tokens and resizing the "
+            "embeddings) matches its pretraining", key, ", ".join(missing),
+        )
+    return template
+
+
+def split_control_tokens(tokens, tokenizer) -> list[str]:
+    """The control tokens that the tokenizer does not hold as one token."""
+    vocab = tokenizer.get_vocab()
+    return [t for t in tokens if t not in vocab]

@@ -1,0 +1,230 @@
+"""Exact encoding: prompt_ids + response_ids is the tokenized conversation; truncation is counted."""
+
+import pytest
+from test_template import FAMILY_BOS_EOS, tokenizer_like
+
+import prefloop.data.encode as encode_module
+from prefloop.data.encode import encode_pair, encode_pairs
+from prefloop.data.schema import Message, PreferencePair
+from prefloop.data.template import get_template, known_templates
+from prefloop.testing import build_tiny_tokenizer
+
+SYSTEM = Message("system", "You are a careful assistant.")
+TURNS = [
+    Message("user", "What is the capital of France?"),
+    Message("assistant", "The capital of France is Paris."),
+    Message("user", "And of Germany? Please answer in one word."),
+]
+CONVERSATIONS = {
+    "single-turn": TURNS[-1:],
+    "single-turn+system": [SYSTEM, *TURNS[-1:]],
+    "multi-turn": TURNS,
+    "multi-turn+system": [SYSTEM, *TURNS],
+}
+CHOSEN = "Berlin. It is also the largest city of Germany."
+REJECTED = "Paris, I think"
+
+
+def ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def pair(prompt, chosen=CHOSEN, rejected=REJECTED, **kw):
+    return PreferencePair(prompt=list(prompt), chosen=chosen, rejected=rejected, **kw)
+
+
+def assert_exact(encoded, tokenizer, template, p):
+    """The identity of issue 2 item 4, for chosen and rejected.
+
+    Whitespace rule: the template's rendering of the answered conversation, minus what it writes
+    after the final end-of-turn token (`reply_trailer`, e.g. ChatML's "\\n"), tokenized without
+    added special tokens, equals prompt_ids + response_ids. The response ends with the end of turn.
+    """
+    prompt = template.render(p.prompt_messages(), add_generation_prompt=True)
+    assert encoded.prompt_ids == ids(tokenizer, prompt)
+    end_of_turn = ids(tokenizer, template.end_of_turn)
+    for response, response_ids in ((p.chosen, encoded.chosen_ids), (p.rejected, encoded.rejected_ids)):
+        rendered = template.render(p.messages(response))
+        if template.appends_eos:
+            text = rendered + template.end_of_turn
+        else:
+            assert rendered.endswith(template.end_of_turn + template.reply_trailer)
+            text = rendered[: len(rendered) - len(template.reply_trailer)]
+        assert encoded.prompt_ids + response_ids == ids(tokenizer, text)
+        assert response_ids[-len(end_of_turn) :] == end_of_turn
+        if len(end_of_turn) == 1:  # exactly one end-of-turn token in the response
+            assert response_ids.count(end_of_turn[0]) == 1
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+@pytest.mark.parametrize("name", ["tokenizer", *known_templates()])
+def test_identity_for_every_template(name, conversation):
+    tokenizer = build_tiny_tokenizer() if name == "tokenizer" else tokenizer_like(name)
+    template = get_template(None if name == "tokenizer" else name, tokenizer)
+    p = pair(CONVERSATIONS[conversation])
+    encoded = encode_pair(p, tokenizer, template)
+    assert encoded is not None
+    assert_exact(encoded, tokenizer, template, p)
+    bos = FAMILY_BOS_EOS.get(name, (None, None))[0]
+    full = encoded.prompt_ids + encoded.chosen_ids
+    if template.bos_token:  # BOS written once by the template, never added again
+        assert full.count(tokenizer.convert_tokens_to_ids(bos)) == 1 and full[0] == tokenizer.bos_token_id
+    # The system prompt and every turn of the history are in the prompt.
+    prompt_text = tokenizer.decode(encoded.prompt_ids)
+    for message in CONVERSATIONS[conversation]:
+        assert message.content in prompt_text
+
+
+def test_identity_holds_when_control_tokens_are_split_into_pieces():
+    tokenizer = build_tiny_tokenizer()  # no <|start_header_id|> / <|eot_id|> tokens
+    template = get_template("llama3", tokenizer)
+    p = pair(CONVERSATIONS["multi-turn+system"])
+    encoded = encode_pair(p, tokenizer, template)
+    assert len(ids(tokenizer, "<|eot_id|>")) > 1
+    assert_exact(encoded, tokenizer, template, p)
+
+
+def test_boundary_merge_moves_the_boundary_and_is_counted():
+    # The generation prompt ends with "#" and "##..." follows: the tokenizer makes one "###" token.
+    own = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\nA: #' }}"
+        "{% else %}{{ m['content'] + eos_token + '\n' }}{% endif %}{% endfor %}"
+    )
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    template = get_template(None, tokenizer)
+    p = pair([Message("user", "Hi")], chosen="## Title", rejected="No")
+    encoded, report = encode_pairs([p], tokenizer, template)
+    assert report.boundary_moved == 1 and "merged" in report.summary()
+    e = encoded[0]
+    prompt = template.render(p.prompt_messages(), add_generation_prompt=True)
+    assert len(e.prompt_ids) < len(ids(tokenizer, prompt))
+    for response, response_ids in ((p.chosen, e.chosen_ids), (p.rejected, e.rejected_ids)):
+        assert e.prompt_ids + response_ids == ids(tokenizer, template.training_text(p.messages(response)))
+
+
+def test_pair_fields_carry_over_and_order_is_kept(monkeypatch):
+    monkeypatch.setattr(encode_module, "BATCH_SIZE", 3)  # several batches
+    tokenizer = build_tiny_tokenizer()
+    template = get_template(None, tokenizer)
+    pairs = [pair(TURNS[-1:], chosen=f"Answer {i}", id=f"p{i}", weight=0.5 * i, margin=i) for i in range(8)]
+    pairs[4].weight = pairs[4].margin = None
+    encoded, report = encode_pairs(pairs, tokenizer, template)
+    assert [e.id for e in encoded] == [f"p{i}" for i in range(8)]
+    assert encoded[3].weight == 1.5 and encoded[3].margin == 3.0
+    assert encoded[4].weight == 1.0 and encoded[4].margin == 0.0
+    assert (report.total, report.kept, report.dropped) == (8, 8, [])
+    assert "Nothing was dropped or cut" in report.summary()
+
+
+# -- truncation ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chatml():
+    tokenizer = build_tiny_tokenizer()
+    return tokenizer, get_template(None, tokenizer)
+
+
+def long_text(words: int) -> str:
+    vocabulary = "the capital of france is paris and the river is long".split()
+    return " ".join(vocabulary[i % len(vocabulary)] for i in range(words))
+
+
+def test_oldest_turns_are_dropped_first(chatml):
+    tokenizer, template = chatml
+    history = [
+        Message("user", long_text(60)),
+        Message("assistant", long_text(60)),
+        Message("user", "Second question?"),
+        Message("assistant", "Second answer."),
+        Message("user", "Third question?"),
+    ]
+    p = pair([SYSTEM, *history], chosen="Yes.", rejected="No.")
+    full, _ = encode_pairs([p], tokenizer, template)
+    cutoff = len(full[0].prompt_ids) - 20  # the long first turn must go, the rest fits
+    encoded, report = encode_pairs([p], tokenizer, template, cutoff_len=cutoff)
+    assert (report.prompt_truncated, report.turns_dropped, report.response_truncated) == (1, 1, 0)
+    # Exactly the conversation without its oldest turn, system prompt kept, tokenized exactly.
+    shorter = pair([SYSTEM, *history[2:]], chosen="Yes.", rejected="No.")
+    assert_exact(encoded[0], tokenizer, template, shorter)
+    assert encoded[0].prompt_truncated and not encoded[0].response_truncated
+    assert "1 prompts truncated (1 oldest turns dropped" in report.summary()
+
+
+def test_prompt_is_cut_from_the_left_keeping_system_and_markup(chatml):
+    tokenizer, template = chatml
+    question = "FIRST " + long_text(200) + " LAST question?"
+    p = pair([SYSTEM, Message("user", question)], chosen="Paris.", rejected="Rome.")
+    cutoff = 64
+    encoded, report = encode_pairs([p], tokenizer, template, cutoff_len=cutoff)
+    e = encoded[0]
+    assert (report.prompt_truncated, report.turns_dropped, report.response_truncated) == (1, 0, 0)
+    assert len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) == cutoff
+    head = ids(tokenizer, "<|im_start|>system\nYou are a careful assistant.<|im_end|>\n<|im_start|>user\n")
+    tail = ids(tokenizer, " LAST question?<|im_end|>\n<|im_start|>assistant\n")
+    assert e.prompt_ids[: len(head)] == head and e.prompt_ids[-len(tail) :] == tail
+    assert "FIRST" not in tokenizer.decode(e.prompt_ids)
+    # Responses are untouched and end with the end of turn.
+    assert e.chosen_ids == ids(tokenizer, "Paris.<|im_end|>")
+
+
+def test_responses_are_cut_at_the_end_without_end_of_turn(chatml):
+    tokenizer, template = chatml
+    p = pair([Message("user", "Tell me about Paris.")], chosen=long_text(100), rejected="Paris is a city.")
+    full, _ = encode_pairs([p], tokenizer, template)
+    prompt_len = len(full[0].prompt_ids)
+    cutoff = 2 * prompt_len + 10  # a prompt under half the cutoff stays whole
+    encoded, report = encode_pairs([p], tokenizer, template, cutoff_len=cutoff)
+    e = encoded[0]
+    assert (report.prompt_truncated, report.response_truncated) == (0, 1)
+    assert e.prompt_ids == full[0].prompt_ids
+    assert e.chosen_ids == full[0].chosen_ids[: cutoff - prompt_len]
+    assert template.end_of_turn not in tokenizer.decode(e.chosen_ids)
+    assert e.rejected_ids == full[0].rejected_ids  # short enough to stay whole
+    assert e.response_truncated and not e.prompt_truncated
+
+
+def test_long_prompt_and_long_responses_share_the_cutoff(chatml):
+    tokenizer, template = chatml
+    p = pair([Message("user", long_text(300))], chosen=long_text(300), rejected="short " + long_text(250))
+    encoded, report = encode_pairs([p], tokenizer, template, cutoff_len=100)
+    e = encoded[0]
+    assert len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) == 100
+    assert len(e.chosen_ids) == 50  # responses keep half of the cutoff when both sides are long
+    assert (report.prompt_truncated, report.response_truncated) == (1, 1)
+
+
+def test_pairs_that_cannot_fit_are_dropped_and_named(chatml):
+    tokenizer, template = chatml
+    huge_system = Message("system", long_text(300))
+    pairs = [
+        pair([huge_system, Message("user", "Hi")], id="too-long"),
+        pair([Message("user", "Hi")], chosen="Same start " + long_text(100), rejected="Same start " + long_text(90),
+             id="same-after-cut"),
+        pair([Message("user", "Hi")], chosen="Fine.", rejected="Also fine.", id="ok"),
+    ]
+    encoded, report = encode_pairs(pairs, tokenizer, template, cutoff_len=60)
+    assert [e.id for e in encoded] == ["ok"]
+    assert (report.total, report.kept) == (3, 1)
+    reasons = {d.id: d.reason for d in report.dropped}
+    assert reasons["too-long"].startswith("does not fit cutoff_len")
+    assert reasons["same-after-cut"].startswith("identical after truncation")
+    summary = report.summary()
+    assert "Encoded 1 of 3 pairs (cutoff_len 60)" in summary and "too-long" in summary
+
+
+def test_template_errors_drop_the_pair_with_the_reason():
+    tokenizer = tokenizer_like("mistral")
+    template = get_template("mistral", tokenizer)
+    bad = pair([Message("user", "a"), Message("user", "b")], id="two-users")
+    encoded, report = encode_pairs([bad, pair(TURNS)], tokenizer, template)
+    assert len(encoded) == 1
+    assert report.dropped[0].id == "two-users" and "roles must alternate" in report.dropped[0].reason
+    assert report.drop_reasons() == {"template error": 1}
+
+
+def test_tools_are_counted_when_the_template_ignores_them(chatml):
+    tokenizer, template = chatml
+    p = pair(TURNS[-1:], tools='[{"name": "search"}]')
+    _, report = encode_pairs([p], tokenizer, template)
+    assert report.tools_ignored == 1 and "tools" in report.summary()

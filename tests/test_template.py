@@ -1,0 +1,183 @@
+"""Chat templates: built-ins render the real model families' formats; names and errors are clear."""
+
+import pytest
+
+from prefloop.data.template import BUILTIN_TEMPLATES, get_template, known_templates
+from prefloop.errors import ConfigError
+from prefloop.testing import build_tiny_tokenizer
+
+# BOS / EOS strings of each family's real tokenizer (None: keep the tiny ChatML tokenizer's).
+FAMILY_BOS_EOS = {
+    "qwen": (None, None),
+    "chatml": (None, None),
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+    "mistral": ("<s>", "</s>"),
+    "gemma": ("<bos>", "<eos>"),
+    "phi3": ("<s>", "<|endoftext|>"),
+    "alpaca": ("<s>", "</s>"),
+    "vicuna": ("<s>", "</s>"),
+    "default": ("<s>", "</s>"),
+}
+
+
+def tokenizer_like(name: str, chat_template=None):
+    """A tiny tokenizer given the BOS/EOS and control tokens of template `name`'s model family."""
+    tokenizer = build_tiny_tokenizer(chat_template=chat_template)
+    bos, eos = FAMILY_BOS_EOS[name]
+    specials = [t for t in (bos, eos, *BUILTIN_TEMPLATES[name].control_tokens) if t]
+    tokenizer.add_tokens([t for t in specials if t not in tokenizer.get_vocab()], special_tokens=True)
+    if bos:
+        tokenizer.bos_token = bos
+    if eos:
+        tokenizer.eos_token = eos
+    return tokenizer
+
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+HISTORY = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+]
+
+# What each family's own chat template writes for SYSTEM + HISTORY with the generation prompt.
+EXPECTED_PROMPT = {
+    "qwen": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    "Hello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "chatml": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    "Hello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "llama3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    "Hello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "mistral": "<s>[INST] Hi[/INST] Hello!</s>[INST] Be brief.\n\n2+2?[/INST]",
+    "gemma": "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+    "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n",
+    "phi3": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\n2+2?<|end|>\n"
+    "<|assistant|>\n",
+    "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n### Instruction:\n2+2?\n\n"
+    "### Response:\n",
+    "vicuna": "Be brief. USER: Hi ASSISTANT: Hello!</s>USER: 2+2? ASSISTANT:",
+    "default": "System: Be brief.</s>\nHuman: Hi</s>\nAssistant:Hello!</s>\nHuman: 2+2?</s>\nAssistant:",
+}
+
+# Without a system message: the families' default system prompts (or none).
+EXPECTED_START_WITHOUT_SYSTEM = {
+    "qwen": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nHi<|im_end|>",
+    "chatml": "<|im_start|>user\nHi<|im_end|>",
+    "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+    "mistral": "<s>[INST] Hi[/INST] Hello!</s>[INST] 2+2?[/INST]",
+    "gemma": "<bos><start_of_turn>user\nHi<end_of_turn>\n",
+    "phi3": "<|user|>\nHi<|end|>\n",
+    "alpaca": "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\nHi\n\n",
+    "vicuna": "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. USER: Hi ASSISTANT:",
+    "default": "Human: Hi</s>\nAssistant:",
+}
+
+# (end of turn, what follows it at the end of a conversation) with the family's tokenizer.
+EXPECTED_ENDING = {
+    "qwen": ("<|im_end|>", "\n"),
+    "chatml": ("<|im_end|>", "\n"),
+    "llama3": ("<|eot_id|>", ""),
+    "mistral": ("</s>", ""),
+    "gemma": ("<end_of_turn>", "\n"),
+    "phi3": ("<|end|>", "\n<|endoftext|>"),
+    "alpaca": ("</s>", "\n\n"),
+    "vicuna": ("</s>", ""),
+    "default": ("</s>", "\n"),
+}
+
+
+def test_every_required_template_is_built_in():
+    assert set(known_templates()) >= {"qwen", "chatml", "llama3", "mistral", "gemma", "phi3", "alpaca", "vicuna", "default"}
+    assert set(EXPECTED_PROMPT) == set(known_templates())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROMPT))
+def test_builtin_renders_the_family_format(name):
+    template = get_template(name, tokenizer_like(name))
+    assert template.render([SYSTEM, *HISTORY], add_generation_prompt=True) == EXPECTED_PROMPT[name]
+    assert template.render(HISTORY, add_generation_prompt=True).startswith(EXPECTED_START_WITHOUT_SYSTEM[name])
+    assert (template.end_of_turn, template.reply_trailer) == EXPECTED_ENDING[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PROMPT))
+def test_generation_prompt_is_a_prefix_of_the_answered_conversation(name):
+    template = get_template(name, tokenizer_like(name))
+    prompt = template.render([SYSTEM, *HISTORY], add_generation_prompt=True)
+    full = template.render([SYSTEM, *HISTORY, {"role": "assistant", "content": "4"}])
+    assert full.startswith(prompt)
+    assert template.training_text([SYSTEM, *HISTORY, {"role": "assistant", "content": "4"}]).endswith(
+        "4" + template.end_of_turn
+    )
+
+
+def test_tokenizers_own_template_renders_like_apply_chat_template():
+    tokenizer = build_tiny_tokenizer()
+    template = get_template(None, tokenizer)
+    assert template.name == "tokenizer"
+    assert (template.end_of_turn, template.reply_trailer) == ("<|im_end|>", "\n")
+    for messages in ([SYSTEM, *HISTORY], HISTORY, HISTORY[:1], [*HISTORY, {"role": "assistant", "content": "4"}]):
+        for add_generation_prompt in (True, False):
+            assert template.render(messages, add_generation_prompt) == tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+
+
+def test_own_template_without_end_of_turn_appends_eos():
+    bare = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+    template = get_template(None, build_tiny_tokenizer(chat_template=bare))
+    assert template.appends_eos and template.end_of_turn == "<|im_end|>"
+    text = template.training_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
+    assert text == "user: Hi\nassistant: Yo\n<|im_end|>"
+
+
+def test_bos_is_detected_only_when_rendered():
+    assert get_template("llama3", tokenizer_like("llama3")).bos_token == "<|begin_of_text|>"
+    assert get_template("chatml", tokenizer_like("chatml")).bos_token is None
+    # A tokenizer without a BOS token: the template writes none (no stray "None" text either).
+    assert get_template("llama3", build_tiny_tokenizer()).render(HISTORY[:1]).startswith("<|start_header_id|>user")
+
+
+def test_template_names_are_case_insensitive():
+    assert get_template("Llama3", tokenizer_like("llama3")).name == "llama3"
+
+
+def test_unknown_template_name_lists_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        get_template("llama9", build_tiny_tokenizer())
+    message = str(err.value)
+    assert "llama9" in message
+    for name in known_templates():
+        assert name in message
+
+
+def test_tokenizer_without_template_says_how_to_fix_it():
+    with pytest.raises(ConfigError, match=r"set template: NAME, known: qwen, chatml, llama3"):
+        get_template(None, build_tiny_tokenizer(chat_template=None))
+
+
+def test_eos_templates_need_an_eos_token():
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.eos_token = None
+    with pytest.raises(ConfigError, match="EOS"):
+        get_template("alpaca", tokenizer)
+
+
+def test_missing_control_tokens_are_warned_about(caplog):
+    with caplog.at_level("WARNING"):
+        get_template("llama3", build_tiny_tokenizer())
+    assert "<|eot_id|>" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        get_template("llama3", tokenizer_like("llama3"))
+    assert caplog.text == ""
+
+
+def test_broken_own_template_is_a_config_error():
+    broken = "{{ raise_exception('no chats here') }}"
+    with pytest.raises(ConfigError, match="no chats here"):
+        get_template(None, build_tiny_tokenizer(chat_template=broken))
