@@ -299,6 +299,9 @@ class Store:
         rows = self._query("SELECT * FROM label_items ORDER BY id")
         return [_item_dict(r) for r in rows]
 
+    def label_item_ids(self) -> list[int]:
+        return [int(r[0]) for r in self._query("SELECT id FROM label_items ORDER BY id")]
+
     def label_item(self, item_id: int) -> dict:
         rows = self._query("SELECT * FROM label_items WHERE id = ?", (item_id,))
         if not rows:
@@ -338,14 +341,19 @@ class Store:
             c.execute("INSERT INTO vote_retractions(vote_id, retracted_at) VALUES (?, ?)", (row[0], now_iso()))
             return int(row[0])
 
-    def votes(self, include_retracted: bool = True) -> list[dict]:
-        """Every vote row joined with its item; `retracted` tells undone ones apart."""
-        where = "" if include_retracted else "WHERE r.vote_id IS NULL"
+    def votes(self, include_retracted: bool = True, vote_id: int | None = None) -> list[dict]:
+        """Every vote row (or just `vote_id`) joined with its item; `retracted` tells undone ones apart."""
+        conditions = [] if include_retracted else ["r.vote_id IS NULL"]
+        params: tuple = ()
+        if vote_id is not None:
+            conditions.append("v.id = ?")
+            params = (vote_id,)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
         rows = self._query(
             "SELECT v.id AS vote_id, v.item_id, v.annotator, v.verdict, v.shown_order, v.ratings_json, v.reason, "
             "v.created_at, r.retracted_at, i.prompt_json, i.response_a, i.response_b, i.source_a, i.source_b, "
             "i.origin FROM votes v JOIN label_items i ON i.id = v.item_id "
-            f"LEFT JOIN vote_retractions r ON r.vote_id = v.id {where} ORDER BY v.id"
+            f"LEFT JOIN vote_retractions r ON r.vote_id = v.id {where} ORDER BY v.id", params
         )
         return [_vote_dict(r) for r in rows]
 

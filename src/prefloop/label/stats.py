@@ -1,0 +1,166 @@
+"""Labeling statistics: votes per annotator, tie / both-bad / skip rates, position bias, agreement.
+
+Pure functions over the store's `active_votes()` rows (verdicts relative to the stored a/b, plus the
+`shown_order`). Agreement uses the judged categories a / b / tie / both_bad (skips are not judgments);
+when an annotator has several active votes on an item, the latest counts.
+
+- Position bias: of the decisive votes (a or b), the share won by the response shown on the LEFT
+  (as "A"). 0.5 is unbiased.
+- Cohen's kappa (two raters): (p_o - p_e) / (1 - p_e), p_o = observed agreement on the items both
+  judged, p_e = sum over categories of the product of the two raters' marginal proportions.
+- Fleiss' kappa (any number of raters per item): P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1)) per item,
+  P_bar = mean P_i, p_j = share of all ratings in category j, P_e = sum p_j^2,
+  kappa = (P_bar - P_e) / (1 - P_e). With the same number of raters on every item this is Fleiss
+  (1971); with varying numbers it is the usual generalization. Items with fewer than 2 raters are left out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from itertools import combinations
+
+from prefloop.store import Store
+
+CATEGORIES = ("a", "b", "tie", "both_bad")
+
+
+def judgments(votes: list[dict]) -> dict[int, dict[str, str]]:
+    """item id -> annotator -> verdict (latest active non-skip vote)."""
+    table: dict[int, dict[str, str]] = defaultdict(dict)
+    for vote in sorted(votes, key=lambda v: (v.get("created_at") or "", v.get("vote_id") or 0)):
+        if vote["verdict"] == "skip":
+            continue
+        table[vote["item_id"]][vote["annotator"]] = vote["verdict"]
+    return dict(table)
+
+
+def cohen_kappa(first: list[str], second: list[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items (None if undefined: no items, or p_e = 1)."""
+    if len(first) != len(second):
+        raise ValueError("both raters need one label per item")
+    n = len(first)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(first, second)) / n
+    count_1, count_2 = Counter(first), Counter(second)
+    expected = sum(count_1[c] * count_2[c] for c in set(first) | set(second)) / (n * n)
+    if expected == 1:
+        return None
+    return (observed - expected) / (1 - expected)
+
+
+def fleiss_kappa(rows: list[dict[str, int]]) -> float | None:
+    """Fleiss' kappa from per-item category counts (items with < 2 ratings left out; None if undefined)."""
+    rows = [r for r in rows if sum(r.values()) >= 2]
+    if not rows:
+        return None
+    per_item = []
+    totals: Counter = Counter()
+    for row in rows:
+        n = sum(row.values())
+        per_item.append(sum(c * (c - 1) for c in row.values()) / (n * (n - 1)))
+        totals.update(row)
+    p_bar = sum(per_item) / len(per_item)
+    all_ratings = sum(totals.values())
+    p_e = sum((c / all_ratings) ** 2 for c in totals.values())
+    if p_e == 1:
+        return None
+    return (p_bar - p_e) / (1 - p_e)
+
+
+def position_bias(votes: list[dict]) -> dict:
+    """How often the response shown on the left ("A") wins among decisive votes."""
+    decisive = [v for v in votes if v["verdict"] in ("a", "b")]
+    left_wins = sum(1 for v in decisive if (v["verdict"] == "a") == (v["shown_order"] == "ab"))
+    return {"decisive_votes": len(decisive), "left_wins": left_wins,
+            "left_win_rate": left_wins / len(decisive) if decisive else None}
+
+
+def agreement(votes: list[dict]) -> dict:
+    """Cohen's kappa for each pair of annotators with shared items, Fleiss' kappa over all items."""
+    table = judgments(votes)
+    annotators = sorted({a for by in table.values() for a in by})
+    pairwise = []
+    for x, y in combinations(annotators, 2):
+        shared = [item for item, by in table.items() if x in by and y in by]
+        if shared:
+            kappa = cohen_kappa([table[i][x] for i in shared], [table[i][y] for i in shared])
+            pairwise.append({"annotators": [x, y], "items": len(shared), "cohen_kappa": kappa})
+    rows = [dict(Counter(by.values())) for by in table.values()]
+    multi = [r for r in rows if sum(r.values()) >= 2]
+    result = {"annotators": len(annotators), "items_with_2plus": len(multi),
+              "fleiss_kappa": fleiss_kappa(rows), "pairwise_cohen": pairwise,
+              "cohen_kappa": pairwise[0]["cohen_kappa"] if len(annotators) == 2 and pairwise else None}
+    return result
+
+
+def label_stats(votes: list[dict]) -> dict:
+    """The whole report over active votes."""
+    total = len(votes)
+    verdicts = Counter(v["verdict"] for v in votes)
+    per_annotator: dict[str, Counter] = defaultdict(Counter)
+    for v in votes:
+        per_annotator[v["annotator"]][v["verdict"]] += 1
+
+    def rate(key: str) -> float | None:
+        return verdicts[key] / total if total else None
+
+    return {
+        "votes": total,
+        "items_voted": len({v["item_id"] for v in votes}),
+        "verdicts": {k: verdicts[k] for k in (*CATEGORIES, "skip")},
+        "tie_rate": rate("tie"), "both_bad_rate": rate("both_bad"), "skip_rate": rate("skip"),
+        "per_annotator": {a: {"votes": sum(c.values()), **{k: c[k] for k in (*CATEGORIES, "skip")}}
+                          for a, c in sorted(per_annotator.items())},
+        "position_bias": position_bias(votes),
+        "agreement": agreement(votes),
+    }
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_report(stats: dict) -> str:
+    """Markdown-friendly text of `label_stats` (used by the CLI and the page's statistics panel)."""
+    lines = [f"votes: {stats['votes']} on {stats['items_voted']} items "
+             f"(A/B decisive {stats['verdicts']['a'] + stats['verdicts']['b']}, tie {stats['verdicts']['tie']}, "
+             f"both bad {stats['verdicts']['both_bad']}, skip {stats['verdicts']['skip']})",
+             f"tie rate {_num(stats['tie_rate'])} · both-bad rate {_num(stats['both_bad_rate'])} · "
+             f"skip rate {_num(stats['skip_rate'])}"]
+    bias = stats["position_bias"]
+    lines.append(f"position bias: the left (A) response won {bias['left_wins']} of {bias['decisive_votes']} "
+                 f"decisive votes (rate {_num(bias['left_win_rate'])}; 0.5 = no bias)")
+    lines.append("")
+    lines.append("| annotator | votes | a | b | tie | both bad | skip |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for name, c in stats["per_annotator"].items():
+        lines.append(f"| {name} | {c['votes']} | {c['a']} | {c['b']} | {c['tie']} | {c['both_bad']} | {c['skip']} |")
+    agree = stats["agreement"]
+    lines.append("")
+    lines.append(f"agreement: {agree['annotators']} annotators, {agree['items_with_2plus']} items judged by 2+; "
+                 f"Fleiss' kappa {_num(agree['fleiss_kappa'])}"
+                 + (f", Cohen's kappa {_num(agree['cohen_kappa'])}" if agree["annotators"] == 2 else ""))
+    for pair in agree["pairwise_cohen"]:
+        lines.append(f"- Cohen's kappa {pair['annotators'][0]} vs {pair['annotators'][1]}: "
+                     f"{_num(pair['cohen_kappa'])} on {pair['items']} shared items")
+    return "\n".join(lines)
+
+
+def label_stats_command(db: str, json: bool = False) -> int:  # noqa: A002 - named like the CLI flag
+    """`prefloop label-stats`: print the report (or JSON) for the votes in the store."""
+    from pathlib import Path
+
+    from prefloop.errors import ConfigError
+
+    if not Path(db).exists():
+        raise ConfigError(f"{db}: no such store; label some items first (prefloop label --db {db})")
+    with Store(db) as store:
+        stats = label_stats(store.active_votes())
+    print(_json_dumps(stats) if json else format_report(stats))
+    return 0
+
+
+def _json_dumps(value: dict) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
