@@ -163,7 +163,7 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
     lines.append("")
     lines.append("Quality")
     for f in quality["findings"]:
-        tag = {"ok": "ok", "error": "ERROR", "warning": "WARN", "info": "info"}[f["severity"]]
+        tag = {"ok": "ok", "error": "ERROR", "warning": "WARN", "info": "note"}[f["severity"]]
         removal = "  (removed by --write-clean)" if f["removes"] and f["count"] else ""
         lines.append(f"  [{tag:5}] {f['title']}: {f['count']}{removal}")
         if f["check"] == "length_bias":

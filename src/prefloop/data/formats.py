@@ -145,7 +145,8 @@ def detect_format(record: Mapping[str, Any]) -> str:
         raise RecordError(
             missing[0],
             f"missing field {missing[0]!r} (record keys: {sorted(record)[:12]})",
-            "every preference record needs a chosen and a rejected answer; " + FORMATS_HELP,
+            "every preference record needs a chosen and a rejected answer (other column names: declare them as "
+            "'columns' in dataset_info.json); " + FORMATS_HELP,
         )
     if isinstance(chosen, list):
         return "trl_conversational"

@@ -51,6 +51,11 @@ def content_words(text: str) -> set[str]:
     return {w[:5] for w in _WORD.findall(text.lower()) if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
 
 
+def _word_count(words: set[str]) -> int:
+    """Content words that are not numbers: a bare number ("60") says too little about the topic."""
+    return sum(1 for w in words if not w.isdigit())
+
+
 def overlap_score(prompt_words: set[str], response_words: set[str]) -> float:
     """Overlap coefficient |P & R| / min(|P|, |R|): 0 = no shared content word, 1 = one contains the other."""
     if not prompt_words or not response_words:
@@ -263,12 +268,12 @@ def check_off_topic(pairs: Sequence[PreferencePair], least: int = MAX_EXAMPLES, 
     zero = 0
     for i, p in enumerate(pairs):
         prompt_words = content_words(" ".join(m.content for m in p.turns))
-        if len(prompt_words) < min_words:
+        if _word_count(prompt_words) < min_words:
             continue
         scores = []
         for name, text in (("chosen", p.chosen), ("rejected", p.rejected)):
             words = content_words(text)
-            if len(words) >= min_words:
+            if _word_count(words) >= min_words:
                 score = overlap_score(prompt_words, words)
                 scores.append((score, name, text))
                 zero += score == 0.0
@@ -277,8 +282,9 @@ def check_off_topic(pairs: Sequence[PreferencePair], least: int = MAX_EXAMPLES, 
     scored.sort(key=lambda item: item[:2])
     least_related = [_example(pairs, i, f"{name} overlap {s:.2f}: {_preview(text, 50)}") for s, i, (_, name, text) in scored[:least]]
     return Finding(
-        "off_topic", "responses sharing no content word with their prompt", "warning", zero,
-        "a lexical heuristic: check the least related pairs listed; answers about something else teach the model to drift",
+        "off_topic", "possibly off-topic: responses sharing no content word with their prompt", "info", zero,
+        "a cheap lexical heuristic (a good answer may use other words): review the least related pairs listed; "
+        "answers about something else teach the model to drift",
         examples=least_related,
         stats={"pairs_scored": len(scored), "responses_with_zero_overlap": zero},
     )
