@@ -10,7 +10,7 @@ decode in lock-step with one KV cache.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -29,6 +29,10 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+
+    def for_sample(self, index: int) -> "SamplingParams":
+        """Sample `index` of n from one request: seed + index, so the n samples differ yet repeat on rerun."""
+        return self if self.seed is None else replace(self, seed=self.seed + index)
 
 
 @dataclass
@@ -122,6 +126,15 @@ class LocalGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
+
+    @classmethod
+    def load(cls, path: str, adapter: str | None = None) -> "LocalGenerator":
+        """Load model and tokenizer from `path` (GPU in bf16 when there is one, else CPU fp32)."""
+        from prefloop.models import load_causal_lm, load_tokenizer
+
+        device = "cuda" if torch.cuda.is_available() else None
+        dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
+        return cls(load_causal_lm(path, dtype=dtype, adapter=adapter, device=device), load_tokenizer(path))
 
     @property
     def device(self):

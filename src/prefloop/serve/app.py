@@ -14,7 +14,6 @@ import secrets
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -119,7 +118,7 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
             raise APIError(400, f"This model's context is {context} tokens; the messages take {len(prompt_ids)} "
                                 f"and max_tokens asks for {req.params.max_new_tokens} more. Shorten the messages "
                                 "or lower max_tokens.", "messages", "context_length_exceeded")
-        rows = [(prompt_ids, _choice_params(req, i)) for i in range(req.n)]
+        rows = [(prompt_ids, req.params.for_sample(i)) for i in range(req.n)]
         headers = {"X-Conversation-Id": req.conversation_id}
         if req.stream:
             return StreamingResponse(_stream(req, rows, len(prompt_ids)), media_type="text/event-stream",
@@ -176,39 +175,21 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
     return app
 
 
-def _choice_params(req: ChatRequest, index: int):
-    """Choice i of a seeded request uses seed + i: n different samples, the same ones on every rerun."""
-    from dataclasses import replace
-
-    if req.params.seed is None:
-        return req.params
-    return replace(req.params, seed=req.params.seed + index)
-
-
-def default_model_name(model: str) -> str:
-    path = Path(model)
-    return path.stem if path.suffix == ".gguf" else (path.name or str(model))
-
-
 def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
                   max_tokens_limit=2048, max_batch_rows: int = 16) -> int:
-    import torch
     import uvicorn
 
-    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.chat_clients import local_model_name
     from prefloop.sampling import LocalGenerator
 
-    device = "cuda" if torch.cuda.is_available() else None
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
-    tokenizer = load_tokenizer(model)
-    lm = load_causal_lm(model, dtype=dtype, adapter=adapter, device=device)
+    generator = LocalGenerator.load(model, adapter=adapter)
     store = None
     if db:
         from prefloop.store import Store
 
         store = Store(db)
-    name = model_name or default_model_name(model)
-    engine = GenerationEngine(LocalGenerator(lm, tokenizer), max_batch_rows=max_batch_rows)
+    name = model_name or local_model_name(model)
+    engine = GenerationEngine(generator, max_batch_rows=max_batch_rows)
     if host not in LOOPBACK and not api_key:
         print(f"prefloop serve: warning: listening on {host} without --api-key: anyone who can reach this "
               "machine can use the model", file=sys.stderr)

@@ -1,0 +1,133 @@
+"""Chat completion clients with one protocol: a local model (batched) or an OpenAI-compatible endpoint
+(concurrent requests). `generate` samples candidates and `judge` asks for verdicts through it.
+
+Protocol (what a scripted test judge implements too):
+    client.name: str                      the model name recorded in outputs
+    client.usage: UsageTotals             tokens spent so far
+    client.complete_many(calls) -> iterator of (index, Completion | Exception), in completion order
+where each call is a `ChatCall(messages, n, params)`. Failures come back as exceptions for that
+call only (after the endpoint client's retries), so one bad request never loses a whole run.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from prefloop.endpoint import UsageTotals, is_endpoint, make_client, resolve_model_name
+from prefloop.sampling import LocalGenerator, SamplingParams, TokenLogprob
+
+
+@dataclass
+class ChatCall:
+    messages: list[dict]
+    n: int = 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    finish_reasons: list[str]
+    logprobs: list[list[TokenLogprob] | None]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LocalChatClient:
+    """A local model; calls are flattened into rows, sorted by prompt length and decoded `batch_size` at a time."""
+
+    def __init__(self, generator: LocalGenerator, name: str, batch_size: int = 8):
+        self.generator, self.name, self.batch_size = generator, name, max(1, batch_size)
+        self.usage = UsageTotals()
+
+    def complete_many(self, calls: list[ChatCall]) -> Iterator[tuple[int, Completion | Exception]]:
+        prompts = [self.generator.encode_chat(c.messages) for c in calls]
+        rows = sorted(((i, j) for i, c in enumerate(calls) for j in range(c.n)), key=lambda r: len(prompts[r[0]]))
+        results: dict[int, dict[int, object]] = {i: {} for i in range(len(calls))}
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            samples = self.generator.generate([(prompts[i], calls[i].params.for_sample(j)) for i, j in chunk])
+            for (i, j), sample in zip(chunk, samples):
+                results[i][j] = sample
+                if len(results[i]) == calls[i].n:
+                    done = results.pop(i)
+                    ordered = [done[k] for k in range(calls[i].n)]
+                    completion = Completion([s.text for s in ordered], [s.finish_reason for s in ordered],
+                                            [s.logprobs for s in ordered], len(prompts[i]),
+                                            sum(len(s.token_ids) for s in ordered))
+                    self.usage.add_counts(completion.prompt_tokens, completion.completion_tokens)
+                    yield i, completion
+        for i in [i for i, c in enumerate(calls) if c.n == 0]:
+            yield i, Completion([], [], [], len(prompts[i]), 0)
+
+
+def _logprobs(choice) -> list[TokenLogprob] | None:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in (e.top_logprobs or [])]) for e in content]
+
+
+class EndpointChatClient:
+    """An OpenAI-compatible endpoint; up to `concurrency` requests in flight, retries inside the `openai` client."""
+
+    def __init__(self, client, name: str, concurrency: int = 8):
+        self.client, self.name, self.concurrency = client, name, max(1, concurrency)
+        self.usage = UsageTotals()
+
+    def _request(self, call: ChatCall) -> Completion:
+        p = call.params
+        out = Completion([], [], [])
+        while len(out.texts) < call.n:  # some servers (e.g. Ollama) return one choice whatever n asks
+            kwargs = dict(model=self.name, messages=call.messages, n=call.n - len(out.texts), temperature=p.temperature,
+                          top_p=p.top_p, max_tokens=p.max_new_tokens)
+            if p.seed is not None:
+                kwargs["seed"] = p.seed + len(out.texts)
+            if p.stop:
+                kwargs["stop"] = list(p.stop)
+            if p.logprobs:
+                kwargs.update(logprobs=True, top_logprobs=p.top_logprobs or None)
+            if kwargs["n"] == 1:
+                del kwargs["n"]  # the default; some servers reject the field
+            resp = self.client.chat.completions.create(**kwargs)
+            self.usage.add(resp.usage)
+            if not resp.choices:
+                raise RuntimeError(f"the endpoint returned no choices for model {self.name}")
+            for choice in resp.choices:
+                out.texts.append(choice.message.content or "")
+                out.finish_reasons.append(choice.finish_reason or "stop")
+                out.logprobs.append(_logprobs(choice))
+            if resp.usage is not None:
+                out.prompt_tokens = resp.usage.prompt_tokens or 0
+                out.completion_tokens += resp.usage.completion_tokens or 0
+        del out.texts[call.n :], out.finish_reasons[call.n :], out.logprobs[call.n :]
+        return out
+
+    def complete_many(self, calls: list[ChatCall]) -> Iterator[tuple[int, Completion | Exception]]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._request, call): i for i, call in enumerate(calls)}
+            try:
+                for future in as_completed(futures):
+                    error = future.exception()
+                    yield futures[future], (error if error is not None else future.result())
+            finally:
+                for future in futures:
+                    future.cancel()
+
+
+def open_chat_client(target: str, model_name: str | None = None, api_key: str | None = None, batch_size: int = 8,
+                     concurrency: int = 8, option: str = "--model-name"):
+    """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one)."""
+    if is_endpoint(target):
+        client = make_client(target, api_key)
+        return EndpointChatClient(client, resolve_model_name(client, model_name, option), concurrency)
+    return LocalChatClient(LocalGenerator.load(target), model_name or local_model_name(target), batch_size)
+
+
+def local_model_name(path: str) -> str:
+    """The name a local model goes by in outputs and at /v1/models: its directory (or .gguf file) name."""
+    p = Path(path)
+    return p.stem if p.suffix == ".gguf" else (p.name or str(path))

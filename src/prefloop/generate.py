@@ -1,0 +1,107 @@
+"""`prefloop generate`: N candidate responses per prompt, from a local model or an endpoint.
+
+Output (JSONL, one record per prompt, written as each prompt finishes):
+    {"id", "messages": [prompt turns], "candidates": [N texts], "finish_reasons": [...],
+     "model", "params": {...}, "source"}
+A rerun with the same --out skips prompts already there (matched by prompt content), so an
+interrupted run resumes; a half-written last line from a crash is removed first. Each prompt's
+sampling seed comes from --seed and the prompt itself, so a resumed run samples what an
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from prefloop.chat_clients import ChatCall, open_chat_client
+from prefloop.errors import ConfigError, DataError
+from prefloop.prompts import Prompt, prompt_key, read_prompts
+from prefloop.sampling import SamplingParams
+
+
+def prompt_seed(seed: int, prompt: Prompt) -> int:
+    return int(hashlib.sha256(f"{seed}:{prompt.key}".encode()).hexdigest()[:12], 16)
+
+
+def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
+    """Keys of prompts already in `out`; drops a truncated last line (returns True if it did)."""
+    if not out.exists():
+        return set(), False
+    keys: set[str] = set()
+    data = out.read_bytes()
+    lines = data.split(b"\n")
+    offset = 0
+    for lineno, line in enumerate(lines, 1):
+        is_last = lineno == len(lines)
+        if line.strip():
+            try:
+                record = json.loads(line)
+                keys.add(prompt_key(record["messages"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                if is_last:  # an interrupted write: no newline after it
+                    with out.open("r+b") as f:
+                        f.truncate(offset)
+                    return keys, True
+                raise DataError(f"{out}:{lineno}: not a candidates record ({err}); --out must be a file written "
+                                "by prefloop generate (or a new file)") from err
+        offset += len(line) + 1
+    return keys, False
+
+
+def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) -> None:
+    checks = [(n >= 1, f"--n must be at least 1, got {n}"),
+              (0 <= temperature <= 2, f"--temperature must be in [0, 2], got {temperature}"),
+              (0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}"),
+              (max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {max_new_tokens}"),
+              (batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}"),
+              (concurrency >= 1, f"--concurrency must be at least 1, got {concurrency}")]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
+                     batch_size=8, concurrency=8, api_key=None, seed=0) -> int:
+    from tqdm import tqdm
+
+    _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency)
+    prompt_set = read_prompts(prompts)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done, repaired = done_prompt_keys(out_path)
+    todo = [p for p in prompt_set.prompts if p.key not in done]
+    print(f"prefloop generate: {prompt_set.summary()}; {len(prompt_set.prompts) - len(todo)} already in {out}"
+          + (" (removed a half-written last line)" if repaired else ""), file=sys.stderr)
+    if not todo:
+        print(f"prefloop generate: nothing to do, every prompt is in {out}", file=sys.stderr)
+        return 0
+    client = open_chat_client(model, model_name, api_key, batch_size, concurrency)
+    params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
+    calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
+             for p in todo]
+    failures: list[tuple[Prompt, Exception]] = []
+    with out_path.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc="prompts", unit="prompt",
+                                                          disable=None) as bar:
+        for index, result in client.complete_many(calls):
+            prompt = todo[index]
+            bar.update(1)
+            if isinstance(result, Exception):
+                failures.append((prompt, result))
+                continue
+            record = {"id": prompt.id, "messages": prompt.messages, "candidates": result.texts,
+                      "finish_reasons": result.finish_reasons, "model": client.name, "params": params,
+                      "source": prompt.source}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+    written = len(todo) - len(failures)
+    print(f"prefloop generate: wrote {written} prompts x {n} candidates to {out} ({client.usage})", file=sys.stderr)
+    if failures:
+        for prompt, err in failures[:5]:
+            print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"prefloop generate: {len(failures)} prompt(s) failed; run the same command again to retry only "
+              "those", file=sys.stderr)
+        return 1
+    return 0
