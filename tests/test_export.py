@@ -1,0 +1,95 @@
+"""Export: majority resolution, conflicts, ties/both-bad/skips counted, dimensions and provenance."""
+
+import json
+
+import pytest
+
+from prefloop.data.loader import load_pairs
+from prefloop.errors import ConfigError
+from prefloop.label.export import export_command, resolve
+from prefloop.store import Store
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"}]
+
+
+def build_store(path):
+    """Seven items with hand-made votes (verdicts relative to the stored a/b)."""
+    store = Store(path)
+    ids = [store.add_label_item(CONVERSATION if i == 1 else [{"role": "user", "content": f"q{i}"}],
+                                f"A{i}", f"B{i}", "model-a", "model-b", origin=f"file:{i}") for i in range(1, 8)]
+    votes = {
+        1: [("ann", "a"), ("bob", "a"), ("cat", "b")],   # majority a (2/3), a conflict resolved
+        2: [("ann", "a"), ("bob", "b")],                # no majority: conflict, left out
+        3: [("ann", "tie"), ("bob", "tie")],            # tie: left out unless --include-ties
+        4: [("ann", "both_bad")],                       # both bad: always left out
+        5: [("ann", "skip")],                           # skipped only
+        6: [("bob", "b")],                              # b wins, with ratings
+    }
+    for item, entries in votes.items():
+        for annotator, verdict in entries:
+            ratings = {"helpfulness": {"a": 2, "b": 5}, "safety": {"b": 4}} if item == 6 else None
+            store.add_vote(ids[item - 1], annotator, verdict, "ba" if annotator == "bob" else "ab", ratings)
+    store.add_vote(ids[6], "cat", "a", "ab")
+    store.retract_last_vote("cat")                       # undone: item 7's a-vote does not count
+    store.add_vote(ids[6], "cat", "b", "ab")
+    store.close()
+
+
+def test_resolve_majority_and_counts(tmp_path):
+    build_store(tmp_path / "db.sqlite")
+    with Store(tmp_path / "db.sqlite") as store:
+        votes = store.active_votes()
+    pairs, report = resolve(votes)
+    assert [(p.id, p.chosen, p.rejected) for p in pairs] == [
+        ("label-1", "A1", "B1"), ("label-6", "B6", "A6"), ("label-7", "B7", "A7")]
+    assert report.items == 7 and report.written == 3
+    assert dict(report.left_out) == {"without majority": 1, "ties": 1, "both bad": 1, "skipped only": 1}
+    assert [(c["item_id"], c["resolved"]) for c in report.conflicts] == [(1, "a"), (2, None)]
+    first = pairs[0]
+    assert [m.role for m in first.prompt] == ["system", "user", "assistant", "user"]
+    assert first.extra["annotators"] == ["ann", "bob", "cat"]
+    assert first.extra["votes"] == {"chosen": 2, "rejected": 1}
+    assert first.extra["agreement"] == pytest.approx(2 / 3, abs=1e-4)
+    assert first.dimensions is None
+    rated = pairs[1]
+    assert rated.dimensions == {"helpfulness": {"chosen": 5, "rejected": 2}, "safety": {"chosen": 4}}
+    assert rated.extra["chosen_source"] == "model-b" and rated.extra["rejected_source"] == "model-a"
+
+    strict, report = resolve(votes, min_agreement=0.7)
+    assert [p.id for p in strict] == ["label-6", "label-7"]
+    assert report.left_out["below agreement 0.7"] == 1
+
+    with_ties, report = resolve(votes, include_ties=True)
+    tie = next(p for p in with_ties if p.id == "label-3")
+    assert tie.extra["tie"] is True and report.ties_written == 1
+    assert report.left_out["both bad"] == 1 and "ties" not in report.left_out
+
+
+def test_export_command_writes_seed_format(tmp_path, capsys):
+    build_store(tmp_path / "db.sqlite")
+    out = tmp_path / "out" / "prefs.jsonl"
+    assert export_command(str(tmp_path / "db.sqlite"), str(out), 0.0, False) == 0
+    printed = capsys.readouterr().out
+    assert "7 voted items -> 3 pairs written" in printed
+    assert "1 both bad" in printed and "1 ties" in printed and "1 skipped only" in printed
+    assert "conflicts: 2 items" in printed and "item 2: ann=a, bob=b -> no majority" in printed
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["conversations"] == [{"from": "system", "value": "Be brief."}, {"from": "user", "value": "hi"},
+                                           {"from": "assistant", "value": "hello"}, {"from": "user", "value": "2+2?"}]
+    assert (records[0]["chosen"], records[0]["rejected"]) == ("A1", "B1")
+    assert records[0]["annotators"] == ["ann", "bob", "cat"] and records[0]["votes"] == {"chosen": 2, "rejected": 1}
+    assert records[1]["dimensions"] == {"helpfulness": {"chosen": 5, "rejected": 2}, "safety": {"chosen": 4}}
+    assert "dimensions" not in records[0]
+
+    # the data layer reads the export back as training pairs
+    loaded = load_pairs(str(out)).pairs
+    assert [(p.chosen, p.rejected) for p in loaded] == [("A1", "B1"), ("B6", "A6"), ("B7", "A7")]
+
+
+def test_export_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such store"):
+        export_command(str(tmp_path / "missing.sqlite"), str(tmp_path / "x.jsonl"), 0.0, False)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        export_command(str(tmp_path / "missing.sqlite"), str(tmp_path / "x.jsonl"), 1.5, False)
