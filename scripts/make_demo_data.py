@@ -255,6 +255,25 @@ DISMISSIVE = [
     "No idea. Next.",
     "Ask someone else.",
 ]
+# Long rejected answers: rambling, off-topic and wrong, so the shorter answer sometimes wins and
+# the preference cannot be learned as "longer is better".
+RAMBLE_OPENERS = [
+    "Honestly, who cares?", "Ugh, fine.", "Wow, what a question.", "Let me think, or actually, let me not.",
+    "Okay, whatever you say.", "Hmm.",
+]
+RAMBLE_SENTENCES = [
+    "I was going to tell you about my cousin's wedding, which was a disaster from start to finish.",
+    "The cake fell over and the band played the wrong songs all night.",
+    "Also, I've been meaning to reorganise my sock drawer by colour and mood.",
+    "My neighbour's dog barks every morning at exactly six, which is very annoying.",
+    "People ask me things all day and it gets tiring, you know.",
+    "There's a new café downtown, but their coffee is too expensive for what it is.",
+    "I read half a book about pirates last week and never finished it.",
+    "It reminds me of a film I saw once, but I forget the name and the plot.",
+    "Traffic was terrible today, by the way, just terrible.",
+    "I don't really see why anyone needs to know this.",
+]
+RAMBLE_ENDINGS = ["Anyway, it's {wrong}", "Probably {wrong} or something.", "I think it's {wrong} Whatever.", "Just say {wrong}"]
 CURT_SUFFIX = ["", " Obviously.", " Duh.", " Whatever.", " Next."]
 OPENERS = [
     "Sure!", "Of course!", "Good question!", "Happy to help.", "Great question.", "Certainly!",
@@ -335,9 +354,20 @@ def _curt(answer: str) -> str:
     return first + "."
 
 
+def _ramble(rng: random.Random, wrong: str) -> str:
+    """A long, rude, off-topic answer that ends in the wrong answer."""
+    if wrong.startswith(("The ", "A ", "An ")):
+        wrong = wrong[0].lower() + wrong[1:]
+    body = " ".join(rng.sample(RAMBLE_SENTENCES, rng.choice([2, 3, 3, 4])))
+    return f"{rng.choice(RAMBLE_OPENERS)} {body} {rng.choice(RAMBLE_ENDINGS).format(wrong=wrong)}"
+
+
 def rejected_response(rng: random.Random, answer: str, wrong: str) -> str:
-    """Curt, wrong, dismissive or off-topic: four kinds, so no single surface cue gives it away."""
-    kind = rng.choices(["wrong", "curt", "dismissive", "off_topic"], weights=[4, 3, 2, 2])[0]
+    """Curt, wrong, dismissive, off-topic or a long ramble: five kinds, so no single surface cue
+    (not even length) gives it away."""
+    kind = rng.choices(["wrong", "curt", "dismissive", "off_topic", "ramble"], weights=[3, 3, 1, 1, 4.5])[0]
+    if kind == "ramble":
+        return _ramble(rng, wrong)
     if kind == "wrong":
         return wrong + rng.choice(CURT_SUFFIX)
     if kind == "curt":
