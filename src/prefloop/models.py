@@ -71,3 +71,175 @@ def load_causal_lm(path: str, dtype=None, adapter: str | None = None, device: st
     if device:
         model.to(device)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: which weights train (LoRA / full / freeze), the reference model, merging adapters
+
+
+def _decoder_layers(model):
+    """The list of decoder blocks of a transformers causal LM (for `freeze` and reporting)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ModelLoadError(f"{type(base).__name__}: cannot find its decoder layers; use finetuning_type: lora or full")
+    return layers
+
+
+def lora_target_modules(model, lora_target) -> list[str]:
+    """Module names LoRA wraps. "all" = every nn.Linear except the output head; otherwise a comma
+    list (or list) of module names, each checked against the model."""
+    import torch
+
+    head = model.get_output_embeddings()
+    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                           if isinstance(module, torch.nn.Linear) and module is not head})
+    requested = lora_target if isinstance(lora_target, list) else [t.strip() for t in str(lora_target).split(",")]
+    requested = [t for t in requested if t]
+    if requested == ["all"]:
+        return linear_names
+    unknown = [t for t in requested if t not in linear_names]
+    if unknown or not requested:
+        from prefloop.errors import ConfigError
+
+        raise ConfigError(f"lora_target: {', '.join(unknown) or '(empty)'} is not a linear layer of this model; "
+                          f"use 'all' or a comma list of: {', '.join(linear_names)}")
+    return requested
+
+
+def apply_finetuning(model, cfg):
+    """Make the weights that `cfg.finetuning_type` trains trainable; returns the (maybe peft) model.
+
+    lora: peft LoRA on `lora_target`; full: every weight; freeze: the last `freeze_trainable_layers`
+    decoder layers only. Gradient checkpointing is switched on here (with input grads for LoRA, whose
+    frozen embeddings would otherwise cut the checkpointed graph).
+    """
+    if cfg.finetuning_type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.resolved_lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=lora_target_modules(model, cfg.lora_target),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    elif cfg.finetuning_type == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+    else:  # freeze
+        layers = _decoder_layers(model)
+        if cfg.freeze_trainable_layers > len(layers):
+            from prefloop.errors import ConfigError
+
+            raise ConfigError(f"freeze_trainable_layers: {cfg.freeze_trainable_layers} is more than the model's "
+                              f"{len(layers)} layers; use at most {len(layers)} (or finetuning_type: full)")
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for layer in layers[-cfg.freeze_trainable_layers:]:
+            for param in layer.parameters():
+                param.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.finetuning_type != "full":
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def same_model_path(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return str(a).rstrip("/") == str(b).rstrip("/")
+
+
+class Reference:
+    """The frozen reference policy of DPO, however it is obtained.
+
+    `model` is what runs; under `context()` it computes reference log-probs. With LoRA and a
+    reference equal to the base, `model` is the policy itself and `context()` disables its adapters
+    (no second copy). `kind` says which case this is ("adapters_disabled", "policy_start",
+    "frozen_copy", "separate") for messages and the cache fingerprint.
+    """
+
+    def __init__(self, model, kind: str, path: str):
+        self.model, self.kind, self.path = model, kind, path
+
+    def context(self):
+        import contextlib
+
+        if self.kind == "adapters_disabled":
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def describe(self) -> str:
+        return {
+            "adapters_disabled": f"{self.path} (the policy's base with LoRA adapters disabled, no second copy)",
+            "policy_start": f"{self.path} (the policy's starting weights, used before training starts)",
+            "frozen_copy": f"{self.path} (a frozen copy of the starting weights)",
+            "separate": f"{self.path} (a separate frozen model)",
+        }[self.kind]
+
+
+def check_same_vocabulary(tokenizer, ref_tokenizer, ref_path: str) -> None:
+    if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
+        raise ModelLoadError(
+            f"ref_model {ref_path} has a different tokenizer (vocabulary of {len(ref_tokenizer)} tokens vs the "
+            f"policy's {len(tokenizer)}): DPO compares log-probs of the same token ids, so the reference must use "
+            f"the policy's tokenizer. Use a reference from the same model family, or omit ref_model."
+        )
+
+
+def build_reference(cfg, policy, tokenizer, before_training_only: bool = False) -> Reference:
+    """The reference for `cfg` (ref_model omitted or equal to the policy path: its starting weights).
+
+    `before_training_only`: the reference is used only before the first optimizer step (the
+    reference cache), so with full/freeze fine-tuning the untrained policy itself serves and no copy
+    is loaded. Otherwise full/freeze get a frozen copy, LoRA the policy with adapters disabled.
+    """
+    ref_path = cfg.ref_model or cfg.model_name_or_path
+    if same_model_path(ref_path, cfg.model_name_or_path):
+        if cfg.finetuning_type == "lora":
+            return Reference(policy, "adapters_disabled", ref_path)
+        if before_training_only:
+            return Reference(policy, "policy_start", ref_path)
+        kind = "frozen_copy"
+    else:
+        check_same_vocabulary(tokenizer, load_tokenizer(ref_path), ref_path)
+        kind = "separate"
+    model = load_causal_lm(ref_path)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return Reference(model, kind, ref_path)
+
+
+def merge_command(adapter: str, out: str, base: str | None = None) -> int:
+    """`prefloop merge`: fold a LoRA adapter into its base and save a standalone model + tokenizer."""
+    import json
+
+    config_path = Path(adapter) / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"{adapter} holds no LoRA adapter (adapter_config.json is missing); "
+                             f"give the output_dir of a LoRA training run")
+    base = base or json.loads(config_path.read_text())["base_model_name_or_path"]
+    if not base:
+        raise ModelLoadError(f"{config_path} does not name its base model; pass --base MODEL")
+    model = load_causal_lm(base, adapter=adapter).merge_and_unload()
+    tokenizer_dir = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
+    tokenizer = load_tokenizer(tokenizer_dir)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"merged {adapter} into {base} -> {out} (loads with transformers AutoModelForCausalLM.from_pretrained)")
+    return 0

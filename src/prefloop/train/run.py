@@ -1,0 +1,279 @@
+"""`prefloop train` and `prefloop.train()`: config -> data -> models -> reference cache -> Trainer -> outputs.
+
+One function per stage, called in order by `run_training`, so the whole run reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prefloop.config import Config, load_config, resolve_precision, save_config
+from prefloop.errors import ConfigError, DataError
+
+SAMPLE_MAX_NEW_TOKENS = 64
+_RUN_MARKERS = ("trainer_state.json", "adapter_config.json", "model.safetensors", "train_results.json")
+
+
+def train(config_or_path=None, **overrides) -> dict:
+    """Run DPO training like `prefloop train`; returns the final metrics (train, eval, and `before_`
+    eval metrics measured before the first step)."""
+    return run_training(load_config(config_or_path, overrides))
+
+
+def train_command(config: str | None = None, config_file: str | None = None, overrides=()) -> int:
+    """CLI entry: `prefloop train CONFIG.yaml [key=value ...]` or `--config_file CONFIG.yaml`."""
+    overrides = list(overrides or [])
+    if config and config_file:
+        if "=" in config and not Path(config).is_file():  # argparse gave the first override to `config`
+            overrides.insert(0, config)
+            config = None
+        else:
+            raise ConfigError(f"two config files given ({config} and --config_file {config_file}); give one")
+    path = config or config_file
+    if path is None:
+        raise ConfigError("no config file: run `prefloop train CONFIG.yaml [key=value ...]` "
+                          "(see examples/seed_config.yaml)")
+    run_training(load_config(path, overrides))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    train: list[dict]
+    val: list[dict]
+    template_name: str
+    stop_ids: list[int]  # token ids that end a reply (for sample answers)
+
+
+def run_training(cfg: Config) -> dict:
+    from transformers import set_seed
+
+    from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
+    from prefloop.train.losses import build_loss_spec
+
+    started = time.perf_counter()
+    check_output_dir(cfg)
+    cfg = resolve_precision(cfg)
+    args = build_args(cfg)
+    say = print if args.process_index == 0 else (lambda *a, **k: None)
+    set_seed(cfg.seed)
+    if args.process_index == 0:
+        save_config(cfg, cfg.output_dir)
+
+    tokenizer = load_tokenizer(cfg.model_name_or_path)
+    data = load_data(cfg, tokenizer, say)
+    loss_spec = build_loss_spec(cfg)
+    model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
+    trainable, total = count_parameters(model)
+    say(f"Model {cfg.model_name_or_path}: {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} "
+        f"parameters trainable ({100 * trainable / total:.2f}%).")
+    model.to(args.device)
+    autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
+    in_step_reference = prepare_reference(cfg, loss_spec, model, tokenizer, data, autocast_dtype, args.device, say)
+
+    trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
+    before = trainer.evaluate_quietly(description="Before training") if data.val else {}
+    samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before")
+    report_quality("Before training", before, say, first=True)
+
+    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(cfg))
+    trainer.save_model()
+    trainer.save_state()
+    metrics = dict(result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    if data.val and cfg.run_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    metrics.update({f"before_{k}": v for k, v in before.items()})
+
+    sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", samples)
+    report_quality("After training", metrics, say)
+    if args.process_index == 0:
+        write_samples(samples, cfg.output_dir, say)
+        if cfg.plot_loss:
+            from prefloop.train.plots import plot_history
+
+            paths = plot_history(trainer.state.log_history, cfg.output_dir)
+            say(f"Plots: {', '.join(p.name for p in paths) or 'none (nothing logged)'} in {cfg.output_dir}")
+    say(summary(cfg, trainer, metrics, before, time.perf_counter() - started))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def check_output_dir(cfg: Config) -> None:
+    out = Path(cfg.output_dir)
+    used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or any(out.glob("checkpoint-*")))
+    if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
+                          f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
+
+
+def build_args(cfg: Config):
+    from prefloop.train.trainer import build_training_arguments
+
+    return build_training_arguments(cfg)
+
+
+def load_data(cfg: Config, tokenizer, say) -> Data:
+    from prefloop.data.encode import encode_pairs
+    from prefloop.data.loader import load_pairs, split_validation
+    from prefloop.data.template import get_template
+    from prefloop.train.dataset import to_feature
+
+    dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
+    loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples)
+    say(f"Data {dataset}: {loaded.summary()}")
+    val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
+    train_pairs, val_pairs = split_validation(loaded.pairs, val_size, cfg.seed) if val_size else (loaded.pairs, [])
+    template = get_template(cfg.template, tokenizer)
+    splits = {}
+    for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
+        if not pairs:
+            splits[name] = []
+            continue
+        encoded, report = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
+        say(f"  {name}: {report.summary()}")
+        splits[name] = [to_feature(p, i) for i, p in enumerate(encoded)]
+    if cfg.do_train and not splits["train"]:
+        raise DataError(f"no training pairs left after encoding {dataset!r} (see the report above); "
+                        f"raise cutoff_len or check the data")
+    end_of_turn = tokenizer.encode(template.end_of_turn, add_special_tokens=False)
+    stop_ids = sorted({tokenizer.eos_token_id, *(end_of_turn if len(end_of_turn) == 1 else [])} - {None})
+    return Data(splits["train"], splits["validation"], template.name, stop_ids)
+
+
+def prepare_reference(cfg: Config, loss_spec, model, tokenizer, data: Data, autocast_dtype, device, say):
+    """Cache reference log-probs into the features (precompute_ref), or return the Reference the step
+    runs; None when the loss is reference-free or the cache covers everything."""
+    from prefloop.models import build_reference
+    from prefloop.train.reference import precompute_reference
+
+    if not loss_spec.needs_reference:
+        say(f"pref_loss {'+'.join(loss_spec.names)} is reference-free: no reference model is loaded.")
+        return None
+    reference = build_reference(cfg, model, tokenizer, before_training_only=cfg.precompute_ref)
+    reference.model.to(device)
+    say(f"Reference: {reference.describe()}")
+    if not cfg.precompute_ref:
+        return reference
+    precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
+                         data.template_name, autocast_dtype, device, log=say)
+    return None  # a separately loaded reference is dropped here: the step needs only the policy
+
+
+def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, autocast_dtype):
+    from prefloop.train.dataset import PairCollator, PairDataset
+    from prefloop.train.trainer import PreferenceTrainer
+
+    return PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=PairDataset(data.train),
+        eval_dataset=PairDataset(data.val) if data.val else None,
+        data_collator=PairCollator(cfg.layout, tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=extra_callbacks(cfg),
+        loss_spec=loss_spec,
+        reference=reference,
+        chunk_size=cfg.logps_chunk_size,
+        ld_alpha=cfg.ld_alpha,
+        autocast_dtype=autocast_dtype,
+    )
+
+
+def extra_callbacks(cfg: Config) -> list:
+    """Trainer callbacks beyond the Trainer's own: the place for health monitors and early stopping."""
+    return []
+
+
+def checkpoint_to_resume(cfg: Config):
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no checkpoint-* directory; "
+                              f"give a checkpoint path or train from the start")
+        return last
+    if not Path(cfg.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a directory")
+    return cfg.resume_from_checkpoint
+
+
+# ---------------------------------------------------------------------------------------------
+# What a person reads
+
+
+def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
+    if "eval_rewards/accuracies" not in metrics:
+        return
+    note = " (policy = reference, so every pair is a tie; ties count as 0.5)" if first else ""
+    say(f"{when}: held-out preference accuracy {metrics['eval_rewards/accuracies']:.3f}{note}; "
+        f"reference-free ranking accuracy (mean log-prob per token, chosen > rejected) "
+        f"{metrics['eval_ranking/accuracies']:.3f}")
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, data: Data, count: int, label: str, samples: list[dict] | None = None):
+    """Greedy short answers to the first `count` validation prompts, added under `label`."""
+    samples = samples if samples is not None else []
+    features = data.val[:count]
+    if not features:
+        return samples
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for i, feature in enumerate(features):
+        prompt = torch.tensor([feature["prompt_ids"]], device=device)
+        output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                max_new_tokens=SAMPLE_MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=data.stop_ids, use_cache=True)
+        answer = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+        if len(samples) <= i:
+            samples.append({"id": feature["id"], "prompt": tokenizer.decode(feature["prompt_ids"]),
+                            "chosen": tokenizer.decode(feature["chosen_ids"], skip_special_tokens=True)})
+        samples[i][label] = answer
+        print(f"Sample answer {label} training [{feature['id']}]: {answer[:300]!r}")
+    model.train(was_training)
+    return samples
+
+
+def write_samples(samples: list[dict], output_dir: str, say) -> None:
+    if not samples:
+        return
+    path = Path(output_dir) / "samples.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    say(f"Sample answers before/after training: {path}")
+
+
+def summary(cfg: Config, trainer, metrics: dict, before: dict, seconds: float) -> str:
+    lines = [f"Done in {seconds:.0f} s: {trainer.state.global_step} steps, "
+             f"train loss {metrics.get('train_loss', float('nan')):.4f}."]
+    if "eval_rewards/accuracies" in metrics:
+        acc_before = before.get("eval_rewards/accuracies")
+        lines.append(f"Held-out preference accuracy: {acc_before:.3f} -> {metrics['eval_rewards/accuracies']:.3f}; "
+                     f"ranking accuracy {before.get('eval_ranking/accuracies', float('nan')):.3f} -> "
+                     f"{metrics['eval_ranking/accuracies']:.3f}; eval margin "
+                     f"{metrics['eval_rewards/margins']:+.4f}.")
+    what = "LoRA adapter" if cfg.finetuning_type == "lora" else "model"
+    lines.append(f"Saved the {what}, tokenizer, config, trainer_state.json and results to {cfg.output_dir}"
+                 + (" (merge the adapter with `prefloop merge`)." if cfg.finetuning_type == "lora" else "."))
+    return "\n".join(lines)

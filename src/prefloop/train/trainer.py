@@ -1,0 +1,193 @@
+"""The DPO trainer: `transformers.Trainer` with a preference loss and TRL-named metrics.
+
+Everything users know from the Trainer (cosine schedule, warmup, gradient accumulation, clipping,
+eval/save/log steps, `save_total_limit`, resume, TensorBoard) is the Trainer's own. This subclass
+adds only the loss, the metrics, and evaluation without predictions:
+
+    policy log-probs (logps.pair_logps) -> reference log-probs (cached in the batch, or run here)
+    -> preference_loss (losses.py) -> mean over pairs
+
+Metrics are accumulated per pair between two logs and averaged at each log (so a log covers every
+pair since the previous one), with the names TRL and LLaMA-Factory use (`eval_` prefix in eval).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss
+from prefloop.train.logps import pair_logps
+
+
+def build_training_arguments(cfg) -> TrainingArguments:
+    """The Trainer's arguments from a prefloop `Config` (keys mean what they mean in transformers).
+
+    transformers 5 has no `warmup_ratio`: a float `warmup_steps` in [0, 1) is the ratio.
+    """
+    from prefloop.errors import ConfigError
+
+    report_to = cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]
+    try:
+        return TrainingArguments(
+            output_dir=cfg.output_dir,
+            do_train=cfg.do_train,
+            do_eval=cfg.run_eval,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.num_train_epochs,
+            max_steps=cfg.max_steps,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            warmup_steps=cfg.warmup_steps or float(cfg.warmup_ratio),
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            optim=cfg.optim,
+            seed=cfg.seed,
+            use_cpu=not torch.cuda.is_available(),
+            fp16=cfg.fp16,
+            bf16=cfg.bf16,
+            activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for it
+            activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+            eval_strategy=cfg.eval_strategy if cfg.run_eval else "no",
+            eval_steps=cfg.eval_steps,
+            save_strategy=cfg.save_strategy,
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            logging_steps=cfg.logging_steps,
+            report_to="none" if report_to == ["none"] else report_to,
+            dataloader_num_workers=cfg.dataloader_num_workers,
+            remove_unused_columns=False,  # the batch is ours, not the model's forward signature
+            label_names=[],
+            deepspeed=cfg.deepspeed,
+            fsdp=cfg.fsdp,
+            fsdp_config=cfg.fsdp_config,
+            ddp_timeout=cfg.ddp_timeout,
+            ddp_find_unused_parameters=cfg.ddp_find_unused_parameters,
+        )
+    except (ValueError, ImportError) as err:
+        raise ConfigError(f"the training arguments are not valid: {err}") from err
+
+
+class PreferenceTrainer(Trainer):
+    """`transformers.Trainer` whose loss is a preference loss over (chosen, rejected) pairs.
+
+    `reference`: a `models.Reference` to run inside the step, or None when the batch carries cached
+    reference log-probs or the loss is reference-free. `loss_guard` (health checks, issue 5): an
+    optional callable (loss, pair_ids) -> loss run on every training loss before backward.
+    """
+
+    def __init__(self, *args, loss_spec: LossSpec, reference=None, chunk_size: int = 4096,
+                 ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_spec, self.reference = loss_spec, reference
+        self.chunk_size, self.ld_alpha, self.autocast_dtype = chunk_size, ld_alpha, autocast_dtype
+        self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: the Trainer scales it for accumulation
+        self.loss_is_scaled_for_ga = False
+        self.loss_guard = None
+        self.last_pair_ids: list[str] = []
+        self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+        self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
+
+    def train(self, *args, **kwargs):
+        self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.pair_loss(model, inputs, "train")
+        return (loss, {}) if return_outputs else loss
+
+    def pair_loss(self, model, inputs: dict, mode: str) -> torch.Tensor:
+        """Mean preference loss of one batch; records its metrics under `mode` ("train"/"eval")."""
+        self.last_pair_ids = inputs.pop("pair_ids", None) or []
+        num_tokens = inputs.pop("num_tokens", None)
+        policy = pair_logps(model, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
+        reference = self.reference_logps(inputs, policy.seq)
+        out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"))
+        loss = out.losses.mean()
+        if mode == "train" and self.loss_guard is not None:
+            loss = self.loss_guard(loss, self.last_pair_ids)
+        self.record_metrics(mode, out, policy, num_tokens)
+        return loss
+
+    def reference_logps(self, inputs: dict, policy: SequenceLogps) -> SequenceLogps | None:
+        """Cached reference log-probs from the batch, or a no-grad reference forward, or None."""
+        if not self.loss_spec.needs_reference:
+            return None
+        if "ref_chosen_logps" in inputs:
+            chosen, rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        elif self.reference is not None:
+            with torch.no_grad(), self.reference.context():
+                ref = pair_logps(self.reference.model, inputs, self.chunk_size, None, self.autocast_dtype).seq
+            chosen, rejected = ref.chosen, ref.rejected
+        else:
+            raise RuntimeError("the loss needs reference log-probs, but the batch has none and no reference model "
+                               "was given (precompute_ref did not run?)")
+        return SequenceLogps(chosen, rejected, policy.chosen_tokens, policy.rejected_tokens)
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.pair_loss(model, inputs, "eval")
+        return loss.detach(), None, None
+
+    def evaluate_quietly(self, eval_dataset=None, description: str = "Evaluation") -> dict:
+        """Eval metrics (`eval_` names) without logging them, e.g. before training starts."""
+        output = self.evaluation_loop(self.get_eval_dataloader(eval_dataset), description=description,
+                                      prediction_loss_only=True, metric_key_prefix="eval")
+        metrics = dict(output.metrics)
+        metrics.update(self.pop_metrics("eval", prefix="eval_"))
+        return metrics
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    def record_metrics(self, mode: str, out, policy, num_tokens) -> None:
+        margins = out.chosen_rewards - out.rejected_rewards
+        per_pair = {
+            "rewards/chosen": out.chosen_rewards,
+            "rewards/rejected": out.rejected_rewards,
+            "rewards/margins": margins,
+            # A tie (policy == reference before training) counts as half right.
+            "rewards/accuracies": (margins > 0).float() + 0.5 * (margins == 0).float(),
+            "logps/chosen": policy.seq.chosen.detach(),
+            "logps/rejected": policy.seq.rejected.detach(),
+            "logits/chosen": policy.chosen_logits_mean,
+            "logits/rejected": policy.rejected_logits_mean,
+        }
+        if mode == "eval":
+            # Reference-free ranking: mean per-token log-prob of chosen above rejected.
+            per_pair["ranking/accuracies"] = (policy.seq.chosen_mean > policy.seq.rejected_mean).float()
+        for name, values in per_pair.items():
+            values = self.accelerator.gather_for_metrics(values.detach().float())
+            self._sums[mode][name] += values.sum().item()
+            self._counts[mode][name] += values.numel()
+        if num_tokens is not None and mode == "train":
+            self._tokens_since_log += int(self.accelerator.gather_for_metrics(num_tokens.reshape(1)).sum().item())
+
+    def pop_metrics(self, mode: str, prefix: str = "") -> dict[str, float]:
+        """Per-pair averages since the last pop, then reset."""
+        sums, counts = self._sums[mode], self._counts[mode]
+        metrics = {prefix + name: sums[name] / counts[name] for name in sums if counts[name]}
+        sums.clear()
+        counts.clear()
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs.update(self.pop_metrics("eval", prefix="eval_"))
+            self._last_log_time = time.perf_counter()  # throughput counts training time only
+        elif "loss" in logs:
+            logs.update(self.pop_metrics("train"))
+            now = time.perf_counter()
+            logs["tokens_per_second"] = round(self._tokens_since_log / max(now - self._last_log_time, 1e-9), 2)
+            self._tokens_since_log, self._last_log_time = 0, now
+        super().log(logs, start_time)
