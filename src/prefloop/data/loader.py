@@ -104,11 +104,13 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
             try:
                 record = json.loads(raw)
             except UnicodeDecodeError as err:
+                seen_any = True
                 yield Problem(str(path), f"line {lineno}", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
                 continue
             except json.JSONDecodeError as err:
                 if not raw.strip():
                     continue
+                seen_any = True
                 yield Problem(str(path), f"line {lineno}", "", f"malformed JSON ({err.msg} at column {err.colno})", "each line must be one complete JSON object")
                 continue
             seen_any = True

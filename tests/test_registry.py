@@ -1,0 +1,120 @@
+"""Dataset names through dataset_info.json, plain paths, directories and comma-separated lists."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prefloop.data.registry import resolve_dataset
+from prefloop.errors import DataError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    write(tmp_path / "a.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    write(tmp_path / "sub" / "x.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    write(tmp_path / "sub" / "y.json", "[]")
+    write(tmp_path / "sub" / "notes.txt", "ignored")
+    info = {
+        "alpha": {"file_name": "a.jsonl", "formatting": "trl", "ranking": True},
+        "folder": {"file_name": "sub", "ranking": True, "num_samples": 5},
+        "custom": {"file_name": "a.jsonl", "ranking": True, "formatting": "sharegpt",
+                   "columns": {"messages": "dialog"}, "tags": {"role_tag": "speaker"}},
+        "cols_only": {"file_name": "a.jsonl", "columns": {"prompt": "q"}},
+    }
+    write(tmp_path / "dataset_info.json", json.dumps(info))
+    return tmp_path
+
+
+def test_registered_name(data_dir):
+    (source,) = resolve_dataset("alpha", data_dir)
+    assert source.name == "alpha"
+    assert source.files == [data_dir / "a.jsonl"]
+    assert source.spec.formatting == "trl"
+
+
+def test_directory_entry_lists_data_files_sorted(data_dir):
+    (source,) = resolve_dataset("folder", data_dir)
+    assert [f.name for f in source.files] == ["x.jsonl", "y.json"]
+    assert source.num_samples == 5
+    assert source.spec.formatting == "auto"
+
+
+def test_columns_and_tags_are_passed_on(data_dir):
+    (source,) = resolve_dataset("custom", data_dir)
+    assert source.spec.columns == {"messages": "dialog"}
+    assert source.spec.tags == {"role_tag": "speaker"}
+    # LLaMA-Factory's default formatting (alpaca) applies when columns are declared without one.
+    assert resolve_dataset("cols_only", data_dir)[0].spec.formatting == "alpaca"
+
+
+def test_comma_separated_names_and_paths(data_dir):
+    sources = resolve_dataset(f" alpha , {data_dir / 'sub'} ,a.jsonl", data_dir)
+    assert [s.name for s in sources] == ["alpha", str(data_dir / "sub"), "a.jsonl"]
+    assert sources[2].files == [data_dir / "a.jsonl"]  # relative to dataset_dir
+    assert sources[2].spec.formatting == "auto"
+
+
+def test_unknown_name_lists_known_names(data_dir):
+    with pytest.raises(DataError) as err:
+        resolve_dataset("alpha,nope", data_dir)
+    message = str(err.value)
+    assert "'nope'" in message
+    for name in ("alpha", "custom", "folder"):
+        assert name in message
+
+
+def test_unknown_name_without_dataset_info_says_so(tmp_path):
+    with pytest.raises(DataError, match="there is no .*dataset_info.json"):
+        resolve_dataset("missing", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"hf_hub_url": "org/data"}, "download the files and set 'file_name'"),
+        ({}, "missing 'file_name'"),
+        ({"file_name": "a.jsonl", "ranking": False}, "'ranking' is false"),
+        ({"file_name": "a.jsonl", "formatting": "csv"}, "unknown formatting 'csv'"),
+        ({"file_name": "gone.jsonl"}, "not found"),
+        ({"file_name": "a.jsonl", "columns": ["x"]}, "'columns' must be an object"),
+        ({"file_name": "a.jsonl", "num_samples": 0}, "'num_samples' must be a positive integer"),
+    ],
+)
+def test_bad_entries_say_what_to_fix(data_dir, entry, message):
+    write(data_dir / "dataset_info.json", json.dumps({"bad": entry}))
+    with pytest.raises(DataError, match="dataset 'bad'") as err:
+        resolve_dataset("bad", data_dir)
+    assert message in str(err.value)
+
+
+def test_malformed_dataset_info_names_the_line(tmp_path):
+    write(tmp_path / "dataset_info.json", '{\n  "a": {"file_name": "x"},\n  oops\n}')
+    with pytest.raises(DataError, match=r"dataset_info.json:3: invalid JSON"):
+        resolve_dataset("a", tmp_path)
+
+
+def test_empty_directory_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no"):
+        resolve_dataset(str(tmp_path / "empty"), tmp_path)
+
+
+def test_empty_name_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="no dataset given"):
+        resolve_dataset(" , ", tmp_path)
+
+
+def test_shipped_examples_are_registered():
+    info = json.loads((EXAMPLES / "dataset_info.json").read_text())
+    for name in info:
+        (source,) = resolve_dataset(name, EXAMPLES)
+        assert all(f.exists() for f in source.files)
