@@ -140,7 +140,7 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
             return [*render(session.next_for(annotator), annotator), ""]
 
         def make_vote(choice: str):
-            def vote(st, who, why, *ratings, request: gr.Request):
+            def vote(st, who, why, request: gr.Request, *ratings):  # gradio inserts `request` here
                 annotator = _annotator(who, request, auth)
                 if not annotator:
                     return [st, *[gr.update()] * (len(view) - 1), "Type your name first.", gr.update()]

@@ -1,0 +1,130 @@
+"""End to end in headless Debian Chromium: log in, vote by click and by key, undo, vote again; check the DB
+and the exported JSONL; keep a screenshot in test-artifacts/."""
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from prefloop.label.app import launch, prepare_session
+from prefloop.label.export import export_command
+from prefloop.store import Store
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_candidates(path: Path) -> None:
+    rows = [
+        {"conversations": [{"from": "human", "value": "Name a prime."}, {"from": "gpt", "value": "Seven."},
+                           {"from": "human", "value": f"Show it in code, take {i}."}],
+         "candidates": [{"text": f"Answer one-{i}:\n\n```python\nprint({i})\n```", "model": "model-x"},
+                        {"text": f"Answer two-{i}: **bold** and `inline`", "model": "model-y"}]}
+        for i in range(3)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def shown(page) -> tuple[str, str]:
+    return page.inner_text("#response-a"), page.inner_text("#response-b")
+
+
+def test_vote_click_key_undo_export(tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    write_candidates(tmp_path / "cands.jsonl")
+    db = tmp_path / "label.sqlite"
+    session = prepare_session(pairs=str(tmp_path / "cands.jsonl"), db=str(db), dimensions="helpfulness",
+                              overlap=1, seed=3)
+    port = free_port()
+    demo = launch(session, host="127.0.0.1", port=port, users=[("alice", "secret-1")])
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_label("username").fill("alice")
+            page.get_by_label("password").fill("secret-1")
+            page.get_by_role("button", name="Login").click()
+
+            expect(page.locator("#progress")).to_contain_text("alice: 0 judged", timeout=30_000)
+            expect(page.locator("#shortcut-help")).to_contain_text("1")
+            expect(page.locator("#conversation")).to_contain_text("Name a prime.")  # the whole conversation
+            expect(page.locator("#conversation")).to_contain_text("Seven.")
+            # markdown and code are rendered, not shown as source
+            assert page.locator("#response-a code, #response-b code").count() >= 1
+            assert "```" not in "".join(shown(page))
+            first_left, _ = shown(page)
+
+            # 1) vote by click, with a rating and a reason
+            page.locator("#rate-helpfulness-a").get_by_text("5", exact=True).click()
+            page.locator("#reason textarea").fill("clearer answer")
+            page.locator("#vote-a").click()
+            expect(page.locator("#reveal")).to_contain_text("Saved vote #1", timeout=20_000)
+            expect(page.locator("#reveal")).to_contain_text("model-")  # identities revealed after the vote
+            expect(page.locator("#progress")).to_contain_text("alice: 1 judged")
+            second_left, second_right = shown(page)
+            assert second_left != first_left
+
+            # 2) vote by keyboard shortcut "2" (B is better)
+            page.locator("h2").first.click()
+            page.keyboard.press("2")
+            expect(page.locator("#reveal")).to_contain_text("Saved vote #2", timeout=20_000)
+            expect(page.locator("#progress")).to_contain_text("alice: 2 judged")
+
+            # 3) undo: the same item comes back, same sides
+            page.locator("#undo").click()
+            expect(page.locator("#status")).to_contain_text("undone", timeout=20_000)
+            expect(page.locator("#progress")).to_contain_text("alice: 1 judged")
+            assert shown(page) == (second_left, second_right)
+
+            # 4) vote again on it with the key for "Tie"
+            page.locator("h2").first.click()
+            page.keyboard.press("3")
+            expect(page.locator("#reveal")).to_contain_text("Saved vote #3", timeout=20_000)
+            page.locator("#reveal").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "label-browser.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+
+    with Store(db) as store:
+        votes = store.votes()
+    assert [(v["vote_id"], v["annotator"], v["retracted"]) for v in votes] == [
+        (1, "alice", False), (2, "alice", True), (3, "alice", False)]
+    first, undone, again = votes
+    assert undone["item_id"] == again["item_id"] != first["item_id"]
+    assert again["verdict"] == "tie"
+    # verdicts are stored relative to the stored a/b: "A" (left) maps through the shown order
+    left_is_stored = "a" if first["shown_order"] == "ab" else "b"
+    assert first["verdict"] == left_is_stored
+    assert first["ratings"] == {"helpfulness": {left_is_stored: 5}}
+    assert first["reason"] == "clearer answer"
+    assert undone["verdict"] == ("b" if undone["shown_order"] == "ab" else "a")
+    assert first_left.split(":")[0] in first[f"response_{left_is_stored}"]
+
+    out = tmp_path / "prefs.jsonl"
+    assert export_command(str(db), str(out), 0.0, False) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 1  # the tie is left out by default
+    record = records[0]
+    assert record["chosen"] == first[f"response_{left_is_stored}"]
+    assert record["annotators"] == ["alice"]
+    assert record["dimensions"] == {"helpfulness": {"chosen": 5}}
+    assert [t["from"] for t in record["conversations"]] == ["user", "assistant", "user"]
+    assert (ARTIFACTS / "label-browser.png").stat().st_size > 10_000
