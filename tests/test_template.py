@@ -181,3 +181,13 @@ def test_broken_own_template_is_a_config_error():
     broken = "{{ raise_exception('no chats here') }}"
     with pytest.raises(ConfigError, match="no chats here"):
         get_template(None, build_tiny_tokenizer(chat_template=broken))
+
+
+def test_stop_token_ids_hold_the_end_of_turn_and_eos():
+    tokenizer = tokenizer_like("llama3")
+    tokenizer.eos_token = "<|begin_of_text|>"  # a base-model EOS different from the end of turn
+    template = get_template("llama3", tokenizer)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert template.stop_token_ids(tokenizer) == [eot, tokenizer.eos_token_id]
+    chatml = build_tiny_tokenizer()
+    assert get_template(None, chatml).stop_token_ids(chatml) == [chatml.eos_token_id]

@@ -155,7 +155,10 @@ def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None
             w.drop = f"template error: {err}"
             continue
         if not (chosen.startswith(prompt) and rejected.startswith(prompt)):
-            w.drop = "template error: the conversation's rendering does not start with the rendered prompt"
+            w.drop = (
+                "template error: the answered conversation does not start with the rendered prompt "
+                "(the template rewrites earlier turns); choose a built-in template with `template: NAME`"
+            )
             continue
         w.prompt_text = prompt
         texts += (prompt, chosen, rejected)
@@ -217,7 +220,10 @@ def _drop_turns(work: list[_Work], tokenizer, template: ChatTemplate, cutoff: in
 
 def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int]:
     """Token index range [a, b) of the last user message's text inside the prompt ids."""
-    last_user = max(i for i, m in enumerate(w.messages) if m["role"] == "user")
+    users = [i for i, m in enumerate(w.messages) if m["role"] == "user"]
+    if not users:
+        return 0, 0
+    last_user = users[-1]
     marked = [dict(m) for m in w.messages]
     marked[last_user]["content"] = _CUT_MARKER
     try:

@@ -297,6 +297,19 @@ class ChatTemplate:
             raise ValueError(f"the {self.name} template's rendering does not end with {ending!r}")
         return text[: len(text) - len(self.reply_trailer)] if self.reply_trailer else text
 
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """Token ids that end a generated reply: the end of turn (when it is one token) and EOS.
+
+        Pass them as `eos_token_id` to `model.generate`, so sampling stops where training ends.
+        """
+        stops = []
+        ids = tokenizer(self.end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            stops.append(ids[0])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
+            stops.append(tokenizer.eos_token_id)
+        return stops
+
     # -- probing -----------------------------------------------------------------------------
 
     def _probe(self, tokenizer, end_of_turn: str | None) -> None:
