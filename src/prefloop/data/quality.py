@@ -28,7 +28,7 @@ MAX_EXAMPLES = 5
 _PUNCTUATION = "".join(
     {*string.punctuation, "\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014", "\u2026", "\u00ab", "\u00bb", "\u00bf", "\u00a1"}
 )
-_STRIP_PUNCTUATION = str.maketrans(_PUNCTUATION, " " * len(_PUNCTUATION))
+_STRIP_PUNCTUATION = str.maketrans("", "", _PUNCTUATION)
 _WORD = re.compile(r"[^\W_]+")
 _STOPWORDS = frozenset(
     """a about above after again all also am an and any are as at be because been before being below between both
@@ -41,9 +41,14 @@ _STOPWORDS = frozenset(
 
 
 def normalize_text(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed: what 'differs only in formatting' ignores."""
+    """Lower case, punctuation removed, whitespace collapsed."""
     text = unicodedata.normalize("NFKC", text).lower().translate(_STRIP_PUNCTUATION)
     return " ".join(text.split())
+
+
+def formatting_key(text: str) -> str:
+    """What is left when whitespace, case and punctuation are ignored ("a, b" and "A  b." share it)."""
+    return "".join(normalize_text(text).split())
 
 
 def content_words(text: str) -> set[str]:
@@ -153,7 +158,7 @@ def check_identical(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]
 def check_formatting_only(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
     flagged = [
         i for i, p in enumerate(pairs)
-        if p.chosen != p.rejected and normalize_text(p.chosen) == normalize_text(p.rejected)
+        if p.chosen != p.rejected and formatting_key(p.chosen) == formatting_key(p.rejected)
     ]
     return Finding(
         "formatting_only", "chosen and rejected differ only in whitespace, case or punctuation", "warning", len(flagged),
