@@ -142,7 +142,11 @@ def apply_finetuning(model, cfg):
             for param in layer.parameters():
                 param.requires_grad_(True)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5 name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.finetuning_type != "full":
             model.enable_input_require_grads()
         model.config.use_cache = False

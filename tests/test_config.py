@@ -1,0 +1,137 @@
+"""Training config: the seed's YAML verbatim, overrides, clear errors, fp16 fallback, saving."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefloop import config as config_module
+from prefloop.cli import main as cli_main
+from prefloop.config import CONFIG_FILENAME, Config, load_config, resolve_precision, save_config
+from prefloop.errors import ConfigError
+
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed_config.yaml"
+
+
+@pytest.fixture()
+def seed_path(tmp_path):
+    (tmp_path / "model").mkdir()
+    text = SEED.read_text().replace("MODEL_DIR", str(tmp_path / "model")).replace("OUTPUT_DIR", str(tmp_path / "out"))
+    path = tmp_path / "seed.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_seed_config_loads_verbatim_with_types(seed_path):
+    cfg = load_config(seed_path)
+    assert cfg.stage == "dpo" and cfg.dataset == "comparison_gpt4_en" and cfg.template == "qwen"
+    assert cfg.pref_beta == 0.1 and cfg.pref_loss == "sigmoid" and cfg.cutoff_len == 2048
+    assert cfg.learning_rate == 5.0e-7 and isinstance(cfg.num_train_epochs, float)
+    assert cfg.lr_scheduler_type == "cosine" and cfg.warmup_ratio == 0.1
+    assert cfg.fp16 is True and cfg.gradient_checkpointing is True
+    assert cfg.finetuning_type == "lora" and cfg.lora_target == "all" and cfg.lora_rank == 16
+    assert cfg.resolved_lora_alpha == 32 and cfg.val_size == 0.1 and cfg.eval_steps == 100
+    assert cfg.run_eval and cfg.layout == "padded" and cfg.precompute_ref is True and cfg.dataset_dir == "data"
+
+
+def test_overrides_from_the_command_line_are_typed(seed_path):
+    cfg = load_config(seed_path, ["learning_rate=1e-6", "pref_loss=ipo", "lora_target=q_proj,v_proj",
+                                  "packing=true", "prefix_sharing=true", "max_samples=100"])
+    assert cfg.learning_rate == 1e-6 and cfg.pref_loss == "ipo" and cfg.max_samples == 100
+    assert cfg.lora_target == "q_proj,v_proj" and cfg.layout == "packed_prefix_shared"
+    listed = load_config(seed_path, ["pref_loss=[sigmoid, hinge]", "pref_loss_weights=[0.8, 0.2]"])
+    assert listed.pref_loss == ["sigmoid", "hinge"] and listed.pref_loss_weights == [0.8, 0.2]
+
+
+def test_python_overrides_and_dicts(seed_path, tmp_path):
+    cfg = load_config(seed_path, {"pref_beta": 0.2, "resume_from_checkpoint": True})
+    assert cfg.pref_beta == 0.2 and cfg.resume_from_checkpoint is True
+    again = load_config(cfg.to_dict())
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lerning_rate=1e-6", "unknown key 'lerning_rate' (did you mean 'learning_rate'?)"),
+        ("pref_los=ipo", "did you mean 'pref_loss'?"),
+        ("pref_loss=foo", "'foo'"),
+        ("pref_beta=-1", "pref_beta: -1.0 is not allowed; it must be > 0"),
+        ("lora_rank=abc", "lora_rank: 'abc' is not allowed; expected an integer"),
+        ("fp16=maybe", "fp16: 'maybe' is not allowed; expected true or false"),
+        ("finetuning_type=qlora", "expected one of 'lora', 'full', 'freeze'"),
+        ("lr_scheduler_type=cosin", "did you mean 'cosine'?"),
+        ("val_size=0", "eval_strategy: steps needs a validation split; set val_size"),
+        ("warmup_ratio=1.5", "warmup_ratio: 1.5 is not allowed; it must be in [0, 1)"),
+        ("model_name_or_path=checkpoints/sft/chat-model", "does not exist; give a local model directory, a .gguf file"),
+        ("stage=ppo", "stage: 'ppo' is not allowed; expected one of 'dpo'"),
+        ("dpo_label_smoothing=0.1 pref_loss=hinge", "dpo_label_smoothing"),
+    ],
+)
+def test_config_errors_say_what_is_allowed(seed_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path, override.split())
+    assert message in str(err.value)
+    if "pref_loss=" in override:  # losses.py words these; they must name the choices
+        assert "sigmoid" in str(err.value)
+
+
+def test_unknown_key_in_the_file_names_the_file(seed_path):
+    seed_path.write_text(seed_path.read_text() + "lora_rnk: 8\n")
+    with pytest.raises(ConfigError, match=r"seed.yaml: unknown key 'lora_rnk' \(did you mean 'lora_rank'\?\)"):
+        load_config(seed_path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model_name_or_path: x\npref_beta: [0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml, line \d+: not valid YAML"):
+        load_config(path)
+
+
+def test_fp16_without_cuda_falls_back_with_one_line_warning(seed_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: fp16 is honoured")
+    cfg = load_config(seed_path)
+    for has_bf16, expect_bf16 in ((True, True), (False, False)):
+        monkeypatch.setattr(config_module, "cpu_supports_bf16", lambda: has_bf16)
+        resolved = resolve_precision(cfg)
+        assert resolved.fp16 is False and resolved.bf16 is expect_bf16
+        lines = [line for line in capsys.readouterr().err.splitlines() if line]
+        assert len(lines) == 1 and "fp16" in lines[0] and ("bf16" if expect_bf16 else "fp32") in lines[0]
+
+
+def test_resolved_config_is_saved_and_reloads(seed_path, tmp_path):
+    cfg = load_config(seed_path, ["pref_loss=ipo"])
+    path = save_config(cfg, tmp_path / "out")
+    assert path.name == CONFIG_FILENAME
+    saved = yaml.safe_load(path.read_text())
+    assert saved["pref_loss"] == "ipo" and saved["precompute_ref"] is True
+    assert load_config(path) == cfg
+
+
+def test_training_arguments_mapping(seed_path):
+    from prefloop.train.trainer import build_training_arguments
+
+    cfg = resolve_precision(load_config(seed_path))
+    args = build_training_arguments(cfg)
+    assert args.warmup_steps == pytest.approx(0.1)  # transformers 5: a float in [0, 1) is the ratio
+    assert args.lr_scheduler_type.value == "cosine" and args.gradient_accumulation_steps == 32
+    assert args.eval_strategy.value == "steps" and args.eval_steps == 100 and args.save_steps == 500
+    assert args.logging_steps == 5 and args.learning_rate == 5.0e-7 and not args.fp16
+
+
+def test_cli_reports_config_errors_with_exit_code_2(seed_path, capsys):
+    assert cli_main(["train", str(seed_path), "lerning_rate=1e-6"]) == 2
+    assert "did you mean 'learning_rate'?" in capsys.readouterr().err
+    assert cli_main(["train", "--config_file", str(seed_path), "pref_beta=0"]) == 2
+    assert "pref_beta: 0.0 is not allowed" in capsys.readouterr().err
+    assert cli_main(["train"]) == 2
+    assert "no config file" in capsys.readouterr().err
+
+
+def test_every_field_has_a_default():
+    cfg = Config()
+    assert cfg.layout == "padded" and cfg.max_bad_steps == 3 and cfg.report_to == "tensorboard"
