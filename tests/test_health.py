@@ -323,3 +323,66 @@ def test_healthy_run_is_quiet_and_risky_settings_warn_once(tmp_path, tiny_tokeni
 
     (run,) = (tmp_path / "risky" / "runs").iterdir()  # the TensorBoard callback's own writer got the text
     assert "health/setting/text_summary" in EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload().Tags()["tensors"]
+
+
+# --- the same through prefloop's PreferenceTrainer, wired as the report describes ------------------------
+
+
+def _preference_trainer(tmp_path, tokenizer, nan_steps, max_steps, max_bad_steps=3):
+    from transformers import TrainerCallback
+
+    from prefloop.data.schema import EncodedPair
+    from prefloop.testing import build_tiny_model
+    from prefloop.train.dataset import PairCollator, PairDataset
+    from prefloop.train.losses import build_loss_spec
+    from prefloop.train.trainer import PreferenceTrainer, build_training_arguments
+    from prefloop.config import Config
+
+    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pairs = [EncodedPair(enc(f"question {i}: what is {i} plus {i}?"), enc(f"it is {2 * i}."),
+                         enc(f"no idea, maybe {i + 5} or so"), id=f"pair-{i}") for i in range(12)]
+    cfg = Config(output_dir=str(tmp_path), pref_loss="simpo", pref_beta=2.0, learning_rate=1e-3,
+                 finetuning_type="full", max_steps=max_steps, per_device_train_batch_size=2, logging_steps=1,
+                 report_to="none", save_strategy="no", max_bad_steps=max_bad_steps)
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots[state.global_step] = [p.detach().clone() for p in model.parameters()]
+
+    trainer = PreferenceTrainer(model=build_tiny_model(tokenizer).train(), args=build_training_arguments(cfg),
+                                train_dataset=PairDataset.from_encoded(pairs),
+                                data_collator=PairCollator("padded", tokenizer.pad_token_id),
+                                callbacks=[Snapshot()], loss_spec=build_loss_spec(cfg))
+    health = install_health(trainer, cfg)
+    # The two wiring lines: the hook records each training batch; the callback skips bad updates.
+    trainer.loss_guard = lambda loss, ids: health.loss_guard(
+        loss * float("nan") if trainer.state.global_step + 1 in nan_steps else loss, ids)
+    return trainer, health, snapshots
+
+
+def test_preference_trainer_skips_nan_step_and_stops_after_max_bad_steps(tmp_path, tiny_tokenizer):
+    trainer, health, snapshots = _preference_trainer(tmp_path / "skip", tiny_tokenizer, {2}, max_steps=3)
+    trainer.train()
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))  # noqa: E731
+    assert same(snapshots[1], snapshots[2]) and not same(snapshots[2], snapshots[3])
+    assert [w.kind for w in health.log.warnings].count("nonfinite") == 1
+    record = json.loads((tmp_path / "skip" / HEALTH_FILE).read_text().splitlines()[-1])
+    assert record["kind"] == "nonfinite" and all(p.startswith("pair-") for p in record["pair_ids"])
+
+    trainer, health, _ = _preference_trainer(tmp_path / "stop", tiny_tokenizer, {1, 2}, max_steps=5, max_bad_steps=2)
+    with pytest.raises(TrainingDiverged, match="max_bad_steps: 2"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_monitor_log_history_replays_a_finished_run():
+    from prefloop.train.health import monitor_log_history
+
+    bad = [{"step": s, "loss": 0.69 - 0.02 * s, "grad_norm": 1.0, "logps/chosen": -60.0 - 2 * s,
+            "rewards/margins": 0.1 * s} for s in range(1, 13)]
+    bad += [{"step": 13, "loss": 9.0, "grad_norm": 40.0}]
+    assert [w.kind for w in monitor_log_history(bad)] == ["degradation", "loss_spike", "grad_norm_spike"]
+    good = [{"step": s, "loss": 0.69 - 0.02 * s, "grad_norm": 1.0 + 0.1 * (s % 3), "logps/chosen": -60.0 + 0.3 * s,
+             "rewards/margins": 0.1 * s} for s in range(1, 30)] + [{"step": 30, "eval_loss": 0.5}]
+    assert monitor_log_history(good) == []

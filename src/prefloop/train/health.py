@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -448,6 +449,12 @@ class HealthCallback(TrainerCallback):
             self.log.emit(self.length_bias.update(self._step, margins, diffs))
         return bad
 
+    def loss_guard(self, loss, pair_ids: Sequence[str] | None = None):
+        """`PreferenceTrainer.loss_guard` hook (loss, pair_ids) -> loss: records the batch and returns the
+        loss unchanged; a non-finite step is skipped in `on_pre_optimizer_step`, after backward."""
+        self.observe_batch(loss, pair_ids)
+        return loss
+
     # --- transformers events --------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         if self.log.path is None and getattr(args, "output_dir", None):
@@ -486,6 +493,15 @@ class HealthCallback(TrainerCallback):
                 f"early stopping at step {state.global_step}: {args.metric_for_best_model} did not improve for "
                 f"{self.cfg.early_stopping_patience} evaluations (best {state.best_metric})",
                 {"metric": args.metric_for_best_model, "best": state.best_metric}))
+
+
+def monitor_log_history(log_history: Sequence[dict]) -> list[HealthWarning]:
+    """The log-fed monitors (spikes, degradation) replayed over a finished run's
+    `trainer_state.json` `log_history`: what they would have said during training."""
+    callback = HealthCallback()
+    for entry in log_history:
+        callback.on_log(None, SimpleNamespace(global_step=entry.get("step", 0)), None, logs=entry)
+    return callback.log.warnings
 
 
 def install_health(trainer, cfg, probe_prompts: Sequence[str] = (), tokenizer=None) -> HealthCallback:
