@@ -54,10 +54,10 @@ def parse_dimensions(text: str | None) -> list[str]:
 
 
 def validate_options(pairs, model_a, model_b, prompts, host, auth, overlap) -> None:
-    if not pairs and not (model_a and model_b):
-        raise ConfigError("nothing to label: give --pairs CANDIDATES.jsonl, or --model-a and --model-b for live mode")
     if bool(model_a) != bool(model_b):
         raise ConfigError("live mode needs both --model-a and --model-b")
+    if not pairs and not (model_a and model_b):
+        raise ConfigError("nothing to label: give --pairs CANDIDATES.jsonl, or --model-a and --model-b for live mode")
     if prompts and not model_a:
         raise ConfigError("--prompts is for live mode; add --model-a and --model-b")
     if host not in LOOPBACK and not auth:

@@ -78,9 +78,10 @@ class Assigner:
                 holders.pop(annotator, None)
 
     def progress(self, annotator: str) -> dict:
-        """Counts for the progress line: the annotator's votes, items complete, items in total."""
+        """Counts for the progress line: the annotator's votes, items still open to them, items complete / total."""
         done = self.store.completed_counts()
-        total = len(self.store.label_item_ids())
+        ids = self.store.label_item_ids()
+        mine = self.store.annotator_item_ids(annotator)
         complete = sum(1 for n in done.values() if n >= self.overlap)
-        return {"mine": len(self.store.annotator_item_ids(annotator)), "complete": complete, "total": total,
-                "overlap": self.overlap}
+        left = sum(1 for i in ids if i not in mine and done.get(i, 0) < self.overlap)
+        return {"mine": len(mine), "left": left, "complete": complete, "total": len(ids), "overlap": self.overlap}

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import gradio as gr  # noqa: E402
 
+from prefloop.errors import PrefloopError  # noqa: E402
 from prefloop.label.session import CHOICES, RATING_SCALE, LabelSession, Shown  # noqa: E402
 from prefloop.label.stats import format_report, label_stats  # noqa: E402
 
@@ -66,7 +67,7 @@ def _chat(prompt: list[dict]) -> tuple[str, list[dict]]:
 
 
 def _progress_text(progress: dict, annotator: str) -> str:
-    return (f"**{annotator or 'anonymous'}**: {progress['mine']} judged · items complete "
+    return (f"**{annotator or 'anonymous'}**: {progress['mine']} judged, {progress['left']} left for you · items complete "
             f"{progress['complete']} / {progress['total']} (each needs {progress['overlap']} annotator"
             f"{'s' if progress['overlap'] > 1 else ''})")
 
@@ -93,7 +94,7 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                     draw = gr.Button("Draw a prompt", visible=bool(session.prompts))
                     generate = gr.Button("Generate both responses", variant="primary", elem_id="generate")
         system_md = gr.Markdown(elem_id="system")
-        chat = gr.Chatbot(label="Conversation", elem_id="conversation", height=300)
+        chat = gr.Chatbot(label="Conversation", elem_id="conversation", height=300, buttons=["copy_all"])
         with gr.Row(equal_height=True):
             with gr.Column():
                 gr.Markdown("### Response A")
@@ -147,7 +148,10 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                 if not st:
                     return [st, *[gr.update()] * (len(view) - 1), "Nothing to vote on.", gr.update()]
                 shown_ratings = {dim: {"A": ratings[2 * i], "B": ratings[2 * i + 1]} for i, dim in enumerate(dims)}
-                vote_id = session.save_vote(annotator, st["item_id"], st["order"], choice, shown_ratings, why)
+                try:
+                    vote_id = session.save_vote(annotator, st["item_id"], st["order"], choice, shown_ratings, why)
+                except PrefloopError as err:  # nothing was stored: say so, keep the item on screen
+                    return [st, *[gr.update()] * (len(view) - 1), f"Not saved: {err}", gr.update()]
                 told = (f"Saved vote #{vote_id}: **{CHOICES[choice]}**. Response A was "
                         f"`{st['left_source'] or '?'}`, response B was `{st['right_source'] or '?'}`.")
                 return [*render(session.next_for(annotator), annotator), "", told]
@@ -171,22 +175,29 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
         refresh_stats.click(lambda: format_report(label_stats(session.store.active_votes())), outputs=[stats_md])
 
         if session.live:
-            def on_generate(text, who, request: gr.Request):
+            def on_generate(text, who, drawn, request: gr.Request):
                 annotator = _annotator(who, request, auth)
                 if not annotator:
                     return [*[gr.update()] * len(view), "Type your name first."]
-                item_id = session.generate(annotator, [{"role": "user", "content": text or ""}])
+                prompt = drawn if drawn and drawn[-1]["content"] == text else [{"role": "user", "content": text or ""}]
+                try:
+                    item_id = session.generate(annotator, prompt)
+                except PrefloopError as err:
+                    return [*[gr.update()] * len(view), f"Could not generate: {err}"]
+                except Exception as err:  # a model or endpoint failure must not kill the page
+                    return [*[gr.update()] * len(view), f"Could not generate: {type(err).__name__}: {err}"]
                 return [*render(session.show(item_id, annotator), annotator), "Both models answered; vote below."]
 
-            generate.click(on_generate, inputs=[live_prompt, name], outputs=[*view, status])
+            drawn_prompt = gr.State(None)  # the whole drawn conversation (the box shows its last turn)
+            generate.click(on_generate, inputs=[live_prompt, name, drawn_prompt], outputs=[*view, status])
             counter = {"next": 0}
 
             def on_draw():
                 prompt = session.prompts[counter["next"] % len(session.prompts)]
                 counter["next"] += 1
-                return prompt[-1]["content"]
+                return prompt[-1]["content"], prompt
 
-            draw.click(on_draw, outputs=[live_prompt])
+            draw.click(on_draw, outputs=[live_prompt, drawn_prompt])
     return demo
 
 

@@ -1,0 +1,175 @@
+"""The labeling app without a browser: input validation, item sources, assignment, live mode."""
+
+import json
+import sqlite3
+
+import pytest
+
+from prefloop.errors import ConfigError, DataError
+from prefloop.label.app import label_command, parse_dimensions, prepare_session, read_auth_file, validate_options
+from prefloop.label.assign import shown_order
+from prefloop.label.session import LabelSession, ratings_to_stored, to_stored
+from prefloop.label.sources import load_items
+from prefloop.store import Store, StoreError
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_host_beyond_localhost_requires_auth_and_sources_are_required():
+    with pytest.raises(ConfigError, match="--auth"):
+        validate_options("c.jsonl", None, None, None, "0.0.0.0", None, 1)
+    validate_options("c.jsonl", None, None, None, "0.0.0.0", "users.txt", 1)
+    validate_options("c.jsonl", None, None, None, "127.0.0.1", None, 1)
+    with pytest.raises(ConfigError, match="nothing to label"):
+        validate_options(None, None, None, None, "127.0.0.1", None, 1)
+    with pytest.raises(ConfigError, match="both --model-a and --model-b"):
+        validate_options(None, "m", None, None, "127.0.0.1", None, 1)
+    with pytest.raises(ConfigError, match="live mode"):
+        validate_options("c.jsonl", None, None, "p.jsonl", "127.0.0.1", None, 1)
+    with pytest.raises(ConfigError, match="overlap"):
+        validate_options("c.jsonl", None, None, None, "127.0.0.1", None, 0)
+
+
+def test_inputs_are_checked_before_the_server_starts(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        label_command(pairs=str(tmp_path / "missing.jsonl"), db=str(tmp_path / "db.sqlite"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "candidates": ["a", "b"]}\n{"prompt": "x", "candidates": [\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: malformed JSON"):
+        label_command(pairs=str(bad), db=str(tmp_path / "db.sqlite"))
+    good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "hi", "candidates": ["a", "b"]}])
+    foreign = tmp_path / "foreign.sqlite"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="another program"):
+        label_command(pairs=str(good), db=str(foreign))
+    with pytest.raises(ConfigError, match="users.txt: file not found"):
+        label_command(pairs=str(good), db=str(tmp_path / "db.sqlite"), auth=str(tmp_path / "users.txt"))
+    with pytest.raises(ConfigError, match="no such local path"):
+        label_command(model_a=str(tmp_path / "nope"), model_b=str(tmp_path / "nope"), db=str(tmp_path / "d.sqlite"))
+
+
+def test_auth_file_and_dimensions(tmp_path):
+    users = tmp_path / "users.txt"
+    users.write_text("# annotators\nalice:pw one\n\nbob:x:y\n")
+    assert read_auth_file(str(users)) == [("alice", "pw one"), ("bob", "x:y")]
+    users.write_text("alice:1\ncarol\n")
+    with pytest.raises(ConfigError, match="users.txt:2: expected 'name:password'"):
+        read_auth_file(str(users))
+    users.write_text("alice:1\nalice:2\n")
+    with pytest.raises(ConfigError, match="twice"):
+        read_auth_file(str(users))
+    assert parse_dimensions("helpfulness, safety") == ["helpfulness", "safety"]
+    with pytest.raises(ConfigError, match="twice"):
+        parse_dimensions("a,a")
+
+
+def test_candidates_become_all_pairs_and_preference_data_is_accepted(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "p1", "messages": [{"role": "user", "content": "q"}], "model": "gen",
+         "candidates": ["one", "two", "three"]},
+        {"prompt": "same twice", "responses": ["x", "x"]},
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"},
+                           {"from": "human", "value": "more"}], "system": "be kind",
+         "candidates": [{"text": "m1", "model": "model-1"}, {"content": "m2", "source": "model-2"}]},
+    ])
+    items, skipped = load_items(path)
+    assert skipped == 1
+    assert [(i.response_a, i.response_b) for i in items] == [("one", "two"), ("one", "three"), ("two", "three"),
+                                                             ("m1", "m2")]
+    assert (items[0].source_a, items[0].source_b, items[0].origin) == ("gen #0", "gen #1", "p1#0-1")
+    assert [m["role"] for m in items[3].prompt] == ["system", "user", "assistant", "user"]
+    assert (items[3].source_a, items[3].source_b) == ("model-1", "model-2")
+
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "p", "chosen": "good", "rejected": "bad"}])
+    [item], _ = load_items(prefs)
+    assert (item.response_a, item.source_a, item.response_b, item.source_b) == ("good", "chosen", "bad", "rejected")
+
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "?"}])
+    with pytest.raises(DataError, match="neither candidates nor preference data"):
+        load_items(other)
+
+
+def test_restarting_on_the_same_file_adds_no_duplicate_items(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "candidates": ["a", "b", "c"]}])
+    first = prepare_session(pairs=str(path), db=str(tmp_path / "db.sqlite"))
+    first.store.close()
+    again = prepare_session(pairs=str(path), db=str(tmp_path / "db.sqlite"))
+    assert len(again.store.label_item_ids()) == 3
+    again.store.close()
+
+
+def test_shown_order_maps_back_to_stored_verdicts_and_ratings():
+    assert [to_stored(c, "ab") for c in ("A", "B", "tie", "both_bad", "skip")] == ["a", "b", "tie", "both_bad", "skip"]
+    assert [to_stored(c, "ba") for c in ("A", "B", "tie")] == ["b", "a", "tie"]
+    assert ratings_to_stored({"help": {"A": 5, "B": None}}, "ba", ["help"]) == {"help": {"b": 5}}
+    orders = [shown_order(7, item, "ann") for item in range(400)]
+    assert 160 < orders.count("ab") < 240  # a fair coin per item
+    assert orders == [shown_order(7, item, "ann") for item in range(400)]  # reproducible from the seed
+
+
+def _session(tmp_path, n_items, overlap):
+    store = Store(tmp_path / "db.sqlite")
+    for i in range(n_items):
+        store.add_label_item([{"role": "user", "content": f"q{i}"}], f"a{i}", f"b{i}", "x", "y")
+    return LabelSession(store, overlap=overlap, seed=0)
+
+
+def test_overlap_never_twice_skip_and_undo(tmp_path):
+    session = _session(tmp_path, 3, overlap=2)
+    seen = {}
+    for annotator in ("ann", "bob", "cat"):
+        seen[annotator] = []
+        while (shown := session.next_for(annotator)) is not None:
+            seen[annotator].append(shown.item_id)
+            session.save_vote(annotator, shown.item_id, shown.order, "A")
+    for items in seen.values():
+        assert len(items) == len(set(items))  # never the same item twice to one annotator
+    # every item judged by exactly 2 different annotators, then complete
+    counts = session.store.completed_counts()
+    assert counts == {1: 2, 2: 2, 3: 2}
+    assert session.progress("cat")["complete"] == 3 and session.progress("cat")["left"] == 0
+
+    # a skip is not a judgment: the item stays open for someone else
+    skip_session = _session(tmp_path / "skip", 1, overlap=1)
+    shown = skip_session.next_for("ann")
+    skip_session.save_vote("ann", shown.item_id, shown.order, "skip")
+    assert skip_session.next_for("ann") is None
+    assert skip_session.next_for("bob").item_id == shown.item_id
+    # undo frees the item for the annotator again
+    assert skip_session.undo("ann") == shown.item_id
+    assert skip_session.undo("ann") is None
+
+
+def test_an_item_being_shown_is_reserved(tmp_path):
+    session = _session(tmp_path, 2, overlap=1)
+    first = session.next_for("ann")
+    second = session.next_for("bob")
+    assert first.item_id != second.item_id
+    assert session.next_for("cat") is None  # both items are being looked at
+    session.save_vote("ann", first.item_id, first.order, "B")
+    assert session.next_for("cat") is None  # ann's item is complete, bob's still reserved
+
+
+def test_live_mode_with_a_local_model(tmp_path, tiny_model_dir):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Say hi"}, {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "again"}]}])
+    session = prepare_session(model_a=str(tiny_model_dir), model_b=str(tiny_model_dir), prompts=str(prompts),
+                              db=str(tmp_path / "db.sqlite"))
+    assert session.live and len(session.prompts) == 2
+    session.responders[0].params = session.responders[1].params = session.responders[0].params.__class__(
+        max_new_tokens=8, temperature=0.7)
+    item_id = session.generate("ann", session.prompts[1])
+    item = session.store.label_item(item_id)
+    assert item["origin"] == "live" and item["source_a"] == item["source_b"] == tiny_model_dir.name
+    assert [m["content"] for m in item["prompt"]] == ["hi", "hello", "again"]
+    assert isinstance(item["response_a"], str)
+    shown = session.show(item_id, "ann")
+    assert session.save_vote("ann", item_id, shown.order, "A") == 1
+    session.store.close()
