@@ -173,3 +173,54 @@ def test_live_mode_with_a_local_model(tmp_path, tiny_model_dir):
     shown = session.show(item_id, "ann")
     assert session.save_vote("ann", item_id, shown.order, "A") == 1
     session.store.close()
+
+
+def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pairs = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "candidates": ["a", "b"]}])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "prefloop", "label", "--pairs", str(pairs), "--db",
+                             str(tmp_path / "db.sqlite"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the app did not start"
+                time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert f"labeling at http://127.0.0.1:{port}" in output and "1 comparison items (1 new" in output
+    with Store(tmp_path / "db.sqlite") as store:
+        assert len(store.label_item_ids()) == 1
+
+
+def test_cli_export_and_stats(tmp_path, capsys):
+    from prefloop.cli import main
+
+    db = tmp_path / "db.sqlite"
+    with Store(db) as store:
+        item = store.add_label_item([{"role": "user", "content": "q"}], "x", "y", "m1", "m2")
+        store.add_vote(item, "ann", "b", "ab")
+    assert main(["export", "--db", str(db), "--out", str(tmp_path / "p.jsonl")]) == 0
+    record = json.loads((tmp_path / "p.jsonl").read_text())
+    assert (record["chosen"], record["rejected"], record["annotators"]) == ("y", "x", ["ann"])
+    assert main(["label-stats", "--db", str(db), "--json"]) == 0
+    assert main(["export", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "q.jsonl")]) == 2
+    assert "no such store" in capsys.readouterr().err
