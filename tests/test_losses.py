@@ -340,3 +340,29 @@ def test_config_default_simpo_gamma_is_not_an_error():
 
 def test_exo_eps_may_exceed_half():
     assert build_loss_spec(cfg(pref_loss="exo_pair", dpo_label_smoothing=0.7)).label_smoothing == 0.7
+
+
+# --- through the whole training pipeline: config -> data -> LoRA policy/reference -> trainer ------------
+
+
+@pytest.mark.parametrize("pref_loss, expected", [
+    ("sigmoid", math.log(2)),
+    ("hinge", 1.0),
+    ("ipo", (1 / (2 * BETA)) ** 2),
+])
+def test_first_training_step_loss_follows_each_formula(tmp_path, tiny_model_dir, pref_loss, expected):
+    """At the first step LoRA's policy equals the reference, so the logged loss is the formula's value at
+    h = 0: each pref_loss must reach the trainer as itself (not silently as sigmoid)."""
+    import json as _json
+
+    from prefloop.train.run import train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"conversations": [{"from": "user", "value": f"what is {i} plus {i}?"}],
+             "chosen": f"It is {2 * i}.", "rejected": f"Maybe {i + 3}, or something else entirely."} for i in range(4)]
+    data.write_text("\n".join(_json.dumps(r) for r in rows) + "\n")
+    metrics = train({"model_name_or_path": str(tiny_model_dir), "dataset": str(data), "output_dir": str(tmp_path / "out"),
+                     "finetuning_type": "lora", "pref_loss": pref_loss, "pref_beta": BETA, "max_steps": 1,
+                     "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none",
+                     "save_strategy": "no", "sample_prompts": 0, "learning_rate": 1e-4})
+    assert metrics["train_loss"] == pytest.approx(expected, rel=1e-5)
