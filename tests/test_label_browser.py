@@ -57,6 +57,9 @@ def test_vote_click_key_undo_export(tmp_path):
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"])
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            outside = []  # no request may leave this machine (fonts, analytics, CDNs)
+            page.on("request", lambda r: None if r.url.startswith(
+                (f"http://127.0.0.1:{port}/", f"ws://127.0.0.1:{port}/", "data:", "blob:")) else outside.append(r.url))
             page.goto(f"http://127.0.0.1:{port}/")
             page.get_by_label("username").fill("alice")
             page.get_by_label("password").fill("secret-1")
@@ -100,6 +103,7 @@ def test_vote_click_key_undo_export(tmp_path):
             page.locator("#reveal").scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "label-browser.png"), full_page=True)
             browser.close()
+        assert outside == []
     finally:
         demo.close()
 
