@@ -228,3 +228,21 @@ def test_tools_are_counted_when_the_template_ignores_them(chatml):
     p = pair(TURNS[-1:], tools='[{"name": "search"}]')
     _, report = encode_pairs([p], tokenizer, template)
     assert report.tools_ignored == 1 and "tools" in report.summary()
+
+
+@pytest.mark.parametrize("name", known_templates())
+def test_prompt_cut_keeps_markup_for_every_template(name):
+    tokenizer = tokenizer_like(name)
+    template = get_template(name, tokenizer)
+    p = pair([SYSTEM, Message("user", "OLDEST " + long_text(300) + " newest words")], chosen="Yes.", rejected="No.")
+    encoded, report = encode_pairs([p], tokenizer, template, cutoff_len=80)
+    e = encoded[0]
+    assert report.prompt_truncated == 1 and report.response_truncated == 0
+    assert len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) == 80
+    full_prompt = ids(tokenizer, template.render(p.prompt_messages(), add_generation_prompt=True))
+    # The end of the last user message and everything after it (generation prompt) are kept ...
+    assert e.prompt_ids[-8:] == full_prompt[-8:]
+    # ... the beginning (BOS, system prompt, headers) too, and the oldest words are gone.
+    assert e.prompt_ids[:4] == full_prompt[:4]
+    assert "OLDEST" not in tokenizer.decode(e.prompt_ids)
+    assert e.chosen_ids == ids(tokenizer, template.training_text(p.messages("Yes.")))[len(full_prompt) :]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prefloop.data.schema import EncodedPair, PreferencePair
@@ -140,8 +141,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None:
-    """Render and tokenize prompt, prompt+chosen and prompt+rejected of each item, then split."""
+def _render_batch(items: list[_Work], template: ChatTemplate) -> tuple[list[str], list[_Work]]:
+    """Prompt, prompt+chosen and prompt+rejected texts of each item (3 per rendered item)."""
     texts: list[str] = []
     rendered: list[_Work] = []
     for w in items:
@@ -163,7 +164,11 @@ def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None
         w.prompt_text = prompt
         texts += (prompt, chosen, rejected)
         rendered.append(w)
-    ids = _tokenize(tokenizer, texts)
+    return texts, rendered
+
+
+def _split(rendered: list[_Work], ids: list[list[int]]) -> None:
+    """Cut each full sequence after the tokens it shares with the tokenized prompt."""
     for j, w in enumerate(rendered):
         p, c, r = ids[3 * j], ids[3 * j + 1], ids[3 * j + 2]
         n = len(p)
@@ -176,6 +181,11 @@ def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None
             w.drop = "empty response after tokenization"
             continue
         w.prompt_ids, w.chosen_ids, w.rejected_ids = c[:k], c[k:], r[k:]
+
+
+def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None:
+    texts, rendered = _render_batch(items, template)
+    _split(rendered, _tokenize(tokenizer, texts))
 
 
 def _budgets(prompt_len: int, response_len: int, cutoff: int) -> tuple[int, int]:
@@ -286,9 +296,28 @@ def _tools_of(pair: PreferencePair):
 def encode_pairs(
     pairs, tokenizer, template: ChatTemplate, cutoff_len: int | None = None
 ) -> tuple[list[EncodedPair], EncodeReport]:
-    """Encode pairs in batches; returns the kept pairs (input order) and a report of what was cut."""
+    """Encode pairs in batches; returns the kept pairs (input order) and a report of what was cut.
+
+    A worker thread tokenizes one batch (Rust, without the GIL) while this thread renders the
+    next one and finishes the previous one.
+    """
     report = EncodeReport(cutoff_len=cutoff_len)
     encoded: list[EncodedPair] = []
+    with ThreadPoolExecutor(max_workers=1) as tokenizing:
+        pending = None
+        for batch in _batches(pairs, template, report):
+            texts, rendered = _render_batch(batch, template)
+            future = tokenizing.submit(_tokenize, tokenizer, texts)
+            if pending is not None:
+                encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, report)
+            pending = (batch, rendered, future)
+        if pending is not None:
+            encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, report)
+    report.kept = len(encoded)
+    return encoded, report
+
+
+def _batches(pairs, template: ChatTemplate, report: EncodeReport):
     batch: list[_Work] = []
     for index, pair in enumerate(pairs):
         report.total += 1
@@ -298,16 +327,14 @@ def encode_pairs(
             tools = None
         batch.append(_Work(pair, _label(pair, index), pair.prompt_messages(), tools))
         if len(batch) == BATCH_SIZE:
-            encoded += _finish_batch(batch, tokenizer, template, cutoff_len, report)
+            yield batch
             batch = []
     if batch:
-        encoded += _finish_batch(batch, tokenizer, template, cutoff_len, report)
-    report.kept = len(encoded)
-    return encoded, report
+        yield batch
 
 
-def _finish_batch(batch, tokenizer, template, cutoff, report: EncodeReport) -> list[EncodedPair]:
-    _encode_batch(batch, tokenizer, template)
+def _finish_batch(batch, rendered, future, tokenizer, template, cutoff, report: EncodeReport) -> list[EncodedPair]:
+    _split(rendered, future.result())
     if cutoff is not None:
         _drop_turns(batch, tokenizer, template, cutoff)
     out = []
