@@ -132,3 +132,53 @@ def test_vote_click_key_undo_export(tmp_path):
     assert record["dimensions"] == {"helpfulness": {"chosen": 5}}
     assert [t["from"] for t in record["conversations"]] == ["user", "assistant", "user"]
     assert (ARTIFACTS / "label-browser.png").stat().st_size > 10_000
+
+
+def test_live_mode_without_login(tmp_path, tiny_model_dir):
+    """No --auth: the annotator types a name; draws a multi-turn prompt, both local models answer, vote."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from prefloop.sampling import SamplingParams
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi there"},
+                                                {"role": "assistant", "content": "Hello!"},
+                                                {"role": "user", "content": "Tell me a joke"}]}) + "\n")
+    session = prepare_session(model_a=str(tiny_model_dir), model_b=str(tiny_model_dir), prompts=str(prompts),
+                              db=str(tmp_path / "live.sqlite"))
+    for responder in session.responders:
+        responder.params = SamplingParams(max_new_tokens=12, temperature=0.7)
+    port = free_port()
+    demo = launch(session, port=port)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#annotator-name textarea, #annotator-name input").fill("dana")
+            page.locator("#annotator-name textarea, #annotator-name input").press("Enter")
+            expect(page.locator("#progress")).to_contain_text("dana: 0 judged", timeout=30_000)
+            expect(page.locator("#response-a")).to_contain_text("All done")
+            page.get_by_role("button", name="Draw a prompt").click()
+            expect(page.locator("#live-prompt textarea")).to_have_value("Tell me a joke", timeout=20_000)
+            page.locator("#generate").click()
+            expect(page.locator("#status")).to_contain_text("Both models answered", timeout=60_000)
+            expect(page.locator("#conversation")).to_contain_text("Hello!")  # the whole drawn conversation
+            page.locator("#vote-b").click()
+            expect(page.locator("#reveal")).to_contain_text(tiny_model_dir.name, timeout=20_000)  # identities shown
+            page.get_by_text("Statistics", exact=True).click()  # open the accordion
+            page.locator("#refresh-stats").click()
+            expect(page.locator("#stats")).to_contain_text("votes: 1 on 1 items", timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "label-browser-live.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    with Store(tmp_path / "live.sqlite") as store:
+        [vote] = store.active_votes()
+    assert vote["annotator"] == "dana" and vote["source_a"] == tiny_model_dir.name
+    assert [m["content"] for m in vote["prompt"]] == ["Hi there", "Hello!", "Tell me a joke"]
+    assert vote["verdict"] == ("b" if vote["shown_order"] == "ab" else "a")
