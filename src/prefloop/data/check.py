@@ -118,6 +118,9 @@ def _dist_text(d: dict[str, Any]) -> str:
 def render_text(report: dict[str, Any], dataset: str) -> str:
     lines = [f"Dataset {dataset}"]
     for ds in report["datasets"]:
+        if ds["files"] == [ds["name"]]:
+            lines.append(f"  {ds['pairs']} pairs (formatting: {ds['formatting']})")
+            continue
         files = ", ".join(ds["files"][:5]) + (f" (+{len(ds['files']) - 5} more)" if len(ds["files"]) > 5 else "")
         lines.append(f"  {ds['name']}: {ds['pairs']} pairs from {files} (formatting: {ds['formatting']})")
     formats = ", ".join(f"{k} {v}" for k, v in report["formats"].items()) or "none"
@@ -155,7 +158,7 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         if cut:
             lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['prompt_truncated']} prompts truncated "
                          f"({cut['turns_dropped']} oldest turns dropped), {cut['response_truncated']} pairs with "
-                         f"responses cut, {cut['dropped']} pairs dropped")
+                         f"responses cut, {cut['dropped']} pairs dropped, {cut['kept']} kept")
             for reason, n in cut["drop_reasons"].items():
                 lines.append(f"    {n:>6} dropped: {reason}")
 

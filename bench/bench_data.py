@@ -1,0 +1,140 @@
+"""Data-layer throughput: load_pairs and encode_pairs on 25k / 50k / 100k seeded JSONL pairs.
+
+    python bench/bench_data.py [--pairs 100000] [--tokenizer models/SmolLM2-135M-Instruct] [--out DIR]
+
+Writes one seeded JSONL file in the seed's format (single- and multi-turn, some system prompts),
+then for each size runs a fresh Python process that loads the first N pairs and encodes them
+(tiny test tokenizer, and the real one if --tokenizer is given). Each row: seconds, pairs/s and
+the process's peak RSS, so memory growth across sizes is visible. Issue 2's target: load + encode
+100,000 pairs in under 60 s on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so no will more can out up about them into "
+    "time only new some could these two may first then do any like my now over such our man me even most made "
+    "after also did many before must through back years where much your way well down should because each just "
+    "those people how too little state good very make world still own see men work long get here between both "
+    "life being under never day same another know while last might us great old year off come since against go "
+    "came right used take three water model data train loss reward policy gradient token answer question explain "
+    "python function list string number capital country river mountain planet energy light sound music history"
+).split()
+
+
+def _text(rng: random.Random, low: int, high: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", "?", "!"])
+
+
+def generate(path: Path, n: int, seed: int = 0) -> None:
+    """n pairs in the seed's format: 30% multi-turn, 20% with a system prompt (seeded, reproducible)."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(n):
+            turns = []
+            if rng.random() < 0.2:
+                turns.append({"from": "system", "value": _text(rng, 5, 15)})
+            for _ in range(rng.choice([1, 1, 1, 2, 3]) - 1):
+                turns += [{"from": "user", "value": _text(rng, 5, 40)}, {"from": "assistant", "value": _text(rng, 10, 60)}]
+            turns.append({"from": "user", "value": _text(rng, 5, 60)})
+            record = {"conversations": turns, "chosen": _text(rng, 10, 120), "rejected": _text(rng, 5, 100)}
+            if i % 10 == 0:
+                record["id"] = f"pair-{i}"
+            f.write(json.dumps(record) + "\n")
+
+
+def child(args) -> None:
+    """One measurement in a fresh process: load the first N pairs, then encode with each tokenizer."""
+    from prefloop.data.encode import encode_pairs
+    from prefloop.data.loader import load_pairs
+    from prefloop.data.template import get_template
+    from prefloop.models import load_tokenizer
+
+    result = {"n": args.n}
+    tokenizers = [(name, load_tokenizer(path)) for name, path in args.tok]
+    templates = [(name, tok, get_template(None, tok)) for name, tok in tokenizers]
+    t0 = time.perf_counter()
+    pairs = load_pairs(str(args.file), max_samples=args.n).pairs
+    result["load_s"] = time.perf_counter() - t0
+    result["rss_after_load_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for name, tok, template in templates:
+        t0 = time.perf_counter()
+        encoded, report = encode_pairs(pairs, tok, template)
+        result[f"encode_{name}_s"] = time.perf_counter() - t0
+        result[f"tokens_{name}"] = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in encoded)
+        result[f"kept_{name}"] = report.kept
+        del encoded
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--tokenizer", help="a real tokenizer (model directory) to encode with as well")
+    parser.add_argument("--out", help="directory for the generated JSONL (default: a temporary one)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--tok", nargs=2, action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    from prefloop.testing import build_tiny_tokenizer
+
+    workdir = Path(args.out or tempfile.mkdtemp(prefix="bench_data_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "pairs.jsonl"
+    t0 = time.perf_counter()
+    generate(data, args.pairs)
+    print(f"generated {args.pairs} pairs ({data.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s -> {data}")
+    tiny_dir = workdir / "tiny-tokenizer"
+    build_tiny_tokenizer().save_pretrained(tiny_dir)
+    toks = [("tiny", str(tiny_dir))] + ([("real", args.tokenizer)] if args.tokenizer else [])
+
+    sizes = sorted({max(1, args.pairs // 4), max(1, args.pairs // 2), args.pairs})
+    rows = []
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--child", "--file", str(data), "--n", str(n)]
+        for name, path in toks:
+            cmd += ["--tok", name, path]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+
+    print()
+    header = f"{'pairs':>8} {'step':<18} {'seconds':>8} {'pairs/s':>9} {'tokens':>12} {'peak RSS MB':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['n']:>8} {'load_pairs':<18} {r['load_s']:>8.2f} {r['n'] / r['load_s']:>9.0f} {'':>12} {r['rss_after_load_mb']:>12.0f}")
+        for name, _ in toks:
+            s = r[f"encode_{name}_s"]
+            print(f"{r['n']:>8} {'encode (' + name + ')':<18} {s:>8.2f} {r['n'] / s:>9.0f} {r[f'tokens_{name}']:>12} {'':>12}")
+            total = r["load_s"] + s
+            print(f"{r['n']:>8} {'load+encode (' + name + ')':<18} {total:>8.2f} {r['n'] / total:>9.0f} {'':>12} {r['peak_rss_mb']:>12.0f}")
+    print()
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"memory: {r['n']} pairs use {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x the peak RSS of {base['n']} "
+              f"({r['n'] / base['n']:.0f}x the pairs)")
+    if args.tokenizer:
+        print(f"real tokenizer: {args.tokenizer}")
+    print("issue target: load + encode of 100,000 pairs under 60 s")
+
+
+if __name__ == "__main__":
+    main()
