@@ -167,7 +167,8 @@ def test_live_mode_with_a_local_model(tmp_path, tiny_model_dir):
         max_new_tokens=8, temperature=0.7)
     item_id = session.generate("ann", session.prompts[1])
     item = session.store.label_item(item_id)
-    assert item["origin"] == "live" and item["source_a"] == item["source_b"] == tiny_model_dir.name
+    assert item["origin"] == "live"
+    assert (item["source_a"], item["source_b"]) == (f"{tiny_model_dir.name} (--model-a)", f"{tiny_model_dir.name} (--model-b)")
     assert [m["content"] for m in item["prompt"]] == ["hi", "hello", "again"]
     assert isinstance(item["response_a"], str)
     shown = session.show(item_id, "ann")

@@ -179,6 +179,6 @@ def test_live_mode_without_login(tmp_path, tiny_model_dir):
         demo.close()
     with Store(tmp_path / "live.sqlite") as store:
         [vote] = store.active_votes()
-    assert vote["annotator"] == "dana" and vote["source_a"] == tiny_model_dir.name
+    assert vote["annotator"] == "dana" and vote["source_a"] == f"{tiny_model_dir.name} (--model-a)"
     assert [m["content"] for m in vote["prompt"]] == ["Hi there", "Hello!", "Tell me a joke"]
     assert vote["verdict"] == ("b" if vote["shown_order"] == "ab" else "a")

@@ -86,6 +86,9 @@ def prepare_session(pairs=None, model_a=None, model_b=None, prompts=None, db="pr
         from prefloop.label.live import make_responder
 
         responders = (make_responder(model_a), make_responder(model_b))
+        if responders[0].name == responders[1].name:  # keep the two sides apart in reveals and provenance
+            responders[0].name += " (--model-a)"
+            responders[1].name += " (--model-b)"
         print(f"live mode: model A = {responders[0].name}, model B = {responders[1].name}")
     return LabelSession(store, overlap=overlap, seed=seed, dimensions=parse_dimensions(dimensions),
                         responders=responders, prompts=prompt_list)

@@ -132,6 +132,8 @@ def format_report(stats: dict) -> str:
     bias = stats["position_bias"]
     lines.append(f"position bias: the left (A) response won {bias['left_wins']} of {bias['decisive_votes']} "
                  f"decisive votes (rate {_num(bias['left_win_rate'])}; 0.5 = no bias)")
+    lines = [line for summary in lines for line in (summary, "")]  # blank lines: separate paragraphs in markdown
+    lines.append("votes per annotator (a/b: the stored responses, whatever side they were shown on)")
     lines.append("")
     lines.append("| annotator | votes | a | b | tie | both bad | skip |")
     lines.append("|---|---|---|---|---|---|---|")
