@@ -246,3 +246,27 @@ def test_prompt_cut_keeps_markup_for_every_template(name):
     assert e.prompt_ids[:4] == full_prompt[:4]
     assert "OLDEST" not in tokenizer.decode(e.prompt_ids)
     assert e.chosen_ids == ids(tokenizer, template.training_text(p.messages("Yes.")))[len(full_prompt) :]
+
+
+def sentencepiece_style_tokenizer():
+    """A Metaspace ("▁") BPE with byte fallback and [INST] control tokens, like Mistral's / Llama 2's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator([long_text(40), "What is the capital? Paris, I think."] * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_identity_with_a_sentencepiece_style_tokenizer(conversation):
+    tokenizer = sentencepiece_style_tokenizer()
+    template = get_template("mistral", tokenizer)
+    p = pair(CONVERSATIONS[conversation], chosen="  Berlin, I think ", rejected="Paris")  # the template trims
+    encoded = encode_pair(p, tokenizer, template)
+    assert_exact(encoded, tokenizer, template, p)
+    assert (encoded.prompt_ids + encoded.chosen_ids).count(tokenizer.bos_token_id) == 1
