@@ -42,9 +42,8 @@ def test_inputs_are_checked_before_the_server_starts(tmp_path):
         label_command(pairs=str(bad), db=str(tmp_path / "db.sqlite"))
     good = write_jsonl(tmp_path / "good.jsonl", [{"prompt": "hi", "candidates": ["a", "b"]}])
     foreign = tmp_path / "foreign.sqlite"
-    conn = sqlite3.connect(foreign)
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.commit()
+    with sqlite3.connect(foreign) as conn:  # another program's database
+        conn.execute("CREATE TABLE notes (body TEXT)")
     conn.close()
     with pytest.raises(StoreError, match="another program"):
         label_command(pairs=str(good), db=str(foreign))
