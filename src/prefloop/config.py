@@ -279,6 +279,8 @@ def _coerce_value(value, tp):
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         raise TypeError(value)
     if tp is int:
         if isinstance(value, bool):

@@ -1,0 +1,153 @@
+"""End to end: the seed config (fp16 kept) trains a tiny model; outputs, metrics, resume, merge."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import prefloop
+from prefloop.cli import main as cli_main
+
+SEED = Path(__file__).resolve().parents[1] / "examples" / "seed_config.yaml"
+METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected", "logits/chosen", "logits/rejected"]
+# Sizes only: the seed's 32-step accumulation and 100/500-step intervals shrunk to a 21-pair dataset (18 train, 3 validation).
+SMALL = ["gradient_accumulation_steps=2", "learning_rate=5e-3", "logging_steps=2", "eval_steps=3", "save_steps=3",
+         "plot_loss=true"]
+
+
+def write_seed_jsonl(path: Path, n: int = 21) -> Path:
+    """Pairs in the seed's format, single- and multi-turn: a long polite chosen, a curt rejected."""
+    rng = random.Random(0)
+    topics = ["the capital of france", "water", "the sun", "python code", "a dog", "tea", "the moon", "two plus two"]
+    with path.open("w") as f:
+        for i in range(n):
+            topic = rng.choice(topics)
+            turns = [{"from": "human", "value": f"What is {topic}?"}]
+            if i % 3 == 0:
+                turns = [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "Hi, how can I help?"}] + turns
+            f.write(json.dumps({"conversations": turns,
+                                "chosen": f"Certainly. Here is a good answer about {topic}, step by step.",
+                                "rejected": "no"}) + "\n")
+    return path
+
+
+def seed_config(tmp_path: Path, model_dir: Path, data: Path, out: str = "out") -> Path:
+    text = (SEED.read_text().replace("MODEL_DIR", str(model_dir)).replace("OUTPUT_DIR", str(tmp_path / out))
+            .replace("comparison_gpt4_en", str(data)))
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("train")
+    data = write_seed_jsonl(tmp / "prefs.jsonl")
+    config = seed_config(tmp, tiny_model_dir, data)
+    metrics = prefloop.train(str(config), **dict(o.split("=", 1) for o in SMALL))
+    return {"metrics": metrics, "out": tmp / "out", "config": config, "tmp": tmp, "data": data}
+
+
+def test_seed_config_trains_and_writes_every_output(run):
+    out = run["out"]
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "prefloop_config.yaml",
+                 "trainer_state.json", "train_results.json", "eval_results.json", "samples.jsonl"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    saved = yaml.safe_load((out / "prefloop_config.yaml").read_text())
+    assert saved["fp16"] is False  # no CUDA here: fell back
+    assert saved["learning_rate"] == 5e-3 and saved["pref_loss"] == "sigmoid"
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 1 and {"prompt", "before", "after", "chosen"} <= samples[0].keys()
+
+
+def test_metrics_in_trainer_state_with_eval_prefix(run):
+    history = json.loads((run["out"] / "trainer_state.json").read_text())["log_history"]
+    train_logs = [h for h in history if "loss" in h]
+    eval_logs = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in train_logs] == [2, 4, 6, 8]
+    assert [h["step"] for h in eval_logs][:3] == [3, 6, 9]
+    for log in train_logs:
+        for key in METRICS + ["loss", "grad_norm", "learning_rate", "tokens_per_second"]:
+            assert key in log, key
+        assert 0 <= log["rewards/accuracies"] <= 1 and log["tokens_per_second"] > 0
+    for log in eval_logs:
+        for key in METRICS:
+            assert f"eval_{key}" in log, key
+    eval_results = json.loads((run["out"] / "eval_results.json").read_text())
+    assert "eval_rewards/accuracies" in eval_results
+
+
+def test_accuracy_before_is_a_tie_and_training_moves_the_margin(run):
+    metrics = run["metrics"]
+    assert metrics["before_eval_rewards/accuracies"] == 0.5  # policy == reference: every pair is a tie
+    assert metrics["before_eval_rewards/margins"] == 0.0
+    assert metrics["eval_rewards/margins"] > 0 and metrics["eval_rewards/accuracies"] > 0.5
+    assert 0 <= metrics["eval_ranking/accuracies"] <= 1
+
+
+def test_tensorboard_events_written(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((run["out"] / "runs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/rewards/accuracies", "eval/rewards/accuracies", "train/grad_norm"} <= tags
+
+
+def test_plots_written(run):
+    for name in ("training_loss.png", "training_rewards_accuracies.png", "training_rewards_margins.png"):
+        path = run["out"] / name
+        assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_at_the_right_step(run, tmp_path, capsys):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run["out"], resumed)
+    for name in ("checkpoint-9", "trainer_state.json"):
+        shutil.rmtree(resumed / name) if (resumed / name).is_dir() else (resumed / name).unlink()
+    code = cli_main(["train", "--config_file", str(run["config"]), f"output_dir={resumed}", *SMALL,
+                     f"resume_from_checkpoint={resumed / 'checkpoint-6'}"])
+    assert code == 0
+    assert "reused" in capsys.readouterr().out  # the copied reference cache
+    original = json.loads((run["out"] / "trainer_state.json").read_text())
+    state = json.loads((resumed / "trainer_state.json").read_text())
+    assert state["global_step"] == original["global_step"] == 9
+    new_train = [h for h in state["log_history"] if "loss" in h and h["step"] > 6]
+    assert [h["step"] for h in new_train] == [8]
+    old_step8 = next(h for h in original["log_history"] if h.get("step") == 8 and "loss" in h)
+    assert new_train[0]["loss"] == pytest.approx(old_step8["loss"], rel=1e-3)
+
+
+def test_used_output_dir_needs_overwrite(run):
+    with pytest.raises(prefloop.errors.ConfigError, match="already holds a training run"):
+        prefloop.train(str(run["config"]))
+
+
+def test_merge_the_trained_adapter(run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    assert cli_main(["merge", str(run["out"]), "--out", str(tmp_path / "merged")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert model.config.model_type == "qwen2"
+
+
+@pytest.mark.parametrize("finetuning_type", ["lora", "full"])
+def test_cached_reference_trains_exactly_like_the_reference_in_the_step(run, tmp_path, finetuning_type):
+    common = dict(fp16=False, gradient_checkpointing=False, val_size=0, eval_strategy="no", report_to="none",
+                  sample_prompts=0, max_steps=2, logging_steps=1, gradient_accumulation_steps=1,
+                  learning_rate=1e-3, finetuning_type=finetuning_type, save_strategy="no")
+    losses = {}
+    for precompute in (True, False):
+        out = tmp_path / f"{finetuning_type}-{precompute}"
+        prefloop.train(str(run["config"]), output_dir=str(out), precompute_ref=precompute, **common)
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        losses[precompute] = [h["loss"] for h in history if "loss" in h]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
