@@ -71,6 +71,8 @@ class HealthLog:
         self.path = Path(output_dir) / HEALTH_FILE if output_dir else None
         self._tb_writer = tb_writer
         self.warnings: list[HealthWarning] = []
+        self.quiet = False  # set on ranks other than 0: they keep the list but write nothing
+
 
     @property
     def tb_writer(self):
@@ -80,6 +82,8 @@ class HealthLog:
         if warning is None:
             return None
         self.warnings.append(warning)
+        if self.quiet:
+            return warning
         log.warning("[health] step %d: %s", warning.step, warning.message)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -457,6 +461,7 @@ class HealthCallback(TrainerCallback):
 
     # --- transformers events --------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        self.log.quiet = not state.is_world_process_zero  # every rank checks; rank 0 reports
         if self.log.path is None and getattr(args, "output_dir", None):
             self.log.path = Path(args.output_dir) / HEALTH_FILE
         if not self._settings_checked and self.cfg is not None:
