@@ -88,6 +88,7 @@ def _add_judge(sub) -> None:
     p.add_argument("--cache", help="judgment cache file (default: next to --out)")
     p.add_argument("--api-key", help="API key for the endpoint (default: $OPENAI_API_KEY)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer (reasoning + verdict)")
     a = sub.add_parser("judge-agreement", help="how often a judge agrees with human votes")
     a.add_argument("--human", required=True, help="prefloop SQLite store with human votes")
     a.add_argument("--judge", required=True, help="judge output (PREFS.jsonl)")

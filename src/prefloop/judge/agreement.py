@@ -1,0 +1,118 @@
+"""`prefloop judge-agreement`: how often a judge agrees with people on the same comparisons.
+
+Items are matched by content: the same conversation and the same two answers (in any order).
+Each active human vote (skips excluded; "both bad" counts as a tie) is compared with the judge's
+outcome for that item: the chosen answer from PREFS.jsonl, or a tie from PREFS.ties.jsonl when
+`prefloop judge --keep-ties` wrote one next to it. Reported: agreement rate, agreement on votes
+where both sides picked a winner, Cohen's kappa (agreement corrected for chance), and the
+confusion table. A team checks a judge this way before trusting its pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from prefloop.data.formats import RecordError, record_to_pair
+from prefloop.errors import DataError
+from prefloop.judge.run import sibling
+from prefloop.prompts import prompt_key
+
+LABELS = ("first", "second", "tie")  # relative to the two answers sorted as text
+
+
+def _item(messages: list[dict], answer_1: str, answer_2: str) -> tuple[str, str, str]:
+    first, second = sorted((answer_1, answer_2))
+    return prompt_key(messages), first, second
+
+
+def _label(item: tuple[str, str, str], winner: str | None) -> str:
+    if winner is None:
+        return "tie"
+    return "first" if winner == item[1] else "second"
+
+
+def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
+    """item -> "first" | "second" | "tie" from a judge output file (and its ties file, if present)."""
+    if not path.is_file():
+        raise DataError(f"judge output {path} does not exist; write it with prefloop judge")
+    outcomes: dict[tuple[str, str, str], str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            _, pair = record_to_pair(json.loads(line))
+        except (json.JSONDecodeError, RecordError) as err:
+            raise DataError(f"{path}:{lineno}: not a preference pair ({err})") from err
+        item = _item(pair.prompt_messages(), pair.chosen, pair.rejected)
+        outcomes[item] = _label(item, pair.chosen)
+    ties = sibling(path, ".ties.jsonl")
+    if ties.is_file():
+        for line in ties.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("outcome") == "tie":
+                outcomes[_item(record["messages"], record["response_a"], record["response_b"])] = "tie"
+    return outcomes
+
+
+def cohens_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of (human, judge) label pairs; None when chance agreement is already certain."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(h == j for h, j in pairs) / n
+    human, judge = Counter(h for h, _ in pairs), Counter(j for _, j in pairs)
+    expected = sum(human[k] * judge[k] for k in LABELS) / (n * n)
+    return None if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+def agreement_report(votes: list[dict], outcomes: dict) -> dict:
+    compared: list[tuple[str, str]] = []
+    unmatched, skipped = 0, 0
+    items = set()
+    for vote in votes:
+        if vote["verdict"] == "skip":
+            skipped += 1
+            continue
+        item = _item(vote["prompt"], vote["response_a"], vote["response_b"])
+        if item not in outcomes:
+            unmatched += 1
+            continue
+        winner = {"a": vote["response_a"], "b": vote["response_b"]}.get(vote["verdict"])
+        compared.append((_label(item, winner), outcomes[item]))
+        items.add(item)
+    decisive = [(h, j) for h, j in compared if h != "tie" and j != "tie"]
+    confusion = Counter(f"human {h} / judge {j}" for h, j in compared)
+    return {
+        "votes": len(votes), "skipped_votes": skipped, "votes_without_judge_outcome": unmatched,
+        "votes_compared": len(compared), "items_compared": len(items),
+        "agreement": sum(h == j for h, j in compared) / len(compared) if compared else None,
+        "agreement_without_ties": sum(h == j for h, j in decisive) / len(decisive) if decisive else None,
+        "decisive_votes": len(decisive), "cohens_kappa": cohens_kappa(compared), "confusion": dict(confusion),
+    }
+
+
+def judge_agreement_command(human, judge) -> int:
+    from prefloop.store import Store
+
+    if not Path(human).is_file():
+        raise DataError(f"store {human} does not exist; point --human at the prefloop SQLite file with the votes")
+    with Store(human) as store:
+        votes = store.active_votes()
+    report = agreement_report(votes, read_judge_outcomes(Path(judge)))
+    print(json.dumps(report, indent=2))
+    if not report["votes_compared"]:
+        print(f"prefloop judge-agreement: none of the {report['votes']} human votes in {human} is on a comparison the "
+              f"judge output {judge} holds (items match by conversation and both answers); judge the same "
+              "candidates people labeled", file=sys.stderr)
+        return 1
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(f"prefloop judge-agreement: {report['votes_compared']} votes on {report['items_compared']} items: agreement "
+          f"{fmt(report['agreement'])}, without ties {fmt(report['agreement_without_ties'])} "
+          f"({report['decisive_votes']} votes), Cohen's kappa {fmt(report['cohens_kappa'])}", file=sys.stderr)
+    return 0

@@ -1,0 +1,406 @@
+"""`prefloop judge` and `judge-agreement`: verdict parsing, position-swap logic with judges of known
+bias, the reward-model judge, caching, and the judge against `prefloop serve` end to end."""
+
+import json
+import math
+import re
+
+import pytest
+from fastapi import FastAPI, Request
+
+from prefloop.data.loader import load_pairs
+from prefloop.endpoint import UsageTotals
+from prefloop.chat_clients import Completion
+from prefloop.errors import ConfigError
+from prefloop.judge.agreement import cohens_kappa, judge_agreement_command
+from prefloop.judge.cache import JudgmentCache
+from prefloop.judge.pairwise import Comparison, JudgeStats, PairwiseJudge, combine
+from prefloop.judge.parse import parse_verdict, soft_verdict
+from prefloop.judge.prompt import RETRY_MESSAGE, JudgePrompt
+from prefloop.judge.run import judge_command
+from prefloop.sampling import TokenLogprob
+from prefloop.serve.background import BackgroundServer
+from prefloop.store import Store
+
+# ------------------------------------------------------------------------------------------ parsing
+
+PARSE_TABLE = [
+    ("The first answer is more accurate.\n\nFinal verdict: [[A]]", "A"),
+    ("[[b]]", "B"),
+    ("Both are fine, but neither stands out. [[C]]", "C"),
+    ("[[ A ]]", "A"),
+    ("[[Tie]]", "C"),
+    ("[[A]] is clearly better. My final verdict is [[A]]", "A"),
+    ("I first leaned to [[A]] but on reflection [[B]]", None),  # two verdicts, no final statement
+    ('I must output "[[A]]" if A is better, "[[B]]" if B is better, "[[C]]" for a tie. Verdict: [[B]]', "B"),
+    ("Assistant A reads better, but it is wrong about the date. [[B]]", "B"),
+    ("Verdict: B", "B"),
+    ("A", "A"),
+    ("B.", "B"),
+    ("**A**", "A"),
+    ("tie", "C"),
+    ("Response B is better.", "B"),
+    ("I prefer assistant a", "A"),
+    ("I would choose B because it is concise.", "B"),
+    ("Both responses are equally good.", "C"),
+    ("I prefer a response that is concise. Assistant B is better.", "B"),
+    ("The final verdict is Assistant A.", "A"),
+    ("assistant b is better", "B"),
+    ("Assistant A is better in style but Assistant B is better overall", None),
+    ("The answer is a good one.", None),
+    ("I cannot decide.", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", PARSE_TABLE)
+def test_parse_verdict(text, expected):
+    parsed = parse_verdict(text)
+    assert (parsed.verdict if parsed else None) == expected
+
+
+def test_soft_verdict_reads_the_verdict_token():
+    tokens = [TokenLogprob("Better: [[", -0.1), TokenLogprob("A", math.log(0.6),
+              [("A", math.log(0.6)), ("B", math.log(0.3)), (" C", math.log(0.05)), ("x", math.log(0.05))]),
+              TokenLogprob("]]", -0.01)]
+    text = "".join(t.token for t in tokens)
+    soft = soft_verdict(tokens, parse_verdict(text))
+    assert soft == pytest.approx({"A": 0.6 / 0.95, "B": 0.3 / 0.95, "C": 0.05 / 0.95})
+    assert soft_verdict(None, parse_verdict(text)) is None
+
+
+@pytest.mark.parametrize("first, second, outcome", [
+    ("A", "B", "x"), ("B", "A", "y"), ("C", "C", "tie"), ("A", "A", "tie"), ("B", "B", "tie"),
+    ("A", "C", "tie"), (None, "B", "no_verdict"), ("A", None, "no_verdict"),
+])
+def test_combine_both_orders(first, second, outcome):
+    assert combine(first, second) == outcome
+
+
+def test_template_keeps_braces_and_needs_placeholders(tmp_path):
+    prompt = JudgePrompt("Q: {question}\nA: {answer_a}\nB: {answer_b}\nJSON like {\"x\": 1}", ("safety",))
+    text = prompt.render([{"role": "user", "content": "hi {answer_b}"}], "one {criteria}", "two")
+    assert text == 'Q: hi {answer_b}\nA: one {criteria}\nB: two\nJSON like {"x": 1}'
+    with pytest.raises(ConfigError, match=r"\{answer_b\}"):
+        JudgePrompt("Q: {question} A: {answer_a}")
+    default = JudgePrompt.from_options("helpfulness,honesty", None)
+    assert "helpfulness and honesty" in default.render([{"role": "user", "content": "q"}], "a", "b")
+
+
+# ------------------------------------------------------------------------------------------ scripted judges
+
+ANSWER = re.compile(r"\[The Start of Assistant (A|B)'s Answer\]\n(.*?)\n\[The End of Assistant \1's Answer\]", re.S)
+
+
+def shown_answers(messages):
+    found = dict(ANSWER.findall(messages[0]["content"]))
+    return found["A"], found["B"]
+
+
+def always_a(messages):
+    return "Assistant A is more thorough.\n\n[[A]]"
+
+
+def prefers_longer(messages):
+    a, b = shown_answers(messages)
+    return "Longer is better here. " + ("[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]")
+
+
+def prose_then_verdict(messages):
+    if messages[-1]["content"] == RETRY_MESSAGE:
+        return prefers_longer(messages)
+    return "Both answers have merits and flaws."
+
+
+def never_decides(messages):
+    return "I would rather not say."
+
+
+class ScriptedClient:
+    """A judge client implementing the chat-client protocol with a fixed policy (no model, no HTTP)."""
+
+    name = "scripted"
+
+    def __init__(self, policy):
+        self.policy, self.usage, self.calls = policy, UsageTotals(), 0
+
+    def complete_many(self, calls):
+        for i, call in enumerate(calls):
+            self.calls += 1
+            self.usage.add_counts(10, 3)
+            yield i, Completion([self.policy(call.messages)], ["stop"], [None], 10, 3)
+
+
+def judge_sets(policy, tmp_path, sets):
+    client = ScriptedClient(policy)
+    judge = PairwiseJudge(client, JudgePrompt(), JudgmentCache(tmp_path / "cache.jsonl"))
+    comparisons = [Comparison(si, i, j) for si, s in enumerate(sets) for i in range(len(s.candidates))
+                   for j in range(i + 1, len(s.candidates))]
+    judge.judge(comparisons, sets)
+    stats = JudgeStats()
+    stats.add(comparisons)
+    return comparisons, stats, client
+
+
+class _Set:
+    def __init__(self, candidates):
+        self.messages, self.candidates = [{"role": "user", "content": "Tell me about the sun."}], candidates
+
+
+SETS = [_Set(["short", "a medium answer", "a much longer and more detailed answer"]),
+        _Set(["tiny", "a considerably longer answer"])]
+
+
+def test_judge_that_always_says_a_yields_only_ties(tmp_path):
+    comparisons, stats, _ = judge_sets(always_a, tmp_path, SETS)
+    assert {c.outcome for c in comparisons} == {"tie"}
+    assert stats.consistency_rate == 0.0 and stats.first_position_rate == 1.0
+
+
+def test_consistent_judge_keeps_its_verdicts(tmp_path):
+    comparisons, stats, _ = judge_sets(prefers_longer, tmp_path, SETS)
+    for c in comparisons:
+        s = SETS[c.prompt_index]
+        longer = c.x if len(s.candidates[c.x]) > len(s.candidates[c.y]) else c.y
+        assert c.outcome == ("x" if longer == c.x else "y")
+    assert stats.consistency_rate == 1.0 and stats.first_position_rate == 0.5
+
+
+def test_unparseable_answers_are_retried_once_then_no_verdict(tmp_path):
+    comparisons, stats, client = judge_sets(prose_then_verdict, tmp_path / "a", SETS)
+    assert stats.retried == stats.judgments == 8 and stats.consistency_rate == 1.0
+    assert client.calls == 16  # every judgment asked twice
+    comparisons, stats, client = judge_sets(never_decides, tmp_path / "b", SETS)
+    assert {c.outcome for c in comparisons} == {"no_verdict"} and stats.unparseable == 8
+    assert stats.outcomes["y"] == 0  # an unreadable answer never becomes "B"
+
+
+def test_cache_means_no_judgment_is_paid_twice(tmp_path):
+    _, _, first = judge_sets(prefers_longer, tmp_path, SETS)
+    comparisons, stats, again = judge_sets(prefers_longer, tmp_path, SETS)
+    assert first.calls == 8 and again.calls == 0 and stats.cached == 8
+    assert {c.outcome for c in comparisons} <= {"x", "y"}
+
+
+def scripted_judge_app(policy, name="judge-model"):
+    """A tiny OpenAI-compatible server answering with `policy`, with verdict log-probs when asked."""
+    app, requests = FastAPI(), []
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        requests.append(body)
+        text = policy(body["messages"])
+        logprobs = None
+        parsed = parse_verdict(text)
+        if body.get("logprobs") and parsed:
+            at = parsed.position
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in
+                   [(parsed.verdict, 0.8), ({"A": "B", "B": "A", "C": "A"}[parsed.verdict], 0.15), ("C", 0.05)]]
+            logprobs = {"content": [
+                {"token": text[:at], "logprob": -0.1, "bytes": None, "top_logprobs": []},
+                {"token": text[at], "logprob": math.log(0.8), "bytes": None, "top_logprobs": top},
+                {"token": text[at + 1:], "logprob": -0.1, "bytes": None, "top_logprobs": []}]}
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                             "logprobs": logprobs}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107}}
+
+    return app, requests
+
+
+def write_candidates(path, sets):
+    path.write_text("".join(json.dumps({"id": f"p{i}", "messages": s.messages, "candidates": s.candidates,
+                                        "model": "policy"}) + "\n" for i, s in enumerate(sets)))
+    return path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_judge_command_max_min_with_an_endpoint_judge(tmp_path):
+    app, requests = scripted_judge_app(prefers_longer)
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    out = tmp_path / "prefs.jsonl"
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(out), judge=server.url, pairing="max_min") == 0
+        paid = len(requests)
+        assert judge_command(candidates=str(cands), out=str(tmp_path / "again.jsonl"), judge=server.url,
+                             cache=str(tmp_path / "prefs.judge-cache.jsonl")) == 0
+    assert paid == 8 and len(requests) == paid  # rerun fully cached
+    records = read_jsonl(out)
+    assert [(r["chosen"], r["rejected"]) for r in records] == [
+        ("a much longer and more detailed answer", "short"), ("a considerably longer answer", "tiny")]
+    first = records[0]
+    assert first["judge"] == "judge-model" and first["judge_kind"] == "llm"
+    assert first["judge_verdicts"] == {"chosen_shown_first": "A", "rejected_shown_first": "B"}
+    assert first["judge_soft"]["chosen"] == pytest.approx(0.8) and first["conversations"][0]["from"] == "user"
+    assert len(load_pairs(str(out)).pairs) == 2  # the data layer reads it back as seed-format pairs
+    report = json.loads((tmp_path / "prefs.report.json").read_text())
+    assert report["consistency_rate"] == 1.0 and report["first_position_rate"] == 0.5
+    assert report["usage"] == {"requests": 8, "prompt_tokens": 800, "completion_tokens": 56, "total_tokens": 856}
+    assert requests[0]["temperature"] == 0 and requests[0]["logprobs"] is True
+
+
+def test_judge_command_keeps_ties_apart_when_asked(tmp_path):
+    app, _ = scripted_judge_app(always_a)
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    out = tmp_path / "prefs.jsonl"
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(out), judge=server.url, pairing="all_pairs",
+                             keep_ties=True) == 0
+    assert out.read_text() == ""
+    ties = read_jsonl(tmp_path / "prefs.ties.jsonl")
+    assert len(ties) == 4 and {t["outcome"] for t in ties} == {"tie"} and "chosen" not in ties[0]
+    report = json.loads((tmp_path / "prefs.report.json").read_text())
+    assert report["left_out"] == {"tie": 4} and report["consistency_rate"] == 0.0
+
+
+def test_random_pairing_judges_one_pair_per_prompt(tmp_path):
+    app, requests = scripted_judge_app(prefers_longer)
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(tmp_path / "p.jsonl"), judge=server.url,
+                             pairing="random", seed=3) == 0
+    assert len(requests) == 4 and len(read_jsonl(tmp_path / "p.jsonl")) == 2
+
+
+def test_judge_options_are_checked(tmp_path):
+    cands = write_candidates(tmp_path / "c.jsonl", SETS)
+    with pytest.raises(ConfigError, match="exactly one judge"):
+        judge_command(candidates=str(cands), out=str(tmp_path / "o.jsonl"))
+    with pytest.raises(ConfigError, match="min-margin"):
+        judge_command(candidates=str(cands), out=str(tmp_path / "o.jsonl"), judge="http://127.0.0.1:9", min_margin=1)
+
+
+# ------------------------------------------------------------------------------------------ reward model
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    from prefloop.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("reward") / "rm"
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_reward_model_scores_match_one_at_a_time(reward_model_dir):
+    from prefloop.judge.reward import RewardModel
+
+    rm = RewardModel(str(reward_model_dir), batch_size=4)
+    items = [(s.messages, c) for s in SETS for c in s.candidates]
+    batched = rm.score(items)
+    alone = [rm.score([item])[0] for item in items]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(v, 6) for v in batched)) == len(items)
+
+
+def test_reward_model_max_min_pairs_best_with_worst(reward_model_dir, tmp_path):
+    from prefloop.judge.reward import RewardModel
+
+    cands = write_candidates(tmp_path / "c.jsonl", SETS)
+    out = tmp_path / "prefs.jsonl"
+    assert judge_command(candidates=str(cands), out=str(out), reward_model=str(reward_model_dir)) == 0
+    rm = RewardModel(str(reward_model_dir))
+    records = read_jsonl(out)
+    assert len(records) == 2
+    for s, r in zip(SETS, records):
+        scores = rm.score([(s.messages, c) for c in s.candidates])
+        best, worst = max(range(len(scores)), key=scores.__getitem__), min(range(len(scores)), key=scores.__getitem__)
+        assert (r["chosen"], r["rejected"]) == (s.candidates[best], s.candidates[worst])
+        assert r["margin"] == pytest.approx(scores[best] - scores[worst], abs=1e-5)
+        assert r["judge_kind"] == "reward_model" and r["scores"]["chosen"] > r["scores"]["rejected"]
+
+    all_pairs = tmp_path / "all.jsonl"
+    assert judge_command(candidates=str(cands), out=str(all_pairs), reward_model=str(reward_model_dir),
+                         pairing="all_pairs") == 0
+    assert len(read_jsonl(all_pairs)) == 4
+    high = max(r["margin"] for r in records)
+    assert judge_command(candidates=str(cands), out=str(tmp_path / "m.jsonl"), reward_model=str(reward_model_dir),
+                         min_margin=high + 1e-3) == 0
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["pairs_written"] == 0 and report["left_out"] == {"below_min_margin": 2}
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def test_judge_against_prefloop_serve_and_a_local_model(tiny_model_dir, tmp_path):
+    """The tiny random model is a hopeless judge: what matters is that every comparison is accounted
+    for, nothing unreadable becomes a pair, and both kinds of judge run the same way."""
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.engine import GenerationEngine
+
+    cands = write_candidates(tmp_path / "c.jsonl", SETS)
+    engine = GenerationEngine(LocalGenerator.load(str(tiny_model_dir)))
+    try:
+        with BackgroundServer(create_app(engine, "tiny", max_tokens_limit=2048)) as server:
+            assert judge_command(candidates=str(cands), out=str(tmp_path / "served.jsonl"), judge=server.url,
+                                 pairing="all_pairs", max_tokens=12) == 0
+    finally:
+        engine.close()
+    served = json.loads((tmp_path / "served.report.json").read_text())
+    assert served["judge"] == "tiny" and served["comparisons"] == 4 and served["judgments"] == 8
+    assert served["pairs_written"] + sum(served["left_out"].values()) == 4
+    assert served["usage"]["requests"] >= 8 and served["usage"]["completion_tokens"] > 0
+    for record in read_jsonl(tmp_path / "served.jsonl"):
+        assert None not in record["judge_verdicts"].values()
+
+    assert judge_command(candidates=str(cands), out=str(tmp_path / "local.jsonl"), judge=str(tiny_model_dir),
+                         pairing="all_pairs", max_tokens=12) == 0
+    local = json.loads((tmp_path / "local.report.json").read_text())
+    assert local["judge"] == "model" and local["judgments"] == 8
+    assert local["pairs_written"] + sum(local["left_out"].values()) == 4
+
+
+# ------------------------------------------------------------------------------------------ agreement
+
+
+def test_cohens_kappa_by_hand():
+    assert cohens_kappa([("first", "first"), ("second", "second")]) == 1.0
+    # 3 of 4 agree; marginals human (3 first, 1 second), judge (2, 2): p_e = (3*2 + 1*2) / 16 = 0.5
+    pairs = [("first", "first"), ("first", "first"), ("first", "second"), ("second", "second")]
+    assert cohens_kappa(pairs) == pytest.approx((0.75 - 0.5) / 0.5)
+
+
+def test_judge_agreement_with_human_votes(tmp_path, capsys):
+    app, _ = scripted_judge_app(prefers_longer)
+    cands = write_candidates(tmp_path / "c.jsonl", SETS)
+    out = tmp_path / "prefs.jsonl"
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(out), judge=server.url, pairing="all_pairs") == 0
+    db = tmp_path / "votes.sqlite"
+    with Store(db) as store:
+        prompt = SETS[0].messages
+        long, medium, short = SETS[0].candidates[2], SETS[0].candidates[1], SETS[0].candidates[0]
+        agree = store.add_label_item(prompt, short, long)  # judge prefers long = b
+        disagree = store.add_label_item(prompt, medium, short)  # judge prefers medium = a
+        other = store.add_label_item([{"role": "user", "content": "unrelated"}], "x", "y")
+        store.add_vote(agree, "ana", "b", "ab")
+        store.add_vote(agree, "bo", "b", "ba")
+        store.add_vote(disagree, "ana", "b", "ab")
+        store.add_vote(disagree, "bo", "skip", "ab")
+        store.add_vote(other, "ana", "a", "ab")
+    assert judge_agreement_command(human=str(db), judge=str(out)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["votes_compared"] == 3 and report["items_compared"] == 2
+    assert report["agreement"] == pytest.approx(2 / 3)
+    assert report["skipped_votes"] == 1 and report["votes_without_judge_outcome"] == 1
+    # human: second x3; judge: second x2, first x1 -> chance agreement 2/3 = observed agreement -> kappa 0
+    assert report["cohens_kappa"] == pytest.approx(0.0)
