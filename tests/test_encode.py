@@ -270,3 +270,17 @@ def test_identity_with_a_sentencepiece_style_tokenizer(conversation):
     encoded = encode_pair(p, tokenizer, template)
     assert_exact(encoded, tokenizer, template, p)
     assert (encoded.prompt_ids + encoded.chosen_ids).count(tokenizer.bos_token_id) == 1
+
+
+def test_tools_reach_a_template_that_renders_them():
+    own = (
+        "{% if tools %}{{ 'TOOLS: ' + tools | tojson + '\n' }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    template = get_template(None, tokenizer)
+    p = pair(TURNS[-1:], tools='[{"name": "search"}]')
+    encoded, report = encode_pairs([p], tokenizer, template)
+    assert report.tools_ignored == 0
+    assert tokenizer.decode(encoded[0].prompt_ids).startswith('TOOLS: [{"name": "search"}]')

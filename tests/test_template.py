@@ -191,3 +191,19 @@ def test_stop_token_ids_hold_the_end_of_turn_and_eos():
     assert template.stop_token_ids(tokenizer) == [eot, tokenizer.eos_token_id]
     chatml = build_tiny_tokenizer()
     assert get_template(None, chatml).stop_token_ids(chatml) == [chatml.eos_token_id]
+
+
+def test_own_template_with_tools_renders_like_apply_chat_template():
+    own = (
+        "{% if tools is not none %}{{ 'TOOLS: ' + tools | tojson + '\n' }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    template = get_template(None, tokenizer)
+    tools = [{"name": "search", "parameters": {"query": "string"}}]
+    for given in (None, tools):
+        assert template.render(HISTORY, True, tools=given) == tokenizer.apply_chat_template(
+            HISTORY, tools=given, add_generation_prompt=True, tokenize=False
+        )
+    assert template.render(HISTORY, True, tools='[{"name": "search"}]').startswith('TOOLS: [{"name": "search"}]')

@@ -276,9 +276,13 @@ class ChatTemplate:
         """
         if tools is not None and isinstance(tools, str):
             tools = json.loads(tools)
-        extra = {"tools": tools} if tools is not None and self.supports_tools else {}
+        # tools/documents are always defined (None when absent), as apply_chat_template does.
         return self._compiled.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **extra, **self._context
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            tools=tools if self.supports_tools else None,
+            documents=None,
+            **self._context,
         )
 
     def training_text(self, messages: list[dict], tools=None) -> str:
