@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from prefloop.train.dataset import PairCollator
+from prefloop.train.distributed import all_ranks_agree, is_main_process, reference_shard
 from prefloop.train.logps import pair_logps
 
 _VOLATILE_CONFIG_KEYS = {"use_cache", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
@@ -164,17 +165,23 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
         data_fp = data_fingerprint(features)
         key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp)
         cached = cache.load(split, key, len(features))
+        if not all_ranks_agree(cached is not None):  # every rank takes the same branch (a collective follows)
+            cached = None
         if cached is not None:
             status[split] = "cached"
             log(f"Reference log-probs ({split}, {len(features)} pairs): reused {cache.path(split, key)}")
         else:
-            chosen_rejected = compute_reference_logps(
-                reference, features, cfg.layout, tokenizer.pad_token_id, cfg.per_device_eval_batch_size,
-                cfg.logps_chunk_size, autocast_dtype, device, desc=split)
-            path = cache.save(split, key, *chosen_rejected, metadata={
-                "reference": reference.path, "kind": reference.kind, "weights": ref_fp, "precision": precision,
-                "tokenizer": tok_fp, "template": template_name, "cutoff_len": cfg.cutoff_len, "data": data_fp,
-                "pairs": len(features)})
+            chosen_rejected = reference_shard(  # each rank its shard of the data, gathered in order
+                lambda shard: compute_reference_logps(
+                    reference, shard, cfg.layout, tokenizer.pad_token_id, cfg.per_device_eval_batch_size,
+                    cfg.logps_chunk_size, autocast_dtype, device, desc=split),
+                features, cfg.per_device_eval_batch_size)
+            path = cache.path(split, key)
+            if is_main_process():
+                cache.save(split, key, *chosen_rejected, metadata={
+                    "reference": reference.path, "kind": reference.kind, "weights": ref_fp, "precision": precision,
+                    "tokenizer": tok_fp, "template": template_name, "cutoff_len": cfg.cutoff_len, "data": data_fp,
+                    "pairs": len(features)})
             cached = chosen_rejected
             status[split] = "computed"
             log(f"Reference log-probs ({split}, {len(features)} pairs): computed once, cached at {path}")
