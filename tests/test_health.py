@@ -386,3 +386,23 @@ def test_monitor_log_history_replays_a_finished_run():
     good = [{"step": s, "loss": 0.69 - 0.02 * s, "grad_norm": 1.0 + 0.1 * (s % 3), "logps/chosen": -60.0 + 0.3 * s,
              "rewards/margins": 0.1 * s} for s in range(1, 30)] + [{"step": 30, "eval_loss": 0.5}]
     assert monitor_log_history(good) == []
+
+
+def test_install_health_adds_early_stopping_once(tmp_path, tiny_tokenizer):
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    from prefloop.testing import build_tiny_model
+
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="steps", eval_steps=1, report_to="none",
+                             metric_for_best_model="eval_loss", load_best_model_at_end=True, save_strategy="steps",
+                             save_steps=1, use_cpu=True)
+    cfg = SimpleNamespace(early_stopping_patience=2, max_bad_steps=3)
+    count = lambda t: sum(isinstance(c, EarlyStoppingCallback) for c in t.callback_handler.callbacks)  # noqa: E731
+    rows = [{"input_ids": [1, 2, 3]}]
+    trainer = Trainer(model=build_tiny_model(tiny_tokenizer), args=args, eval_dataset=rows)
+    install_health(trainer, cfg)
+    assert count(trainer) == 1
+    trainer = Trainer(model=build_tiny_model(tiny_tokenizer), args=args, eval_dataset=rows,
+                      callbacks=[EarlyStoppingCallback(2)])
+    install_health(trainer, cfg)
+    assert count(trainer) == 1

@@ -510,7 +510,7 @@ def monitor_log_history(log_history: Sequence[dict]) -> list[HealthWarning]:
 
 
 def install_health(trainer, cfg, probe_prompts: Sequence[str] = (), tokenizer=None) -> HealthCallback:
-    """Add the health callback (and early stopping, when configured) to a `transformers.Trainer`;
+    """Add the health callback (and early stopping, when configured and not already there) to a `transformers.Trainer`;
     the TensorBoard callback's writer, when there is one, also gets the warnings as text."""
     from transformers.integrations import TensorBoardCallback
 
@@ -518,7 +518,8 @@ def install_health(trainer, cfg, probe_prompts: Sequence[str] = (), tokenizer=No
     writer: Callable[[], Any] | None = (lambda: getattr(tensorboard, "tb_writer", None)) if tensorboard else None
     callback = HealthCallback(cfg, output_dir=trainer.args.output_dir, tb_writer=writer,
                               probe_prompts=probe_prompts, probe_tokenizer=tokenizer)
-    early = early_stopping_callback(cfg, trainer.args)
+    has_early = any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
+    early = None if has_early else early_stopping_callback(cfg, trainer.args)
     if early is not None:
         trainer.add_callback(early)
     trainer.add_callback(callback)  # after early stopping, so on_evaluate sees its decision
