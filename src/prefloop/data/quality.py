@@ -29,7 +29,8 @@ _PUNCTUATION = "".join(
     {*string.punctuation, "\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014", "\u2026", "\u00ab", "\u00bb", "\u00bf", "\u00a1"}
 )
 _STRIP_PUNCTUATION = str.maketrans("", "", _PUNCTUATION)
-_WORD = re.compile(r"[^\W_]+")
+_CONTENT_WORD = re.compile(r"[^\W\d_]{3,}|\d+")  # words of 3+ letters, or numbers
+_NOT_WORD = re.compile(r"[\W_]+")
 _STOPWORDS = frozenset(
     """a about above after again all also am an and any are as at be because been before being below between both
     but by can could did do does doing down during each few for from further had has have having he her here hers
@@ -48,12 +49,12 @@ def normalize_text(text: str) -> str:
 
 def formatting_key(text: str) -> str:
     """What is left when whitespace, case and punctuation are ignored ("a, b" and "A  b." share it)."""
-    return "".join(normalize_text(text).split())
+    return _NOT_WORD.sub("", text.lower())
 
 
 def content_words(text: str) -> set[str]:
     """Words that carry topic (stopwords and words under 3 letters dropped, numbers kept), stemmed to 5 letters."""
-    return {w[:5] for w in _WORD.findall(text.lower()) if (len(w) >= 3 or w.isdigit()) and w not in _STOPWORDS}
+    return {w[:5] for w in set(_CONTENT_WORD.findall(text.lower())) - _STOPWORDS}
 
 
 def _word_count(words: set[str]) -> int:
