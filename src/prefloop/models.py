@@ -6,6 +6,7 @@ kinds of model path and fail with the same clear messages.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from prefloop.errors import PrefloopError
@@ -125,7 +126,11 @@ def apply_finetuning(model, cfg):
             target_modules=lora_target_modules(model, cfg.lora_target),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft 0.21 still asks for transformers' deprecated name
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora)
+        # Record the path as given (a .gguf file loads from its directory otherwise), for `prefloop merge`.
+        model.peft_config["default"].base_model_name_or_path = cfg.model_name_or_path
     elif cfg.finetuning_type == "full":
         for param in model.parameters():
             param.requires_grad_(True)

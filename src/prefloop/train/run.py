@@ -77,19 +77,21 @@ def run_training(cfg: Config) -> dict:
         f"parameters trainable ({100 * trainable / total:.2f}%).")
     model.to(args.device)
     autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
-    in_step_reference = prepare_reference(cfg, loss_spec, model, tokenizer, data, autocast_dtype, args.device, say)
+    in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
     before = trainer.evaluate_quietly(description="Before training") if data.val else {}
-    samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before")
+    samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
 
-    result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(cfg))
-    trainer.save_model()
-    trainer.save_state()
-    metrics = dict(result.metrics)
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
+    metrics = {}
+    if cfg.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(cfg))
+        trainer.save_model()
+        trainer.save_state()
+        metrics = dict(result.metrics)
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
     if data.val and cfg.run_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
@@ -97,7 +99,7 @@ def run_training(cfg: Config) -> dict:
         metrics.update(eval_metrics)
     metrics.update({f"before_{k}": v for k, v in before.items()})
 
-    sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", samples)
+    sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
     report_quality("After training", metrics, say)
     if args.process_index == 0:
         write_samples(samples, cfg.output_dir, say)
@@ -156,7 +158,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     return Data(splits["train"], splits["validation"], template.name, stop_ids)
 
 
-def prepare_reference(cfg: Config, loss_spec, model, tokenizer, data: Data, autocast_dtype, device, say):
+def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
     """Cache reference log-probs into the features (precompute_ref), or return the Reference the step
     runs; None when the loss is reference-free or the cache covers everything."""
     from prefloop.models import build_reference
@@ -166,12 +168,14 @@ def prepare_reference(cfg: Config, loss_spec, model, tokenizer, data: Data, auto
         say(f"pref_loss {'+'.join(loss_spec.names)} is reference-free: no reference model is loaded.")
         return None
     reference = build_reference(cfg, model, tokenizer, before_training_only=cfg.precompute_ref)
-    reference.model.to(device)
+    reference.model.to(args.device)
     say(f"Reference: {reference.describe()}")
     if not cfg.precompute_ref:
         return reference
-    precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
-                         data.template_name, autocast_dtype, device, log=say)
+    # Several processes (torchrun): the main one computes and caches, the others then find the cache.
+    with args.main_process_first(desc="reference log-probs"):
+        precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
+                             data.template_name, autocast_dtype, args.device, log=say)
     return None  # a separately loaded reference is dropped here: the step needs only the policy
 
 
@@ -196,8 +200,13 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
 
 
 def extra_callbacks(cfg: Config) -> list:
-    """Trainer callbacks beyond the Trainer's own: the place for health monitors and early stopping."""
-    return []
+    """Trainer callbacks beyond the Trainer's own: the place for health monitors (issue 5)."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks = []
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return callbacks
 
 
 def checkpoint_to_resume(cfg: Config):
@@ -230,7 +239,7 @@ def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
 
 
 @torch.no_grad()
-def sample_answers(model, tokenizer, data: Data, count: int, label: str, samples: list[dict] | None = None):
+def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=print, samples: list[dict] | None = None):
     """Greedy short answers to the first `count` validation prompts, added under `label`."""
     samples = samples if samples is not None else []
     features = data.val[:count]
@@ -249,7 +258,7 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, samples
             samples.append({"id": feature["id"], "prompt": tokenizer.decode(feature["prompt_ids"]),
                             "chosen": tokenizer.decode(feature["chosen_ids"], skip_special_tokens=True)})
         samples[i][label] = answer
-        print(f"Sample answer {label} training [{feature['id']}]: {answer[:300]!r}")
+        say(f"Sample answer {label} training [{feature['id']}]: {answer[:300]!r}")
     model.train(was_training)
     return samples
 

@@ -68,6 +68,9 @@ def build_training_arguments(cfg) -> TrainingArguments:
             fsdp_config=cfg.fsdp_config,
             ddp_timeout=cfg.ddp_timeout,
             ddp_find_unused_parameters=cfg.ddp_find_unused_parameters,
+            # early_stopping_patience watches eval_loss and keeps the best checkpoint
+            load_best_model_at_end=bool(cfg.early_stopping_patience),
+            metric_for_best_model="eval_loss" if cfg.early_stopping_patience else None,
         )
     except (ValueError, ImportError) as err:
         raise ConfigError(f"the training arguments are not valid: {err}") from err
