@@ -167,10 +167,16 @@ def _render_batch(items: list[_Work], template: ChatTemplate) -> tuple[list[str]
     return texts, rendered
 
 
-def _split(rendered: list[_Work], ids: list[list[int]]) -> None:
-    """Cut each full sequence after the tokens it shares with the tokenized prompt."""
+def _split(rendered: list[_Work], ids: list[list[int]], shared_int) -> None:
+    """Cut each full sequence after the tokens it shares with the tokenized prompt.
+
+    `shared_int` maps a token id to one shared int object, so a kept token costs a pointer
+    (8 bytes) instead of its own int object (36 bytes): 100k pairs hold ~4x less memory.
+    """
     for j, w in enumerate(rendered):
-        p, c, r = ids[3 * j], ids[3 * j + 1], ids[3 * j + 2]
+        p = ids[3 * j]
+        c = list(map(shared_int, ids[3 * j + 1]))
+        r = list(map(shared_int, ids[3 * j + 2]))
         n = len(p)
         if c[:n] == p and r[:n] == p:
             k = n
@@ -183,9 +189,15 @@ def _split(rendered: list[_Work], ids: list[list[int]]) -> None:
         w.prompt_ids, w.chosen_ids, w.rejected_ids = c[:k], c[k:], r[k:]
 
 
-def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate) -> None:
+def _shared_ints(tokenizer):
+    """A function token id -> the one int object for that id (see `_split`)."""
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=0) + 1)
+    return list(range(size)).__getitem__
+
+
+def _encode_batch(items: list[_Work], tokenizer, template: ChatTemplate, shared_int) -> None:
     texts, rendered = _render_batch(items, template)
-    _split(rendered, _tokenize(tokenizer, texts))
+    _split(rendered, _tokenize(tokenizer, texts), shared_int)
 
 
 def _budgets(prompt_len: int, response_len: int, cutoff: int) -> tuple[int, int]:
@@ -208,7 +220,7 @@ def _drop_oldest_turn(messages: list[dict]) -> list[dict] | None:
     return head + rest[users[1] :]
 
 
-def _drop_turns(work: list[_Work], tokenizer, template: ChatTemplate, cutoff: int) -> None:
+def _drop_turns(work: list[_Work], tokenizer, template: ChatTemplate, cutoff: int, shared_int) -> None:
     """Re-render over-long prompts without their oldest turns until they fit their budget."""
     while True:
         shorter = []
@@ -225,7 +237,7 @@ def _drop_turns(work: list[_Work], tokenizer, template: ChatTemplate, cutoff: in
             shorter.append(w)
         if not shorter:
             return
-        _encode_batch(shorter, tokenizer, template)
+        _encode_batch(shorter, tokenizer, template, shared_int)
 
 
 def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int]:
@@ -303,16 +315,17 @@ def encode_pairs(
     """
     report = EncodeReport(cutoff_len=cutoff_len)
     encoded: list[EncodedPair] = []
+    shared_int = _shared_ints(tokenizer)
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
         pending = None
         for batch in _batches(pairs, template, report):
             texts, rendered = _render_batch(batch, template)
             future = tokenizing.submit(_tokenize, tokenizer, texts)
             if pending is not None:
-                encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, report)
+                encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, shared_int, report)
             pending = (batch, rendered, future)
         if pending is not None:
-            encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, report)
+            encoded += _finish_batch(*pending, tokenizer, template, cutoff_len, shared_int, report)
     report.kept = len(encoded)
     return encoded, report
 
@@ -333,10 +346,12 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
         yield batch
 
 
-def _finish_batch(batch, rendered, future, tokenizer, template, cutoff, report: EncodeReport) -> list[EncodedPair]:
-    _split(rendered, future.result())
+def _finish_batch(
+    batch, rendered, future, tokenizer, template, cutoff, shared_int, report: EncodeReport
+) -> list[EncodedPair]:
+    _split(rendered, future.result(), shared_int)
     if cutoff is not None:
-        _drop_turns(batch, tokenizer, template, cutoff)
+        _drop_turns(batch, tokenizer, template, cutoff, shared_int)
     out = []
     for w in batch:
         prompt_cut = responses_cut = False
