@@ -161,6 +161,8 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
                          f"responses cut, {cut['dropped']} pairs dropped, {cut['kept']} kept")
             for reason, n in cut["drop_reasons"].items():
                 lines.append(f"    {n:>6} dropped: {reason}")
+            if cut["dropped_ids"]:
+                lines.append("           dropped ids: " + ", ".join(cut["dropped_ids"][:10]) + (" ..." if cut["dropped"] > 10 else ""))
 
     quality = report["quality"]
     lines.append("")
