@@ -59,7 +59,10 @@ def run_training(cfg: Config) -> dict:
     from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
     from prefloop.train.losses import build_loss_spec
 
+    from prefloop.train.distributed import check_resume_world_size, prepare_environment
+
     started = time.perf_counter()
+    prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
     check_output_dir(cfg)
     cfg = resolve_precision(cfg)
     args = build_args(cfg)
@@ -86,7 +89,7 @@ def run_training(cfg: Config) -> dict:
 
     metrics = {}
     if cfg.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint_to_resume(cfg))
+        result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
         trainer.save_model()
         trainer.save_state()
         metrics = dict(result.metrics)
@@ -172,10 +175,9 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
     say(f"Reference: {reference.describe()}")
     if not cfg.precompute_ref:
         return reference
-    # Several processes (torchrun): the main one computes and caches, the others then find the cache.
-    with args.main_process_first(desc="reference log-probs"):
-        precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
-                             data.template_name, autocast_dtype, args.device, log=say)
+    # Several processes (torchrun): each computes its shard, rank 0 writes the cache (reference.py).
+    precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
+                         data.template_name, autocast_dtype, args.device, log=say)
     return None  # a separately loaded reference is dropped here: the step needs only the policy
 
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer, TrainingArguments
 
+from prefloop.train.distributed import call_as_forward
 from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss
 from prefloop.train.logps import pair_logps
 
@@ -111,7 +112,8 @@ class PreferenceTrainer(Trainer):
         """Mean preference loss of one batch; records its metrics under `mode` ("train"/"eval")."""
         self.last_pair_ids = inputs.pop("pair_ids", None) or []
         num_tokens = inputs.pop("num_tokens", None)
-        policy = pair_logps(model, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
+        # As the forward of the (DDP / FSDP / DeepSpeed) wrapper, so its gradient and weight hooks run.
+        policy = call_as_forward(model, pair_logps, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
         reference = self.reference_logps(inputs, policy.seq)
         out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"))
         loss = out.losses.mean()
