@@ -152,3 +152,9 @@ def test_merge_makes_a_standalone_model(tiny_model_dir, tiny_tokenizer, tmp_path
         torch.testing.assert_close(merged(ids).logits, policy.eval()(ids).logits, atol=1e-5, rtol=1e-4)
     with pytest.raises(ModelLoadError, match="holds no LoRA adapter"):
         merge_command(str(tmp_path), str(tmp_path / "m2"))
+
+
+def test_hub_id_offline_fails_with_a_message_that_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="is not a local directory, and loading it as a hub id failed"):
+        load_tokenizer("prefloop-test-org/no-such-model")

@@ -151,3 +151,13 @@ def test_cached_reference_trains_exactly_like_the_reference_in_the_step(run, tmp
         losses[precompute] = [h["loss"] for h in history if "loss" in h]
     assert len(losses[True]) == 2
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_reference_free_loss_loads_and_caches_no_reference(run, tmp_path, capsys):
+    out = tmp_path / "simpo"
+    metrics = prefloop.train(str(run["config"]), output_dir=str(out), pref_loss="simpo", fp16=False,
+                             gradient_checkpointing=False, report_to="none", sample_prompts=0, max_steps=2,
+                             logging_steps=1, gradient_accumulation_steps=1, save_strategy="no")
+    assert "reference-free: no reference model is loaded" in capsys.readouterr().out
+    assert not (out / "ref_cache").exists()
+    assert "eval_rewards/accuracies" in metrics and metrics["train_loss"] > 0
