@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import prefloop
@@ -59,7 +60,7 @@ def test_seed_config_trains_and_writes_every_output(run):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-9"]
     saved = yaml.safe_load((out / "prefloop_config.yaml").read_text())
-    assert saved["fp16"] is False  # no CUDA here: fell back
+    assert saved["fp16"] is torch.cuda.is_available()  # without CUDA: fell back to bf16/fp32
     assert saved["learning_rate"] == 5e-3 and saved["pref_loss"] == "sigmoid"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 1 and {"prompt", "before", "after", "chosen"} <= samples[0].keys()
