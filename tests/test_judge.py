@@ -7,6 +7,7 @@ import re
 
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from prefloop.data.loader import load_pairs
 from prefloop.endpoint import UsageTotals
@@ -195,6 +196,8 @@ def scripted_judge_app(policy, name="judge-model"):
         body = await request.json()
         requests.append(body)
         text = policy(body["messages"])
+        if isinstance(text, int):  # the policy answers with an HTTP error status
+            return JSONResponse({"error": {"message": "refused", "type": "invalid_request_error"}}, text)
         logprobs = None
         parsed = parse_verdict(text)
         if body.get("logprobs") and parsed:
@@ -245,6 +248,26 @@ def test_judge_command_max_min_with_an_endpoint_judge(tmp_path):
     assert report["consistency_rate"] == 1.0 and report["first_position_rate"] == 0.5
     assert report["usage"] == {"requests": 8, "prompt_tokens": 800, "completion_tokens": 56, "total_tokens": 856}
     assert requests[0]["temperature"] == 0 and requests[0]["logprobs"] is True
+
+
+def test_failed_requests_fail_the_run_and_a_rerun_pays_only_for_them(tmp_path):
+    broken = {"on": True}
+
+    def flaky(messages):
+        return 400 if broken["on"] and "tiny" in messages[0]["content"] else prefers_longer(messages)
+
+    app, requests = scripted_judge_app(flaky)
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    out = tmp_path / "prefs.jsonl"
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 1
+        report = json.loads((tmp_path / "prefs.report.json").read_text())
+        assert report["pairs_written"] == 1 and report["left_out"] == {"failed": 1}
+        assert report["soft_verdicts_requested"] is False  # a 400 makes the judge retry without logprobs
+        paid = len(requests)
+        broken["on"] = False
+        assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 0
+    assert len(requests) - paid == 2 and len(read_jsonl(out)) == 2
 
 
 def test_judge_command_keeps_ties_apart_when_asked(tmp_path):

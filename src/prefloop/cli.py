@@ -127,6 +127,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--db", help="SQLite store for interaction logs")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-tokens-limit", type=int, default=2048)
+    p.add_argument("--max-batch-rows", type=int, default=16,
+                   help="most sequences decoded together (a request with n choices is n rows)")
 
 
 def build_parser() -> argparse.ArgumentParser:

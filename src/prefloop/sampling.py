@@ -9,6 +9,7 @@ decode in lock-step with one KV cache.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -111,8 +112,8 @@ class _Row:
         self.sent = 0  # characters of text already handed to the callback
         self.sent_logprobs = 0
         self.finished: Sample | None = None
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(params.seed if params.seed is not None else random.getrandbits(63))
+        self.generator: torch.Generator | None = None  # made on the model's device when decoding starts
 
 
 class LocalGenerator:
@@ -124,6 +125,9 @@ class LocalGenerator:
         self.template = get_template(None, tokenizer)
         self.stop_ids = stop_token_ids(tokenizer, model, self.template.end_of_turn)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
+        # transformers renamed `past_key_values` to `cache` during 5.x; pass whichever this version takes.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it
+        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
 
@@ -170,40 +174,43 @@ class LocalGenerator:
         for s in states:
             if s.params.max_new_tokens <= 0:
                 self._finish(s, "length", on_update, states.index(s))
+        for s in states:
+            s.generator = torch.Generator(device=device).manual_seed(s.seed)
         while any(s.finished is None for s in states):
-            logits = out.logits[:, -1, :].float().cpu()
-            next_ids = torch.full((len(states),), self.pad_id, dtype=torch.long)
+            logits = out.logits[:, -1, :].float()
+            tokens = choose_tokens(logits, [s.params if s.finished is None else None for s in states],
+                                   [s.generator for s in states])
+            logprobs = self._token_logprobs(logits, tokens, states)
             for i, s in enumerate(states):
                 if s.finished is None:
-                    next_ids[i] = self._step(i, s, logits[i], on_update)
+                    self._step(i, s, tokens[i], logprobs[i], on_update)
             if all(s.finished is not None for s in states):
                 break
             mask = torch.cat([mask, torch.ones((len(states), 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
             out = self.model(
-                input_ids=next_ids[:, None].to(device),
+                input_ids=torch.tensor(tokens, device=device)[:, None],
                 attention_mask=mask,
                 position_ids=positions,
-                cache=out.cache,
                 use_cache=True,
+                **{self._cache_arg: _cache_of(out)},
             )
 
-    def _step(self, i: int, s: _Row, logits: torch.Tensor, on_update) -> int:
-        """Pick row i's next token, update its text, and finish it on end-of-turn, stop string or budget."""
-        token = _choose(logits, s.params, s.generator)
+    def _step(self, i: int, s: _Row, token: int, logprob: "TokenLogprob | None", on_update) -> None:
+        """Append row i's next token, update its text, and finish it on end-of-turn, stop string or budget."""
         if token in self.stop_ids:
             self._finish(s, "stop", on_update, i)
-            return token
+            return
         s.ids.append(token)
-        if s.params.logprobs:
-            s.logprobs.append(self._token_logprob(logits, token, s.params.top_logprobs))
+        if logprob is not None:
+            s.logprobs.append(logprob)
         s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
         for stop in s.params.stop:
             at = s.text.find(stop, max(0, s.sent - len(stop)))
             if stop and at >= 0:
                 s.text = s.text[:at]
                 self._finish(s, "stop", on_update, i)
-                return token
+                return
         if len(s.ids) >= s.params.max_new_tokens:
             self._finish(s, "length", on_update, i)
         elif on_update is not None:
@@ -211,30 +218,57 @@ class LocalGenerator:
             if ready > s.sent:
                 on_update(i, s.text[s.sent : ready], s.logprobs[s.sent_logprobs :], None)
                 s.sent, s.sent_logprobs = ready, len(s.logprobs)
-        return token
+
+    def _token_logprobs(self, logits: torch.Tensor, tokens: list[int], states: list[_Row]) -> list:
+        """TokenLogprob per row that asked for log-probs (None for the others), computed in one batch."""
+        rows = [i for i, s in enumerate(states) if s.finished is None and s.params.logprobs]
+        out: list = [None] * len(states)
+        if not rows:
+            return out
+        logps = torch.log_softmax(logits[rows], dim=-1)
+        chosen = logps.gather(1, torch.tensor([tokens[i] for i in rows], device=logps.device)[:, None])[:, 0].tolist()
+        top_n = max(states[i].params.top_logprobs for i in rows)
+        values = indices = None
+        if top_n > 0:
+            values, indices = (t.tolist() for t in logps.topk(min(top_n, logps.shape[-1]), dim=-1))
+        for k, i in enumerate(rows):
+            n = states[i].params.top_logprobs
+            top = [(self.tokenizer.decode([t]), v) for t, v in zip(indices[k][:n], values[k][:n])] if n else []
+            out[i] = TokenLogprob(self.tokenizer.decode([tokens[i]]), chosen[k], top)
+        return out
 
     def _finish(self, s: _Row, reason: str, on_update, i: int) -> None:
         s.finished = Sample(s.text, list(s.ids), reason, list(s.logprobs) if s.params.logprobs else None)
         if on_update is not None:
             on_update(i, s.text[s.sent :], s.logprobs[s.sent_logprobs :], s.finished)
 
-    def _token_logprob(self, logits: torch.Tensor, token: int, top_n: int) -> TokenLogprob:
-        logps = torch.log_softmax(logits, dim=-1)
-        top = []
-        if top_n > 0:
-            values, indices = logps.topk(min(top_n, logps.numel()))
-            top = [(self.tokenizer.decode([int(t)]), float(v)) for v, t in zip(values, indices)]
-        return TokenLogprob(self.tokenizer.decode([token]), float(logps[token]), top)
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
-def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling (top-p) at the given temperature."""
-    if params.temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p  # keeps at least the top token
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:
+    """Next token of every row, in one batch on the logits' device: greedy at temperature 0, else
+    nucleus (top-p) sampling at the row's temperature. Sampling uses the Gumbel-max trick with noise
+    from the row's own generator, so a row samples the same tokens whatever else is in its batch.
+    Rows whose params are None (finished) get the greedy token, which is ignored."""
+    tokens = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
+    if rows:
+        device = logits.device
+        index = torch.tensor(rows, device=device)
+        temperature = torch.tensor([params[i].temperature for i in rows], device=device)
+        scaled = logits[index] / temperature[:, None]
+        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
+        if bool((top_p < 1.0).any()):
+            probs = torch.softmax(scaled, dim=-1)
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = (sorted_probs.cumsum(-1) - sorted_probs) > top_p[:, None]  # the top token always stays
+            scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), float("-inf"))
+        noise = torch.empty_like(scaled)
+        for k, i in enumerate(rows):
+            noise[k].uniform_(generator=generators[i])
+        gumbel = -torch.log(-torch.log(noise.clamp_(1e-12, 1.0 - 1e-7)))
+        tokens[index] = (scaled + gumbel).argmax(dim=-1)
+    return tokens.tolist()

@@ -95,6 +95,12 @@ def _select_llm(sets, comparisons, pairing, judge) -> Selection:
                 else:
                     sel.drop(c.outcome, _llm_left_out(s, c, c.outcome, judge))
             continue
+        outcomes = {c.outcome for c in group}
+        if outcomes & {"failed", "no_verdict"} == outcomes or "failed" in outcomes:
+            # No ranking without every comparison answered: a failed request is retried on the next run.
+            reason = "failed" if "failed" in outcomes else "no_verdict"
+            sel.drop(reason, _llm_left_out(s, group[0], reason, judge))
+            continue
         ranked = best_and_worst(win_scores(len(s.candidates), {(c.x, c.y): c.outcome for c in group}))
         if ranked is None:
             sel.drop("no_clear_best", _llm_left_out(s, group[0], "no_clear_best", judge))

@@ -92,8 +92,12 @@ class GenerationEngine:
 
         def dispatch(index: int, delta: str, logprobs: list, finished: Sample | None) -> None:
             job, local = owners[index]
-            if job.on_update is not None:
+            if job.on_update is None:
+                return
+            try:
                 job.on_update(local, delta, logprobs, finished)
+            except Exception:  # noqa: BLE001 - e.g. the client went away; the other rows carry on
+                job.on_update = None
 
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(rows))
