@@ -354,10 +354,12 @@ def _preference_trainer(tmp_path, tokenizer, nan_steps, max_steps, max_bad_steps
                                 train_dataset=PairDataset.from_encoded(pairs),
                                 data_collator=PairCollator("padded", tokenizer.pad_token_id),
                                 callbacks=[Snapshot()], loss_spec=build_loss_spec(cfg))
-    health = install_health(trainer, cfg)
-    # The two wiring lines: the hook records each training batch; the callback skips bad updates.
-    trainer.loss_guard = lambda loss, ids: health.loss_guard(
-        loss * float("nan") if trainer.state.global_step + 1 in nan_steps else loss, ids)
+    trainer.health = health = install_health(trainer, cfg)
+
+    def poison(module, args, output):  # the model itself goes non-finite on the chosen steps
+        return output * float("nan") if trainer.state.global_step + 1 in nan_steps else output
+
+    trainer.model.get_input_embeddings().register_forward_hook(poison)
     return trainer, health, snapshots
 
 

@@ -333,9 +333,12 @@ def test_options_that_do_not_apply_are_config_errors(kw, message):
         build_loss_spec(cfg(**kw))
 
 
-def test_config_default_simpo_gamma_is_not_an_error():
-    # prefloop.config.Config defaults simpo_gamma to 0.5 for every loss; that value means "unset"
-    assert build_loss_spec(cfg(simpo_gamma=0.5)).names == ["sigmoid"]
+def test_config_defaults_leave_loss_options_unset():
+    from prefloop.config import Config
+
+    defaults = Config()
+    assert defaults.simpo_gamma is None and defaults.discopop_tau is None
+    assert build_loss_spec(cfg(simpo_gamma=None)).names == ["sigmoid"]
 
 
 def test_exo_eps_may_exceed_half():

@@ -54,7 +54,8 @@ class LossArgs:
     pref_beta: float = 0.1
     pref_loss: Union[str, list[str]] = "sigmoid"
     pref_loss_weights: list[float] | None = None
-    simpo_gamma: float = 0.5
+    simpo_gamma: float | None = None  # SimPO's target margin (default 0.5 when pref_loss: simpo)
+    discopop_tau: float | None = None  # DiscoPOP's temperature (default 0.05 when pref_loss: discopop)
     dpo_label_smoothing: float = 0.0
     pref_ftx: float = 0.0
     ld_alpha: float | None = None
@@ -107,6 +108,7 @@ class TrainArgs:
 class HealthArgs:
     max_bad_steps: int = 3  # stop after this many NaN/Inf steps in a row
     early_stopping_patience: int | None = None
+    early_stopping_threshold: float = 0.0
 
 
 @dataclass

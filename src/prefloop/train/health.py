@@ -418,7 +418,7 @@ def early_stopping_callback(cfg, args=None) -> EarlyStoppingCallback | None:
 class HealthCallback(TrainerCallback):
     """Feeds the monitors during `Trainer.train()`.
 
-    - `observe_batch(...)`: call from the trainer's `compute_loss` (training only), once per micro-batch.
+    - `observe_batch(...)`: called by `PreferenceTrainer.pair_loss` (training only), once per micro-batch.
     - `on_pre_optimizer_step`: skips the update on non-finite loss/gradients (grads set to None).
     - `on_log`: loss and grad-norm spikes, degradation (from `logps/chosen`, `rewards/margins`).
     - `on_evaluate`: sampled-answer length on `probe_prompts` (when given and a tokenizer is known).
@@ -452,12 +452,6 @@ class HealthCallback(TrainerCallback):
             diffs = (policy.chosen_tokens - policy.rejected_tokens).detach().float().cpu().tolist()
             self.log.emit(self.length_bias.update(self._step, margins, diffs))
         return bad
-
-    def loss_guard(self, loss, pair_ids: Sequence[str] | None = None):
-        """`PreferenceTrainer.loss_guard` hook (loss, pair_ids) -> loss: records the batch and returns the
-        loss unchanged; a non-finite step is skipped in `on_pre_optimizer_step`, after backward."""
-        self.observe_batch(loss, pair_ids)
-        return loss
 
     # --- transformers events --------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):

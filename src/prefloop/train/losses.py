@@ -516,8 +516,6 @@ def build_loss_spec(cfg) -> LossSpec:
         raise ConfigError(f"pref_ftx must be >= 0 (got {ftx}); it weights the SFT loss on chosen answers")
 
     gamma = getattr(cfg, "simpo_gamma", None)
-    if gamma == SIMPO_GAMMA_DEFAULT and "simpo" not in names:
-        gamma = None  # a config whose default is 0.5 cannot tell "unset" from "set to 0.5"
     if gamma is not None and "simpo" not in names:
         raise ConfigError(f"simpo_gamma is set but pref_loss is {names}; it applies only to pref_loss: simpo")
     tau = getattr(cfg, "discopop_tau", None)

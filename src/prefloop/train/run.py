@@ -57,6 +57,7 @@ def run_training(cfg: Config) -> dict:
     from transformers import set_seed
 
     from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
+    from prefloop.train.health import install_health
     from prefloop.train.losses import build_loss_spec
 
     from prefloop.train.distributed import check_resume_world_size, prepare_environment
@@ -74,6 +75,7 @@ def run_training(cfg: Config) -> dict:
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     data = load_data(cfg, tokenizer, say)
     loss_spec = build_loss_spec(cfg)
+    check_pair_options(data, loss_spec)
     model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
     trainable, total = count_parameters(model)
     say(f"Model {cfg.model_name_or_path}: {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} "
@@ -83,6 +85,7 @@ def run_training(cfg: Config) -> dict:
     in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
+    trainer.health = install_health(trainer, cfg)
     before = trainer.evaluate_quietly(description="Before training") if data.val else {}
     samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
@@ -125,6 +128,19 @@ def check_output_dir(cfg: Config) -> None:
     if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
+
+
+def check_pair_options(data: Data, loss_spec) -> None:
+    """Per-pair margins or weights in the data that the chosen loss cannot use: an error now, not at step N."""
+    features = data.train + data.val
+    with_margin = sum(1 for f in features if f.get("margin", 0.0) != 0.0)
+    with_weight = sum(1 for f in features if f.get("weight", 1.0) != 1.0)
+    if with_margin and not loss_spec.uses_margin:
+        raise ConfigError(f"{with_margin} pairs carry a 'margin' but pref_loss {loss_spec.names} cannot use margins; "
+                          f"use sigmoid, hinge, ipo, simpo, ... or remove the margins from the data")
+    if with_weight and not loss_spec.uses_pair_weight:
+        raise ConfigError(f"{with_weight} pairs carry a 'weight' but pref_loss {loss_spec.names} sorts the batch "
+                          f"(aot), so rows are not pairs; drop the weights or pick another loss")
 
 
 def build_args(cfg: Config):
@@ -192,23 +208,12 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         eval_dataset=PairDataset(data.val) if data.val else None,
         data_collator=PairCollator(cfg.layout, tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=extra_callbacks(cfg),
         loss_spec=loss_spec,
         reference=reference,
         chunk_size=cfg.logps_chunk_size,
         ld_alpha=cfg.ld_alpha,
         autocast_dtype=autocast_dtype,
     )
-
-
-def extra_callbacks(cfg: Config) -> list:
-    """Trainer callbacks beyond the Trainer's own: the place for health monitors (issue 5)."""
-    from transformers import EarlyStoppingCallback
-
-    callbacks = []
-    if cfg.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return callbacks
 
 
 def checkpoint_to_resume(cfg: Config):

@@ -52,8 +52,7 @@ def build_training_arguments(cfg) -> TrainingArguments:
             use_cpu=not torch.cuda.is_available(),
             fp16=cfg.fp16,
             bf16=cfg.bf16,
-            activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for it
-            activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+            **_checkpointing_arguments(cfg.gradient_checkpointing),
             eval_strategy=cfg.eval_strategy if cfg.run_eval else "no",
             eval_steps=cfg.eval_steps,
             save_strategy=cfg.save_strategy,
@@ -77,12 +76,19 @@ def build_training_arguments(cfg) -> TrainingArguments:
         raise ConfigError(f"the training arguments are not valid: {err}") from err
 
 
+def _checkpointing_arguments(enabled: bool) -> dict:
+    """transformers >= 5.2x renamed `gradient_checkpointing` to `activation_checkpointing`; use whichever exists."""
+    fields = TrainingArguments.__dataclass_fields__
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 class PreferenceTrainer(Trainer):
     """`transformers.Trainer` whose loss is a preference loss over (chosen, rejected) pairs.
 
     `reference`: a `models.Reference` to run inside the step, or None when the batch carries cached
-    reference log-probs or the loss is reference-free. `loss_guard` (health checks, issue 5): an
-    optional callable (loss, pair_ids) -> loss run on every training loss before backward.
+    reference log-probs or the loss is reference-free. `health` (issue 5): an optional
+    `health.HealthCallback` that sees every training batch (loss, pair ids, log-probs, rewards).
     """
 
     def __init__(self, *args, loss_spec: LossSpec, reference=None, chunk_size: int = 4096,
@@ -92,7 +98,8 @@ class PreferenceTrainer(Trainer):
         self.chunk_size, self.ld_alpha, self.autocast_dtype = chunk_size, ld_alpha, autocast_dtype
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: the Trainer scales it for accumulation
         self.loss_is_scaled_for_ga = False
-        self.loss_guard = None
+        self.health = None
+        self.bco_state = None  # bco_pair's running reward mean, carried across training steps
         self.last_pair_ids: list[str] = []
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": defaultdict(int), "eval": defaultdict(int)}
@@ -115,10 +122,13 @@ class PreferenceTrainer(Trainer):
         # As the forward of the (DDP / FSDP / DeepSpeed) wrapper, so its gradient and weight hooks run.
         policy = call_as_forward(model, pair_logps, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
         reference = self.reference_logps(inputs, policy.seq)
-        out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"))
+        out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"),
+                              bco_state=self.bco_state)
         loss = out.losses.mean()
-        if mode == "train" and self.loss_guard is not None:
-            loss = self.loss_guard(loss, self.last_pair_ids)
+        if mode == "train":
+            self.bco_state = out.bco_state
+            if self.health is not None:
+                self.health.observe_batch(loss, self.last_pair_ids, policy.seq, out)
         self.record_metrics(mode, out, policy, num_tokens)
         return loss
 
