@@ -62,6 +62,15 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _current_rss_mb() -> float:
+    """Resident memory now (not the peak): what the loaded/encoded data holds."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(args) -> None:
     """One measurement in a fresh process: load the first N pairs, then encode with each tokenizer."""
     from prefloop.data.encode import encode_pairs
@@ -75,13 +84,14 @@ def child(args) -> None:
     t0, c0 = time.perf_counter(), _cpu_seconds()
     pairs = load_pairs(str(args.file), max_samples=args.n).pairs
     result["load_s"], result["load_cpu"] = time.perf_counter() - t0, _cpu_seconds() - c0
-    result["rss_after_load_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["rss_after_load_mb"] = _current_rss_mb()
     for name, tok, template in templates:
         t0, c0 = time.perf_counter(), _cpu_seconds()
         encoded, report = encode_pairs(pairs, tok, template)
         result[f"encode_{name}_s"], result[f"encode_{name}_cpu"] = time.perf_counter() - t0, _cpu_seconds() - c0
         result[f"tokens_{name}"] = sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in encoded)
         result[f"kept_{name}"] = report.kept
+        result[f"rss_held_{name}_mb"] = _current_rss_mb()  # pairs and their encodings both alive
         del encoded
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -122,23 +132,26 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
 
     print()
-    header = f"{'pairs':>8} {'step':<20} {'wall s':>8} {'CPU s':>8} {'pairs/s':>9} {'tokens':>12} {'peak RSS MB':>12}"
+    header = f"{'pairs':>8} {'step':<20} {'wall s':>8} {'CPU s':>8} {'pairs/s':>9} {'tokens':>12} {'RSS MB':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
         n = r["n"]
-        print(f"{n:>8} {'load_pairs':<20} {r['load_s']:>8.2f} {r['load_cpu']:>8.2f} {n / r['load_s']:>9.0f} {'':>12} {r['rss_after_load_mb']:>12.0f}")
+        print(f"{n:>8} {'load_pairs':<20} {r['load_s']:>8.2f} {r['load_cpu']:>8.2f} {n / r['load_s']:>9.0f} {'':>12} {r['rss_after_load_mb']:>8.0f}")
         for name, _ in toks:
             wall, cpu = r[f"encode_{name}_s"], r[f"encode_{name}_cpu"]
-            print(f"{n:>8} {'encode (' + name + ')':<20} {wall:>8.2f} {cpu:>8.2f} {n / wall:>9.0f} {r[f'tokens_{name}']:>12} {'':>12}")
+            print(f"{n:>8} {'encode (' + name + ')':<20} {wall:>8.2f} {cpu:>8.2f} {n / wall:>9.0f} {r[f'tokens_{name}']:>12} {r[f'rss_held_{name}_mb']:>8.0f}")
             wall, cpu = wall + r["load_s"], cpu + r["load_cpu"]
-            print(f"{n:>8} {'load+encode (' + name + ')':<20} {wall:>8.2f} {cpu:>8.2f} {n / wall:>9.0f} {'':>12} {r['peak_rss_mb']:>12.0f}")
-    print("(pairs/s from wall time; on a shared machine CPU s shows the work done, threads summed)")
+            print(f"{n:>8} {'load+encode (' + name + ')':<20} {wall:>8.2f} {cpu:>8.2f} {n / wall:>9.0f}")
+    print("pairs/s from wall time; CPU s = user + system of all threads (meaningful on a shared machine).")
+    print("RSS MB = resident memory with the loaded pairs (and, for encode, their encodings) held.")
+    print(f"peak RSS of each process (MB): " + ", ".join(f"{r['n']}: {r['peak_rss_mb']:.0f}" for r in rows))
     print()
-    base = rows[0]
-    for r in rows[1:]:
-        print(f"memory: {r['n']} pairs use {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x the peak RSS of {base['n']} "
-              f"({r['n'] / base['n']:.0f}x the pairs)")
+    keys = [("rss_after_load_mb", "loaded pairs")] + [(f"rss_held_{name}_mb", f"pairs + encodings ({name})") for name, _ in toks]
+    for key, label in keys:
+        steps = [f"{a['n']}->{b['n']}: {(b[key] - a[key]) * 1024 / (b['n'] - a['n']):.2f} KB" for a, b in zip(rows, rows[1:])]
+        print(f"memory added per pair, {label}: " + ", ".join(steps))
+    print("(the same KB per pair from step to step = memory grows linearly)")
     if args.tokenizer:
         print(f"real tokenizer: {args.tokenizer}")
     print("issue target: load + encode of 100,000 pairs under 60 s")
