@@ -231,7 +231,7 @@ def _compile_sandboxed(source: str):
     return env.from_string(source)
 
 
-def _special_strings(tokenizer) -> list[str]:
+def special_strings(tokenizer) -> list[str]:
     """Special and added tokens, longest first (so `<|im_end|>` wins over a shorter prefix)."""
     tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
     for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
@@ -363,7 +363,7 @@ class ChatTemplate:
         """The end of turn of an unknown template: up to the first special token after the reply,
         else the text after the reply without trailing whitespace ("" when there is none)."""
         best = None
-        for token in _special_strings(tokenizer):
+        for token in special_strings(tokenizer):
             at = after.find(token)
             if at >= 0 and (best is None or at < best[0]):
                 best = (at, token)
