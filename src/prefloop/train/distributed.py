@@ -141,6 +141,19 @@ def _is_fsdp2(model) -> bool:
     return type(model).__name__.startswith("FSDP")
 
 
+def forget_evaluation_prepare(trainer) -> None:
+    """Let `train()` wrap the model in DDP even when `evaluate()` ran first.
+
+    In transformers 5 / accelerate 1.x an evaluation before training prepares the model for
+    evaluation only (no DDP wrapper) but marks it prepared, so `train()` then skips the DDP wrapper
+    and every rank silently trains on its own gradients. Dropping that mark (DDP only: DeepSpeed and
+    FSDP wrap during evaluation too) restores the normal wrapping.
+    """
+    model = trainer.model
+    if world_size() > 1 and trainer.model_wrapped is model and model.__dict__.pop("_is_accelerate_prepared", False):
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer, TrainingArguments
 
-from prefloop.train.distributed import call_as_forward
+from prefloop.train.distributed import call_as_forward, forget_evaluation_prepare
 from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss
 from prefloop.train.logps import pair_logps
 
@@ -107,6 +107,7 @@ class PreferenceTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
+        forget_evaluation_prepare(self)  # an evaluate() before train() must not leave DDP unwrapped
         return super().train(*args, **kwargs)
 
     # -- the step -------------------------------------------------------------------------------
