@@ -87,21 +87,36 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-rows", default="1,4,16")
+    parser.add_argument("--profile", action="store_true", help="print where the largest batch's time goes")
+    parser.add_argument("--attn", default=None, help="attention implementation to switch to (e.g. eager, sdpa)")
     args = parser.parse_args()
     import torch
 
     generator = build_model(args)
+    if args.attn:
+        generator.model.set_attn_implementation(args.attn)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in generator.model.parameters())
     run_once(generator, 4, 4, 4)  # warm-up
     print(check_batched_equals_alone(generator))
-    print(f"device: {device}; model: {args.model or 'random'} ({params / 1e6:.1f}M parameters); "
+    attn = generator.model.config._attn_implementation
+    print(f"device: {device}; prefill attention: {attn} (decode: eager unless --attn is given); model: {args.model or 'random'} ({params / 1e6:.1f}M parameters); "
           f"{args.requests} concurrent requests x {args.max_tokens} tokens")
     print(f"{'max batch rows':>14} | {'batches':>7} | {'wall s':>7} | {'tokens/s':>9} | {'p50 s':>6} | {'p95 s':>6}")
     for rows in (int(r) for r in args.batch_rows.split(",")):
         r = run_once(generator, rows, args.requests, args.max_tokens)
         print(f"{r['rows']:>14} | {r['batches']:>7} | {r['wall']:>7.2f} | {r['tok_s']:>9.1f} | {r['p50']:>6.2f} | "
               f"{r['p95']:>6.2f}")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        from prefloop.sampling import SamplingParams
+
+        prompts = [generator.encode_chat([{"role": "user", "content": f"Question {i}"}]) for i in range(args.requests)]
+        profiler = cProfile.Profile()
+        profiler.runcall(generator.generate, [(p, SamplingParams(args.max_tokens, 0.8, seed=1)) for p in prompts])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
 
 
 if __name__ == "__main__":

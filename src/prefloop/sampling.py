@@ -128,6 +128,12 @@ class LocalGenerator:
         # transformers renamed `past_key_values` to `cache` during 5.x; pass whichever this version takes.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it
         self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        # One-token decode steps of a left-padded batch run in eager attention: with a padding mask,
+        # SDPA took 9 ms a call on an H100 and eager was 5.6x faster end to end (bench/serve_batching.py).
+        # The prompt (prefill) keeps SDPA, which never materialises the L x L scores.
+        self._base = base
+        self._eager_decode = (getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+                              and hasattr(base, "set_attn_implementation"))
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
 
@@ -156,8 +162,12 @@ class LocalGenerator:
         if not rows:
             return []
         states = [_Row(list(ids), params) for ids, params in rows]
-        with torch.inference_mode():
-            self._decode(states, on_update)
+        try:
+            with torch.inference_mode():
+                self._decode(states, on_update)
+        finally:
+            if self._eager_decode:
+                self._base.set_attn_implementation("sdpa")
         return [s.finished for s in states]
 
     def _decode(self, states: list[_Row], on_update) -> None:
@@ -176,6 +186,8 @@ class LocalGenerator:
                 self._finish(s, "length", on_update, states.index(s))
         for s in states:
             s.generator = torch.Generator(device=device).manual_seed(s.seed)
+        if self._eager_decode:
+            self._base.set_attn_implementation("eager")
         while any(s.finished is None for s in states):
             logits = out.logits[:, -1, :].float()
             tokens = choose_tokens(logits, [s.params if s.finished is None else None for s in states],
@@ -204,6 +216,10 @@ class LocalGenerator:
         s.ids.append(token)
         if logprob is not None:
             s.logprobs.append(logprob)
+        if not s.params.stop and on_update is None:  # nobody looks at the text before the end
+            if len(s.ids) >= s.params.max_new_tokens:
+                self._finish(s, "length", on_update, i)
+            return
         s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
         for stop in s.params.stop:
             at = s.text.find(stop, max(0, s.sent - len(stop)))
@@ -238,6 +254,8 @@ class LocalGenerator:
         return out
 
     def _finish(self, s: _Row, reason: str, on_update, i: int) -> None:
+        if not s.params.stop and on_update is None:
+            s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
         s.finished = Sample(s.text, list(s.ids), reason, list(s.logprobs) if s.params.logprobs else None)
         if on_update is not None:
             on_update(i, s.text[s.sent :], s.logprobs[s.sent_logprobs :], s.finished)
