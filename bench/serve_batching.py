@@ -100,7 +100,8 @@ def main() -> None:
     run_once(generator, 4, 4, 4)  # warm-up
     print(check_batched_equals_alone(generator))
     attn = generator.model.config._attn_implementation
-    print(f"device: {device}; prefill attention: {attn} (decode: eager unless --attn is given); model: {args.model or 'random'} ({params / 1e6:.1f}M parameters); "
+    print(f"device: {device}; prompt attention: {attn}, decode steps: eager; "
+          f"model: {args.model or 'random'} ({params / 1e6:.1f}M parameters); "
           f"{args.requests} concurrent requests x {args.max_tokens} tokens")
     print(f"{'max batch rows':>14} | {'batches':>7} | {'wall s':>7} | {'tokens/s':>9} | {'p50 s':>6} | {'p95 s':>6}")
     for rows in (int(r) for r in args.batch_rows.split(",")):
