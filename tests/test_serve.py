@@ -244,3 +244,21 @@ def test_serve_command_line_runs_the_server(tiny_model_dir, tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert json.loads(json.dumps(Store(db).interactions()))[0]["model"] == "cli-tiny"
+
+
+def test_adapter_changes_what_is_served(tiny_model_dir, tmp_path):
+    """--adapter: a LoRA adapter (peft) is applied; its non-zero weights change the model's log-probs."""
+    from peft import LoraConfig, get_peft_model
+
+    from prefloop.testing import build_tiny_model
+
+    peft_model = get_peft_model(build_tiny_model(load_tokenizer(str(tiny_model_dir))),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    params = SamplingParams(4, temperature=0, logprobs=True)
+    base = LocalGenerator.load(str(tiny_model_dir))
+    tuned = LocalGenerator.load(str(tiny_model_dir), adapter=str(tmp_path / "adapter"))
+    prompt = base.encode_chat(HELLO)
+    first_base = base.generate([(prompt, params)])[0].logprobs[0].logprob
+    first_tuned = tuned.generate([(prompt, params)])[0].logprobs[0].logprob
+    assert first_base != pytest.approx(first_tuned, abs=1e-6)
