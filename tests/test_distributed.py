@@ -81,7 +81,7 @@ def write_config(tmp: Path, name: str, model_dir: Path, data: Path, per_device: 
                lr_scheduler_type="cosine", warmup_ratio=0.2, per_device_train_batch_size=per_device,
                gradient_accumulation_steps=2, per_device_eval_batch_size=4, val_size=4, logging_steps=1,
                save_steps=2, report_to="tensorboard", output_dir=str(tmp / name), sample_prompts=1, seed=7,
-               plot_loss=True, **extra)
+               plot_loss=True, packing=True, prefix_sharing=True, **extra)  # packed per rank
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -111,7 +111,8 @@ def writes(tmp: Path, out: Path) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """The same run twice: 1 process x 2 pairs per device, and torchrun 2 processes x 1 pair per device
-    (global batch 2 x accumulation 2 = 4 pairs per step either way)."""
+    (global batch 2 x accumulation 2 = 4 pairs per step either way), each process packing its own
+    batches with prefix sharing."""
     tmp = tmp_path_factory.mktemp("ddp")
     data = write_pairs(tmp / "pairs.jsonl", 24)
     single = write_config(tmp, "single", tiny_model_dir, data, per_device=2)
