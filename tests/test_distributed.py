@@ -206,7 +206,8 @@ def test_resume_needs_the_same_world_size(tmp_path, monkeypatch):
 
 def test_world_size_from_a_scheduler_sets_local_rank_or_says_what_is_missing(monkeypatch):
     for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "0")  # so that monkeypatch restores each one (absent) afterwards,
+        monkeypatch.delenv(name)  # including the LOCAL_RANK that prepare_environment sets
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     with pytest.raises(ConfigError, match="MASTER_ADDR, MASTER_PORT are not"):
@@ -243,3 +244,30 @@ def test_example_deepspeed_configs_leave_batch_and_precision_to_the_trainer():
         assert "optimizer" not in ds and "scheduler" not in ds  # the Trainer's optim / lr_scheduler_type apply
     fsdp = json.loads((EXAMPLES / "fsdp" / "fsdp_config.json").read_text())
     assert fsdp["fsdp_version"] == 2 and fsdp["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+def test_resume_with_the_same_world_size_continues_where_it_stopped(runs, tiny_model_dir):
+    """2 ranks resume a 2-rank checkpoint-2 and end with the weights of the uninterrupted run;
+    1 process refuses it with an error that names both world sizes."""
+    import shutil
+
+    tmp = runs["tmp"]
+    resumed = tmp / "resumed"
+    resumed.mkdir()
+    shutil.copytree(runs["multi"] / "checkpoint-2", resumed / "checkpoint-2")
+    shutil.copytree(runs["multi"] / "ref_cache", resumed / "ref_cache")
+    config = write_config(tmp, "resumed", tiny_model_dir, tmp / "pairs.jsonl", per_device=1,
+                          resume_from_checkpoint=True)
+    launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "prefloop", "train", str(config)], tmp, resumed)
+    assert [h["step"] for h in history(resumed) if "loss" in h][-1] == STEPS
+    a = load_file(str(runs["multi"] / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "adapter_model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    single = subprocess.run([sys.executable, "-m", "prefloop", "train", str(config), "output_dir=" + str(resumed),
+                             "resume_from_checkpoint=" + str(resumed / "checkpoint-2")],
+                            cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 2 and "written by 2 process(es) but this run has 1" in single.stderr
