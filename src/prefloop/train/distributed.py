@@ -178,6 +178,12 @@ def all_ranks_agree(flag: bool) -> bool:
     return bool(value.item())
 
 
+def any_rank(flag: bool) -> bool:
+    """True if `flag` is true on some rank: e.g. a step skipped for a NaN loss on one rank is skipped
+    on all of them, or the ranks' weights would drift apart."""
+    return not all_ranks_agree(not flag)
+
+
 def _collective_device() -> torch.device:
     if torch.distributed.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())

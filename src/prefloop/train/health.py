@@ -139,7 +139,9 @@ class NonFiniteGuard:
 
     def end_step(self, step: int, gradients_finite: bool = True) -> HealthWarning | None:
         """Close the optimizer step. Returns a warning when it must be skipped (no weight update)."""
-        bad = self._bad_loss or not gradients_finite
+        from prefloop.train.distributed import any_rank
+
+        bad = any_rank(self._bad_loss or not gradients_finite)  # every rank skips the same steps
         ids = self._bad_ids if self._bad_ids else self._step_ids
         what = "loss" if self._bad_loss else "gradients"
         self._step_ids, self._bad_ids, self._bad_loss = [], [], False
