@@ -11,7 +11,9 @@ the model in DDP, FSDP or a DeepSpeed engine. This module holds the few things p
   (in chunks, never full logits), not with `model.forward`. DDP only all-reduces gradients, and
   FSDP / ZeRO-3 only gather sharded weights, when the *wrapper's* forward runs, so the step is run
   as the forward of the wrapped model.
-- rank helpers (`rank`, `world_size`, `is_main_process`, `barrier`, `average_across_ranks`).
+- rank helpers (`rank`, `world_size`, `is_main_process`) and agreement across ranks
+  (`all_ranks_agree`, `any_rank`) so every rank takes the same branch. Metrics need nothing here:
+  the trainer gathers per-pair values from every rank (`gather_for_metrics`) before averaging.
 - the sharded reference precompute: each rank computes the reference log-probs of its shard of the
   data once (`reference_shard`), the shards are gathered in order (`gather_in_order`) into the one
   cache that rank 0 writes; the cache equals a single-process one. Since the step then needs only
@@ -50,11 +52,6 @@ def rank() -> int:
 def is_main_process() -> bool:
     """Rank 0 writes logs, metrics, checkpoints, plots, samples, the config and the reference cache."""
     return rank() == 0
-
-
-def barrier() -> None:
-    if _initialized() and world_size() > 1:
-        torch.distributed.barrier()
 
 
 def prepare_environment(cfg=None) -> int:
@@ -155,18 +152,7 @@ def forget_evaluation_prepare(trainer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics
-
-
-def average_across_ranks(metrics: dict[str, float]) -> dict[str, float]:
-    """The mean of each metric over all ranks (every rank must pass the same keys)."""
-    if not _initialized() or world_size() == 1 or not metrics:
-        return dict(metrics)
-    names = sorted(metrics)
-    device = _collective_device()
-    values = torch.tensor([float(metrics[n]) for n in names], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-    return {n: v / world_size() for n, v in zip(names, values.tolist())}
+# Agreement across ranks
 
 
 def all_ranks_agree(flag: bool) -> bool:
