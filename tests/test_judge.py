@@ -13,7 +13,8 @@ from prefloop.data.loader import load_pairs
 from prefloop.endpoint import UsageTotals
 from prefloop.chat_clients import Completion
 from prefloop.errors import ConfigError
-from prefloop.judge.agreement import cohens_kappa, judge_agreement_command
+from prefloop.judge.agreement import judge_agreement_command
+from prefloop.label.stats import cohen_kappa
 from prefloop.judge.cache import JudgmentCache
 from prefloop.judge.pairwise import Comparison, JudgeStats, PairwiseJudge, combine
 from prefloop.judge.parse import parse_verdict, soft_verdict
@@ -396,10 +397,10 @@ def test_judge_against_prefloop_serve_and_a_local_model(tiny_model_dir, tmp_path
 
 
 def test_cohens_kappa_by_hand():
-    assert cohens_kappa([("first", "first"), ("second", "second")]) == 1.0
+    assert cohen_kappa(["first", "second"], ["first", "second"]) == 1.0
     # 3 of 4 agree; marginals human (3 first, 1 second), judge (2, 2): p_e = (3*2 + 1*2) / 16 = 0.5
-    pairs = [("first", "first"), ("first", "first"), ("first", "second"), ("second", "second")]
-    assert cohens_kappa(pairs) == pytest.approx((0.75 - 0.5) / 0.5)
+    human, judge = ["first", "first", "first", "second"], ["first", "first", "second", "second"]
+    assert cohen_kappa(human, judge) == pytest.approx((0.75 - 0.5) / 0.5)
 
 
 def test_judge_agreement_with_human_votes(tmp_path, capsys):

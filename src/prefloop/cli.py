@@ -33,6 +33,8 @@ def _add_train(sub) -> None:
     p.add_argument("config", nargs="?", help="YAML config file")
     p.add_argument("--config_file", "--config-file", dest="config_file", help="YAML config file (alternative form)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=1e-6 pref_loss=ipo")
+    # The deepspeed launcher appends --local_rank=N; torch.distributed sets LOCAL_RANK as well, so it is unused.
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, help=argparse.SUPPRESS)
 
 
 def _add_merge(sub) -> None:

@@ -114,7 +114,7 @@ class HealthArgs:
 @dataclass
 class ScaleArgs:
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
-    fsdp: Union[str, list[str]] = ""
+    fsdp: Union[bool, str, list[str]] = ""  # true = "full_shard auto_wrap"
     fsdp_config: Union[str, dict, None] = None
     ddp_timeout: int = 1800
     ddp_find_unused_parameters: bool | None = None

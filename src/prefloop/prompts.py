@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefloop.data.formats import RecordError, _Roles, check_prompt
+from prefloop.data.formats import RecordError, Roles, check_prompt
 from prefloop.data.loader import Problem, SkipReport, iter_records, load_pairs
 from prefloop.data.schema import Message
 from prefloop.errors import DataError
@@ -64,10 +64,10 @@ class PromptSet:
         return text
 
 
-_ROLES = _Roles({})
+_ROLES = Roles({})
 
 
-def _plain_prompt(record: dict) -> tuple[list[dict], bool]:
+def plain_prompt(record: dict) -> tuple[list[dict], bool]:
     """(messages, dropped_trailing_answer) of one plain prompt record; RecordError when it has none."""
     dropped = False
     if "prompt" in record and isinstance(record["prompt"], str):
@@ -119,7 +119,7 @@ def read_prompts(source: str, skip_bad_rows: bool = False, dataset_dir: str = "d
             try:
                 if not isinstance(record, dict):
                     raise RecordError("", f"expected a JSON object, got {type(record).__name__}", PLAIN_HELP)
-                messages, dropped = _plain_prompt(record)
+                messages, dropped = plain_prompt(record)
             except RecordError as err:
                 result.skipped.add(Problem(str(path), where, err.field, err.message, err.suggestion))
                 continue

@@ -236,7 +236,7 @@ def _tools_text(record: Mapping[str, Any], key: str) -> str | None:
     raise RecordError(key, f"{key!r} must be a JSON string or list, got {_type_name(value)}", "describe the tools as a JSON string")
 
 
-class _Roles:
+class Roles:
     """Role/content key names and role aliases, from LLaMA-Factory `tags` or the defaults."""
 
     def __init__(self, tags: Mapping[str, str]) -> None:
@@ -349,7 +349,7 @@ def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in used and v is not None}
 
 
-def _answer(raw: Any, roles: _Roles, key: str) -> str:
+def _answer(raw: Any, roles: Roles, key: str) -> str:
     """A response given as a string or a single message object."""
     if isinstance(raw, str):
         return raw
@@ -380,7 +380,7 @@ class _ConversationReader:
         self.rejected_key = cols.get("rejected", "rejected")
         self.system_key = cols.get("system", "system")
         self.tools_key = cols.get("tools", "tools")
-        self.roles = _Roles(spec.tags)
+        self.roles = Roles(spec.tags)
         base = {self.chosen_key, self.rejected_key, self.system_key, self.tools_key, *OPTIONAL_FIELDS}
         self.used = frozenset(base | {self.messages_key or "conversations", "messages"})
 
@@ -478,7 +478,7 @@ class _TrlReader:
         self.rejected_key = cols.get("rejected", "rejected")
         self.system_key = cols.get("system", "system")
         self.tools_key = cols.get("tools", "tools")
-        self.roles = _Roles(spec.tags)
+        self.roles = Roles(spec.tags)
         self.used = frozenset({self.prompt_key, self.chosen_key, self.rejected_key, self.system_key, self.tools_key, *OPTIONAL_FIELDS})
 
     def _responses(self, raw: Any, key: str, prompt: list[Message]) -> list[Message]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from prefloop.data.formats import RecordError, record_to_pair
 from prefloop.errors import DataError
 from prefloop.judge.run import sibling
+from prefloop.label.stats import cohen_kappa
 from prefloop.prompts import prompt_key
 
-LABELS = ("first", "second", "tie")  # relative to the two answers sorted as text
 
 
 def _item(messages: list[dict], answer_1: str, answer_2: str) -> tuple[str, str, str]:
@@ -57,17 +57,6 @@ def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
     return outcomes
 
 
-def cohens_kappa(pairs: list[tuple[str, str]]) -> float | None:
-    """Cohen's kappa of (human, judge) label pairs; None when chance agreement is already certain."""
-    n = len(pairs)
-    if n == 0:
-        return None
-    observed = sum(h == j for h, j in pairs) / n
-    human, judge = Counter(h for h, _ in pairs), Counter(j for _, j in pairs)
-    expected = sum(human[k] * judge[k] for k in LABELS) / (n * n)
-    return None if expected >= 1 else (observed - expected) / (1 - expected)
-
-
 def agreement_report(votes: list[dict], outcomes: dict) -> dict:
     compared: list[tuple[str, str]] = []
     unmatched, skipped = 0, 0
@@ -90,7 +79,7 @@ def agreement_report(votes: list[dict], outcomes: dict) -> dict:
         "votes_compared": len(compared), "items_compared": len(items),
         "agreement": sum(h == j for h, j in compared) / len(compared) if compared else None,
         "agreement_without_ties": sum(h == j for h, j in decisive) / len(decisive) if decisive else None,
-        "decisive_votes": len(decisive), "cohens_kappa": cohens_kappa(compared), "confusion": dict(confusion),
+        "decisive_votes": len(decisive), "cohens_kappa": cohen_kappa([h for h, _ in compared], [j for _, j in compared]), "confusion": dict(confusion),
     }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from prefloop.data.formats import RecordError
 from prefloop.data.loader import Problem, iter_records, load_pairs
 from prefloop.errors import DataError
-from prefloop.prompts import _plain_prompt, read_prompts
+from prefloop.prompts import plain_prompt, read_prompts
 
 CANDIDATE_KEYS = ("candidates", "responses")
 TEXT_KEYS = ("text", "content", "response", "value")
@@ -80,7 +80,7 @@ def items_from_candidates(records: list[tuple[str, dict]]) -> tuple[list[Item], 
         if not isinstance(raw, list):
             raise DataError(f"{where}: field {key!r} must be a list of responses")
         try:
-            prompt, _ = _plain_prompt(record)
+            prompt, _ = plain_prompt(record)
         except RecordError as err:
             raise DataError(f"{where}: {err}") from err
         writer = record.get("model")

@@ -25,8 +25,11 @@ def train(config_or_path=None, **overrides) -> dict:
     return run_training(load_config(config_or_path, overrides))
 
 
-def train_command(config: str | None = None, config_file: str | None = None, overrides=()) -> int:
-    """CLI entry: `prefloop train CONFIG.yaml [key=value ...]` or `--config_file CONFIG.yaml`."""
+def train_command(config: str | None = None, config_file: str | None = None, overrides=(),
+                  local_rank: int | None = None) -> int:
+    """CLI entry: `prefloop train CONFIG.yaml [key=value ...]` or `--config_file CONFIG.yaml`.
+
+    `local_rank` (from the deepspeed launcher) is ignored: the launcher also sets LOCAL_RANK."""
     overrides = list(overrides or [])
     if config and config_file:
         if "=" in config and not Path(config).is_file():  # argparse gave the first override to `config`
@@ -172,9 +175,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     if cfg.do_train and not splits["train"]:
         raise DataError(f"no training pairs left after encoding {dataset!r} (see the report above); "
                         f"raise cutoff_len or check the data")
-    end_of_turn = tokenizer.encode(template.end_of_turn, add_special_tokens=False)
-    stop_ids = sorted({tokenizer.eos_token_id, *(end_of_turn if len(end_of_turn) == 1 else [])} - {None})
-    return Data(splits["train"], splits["validation"], template.name, stop_ids)
+    return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer))
 
 
 def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):

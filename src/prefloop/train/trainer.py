@@ -64,7 +64,7 @@ def build_training_arguments(cfg) -> TrainingArguments:
             remove_unused_columns=False,  # the batch is ours, not the model's forward signature
             label_names=[],
             deepspeed=cfg.deepspeed,
-            fsdp=cfg.fsdp,
+            fsdp=_fsdp_option(cfg.fsdp),
             fsdp_config=cfg.fsdp_config,
             ddp_timeout=cfg.ddp_timeout,
             ddp_find_unused_parameters=cfg.ddp_find_unused_parameters,
@@ -74,6 +74,13 @@ def build_training_arguments(cfg) -> TrainingArguments:
         )
     except (ValueError, ImportError) as err:
         raise ConfigError(f"the training arguments are not valid: {err}") from err
+
+
+def _fsdp_option(fsdp) -> str | None:
+    """`fsdp: true` means LLaMA-Factory's usual "full_shard auto_wrap"; a list is joined as the Trainer expects."""
+    if fsdp is True:
+        return "full_shard auto_wrap"
+    return " ".join(fsdp) if isinstance(fsdp, list) else (fsdp or None)
 
 
 def _checkpointing_arguments(enabled: bool) -> dict:
