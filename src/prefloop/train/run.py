@@ -102,7 +102,7 @@ def run_training(cfg: Config) -> dict:
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
     if data.val and cfg.run_eval:
-        eval_metrics = trainer.evaluate()
+        eval_metrics = final_evaluation(trainer)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
@@ -131,6 +131,15 @@ def check_output_dir(cfg: Config) -> None:
     if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
+
+
+def final_evaluation(trainer) -> dict:
+    """Eval metrics after training; reuses the evaluation the Trainer already ran at the last step."""
+    history = trainer.state.log_history
+    last_eval = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last_eval.items() if k.startswith("eval_") or k == "epoch"}
+    return trainer.evaluate()
 
 
 def check_pair_options(data: Data, loss_spec) -> None:
@@ -248,9 +257,10 @@ def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
 
 @torch.no_grad()
 def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=print, samples: list[dict] | None = None):
-    """Greedy short answers to the first `count` validation prompts, added under `label`."""
+    """Greedy short answers to `count` validation prompts spread evenly over the split, added under `label`."""
     samples = samples if samples is not None else []
-    features = data.val[:count]
+    count = min(count, len(data.val))
+    features = [data.val[i * len(data.val) // count] for i in range(count)] if count else []
     if not features:
         return samples
     was_training = model.training
