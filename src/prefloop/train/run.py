@@ -89,7 +89,7 @@ def run_training(cfg: Config) -> dict:
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
     trainer.health = install_health(trainer, cfg)
-    before = trainer.evaluate_quietly(description="Before training") if data.val else {}
+    before = evaluation_before_training(cfg, trainer, data, say)
     samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
 
@@ -131,6 +131,18 @@ def check_output_dir(cfg: Config) -> None:
     if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
+
+
+def evaluation_before_training(cfg: Config, trainer, data: Data, say) -> dict:
+    """Eval metrics of the untrained policy. Skipped under FSDP/DeepSpeed: accelerate prepares a sharded model
+    only together with its optimizer (seen with FSDP2 on an H100), so an evaluation cannot come first there."""
+    if not data.val:
+        return {}
+    if cfg.fsdp or cfg.deepspeed:
+        say("Before training: evaluation skipped under FSDP/DeepSpeed (the model is sharded with its optimizer "
+            "when training starts); the evaluations during and after training run as usual.")
+        return {}
+    return trainer.evaluate_quietly(description="Before training")
 
 
 def final_evaluation(trainer) -> dict:
@@ -295,7 +307,7 @@ def summary(cfg: Config, trainer, metrics: dict, before: dict, seconds: float) -
     lines = [f"Done in {seconds:.0f} s: {trainer.state.global_step} steps, "
              f"train loss {metrics.get('train_loss', float('nan')):.4f}."]
     if "eval_rewards/accuracies" in metrics:
-        acc_before = before.get("eval_rewards/accuracies")
+        acc_before = before.get("eval_rewards/accuracies", float("nan"))  # none under FSDP/DeepSpeed
         lines.append(f"Held-out preference accuracy: {acc_before:.3f} -> {metrics['eval_rewards/accuracies']:.3f}; "
                      f"ranking accuracy {before.get('eval_ranking/accuracies', float('nan')):.3f} -> "
                      f"{metrics['eval_ranking/accuracies']:.3f}; eval margin "
