@@ -31,14 +31,15 @@ def test_seed_config_loads_verbatim_with_types(seed_path):
     assert cfg.fp16 is True and cfg.gradient_checkpointing is True
     assert cfg.finetuning_type == "lora" and cfg.lora_target == "all" and cfg.lora_rank == 16
     assert cfg.resolved_lora_alpha == 32 and cfg.val_size == 0.1 and cfg.eval_steps == 100
-    assert cfg.run_eval and cfg.layout == "padded" and cfg.precompute_ref is True and cfg.dataset_dir == "data"
+    assert cfg.run_eval and cfg.layout == "packed_prefix_shared" and cfg.precompute_ref is True
+    assert cfg.dataset_dir == "data"
 
 
 def test_overrides_from_the_command_line_are_typed(seed_path):
     cfg = load_config(seed_path, ["learning_rate=1e-6", "pref_loss=ipo", "lora_target=q_proj,v_proj",
-                                  "packing=true", "prefix_sharing=true", "max_samples=100"])
+                                  "packing=false", "prefix_sharing=true", "max_samples=100"])
     assert cfg.learning_rate == 1e-6 and cfg.pref_loss == "ipo" and cfg.max_samples == 100
-    assert cfg.lora_target == "q_proj,v_proj" and cfg.layout == "packed_prefix_shared"
+    assert cfg.lora_target == "q_proj,v_proj" and cfg.layout == "prefix_shared"
     listed = load_config(seed_path, ["pref_loss=[sigmoid, hinge]", "pref_loss_weights=[0.8, 0.2]"])
     assert listed.pref_loss == ["sigmoid", "hinge"] and listed.pref_loss_weights == [0.8, 0.2]
 
@@ -134,4 +135,4 @@ def test_cli_reports_config_errors_with_exit_code_2(seed_path, capsys):
 
 def test_every_field_has_a_default():
     cfg = Config()
-    assert cfg.layout == "padded" and cfg.max_bad_steps == 3 and cfg.report_to == "tensorboard"
+    assert cfg.layout == "packed_prefix_shared" and cfg.max_bad_steps == 3 and cfg.report_to == "tensorboard"

@@ -65,8 +65,8 @@ class LossArgs:
 class SpeedArgs:
     precompute_ref: bool = True  # reference log-probs computed once before training, cached on disk
     ref_cache_dir: str | None = None  # default: output_dir/ref_cache
-    packing: bool = False
-    prefix_sharing: bool = False
+    packing: bool = True  # padding-free rows; proven equal to the padded computation (tests/test_logps.py)
+    prefix_sharing: bool = True  # the prompt computed once for chosen and rejected; proven equal likewise
     logps_chunk_size: int = 4096
 
 
