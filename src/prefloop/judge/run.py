@@ -19,7 +19,7 @@ from pathlib import Path
 from prefloop.data.formats import to_seed_record
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError
-from prefloop.judge.candidates import CandidateSet, read_candidates
+from prefloop.candidates import CandidateSet, read_candidates
 from prefloop.judge.pairing import PAIRINGS, best_and_worst, candidate_pairs, win_scores
 from prefloop.judge.pairwise import Comparison, JudgeStats
 from prefloop.prompts import prompt_key
