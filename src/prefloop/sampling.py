@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from prefloop.data.template import get_template
+from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,9 @@ class LocalGenerator:
         # SDPA took 9 ms a call on an H100 and eager was 5.6x faster end to end (bench/serve_batching.py).
         # The prompt (prefill) keeps SDPA, which never materialises the L x L scores.
         self._base = base
-        self._eager_decode = (getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+        # A model that trained with segment attention (train/attention.py) runs SDPA without a plan.
+        self._prefill_attention = getattr(getattr(base, "config", None), "_attn_implementation", None)
+        self._eager_decode = (self._prefill_attention in ("sdpa", SEGMENT_ATTENTION)
                               and hasattr(base, "set_attn_implementation"))
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
@@ -167,7 +170,7 @@ class LocalGenerator:
                 self._decode(states, on_update)
         finally:
             if self._eager_decode:
-                self._base.set_attn_implementation("sdpa")
+                self._base.set_attn_implementation(self._prefill_attention)
         return [s.finished for s in states]
 
     def _decode(self, states: list[_Row], on_update) -> None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prefloop.train.attention import PLAN_KWARG, segment_plan, use_segment_attention
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
@@ -70,21 +71,27 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def _hidden_states(decoder, batch: dict) -> torch.Tensor:
-    """Last hidden states [R, L, d] for any layout."""
+    """Last hidden states [R, L, d] for any layout.
+
+    Packed / prefix-shared rows run segment attention (`train/attention.py`) on SDPA models; an
+    eager model gets the equivalent explicit 4D mask."""
+    extra = {}
     if "attn_segments" in batch:
-        mask = attention_mask_4d(batch["attn_segments"], batch["attn_branches"])
-        impl = getattr(decoder.config, "_attn_implementation", "sdpa")
-        if impl not in ("sdpa", "eager"):
-            raise ValueError(f"packed / prefix-shared batches need attn_implementation 'sdpa' or 'eager' "
-                             f"(an explicit 4D mask); this model uses {impl!r}. Load it with "
-                             f"attn_implementation='sdpa' or use the padded layout")
-        if impl == "eager":
+        segments, branches = batch["attn_segments"], batch["attn_branches"]
+        if use_segment_attention(decoder):
+            mask, extra[PLAN_KWARG] = None, segment_plan(segments, branches)
+        elif getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(decoder.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+            allowed = attention_mask_4d(segments, branches)
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        else:
+            raise ValueError(f"packed / prefix-shared batches need attn_implementation 'sdpa' or 'eager'; this "
+                             f"model uses {decoder.config._attn_implementation!r}. Load it with "
+                             f"attn_implementation='sdpa' or use the padded layout")
     else:
         mask = batch["attention_mask"]
     out = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                  use_cache=False)
+                  use_cache=False, **extra)
     return out.last_hidden_state
 
 

@@ -1,0 +1,157 @@
+"""Segment attention: packed and prefix-shared rows cost what their sequences need, not L².
+
+A packed or prefix-shared row (`train/collate.py`) holds several units end to end. With one
+explicit [L, L] mask, SDPA computes every query against every key of the row and masks most of
+them away: on a 2-core CPU that was 28% of a training step for the benchmark workload. Here each
+unit is attended on its own:
+- a whole sequence, or a pair's ``[prompt, chosen]``: causal SDPA on that slice (`is_causal`, so the
+  kernels skip the blocks above the diagonal);
+- a pair's rejected response: its queries against ``[prompt keys, rejected keys]`` with the
+  prompt fully visible and the rejected part causal (a small [r, p + r] mask).
+Padding at the end of a row gets zero output (nothing reads it).
+
+The row structure travels as the `SegmentPlan` keyword argument that transformers passes from the
+decoder's forward down to the attention function; without one the function is exactly
+transformers' SDPA, so generation and padded batches are unchanged. `use_segment_attention(model)`
+registers the function and switches a model from ``sdpa`` to it (the attention implementation is
+not saved with the config, so saved models and adapters still say nothing about prefloop).
+Equality with the masked computation, values and gradients, is tested in tests/test_attention.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IMPLEMENTATION = "prefloop_segments"
+PLAN_KWARG = "prefloop_segments"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a row: `shared` tokens (a whole sequence, or a pair's prompt) from `start`, then
+    `chosen` and `rejected` tokens (0 for a whole sequence)."""
+
+    start: int
+    shared: int
+    chosen: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """The units of each row, in order, and the row width."""
+
+    rows: tuple[tuple[Unit, ...], ...]
+    width: int
+
+
+def segment_plan(segments: torch.Tensor, branches: torch.Tensor) -> SegmentPlan:
+    """The plan from a batch's `attn_segments` / `attn_branches` [R, L] (see `collate.py`)."""
+    keys = (segments * 3 + branches).cpu()
+    rows = []
+    for row_keys in keys:
+        values, counts = torch.unique_consecutive(row_keys, return_counts=True)
+        units: list[Unit] = []
+        start = 0
+        for value, count in zip(values.tolist(), counts.tolist()):
+            segment, branch = divmod(value, 3) if value >= 0 else (-1, 0)
+            if segment < 0:  # padding: the rest of the row
+                break
+            if branch == 0:
+                units.append(Unit(start, count))
+            elif not units or start != units[-1].start + units[-1].shared + units[-1].chosen:
+                raise ValueError("attn_branches: a response does not follow its unit's shared prompt")
+            elif branch == 1:
+                units[-1] = Unit(units[-1].start, units[-1].shared, count, units[-1].rejected)
+            else:
+                units[-1] = Unit(units[-1].start, units[-1].shared, units[-1].chosen, count)
+            start += count
+        rows.append(tuple(units))
+    return SegmentPlan(tuple(rows), int(segments.shape[-1]))
+
+
+def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, kv_heads, L, D] -> [B, kv_heads * groups, L, D] (grouped-query attention)."""
+    if groups == 1:
+        return states
+    b, h, length, d = states.shape
+    return states[:, :, None].expand(b, h, groups, length, d).reshape(b, h * groups, length, d)
+
+
+def _rejected_mask(prompt: int, rejected: int, device) -> torch.Tensor:
+    """[rejected, prompt + rejected]: the prompt is visible to every rejected query, the rest causal."""
+    mask = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=device)
+    mask[:, prompt:] = torch.ones(rejected, rejected, dtype=torch.bool, device=device).tril()
+    return mask
+
+
+def _row_attention(q, k, v, units: tuple[Unit, ...], width: int, dropout: float, scale) -> torch.Tensor:
+    """Attention output [1, H, width, D] of one row."""
+    pieces = []
+    for u in units:
+        head_end = u.start + u.shared + u.chosen
+        pieces.append(F.scaled_dot_product_attention(
+            q[:, :, u.start:head_end], k[:, :, u.start:head_end], v[:, :, u.start:head_end],
+            dropout_p=dropout, scale=scale, is_causal=True))
+        if u.rejected:
+            prompt = slice(u.start, u.start + u.shared)
+            rejected = slice(head_end, head_end + u.rejected)
+            keys = torch.cat([k[:, :, prompt], k[:, :, rejected]], dim=2)
+            values = torch.cat([v[:, :, prompt], v[:, :, rejected]], dim=2)
+            pieces.append(F.scaled_dot_product_attention(
+                q[:, :, rejected], keys, values, attn_mask=_rejected_mask(u.shared, u.rejected, q.device),
+                dropout_p=dropout, scale=scale))
+    used = units[-1].start + units[-1].shared + units[-1].chosen + units[-1].rejected if units else 0
+    if used < width:
+        pieces.append(q.new_zeros(q.shape[0], q.shape[1], width - used, v.shape[-1]))
+    return torch.cat(pieces, dim=2)
+
+
+def segment_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                              scaling: float | None = None, **kwargs):
+    """transformers attention function: per-unit SDPA when a `SegmentPlan` is passed, else SDPA.
+
+    query [B, H, L, D], key/value [B, kv_heads, L, D]; returns ([B, L, H, D], None)."""
+    plan = kwargs.pop(PLAN_KWARG, None)
+    if plan is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if len(plan.rows) != query.shape[0] or plan.width != query.shape[2]:
+        raise ValueError(f"segment plan for {len(plan.rows)} rows x {plan.width} tokens does not match "
+                         f"the attention input {tuple(query.shape)}")
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    rows = [_row_attention(query[r:r + 1], key[r:r + 1], value[r:r + 1], units, plan.width, dropout, scaling)
+            for r, units in enumerate(plan.rows)]
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if IMPLEMENTATION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(IMPLEMENTATION, segment_attention_forward)
+        # Calls without a plan (generation, padded batches) build SDPA's masks and run SDPA.
+        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+
+
+def use_segment_attention(model) -> bool:
+    """Switch a model whose attention is ``sdpa`` to segment attention; True when the model uses it."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current == IMPLEMENTATION:
+        return True
+    if current != "sdpa":
+        return False
+    _register()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(IMPLEMENTATION)
+    else:
+        config._attn_implementation = IMPLEMENTATION
+    return config._attn_implementation == IMPLEMENTATION

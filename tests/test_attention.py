@@ -1,0 +1,121 @@
+"""Segment attention (train/attention.py) equals SDPA with the explicit block mask it replaces.
+
+tests/test_logps.py already checks every layout end to end against the plain padded computation;
+these tests pin the pieces: the plan read from a batch, hidden states and gradients against the
+masked computation (grouped-query heads, several units per row, padding), and that a model
+switched to segment attention behaves exactly like SDPA everywhere else and saves no trace of it.
+"""
+
+import json
+
+import pytest
+import torch
+
+from prefloop.testing import build_tiny_model
+from prefloop.train.attention import IMPLEMENTATION, PLAN_KWARG, Unit, segment_plan, use_segment_attention
+from prefloop.train.collate import attention_mask_4d, collate_pairs
+
+
+def _pair(p, c, r, base=10):
+    return {"prompt_ids": list(range(base, base + p)), "chosen_ids": list(range(base + 100, base + 100 + c)),
+            "rejected_ids": list(range(base + 200, base + 200 + r))}
+
+
+PAIRS = [_pair(5, 3, 4), _pair(2, 6, 1, base=20), _pair(7, 1, 9, base=30), _pair(3, 4, 4, base=40)]
+
+
+def test_plan_of_prefix_shared_rows_lists_prompt_chosen_rejected():
+    batch = collate_pairs(PAIRS[:2], "prefix_shared", pad_token_id=0)
+    plan = segment_plan(batch["attn_segments"], batch["attn_branches"])
+    assert plan.width == 12
+    assert plan.rows == ((Unit(0, 5, 3, 4),), (Unit(0, 2, 6, 1),))  # row 2 ends in 3 padding tokens
+
+
+def test_plan_of_packed_rows_lists_each_sequence():
+    batch = collate_pairs(PAIRS[:2], "packed", pad_token_id=0, row_tokens=100)
+    plan = segment_plan(batch["attn_segments"], batch["attn_branches"])
+    lengths = sorted(u.shared for row in plan.rows for u in row)
+    assert lengths == sorted([8, 9, 8, 3]) and all(u.chosen == u.rejected == 0 for row in plan.rows for u in row)
+    starts = [u.start for u in plan.rows[0]]
+    assert starts == sorted(starts) and starts[0] == 0
+
+
+def test_plan_rejects_a_response_without_its_prompt():
+    segments = torch.tensor([[0, 0, 0]])
+    branches = torch.tensor([[1, 1, 1]])
+    with pytest.raises(ValueError, match="does not follow"):
+        segment_plan(segments, branches)
+
+
+def _hidden(decoder, batch, use_plan: bool):
+    if use_plan:
+        assert use_segment_attention(decoder)
+        plan = segment_plan(batch["attn_segments"], batch["attn_branches"])
+        kwargs = {"attention_mask": None, PLAN_KWARG: plan}
+    else:
+        kwargs = {"attention_mask": attention_mask_4d(batch["attn_segments"], batch["attn_branches"])}
+    out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
+    return out.last_hidden_state
+
+
+@pytest.mark.parametrize("layout", ["packed", "prefix_shared", "packed_prefix_shared"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch):
+    batch = collate_pairs(PAIRS, layout, pad_token_id=0, row_tokens=30)
+    real = batch["attn_segments"] >= 0
+    results = []
+    for use_plan in (False, True):
+        model = build_tiny_model(tiny_tokenizer, arch=arch, num_heads=4, num_kv_heads=2)  # grouped-query heads
+        model.config._attn_implementation = "sdpa"
+        hidden = _hidden(model.model, batch, use_plan)
+        (hidden[real] ** 2).sum().backward()
+        results.append((hidden[real].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                if p.grad is not None}))
+    (masked, masked_grads), (segmented, segmented_grads) = results
+    assert batch["input_ids"].shape[0] > 1 or layout == "packed_prefix_shared"
+    torch.testing.assert_close(segmented, masked, rtol=1e-5, atol=1e-5)
+    assert masked_grads.keys() == segmented_grads.keys() and len(masked_grads) > 10
+    for name, expected in masked_grads.items():
+        # Summation order differs (per-unit vs whole-row kernels): fp32 rounding, relative to the largest entry.
+        error = (segmented_grads[name] - expected).abs().max() / expected.abs().max()
+        assert error < 1e-4, f"{name}: max error {error:.2e} of the largest gradient"
+
+
+def test_without_a_plan_the_switched_model_is_plain_sdpa(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    model.config._attn_implementation = "sdpa"
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        generated = model.generate(ids[:1], max_new_tokens=5, do_sample=False)
+        assert use_segment_attention(model) and model.config._attn_implementation == IMPLEMENTATION
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, before, rtol=0, atol=0)
+        assert torch.equal(model.generate(ids[:1], max_new_tokens=5, do_sample=False), generated)
+
+
+def test_the_saved_config_does_not_name_segment_attention(tiny_tokenizer, tmp_path):
+    model = build_tiny_model(tiny_tokenizer)
+    model.config._attn_implementation = "sdpa"
+    assert use_segment_attention(model)
+    model.save_pretrained(tmp_path)
+    assert IMPLEMENTATION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+
+
+def test_eager_models_are_left_alone(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    model.config._attn_implementation = "eager"
+    assert not use_segment_attention(model)
+    assert model.config._attn_implementation == "eager"
+
+
+def test_pair_logps_switches_an_sdpa_model_to_segment_attention(tiny_tokenizer):
+    from prefloop.train.logps import pair_logps
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        pair_logps(model, collate_pairs(PAIRS, "padded", pad_token_id=0))
+        assert model.config._attn_implementation == "sdpa"  # padded batches need no plan
+        pair_logps(model, collate_pairs(PAIRS, "packed_prefix_shared", pad_token_id=0))
+    assert model.config._attn_implementation == IMPLEMENTATION
