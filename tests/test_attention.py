@@ -119,3 +119,16 @@ def test_pair_logps_switches_an_sdpa_model_to_segment_attention(tiny_tokenizer):
         assert model.config._attn_implementation == "sdpa"  # padded batches need no plan
         pair_logps(model, collate_pairs(PAIRS, "packed_prefix_shared", pad_token_id=0))
     assert model.config._attn_implementation == IMPLEMENTATION
+
+
+def test_segment_attention_packs_a_batch_into_one_row_and_a_dense_mask_does_not(tiny_tokenizer):
+    from prefloop.train.dataset import PairCollator
+    from prefloop.train.logps import packed_row_tokens
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config._attn_implementation = "eager"
+    assert packed_row_tokens(model) is None  # an L x L mask: rows no longer than the longest unit
+    assert PairCollator("packed_prefix_shared", 0, packed_row_tokens(model))(PAIRS)["input_ids"].shape[0] > 1
+    model.config._attn_implementation = "sdpa"
+    batch = PairCollator("packed_prefix_shared", 0, packed_row_tokens(model))(PAIRS)
+    assert batch["input_ids"].shape == (1, sum(len(p["prompt_ids"] + p["chosen_ids"] + p["rejected_ids"]) for p in PAIRS))

@@ -48,11 +48,11 @@ class PairDataset(Dataset):
 class PairCollator:
     """Batches features in `layout` (padded / packed / prefix_shared / packed_prefix_shared)."""
 
-    def __init__(self, layout: str, pad_token_id: int):
-        self.layout, self.pad_token_id = layout, pad_token_id
+    def __init__(self, layout: str, pad_token_id: int, row_tokens: int | None = None):
+        self.layout, self.pad_token_id, self.row_tokens = layout, pad_token_id, row_tokens
 
     def __call__(self, features: list[dict]) -> dict:
-        batch = collate_pairs(features, self.layout, self.pad_token_id)
+        batch = collate_pairs(features, self.layout, self.pad_token_id, self.row_tokens)
         batch["pair_ids"] = [f.get("id") for f in features]
         batch["num_tokens"] = torch.tensor(
             sum(2 * len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)

@@ -34,6 +34,7 @@ from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
 DEFAULT_CHUNK_SIZE = 1024
+ONE_ROW = 1 << 40  # a packed row capacity no batch reaches
 
 
 @dataclass
@@ -68,6 +69,14 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     if decoder is None or head is None:
         raise TypeError(f"{type(base).__name__} has no separate decoder/output head; prefloop needs a causal LM")
     return decoder, head
+
+
+def packed_row_tokens(model) -> int | None:
+    """Capacity of a packed row for `model` (`collate_pairs`' `row_tokens`): the whole batch in one
+    row under segment attention, where attention costs per unit and a longer row only drops padding;
+    None (the longest unit) with an explicit mask, which costs the square of the row length."""
+    decoder, _ = decoder_and_head(model)
+    return ONE_ROW if use_segment_attention(decoder) else None
 
 
 def _hidden_states(decoder, batch: dict) -> torch.Tensor:

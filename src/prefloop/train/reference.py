@@ -25,7 +25,7 @@ import torch
 
 from prefloop.train.dataset import PairCollator
 from prefloop.train.distributed import all_ranks_agree, is_main_process, reference_shard
-from prefloop.train.logps import pair_logps
+from prefloop.train.logps import packed_row_tokens, pair_logps
 
 _VOLATILE_CONFIG_KEYS = {"use_cache", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
                          "architectures", "_attn_implementation_autoset", "_attn_implementation"}
@@ -88,8 +88,8 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     """Summed reference log-probs of chosen and rejected for every feature, in order: two [N] tensors."""
     from tqdm.auto import tqdm
 
-    collator = PairCollator(layout, pad_token_id)
     model = reference.model
+    collator = PairCollator(layout, pad_token_id, packed_row_tokens(model))
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

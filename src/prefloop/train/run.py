@@ -221,6 +221,7 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
 
 def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, autocast_dtype):
     from prefloop.train.dataset import PairCollator, PairDataset
+    from prefloop.train.logps import packed_row_tokens
     from prefloop.train.trainer import PreferenceTrainer
 
     return PreferenceTrainer(
@@ -228,7 +229,7 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         args=args,
         train_dataset=PairDataset(data.train),
         eval_dataset=PairDataset(data.val) if data.val else None,
-        data_collator=PairCollator(cfg.layout, tokenizer.pad_token_id),
+        data_collator=PairCollator(cfg.layout, tokenizer.pad_token_id, packed_row_tokens(model)),
         processing_class=tokenizer,
         loss_spec=loss_spec,
         reference=reference,
