@@ -14,7 +14,8 @@ peak RSS is per engine:
 - trl: TRL DPOTrainer with its defaults (reference forward every step, gradient checkpointing).
 - trl_precompute: the same with precompute_ref_log_probs=True.
 All start from the same LoRA-initialised model (prefloop's own `apply_finetuning` after the same
-seed), see the same pairs in the same order (the Trainer's seeded sampler, same seed, same length),
+seed), see the same pairs in the same order (the Trainer's seeded sampler, same seed, same length) as
+the same token ids (checked before training; bench/workload.py),
 and use the same optimizer settings. Per-step losses must agree (relative 1e-3 in fp32) before any
 speed is reported. Times are whole-run wall times, model loading and reference precompute included.
 """
@@ -66,6 +67,16 @@ def _prefloop_config(spec: dict, out_dir: str) -> dict:
     }
 
 
+DIAGNOSTIC_METRICS = ("logps/chosen", "logps/rejected", "rewards/margins")
+
+
+def _step_metrics(log_history: list[dict]) -> dict:
+    """Per-step losses (the agreement check) and the metrics that locate a disagreement."""
+    steps = [h for h in log_history if "loss" in h]
+    return {"losses": [h["loss"] for h in steps],
+            "diagnostics": {m: [h.get(m) for h in steps] for m in DIAGNOSTIC_METRICS}}
+
+
 def run_prefloop(spec: dict, out_dir: str) -> dict:
     import prefloop
 
@@ -73,8 +84,7 @@ def run_prefloop(spec: dict, out_dir: str) -> dict:
     prefloop.train(_prefloop_config(spec, out_dir))
     wall = time.perf_counter() - started
     state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
-    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
-    return {"wall_s": wall, "losses": losses}
+    return {"wall_s": wall, **_step_metrics(state["log_history"])}
 
 
 def run_trl(spec: dict, out_dir: str, precompute: bool) -> dict:
@@ -85,7 +95,7 @@ def run_trl(spec: dict, out_dir: str, precompute: bool) -> dict:
 
     from prefloop.config import load_config
     from prefloop.models import apply_finetuning, load_causal_lm, load_tokenizer
-    from workload import tokenize_pair
+    from workload import prefloop_ids, text_pair
 
     datasets.disable_caching()
     started = time.perf_counter()
@@ -101,16 +111,19 @@ def run_trl(spec: dict, out_dir: str, precompute: bool) -> dict:
         logging_steps=1, save_strategy="no", report_to="none", precompute_ref_log_probs=precompute,
         use_cpu=spec["device"] == "cpu", beta=0.1, loss_type=["sigmoid"],
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(pairs),
+    text_pairs = [text_pair(tokenizer, pair) for pair in pairs]
+    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(text_pairs),
                          processing_class=tokenizer)
-    same_ids = all(
-        {k: list(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} == tokenize_pair(tokenizer, pair)
-        for row, pair in zip(trainer.train_dataset, pairs))
+    expected = prefloop_ids(tokenizer, spec["data_file"], spec["cutoff"])
+    got = [{k: list(row[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in trainer.train_dataset]
+    if got != expected:
+        bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b) if len(got) == len(expected) else None
+        raise SystemExit(f"TRL tokenized the pairs differently from prefloop (first different pair: {bad}, "
+                         f"{len(got)} vs {len(expected)} pairs): the comparison would not be like for like")
     trainer.train()
     wall = time.perf_counter() - started
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     del torch
-    return {"wall_s": wall, "losses": losses, "trl_ids_equal_workload_ids": same_ids}
+    return {"wall_s": wall, **_step_metrics(trainer.state.log_history)}
 
 
 def engine_main(engine: str, spec_path: str, result_path: str) -> None:
@@ -167,15 +180,16 @@ def prepare_model_dir(model: str, tokenizer_dir: str, work: Path) -> str:
     return str(out)
 
 
-def write_workload(model_dir: str, count: int, seed: int, work: Path, lengths) -> tuple[str, list[dict]]:
+def write_workload(model_dir: str, count: int, seed: int, work: Path, lengths,
+                   cutoff: int) -> tuple[str, list[dict]]:
     from prefloop.models import load_tokenizer
-    from workload import make_pairs, tokenize_pair
+    from workload import make_pairs, prefloop_ids
 
     tokenizer = load_tokenizer(model_dir)
     pairs = make_pairs(tokenizer, count, seed=seed, lengths=lengths)
     path = work / f"pairs-{count}.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    return str(path), [tokenize_pair(tokenizer, p) for p in pairs]
+    return str(path), prefloop_ids(tokenizer, str(path), cutoff)
 
 
 def run_engine(engine: str, spec: dict, work: Path, python: str, timeout: float | None) -> dict:
@@ -209,8 +223,18 @@ def check_losses(results: dict, precision: str) -> list[str]:
         res["max_rel_loss_diff"] = worst
         if worst > LOSS_RTOL[precision]:
             problems.append(f"{name}: per-step losses differ from prefloop's by up to {worst:.2e} relative "
-                            f"(allowed {LOSS_RTOL[precision]:.0e}): {other} vs {base}")
+                            f"(allowed {LOSS_RTOL[precision]:.0e}):\n{_per_step(name, res, results['prefloop'])}")
     return problems
+
+
+def _per_step(name: str, res: dict, base: dict) -> str:
+    """Step by step: loss and the diagnostic metrics of `name` next to prefloop's."""
+    lines = [f"    step | loss {name} / prefloop | " + " | ".join(f"{m} {name} / prefloop" for m in DIAGNOSTIC_METRICS)]
+    for i, (a, b) in enumerate(zip(res["losses"], base["losses"])):
+        cells = [f"{res['diagnostics'][m][i]} / {base['diagnostics'][m][i]}" for m in DIAGNOSTIC_METRICS
+                 if "diagnostics" in res and "diagnostics" in base]
+        lines.append(f"    {i + 1} | {a:.6f} / {b:.6f} ({abs(a - b) / max(abs(b), 1e-8):.1e}) | " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 def table(precision: str, results: dict, pairs: int, tokens: int, flops: float, peak: float) -> str:
@@ -246,7 +270,7 @@ def main_compare(args, work: Path, python: str) -> None:
     from workload import Lengths, useful_flops
 
     model_dir = prepare_model_dir(args.model, args.tokenizer, work)
-    data_file, tokenized = write_workload(model_dir, args.pairs, args.seed, work, Lengths())
+    data_file, tokenized = write_workload(model_dir, args.pairs, args.seed, work, Lengths(), args.cutoff)
     tokens = sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in tokenized)
     flops = useful_flops(AutoConfig.from_pretrained(model_dir), tokenized)
     print(f"# prefloop vs TRL: {args.model}, LoRA r16 all linear, batch {args.batch}, cutoff {args.cutoff}")
@@ -260,15 +284,14 @@ def main_compare(args, work: Path, python: str) -> None:
                 "device": args.device, "prefloop": json.loads(args.prefloop_options),
                 "mem_limit_gb": args.mem_limit_gb}
         results = {e: run_engine(e, spec, work, python, args.timeout) for e in args.engines.split(",")}
+        if args.out:  # the raw results survive a failed agreement check (a default run takes most of an hour)
+            Path(args.out).with_suffix(f".{precision}.json").write_text(json.dumps(results, indent=1))
         if "prefloop" in results:
             problems = check_losses(results, precision)
             if problems and precision == "fp32":
                 raise SystemExit("per-step losses do not agree; speed is not reported:\n  " + "\n  ".join(problems))
             for p in problems:
                 print(f"  note ({precision}): {p}")
-        for name, res in results.items():
-            if "trl_ids_equal_workload_ids" in res and not res["trl_ids_equal_workload_ids"]:
-                print(f"  note: {name} tokenized the pairs differently from bench/workload.py")
         text = table(precision, results, args.pairs, tokens, flops, peak)
         text += f"\n\nMatmul peak measured here: {peak / 1e9:.0f} GFLOP/s ({precision})."
         print(text, flush=True)
@@ -287,7 +310,7 @@ def main_scaling(args, work: Path, python: str) -> None:
     print(machine_line(args.device))
     rows = ["| pairs | wall s | s per pair | peak mem GB |", "|---|---|---|---|"]
     for count in [int(c) for c in args.scaling_pairs.split(",")]:
-        data_file, _ = write_workload(model_dir, count, args.seed, work, lengths)
+        data_file, _ = write_workload(model_dir, count, args.seed, work, lengths, args.cutoff)
         spec = {"model_dir": model_dir, "data_file": data_file, "pairs": count, "batch": args.batch,
                 "cutoff": args.cutoff, "lr": args.lr, "seed": args.seed, "precision": args.precision.split(",")[0],
                 "device": args.device, "prefloop": json.loads(args.prefloop_options),

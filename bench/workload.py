@@ -2,9 +2,15 @@
 
 Pairs are conversational (TRL's format: "prompt" is a list of messages, "chosen"/"rejected" a
 one-message list), single- or multi-turn, with prompts of 32-512 tokens and responses of 16-384
-tokens by default. `tokenize_pair` reproduces TRL 1.x's own tokenization (chat template with the
-generation prompt; the response is what follows the common prefix), so prefloop and TRL train on
-identical token ids; the TRL engine checks this.
+tokens by default.
+
+Both engines must train on identical token ids. prefloop reads the conversational file and ends
+each response at the end-of-turn token; TRL, given the same conversations, also trains on what the
+chat template writes after it (ChatML's "\n" after <|im_end|>): one extra token per response, which
+made one step of the first 64-pair run differ by 1.4e-3. So TRL gets the pairs as rendered text
+(`text_pair`: the prompt with the generation prompt, each response cut after the end-of-turn
+token), which it tokenizes into exactly prefloop's ids (`prefloop_ids`); the TRL engine checks this
+before training.
 """
 
 from __future__ import annotations
@@ -65,26 +71,32 @@ def make_pairs(tokenizer, count: int, seed: int = 0, lengths: Lengths = Lengths(
     return pairs
 
 
-def _ids(tokenizer, messages, **kwargs) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
-    return list(out["input_ids"])
+def prefloop_ids(tokenizer, data_file: str, cutoff: int) -> list[dict]:
+    """prompt_ids / chosen_ids / rejected_ids of every pair as prefloop encodes them for training."""
+    from prefloop.data.encode import encode_pairs
+    from prefloop.data.loader import load_pairs
+    from prefloop.data.template import get_template
+
+    encoded, _ = encode_pairs(load_pairs(data_file).pairs, tokenizer, get_template(None, tokenizer), cutoff)
+    return [{k: list(getattr(e, k)) for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for e in encoded]
 
 
-def tokenize_pair(tokenizer, pair: dict) -> dict:
-    """prompt_ids / chosen_ids / rejected_ids exactly as TRL 1.16's DPOTrainer tokenizes a
-    conversational pair (the response starts where prompt and prompt+response diverge)."""
-    prompt = _ids(tokenizer, pair["prompt"], add_generation_prompt=True)
-    full_c = _ids(tokenizer, pair["prompt"] + pair["chosen"])
-    full_r = _ids(tokenizer, pair["prompt"] + pair["rejected"])
+def text_pair(tokenizer, pair: dict) -> dict:
+    """The pair as TRL's standard (text) format, rendered by the chat template: each response ends
+    right after the end-of-turn token, as prefloop trains it."""
+    from prefloop.data.template import get_template
 
-    def common(a, b):
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        return n
-
-    cut = min(common(prompt, full_c), common(prompt, full_r))
-    return {"prompt_ids": prompt[:cut], "chosen_ids": full_c[cut:], "rejected_ids": full_r[cut:]}
+    end = get_template(None, tokenizer).end_of_turn
+    prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+    out = {"prompt": prompt}
+    for side in ("chosen", "rejected"):
+        full = tokenizer.apply_chat_template(pair["prompt"] + pair[side], tokenize=False)
+        if not full.startswith(prompt) or end not in full[len(prompt):]:
+            raise ValueError(f"the chat template does not render the {side} response after the prompt, ending "
+                             f"with {end!r}; this benchmark needs a template that does")
+        response = full[len(prompt):]
+        out[side] = response[: response.rindex(end) + len(end)]
+    return out
 
 
 def build_model(spec: str, tokenizer, dtype=None):

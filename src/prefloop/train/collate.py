@@ -18,7 +18,8 @@ Layouts (B pairs):
 
 The attention structure of the non-padded layouts travels compactly as ``attn_segments`` (which
 unit of the row a token belongs to, -1 for padding) and ``attn_branches`` (0 = shared prompt or a
-whole sequence, 1 = chosen, 2 = rejected); `logps.py` expands it into a 4D mask on the device.
+whole sequence, 1 = chosen, 2 = rejected); `logps.py` turns it into a segment plan for SDPA models
+(`train/attention.py`: attention per unit) or expands it into a 4D mask for eager attention.
 Token i may attend to token j when j <= i, both are in the same segment, and j is in the shared
 branch or in i's branch.
 """

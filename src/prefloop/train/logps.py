@@ -11,6 +11,9 @@ the output head in chunks of `chunk_size` rows with a logsumexp per chunk. The f
   soft-capping): each chunk runs under `torch.utils.checkpoint`, so backward recomputes the chunk's
   logits instead of keeping them alive.
 
+Packed and prefix-shared rows attend per unit (`train/attention.py`), so a row's attention costs what
+its sequences need rather than the square of the row length, and a whole packed batch is one row.
+
 `pair_logps_reference` is the plain computation (padded batch, full logits, log_softmax, gather):
 the ground truth for tests and benchmarks.
 
