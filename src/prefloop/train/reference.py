@@ -10,7 +10,9 @@ The cache file of a split is named by a key that covers everything the numbers d
   every tensor, the architecture config, and how the reference is obtained, e.g. LoRA adapters
   disabled), and the precision it runs in;
 - the tokenizer (its vocabulary), the chat template and `cutoff_len`;
-- the encoded data itself (every token id of every pair, in order).
+- the encoded data itself (every token id of every pair, in order);
+- the batch layout and `logps.LOGPS_VERSION` (how the log-probs are computed: another path rounds
+  differently, and the untrained policy should tie exactly with its own reference).
 Change any of them and the key changes, so a stale cache is never read.
 """
 
@@ -25,7 +27,7 @@ import torch
 
 from prefloop.train.dataset import PairCollator
 from prefloop.train.distributed import all_ranks_agree, is_main_process, reference_shard
-from prefloop.train.logps import packed_row_tokens, pair_logps
+from prefloop.train.logps import LOGPS_VERSION, packed_row_tokens, pair_logps
 
 _VOLATILE_CONFIG_KEYS = {"use_cache", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
                          "architectures", "_attn_implementation_autoset", "_attn_implementation"}
@@ -163,7 +165,7 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
         if not features:
             continue
         data_fp = data_fingerprint(features)
-        key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp)
+        key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp, cfg.layout, LOGPS_VERSION)
         cached = cache.load(split, key, len(features))
         if not all_ranks_agree(cached is not None):  # every rank takes the same branch (a collective follows)
             cached = None
