@@ -20,7 +20,7 @@ Equality with the masked computation, values and gradients, is tested in tests/t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +64,8 @@ def segment_plan(segments: torch.Tensor, branches: torch.Tensor) -> SegmentPlan:
                 units.append(Unit(start, count))
             elif not units or start != units[-1].start + units[-1].shared + units[-1].chosen:
                 raise ValueError("attn_branches: a response does not follow its unit's shared prompt")
-            elif branch == 1:
-                units[-1] = Unit(units[-1].start, units[-1].shared, count, units[-1].rejected)
             else:
-                units[-1] = Unit(units[-1].start, units[-1].shared, units[-1].chosen, count)
+                units[-1] = replace(units[-1], **{"chosen" if branch == 1 else "rejected": count})
             start += count
         rows.append(tuple(units))
     return SegmentPlan(tuple(rows), int(segments.shape[-1]))
