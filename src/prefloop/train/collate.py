@@ -18,8 +18,9 @@ Layouts (B pairs):
 
 The attention structure of the non-padded layouts travels compactly as ``attn_segments`` (which
 unit of the row a token belongs to, -1 for padding) and ``attn_branches`` (0 = shared prompt or a
-whole sequence, 1 = chosen, 2 = rejected); `logps.py` turns it into a segment plan for SDPA models
-(`train/attention.py`: attention per unit) or expands it into a 4D mask for eager attention.
+whole sequence, 1 = chosen, 2 = rejected), and as ``attn_plan``, the units of each row read from them
+once here on the CPU (`train/attention.py`); `logps.py` runs segment attention with the plan on SDPA
+models or expands segments and branches into a 4D mask for eager attention.
 Token i may attend to token j when j <= i, both are in the same segment, and j is in the shared
 branch or in i's branch.
 """
@@ -29,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from prefloop.train.attention import segment_plan
 
 LAYOUTS = ("padded", "packed", "prefix_shared", "packed_prefix_shared")
 IGNORE_INDEX = -100
@@ -219,7 +222,7 @@ def _structured(features, pad_token_id, prefix_shared: bool, packed: bool, row_t
         segments[r, :n] = torch.tensor(row.segments, dtype=torch.long)
         branches[r, :n] = torch.tensor(row.branches, dtype=torch.long)
     return {"input_ids": input_ids, "position_ids": position_ids, "attn_segments": segments,
-            "attn_branches": branches, **_target_tensors(targets)}
+            "attn_branches": branches, "attn_plan": segment_plan(segments, branches), **_target_tensors(targets)}
 
 
 def _target_tensors(t: _Targets) -> dict:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from prefloop.train.attention import PLAN_KWARG, segment_plan, use_segment_attention
+from prefloop.train.attention import PLAN_KWARG, use_segment_attention
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
@@ -95,7 +95,7 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
         if use_segment_attention(decoder):
-            mask, extra[PLAN_KWARG] = None, segment_plan(segments, branches)
+            mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
         elif getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(decoder.parameters()).dtype
             allowed = attention_mask_4d(segments, branches)
