@@ -7,8 +7,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-export PYTHON HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+source scripts/python.sh
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
 bash scripts/setup.sh
 bash scripts/fetch_model.sh

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+source scripts/python.sh
 MODEL_DIR="${1:-${PREFLOOP_MODEL_DIR:-models/SmolLM2-135M-Instruct}}"
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 

@@ -8,11 +8,13 @@
 #
 # torch comes FIRST and pinned (`pip install torch==2.13.0`): pip then keeps it, instead of pulling
 # a multi-GB CUDA build for prefloop's dependencies. Chromium comes from apt, never from
-# `playwright install`. Set PYTHON to choose the interpreter (default: python3).
+# `playwright install`. Everything goes into the project's virtual environment .venv/ (made here
+# with `python3 -m venv`), so a Debian Python marked externally managed is never touched. Set PYTHON to
+# use an interpreter of your own instead (e.g. PYTHON=~/envs/dpo/bin/python): then no .venv is made.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$(command -v python3 || command -v python || true)}"
+source scripts/python.sh
 TORCH_REQUIREMENT="${PREFLOOP_TORCH_REQUIREMENT:-torch==2.13.0}"
 WITH_BROWSER="${PREFLOOP_WITH_BROWSER:-0}"
 for arg in "$@"; do
@@ -39,12 +41,24 @@ step() {
   fi
 }
 
-[ -n "$PYTHON" ] || fail "no python3 on PATH; install Python >= 3.10 (apt-get install -y python3 python3-pip)"
+if [ "$PREFLOOP_OWN_VENV" = "1" ] && [ ! -x "$PYTHON" ]; then
+  BASE_PYTHON="$(command -v python3 || command -v python || true)"
+  [ -n "$BASE_PYTHON" ] || fail "no python3 on PATH; install Python >= 3.10 (apt-get install -y python3 python3-venv)"
+  say "making the project's virtual environment .venv/ with $BASE_PYTHON"
+  if ! "$BASE_PYTHON" -m venv .venv >>"$LOG" 2>&1; then
+    rm -rf .venv
+    fail "'$BASE_PYTHON -m venv .venv' failed (on Debian/Ubuntu: apt-get install -y python3-venv), or set PYTHON to an interpreter of your own; see $LOG"
+  fi
+fi
+[ -x "$PYTHON" ] || fail "PYTHON=$PYTHON is not an executable interpreter"
 "$PYTHON" - <<'PY' || fail "prefloop needs Python >= 3.10 with pip; $PYTHON is too old or has no pip"
 import sys
 import pip  # noqa: F401
 sys.exit(0 if sys.version_info >= (3, 10) else 1)
 PY
+if "$PYTHON" -c "import sys, sysconfig, pathlib; sys.exit(0 if (pathlib.Path(sysconfig.get_path('stdlib')) / 'EXTERNALLY-MANAGED').exists() and sys.prefix == sys.base_prefix else 1)"; then
+  fail "$PYTHON is a system Python marked externally managed (PEP 668): pip may not install into it. Unset PYTHON to use the project's .venv/, or point PYTHON at a virtual environment"
+fi
 say "python: $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
 # 1. torch, pinned, before anything that depends on it.

@@ -6,8 +6,8 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$(date +%s)
-PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
-export PYTHON HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false GRADIO_ANALYTICS_ENABLED=False
+source scripts/python.sh
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false GRADIO_ANALYTICS_ENABLED=False
 export PREFLOOP_TEST_ARTIFACTS="${PREFLOOP_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 
 bash scripts/setup.sh --with-browser
