@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from prefloop.testing import build_tiny_model
-from prefloop.train.attention import IMPLEMENTATION, PLAN_KWARG, Unit, segment_plan, use_segment_attention
+from prefloop.train.attention import (IMPLEMENTATION, PLAN_KWARG, Unit, resolve_backend, segment_plan,
+                                      use_attention_backend, use_segment_attention)
 from prefloop.train.collate import attention_mask_4d, collate_pairs
 
 
@@ -47,27 +48,34 @@ def test_plan_rejects_a_response_without_its_prompt():
         segment_plan(segments, branches)
 
 
-def _hidden(decoder, batch, use_plan: bool):
-    if use_plan:
+def _hidden(decoder, batch, backend: str | None):
+    """Hidden states through `backend` (as `pair_logps` runs it), or with the explicit mask (None)."""
+    if backend == "segments":
         assert use_segment_attention(decoder)
         plan = segment_plan(batch["attn_segments"], batch["attn_branches"])
         kwargs = {"attention_mask": None, PLAN_KWARG: plan}
+    elif backend is not None:
+        from prefloop.train.logps import _hidden_states
+
+        assert use_attention_backend(decoder, backend) == backend
+        return _hidden_states(decoder, batch)
     else:
         kwargs = {"attention_mask": attention_mask_4d(batch["attn_segments"], batch["attn_branches"])}
     out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
     return out.last_hidden_state
 
 
+@pytest.mark.parametrize("backend", ["segments", "flex", "sdpa_mask"])
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared", "packed_prefix_shared"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch):
+def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch, backend):
     batch = collate_pairs(PAIRS, layout, pad_token_id=0, row_tokens=30)
     real = batch["attn_segments"] >= 0
     results = []
-    for use_plan in (False, True):
+    for path in (None, backend):
         model = build_tiny_model(tiny_tokenizer, arch=arch, num_heads=4, num_kv_heads=2)  # grouped-query heads
         model.config._attn_implementation = "sdpa"
-        hidden = _hidden(model.model, batch, use_plan)
+        hidden = _hidden(model.model, batch, path)
         (hidden[real] ** 2).sum().backward()
         results.append((hidden[real].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                                 if p.grad is not None}))
