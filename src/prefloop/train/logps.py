@@ -106,7 +106,9 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
             mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
         elif backend == "flex":
             mask, extra[BLOCK_MASK_KWARG] = None, block_mask(segments, branches)
-        elif backend == "sdpa_mask" or getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
+        elif backend == "sdpa_mask":  # SDPA takes the boolean mask in any precision
+            mask = attention_mask_4d(segments, branches)
+        elif getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(decoder.parameters()).dtype
             allowed = attention_mask_4d(segments, branches)
             mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
