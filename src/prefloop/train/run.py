@@ -87,6 +87,8 @@ def run_training(cfg: Config) -> dict:
     autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
     say(describe_attention(cfg, model))
     in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
+    if cfg.gradient_checkpointing == "auto" and cfg.do_train:
+        say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
     trainer.health = install_health(trainer, cfg)
@@ -221,6 +223,21 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
     return None  # a separately loaded reference is dropped here: the step needs only the policy
 
 
+def plan_memory(cfg: Config, model, tokenizer, data: Data, autocast_dtype) -> str:
+    """`gradient_checkpointing: auto`: checkpoint the layers `max_memory_gb` needs (train/memory.py)."""
+    from prefloop.train.dataset import PairCollator
+    from prefloop.train.logps import packed_row_tokens
+    from prefloop.train.memory import auto_checkpointing
+
+    collator = PairCollator(cfg.layout, tokenizer.pad_token_id, packed_row_tokens(model))
+    try:
+        plan = auto_checkpointing(model, data.train, collator, cfg.per_device_train_batch_size, cfg.logps_chunk_size,
+                                  autocast_dtype, cfg.max_memory_gb)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"gradient_checkpointing: auto: {err}") from err
+    return plan.describe()
+
+
 def use_backend(cfg: Config, model) -> str | None:
     """Switch `model` to `cfg.attn_backend` (train/attention.py); ConfigError when it cannot run it."""
     from prefloop.train.attention import use_attention_backend
@@ -238,7 +255,7 @@ def describe_attention(cfg: Config, model) -> str:
     if backend is None:
         return (f"Attention: the model's own {model.config._attn_implementation!r} with an explicit mask "
                 f"(attn_backend needs an SDPA model)")
-    why = f"attn_backend: auto on {device.type}" if cfg.attn_backend == "auto" else "attn_backend"
+    why = f"attn_backend: auto on {device.type}" if cfg.attn_backend == "auto" else f"attn_backend: {backend}"
     return f"Attention: {backend} ({why})"
 
 
