@@ -33,6 +33,8 @@ engine is reported in the table and the others still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -93,14 +95,37 @@ def _step_metrics(log_history: list[dict]) -> dict:
             "diagnostics": {m: [h.get(m) for h in steps] for m in DIAGNOSTIC_METRICS}}
 
 
+class _Tee(io.TextIOBase):
+    """stdout that is also kept, to read what the run said about itself."""
+
+    def __init__(self, stream):
+        self.stream, self.kept = stream, io.StringIO()
+
+    def write(self, text):
+        self.kept.write(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+NOTE_PREFIXES = ("Attention:", "Gradient checkpointing (auto):")
+
+
 def run_prefloop(spec: dict, out_dir: str, backend: str = "auto") -> dict:
     import prefloop
+    from prefloop.train import flex
 
     started = time.perf_counter()
-    prefloop.train({**_prefloop_config(spec, out_dir), "attn_backend": backend})
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        prefloop.train({**_prefloop_config(spec, out_dir), "attn_backend": backend})
     wall = time.perf_counter() - started
     state = json.loads((Path(out_dir) / "trainer_state.json").read_text())
-    return {"wall_s": wall, **_step_metrics(state["log_history"])}
+    notes = [line.strip() for line in tee.kept.getvalue().splitlines() if line.startswith(NOTE_PREFIXES)]
+    if flex.fallback_reason():
+        notes.append(f"FlexAttention failed, segment attention ran instead: {flex.fallback_reason()}")
+    return {"wall_s": wall, "notes": notes, **_step_metrics(state["log_history"])}
 
 
 def run_trl(spec: dict, out_dir: str, precompute: bool, liger: bool = False) -> dict:
@@ -319,7 +344,10 @@ def table(title: str, results: dict, pairs: int, tokens: int, flops: float, peak
         diff = f"{res['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in res else "-"
         rows.append(f"| {name} | {wall:.1f} | {pairs / wall:.3f} | {tokens / wall:.0f} | {res['peak_mem_gb']:.2f} "
                     f"| {flops / wall / 1e12:.3f} | {100 * flops / wall / peak:.1f}% | {speedup} | {diff} |")
-    return "\n".join(rows)
+    notes = [f"- {name}: {note}" for name, res in results.items() for note in res.get("notes", [])]
+    if any(name.startswith("trl") for name in results):
+        notes.append("- trl engines: gradient checkpointing on every decoder layer (TRL's default)")
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def machine_line(device: str) -> str:

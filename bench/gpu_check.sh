@@ -27,7 +27,7 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
        HF_DATASETS_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-BUDGET="${BUDGET:-450}"  # seconds for all stages together (the machine's call allows about 8 minutes)
+BUDGET="${BUDGET:-460}"  # seconds for all stages together: the whole call must stay under 8 minutes
 START=$(date +%s)
 FAILED=0
 LOG="$OUT/gpu_check.log"
@@ -35,13 +35,13 @@ LOG="$OUT/gpu_check.log"
 say() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 limit() { local want=$1 l; l=$(left); [ "$l" -lt "$want" ] && want=$l; echo $(( want > 0 ? want : 0 )); }
-stage() {  # name, seconds wanted, command...: run under `timeout`, print the verdict with its time
-  local name=$1 want=$2; shift 2
+stage() {  # name, seconds wanted, log file, command...: run under `timeout`, print the verdict with its time
+  local name=$1 want=$2 log=$3; shift 3
   local t0 secs rc
   secs=$(limit "$want")
-  if [ "$secs" -lt 20 ]; then say "[$name] SKIPPED: only $(left) s of the ${BUDGET} s budget left"; FAILED=1; return; fi
+  if [ "$secs" -lt "${MIN_STAGE:-30}" ]; then say "[$name] SKIPPED: only $(left) s of the ${BUDGET} s budget left"; FAILED=1; return; fi
   t0=$(date +%s)
-  timeout -k 10 "$secs" "$@"; rc=$?
+  timeout -k 10 "$secs" "$@" >> "$log" 2>&1; rc=$?
   if [ $rc -eq 0 ]; then say "[$name] ok in $(( $(date +%s) - t0 )) s"
   elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then say "[$name] TIMED OUT after ${secs} s"; FAILED=1
   else say "[$name] FAILED (exit $rc) after $(( $(date +%s) - t0 )) s"; FAILED=1; fi
@@ -51,23 +51,23 @@ if [ -n "${ALLOW_CPU:-}" ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.
   DEVICE=cpu
   QWEN=(--model random:small --pairs 8 --check-pairs 8 --batch 4 --lengths short --finetuning lora --engines prefloop,trl)
   SMOL=(--model random:small --pairs 8 --batch 4 --lengths short --finetuning lora --engines prefloop,trl)
-  ENGINE_TIMEOUT=400; BUDGET="${BUDGET_CPU:-1500}"
+  ENGINE_TIMEOUT=600; BUDGET="${BUDGET_CPU:-2400}"; SCALEOUT_MODES="${SCALEOUT_MODES:-ddp-1gpu}"
 else
   DEVICE=cuda
   QWEN=(--model random:qwen2-0.5b --pairs 128 --check-pairs 16 --finetuning lora,full
         --engines prefloop,trl,trl_precompute,trl_liger)
   SMOL=(--model random:smollm2-135m --pairs 128 --finetuning lora --engines prefloop,trl,trl_precompute,trl_liger)
-  ENGINE_TIMEOUT=90
+  ENGINE_TIMEOUT=150
 fi
 
 # 0 install ------------------------------------------------------------------------------------------
 if ! "$PY" -c "import trl" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  stage install 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
+  stage install 60 "$OUT/env.txt" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 {
-  date -u; nvidia-smi 2>&1 | head -15
+  date -u; nvidia-smi 2>&1 | head -15; nproc
   "$PY" - <<'EOF'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
@@ -78,29 +78,30 @@ for name in ("transformers", "peft", "accelerate", "trl", "datasets", "liger_ker
     except Exception as err:
         print(name, "NOT IMPORTABLE:", type(err).__name__, err)
 EOF
-} > "$OUT/env.txt" 2>&1
+} >> "$OUT/env.txt" 2>&1
 say "# prefloop GPU check on $DEVICE: $(grep -m1 '^torch' "$OUT/env.txt")"
 grep -E "^(trl|datasets|liger_kernel|transformers) " "$OUT/env.txt" | tee -a "$LOG"
 
 # 1 pytest -------------------------------------------------------------------------------------------
-stage pytest 150 bash -c "'$PY' -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py \
-  -k 'gpu or cuda or flex or sdpa_mask' > '$OUT/pytest.log' 2>&1"
+stage pytest 120 "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py \
+  -k "gpu or cuda or flex or sdpa_mask"
 tail -4 "$OUT/pytest.log" | tee -a "$LOG"
 
 # 2 the table (qwen2-0.5b) ---------------------------------------------------------------------------
+OPTIONS='{"packing": true, "prefix_sharing": true, "logps_chunk_size": 1024, "gradient_checkpointing": "auto"}'
 BENCH=("$PY" bench/bench_train.py --device "$DEVICE" --in-process --tokenizer bench/assets/smollm2-tokenizer
-       --precision bf16 --timeout "$ENGINE_TIMEOUT")
-stage table 270 bash -c '"$@" >> "'"$OUT"'/bench.log" 2>&1' _ "${BENCH[@]}" "${QWEN[@]}" --out "$OUT/table.md"
-grep -E "loss check|^\[|failed" "$OUT/bench.log" | grep -v "^\[smollm2" | tail -12 | tee -a "$LOG"
+       --precision bf16 --timeout "$ENGINE_TIMEOUT" --prefloop-options "$OPTIONS")
+stage table 270 "$OUT/bench.log" "${BENCH[@]}" "${QWEN[@]}" --out "$OUT/table.md"
+grep -E "loss check|^\[|failed|per-step losses" "$OUT/bench.log" | tail -12 | tee -a "$LOG"
 [ -f "$OUT/table.md" ] && tee -a "$LOG" < "$OUT/table.md"
 
 # 3 DDP / FSDP smoke ---------------------------------------------------------------------------------
-stage scaleout 100 bash -c "ALLOW_CPU='${ALLOW_CPU:-}' MODES='ddp-1gpu fsdp-1gpu' STEPS=4 bash bench/gpu_scaleout_check.sh \
-  > '$OUT/scaleout.log' 2>&1"
+stage scaleout 110 "$OUT/scaleout.log" env MODES="${SCALEOUT_MODES:-ddp-1gpu fsdp-1gpu}" STEPS=4 \
+  bash bench/gpu_scaleout_check.sh
 grep -E "^(mode|ddp|fsdp|bf16)|^ " "$OUT/scaleout.log" | head -20 | tee -a "$LOG"
 
 # 4 the table (smollm2-135m), if time is left ------------------------------------------------------
-stage smollm2 120 bash -c '"$@" >> "'"$OUT"'/bench.log" 2>&1' _ "${BENCH[@]}" "${SMOL[@]}" --out "$OUT/table-smollm2.md"
+MIN_STAGE=45 stage smollm2 120 "$OUT/bench.log" "${BENCH[@]}" "${SMOL[@]}" --out "$OUT/table-smollm2.md"
 [ -f "$OUT/table-smollm2.md" ] && tee -a "$LOG" < "$OUT/table-smollm2.md"
 
 say "# done in $(( $(date +%s) - START )) s; exit $FAILED"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prefloop.testing import build_tiny_model
+from prefloop.train import flex
 from prefloop.train.attention import (IMPLEMENTATION, PLAN_KWARG, Unit, resolve_backend, segment_plan,
                                       use_attention_backend, use_segment_attention)
 from prefloop.train.collate import attention_mask_4d, collate_pairs
@@ -58,7 +59,9 @@ def _hidden(decoder, batch, backend: str | None):
         from prefloop.train.logps import _hidden_states
 
         assert use_attention_backend(decoder, backend) == backend
-        return _hidden_states(decoder, batch)
+        hidden = _hidden_states(decoder, batch)
+        assert flex.fallback_reason() is None  # flex really ran, not its segment-attention fallback
+        return hidden
     else:
         kwargs = {"attention_mask": attention_mask_4d(batch["attn_segments"], batch["attn_branches"])}
     out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
@@ -140,3 +143,26 @@ def test_segment_attention_packs_a_batch_into_one_row_and_a_dense_mask_does_not(
     model.config._attn_implementation = "sdpa"
     batch = PairCollator("packed_prefix_shared", 0, packed_row_tokens(model))(PAIRS)
     assert batch["input_ids"].shape == (1, sum(len(p["prompt_ids"] + p["chosen_ids"] + p["rejected_ids"]) for p in PAIRS))
+
+
+def test_flex_falls_back_to_segment_attention_when_it_fails(tiny_tokenizer, monkeypatch):
+    """A FlexAttention failure (no compiler, a kernel that does not build) costs speed, not the run."""
+    from prefloop.train.logps import _hidden_states
+
+    batch = collate_pairs(PAIRS, "packed_prefix_shared", pad_token_id=0, row_tokens=100)
+    model = build_tiny_model(tiny_tokenizer, arch="llama")
+    model.config._attn_implementation = "sdpa"
+    assert use_attention_backend(model.model, "segments") == "segments"
+    expected = _hidden_states(model.model, batch)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(flex, "flex", broken)
+    monkeypatch.setattr(flex, "_FALLBACK", [])
+    assert use_attention_backend(model.model, "flex") == "flex"
+    with pytest.warns(RuntimeWarning, match="no kernel for this device"):
+        got = _hidden_states(model.model, batch)
+    assert flex.fallback_reason() == "RuntimeError: no kernel for this device"
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(_hidden_states(model.model, batch), expected, rtol=0, atol=0)  # no second try

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from prefloop.testing import build_tiny_model
+from prefloop.train import flex
 from prefloop.train.attention import resolve_backend, use_attention_backend
 from prefloop.train.collate import collate_pairs
 from prefloop.train.logps import _hidden_states, pair_logps, pair_logps_reference
@@ -44,6 +45,7 @@ def _run(tokenizer, arch, backend, batch, dtype):
     real = batch["attn_segments"] >= 0
     with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         hidden = _hidden_states(model.model, batch)
+    assert flex.fallback_reason() is None, f"FlexAttention failed on this GPU: {flex.fallback_reason()}"
     (hidden[real].float() ** 2).mean().backward()
     grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
     return hidden[real].float().detach(), grads
@@ -74,6 +76,7 @@ def test_pair_logps_with_flex_equal_the_plain_computation_on_cuda(tiny_tokenizer
         ref = pair_logps_reference(model, move(collate_pairs(PAIRS, "padded", 0)))
         assert use_attention_backend(model, "flex") == "flex"
         fast = pair_logps(model, move(collate_pairs(PAIRS, "packed_prefix_shared", 0, row_tokens=1 << 20)))
+    assert flex.fallback_reason() is None, f"FlexAttention failed on this GPU: {flex.fallback_reason()}"
     torch.testing.assert_close(fast.seq.chosen, ref.seq.chosen, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(fast.seq.rejected, ref.seq.rejected, rtol=1e-4, atol=1e-3)
 
@@ -90,4 +93,5 @@ def test_compiled_flex_serves_batches_of_other_lengths(tiny_tokenizer):
         out = pair_logps(model, {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})
         (out.seq.chosen.sum() - out.seq.rejected.sum()).backward()
         counts.append(dynamo_utils.counters["stats"]["unique_graphs"])
+    assert flex.fallback_reason() is None, f"FlexAttention failed on this GPU: {flex.fallback_reason()}"
     assert counts[-1] == counts[1], f"compiled graphs after each batch: {counts} (a recompilation per length)"

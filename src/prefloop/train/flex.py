@@ -22,17 +22,26 @@ auto` therefore never picks flex on a CPU.
 
 The block mask travels as the `BLOCK_MASK_KWARG` keyword argument from the decoder's forward to
 `flex_attention_forward`; without one the function is exactly transformers' SDPA (generation,
-padded batches).
+padded batches). The batch's segment plan travels with it: if FlexAttention fails in forward (no
+compiler for this GPU, a kernel that does not build), the layer runs segment attention instead, with
+a warning naming the error, and so does every later call in this process (`fallback_reason`).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
 IMPLEMENTATION = "prefloop_flex"
 BLOCK_MASK_KWARG = "prefloop_block_mask"
+_FALLBACK: list[str] = []  # why FlexAttention failed in this process, if it did
+
+
+def fallback_reason() -> str | None:
+    """Why this process fell back from FlexAttention to segment attention; None when it did not."""
+    return _FALLBACK[0] if _FALLBACK else None
 
 
 def available() -> bool:
@@ -97,7 +106,12 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
     query [B, H, L, D], key/value [B, kv_heads, L, D]; returns ([B, L, H, D], None).
     Raises ValueError for attention dropout (FlexAttention has none) or a mask of another shape."""
     mask = kwargs.pop(BLOCK_MASK_KWARG, None)
-    kwargs.pop("prefloop_segments", None)
+    plan = kwargs.pop("prefloop_segments", None)
+    if plan is not None and (mask is None or _FALLBACK):
+        from prefloop.train.attention import PLAN_KWARG, segment_attention_forward
+
+        return segment_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                         scaling=scaling, **{PLAN_KWARG: plan}, **kwargs)
     if mask is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -111,5 +125,14 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
         raise ValueError(f"block mask for {rows} rows x {length} tokens does not match the attention input "
                          f"{tuple(query.shape)}")
     key, value = key.to(query.dtype), value.to(query.dtype)
-    out = flex(query, key, value, mask, scaling)
+    try:
+        out = flex(query, key, value, mask, scaling)
+    except Exception as err:  # compiler or kernel failure: segment attention computes the same thing
+        if plan is None:
+            raise
+        _FALLBACK.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+        warnings.warn(f"FlexAttention failed ({_FALLBACK[0]}); this process uses segment attention instead "
+                      f"(attn_backend: segments avoids trying)", RuntimeWarning, stacklevel=2)
+        return flex_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      prefloop_segments=plan, **kwargs)
     return out.transpose(1, 2).contiguous(), None

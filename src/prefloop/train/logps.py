@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from prefloop.train.attention import PLAN_KWARG, attention_backend, use_attention_backend
-from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask
+from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask, fallback_reason
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
@@ -104,8 +104,10 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
         backend = _backend(decoder, segments.device)
         if backend == "segments":
             mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
-        elif backend == "flex":
-            mask, extra[BLOCK_MASK_KWARG] = None, block_mask(segments, branches)
+        elif backend == "flex":  # with the plan: segment attention if FlexAttention fails (train/flex.py)
+            mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
+            if fallback_reason() is None:
+                extra[BLOCK_MASK_KWARG] = block_mask(segments, branches)
         elif backend == "sdpa_mask":  # SDPA takes the boolean mask in any precision
             mask = attention_mask_4d(segments, branches)
         elif getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
