@@ -222,8 +222,9 @@ def test_full_logits_are_never_kept_for_backward(tiny_tokenizer, features):
         assert saved_vocab_tensors(model, pair_logps_reference, padded)
 
 
-def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features):
-    model = _lora(_model(tiny_tokenizer))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features, backend):
+    model = _lora(_model(tiny_tokenizer, backend=backend))
     pad = tiny_tokenizer.pad_token_id
     batch = collate_pairs(features, "packed_prefix_shared", pad)
     with torch.no_grad():

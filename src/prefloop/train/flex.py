@@ -124,7 +124,10 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
     if rows != query.shape[0] or length != query.shape[2]:
         raise ValueError(f"block mask for {rows} rows x {length} tokens does not match the attention input "
                          f"{tuple(query.shape)}")
-    key, value = key.to(query.dtype), value.to(query.dtype)
+    device = query.device.type
+    # Like SDPA under autocast: attention in the autocast dtype (RoPE can leave q/k in fp32 and v in bf16).
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     try:
         out = flex(query, key, value, mask, scaling)
     except Exception as err:  # compiler or kernel failure: segment attention computes the same thing
