@@ -13,8 +13,8 @@
 #               prefloop, TRL defaults, TRL + precompute, TRL + Liger
 #   3 scaleout  bench/gpu_scaleout_check.sh: DDP and FSDP through torchrun on one GPU (4 steps)
 #   4 smollm2   the same table for the SmolLM2-135M shape, LoRA (only if time is left)
-# OUTDIR gets at most 8 files: gpu_check.log (this summary), env.txt, pytest.log, bench.log,
-# table.md + table.json (qwen2), table-smollm2.md + .json, scaleout.log.
+# OUTDIR gets 8 files at most: gpu_check.log (the machine, versions and this summary), pytest.log,
+# bench.log, table.md + table.json (qwen2), table-smollm2.md + .json, scaleout.log.
 # ALLOW_CPU=1 dry-runs every stage on a CPU with tiny sizes (random 4-layer model, 8 short pairs,
 # prefloop and TRL; needs trl importable, e.g. bench/.venv/bin/python as PYTHON).
 # Exit status: 0 when every stage that ran passed.
@@ -62,7 +62,7 @@ fi
 
 # 0 install ------------------------------------------------------------------------------------------
 if ! "$PY" -c "import trl" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  stage install 60 "$OUT/env.txt" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+  stage install 60 "$LOG" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
@@ -78,9 +78,8 @@ for name in ("transformers", "peft", "accelerate", "trl", "datasets", "liger_ker
     except Exception as err:
         print(name, "NOT IMPORTABLE:", type(err).__name__, err)
 EOF
-} >> "$OUT/env.txt" 2>&1
-say "# prefloop GPU check on $DEVICE: $(grep -m1 '^torch' "$OUT/env.txt")"
-grep -E "^(trl|datasets|liger_kernel|transformers) " "$OUT/env.txt" | tee -a "$LOG"
+} 2>&1 | tee -a "$LOG"
+say "# prefloop GPU check on $DEVICE (budget $BUDGET s)"
 
 # 1 pytest -------------------------------------------------------------------------------------------
 stage pytest 120 "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py \

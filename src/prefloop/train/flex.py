@@ -83,7 +83,7 @@ def _eager_flex(query, key, value, mask, scale: float) -> torch.Tensor:
     from torch._higher_order_ops.flex_attention import flex_attention as flex_op
     from torch.nn.attention.flex_attention import _apply_kernel_options, _identity
 
-    options = _apply_kernel_options(query, key, value, False, None, None)
+    options = _apply_kernel_options(query, key, value, False, None)  # (torch 2.5-2.13 all take these five)
     out, _lse, *_ = flex_op(query, key, value, _identity, mask.as_tuple(), scale, options)
     return out
 
