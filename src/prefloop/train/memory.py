@@ -26,7 +26,8 @@ not pay that. Here the footprint is measured, not guessed:
 
 The prediction is linear in tokens, which holds for the packed / prefix-shared layouts with segment or
 flex attention (attention saves O(tokens)); with an explicit [L, L] mask (sdpa_mask, eager) the mask's
-memory is not per token and the plan can be optimistic. Tested in tests/test_memory.py.
+memory is not per token and the plan can be optimistic. Under FSDP / DeepSpeed (sharded weights) the
+trainer does not measure and checkpoints every layer (`run.plan_memory`). Tested in tests/test_memory.py.
 """
 
 from __future__ import annotations

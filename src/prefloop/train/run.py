@@ -227,8 +227,12 @@ def plan_memory(cfg: Config, model, tokenizer, data: Data, autocast_dtype) -> st
     """`gradient_checkpointing: auto`: checkpoint the layers `max_memory_gb` needs (train/memory.py)."""
     from prefloop.train.dataset import PairCollator
     from prefloop.train.logps import packed_row_tokens
-    from prefloop.train.memory import auto_checkpointing
+    from prefloop.train.memory import auto_checkpointing, checkpoint_layers, decoder_layers
 
+    if cfg.deepspeed or cfg.fsdp:  # sharded weights: a probe forward outside the wrapper cannot run
+        checkpoint_layers(model, len(decoder_layers(model)))
+        return ("Gradient checkpointing (auto): every decoder layer (under FSDP / DeepSpeed the footprint is not "
+                "measured; set gradient_checkpointing: false if the run fits without it)")
     collator = PairCollator(cfg.layout, tokenizer.pad_token_id, packed_row_tokens(model))
     try:
         plan = auto_checkpointing(model, data.train, collator, cfg.per_device_train_batch_size, cfg.logps_chunk_size,
