@@ -51,7 +51,9 @@ def _run(tokenizer, arch, backend, batch, dtype):
     return hidden[real].float().detach(), grads
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
+# fp32: TF32 is off here, but a Triton kernel may still round its dots to TF32 (10-bit mantissa, ~1e-3);
+# the exact fp32 equality is the CPU tests' (tests/test_attention.py, tests/test_logps.py).
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-3), (torch.bfloat16, 3e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["packed", "packed_prefix_shared", "prefix_shared"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("backend", ["flex", "segments"])
