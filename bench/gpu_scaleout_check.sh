@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 WORK="${WORK:-$(mktemp -d /tmp/prefloop-scaleout.XXXX)}"
 STEPS="${STEPS:-6}"
-python - "$WORK" 2>"$WORK/setup.log" <<'EOF'
+"${PYTHON:-python3}" - "$WORK" 2>"$WORK/setup.log" <<'EOF'
 import json, sys
 from pathlib import Path
 import torch
@@ -41,7 +41,7 @@ PORT=$((29500 + RANDOM % 2000))
 FAILED=0
 
 result() {  # mode, status, output dir, start, end, log
-  python - "$@" <<'EOF'
+  "${PYTHON:-python3}" - "$@" <<'EOF'
 import json, sys
 from pathlib import Path
 mode, status, out, start, end, log = sys.argv[1:7]
@@ -79,16 +79,16 @@ run_mode() {  # mode, launcher..., -- extra config keys...
 # `prefloop train` takes the config as key=value overrides on top of an empty YAML file.
 echo "{}" > "$WORK/empty.yaml"
 COMMON=("$WORK/empty.yaml" "${COMMON[@]}")
-TORCHRUN=(python -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT")
+TORCHRUN=("${PYTHON:-python3}" -m torch.distributed.run --nproc_per_node 1 --master_port "$PORT")
 
 echo "mode       status   time    result"
 want() { [ -z "${MODES:-}" ] || [[ " $MODES " == *" $1 "* ]]; }
-want bf16 && run_mode bf16 python --
+want bf16 && run_mode bf16 "${PYTHON:-python3}" --
 want ddp-1gpu && run_mode ddp-1gpu "${TORCHRUN[@]}" --
 want fsdp-1gpu && run_mode fsdp-1gpu "${TORCHRUN[@]}" -- fsdp="full_shard auto_wrap" fsdp_config="$PWD/examples/fsdp/fsdp_config.json"
 if ! want zero2; then
   :
-elif python -c "import deepspeed" >/dev/null 2>&1; then
+elif "${PYTHON:-python3}" -c "import deepspeed" >/dev/null 2>&1; then
   run_mode zero2 "${TORCHRUN[@]}" -- deepspeed="$PWD/examples/deepspeed/ds_z2_config.json"
   run_mode zero3 "${TORCHRUN[@]}" -- deepspeed="$PWD/examples/deepspeed/ds_z3_config.json"
 else

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from prefloop.testing import build_tiny_model
-from prefloop.train.attention import IMPLEMENTATION, PLAN_KWARG, Unit, segment_plan, use_segment_attention
+from prefloop.train import flex
+from prefloop.train.attention import (IMPLEMENTATION, PLAN_KWARG, Unit, resolve_backend, segment_plan,
+                                      use_attention_backend, use_segment_attention)
 from prefloop.train.collate import attention_mask_4d, collate_pairs
 
 
@@ -47,27 +49,36 @@ def test_plan_rejects_a_response_without_its_prompt():
         segment_plan(segments, branches)
 
 
-def _hidden(decoder, batch, use_plan: bool):
-    if use_plan:
+def _hidden(decoder, batch, backend: str | None):
+    """Hidden states through `backend` (as `pair_logps` runs it), or with the explicit mask (None)."""
+    if backend == "segments":
         assert use_segment_attention(decoder)
         plan = segment_plan(batch["attn_segments"], batch["attn_branches"])
         kwargs = {"attention_mask": None, PLAN_KWARG: plan}
+    elif backend is not None:
+        from prefloop.train.logps import _hidden_states
+
+        assert use_attention_backend(decoder, backend) == backend
+        hidden = _hidden_states(decoder, batch)
+        assert flex.fallback_reason() is None  # flex really ran, not its segment-attention fallback
+        return hidden
     else:
         kwargs = {"attention_mask": attention_mask_4d(batch["attn_segments"], batch["attn_branches"])}
     out = decoder(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, **kwargs)
     return out.last_hidden_state
 
 
+@pytest.mark.parametrize("backend", ["segments", "flex", "sdpa_mask"])
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared", "packed_prefix_shared"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch):
+def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch, backend):
     batch = collate_pairs(PAIRS, layout, pad_token_id=0, row_tokens=30)
     real = batch["attn_segments"] >= 0
     results = []
-    for use_plan in (False, True):
+    for path in (None, backend):
         model = build_tiny_model(tiny_tokenizer, arch=arch, num_heads=4, num_kv_heads=2)  # grouped-query heads
         model.config._attn_implementation = "sdpa"
-        hidden = _hidden(model.model, batch, use_plan)
+        hidden = _hidden(model.model, batch, path)
         (hidden[real] ** 2).sum().backward()
         results.append((hidden[real].detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                                 if p.grad is not None}))
@@ -132,3 +143,26 @@ def test_segment_attention_packs_a_batch_into_one_row_and_a_dense_mask_does_not(
     model.config._attn_implementation = "sdpa"
     batch = PairCollator("packed_prefix_shared", 0, packed_row_tokens(model))(PAIRS)
     assert batch["input_ids"].shape == (1, sum(len(p["prompt_ids"] + p["chosen_ids"] + p["rejected_ids"]) for p in PAIRS))
+
+
+def test_flex_falls_back_to_segment_attention_when_it_fails(tiny_tokenizer, monkeypatch):
+    """A FlexAttention failure (no compiler, a kernel that does not build) costs speed, not the run."""
+    from prefloop.train.logps import _hidden_states
+
+    batch = collate_pairs(PAIRS, "packed_prefix_shared", pad_token_id=0, row_tokens=100)
+    model = build_tiny_model(tiny_tokenizer, arch="llama")
+    model.config._attn_implementation = "sdpa"
+    assert use_attention_backend(model.model, "segments") == "segments"
+    expected = _hidden_states(model.model, batch)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(flex, "flex", broken)
+    monkeypatch.setattr(flex, "_FALLBACK", [])
+    assert use_attention_backend(model.model, "flex") == "flex"
+    with pytest.warns(RuntimeWarning, match="no kernel for this device"):
+        got = _hidden_states(model.model, batch)
+    assert flex.fallback_reason() == "RuntimeError: no kernel for this device"
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(_hidden_states(model.model, batch), expected, rtol=0, atol=0)  # no second try

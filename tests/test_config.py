@@ -44,6 +44,13 @@ def test_overrides_from_the_command_line_are_typed(seed_path):
     assert listed.pref_loss == ["sigmoid", "hinge"] and listed.pref_loss_weights == [0.8, 0.2]
 
 
+def test_memory_and_attention_keys(seed_path):
+    cfg = load_config(seed_path, ["gradient_checkpointing=auto", "max_memory_gb=20", "attn_backend=flex"])
+    assert cfg.gradient_checkpointing == "auto" and cfg.max_memory_gb == 20.0 and cfg.attn_backend == "flex"
+    assert load_config(seed_path, ["gradient_checkpointing=true"]).gradient_checkpointing is True
+    assert load_config(seed_path).attn_backend == "auto"
+
+
 def test_python_overrides_and_dicts(seed_path, tmp_path):
     cfg = load_config(seed_path, {"pref_beta": 0.2, "resume_from_checkpoint": True})
     assert cfg.pref_beta == 0.2 and cfg.resume_from_checkpoint is True
@@ -67,6 +74,9 @@ def test_python_overrides_and_dicts(seed_path, tmp_path):
         ("model_name_or_path=checkpoints/sft/chat-model", "does not exist; give a local model directory, a .gguf file"),
         ("stage=ppo", "stage: 'ppo' is not allowed; expected one of 'dpo'"),
         ("dpo_label_smoothing=0.1 pref_loss=hinge", "dpo_label_smoothing"),
+        ("attn_backend=flash", "attn_backend: 'flash' is not allowed; expected one of 'auto', 'segments', 'flex'"),
+        ("gradient_checkpointing=some", "expected true or false or one of 'auto'"),
+        ("max_memory_gb=0", "max_memory_gb: 0.0 is not allowed; give the memory budget in GB"),
     ],
 )
 def test_config_errors_say_what_is_allowed(seed_path, override, message):

@@ -13,6 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from prefloop.testing import build_tiny_model
+from prefloop.train.attention import use_attention_backend
 from prefloop.train.collate import LAYOUTS, collate_pairs
 from prefloop.train.logps import pair_logps, pair_logps_reference
 from prefloop.train.losses import SequenceLogps, preference_loss, LossSpec
@@ -45,10 +46,16 @@ def features(tiny_tokenizer):
     return out
 
 
-def _model(tokenizer, arch="qwen2", **kwargs):
+def _model(tokenizer, arch="qwen2", backend="auto", **kwargs):
+    """A tiny model (grouped-query heads) on SDPA, switched to the attention `backend` (train/attention.py)."""
     model = build_tiny_model(tokenizer, arch=arch, **kwargs)
     model.config._attn_implementation = "sdpa"
+    if backend != "auto":
+        assert use_attention_backend(model, backend) == backend
     return model
+
+
+BACKENDS = ["segments", "flex", "sdpa_mask"]
 
 
 def _assert_equal_logps(fast, ref):
@@ -64,9 +71,12 @@ def _assert_equal_logps(fast, ref):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("chunk_size", [1, 7, 4096])
-def test_every_layout_and_chunk_size_equals_the_plain_computation(tiny_tokenizer, features, arch, layout, chunk_size):
-    model = _model(tiny_tokenizer, arch)
+# Chunking is independent of the attention backend: every chunk size with one backend, one size with the others.
+@pytest.mark.parametrize("chunk_size, backend", [(1, "segments"), (7, "segments"), (4096, "segments"),
+                                                 (7, "flex"), (7, "sdpa_mask")])
+def test_every_layout_and_chunk_size_equals_the_plain_computation(tiny_tokenizer, features, arch, layout, chunk_size,
+                                                                   backend):
+    model = _model(tiny_tokenizer, arch, backend)
     pad = tiny_tokenizer.pad_token_id
     with torch.no_grad():
         ref = pair_logps_reference(model, collate_pairs(features, "padded", pad))
@@ -122,8 +132,9 @@ def _lora(model):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_lora_gradients_equal_the_plain_computation(tiny_tokenizer, features, arch, layout):
-    model = _lora(_model(tiny_tokenizer, arch))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lora_gradients_equal_the_plain_computation(tiny_tokenizer, features, arch, layout, backend):
+    model = _lora(_model(tiny_tokenizer, arch, backend))
     pad = tiny_tokenizer.pad_token_id
     ref = _grads(model, pair_logps_reference, collate_pairs(features, "padded", pad))
     fast = _grads(model, pair_logps, collate_pairs(features, layout, pad), chunk_size=7)
@@ -211,8 +222,9 @@ def test_full_logits_are_never_kept_for_backward(tiny_tokenizer, features):
         assert saved_vocab_tensors(model, pair_logps_reference, padded)
 
 
-def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features):
-    model = _lora(_model(tiny_tokenizer))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features, backend):
+    model = _lora(_model(tiny_tokenizer, backend=backend))
     pad = tiny_tokenizer.pad_token_id
     batch = collate_pairs(features, "packed_prefix_shared", pad)
     with torch.no_grad():

@@ -34,7 +34,9 @@ class ModelArgs:
     lora_alpha: int | None = None  # default: 2 * lora_rank
     lora_dropout: float = 0.0
     freeze_trainable_layers: int = 2  # finetuning_type: freeze trains the last N decoder layers
-    gradient_checkpointing: bool = False
+    # true = every decoder layer (TRL's default); auto = only as many layers as max_memory_gb needs (train/memory.py)
+    gradient_checkpointing: Union[bool, Literal["auto"]] = False
+    max_memory_gb: float | None = None  # the budget of gradient_checkpointing: auto; default: what the device has
 
 
 @dataclass
@@ -68,6 +70,8 @@ class SpeedArgs:
     packing: bool = True  # padding-free rows; proven equal to the padded computation (tests/test_logps.py)
     prefix_sharing: bool = True  # the prompt computed once for chosen and rejected; proven equal likewise
     logps_chunk_size: int = 4096
+    # packed / prefix-shared rows: auto = flex on CUDA, segments elsewhere (train/attention.py)
+    attn_backend: Literal["auto", "segments", "flex", "sdpa_mask"] = "auto"
 
 
 @dataclass
@@ -370,6 +374,8 @@ def validate(cfg: Config) -> None:
     need(cfg.sample_prompts >= 0, "sample_prompts must be >= 0")
     need(cfg.ld_alpha is None or 0 <= cfg.ld_alpha <= 1, f"ld_alpha: {cfg.ld_alpha} is not allowed; it must be in [0, 1]")
     need(0 <= cfg.dpo_label_smoothing < 0.5, f"dpo_label_smoothing: {cfg.dpo_label_smoothing} is not allowed; it must be in [0, 0.5)")
+    need(cfg.max_memory_gb is None or cfg.max_memory_gb > 0,
+         f"max_memory_gb: {cfg.max_memory_gb} is not allowed; give the memory budget in GB (> 0) or leave it out")
     need(cfg.pref_ftx >= 0, f"pref_ftx: {cfg.pref_ftx} is not allowed; it must be >= 0")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")

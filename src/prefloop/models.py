@@ -146,7 +146,7 @@ def apply_finetuning(model, cfg):
         for layer in layers[-cfg.freeze_trainable_layers:]:
             for param in layer.parameters():
                 param.requires_grad_(True)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing is True:  # auto: train/memory.py checkpoints the layers the budget needs
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5 name
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})

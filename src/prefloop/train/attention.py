@@ -16,6 +16,11 @@ transformers' SDPA, so generation and padded batches are unchanged. `use_segment
 registers the function and switches a model from ``sdpa`` to it (the attention implementation is
 not saved with the config, so saved models and adapters still say nothing about prefloop).
 Equality with the masked computation, values and gradients, is tested in tests/test_attention.py.
+
+Backends (`attn_backend` in the config; `use_attention_backend`): ``segments`` (this module),
+``flex`` (`train/flex.py`: one fused FlexAttention call per layer with a block mask), ``sdpa_mask``
+(one SDPA call with the explicit [L, L] mask: the plain computation, rows no longer than the longest
+unit) and ``auto``: flex on CUDA, segments elsewhere (what the benchmark measured fastest there).
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from prefloop.train import flex
+
 IMPLEMENTATION = "prefloop_segments"
 PLAN_KWARG = "prefloop_segments"
+SDPA_MASK_IMPLEMENTATION = "prefloop_sdpa_mask"
+BACKENDS = ("auto", "segments", "flex", "sdpa_mask")
+_IMPLEMENTATIONS = {"segments": IMPLEMENTATION, "flex": flex.IMPLEMENTATION, "sdpa_mask": SDPA_MASK_IMPLEMENTATION}
 
 
 @dataclass(frozen=True)
@@ -131,12 +141,24 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
 
 def _register() -> None:
     from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    if IMPLEMENTATION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(IMPLEMENTATION, segment_attention_forward)
-        # Calls without a plan (generation, padded batches) build SDPA's masks and run SDPA.
-        ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
+    functions = {IMPLEMENTATION: segment_attention_forward, flex.IMPLEMENTATION: flex.flex_attention_forward,
+                 SDPA_MASK_IMPLEMENTATION: sdpa_attention_forward}
+    for name, function in functions.items():
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, function)
+            # Calls without a plan (generation, padded batches) build SDPA's masks and run SDPA.
+            ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+
+
+def _set_implementation(model, implementation: str) -> None:
+    _register()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+    else:
+        model.config._attn_implementation = implementation
 
 
 def use_segment_attention(model) -> bool:
@@ -147,9 +169,39 @@ def use_segment_attention(model) -> bool:
         return True
     if current != "sdpa":
         return False
-    _register()
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(IMPLEMENTATION)
-    else:
-        config._attn_implementation = IMPLEMENTATION
+    _set_implementation(model, IMPLEMENTATION)
     return config._attn_implementation == IMPLEMENTATION
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend for `backend` on `device`: ``auto`` is flex on CUDA (when this torch has
+    FlexAttention), segments elsewhere. Raises ValueError for an unknown name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attn_backend: {backend!r} is not known; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "flex" if torch.device(device).type == "cuda" and flex.available() else "segments"
+
+
+def attention_backend(model) -> str | None:
+    """The prefloop backend a model runs (segments / flex / sdpa_mask), None for any other attention."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return next((name for name, impl in _IMPLEMENTATIONS.items() if impl == current), None)
+
+
+def use_attention_backend(model, backend: str = "auto", device: torch.device | str | None = None) -> str | None:
+    """Switch a model whose attention is ``sdpa`` (or already one of prefloop's) to `backend`
+    (resolved for `device`, default: where the model's weights are); returns the backend in use, or
+    None for a model with other attention (eager, flash), which then gets the explicit mask.
+    The implementation is not saved with the config: saved models say nothing about prefloop."""
+    current = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if current != "sdpa" and attention_backend(model) is None:
+        return None
+    if device is None:
+        device = next(model.parameters()).device
+    name = resolve_backend(backend, device)
+    if name == "flex" and not flex.available():
+        raise ValueError(f"attn_backend: flex needs torch >= 2.5 (FlexAttention); this is torch {torch.__version__}")
+    if current != _IMPLEMENTATIONS[name]:
+        _set_implementation(model, _IMPLEMENTATIONS[name])
+    return name

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from prefloop.train.attention import PLAN_KWARG, use_segment_attention
+from prefloop.train.attention import PLAN_KWARG, attention_backend, use_attention_backend
+from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask, fallback_reason
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
@@ -78,24 +79,37 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return decoder, head
 
 
+def _backend(decoder, device) -> str | None:
+    """The prefloop attention backend of `decoder`; a plain SDPA model is switched to `auto`'s choice."""
+    return attention_backend(decoder) or use_attention_backend(decoder, "auto", device)
+
+
 def packed_row_tokens(model) -> int | None:
     """Capacity of a packed row for `model` (`collate_pairs`' `row_tokens`): the whole batch in one
-    row under segment attention, where attention costs per unit and a longer row only drops padding;
-    None (the longest unit) with an explicit mask, which costs the square of the row length."""
+    row under segment or flex attention, where attention costs per unit and a longer row only drops
+    padding; None (the longest unit) with an explicit mask, which costs the square of the row length."""
     decoder, _ = decoder_and_head(model)
-    return ONE_ROW if use_segment_attention(decoder) else None
+    return ONE_ROW if _backend(decoder, None) in ("segments", "flex") else None
 
 
 def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     """Last hidden states [R, L, d] for any layout.
 
-    Packed / prefix-shared rows run segment attention (`train/attention.py`) on SDPA models; an
-    eager model gets the equivalent explicit 4D mask."""
+    Packed / prefix-shared rows run the model's attention backend (`train/attention.py`): segment
+    attention with the batch's plan, FlexAttention with a block mask built here once per batch, or
+    (sdpa_mask, eager models) the equivalent explicit 4D mask."""
     extra = {}
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
-        if use_segment_attention(decoder):
+        backend = _backend(decoder, segments.device)
+        if backend == "segments":
             mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
+        elif backend == "flex":  # with the plan: segment attention if FlexAttention fails (train/flex.py)
+            mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
+            if fallback_reason() is None:
+                extra[BLOCK_MASK_KWARG] = block_mask(segments, branches)
+        elif backend == "sdpa_mask":  # SDPA takes the boolean mask in any precision
+            mask = attention_mask_4d(segments, branches)
         elif getattr(decoder.config, "_attn_implementation", "sdpa") == "eager":
             dtype = next(decoder.parameters()).dtype
             allowed = attention_mask_4d(segments, branches)

@@ -11,7 +11,7 @@ The cache file of a split is named by a key that covers everything the numbers d
   disabled), and the precision it runs in;
 - the tokenizer (its vocabulary), the chat template and `cutoff_len`;
 - the encoded data itself (every token id of every pair, in order);
-- the batch layout and `logps.LOGPS_VERSION` (how the log-probs are computed: another path rounds
+- the batch layout, the attention backend and `logps.LOGPS_VERSION` (how the log-probs are computed: another path rounds
   differently, and the untrained policy should tie exactly with its own reference).
 Change any of them and the key changes, so a stale cache is never read.
 """
@@ -27,6 +27,7 @@ import torch
 
 from prefloop.train.dataset import PairCollator
 from prefloop.train.distributed import all_ranks_agree, is_main_process, reference_shard
+from prefloop.train.attention import attention_backend, use_attention_backend
 from prefloop.train.logps import LOGPS_VERSION, packed_row_tokens, pair_logps
 
 _VOLATILE_CONFIG_KEYS = {"use_cache", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
@@ -160,12 +161,16 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
     precision = str(autocast_dtype or "float32")
     ref_fp = weights_fingerprint(reference.model, reference.kind)
     tok_fp = tokenizer_fingerprint(tokenizer)
+    # another attention backend rounds differently: its log-probs would not tie exactly with the policy's
+    attention = (attention_backend(reference.model) or use_attention_backend(reference.model, cfg.attn_backend)
+                 or reference.model.config._attn_implementation)
     status, started = {}, time.perf_counter()
     for split, features in splits.items():
         if not features:
             continue
         data_fp = data_fingerprint(features)
-        key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp, cfg.layout, LOGPS_VERSION)
+        key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp, cfg.layout, LOGPS_VERSION,
+                   attention)
         cached = cache.load(split, key, len(features))
         if not all_ranks_agree(cached is not None):  # every rank takes the same branch (a collective follows)
             cached = None

@@ -85,7 +85,10 @@ def run_training(cfg: Config) -> dict:
         f"parameters trainable ({100 * trainable / total:.2f}%).")
     model.to(args.device)
     autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
+    say(describe_attention(cfg, model))
     in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
+    if cfg.gradient_checkpointing == "auto" and cfg.do_train:
+        say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
     trainer.health = install_health(trainer, cfg)
@@ -210,6 +213,7 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
         return None
     reference = build_reference(cfg, model, tokenizer, before_training_only=cfg.precompute_ref)
     reference.model.to(args.device)
+    use_backend(cfg, reference.model)
     say(f"Reference: {reference.describe()}")
     if not cfg.precompute_ref:
         return reference
@@ -217,6 +221,46 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
     precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
                          data.template_name, autocast_dtype, args.device, log=say)
     return None  # a separately loaded reference is dropped here: the step needs only the policy
+
+
+def plan_memory(cfg: Config, model, tokenizer, data: Data, autocast_dtype) -> str:
+    """`gradient_checkpointing: auto`: checkpoint the layers `max_memory_gb` needs (train/memory.py)."""
+    from prefloop.train.dataset import PairCollator
+    from prefloop.train.logps import packed_row_tokens
+    from prefloop.train.memory import auto_checkpointing, checkpoint_layers, decoder_layers
+
+    if cfg.deepspeed or cfg.fsdp:  # sharded weights: a probe forward outside the wrapper cannot run
+        checkpoint_layers(model, len(decoder_layers(model)))
+        return ("Gradient checkpointing (auto): every decoder layer (under FSDP / DeepSpeed the footprint is not "
+                "measured; set gradient_checkpointing: false if the run fits without it)")
+    collator = PairCollator(cfg.layout, tokenizer.pad_token_id, packed_row_tokens(model))
+    try:
+        plan = auto_checkpointing(model, data.train, collator, cfg.per_device_train_batch_size, cfg.logps_chunk_size,
+                                  autocast_dtype, cfg.max_memory_gb)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"gradient_checkpointing: auto: {err}") from err
+    return plan.describe()
+
+
+def use_backend(cfg: Config, model) -> str | None:
+    """Switch `model` to `cfg.attn_backend` (train/attention.py); ConfigError when it cannot run it."""
+    from prefloop.train.attention import use_attention_backend
+
+    try:
+        return use_attention_backend(model, cfg.attn_backend)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def describe_attention(cfg: Config, model) -> str:
+    """Switch the policy to its attention backend; one line saying which runs and why."""
+    backend = use_backend(cfg, model)
+    device = next(model.parameters()).device
+    if backend is None:
+        return (f"Attention: the model's own {model.config._attn_implementation!r} with an explicit mask "
+                f"(attn_backend needs an SDPA model)")
+    why = f"attn_backend: auto on {device.type}" if cfg.attn_backend == "auto" else f"attn_backend: {backend}"
+    return f"Attention: {backend} ({why})"
 
 
 def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, autocast_dtype):

@@ -52,7 +52,8 @@ def build_training_arguments(cfg) -> TrainingArguments:
             use_cpu=not torch.cuda.is_available(),
             fp16=cfg.fp16,
             bf16=cfg.bf16,
-            **_checkpointing_arguments(cfg.gradient_checkpointing),
+            # auto: the layers are chosen and switched on by train/memory.py, not by the Trainer
+            **_checkpointing_arguments(cfg.gradient_checkpointing is True),
             eval_strategy=cfg.eval_strategy if cfg.run_eval else "no",
             eval_steps=cfg.eval_steps,
             save_strategy=cfg.save_strategy,

@@ -1,0 +1,233 @@
+"""Memory as a budget: `gradient_checkpointing: auto` checkpoints only the decoder layers the budget needs.
+
+Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") keeps only
+a layer's input for backward and recomputes the layer there: about a third more decoder compute for
+each checkpointed layer. TRL checkpoints every layer by default; a run that fits without it should
+not pay that. Here the footprint is measured, not guessed:
+
+1. `measure_footprint` runs the real forward (`logps.pair_logps`, the run's layout, attention backend
+   and precision) on two small probe batches (the longest pair, then the two longest) and counts the
+   bytes autograd saves for backward (`torch.autograd.graph.saved_tensors_hooks`), per decoder layer
+   and outside the layers, each storage once, parameters excluded. A straight line through the two
+   probes per token count gives bytes = fixed + per_token * tokens (the fixed part: e.g. bf16 copies
+   of the weights under autocast).
+2. `plan_checkpointing` predicts the peak at the run's largest batch (the `batch_size` longest pairs in
+   the run's layout) for k checkpointed layers:
+       static + rest + (N - k) * layer + k * layer_input + (layer if k == N else 0)
+   static = the memory in use now (CUDA: allocated; CPU: the weights) + gradients and AdamW's two fp32
+   states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps. The
+   first k layers are the checkpointed ones: backward recomputes them last, after the later layers'
+   activations are freed, so the recomputed layer adds to the peak only when every layer is
+   checkpointed (the last term), so N - 1 layers usually need less than N. k is the smallest count
+   that fits the budget (`max_memory_gb`; default: 90% of the device's memory, for the allocator's
+   slack and the CUDA context), 0 when everything fits, the count with the lowest predicted peak (and
+   a warning) when none fits.
+3. `checkpoint_layers` switches checkpointing on for the first k layers only.
+
+The prediction is linear in tokens, which holds for the packed / prefix-shared layouts with segment or
+flex attention (attention saves O(tokens)); with an explicit [L, L] mask (sdpa_mask, eager) the mask's
+memory is not per token and the plan can be optimistic. Under FSDP / DeepSpeed (sharded weights) the
+trainer does not measure and checkpoints every layer (`run.plan_memory`). Tested in tests/test_memory.py.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from prefloop.train.logps import decoder_and_head, pair_logps
+
+GB = 1e9
+DEFAULT_BUDGET_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes saved for backward as fixed + per_token * tokens: one decoder layer (`layer_*`, the mean
+    over layers) and everything outside the layers (`rest_*`: embeddings, final norm, head, loss);
+    `layer_input` bytes per token: what a checkpointed layer keeps (its input hidden state)."""
+
+    layer_fixed: float
+    layer_per_token: float
+    rest_fixed: float
+    rest_per_token: float
+    layer_input: float
+    num_layers: int
+
+    def layer(self, tokens: int) -> float:
+        return self.layer_fixed + self.layer_per_token * tokens
+
+    def rest(self, tokens: int) -> float:
+        return self.rest_fixed + self.rest_per_token * tokens
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """How many of the `num_layers` decoder layers to checkpoint, and the predicted peak in bytes."""
+
+    layers: int
+    num_layers: int
+    tokens: int  # tokens of the largest batch
+    predicted_bytes: float
+    budget_bytes: float
+    fits: bool
+
+    def describe(self) -> str:
+        what = ("no layer checkpointed (the run fits without recomputation)" if self.layers == 0 else
+                f"{self.layers} of {self.num_layers} decoder layers checkpointed")
+        line = (f"Gradient checkpointing (auto): {what}; predicted peak {self.predicted_bytes / GB:.2f} GB for the "
+                f"largest batch ({self.tokens:,} tokens), budget {self.budget_bytes / GB:.2f} GB")
+        if not self.fits:
+            line += ("; it does NOT fit with any number of checkpointed layers: lower per_device_train_batch_size "
+                     "or cutoff_len, or raise max_memory_gb")
+        return line
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a transformers causal LM (peft-wrapped or not)."""
+    decoder, _ = decoder_and_head(model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(decoder).__name__} has no `layers`; gradient_checkpointing: auto needs a decoder "
+                        f"with a list of layers (use true or false)")
+    return layers
+
+
+def device_memory_bytes(device: torch.device) -> float:
+    """All memory of `device`: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device).total_memory)
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def static_bytes(model, device: torch.device) -> float:
+    """Memory that does not depend on the batch: what is allocated now (weights, buffers; CPU: the
+    weights) plus gradients and AdamW's exp_avg / exp_avg_sq (fp32) of the trainable weights."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = sum(p.numel() * (p.element_size() + 8) for p in trainable)
+    if device.type == "cuda":
+        return float(torch.cuda.memory_allocated(device) + optimizer)
+    return float(sum(p.numel() * p.element_size() for p in model.parameters()) + optimizer)
+
+
+@contextmanager
+def _count_saved(model, totals: dict):
+    """Count bytes saved for backward into totals[layer index] / totals["rest"], each storage once."""
+    layers = decoder_layers(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    current = ["rest"]
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in params and ptr not in seen and storage.nbytes():
+            seen.add(ptr)
+            totals[current[0]] = totals.get(current[0], 0) + storage.nbytes()
+        return t
+
+    def enter(index):
+        return lambda *_: current.__setitem__(0, index)
+
+    handles = [layer.register_forward_pre_hook(enter(i)) for i, layer in enumerate(layers)]
+    handles += [layer.register_forward_hook(lambda *_: current.__setitem__(0, "rest")) for layer in layers]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _probe(model, batch: dict, chunk_size: int, autocast_dtype) -> dict:
+    totals: dict = {}
+    was_training = model.training
+    model.train()
+    try:
+        with torch.enable_grad(), _count_saved(model, totals):
+            out = pair_logps(model, batch, chunk_size=chunk_size, autocast_dtype=autocast_dtype)
+        del out
+    finally:
+        model.train(was_training)
+    return totals
+
+
+def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast_dtype=None) -> Footprint:
+    """The saved-for-backward footprint from two probe batches (`collate_pairs` output on the model's
+    device) with different token counts; see the module docstring. Raises ValueError when they have
+    the same number of tokens."""
+    sizes = [int(b["input_ids"].numel()) for b in (small, large)]
+    if sizes[0] == sizes[1]:
+        raise ValueError("the two probe batches need different token counts")
+    counts = [_probe(model, b, chunk_size, autocast_dtype) for b in (small, large)]
+    num_layers = len(decoder_layers(model))
+    per_layer = [sum(c.get(i, 0) for i in range(num_layers)) / num_layers for c in counts]
+    rest = [c.get("rest", 0) for c in counts]
+
+    def line(values):
+        slope = (values[1] - values[0]) / (sizes[1] - sizes[0])
+        return max(values[0] - slope * sizes[0], 0.0), max(slope, 0.0)
+
+    layer_fixed, layer_per_token = line(per_layer)
+    rest_fixed, rest_per_token = line(rest)
+    embeddings = model.get_input_embeddings().weight  # the residual stream keeps the weights' dtype under autocast
+    hidden_bytes = embeddings.shape[1] * embeddings.element_size()
+    return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers)
+
+
+def predicted_bytes(footprint: Footprint, static: float, tokens: int, checkpointed: int) -> float:
+    """Peak memory with `checkpointed` layers checkpointed (formula in the module docstring)."""
+    n, layer = footprint.num_layers, footprint.layer(tokens)
+    recompute = layer if checkpointed == n else 0.0  # see the module docstring
+    return (static + footprint.rest(tokens) + (n - checkpointed) * layer
+            + checkpointed * footprint.layer_input * tokens + recompute)
+
+
+def plan_checkpointing(footprint: Footprint, static: float, tokens: int, budget: float) -> CheckpointPlan:
+    """The fewest checkpointed layers whose predicted peak fits `budget` bytes (the lowest peak if none)."""
+    n = footprint.num_layers
+    peaks = [predicted_bytes(footprint, static, tokens, k) for k in range(n + 1)]
+    for k, peak in enumerate(peaks):
+        if peak <= budget:
+            return CheckpointPlan(k, n, tokens, peak, budget, True)
+    best = min(range(n + 1), key=peaks.__getitem__)  # nothing fits: the lowest peak (usually n - 1 layers)
+    return CheckpointPlan(best, n, tokens, peaks[best], budget, False)
+
+
+def checkpoint_layers(model, count: int) -> None:
+    """Checkpoint the first `count` decoder layers (non-reentrant), none of the others."""
+    layers = decoder_layers(model)
+    if count > 0:
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads") and any(
+                not p.requires_grad for p in model.get_input_embeddings().parameters()):
+            model.enable_input_require_grads()
+    for i, layer in enumerate(layers):
+        if hasattr(layer, "gradient_checkpointing"):
+            layer.gradient_checkpointing = i < count
+
+
+def auto_checkpointing(model, features: list[dict], collator, batch_size: int, chunk_size: int,
+                       autocast_dtype=None, budget_gb: float | None = None) -> CheckpointPlan:
+    """Measure, plan and apply `gradient_checkpointing: auto` for training on `features` (encoded pairs)
+    with `collator` (the run's `PairCollator`) and `batch_size` pairs per step; returns the plan."""
+    device = next(model.parameters()).device
+    move = lambda b: {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}  # noqa: E731
+    longest = sorted(features, key=lambda f: -(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"])))
+    if len(longest) < 2:
+        raise ValueError("gradient_checkpointing: auto needs at least 2 training pairs to measure the footprint")
+    checkpoint_layers(model, 0)
+    footprint = measure_footprint(model, move(collator(longest[:1])), move(collator(longest[:2])), chunk_size,
+                                  autocast_dtype)
+    tokens = int(collator(longest[:batch_size])["input_ids"].numel())
+    budget = budget_gb * GB if budget_gb else DEFAULT_BUDGET_SHARE * device_memory_bytes(device)
+    plan = plan_checkpointing(footprint, static_bytes(model, device), tokens, budget)
+    checkpoint_layers(model, plan.layers)
+    return plan

@@ -1,0 +1,124 @@
+"""`gradient_checkpointing: auto` (train/memory.py): the layer count follows the budget, only the chosen
+layers recompute, and gradients equal the computation without checkpointing."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+import prefloop
+from prefloop.testing import build_tiny_model
+from prefloop.train.collate import collate_pairs
+from prefloop.train.dataset import PairCollator
+from prefloop.train.logps import pair_logps
+from prefloop.train.memory import (GB, _probe, auto_checkpointing, checkpoint_layers, measure_footprint,
+                                   plan_checkpointing, predicted_bytes, static_bytes)
+
+
+def _pair(p, c, r, base=10):
+    return {"prompt_ids": list(range(base, base + p)), "chosen_ids": list(range(base + 100, base + 100 + c)),
+            "rejected_ids": list(range(base + 200, base + 200 + r))}
+
+
+PAIRS = [_pair(40, 12, 20), _pair(10, 30, 5, base=20), _pair(25, 8, 35, base=30), _pair(6, 16, 16, base=40)]
+LAYERS = 4
+
+
+def _lora_model(tokenizer):
+    model = build_tiny_model(tokenizer, arch="llama", num_layers=LAYERS)
+    model.config._attn_implementation = "sdpa"
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    return get_peft_model(model, config)
+
+
+def _collator():
+    return PairCollator("packed_prefix_shared", 0, 1 << 20)
+
+
+def test_the_footprint_grows_with_tokens_per_layer_and_outside(tiny_tokenizer):
+    model = _lora_model(tiny_tokenizer)
+    small, large = _collator()(PAIRS[:1]), _collator()(PAIRS)
+    fp = measure_footprint(model, small, large, chunk_size=16)
+    assert fp.num_layers == LAYERS and fp.layer_per_token > 0 and fp.rest_per_token > 0
+    # A layer saves much more than its input hidden state (attention, MLP, norms): checkpointing pays.
+    assert fp.layer_per_token > 4 * fp.layer_input
+    assert fp.layer_input == model.get_input_embeddings().weight.shape[1] * 4  # fp32 residual stream
+    # The fitted line reproduces the measured probe at the larger batch.
+    measured = _probe(model, large, 16, None)
+    tokens = large["input_ids"].numel()
+    per_layer = sum(measured[i] for i in range(LAYERS)) / LAYERS
+    assert abs(fp.layer(tokens) - per_layer) <= 1e-6 * per_layer
+
+
+def test_the_layer_count_follows_the_budget(tiny_tokenizer):
+    model = _lora_model(tiny_tokenizer)
+    fp = measure_footprint(model, _collator()(PAIRS[:1]), _collator()(PAIRS[:2]), chunk_size=16)
+    static, tokens = static_bytes(model, torch.device("cpu")), 5000
+    peaks = [predicted_bytes(fp, static, tokens, k) for k in range(LAYERS + 1)]
+    assert all(a > b for a, b in zip(peaks, peaks[1:-1]))  # each more checkpointed layer saves memory ...
+    assert peaks[-1] > peaks[-2]  # ... except the last: with every layer checkpointed one is recomputed on top
+    assert plan_checkpointing(fp, static, tokens, budget=100 * GB).layers == 0  # it fits: no recomputation
+    for k in range(1, LAYERS):
+        plan = plan_checkpointing(fp, static, tokens, budget=peaks[k])
+        assert plan.fits and plan.layers == k and plan.predicted_bytes <= peaks[k]
+        if k < LAYERS - 1:
+            assert plan_checkpointing(fp, static, tokens, budget=peaks[k] - 1).layers == k + 1
+    too_small = plan_checkpointing(fp, static, tokens, budget=peaks[LAYERS - 1] - 1)
+    assert not too_small.fits and too_small.layers == LAYERS - 1 and "does NOT fit" in too_small.describe()
+
+
+def test_only_the_chosen_layers_stop_saving_activations(tiny_tokenizer):
+    model = _lora_model(tiny_tokenizer)
+    batch = _collator()(PAIRS)
+    full = _probe(model, batch, 16, None)
+    checkpoint_layers(model, 2)
+    partial = _probe(model, batch, 16, None)
+    assert all(partial.get(i, 0) < full[i] / 10 for i in (0, 1))  # checkpointed: (almost) nothing kept
+    # The others keep everything (no recomputation); layer 2 may now own its input hidden state, which
+    # layer 1 no longer saves.
+    hidden_state = batch["input_ids"].numel() * model.get_input_embeddings().weight.shape[1] * 4
+    assert abs(partial[2] - full[2]) <= hidden_state and partial[3] == full[3]
+
+
+@pytest.mark.parametrize("count", [1, LAYERS])
+def test_gradients_equal_the_computation_without_checkpointing(tiny_tokenizer, count):
+    model = _lora_model(tiny_tokenizer)
+    batch = collate_pairs(PAIRS, "packed_prefix_shared", 0, row_tokens=1 << 20)
+    grads = []
+    for layers in (0, count):
+        checkpoint_layers(model, layers)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = pair_logps(model, batch, chunk_size=16)
+        (out.seq.chosen - out.seq.rejected).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    plain, checkpointed = grads
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name, expected in plain.items():
+        error = (checkpointed[name] - expected).abs().max() / expected.abs().max().clamp(min=1e-12)
+        assert error < 1e-6, f"{name}: {error:.1e}"
+
+
+def test_auto_checkpointing_with_a_budget(tiny_tokenizer):
+    model = _lora_model(tiny_tokenizer)
+    roomy = auto_checkpointing(model, PAIRS, _collator(), batch_size=4, chunk_size=16, budget_gb=1000)
+    assert roomy.layers == 0 and "no layer checkpointed" in roomy.describe()
+    tight_gb = (static_bytes(model, torch.device("cpu")) + 1) / GB
+    tight = auto_checkpointing(model, PAIRS, _collator(), batch_size=4, chunk_size=16, budget_gb=tight_gb)
+    assert tight.layers == LAYERS - 1 and not tight.fits
+    layers = model.get_base_model().model.layers
+    assert [layer.gradient_checkpointing for layer in layers] == [True] * (LAYERS - 1) + [False]
+
+
+def test_training_with_gradient_checkpointing_auto(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?",
+                                        "chosen": f"It is {2 * i}.", "rejected": "no"}) + "\n" for i in range(8)))
+    common = dict(model_name_or_path=str(tiny_model_dir), dataset=str(data), finetuning_type="lora", template="qwen",
+                  max_steps=1, per_device_train_batch_size=4, report_to="none", sample_prompts=0,
+                  save_strategy="no", gradient_checkpointing="auto")
+    prefloop.train(dict(common, output_dir=str(tmp_path / "a"), max_memory_gb=1000))
+    assert "Gradient checkpointing (auto): no layer checkpointed" in capsys.readouterr().out
+    prefloop.train(dict(common, output_dir=str(tmp_path / "b"), max_memory_gb=0.000001))
+    assert "decoder layers checkpointed" in capsys.readouterr().out
