@@ -85,7 +85,8 @@ def test_lc_win_rate_equals_raw_when_lengths_carry_no_signal():
 def test_extreme_change_rule_is_alpaca_evals():
     assert not stats.is_extreme_change(0.50, 0.60)   # +10 exactly is allowed
     assert stats.is_extreme_change(0.50, 0.63)       # > 62.5
-    assert stats.is_extreme_change(0.80, 0.65)       # < min(60, 70)
+    assert stats.is_extreme_change(0.80, 0.55)       # < min(80 - 80/4, 80 - 10) = 60
+    assert not stats.is_extreme_change(0.80, 0.65)   # 15 points down but within a quarter
     assert not stats.is_extreme_change(0.20, 0.12)   # 8 points down: within 10
 
 
