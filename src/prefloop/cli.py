@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(**args) or 0)
     except PrefloopError as err:
-        print(f"prefloop {command}: error: {err}", file=sys.stderr)
+        shown = command.replace("-", " ", 1) if command.startswith("eval-") else command
+        print(f"prefloop {shown}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -4,8 +4,8 @@ Steps: read the prompts (a prompt file as `generate` reads it, or the held-out s
 config), generate each model's answers through the one sampler with fixed seeds (cached under
 OUT/answers/, see `answers.py`), then either
 - judge every prompt in both orders with the landed pairwise judge (`judge/pairwise.py`; after shown
-  first, then before shown first; disagreement = tie; judgments cached in OUT/judge-cache.jsonl, keyed by
-  judge, template and answers), or
+  first, then before shown first; disagreement = tie; judgments cached in OUT/judgments/, one file per judge,
+  keyed by judge, template and answers), or
 - put the pairs into the labeling store (`--human-db`; the label app hides which model wrote which
   answer until after the vote), and later compute the report from the votes (`--from-db`).
 The statistics come from `prefloop.stats`; the results follow the shared contract (`results.py`); the
@@ -106,7 +106,8 @@ SWAPPED_OUTCOME = {"A": "loss", "B": "win", "C": "tie"}  # before shown as A
 
 def open_judge(judge: str, judge_model: str | None, criteria: str, template_file: str | None, out_dir: Path,
                api_key: str | None, concurrency: int, max_tokens: int, seed: int):
-    """The landed pairwise judge with its cache in OUT/judge-cache.jsonl."""
+    """The landed pairwise judge with its cache in OUT/judgments/HASH.jsonl (HASH of the judge target and model
+    name, so two endpoints serving models of the same name never share verdicts)."""
     from prefloop.chat_clients import open_chat_client
     from prefloop.judge.cache import JudgmentCache
     from prefloop.judge.pairwise import PairwiseJudge
@@ -115,8 +116,9 @@ def open_judge(judge: str, judge_model: str | None, criteria: str, template_file
     prompt = JudgePrompt.from_options(criteria, template_file)
     client = open_chat_client(judge, judge_model, api_key, batch_size=concurrency, concurrency=concurrency,
                               option="--judge-model")
-    return PairwiseJudge(client, prompt, JudgmentCache(out_dir / "judge-cache.jsonl"), max_tokens=max_tokens,
-                         seed=seed), prompt
+    where = hashlib.sha256(f"{judge}|{judge_model or ''}".encode()).hexdigest()[:12]
+    cache = JudgmentCache(out_dir / "judgments" / f"{where}.jsonl")  # one file per judge target
+    return PairwiseJudge(client, prompt, cache, max_tokens=max_tokens, seed=seed), prompt
 
 
 def judge_both_orders(pj, prompts: list[Prompt], after: AnswerSet, before: AnswerSet, label: str) -> list[dict]:
