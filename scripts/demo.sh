@@ -17,8 +17,11 @@ echo "[demo] prefloop train examples/demo.yaml $*"
 "$PYTHON" -m prefloop train examples/demo.yaml "$@"
 # Win rate of the trained adapter against the base on 16 held-out prompts. The judge is the base model
 # itself, the only one this machine has: a mechanism check, not a quality claim (see the README).
+# A 135M model cannot follow the usual judge prompt (explanation, then [[A]]/[[B]]); the shipped short
+# template asks it for one letter.
 eval_args=(--config examples/demo.yaml --limit 16 --judge models/SmolLM2-135M-Instruct
-           --temperature 0 --max-new-tokens 64 --judge-max-tokens 32 --batch-size 16
+           --template-file examples/judge/small_model_judge.txt --judge-max-tokens 8
+           --temperature 0 --max-new-tokens 64 --batch-size 16
            --out checkpoints/demo/smollm2-dpo/eval-winrate)
 echo "[demo] prefloop eval winrate ${eval_args[*]}"
 eval_start=$(date +%s)

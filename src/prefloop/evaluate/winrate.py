@@ -292,6 +292,10 @@ def winrate_report(results: dict, prompts: list[Prompt], after: AnswerSet, befor
     ])
     if d["lc"].get("warning"):
         summary.warning(d["lc"]["warning"])
+    if m["judge_consistency"] is not None and m["judge_consistency"] < 0.5:
+        summary.warning(f"The judge gave the same verdict in both orders on only {percent(m['judge_consistency'])} "
+                        f"of the prompts (first-position rate {percent(m['first_position_rate'])}): it decides by "
+                        "position more than by content, so its ties say little about the models. Use a stronger judge.")
     if m["n_prompts"] and m["n_prompts"] < 30:
         summary.warning(f"Only {m['n_prompts']} prompts: the interval is wide; use a few hundred prompts for a "
                         "decision.")
@@ -340,6 +344,9 @@ def print_summary(results: dict) -> None:
           f"{m['n_failed_judgments']} failed/unparseable judgments", file=sys.stderr)
     if lc.get("warning"):
         print(f"  warning: {lc['warning']}", file=sys.stderr)
+    if m["judge_consistency"] is not None and m["judge_consistency"] < 0.5:
+        print(f"  warning: the judge agreed with itself across both orders on {percent(m['judge_consistency'])} of "
+              "the prompts: it judges position more than content; use a stronger judge", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------ human votes
