@@ -235,3 +235,27 @@ def test_config_gives_the_held_out_prompts_and_both_models(tiny_model_dir, adapt
         {prompt_key(p.prompt_messages()) for p in held_out}
     assert results["models"]["after"]["adapter"] == str(adapter_dir)
     assert results["models"]["before"]["path"] == str(tiny_model_dir)
+
+
+def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys):
+    from prefloop.evaluate.compare import compare_results
+    from prefloop.evaluate.results import model_entry, new_results, write_results
+
+    a = new_results("winrate", models={"after": model_entry(path="m1")}, judge={"name": "j1"},
+                    metrics={"win_rate": 0.5, "wins": 3, "lc_win_rate": None})
+    b = new_results("winrate", models={"after": model_entry(path="m2")}, judge={"name": "j1"},
+                    metrics={"win_rate": 0.625, "wins": 5, "raw_win_rate": 0.5})
+    diff = compare_results(a, b)
+    rows = {m["name"]: m for m in diff["metrics"]}
+    assert rows["win_rate"]["diff"] == pytest.approx(0.125) and rows["wins"]["diff"] == 2
+    assert rows["lc_win_rate"]["diff"] is None and rows["raw_win_rate"]["a"] is None
+    assert diff["settings"] == [{"name": "models.after.path", "a": "m1", "b": "m2"}]
+    write_results(tmp_path / "a", a)
+    write_results(tmp_path / "b", b)
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b" / "results.json")]) == 0
+    out = capsys.readouterr().out
+    assert "+0.1250" in out and "models.after.path: A='m1'  B='m2'" in out
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "no such results file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="kind"):
+        write_results(tmp_path / "c", {**a, "kind": "nonsense"})

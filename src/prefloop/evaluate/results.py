@@ -75,7 +75,7 @@ def _problems(results: dict) -> list[str]:
     if not isinstance(results, dict):
         return ["the top level is not a JSON object"]
     problems = [f"missing key {k!r}" for k in REQUIRED if k not in results]
-    if results.get("schema") not in (None, SCHEMA) and "schema" in results:
+    if "schema" in results and results["schema"] != SCHEMA:
         problems.append(f"schema is {results['schema']!r}, expected {SCHEMA!r}")
     if "kind" in results and results["kind"] not in KINDS:
         problems.append(f"kind is {results['kind']!r}, expected one of {', '.join(KINDS)}")
