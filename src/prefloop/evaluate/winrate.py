@@ -516,6 +516,7 @@ def winrate_command(out, before=None, after=None, prompts=None, config=None, jud
     metrics, details = summarize(rows, a, b, resamples, seed, js)
     judge_entry = {"name": pj.client.name, "target": judge, "template": judge_prompt.origin,
                    "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
+                   "template_text": judge_prompt.template,
                    "max_tokens": judge_max_tokens, "temperature": 0.0, "seed": seed,
                    "usage": pj.client.usage.to_dict()}
     results = new_results("winrate", models={"after": after_spec.to_entry(), "before": before_spec.to_entry()},
