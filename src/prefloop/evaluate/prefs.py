@@ -120,7 +120,7 @@ def source_group(pair) -> str:
     """The pair's `source`, or its file when the loader filled in "file:line"."""
     source = pair.source or "(none)"
     stripped = _AUTO_SOURCE.sub("", source)
-    return stripped if stripped != source and "." in Path(stripped).name else source
+    return Path(stripped).name if stripped != source and "." in Path(stripped).name else source
 
 
 def dimension_direction(pair, name: str) -> int | None:
@@ -274,7 +274,7 @@ def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 102
         kind="prefs", benchmark=None,
         models={"model": {"path": setup.model, "adapter": setup.adapter, "url": None, "name": Path(setup.model).name,
                           "fingerprint": None}},
-        data={"path": setup.data, "n": len(encoded), "split": setup.split, "files": loaded.files()},
+        data={"path": setup.data, "n": len(encoded), "split": setup.split, "files": loaded.files, "fingerprint": None},
         config={"beta": setup.beta, "reference": None if reference is None else reference.describe(),
                 "template": template_name, "cutoff_len": setup.cutoff_len, "val_size": setup.val_size,
                 "training_config": setup.config_path, "batch_size": batch_size},
@@ -308,11 +308,81 @@ def prefs_lines(results: dict) -> list[str]:
     return lines
 
 
+def prefs_report(results: dict):
+    """The report people read: summary, per-source and per-dimension tables, a per-dimension accuracy plot."""
+    from prefloop.evaluate.report import Report, percent
+
+    m, d, c = results["metrics"], results["details"], results["config"]
+    model = results["models"]["model"]
+    report = Report("Held-out preference accuracy",
+                    f"{model['path']}" + (f" + adapter {model['adapter']}" if model["adapter"] else "")
+                    + f" on {results['data']['path']} ({m['n_pairs']} pairs)")
+    summary = report.section("Summary", f"Reference: {c['reference'] or 'none (reference-free ranking only)'}; "
+                                        f"beta {c['beta']}; template {c['template']}; {d['encoding']}.")
+    rows = [["pairs", m["n_pairs"]]]
+    if "pref_accuracy" in m:
+        rows += [["preference accuracy (implicit reward, ties apart)", percent(m["pref_accuracy"])],
+                 ["ties (policy reward equal on both)", m["pref_ties"]], ["wrong", m["pref_losses"]],
+                 ["accuracy with ties as half (trainer's eval_rewards/accuracies)", percent(m["pref_accuracy_ties_half"])],
+                 ["mean reward margin", f"{m['reward_margin']:+.4f}"],
+                 ["mean reward chosen / rejected", f"{m['reward_chosen']:+.4f} / {m['reward_rejected']:+.4f}"]]
+    else:
+        summary.warning("No reference model: the implicit reward needs one. Give --adapter (reference = the base "
+                        "with adapters disabled) or --reference MODEL.")
+    rows.append(["reference-free ranking accuracy (mean log-prob per token)", percent(m["ref_free_accuracy"])])
+    summary.table(["metric", "value"], rows)
+    if d["skipped_rows"]["count"] or d["dropped_in_encoding"]:
+        summary.warning(f"{d['skipped_rows']['count']} unreadable row(s) skipped, {d['dropped_in_encoding']} pair(s) "
+                        f"dropped in encoding: they are not in these numbers.")
+    for title, key in (("Per source", "per_source"), ("Per dimension", "per_dimension")):
+        table = d[key]
+        if not table:
+            continue
+        section = report.section(title, None if key == "per_source" else
+                                 "Pairs a dimension has a preference on, oriented so that the response the "
+                                 "dimension prefers counts as chosen.")
+        section.table([key[4:], "pairs", "preference accuracy", "ties", "reward margin", "reference-free accuracy"],
+                      [[name, row["n_pairs"], percent(row.get("pref_accuracy")), row.get("pref_ties"),
+                        row.get("reward_margin"), percent(row.get("ref_free_accuracy"))] for name, row in table.items()],
+                      digits=4)
+        if key == "per_dimension":
+            section.figure("per_dimension_accuracy", _accuracy_bars(table), "Accuracy per dimension")
+    return report
+
+
+def _accuracy_bars(table: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.2))
+    x = np.arange(len(names))
+    implicit = [table[n].get("pref_accuracy", np.nan) for n in names]
+    free = [table[n].get("ref_free_accuracy", np.nan) for n in names]
+    ax.bar(x - 0.2, implicit, 0.4, label="implicit reward")
+    ax.bar(x + 0.2, free, 0.4, label="reference-free")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def write_outputs(out: str, results: dict, report) -> list[Path]:
+    """results.json (the shared contract) and report.md/report.html in `out`."""
+    from prefloop.evaluate.results import write_results
+
+    paths = [write_results(out, results)]
+    paths += list(report.write(out).values())
+    return paths
+
+
 def prefs_command(model=None, adapter=None, reference=None, data=None, config=None, out="eval/prefs", beta=None,
                   template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False) -> int:
     """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`."""
-    from prefloop.evaluate.report import write_report
-
     if config:
         setup = setup_from_config(config, model, adapter, reference, data, beta)
     else:
@@ -328,6 +398,6 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
     results = evaluate_prefs(setup, batch_size=batch_size, skip_bad_rows=skip_bad_rows)
     for line in prefs_lines(results):
         print(line)
-    paths = write_report(out, results)
-    print(f"Report: {', '.join(str(p) for p in paths)}")
+    paths = write_outputs(out, results, prefs_report(results))
+    print(f"Wrote {', '.join(str(p) for p in paths)}")
     return 0
