@@ -62,9 +62,9 @@ def direct_logps(model, ids, start):
     return float(token[start - 1:].sum())
 
 
-def test_prefs_accuracy_matches_a_direct_computation(tmp_path, tiny_model_dir, tiny_tokenizer):
+def test_prefs_accuracy_matches_a_direct_computation(tmp_path, tiny_model_dir):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data = write_pairs(tmp_path / "held_out.jsonl")
     adapter = save_adapter(tiny_model_dir, tmp_path / "adapter", random_b=True)
@@ -74,7 +74,8 @@ def test_prefs_accuracy_matches_a_direct_computation(tmp_path, tiny_model_dir, t
 
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
     pairs = load_pairs(str(data)).pairs
-    encoded, _ = encode_pairs(pairs, tiny_tokenizer, get_template(None, tiny_tokenizer), 2048)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the tokenizer saved with the model
+    encoded, _ = encode_pairs(pairs, tokenizer, get_template(None, tokenizer), 2048)
     margins, free = [], []
     for e in encoded:
         values = {}
