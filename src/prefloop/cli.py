@@ -25,6 +25,8 @@ COMMANDS = {
     "label-stats": "prefloop.label.stats:label_stats_command",
     "export": "prefloop.label.export:export_command",
     "serve": "prefloop.serve.app:serve_command",
+    "eval-winrate": "prefloop.evaluate.winrate:winrate_command",
+    "eval-compare": "prefloop.evaluate.compare:compare_command",
     "eval-prefs": "prefloop.evaluate.prefs:prefs_command",
     "eval-bench": "prefloop.evaluate.bench:bench_command",
 }
@@ -136,8 +138,63 @@ def _add_serve(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model: held-out preference accuracy, benchmarks")
+    p = sub.add_parser("eval", help="evaluate models: win rate after vs before, leaderboards, held-out preference "
+                                    "accuracy, benchmarks, comparisons of results",
+                       description="Every eval writes results.json, report.md and report.html into --out.")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)
+    _add_eval_winrate(eval_sub)
+    _add_eval_compare(eval_sub)
+    _add_eval_prefs(eval_sub)
+    _add_eval_bench(eval_sub)
+
+
+def _add_eval_winrate(eval_sub) -> None:
+    w = eval_sub.add_parser(
+        "winrate", help="win rate of --after against --before (or a --models leaderboard against --baseline)",
+        description="Generate both models' answers (cached under OUT/answers/), judge each prompt in both orders "
+                    "(disagreement = tie), report wins/ties/losses, win rate with ties as half and its 95%% paired-"
+                    "bootstrap interval, raw and length-controlled win rate, lengths and judge diagnostics.")
+    w.add_argument("--out", required=True, help="directory for results.json, report.md, report.html and the caches")
+    w.add_argument("--before", help="model before training: directory, LoRA adapter directory or endpoint URL "
+                                    "(default with --config: its model_name_or_path)")
+    w.add_argument("--after", help="model after training: directory, LoRA adapter directory or endpoint URL "
+                                   "(default with --config: its output_dir)")
+    w.add_argument("--before-model-name", help="model name at the --before endpoint")
+    w.add_argument("--after-model-name", help="model name at the --after endpoint")
+    w.add_argument("--prompts", help="prompts file (any format prefloop generate reads)")
+    w.add_argument("--config", help="training YAML: use its held-out split's prompts (val_size, seed)")
+    w.add_argument("--limit", type=int, help="use only the first N prompts")
+    w.add_argument("--judge", help="pairwise judge: OpenAI-compatible endpoint URL or local model path")
+    w.add_argument("--judge-model", help="model name at the judge endpoint")
+    w.add_argument("--criteria", default="helpfulness,accuracy,clarity,safety", help="judge criteria, comma-separated")
+    w.add_argument("--template-file", help="judge prompt template file (see prefloop judge)")
+    w.add_argument("--judge-max-tokens", type=int, default=512, help="longest judge answer (default 512)")
+    w.add_argument("--human-db", help="put the pairs into this labeling store instead of judging (identities hidden)")
+    w.add_argument("--from-db", help="compute the report from the human votes in this store")
+    w.add_argument("--db-origin", help="with --from-db: which eval run's items (when the store holds several)")
+    w.add_argument("--models", help="comma-separated models for a Bradley-Terry leaderboard against --baseline")
+    w.add_argument("--model-names", help="comma-separated endpoint model names, one per --models entry")
+    w.add_argument("--baseline", help="the model every --models entry is judged against")
+    w.add_argument("--baseline-model-name", help="model name at the --baseline endpoint")
+    w.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the answers (0 = greedy)")
+    w.add_argument("--top-p", type=float, default=1.0)
+    w.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens")
+    w.add_argument("--seed", type=int, default=0, help="seed of sampling (per prompt), judge and bootstrap")
+    w.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    w.add_argument("--batch-size", type=int, default=8, help="rows decoded together by a local model")
+    w.add_argument("--concurrency", type=int, default=8, help="requests in flight to an endpoint")
+    w.add_argument("--api-key", help="API key for the endpoints (default: $OPENAI_API_KEY)")
+    w.add_argument("--show-answers", type=int, default=10, help="prompts whose answers the report shows")
+
+
+def _add_eval_compare(eval_sub) -> None:
+    c = eval_sub.add_parser("compare", help="print the differences between two results.json files")
+    c.add_argument("results_a", help="results.json (or the --out directory of an eval run)")
+    c.add_argument("results_b", help="results.json (or the --out directory of an eval run)")
+    c.add_argument("--json", action="store_true", help="print the differences as JSON")
+
+
+def _add_eval_prefs(eval_sub) -> None:
     r = eval_sub.add_parser("prefs", help="held-out preference accuracy (implicit reward and reference-free ranking)",
                             description="Held-out preference accuracy of a policy on preference pairs: the implicit "
                             "DPO reward beta*log(pi/pi_ref) ranks chosen above rejected (ties shown apart), the "
@@ -157,6 +214,8 @@ def _add_eval(sub) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing")
 
+
+def _add_eval_bench(eval_sub) -> None:
     from prefloop.evaluate.bench import RUNNERS
 
     b = eval_sub.add_parser("bench", help="run a benchmark on local files: " + ", ".join(RUNNERS),
@@ -198,14 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     if command == "data":
         command = "data-" + args.pop("data_command")
-    elif command == "eval":
+    if command == "eval":
         command = "eval-" + args.pop("eval_command")
     module_name, func_name = COMMANDS[command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(**args) or 0)
     except PrefloopError as err:
-        print(f"prefloop {command}: error: {err}", file=sys.stderr)
+        shown = command.replace("-", " ", 1) if command.startswith("eval-") else command
+        print(f"prefloop {shown}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -206,8 +206,10 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     penalty (liblinear) on soft labels as weighted duplicated rows, the penalty chosen from
     C in logspace(-4, 4, 10) by 5-fold grouped cross-validation on soft log loss, as alpaca_eval's
     `fit_LogisticRegressionCV` does. LC win rate = the prediction at Δlen = 0 = sigmoid(w_0).
-    Standard error: delta method, SE = p(1-p) * SE(w_0), with the sandwich (robust) covariance
-    H^-1 B H^-1 of the soft-label likelihood (H = Σ μ(1-μ) x xᵀ, B = Σ (y-μ)² x xᵀ) at the fitted weights.
+    Standard error: delta method, SE = p(1-p) * SE(w_0), with Var(w_0) the larger of the sandwich (robust)
+    variance H^-1 B H^-1 and the model-based H^-1 of the soft-label likelihood at the fitted weights
+    (H = Σ μ(1-μ) x xᵀ, B = Σ (y-μ)² x xᵀ); the larger, because when lengths separate the verdicts the
+    residuals vanish and the sandwich alone would understate the uncertainty.
     Warning: `is_extreme_change(win_rate, lc)`, the message alpaca_eval logs.
     Fewer than 2 prompts: LC undefined (None). Raises ValueError on mismatched lengths or preferences
     outside [0, 1].
@@ -243,7 +245,9 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     H = (X * (mu * (1 - mu))[:, None]).T @ X
     B = (X * ((y - mu) ** 2)[:, None]).T @ X
     H_inv = np.linalg.pinv(H)
-    var_w0 = float((H_inv @ B @ H_inv)[1, 1])
+    # the larger of the robust and the model-based variance: when lengths separate the verdicts the residuals
+    # vanish and the sandwich alone would claim a certainty the fit does not have
+    var_w0 = max(float((H_inv @ B @ H_inv)[1, 1]), float(H_inv[1, 1]))
     se = lc * (1 - lc) * math.sqrt(max(var_w0, 0.0))
     warning = None
     if is_extreme_change(raw, lc):

@@ -1,0 +1,214 @@
+"""`prefloop eval winrate` / `eval compare` end to end: tiny models (a local directory, a LoRA adapter
+directory, `prefloop serve`), a scripted judge endpoint on the landed server helpers, the real store."""
+
+import json
+
+import pytest
+
+from prefloop.cli import main
+from prefloop.evaluate.report import Report
+from prefloop.evaluate.results import SCHEMA, read_results
+from prefloop.errors import DataError
+from prefloop.serve.background import BackgroundServer
+from prefloop.store import Store
+from test_judge import always_a, never_decides, prefers_longer, scripted_judge_app
+
+PROMPTS = ["What is the capital of France?", "Explain gravity to a child.", "Write a haiku about rain.",
+           "How do I reverse a list in Python?", "Name three prime numbers.", "Why is the sky blue?"]
+GEN = ["--max-new-tokens", "12", "--temperature", "0.9", "--resamples", "200", "--batch-size", "6"]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter on the tiny model with random (non-zero) weights, so its answers differ from the base's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model.save_pretrained(out)
+    return out
+
+
+def answers(out, role):
+    return {r["id"]: r for r in map(json.loads, (out / "answers" / f"{role}.jsonl").read_text().splitlines())}
+
+
+def test_winrate_end_to_end_then_another_judge_generates_nothing(tiny_model_dir, adapter_dir, prompts_file, tmp_path):
+    out = tmp_path / "run"
+    app, requests = scripted_judge_app(prefers_longer)
+    with BackgroundServer(app) as judge:
+        code = main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN])
+    assert code == 0
+    after, before = answers(out, "after"), answers(out, "before")
+    assert set(after) == set(before) == {f"q{i}" for i in range(6)}
+    assert after != before
+    # the judge prefers the longer answer in both orders, so the expected table follows from the lengths
+    expected = {k: "win" if after[k]["chars"] > before[k]["chars"] else
+                "loss" if after[k]["chars"] < before[k]["chars"] else "tie" for k in after}
+    results = read_results(out)
+    m = results["metrics"]
+    assert results["schema"] == SCHEMA and results["kind"] == "winrate"
+    assert (m["wins"], m["ties"], m["losses"]) == tuple(list(expected.values()).count(o) for o in ("win", "tie", "loss"))
+    assert m["n_prompts"] == 6 and m["win_rate"] == pytest.approx((m["wins"] + m["ties"] / 2) / 6)
+    assert m["raw_win_rate"] == pytest.approx(m["wins"] / 6)
+    assert m["win_rate_ci_low"] <= m["win_rate"] <= m["win_rate_ci_high"]
+    assert m["judge_consistency"] == pytest.approx(1.0) and m["n_failed_judgments"] == 0
+    assert m["mean_length_tokens/after"] > 0 and m["mean_length_tokens/before"] > 0
+    assert {r["id"]: r["outcome"] for r in results["details"]["per_prompt"]} == expected
+    assert results["models"]["after"]["adapter"] == str(adapter_dir)
+    assert results["models"]["after"]["path"] == str(tiny_model_dir)
+    assert len(requests) == 12  # six prompts, both orders
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page
+    assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
+    assert "| wins / ties / losses |" in (out / "report.md").read_text()
+
+    # another judge on the same --out: answers come from the cache; the judge decides by position only
+    cached = (out / "answers" / "after.jsonl").read_text()
+    app2, requests2 = scripted_judge_app(always_a)
+    with BackgroundServer(app2) as judge:
+        code = main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "run"), *GEN])
+    assert code == 0 and (out / "answers" / "after.jsonl").read_text() == cached and len(requests2) == 12
+    m2 = read_results(out)["metrics"]
+    assert (m2["wins"], m2["ties"], m2["losses"]) == (0, 6, 0)  # A in both orders: disagreement = tie
+    assert m2["judge_consistency"] == 0.0 and m2["first_position_rate"] == 1.0
+
+    # compare prints both runs' differences; the first run's results were overwritten, so compare with a copy
+    assert main(["eval", "compare", str(out), str(out / "results.json")]) == 0
+
+
+def test_endpoint_models_and_a_refusing_endpoint(tiny_model_dir, prompts_file, tmp_path, capsys):
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.engine import GenerationEngine
+
+    engine = GenerationEngine(LocalGenerator.load(str(tiny_model_dir)))
+    app, _ = scripted_judge_app(prefers_longer)
+    refusing, _ = scripted_judge_app(lambda messages: 403, name="closed")
+    try:
+        with BackgroundServer(create_app(engine, "tiny", max_tokens_limit=64)) as served, \
+                BackgroundServer(app) as judge, BackgroundServer(refusing) as closed:
+            code = main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", served.url,
+                         "--after-model-name", "tiny", "--prompts", str(prompts_file), "--judge", judge.url,
+                         "--out", str(tmp_path / "ok"), *GEN])
+            assert code == 0
+            results = read_results(tmp_path / "ok")
+            assert results["models"]["after"]["url"] == served.url and results["metrics"]["n_prompts"] == 6
+            code = main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", closed.url, "--prompts",
+                         str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "refused"), *GEN])
+    finally:
+        engine.close()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "6 of 6 answer request(s) for after failed at the endpoint" in err and "HTTP status 403" in err
+    assert len(answers(tmp_path / "refused", "before")) == 6  # kept: a rerun generates only what is missing
+
+
+def test_bad_inputs_are_located_errors(tiny_model_dir, prompts_file, tmp_path, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "fine"}\n{"prompt": \n{"text": "no prompt field"}\n')
+    app, _ = scripted_judge_app(never_decides)
+    with BackgroundServer(app) as judge:
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+                     str(broken), "--judge", judge.url, "--out", str(tmp_path / "a"), *GEN]) == 2
+        err = capsys.readouterr().err
+        assert "prefloop eval winrate: error" in err
+        assert "broken.jsonl:2: malformed JSON" in err and "broken.jsonl:3: no prompt field" in err
+
+        out = tmp_path / "b"
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN]) == 2
+        err = capsys.readouterr().err
+        assert "gave no usable verdict in any of its 12 judgments" in err
+        assert len(answers(out, "after")) == 6  # partial results kept
+
+        # the answers cache of another run (other sampling settings) is refused, with file, line and field
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN, "--seed", "5"]) == 2
+        err = capsys.readouterr().err
+        assert "before.jsonl:1: field spec" in err and "seed=0 here, 5 now" in err
+
+        # an answer whose id names a prompt of this run but whose prompt differs
+        path = out / "answers" / "before.jsonl"
+        lines = path.read_text().splitlines()
+        record = json.loads(lines[2])
+        record["key"] = "0" * 32
+        lines[2] = json.dumps(record)
+        path.write_text("\n".join(lines) + "\n")
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN]) == 2
+        assert "before.jsonl:3: field id" in capsys.readouterr().err
+
+    assert main(["eval", "winrate", "--after", str(tiny_model_dir), "--prompts", str(prompts_file),
+                 "--judge", "http://x", "--out", str(tmp_path / "c")]) == 2
+    assert "give --before and --after" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"schema": "prefloop.eval/1",\n "kind": }')
+    with pytest.raises(DataError, match=r"bad.json:2: not valid JSON"):
+        read_results(tmp_path / "bad.json")
+
+
+def test_human_votes_round_trip(tiny_model_dir, adapter_dir, prompts_file, tmp_path, capsys):
+    db = tmp_path / "votes.sqlite"
+    out = tmp_path / "human"
+    assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
+                 str(prompts_file), "--human-db", str(db), "--out", str(out), *GEN]) == 0
+    after = answers(out, "after")
+    with Store(db) as store:
+        items = store.label_items()
+        assert len(items) == 6 and all(i["origin"].startswith("eval-winrate:") for i in items)
+        by_answer = {i["response_a"]: i["id"] for i in items}
+        ids = [by_answer[after[f"q{k}"]["answer"]] for k in range(6)]
+        # q0, q1: after wins (one voter each); q2: tie; q3: loss; q4: two voters split -> tie; q5: skipped only
+        store.add_vote(ids[0], "ann", "a", "ab")
+        store.add_vote(ids[1], "ann", "a", "ba")
+        store.add_vote(ids[2], "ann", "tie", "ab")
+        store.add_vote(ids[3], "ann", "b", "ab")
+        store.add_vote(ids[4], "ann", "a", "ab")
+        store.add_vote(ids[4], "bob", "b", "ab")
+        store.add_vote(ids[5], "ann", "skip", "ab")
+    assert main(["eval", "winrate", "--from-db", str(db), "--out", str(tmp_path / "from-db")]) == 0
+    m = read_results(tmp_path / "from-db")["metrics"]
+    assert (m["wins"], m["ties"], m["losses"], m["n_prompts"]) == (2, 2, 1, 5)
+    assert m["win_rate"] == pytest.approx(3 / 5) and m["n_excluded_prompts"] == 1
+    # decisive votes and the side shown on the left: q0 a/ab left won; q1 a/ba right won; q3 b/ab right won;
+    # q4 a/ab left won, b/ab right won -> 2 of 5
+    assert m["first_position_rate"] == pytest.approx(2 / 5)
+
+
+def test_leaderboard_orders_models_by_what_the_judge_prefers(tiny_model_dir, adapter_dir, prompts_file, tmp_path):
+    app, _ = scripted_judge_app(prefers_longer)
+    with BackgroundServer(app) as judge:
+        assert main(["eval", "winrate", "--models", f"{adapter_dir}", "--baseline", str(tiny_model_dir), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "lb"), *GEN]) == 0
+    results = read_results(tmp_path / "lb")
+    assert results["kind"] == "leaderboard"
+    board = results["details"]["leaderboard"]
+    assert board["model"]["rating"] == pytest.approx(1000.0)  # the tiny model directory's name is "model"
+    wr = results["metrics"]["win_rate/adapter"]
+    rating = results["metrics"]["rating/adapter"]
+    assert (rating > 1000) == (wr > 0.5) and (rating < 1000) == (wr < 0.5)
+    assert "Bradley" in (tmp_path / "lb" / "report.md").read_text()
+
+
+def test_report_escapes_model_text_and_needs_nothing_remote(tmp_path):
+    r = Report("t <b>", "sub")
+    s = r.section("s", "text & more")
+    s.table(["a|b", "c"], [["<script>alert(1)</script>", 0.5]])
+    s.details("answer", "<img src=http://evil>\n```code```")
+    paths = r.write(tmp_path)
+    page = paths["html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=http" not in page
+    md = paths["markdown"].read_text()
+    assert "a\\|b" in md and "````text" in md

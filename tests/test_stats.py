@@ -1,0 +1,113 @@
+"""prefloop.stats on hand-made verdict tables whose answers are known."""
+
+import numpy as np
+import pytest
+
+from prefloop import stats
+
+
+def test_win_rate_counts_ties_as_half_and_raw_counts_only_wins():
+    outcomes = ["win"] * 6 + ["tie"] * 2 + ["loss"] * 2
+    wr = stats.win_rate(outcomes)
+    assert (wr.wins, wr.ties, wr.losses, wr.n) == (6, 2, 2, 10)
+    assert wr.win_rate == pytest.approx(0.7)      # (6 + 1) / 10
+    assert wr.raw_win_rate == pytest.approx(0.6)  # 6 / 10
+    assert stats.win_rate([]).win_rate is None
+    with pytest.raises(ValueError, match="win/tie/loss"):
+        stats.win_rate(["win", "draw"])
+
+
+@pytest.mark.parametrize("first, second, combined", [
+    ("win", "win", "win"), ("loss", "loss", "loss"), ("tie", "tie", "tie"),
+    ("win", "loss", "tie"), ("win", "tie", "tie"), ("loss", "win", "tie"), (None, "win", None), ("win", None, None),
+])
+def test_combine_orders_disagreement_is_a_tie(first, second, combined):
+    assert stats.combine_orders(first, second) == combined
+
+
+def test_bootstrap_interval_is_reproducible_and_brackets_the_known_rate():
+    outcomes = ["win"] * 60 + ["tie"] * 20 + ["loss"] * 20  # win rate 0.7 exactly
+    a = stats.win_rate_interval(outcomes, n_resamples=1000, seed=7)
+    b = stats.win_rate_interval(outcomes, n_resamples=1000, seed=7)
+    assert a == b
+    assert a.estimate == pytest.approx(0.7)
+    assert a.low < 0.7 < a.high
+    # the binomial-style standard error is sqrt(var/n) = 0.0406 here: the 95% interval is about +-0.08
+    half = (a.high - a.low) / 2
+    assert 0.06 < half < 0.10
+    assert a.n == 100 and a.resamples == 1000
+
+
+def test_bootstrap_is_paired_rows_move_together():
+    # each row: (after score, before score); the difference is always +1, so every resample gives +1
+    rows = np.array([[1.0, 0.0], [0.7, -0.3], [0.2, -0.8], [0.9, -0.1]])
+    interval = stats.paired_bootstrap(rows, lambda r: float(np.mean(r[:, 0] - r[:, 1])), n_resamples=200, seed=0)
+    assert interval.low == pytest.approx(1.0) and interval.high == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        stats.paired_bootstrap([], n_resamples=10)
+
+
+def _length_gamed(n=400, seed=0):
+    """The judge prefers whichever answer is longer (P = sigmoid(3 tanh(Δlen / std))) and nothing else;
+    the after-model pads 80% of its answers."""
+    rng = np.random.default_rng(seed)
+    before = rng.integers(200, 800, n)
+    padded = rng.random(n) < 0.8
+    after = np.where(padded, before + rng.integers(100, 600, n), before - rng.integers(100, 300, n))
+    delta = after - before
+    p_after = 1 / (1 + np.exp(-3 * np.tanh(delta / delta.std(ddof=1))))
+    prefs = (rng.random(n) < p_after).astype(float)
+    return prefs, after, before
+
+
+def test_lc_win_rate_removes_a_pure_length_advantage():
+    prefs, after, before = _length_gamed()
+    raw = prefs.mean()
+    lc = stats.lc_win_rate(prefs, after, before)
+    assert raw > 0.7
+    assert abs(lc.lc_win_rate - 0.5) < 0.1, lc
+    assert lc.weights["tanh_std_delta_len"] > 0
+    assert lc.lc_win_rate_se is not None and 0 < lc.lc_win_rate_se < 0.2
+    assert lc.warning is not None and "very different" in lc.warning  # > 10 points from raw
+
+
+def test_lc_win_rate_equals_raw_when_lengths_carry_no_signal():
+    rng = np.random.default_rng(1)
+    n = 300
+    after, before = rng.integers(100, 900, n), rng.integers(100, 900, n)
+    prefs = (rng.random(n) < 0.7).astype(float)  # quality, not length
+    lc = stats.lc_win_rate(prefs, after, before)
+    assert abs(lc.lc_win_rate - prefs.mean()) < 0.05
+    assert lc.warning is None
+    assert stats.lc_win_rate([1.0], [10], [5]).lc_win_rate is None  # one prompt: undefined
+
+
+def test_extreme_change_rule_is_alpaca_evals():
+    assert not stats.is_extreme_change(0.50, 0.60)   # +10 exactly is allowed
+    assert stats.is_extreme_change(0.50, 0.63)       # > 62.5
+    assert stats.is_extreme_change(0.80, 0.55)       # < min(80 - 80/4, 80 - 10) = 60
+    assert not stats.is_extreme_change(0.80, 0.65)   # 15 points down but within a quarter
+    assert not stats.is_extreme_change(0.20, 0.12)   # 8 points down: within 10
+
+
+def test_bradley_terry_recovers_a_known_ordering():
+    # a beats b 75% of the time, b beats c 75%, a beats c 90%; baseline c
+    battles = ([("a", "b", 1)] * 75 + [("a", "b", 0)] * 25 + [("b", "c", 1)] * 75 + [("b", "c", 0)] * 25
+               + [("a", "c", 1)] * 90 + [("a", "c", 0)] * 10)
+    ratings = stats.bradley_terry(battles, baseline="c")
+    assert ratings["c"] == pytest.approx(1000.0)
+    assert ratings["a"] > ratings["b"] > ratings["c"]
+    # b vs c alone would give 400*log10(3) = 190.8; the joint fit stays near it
+    assert 150 < ratings["b"] - 1000 < 230
+    assert stats.bt_win_probability(ratings["b"], ratings["c"]) == pytest.approx(0.75, abs=0.05)
+
+
+def test_bradley_terry_ties_count_half_and_intervals_bracket():
+    battles = [[("m", "base", 1.0)], [("m", "base", 0.5)], [("m", "base", 0.5)], [("m", "base", 0.0)]] * 10
+    board = stats.bradley_terry_intervals(battles, "base", n_resamples=200, seed=0)
+    assert board["m"]["rating"] == pytest.approx(1000.0, abs=0.5)  # as many wins as losses: equal strength
+    assert board["m"]["low"] < 1000 < board["m"]["high"]
+    assert board["base"]["rating"] == pytest.approx(1000.0)
+    assert board["m"]["win_rate_vs_baseline"] == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="baseline"):
+        stats.bradley_terry([("a", "b", 1)], baseline="zzz")
