@@ -45,7 +45,6 @@ def lm_eval_scores(model: str, data: str, workdir: Path) -> dict:
         (workdir / f"local_truthfulqa_{name}.yaml").write_text(
             f"include: {tasks_dir / f'truthfulqa_{name}.yaml'}\n"
             f"task: local_truthfulqa_{name}\n"
-            "tag: null\ngroup: null\n"
             "dataset_path: json\ndataset_name: null\n"
             f"dataset_kwargs:\n  data_files:\n    validation: {Path(data).resolve()}\n")
     manager = TaskManager(include_path=str(workdir))
