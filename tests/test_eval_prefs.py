@@ -130,6 +130,10 @@ def test_without_a_reference_only_the_reference_free_ranking(tmp_path, tiny_mode
     results = evaluate_prefs(PrefsSetup(model=str(tiny_model_dir), adapter=None, reference=None, data=str(data)))
     assert "pref_accuracy" not in results["metrics"] and "ref_free_accuracy" in results["metrics"]
     assert results["details"]["no_reference"] is True
+    same = evaluate_prefs(PrefsSetup(model=str(tiny_model_dir), adapter=None, reference=str(tiny_model_dir),
+                                     data=str(data)))
+    assert same["metrics"]["pref_ties"] == len(PAIRS) and same["metrics"]["reward_margin"] == 0.0
+    assert same["metrics"]["ref_free_accuracy"] == results["metrics"]["ref_free_accuracy"]
 
 
 def test_training_config_gives_the_held_out_split(tmp_path, tiny_model_dir, capsys):

@@ -224,7 +224,9 @@ def compute_logps(policy_model, reference, encoded, pad_token_id: int, batch_siz
         chosen, rejected = compute_reference_logps(policy, features, layout, pad_token_id, batch_size, chunk_size,
                                                    desc="policy", what="log-probs")
         ref = None
-        if reference is not None:
+        if reference is not None and reference.kind == "policy_start":
+            ref = chosen, rejected  # the same weights give the same numbers: every pair ties
+        elif reference is not None:
             ref = compute_reference_logps(reference, features, layout, pad_token_id, batch_size, chunk_size,
                                           desc="reference", what="log-probs")
     counts = [np.array([len(getattr(p, f"{side}_ids")) for p in encoded], dtype=np.float64) for side in ("chosen", "rejected")]
@@ -247,6 +249,8 @@ def load_models(setup: PrefsSetup):
         return tokenizer, policy, Reference(policy, "adapters_disabled", setup.model)
     if setup.reference is None:
         return tokenizer, policy, None
+    if same_model_path(setup.reference, setup.model):  # the policy is its own reference: no second copy
+        return tokenizer, policy, Reference(policy, "policy_start", setup.model)
     check_same_vocabulary(tokenizer, load_tokenizer(setup.reference), setup.reference)
     return tokenizer, policy, Reference(load_causal_lm(setup.reference), "separate", setup.reference)
 
