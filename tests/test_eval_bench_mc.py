@@ -3,7 +3,6 @@ forward passes, lm-eval's prompt and tokenization written out here), SafetyBench
 reply parsing, and located errors for bad files."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
