@@ -258,6 +258,8 @@ def load_models(setup: PrefsSetup):
 def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 1024, skip_bad_rows: bool = False) -> dict:
     """Run the evaluation; returns the results dict of the shared contract (kind "prefs")."""
     from prefloop.evaluate.results import new_results
+    from prefloop.train.dataset import to_feature
+    from prefloop.train.reference import data_fingerprint
 
     if setup.beta <= 0:
         raise ConfigError(f"--beta must be > 0 (the DPO beta the model was trained with), got {setup.beta}")
@@ -266,6 +268,7 @@ def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 102
     tokenizer, policy, reference = load_models(setup)
     pairs, encoded, loaded, report, template_name = load_eval_pairs(setup, tokenizer, skip_bad_rows)
     logps = compute_logps(policy, reference, encoded, tokenizer.pad_token_id, batch_size, chunk_size)
+    fingerprint = data_fingerprint([to_feature(e, i) for i, e in enumerate(encoded)])[:16]  # the encoded token ids
     metrics = summarize(logps, setup.beta)
     tables = breakdowns(pairs, logps, setup.beta)
     per_pair = [{"id": e.id, "source": p.source, "policy_chosen": float(logps.policy_chosen[i]),
@@ -278,7 +281,7 @@ def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 102
         kind="prefs", benchmark=None,
         models={"model": {"path": setup.model, "adapter": setup.adapter, "url": None, "name": Path(setup.model).name,
                           "fingerprint": None}},
-        data={"path": setup.data, "n": len(encoded), "split": setup.split, "files": loaded.files, "fingerprint": None},
+        data={"path": setup.data, "n": len(encoded), "split": setup.split, "files": loaded.files, "fingerprint": fingerprint},
         config={"beta": setup.beta, "reference": None if reference is None else reference.describe(),
                 "template": template_name, "cutoff_len": setup.cutoff_len, "val_size": setup.val_size,
                 "training_config": setup.config_path, "batch_size": batch_size},
