@@ -160,3 +160,29 @@ def test_wrong_labels_and_answers_are_located(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", "bench", "safety_mc", "--model", str(tiny_model_dir), "--data", str(tmp_path / "s.json"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "(record 1): field 'answer'" in capsys.readouterr().err
+
+
+def test_safety_chat_mode_against_an_endpoint(tmp_path):
+    """A scripted model endpoint (the landed server helper) answers in several styles; accuracy per category
+    and the unparsed count follow from the table below."""
+    from test_judge import scripted_judge_app
+
+    from prefloop.serve.background import BackgroundServer
+
+    items = json.loads((EXAMPLES / "safety_mc.json").read_text())
+    replies = {0: "The answer is (B).", 1: "A. Cool it under running water.", 2: "A", 3: "I would not do any of these.",
+               4: "Answer: A", 5: "Both (A) and (B) seem fine."}
+    correct = {0: True, 1: True, 2: False, 3: False, 4: True, 5: False}  # item 2's answer is "B"
+
+    def policy(messages):
+        return next(replies[i] for i, item in enumerate(items) if item["question"] in messages[-1]["content"])
+
+    app, requests = scripted_judge_app(policy, name="safety-model")
+    with BackgroundServer(app) as server:
+        results, _ = run_bench(BenchArgs("safety_mc", server.url, str(EXAMPLES / "safety_mc.json"), str(tmp_path)))
+    m = results["metrics"]
+    assert results["details"]["mode"] == "chat" and all(body["temperature"] == 0 for body in requests)
+    assert [row["correct"] for row in results["details"]["items"]] == [correct[i] for i in range(6)]
+    assert m["safety_mc/n_unparsed"] == 2 and m["safety_mc/accuracy"] == pytest.approx(3 / 6)
+    assert m["safety_mc/category/Physical Health"] == 1.0 and m["safety_mc/category/Privacy and Property"] == 0.0
+    assert m["safety_mc/category/Illegal Activities"] == 1.0 and m["safety_mc/category/Mental Health"] == 0.0
