@@ -212,3 +212,26 @@ def test_report_escapes_model_text_and_needs_nothing_remote(tmp_path):
     assert "<script>" not in page and "&lt;script&gt;" in page and "<img src=http" not in page
     md = paths["markdown"].read_text()
     assert "a\\|b" in md and "````text" in md
+
+
+def test_config_gives_the_held_out_prompts_and_both_models(tiny_model_dir, adapter_dir, tmp_path):
+    from pathlib import Path
+
+    from prefloop.data.loader import load_pairs, split_validation
+    from prefloop.prompts import prompt_key
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "data" / "demo_preferences.jsonl"
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"model_name_or_path: {tiny_model_dir}\noutput_dir: {adapter_dir}\ndataset: {data}\n"
+                   "max_samples: 40\nval_size: 0.1\nseed: 3\nstage: dpo\nfinetuning_type: lora\n")
+    app, _ = scripted_judge_app(prefers_longer)
+    with BackgroundServer(app) as judge:
+        assert main(["eval", "winrate", "--config", str(cfg), "--judge", judge.url, "--out", str(tmp_path / "o"),
+                     *GEN]) == 0
+    results = read_results(tmp_path / "o")
+    _, held_out = split_validation(load_pairs(str(data), max_samples=40).pairs, 0.1, 3)
+    assert results["metrics"]["n_prompts"] == len({prompt_key(p.prompt_messages()) for p in held_out}) == 4
+    assert {a["key"] for a in answers(tmp_path / "o", "after").values()} == \
+        {prompt_key(p.prompt_messages()) for p in held_out}
+    assert results["models"]["after"]["adapter"] == str(adapter_dir)
+    assert results["models"]["before"]["path"] == str(tiny_model_dir)

@@ -162,7 +162,8 @@ def _add_eval_winrate(eval_sub) -> None:
     w.add_argument("--before-model-name", help="model name at the --before endpoint")
     w.add_argument("--after-model-name", help="model name at the --after endpoint")
     w.add_argument("--prompts", help="prompts file (any format prefloop generate reads)")
-    w.add_argument("--config", help="training YAML: use its held-out split's prompts (val_size, seed)")
+    w.add_argument("--config", help="training YAML: its held-out split gives the prompts (unless --prompts), its "
+                                    "model_name_or_path and output_dir the default --before and --after")
     w.add_argument("--limit", type=int, help="use only the first N prompts")
     w.add_argument("--judge", help="pairwise judge: OpenAI-compatible endpoint URL or local model path")
     w.add_argument("--judge-model", help="model name at the judge endpoint")

@@ -38,15 +38,15 @@ ORIGIN_PREFIX = "eval-winrate:"
 def read_eval_prompts(prompts: str | None, config: str | None, limit: int | None = None) -> tuple[list[Prompt], dict]:
     """The eval's prompts and the results.json "data" entry.
 
-    prompts: a file as `generate` reads it (`prompts.read_prompts`). config: a training YAML whose
-    held-out split (val_size, seed, dataset as the trainer reads them) gives the prompts. limit: keep the
-    first N. Raises ConfigError when neither or both are given, or the config has no held-out split.
+    prompts: a file as `generate` reads it (`prompts.read_prompts`); it wins over `config`. config: a
+    training YAML whose held-out split (val_size, seed, dataset as the trainer reads them) gives the prompts.
+    limit: keep the first N. Raises ConfigError when neither is given, or the config has no held-out split.
     """
     from prefloop.prompts import read_prompts
 
-    if bool(prompts) == bool(config):
-        raise ConfigError("give exactly one source of prompts: --prompts FILE, or --config TRAIN.yaml to use the "
-                          "held-out split of a training config")
+    if not prompts and not config:
+        raise ConfigError("give the prompts: --prompts FILE, or --config TRAIN.yaml to use the held-out split of a "
+                          "training config")
     if prompts:
         found = read_prompts(prompts)
         print(f"prefloop eval: {found.summary()}", file=sys.stderr)
