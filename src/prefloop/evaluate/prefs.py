@@ -244,7 +244,10 @@ def load_models(setup: PrefsSetup):
 
     tokenizer = load_tokenizer(setup.adapter if setup.adapter and (Path(setup.adapter) / "tokenizer_config.json").is_file()
                                else setup.model)
-    policy = load_causal_lm(setup.model, adapter=setup.adapter)
+    from prefloop.evaluate.scoring import scoring_device
+
+    device = scoring_device()
+    policy = load_causal_lm(setup.model, adapter=setup.adapter, device=device)
     if setup.adapter and (setup.reference is None or same_model_path(setup.reference, setup.model)):
         return tokenizer, policy, Reference(policy, "adapters_disabled", setup.model)
     if setup.reference is None:
@@ -252,7 +255,7 @@ def load_models(setup: PrefsSetup):
     if same_model_path(setup.reference, setup.model):  # the policy is its own reference: no second copy
         return tokenizer, policy, Reference(policy, "policy_start", setup.model)
     check_same_vocabulary(tokenizer, load_tokenizer(setup.reference), setup.reference)
-    return tokenizer, policy, Reference(load_causal_lm(setup.reference), "separate", setup.reference)
+    return tokenizer, policy, Reference(load_causal_lm(setup.reference, device=device), "separate", setup.reference)
 
 
 def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 1024, skip_bad_rows: bool = False) -> dict:

@@ -29,6 +29,13 @@ class Request:
     continuation_ids: list[list[int]]
 
 
+def scoring_device() -> str | None:
+    """"cuda" when a GPU is visible (scoring runs there in float32), else None (the CPU)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def encode_request(tokenizer, context: str, continuations: list[str]) -> Request:
     """Token ids of `context` and each continuation, split as lm-evaluation-harness 0.4.x splits them.
 

@@ -55,11 +55,13 @@ def read_bench_records(args: BenchArgs, fields: dict, benchmark: str, fmt_help: 
 
 
 def load_scoring_model(args: BenchArgs):
-    """(model, tokenizer) of a local model (+ adapter) for log-likelihood scoring, in eval mode."""
+    """(model, tokenizer) of a local model (+ adapter) for log-likelihood scoring, in eval mode, float32, on the
+    GPU when there is one."""
+    from prefloop.evaluate.scoring import scoring_device
     from prefloop.models import load_causal_lm, load_tokenizer
 
     tokenizer_dir = args.adapter if args.adapter and (Path(args.adapter) / "tokenizer_config.json").is_file() else args.model
-    return load_causal_lm(args.model, adapter=args.adapter), load_tokenizer(tokenizer_dir)
+    return load_causal_lm(args.model, adapter=args.adapter, device=scoring_device()), load_tokenizer(tokenizer_dir)
 
 
 def open_model_client(args: BenchArgs):
