@@ -280,7 +280,7 @@ def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], 
             name, messages = judge_messages(q, turn)
             grade = Grade(q, turn, name)
             grades.append(grade)
-            key = _key("judgment", judge.name, messages, JUDGE_MAX_TOKENS)
+            key = _key("judgment", args.judge, judge.name, messages, JUDGE_MAX_TOKENS)  # per judge target, as eval winrate
             hit = cache.get(key)
             if hit is not None:
                 grade.judgment = hit["text"]
