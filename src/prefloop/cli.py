@@ -234,6 +234,8 @@ def _add_eval_bench(eval_sub) -> None:
     b.add_argument("--out", required=True, help="directory for results.json, report.md, report.html and caches")
     b.add_argument("--judge", help="judge: OpenAI-compatible endpoint URL or local model path (mt_bench, alpaca_eval)")
     b.add_argument("--judge-model", help="model name at the judge endpoint")
+    b.add_argument("--judge-max-tokens", type=int,
+                   help="longest judge answer (default: the benchmark's own, mt_bench 2048, alpaca_eval 512)")
     b.add_argument("--api-key", help="API key for the endpoints (default: $OPENAI_API_KEY)")
     b.add_argument("--mode", choices=["auto", "base", "chat"], default="auto",
                    help="safety_mc: base = option-letter log-likelihoods (local default), chat = parse a generated "

@@ -80,8 +80,9 @@ def run(args) -> tuple[dict, object]:
     sampling = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens or MAX_NEW_TOKENS}
     answers = generate_answers("model", spec, prompts, out, sampling, args.seed, args.api_key, args.batch_size,
                                args.concurrency)
+    judge_max_tokens = args.judge_max_tokens or JUDGE_MAX_TOKENS
     judge, judge_prompt = open_judge(args.judge, args.judge_model, CRITERIA, None, out, args.api_key,
-                                     args.concurrency, JUDGE_MAX_TOKENS, args.seed)
+                                     args.concurrency, judge_max_tokens, args.seed)
     rows = judge_both_orders(judge, prompts, answers, references, "model vs reference")
     js = _judge_stats(rows)
     if js["failed_judgments"] == js["judgments"]:
@@ -94,7 +95,7 @@ def run(args) -> tuple[dict, object]:
     metrics, details = summarize(rows, answers, references, 1000, args.seed, js)
     judge_entry = {"name": judge.client.name, "target": args.judge, "template": judge_prompt.origin,
                    "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
-                   "max_tokens": JUDGE_MAX_TOKENS, "temperature": 0.0, "seed": args.seed,
+                   "max_tokens": judge_max_tokens, "temperature": 0.0, "seed": args.seed,
                    "usage": judge.client.usage.to_dict()}
     details["reference_generators"] = generators
     results = bench_results(args, NAME, len(prompts), {f"{NAME}/{k}": v for k, v in metrics.items()}, details,

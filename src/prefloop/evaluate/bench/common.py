@@ -20,6 +20,7 @@ class BenchArgs:
     model_name: str | None = None
     judge: str | None = None
     judge_model: str | None = None
+    judge_max_tokens: int | None = None
     api_key: str | None = None
     batch_size: int = 8
     concurrency: int = 8
@@ -42,6 +43,8 @@ class BenchArgs:
                   (self.max_new_tokens is None or self.max_new_tokens >= 1,
                    f"--max-new-tokens must be at least 1, got {self.max_new_tokens}"),
                   (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}"),
+                  (self.judge_max_tokens is None or self.judge_max_tokens >= 1,
+                   f"--judge-max-tokens must be at least 1, got {self.judge_max_tokens}"),
                   (not (self.adapter and self.is_endpoint), "--adapter applies to a local model, not to an endpoint URL")]
         for ok, message in checks:
             if not ok:

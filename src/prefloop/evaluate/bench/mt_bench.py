@@ -274,13 +274,14 @@ def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], 
 
     judge = open_judge_client(args, NAME)
     grades, todo, calls = [], [], []
-    params = SamplingParams(JUDGE_MAX_TOKENS, temperature=0.0, seed=args.seed)
+    max_tokens = args.judge_max_tokens or JUDGE_MAX_TOKENS
+    params = SamplingParams(max_tokens, temperature=0.0, seed=args.seed)
     for q in questions:
         for turn in range(len(q.turns)):
             name, messages = judge_messages(q, turn)
             grade = Grade(q, turn, name)
             grades.append(grade)
-            key = _key("judgment", args.judge, judge.name, messages, JUDGE_MAX_TOKENS)  # per judge target, as eval winrate
+            key = _key("judgment", args.judge, judge.name, messages, max_tokens)  # per judge target, as eval winrate
             hit = cache.get(key)
             if hit is not None:
                 grade.judgment = hit["text"]
@@ -380,8 +381,10 @@ def run(args) -> tuple[dict, object]:
                           "judge_prompt": g.prompt, "rating": g.rating, "error": g.error, "judgment": g.judgment,
                           "answer": g.question.answers[g.turn]} for g in grades]}
     results = bench_results(args, NAME, len(questions), metrics, details,
-                            judge={"target": args.judge, "name": judge.name, "prompts": "FastChat single-v1 / single-math-v1",
-                                   "temperature": 0.0, "max_tokens": JUDGE_MAX_TOKENS, "usage": judge.usage.to_dict()},
+                            judge={"target": args.judge, "name": judge.name,
+                                   "prompts": "FastChat single-v1 / single-math-v1", "temperature": 0.0,
+                                   "max_tokens": args.judge_max_tokens or JUDGE_MAX_TOKENS,
+                                   "usage": judge.usage.to_dict()},
                             config={"temperatures": TEMPERATURES, "default_temperature": DEFAULT_TEMPERATURE,
                                     "max_new_tokens": args.max_new_tokens or MAX_NEW_TOKENS,
                                     "references": args.references},
