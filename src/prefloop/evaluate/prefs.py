@@ -328,7 +328,7 @@ def prefs_report(results: dict):
                     f"{model['path']}" + (f" + adapter {model['adapter']}" if model["adapter"] else "")
                     + f" on {results['data']['path']} ({m['n_pairs']} pairs)")
     summary = report.section("Summary", f"Reference: {c['reference'] or 'none (reference-free ranking only)'}; "
-                                        f"beta {c['beta']}; template {c['template']}; {d['encoding']}.")
+                                        f"beta {c['beta']}; template {c['template']}; {d['encoding'].rstrip('.')}.")
     rows = [["pairs", m["n_pairs"]]]
     if "pref_accuracy" in m:
         rows += [["preference accuracy (implicit reward, ties apart)", percent(m["pref_accuracy"])],
