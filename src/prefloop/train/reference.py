@@ -87,8 +87,11 @@ def data_fingerprint(features: list[dict]) -> str:
 
 
 def compute_reference_logps(reference, features: list[dict], layout: str, pad_token_id: int, batch_size: int,
-                            chunk_size: int, autocast_dtype=None, device=None, desc: str = "reference"):
-    """Summed reference log-probs of chosen and rejected for every feature, in order: two [N] tensors."""
+                            chunk_size: int, autocast_dtype=None, device=None, desc: str = "reference",
+                            what: str = "reference log-probs"):
+    """Summed log-probs of chosen and rejected for every feature under `reference.model` in
+    `reference.context()`, in order: two [N] tensors. `what` and `desc` label the progress bar
+    (evaluation runs the policy through the same loop)."""
     from tqdm.auto import tqdm
 
     model = reference.model
@@ -99,7 +102,7 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     chosen, rejected = [], []
     try:
         with torch.no_grad(), reference.context():
-            for start in tqdm(range(0, len(features), batch_size), desc=f"reference log-probs ({desc})",
+            for start in tqdm(range(0, len(features), batch_size), desc=f"{what} ({desc})",
                               unit="batch", leave=False):
                 batch = collator(features[start:start + batch_size])
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -1,0 +1,90 @@
+"""Log-likelihoods of continuations given a context: the one scoring function of the multiple-choice benchmarks.
+
+`truthfulqa_mc` and `safety_mc` (base-model mode) both ask: for a context c and choices a_1..a_n,
+what is log p(a_i | c) = sum over the continuation tokens t of log p(t | c, t_<)? The model runs
+through the trainer's log-prob path (`train/logps.py` via `train/reference.compute_reference_logps`,
+the one model call site): the choices of one question are laid out as (prompt, chosen, rejected)
+"pairs" sharing the context, so the prefix-shared layout encodes the context once per two choices.
+
+Tokenization follows lm-evaluation-harness 0.4.x (`HFLM._encode_pair`, `tok_encode` without special
+tokens for causal LMs): trailing spaces of the context move to the front of the continuation; the
+context is encoded alone; the continuation ids are the ids of context + continuation after the
+first len(context ids) tokens. So the numbers are those lm-eval computes on the same model and text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BATCH_SIZE = 8  # pairs (two continuations each) per forward
+
+
+@dataclass
+class Request:
+    """One context and its continuations, as token ids (see `encode_request`)."""
+
+    context_ids: list[int]
+    continuation_ids: list[list[int]]
+
+
+def scoring_device() -> str | None:
+    """"cuda" when a GPU is visible (scoring runs there in float32), else None (the CPU)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def encode_request(tokenizer, context: str, continuations: list[str]) -> Request:
+    """Token ids of `context` and each continuation, split as lm-evaluation-harness 0.4.x splits them.
+
+    Raises ValueError when the context is empty (there is no position to predict the first token from)
+    or a continuation encodes to no tokens."""
+    n_spaces = len(context) - len(context.rstrip())
+    if not context[: len(context) - n_spaces]:
+        raise ValueError("the context is empty")
+    moved = context[len(context) - n_spaces:] if n_spaces else ""
+    context = context[: len(context) - n_spaces]
+    context_ids = tokenizer(context, add_special_tokens=False).input_ids
+    continuations_ids = []
+    for text in continuations:
+        whole = tokenizer(context + moved + text, add_special_tokens=False).input_ids
+        ids = whole[len(context_ids):]
+        if not ids:
+            raise ValueError(f"the continuation {text!r} encodes to no tokens")
+        continuations_ids.append(ids)
+    return Request(context_ids, continuations_ids)
+
+
+def continuation_logps(model, requests: list[Request], pad_token_id: int, batch_size: int = DEFAULT_BATCH_SIZE,
+                       chunk_size: int = 1024, layout: str = "packed_prefix_shared",
+                       desc: str = "choices") -> list[np.ndarray]:
+    """Summed log-prob of every continuation given its context: one float64 array [n_i] per request.
+
+    The model runs in eval mode without gradients; `layout` is any batch layout of `train/collate.py`
+    (all give the same numbers up to float rounding; "padded" is the plain computation lm-eval does)."""
+    import torch
+
+    from prefloop.models import Reference
+    from prefloop.train.reference import compute_reference_logps
+
+    features, slots = [], []  # slots[k] = (request index, first choice, second choice or None)
+    for r, request in enumerate(requests):
+        choices = request.continuation_ids
+        for j in range(0, len(choices), 2):
+            second = j + 1 if j + 1 < len(choices) else None
+            features.append({"prompt_ids": list(request.context_ids), "chosen_ids": list(choices[j]),
+                             "rejected_ids": list(choices[second if second is not None else j])})
+            slots.append((r, j, second))
+    out = [np.zeros(len(r.continuation_ids)) for r in requests]
+    if not features:
+        return out
+    with torch.no_grad():
+        first, second = compute_reference_logps(Reference(model, "separate", "model"), features, layout, pad_token_id,
+                                                batch_size, chunk_size, desc=desc, what="log-likelihoods")
+    for (r, j, k), a, b in zip(slots, first.double().tolist(), second.double().tolist()):
+        out[r][j] = a
+        if k is not None:
+            out[r][k] = b
+    return out
