@@ -14,7 +14,7 @@ from prefloop.endpoint import UsageTotals
 from prefloop.chat_clients import Completion
 from prefloop.errors import ConfigError
 from prefloop.judge.agreement import judge_agreement_command
-from prefloop.label.stats import cohen_kappa
+from prefloop.stats import cohen_kappa
 from prefloop.judge.cache import JudgmentCache
 from prefloop.judge.pairwise import Comparison, JudgeStats, PairwiseJudge, combine
 from prefloop.judge.parse import parse_verdict, soft_verdict

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from prefloop.label.stats import (cohen_kappa, fleiss_kappa, format_report, label_stats, label_stats_command,
-                                  position_bias)
+from prefloop.label.stats import format_report, label_stats, label_stats_command, position_bias
+from prefloop.stats import cohen_kappa, fleiss_kappa
 from prefloop.store import Store
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from prefloop.data.formats import RecordError, record_to_pair
 from prefloop.errors import DataError
 from prefloop.judge.run import sibling
-from prefloop.label.stats import cohen_kappa
 from prefloop.prompts import prompt_key
+from prefloop.stats import cohen_kappa
 
 
 

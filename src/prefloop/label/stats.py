@@ -6,12 +6,8 @@ when an annotator has several active votes on an item, the latest counts.
 
 - Position bias: of the decisive votes (a or b), the share won by the response shown on the LEFT
   (as "A"). 0.5 is unbiased.
-- Cohen's kappa (two raters): (p_o - p_e) / (1 - p_e), p_o = observed agreement on the items both
-  judged, p_e = sum over categories of the product of the two raters' marginal proportions.
-- Fleiss' kappa (any number of raters per item): P_i = sum_j n_ij (n_ij - 1) / (n_i (n_i - 1)) per item,
-  P_bar = mean P_i, p_j = share of all ratings in category j, P_e = sum p_j^2,
-  kappa = (P_bar - P_e) / (1 - P_e). With the same number of raters on every item this is Fleiss
-  (1971); with varying numbers it is the usual generalization. Items with fewer than 2 raters are left out.
+- Cohen's kappa per pair of annotators on the items both judged, Fleiss' kappa over all items with 2+
+  raters: both from `prefloop.stats` (formulas and sources there).
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import json
 from collections import Counter, defaultdict
 from itertools import combinations
 
+from prefloop.stats import cohen_kappa, fleiss_kappa
 from prefloop.store import Store
 
 CATEGORIES = ("a", "b", "tie", "both_bad")
@@ -33,40 +30,6 @@ def judgments(votes: list[dict]) -> dict[int, dict[str, str]]:
             continue
         table[vote["item_id"]][vote["annotator"]] = vote["verdict"]
     return dict(table)
-
-
-def cohen_kappa(first: list[str], second: list[str]) -> float | None:
-    """Cohen's kappa of two raters' labels on the same items (None if undefined: no items, or p_e = 1)."""
-    if len(first) != len(second):
-        raise ValueError("both raters need one label per item")
-    n = len(first)
-    if n == 0:
-        return None
-    observed = sum(x == y for x, y in zip(first, second)) / n
-    count_1, count_2 = Counter(first), Counter(second)
-    expected = sum(count_1[c] * count_2[c] for c in set(first) | set(second)) / (n * n)
-    if expected == 1:
-        return None
-    return (observed - expected) / (1 - expected)
-
-
-def fleiss_kappa(rows: list[dict[str, int]]) -> float | None:
-    """Fleiss' kappa from per-item category counts (items with < 2 ratings left out; None if undefined)."""
-    rows = [r for r in rows if sum(r.values()) >= 2]
-    if not rows:
-        return None
-    per_item = []
-    totals: Counter = Counter()
-    for row in rows:
-        n = sum(row.values())
-        per_item.append(sum(c * (c - 1) for c in row.values()) / (n * (n - 1)))
-        totals.update(row)
-    p_bar = sum(per_item) / len(per_item)
-    all_ratings = sum(totals.values())
-    p_e = sum((c / all_ratings) ** 2 for c in totals.values())
-    if p_e == 1:
-        return None
-    return (p_bar - p_e) / (1 - p_e)
 
 
 def position_bias(votes: list[dict]) -> dict:

@@ -1,0 +1,151 @@
+"""`results.json`: the one machine-readable result of every `prefloop eval` run (the shared contract).
+
+One JSON object:
+
+    {"schema": "prefloop.eval/1",
+     "kind": "winrate" | "leaderboard" | "prefs" | "bench",
+     "benchmark": "mt_bench" | "alpaca_eval" | "truthfulqa_mc" | "safety_mc" | null,
+     "created": ISO-8601 UTC, "prefloop_version": str,
+     "models": {ROLE: {"path", "adapter", "url", "name", "fingerprint"}},   # each str or null
+     "data": {"path", "n", "fingerprint"}, "judge": {...} | null, "seeds": {...}, "config": {...},
+     "metrics": {FLAT_NAME: number},    # what the quality gate reads
+     "details": {...}}                  # kind-specific tables
+
+ROLE is "after"/"before" for winrate, "model" for prefs/bench, each model's name for a leaderboard.
+Metric names: see `METRIC_NAMES`; rates are fractions in [0, 1]. A metric may be null when undefined
+(e.g. no decisive judgment). Written atomically (temporary file, then rename), so a reader never sees
+half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+
+from prefloop.errors import DataError
+
+SCHEMA = "prefloop.eval/1"
+KINDS = ("winrate", "leaderboard", "prefs", "bench")
+BENCHMARKS = ("mt_bench", "alpaca_eval", "truthfulqa_mc", "safety_mc")
+MODEL_FIELDS = ("path", "adapter", "url", "name", "fingerprint")
+REQUIRED = ("schema", "kind", "benchmark", "created", "prefloop_version", "models", "data", "judge", "seeds",
+            "config", "metrics", "details")
+RESULTS_FILE = "results.json"
+
+METRIC_NAMES = {
+    "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "raw_win_rate", "lc_win_rate", "lc_win_rate_se",
+                "wins", "ties", "losses", "n_prompts", "judge_consistency", "first_position_rate",
+                "n_failed_judgments", "failed_judgment_rate", "mean_length_tokens/after",
+                "mean_length_tokens/before"),
+    "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
+    "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded", "alpaca_eval/win_rate",
+              "alpaca_eval/lc_win_rate", "truthfulqa_mc/mc1", "truthfulqa_mc/mc2", "safety_mc/accuracy",
+              "safety_mc/n_unparsed"),
+}
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 with seconds, e.g. 2026-11-30T18:00:00Z."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def model_entry(path: str | None = None, adapter: str | None = None, url: str | None = None,
+                name: str | None = None, fingerprint: str | None = None) -> dict:
+    """One entry of "models" with every contract field present."""
+    return {"path": path, "adapter": adapter, "url": url, "name": name, "fingerprint": fingerprint}
+
+
+def new_results(kind: str, *, benchmark: str | None = None, models: dict | None = None, data: dict | None = None,
+                judge: dict | None = None, seeds: dict | None = None, config: dict | None = None,
+                metrics: dict | None = None, details: dict | None = None) -> dict:
+    """A results object with every contract key, `created` and `prefloop_version` filled in."""
+    from prefloop import __version__
+
+    return {"schema": SCHEMA, "kind": kind, "benchmark": benchmark, "created": now_iso(),
+            "prefloop_version": __version__, "models": models or {},
+            "data": data or {"path": None, "n": None, "fingerprint": None}, "judge": judge, "seeds": seeds or {},
+            "config": config or {}, "metrics": metrics or {}, "details": details or {}}
+
+
+def _problems(results: dict) -> list[str]:
+    """What breaks the contract in `results` (empty when it is valid)."""
+    if not isinstance(results, dict):
+        return ["the top level is not a JSON object"]
+    problems = [f"missing key {k!r}" for k in REQUIRED if k not in results]
+    if results.get("schema") not in (None, SCHEMA) and "schema" in results:
+        problems.append(f"schema is {results['schema']!r}, expected {SCHEMA!r}")
+    if "kind" in results and results["kind"] not in KINDS:
+        problems.append(f"kind is {results['kind']!r}, expected one of {', '.join(KINDS)}")
+    if results.get("benchmark") is not None and results["benchmark"] not in BENCHMARKS:
+        problems.append(f"benchmark is {results['benchmark']!r}, expected null or one of {', '.join(BENCHMARKS)}")
+    models = results.get("models", {})
+    if not isinstance(models, dict):
+        problems.append("models is not an object")
+    else:
+        for role, entry in models.items():
+            if not isinstance(entry, dict):
+                problems.append(f"models.{role} is not an object")
+                continue
+            problems += [f"models.{role} lacks field {f!r}" for f in MODEL_FIELDS if f not in entry]
+    metrics = results.get("metrics", {})
+    if not isinstance(metrics, dict):
+        problems.append("metrics is not an object")
+    else:
+        for name, value in metrics.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                problems.append(f"metrics.{name} is {value!r}, not a number or null")
+            elif isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"metrics.{name} is {value}, not a finite number (use null)")
+    return problems
+
+
+def _finite(value):
+    """JSON has no NaN/Infinity: non-finite floats anywhere become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_results(out_dir: str | Path, results: dict) -> Path:
+    """Write `results` as OUT_DIR/results.json (atomically) and return the path.
+
+    Non-finite floats become null. Raises ValueError when `results` breaks the contract (a bug in the
+    caller, not bad user input).
+    """
+    results = _finite(results)
+    problems = _problems(results)
+    if problems:
+        raise ValueError("results break the prefloop.eval/1 contract: " + "; ".join(problems))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILE
+    tmp = path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(path: str | Path) -> dict:
+    """Read a results.json (or a directory holding one); DataError naming the file and the problem."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    if not p.is_file():
+        raise DataError(f"{p}: no such results file; pass a results.json or the --out directory of a prefloop eval run")
+    text = p.read_text(encoding="utf-8")
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{p}:{err.lineno}: not valid JSON ({err.msg}); rerun the eval that wrote it") from err
+    problems = _problems(results)
+    if problems:
+        raise DataError(f"{p}: not a prefloop eval results file ({'; '.join(problems)}); "
+                        f"it must follow schema {SCHEMA} as written by prefloop eval")
+    return results
