@@ -696,13 +696,18 @@ def alias_stack(events: list[dict]) -> list[int]:
     "set" pushes, "rollback" pops (back to the version before the current move), "remove" empties it."""
     stack: list[int] = []
     for event in events:
-        if event["action"] == "set":
-            stack.append(int(event["version_id"]))
-        elif event["action"] == "rollback":
-            stack.pop()
-        else:
-            stack.clear()
+        apply_alias_event(stack, event)
     return stack
+
+
+def apply_alias_event(stack: list[int], event: dict) -> None:
+    """One alias move applied to a stack of version ids, in place (see `alias_stack`)."""
+    if event["action"] == "set":
+        stack.append(int(event["version_id"]))
+    elif event["action"] == "rollback":
+        stack.pop()
+    else:
+        stack.clear()
 
 
 def _version_dict(r: sqlite3.Row) -> dict:
