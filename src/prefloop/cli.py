@@ -129,12 +129,16 @@ def _add_label(sub) -> None:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible chat server; logs interactions to the store")
-    p.add_argument("model", help="model directory, hub id or .gguf file")
+    p.add_argument("model", nargs="?", help="model directory, hub id or .gguf file (or --registry NAME)")
+    p.add_argument("--registry", help="serve NAME@champion from the store (--db) and switch, without a restart, "
+                                      "when another version is promoted")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often --registry checks the champion")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
     p.add_argument("--model-name", help="name served at /v1/models (default: the directory name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--db", help="SQLite store for interaction logs")
+    p.add_argument("--db", help="SQLite store for interaction logs (and the registry; default prefloop.sqlite "
+                                "with --registry)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-tokens-limit", type=int, default=2048)
     p.add_argument("--max-batch-rows", type=int, default=16,
