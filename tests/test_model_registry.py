@@ -273,3 +273,50 @@ def test_a_schema_1_store_is_migrated(tmp_path):
             store._conn.execute("UPDATE model_events SET note = 'x'")
     with Store(path) as again:  # opening a migrated store changes nothing
         assert again._conn.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+
+
+def test_train_registers_its_output_as_a_candidate(tmp_path, tiny_model_dir, monkeypatch):
+    import prefloop
+
+    db = tmp_path / "prefloop.sqlite"
+    with Store(db) as store:
+        base = register_model(store, str(tiny_model_dir), "tiny")
+        al.promote(store, "v1")
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"What is {i} plus {i}?"}],
+                                        "chosen": f"It is {2 * i}.", "rejected": "no"}) + "\n" for i in range(10)))
+    monkeypatch.chdir(tmp_path)
+    metrics = prefloop.train({"model_name_or_path": base["path"], "dataset": str(data), "output_dir": "out",
+                              "max_steps": 2, "val_size": 2, "report_to": "none", "sample_prompts": 0,
+                              "save_strategy": "no", "logging_steps": 1, "registry": "tiny", "registry_db": str(db)})
+    with Store(db) as store:
+        v2 = store.model_versions("tiny")[-1]
+        assert v2["version"] == "v2" and v2["parent_id"] == base["id"]
+        assert v2["meta"]["config"]["registry"] == "tiny" and v2["meta"]["config"]["max_steps"] == 2
+        assert v2["meta"]["source"] == str(tmp_path / "out")
+        assert len(v2["meta"]["data"]["train"]) == 64 and len(v2["meta"]["data"]["validation"]) == 64
+        assert v2["metrics"]["train_loss"] == metrics["train_loss"]
+        assert "eval_rewards/accuracies" in v2["metrics"]
+        assert store.aliases("tiny") == {"champion": base["id"], "candidate": v2["id"]}
+        assert (Path(v2["path"]) / "adapter_config.json").is_file()
+        assert not any(p.name.startswith("checkpoint-") for p in Path(v2["path"]).iterdir())
+
+
+def test_mlflow_mirror_with_a_file_store(tmp_path, store, capsys):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file://{tmp_path / 'mlruns'}"
+    v1 = register_model(store, str(fake_model(tmp_path / "m1", 1)), "demo", metrics={"pref_accuracy": 0.7})
+    register_model(store, str(fake_model(tmp_path / "m2", 2, base=v1["path"])), "demo")
+    db = ["--db", str(store.path), "--mlflow", uri]
+    assert main(["models", "promote", "v1", *db]) == 0
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias("demo", "champion")
+    assert champion.tags["prefloop.version"] == "v1" and champion.source == v1["path"]
+    assert client.get_run(champion.run_id).data.metrics["pref_accuracy"] == 0.7
+    assert client.get_model_version_by_alias("demo", "candidate").tags["prefloop.version"] == "v2"
+    assert main(["models", "promote", "v2", *db]) == 0
+    assert main(["models", "rollback", *db]) == 0
+    assert main(["models", "mirror", *db]) == 0  # idempotent: no version logged twice
+    assert client.get_model_version_by_alias("demo", "champion").tags["prefloop.version"] == "v1"
+    assert len(client.search_model_versions("name = 'demo'")) == 2
+    assert "mirrored demo into MLflow" in capsys.readouterr().out

@@ -102,6 +102,9 @@ class TrainArgs:
     resume_from_checkpoint: Union[bool, str, None] = None  # a checkpoint dir, or true = the latest one
     sample_prompts: int = 1  # validation prompts answered (greedy) before and after training
     dataloader_num_workers: int = 0
+    registry: str | None = None  # register the trained model as a candidate version of this name (model registry)
+    registry_db: str = "prefloop.sqlite"  # the prefloop store that holds the registry
+    mlflow_tracking_uri: str | None = None  # also mirror the registered version into MLflow (prefloop[mlflow])
 
 
 @dataclass
@@ -371,6 +374,8 @@ def validate(cfg: Config) -> None:
     need(cfg.ld_alpha is None or 0 <= cfg.ld_alpha <= 1, f"ld_alpha: {cfg.ld_alpha} is not allowed; it must be in [0, 1]")
     need(0 <= cfg.dpo_label_smoothing < 0.5, f"dpo_label_smoothing: {cfg.dpo_label_smoothing} is not allowed; it must be in [0, 0.5)")
     need(cfg.pref_ftx >= 0, f"pref_ftx: {cfg.pref_ftx} is not allowed; it must be >= 0")
+    need(cfg.registry is None or re.fullmatch(r"[A-Za-z0-9][\w.-]*", cfg.registry) is not None,
+         f"registry: {cfg.registry!r} is not allowed; a model name uses letters, digits, '-', '_' and '.'")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
     if cfg.eval_strategy != "no":
