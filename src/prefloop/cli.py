@@ -32,6 +32,7 @@ COMMANDS = {
     "models-rollback": "prefloop.registry.commands:rollback_command",
     "models-diff": "prefloop.registry.commands:diff_command",
     "models-mirror": "prefloop.registry.commands:mirror_command",
+    "models-path": "prefloop.registry.commands:path_command",
     "gate": "prefloop.registry.gate:gate_command",
 }
 
@@ -187,6 +188,9 @@ def _add_models(sub) -> None:
     d.add_argument("b", help=ref_help)
     common(d)
     d.add_argument("--json", dest="json_out", action="store_true")
+    pa = models.add_parser("path", help="print a version's model directory (for scripts: eval --after $(...))")
+    pa.add_argument("version", help=ref_help)
+    common(pa)
     m = models.add_parser("mirror", help="mirror versions and aliases into MLflow (idempotent)")
     common(m, "only this model name")
     m.add_argument("--mlflow", required=True, help="MLflow tracking URI (file:///path works offline)")
@@ -218,14 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    shown = command
     if command in ("data", "models"):
+        shown = f"{command} {args[f'{command}_command']}"
         command = f"{command}-" + args.pop(f"{command}_command")
     module_name, func_name = COMMANDS[command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(**args) or 0)
     except PrefloopError as err:
-        print(f"prefloop {command}: error: {err}", file=sys.stderr)
+        print(f"prefloop {shown}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -240,6 +240,14 @@ def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
     return 0
 
 
+def path_command(version, name=None, db="prefloop.sqlite") -> int:
+    with Store(db) as store:
+        v = vs.resolve(store, version, name)
+        vs.check_files(v)
+        print(v["path"])
+    return 0
+
+
 def mirror_command(name=None, mlflow=None, db="prefloop.sqlite") -> int:
     if not mlflow:
         raise RegistryError("give --mlflow URI (an MLflow tracking server, or file:///path for a local folder)")
