@@ -45,7 +45,7 @@ def store(tmp_path):
         yield s
 
 
-def test_lineage_chain_over_three_versions(tmp_path, store):
+def test_lineage_chain_over_three_versions(tmp_path, store, capsys):
     sft = fake_model(tmp_path / "sft", 0)
     v1 = register_model(store, str(sft), "demo")
     r1 = fake_model(tmp_path / "round1", 1, base=str(sft))  # parent found from its training config
@@ -61,6 +61,10 @@ def test_lineage_chain_over_three_versions(tmp_path, store):
     assert sorted(p.name for p in copied.iterdir()) == ["config.json", "model-0.safetensors", "prefloop_config.yaml"]
     vs.check_files(v3)
     assert store.aliases("demo") == {"candidate": v3["id"]}
+    assert main(["models", "diff", "v2", "v3", "--db", str(store.path), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["a_is"] == "ancestor" and diff["config"]["pref_beta"] == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert set(diff["config"]) == {"pref_beta", "model_name_or_path"}
     # an explicit parent and an own tag
     v4 = register_model(store, str(fake_model(tmp_path / "hotfix", 4)), "demo", parent="v1", version="v1-hotfix")
     assert vs.label(v4) == "demo:v1-hotfix" and v4["parent_id"] == v1["id"]

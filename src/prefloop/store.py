@@ -572,6 +572,7 @@ class Store:
         return [_version_dict(r) for r in rows]
 
     def model_version(self, version_id: int) -> dict:
+        """One version by id (as `model_versions` gives them); StoreError if there is none."""
         rows = self._query(
             "SELECT m.*, (SELECT e.status FROM model_events e WHERE e.version_id = m.id AND e.status != 'gate' "
             "ORDER BY e.id DESC LIMIT 1) AS status FROM model_versions m WHERE m.id = ?", (version_id,))
@@ -580,9 +581,11 @@ class Store:
         return _version_dict(rows[0])
 
     def model_names(self) -> list[str]:
+        """Every registered model name, sorted."""
         return [r[0] for r in self._query("SELECT DISTINCT name FROM model_versions ORDER BY name")]
 
     def model_events(self, version_id: int | None = None) -> list[dict]:
+        """Status and gate events (of one version or all), oldest first; `detail` is the decoded detail_json."""
         sql, params = "SELECT * FROM model_events", ()
         if version_id is not None:
             sql, params = sql + " WHERE version_id = ?", (version_id,)
