@@ -76,6 +76,7 @@ def register_model(store: Store, path: str, name: str, parent: str | None = None
 
 def register_command(path, name, parent=None, results=None, version=None, no_copy=False, db="prefloop.sqlite",
                      mlflow=None) -> int:
+    """`prefloop models register`: copy and register PATH, set @candidate, mirror if --mlflow."""
     with Store(db) as store:
         v = register_model(store, path, name, parent, results or [], version, copy=not no_copy)
         parent_text = f", parent {vs.label(store.model_version(v['parent_id']))}" if v["parent_id"] else ""
@@ -93,6 +94,7 @@ def _aliases_by_version(store: Store, name: str, until: str | None = None) -> di
 
 
 def list_command(name=None, at=None, db="prefloop.sqlite", json_out=False) -> int:
+    """`prefloop models list`: versions with aliases, status, last gate and parent (as of --at)."""
     until = al.parse_time(at) if at else None
     with Store(db) as store:
         names = [name] if name else store.model_names()
@@ -150,6 +152,7 @@ def history(store: Store, version: dict) -> list[dict]:
 
 
 def show_command(version, name=None, db="prefloop.sqlite", json_out=False) -> int:
+    """`prefloop models show`: path and file check, lineage, config, data, metrics, gates, history."""
     with Store(db) as store:
         v = vs.resolve(store, version, name)
         chain = vs.lineage(store, v)
@@ -194,6 +197,7 @@ def _num(x) -> str:
 
 def promote_command(version, name=None, alias="champion", force=False, note=None, db="prefloop.sqlite",
                     mlflow=None) -> int:
+    """`prefloop models promote`: move an alias (champion) to a version; see aliases.promote."""
     with Store(db) as store:
         done = al.promote(store, version, name, alias, force, note)
         v, prev = done["version"], done["previous"]
@@ -205,6 +209,7 @@ def promote_command(version, name=None, alias="champion", force=False, note=None
 
 
 def rollback_command(name=None, alias="champion", note=None, db="prefloop.sqlite", mlflow=None) -> int:
+    """`prefloop models rollback`: move an alias back to its previous version."""
     with Store(db) as store:
         name = name or vs.only_name(store)
         done = al.rollback(store, name, alias, note)
@@ -214,6 +219,7 @@ def rollback_command(name=None, alias="champion", note=None, db="prefloop.sqlite
 
 
 def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
+    """`prefloop models diff`: lineage relation, file identity, config keys and metrics that differ."""
     with Store(db) as store:
         va, vb = vs.resolve(store, a, name), vs.resolve(store, b, name)
         ma, mb = vs.recorded_metrics(store, va), vs.recorded_metrics(store, vb)
@@ -241,6 +247,7 @@ def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
 
 
 def path_command(version, name=None, db="prefloop.sqlite") -> int:
+    """`prefloop models path`: print a version's model directory (after checking its files)."""
     with Store(db) as store:
         v = vs.resolve(store, version, name)
         vs.check_files(v)
@@ -249,6 +256,7 @@ def path_command(version, name=None, db="prefloop.sqlite") -> int:
 
 
 def mirror_command(name=None, mlflow=None, db="prefloop.sqlite") -> int:
+    """`prefloop models mirror`: mirror every (or one) model name into MLflow."""
     if not mlflow:
         raise RegistryError("give --mlflow URI (an MLflow tracking server, or file:///path for a local folder)")
     with Store(db) as store:

@@ -29,6 +29,7 @@ class Evidence:
 
     @property
     def paths(self) -> list[str]:
+        """The results files read, as strings."""
         return [str(p) for p, _ in self.sources]
 
 
@@ -74,6 +75,7 @@ def entry_matches(entry: dict, paths: list[str]) -> bool | None:
 
 
 def describe_entry(entry: dict) -> str:
+    """A results file's model entry in words, for error messages."""
     parts = [f"{k}={entry[k]}" for k in ("path", "adapter", "url", "name") if entry.get(k)]
     return ", ".join(parts) or "no model named"
 

@@ -57,10 +57,12 @@ class ChampionFollower:
         self._thread = threading.Thread(target=self._run, name="prefloop-champion-follower", daemon=True)
 
     def start(self) -> "ChampionFollower":
+        """Start polling in a daemon thread; returns self."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop polling (waits up to 10 s for the thread)."""
         self._stop.set()
         self._thread.join(timeout=10)
 

@@ -40,15 +40,18 @@ class Row:
 
 @dataclass
 class GateResult:
+    """The verdict (pass / fail / refused), the table rows and a one-line reason."""
     verdict: str  # pass / fail / refused
     rows: list[Row]
     reason: str
 
     @property
     def exit_code(self) -> int:
+        """0 for pass, 1 for fail or refused (2, bad input, is raised before a result exists)."""
         return EXIT[self.verdict]
 
     def to_dict(self) -> dict:
+        """JSON-able verdict, reason and rows (what --json prints and the gate event stores)."""
         return {"verdict": self.verdict, "reason": self.reason, "rows": [asdict(r) for r in self.rows]}
 
 

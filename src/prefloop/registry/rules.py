@@ -60,10 +60,12 @@ class Rule:
 
 
 def is_rate(metric: str) -> bool:
+    """Whether a contract metric is a fraction in [0, 1] (rates, accuracies, interval bounds)."""
     return any(w in metric for w in _RATE_WORDS) and not metric.endswith("_se")
 
 
 def is_count(metric: str) -> bool:
+    """Whether a contract metric is a count or a length (>= 0, no upper bound)."""
     last = metric.split("/")[-1]
     return last.startswith("n_") or last in _COUNTS or metric.startswith("mean_length")
 

@@ -90,6 +90,7 @@ def copy_model(src: Path, dest_root: Path) -> Path:
 
 
 def is_model_dir(path: Path) -> bool:
+    """A transformers model directory (config.json) or a LoRA adapter (adapter_config.json)."""
     return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
 
 
@@ -125,6 +126,7 @@ def register(store: Store, path: str, name: str, parent: dict | None = None, ver
 
 
 def check_name(text: str, what: str = "model name") -> None:
+    """RegistryError unless `text` is usable as a model name or version tag."""
     bad = [c for c in ":@/\\ " if c in text]
     if not text or bad or text.startswith("."):
         raise RegistryError(f"{what} {text!r} is not allowed: use letters, digits, '-', '_' and '.' "
@@ -175,6 +177,7 @@ def resolve(store: Store, ref: str, name: str | None = None) -> dict:
 
 
 def only_name(store: Store) -> str:
+    """The store's only model name; RegistryError when it holds none or several."""
     names = store.model_names()
     if len(names) == 1:
         return names[0]
@@ -186,6 +189,7 @@ def only_name(store: Store) -> str:
 
 
 def label(version: dict) -> str:
+    """`NAME:TAG` of a version, as every message shows it."""
     return f"{version['name']}:{version['version']}"
 
 

@@ -35,10 +35,12 @@ class ModelHolder:
 
     @property
     def current(self) -> ServedModel:
+        """The model new requests get (without leasing it)."""
         return self._current
 
     @property
     def name(self) -> str:
+        """The model id clients request."""
         return self._current.name
 
     def acquire(self) -> ServedModel:
@@ -49,6 +51,7 @@ class ModelHolder:
             return served
 
     def release(self, served: ServedModel) -> None:
+        """Give a lease back; a swapped-out model is closed when its last lease returns."""
         with self._lock:
             served.leases -= 1
             done = served.retired and served.leases == 0
@@ -68,6 +71,7 @@ class ModelHolder:
         return old
 
     def close(self) -> None:
+        """Close the current model's engine (at server shutdown)."""
         with self._lock:
             served = self._current
         served.engine.close()
