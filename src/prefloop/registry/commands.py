@@ -236,8 +236,12 @@ def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
     print(f"{la} vs {lb}: {la} is {'an ' if related[0] in 'au' else 'a '}{related} of {lb}"
           if related != "unrelated" else f"{la} vs {lb}: not in one lineage")
     print(f"files: {'identical' if va['meta'].get('fingerprint') == vb['meta'].get('fingerprint') else 'differ'}")
-    rows = [[k, x, y] for k, (x, y) in config.items()]
-    print("config: same" if not rows else _table(["config key", la, lb], rows))
+    if bool(ca) != bool(cb):
+        print(f"config: only {la if ca else lb} has a training config ({lb if ca else la} was not trained by "
+              "prefloop train)")
+    else:
+        rows = [[k, x, y] for k, (x, y) in config.items()]
+        print("config: same" if not rows else _table(["config key", la, lb], rows))
     mrows = []
     for k, (x, y) in metrics.items():
         delta = f"{y - x:+.4g}" if isinstance(x, (int, float)) and isinstance(y, (int, float)) else "-"
