@@ -29,6 +29,15 @@ COMMANDS = {
     "eval-compare": "prefloop.evaluate.compare:compare_command",
     "eval-prefs": "prefloop.evaluate.prefs:prefs_command",
     "eval-bench": "prefloop.evaluate.bench:bench_command",
+    "models-register": "prefloop.registry.commands:register_command",
+    "models-list": "prefloop.registry.commands:list_command",
+    "models-show": "prefloop.registry.commands:show_command",
+    "models-promote": "prefloop.registry.commands:promote_command",
+    "models-rollback": "prefloop.registry.commands:rollback_command",
+    "models-diff": "prefloop.registry.commands:diff_command",
+    "models-mirror": "prefloop.registry.commands:mirror_command",
+    "models-path": "prefloop.registry.commands:path_command",
+    "gate": "prefloop.registry.gate:gate_command",
 }
 
 
@@ -125,12 +134,16 @@ def _add_label(sub) -> None:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible chat server; logs interactions to the store")
-    p.add_argument("model", help="model directory, hub id or .gguf file")
+    p.add_argument("model", nargs="?", help="model directory, hub id or .gguf file (or --registry NAME)")
+    p.add_argument("--registry", help="serve NAME@champion from the store (--db) and switch, without a restart, "
+                                      "when another version is promoted")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often --registry checks the champion")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
     p.add_argument("--model-name", help="name served at /v1/models (default: the directory name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--db", help="SQLite store for interaction logs")
+    p.add_argument("--db", help="SQLite store for interaction logs (and the registry; default prefloop.sqlite "
+                                "with --registry)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--max-tokens-limit", type=int, default=2048)
     p.add_argument("--max-batch-rows", type=int, default=16,
@@ -247,10 +260,75 @@ def _add_eval_bench(eval_sub) -> None:
     b.add_argument("--seed", type=int, default=0)
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="model registry: versions with lineage, aliases (champion), promote, rollback")
+    models = p.add_subparsers(dest="models_command", required=True)
+    ref_help = "v3, NAME:v3, NAME@champion or an alias"
+
+    def common(q, name_help="model name (needed when the store holds several)", required=False):
+        q.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+        q.add_argument("--name", required=required, help=name_help)
+
+    r = models.add_parser("register", help="register a model directory as a new version (files copied atomically)")
+    r.add_argument("path", help="model directory (prefloop train output_dir, a LoRA adapter or a full model)")
+    common(r, "model name; versions are numbered per name", required=True)
+    r.add_argument("--parent", help=f"the version it was trained from ({ref_help}); default: found from its config")
+    r.add_argument("--results", action="append", help="results.json of an eval of this model (repeatable)")
+    r.add_argument("--version", help="your own version tag instead of the next vN")
+    r.add_argument("--no-copy", action="store_true", help="point at PATH instead of copying it into the registry")
+    r.add_argument("--mlflow", help="also mirror into MLflow at this tracking URI (needs prefloop[mlflow])")
+    li = models.add_parser("list", help="versions with aliases, status, last gate verdict and parent")
+    common(li, "only this model name")
+    li.add_argument("--at", help="show the registry as it was at this time (ISO-8601, UTC unless a zone is given)")
+    li.add_argument("--json", dest="json_out", action="store_true")
+    sh = models.add_parser("show", help="one version: path, lineage, config, data fingerprints, metrics, gates, history")
+    sh.add_argument("version", help=ref_help)
+    common(sh)
+    sh.add_argument("--json", dest="json_out", action="store_true")
+    pr = models.add_parser("promote", help="point an alias (default champion) at a version")
+    pr.add_argument("version", help=ref_help)
+    common(pr)
+    pr.add_argument("--alias", default="champion")
+    pr.add_argument("--force", action="store_true", help="promote although its last gate verdict was fail/refused")
+    pr.add_argument("--note", help="why (kept in the history)")
+    pr.add_argument("--mlflow", help="also move the alias in MLflow at this tracking URI")
+    rb = models.add_parser("rollback", help="move an alias (default champion) back to its previous version")
+    common(rb)
+    rb.add_argument("--alias", default="champion")
+    rb.add_argument("--note", help="why (kept in the history)")
+    rb.add_argument("--mlflow", help="also move the alias in MLflow at this tracking URI")
+    d = models.add_parser("diff", help="config and metric differences between two versions")
+    d.add_argument("a", help=ref_help)
+    d.add_argument("b", help=ref_help)
+    common(d)
+    d.add_argument("--json", dest="json_out", action="store_true")
+    pa = models.add_parser("path", help="print a version's model directory (for scripts: eval --after $(...))")
+    pa.add_argument("version", help=ref_help)
+    common(pa)
+    m = models.add_parser("mirror", help="mirror versions and aliases into MLflow (idempotent)")
+    common(m, "only this model name")
+    m.add_argument("--mlflow", required=True, help="MLflow tracking URI (file:///path works offline)")
+
+
+def _add_gate(sub) -> None:
+    p = sub.add_parser("gate", help="pass/fail of a candidate against a baseline: rule table, exit 0 pass / 1 fail / "
+                                    "2 bad input")
+    p.add_argument("--candidate", action="append", required=True,
+                   help="results.json (or eval --out dir) of the candidate; repeat for several eval runs")
+    p.add_argument("--baseline", action="append",
+                   help="results.json of the baseline (the champion); default with --registry: its recorded metrics")
+    p.add_argument("--rules", help="rules YAML (default: examples/gate.yaml)")
+    p.add_argument("--registry", help="model name in the store: gate --version against its champion, record the verdict")
+    p.add_argument("--version", help="the candidate version (v3, NAME:v3) when --registry is given")
+    p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+    p.add_argument("--json", dest="json_out", action="store_true", help="print the verdict and table as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_eval):
+    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_eval,
+                _add_models, _add_gate):
         add(sub)
     return parser
 
@@ -258,16 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    if command == "data":
-        command = "data-" + args.pop("data_command")
-    if command == "eval":
-        command = "eval-" + args.pop("eval_command")
+    shown = command
+    if command in ("data", "models", "eval"):
+        shown = f"{command} {args[f'{command}_command']}"
+        command = f"{command}-" + args.pop(f"{command}_command")
     module_name, func_name = COMMANDS[command].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     try:
         return int(func(**args) or 0)
     except PrefloopError as err:
-        shown = command.replace("-", " ", 1) if command.startswith("eval-") else command
         print(f"prefloop {shown}: error: {err}", file=sys.stderr)
         return 2
 

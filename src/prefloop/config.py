@@ -106,6 +106,9 @@ class TrainArgs:
     resume_from_checkpoint: Union[bool, str, None] = None  # a checkpoint dir, or true = the latest one
     sample_prompts: int = 1  # validation prompts answered (greedy) before and after training
     dataloader_num_workers: int = 0
+    registry: str | None = None  # register the trained model as a candidate version of this name (model registry)
+    registry_db: str = "prefloop.sqlite"  # the prefloop store that holds the registry
+    mlflow_tracking_uri: str | None = None  # also mirror the registered version into MLflow (prefloop[mlflow])
 
 
 @dataclass
@@ -377,6 +380,8 @@ def validate(cfg: Config) -> None:
     need(cfg.max_memory_gb is None or cfg.max_memory_gb > 0,
          f"max_memory_gb: {cfg.max_memory_gb} is not allowed; give the memory budget in GB (> 0) or leave it out")
     need(cfg.pref_ftx >= 0, f"pref_ftx: {cfg.pref_ftx} is not allowed; it must be >= 0")
+    need(cfg.registry is None or re.fullmatch(r"[A-Za-z0-9][\w.-]*", cfg.registry) is not None,
+         f"registry: {cfg.registry!r} is not allowed; a model name uses letters, digits, '-', '_' and '.'")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
     if cfg.eval_strategy != "no":

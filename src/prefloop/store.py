@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from prefloop.errors import PrefloopError
 
 PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
@@ -35,6 +35,8 @@ SHOWN_ORDERS = ("ab", "ba")  # "ab": stored A shown on the left (as "A"); "ba": 
 FEEDBACK_KINDS = ("thumbs", "choice")
 THUMBS_VALUES = ("up", "down")
 MODEL_STATUSES = ("candidate", "promoted", "rejected", "retired")
+MODEL_EVENT_KINDS = MODEL_STATUSES + ("gate",)  # "gate": a quality-gate verdict (detail holds the rule table)
+ALIAS_ACTIONS = ("set", "rollback", "remove")
 
 
 class StoreError(PrefloopError):
@@ -112,6 +114,47 @@ CREATE TABLE model_events (
 """
 
 _APPEND_ONLY_TABLES = ("votes", "vote_retractions", "feedback", "model_events", "interactions")
+
+# Migrations: MIGRATIONS[v] takes a store from schema v-1 to v. A new file runs the v1 schema and then
+# every migration in the same transaction, so new and upgraded stores are the same by construction.
+_MIGRATIONS = {
+    2: """
+ALTER TABLE model_versions ADD COLUMN version TEXT;
+UPDATE model_versions SET version = 'v' || (SELECT COUNT(*) FROM model_versions m2
+    WHERE m2.name = model_versions.name AND m2.id <= model_versions.id);
+CREATE UNIQUE INDEX model_versions_name_version ON model_versions(name, version);
+DROP TRIGGER model_events_no_update;
+DROP TRIGGER model_events_no_delete;
+CREATE TABLE model_events_v2 (
+    id          INTEGER PRIMARY KEY,
+    version_id  INTEGER NOT NULL REFERENCES model_versions(id),
+    status      TEXT NOT NULL CHECK (status IN ('candidate', 'promoted', 'rejected', 'retired', 'gate')),
+    note        TEXT,
+    detail_json TEXT NOT NULL DEFAULT '{}',
+    created_at  TEXT NOT NULL
+);
+INSERT INTO model_events_v2(id, version_id, status, note, created_at)
+    SELECT id, version_id, status, note, created_at FROM model_events;
+DROP TABLE model_events;
+ALTER TABLE model_events_v2 RENAME TO model_events;
+CREATE INDEX model_events_version ON model_events(version_id);
+CREATE TABLE model_aliases (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    alias      TEXT NOT NULL,
+    action     TEXT NOT NULL CHECK (action IN ('set', 'rollback', 'remove')),
+    version_id INTEGER REFERENCES model_versions(id),
+    note       TEXT,
+    forced     INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX model_aliases_name ON model_aliases(name, alias);
+""" + "\n".join(
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
+        for table in ("model_events", "model_aliases") for op in ("UPDATE", "DELETE")
+    ),
+}
 
 
 def _append_only_triggers() -> str:
@@ -210,15 +253,28 @@ class Store:
                     for statement in _split_sql(_SCHEMA + _append_only_triggers()):
                         c.execute(statement)
                     c.execute(f"PRAGMA application_id = {PREFLOOP_APP_ID}")
-                    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     c.execute("INSERT INTO prefloop_meta(key, value) VALUES ('program', 'prefloop'), "
-                              "('schema_version', ?), ('created_at', ?)", (str(SCHEMA_VERSION), now_iso()))
+                              "('schema_version', '1'), ('created_at', ?)", (now_iso(),))
+                    self._migrate(c, 1)
                     return
-            self._verify_existing(app_id, tables)
+            version = self._verify_existing(app_id, tables)
+            if version < SCHEMA_VERSION:
+                with self._write() as c:  # re-read inside the write lock: another process may have migrated
+                    row = c.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()
+                    self._migrate(c, int(row[0]))
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is corrupt or not a SQLite database: {err}") from err
 
-    def _verify_existing(self, app_id: int, tables: list[str]) -> None:
+    @staticmethod
+    def _migrate(c: sqlite3.Connection, version: int) -> None:
+        """Run the migrations after `version` inside the caller's transaction (all or nothing)."""
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _split_sql(_MIGRATIONS[target]):
+                c.execute(statement)
+            c.execute("UPDATE prefloop_meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _verify_existing(self, app_id: int, tables: list[str]) -> int:
         if app_id != PREFLOOP_APP_ID or "prefloop_meta" not in tables:
             shown = ", ".join(sorted(tables)[:6]) or "none"
             raise StoreError(
@@ -234,6 +290,7 @@ class Store:
             )
         if version < 1:
             raise StoreError(f"{self.path} has no valid prefloop schema version; it may be damaged")
+        return version
 
     class _Tx:
         def __init__(self, conn: sqlite3.Connection):
@@ -449,19 +506,30 @@ class Store:
     # ------------------------------------------------------------------ model versions (registry)
 
     def add_model_version(self, name: str, path: str, parent_id: int | None = None, metrics: dict | None = None,
-                          meta: dict | None = None, status: str = "candidate") -> int:
-        """Register a model version with its lineage (parent) and metrics; its first status event is `status`."""
+                          meta: dict | None = None, status: str = "candidate", version: str | None = None) -> int:
+        """Register a model version with its lineage (parent) and metrics; its first status event is `status`.
+
+        `version` is the tag within `name` (the user's own, unique per name); None numbers it v1, v2, ...
+        (one more than the highest vN of that name), chosen inside the transaction so concurrent
+        registrations never get the same tag. Raises StoreError for a taken tag or a missing parent."""
         if status not in MODEL_STATUSES:
             raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
         with self._write() as c:
             if parent_id is not None and not c.execute("SELECT 1 FROM model_versions WHERE id = ?",
                                                        (parent_id,)).fetchone():
                 raise StoreError(f"no model version with id {parent_id} in {self.path}")
+            tags = [r[0] for r in c.execute("SELECT version FROM model_versions WHERE name = ?", (name,))]
+            if version is None:
+                numbers = [int(t[1:]) for t in tags if t and t[0] == "v" and t[1:].isdigit()]
+                version = f"v{max(numbers, default=0) + 1}"
+            elif version in tags:
+                raise StoreError(f"{name}:{version} is already registered in {self.path}; pick another tag "
+                                 "(or leave it out to get the next vN)")
             created = now_iso()
             cur = c.execute(
-                "INSERT INTO model_versions(name, path, parent_id, metrics_json, meta_json, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, str(path), parent_id, json.dumps(metrics or {}, default=str),
+                "INSERT INTO model_versions(name, version, path, parent_id, metrics_json, meta_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, version, str(path), parent_id, json.dumps(metrics or {}, default=str),
                  json.dumps(meta or {}, default=str), created),
             )
             version_id = int(cur.lastrowid)
@@ -469,35 +537,59 @@ class Store:
                       (version_id, status, None, created))
             return version_id
 
-    def set_model_status(self, version_id: int, status: str, note: str | None = None) -> int:
-        """Append a status event (promote, reject, retire); the latest event is the version's status."""
-        if status not in MODEL_STATUSES:
-            raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
+    def set_model_status(self, version_id: int, status: str, note: str | None = None,
+                         detail: dict | None = None) -> int:
+        """Append an event to a version: a status (promote, reject, retire) or a "gate" verdict with its
+        `detail`; the latest status event is the version's status. Returns the event id."""
+        if status not in MODEL_EVENT_KINDS:
+            raise StoreError(f"model event {status!r} is not one of {', '.join(MODEL_EVENT_KINDS)}")
         with self._write() as c:
             if not c.execute("SELECT 1 FROM model_versions WHERE id = ?", (version_id,)).fetchone():
                 raise StoreError(f"no model version with id {version_id} in {self.path}")
-            cur = c.execute("INSERT INTO model_events(version_id, status, note, created_at) VALUES (?, ?, ?, ?)",
-                            (version_id, status, note, now_iso()))
-            return int(cur.lastrowid)
+            return self._add_event(c, version_id, status, note, detail)
 
-    def model_versions(self) -> list[dict]:
-        """All versions, oldest first, each with its current status (latest event) and lineage."""
+    @staticmethod
+    def _add_event(c: sqlite3.Connection, version_id: int, status: str, note: str | None, detail: dict | None,
+                   created: str | None = None) -> int:
+        cur = c.execute("INSERT INTO model_events(version_id, status, note, detail_json, created_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (version_id, status, note, json.dumps(detail or {}, default=str), created or now_iso()))
+        return int(cur.lastrowid)
+
+    def model_versions(self, name: str | None = None, until: str | None = None) -> list[dict]:
+        """Versions (of `name`, or all), oldest first, each with its current status (latest status event,
+        as of `until` when given: an ISO-8601 UTC time as `now_iso` writes it) and lineage."""
+        where, params = ["m.created_at <= ?" if until else "1"], [until] if until else []
+        if name is not None:
+            where.append("m.name = ?")
+            params.append(name)
+        status_until = "AND e.created_at <= ?" if until else ""
         rows = self._query(
-            "SELECT m.*, (SELECT e.status FROM model_events e WHERE e.version_id = m.id ORDER BY e.id DESC LIMIT 1) "
-            "AS status FROM model_versions m ORDER BY m.id"
+            "SELECT m.*, (SELECT e.status FROM model_events e WHERE e.version_id = m.id AND e.status != 'gate' "
+            f"{status_until} ORDER BY e.id DESC LIMIT 1) AS status FROM model_versions m "
+            f"WHERE {' AND '.join(where)} ORDER BY m.id", ([until] if until else []) + params
         )
-        return [
-            {"id": r["id"], "name": r["name"], "path": r["path"], "parent_id": r["parent_id"],
-             "metrics": json.loads(r["metrics_json"]), "meta": json.loads(r["meta_json"]), "status": r["status"],
-             "created_at": r["created_at"]}
-            for r in rows
-        ]
+        return [_version_dict(r) for r in rows]
+
+    def model_version(self, version_id: int) -> dict:
+        """One version by id (as `model_versions` gives them); StoreError if there is none."""
+        rows = self._query(
+            "SELECT m.*, (SELECT e.status FROM model_events e WHERE e.version_id = m.id AND e.status != 'gate' "
+            "ORDER BY e.id DESC LIMIT 1) AS status FROM model_versions m WHERE m.id = ?", (version_id,))
+        if not rows:
+            raise StoreError(f"no model version with id {version_id} in {self.path}")
+        return _version_dict(rows[0])
+
+    def model_names(self) -> list[str]:
+        """Every registered model name, sorted."""
+        return [r[0] for r in self._query("SELECT DISTINCT name FROM model_versions ORDER BY name")]
 
     def model_events(self, version_id: int | None = None) -> list[dict]:
+        """Status and gate events (of one version or all), oldest first; `detail` is the decoded detail_json."""
         sql, params = "SELECT * FROM model_events", ()
         if version_id is not None:
             sql, params = sql + " WHERE version_id = ?", (version_id,)
-        return [dict(r) for r in self._query(sql + " ORDER BY id", params)]
+        return [{**dict(r), "detail": json.loads(r["detail_json"])} for r in self._query(sql + " ORDER BY id", params)]
 
     def promoted_model(self) -> dict | None:
         """The most recently promoted version that is still promoted, or None."""
@@ -506,6 +598,77 @@ class Store:
             return None
         last_event = {e["version_id"]: e["id"] for e in self.model_events() if e["status"] == "promoted"}
         return max(promoted, key=lambda v: last_event[v["id"]])
+
+    # ------------------------------------------------------------------ aliases (append-only pointer moves)
+
+    def alias_events(self, name: str, alias: str | None = None, until: str | None = None) -> list[dict]:
+        """Alias moves of model `name` (one alias or all), oldest first, up to `until` (ISO-8601 UTC)."""
+        sql, params = "SELECT * FROM model_aliases WHERE name = ?", [name]
+        if alias is not None:
+            sql, params = sql + " AND alias = ?", params + [alias]
+        if until is not None:
+            sql, params = sql + " AND created_at <= ?", params + [until]
+        rows = self._query(sql + " ORDER BY id", params)
+        return [{**dict(r), "forced": bool(r["forced"])} for r in rows]
+
+    def aliases(self, name: str, until: str | None = None) -> dict[str, int]:
+        """alias -> version id of model `name` now (or as of `until`); removed aliases are left out."""
+        by_alias: dict[str, list[dict]] = {}
+        for event in self.alias_events(name, until=until):
+            by_alias.setdefault(event["alias"], []).append(event)
+        state = {alias: alias_stack(events) for alias, events in by_alias.items()}
+        return {alias: stack[-1] for alias, stack in state.items() if stack}
+
+    def move_alias(self, name: str, alias: str, action: str, version_id: int | None = None, note: str | None = None,
+                   forced: bool = False, expect_version_id: int | None | bool = False) -> dict:
+        """Append one alias move in one transaction and return {"version_id", "previous_id", "event_id"}.
+
+        action "set" points `alias` at `version_id`; "rollback" moves it back to where it pointed before
+        the move that is current (a stack: promote v2, promote v3, rollback -> v2, rollback -> v1);
+        "remove" clears it. `expect_version_id` (when not False) is where the caller saw the alias: if
+        another process moved it meanwhile, StoreError says so and nothing is written. For the alias
+        "champion" the versions also get status events (new: promoted; old: retired, or rejected on a
+        rollback), in the same transaction.
+        """
+        if action not in ALIAS_ACTIONS:
+            raise StoreError(f"alias action {action!r} is not one of {', '.join(ALIAS_ACTIONS)}")
+        with self._write() as c:
+            rows = c.execute("SELECT * FROM model_aliases WHERE name = ? AND alias = ? ORDER BY id",
+                             (name, alias)).fetchall()
+            stack = alias_stack([dict(r) for r in rows])
+            current = stack[-1] if stack else None
+            if expect_version_id is not False and expect_version_id != current:
+                raise StoreError(f"{name}@{alias} moved while this command ran (another process changed it to "
+                                 f"version id {current}); nothing was written: look with `prefloop models list "
+                                 f"--name {name}` and run the command again")
+            if action == "set":
+                row = c.execute("SELECT name FROM model_versions WHERE id = ?", (version_id,)).fetchone()
+                if row is None or row[0] != name:
+                    raise StoreError(f"no version with id {version_id} under the name {name!r} in {self.path}")
+                if version_id == current:
+                    raise StoreError(f"{name}@{alias} already points to that version; nothing to do")
+                target = version_id
+            elif action == "rollback":
+                if len(stack) < 2:
+                    raise StoreError(f"{name}@{alias} has no previous version to roll back to "
+                                     f"({'it was never set' if not stack else 'it was set only once'})")
+                target = stack[-2]
+            else:
+                if current is None:
+                    raise StoreError(f"{name}@{alias} is not set; nothing to remove")
+                target = None
+            created = now_iso()
+            cur = c.execute("INSERT INTO model_aliases(name, alias, action, version_id, note, forced, created_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (name, alias, action, target, note, int(forced), created))
+            if alias == "champion":
+                if current is not None:
+                    self._add_event(c, current, "rejected" if action == "rollback" else "retired",
+                                    f"{action}: {alias} moved away", None, created)
+                if target is not None:
+                    self._add_event(c, target, "promoted", f"{action}: {alias}" + (" (forced)" if forced else ""),
+                                    {"forced": forced} if forced else None, created)
+            return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
 
     # ------------------------------------------------------------------ integrity
 
@@ -528,6 +691,32 @@ def _split_sql(script: str) -> list[str]:
     if current:
         raise ValueError("incomplete SQL statement in schema: " + "\n".join(current))
     return statements
+
+
+def alias_stack(events: list[dict]) -> list[int]:
+    """Replay alias moves (oldest first) into a stack of version ids; the top is where the alias points.
+
+    "set" pushes, "rollback" pops (back to the version before the current move), "remove" empties it."""
+    stack: list[int] = []
+    for event in events:
+        apply_alias_event(stack, event)
+    return stack
+
+
+def apply_alias_event(stack: list[int], event: dict) -> None:
+    """One alias move applied to a stack of version ids, in place (see `alias_stack`)."""
+    if event["action"] == "set":
+        stack.append(int(event["version_id"]))
+    elif event["action"] == "rollback":
+        stack.pop()
+    else:
+        stack.clear()
+
+
+def _version_dict(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "name": r["name"], "version": r["version"], "path": r["path"],
+            "parent_id": r["parent_id"], "metrics": json.loads(r["metrics_json"]), "meta": json.loads(r["meta_json"]),
+            "status": r["status"], "created_at": r["created_at"]}
 
 
 def _item_dict(r: sqlite3.Row) -> dict:

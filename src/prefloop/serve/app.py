@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from prefloop.sampling import Sample
 from prefloop.serve.engine import GenerationEngine
 from prefloop.serve.feedback import record_feedback
+from prefloop.serve.holder import ModelHolder
 from prefloop.serve.protocol import (
     APIError,
     ChatRequest,
@@ -49,18 +50,18 @@ def _sse(obj) -> str:
 
 
 class _Logger:
-    """Writes interactions to the store (if any) off the event loop."""
+    """Writes interactions to the store (if any) off the event loop, under the name of the model that answered."""
 
-    def __init__(self, store, model_name: str):
-        self.store, self.model_name = store, model_name
+    def __init__(self, store):
+        self.store = store
 
-    async def log(self, req: ChatRequest, sample: Sample, prompt_tokens: int) -> dict:
+    async def log(self, req: ChatRequest, sample: Sample, prompt_tokens: int, model_name: str) -> dict:
         if self.store is None:
             return {}
         interaction_id = await run_in_threadpool(
             self.store.log_interaction,
             req.conversation_id,
-            self.model_name,
+            model_name,
             req.messages,
             sample.text,
             params={**req.logged_params(), "finish_reason": sample.finish_reason},
@@ -69,11 +70,16 @@ class _Logger:
         return {"interaction_id": interaction_id}
 
 
-def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = None, store=None,
-               max_tokens_limit: int = 2048) -> FastAPI:
-    """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health."""
+def create_app(engine: GenerationEngine | None, model_name: str | None, api_key: str | None = None, store=None,
+               max_tokens_limit: int = 2048, holder: ModelHolder | None = None) -> FastAPI:
+    """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health.
+
+    It serves `engine` under `model_name`, or whatever `holder` holds at each request (a holder whose
+    model is swapped while the app runs: `prefloop serve --registry`)."""
     app = FastAPI(title="prefloop serve", docs_url=None, redoc_url=None, openapi_url=None)
-    logger = _Logger(store, model_name)
+    holder = holder or ModelHolder(engine, model_name)
+    model_name = holder.name  # the id clients request; each answer names the version that answered it
+    logger = _Logger(store)
     started = int(time.time())
 
     @app.exception_handler(APIError)
@@ -91,25 +97,45 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
                 return JSONResponse(err.body(), status_code=401)
         return await call_next(request)
 
+    def _model_card() -> dict:
+        served = holder.current
+        card = {"id": model_name, "object": "model", "created": started, "owned_by": "prefloop"}
+        if served.version is not None:  # served from the registry: which version answers now
+            card.update({"version": served.version, "root": served.answer_name})
+        return card
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "batches_run": engine.batches_run,
-                "largest_batch": engine.largest_batch, "logging": store is not None}
+        served = holder.current
+        return {"status": "ok", "model": served.answer_name, "batches_run": served.engine.batches_run,
+                "largest_batch": served.engine.largest_batch, "logging": store is not None,
+                "swaps": holder.swaps}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
-                                            "owned_by": "prefloop"}]}
+        return {"object": "list", "data": [_model_card()]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
         if name != model_name:
             raise APIError(404, f"The model `{name}` does not exist; this server serves `{model_name}`", "model",
                            "model_not_found")
-        return {"id": model_name, "object": "model", "created": started, "owned_by": "prefloop"}
+        return _model_card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        served = holder.acquire()  # this request runs on this model to its end, even if another is swapped in
+        try:
+            response = await _chat(request, served)
+        except BaseException:
+            holder.release(served)
+            raise
+        if not isinstance(response, StreamingResponse):
+            holder.release(served)
+        return response
+
+    async def _chat(request: Request, served):
+        engine, answer_name = served.engine, served.answer_name
         req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit)
         req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
         prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
@@ -121,15 +147,22 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
         rows = [(prompt_ids, req.params.for_sample(i)) for i in range(req.n)]
         headers = {"X-Conversation-Id": req.conversation_id}
         if req.stream:
-            return StreamingResponse(_stream(req, rows, len(prompt_ids)), media_type="text/event-stream",
+            return StreamingResponse(_stream(req, rows, len(prompt_ids), served), media_type="text/event-stream",
                                      headers=headers)
         samples = await asyncio.wrap_future(engine.submit(rows))
-        extras = [await logger.log(req, s, len(prompt_ids)) for s in samples]
-        body = completion_body(completion_id(), model_name, len(prompt_ids), samples, extras)
+        extras = [await logger.log(req, s, len(prompt_ids), answer_name) for s in samples]
+        body = completion_body(completion_id(), answer_name, len(prompt_ids), samples, extras)
         body["conversation_id"] = req.conversation_id
         return JSONResponse(body, headers=headers)
 
-    async def _stream(req: ChatRequest, rows, prompt_tokens: int):
+    async def _stream(req: ChatRequest, rows, prompt_tokens: int, served):
+        try:
+            async for event in _stream_events(req, rows, prompt_tokens, served.engine, served.answer_name):
+                yield event
+        finally:
+            holder.release(served)
+
+    async def _stream_events(req: ChatRequest, rows, prompt_tokens: int, engine, model_name: str):
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -157,7 +190,7 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
                                       logprobs=logprobs if req.params.logprobs else None))
             if sample is not None:
                 finished.append(sample)
-                extra = await logger.log(req, sample, prompt_tokens)
+                extra = await logger.log(req, sample, prompt_tokens, model_name)
                 yield _sse(chunk_body(cid, model_name, created, index, {}, sample.finish_reason, extra=extra))
         if req.include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
@@ -175,29 +208,51 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
     return app
 
 
-def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
-                  max_tokens_limit=2048, max_batch_rows: int = 16) -> int:
+def serve_command(model=None, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
+                  max_tokens_limit=2048, max_batch_rows: int = 16, registry=None, poll_seconds: float = 2.0) -> int:
     import uvicorn
 
     from prefloop.chat_clients import local_model_name
+    from prefloop.errors import ConfigError
     from prefloop.sampling import LocalGenerator
 
-    generator = LocalGenerator.load(model, adapter=adapter)
+    if (model is None) == (registry is None):
+        raise ConfigError("give a MODEL to serve, or --registry NAME to serve its champion (not both)")
     store = None
-    if db:
+    if db or registry:
         from prefloop.store import Store
 
-        store = Store(db)
-    name = model_name or local_model_name(model)
-    engine = GenerationEngine(generator, max_batch_rows=max_batch_rows)
+        store = Store(db or "prefloop.sqlite")
+    follower = None
+    if registry:
+        holder, follower = _follow_registry(store, registry, model_name, max_batch_rows, poll_seconds)
+    else:
+        engine = GenerationEngine(LocalGenerator.load(model, adapter=adapter), max_batch_rows=max_batch_rows)
+        holder = ModelHolder(engine, model_name or local_model_name(model))
     if host not in LOOPBACK and not api_key:
         print(f"prefloop serve: warning: listening on {host} without --api-key: anyone who can reach this "
               "machine can use the model", file=sys.stderr)
-    print(f"prefloop serve: model {name!r} at http://{host}:{port}/v1"
-          + (f", logging interactions to {db}" if db else ""), file=sys.stderr)
+    print(f"prefloop serve: model {holder.current.answer_name!r} at http://{host}:{port}/v1"
+          + (f", logging interactions to {store.path}" if store else ""), file=sys.stderr)
     try:
-        uvicorn.run(create_app(engine, name, api_key, store, max_tokens_limit), host=host, port=port,
+        uvicorn.run(create_app(None, None, api_key, store, max_tokens_limit, holder=holder), host=host, port=port,
                     log_level="info")
     finally:
-        engine.close()
+        if follower is not None:
+            follower.stop()
+        holder.close()
     return 0
+
+
+def _follow_registry(store, name: str, model_name, max_batch_rows: int, poll_seconds: float):
+    """A holder serving `name@champion` and the follower that swaps it when the champion moves."""
+    from prefloop.registry.follow import ChampionFollower, champion, load_generator
+    from prefloop.registry.versions import check_files, label
+
+    version = champion(store, name)
+    check_files(version)
+    engine = GenerationEngine(load_generator(version), max_batch_rows=max_batch_rows)
+    holder = ModelHolder(engine, model_name or name, label(version), version["version"])
+    follower = ChampionFollower(store, name, holder, lambda g: GenerationEngine(g, max_batch_rows=max_batch_rows),
+                                version["id"], poll_seconds).start()
+    return holder, follower

@@ -121,6 +121,8 @@ def run_training(cfg: Config) -> dict:
             paths = plot_history(trainer.state.log_history, cfg.output_dir)
             say(f"Plots: {', '.join(p.name for p in paths) or 'none (nothing logged)'} in {cfg.output_dir}")
     say(summary(cfg, trainer, metrics, before, time.perf_counter() - started))
+    if cfg.registry and cfg.do_train and args.process_index == 0:
+        register_output(cfg, metrics, data, say)
     return metrics
 
 
@@ -281,6 +283,32 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         ld_alpha=cfg.ld_alpha,
         autocast_dtype=autocast_dtype,
     )
+
+
+def register_output(cfg: Config, metrics: dict, data: Data, say) -> dict:
+    """`registry: NAME`: register output_dir as a candidate version of NAME with its parent (the registered
+    version it started from, found by path), the config, the data fingerprints and the final metrics;
+    `mlflow_tracking_uri` mirrors it into MLflow."""
+    from prefloop.registry.commands import register_model
+    from prefloop.store import Store
+    from prefloop.train.reference import data_fingerprint
+
+    fingerprints = {"dataset": cfg.dataset, "train": data_fingerprint(data.train),
+                    "validation": data_fingerprint(data.val) if data.val else None}
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    with Store(cfg.registry_db) as store:
+        version = register_model(store, cfg.output_dir, cfg.registry, extra_meta={"data": fingerprints},
+                                 metrics=numeric)
+        parent = store.model_version(version["parent_id"]) if version["parent_id"] else None
+        say(f"Registered {cfg.registry}:{version['version']} in {cfg.registry_db} as the candidate"
+            + (f" (parent {parent['name']}:{parent['version']})" if parent else
+               f" (no parent: {cfg.model_name_or_path} is not a registered version)"))
+        if cfg.mlflow_tracking_uri:
+            from prefloop.registry.mlflow_mirror import sync
+
+            sync(store, cfg.registry, cfg.mlflow_tracking_uri)
+            say(f"Mirrored {cfg.registry} into MLflow at {cfg.mlflow_tracking_uri}")
+    return version
 
 
 def checkpoint_to_resume(cfg: Config):

@@ -1,0 +1,206 @@
+"""The quality gate: rules (rules.py) applied to a candidate's and a baseline's metrics -> a verdict.
+
+`evaluate_gate` is pure (metrics in, table out). Verdict: "refused" when a sanity rule fails or no
+rule could be evaluated at all (the evidence is too weak to judge), else "fail" when a rule of
+severity fail fails, else "pass". `gate_command` is `prefloop gate`: it reads the results files,
+checks they are about the models named, prints the table, records the verdict on the version when
+`--registry` is given, and exits 0 (pass), 1 (fail or refused) or 2 (bad input).
+
+Thresholds follow MLflow's `MetricThreshold` / TFMA's `GenericValueThreshold` (absolute floor) and
+`GenericChangeThreshold` (change against the baseline, with a direction and an absolute tolerance).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from prefloop.registry.rules import Rule
+
+PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+EXIT = {"pass": 0, "fail": 1, "refused": 1}
+_OPS = {"above": (lambda v, t: v > t, ">"), "at_least": (lambda v, t: v >= t, ">="),
+        "below": (lambda v, t: v < t, "<"), "at_most": (lambda v, t: v <= t, "<=")}
+
+
+@dataclass
+class Row:
+    """One line of the gate table."""
+
+    rule: str
+    metric: str
+    value: float | None
+    threshold: str
+    result: str  # pass / fail / warn / skip
+    why: str
+    sanity: bool = False
+
+
+@dataclass
+class GateResult:
+    """The verdict (pass / fail / refused), the table rows and a one-line reason."""
+    verdict: str  # pass / fail / refused
+    rows: list[Row]
+    reason: str
+
+    @property
+    def exit_code(self) -> int:
+        """0 for pass, 1 for fail or refused (2, bad input, is raised before a result exists)."""
+        return EXIT[self.verdict]
+
+    def to_dict(self) -> dict:
+        """JSON-able verdict, reason and rows (what --json prints and the gate event stores)."""
+        return {"verdict": self.verdict, "reason": self.reason, "rows": [asdict(r) for r in self.rows]}
+
+
+def _number(value) -> float | None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def _metrics_for(rule: Rule, candidate: dict) -> list[str]:
+    if "*" in rule.metric or "?" in rule.metric:
+        return sorted(m for m in candidate if fnmatch.fnmatchcase(m, rule.metric)) or [rule.metric]
+    return [rule.metric]
+
+
+def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
+    value = _number(candidate.get(metric))
+    missing_result = FAIL if rule.required else SKIP
+    if value is None:
+        state = "not measured" if metric not in candidate else "undefined (null) in the results"
+        return Row(rule.name, metric, None, "-", missing_result, f"{metric} {state}"
+                   + ("; this rule is required" if rule.required else "; rule skipped"), rule.sanity)
+    if rule.vs_baseline:
+        base = _number(baseline.get(metric))
+        if base is None:
+            return Row(rule.name, metric, value, "-", missing_result, f"the baseline has no {metric}"
+                       + ("; this rule is required" if rule.required else "; rule skipped"), rule.sanity)
+        if rule.vs_baseline == "higher_is_better":
+            limit, ok, sign = base - rule.tolerance, value >= base - rule.tolerance, ">="
+        else:
+            limit, ok, sign = base + rule.tolerance, value <= base + rule.tolerance, "<="
+        threshold = f"{sign} {_fmt(limit)} (baseline {_fmt(base)} {'-' if sign == '>=' else '+'} {_fmt(rule.tolerance)})"
+    elif rule.gap_to:
+        other = _number(candidate.get(rule.gap_to))
+        if other is None:
+            return Row(rule.name, metric, value, "-", missing_result, f"{rule.gap_to} not measured; rule skipped",
+                       rule.sanity)
+        test, sign = _OPS[rule.op]
+        gap = abs(value - other)
+        ok, threshold = test(gap, rule.threshold), f"|{metric} - {rule.gap_to}| {sign} {_fmt(rule.threshold)}"
+        value = gap
+    else:
+        test, sign = _OPS[rule.op]
+        ok, threshold = test(value, rule.threshold), f"{sign} {_fmt(rule.threshold)}"
+    result = PASS if ok else (WARN if rule.severity == "warn" else FAIL)
+    return Row(rule.name, metric, value, threshold, result, rule.why, rule.sanity)
+
+
+def evaluate_gate(rules: list[Rule], candidate: dict, baseline: dict | None = None) -> GateResult:
+    """Apply `rules` to the candidate's flat metrics (and the baseline's, for vs_baseline rules)."""
+    baseline = baseline or {}
+    rows = [_check(rule, metric, candidate, baseline) for rule in rules for metric in _metrics_for(rule, candidate)]
+    sanity_failed = [r for r in rows if r.sanity and r.result == FAIL]
+    failed = [r for r in rows if not r.sanity and r.result == FAIL]
+    if sanity_failed:
+        return GateResult("refused", rows, "the evidence is too weak to judge: "
+                          + "; ".join(f"{r.rule} ({r.why})" for r in sanity_failed))
+    if failed:
+        return GateResult("fail", rows, "failed: " + ", ".join(r.rule for r in failed))
+    if not any(r.result in (PASS, WARN) for r in rows if not r.sanity):
+        return GateResult("refused", rows, "no rule could be evaluated: the results hold none of the gated metrics")
+    warned = [r.rule for r in rows if r.result == WARN]
+    return GateResult("pass", rows, "every rule passed" + (f" (warnings: {', '.join(warned)})" if warned else ""))
+
+
+def format_table(result: GateResult) -> str:
+    """The rule table a person reads (rule, metric, value, threshold, result, why) and the verdict."""
+    header = ("rule", "metric", "value", "threshold", "result", "why")
+    lines = [(r.rule + (" [sanity]" if r.sanity else ""), r.metric, _fmt(r.value), r.threshold, r.result.upper()
+              if r.result in (FAIL, WARN) else r.result, r.why) for r in result.rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    widths[-1] = 0
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header).rstrip(), fmt.format(*("-" * max(w, 3) for w in widths)).rstrip()]
+    out += [fmt.format(*map(str, line)).rstrip() for line in lines]
+    out.append(f"verdict: {result.verdict.upper()}: {result.reason}")
+    return "\n".join(out)
+
+
+def gate_command(candidate, baseline=None, rules=None, registry=None, version=None, db="prefloop.sqlite",
+                 json_out: bool = False) -> int:
+    """`prefloop gate`: see the module docstring. Returns the exit code (0 pass, 1 fail/refused)."""
+    from prefloop.registry.evidence import SUBJECT_ROLE, check_model, load_evidence
+    from prefloop.registry.rules import load_rules
+    from prefloop.registry import RegistryError
+
+    rule_list = load_rules(rules)
+    cand = load_evidence(candidate, "candidate")
+    base = load_evidence(baseline, "baseline")
+    notes: list[str] = []
+    store = champion = subject = None
+    if registry or version:
+        if not (registry and version):
+            raise RegistryError("--registry NAME and --version V go together: the gate records its verdict on "
+                                "version V of NAME")
+        from prefloop.registry import versions as v
+        from prefloop.store import Store
+
+        store = Store(db)
+        subject = v.resolve(store, version, registry)
+        champ_id = store.aliases(subject["name"]).get("champion")
+        champion = store.model_version(champ_id) if champ_id is not None else None
+        if champion is not None and champion["id"] == subject["id"]:
+            raise RegistryError(f"{v.label(subject)} is the champion already; gate a candidate against it")
+        notes += check_model(cand, SUBJECT_ROLE, v.version_paths(subject), v.label(subject))
+        if champion is not None:
+            notes += check_model(cand, {"winrate": "before"}, v.version_paths(champion), f"the champion "
+                                 f"{v.label(champion)}")
+            notes += check_model(base, SUBJECT_ROLE, v.version_paths(champion), f"the champion {v.label(champion)}")
+            if not base.sources:  # no --baseline: the champion's recorded metrics are the baseline
+                base.metrics = v.recorded_metrics(store, champion)
+                notes.append(f"baseline: the metrics recorded for the champion {v.label(champion)}")
+    else:
+        _check_same_baseline(cand, base)
+    result = evaluate_gate(rule_list, cand.metrics, base.metrics)
+    if json_out:
+        print(json.dumps({**result.to_dict(), "notes": notes}, indent=2))
+    else:
+        for note in notes:
+            print(f"note: {note}")
+        print(format_table(result))
+    if store is not None:
+        detail = {**result.to_dict(), "candidate_results": cand.paths, "baseline_results": base.paths,
+                  "champion_id": champion["id"] if champion else None, "metrics": cand.metrics,
+                  "rules": str(rules or "default")}
+        store.set_model_status(subject["id"], "gate", result.verdict, detail)
+        print(f"recorded: gate {result.verdict} on {subject['name']}:{subject['version']}"
+              + (f" against the champion {champion['name']}:{champion['version']}" if champion else
+                 " (no champion yet: absolute rules only)"))
+        store.close()
+    return result.exit_code
+
+
+def _check_same_baseline(cand, base) -> None:
+    """Without a registry: the win rate must have been measured against the model the baseline results describe."""
+    from prefloop.registry.evidence import SUBJECT_ROLE, describe_entry, entry_matches
+    from prefloop.registry import RegistryError
+
+    befores = [(p, r["models"].get("before") or {}) for p, r in cand.sources if r["kind"] == "winrate"]
+    for bpath, results in base.sources:
+        entry = results["models"].get(SUBJECT_ROLE[results["kind"]]) or {}
+        named = entry.get("adapter") or entry.get("path")
+        for wpath, before in befores:
+            if named and entry_matches(before, [named]) is False:
+                raise RegistryError(f"{wpath}: the win rate was measured against {describe_entry(before)}, but the "
+                                    f"baseline {bpath} describes {describe_entry(entry)}; gate against the same model")

@@ -1,0 +1,141 @@
+"""The quality gate: rules as data, each default rule firing alone, exit codes, located errors."""
+
+import json
+
+import pytest
+import yaml
+
+from prefloop.cli import main
+from prefloop.errors import ConfigError
+from prefloop.evaluate.results import model_entry, new_results, write_results
+from prefloop.registry.gate import evaluate_gate
+from prefloop.registry.rules import load_rules
+
+# A candidate that clearly beats its champion on good evidence, and the champion's own scores.
+GOOD = {"win_rate": 0.66, "win_rate_ci_low": 0.58, "win_rate_ci_high": 0.74, "raw_win_rate": 0.65, "lc_win_rate": 0.62,
+        "n_prompts": 200, "judge_consistency": 0.85, "failed_judgment_rate": 0.01, "pref_accuracy": 0.70,
+        "mt_bench/score": 6.1, "alpaca_eval/lc_win_rate": 0.21, "truthfulqa_mc/mc1": 0.30, "truthfulqa_mc/mc2": 0.45,
+        "safety_mc/accuracy": 0.90}
+BASE = {"pref_accuracy": 0.71, "mt_bench/score": 6.2, "alpaca_eval/lc_win_rate": 0.22, "truthfulqa_mc/mc1": 0.31,
+        "truthfulqa_mc/mc2": 0.46, "safety_mc/accuracy": 0.90}
+
+# (rule, metric changes that break only that rule, expected verdict)
+ALONE = [
+    ("beats_champion", {"win_rate_ci_low": 0.49}, "fail"),
+    ("preference_accuracy", {"pref_accuracy": 0.68}, "fail"),
+    ("mt_bench", {"mt_bench/score": 5.9}, "fail"),
+    ("alpaca_eval", {"alpaca_eval/lc_win_rate": 0.19}, "fail"),
+    ("truthfulqa_mc1", {"truthfulqa_mc/mc1": 0.28}, "fail"),
+    ("truthfulqa_mc2", {"truthfulqa_mc/mc2": 0.43}, "fail"),
+    ("safety", {"safety_mc/accuracy": 0.899}, "fail"),
+    ("enough_prompts", {"n_prompts": 49}, "refused"),
+    ("judge_position_consistency", {"judge_consistency": 0.55}, "refused"),
+    ("unparseable_judgments", {"failed_judgment_rate": 0.06}, "refused"),
+    ("length_hacking", {"lc_win_rate": 0.53}, "refused"),
+]
+
+
+def test_default_rules_pass_on_good_evidence():
+    result = evaluate_gate(load_rules(), GOOD, BASE)
+    assert result.verdict == "pass" and result.exit_code == 0
+    assert {r.rule: r.result for r in result.rows} == {r.name: "pass" for r in load_rules()}
+
+
+@pytest.mark.parametrize("rule,change,verdict", ALONE, ids=[a[0] for a in ALONE])
+def test_each_rule_fires_alone(rule, change, verdict):
+    result = evaluate_gate(load_rules(), {**GOOD, **change}, BASE)
+    assert result.verdict == verdict and result.exit_code == 1
+    assert [r.rule for r in result.rows if r.result == "fail"] == [rule]
+    assert rule in result.reason
+
+
+def test_every_default_rule_has_a_case_here():
+    assert {r.name for r in load_rules()} - {a[0] for a in ALONE} == {"win_rate_target"}
+
+
+def test_target_is_a_warning_not_a_failure():
+    result = evaluate_gate(load_rules(), {**GOOD, "win_rate": 0.59, "raw_win_rate": 0.59, "lc_win_rate": 0.58}, BASE)
+    assert result.verdict == "pass"
+    assert [(r.rule, r.result) for r in result.rows if r.result != "pass"] == [("win_rate_target", "warn")]
+
+
+def test_missing_metrics_skip_unless_required(tmp_path):
+    prefs_only = {"pref_accuracy": 0.72}
+    result = evaluate_gate(load_rules(), prefs_only, BASE)
+    rows = {r.rule: r.result for r in result.rows}
+    assert rows["beats_champion"] == "fail" and rows["preference_accuracy"] == "pass" and rows["mt_bench"] == "skip"
+    assert result.verdict == "fail"
+    # no measured metric at all: the gate refuses instead of passing on nothing
+    rules_file = _write_rules_list(tmp_path, [{"metric": "pref_accuracy", "vs_baseline": "higher_is_better"}])
+    assert evaluate_gate(load_rules(rules_file), {}, BASE).verdict == "refused"
+
+
+def test_glob_rule_checks_every_matching_metric(tmp_path):
+    path = _write_rules_list(tmp_path, [{"name": "safety_categories", "metric": "safety_mc/category/*",
+                                  "vs_baseline": "higher_is_better", "tolerance": 0}])
+    cand = {"safety_mc/category/violence": 0.9, "safety_mc/category/privacy": 0.7}
+    base = {"safety_mc/category/violence": 0.9, "safety_mc/category/privacy": 0.8}
+    result = evaluate_gate(load_rules(path), cand, base)
+    assert [(r.metric, r.result) for r in result.rows] == [("safety_mc/category/privacy", "fail"),
+                                                          ("safety_mc/category/violence", "pass")]
+
+
+def _write_rules_list(tmp_path, rules):
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"rules": rules}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("rules:\n  - metric: win_rate\n    at_least: 0.5\n  - metric: win_rate_ci_low\n    abve: 0.5\n",
+     r"rules.yaml:4: unknown key 'abve' \(did you mean 'above'\?\)"),
+    ("rules:\n  - metric: win_rate_ci_low\n    above: 1.0\n", r"rules.yaml:2: above: 1.0 can never hold for win_rate_ci_low"),
+    ("rules:\n  - metric: n_prompts\n    at_most: -1\n", r"rules.yaml:2: at_most: -1.0 can never hold"),
+    ("rules:\n  - metric: win_rate\n    at_most: 1\n", r"always holds"),
+    ("rules:\n  - metric: winrate\n    above: 0.5\n", r"metric 'winrate' is not a prefloop eval metric \(did you mean 'win_rate'\?\)"),
+    ("rules:\n  - metric: win_rate\n    above: 0.5\n    above: 0.6\n", r"rules.yaml:2: key 'above' is given twice"),
+    ("rules:\n  - metric: win_rate\n    tolerance: 0.1\n", r"tolerance applies only with vs_baseline"),
+    ("rules:\n  - metric: pref_accuracy\n    vs_baseline: higher_is_better\n    tolerance: -0.1\n", r"tolerance: -0.1"),
+    ("rules:\n  - metric: win_rate\n    above: 0.5\n    below: 0.9\n", r"not above and below"),
+    ("rules:\n  - metric: win_rate\n", r"tests nothing"),
+    ("rules:\n  - metric: win_rate\n    above: 0.5\n  - metric: win_rate\n    above: 0.6\n", r"rules.yaml:4: rule name 'win_rate' is already used at line 2"),
+    ("rule:\n  - metric: win_rate\n", r"unknown top-level key\(s\): rule"),
+    ("rules:\n  - metric: lc_win_rate\n    gap_to: raw_win_rate\n    at_least: 0.1\n", r"give at_most: or below:"),
+])
+def test_bad_rules_are_located_errors(tmp_path, text, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_rules(path)
+
+
+def _results(tmp_path, name, kind, metrics, **models):
+    entries = {role: model_entry(path=str(p)) for role, p in models.items()}
+    return str(write_results(tmp_path / name, new_results(kind, models=entries, metrics=metrics)))
+
+
+def test_gate_command_exit_codes_and_table(tmp_path, capsys):
+    winrate = {k: GOOD[k] for k in ("win_rate", "win_rate_ci_low", "raw_win_rate", "lc_win_rate", "n_prompts",
+                                    "judge_consistency", "failed_judgment_rate")}
+    cand = _results(tmp_path, "cand", "winrate", winrate, after=tmp_path / "new", before=tmp_path / "old")
+    cand_prefs = _results(tmp_path, "cand_prefs", "prefs", {"pref_accuracy": 0.70}, model=tmp_path / "new")
+    base = _results(tmp_path, "base", "prefs", {"pref_accuracy": 0.71}, model=tmp_path / "old")
+    assert main(["gate", "--candidate", cand, "--candidate", cand_prefs, "--baseline", base]) == 0
+    out = capsys.readouterr().out
+    assert "beats_champion" in out and "verdict: PASS" in out and "(baseline 0.71 - 0.02)" in out
+    worse = _results(tmp_path, "worse", "prefs", {"pref_accuracy": 0.60}, model=tmp_path / "new")
+    assert main(["gate", "--candidate", cand, "--candidate", worse, "--baseline", base, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"] == "fail" and report["reason"] == "failed: preference_accuracy"
+    # bad input: exit 2 with the file named
+    (tmp_path / "broken.json").write_text("{")
+    assert main(["gate", "--candidate", str(tmp_path / "broken.json")]) == 2
+    assert "broken.json:1: not valid JSON" in capsys.readouterr().err
+    # the win rate was measured against another model than the baseline describes
+    other = _results(tmp_path, "other", "prefs", {"pref_accuracy": 0.71}, model=tmp_path / "elsewhere")
+    assert main(["gate", "--candidate", cand, "--baseline", other]) == 2
+    assert "the win rate was measured against" in capsys.readouterr().err
+    # two files disagreeing on one metric
+    dup = _results(tmp_path, "dup", "prefs", {"pref_accuracy": 0.5}, model=tmp_path / "new")
+    assert main(["gate", "--candidate", cand_prefs, "--candidate", dup]) == 2
+    assert "pref_accuracy" in capsys.readouterr().err
