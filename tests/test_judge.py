@@ -61,6 +61,52 @@ def test_parse_verdict(text, expected):
     assert (parsed.verdict if parsed else None) == expected
 
 
+# A verdict is the judge's stated conclusion, not wherever a side's letter occurs (issue 12, item 1):
+# each reply with its right verdict; None means no verdict, so the judge is asked again.
+CONCLUSION_TABLE = [
+ ("Response A is wrong: the capital of France is Paris, not Lyon. The better answer is B.", "B"),
+ ("Response A is wrong: the capital of France is Paris, not Lyon.", None),
+ ("Assistant A is correct and Assistant B is wrong.", None),
+ ("Response A is not better than response B.", None),
+ ("It is not true that Assistant A is better.", None),
+ ("Assistant A is worse than Assistant B.", "B"),
+ ("Response A is less accurate than response B.", "B"),
+ ("If Assistant A is better, say A. Here Assistant B is better.", "B"),
+ ("Even if Assistant A is more detailed, Assistant B is better.", "B"),
+ ("Response A is longer, but the better answer is B.", "B"),
+ ("Assistant A is better in style, but my final verdict is B.", "B"),
+ ("Assistant A is better in style, but Assistant B is better in substance.", None),
+ ("I would not choose A.", None),
+ ("I would not choose A; I choose B.", "B"),
+ ("Assistant B isn't better; Assistant A is better.", "A"),
+ ("Neither response is better; they say the same thing.", "C"),
+ ("It's not a tie: Assistant A is better.", "A"),
+ ("The better response is Assistant A.", "A"),
+ ("Response B wins.", "B"),
+ ("Answer A is a good start. Answer B is better.", "B"),
+ ("Assistant A is better than Assistant B.", "A"),
+ ("Assistant A is a better choice than B.", "A"),
+ ("A is better than B because it cites a source.", "A"),
+ ("Assistant B's answer is clearly more accurate.", "B"),
+ ("B is the best one.", "B"),
+ ("I prefer a response that is concise. Assistant B is better.", "B"),
+ ("Both responses are equally good.", "C"),
+ ("Both are not equally good: Assistant A is better.", "A"),
+ ("The answer is a good one.", None),
+ ("Assistant A said 'B is better', which is wrong.", None),
+ ("Verdict: B", "B"),
+ ("The final verdict is Assistant A.", "A"),
+ ("Assistant A is better in style but Assistant B is better overall", None),
+ ("A", "A"),
+]
+
+
+@pytest.mark.parametrize("text, expected", CONCLUSION_TABLE)
+def test_verdict_is_the_stated_conclusion(text, expected):
+    parsed = parse_verdict(text)
+    assert (parsed.verdict if parsed else None) == expected
+
+
 def test_soft_verdict_reads_the_verdict_token():
     tokens = [TokenLogprob("Better: [[", -0.1), TokenLogprob("A", math.log(0.6),
               [("A", math.log(0.6)), ("B", math.log(0.3)), (" C", math.log(0.05)), ("x", math.log(0.05))]),
@@ -175,6 +221,37 @@ def test_unparseable_answers_are_retried_once_then_no_verdict(tmp_path):
     comparisons, stats, client = judge_sets(never_decides, tmp_path / "b", SETS)
     assert {c.outcome for c in comparisons} == {"no_verdict"} and stats.unparseable == 8
     assert stats.outcomes["y"] == 0  # an unreadable answer never becomes "B"
+
+
+PARIS = [_Set(["The capital of France is Lyon.", "The capital of France is Paris."])]
+
+
+def names_the_wrong_side_first(messages):
+    """A judge writing prose without brackets: it names the wrong answer first, then concludes."""
+    a, _ = shown_answers(messages)
+    wrong, right = ("A", "B") if "Lyon" in a else ("B", "A")
+    return f"Response {wrong} is wrong: the capital of France is Paris, not Lyon. The better answer is {right}."
+
+
+def only_names_the_wrong_side(messages):
+    a, _ = shown_answers(messages)
+    if messages[-1]["content"] == RETRY_MESSAGE:
+        return "[[B]]" if "Lyon" in a else "[[A]]"
+    return f"Response {'A' if 'Lyon' in a else 'B'} is wrong: the capital of France is Paris, not Lyon."
+
+
+def test_prose_verdict_naming_the_loser_first_chooses_the_right_answer(tmp_path):
+    comparisons, stats, client = judge_sets(names_the_wrong_side_first, tmp_path, PARIS)
+    (c,) = comparisons
+    assert c.outcome == "y"  # y = "...Paris.", in both orders
+    assert (c.first.verdict, c.second.verdict) == ("B", "A") and stats.consistency_rate == 1.0
+    assert stats.retried == 0 and client.calls == 2
+
+
+def test_a_remark_about_one_side_is_no_verdict_and_is_asked_again(tmp_path):
+    comparisons, stats, client = judge_sets(only_names_the_wrong_side, tmp_path, PARIS)
+    (c,) = comparisons
+    assert c.outcome == "y" and stats.retried == 2 and client.calls == 4
 
 
 def test_cache_means_no_judgment_is_paid_twice(tmp_path):
