@@ -119,10 +119,15 @@ class EndpointChatClient:
 
 
 def open_chat_client(target: str, model_name: str | None = None, api_key: str | None = None, batch_size: int = 8,
-                     concurrency: int = 8, option: str = "--model-name"):
-    """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one)."""
+                     concurrency: int = 8, option: str = "--model-name", api_key_env: str | None = None,
+                     api_key_file: str | None = None):
+    """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one).
+
+    The endpoint's key: `api_key` as given (Python callers), else `endpoint.endpoint_api_key`
+    (`api_key_env` / `api_key_file`; $OPENAI_API_KEY only for the OpenAI API itself).
+    """
     if is_endpoint(target):
-        client = make_client(target, api_key)
+        client = make_client(target, api_key, api_key_env=api_key_env, api_key_file=api_key_file)
         return EndpointChatClient(client, resolve_model_name(client, model_name, option), concurrency)
     return LocalChatClient(LocalGenerator.load(target), model_name or local_model_name(target), batch_size)
 

@@ -64,7 +64,8 @@ def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) ->
 
 
 def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
-                     batch_size=8, concurrency=8, api_key=None, seed=0) -> int:
+                     batch_size=8, concurrency=8, api_key_env=None, api_key_file=None, seed=0) -> int:
+    """`prefloop generate`; an endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`)."""
     from tqdm import tqdm
 
     _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency)
@@ -78,7 +79,8 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     if not todo:
         print(f"prefloop generate: nothing to do, every prompt is in {out}", file=sys.stderr)
         return 0
-    client = open_chat_client(model, model_name, api_key, batch_size, concurrency)
+    client = open_chat_client(model, model_name, None, batch_size, concurrency, api_key_env=api_key_env,
+                              api_key_file=api_key_file)
     params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
     calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
              for p in todo]
