@@ -261,8 +261,9 @@ def test_cache_means_no_judgment_is_paid_twice(tmp_path):
     assert {c.outcome for c in comparisons} <= {"x", "y"}
 
 
-def scripted_judge_app(policy, name="judge-model"):
-    """A tiny OpenAI-compatible server answering with `policy`, with verdict log-probs when asked."""
+def scripted_judge_app(policy, name="judge-model", refuse_logprobs=None):
+    """A tiny OpenAI-compatible server answering with `policy`, with verdict log-probs when asked
+    (or, with `refuse_logprobs`, an HTTP 400 with that message to any request asking for them)."""
     app, requests = FastAPI(), []
 
     @app.get("/v1/models")
@@ -273,9 +274,11 @@ def scripted_judge_app(policy, name="judge-model"):
     async def chat(request: Request):
         body = await request.json()
         requests.append(body)
-        text = policy(body["messages"])
+        text = (400, refuse_logprobs) if refuse_logprobs and body.get("logprobs") else policy(body["messages"])
         if isinstance(text, int):  # the policy answers with an HTTP error status
-            return JSONResponse({"error": {"message": "refused", "type": "invalid_request_error"}}, text)
+            text = (text, "refused")
+        if isinstance(text, tuple):  # (HTTP error status, message)
+            return JSONResponse({"error": {"message": text[1], "type": "invalid_request_error"}}, text[0])
         logprobs = None
         parsed = parse_verdict(text)
         if body.get("logprobs") and parsed:
@@ -341,11 +344,22 @@ def test_failed_requests_fail_the_run_and_a_rerun_pays_only_for_them(tmp_path):
         assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 1
         report = json.loads((tmp_path / "prefs.report.json").read_text())
         assert report["pairs_written"] == 1 and report["left_out"] == {"failed": 1}
-        assert report["soft_verdicts_requested"] is False  # a 400 makes the judge retry without logprobs
+        assert report["soft_verdicts_requested"] is True  # a 400 that is not about log-probs keeps them on
         paid = len(requests)
         broken["on"] = False
         assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 0
     assert len(requests) - paid == 2 and len(read_jsonl(out)) == 2
+
+
+def test_an_endpoint_without_logprobs_is_judged_without_them(tmp_path):
+    app, requests = scripted_judge_app(prefers_longer, refuse_logprobs="logprobs is not supported by this model")
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(tmp_path / "prefs.jsonl"), judge=server.url) == 0
+    report = json.loads((tmp_path / "prefs.report.json").read_text())
+    assert report["soft_verdicts_requested"] is False and report["pairs_written"] == 2
+    assert report["left_out"] == {} and report["with_soft_verdict"] == 0
+    assert requests[0]["logprobs"] is True and "logprobs" not in requests[-1]
 
 
 def test_judge_command_keeps_ties_apart_when_asked(tmp_path):
@@ -505,3 +519,29 @@ def test_judge_agreement_with_human_votes(tmp_path, capsys):
     assert report["skipped_votes"] == 1 and report["votes_without_judge_outcome"] == 1
     # human: second x3; judge: second x2, first x1 -> chance agreement 2/3 = observed agreement -> kappa 0
     assert report["cohens_kappa"] == pytest.approx(0.0)
+
+
+GOOD_PREF = json.dumps({"conversations": [{"from": "user", "value": "q"}], "chosen": "a", "rejected": "b"})
+
+
+@pytest.mark.parametrize("file, lines, message", [
+    ("prefs.jsonl", [GOOD_PREF, '{"conversations": [{"from": "user", "value": "q"}], "chosen": "a'],
+     r"prefs.jsonl:2: malformed JSON at column 63: unterminated string"),
+    ("prefs.jsonl", [GOOD_PREF, "[1, 2]"], r"prefs.jsonl:2: expected a JSON object, got list"),
+    ("prefs.jsonl", [GOOD_PREF, '{"conversations": [{"from": "user", "value": "q"}], "chosen": "a"}'],
+     r"prefs.jsonl:2: not a preference pair: field 'rejected': missing field 'rejected'"),
+    ("prefs.ties.jsonl", ['{"outcome": "tie", "messages": [{"role": "user", "content": "q"}], "response_a": "x"}'],
+     r"prefs.ties.jsonl:1: field 'response_b' is missing or malformed"),
+    ("prefs.ties.jsonl", ["{oops"], r"prefs.ties.jsonl:1: malformed JSON at column 2"),
+])
+def test_judge_agreement_reports_a_bad_line_with_its_place(tmp_path, capsys, file, lines, message):
+    from prefloop.cli import main
+
+    db = tmp_path / "votes.sqlite"
+    with Store(db):
+        pass
+    (tmp_path / "prefs.jsonl").write_text(GOOD_PREF + "\n")
+    (tmp_path / file).write_text("\n".join(lines) + "\n")
+    assert main(["judge-agreement", "--human", str(db), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err

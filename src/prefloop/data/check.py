@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
+from prefloop.data.registry import CHECK_OPTIONS
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import ConfigError
 
@@ -202,7 +203,8 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
         raise ConfigError("--cutoff-len and --template need --tokenizer (a model directory) to count tokens")
     if cutoff_len is not None and cutoff_len < 1:
         raise ConfigError(f"--cutoff-len must be a positive number of tokens, got {cutoff_len}")
-    loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True)
+    loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True,
+                        options=CHECK_OPTIONS)
     quality = run_quality_checks(loaded.pairs)
     tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
     report = build_report(loaded, quality, tokens)
