@@ -251,33 +251,41 @@ def _drop_turns(work: list[_Work], ctx: _Context) -> None:
         _encode_batch(shorter, ctx)
 
 
-def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int]:
-    """Token index range [a, b) of the last user message's text inside the prompt ids."""
+def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int, str | None]:
+    """Token index range [a, b) of the last user message's text inside the prompt ids, and why it is
+    empty when it is: None (there is no user text to cut) or the cause (a template error, a template
+    that does not write the message as given), so a drop reports its real cause."""
     users = [i for i, m in enumerate(w.messages) if m["role"] == "user"]
     if not users:
-        return 0, 0
+        return 0, 0, None
     last_user = users[-1]
     marked = [dict(m) for m in w.messages]
     marked[last_user]["content"] = _CUT_MARKER
     try:
-        before, after = template.render(marked, add_generation_prompt=True, tools=w.tools).split(_CUT_MARKER, 1)
-    except Exception:  # noqa: BLE001 - marker not rendered as written: nothing can be cut
-        return 0, 0
+        rendered = template.render(marked, add_generation_prompt=True, tools=w.tools)
+    except Exception as err:  # noqa: BLE001 - reported as the pair's drop reason
+        return 0, 0, f"template error: {err} (while locating the last user message to cut it to cutoff_len)"
+    if _CUT_MARKER not in rendered:
+        return 0, 0, (f"does not fit cutoff_len: the {template.name} template does not write the last user message "
+                      "as given, so it cannot be cut")
+    before, after = rendered.split(_CUT_MARKER, 1)
     text = w.prompt_text
     start, end = len(before), len(text) - len(after)
     if not (text.startswith(before) and text.endswith(after) and start <= end):
-        return 0, 0
+        return 0, 0, (f"does not fit cutoff_len: the {template.name} template renders the last user message "
+                      "depending on its text, so it cannot be cut")
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     inside = [i for i, (s, e) in enumerate(offsets[: len(w.prompt_ids)]) if s >= start and e <= end and e > s]
     if not inside:
-        return 0, 0
-    return inside[0], inside[-1] + 1
+        return 0, 0, None
+    return inside[0], inside[-1] + 1, None
 
 
 def _cut(w: _Work, template: ChatTemplate, tokenizer, cutoff: int) -> tuple[bool, bool]:
     """Cut the prompt from the left of its last user message and the responses at the end.
 
-    Returns (prompt cut, responses cut); sets `w.drop` when the pair cannot fit.
+    Returns (prompt cut, responses cut); sets `w.drop` when the pair cannot fit, with the real
+    cause (a template error while locating the message is reported as a template error).
     """
     p_len = len(w.prompt_ids)
     r_len = max(len(w.chosen_ids), len(w.rejected_ids))
@@ -287,13 +295,13 @@ def _cut(w: _Work, template: ChatTemplate, tokenizer, cutoff: int) -> tuple[bool
         w.drop = f"does not fit cutoff_len: no room for the responses (cutoff_len {cutoff})"
         return False, False
     if n_cut:
-        a, b = _cuttable_span(w, template, tokenizer)
+        a, b, why_not = _cuttable_span(w, template, tokenizer)
         most = max(0, b - a - 1)  # keep at least one token of the user's message
         if n_cut > most:
             n_cut = most
             r_budget = cutoff - (p_len - n_cut)
             if r_budget < 1:
-                w.drop = (
+                w.drop = why_not or (
                     f"does not fit cutoff_len: the prompt needs {p_len - n_cut} tokens even after dropping "
                     f"old turns and cutting the last user message (cutoff_len {cutoff})"
                 )
