@@ -10,6 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 import statistics
 import sys
+from collections import Counter
 from typing import Any, Sequence
 
 from prefloop.data.formats import write_seed_jsonl
@@ -46,7 +47,13 @@ def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
 
 def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_name: str | None,
                  cutoff_len: int | None) -> dict[str, Any]:
-    """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop."""
+    """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop.
+
+    The dataset is encoded once, untruncated; the truncation report comes from those lengths: a
+    pair whose prompt + longer response fits `cutoff_len` is kept as it is, and only the pairs over
+    it are encoded again with the cutoff (what training would do to them). The result equals
+    encoding everything with the cutoff, at the cost of the long pairs only.
+    """
     from prefloop.data.encode import encode_pairs
     from prefloop.data.template import get_template
     from prefloop.models import load_tokenizer
@@ -54,6 +61,7 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     tokenizer = load_tokenizer(tokenizer_path)
     template = get_template(template_name, tokenizer)
     encoded, full = encode_pairs(pairs, tokenizer, template, cutoff_len=None)
+    lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]
     report: dict[str, Any] = {
         "tokenizer": tokenizer_path,
         "template": template.name,
@@ -62,26 +70,28 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
         "prompt": distribution([len(e.prompt_ids) for e in encoded]),
         "chosen": distribution([len(e.chosen_ids) for e in encoded]),
         "rejected": distribution([len(e.rejected_ids) for e in encoded]),
-        "pair_length": distribution([len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]),
+        "pair_length": distribution(lengths),
     }
     if full.tools_ignored:
         report["tools_ignored"] = full.tools_ignored
+    kept_indices = {e.index for e in encoded}
     if cutoff_len is not None:
-        kept, cut = encode_pairs(pairs, tokenizer, template, cutoff_len=cutoff_len)
+        over_indices = [e.index for e, n in zip(encoded, lengths) if n > cutoff_len]
+        kept, cut = encode_pairs([pairs[i] for i in over_indices], tokenizer, template, cutoff_len=cutoff_len)
+        dropped = full.dropped + cut.dropped
+        kept_indices = (kept_indices - set(over_indices)) | {over_indices[e.index] for e in kept}
         report["cutoff"] = {
             "cutoff_len": cutoff_len,
-            "kept": cut.kept,
-            "dropped": len(cut.dropped),
-            "drop_reasons": dict(cut.drop_reasons()),
-            "dropped_ids": [d.id for d in cut.dropped[:20]],
+            "kept": len(kept_indices),
+            "dropped": len(dropped),
+            "drop_reasons": dict(Counter(d.reason.split(":")[0] for d in dropped)),
+            "dropped_ids": [d.id for d in dropped[:20]],
+            "over_cutoff": len(over_indices),
             "prompt_truncated": cut.prompt_truncated,
             "turns_dropped": cut.turns_dropped,
             "response_truncated": cut.response_truncated,
-            "summary": cut.summary(),
         }
-        report["_kept_ids"] = {e.id for e in kept}
-    else:
-        report["_kept_ids"] = {e.id for e in encoded}
+    report["_kept_indices"] = kept_indices
     return report
 
 
@@ -98,8 +108,7 @@ def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, A
     }
     passing = {i for i in range(len(pairs)) if i not in quality.removed}
     if tokens is not None:
-        kept_ids = tokens.pop("_kept_ids")
-        passing = {i for i in passing if pairs[i].id in kept_ids}
+        passing &= tokens.pop("_kept_indices")
         report["tokens"] = tokens
     report["usable_pairs"] = len(passing)
     return report
@@ -157,7 +166,8 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
             lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
         cut = tokens.get("cutoff")
         if cut:
-            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['prompt_truncated']} prompts truncated "
+            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['over_cutoff']} pairs are longer; "
+                         f"{cut['prompt_truncated']} prompts truncated "
                          f"({cut['turns_dropped']} oldest turns dropped), {cut['response_truncated']} pairs with "
                          f"responses cut, {cut['dropped']} pairs dropped, {cut['kept']} kept")
             for reason, n in cut["drop_reasons"].items():

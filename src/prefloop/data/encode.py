@@ -110,6 +110,7 @@ class _Work:
     label: str
     messages: list[dict]
     tools: object = None
+    index: int = -1  # position in the input
     prompt_ids: list[int] | None = None
     chosen_ids: list[int] | None = None
     rejected_ids: list[int] | None = None
@@ -357,7 +358,7 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
         if tools is not None and not template.supports_tools:
             report.tools_ignored += 1
             tools = None
-        batch.append(_Work(pair, _label(pair, index), pair.prompt_messages(), tools))
+        batch.append(_Work(pair, _label(pair, index), pair.prompt_messages(), tools, index))
         if len(batch) == BATCH_SIZE:
             yield batch
             batch = []
@@ -393,6 +394,7 @@ def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeR
                 margin=0.0 if pair.margin is None else float(pair.margin),
                 prompt_truncated=bool(prompt_cut or w.turns_dropped),
                 response_truncated=responses_cut,
+                index=w.index,
             )
         )
     return out

@@ -82,6 +82,7 @@ class EncodedPair:
     margin: float = 0.0
     prompt_truncated: bool = False
     response_truncated: bool = False
+    index: int = -1  # position of the pair in the list given to `encode_pairs`
 
     @property
     def num_tokens(self) -> int:
