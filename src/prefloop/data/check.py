@@ -17,7 +17,7 @@ from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
 from prefloop.data.registry import CHECK_OPTIONS
-from prefloop.data.schema import PreferencePair
+from prefloop.data.schema import REASONING_FIELDS, PreferencePair
 from prefloop.errors import ConfigError
 
 
@@ -32,13 +32,18 @@ def distribution(values: Sequence[int]) -> dict[str, float]:
 
 
 def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
-    """Prompt turns per pair (system excluded), multi-turn share, system prompts and tools."""
+    """Prompt turns per pair (system excluded), multi-turn share, system prompts, tools, and pairs whose
+    prompt has tool calls, tool results, speaker names or reasoning (the fields a template must render)."""
     user_turns = [sum(1 for m in p.prompt if m.role == "user") for p in pairs]
     return {
         "prompt_turns": distribution([len(p.turns) for p in pairs]),
         "multi_turn_pairs": sum(1 for n in user_turns if n > 1),
         "with_system_prompt": sum(1 for p in pairs if p.system is not None),
         "with_tools": sum(1 for p in pairs if p.tools),
+        "with_tool_calls": sum(1 for p in pairs if any(m.fields.get("tool_calls") for m in p.prompt)),
+        "with_tool_results": sum(1 for p in pairs if any(m.role in ("tool", "function_call") for m in p.prompt)),
+        "with_names": sum(1 for p in pairs if any(m.fields.get("name") and m.role != "tool" for m in p.prompt)),
+        "with_reasoning": sum(1 for p in pairs if any(k in m.fields for m in p.prompt for k in REASONING_FIELDS)),
         "with_weight": sum(1 for p in pairs if p.weight is not None),
         "with_margin": sum(1 for p in pairs if p.margin is not None),
         "with_dimensions": sum(1 for p in pairs if p.dimensions),
@@ -74,6 +79,7 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     }
     if full.tools_ignored:
         report["tools_ignored"] = full.tools_ignored
+    report["fields_not_rendered"] = full.fields_not_rendered
     kept_indices = {e.index for e in encoded}
     if cutoff_len is not None:
         over_indices = [e.index for e, n in zip(encoded, lengths) if n > cutoff_len]
@@ -146,6 +152,10 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
     t = report["turns"]
     lines.append(f"  prompt turns per pair: {_dist_text(t['prompt_turns'])}; {t['multi_turn_pairs']} multi-turn, "
                  f"{t['with_system_prompt']} with a system prompt, {t['with_tools']} with tools")
+    fields = [f"{t[k]} with {k[5:].replace('_', ' ')}" for k in ("with_tool_calls", "with_tool_results", "with_names",
+                                                                   "with_reasoning") if t[k]]
+    if fields:
+        lines.append("  prompts with template fields: " + ", ".join(fields))
     extras = [f"{t[k]} with {k[5:]}" for k in ("with_weight", "with_margin", "with_dimensions") if t[k]]
     if extras:
         lines.append("  optional fields: " + ", ".join(extras))
@@ -162,6 +172,9 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         if tokens["not_encodable"]:
             lines.append(f"  {len(tokens['not_encodable'])} pairs cannot be encoded, e.g. "
                          + "; ".join(f"{d['id']}: {d['reason']}" for d in tokens["not_encodable"][:3]))
+        if tokens.get("fields_not_rendered"):
+            lines.append(f"  {tokens['fields_not_rendered']} pairs refused: their prompts have tool calls, tool results, "
+                         f"names or reasoning that the {tokens['template']} template does not render")
         if tokens.get("tools_ignored"):
             lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
         cut = tokens.get("cutoff")

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prefloop.data.schema import EncodedPair, PreferencePair
-from prefloop.data.template import ChatTemplate
+from prefloop.data.template import ChatTemplate, kind_text
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
@@ -70,6 +70,7 @@ class EncodeReport:
     response_truncated: int = 0  # pairs with chosen or rejected cut at the end
     boundary_moved: int = 0  # prompt/response boundary moved to a token boundary
     tools_ignored: int = 0  # pairs with tools whose template does not render tools
+    fields_not_rendered: int = 0  # pairs refused: turns with tool calls/results, names or reasoning the template drops
     cutoff_len: int | None = None
 
     def drop_reasons(self) -> Counter:
@@ -97,6 +98,9 @@ class EncodeReport:
             )
         if self.tools_ignored:
             parts.append(f"{self.tools_ignored} pairs have tools that this template does not render.")
+        if self.fields_not_rendered:
+            parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "
+                         "reasoning that this template does not render.")
         if self.kept and not (self.dropped or self.prompt_truncated or self.response_truncated):
             parts.append("Nothing was dropped or cut.")
         return " ".join(parts)
@@ -139,6 +143,8 @@ def _render_batch(items: list[_Work], template: ChatTemplate, split: PromptSplit
     rendered: list[_Work] = []
     heads: list[bool] = []
     for w in items:
+        if w.drop:
+            continue
         try:
             prompt = template.render(w.messages, add_generation_prompt=True, tools=w.tools)
             chosen = template.training_text(w.messages + [{"role": "assistant", "content": w.pair.chosen}], w.tools)
@@ -358,12 +364,32 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
         if tools is not None and not template.supports_tools:
             report.tools_ignored += 1
             tools = None
-        batch.append(_Work(pair, _label(pair, index), pair.prompt_messages(), tools, index))
+        work = _Work(pair, _label(pair, index), pair.prompt_messages(), tools, index)
+        if any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt):
+            work.drop = _unrendered_reason(pair, work.messages, template)
+            report.fields_not_rendered += work.drop is not None
+        batch.append(work)
         if len(batch) == BATCH_SIZE:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+_TEMPLATE_ROLES = ("tool", "function_call")
+
+
+def _unrendered_reason(pair: PreferencePair, messages: list[dict], template: ChatTemplate) -> str | None:
+    """Why the template cannot show this prompt as the data holds it (None when it can): the turn
+    contents it would drop, each with its turn and the pair's file and line."""
+    missing = template.unrendered(messages)
+    if not missing:
+        return None
+    where = ", ".join(f"{kind_text(kind)} in prompt turn {i + 1} ({messages[i]['role']})" for i, kind in missing)
+    return (f"template cannot render message fields: the {template.name} template drops {where}"
+            + (f" ({pair.source})" if pair.source else "")
+            + "; train with a template that renders them (the model's own chat template, if it supports tools "
+              "and reasoning), or remove them from the data")
 
 
 def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeReport) -> list[EncodedPair]:

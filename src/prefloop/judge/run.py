@@ -33,7 +33,7 @@ def _rng(seed: int, s: CandidateSet) -> random.Random:
 
 def _pair(s: CandidateSet, chosen: int, rejected: int, margin: float | None = None) -> PreferencePair:
     low, high = sorted((chosen, rejected))
-    return PreferencePair(prompt=[Message(m["role"], m["content"]) for m in s.messages], chosen=s.candidates[chosen],
+    return PreferencePair(prompt=[Message.from_dict(m) for m in s.messages], chosen=s.candidates[chosen],
                           rejected=s.candidates[rejected], id=f"{s.id}:{low}-{high}", margin=margin, source=s.source)
 
 
