@@ -153,3 +153,37 @@ def test_the_judge_sees_tool_calls_and_results():
     assert "[Assistant]\n[Reasoning] two plus two is four\n4" in render_conversation(reasoning.prompt_messages())
     _, named = record_to_pair(NAME_RECORD)
     assert render_conversation(named.prompt_messages()) == "[User (alice)]\nHi, I am new here."
+
+
+@pytest.mark.parametrize("tool_template", [False, True])
+def test_the_server_renders_tool_turns_or_refuses_them(tiny_model_dir, tool_template):
+    """Through the real `openai` client: a conversation with tool calls and results reaches the model's
+    template whole (its prompt tokens are the template's rendering), or gets a 400 naming the turn."""
+    import openai
+
+    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.background import BackgroundServer
+    from prefloop.serve.engine import GenerationEngine
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    if tool_template:
+        tokenizer.chat_template = TOOL_TEMPLATE
+    generator = LocalGenerator(load_causal_lm(str(tiny_model_dir)), tokenizer)
+    engine = GenerationEngine(generator)
+    try:
+        with BackgroundServer(create_app(engine, "tiny", max_tokens_limit=8)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            ask = lambda: client.chat.completions.create(model="tiny", messages=TOOL_PROMPT, max_tokens=2)  # noqa: E731
+            if not tool_template:
+                with pytest.raises(openai.BadRequestError) as err:
+                    ask()
+                assert "messages[1].tool_calls: the tokenizer chat template does not render tool calls" in str(err.value)
+                return
+            response = ask()
+    finally:
+        engine.close()
+    rendered = generator.template.render(TOOL_PROMPT, add_generation_prompt=True)
+    assert '"arguments": {"city": "Lyon"}' in rendered and "Lyon: 21 C, cloudy" in rendered
+    assert response.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
