@@ -187,3 +187,15 @@ def test_the_server_renders_tool_turns_or_refuses_them(tiny_model_dir, tool_temp
     rendered = generator.template.render(TOOL_PROMPT, add_generation_prompt=True)
     assert '"arguments": {"city": "Lyon"}' in rendered and "Lyon: 21 C, cloudy" in rendered
     assert response.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def test_generate_refuses_only_the_prompt_its_model_cannot_render(tiny_model_dir, tmp_path, capsys):
+    from prefloop.generate import generate_command
+
+    prompts = write(tmp_path / "prompts.jsonl", [{"id": "tools", "messages": TOOL_PROMPT}, {"id": "plain", "prompt": "Hi?"}])
+    out = tmp_path / "cands.jsonl"
+    assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=1, max_new_tokens=2) == 1
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["plain"]
+    err = capsys.readouterr().err
+    assert "failed tools: DataError: messages[1].tool_calls: the tokenizer chat template does not render tool calls" in err
+    assert "1 prompt(s) cannot be sent to this model as they are" in err and "run the same command again" not in err

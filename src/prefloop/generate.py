@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from prefloop.chat_clients import ChatCall, open_chat_client
-from prefloop.errors import ConfigError, DataError
+from prefloop.errors import ConfigError, DataError, PrefloopError, json_error_text
 from prefloop.prompts import Prompt, prompt_key, read_prompts
 from prefloop.sampling import SamplingParams
 
@@ -45,7 +45,8 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
                     with out.open("r+b") as f:
                         f.truncate(offset)
                     return keys, True
-                raise DataError(f"{out}:{lineno}: not a candidates record ({err}); --out must be a file written "
+                cause = json_error_text(err, with_line=False) if isinstance(err, json.JSONDecodeError) else err
+                raise DataError(f"{out}:{lineno}: not a candidates record ({cause}); --out must be a file written "
                                 "by prefloop generate (or a new file)") from err
         offset += len(line) + 1
     return keys, False
@@ -103,7 +104,12 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     if failures:
         for prompt, err in failures[:5]:
             print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)
-        print(f"prefloop generate: {len(failures)} prompt(s) failed; run the same command again to retry only "
-              "those", file=sys.stderr)
+        refused = sum(isinstance(err, PrefloopError) for _, err in failures)
+        if refused:
+            print(f"prefloop generate: {refused} prompt(s) cannot be sent to this model as they are (see above); "
+                  "fix them or use another model", file=sys.stderr)
+        if refused < len(failures):
+            print(f"prefloop generate: {len(failures) - refused} prompt(s) failed; run the same command again to "
+                  "retry only those", file=sys.stderr)
         return 1
     return 0
