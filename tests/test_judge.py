@@ -115,6 +115,11 @@ def test_soft_verdict_reads_the_verdict_token():
     soft = soft_verdict(tokens, parse_verdict(text))
     assert soft == pytest.approx({"A": 0.6 / 0.95, "B": 0.3 / 0.95, "C": 0.05 / 0.95})
     assert soft_verdict(None, parse_verdict(text)) is None
+    # "Assistant A is worse": the letter written is the loser, so its probability is B's
+    tokens = [TokenLogprob("Assistant ", -0.1), TokenLogprob("A", math.log(0.7),
+              [("A", math.log(0.7)), ("B", math.log(0.2)), ("C", math.log(0.1))]), TokenLogprob(" is worse.", -0.1)]
+    worse = parse_verdict("".join(t.token for t in tokens))
+    assert worse.verdict == "B" and soft_verdict(tokens, worse) == pytest.approx({"A": 0.2, "B": 0.7, "C": 0.1})
 
 
 @pytest.mark.parametrize("first, second, outcome", [

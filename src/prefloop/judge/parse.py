@@ -71,6 +71,7 @@ _CLAUSE_END = re.compile(r"(?i:[.;:!?,\n]|\bbut\b|\bhowever\b|\bwhile\b|\bwherea
 class ParsedVerdict:
     verdict: str  # "A", "B" or "C"
     position: int  # character index of the verdict letter in the text (for soft verdicts)
+    names_loser: bool = False  # the letter at `position` is the worse side ("A is worse" -> B)
 
 
 def _normalize(token: str | None) -> str:
@@ -78,11 +79,13 @@ def _normalize(token: str | None) -> str:
     return "C" if token in ("TIE", "C") else token
 
 
-def _unique(found: list[tuple[str, int]]) -> ParsedVerdict | None:
-    letters = {v for v, _ in found}
+def _unique(found: list[tuple]) -> ParsedVerdict | None:
+    """The verdict when every (verdict, position[, kind]) agrees, at the last one's position."""
+    letters = {f[0] for f in found}
     if len(letters) != 1:
         return None
-    return ParsedVerdict(found[-1][0], found[-1][1])
+    last = found[-1]
+    return ParsedVerdict(last[0], last[1], len(last) > 2 and last[2] == "worse")
 
 
 def _clause_before(text: str, at: int) -> str:
@@ -132,9 +135,9 @@ def parse_verdict(text: str | None) -> ParsedVerdict | None:
     if bare:
         return ParsedVerdict(_normalize(bare.group(1)), text.find(bare.group(1), len(text) - len(text.lstrip())))
     found = _phrases(text)
-    verdict = _unique([(v, at) for v, at, _ in found])
+    verdict = _unique(found)
     if verdict is None:
-        verdict = _unique([(v, at) for v, at, kind in found if kind == "keyword"])
+        verdict = _unique([f for f in found if f[2] == "keyword"])
     return verdict
 
 
@@ -142,7 +145,8 @@ def soft_verdict(logprobs, verdict: ParsedVerdict) -> dict[str, float] | None:
     """P(A), P(B), P(C) at the verdict token, from its top log-probs (None when not available).
 
     `logprobs` is the list of generated tokens (each with `.token` and `.top` [(token, logprob)]);
-    the verdict token is the one covering `verdict.position` in the concatenated token text.
+    the verdict token is the one covering `verdict.position` in the concatenated token text. When
+    that letter names the worse side ("Assistant A is worse"), the A and B masses are swapped.
     """
     if not logprobs:
         return None
@@ -163,4 +167,6 @@ def soft_verdict(logprobs, verdict: ParsedVerdict) -> dict[str, float] | None:
     total = sum(mass.values())
     if total <= 0:
         return None
+    if verdict.names_loser:  # the letter written is the worse side: P(letter A) = P(B is better)
+        mass["A"], mass["B"] = mass["B"], mass["A"]
     return {k: v / total for k, v in mass.items()}
