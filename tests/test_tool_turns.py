@@ -35,7 +35,8 @@ NAME_RECORD = {"prompt": [{"role": "user", "content": "Hi, I am new here.", "nam
 TOOL_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'tool' %}"
-    "{{ '<|im_start|>user\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{{ '<|im_start|>user\\n<tool_response id=' + message.tool_call_id + '>\\n' + message['content']"
+    " + '\\n</tool_response><|im_end|>\\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% if message.name %}{{ message.name + ': ' }}{% endif %}"
@@ -87,7 +88,8 @@ def test_malformed_template_fields_are_located(turn, field, message):
 @pytest.mark.parametrize("record, shown", [
     (TOOL_RECORD, ['{"name": "get_weather", "arguments": {"city": "Paris"}}',
                    '{"name": "get_weather", "arguments": {"city": "Lyon"}}',
-                   "<tool_response>\nParis: 18 C, sunny\n</tool_response>"]),
+                   "<tool_response id=call_1>\nParis: 18 C, sunny\n</tool_response>",
+                   "<tool_response id=call_2>\nLyon: 21 C, cloudy\n</tool_response>"]),
     (REASONING_RECORD, ["<think>two plus two is four</think>4"]),
     (NAME_RECORD, ["<|im_start|>user\nalice: Hi, I am new here."]),
 ])
