@@ -550,3 +550,14 @@ def test_judge_agreement_reports_a_bad_line_with_its_place(tmp_path, capsys, fil
     assert main(["judge-agreement", "--human", str(db), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
+
+
+def test_judge_agreement_on_a_file_that_is_not_a_store_is_a_located_error(tmp_path, capsys):
+    from prefloop.cli import main
+
+    not_a_store = tmp_path / "votes.sqlite"
+    not_a_store.write_text("these are not votes\n" * 100)
+    (tmp_path / "prefs.jsonl").write_text(GOOD_PREF + "\n")
+    assert main(["judge-agreement", "--human", str(not_a_store), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{not_a_store} is not a SQLite database" in err and "Traceback" not in err
