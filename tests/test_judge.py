@@ -560,4 +560,5 @@ def test_judge_agreement_on_a_file_that_is_not_a_store_is_a_located_error(tmp_pa
     (tmp_path / "prefs.jsonl").write_text(GOOD_PREF + "\n")
     assert main(["judge-agreement", "--human", str(not_a_store), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert f"{not_a_store} is not a SQLite database" in err and "Traceback" not in err
+    assert f"{not_a_store} is not a SQLite database" in err and "point --human at" in err and "--db" not in err
+    assert "Traceback" not in err

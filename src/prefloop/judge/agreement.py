@@ -116,7 +116,7 @@ def judge_agreement_command(human, judge) -> int:
 
     if not Path(human).is_file():
         raise DataError(f"store {human} does not exist; point --human at the prefloop SQLite file with the votes")
-    with Store(human) as store:
+    with Store(human, option="--human") as store:
         votes = store.active_votes()
     report = agreement_report(votes, read_judge_outcomes(Path(judge)))
     print(json.dumps(report, indent=2))
