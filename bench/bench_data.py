@@ -1,12 +1,20 @@
-"""Data-layer throughput: load_pairs and encode_pairs on 25k / 50k / 100k seeded JSONL pairs.
+"""Data-layer throughput: load_pairs and encode_pairs, and `prefloop data check` end to end, on
+25k / 50k / 100k seeded JSONL pairs.
 
     python bench/bench_data.py [--pairs 100000] [--tokenizer models/SmolLM2-135M-Instruct] [--out DIR]
+                               [--cutoff-len 512] [--only-check] [--sizes 100000] [--skip-tiny]
 
 Writes one seeded JSONL file in the seed's format (single- and multi-turn, some system prompts),
 then for each size runs a fresh Python process that loads the first N pairs and encodes them
 (tiny test tokenizer, and the real one if --tokenizer is given). Each row: seconds, pairs/s and
 the process's peak RSS, so memory growth across sizes is visible. Issue 2's target: load + encode
 100,000 pairs in under 60 s on the 2-core machine.
+
+Then it runs the command a user runs, `prefloop data check FILE --tokenizer T --cutoff-len N
+--json` (loading, quality checks, token statistics and the truncation report), as a separate
+process per size and tokenizer, and reports its wall and CPU seconds. `--only-check` skips the
+load/encode rows. The command runs with the `prefloop` on PYTHONPATH, so the same script measures
+another checkout (e.g. `PYTHONPATH=/path/to/main/src python bench/bench_data.py --only-check`).
 """
 
 from __future__ import annotations
@@ -98,11 +106,33 @@ def child(args) -> None:
     print(json.dumps(result))
 
 
+def run_data_check(path: Path, tokenizer: str, cutoff_len: int) -> dict:
+    """`prefloop data check` in its own process: wall seconds, CPU seconds (user + system), usable pairs."""
+    cmd = [sys.executable, "-m", "prefloop", "data", "check", str(path), "--tokenizer", tokenizer,
+           "--cutoff-len", str(cutoff_len), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"data check failed ({done.returncode}): {done.stderr[-2000:]}")
+    report = json.loads(done.stdout)
+    cut = report["tokens"]["cutoff"]
+    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "usable": report["usable_pairs"], "kept": cut["kept"], "dropped": cut["dropped"],
+            "over": cut.get("over_cutoff"), "peak_rss_mb": after.ru_maxrss / 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--tokenizer", help="a real tokenizer (model directory) to encode with as well")
     parser.add_argument("--out", help="directory for the generated JSONL (default: a temporary one)")
+    parser.add_argument("--cutoff-len", type=int, default=512, help="--cutoff-len given to data check (default 512)")
+    parser.add_argument("--only-check", action="store_true", help="measure only `prefloop data check`")
+    parser.add_argument("--sizes", help="comma-separated pair counts (default: a quarter, half and all of --pairs)")
+    parser.add_argument("--skip-tiny", action="store_true", help="with --tokenizer: measure the real tokenizer only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -122,8 +152,36 @@ def main() -> None:
     tiny_dir = workdir / "tiny-tokenizer"
     build_tiny_tokenizer().save_pretrained(tiny_dir)
     toks = [("tiny", str(tiny_dir))] + ([("real", args.tokenizer)] if args.tokenizer else [])
+    if args.skip_tiny and args.tokenizer:
+        toks = toks[1:]
 
-    sizes = sorted({max(1, args.pairs // 4), max(1, args.pairs // 2), args.pairs})
+    if args.sizes:
+        sizes = sorted({min(args.pairs, int(n)) for n in args.sizes.split(",")})
+    else:
+        sizes = sorted({max(1, args.pairs // 4), max(1, args.pairs // 2), args.pairs})
+    if not args.only_check:
+        load_and_encode(data, sizes, toks, args)
+    print()
+    print(f"prefloop data check FILE --tokenizer T --cutoff-len {args.cutoff_len} --json (one process each)")
+    header = f"{'pairs':>8} {'tokenizer':<10} {'wall s':>8} {'CPU s':>8} {'pairs/s':>9} {'over':>7} {'kept':>8} {'dropped':>8}"
+    print(header)
+    print("-" * len(header))
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    for n in sizes:
+        part = workdir / f"pairs-{n}.jsonl"
+        part.write_text("".join(lines[:n]), encoding="utf-8")
+        for name, path in toks:
+            r = run_data_check(part, path, args.cutoff_len)
+            over = "-" if r["over"] is None else r["over"]
+            print(f"{n:>8} {name:<10} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {n / r['wall_s']:>9.0f} {over:>7} "
+                  f"{r['kept']:>8} {r['dropped']:>8}")
+    print("over = pairs longer than the cutoff (encoded a second time); '-' = a prefloop that does not report it")
+    if args.tokenizer:
+        print(f"real tokenizer: {args.tokenizer}")
+
+
+def load_and_encode(data: Path, sizes: list[int], toks: list[tuple[str, str]], args) -> None:
+    """The load_pairs / encode_pairs rows, each size in a fresh process."""
     rows = []
     for n in sizes:
         cmd = [sys.executable, __file__, "--child", "--file", str(data), "--n", str(n)]
@@ -154,8 +212,6 @@ def main() -> None:
         print(f"memory per pair, {label}: " + ", ".join(per_pair))
     print("(RSS above the process's start (imports, tokenizers) divided by the pairs; "
           "flat or falling with size = memory grows no worse than linearly)")
-    if args.tokenizer:
-        print(f"real tokenizer: {args.tokenizer}")
     print("issue target: load + encode of 100,000 pairs under 60 s")
 
 

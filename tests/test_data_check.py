@@ -80,7 +80,48 @@ def test_token_statistics_and_cutoff(capsys, tokenizer_dir):
                  "--template", "llama3", "--cutoff-len", "4096"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "template llama3" in out and "cutoff_len 4096: 0 prompts truncated" in out
+    assert "template llama3" in out and "cutoff_len 4096: 0 pairs are longer; 0 prompts truncated" in out
+
+
+def test_cutoff_report_encodes_once_and_equals_encoding_with_the_cutoff(capsys, tokenizer_dir, tmp_path, monkeypatch):
+    """Issue 12 item 16: the dataset is encoded once; only the pairs over the cutoff are encoded again,
+    and the report is what encoding every pair with the cutoff gives (duplicate ids included)."""
+    import prefloop.data.encode as encode_module
+    from prefloop.data.template import get_template
+    from prefloop.models import load_tokenizer
+
+    long = " ".join(["word"] * 80)
+    records = [
+        {"id": "fits", "prompt": "Short question?", "chosen": "Yes.", "rejected": "No."},
+        {"id": "dup", "prompt": "Another short one?", "chosen": "Sure.", "rejected": "Nope."},
+        {"id": "dup", "prompt": "Long question " + long + "?", "chosen": "Yes.", "rejected": "No."},  # prompt cut
+        {"id": "long-answers", "prompt": "Q?", "chosen": "A " + long, "rejected": "B " + long},  # both cut (budgets)
+        {"id": "same-start", "prompt": "Q2?", "chosen": long + " one", "rejected": long + " two"},  # identical -> drop
+        {"id": "fits-2", "prompt": "Q3?", "chosen": "Fine.", "rejected": "Bad."},
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pairs = load_pairs(str(data)).pairs
+    tokenizer = load_tokenizer(tokenizer_dir)
+    expected_kept, expected = encode_module.encode_pairs(pairs, tokenizer, get_template(None, tokenizer), 60)
+
+    encoded_pairs = []
+    real = encode_module.encode_pairs
+
+    def counting(pairs, *args, **kwargs):  # the real encoder, counting the pairs it is given
+        pairs = list(pairs)
+        encoded_pairs.append(len(pairs))
+        return real(pairs, *args, **kwargs)
+
+    monkeypatch.setattr(encode_module, "encode_pairs", counting)
+    code, report = run_json(capsys, str(data), "--tokenizer", tokenizer_dir, "--cutoff-len", "60")
+    cut = report["tokens"]["cutoff"]
+    assert encoded_pairs == [6, 3] and cut["over_cutoff"] == 3
+    assert (cut["kept"], cut["dropped"]) == (expected.kept, len(expected.dropped)) == (5, 1)
+    assert cut["drop_reasons"] == dict(expected.drop_reasons()) == {"identical after truncation": 1}
+    assert (cut["prompt_truncated"], cut["response_truncated"]) == (expected.prompt_truncated,
+                                                                  expected.response_truncated) == (2, 1)
+    assert report["usable_pairs"] == len(expected_kept) == 5 and code == 0
 
 
 def test_cutoff_that_drops_everything_exits_1(capsys, tokenizer_dir):

@@ -7,7 +7,7 @@ import prefloop.data.encode as encode_module
 from prefloop.data.encode import encode_pair, encode_pairs
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.data.template import get_template, known_templates
-from prefloop.testing import build_tiny_tokenizer
+from prefloop.testing import CHATML_TEMPLATE, build_tiny_tokenizer
 
 SYSTEM = Message("system", "You are a careful assistant.")
 TURNS = [
@@ -222,6 +222,48 @@ def test_template_errors_drop_the_pair_with_the_reason():
     assert report.dropped[0].id == "two-users" and "roles must alternate" in report.dropped[0].reason
     assert report.drop_reasons() == {"template error": 1}
 
+
+
+# A template that checks the text it renders: a prompt to answer must end with a question.
+QUESTIONS_ONLY = (
+    "{% if add_generation_prompt and not messages[-1]['content'].endswith('?') %}"
+    "{{ raise_exception('user turns must be questions') }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_a_template_error_while_cutting_is_reported_as_a_template_error():
+    """Issue 12 item 11: the chat template fails when the encoder renders the prompt to find the last
+    user message; the pair is dropped for that reason, not as "does not fit cutoff_len"."""
+    tokenizer = build_tiny_tokenizer(chat_template=QUESTIONS_ONLY)
+    template = get_template(None, tokenizer)
+    too_long = pair([Message("user", long_text(300) + " why?")], chosen="Yes.", rejected="No.", id="long-question")
+    fits = pair([Message("user", "Why?")], chosen="Yes.", rejected="No.", id="short-question")
+    encoded, report = encode_pairs([too_long, fits], tokenizer, template, cutoff_len=60)
+    assert [e.id for e in encoded] == ["short-question"]
+    (dropped,) = report.dropped
+    assert dropped.id == "long-question"
+    assert dropped.reason.startswith("template error: user turns must be questions (while locating the last user")
+    assert report.drop_reasons() == {"template error": 1}
+
+
+def test_a_template_that_rewrites_the_message_says_so_when_it_cannot_be_cut():
+    """A template that does not write the user's text as given (here: upper-cased) cannot have it cut:
+    the drop says that, instead of claiming the prompt was cut and still did not fit."""
+    shouting = CHATML_TEMPLATE.replace(
+        "message['content'] + '<|im_end|>'",
+        "((message['content'] | upper) if message['role'] == 'user' else message['content']) + '<|im_end|>'")
+    tokenizer = build_tiny_tokenizer(chat_template=shouting)
+    template = get_template(None, tokenizer)
+    too_long = pair([Message("user", long_text(300) + " why?")], chosen="Yes.", rejected="No.", id="long-question")
+    encoded, report = encode_pairs([too_long], tokenizer, template, cutoff_len=60)
+    (dropped,) = report.dropped
+    assert encoded == [] and dropped.reason == (
+        "does not fit cutoff_len: the tokenizer template does not write the last user message as given, "
+        "so it cannot be cut")
 
 def test_tools_are_counted_when_the_template_ignores_them(chatml):
     tokenizer, template = chatml

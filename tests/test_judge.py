@@ -61,6 +61,52 @@ def test_parse_verdict(text, expected):
     assert (parsed.verdict if parsed else None) == expected
 
 
+# A verdict is the judge's stated conclusion, not wherever a side's letter occurs (issue 12, item 1):
+# each reply with its right verdict; None means no verdict, so the judge is asked again.
+CONCLUSION_TABLE = [
+ ("Response A is wrong: the capital of France is Paris, not Lyon. The better answer is B.", "B"),
+ ("Response A is wrong: the capital of France is Paris, not Lyon.", None),
+ ("Assistant A is correct and Assistant B is wrong.", None),
+ ("Response A is not better than response B.", None),
+ ("It is not true that Assistant A is better.", None),
+ ("Assistant A is worse than Assistant B.", "B"),
+ ("Response A is less accurate than response B.", "B"),
+ ("If Assistant A is better, say A. Here Assistant B is better.", "B"),
+ ("Even if Assistant A is more detailed, Assistant B is better.", "B"),
+ ("Response A is longer, but the better answer is B.", "B"),
+ ("Assistant A is better in style, but my final verdict is B.", "B"),
+ ("Assistant A is better in style, but Assistant B is better in substance.", None),
+ ("I would not choose A.", None),
+ ("I would not choose A; I choose B.", "B"),
+ ("Assistant B isn't better; Assistant A is better.", "A"),
+ ("Neither response is better; they say the same thing.", "C"),
+ ("It's not a tie: Assistant A is better.", "A"),
+ ("The better response is Assistant A.", "A"),
+ ("Response B wins.", "B"),
+ ("Answer A is a good start. Answer B is better.", "B"),
+ ("Assistant A is better than Assistant B.", "A"),
+ ("Assistant A is a better choice than B.", "A"),
+ ("A is better than B because it cites a source.", "A"),
+ ("Assistant B's answer is clearly more accurate.", "B"),
+ ("B is the best one.", "B"),
+ ("I prefer a response that is concise. Assistant B is better.", "B"),
+ ("Both responses are equally good.", "C"),
+ ("Both are not equally good: Assistant A is better.", "A"),
+ ("The answer is a good one.", None),
+ ("Assistant A said 'B is better', which is wrong.", None),
+ ("Verdict: B", "B"),
+ ("The final verdict is Assistant A.", "A"),
+ ("Assistant A is better in style but Assistant B is better overall", None),
+ ("A", "A"),
+]
+
+
+@pytest.mark.parametrize("text, expected", CONCLUSION_TABLE)
+def test_verdict_is_the_stated_conclusion(text, expected):
+    parsed = parse_verdict(text)
+    assert (parsed.verdict if parsed else None) == expected
+
+
 def test_soft_verdict_reads_the_verdict_token():
     tokens = [TokenLogprob("Better: [[", -0.1), TokenLogprob("A", math.log(0.6),
               [("A", math.log(0.6)), ("B", math.log(0.3)), (" C", math.log(0.05)), ("x", math.log(0.05))]),
@@ -69,6 +115,11 @@ def test_soft_verdict_reads_the_verdict_token():
     soft = soft_verdict(tokens, parse_verdict(text))
     assert soft == pytest.approx({"A": 0.6 / 0.95, "B": 0.3 / 0.95, "C": 0.05 / 0.95})
     assert soft_verdict(None, parse_verdict(text)) is None
+    # "Assistant A is worse": the letter written is the loser, so its probability is B's
+    tokens = [TokenLogprob("Assistant ", -0.1), TokenLogprob("A", math.log(0.7),
+              [("A", math.log(0.7)), ("B", math.log(0.2)), ("C", math.log(0.1))]), TokenLogprob(" is worse.", -0.1)]
+    worse = parse_verdict("".join(t.token for t in tokens))
+    assert worse.verdict == "B" and soft_verdict(tokens, worse) == pytest.approx({"A": 0.2, "B": 0.7, "C": 0.1})
 
 
 @pytest.mark.parametrize("first, second, outcome", [
@@ -177,6 +228,37 @@ def test_unparseable_answers_are_retried_once_then_no_verdict(tmp_path):
     assert stats.outcomes["y"] == 0  # an unreadable answer never becomes "B"
 
 
+PARIS = [_Set(["The capital of France is Lyon.", "The capital of France is Paris."])]
+
+
+def names_the_wrong_side_first(messages):
+    """A judge writing prose without brackets: it names the wrong answer first, then concludes."""
+    a, _ = shown_answers(messages)
+    wrong, right = ("A", "B") if "Lyon" in a else ("B", "A")
+    return f"Response {wrong} is wrong: the capital of France is Paris, not Lyon. The better answer is {right}."
+
+
+def only_names_the_wrong_side(messages):
+    a, _ = shown_answers(messages)
+    if messages[-1]["content"] == RETRY_MESSAGE:
+        return "[[B]]" if "Lyon" in a else "[[A]]"
+    return f"Response {'A' if 'Lyon' in a else 'B'} is wrong: the capital of France is Paris, not Lyon."
+
+
+def test_prose_verdict_naming_the_loser_first_chooses_the_right_answer(tmp_path):
+    comparisons, stats, client = judge_sets(names_the_wrong_side_first, tmp_path, PARIS)
+    (c,) = comparisons
+    assert c.outcome == "y"  # y = "...Paris.", in both orders
+    assert (c.first.verdict, c.second.verdict) == ("B", "A") and stats.consistency_rate == 1.0
+    assert stats.retried == 0 and client.calls == 2
+
+
+def test_a_remark_about_one_side_is_no_verdict_and_is_asked_again(tmp_path):
+    comparisons, stats, client = judge_sets(only_names_the_wrong_side, tmp_path, PARIS)
+    (c,) = comparisons
+    assert c.outcome == "y" and stats.retried == 2 and client.calls == 4
+
+
 def test_cache_means_no_judgment_is_paid_twice(tmp_path):
     _, _, first = judge_sets(prefers_longer, tmp_path, SETS)
     comparisons, stats, again = judge_sets(prefers_longer, tmp_path, SETS)
@@ -184,8 +266,9 @@ def test_cache_means_no_judgment_is_paid_twice(tmp_path):
     assert {c.outcome for c in comparisons} <= {"x", "y"}
 
 
-def scripted_judge_app(policy, name="judge-model"):
-    """A tiny OpenAI-compatible server answering with `policy`, with verdict log-probs when asked."""
+def scripted_judge_app(policy, name="judge-model", refuse_logprobs=None):
+    """A tiny OpenAI-compatible server answering with `policy`, with verdict log-probs when asked
+    (or, with `refuse_logprobs`, an HTTP 400 with that message to any request asking for them)."""
     app, requests = FastAPI(), []
 
     @app.get("/v1/models")
@@ -196,9 +279,11 @@ def scripted_judge_app(policy, name="judge-model"):
     async def chat(request: Request):
         body = await request.json()
         requests.append(body)
-        text = policy(body["messages"])
+        text = (400, refuse_logprobs) if refuse_logprobs and body.get("logprobs") else policy(body["messages"])
         if isinstance(text, int):  # the policy answers with an HTTP error status
-            return JSONResponse({"error": {"message": "refused", "type": "invalid_request_error"}}, text)
+            text = (text, "refused")
+        if isinstance(text, tuple):  # (HTTP error status, message)
+            return JSONResponse({"error": {"message": text[1], "type": "invalid_request_error"}}, text[0])
         logprobs = None
         parsed = parse_verdict(text)
         if body.get("logprobs") and parsed:
@@ -264,11 +349,22 @@ def test_failed_requests_fail_the_run_and_a_rerun_pays_only_for_them(tmp_path):
         assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 1
         report = json.loads((tmp_path / "prefs.report.json").read_text())
         assert report["pairs_written"] == 1 and report["left_out"] == {"failed": 1}
-        assert report["soft_verdicts_requested"] is False  # a 400 makes the judge retry without logprobs
+        assert report["soft_verdicts_requested"] is True  # a 400 that is not about log-probs keeps them on
         paid = len(requests)
         broken["on"] = False
         assert judge_command(candidates=str(cands), out=str(out), judge=server.url) == 0
     assert len(requests) - paid == 2 and len(read_jsonl(out)) == 2
+
+
+def test_an_endpoint_without_logprobs_is_judged_without_them(tmp_path):
+    app, requests = scripted_judge_app(prefers_longer, refuse_logprobs="logprobs is not supported by this model")
+    cands = write_candidates(tmp_path / "cands.jsonl", SETS)
+    with BackgroundServer(app) as server:
+        assert judge_command(candidates=str(cands), out=str(tmp_path / "prefs.jsonl"), judge=server.url) == 0
+    report = json.loads((tmp_path / "prefs.report.json").read_text())
+    assert report["soft_verdicts_requested"] is False and report["pairs_written"] == 2
+    assert report["left_out"] == {} and report["with_soft_verdict"] == 0
+    assert requests[0]["logprobs"] is True and "logprobs" not in requests[-1]
 
 
 def test_judge_command_keeps_ties_apart_when_asked(tmp_path):
@@ -428,3 +524,41 @@ def test_judge_agreement_with_human_votes(tmp_path, capsys):
     assert report["skipped_votes"] == 1 and report["votes_without_judge_outcome"] == 1
     # human: second x3; judge: second x2, first x1 -> chance agreement 2/3 = observed agreement -> kappa 0
     assert report["cohens_kappa"] == pytest.approx(0.0)
+
+
+GOOD_PREF = json.dumps({"conversations": [{"from": "user", "value": "q"}], "chosen": "a", "rejected": "b"})
+
+
+@pytest.mark.parametrize("file, lines, message", [
+    ("prefs.jsonl", [GOOD_PREF, '{"conversations": [{"from": "user", "value": "q"}], "chosen": "a'],
+     r"prefs.jsonl:2: malformed JSON at column 63: unterminated string"),
+    ("prefs.jsonl", [GOOD_PREF, "[1, 2]"], r"prefs.jsonl:2: expected a JSON object, got list"),
+    ("prefs.jsonl", [GOOD_PREF, '{"conversations": [{"from": "user", "value": "q"}], "chosen": "a"}'],
+     r"prefs.jsonl:2: not a preference pair: field 'rejected': missing field 'rejected'"),
+    ("prefs.ties.jsonl", ['{"outcome": "tie", "messages": [{"role": "user", "content": "q"}], "response_a": "x"}'],
+     r"prefs.ties.jsonl:1: field 'response_b' is missing or malformed"),
+    ("prefs.ties.jsonl", ["{oops"], r"prefs.ties.jsonl:1: malformed JSON at column 2"),
+])
+def test_judge_agreement_reports_a_bad_line_with_its_place(tmp_path, capsys, file, lines, message):
+    from prefloop.cli import main
+
+    db = tmp_path / "votes.sqlite"
+    with Store(db):
+        pass
+    (tmp_path / "prefs.jsonl").write_text(GOOD_PREF + "\n")
+    (tmp_path / file).write_text("\n".join(lines) + "\n")
+    assert main(["judge-agreement", "--human", str(db), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+
+
+def test_judge_agreement_on_a_file_that_is_not_a_store_is_a_located_error(tmp_path, capsys):
+    from prefloop.cli import main
+
+    not_a_store = tmp_path / "votes.sqlite"
+    not_a_store.write_text("these are not votes\n" * 100)
+    (tmp_path / "prefs.jsonl").write_text(GOOD_PREF + "\n")
+    assert main(["judge-agreement", "--human", str(not_a_store), "--judge", str(tmp_path / "prefs.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"{not_a_store} is not a SQLite database" in err and "point --human at" in err and "--db" not in err
+    assert "Traceback" not in err

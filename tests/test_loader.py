@@ -7,6 +7,7 @@ import pytest
 
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.loader import MAX_LISTED_PROBLEMS, load_pairs, split_validation
+from prefloop.data.registry import CONFIG_KEYS
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import DataError
 
@@ -108,14 +109,37 @@ def test_bad_rows_are_listed_with_file_line_and_field(tmp_path):
         "[1, 2]",
     ])
     with pytest.raises(DataError) as err:
-        load_pairs(str(path))
+        load_pairs(str(path), options=CONFIG_KEYS)
     message = str(err.value)
     assert "4 problem(s)" in message
-    assert f"{path}:2: malformed JSON" in message
+    assert f"{path}:2: malformed JSON at column 43: the text ends before the JSON value is complete" in message
     assert f"{path}:3: field 'chosen'" in message
     assert f"{path}:4: field 'conversations[0].from': unknown role 'alien'" in message
     assert f"{path}:5: expected a JSON object" in message
-    assert "skip_bad_rows" in message
+    assert "skip bad rows with skip_bad_rows: true" in message
+    with pytest.raises(DataError) as err:  # a command without the option is not told to use it
+        load_pairs(str(path))
+    assert "skip" not in str(err.value).splitlines()[-1]
+
+
+# A broken JSON line: the parser's position and a plain cause (issue 12, item 20).
+BROKEN_LINES = [
+    ('{"prompt": "What is the capital of France?", "chosen": "Paris is the capital',
+     "column 77: unterminated string (the string opened at column 56 has no closing quote before the line ends)"),
+    ('{"prompt": "q", "chosen": "a" "rejected": "b"}', "column 31: missing ',' between two items"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b",}', "column 48: expected a key in double quotes"),
+    ('{"prompt": "q", "chosen": "a", "rejected": None}', "column 44: no JSON value here"),
+    ('{"prompt": "q", "chosen": "tab\there", "rejected": "b"}', "column 31: a raw control character '\\t'"),
+    ('{"prompt": "q", "chosen": "C:\\q", "rejected": "b"}', "column 30: invalid backslash escape"),
+]
+
+
+@pytest.mark.parametrize("line, message", BROKEN_LINES)
+def test_a_broken_json_line_says_where_and_why(tmp_path, line, message):
+    path = jsonl(tmp_path / "broken.jsonl", [trl(1), line])
+    with pytest.raises(DataError) as err:
+        load_pairs(str(path))
+    assert f"{path}:2: malformed JSON at {message}" in str(err.value)
 
 
 def test_skip_bad_rows_counts_every_skip(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.data.registry import resolve_dataset
+from prefloop.data.registry import CHECK_OPTIONS, CONFIG_KEYS, NO_OPTIONS, resolve_dataset
 from prefloop.errors import DataError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
@@ -98,7 +98,7 @@ def test_bad_entries_say_what_to_fix(data_dir, entry, message):
 
 def test_malformed_dataset_info_names_the_line(tmp_path):
     write(tmp_path / "dataset_info.json", '{\n  "a": {"file_name": "x"},\n  oops\n}')
-    with pytest.raises(DataError, match=r"dataset_info.json:3: invalid JSON"):
+    with pytest.raises(DataError, match=r"dataset_info.json: malformed JSON at line 3, column 3: expected a key in double quotes"):
         resolve_dataset("a", tmp_path)
 
 
@@ -118,3 +118,38 @@ def test_shipped_examples_are_registered():
     for name in info:
         (source,) = resolve_dataset(name, EXAMPLES)
         assert all(f.exists() for f in source.files)
+
+
+# A dataset path with a typo (issue 12, item 20): first that the file does not exist, with the closest
+# existing name; only options the command has.
+def test_a_typo_in_a_file_name_says_it_does_not_exist_and_the_closest_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "data" / "prefs.jsonl", "{}")
+    with pytest.raises(DataError) as err:
+        resolve_dataset("data/prefs.jsnol", "data", CHECK_OPTIONS)
+    message = str(err.value)
+    assert message.startswith("dataset file 'data/prefs.jsnol' does not exist")
+    assert message.endswith("did you mean 'data/prefs.jsonl'?")
+    assert "dataset_info" not in message and "--dataset-dir" not in message
+
+
+def test_a_typo_in_a_folder_name_finds_the_file(tmp_path):
+    write(tmp_path / "data" / "prefs.jsonl", "{}")
+    with pytest.raises(DataError, match=r"did you mean '.*/data/prefs.jsonl'\?"):
+        resolve_dataset(str(tmp_path / "dta" / "prefs.jsonl"), tmp_path)
+
+
+@pytest.mark.parametrize("options, named", [(CHECK_OPTIONS, "set --dataset-dir"), (CONFIG_KEYS, "set dataset_dir"),
+                                            (NO_OPTIONS, None)])
+def test_a_bare_name_names_only_options_the_command_has(tmp_path, options, named):
+    with pytest.raises(DataError) as err:
+        resolve_dataset("my_prefs", tmp_path, options)
+    message = str(err.value)
+    assert message.startswith("dataset file 'my_prefs' does not exist")
+    assert "there is no" in message and "dataset_info.json" in message
+    assert (named in message) if named else ("(set " not in message), message
+
+
+def test_a_typo_in_a_registered_name_suggests_the_name(data_dir):
+    with pytest.raises(DataError, match=r"not a file or directory, nor a name in .* did you mean 'alpha'\?"):
+        resolve_dataset("alpah", data_dir)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from prefloop.endpoint import UsageTotals, is_endpoint, make_client, resolve_model_name
+from prefloop.errors import DataError
 from prefloop.sampling import LocalGenerator, SamplingParams, TokenLogprob
 
 
@@ -44,9 +45,15 @@ class LocalChatClient:
         self.usage = UsageTotals()
 
     def complete_many(self, calls: list[ChatCall]) -> Iterator[tuple[int, Completion | Exception]]:
-        prompts = [self.generator.encode_chat(c.messages) for c in calls]
-        rows = sorted(((i, j) for i, c in enumerate(calls) for j in range(c.n)), key=lambda r: len(prompts[r[0]]))
-        results: dict[int, dict[int, object]] = {i: {} for i in range(len(calls))}
+        prompts: dict[int, list[int]] = {}
+        for i, call in enumerate(calls):
+            try:
+                prompts[i] = self.generator.encode_chat(call.messages)
+            except DataError as err:  # e.g. tool calls the chat template would drop: this call fails alone
+                yield i, err
+        calls_left = [i for i in range(len(calls)) if i in prompts]
+        rows = sorted(((i, j) for i in calls_left for j in range(calls[i].n)), key=lambda r: len(prompts[r[0]]))
+        results: dict[int, dict[int, object]] = {i: {} for i in calls_left}
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             samples = self.generator.generate([(prompts[i], calls[i].params.for_sample(j)) for i, j in chunk])
@@ -60,7 +67,7 @@ class LocalChatClient:
                                             sum(len(s.token_ids) for s in ordered))
                     self.usage.add_counts(completion.prompt_tokens, completion.completion_tokens)
                     yield i, completion
-        for i in [i for i, c in enumerate(calls) if c.n == 0]:
+        for i in [i for i in calls_left if calls[i].n == 0]:
             yield i, Completion([], [], [], len(prompts[i]), 0)
 
 
@@ -119,10 +126,15 @@ class EndpointChatClient:
 
 
 def open_chat_client(target: str, model_name: str | None = None, api_key: str | None = None, batch_size: int = 8,
-                     concurrency: int = 8, option: str = "--model-name"):
-    """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one)."""
+                     concurrency: int = 8, option: str = "--model-name", api_key_env: str | None = None,
+                     api_key_file: str | None = None):
+    """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one).
+
+    The endpoint's key: `api_key` as given (Python callers), else `endpoint.endpoint_api_key`
+    (`api_key_env` / `api_key_file`; $OPENAI_API_KEY only for the OpenAI API itself).
+    """
     if is_endpoint(target):
-        client = make_client(target, api_key)
+        client = make_client(target, api_key, api_key_env=api_key_env, api_key_file=api_key_file)
         return EndpointChatClient(client, resolve_model_name(client, model_name, option), concurrency)
     return LocalChatClient(LocalGenerator.load(target), model_name or local_model_name(target), batch_size)
 

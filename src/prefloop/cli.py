@@ -41,6 +41,23 @@ COMMANDS = {
 }
 
 
+class _KeyOnCommandLine(argparse.Action):
+    """`--api-key KEY` is refused: a key on the command line is visible to every user in `ps`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--api-key is not accepted: a key on the command line is visible to every user of the machine "
+                     "(ps, shell history). Put the key in an environment variable and name it with --api-key-env VAR, "
+                     "or in a file readable only by you and give --api-key-file PATH")
+
+
+def _add_api_key_options(p) -> None:
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the endpoint's API key (without it, $OPENAI_API_KEY is sent "
+                        "to https://api.openai.com only, and other endpoints get no key)")
+    p.add_argument("--api-key-file", metavar="PATH", help="file holding the endpoint's API key")
+    p.add_argument("--api-key", action=_KeyOnCommandLine, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="DPO training from a LLaMA-Factory-style YAML config")
     p.add_argument("config", nargs="?", help="YAML config file")
@@ -83,7 +100,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--api-key", help="API key for the endpoint (default: $OPENAI_API_KEY)")
+    _add_api_key_options(p)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -101,7 +118,7 @@ def _add_judge(sub) -> None:
     p.add_argument("--keep-ties", action="store_true")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--cache", help="judgment cache file (default: next to --out)")
-    p.add_argument("--api-key", help="API key for the endpoint (default: $OPENAI_API_KEY)")
+    _add_api_key_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer (reasoning + verdict)")
     a = sub.add_parser("judge-agreement", help="how often a judge agrees with human votes")

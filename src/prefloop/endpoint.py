@@ -3,6 +3,15 @@
 `generate` and `judge` accept either a local model path or an endpoint URL; this module decides
 which it is, builds the `openai` client (whose retries back off exponentially on 408/409/429/5xx
 and connection errors, honouring Retry-After), and picks the model name.
+
+API keys (`endpoint_api_key`, the one place every endpoint client gets its key from):
+- a key named for the endpoint is sent to it: `api_key_env` (the name of an environment variable,
+  `--api-key-env VAR`) or `api_key_file` (a file holding the key, `--api-key-file PATH`); a key is
+  never taken from a command-line argument, which every user of the machine sees in `ps`;
+- otherwise $OPENAI_API_KEY is sent only to the OpenAI API's own host (https://api.openai.com);
+  any other endpoint (a local vLLM, Ollama, `prefloop serve`, someone else's proxy) gets no key;
+- the organization and project identifiers the `openai` client reads from $OPENAI_ORG_ID and
+  $OPENAI_PROJECT_ID go to the OpenAI API only as well.
 """
 
 from __future__ import annotations
@@ -10,6 +19,8 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from prefloop.errors import ConfigError
 
@@ -30,13 +41,60 @@ def base_url(url: str) -> str:
     return url if url.endswith("/v1") or "/v1/" in url + "/" else url + "/v1"
 
 
+OPENAI_API_HOSTS = frozenset({"api.openai.com"})
+
+
+def is_openai_api(url: str) -> bool:
+    """True only for the OpenAI API's own host over https (not a proxy, not a look-alike name)."""
+    parts = urlsplit(str(url))
+    return parts.scheme == "https" and (parts.hostname or "").lower() in OPENAI_API_HOSTS
+
+
+def endpoint_api_key(url: str, api_key_env: str | None = None, api_key_file: str | None = None) -> str | None:
+    """The API key to send to `url`, or None (send none). See the module docstring for the rules.
+
+    Raises ConfigError when both sources are given, when the named variable is unset or empty,
+    or when the key file is missing, unreadable or empty.
+    """
+    if api_key_env and api_key_file:
+        raise ConfigError("give the endpoint's key one way: --api-key-env VAR or --api-key-file PATH, not both")
+    if api_key_env:
+        key = os.environ.get(api_key_env, "").strip()
+        if not key:
+            raise ConfigError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set "
+                              f"(or empty); export {api_key_env}=<key> before running, or use --api-key-file PATH")
+        return key
+    if api_key_file:
+        path = Path(api_key_file).expanduser()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--api-key-file {api_key_file}: cannot read the key file ({err}); write the key "
+                              "alone into a file readable only by you (chmod 600)") from err
+        if not key:
+            raise ConfigError(f"--api-key-file {api_key_file}: the file is empty; write the endpoint's key into it")
+        return key
+    if is_openai_api(url):
+        return os.environ.get("OPENAI_API_KEY") or None
+    return None
+
+
 def make_client(url: str, api_key: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
-                timeout: float = DEFAULT_TIMEOUT_S):
-    """A thread-safe `openai.OpenAI` client for `url`; the key defaults to $OPENAI_API_KEY."""
+                timeout: float = DEFAULT_TIMEOUT_S, api_key_env: str | None = None, api_key_file: str | None = None):
+    """A thread-safe `openai.OpenAI` client for `url`.
+
+    `api_key` (from Python code) is sent as given; otherwise the key comes from `endpoint_api_key`
+    (`api_key_env` / `api_key_file`, or $OPENAI_API_KEY for the OpenAI API only). An endpoint
+    without a key gets the placeholder "none" (the `openai` client requires some key).
+    """
     import openai
 
-    key = api_key or os.environ.get("OPENAI_API_KEY") or "none"  # local servers usually need no key
-    return openai.OpenAI(base_url=base_url(url), api_key=key, max_retries=max_retries, timeout=timeout)
+    key = api_key if api_key is not None else endpoint_api_key(url, api_key_env, api_key_file)
+    extra = {}
+    if not is_openai_api(url):  # the client would read these from the environment and send them anywhere
+        extra["default_headers"] = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
+    return openai.OpenAI(base_url=base_url(url), api_key=key or "none", max_retries=max_retries, timeout=timeout,
+                         **extra)
 
 
 def resolve_model_name(client, name: str | None, option: str = "--model-name") -> str:

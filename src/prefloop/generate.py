@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from prefloop.chat_clients import ChatCall, open_chat_client
-from prefloop.errors import ConfigError, DataError
+from prefloop.errors import ConfigError, DataError, PrefloopError, json_error_text
 from prefloop.prompts import Prompt, prompt_key, read_prompts
 from prefloop.sampling import SamplingParams
 
@@ -45,7 +45,8 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
                     with out.open("r+b") as f:
                         f.truncate(offset)
                     return keys, True
-                raise DataError(f"{out}:{lineno}: not a candidates record ({err}); --out must be a file written "
+                cause = json_error_text(err, with_line=False) if isinstance(err, json.JSONDecodeError) else err
+                raise DataError(f"{out}:{lineno}: not a candidates record ({cause}); --out must be a file written "
                                 "by prefloop generate (or a new file)") from err
         offset += len(line) + 1
     return keys, False
@@ -64,7 +65,8 @@ def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) ->
 
 
 def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
-                     batch_size=8, concurrency=8, api_key=None, seed=0) -> int:
+                     batch_size=8, concurrency=8, api_key_env=None, api_key_file=None, seed=0) -> int:
+    """`prefloop generate`; an endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`)."""
     from tqdm import tqdm
 
     _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency)
@@ -78,7 +80,8 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     if not todo:
         print(f"prefloop generate: nothing to do, every prompt is in {out}", file=sys.stderr)
         return 0
-    client = open_chat_client(model, model_name, api_key, batch_size, concurrency)
+    client = open_chat_client(model, model_name, None, batch_size, concurrency, api_key_env=api_key_env,
+                              api_key_file=api_key_file)
     params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
     calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
              for p in todo]
@@ -101,7 +104,12 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     if failures:
         for prompt, err in failures[:5]:
             print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)
-        print(f"prefloop generate: {len(failures)} prompt(s) failed; run the same command again to retry only "
-              "those", file=sys.stderr)
+        refused = sum(isinstance(err, PrefloopError) for _, err in failures)
+        if refused:
+            print(f"prefloop generate: {refused} prompt(s) cannot be sent to this model as they are (see above); "
+                  "fix them or use another model", file=sys.stderr)
+        if refused < len(failures):
+            print(f"prefloop generate: {len(failures) - refused} prompt(s) failed; run the same command again to "
+                  "retry only those", file=sys.stderr)
         return 1
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prefloop.data.formats import RecordError, Roles, check_prompt
 from prefloop.data.loader import Problem, SkipReport, iter_records, load_pairs
-from prefloop.data.schema import Message
+from prefloop.data.schema import TEMPLATE_FIELDS, Message
 from prefloop.errors import DataError
 
 PLAIN_HELP = ('a prompt record is {"prompt": "text"}, {"prompt": [turns]}, {"messages": [turns]}, '
@@ -41,7 +41,13 @@ class Prompt:
 
 
 def prompt_key(messages: list[dict]) -> str:
-    blob = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
+    """Content hash of a conversation: roles, contents and each turn's template fields (tool calls,
+    names, reasoning; turns without them hash as before, so existing outputs still match)."""
+    turns = []
+    for m in messages:
+        fields = {k: m[k] for k in TEMPLATE_FIELDS if m.get(k) not in (None, "", [])}
+        turns.append([m["role"], m["content"], fields] if fields else [m["role"], m["content"]])
+    blob = json.dumps(turns, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
@@ -86,7 +92,7 @@ def plain_prompt(record: dict) -> tuple[list[dict], bool]:
     system = record.get("system")
     if isinstance(system, str) and system and not (turns and turns[0]["role"] == "system"):
         turns.insert(0, {"role": "system", "content": system})
-    check_prompt([Message(m["role"], m["content"]) for m in turns], "prompt")
+    check_prompt([Message.from_dict(m) for m in turns], "prompt")
     return turns, dropped
 
 

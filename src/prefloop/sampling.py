@@ -154,7 +154,12 @@ class LocalGenerator:
         return next(self.model.parameters()).device
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS)."""
+        """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS).
+
+        Raises DataError when the messages hold tool calls, tool results, names or reasoning that the
+        chat template would drop (the model would answer a conversation other than the one sent).
+        """
+        self.template.check_renders(messages)
         text = self.template.render(messages, add_generation_prompt=True)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 

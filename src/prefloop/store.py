@@ -184,10 +184,12 @@ class Store:
 
     `Store(path)` creates the file (and its parent directory) or opens an existing prefloop store;
     anything else (another program's database, a non-SQLite file, a newer schema) raises StoreError.
+    `option` is how the calling command names the store's path in its errors (default --db).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, option: str = "--db"):
         self.path = Path(path)
+        self.option = option
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -200,14 +202,15 @@ class Store:
 
     def _check_file(self) -> None:
         if self.path.is_dir():
-            raise StoreError(f"{self.path} is a directory; --db needs a file path, e.g. {self.path / 'prefloop.sqlite'}")
+            raise StoreError(f"{self.path} is a directory; {self.option} needs a file path, e.g. "
+                             f"{self.path / 'prefloop.sqlite'}")
         if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, "rb") as fh:
                 header = fh.read(16)
             if header != b"SQLite format 3\x00":
                 raise StoreError(
                     f"{self.path} is not a SQLite database (it starts with {header[:8]!r}); "
-                    "point --db at a new file or an existing prefloop store"
+                    f"point {self.option} at a new file or an existing prefloop store"
                 )
 
     def _connect(self) -> sqlite3.Connection:
@@ -279,7 +282,7 @@ class Store:
             shown = ", ".join(sorted(tables)[:6]) or "none"
             raise StoreError(
                 f"{self.path} is a SQLite database from another program (application_id={app_id:#x}, "
-                f"tables: {shown}); prefloop will not write into it. Use a new file for --db."
+                f"tables: {shown}); prefloop will not write into it. Use a new file for {self.option}."
             )
         row = self._conn.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else 0

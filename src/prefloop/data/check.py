@@ -10,12 +10,14 @@ from __future__ import annotations
 import json as jsonlib
 import statistics
 import sys
+from collections import Counter
 from typing import Any, Sequence
 
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
-from prefloop.data.schema import PreferencePair
+from prefloop.data.registry import CHECK_OPTIONS
+from prefloop.data.schema import REASONING_FIELDS, PreferencePair
 from prefloop.errors import ConfigError
 
 
@@ -30,13 +32,18 @@ def distribution(values: Sequence[int]) -> dict[str, float]:
 
 
 def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
-    """Prompt turns per pair (system excluded), multi-turn share, system prompts and tools."""
+    """Prompt turns per pair (system excluded), multi-turn share, system prompts, tools, and pairs whose
+    prompt has tool calls, tool results, speaker names or reasoning (the fields a template must render)."""
     user_turns = [sum(1 for m in p.prompt if m.role == "user") for p in pairs]
     return {
         "prompt_turns": distribution([len(p.turns) for p in pairs]),
         "multi_turn_pairs": sum(1 for n in user_turns if n > 1),
         "with_system_prompt": sum(1 for p in pairs if p.system is not None),
         "with_tools": sum(1 for p in pairs if p.tools),
+        "with_tool_calls": sum(1 for p in pairs if any(m.fields.get("tool_calls") for m in p.prompt)),
+        "with_tool_results": sum(1 for p in pairs if any(m.role in ("tool", "function_call") for m in p.prompt)),
+        "with_names": sum(1 for p in pairs if any(m.fields.get("name") and m.role != "tool" for m in p.prompt)),
+        "with_reasoning": sum(1 for p in pairs if any(k in m.fields for m in p.prompt for k in REASONING_FIELDS)),
         "with_weight": sum(1 for p in pairs if p.weight is not None),
         "with_margin": sum(1 for p in pairs if p.margin is not None),
         "with_dimensions": sum(1 for p in pairs if p.dimensions),
@@ -45,7 +52,13 @@ def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
 
 def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_name: str | None,
                  cutoff_len: int | None) -> dict[str, Any]:
-    """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop."""
+    """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop.
+
+    The dataset is encoded once, untruncated; the truncation report comes from those lengths: a
+    pair whose prompt + longer response fits `cutoff_len` is kept as it is, and only the pairs over
+    it are encoded again with the cutoff (what training would do to them). The result equals
+    encoding everything with the cutoff, at the cost of the long pairs only.
+    """
     from prefloop.data.encode import encode_pairs
     from prefloop.data.template import get_template
     from prefloop.models import load_tokenizer
@@ -53,6 +66,7 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     tokenizer = load_tokenizer(tokenizer_path)
     template = get_template(template_name, tokenizer)
     encoded, full = encode_pairs(pairs, tokenizer, template, cutoff_len=None)
+    lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]
     report: dict[str, Any] = {
         "tokenizer": tokenizer_path,
         "template": template.name,
@@ -61,26 +75,29 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
         "prompt": distribution([len(e.prompt_ids) for e in encoded]),
         "chosen": distribution([len(e.chosen_ids) for e in encoded]),
         "rejected": distribution([len(e.rejected_ids) for e in encoded]),
-        "pair_length": distribution([len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]),
+        "pair_length": distribution(lengths),
     }
     if full.tools_ignored:
         report["tools_ignored"] = full.tools_ignored
+    report["fields_not_rendered"] = full.fields_not_rendered
+    kept_indices = {e.index for e in encoded}
     if cutoff_len is not None:
-        kept, cut = encode_pairs(pairs, tokenizer, template, cutoff_len=cutoff_len)
+        over_indices = [e.index for e, n in zip(encoded, lengths) if n > cutoff_len]
+        kept, cut = encode_pairs([pairs[i] for i in over_indices], tokenizer, template, cutoff_len=cutoff_len)
+        dropped = full.dropped + cut.dropped
+        kept_indices = (kept_indices - set(over_indices)) | {over_indices[e.index] for e in kept}
         report["cutoff"] = {
             "cutoff_len": cutoff_len,
-            "kept": cut.kept,
-            "dropped": len(cut.dropped),
-            "drop_reasons": dict(cut.drop_reasons()),
-            "dropped_ids": [d.id for d in cut.dropped[:20]],
+            "kept": len(kept_indices),
+            "dropped": len(dropped),
+            "drop_reasons": dict(Counter(d.reason.split(":")[0] for d in dropped)),
+            "dropped_ids": [d.id for d in dropped[:20]],
+            "over_cutoff": len(over_indices),
             "prompt_truncated": cut.prompt_truncated,
             "turns_dropped": cut.turns_dropped,
             "response_truncated": cut.response_truncated,
-            "summary": cut.summary(),
         }
-        report["_kept_ids"] = {e.id for e in kept}
-    else:
-        report["_kept_ids"] = {e.id for e in encoded}
+    report["_kept_indices"] = kept_indices
     return report
 
 
@@ -97,8 +114,7 @@ def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, A
     }
     passing = {i for i in range(len(pairs)) if i not in quality.removed}
     if tokens is not None:
-        kept_ids = tokens.pop("_kept_ids")
-        passing = {i for i in passing if pairs[i].id in kept_ids}
+        passing &= tokens.pop("_kept_indices")
         report["tokens"] = tokens
     report["usable_pairs"] = len(passing)
     return report
@@ -136,6 +152,10 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
     t = report["turns"]
     lines.append(f"  prompt turns per pair: {_dist_text(t['prompt_turns'])}; {t['multi_turn_pairs']} multi-turn, "
                  f"{t['with_system_prompt']} with a system prompt, {t['with_tools']} with tools")
+    fields = [f"{t[k]} with {k[5:].replace('_', ' ')}" for k in ("with_tool_calls", "with_tool_results", "with_names",
+                                                                   "with_reasoning") if t[k]]
+    if fields:
+        lines.append("  prompts with template fields: " + ", ".join(fields))
     extras = [f"{t[k]} with {k[5:]}" for k in ("with_weight", "with_margin", "with_dimensions") if t[k]]
     if extras:
         lines.append("  optional fields: " + ", ".join(extras))
@@ -152,11 +172,15 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         if tokens["not_encodable"]:
             lines.append(f"  {len(tokens['not_encodable'])} pairs cannot be encoded, e.g. "
                          + "; ".join(f"{d['id']}: {d['reason']}" for d in tokens["not_encodable"][:3]))
+        if tokens.get("fields_not_rendered"):
+            lines.append(f"  {tokens['fields_not_rendered']} pairs refused: their prompts have tool calls, tool results, "
+                         f"names or reasoning that the {tokens['template']} template does not render")
         if tokens.get("tools_ignored"):
             lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
         cut = tokens.get("cutoff")
         if cut:
-            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['prompt_truncated']} prompts truncated "
+            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['over_cutoff']} pairs are longer; "
+                         f"{cut['prompt_truncated']} prompts truncated "
                          f"({cut['turns_dropped']} oldest turns dropped), {cut['response_truncated']} pairs with "
                          f"responses cut, {cut['dropped']} pairs dropped, {cut['kept']} kept")
             for reason, n in cut["drop_reasons"].items():
@@ -202,7 +226,8 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
         raise ConfigError("--cutoff-len and --template need --tokenizer (a model directory) to count tokens")
     if cutoff_len is not None and cutoff_len < 1:
         raise ConfigError(f"--cutoff-len must be a positive number of tokens, got {cutoff_len}")
-    loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True)
+    loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True,
+                        options=CHECK_OPTIONS)
     quality = run_quality_checks(loaded.pairs)
     tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
     report = build_report(loaded, quality, tokens)

@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prefloop.data.schema import EncodedPair, PreferencePair
-from prefloop.data.template import ChatTemplate
+from prefloop.data.template import ChatTemplate, kind_text
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
@@ -70,6 +70,7 @@ class EncodeReport:
     response_truncated: int = 0  # pairs with chosen or rejected cut at the end
     boundary_moved: int = 0  # prompt/response boundary moved to a token boundary
     tools_ignored: int = 0  # pairs with tools whose template does not render tools
+    fields_not_rendered: int = 0  # pairs refused: turns with tool calls/results, names or reasoning the template drops
     cutoff_len: int | None = None
 
     def drop_reasons(self) -> Counter:
@@ -97,6 +98,9 @@ class EncodeReport:
             )
         if self.tools_ignored:
             parts.append(f"{self.tools_ignored} pairs have tools that this template does not render.")
+        if self.fields_not_rendered:
+            parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "
+                         "reasoning that this template does not render.")
         if self.kept and not (self.dropped or self.prompt_truncated or self.response_truncated):
             parts.append("Nothing was dropped or cut.")
         return " ".join(parts)
@@ -110,6 +114,7 @@ class _Work:
     label: str
     messages: list[dict]
     tools: object = None
+    index: int = -1  # position in the input
     prompt_ids: list[int] | None = None
     chosen_ids: list[int] | None = None
     rejected_ids: list[int] | None = None
@@ -138,6 +143,8 @@ def _render_batch(items: list[_Work], template: ChatTemplate, split: PromptSplit
     rendered: list[_Work] = []
     heads: list[bool] = []
     for w in items:
+        if w.drop:
+            continue
         try:
             prompt = template.render(w.messages, add_generation_prompt=True, tools=w.tools)
             chosen = template.training_text(w.messages + [{"role": "assistant", "content": w.pair.chosen}], w.tools)
@@ -251,33 +258,41 @@ def _drop_turns(work: list[_Work], ctx: _Context) -> None:
         _encode_batch(shorter, ctx)
 
 
-def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int]:
-    """Token index range [a, b) of the last user message's text inside the prompt ids."""
+def _cuttable_span(w: _Work, template: ChatTemplate, tokenizer) -> tuple[int, int, str | None]:
+    """Token index range [a, b) of the last user message's text inside the prompt ids, and why it is
+    empty when it is: None (there is no user text to cut) or the cause (a template error, a template
+    that does not write the message as given), so a drop reports its real cause."""
     users = [i for i, m in enumerate(w.messages) if m["role"] == "user"]
     if not users:
-        return 0, 0
+        return 0, 0, None
     last_user = users[-1]
     marked = [dict(m) for m in w.messages]
     marked[last_user]["content"] = _CUT_MARKER
     try:
-        before, after = template.render(marked, add_generation_prompt=True, tools=w.tools).split(_CUT_MARKER, 1)
-    except Exception:  # noqa: BLE001 - marker not rendered as written: nothing can be cut
-        return 0, 0
+        rendered = template.render(marked, add_generation_prompt=True, tools=w.tools)
+    except Exception as err:  # noqa: BLE001 - reported as the pair's drop reason
+        return 0, 0, f"template error: {err} (while locating the last user message to cut it to cutoff_len)"
+    if _CUT_MARKER not in rendered:
+        return 0, 0, (f"does not fit cutoff_len: the {template.name} template does not write the last user message "
+                      "as given, so it cannot be cut")
+    before, after = rendered.split(_CUT_MARKER, 1)
     text = w.prompt_text
     start, end = len(before), len(text) - len(after)
     if not (text.startswith(before) and text.endswith(after) and start <= end):
-        return 0, 0
+        return 0, 0, (f"does not fit cutoff_len: the {template.name} template renders the last user message "
+                      "depending on its text, so it cannot be cut")
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     inside = [i for i, (s, e) in enumerate(offsets[: len(w.prompt_ids)]) if s >= start and e <= end and e > s]
     if not inside:
-        return 0, 0
-    return inside[0], inside[-1] + 1
+        return 0, 0, None
+    return inside[0], inside[-1] + 1, None
 
 
 def _cut(w: _Work, template: ChatTemplate, tokenizer, cutoff: int) -> tuple[bool, bool]:
     """Cut the prompt from the left of its last user message and the responses at the end.
 
-    Returns (prompt cut, responses cut); sets `w.drop` when the pair cannot fit.
+    Returns (prompt cut, responses cut); sets `w.drop` when the pair cannot fit, with the real
+    cause (a template error while locating the message is reported as a template error).
     """
     p_len = len(w.prompt_ids)
     r_len = max(len(w.chosen_ids), len(w.rejected_ids))
@@ -287,13 +302,13 @@ def _cut(w: _Work, template: ChatTemplate, tokenizer, cutoff: int) -> tuple[bool
         w.drop = f"does not fit cutoff_len: no room for the responses (cutoff_len {cutoff})"
         return False, False
     if n_cut:
-        a, b = _cuttable_span(w, template, tokenizer)
+        a, b, why_not = _cuttable_span(w, template, tokenizer)
         most = max(0, b - a - 1)  # keep at least one token of the user's message
         if n_cut > most:
             n_cut = most
             r_budget = cutoff - (p_len - n_cut)
             if r_budget < 1:
-                w.drop = (
+                w.drop = why_not or (
                     f"does not fit cutoff_len: the prompt needs {p_len - n_cut} tokens even after dropping "
                     f"old turns and cutting the last user message (cutoff_len {cutoff})"
                 )
@@ -349,12 +364,32 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
         if tools is not None and not template.supports_tools:
             report.tools_ignored += 1
             tools = None
-        batch.append(_Work(pair, _label(pair, index), pair.prompt_messages(), tools))
+        work = _Work(pair, _label(pair, index), pair.prompt_messages(), tools, index)
+        if any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt):
+            work.drop = _unrendered_reason(pair, work.messages, template)
+            report.fields_not_rendered += work.drop is not None
+        batch.append(work)
         if len(batch) == BATCH_SIZE:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+_TEMPLATE_ROLES = ("tool", "function_call")
+
+
+def _unrendered_reason(pair: PreferencePair, messages: list[dict], template: ChatTemplate) -> str | None:
+    """Why the template cannot show this prompt as the data holds it (None when it can): the turn
+    contents it would drop, each with its turn and the pair's file and line."""
+    missing = template.unrendered(messages)
+    if not missing:
+        return None
+    where = ", ".join(f"{kind_text(kind)} in prompt turn {i + 1} ({messages[i]['role']})" for i, kind in missing)
+    return (f"template cannot render message fields: the {template.name} template drops {where}"
+            + (f" ({pair.source})" if pair.source else "")
+            + "; train with a template that renders them (the model's own chat template, if it supports tools "
+              "and reasoning), or remove them from the data")
 
 
 def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeReport) -> list[EncodedPair]:
@@ -385,6 +420,7 @@ def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeR
                 margin=0.0 if pair.margin is None else float(pair.margin),
                 prompt_truncated=bool(prompt_cut or w.turns_dropped),
                 response_truncated=responses_cut,
+                index=w.index,
             )
         )
     return out

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from prefloop.data.schema import Message, PreferencePair
+from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
 
 FORMATS = ("seed", "sharegpt", "alpaca", "trl_standard", "trl_conversational", "hh")
 # Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms).
@@ -78,12 +78,13 @@ class RecordError(ValueError):
 def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
     """`pair` as one record of the seed's format; `provenance` adds top-level keys (e.g. judge="gpt-4o").
 
-    Optional fields are written only when set; `pair.extra` keys are written back at top level,
-    so reading the record again gives the same pair. `provenance` may also set an optional field
+    Optional fields are written only when set; `pair.extra` keys are written back at top level, and
+    each turn keeps its template fields (tool calls, names, reasoning), so reading the record again
+    gives the same pair. `provenance` may also set an optional field
     (e.g. source="judge:gpt-4o").
     """
     record: dict[str, Any] = {
-        "conversations": [{"from": m.role, "value": m.content} for m in pair.prompt],
+        "conversations": [{"from": m.role, "value": m.content, **m.fields} for m in pair.prompt],
         "chosen": pair.chosen,
         "rejected": pair.rejected,
     }
@@ -236,6 +237,46 @@ def _tools_text(record: Mapping[str, Any], key: str) -> str | None:
     raise RecordError(key, f"{key!r} must be a JSON string or list, got {_type_name(value)}", "describe the tools as a JSON string")
 
 
+def _tool_call_error(where: str, message: str) -> RecordError:
+    return RecordError(where, message, 'write each call as {"type": "function", "function": {"name": "...", '
+                                       '"arguments": {...}}} (OpenAI / Hugging Face chat format)')
+
+
+def template_fields(raw: Mapping[str, Any], role: str, where: str, content_key: str = "content") -> dict[str, Any]:
+    """The turn's TEMPLATE_FIELDS (tool calls, tool-result id, name, reasoning), validated, as given.
+
+    Raises RecordError naming the field: tool calls must be a list of calls on an assistant turn,
+    `tool_call_id` belongs to a tool result, names and reasoning are strings.
+    """
+    fields: dict[str, Any] = {}
+    for key in TEMPLATE_FIELDS:
+        value = raw.get(key)
+        if key == content_key or value is None or value == "" or value == []:
+            continue
+        at = f"{where}.{key}"
+        if key == "tool_calls":
+            if role not in _ANSWER_SIDE:
+                raise RecordError(at, f"a {role!r} turn has tool_calls", "only an assistant turn calls tools")
+            if not isinstance(value, list):
+                raise _tool_call_error(at, f"'tool_calls' must be a list of calls, got {_type_name(value)}")
+            for i, call in enumerate(value):
+                function = call.get("function", call) if isinstance(call, dict) else None
+                if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]):
+                    raise _tool_call_error(f"{at}[{i}]", "a tool call needs a function name")
+                arguments = function.get("arguments")
+                if arguments is not None and not isinstance(arguments, (str, dict)):
+                    raise _tool_call_error(f"{at}[{i}]", f"tool call arguments must be an object or a JSON string, "
+                                                         f"got {_type_name(arguments)}")
+        elif not isinstance(value, str):
+            raise RecordError(at, f"{key!r} must be a string, got {_type_name(value)}", f"write {key!r} as a string")
+        elif key == "tool_call_id" and role != "tool":
+            raise RecordError(at, f"a {role!r} turn has a tool_call_id", "only a tool result answers a tool call")
+        elif key in REASONING_FIELDS and role not in _ANSWER_SIDE:
+            raise RecordError(at, f"a {role!r} turn has {key!r}", "only an assistant turn carries reasoning")
+        fields[key] = value
+    return fields
+
+
 class Roles:
     """Role/content key names and role aliases, from LLaMA-Factory `tags` or the defaults."""
 
@@ -271,9 +312,13 @@ class Roles:
         if role is None:
             known = ", ".join(sorted(self.aliases))
             raise RecordError(f"{where}.{role_key}", f"unknown role {raw_role!r}", f"use one of: {known} (or declare custom tags in dataset_info.json)")
-        if content_key not in raw:
+        fields = template_fields(raw, role, where, content_key)
+        if content_key not in raw and "tool_calls" not in fields:
             raise RecordError(where, f"turn has no {content_key!r} key", f"add the turn's text under {content_key!r}")
-        return Message(role, _content_text(raw[content_key], f"{where}.{content_key}"))
+        content = raw.get(content_key)
+        if content is None and "tool_calls" in fields:  # an assistant turn that only calls tools (OpenAI: null)
+            content = ""
+        return Message(role, _content_text(content, f"{where}.{content_key}"), fields)
 
     def messages(self, raw: Any, where: str) -> list[Message]:
         if not isinstance(raw, list):
@@ -282,15 +327,22 @@ class Roles:
 
 
 def check_prompt(prompt: list[Message], where: str) -> None:
-    """A prompt: optional system first, then user/assistant alternating, ending with a user turn."""
+    """A prompt: optional system first, then user/assistant alternating, ending with a user turn.
+
+    A tool result stands where a user turn would (after the assistant turn that called the tool);
+    several tool results in a row (answers to parallel calls) count as one turn.
+    """
     if not prompt or (len(prompt) == 1 and prompt[0].role == "system"):
         raise RecordError(where, "the prompt has no user turn", "add at least one user turn before the answers")
     start = 1 if prompt[0].role == "system" else 0
+    position = -1  # turn position; several tool results in a row (parallel tool calls) are one turn
     for i in range(start, len(prompt)):
         role = prompt[i].role
         if role == "system":
             raise RecordError(f"{where}[{i}]", "a system turn may only come first", "move the system prompt to the first turn (or the 'system' field)")
-        expected = _PROMPT_SIDE if (i - start) % 2 == 0 else _ANSWER_SIDE
+        if not (role == "tool" and i > start and prompt[i - 1].role == "tool"):
+            position += 1
+        expected = _PROMPT_SIDE if position % 2 == 0 else _ANSWER_SIDE
         if role not in expected:
             raise RecordError(
                 f"{where}[{i}]",

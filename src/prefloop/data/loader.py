@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader
-from prefloop.data.registry import DatasetSource, resolve_dataset
+from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
-from prefloop.errors import DataError
+from prefloop.errors import DataError, json_error_text
 
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
 _INDEX = re.compile(r"\[\d+\]")
+_POSITION = re.compile(r"\b(line|column) \d+")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Problem:
     def reason(self) -> str:
         """The kind of problem, for counting (no line numbers or list indices)."""
         field_name = _INDEX.sub("[]", self.field)
-        return f"{field_name}: {self.message}" if field_name else self.message
+        message = _POSITION.sub(r"\1 N", self.message)
+        return f"{field_name}: {message}" if field_name else message
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.location.split(' ')[-1]}" if self.location.startswith("line") else self.file
@@ -111,7 +113,7 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
                 if not raw.strip():
                     continue
                 seen_any = True
-                yield Problem(str(path), f"line {lineno}", "", f"malformed JSON ({err.msg} at column {err.colno})", "each line must be one complete JSON object")
+                yield Problem(str(path), f"line {lineno}", "", json_error_text(err, with_line=False), "each line must be one complete JSON object")
                 continue
             seen_any = True
             yield "line", lineno, record
@@ -133,7 +135,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
         if not raw.strip():
             yield Problem(str(path), "", "", "file is empty (no records)", "add preference records or remove the file from the dataset")
             return
-        yield Problem(str(path), f"line {err.lineno}", "", f"malformed JSON ({err.msg} at column {err.colno})", "fix the JSON syntax (the file must be one JSON list of records)")
+        yield Problem(str(path), f"line {err.lineno}", "", json_error_text(err), "fix the JSON syntax (the file must be one JSON list of records)")
         return
     if isinstance(data, dict):
         data = [data]  # a single record
@@ -222,15 +224,16 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
 
 
 def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = False, max_samples: int | None = None,
-               allow_empty: bool = False) -> LoadResult:
+               allow_empty: bool = False, options: OptionNames = NO_OPTIONS) -> LoadResult:
     """Read every pair of `dataset` (names from dataset_info.json, files or directories, comma-separated).
 
     `max_samples` caps the pairs taken from each dataset (LLaMA-Factory's meaning). Raises DataError
     listing problems unless `skip_bad_rows`; raises when no pair is left unless `allow_empty`.
+    `options` names the calling command's options, so that errors name only options it has.
     """
     if max_samples is not None and max_samples < 0:
         raise DataError(f"max_samples must be >= 0, got {max_samples}")
-    sources = resolve_dataset(dataset, dataset_dir)
+    sources = resolve_dataset(dataset, dataset_dir, options)
     pairs: list[PreferencePair] = []
     formats: Counter = Counter()
     problems = SkipReport()
@@ -241,19 +244,22 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
         limit = min(limits) if limits else None
         per_dataset[source.name] = per_dataset.get(source.name, 0) + _read_source(source, limit, pairs, formats, problems, used_prefixes)
     if problems.count and not skip_bad_rows:
-        raise DataError(_problems_message(dataset, problems))
+        raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
         detail = f"; {problems.count} bad row(s) were skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
     return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset)
 
 
-def _problems_message(dataset: str, problems: SkipReport) -> str:
+def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
     lines = [f"{problems.count} problem(s) reading dataset {dataset!r}:"]
     lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
     if problems.count > MAX_LISTED_PROBLEMS:
         lines.append(f"  ... and {problems.count - MAX_LISTED_PROBLEMS} more")
-    lines.append("Fix them, or set skip_bad_rows: true (--skip-bad-rows) to skip bad rows; skipped rows are counted and reported.")
+    if options.skip_bad_rows:
+        lines.append(f"Fix them, or skip bad rows with {options.skip_bad_rows} (skipped rows are counted and reported).")
+    else:
+        lines.append("Fix them.")
     return "\n".join(lines)
 
 

@@ -12,16 +12,34 @@ working directory or to `dataset_dir`.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefloop.data.formats import AUTO, FORMATTINGS, FormatSpec
-from prefloop.errors import DataError
+from prefloop.errors import DataError, json_error_text
 
 DATASET_INFO = "dataset_info.json"
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How the calling command spells the options an error message may point to; None: it has none.
+
+    Errors name only options the command has: `data check` has --dataset-dir and --skip-bad-rows,
+    a training config has the keys dataset_dir and skip_bad_rows, `generate` has neither.
+    """
+
+    dataset_dir: str | None = None
+    skip_bad_rows: str | None = None
+
+
+NO_OPTIONS = OptionNames()
+CONFIG_KEYS = OptionNames("dataset_dir", "skip_bad_rows: true")
+CHECK_OPTIONS = OptionNames("--dataset-dir", "--skip-bad-rows")
 
 
 @dataclass
@@ -53,7 +71,7 @@ def load_dataset_info(dataset_dir: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from err
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); fix the syntax (a JSON object of dataset entries)") from err
+        raise DataError(f"{path}: {json_error_text(err)}; fix the syntax (a JSON object of dataset entries)") from err
     if not isinstance(info, dict):
         raise DataError(f"{path}: must be a JSON object mapping dataset names to entries, got {type(info).__name__}")
     return info
@@ -109,8 +127,53 @@ def _entry_source(name: str, entry: object, dataset_dir: Path) -> DatasetSource:
     )
 
 
-def resolve_dataset(dataset: str, dataset_dir: str | Path = "data") -> list[DatasetSource]:
-    """Each comma-separated name -> a DatasetSource; a name neither registered nor a path is a DataError."""
+def closest_path(path: Path) -> Path | None:
+    """The existing path most like `path` (a typo in its file or folder names), or None."""
+    parent = path.parent
+    if not parent.is_dir():
+        if parent == path or str(parent) in ("", "."):
+            return None
+        parent = closest_path(parent)
+        if parent is None or not parent.is_dir():
+            return None
+        if parent.joinpath(path.name).exists():
+            return parent / path.name
+    try:
+        names = [p.name for p in parent.iterdir()]
+    except OSError:
+        return None
+    match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return parent / match[0] if match else None
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or "\\" in name or name.startswith(".") or Path(name).suffix.lower() in DATA_EXTENSIONS
+
+
+def _not_found(name: str, dataset_dir: Path, info: dict, options: OptionNames) -> DataError:
+    """The error for a dataset that is neither a path nor a registered name: what does not exist first,
+    then the closest existing file or registered name, then (only if the command has it) the option to set."""
+    candidates = [Path(name)] + ([dataset_dir / name] if not Path(name).is_absolute() else [])
+    guesses = [str(p) for p in (closest_path(c) for c in candidates) if p is not None]
+    guesses += difflib.get_close_matches(name, list(info), n=1, cutoff=0.6)
+    guess = f"; did you mean {guesses[0]!r}?" if guesses else ""
+    info_path = dataset_dir / DATASET_INFO
+    if _looks_like_path(name) or not info:
+        looked = " or ".join(repr(str(c)) for c in candidates)
+        message = f"dataset file {name!r} does not exist (looked for {looked}){guess}"
+        if not _looks_like_path(name):
+            message += f"; nor is it a registered name: there is no {info_path}"
+            if options.dataset_dir:
+                message += f" (set {options.dataset_dir} to the folder holding dataset_info.json)"
+        return DataError(message)
+    known = ", ".join(sorted(info))
+    return DataError(f"dataset {name!r} is not a file or directory, nor a name in {info_path} (known names: {known})"
+                     + guess)
+
+
+def resolve_dataset(dataset: str, dataset_dir: str | Path = "data", options: OptionNames = NO_OPTIONS) -> list[DatasetSource]:
+    """Each comma-separated name -> a DatasetSource; a name neither registered nor a path is a DataError
+    that says first what does not exist and the closest existing name (`options`: see OptionNames)."""
     dataset_dir = Path(dataset_dir)
     info = load_dataset_info(dataset_dir)
     sources = []
@@ -123,10 +186,5 @@ def resolve_dataset(dataset: str, dataset_dir: str | Path = "data") -> list[Data
                 sources.append(DatasetSource(name=name, files=data_files(candidate)))
                 break
         else:
-            if info:
-                known = ", ".join(sorted(info)) or "(none)"
-                hint = f"known names in {dataset_dir / DATASET_INFO}: {known}"
-            else:
-                hint = f"there is no {dataset_dir / DATASET_INFO} (set --dataset-dir / dataset_dir to the folder holding it)"
-            raise DataError(f"dataset {name!r} is neither a file, a directory nor a registered name; {hint}")
+            raise _not_found(name, dataset_dir, info, options)
     return sources

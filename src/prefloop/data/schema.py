@@ -6,21 +6,50 @@ nothing downstream (encoding, training, labeling, judging) knows about file form
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool", "function_call")
 
+# Message fields besides role and content that chat templates render (the OpenAI chat format and the
+# Hugging Face chat-template conventions): an assistant turn's `tool_calls` (a list of
+# {"type": "function", "function": {"name", "arguments"}}), a tool result's `tool_call_id` and `name`,
+# a speaker's `name`, and the reasoning of reasoning models under the names templates use for it.
+TEMPLATE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content", "reasoning", "thinking")
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Message:
-    """One chat turn. `role` is one of ROLES (LLaMA-Factory's `observation` maps to `tool`)."""
+    """One chat turn. `role` is one of ROLES (LLaMA-Factory's `observation` maps to `tool`).
+
+    `fields` holds the turn's other template fields (TEMPLATE_FIELDS: tool calls, tool-result ids,
+    names, reasoning), exactly as the data gave them; they travel with the turn to every rendering
+    (the tokenizer's chat template, the judge's prompt, an endpoint's request). Equal turns have
+    equal role, content and fields.
+    """
 
     role: str
     content: str
+    fields: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.role, self.content, self.fields) == (other.role, other.content, other.fields)
+
+    def __hash__(self) -> int:
+        return hash((self.role, self.content, json.dumps(self.fields, sort_keys=True, default=str)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content, **self.fields}
+
+    @classmethod
+    def from_dict(cls, message: dict[str, Any]) -> "Message":
+        """A turn from a {"role", "content", ...} dict (fields outside TEMPLATE_FIELDS are not kept)."""
+        fields = {k: message[k] for k in TEMPLATE_FIELDS if message.get(k) not in (None, "", [])}
+        return cls(message["role"], message["content"], fields)
 
 
 @dataclass
@@ -58,11 +87,12 @@ class PreferencePair:
         """The prompt without the system message."""
         return [m for m in self.prompt if m.role != "system"]
 
-    def messages(self, response: str) -> list[dict[str, str]]:
+    def messages(self, response: str) -> list[dict[str, Any]]:
         """The whole conversation with `response` as the final assistant turn (for chat templates)."""
         return [m.to_dict() for m in self.prompt] + [{"role": "assistant", "content": response}]
 
-    def prompt_messages(self) -> list[dict[str, str]]:
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        """The prompt turns as dicts, each with its template fields (tool calls, names, reasoning)."""
         return [m.to_dict() for m in self.prompt]
 
 
@@ -82,6 +112,7 @@ class EncodedPair:
     margin: float = 0.0
     prompt_truncated: bool = False
     response_truncated: bool = False
+    index: int = -1  # position of the pair in the list given to `encode_pairs`
 
     @property
     def num_tokens(self) -> int:

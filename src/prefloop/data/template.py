@@ -23,7 +23,8 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
-from prefloop.errors import ConfigError
+from prefloop.data.schema import REASONING_FIELDS
+from prefloop.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,82 @@ _PROBE_USER = "prefloopprobequestion"
 _PROBE_REPLY = "prefloopprobereply"
 
 
+def _field_probes() -> dict[str, tuple[list[dict], bool, tuple[str, ...]]]:
+    """What a template must write to render each kind of turn content beyond role and text:
+    kind -> (conversation, add_generation_prompt, marker strings that must appear in the rendering).
+
+    Kinds: "tool_calls" (the called function's name and arguments), "tool" (a tool result's text),
+    "function_call" (LLaMA-Factory's function-call turn), "name" (a speaker's name on a user turn),
+    and each reasoning field. A tool result's `tool_call_id` and `name` only link it to its call;
+    templates may leave them out (Qwen2.5 does), so they are passed on but not required.
+    """
+    call = {"type": "function", "function": {"name": "prefloopprobetool", "arguments": {"q": "prefloopprobeargs"}}}
+    user = {"role": "user", "content": _PROBE_USER}
+    calling = {"role": "assistant", "content": "", "tool_calls": [call]}
+    result = {"role": "tool", "content": "prefloopproberesult", "tool_call_id": "call_0", "name": "prefloopprobetool"}
+    probes = {
+        "tool_calls": ([user, calling, result], True, ("prefloopprobetool", "prefloopprobeargs")),
+        "tool": ([user, calling, result], True, ("prefloopproberesult",)),
+        "function_call": ([user, {"role": "function_call", "content": "prefloopprobecall"},
+                           {"role": "tool", "content": "r"}], True, ("prefloopprobecall",)),
+        "name": ([{"role": "user", "content": _PROBE_USER, "name": "prefloopprobename"}], True, ("prefloopprobename",)),
+    }
+    for key in REASONING_FIELDS:
+        reply = {"role": "assistant", "content": _PROBE_REPLY, key: "prefloopprobereasoning"}
+        probes[key] = ([user, reply], False, ("prefloopprobereasoning",))
+    return probes
+
+
+def field_kinds(messages: list[dict]) -> list[tuple[int, str]]:
+    """(turn index, kind) of every turn content a template must render (see `_field_probes`)."""
+    found = []
+    for i, m in enumerate(messages):
+        if m.get("tool_calls"):
+            found.append((i, "tool_calls"))
+        if m["role"] in ("tool", "function_call"):
+            found.append((i, m["role"]))
+        elif m.get("name"):
+            found.append((i, "name"))
+        found += [(i, key) for key in REASONING_FIELDS if m.get(key)]
+    return found
+
+
+_KIND_TEXT = {"tool_calls": "tool calls", "tool": "tool results", "function_call": "function-call turns",
+              "name": "speaker names"}
+
+
+def kind_text(kind: str) -> str:
+    """A kind from `field_kinds` in words ("tool calls", "tool results", "reasoning_content", ...)."""
+    return _KIND_TEXT.get(kind, kind)
+
+
+def _for_template(messages: list[dict]) -> list[dict]:
+    """Tool calls as chat templates expect them (Hugging Face convention): `arguments` an object, not
+    the JSON string the OpenAI format sends; everything else as given."""
+    if not any(m.get("tool_calls") for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if calls:
+            m = {**m, "tool_calls": [_call_for_template(c) for c in calls]}
+        out.append(m)
+    return out
+
+
+def _call_for_template(call: dict) -> dict:
+    function = call.get("function", call)
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            function = {**function, "arguments": parsed}
+    return {**call, "function": function} if "function" in call else function
+
+
 def known_templates() -> list[str]:
     return list(BUILTIN_TEMPLATES)
 
@@ -263,6 +340,7 @@ class ChatTemplate:
             self._context.setdefault("bos_token", tokenizer.bos_token or "")
             self._context.setdefault("eos_token", tokenizer.eos_token or "")
         self.supports_tools = "tools" in source
+        self._renders: dict[str, bool] = {}
         self._probe(tokenizer, end_of_turn)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -278,12 +356,39 @@ class ChatTemplate:
             tools = json.loads(tools)
         # tools/documents are always defined (None when absent), as apply_chat_template does.
         return self._compiled.render(
-            messages=messages,
+            messages=_for_template(messages),
             add_generation_prompt=add_generation_prompt,
             tools=tools if self.supports_tools else None,
             documents=None,
             **self._context,
         )
+
+    def renders(self, kind: str) -> bool:
+        """Whether this template writes turn content of `kind` (a kind from `field_kinds`: "tool_calls",
+        "tool", "function_call", "name" or a reasoning field), found by rendering a probe conversation
+        and looking for its markers; a template that raises on it does not render it."""
+        if kind not in self._renders:
+            messages, generation_prompt, markers = _field_probes()[kind]
+            try:
+                text = self.render(messages, add_generation_prompt=generation_prompt)
+            except Exception:  # noqa: BLE001 - e.g. raise_exception('only user and assistant roles')
+                text = ""
+            self._renders[kind] = all(marker in text for marker in markers)
+        return self._renders[kind]
+
+    def unrendered(self, messages: list[dict]) -> list[tuple[int, str]]:
+        """(turn index, kind) of the turn contents in `messages` that this template would drop."""
+        return [(i, kind) for i, kind in field_kinds(messages) if not self.renders(kind)]
+
+    def check_renders(self, messages: list[dict], where: str = "messages") -> None:
+        """Raise DataError naming the first turn (`where[i].field`) whose content this template would drop."""
+        missing = self.unrendered(messages)
+        if missing:
+            i, kind = missing[0]
+            field = "content" if kind in ("tool", "function_call") else kind
+            raise DataError(f"{where}[{i}].{field}: the {self.name} chat template does not render {kind_text(kind)} "
+                            f"({len(missing)} turn content(s) it would drop); use a model whose chat template renders "
+                            "them, or leave them out")
 
     def training_text(self, messages: list[dict], tools=None) -> str:
         """A conversation that ends with an assistant reply, as a training sequence holds it.

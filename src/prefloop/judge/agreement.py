@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from prefloop.data.formats import RecordError, record_to_pair
-from prefloop.errors import DataError
+from prefloop.errors import DataError, json_error_text
 from prefloop.judge.run import sibling
 from prefloop.prompts import prompt_key
 from prefloop.stats import cohen_kappa
@@ -34,26 +34,54 @@ def _label(item: tuple[str, str, str], winner: str | None) -> str:
     return "first" if winner == item[1] else "second"
 
 
-def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
-    """item -> "first" | "second" | "tie" from a judge output file (and its ties file, if present)."""
-    if not path.is_file():
-        raise DataError(f"judge output {path} does not exist; write it with prefloop judge")
-    outcomes: dict[tuple[str, str, str], str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _json_lines(path: Path, what: str):
+    """(line number, record) of a JSON Lines file; a line that is not a JSON object is a located DataError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason}); {what}") from err
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            _, pair = record_to_pair(json.loads(line))
-        except (json.JSONDecodeError, RecordError) as err:
-            raise DataError(f"{path}:{lineno}: not a preference pair ({err})") from err
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: {json_error_text(err, with_line=False)}; {what}") from err
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}; {what}")
+        yield lineno, record
+
+
+def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
+    """item -> "first" | "second" | "tie" from a judge output file (and its ties file, if present).
+
+    Raises DataError naming file, line and field for a line that is not what `prefloop judge` writes.
+    """
+    if not path.is_file():
+        raise DataError(f"judge output {path} does not exist; write it with prefloop judge")
+    outcomes: dict[tuple[str, str, str], str] = {}
+    for lineno, record in _json_lines(path, "--judge must be a PREFS.jsonl written by prefloop judge"):
+        try:
+            _, pair = record_to_pair(record)
+        except RecordError as err:
+            field = f"field '{err.field}': " if err.field else ""
+            raise DataError(f"{path}:{lineno}: not a preference pair: {field}{err.message}; --judge must be a "
+                            "PREFS.jsonl written by prefloop judge") from err
         item = _item(pair.prompt_messages(), pair.chosen, pair.rejected)
         outcomes[item] = _label(item, pair.chosen)
     ties = sibling(path, ".ties.jsonl")
     if ties.is_file():
-        for line in ties.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if record.get("outcome") == "tie":
-                outcomes[_item(record["messages"], record["response_a"], record["response_b"])] = "tie"
+        what = f"{ties} is read as the ties file of {path}; remove or regenerate it with prefloop judge --keep-ties"
+        for lineno, record in _json_lines(ties, what):
+            if record.get("outcome") != "tie":
+                continue
+            messages, a, b = record.get("messages"), record.get("response_a"), record.get("response_b")
+            bad = [k for k, v in (("messages", messages), ("response_a", a), ("response_b", b))
+                   if not isinstance(v, list if k == "messages" else str)]
+            if bad or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+                field = bad[0] if bad else "messages"
+                raise DataError(f"{ties}:{lineno}: field '{field}' is missing or malformed; {what}")
+            outcomes[_item(messages, a, b)] = "tie"
     return outcomes
 
 
@@ -88,7 +116,7 @@ def judge_agreement_command(human, judge) -> int:
 
     if not Path(human).is_file():
         raise DataError(f"store {human} does not exist; point --human at the prefloop SQLite file with the votes")
-    with Store(human) as store:
+    with Store(human, option="--human") as store:
         votes = store.active_votes()
     report = agreement_report(votes, read_judge_outcomes(Path(judge)))
     print(json.dumps(report, indent=2))

@@ -63,6 +63,14 @@ class Comparison:
         return {"x": (a["A"] + b["B"]) / 2, "y": (a["B"] + b["A"]) / 2, "tie": (a["C"] + b["C"]) / 2}
 
 
+def refuses_logprobs(result) -> bool:
+    """True when `result` is an HTTP 400 error whose message says the endpoint does not do log-probs."""
+    if not isinstance(result, Exception) or getattr(result, "status_code", 0) != 400:
+        return False
+    body = getattr(result, "body", None)
+    return "logprob" in f"{result} {body or ''}".lower()
+
+
 def combine(first: str | None, second: str | None) -> str:
     """Outcome from the verdict with x shown first and the verdict with y shown first."""
     if first is None or second is None:
@@ -136,9 +144,13 @@ class PairwiseJudge:
                             {"max_tokens": self.max_tokens, "temperature": 0.0, "seed": self.seed})
 
     def _complete(self, calls: list[ChatCall]) -> dict:
-        """index -> Completion or Exception; an endpoint that refuses logprobs is asked again without them."""
+        """index -> Completion or Exception; an endpoint that refuses logprobs is asked again without them.
+
+        Only a 400 whose message is about log-probs switches them off (for the rest of the run); any
+        other 400 (a prompt too long, a bad model name) stays that call's error and is reported.
+        """
         results = dict(self.client.complete_many(calls))
-        refused = [i for i, r in results.items() if isinstance(r, Exception) and getattr(r, "status_code", 0) == 400]
+        refused = [i for i, r in results.items() if refuses_logprobs(r)]
         if refused and self.logprobs:
             self.logprobs = False
             retry = [ChatCall(calls[i].messages, 1, self._params()) for i in refused]

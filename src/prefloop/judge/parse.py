@@ -1,14 +1,27 @@
 """Reading a verdict out of a judge's free-text answer, and soft verdicts from its log-probs.
 
-Rules, most reliable first (modelled on how Arena-Hard and MT-Bench read their judges, but
-stricter about conflicts):
+A verdict is read from what the judge *concludes*, never from wherever a side's letter occurs:
+"Response A is wrong: ... The better answer is B." is B (the stated conclusion), and
+"Response A is wrong." is no verdict (a remark about one side is not a comparison), for which the
+judge is asked once more (`pairwise.py`). Rules, most reliable first (after how Arena-Hard and
+MT-Bench read their judges, stricter about conflicts):
+
 1. Bracketed verdicts `[[A]]`, `[[b]]`, `[[ C ]]`, `[[tie]]`: if they all agree, that is the
    verdict. If they conflict (a judge echoing the instructions, or changing its mind), only those
    after the last mention of "verdict" count; still conflicting -> no verdict.
-2. Without brackets, a bare answer ("A", "**B**", "tie.") or a verdict stated in prose
-   ("Verdict: B", "Assistant A is better", "I prefer response B", "both answers are equally good"),
-   again only when every such statement agrees.
-3. Anything else is no verdict (None): never silently B.
+2. A bare answer: "A", "**B**", "tie.", "Assistant B".
+3. Conclusions stated in prose, each a whole phrase that names a side *and* says how it compares:
+   - a conclusion keyword ("keyword"): "Verdict: B", "my final decision is [A]", "the better
+     answer is B", "winner: Assistant A";
+   - a comparison: "Assistant A is better", "Response B is clearly more helpful", "answer B wins",
+     "Assistant A is worse than B" (-> B), "Response A is less accurate" (-> B);
+   - a preference: "I prefer response B", "I would choose A";
+   - a tie: "both answers are equally good", "it's a tie", "neither response is better".
+   A phrase in a negated, conditional or reported clause ("it is not true that A is better",
+   "if A is better, ...", "Assistant A says 'B is better'") states no conclusion and is ignored. When the phrases agree, that is the verdict;
+   when they conflict, the keyword phrases decide if they agree among themselves (the judge's
+   stated conclusion over its earlier remarks); otherwise no verdict.
+4. Anything else is no verdict (None): never silently A or B.
 """
 
 from __future__ import annotations
@@ -21,28 +34,44 @@ VERDICTS = ("A", "B", "C")  # C = tie
 
 _BRACKET = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
 _VERDICT_WORD = re.compile(r"verdict", re.IGNORECASE)
-_BARE = re.compile(r"^\W*(?:(?i:assistant|response|answer|output)\s+)?(A|B|C|(?i:a|b|c|tie))\W*$")
-_SIDE = r"(?i:assistant|response|answer|output|model)\s*([ABab])\b"
-_PROSE = [
-    # "Verdict: B", "final decision is [A]", "winner: Assistant A", "My choice: tie"
-    re.compile(r"(?i:verdict|decision|winner|choice|final answer)\s*(?i:is|:|-|=)?\s*[\"'*\[(]*\s*"
-               r"(?:(?i:assistant|response|answer|output|model)\s*)?(A|B|C|[Tt]ie)\b"),
-    # "Assistant A is better", "Response b is clearly more helpful", "answer B wins"
-    re.compile(_SIDE + r"(?:'s\s+(?i:answer|response))?\s+(?i:is|was|wins|provides a better|gives a better)"
-               r"(?:\s+(?i:clearly|slightly|much|significantly|far|overall))?"
-               r"(?:\s+(?i:better|superior|preferred|more helpful|more accurate|the winner|the better))?"),
-    # "I prefer response B", "I would choose assistant A", "I pick B"
-    re.compile(r"\bI\s+(?:would\s+)?(?i:prefer|choose|pick|select)\s+(?:" + _SIDE + r"|([AB])\b)"),
-    # ties in words
-    re.compile(r"(?i:\bit'?s\s+a\s+(tie)\b|\b(?:both|the two)\s+(?:responses|answers|assistants)\s+are\s+"
-               r"(?:equally|equal)|\bequally\s+(?:good|helpful|bad)\b|\b(tie)d\b)"),
+_NOUN = r"(?i:assistant|response|answer|output|model|option|candidate)"
+_BARE = re.compile(r"^\W*(?:" + _NOUN + r"\s+)?(A|B|C|(?i:a|b|c|tie))\W*$")
+# A side: "Assistant A", "response b", or a bare capital "A"/"B" (a lowercase "a" is an article).
+_SIDE = r"(?:" + _NOUN + r"\s*([ABab])\b|\b([AB])\b)"
+_POSSESSIVE = r"(?:'s\s+(?i:answer|response|output))?"
+_ADVERBS = r"(?:\s+(?i:clearly|slightly|much|significantly|far|overall|definitely|somewhat|marginally|the|a|an))*"
+_QUALITIES = r"(?:helpful|accurate|correct|complete|relevant|useful|informative|appropriate|precise|factual)"
+_BETTER = (r"(?i:better|superior|preferred|preferable|stronger|more\s+" + _QUALITIES
+           + r"|the\s+winner|(?:the\s+)?(?:best|strongest)(?:\s+one)?)\b")
+_WORSE = r"(?i:worse|inferior|weaker|less\s+" + _QUALITIES + r")\b"
+
+# (pattern, kind): "keyword" (a stated conclusion), "better", "worse" (names the loser), "tie".
+_PHRASES = [
+    (re.compile(r"(?i:\b(?:verdict|decision|winner|choice|final\s+answer|"
+                r"(?:better|best|stronger|preferred|superior)\s+(?:answer|response|one|output|option|choice))"
+                r"(?:\s+overall)?\s*(?:is|:|-|=|would\s+be|goes\s+to)?\s*[\"'*\[(]*\s*)"
+                r"(?:" + _NOUN + r"\s*)?(A|B|C|(?i:a|b|c|tie))\b"), "keyword"),
+    (re.compile(_SIDE + _POSSESSIVE + r"\s+(?i:is|was)" + _ADVERBS + r"\s+" + _BETTER), "better"),
+    (re.compile(_SIDE + _POSSESSIVE + r"\s+(?i:wins|comes\s+out\s+ahead|is\s+the\s+winner)\b"), "better"),
+    (re.compile(_SIDE + _POSSESSIVE + r"\s+(?i:is|was)" + _ADVERBS + r"\s+" + _WORSE), "worse"),
+    (re.compile(r"\bI\s+(?i:would\s+|will\s+|do\s+|clearly\s+|strongly\s+)?(?i:prefer|choose|pick|select|favou?r|"
+                r"go\s+with)\s+" + _SIDE), "better"),
+    (re.compile(r"(?i:\bit'?s\s+a\s+tie\b|\b(?:both|the\s+two)\s+(?:responses|answers|assistants|outputs)\s+are\s+"
+                r"(?:equally|equal)\b|\bequally\s+(?:good|helpful|bad|strong|weak|accurate)\b|\btied\b|"
+                r"\bneither\s+(?:response|answer|assistant|output|one)?\s*is\s+(?:clearly\s+)?(?:better|worse)\b)"), "tie"),
 ]
+# What makes a phrase state no conclusion, when found earlier in its clause.
+_NEGATED = re.compile(r"(?i:\b(?:not|never|no|hardly|nor)\b|n't\b)")
+_CONDITIONAL = re.compile(r"(?i:\b(?:if|whether|unless)\b)")
+_REPORTED = re.compile(r"(?i:\b(?:says?|said|claims?|claimed|states?|stated|argues?|argued|thinks?|believes?)\b|[\"'\u201c\u2018]\s*$)")
+_CLAUSE_END = re.compile(r"(?i:[.;:!?,\n]|\bbut\b|\bhowever\b|\bwhile\b|\bwhereas\b|\bthough\b|\bthen\b)")
 
 
 @dataclass(frozen=True)
 class ParsedVerdict:
     verdict: str  # "A", "B" or "C"
     position: int  # character index of the verdict letter in the text (for soft verdicts)
+    names_loser: bool = False  # the letter at `position` is the worse side ("A is worse" -> B)
 
 
 def _normalize(token: str | None) -> str:
@@ -50,28 +79,48 @@ def _normalize(token: str | None) -> str:
     return "C" if token in ("TIE", "C") else token
 
 
-def _unique(found: list[tuple[str, int]]) -> ParsedVerdict | None:
-    letters = {v for v, _ in found}
+def _unique(found: list[tuple]) -> ParsedVerdict | None:
+    """The verdict when every (verdict, position[, kind]) agrees, at the last one's position."""
+    letters = {f[0] for f in found}
     if len(letters) != 1:
         return None
-    return ParsedVerdict(found[-1][0], found[-1][1])
+    last = found[-1]
+    return ParsedVerdict(last[0], last[1], len(last) > 2 and last[2] == "worse")
 
 
-def _prose(text: str) -> list[tuple[str, int]]:
+def _clause_before(text: str, at: int) -> str:
+    """The text of the clause that holds position `at`, up to `at`."""
+    start = 0
+    for m in _CLAUSE_END.finditer(text, 0, at):
+        start = m.end()
+    return text[start:at]
+
+
+def _phrases(text: str) -> list[tuple[str, int, str]]:
+    """(verdict, position, kind) of every conclusion phrase, in text order; negated/conditional ones left out."""
     found = []
-    for pattern in _PROSE:
+    for pattern, kind in _PHRASES:
         for m in pattern.finditer(text):
+            before = _clause_before(text, m.start())
+            if _NEGATED.search(before) or _CONDITIONAL.search(before) or _REPORTED.search(before):
+                continue
             groups = [(g, m.start(i + 1)) for i, g in enumerate(m.groups()) if g is not None]
-            if groups:
-                token, at = groups[0]
-                found.append((_normalize(token), at))
-            else:
-                found.append(("C", m.start()))
+            if kind == "tie" or not groups:
+                found.append(("C", m.start(), kind))
+                continue
+            token, at = groups[0]
+            verdict = _normalize(token)
+            if kind == "worse":
+                verdict = {"A": "B", "B": "A"}[verdict]
+            found.append((verdict, at, kind))
     return sorted(found, key=lambda f: f[1])
 
 
 def parse_verdict(text: str | None) -> ParsedVerdict | None:
-    """The judge's verdict ("A", "B" or "C" for a tie) with its position, or None when unclear."""
+    """The judge's concluded verdict ("A", "B" or "C" for a tie) with its position, or None when unclear.
+
+    See the module docstring for the rules. None means "ask again", never a default side.
+    """
     if not text:
         return None
     brackets = [(_normalize(m.group(1)), m.start(1)) for m in _BRACKET.finditer(text)]
@@ -85,14 +134,19 @@ def parse_verdict(text: str | None) -> ParsedVerdict | None:
     bare = _BARE.match(text.strip())
     if bare:
         return ParsedVerdict(_normalize(bare.group(1)), text.find(bare.group(1), len(text) - len(text.lstrip())))
-    return _unique(_prose(text))
+    found = _phrases(text)
+    verdict = _unique(found)
+    if verdict is None:
+        verdict = _unique([f for f in found if f[2] == "keyword"])
+    return verdict
 
 
 def soft_verdict(logprobs, verdict: ParsedVerdict) -> dict[str, float] | None:
     """P(A), P(B), P(C) at the verdict token, from its top log-probs (None when not available).
 
     `logprobs` is the list of generated tokens (each with `.token` and `.top` [(token, logprob)]);
-    the verdict token is the one covering `verdict.position` in the concatenated token text.
+    the verdict token is the one covering `verdict.position` in the concatenated token text. When
+    that letter names the worse side ("Assistant A is worse"), the A and B masses are swapped.
     """
     if not logprobs:
         return None
@@ -113,4 +167,6 @@ def soft_verdict(logprobs, verdict: ParsedVerdict) -> dict[str, float] | None:
     total = sum(mass.values())
     if total <= 0:
         return None
+    if verdict.names_loser:  # the letter written is the worse side: P(letter A) = P(B is better)
+        mass["A"], mass["B"] = mass["B"], mass["A"]
     return {k: v / total for k, v in mass.items()}

@@ -9,9 +9,11 @@ the judge about position and length bias (the MT-Bench pairwise prompt, with cri
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
+from prefloop.data.schema import REASONING_FIELDS
 from prefloop.errors import ConfigError
 
 DEFAULT_CRITERIA = ("helpfulness", "accuracy", "clarity", "safety")
@@ -54,11 +56,34 @@ def criteria_text(names: tuple[str, ...]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _call_text(call: dict) -> str:
+    function = call.get("function", call)
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return f"[Tool call] {function.get('name', '')}({arguments})"
+
+
+def _turn_text(m: dict) -> str:
+    """One turn with its speaker label and everything the model saw in it: a speaker's name, the
+    assistant's reasoning and tool calls, a tool result's function name."""
+    label = m["role"].capitalize()
+    if m.get("name"):
+        label += f" ({m['name']})"
+    parts = [f"[{label}]"]
+    parts += [f"[Reasoning] {m[key]}" for key in REASONING_FIELDS if m.get(key)]
+    if m.get("content"):
+        parts.append(m["content"])
+    parts += [_call_text(c) for c in m.get("tool_calls") or []]
+    return "\n".join(parts)
+
+
 def render_conversation(messages: list[dict]) -> str:
-    """The prompt turns as text: one user turn is shown as is, longer conversations with speaker labels."""
-    if len(messages) == 1:
+    """The prompt turns as text: one plain user turn is shown as is, longer conversations with speaker
+    labels; tool calls, tool results, names and reasoning are shown, never dropped."""
+    if len(messages) == 1 and messages[0]["role"] == "user" and set(messages[0]) <= {"role", "content"}:
         return messages[0]["content"]
-    return "\n\n".join(f"[{m['role'].capitalize()}]\n{m['content']}" for m in messages)
+    return "\n\n".join(_turn_text(m) for m in messages)
 
 
 class JudgePrompt:

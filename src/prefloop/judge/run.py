@@ -33,7 +33,7 @@ def _rng(seed: int, s: CandidateSet) -> random.Random:
 
 def _pair(s: CandidateSet, chosen: int, rejected: int, margin: float | None = None) -> PreferencePair:
     low, high = sorted((chosen, rejected))
-    return PreferencePair(prompt=[Message(m["role"], m["content"]) for m in s.messages], chosen=s.candidates[chosen],
+    return PreferencePair(prompt=[Message.from_dict(m) for m in s.messages], chosen=s.candidates[chosen],
                           rejected=s.candidates[rejected], id=f"{s.id}:{low}-{high}", margin=margin, source=s.source)
 
 
@@ -116,7 +116,7 @@ def _select_llm(sets, comparisons, pairing, judge) -> Selection:
     return sel
 
 
-def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurrency, cache_path, api_key, seed,
+def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurrency, cache_path, key: dict, seed,
              max_tokens, stats: JudgeStats):
     from tqdm import tqdm
 
@@ -126,8 +126,8 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
     from prefloop.judge.prompt import JudgePrompt
 
     prompt = JudgePrompt.from_options(criteria, template_file)
-    client = open_chat_client(judge, judge_model, api_key, batch_size=concurrency, concurrency=concurrency,
-                              option="--judge-model")
+    client = open_chat_client(judge, judge_model, batch_size=concurrency, concurrency=concurrency,
+                              option="--judge-model", **key)
     cache = JudgmentCache(cache_path)
     pj = PairwiseJudge(client, prompt, cache, max_tokens=max_tokens, seed=seed)
     comparisons = [Comparison(si, i, j) for si, s in enumerate(sets)
@@ -202,7 +202,8 @@ def _percent(value) -> str:
 
 def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpfulness,accuracy,clarity,safety",
                   template_file=None, pairing="max_min", reward_model=None, min_margin=0.0, keep_ties=False,
-                  concurrency=8, cache=None, api_key=None, seed=0, max_tokens=1024) -> int:
+                  concurrency=8, cache=None, api_key_env=None, api_key_file=None, seed=0, max_tokens=1024) -> int:
+    """`prefloop judge`; the judge endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`)."""
     if bool(judge) == bool(reward_model):
         raise ConfigError("give exactly one judge: --judge URL_OR_PATH (an LLM) or --reward-model PATH")
     if pairing not in PAIRINGS:
@@ -221,7 +222,8 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
     else:
         cache_path = cache or sibling(out_path, ".judge-cache.jsonl")
         selection, report = _run_llm(read.sets, judge, judge_model, criteria, template_file, pairing, concurrency,
-                                     cache_path, api_key, seed, max_tokens, stats)
+                                     cache_path, {"api_key_env": api_key_env, "api_key_file": api_key_file},
+                                     seed, max_tokens, stats)
     _write_jsonl(out_path, selection.pairs)
     ties_path = sibling(out_path, ".ties.jsonl")
     if keep_ties:

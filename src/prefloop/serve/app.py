@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from prefloop.errors import DataError
 from prefloop.sampling import Sample
 from prefloop.serve.engine import GenerationEngine
 from prefloop.serve.feedback import record_feedback
@@ -138,7 +139,10 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
         engine, answer_name = served.engine, served.answer_name
         req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit)
         req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
-        prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
+        try:
+            prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
+        except DataError as err:  # turn contents (tool calls, reasoning, ...) the chat template would drop
+            raise APIError(400, str(err), str(err).split(":")[0]) from err
         context = engine.context_length
         if context and len(prompt_ids) + req.params.max_new_tokens > context:
             raise APIError(400, f"This model's context is {context} tokens; the messages take {len(prompt_ids)} "

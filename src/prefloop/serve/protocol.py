@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from prefloop.data.formats import RecordError, template_fields
 from prefloop.sampling import Sample, SamplingParams
 
 MAX_N = 16
@@ -82,7 +83,11 @@ def parse_messages(messages) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", f"messages[{i}].role")
         role = "system" if m["role"] == "developer" else m["role"]
-        out.append({"role": role, "content": _content_text(m.get("content") or "", i)})
+        try:  # tool calls, tool-result ids, names, reasoning: kept for the chat template
+            fields = template_fields(m, role, f"messages[{i}]")
+        except RecordError as err:
+            raise APIError(400, f"{err.field}: {err.message}; {err.suggestion}", err.field) from err
+        out.append({"role": role, "content": _content_text(m.get("content") or "", i), **fields})
     return out
 
 

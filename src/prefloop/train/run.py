@@ -181,11 +181,13 @@ def build_args(cfg: Config):
 def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.encode import encode_pairs
     from prefloop.data.loader import load_pairs, split_validation
+    from prefloop.data.registry import CONFIG_KEYS
     from prefloop.data.template import get_template
     from prefloop.train.dataset import to_feature
 
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
-    loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples)
+    loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
+                        options=CONFIG_KEYS)
     say(f"Data {dataset}: {loaded.summary()}")
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(loaded.pairs, val_size, cfg.seed) if val_size else (loaded.pairs, [])

@@ -1,0 +1,203 @@
+"""Turn contents beyond role and text (issue 12, item 3): tool calls, tool results, names and reasoning
+reach every rendering (the tokenizer's chat template, the judge's prompt, the server), or the record is
+refused with its place when the chosen template cannot render them, and `data check` counts them."""
+
+import json
+
+import pytest
+
+from prefloop.data.encode import encode_pairs
+from prefloop.data.formats import RecordError, record_to_pair, to_seed_record
+from prefloop.data.loader import load_pairs
+from prefloop.data.template import get_template
+from prefloop.judge.prompt import render_conversation
+from prefloop.testing import build_tiny_tokenizer
+
+CALL = {"id": "call_1", "type": "function",
+        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
+TOOL_PROMPT = [
+    {"role": "user", "content": "What is the weather in Paris and Lyon?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL, {**CALL, "id": "call_2", "function": {
+        "name": "get_weather", "arguments": "{\"city\": \"Lyon\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "Paris: 18 C, sunny"},
+    {"role": "tool", "tool_call_id": "call_2", "name": "get_weather", "content": "Lyon: 21 C, cloudy"},
+]
+TOOL_RECORD = {"prompt": TOOL_PROMPT, "chosen": [{"role": "assistant", "content": "Paris 18 C, Lyon 21 C."}],
+               "rejected": [{"role": "assistant", "content": "I cannot check the weather."}]}
+REASONING_RECORD = {"prompt": [{"role": "user", "content": "2+2?"},
+                               {"role": "assistant", "content": "4", "reasoning_content": "two plus two is four"},
+                               {"role": "user", "content": "and 3+3?"}],
+                    "chosen": "6", "rejected": "7"}
+NAME_RECORD = {"prompt": [{"role": "user", "content": "Hi, I am new here.", "name": "alice"}],
+               "chosen": "Welcome, Alice!", "rejected": "Go away."}
+
+# A template that renders all of them (tool calls as Qwen2.5 writes them, reasoning as Qwen3 does).
+TOOL_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\\n<tool_response id=' + message.tool_call_id + '>\\n' + message['content']"
+    " + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message.name %}{{ message.name + ': ' }}{% endif %}"
+    "{% if message.reasoning_content %}{{ '<think>' + message.reasoning_content + '</think>' }}{% endif %}"
+    "{{ message['content'] or '' }}"
+    "{% for call in message.tool_calls or [] %}"
+    "{{ '<tool_call>{\"name\": \"' + call.function.name + '\", \"arguments\": ' + (call.function.arguments | tojson)"
+    " + '}</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_tool_calls_and_results_are_read_into_the_pair_and_written_back():
+    _, pair = record_to_pair(TOOL_RECORD)
+    messages = pair.prompt_messages()
+    assert messages[1] == {"role": "assistant", "content": "", "tool_calls": TOOL_PROMPT[1]["tool_calls"]}
+    assert messages[2] == {"role": "tool", "content": "Paris: 18 C, sunny", "tool_call_id": "call_1",
+                           "name": "get_weather"}
+    assert len(messages) == 4  # two tool results in a row answer two parallel calls
+    _, again = record_to_pair(to_seed_record(pair))
+    assert again.prompt_messages() == messages and (again.chosen, again.rejected) == (pair.chosen, pair.rejected)
+
+
+@pytest.mark.parametrize("turn, field, message", [
+    ({"role": "user", "content": "x", "tool_calls": [CALL]}, "prompt[0].tool_calls", "a 'user' turn has tool_calls"),
+    ({"role": "assistant", "content": "", "tool_calls": {"name": "f"}}, "prompt[1].tool_calls", "must be a list"),
+    ({"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": "{}"}}]},
+     "prompt[1].tool_calls[0]", "needs a function name"),
+    ({"role": "user", "content": "x", "tool_call_id": "call_1"}, "prompt[0].tool_call_id", "has a tool_call_id"),
+    ({"role": "user", "content": "x", "reasoning_content": "r"}, "prompt[0].reasoning_content", "a 'user' turn has 'reasoning_content'"),
+])
+def test_malformed_template_fields_are_located(turn, field, message):
+    prompt = [turn] if turn["role"] == "user" else [{"role": "user", "content": "q"}, turn,
+                                                     {"role": "tool", "content": "r"}]
+    with pytest.raises(RecordError) as err:
+        record_to_pair({"prompt": prompt, "chosen": "a", "rejected": "b"})
+    assert err.value.field == field and message in err.value.message
+
+
+@pytest.mark.parametrize("record, shown", [
+    (TOOL_RECORD, ['{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                   '{"name": "get_weather", "arguments": {"city": "Lyon"}}',
+                   "<tool_response id=call_1>\nParis: 18 C, sunny\n</tool_response>",
+                   "<tool_response id=call_2>\nLyon: 21 C, cloudy\n</tool_response>"]),
+    (REASONING_RECORD, ["<think>two plus two is four</think>4"]),
+    (NAME_RECORD, ["<|im_start|>user\nalice: Hi, I am new here."]),
+])
+def test_a_template_that_renders_them_trains_on_them(record, shown):
+    tokenizer = build_tiny_tokenizer(chat_template=TOOL_TEMPLATE)
+    template = get_template(None, tokenizer)
+    _, pair = record_to_pair(record)
+    (encoded,), report = encode_pairs([pair], tokenizer, template)
+    prompt_text = tokenizer.decode(encoded.prompt_ids)
+    for text in shown:
+        assert text in prompt_text
+    full = template.training_text(pair.messages(pair.chosen))
+    assert encoded.prompt_ids + encoded.chosen_ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert report.fields_not_rendered == 0
+
+
+@pytest.mark.parametrize("record, template_name, dropped", [
+    (TOOL_RECORD, None, "tool calls in prompt turn 2 (assistant)"),
+    (REASONING_RECORD, None, "reasoning_content in prompt turn 2 (assistant)"),
+    (NAME_RECORD, None, "speaker names in prompt turn 1 (user)"),
+    (TOOL_RECORD, "phi3", "tool results in prompt turn 3 (tool), tool results in prompt turn 4 (tool)"),
+    (TOOL_RECORD, "mistral", "tool results in prompt turn 3 (tool)"),  # the template raises on the role
+])
+def test_a_template_that_drops_them_refuses_the_pair_with_its_place(tmp_path, record, template_name, dropped):
+    path = write(tmp_path / "tools.jsonl", [{"prompt": "plain?", "chosen": "yes", "rejected": "no"}, record])
+    pairs = load_pairs(str(path)).pairs
+    tokenizer = build_tiny_tokenizer()  # ChatML: role and content only
+    template = get_template(template_name, tokenizer)
+    encoded, report = encode_pairs(pairs, tokenizer, template)
+    assert len(encoded) == 1 and report.fields_not_rendered == 1
+    (drop,) = report.dropped
+    assert drop.reason.startswith("template cannot render message fields: ")
+    assert dropped in drop.reason and f"({path}:2)" in drop.reason
+    assert report.drop_reasons() == {"template cannot render message fields": 1}
+
+
+def test_data_check_counts_them(tmp_path, capsys):
+    from prefloop.cli import main
+
+    path = write(tmp_path / "tools.jsonl", [TOOL_RECORD, REASONING_RECORD, NAME_RECORD,
+                                            {"prompt": "plain?", "chosen": "yes", "rejected": "no"}])
+    tokenizer_dir = tmp_path / "tok"
+    build_tiny_tokenizer().save_pretrained(tokenizer_dir)
+    assert main(["data", "check", str(path), "--tokenizer", str(tokenizer_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    turns = report["turns"]
+    assert (turns["with_tool_calls"], turns["with_tool_results"], turns["with_names"], turns["with_reasoning"]) == \
+        (1, 1, 1, 1)
+    assert report["tokens"]["fields_not_rendered"] == 3 and report["usable_pairs"] == 1
+    assert main(["data", "check", str(path), "--tokenizer", str(tokenizer_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "prompts with template fields: 1 with tool calls, 1 with tool results, 1 with names, 1 with reasoning" \
+        in text
+    assert "3 pairs refused: their prompts have tool calls" in text
+
+
+def test_the_judge_sees_tool_calls_and_results():
+    _, pair = record_to_pair(TOOL_RECORD)
+    text = render_conversation(pair.prompt_messages())
+    assert '[Tool call] get_weather({"city": "Paris"})' in text and '[Tool call] get_weather({"city": "Lyon"})' in text
+    assert "[Tool (get_weather)]\nParis: 18 C, sunny" in text and "[Tool (get_weather)]\nLyon: 21 C, cloudy" in text
+    _, reasoning = record_to_pair(REASONING_RECORD)
+    assert "[Assistant]\n[Reasoning] two plus two is four\n4" in render_conversation(reasoning.prompt_messages())
+    _, named = record_to_pair(NAME_RECORD)
+    assert render_conversation(named.prompt_messages()) == "[User (alice)]\nHi, I am new here."
+
+
+@pytest.mark.parametrize("tool_template", [False, True])
+def test_the_server_renders_tool_turns_or_refuses_them(tiny_model_dir, tool_template):
+    """Through the real `openai` client: a conversation with tool calls and results reaches the model's
+    template whole (its prompt tokens are the template's rendering), or gets a 400 naming the turn."""
+    import openai
+
+    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.background import BackgroundServer
+    from prefloop.serve.engine import GenerationEngine
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    if tool_template:
+        tokenizer.chat_template = TOOL_TEMPLATE
+    generator = LocalGenerator(load_causal_lm(str(tiny_model_dir)), tokenizer)
+    engine = GenerationEngine(generator)
+    try:
+        with BackgroundServer(create_app(engine, "tiny", max_tokens_limit=8)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            ask = lambda: client.chat.completions.create(model="tiny", messages=TOOL_PROMPT, max_tokens=2)  # noqa: E731
+            if not tool_template:
+                with pytest.raises(openai.BadRequestError) as err:
+                    ask()
+                assert "messages[1].tool_calls: the tokenizer chat template does not render tool calls" in str(err.value)
+                return
+            response = ask()
+    finally:
+        engine.close()
+    rendered = generator.template.render(TOOL_PROMPT, add_generation_prompt=True)
+    assert '"arguments": {"city": "Lyon"}' in rendered and "Lyon: 21 C, cloudy" in rendered
+    assert response.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def test_generate_refuses_only_the_prompt_its_model_cannot_render(tiny_model_dir, tmp_path, capsys):
+    from prefloop.generate import generate_command
+
+    prompts = write(tmp_path / "prompts.jsonl", [{"id": "tools", "messages": TOOL_PROMPT}, {"id": "plain", "prompt": "Hi?"}])
+    out = tmp_path / "cands.jsonl"
+    assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=1, max_new_tokens=2) == 1
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["plain"]
+    err = capsys.readouterr().err
+    assert "failed tools: DataError: messages[1].tool_calls: the tokenizer chat template does not render tool calls" in err
+    assert "1 prompt(s) cannot be sent to this model as they are" in err and "run the same command again" not in err
