@@ -203,15 +203,15 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples)
     say(f"Data {dataset}: {loaded.summary()}")
-    pairs = loaded.pairs
+    all_pairs = loaded.pairs
     if cfg.pref_dimensions:
         from prefloop.data.dimensions import apply_dimensions
 
-        pairs, dim_report = apply_dimensions(pairs, cfg.pref_dimensions, cfg.dimension_conflicts,
+        all_pairs, dim_report = apply_dimensions(all_pairs, cfg.pref_dimensions, cfg.dimension_conflicts,
                                              cfg.dimension_weighting)
         say(f"  {dim_report.summary()}")
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
-    train_pairs, val_pairs = split_validation(pairs, val_size, cfg.seed) if val_size else (pairs, [])
+    train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
     splits = {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
@@ -226,12 +226,12 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
                         f"raise cutoff_len or check the data")
     from prefloop.data.dimensions import attach_agreement, dimension_names
 
-    names = dimension_names(pairs)
+    names = dimension_names(all_pairs)
     if names:  # per-dimension metrics: each feature's agreement of every dimension with its direction
         for features in splits.values():
-            attach_agreement(features, pairs, names)
+            attach_agreement(features, all_pairs, names)
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
-                names, {p.id: p for p in pairs})
+                names, {p.id: p for p in all_pairs})
 
 
 def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
