@@ -203,3 +203,18 @@ def test_multiobjective_example_trains_with_per_dimension_metrics(tmp_path, tiny
         assert 0 <= metrics[f"eval_dimensions/{name}/agreement"] <= 1
     # After flipping, accuracy and safety never disagree with the pair's direction.
     assert metrics["eval_dimensions/accuracy/agreement"] == 1.0 and metrics["eval_dimensions/safety/agreement"] == 1.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (dict(pref_dimensions={"safety": -1}), r"pref_dimensions: safety: -1 is not allowed"),
+    (dict(pref_dimensions={"safety": 0}), "every weight is 0"),
+    (dict(dimension_weighting="weight"), "dimension_weighting needs pref_dimensions"),
+    (dict(dimension_conflicts="drop"), "dimension_conflicts needs pref_dimensions"),
+    (dict(pref_dimensions={"safety": 1}, dimension_conflicts="swap"), "dimension_conflicts: 'swap' is not allowed"),
+])
+def test_dimension_config_errors(tiny_model_dir, tmp_path, extra, message):
+    from prefloop.config import load_config
+    from prefloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), dataset="x.jsonl", **extra))

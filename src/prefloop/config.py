@@ -490,6 +490,8 @@ def _validate_multi(cfg: Config, need) -> None:
         need(any(w > 0 for w in cfg.pref_dimensions.values()), "pref_dimensions: every weight is 0; give one > 0")
     else:
         need(cfg.dimension_weighting == "none", "dimension_weighting needs pref_dimensions (the weight of each dimension)")
+        need(cfg.dimension_conflicts == "flip", "dimension_conflicts needs pref_dimensions (the weight of each "
+                                                "dimension decides which pairs conflict)")
     modpo = "modpo" in (cfg.pref_loss if isinstance(cfg.pref_loss, list) else str(cfg.pref_loss).split(","))
     if modpo:
         models = cfg.modpo_margin_models or []

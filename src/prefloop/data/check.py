@@ -199,6 +199,11 @@ def _dimension_lines(dims: dict | None) -> list[str]:
     """Per-dimension agreement with the combined preference, and warnings for contradicting dimensions."""
     if not dims:
         return []
+    single = dims.get("single_scores") or {}
+    note = (["  one score per pair (no direction, not compared): "
+             + ", ".join(f"{name} in {n} pairs" for name, n in single.items())] if single else [])
+    if "per_dimension" not in dims:
+        return ["", "Dimensions"] + note
     lines = ["", f"Dimensions ({dims['pairs_with_dimensions']} pairs with scores; agreement with {dims['combined']})"]
     lines.append(f"  {'':16}{'scored':>8}{'agree':>8}{'disagree':>10}{'ties':>7}{'agreement':>11}")
     for name, d in dims["per_dimension"].items():
@@ -208,7 +213,7 @@ def _dimension_lines(dims: dict | None) -> list[str]:
         lines.append(f"  {c['dimensions'][0]} vs {c['dimensions'][1]}: contradict in {c['contradict']:.3f} of "
                      f"{c['pairs']} pairs both decide")
     lines += [f"  [WARN ] {w}" for w in dims["warnings"]]
-    return lines
+    return lines + note
 
 
 def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None = None, template: str | None = None,

@@ -41,15 +41,22 @@ def _where(pair: PreferencePair) -> str:
     return pair.source or pair.id or "a pair"
 
 
-def score_gap(pair: PreferencePair, name: str) -> float | None:
-    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it.
+def is_comparative(entry) -> bool:
+    """True for {"chosen": score, "rejected": score}; a single score for the pair ({"accuracy": 5}) is not."""
+    return isinstance(entry, dict) and "chosen" in entry and "rejected" in entry
 
-    Raises DataError (with the pair's file:line) when the entry is not {"chosen": number, "rejected": number}.
+
+def score_gap(pair: PreferencePair, name: str, strict: bool = True) -> float | None:
+    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it (or, with
+    strict=False, only one score for the pair rather than one per response).
+
+    Raises DataError (with the pair's file:line) when the entry is not {"chosen": number, "rejected": number}
+    (strict), or when a score is not a number.
     """
     entry = (pair.dimensions or {}).get(name)
-    if entry is None:
+    if entry is None or (not strict and not is_comparative(entry)):
         return None
-    if not isinstance(entry, dict) or "chosen" not in entry or "rejected" not in entry:
+    if not is_comparative(entry):
         raise DataError(f"{_where(pair)}: field 'dimensions.{name}': expected {{\"chosen\": score, \"rejected\": "
                         f"score}}, got {entry!r} -> give both responses' scores for every dimension")
     values = []
@@ -63,8 +70,15 @@ def score_gap(pair: PreferencePair, name: str) -> float | None:
 
 
 def dimension_names(pairs: Sequence[PreferencePair]) -> list[str]:
-    """Every dimension named in the data, sorted."""
-    return sorted({name for p in pairs for name in (p.dimensions or {})})
+    """Every dimension the data scores per response ({"chosen", "rejected"}), sorted."""
+    return sorted({name for p in pairs for name, entry in (p.dimensions or {}).items() if is_comparative(entry)})
+
+
+def single_score_names(pairs: Sequence[PreferencePair]) -> dict[str, int]:
+    """Dimensions given as one score for the whole pair ({"accuracy": 5}): name -> pairs. They carry no
+    direction, so they take no part in agreement or weighting."""
+    counts = Counter(name for p in pairs for name, entry in (p.dimensions or {}).items() if not is_comparative(entry))
+    return dict(sorted(counts.items()))
 
 
 def combined_gap(pair: PreferencePair, weights: dict[str, float]) -> tuple[float, list[str]]:
@@ -175,7 +189,7 @@ def agreement(pair: PreferencePair, names: Sequence[str]) -> list[int]:
     """Per dimension: AGREES (chosen scored higher), DISAGREES (lower) or NO_SIGNAL (equal or no score)."""
     out = []
     for name in names:
-        gap = score_gap(pair, name)
+        gap = score_gap(pair, name, strict=False)
         out.append(NO_SIGNAL if gap is None or gap == 0 else AGREES if gap > 0 else DISAGREES)
     return out
 
@@ -191,13 +205,13 @@ def agreement_report(pairs: Sequence[PreferencePair], weights: dict[str, float] 
     """`data check`'s per-dimension view: how often each dimension agrees with the combined preference
     (the data's label, or the weighted scores' direction when `weights` is given), and pairs of
     dimensions that contradict each other in most of the pairs where both decide."""
-    names = dimension_names(pairs)
+    names, single = dimension_names(pairs), single_score_names(pairs)
     if not names:
-        return {}
+        return {"single_scores": single} if single else {}
     directed = [swap(p) if weights and combined_gap(p, weights)[0] < 0 else p for p in pairs if p.dimensions]
     per_dim = {}
     for k, name in enumerate(names):
-        votes = Counter(agreement(p, [name])[0] for p in directed if (p.dimensions or {}).get(name) is not None)
+        votes = Counter(agreement(p, [name])[0] for p in directed if is_comparative((p.dimensions or {}).get(name)))
         scored = sum(votes.values())
         decided = votes[AGREES] + votes[DISAGREES]
         per_dim[name] = {"scored": scored, "agree": votes[AGREES], "disagree": votes[DISAGREES],
@@ -217,4 +231,4 @@ def agreement_report(pairs: Sequence[PreferencePair], weights: dict[str, float] 
                 for c in contradictions if c["contradict"] > CONTRADICTION_WARN]
     return {"combined": "weighted scores" if weights else "the data's chosen/rejected label", "weights": weights,
             "pairs_with_dimensions": len(directed), "per_dimension": per_dim, "contradictions": contradictions,
-            "warnings": warnings}
+            "warnings": warnings, "single_scores": single}

@@ -211,7 +211,7 @@ class CrossRoundEvaluator:
         return self._splits
 
     def evaluate(self, index: int, planned: Config) -> dict:
-        from prefloop.models import Reference, load_causal_lm, load_tokenizer
+        from prefloop.models import Reference, load_causal_lm, load_tokenizer, same_model_path
         from prefloop.train.reference import compute_reference_logps, precompute_reference
 
         cfg = self.cfg
@@ -227,7 +227,7 @@ class CrossRoundEvaluator:
         policy = load_causal_lm(cfg.model_name_or_path, adapter=str(rdir)) if lora else load_causal_lm(str(rdir))
         policy.to(device)
         # The starting model as the training reference of round 1 was (same weights fingerprint -> same cache).
-        if lora and cfg.ref_model is None:
+        if lora and same_model_path(start, cfg.model_name_or_path):
             ref0 = Reference(policy, "adapters_disabled", start)
         else:
             ref0 = Reference(load_causal_lm(start).to(device), "frozen_copy", start)
