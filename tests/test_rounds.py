@@ -139,12 +139,19 @@ def merged_weights(model_dir, adapter) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_sync_reference_is_the_tr_dpo_mixture(tmp_path, tiny_model_dir):
+SYNC_ALPHA = 0.25
+SYNC = dict(ref_update="sync", ref_sync_alpha=SYNC_ALPHA, ref_sync_steps=2, max_steps=4)
+
+
+@pytest.fixture(scope="module")
+def sync_run(initial, tiny_model_dir):
+    run_example(initial["tmp"], tiny_model_dir, "sync", **SYNC)
+    return initial["tmp"] / "sync"
+
+
+def test_sync_reference_is_the_tr_dpo_mixture(sync_run, tiny_model_dir):
     """ref <- a * policy + (1 - a) * ref at steps 2 and 4 of every round; round 2 starts from round 1's."""
-    alpha = 0.25
-    run_example(tmp_path, tiny_model_dir, "sync", ref_update="sync", ref_sync_alpha=alpha, ref_sync_steps=2,
-                max_steps=4)
-    out = tmp_path / "sync"
+    alpha, out = SYNC_ALPHA, sync_run
     base = {k: v.detach().clone() for k, v in load_causal_lm(str(tiny_model_dir)).state_dict().items()}
     step2 = {k: alpha * w + (1 - alpha) * base[k]
              for k, w in merged_weights(tiny_model_dir, out / "round-1" / "checkpoint-2").items()}
@@ -214,3 +221,22 @@ def test_round_config_errors_name_the_file_round_line_and_key(tmp_path, tiny_mod
         load_config(str(write([{"dataset": "a.jsonl"}], dataset="b.jsonl")))
     with pytest.raises(ConfigError, match="ref_sync_alpha"):
         load_config(str(write([{"dataset": "a.jsonl"}], ref_sync_alpha=0)))
+
+
+def test_killed_sync_round_resumes_with_the_reference_of_its_checkpoint(sync_run, tmp_path, tiny_model_dir):
+    out = tmp_path / "sync-killed"
+    shutil.copytree(sync_run, out)
+    r1 = out / "round-1"
+    for name in ("round_result.json", "round_metrics.json", "trainer_state.json", "adapter_model.safetensors",
+                 "train_results.json", "eval_results.json", "all_results.json", "checkpoint-4", "sync_reference"):
+        path = r1 / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for later in ("round-2", "round-3"):
+        shutil.rmtree(out / later)
+    run_example(tmp_path, tiny_model_dir, "sync-killed", resume_from_checkpoint=True, overwrite_output_dir=False,
+                **SYNC)
+    for index in (1, 2, 3):  # the same mixed references as the uninterrupted run
+        resumed = load_causal_lm(str(out / f"round-{index}" / "sync_reference")).state_dict()
+        original = load_causal_lm(str(sync_run / f"round-{index}" / "sync_reference")).state_dict()
+        for k, v in resumed.items():
+            assert torch.allclose(v, original[k], atol=1e-5), (index, k)
