@@ -240,3 +240,15 @@ def test_killed_sync_round_resumes_with_the_reference_of_its_checkpoint(sync_run
         original = load_causal_lm(str(sync_run / f"round-{index}" / "sync_reference")).state_dict()
         for k, v in resumed.items():
             assert torch.allclose(v, original[k], atol=1e-5), (index, k)
+
+
+def test_full_fine_tuning_chains_saved_models_and_reuses_the_initial_cache(tmp_path, tiny_model_dir):
+    report = run_example(tmp_path, tiny_model_dir, "full", finetuning_type="full", learning_rate=1e-3, max_steps=2)
+    out = tmp_path / "full"
+    saved = yaml.safe_load((out / "round-3" / "prefloop_config.yaml").read_text())
+    assert saved["model_name_or_path"] == str(out / "round-2") and saved["ref_model"] == str(tiny_model_dir)
+    assert (out / "round-3" / "model.safetensors").is_file()
+    # The starting model loaded separately in rounds 2 and 3 has the same cache key as the policy before round 1.
+    assert [r["cache"] for r in report["rounds"]] == [
+        {"reference_computed": 2}, {"reference_computed": 1, "reference_reused": 1},
+        {"reference_computed": 1, "reference_reused": 1}]

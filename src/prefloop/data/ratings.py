@@ -112,21 +112,12 @@ def detect(record: dict) -> str | None:
 
 def read_groups(path: str, fmt: str = "auto") -> tuple[list[Group], RatingsReport]:
     """Prompts with their rated responses, in file order. Raises DataError with file:line and field."""
-    from prefloop.data.loader import Problem, iter_records
+    from prefloop.candidates import read_records  # the one reader of "several responses per prompt" files
 
     report = RatingsReport()
     groups: list[Group] = []
     helpsteer: dict[str, Group] = {}
-    file = Path(path)
-    if not file.exists():
-        raise DataError(f"{path} does not exist")
-    for item in iter_records(file):
-        if isinstance(item, Problem):
-            raise DataError(str(item))
-        kind, number, record = item
-        where = f"{path}:{number}" if kind == "line" else f"{path}#{number}"
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for where, record in read_records(path):
         found = detect(record) if fmt == "auto" else fmt
         if found is None or (fmt != "auto" and detect(record) != fmt):
             raise DataError(f"{where}: not a ratings record ({'keys: ' + ', '.join(sorted(record))}) -> expected "
