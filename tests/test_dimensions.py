@@ -218,3 +218,28 @@ def test_dimension_config_errors(tiny_model_dir, tmp_path, extra, message):
 
     with pytest.raises(ConfigError, match=message):
         load_config(dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path), dataset="x.jsonl", **extra))
+
+
+def test_dimension_accuracy_counts_only_agreeing_pairs():
+    from prefloop.data.dimensions import dimension_accuracy
+
+    margins = [0.5, -0.2, 0.0, 0.3]
+    agree = [[1, 1], [1, 0], [1, -1], [0, -1]]
+    got = dimension_accuracy(margins, agree, ["helpfulness", "safety"])
+    assert got["helpfulness"] == {"accuracy": (1 + 0 + 0.5) / 3, "pairs": 3, "agreement": 0.75}
+    assert got["safety"] == {"accuracy": 1.0, "pairs": 1, "agreement": 0.5}
+
+
+def test_a_multi_objective_round_reports_held_out_accuracy_per_dimension(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    report = prefloop.train(str(ROOT / "examples" / "rounds.yaml"), model_name_or_path=str(tiny_model_dir),
+                            output_dir=str(tmp_path / "r"), report_to="none", plot_loss=False, max_steps=1,
+                            rounds=[{"name": "helpfulness", "dataset": "examples/data/rounds/helpfulness.jsonl"},
+                                    {"name": "multi", "dataset": "examples/data/multiobjective.jsonl",
+                                     "pref_dimensions": {"helpfulness": 1, "safety": 2, "accuracy": 1}}])
+    for row in report["rounds"]:
+        assert "dimensions" not in row["heldout"]["helpfulness"]
+        dims = row["heldout"]["multi"]["dimensions"]
+        assert set(dims) == {"helpfulness", "safety", "accuracy"}
+        assert dims["accuracy"]["agreement"] == 1.0  # after the flips every scored pair agrees on accuracy
+    assert set(report["rounds"][1]["dimensions"]) == {"helpfulness", "safety", "accuracy"}  # eval metrics

@@ -194,6 +194,24 @@ def agreement(pair: PreferencePair, names: Sequence[str]) -> list[int]:
     return out
 
 
+def dimension_accuracy(margins: Sequence[float], agree: Sequence[Sequence[int]], names: Sequence[str]) -> dict:
+    """Per dimension: reward accuracy over the pairs whose dimension agrees with the pair's direction.
+
+    `margins`: one implicit reward margin per pair (beta * [(pi_c - ref_c) - (pi_r - ref_r)]); `agree`:
+    each pair's `agreement` vector over `names`. A margin of 0 counts as half right (a tie), as the
+    trainer's `rewards/accuracies` does. Returns {name: {"accuracy" (None without agreeing pairs),
+    "pairs" (agreeing pairs), "agreement" (share of pairs scored on it that agree)}}.
+    """
+    out = {}
+    for k, name in enumerate(names):
+        agreeing = [m for m, a in zip(margins, agree) if a[k] == AGREES]
+        scored = sum(1 for a in agree if a[k] != NO_SIGNAL)
+        correct = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in agreeing)
+        out[name] = {"accuracy": correct / len(agreeing) if agreeing else None, "pairs": len(agreeing),
+                     "agreement": len(agreeing) / scored if scored else None}
+    return out
+
+
 def attach_agreement(features: list[dict], pairs: Sequence[PreferencePair], names: Sequence[str]) -> None:
     """Put each feature's per-dimension agreement ([K] ints) under "dimension_agree" (matched by pair id)."""
     by_id = {p.id: p for p in pairs}

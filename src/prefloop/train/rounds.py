@@ -211,6 +211,7 @@ class CrossRoundEvaluator:
         return self._splits
 
     def evaluate(self, index: int, planned: Config) -> dict:
+        from prefloop.data.dimensions import dimension_accuracy
         from prefloop.models import Reference, load_causal_lm, load_tokenizer, same_model_path
         from prefloop.train.reference import compute_reference_logps, precompute_reference
 
@@ -251,6 +252,9 @@ class CrossRoundEvaluator:
                 "ranking_accuracy": float((pi_c / n_c > pi_r / n_r).float().mean()),
                 "margin": float(margins.mean()),
             }
+            if data.dimension_names:
+                heldout[round_name(cfg, j)]["dimensions"] = dimension_accuracy(
+                    margins.tolist(), [f["dimension_agree"] for f in features], data.dimension_names)
         self.say(f"Round {index} held-out accuracy (vs the starting model): "
                  + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in heldout.items()))
         return heldout
