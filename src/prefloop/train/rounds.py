@@ -119,7 +119,12 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
         raise ConfigError(f"output_dir {out} already holds rounds ({', '.join(d.name for d in used)}); set "
                           f"resume_from_checkpoint: true to continue the run, overwrite_output_dir: true to train "
                           f"again, or pick another output_dir")
-    save_config(cfg, out)
+    from prefloop.train.distributed import is_main_process
+
+    main = is_main_process()
+    say = say if main else (lambda *a, **k: None)
+    if main:
+        save_config(cfg, out)
     evaluator = CrossRoundEvaluator(cfg, rounds, say)
     results: list[RoundResult] = []
     for index, round_cfg in enumerate(rounds, 1):
@@ -151,7 +156,8 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     report = build_report(cfg, results, evaluator.cache_counts)
     _write_json(out / REPORT_FILE, report)
     say(render_report(report))
-    plot_rounds(report, out)
+    if main:
+        plot_rounds(report, out)
     return report
 
 
@@ -164,11 +170,15 @@ def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config
         return dataclasses.replace(planned, resume_from_checkpoint=True)
     if rdir.exists():
         say(f"{rdir} has no checkpoint: the round starts again")
-        shutil.rmtree(rdir)
+        shutil.rmtree(rdir, ignore_errors=True)
     return planned
 
 
 def _write_json(path: Path, data) -> None:
+    from prefloop.train.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank runs the rounds; rank 0 writes
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
