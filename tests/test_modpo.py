@@ -151,3 +151,11 @@ def test_modpo_config_errors(tmp_path, tiny_model_dir, margin_adapter, extra, me
     config = modpo_config(tiny_model_dir, tmp_path / "x", [margin_adapter], [1.0, 0.5])
     with pytest.raises(ConfigError, match=message):
         load_config(dict(config, **extra))
+
+
+def test_modpo_example_runs(tmp_path, tiny_model_dir, margin_adapter, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    metrics = prefloop.train(str(ROOT / "examples" / "modpo.yaml"), model_name_or_path=str(tiny_model_dir),
+                             modpo_margin_models=[str(margin_adapter)], output_dir=str(tmp_path / "ex"), max_steps=2)
+    assert metrics["cache/margin_computed"] == 2 and metrics["train_loss"] > 0
+    assert "eval_rewards/accuracies" in metrics
