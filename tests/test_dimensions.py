@@ -243,3 +243,14 @@ def test_a_multi_objective_round_reports_held_out_accuracy_per_dimension(tmp_pat
         assert set(dims) == {"helpfulness", "safety", "accuracy"}
         assert dims["accuracy"]["agreement"] == 1.0  # after the flips every scored pair agrees on accuracy
     assert set(report["rounds"][1]["dimensions"]) == {"helpfulness", "safety", "accuracy"}  # eval metrics
+
+
+def test_bad_weight_options_are_errors_naming_the_option(tmp_path, capsys):
+    src = tmp_path / "uf.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ULTRAFEEDBACK))
+    assert cli_main(["data", "pairs-from-ratings", str(src), "--out", str(tmp_path / "o.jsonl"),
+                     "--weights", "helpfulness=lots"]) == 2
+    assert "--weights: 'helpfulness=lots' is not name=number" in capsys.readouterr().err
+    assert cli_main(["data", "check", str(ROOT / "examples" / "data" / "multiobjective.jsonl"),
+                     "--dimension-weights", "safety=-1"]) == 2
+    assert "--dimension-weights: 'safety=-1': give a name and a weight >= 0" in capsys.readouterr().err

@@ -234,7 +234,7 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     quality = run_quality_checks(loaded.pairs)
     tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
     report = build_report(loaded, quality, tokens)
-    dims = agreement_report(loaded.pairs, parse_weights(dimension_weights))
+    dims = agreement_report(loaded.pairs, parse_weights(dimension_weights, "--dimension-weights"))
     if dims:
         report["dimensions"] = dims
     if write_clean:

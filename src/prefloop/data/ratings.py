@@ -226,8 +226,9 @@ def make_pairs(groups: list[Group], weights: dict[str, float] | None, pairing: s
     return pairs, report
 
 
-def parse_weights(text: str | None) -> dict[str, float] | None:
-    """"helpfulness=1,honesty=0.5" -> {"helpfulness": 1.0, "honesty": 0.5}; None when not given."""
+def parse_weights(text: str | None, option: str = "--weights") -> dict[str, float] | None:
+    """"helpfulness=1,honesty=0.5" -> {"helpfulness": 1.0, "honesty": 0.5}; None when not given.
+    Raises ConfigError naming `option` for a malformed item or a negative weight."""
     if not text:
         return None
     out = {}
@@ -236,9 +237,9 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
         try:
             out[name.strip()] = float(value) if sep else 1.0
         except ValueError:
-            raise ConfigError(f"--weights: {item!r} is not aspect=number (e.g. helpfulness=1,honesty=0.5)") from None
+            raise ConfigError(f"{option}: {item!r} is not name=number (e.g. helpfulness=1,honesty=0.5)") from None
         if not name.strip() or out[name.strip()] < 0:
-            raise ConfigError(f"--weights: {item!r}: give a name and a weight >= 0")
+            raise ConfigError(f"{option}: {item!r}: give a name and a weight >= 0")
     return out
 
 
