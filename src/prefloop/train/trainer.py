@@ -209,8 +209,8 @@ class PreferenceTrainer(Trainer):
         correct = (margins > 0).float() + 0.5 * (margins == 0).float()
         for k, name in enumerate(self.dimension_names):
             agrees, scored = (agree[:, k] == 1).float(), (agree[:, k] >= 0).float()
-            sums = torch.stack([(correct * agrees).sum(), agrees.sum(), scored.sum()])
-            sums = self.accelerator.gather_for_metrics(sums.reshape(1, 3)).sum(dim=0).tolist()
+            per_pair = torch.stack([correct * agrees, agrees, scored], dim=1)  # [B, 3]: rows are pairs, so
+            sums = self.accelerator.gather_for_metrics(per_pair).sum(dim=0).tolist()  # padding rows are dropped
             for metric, total, count in ((f"rewards/accuracies/{name}", sums[0], sums[1]),
                                          (f"dimensions/{name}/agreement", sums[1], sums[2])):
                 self._sums[mode][metric] += total
