@@ -305,9 +305,10 @@ def test_build_spec_defaults_and_lists():
 
 @pytest.mark.parametrize("name", KNOWN_LOSSES)
 def test_every_known_loss_builds_and_runs(name):
-    extra = {"dpo_label_smoothing": 0.1} if name == "robust" else {}
+    extra = {"dpo_label_smoothing": 0.1} if name == "robust" else {"modpo_weights": [1.0, 0.5]} if name == "modpo" else {}
     spec = build_loss_spec(cfg(pref_loss=name, **extra))
-    out = preference_loss(POLICY, REFERENCE if spec.needs_reference else None, spec)
+    margin_rewards = torch.tensor([[0.2], [-0.1]]) if name == "modpo" else None  # one margin model (tests/test_modpo.py)
+    out = preference_loss(POLICY, REFERENCE if spec.needs_reference else None, spec, margin_rewards=margin_rewards)
     assert out.losses.shape == (2,) and torch.isfinite(out.losses).all()
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "prefloop.train.run:train_command",
     "merge": "prefloop.models:merge_command",
     "data-check": "prefloop.data.check:check_command",
+    "data-pairs-from-ratings": "prefloop.data.ratings:pairs_from_ratings_command",
     "generate": "prefloop.generate:generate_command",
     "judge": "prefloop.judge.run:judge_command",
     "judge-agreement": "prefloop.judge.agreement:judge_agreement_command",
@@ -86,6 +87,21 @@ def _add_data(sub) -> None:
     c.add_argument("--write-clean", metavar="OUT", help="write the pairs that pass, in the seed's format")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing")
+    c.add_argument("--dimension-weights", metavar="W",
+                   help="combine per-dimension scores with these weights (e.g. helpfulness=1,safety=2) before "
+                        "reporting each dimension's agreement (default: agreement with the data's label)")
+    r = data_sub.add_parser("pairs-from-ratings", help="several rated responses per prompt (UltraFeedback, "
+                                                       "HelpSteer) -> preference pairs with per-dimension scores")
+    r.add_argument("ratings", help="JSONL/JSON/parquet file of rated responses")
+    r.add_argument("--out", required=True, help="output JSONL (seed format, with 'dimensions')")
+    r.add_argument("--format", choices=["auto", "ultrafeedback", "helpsteer", "responses"], default="auto")
+    r.add_argument("--weights", help="aspect weights for the combined score, e.g. helpfulness=1,honesty=0.5 "
+                                     "(default: 1 for every aspect in the data)")
+    r.add_argument("--pairing", choices=["all", "best_worst", "best_vs_rest"], default="all",
+                   help="all: every pair of responses ordered by score (default); best_worst; best_vs_rest")
+    r.add_argument("--ties", choices=["drop", "keep"], default="drop",
+                   help="equal scores: drop the pair (default) or keep it in file order marked tie: true")
+    r.add_argument("--tie-threshold", type=float, default=0.0, help="score gaps up to this count as ties (default 0)")
 
 
 def _add_generate(sub) -> None:

@@ -28,6 +28,8 @@ CONFIG_FILENAME = "prefloop_config.yaml"
 class ModelArgs:
     model_name_or_path: str | None = None  # local HF directory, hub id (org/name) or .gguf file
     ref_model: str | None = None  # omitted = the policy's starting weights
+    adapter_name_or_path: str | None = None  # a LoRA adapter to continue training (LLaMA-Factory's key)
+    ref_model_adapters: str | None = None  # a LoRA adapter applied to the reference (LLaMA-Factory's key)
     finetuning_type: Literal["lora", "full", "freeze"] = "lora"
     lora_target: Union[str, list[str]] = "all"  # "all" = every nn.Linear except the output head
     lora_rank: int = 8
@@ -61,6 +63,21 @@ class LossArgs:
     dpo_label_smoothing: float = 0.0
     pref_ftx: float = 0.0
     ld_alpha: float | None = None
+
+
+@dataclass
+class MultiArgs:
+    """Iterative DPO (rounds) and multi-objective DPO (dimensions, MODPO): issue 16, README "Rounds and dimensions"."""
+
+    rounds: list[dict] | None = None  # each: {dataset: ..., any other key as a per-round override}
+    ref_update: Literal["initial", "previous", "sync"] = "initial"
+    ref_sync_alpha: float = 0.6  # TR-DPO's alpha (TRL's ref_model_mixup_alpha default)
+    ref_sync_steps: int = 512  # TR-DPO's tau (TRL's ref_model_sync_steps default)
+    pref_dimensions: dict | None = None  # {dimension: weight}; the weighted score gap decides each pair
+    dimension_conflicts: Literal["flip", "drop", "keep"] = "flip"
+    dimension_weighting: Literal["none", "weight", "margin"] = "none"
+    modpo_weights: list[float] | None = None  # [w0 (this data's objective), w1.. (one per margin model)]
+    modpo_margin_models: list[str] | None = None  # adapter dirs, causal LMs or reward models
 
 
 @dataclass
@@ -128,7 +145,7 @@ class ScaleArgs:
 
 
 @dataclass
-class Config(ModelArgs, DataArgs, LossArgs, SpeedArgs, TrainArgs, HealthArgs, ScaleArgs):
+class Config(ModelArgs, DataArgs, LossArgs, MultiArgs, SpeedArgs, TrainArgs, HealthArgs, ScaleArgs):
     """Every training key; grouped above, flat here."""
 
     @property
@@ -193,7 +210,66 @@ def load_config(config_or_path=None, overrides=None) -> Config:
         kwargs[key] = _coerce(key, value, hints[key], source)
     cfg = Config(**kwargs)
     validate(cfg)
+    if cfg.rounds:
+        lines = _round_lines(Path(where)) if where != "config" else []
+        round_configs(cfg, where, lines)  # every round checked as the config it will train with
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounds (iterative DPO): each item of `rounds:` is the base config plus its own keys
+
+ROUND_ONLY_KEYS = ("name",)  # a round's label in logs and the report
+NOT_PER_ROUND = ("rounds", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "model_name_or_path",
+                 "adapter_name_or_path", "ref_model", "ref_model_adapters", "ref_update", "finetuning_type",
+                 "ref_cache_dir")
+
+
+def _round_lines(path: Path) -> list[int]:
+    """1-based line of each item of `rounds:` in the YAML file (for located errors); [] if unknown."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    for key, value in getattr(root, "value", []) or []:
+        if getattr(key, "value", None) == "rounds" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
+def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = None) -> list[Config]:
+    """One checked Config per item of `cfg.rounds` (the base keys, then the round's own keys).
+
+    A round must name its `dataset`; keys that belong to the whole run (NOT_PER_ROUND) are errors.
+    Raises ConfigError naming the file, the round (rounds[i], line) and the key.
+    """
+    lines = lines or []
+    base = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "rounds"}
+    hints = typing.get_type_hints(Config)
+    out = []
+    for i, item in enumerate(cfg.rounds or [], 1):
+        place = f"{where}: rounds[{i}]" + (f" (line {lines[i - 1]})" if len(lines) >= i else "")
+        if not isinstance(item, dict):
+            raise ConfigError(f"{place}: a round is a mapping like {{dataset: data/round1.jsonl, learning_rate: 1e-6}}, "
+                              f"got {item!r}")
+        if not item.get("dataset"):
+            raise ConfigError(f"{place}: dataset is required in every round (a file, or names from dataset_info.json)")
+        values = dict(base)
+        for key, value in item.items():
+            if key in ROUND_ONLY_KEYS:
+                continue
+            if key in NOT_PER_ROUND:
+                raise ConfigError(f"{place}: {key} belongs to the whole run, not to one round; set it at the top level")
+            if key not in hints:
+                raise ConfigError(f"{place}: unknown key {key!r}{_suggest(key)}")
+            values[key] = _coerce(key, value, hints[key], place)
+        try:
+            round_cfg = Config(**values)
+            validate(round_cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{place}: {err}") from None
+        out.append(round_cfg)
+    return out
 
 
 def _read_yaml(path: Path) -> dict:
@@ -351,7 +427,11 @@ def validate(cfg: Config) -> None:
     if cfg.ref_model is not None:
         _check_model_path("ref_model", cfg.ref_model)
     need(cfg.output_dir is not None, "output_dir is required: the directory for the adapter/model, logs and checkpoints")
-    if cfg.do_train or cfg.run_eval:
+    if cfg.rounds is not None:
+        need(bool(cfg.rounds), "rounds: is empty; give a list of rounds, each with its dataset, or remove the key")
+        need(not cfg.dataset, "dataset and rounds are both set: with rounds, each round names its own dataset "
+                              "(move the top-level dataset into the first round)")
+    elif cfg.do_train or cfg.run_eval:
         need(bool(cfg.dataset), "dataset is required: a file, or names registered in dataset_dir/dataset_info.json")
     need(cfg.pref_beta > 0, f"pref_beta: {cfg.pref_beta} is not allowed; it must be > 0 (typical: 0.05 to 0.5)")
     need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} is not allowed; it must be > 0")
@@ -393,9 +473,55 @@ def validate(cfg: Config) -> None:
     if cfg.deepspeed is not None:
         need(Path(cfg.deepspeed).is_file(), f"deepspeed: {cfg.deepspeed} does not exist; give the path of a DeepSpeed JSON config")
 
+    _validate_multi(cfg, need)
+
     from prefloop.train.losses import build_loss_spec
 
     build_loss_spec(cfg)  # raises ConfigError for unknown losses and options that do not apply
+
+
+def _validate_multi(cfg: Config, need) -> None:
+    """Rounds' reference updates (TR-DPO), dimension weights and MODPO's weights and margin models."""
+    need(0 < cfg.ref_sync_alpha <= 1, f"ref_sync_alpha: {cfg.ref_sync_alpha} is not allowed; it must be in (0, 1] "
+                                      f"(TR-DPO's alpha; 0.6 is TRL's default)")
+    need(cfg.ref_sync_steps >= 1, f"ref_sync_steps: {cfg.ref_sync_steps} is not allowed; it must be >= 1")
+    if cfg.adapter_name_or_path is not None:
+        need(cfg.finetuning_type == "lora", "adapter_name_or_path continues a LoRA adapter; it needs finetuning_type: lora")
+        need((Path(cfg.adapter_name_or_path) / "adapter_config.json").is_file(),
+             f"adapter_name_or_path: {cfg.adapter_name_or_path} holds no LoRA adapter (adapter_config.json is missing)")
+    if cfg.ref_model_adapters is not None:
+        need((Path(cfg.ref_model_adapters) / "adapter_config.json").is_file(),
+             f"ref_model_adapters: {cfg.ref_model_adapters} holds no LoRA adapter (adapter_config.json is missing)")
+    if cfg.pref_dimensions is not None:
+        need(bool(cfg.pref_dimensions), "pref_dimensions is empty; give weights like {helpfulness: 1.0, safety: 2.0}")
+        for name, weight in cfg.pref_dimensions.items():
+            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0 and weight == weight
+            need(ok and weight != float("inf"), f"pref_dimensions: {name}: {weight!r} is not allowed; "
+                                                f"a weight is a finite number >= 0")
+        need(any(w > 0 for w in cfg.pref_dimensions.values()), "pref_dimensions: every weight is 0; give one > 0")
+    else:
+        need(cfg.dimension_weighting == "none", "dimension_weighting needs pref_dimensions (the weight of each dimension)")
+        need(cfg.dimension_conflicts == "flip", "dimension_conflicts needs pref_dimensions (the weight of each "
+                                                "dimension decides which pairs conflict)")
+    modpo = "modpo" in (cfg.pref_loss if isinstance(cfg.pref_loss, list) else str(cfg.pref_loss).split(","))
+    if modpo:
+        models = cfg.modpo_margin_models or []
+        need(bool(models), "pref_loss: modpo needs modpo_margin_models: one adapter, model or reward model per "
+                           "other objective")
+        need(cfg.modpo_weights is not None and len(cfg.modpo_weights) == len(models) + 1,
+             f"modpo_weights needs {len(models) + 1} values: w0 for this data's objective, then one per margin "
+             f"model ({len(models)}); got {cfg.modpo_weights}")
+        need(cfg.modpo_weights[0] > 0, f"modpo_weights: w0 = {cfg.modpo_weights[0]} is not allowed; it must be > 0")
+        need(all(w >= 0 for w in cfg.modpo_weights), f"modpo_weights {cfg.modpo_weights}: every weight must be >= 0")
+        for path in models:
+            need(Path(path).exists(), f"modpo_margin_models: {path} does not exist; give a LoRA adapter directory, "
+                                      f"a model directory or a reward-model directory")
+        need(cfg.precompute_ref, "pref_loss: modpo needs precompute_ref: true (the margin rewards are computed once "
+                                 "against the cached reference)")
+        need(cfg.ref_update != "sync", "pref_loss: modpo needs a fixed reference; use ref_update: initial or previous")
+    else:
+        need(cfg.modpo_weights is None and cfg.modpo_margin_models is None,
+             "modpo_weights / modpo_margin_models are set but pref_loss is not modpo; set pref_loss: modpo or remove them")
 
 
 def _check_model_path(key: str, path: str) -> None:

@@ -116,7 +116,13 @@ def apply_finetuning(model, cfg):
     decoder layers only. Gradient checkpointing is switched on here (with input grads for LoRA, whose
     frozen embeddings would otherwise cut the checkpointed graph).
     """
-    if cfg.finetuning_type == "lora":
+    if cfg.finetuning_type == "lora" and getattr(cfg, "adapter_name_or_path", None):
+        from peft import PeftModel
+
+        # Continue training an existing adapter (the previous round's policy, or any LoRA run).
+        model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+        model.peft_config["default"].base_model_name_or_path = cfg.model_name_or_path
+    elif cfg.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
@@ -218,6 +224,23 @@ def build_reference(cfg, policy, tokenizer, before_training_only: bool = False) 
     is loaded. Otherwise full/freeze get a frozen copy, LoRA the policy with adapters disabled.
     """
     ref_path = cfg.ref_model or cfg.model_name_or_path
+    ref_adapter = getattr(cfg, "ref_model_adapters", None)
+    if getattr(cfg, "ref_update", "initial") == "sync":
+        # TR-DPO mixes the policy into the reference every few steps: it needs weights of its own.
+        model = load_causal_lm(ref_path, adapter=ref_adapter)
+        model = model.merge_and_unload() if ref_adapter else model
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return Reference(model, "separate", ref_path)
+    if ref_adapter:
+        same_start = (same_model_path(ref_path, cfg.model_name_or_path)
+                      and same_model_path(ref_adapter, getattr(cfg, "adapter_name_or_path", None)))
+        if same_start and before_training_only:  # the reference is the policy as it starts (previous round)
+            return Reference(policy, "policy_start", f"{ref_path} + {ref_adapter}")
+        model = load_causal_lm(ref_path, adapter=ref_adapter)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return Reference(model, "separate", f"{ref_path} + {ref_adapter}")
     if same_model_path(ref_path, cfg.model_name_or_path):
         if cfg.finetuning_type == "lora":
             return Reference(policy, "adapters_disabled", ref_path)

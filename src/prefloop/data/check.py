@@ -188,6 +188,7 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
             if cut["dropped_ids"]:
                 lines.append("           dropped ids: " + ", ".join(cut["dropped_ids"][:10]) + (" ..." if cut["dropped"] > 10 else ""))
 
+    lines += _dimension_lines(report.get("dimensions"))
     quality = report["quality"]
     lines.append("")
     lines.append("Quality")
@@ -218,10 +219,37 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
     return "\n".join(lines)
 
 
+def _dimension_lines(dims: dict | None) -> list[str]:
+    """Per-dimension agreement with the combined preference, and warnings for contradicting dimensions."""
+    if not dims:
+        return []
+    single = dims.get("single_scores") or {}
+    note = (["  one score per pair (no direction, not compared): "
+             + ", ".join(f"{name} in {n} pairs" for name, n in single.items())] if single else [])
+    if "per_dimension" not in dims:
+        return ["", "Dimensions"] + note
+    lines = ["", f"Dimensions ({dims['pairs_with_dimensions']} pairs with scores; agreement with {dims['combined']})"]
+    lines.append(f"  {'':16}{'scored':>8}{'agree':>8}{'disagree':>10}{'ties':>7}{'agreement':>11}")
+    for name, d in dims["per_dimension"].items():
+        share = "-" if d["agreement"] is None else f"{d['agreement']:.3f}"
+        lines.append(f"  {name[:16]:16}{d['scored']:>8}{d['agree']:>8}{d['disagree']:>10}{d['ties']:>7}{share:>11}")
+    for c in dims["contradictions"]:
+        lines.append(f"  {c['dimensions'][0]} vs {c['dimensions'][1]}: contradict in {c['contradict']:.3f} of "
+                     f"{c['pairs']} pairs both decide")
+    lines += [f"  [WARN ] {w}" for w in dims["warnings"]]
+    return lines + note
+
+
 def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None = None, template: str | None = None,
                   cutoff_len: int | None = None, write_clean: str | None = None, json: bool = False,
-                  skip_bad_rows: bool = False) -> int:
-    """`prefloop data check`; returns 0 (trainable), 1 (no usable pairs). Unreadable data raises DataError."""
+                  skip_bad_rows: bool = False, dimension_weights: str | None = None) -> int:
+    """`prefloop data check`; returns 0 (trainable), 1 (no usable pairs). Unreadable data raises DataError.
+
+    `dimension_weights` ("helpfulness=1,safety=2"): the per-dimension report compares each dimension
+    with the weighted scores' direction instead of the data's label."""
+    from prefloop.data.dimensions import agreement_report
+    from prefloop.data.ratings import parse_weights
+
     if tokenizer is None and (cutoff_len is not None or template is not None):
         raise ConfigError("--cutoff-len and --template need --tokenizer (a model directory) to count tokens")
     if cutoff_len is not None and cutoff_len < 1:
@@ -231,6 +259,9 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     quality = run_quality_checks(loaded.pairs)
     tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
     report = build_report(loaded, quality, tokens)
+    dims = agreement_report(loaded.pairs, parse_weights(dimension_weights, "--dimension-weights"))
+    if dims:
+        report["dimensions"] = dims
     if write_clean:
         clean = quality.clean(loaded.pairs)
         written = write_seed_jsonl(clean, write_clean)

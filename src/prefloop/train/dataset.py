@@ -1,7 +1,8 @@
 """Encoded pairs as a torch Dataset of feature dicts, and the collator the Trainer calls.
 
 A feature is what `collate_pairs` reads: prompt/chosen/rejected ids, `weight`, `margin`, and (once
-the reference cache has run) `ref_chosen_logps` / `ref_rejected_logps`. The collator adds two
+the reference cache has run) `ref_chosen_logps` / `ref_rejected_logps`; optionally the per-pair
+vectors in VECTOR_KEYS, which the collator stacks to [B, K]. The collator adds two
 things the trainer pops before the model sees the batch: `pair_ids` (for logs and health
 messages) and `num_tokens` (for throughput).
 """
@@ -15,6 +16,9 @@ from prefloop.data.schema import EncodedPair
 from prefloop.train.collate import collate_pairs
 
 BOOKKEEPING_KEYS = ("pair_ids", "num_tokens")
+# "dimension_agree": per-dimension agreement with the pair's direction (data/dimensions.py);
+# "margin_rewards": MODPO's margin reward gaps (train/modpo.py).
+VECTOR_KEYS = {"dimension_agree": torch.long, "margin_rewards": torch.float32}
 
 
 def to_feature(pair: EncodedPair, index: int) -> dict:
@@ -53,6 +57,9 @@ class PairCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         batch = collate_pairs(features, self.layout, self.pad_token_id, self.row_tokens)
+        for key, dtype in VECTOR_KEYS.items():  # per-pair vectors [B, K] (dimensions, MODPO); all features or none
+            if features[0].get(key) is not None:
+                batch[key] = torch.tensor([f[key] for f in features], dtype=dtype)
         batch["pair_ids"] = [f.get("id") for f in features]
         batch["num_tokens"] = torch.tensor(
             sum(2 * len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features)

@@ -68,6 +68,7 @@ class LossSpec:
     simpo_gamma: float = 0.5  # SIMPO_GAMMA_DEFAULT
     discopop_tau: float = 0.05
     ld_alpha: float | None = None
+    modpo_weights: list[float] | None = None  # [w0, w1, ..., wK] (pref_loss: modpo)
 
     @property
     def needs_reference(self) -> bool:
@@ -198,6 +199,26 @@ def discopop_loss(logits: torch.Tensor, beta: float, tau: float = 0.05, margin=0
     z = beta * logits - margin
     s = torch.sigmoid(z / tau)
     return (1 - s) * -F.logsigmoid(z) + s * torch.exp(-z)
+
+
+def modpo_loss(logits: torch.Tensor, margin_reward_diffs: torch.Tensor, beta: float,
+               weights: list[float]) -> torch.Tensor:
+    """MODPO (Zhou et al. 2023, "Beyond One-Preference-Fits-All Alignment: Multi-Objective Direct
+    Preference Optimization", arXiv 2310.03708, eq. 9 / Algorithm 1).
+
+    z = (1 / w0) * (beta * h - sum_k w_k * (r_k(x, y_c) - r_k(x, y_r)))
+    loss = -log sigmoid(z)                                                [B]
+    `logits` is h = r_c - r_r, [B]; `margin_reward_diffs` is [B, K], column k the frozen margin
+    reward model k's score gap r_k(x, y_c) - r_k(x, y_r) (its implicit reward beta * log(pi_k / ref),
+    or a reward model's score); `weights` = [w0, w1, ..., wK]: w0 weighs the objective this data
+    labels, w_k the other objectives. With w_k = 0 for k >= 1 and w0 = 1 this is DPO (sigmoid_loss).
+    """
+    w0, rest = float(weights[0]), torch.tensor(weights[1:], dtype=logits.dtype, device=logits.device)
+    if margin_reward_diffs.shape[-1] != rest.numel():
+        raise ValueError(f"modpo: {margin_reward_diffs.shape[-1]} margin rewards per pair but {rest.numel()} "
+                         f"margin weights")
+    z = (beta * logits - (margin_reward_diffs.to(logits.dtype) * rest).sum(dim=-1)) / w0
+    return -F.logsigmoid(z)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +357,7 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: floa
 
 KNOWN_LOSSES = (
     "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "orpo", "simpo", "kto_pair",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "orpo", "simpo", "kto_pair", "modpo",
 )
 REFERENCE_FREE: set[str] = {"orpo", "simpo"}
 # Losses that accept dpo_label_smoothing (cDPO eps, robust's flip rate, EXO's eps).
@@ -353,8 +374,9 @@ def _per_token(ratio: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def single_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | None, spec: LossSpec,
-                margin=0.0, bco_delta: float = 0.0) -> torch.Tensor:
-    """The per-pair loss [B] of one named loss; `margin` ([B] or 0) in reward units."""
+                margin=0.0, bco_delta: float = 0.0, margin_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-pair loss [B] of one named loss; `margin` ([B] or 0) in reward units;
+    `margin_rewards` ([B, K], modpo only) the margin reward models' score gaps."""
     beta, eps = spec.beta, spec.label_smoothing
     if name == "simpo":
         return simpo_loss(policy.chosen_mean, policy.rejected_mean, beta, spec.simpo_gamma, eps, margin)
@@ -370,6 +392,11 @@ def single_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | Non
         return sigmoid_loss(h, beta, eps, margin)
     if name == "hinge":
         return hinge_loss(h, beta, margin)
+    if name == "modpo":
+        if margin_rewards is None or spec.modpo_weights is None:
+            raise ValueError("pref_loss 'modpo' needs the margin reward models' rewards in the batch "
+                             "(margin_rewards) and modpo_weights")
+        return modpo_loss(h, margin_rewards, beta, spec.modpo_weights)
     if name in ("ipo", "sigmoid_norm"):
         h_norm = _per_token(r_c, policy.chosen_tokens) - _per_token(r_r, policy.rejected_tokens)
         return ipo_loss(h_norm, beta, margin) if name == "ipo" else sigmoid_norm_loss(h_norm, beta, eps, margin)
@@ -407,6 +434,7 @@ def preference_loss(
     weight: torch.Tensor | None = None,
     margin: torch.Tensor | None = None,
     bco_state: BCOState | None = None,
+    margin_rewards: torch.Tensor | None = None,
 ) -> LossOutput:
     """Weighted sum of the configured losses, plus the SFT term `ftx * (-pi_c / |y_c|)`, per pair.
 
@@ -415,6 +443,7 @@ def preference_loss(
     a target reward margin for the losses in MARGIN_LOSSES (z = beta*h becomes z - margin); a
     non-zero margin with no such loss, or non-unit weights with a sorted loss (aot), is an error.
     `bco_state` is bco_pair's running reward mean; the updated state comes back in the output.
+    `margin_rewards` ([B, K]) are MODPO's margin reward gaps (`modpo_loss`).
     Rewards are beta * log-ratio when a reference is given, else beta * mean log-prob (SimPO/ORPO).
     """
     if not _is_trivial(margin, 0.0) and not spec.uses_margin:
@@ -439,7 +468,8 @@ def preference_loss(
     total = torch.zeros_like(policy.chosen)
     components: dict[str, torch.Tensor] = {}
     for name, w in zip(spec.names, spec.weights):
-        loss = single_loss(name, policy, reference, spec, pair_margin if name in MARGIN_LOSSES else 0.0, bco_delta)
+        loss = single_loss(name, policy, reference, spec, pair_margin if name in MARGIN_LOSSES else 0.0, bco_delta,
+                           margin_rewards)
         components[name] = loss.detach()
         total = total + w * loss
     if spec.ftx:
@@ -529,7 +559,12 @@ def build_loss_spec(cfg) -> LossSpec:
         ld_alpha = float(ld_alpha)
         if not 0 <= ld_alpha <= 1:
             raise ConfigError(f"ld_alpha must be in [0, 1] (got {ld_alpha}); LD-DPO suggests 0.5")
+    modpo_weights = getattr(cfg, "modpo_weights", None)
+    if "modpo" in names and not modpo_weights:
+        raise ConfigError("pref_loss: modpo needs modpo_weights: [w0, w1, ...] (w0 for this data's objective, "
+                          "one more per modpo_margin_models entry)")
     return LossSpec(
+        modpo_weights=[float(w) for w in modpo_weights] if "modpo" in names else None,
         names=names, weights=weights, beta=beta, label_smoothing=smoothing, ftx=ftx,
         simpo_gamma=SIMPO_GAMMA_DEFAULT if gamma is None else float(gamma),
         discopop_tau=0.05 if tau is None else float(tau), ld_alpha=ld_alpha,

@@ -44,11 +44,11 @@ def _sha(*parts) -> str:
     return h.hexdigest()
 
 
-def _base_parameters(model):
+def _base_parameters(model, adapters_disabled: bool = True):
     """(name, tensor) of the weights the reference computes with: LoRA weights left out when the
-    reference is the base with adapters disabled."""
+    reference is the base with adapters disabled (kept when the adapters are part of the reference)."""
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if "lora_" in name or "modules_to_save" in name:
+        if adapters_disabled and ("lora_" in name or "modules_to_save" in name):
             continue
         yield name.replace("base_model.model.", ""), tensor
 
@@ -59,8 +59,10 @@ def weights_fingerprint(model, kind: str) -> str:
     if config is not None:
         cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-    h.update(kind.replace("policy_start", "frozen_copy").encode())  # same weights, same numbers
-    params = list(_base_parameters(model))
+    # Only whether adapters are disabled changes the numbers; the same weights loaded another way
+    # (the policy before training, a frozen copy, a separately loaded model) give the same log-probs.
+    h.update(("adapters_disabled" if kind == "adapters_disabled" else "weights").encode())
+    params = list(_base_parameters(model, adapters_disabled=kind == "adapters_disabled"))
     exact = set(range(min(_EXACT_TENSORS // 2, len(params)))) | set(range(max(0, len(params) - _EXACT_TENSORS // 2), len(params)))
     with torch.no_grad():
         for i, (name, tensor) in enumerate(params):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,8 +21,17 @@ _RUN_MARKERS = ("trainer_state.json", "adapter_config.json", "model.safetensors"
 
 def train(config_or_path=None, **overrides) -> dict:
     """Run DPO training like `prefloop train`; returns the final metrics (train, eval, and `before_`
-    eval metrics measured before the first step)."""
-    return run_training(load_config(config_or_path, overrides))
+    eval metrics measured before the first step), or with `rounds:` the report across rounds."""
+    return run_config(load_config(config_or_path, overrides))
+
+
+def run_config(cfg: Config) -> dict:
+    """One training run, or every round of `rounds:` (train/rounds.py)."""
+    if cfg.rounds:
+        from prefloop.train.rounds import run_rounds
+
+        return run_rounds(cfg)
+    return run_training(cfg)
 
 
 def train_command(config: str | None = None, config_file: str | None = None, overrides=(),
@@ -41,7 +50,7 @@ def train_command(config: str | None = None, config_file: str | None = None, ove
     if path is None:
         raise ConfigError("no config file: run `prefloop train CONFIG.yaml [key=value ...]` "
                           "(see examples/seed_config.yaml)")
-    run_training(load_config(path, overrides))
+    run_config(load_config(path, overrides))
     return 0
 
 
@@ -54,6 +63,8 @@ class Data:
     val: list[dict]
     template_name: str
     stop_ids: list[int]  # token ids that end a reply (for sample answers)
+    dimension_names: list[str] = field(default_factory=list)  # per-dimension metrics (data/dimensions.py)
+    pairs_by_id: dict = field(default_factory=dict)  # the PreferencePairs behind the features (reward models)
 
 
 def run_training(cfg: Config) -> dict:
@@ -86,12 +97,21 @@ def run_training(cfg: Config) -> dict:
     model.to(args.device)
     autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
     say(describe_attention(cfg, model))
-    in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
+    in_step_reference, cache_status = prepare_reference(cfg, args, loss_spec, model, tokenizer, data,
+                                                        autocast_dtype, say)
+    if "modpo" in loss_spec.names:
+        from prefloop.train.modpo import prepare_margin_rewards
+
+        cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
     if cfg.gradient_checkpointing == "auto" and cfg.do_train:
         say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
     trainer.health = install_health(trainer, cfg)
+    if cfg.ref_update == "sync" and in_step_reference is not None:
+        from prefloop.train.sync import install_sync
+
+        install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
     before = evaluation_before_training(cfg, trainer, data, say)
     samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
@@ -110,6 +130,7 @@ def run_training(cfg: Config) -> dict:
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     metrics.update({f"before_{k}": v for k, v in before.items()})
+    metrics.update({f"cache/{k}": v for k, v in sorted(cache_status.items())})  # reference/margin caches
 
     sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
     report_quality("After training", metrics, say)
@@ -189,8 +210,15 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
                         options=CONFIG_KEYS)
     say(f"Data {dataset}: {loaded.summary()}")
+    all_pairs = loaded.pairs
+    if cfg.pref_dimensions:
+        from prefloop.data.dimensions import apply_dimensions
+
+        all_pairs, dim_report = apply_dimensions(all_pairs, cfg.pref_dimensions, cfg.dimension_conflicts,
+                                             cfg.dimension_weighting)
+        say(f"  {dim_report.summary()}")
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
-    train_pairs, val_pairs = split_validation(loaded.pairs, val_size, cfg.seed) if val_size else (loaded.pairs, [])
+    train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
     splits = {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
@@ -203,28 +231,44 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     if cfg.do_train and not splits["train"]:
         raise DataError(f"no training pairs left after encoding {dataset!r} (see the report above); "
                         f"raise cutoff_len or check the data")
-    return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer))
+    from prefloop.data.dimensions import attach_agreement, dimension_names
+
+    names = dimension_names(all_pairs)
+    if names:  # per-dimension metrics: each feature's agreement of every dimension with its direction
+        for features in splits.values():
+            attach_agreement(features, all_pairs, names)
+    return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
+                names, {p.id: p for p in all_pairs})
 
 
 def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
     """Cache reference log-probs into the features (precompute_ref), or return the Reference the step
-    runs; None when the loss is reference-free or the cache covers everything."""
+    runs (None when the loss is reference-free or the cache covers everything), with a Counter of the
+    cache files reused and computed ("reference_reused", "reference_computed")."""
+    from collections import Counter
+
     from prefloop.models import build_reference
     from prefloop.train.reference import precompute_reference
 
+    counts: Counter = Counter()
     if not loss_spec.needs_reference:
         say(f"pref_loss {'+'.join(loss_spec.names)} is reference-free: no reference model is loaded.")
-        return None
-    reference = build_reference(cfg, model, tokenizer, before_training_only=cfg.precompute_ref)
+        return None, counts
+    sync = cfg.ref_update == "sync"
+    reference = build_reference(cfg, model, tokenizer, before_training_only=cfg.precompute_ref and not sync)
     reference.model.to(args.device)
     use_backend(cfg, reference.model)
     say(f"Reference: {reference.describe()}")
-    if not cfg.precompute_ref:
-        return reference
+    if sync:
+        say(f"ref_update: sync (TR-DPO): reference <- {cfg.ref_sync_alpha} * policy + {1 - cfg.ref_sync_alpha:g} * "
+            f"reference every {cfg.ref_sync_steps} steps, so it runs in the step (precompute_ref does not apply).")
+    if not cfg.precompute_ref or sync:
+        return reference, counts
     # Several processes (torchrun): each computes its shard, rank 0 writes the cache (reference.py).
-    precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
-                         data.template_name, autocast_dtype, args.device, log=say)
-    return None  # a separately loaded reference is dropped here: the step needs only the policy
+    status = precompute_reference(reference, {"train": data.train, "validation": data.val}, cfg, tokenizer,
+                                  data.template_name, autocast_dtype, args.device, log=say)
+    counts.update(f"reference_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
+    return None, counts  # a separately loaded reference is dropped here: the step needs only the policy
 
 
 def plan_memory(cfg: Config, model, tokenizer, data: Data, autocast_dtype) -> str:
@@ -284,6 +328,7 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         chunk_size=cfg.logps_chunk_size,
         ld_alpha=cfg.ld_alpha,
         autocast_dtype=autocast_dtype,
+        dimension_names=data.dimension_names,
     )
 
 

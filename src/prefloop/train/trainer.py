@@ -100,8 +100,10 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_spec: LossSpec, reference=None, chunk_size: int = 4096,
-                 ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None, **kwargs):
+                 ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None,
+                 dimension_names: list[str] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.dimension_names = list(dimension_names or [])  # per-dimension metrics (data/dimensions.py)
         self.loss_spec, self.reference = loss_spec, reference
         self.chunk_size, self.ld_alpha, self.autocast_dtype = chunk_size, ld_alpha, autocast_dtype
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: the Trainer scales it for accumulation
@@ -128,17 +130,21 @@ class PreferenceTrainer(Trainer):
         """Mean preference loss of one batch; records its metrics under `mode` ("train"/"eval")."""
         self.last_pair_ids = inputs.pop("pair_ids", None) or []
         num_tokens = inputs.pop("num_tokens", None)
+        agree = inputs.pop("dimension_agree", None)  # [B, K]: 1 agrees with the pair's direction, 0 not, -1 no score
+        margin_rewards = inputs.pop("margin_rewards", None)  # [B, K] MODPO margin reward gaps
         # As the forward of the (DDP / FSDP / DeepSpeed) wrapper, so its gradient and weight hooks run.
         policy = call_as_forward(model, pair_logps, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
         reference = self.reference_logps(inputs, policy.seq)
         out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"),
-                              bco_state=self.bco_state)
+                              bco_state=self.bco_state, margin_rewards=margin_rewards)
         loss = out.losses.mean()
         if mode == "train":
             self.bco_state = out.bco_state
             if self.health is not None:
                 self.health.observe_batch(loss, self.last_pair_ids, policy.seq, out)
         self.record_metrics(mode, out, policy, num_tokens)
+        if agree is not None:
+            self.record_dimension_metrics(mode, out, agree)
         return loss
 
     def reference_logps(self, inputs: dict, policy: SequenceLogps) -> SequenceLogps | None:
@@ -196,6 +202,20 @@ class PreferenceTrainer(Trainer):
             self._counts[mode][name] += values.numel()
         if num_tokens is not None and mode == "train":
             self._tokens_since_log += int(self.accelerator.gather_for_metrics(num_tokens.reshape(1)).sum().item())
+
+    def record_dimension_metrics(self, mode: str, out, agree: torch.Tensor) -> None:
+        """`rewards/accuracies/<dim>`: reward accuracy over the pairs whose dimension <dim> agrees with the
+        pair's (combined) direction; `dimensions/<dim>/agreement`: the share of scored pairs that agree."""
+        margins = (out.chosen_rewards - out.rejected_rewards).float()
+        correct = (margins > 0).float() + 0.5 * (margins == 0).float()
+        for k, name in enumerate(self.dimension_names):
+            agrees, scored = (agree[:, k] == 1).float(), (agree[:, k] >= 0).float()
+            per_pair = torch.stack([correct * agrees, agrees, scored], dim=1)  # [B, 3]: rows are pairs, so
+            sums = self.accelerator.gather_for_metrics(per_pair).sum(dim=0).tolist()  # padding rows are dropped
+            for metric, total, count in ((f"rewards/accuracies/{name}", sums[0], sums[1]),
+                                         (f"dimensions/{name}/agreement", sums[1], sums[2])):
+                self._sums[mode][metric] += total
+                self._counts[mode][metric] += int(count)
 
     def pop_metrics(self, mode: str, prefix: str = "") -> dict[str, float]:
         """Per-pair averages since the last pop, then reset."""

@@ -1,0 +1,121 @@
+"""MODPO's margin rewards (`pref_loss: modpo`): each frozen margin model's score gap per pair,
+computed once before training, cached on disk like the reference log-probs, carried in the batch.
+
+For margin model k (`modpo_margin_models[k]`), the gap of a pair is
+
+    implicit reward (a LoRA adapter directory, or a causal LM directory), Zhou et al. 2023, sec. 4:
+        r_k(x, y_c) - r_k(x, y_r) = beta * [(log pi_k(y_c|x) - log ref(y_c|x)) - (log pi_k(y_r|x) - log ref(y_r|x))]
+    with ref the run's reference (whose log-probs are already cached) and beta = pref_beta;
+    sequence-classification reward model (a directory whose config names a *ForSequenceClassification):
+        r_k(x, y_c) - r_k(x, y_r) = score(x, y_c) - score(x, y_r)
+
+The policy log-probs of an implicit-reward model are computed by the same code and cache as the
+reference (`reference.precompute_reference`, split names "margin<k>-train" / "margin<k>-validation"),
+so a MODPO step runs only the policy, as a DPO step does. The gaps land in each feature as
+"margin_rewards" ([K] floats), which the collator stacks to [B, K] for `losses.modpo_loss`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+
+def margin_model_kind(path: str) -> str:
+    """"adapter" (LoRA adapter dir), "reward_model" (sequence classification) or "causal_lm"."""
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        return "adapter"
+    config = p / "config.json"
+    if config.is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return "reward_model"
+    return "causal_lm"
+
+
+def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, splits: dict, template_name: str,
+                          autocast_dtype, device, say) -> tuple[dict[str, list[float]], Counter]:
+    from prefloop.models import Reference, load_causal_lm
+    from prefloop.train.reference import precompute_reference
+
+    if kind == "adapter":
+        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        model = load_causal_lm(base or cfg.model_name_or_path, adapter=path)
+    else:
+        model = load_causal_lm(path)
+    model.to(device)
+    margin_model = Reference(model, "separate", path)
+    copies = {f"margin{index}-{split}": [dict(f) for f in features] for split, features in splits.items() if features}
+    status = precompute_reference(margin_model, copies, cfg, tokenizer, template_name, autocast_dtype, device, log=say)
+    counts = Counter(f"margin_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
+    gaps = {}
+    for split, features in splits.items():
+        if not features:
+            continue
+        gaps[split] = [cfg.pref_beta * ((m["ref_chosen_logps"] - f["ref_chosen_logps"])
+                                        - (m["ref_rejected_logps"] - f["ref_rejected_logps"]))
+                       for m, f in zip(copies[f"margin{index}-{split}"], features, strict=True)]
+    return gaps, counts
+
+
+def _reward_model_gaps(path: str, index: int, cfg, splits: dict, pairs_by_id: dict, say) -> tuple[dict, Counter]:
+    from prefloop.judge.reward import RewardModel
+    from prefloop.train.reference import ReferenceCache, _sha, data_fingerprint, weights_fingerprint
+
+    rm = RewardModel(path, batch_size=cfg.per_device_eval_batch_size)
+    cache = ReferenceCache(cfg.reference_cache_dir)
+    weights = weights_fingerprint(rm.model, "reward_model")
+    gaps, counts = {}, Counter()
+    for split, features in splits.items():
+        if not features:
+            continue
+        texts = [(pairs_by_id[f["id"]].prompt_messages(), pairs_by_id[f["id"]]) for f in features]
+        key = _sha(weights, data_fingerprint(features),
+                   json.dumps([[m, p.chosen, p.rejected] for m, p in texts], ensure_ascii=False))
+        name = f"margin{index}-{split}"
+        cached = cache.load(name, key, len(features))
+        if cached is None:
+            chosen = torch.tensor(rm.score([(m, p.chosen) for m, p in texts]))
+            rejected = torch.tensor(rm.score([(m, p.rejected) for m, p in texts]))
+            cache.save(name, key, chosen, rejected, metadata={"reward_model": path, "pairs": len(features)})
+            counts["margin_computed"] += 1
+            say(f"MODPO margin rewards ({split}, {len(features)} pairs) from reward model {path}: computed, "
+                f"cached at {cache.path(name, key)}")
+        else:
+            chosen, rejected = cached
+            counts["margin_reused"] += 1
+            say(f"MODPO margin rewards ({split}, {len(features)} pairs): reused {cache.path(name, key)}")
+        gaps[split] = (chosen - rejected).tolist()
+    return gaps, counts
+
+
+def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device, say=print) -> Counter:
+    """Attach "margin_rewards" ([K] gaps, one per `modpo_margin_models` entry) to every feature of
+    `data` (train and validation). Needs the reference log-probs already attached (precompute_ref).
+
+    Returns the counts of cache files reused / computed. Raises ConfigError when the reference
+    log-probs are missing."""
+    from prefloop.errors import ConfigError
+
+    splits = {"train": data.train, "validation": data.val}
+    if any(f.get("ref_chosen_logps") is None for features in splits.values() for f in features):
+        raise ConfigError("pref_loss: modpo needs the cached reference log-probs (precompute_ref: true)")
+    per_model, counts = [], Counter()
+    for index, path in enumerate(cfg.modpo_margin_models, 1):
+        kind = margin_model_kind(path)
+        say(f"MODPO margin model {index}: {path} ({kind.replace('_', ' ')}), weight {cfg.modpo_weights[index]}")
+        if kind == "reward_model":
+            gaps, c = _reward_model_gaps(path, index, cfg, splits, data.pairs_by_id, say)
+        else:
+            gaps, c = _implicit_reward_gaps(path, kind, index, cfg, tokenizer, splits, data.template_name,
+                                            autocast_dtype, device, say)
+        per_model.append(gaps)
+        counts += c
+    for split, features in splits.items():
+        for i, f in enumerate(features):
+            f["margin_rewards"] = [gaps[split][i] for gaps in per_model]
+    return counts

@@ -1,0 +1,352 @@
+"""Iterative DPO: `rounds:` in one training config, each round a DPO run on its own data.
+
+    round 1: initial model ──DPO(data 1)──► policy 1 ──DPO(data 2)──► policy 2 ──► ...
+
+Round k trains in `output_dir/round-k` (adapter or model, metrics, plots, checkpoints) with the base
+config plus the round's own keys (`config.round_configs`). It starts from round k-1's policy (LoRA:
+the same adapter trained further, `adapter_name_or_path`; full/freeze: round k-1's saved model).
+Its reference follows `ref_update`:
+- `initial`: the starting model (or `ref_model`) in every round. Its log-probs never change, so each
+  round's data is computed against it once and the cache (shared: `output_dir/ref_cache`) is reused
+  by later rounds, resumed runs and the cross-round evaluation.
+- `previous`: round k-1's policy (round 1: the starting model); recomputed every round.
+- `sync`: TR-DPO (`train/sync.py`) inside each round; round k starts from round k-1's final mixed
+  reference (`round-(k-1)/sync_reference`).
+After every round its policy is evaluated on every round's validation split against the starting
+model (implicit-reward accuracy, so forgetting of round 1's preference shows as a falling number),
+and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table across rounds.
+
+A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
+`round_result.json`), the interrupted round resumes from its last checkpoint at the right step.
+Hook for the model registry: `run_rounds(cfg, on_round_end=f)` calls f(RoundResult) after each
+round with its output directory and its parent's (the `registry:` key is not part of this module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from prefloop.config import Config, round_configs, save_config, validate
+from prefloop.errors import ConfigError
+
+RESULT_FILE = "round_result.json"  # a finished round: trained and evaluated
+METRICS_FILE = "round_metrics.json"  # trained; the cross-round evaluation may still be missing
+REPORT_FILE = "rounds_report.json"
+
+
+@dataclass
+class RoundResult:
+    """One finished round: where it is, what it started from, what it measured."""
+
+    index: int
+    name: str
+    output_dir: str
+    parent: str | None  # the previous round's output_dir (None: the starting model)
+    reference: str  # what the reference was
+    metrics: dict
+    heldout: dict  # validation split name -> {"accuracy", "ranking_accuracy", "margin", "pairs"}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def round_dir(cfg: Config, index: int) -> Path:
+    return Path(cfg.output_dir) / f"round-{index}"
+
+
+def round_name(cfg: Config, index: int) -> str:
+    return str((cfg.rounds[index - 1] or {}).get("name") or f"round-{index}")
+
+
+def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]:
+    """The Config round `index` trains with (policy chained, reference per ref_update), and a description
+    of its reference."""
+    out = round_dir(cfg, index)
+    start = cfg.ref_model or cfg.model_name_or_path  # the initial reference
+    changes = {"output_dir": str(out), "ref_cache_dir": str(cfg.reference_cache_dir), "rounds": None,
+               "resume_from_checkpoint": None, "overwrite_output_dir": cfg.overwrite_output_dir}
+    if index == 1:
+        reference = f"initial model {start}"
+        changes["ref_model"] = cfg.ref_model
+    else:
+        prev = round_dir(cfg, index - 1)
+        lora = cfg.finetuning_type == "lora"
+        if lora:
+            changes["adapter_name_or_path"] = str(prev)
+        else:
+            changes["model_name_or_path"] = str(prev)
+        if cfg.ref_update == "initial":
+            changes["ref_model"] = start
+            reference = f"initial model {start}"
+        elif cfg.ref_update == "previous":
+            if lora:
+                changes["ref_model"], changes["ref_model_adapters"] = cfg.model_name_or_path, str(prev)
+            else:
+                changes["ref_model"] = str(prev)
+            reference = f"round {index - 1}'s policy {prev}"
+        else:
+            from prefloop.train.sync import FINAL_DIR
+
+            changes["ref_model"] = str(prev / FINAL_DIR)
+            reference = f"round {index - 1}'s final TR-DPO reference {prev / FINAL_DIR}"
+    if cfg.ref_update == "sync":
+        reference += f", mixed with the policy every {round_cfg.ref_sync_steps} steps (TR-DPO)"
+    planned = dataclasses.replace(round_cfg, **changes)
+    return planned, reference
+
+
+def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None = None, say=print) -> dict:
+    """Train every round of `cfg.rounds` in order; returns the cross-round report (also written to
+    output_dir/rounds_report.json). Raises ConfigError when output_dir holds rounds and neither
+    resume_from_checkpoint nor overwrite_output_dir is set."""
+    from prefloop.train.run import run_training
+
+    rounds = round_configs(cfg)
+    out = Path(cfg.output_dir)
+    resume = bool(cfg.resume_from_checkpoint)
+    if cfg.resume_from_checkpoint not in (None, False, True):
+        raise ConfigError("with rounds, resume_from_checkpoint is true (continue in the interrupted round at its last "
+                          "checkpoint), not a path")
+    used = [d for d in sorted(out.glob("round-*")) if d.is_dir() and any(d.iterdir())]
+    if used and not (resume or cfg.overwrite_output_dir):
+        raise ConfigError(f"output_dir {out} already holds rounds ({', '.join(d.name for d in used)}); set "
+                          f"resume_from_checkpoint: true to continue the run, overwrite_output_dir: true to train "
+                          f"again, or pick another output_dir")
+    from prefloop.train.distributed import is_main_process
+
+    main = is_main_process()
+    say = say if main else (lambda *a, **k: None)
+    if main:
+        save_config(cfg, out)
+    evaluator = CrossRoundEvaluator(cfg, rounds, say)
+    results: list[RoundResult] = []
+    for index, round_cfg in enumerate(rounds, 1):
+        name, rdir = round_name(cfg, index), round_dir(cfg, index)
+        planned, reference = plan_round(cfg, round_cfg, index)
+        say(f"\n=== Round {index}/{len(rounds)} ({name}): data {planned.dataset}; reference: {reference} ===")
+        if resume and (rdir / RESULT_FILE).is_file():
+            result = RoundResult(**json.loads((rdir / RESULT_FILE).read_text()))
+            say(f"Round {index} finished earlier: {rdir / RESULT_FILE} (skipped)")
+        else:
+            for stale in (RESULT_FILE, METRICS_FILE):
+                if not resume and (rdir / stale).exists():
+                    (rdir / stale).unlink()
+            if resume and (rdir / METRICS_FILE).is_file():
+                metrics = json.loads((rdir / METRICS_FILE).read_text())
+                say(f"Round {index} trained earlier ({rdir / METRICS_FILE}); evaluating it")
+            else:
+                planned = _resume_or_restart(planned, rdir, resume, say)
+                validate(planned)
+                metrics = run_training(planned)
+                _write_json(rdir / METRICS_FILE, metrics)
+            heldout = evaluator.evaluate(index, planned)
+            result = RoundResult(index, name, str(rdir), str(round_dir(cfg, index - 1)) if index > 1 else None,
+                                 reference, metrics, heldout)
+            _write_json(rdir / RESULT_FILE, result.to_dict())
+        results.append(result)
+        if on_round_end is not None:
+            on_round_end(result)
+    report = build_report(cfg, results, evaluator.cache_counts)
+    _write_json(out / REPORT_FILE, report)
+    say(render_report(report))
+    if main:
+        plot_rounds(report, out)
+    return report
+
+
+def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config:
+    """Resume the interrupted round at its last checkpoint, or restart it when it has none."""
+    if not resume:
+        return planned
+    if any(rdir.glob("checkpoint-*")):
+        say(f"Resuming round in {rdir} from its last checkpoint")
+        return dataclasses.replace(planned, resume_from_checkpoint=True)
+    if rdir.exists():
+        say(f"{rdir} has no checkpoint: the round starts again")
+        shutil.rmtree(rdir, ignore_errors=True)
+    return planned
+
+
+def _write_json(path: Path, data) -> None:
+    from prefloop.train.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank runs the rounds; rank 0 writes
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+    tmp.replace(path)  # atomic: a killed run never leaves half a result
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out accuracy of every round's policy on every round's validation split
+
+
+class CrossRoundEvaluator:
+    """Implicit-reward accuracy beta * [(pi_c - ref0_c) - (pi_r - ref0_r)] > 0 (ties count 0.5) and
+    reference-free ranking accuracy (mean log-prob per token, chosen > rejected) of a round's policy on
+    each round's validation split, against the starting model ref0. The starting model's log-probs go
+    through the reference cache, so splits already computed in training are reused (counted)."""
+
+    def __init__(self, cfg: Config, rounds: list[Config], say):
+        from collections import Counter
+
+        from prefloop.config import resolve_precision
+
+        self.cfg, self.rounds, self.say = resolve_precision(cfg), rounds, say
+        self.cache_counts: Counter = Counter()
+        self._splits: dict[int, tuple] | None = None
+        self.autocast = torch.bfloat16 if self.cfg.bf16 else torch.float16 if self.cfg.fp16 else None
+
+    def _load_splits(self, tokenizer) -> dict[int, tuple]:
+        from prefloop.train.run import load_data
+
+        if self._splits is None:
+            self._splits = {}
+            for j, rcfg in enumerate(self.rounds, 1):
+                if rcfg.val_size <= 0:
+                    continue
+                quiet = dataclasses.replace(rcfg, do_train=False, rounds=None,
+                                            ref_cache_dir=str(self.cfg.reference_cache_dir))
+                data = load_data(quiet, tokenizer, lambda *a, **k: None)
+                if data.val:
+                    self._splits[j] = (quiet, data)
+        return self._splits
+
+    def evaluate(self, index: int, planned: Config) -> dict:
+        from prefloop.data.dimensions import dimension_accuracy
+        from prefloop.models import Reference, load_causal_lm, load_tokenizer, same_model_path
+        from prefloop.train.reference import compute_reference_logps, precompute_reference
+
+        cfg = self.cfg
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        splits = self._load_splits(tokenizer)
+        if not splits:
+            self.say(f"Round {index}: no validation split in any round (val_size), so no held-out accuracy")
+            return {}
+        rdir = round_dir(cfg, index)
+        start = cfg.ref_model or cfg.model_name_or_path
+        lora = cfg.finetuning_type == "lora"
+        policy = load_causal_lm(cfg.model_name_or_path, adapter=str(rdir)) if lora else load_causal_lm(str(rdir))
+        policy.to(device)
+        # The starting model as the training reference of round 1 was (same weights fingerprint -> same cache).
+        if lora and same_model_path(start, cfg.model_name_or_path):
+            ref0 = Reference(policy, "adapters_disabled", start)
+        else:
+            ref0 = Reference(load_causal_lm(start).to(device), "frozen_copy", start)
+        heldout = {}
+        for j, (rcfg, data) in splits.items():
+            features = [dict(f) for f in data.val]
+            status = precompute_reference(ref0, {"validation": features}, rcfg, tokenizer, data.template_name,
+                                          self.autocast, device, log=lambda *a, **k: None)
+            self.cache_counts["reference_reused" if status["validation"] == "cached" else "reference_computed"] += 1
+            pi_c, pi_r = compute_reference_logps(Reference(policy, "separate", str(rdir)), features, rcfg.layout,
+                                                 tokenizer.pad_token_id, rcfg.per_device_eval_batch_size,
+                                                 rcfg.logps_chunk_size, self.autocast, device, desc=f"round {j} val")
+            ref_c = torch.tensor([f["ref_chosen_logps"] for f in features])
+            ref_r = torch.tensor([f["ref_rejected_logps"] for f in features])
+            margins = cfg.pref_beta * ((pi_c - ref_c) - (pi_r - ref_r))
+            n_c = torch.tensor([len(f["chosen_ids"]) for f in features], dtype=torch.float32)
+            n_r = torch.tensor([len(f["rejected_ids"]) for f in features], dtype=torch.float32)
+            heldout[round_name(cfg, j)] = {
+                "pairs": len(features),
+                "accuracy": float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean()),
+                "ranking_accuracy": float((pi_c / n_c > pi_r / n_r).float().mean()),
+                "margin": float(margins.mean()),
+            }
+            if data.dimension_names:
+                heldout[round_name(cfg, j)]["dimensions"] = dimension_accuracy(
+                    margins.tolist(), [f["dimension_agree"] for f in features], data.dimension_names)
+        self.say(f"Round {index} held-out accuracy (vs the starting model): "
+                 + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in heldout.items()))
+        return heldout
+
+
+# ---------------------------------------------------------------------------------------------
+# The report across rounds
+
+
+def build_report(cfg: Config, results: list[RoundResult], eval_cache) -> dict:
+    rows = []
+    for r in results:
+        m = r.metrics
+        rows.append({
+            "round": r.index, "name": r.name, "output_dir": r.output_dir, "parent": r.parent,
+            "reference": r.reference, "train_loss": m.get("train_loss"), "steps": _steps(r.output_dir),
+            "eval_loss": m.get("eval_loss"), "eval_margin": m.get("eval_rewards/margins"),
+            "eval_accuracy": m.get("eval_rewards/accuracies"),
+            "cache": {k[len("cache/"):]: v for k, v in m.items() if k.startswith("cache/")},
+            "heldout": r.heldout,
+            "dimensions": {k[len("eval_rewards/accuracies/"):]: v for k, v in m.items()
+                           if k.startswith("eval_rewards/accuracies/")},
+        })
+    totals: dict[str, int] = dict(eval_cache)
+    for row in rows:
+        for k, v in row["cache"].items():
+            totals[k] = totals.get(k, 0) + int(v)
+    return {"ref_update": cfg.ref_update, "rounds": rows, "cache_totals": totals}
+
+
+def _steps(output_dir: str) -> int | None:
+    path = Path(output_dir) / "trainer_state.json"
+    return json.loads(path.read_text()).get("global_step") if path.is_file() else None
+
+
+def render_report(report: dict) -> str:
+    rows = report["rounds"]
+    splits = list(rows[-1]["heldout"]) if rows else []
+    lines = ["", f"Rounds (ref_update: {report['ref_update']}): held-out preference accuracy against the starting "
+                 f"model on each round's validation split"]
+    header = f"  {'round':<16}{'steps':>6}{'train loss':>12}{'margin':>9}  " + "".join(f"{s[:14]:>15}" for s in splits)
+    lines.append(header)
+    for row in rows:
+        margin = row["eval_margin"]
+        cells = "".join(f"{row['heldout'][s]['accuracy']:>15.3f}" if s in row["heldout"] else f"{'-':>15}"
+                        for s in splits)
+        lines.append(f"  {row['round']:<3}{row['name'][:12]:<13}"
+                     f"{row['steps'] if row['steps'] is not None else '-':>6}"
+                     f"{row['train_loss'] if row['train_loss'] is None else format(row['train_loss'], '.4f'):>12}"
+                     f"{'-' if margin is None else format(margin, '+.3f'):>9}  {cells}")
+    totals = report["cache_totals"]
+    lines.append(f"  reference cache: {totals.get('reference_reused', 0)} split(s) reused, "
+                 f"{totals.get('reference_computed', 0)} computed"
+                 + (f"; MODPO margin cache: {totals.get('margin_reused', 0)} reused, "
+                    f"{totals.get('margin_computed', 0)} computed" if any(k.startswith("margin") for k in totals) else ""))
+    return "\n".join(lines)
+
+
+def plot_rounds(report: dict, out: Path) -> Path | None:
+    """rounds_accuracy.png: held-out accuracy on each round's validation split after each round."""
+    rows = report["rounds"]
+    splits = list(rows[-1]["heldout"]) if rows else []
+    if not splits:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [row["round"] for row in rows]
+    for split in splits:
+        ax.plot(x, [row["heldout"].get(split, {}).get("accuracy", float("nan")) for row in rows], marker="o",
+                label=f"{split} validation")
+    ax.set_xlabel("after round")
+    ax.set_ylabel("held-out preference accuracy")
+    ax.set_xticks(x)
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    ax.set_title(f"Iterative DPO (ref_update: {report['ref_update']})")
+    path = out / "rounds_accuracy.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
