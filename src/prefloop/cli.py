@@ -103,9 +103,13 @@ def _add_label(sub) -> None:
     p.add_argument("--model-b", help="local model path or OpenAI-compatible endpoint URL")
     p.add_argument("--prompts", help="prompts to draw from in live mode")
     p.add_argument("--db", default="prefloop.sqlite")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --auth "
+                                                         "(or --insecure)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", help="users file: one 'name:password' per line")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than 127.0.0.1/localhost without --auth (votes are then anonymous "
+                        "and anyone who can reach the port can vote)")
     p.add_argument("--dimensions", help="comma-separated rating dimensions, e.g. helpfulness,safety")
     p.add_argument("--overlap", type=int, default=1, help="annotators per item before it is complete")
     p.add_argument("--seed", type=int, default=0)
@@ -124,11 +128,17 @@ def _add_serve(sub) -> None:
     p.add_argument("model", help="model directory, hub id or .gguf file")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
     p.add_argument("--model-name", help="name served at /v1/models (default: the directory name)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --api-key (or --insecure)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--db", help="SQLite store for interaction logs")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--max-tokens-limit", type=int, default=2048)
+    p.add_argument("--max-tokens-limit", type=int,
+                   help="largest max_tokens a request may ask for, and the most a request without one gets "
+                        "(default: what the model's context leaves after the prompt)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than 127.0.0.1/localhost without --api-key (anyone who can reach "
+                        "the port can use the model)")
     p.add_argument("--max-batch-rows", type=int, default=16,
                    help="most sequences decoded together (a request with n choices is n rows)")
 

@@ -14,26 +14,27 @@ import secrets
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from prefloop.errors import ConfigError
+from prefloop.exposure import check_exposure
 from prefloop.sampling import Sample
 from prefloop.serve.engine import GenerationEngine
 from prefloop.serve.feedback import record_feedback
 from prefloop.serve.protocol import (
     APIError,
     ChatRequest,
+    budget,
     chunk_body,
     completion_body,
     completion_id,
     parse_chat_request,
     usage,
 )
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 async def _json_body(request: Request):
     raw = await request.body()
@@ -55,7 +56,7 @@ class _Logger:
         self.store, self.model_name = store, model_name
 
     async def log(self, req: ChatRequest, sample: Sample, prompt_tokens: int) -> dict:
-        if self.store is None:
+        if self.store is None or req.store is False:  # `store: false` in the request: not logged
             return {}
         interaction_id = await run_in_threadpool(
             self.store.log_interaction,
@@ -70,8 +71,11 @@ class _Logger:
 
 
 def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = None, store=None,
-               max_tokens_limit: int = 2048) -> FastAPI:
-    """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health."""
+               max_tokens_limit: int | None = None) -> FastAPI:
+    """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health.
+
+    `max_tokens_limit` caps a request's `max_tokens` (None: only the model's context does); a
+    request without `max_tokens` may use what the context leaves after its prompt."""
     app = FastAPI(title="prefloop serve", docs_url=None, redoc_url=None, openapi_url=None)
     logger = _Logger(store, model_name)
     started = int(time.time())
@@ -110,14 +114,15 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit)
+        req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit,
+                                 vocab_size=engine.vocab_size, template_fields=engine.template_fields)
+        if req.store and store is None:
+            raise APIError(400, "'store': true asks to keep this completion, but this server has no store: start "
+                                "it with prefloop serve --db FILE, or leave 'store' out", "store")
         req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
         prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
-        context = engine.context_length
-        if context and len(prompt_ids) + req.params.max_new_tokens > context:
-            raise APIError(400, f"This model's context is {context} tokens; the messages take {len(prompt_ids)} "
-                                f"and max_tokens asks for {req.params.max_new_tokens} more. Shorten the messages "
-                                "or lower max_tokens.", "messages", "context_length_exceeded")
+        limit = budget(req, len(prompt_ids), engine.context_length, max_tokens_limit)
+        req.params = replace(req.params, max_new_tokens=limit)
         rows = [(prompt_ids, req.params.for_sample(i)) for i in range(req.n)]
         headers = {"X-Conversation-Id": req.conversation_id}
         if req.stream:
@@ -140,11 +145,20 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
             if future.exception() is not None:
                 loop.call_soon_threadsafe(events.put_nowait, (None, future.exception(), None, None))
 
+        def chunk(*args, top: dict | None = None, **kwargs) -> str:
+            """One choice chunk; with include_usage it carries `usage: null` (only the last chunk counts),
+            with include_obfuscation random padding in `obfuscation` (as the OpenAI API does)."""
+            body = {**chunk_body(cid, model_name, created, *args, **kwargs), **(top or {})}
+            if req.include_usage:
+                body["usage"] = None
+            if req.include_obfuscation:
+                body["obfuscation"] = secrets.token_urlsafe(secrets.randbelow(24) + 1)
+            return _sse(body)
+
         cid, created = completion_id(), int(time.time())
         engine.submit(rows, on_update).add_done_callback(on_done)
         for i in range(req.n):
-            yield _sse({**chunk_body(cid, model_name, created, i, {"role": "assistant", "content": ""}),
-                        "conversation_id": req.conversation_id})
+            yield chunk(i, {"role": "assistant", "content": ""}, top={"conversation_id": req.conversation_id})
         finished: list[Sample] = []
         while len(finished) < req.n:
             index, delta, logprobs, sample = await events.get()
@@ -153,12 +167,11 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
                 return
             wants_logprobs = req.params.logprobs and logprobs
             if delta or wants_logprobs:
-                yield _sse(chunk_body(cid, model_name, created, index, {"content": delta},
-                                      logprobs=logprobs if req.params.logprobs else None))
+                yield chunk(index, {"content": delta}, logprobs=logprobs if req.params.logprobs else None)
             if sample is not None:
                 finished.append(sample)
                 extra = await logger.log(req, sample, prompt_tokens)
-                yield _sse(chunk_body(cid, model_name, created, index, {}, sample.finish_reason, extra=extra))
+                yield chunk(index, {}, sample.finish_reason, extra=extra)
         if req.include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                         "choices": [], "usage": usage(prompt_tokens, finished)})
@@ -176,7 +189,11 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
 
 
 def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
-                  max_tokens_limit=2048, max_batch_rows: int = 16) -> int:
+                  max_tokens_limit=None, max_batch_rows: int = 16, insecure: bool = False) -> int:
+    """`prefloop serve`: check the options, load the model, serve until Ctrl-C."""
+    warning = check_exposure("serve", host, bool(api_key), "--api-key KEY", insecure)
+    if max_tokens_limit is not None and max_tokens_limit < 1:
+        raise ConfigError(f"--max-tokens-limit must be at least 1, got {max_tokens_limit}")
     import uvicorn
 
     from prefloop.chat_clients import local_model_name
@@ -190,9 +207,8 @@ def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8
         store = Store(db)
     name = model_name or local_model_name(model)
     engine = GenerationEngine(generator, max_batch_rows=max_batch_rows)
-    if host not in LOOPBACK and not api_key:
-        print(f"prefloop serve: warning: listening on {host} without --api-key: anyone who can reach this "
-              "machine can use the model", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"prefloop serve: model {name!r} at http://{host}:{port}/v1"
           + (f", logging interactions to {db}" if db else ""), file=sys.stderr)
     try:

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from prefloop.sampling import LocalGenerator, Sample, SamplingParams, UpdateCallback
+from prefloop.serve.protocol import MESSAGE_FIELDS
 
 
 @dataclass
@@ -43,6 +44,16 @@ class GenerationEngine:
     @property
     def context_length(self) -> int | None:
         return self.generator.context_length
+
+    @property
+    def vocab_size(self) -> int | None:
+        return getattr(getattr(self.generator.model, "config", None), "vocab_size", None)
+
+    @property
+    def template_fields(self) -> frozenset:
+        """Optional message fields (protocol.MESSAGE_FIELDS) that the model's chat template reads."""
+        source = self.generator.template.source
+        return frozenset(name for name in MESSAGE_FIELDS if name in source)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.generator.encode_chat(messages)
