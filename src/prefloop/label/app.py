@@ -122,14 +122,16 @@ def label_command(pairs=None, model_a=None, model_b=None, prompts=None, db="pref
         if path and not Path(path).exists():
             raise DataError(f"{flag} {path}: file not found; check the path")
     session = prepare_session(pairs, model_a, model_b, prompts, db, dimensions, overlap, seed)
-    demo = launch(session, host, port, users)
-    print(f"labeling at http://{host}:{port}  (votes go to {session.store.path}; Ctrl-C to stop)")
-    try:
+    demo = None
+    try:  # Ctrl-C may come while Gradio is still starting (the page already answers then)
+        demo = launch(session, host, port, users)
+        print(f"labeling at http://{host}:{port}  (votes go to {session.store.path}; Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         print("stopping")
     finally:
-        demo.close()
+        if demo is not None:
+            demo.close()
         session.store.close()
     return 0

@@ -153,7 +153,7 @@ _UNSUPPORTED = {
     "prompt_cache_retention": "this server keeps no prompt cache",
     "prompt_cache_options": "this server keeps no prompt cache",
 }
-_KNOWN = {"model", "messages", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "seed", "stop",
+KNOWN_FIELDS = {"model", "messages", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "seed", "stop",
           "logprobs", "top_logprobs", "stream", "stream_options", "frequency_penalty", "presence_penalty",
           "logit_bias", "response_format", "tools", "tool_choice", "parallel_tool_calls", "user",
           "safety_identifier", "metadata", "store", "modalities", "service_tier", "conversation_id", *_UNSUPPORTED}
@@ -205,7 +205,7 @@ def _tags(body: dict) -> dict:
 
 def _check_unsupported(body: dict) -> None:
     for name in body:
-        if name not in _KNOWN:
+        if name not in KNOWN_FIELDS:
             raise APIError(400, f"Unrecognized request argument supplied: {name}. This server takes the OpenAI "
                                 "chat-completions fields (see the README, 'prefloop serve').", name)
     for name, why in _UNSUPPORTED.items():
