@@ -41,3 +41,10 @@ def test_a_page_forbids_remote_resources_and_scripts():
     assert "<title>&lt;report&gt;</title>" in page and "<img" not in page
     with pytest.raises(TypeError):
         markdown_html(None)
+
+
+def test_terminal_text_shows_control_characters_instead_of_obeying_them():
+    from prefloop.render import terminal_text
+
+    assert terminal_text("a\x1b[2Jb\r\x07\x9b\x7f") == r"a\x1b[2Jb\x0d\x07\x9b\x7f"
+    assert terminal_text("line one\n\tline two é 中") == "line one\n\tline two é 中"

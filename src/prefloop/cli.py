@@ -25,6 +25,7 @@ COMMANDS = {
     "label-stats": "prefloop.label.stats:label_stats_command",
     "export": "prefloop.label.export:export_command",
     "serve": "prefloop.serve.app:serve_command",
+    "chat": "prefloop.chat:chat_command",
 }
 
 
@@ -143,10 +144,22 @@ def _add_serve(sub) -> None:
                    help="most sequences decoded together (a request with n choices is n rows)")
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a model in the terminal (answers stream; /reset, /exit)")
+    p.add_argument("model", help="model directory, hub id or .gguf file")
+    p.add_argument("--adapter", help="LoRA adapter directory to apply (e.g. a training output_dir)")
+    p.add_argument("--system", help="system message for the conversation (kept across /reset)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest answer (default: what the model's context leaves after the conversation)")
+    p.add_argument("--seed", type=int, help="makes sampled answers repeat from run to run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve):
+    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat):
         add(sub)
     return parser
 

@@ -11,6 +11,8 @@ the reader's browser fetch anything. So:
   Markdown, with every Markdown and HTML character backslash-escaped so it shows literally.
 - `html_page(title, body)`: a standalone page (e.g. a report) whose Content-Security-Policy
   forbids every remote resource and every script, so nothing on it can be fetched or run.
+- `terminal_text(text)`: the same for a terminal (`prefloop chat`): control characters (ESC
+  sequences that move the cursor, rewrite the title or the clipboard, BEL) are shown as `\x1b`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from markdown_it import MarkdownIt
 
 # CommonMark: any ASCII punctuation character may be backslash-escaped to stand for itself.
 _MARKDOWN_PUNCTUATION = re.compile(r"([!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~])")
+
+# C0/C1 controls and DEL, except newline and tab: in a terminal they are commands, not text.
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # Nothing remote, nothing that runs: inline styles and data: images (e.g. an embedded plot) only.
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -75,3 +80,9 @@ def html_page(title: str, body_html: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{PAGE_POLICY}\">\n"
             f"<title>{html.escape(title)}</title></head>\n<body>\n{body_html}\n</body></html>\n")
+
+
+def terminal_text(text: str) -> str:
+    """`text` safe to write to a terminal: every control character but newline and tab is written
+    as its escape (`\x1b[2J` reads as those characters instead of clearing the screen)."""
+    return _TERMINAL_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
