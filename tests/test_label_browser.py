@@ -35,6 +35,13 @@ def write_candidates(path: Path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, with nothing of its own going out to the network."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"])
+
+
 def shown(page) -> tuple[str, str]:
     return page.inner_text("#response-a"), page.inner_text("#response-b")
 
@@ -53,9 +60,7 @@ def test_vote_click_key_undo_export(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             outside = []  # no request may leave this machine (fonts, analytics, CDNs)
             page.on("request", lambda r: None if r.url.startswith(
@@ -154,9 +159,7 @@ def test_live_mode_without_login(tmp_path, tiny_model_dir):
     demo = launch(session, port=port)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#annotator-name textarea, #annotator-name input").fill("dana")
@@ -211,9 +214,7 @@ def test_model_and_user_text_is_shown_as_text_and_nothing_is_fetched(tmp_path):
     own = (f"http://127.0.0.1:{port}/", f"ws://127.0.0.1:{port}/", "data:", "blob:")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             requests = []
             page.on("request", lambda r: requests.append(r.url))
