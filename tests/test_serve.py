@@ -529,3 +529,14 @@ def test_every_create_parameter_of_the_openai_client_is_handled():
     sent = set(inspect.signature(Completions.create).parameters) - {"self", "extra_headers", "extra_query",
                                                                    "extra_body", "timeout"}
     assert sent - KNOWN_FIELDS == set()
+
+
+def test_the_endpoint_client_sends_penalties_and_logit_bias(client, generator):
+    """SamplingParams mean the same through an endpoint as on the local model."""
+    from prefloop.chat_clients import ChatCall, EndpointChatClient
+
+    params = SamplingParams(10, temperature=0, frequency_penalty=1.5, presence_penalty=0.5, logit_bias=((196, 1.5),))
+    [(_, completion)] = list(EndpointChatClient(client, MODEL).complete_many([ChatCall(HELLO, 1, params)]))
+    assert completion.texts == [generator.generate([(generator.encode_chat(HELLO), params)])[0].text]
+    assert completion.texts[0] == _reference_greedy(generator, generator.encode_chat(HELLO), 10, 1.5, 0.5,
+                                                    {"196": 1.5})
