@@ -125,3 +125,30 @@ def test_in_a_real_terminal(tiny_model_dir, generator):
         assert "CHAT-EXITED-0" in screen and "User: Hello\nAssistant: " + first in screen
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_ctrl_c_stops_an_answer_and_the_turn_is_not_kept(generator):
+    """Ctrl-C while the answer is being written: the chat goes on, and the cut answer is not in the history."""
+
+
+    class Interrupting(io.StringIO):
+        """Delivers Ctrl-C (KeyboardInterrupt) at the second piece of the first answer, as a terminal would."""
+
+        def __init__(self):
+            super().__init__()
+            self.pieces = 0
+
+        def write(self, text):
+            if text not in ("", "\n") and not text.startswith(("User: ", "Assistant: ")):
+                self.pieces += 1
+                if self.pieces == 2:
+                    raise KeyboardInterrupt
+            return super().write(text)
+
+    session = ChatSession(generator, params=SamplingParams(temperature=0), max_new_tokens=8)
+    out, err = Interrupting(), io.StringIO()
+    assert run_chat(session, io.StringIO("First\nSecond\n"), out, err, interactive=False) == 0
+    assert out.pieces > 2  # the second answer was written after the interrupted first one
+    assert err.getvalue().count("(answer interrupted; it is not kept)") == 1
+    second = greedy(generator, [{"role": "user", "content": "Second"}], 8)  # answered without the cut first turn
+    assert session.messages == [{"role": "user", "content": "Second"}, {"role": "assistant", "content": second}]

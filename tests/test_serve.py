@@ -540,3 +540,28 @@ def test_the_endpoint_client_sends_penalties_and_logit_bias(client, generator):
     assert completion.texts == [generator.generate([(generator.encode_chat(HELLO), params)])[0].text]
     assert completion.texts[0] == _reference_greedy(generator, generator.encode_chat(HELLO), 10, 1.5, 0.5,
                                                     {"196": 1.5})
+
+
+def test_message_names_reach_a_template_that_renders_them(tmp_path):
+    """A field the model's chat template reads (here `name`) is passed on to it, not dropped."""
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}{% if m['name'] %} ({{ m['name'] }}){% endif %}\n"
+                "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% endif %}")
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    generator = LocalGenerator(build_tiny_model(tokenizer), tokenizer)
+    engine = GenerationEngine(generator)
+    named = [{"role": "user", "content": "Hi", "name": "ana"}]
+    # chat templates run with trim_blocks (as in transformers): the newline after {% endif %} is dropped
+    expected = len(tokenizer("<|im_start|>user (ana)Hi<|im_end|>\n<|im_start|>assistant\n",
+                             add_special_tokens=False).input_ids)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+            with_name = client.chat.completions.create(model=MODEL, messages=named, max_tokens=1)
+            without = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                     max_tokens=1)
+    finally:
+        engine.close()
+    assert with_name.usage.prompt_tokens == expected > without.usage.prompt_tokens
