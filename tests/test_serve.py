@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -565,3 +566,25 @@ def test_message_names_reach_a_template_that_renders_them(tmp_path):
     finally:
         engine.close()
     assert with_name.usage.prompt_tokens == expected > without.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_stops_its_generation(engine, stream):
+    """Without max_tokens an answer may run to the end of the context (4096 tokens here); when the client
+    leaves, the engine stops decoding its row instead of finishing it for nobody."""
+    before = engine.rows_cancelled
+    with BackgroundServer(create_app(engine, MODEL)) as server:
+        impatient = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=1.5)
+        if stream:  # read a few chunks, then hang up
+            response = impatient.chat.completions.create(model=MODEL, messages=HELLO, logit_bias=NO_STOP, stream=True)
+            assert [next(response) for _ in range(3)]
+            response.close()
+        else:  # the client's timeout hangs up
+            with pytest.raises(openai.APITimeoutError):
+                impatient.chat.completions.create(model=MODEL, messages=HELLO, logit_bias=NO_STOP)
+        deadline = time.monotonic() + 60
+        while engine.rows_cancelled == before:
+            assert time.monotonic() < deadline, "the row was not cancelled"
+            time.sleep(0.1)
+        assert engine.rows_cancelled == before + 1
+        assert httpx.get(server.url + "/health").json()["rows_cancelled"] == before + 1

@@ -69,7 +69,7 @@ class TokenLogprob:
 class Sample:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length" (token budget spent)
+    finish_reason: str  # "stop" (end of turn or a stop string), "length" (token budget spent) or "cancelled"
     logprobs: list[TokenLogprob] | None = None
 
 
@@ -169,21 +169,23 @@ class LocalGenerator:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(
-        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None
+        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> list[Sample]:
-        """Decode all rows together; returns one Sample per row in order."""
+        """Decode all rows together; returns one Sample per row in order. `cancelled(row)`, asked
+        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away)."""
         if not rows:
             return []
         states = [_Row(list(ids), params) for ids, params in rows]
         try:
             with torch.inference_mode():
-                self._decode(states, on_update)
+                self._decode(states, on_update, cancelled)
         finally:
             if self._eager_decode:
                 self._base.set_attn_implementation(self._prefill_attention)
         return [s.finished for s in states]
 
-    def _decode(self, states: list[_Row], on_update) -> None:
+    def _decode(self, states: list[_Row], on_update, cancelled=None) -> None:
         device = self.device
         width = max(len(s.prompt_ids) for s in states)
         input_ids = torch.full((len(states), width), self.pad_id, dtype=torch.long)
@@ -202,6 +204,12 @@ class LocalGenerator:
         if self._eager_decode:
             self._base.set_attn_implementation("eager")
         while any(s.finished is None for s in states):
+            if cancelled is not None:
+                for i, s in enumerate(states):
+                    if s.finished is None and cancelled(i):
+                        self._finish(s, "cancelled", None, i)
+                if all(s.finished is not None for s in states):
+                    break
             logits = out.logits[:, -1, :].float()
             active = [s.params if s.finished is None else None for s in states]
             tokens = choose_tokens(adjust_logits(logits, active, [s.ids for s in states]), active,

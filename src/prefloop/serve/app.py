@@ -12,6 +12,7 @@ import asyncio
 import json
 import secrets
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -36,6 +37,9 @@ from prefloop.serve.protocol import (
     usage,
 )
 
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
+
+
 async def _json_body(request: Request):
     raw = await request.body()
     try:
@@ -47,6 +51,25 @@ async def _json_body(request: Request):
 
 def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _BearerAuth:
+    """Requires `Authorization: Bearer <api_key>` on /v1/ (not /health). A plain ASGI middleware: it
+    leaves `receive` alone, so a request still sees its client disconnect (see `_answer`)."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = Request(scope).headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+                err = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
+                                    "given to prefloop serve --api-key.", code="invalid_api_key")
+                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _Logger:
@@ -84,21 +107,14 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
     async def _api_error(request: Request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(given.encode(), api_key.encode()):
-                err = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
-                                    "given to prefloop serve --api-key.", code="invalid_api_key")
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(_BearerAuth, api_key=api_key)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "batches_run": engine.batches_run,
-                "largest_batch": engine.largest_batch, "logging": store is not None}
+                "largest_batch": engine.largest_batch, "rows_cancelled": engine.rows_cancelled,
+                "logging": store is not None}
 
     @app.get("/v1/models")
     async def models():
@@ -128,11 +144,25 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
         if req.stream:
             return StreamingResponse(_stream(req, rows, len(prompt_ids)), media_type="text/event-stream",
                                      headers=headers)
-        samples = await asyncio.wrap_future(engine.submit(rows))
+        samples = await _answer(request, rows)
         extras = [await logger.log(req, s, len(prompt_ids)) for s in samples]
         body = completion_body(completion_id(), model_name, len(prompt_ids), samples, extras)
         body["conversation_id"] = req.conversation_id
         return JSONResponse(body, headers=headers)
+
+    async def _answer(request: Request, rows) -> list[Sample]:
+        """The samples of `rows`; generation stops if the client goes away or the server shuts down."""
+        cancel = threading.Event()
+        future = asyncio.wrap_future(engine.submit(rows, cancel=cancel))
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return future.result()
+                if await request.is_disconnected():
+                    raise APIError(499, "the client closed the connection", code="client_closed_request")
+        finally:
+            cancel.set()
 
     async def _stream(req: ChatRequest, rows, prompt_tokens: int):
         loop = asyncio.get_running_loop()
@@ -142,7 +172,7 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
             loop.call_soon_threadsafe(events.put_nowait, (index, delta, logprobs, finished))
 
         def on_done(future):
-            if future.exception() is not None:
+            if not future.cancelled() and future.exception() is not None:
                 loop.call_soon_threadsafe(events.put_nowait, (None, future.exception(), None, None))
 
         def chunk(*args, top: dict | None = None, **kwargs) -> str:
@@ -156,26 +186,30 @@ def create_app(engine: GenerationEngine, model_name: str, api_key: str | None = 
             return _sse(body)
 
         cid, created = completion_id(), int(time.time())
-        engine.submit(rows, on_update).add_done_callback(on_done)
-        for i in range(req.n):
-            yield chunk(i, {"role": "assistant", "content": ""}, top={"conversation_id": req.conversation_id})
-        finished: list[Sample] = []
-        while len(finished) < req.n:
-            index, delta, logprobs, sample = await events.get()
-            if index is None:
-                yield _sse(APIError(500, f"generation failed: {delta}", type="server_error").body())
-                return
-            wants_logprobs = req.params.logprobs and logprobs
-            if delta or wants_logprobs:
-                yield chunk(index, {"content": delta}, logprobs=logprobs if req.params.logprobs else None)
-            if sample is not None:
-                finished.append(sample)
-                extra = await logger.log(req, sample, prompt_tokens)
-                yield chunk(index, {}, sample.finish_reason, extra=extra)
-        if req.include_usage:
-            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [], "usage": usage(prompt_tokens, finished)})
-        yield "data: [DONE]\n\n"
+        cancel = threading.Event()  # set when the stream ends early (client gone, server stopping)
+        engine.submit(rows, on_update, cancel).add_done_callback(on_done)
+        try:
+            for i in range(req.n):
+                yield chunk(i, {"role": "assistant", "content": ""}, top={"conversation_id": req.conversation_id})
+            finished: list[Sample] = []
+            while len(finished) < req.n:
+                index, delta, logprobs, sample = await events.get()
+                if index is None:
+                    yield _sse(APIError(500, f"generation failed: {delta}", type="server_error").body())
+                    return
+                wants_logprobs = req.params.logprobs and logprobs
+                if delta or wants_logprobs:
+                    yield chunk(index, {"content": delta}, logprobs=logprobs if req.params.logprobs else None)
+                if sample is not None:
+                    finished.append(sample)
+                    extra = await logger.log(req, sample, prompt_tokens)
+                    yield chunk(index, {}, sample.finish_reason, extra=extra)
+            if req.include_usage:
+                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                            "choices": [], "usage": usage(prompt_tokens, finished)})
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel.set()
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
@@ -212,8 +246,9 @@ def serve_command(model, adapter=None, model_name=None, host="127.0.0.1", port=8
     print(f"prefloop serve: model {name!r} at http://{host}:{port}/v1"
           + (f", logging interactions to {db}" if db else ""), file=sys.stderr)
     try:
+        # Ctrl-C: requests still running get 5 s, then are cancelled (and stop generating).
         uvicorn.run(create_app(engine, name, api_key, store, max_tokens_limit), host=host, port=port,
-                    log_level="info")
+                    log_level="info", timeout_graceful_shutdown=5)
     finally:
         engine.close()
     return 0

@@ -23,6 +23,7 @@ class _Job:
     rows: list[tuple[list[int], SamplingParams]]
     on_update: UpdateCallback | None
     future: Future
+    cancel: threading.Event | None = None
 
 
 class GenerationEngine:
@@ -33,6 +34,7 @@ class GenerationEngine:
         self.max_batch_rows = max(1, max_batch_rows)
         self.batches_run = 0
         self.largest_batch = 0
+        self.rows_cancelled = 0  # rows whose client went away before or while they were decoded
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="prefloop-generation", daemon=True)
         self._worker.start()
@@ -59,11 +61,14 @@ class GenerationEngine:
         return self.generator.encode_chat(messages)
 
     def submit(
-        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None
+        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> Future:
-        """Queue `rows`; `on_update(row, text_delta, logprobs, finished)` is called from the worker thread."""
+        """Queue `rows`; `on_update(row, text_delta, logprobs, finished)` is called from the worker thread.
+        Setting `cancel` (e.g. when the client goes away) ends the job's rows at the next decode step
+        (finish_reason "cancelled"); a job cancelled while it waits is not decoded at all."""
         future: Future = Future()
-        self._queue.put(_Job(rows, on_update, future))
+        self._queue.put(_Job(rows, on_update, future, cancel))
         return future
 
     def close(self) -> None:
@@ -98,6 +103,12 @@ class GenerationEngine:
                 return
 
     def _run_batch(self, jobs: list[_Job]) -> None:
+        for job in [j for j in jobs if j.cancel is not None and j.cancel.is_set()]:
+            job.future.cancel()
+            jobs.remove(job)
+            self.rows_cancelled += len(job.rows)
+        if not jobs:
+            return
         owners: list[tuple[_Job, int]] = [(job, r) for job in jobs for r in range(len(job.rows))]
         rows = [row for job in jobs for row in job.rows]
 
@@ -110,14 +121,19 @@ class GenerationEngine:
             except Exception:  # noqa: BLE001 - e.g. the client went away; the other rows carry on
                 job.on_update = None
 
+        def cancelled(index: int) -> bool:
+            cancel = owners[index][0].cancel
+            return cancel is not None and cancel.is_set()
+
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(rows))
         try:
-            samples = self.generator.generate(rows, on_update=dispatch)
+            samples = self.generator.generate(rows, on_update=dispatch, cancelled=cancelled)
         except Exception as err:  # noqa: BLE001 - every waiting client gets the error, the worker lives on
             for job in jobs:
                 job.future.set_exception(err)
             return
+        self.rows_cancelled += sum(s.finish_reason == "cancelled" for s in samples)
         start = 0
         for job in jobs:
             job.future.set_result(samples[start : start + len(job.rows)])
