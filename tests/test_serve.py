@@ -356,8 +356,10 @@ def test_top_p_zero_and_temperature_zero_are_greedy(client, generator):
 
 
 def test_a_seed_repeats_and_another_seed_differs(client):
-    ask = lambda seed: client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, seed=seed,  # noqa: E731
-                                                       logit_bias=NO_STOP).choices[0].message.content
+    def ask(seed):
+        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, seed=seed,
+                                              logit_bias=NO_STOP).choices[0].message.content
+
     assert ask(21) == ask(21) != ask(22)
 
 
@@ -456,7 +458,8 @@ def test_store_false_is_not_logged_and_store_true_needs_a_store(client, store, e
                                                    stream=True))
     assert streamed and len(store.interactions()) == before
     kept = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=True)
-    assert store.interaction(kept.choices[0].model_extra["interaction_id"])["response"] == kept.choices[0].message.content
+    kept_id = kept.choices[0].model_extra["interaction_id"]
+    assert store.interaction(kept_id)["response"] == kept.choices[0].message.content
     with BackgroundServer(create_app(engine, MODEL)) as server:
         bare = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as info:

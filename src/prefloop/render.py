@@ -60,8 +60,8 @@ def _parser() -> MarkdownIt:
 
 def markdown_html(text: str) -> str:
     """HTML of `text` read as Markdown, safe to put in a page: raw HTML shows as text (`<img src=x>`
-    reads `<img src=x>`, `&amp;` reads `&amp;`), Markdown images show as their source, `javascript:` and other unsafe link
-    targets are not linked (markdown-it's validateLink). Single newlines are kept as line breaks.
+    reads `<img src=x>`, `&amp;` reads `&amp;`), Markdown images show as their source, `javascript:`
+    and other unsafe link targets are not linked (markdown-it's validateLink). Single newlines are kept as line breaks.
     Raises TypeError if `text` is not a string."""
     if not isinstance(text, str):
         raise TypeError(f"markdown_html takes text, got {type(text).__name__}")

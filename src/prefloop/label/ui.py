@@ -71,7 +71,8 @@ def _chat(prompt: list[dict]) -> tuple[str, list[dict]]:
 
 
 def _progress_text(progress: dict, annotator: str) -> str:
-    return (f"**{escape_markdown(annotator or 'anonymous')}**: {progress['mine']} judged, {progress['left']} left for you · items complete "
+    return (f"**{escape_markdown(annotator or 'anonymous')}**: {progress['mine']} judged, {progress['left']} left "
+            f"for you · items complete "
             f"{progress['complete']} / {progress['total']} (each needs {progress['overlap']} annotator"
             f"{'s' if progress['overlap'] > 1 else ''})")
 
@@ -194,7 +195,8 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                 except PrefloopError as err:
                     return [*[gr.update()] * len(view), f"Could not generate: {escape_markdown(err)}"]
                 except Exception as err:  # a model or endpoint failure must not kill the page
-                    return [*[gr.update()] * len(view), f"Could not generate: {type(err).__name__}: {escape_markdown(err)}"]
+                    return [*[gr.update()] * len(view),
+                            f"Could not generate: {type(err).__name__}: {escape_markdown(err)}"]
                 return [*render(session.show(item_id, annotator), annotator), "Both models answered; vote below."]
 
             drawn_prompt = gr.State(None)  # the whole drawn conversation (the box shows its last turn)
