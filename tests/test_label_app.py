@@ -201,8 +201,14 @@ def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
                 assert time.monotonic() < deadline, "the app did not start"
                 time.sleep(0.5)
+        started = ""
+        while "labeling at" not in started:  # the page answers a moment before launch() returns
+            line = proc.stdout.readline()
+            assert line, "the app stopped before saying where it listens"
+            started += line
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
+        output = started + output
     finally:
         proc.kill()
     assert proc.returncode == 0, output

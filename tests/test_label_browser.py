@@ -35,6 +35,13 @@ def write_candidates(path: Path) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, with nothing of its own going out to the network."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"])
+
+
 def shown(page) -> tuple[str, str]:
     return page.inner_text("#response-a"), page.inner_text("#response-b")
 
@@ -53,9 +60,7 @@ def test_vote_click_key_undo_export(tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             outside = []  # no request may leave this machine (fonts, analytics, CDNs)
             page.on("request", lambda r: None if r.url.startswith(
@@ -154,9 +159,7 @@ def test_live_mode_without_login(tmp_path, tiny_model_dir):
     demo = launch(session, port=port)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+            browser = launch_chromium(p)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.locator("#annotator-name textarea, #annotator-name input").fill("dana")
@@ -182,3 +185,77 @@ def test_live_mode_without_login(tmp_path, tiny_model_dir):
     assert vote["annotator"] == "dana" and vote["source_a"] == f"{tiny_model_dir.name} (--model-a)"
     assert [m["content"] for m in vote["prompt"]] == ["Hi there", "Hello!", "Tell me a joke"]
     assert vote["verdict"] == ("b" if vote["shown_order"] == "ab" else "a")
+
+
+HOSTILE = {
+    "system": "Answer <b>briefly</b>. <img src=http://203.0.113.9/system.png>",
+    "prompt": "Is <img src=x> an <b>image</b>? See ![logo](http://203.0.113.9/logo.png) & &lt;ok&gt;",
+    "a": "It is <img src=x> text. <script>window.pwned = 1</script>\n\n![cat](http://203.0.113.9/cat.png)",
+    "b": "**Bold stays** and `<code>` stays code; <iframe src=http://203.0.113.9/f></iframe>",
+}
+
+
+def test_model_and_user_text_is_shown_as_text_and_nothing_is_fetched(tmp_path):
+    """Issue 12 item 8: a response with <img src=x> showed a broken image; an image URL in model text made the
+    annotator's browser fetch it. Every text on the page reads as written and no request leaves the page."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    cands = tmp_path / "cands.jsonl"
+    cands.write_text(json.dumps({
+        "messages": [{"role": "system", "content": HOSTILE["system"]}, {"role": "user", "content": HOSTILE["prompt"]}],
+        "candidates": [{"text": HOSTILE["a"], "model": "<img src=http://203.0.113.9/m.png>model-x"},
+                       {"text": HOSTILE["b"], "model": "model|<b>y</b>"}]}) + "\n")
+    # overlap 2: the page first shows the item to the default name (the OS user), then to "eve"
+    session = prepare_session(pairs=str(cands), db=str(tmp_path / "label.sqlite"), overlap=2)
+    port = free_port()
+    demo = launch(session, host="127.0.0.1", port=port)
+    own = (f"http://127.0.0.1:{port}/", f"ws://127.0.0.1:{port}/", "data:", "blob:")
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(f"http://127.0.0.1:{port}/")
+            name = page.locator("#annotator-name textarea, #annotator-name input")
+            name.fill("eve <img src=/annotator.png>")
+            name.press("Enter")
+            expect(page.locator("#progress")).to_contain_text("eve <img src=/annotator.png>: 0 judged",
+                                                              timeout=30_000)
+            texts = dict(zip(("a", "b"), shown(page)))
+            if "Bold stays" in texts["a"]:  # A/B order is random per item
+                texts = {"a": texts["b"], "b": texts["a"]}
+            # raw HTML reads as written; a Markdown image reads as its source
+            assert "It is <img src=x> text. <script>window.pwned = 1</script>" in texts["a"]
+            assert "![cat](http://203.0.113.9/cat.png)" in texts["a"]
+            assert "<iframe src=http://203.0.113.9/f></iframe>" in texts["b"]
+            conversation = page.inner_text("#conversation")
+            assert "Is <img src=x> an <b>image</b>? See ![logo](http://203.0.113.9/logo.png) & &lt;ok&gt;" in \
+                conversation
+            assert HOSTILE["system"] in page.inner_text("#system")
+            # Markdown formatting stays
+            assert page.locator("#response-a strong, #response-b strong").inner_text() == "Bold stays"
+            assert page.locator("#response-a code, #response-b code").inner_text() == "<code>"
+            # no element was made from the text, no script ran
+            hostile = "#response-a :is(img,script,iframe), #response-b :is(img,script,iframe), " \
+                      "#conversation :is(img,iframe), #system :is(img,b), #progress img"
+            assert page.locator(hostile).count() == 0
+            assert page.evaluate("window.pwned") is None
+            page.screenshot(path=str(ARTIFACTS / "label-browser-escaped.png"), full_page=True)
+
+            page.locator("#vote-a").click()
+            expect(page.locator("#reveal")).to_contain_text("Saved vote #1", timeout=20_000)
+            reveal = page.inner_text("#reveal")
+            assert "<img src=http://203.0.113.9/m.png>model-x" in reveal and "model|<b>y</b>" in reveal
+            page.get_by_text("Statistics", exact=True).click()
+            page.locator("#refresh-stats").click()
+            expect(page.locator("#stats")).to_contain_text("eve <img src=/annotator.png>", timeout=20_000)
+            assert page.locator("#reveal img, #reveal b, #stats img").count() == 0
+            browser.close()
+    finally:
+        demo.close()
+    assert [u for u in requests if not u.startswith(own)] == []  # nothing remote
+    fetched_from_text = [u for u in requests if u.split("?")[0].endswith(("/x", ".png", "/f"))]
+    assert fetched_from_text == []  # nor the relative URLs in the text (<img src=x>, /annotator.png)

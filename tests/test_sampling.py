@@ -39,3 +39,15 @@ def test_a_seeded_row_samples_the_same_alone_or_in_a_batch(tiny_tokenizer):
     alone = [gen.generate([(p, q)])[0] for p, q in zip(prompts, params)]
     assert [s.token_ids for s in together] == [s.token_ids for s in alone]
     assert len({tuple(s.token_ids) for s in together}) == 3
+
+
+def test_penalties_and_logit_bias_follow_the_openai_formula():
+    """logit[j] - c[j] * frequency - (c[j] > 0) * presence + bias[j], for the tokens generated so far."""
+    from prefloop.sampling import adjust_logits
+
+    logits = torch.zeros(2, 4)
+    params = [SamplingParams(frequency_penalty=0.5, presence_penalty=1.0, logit_bias=((3, 2.0),)), None]
+    out = adjust_logits(logits, params, [[1, 1, 2], [1]])
+    assert out[0].tolist() == [0.0, -2.0, -1.5, 2.0]  # token 1 twice: -2*0.5-1; token 2 once: -0.5-1
+    assert out[1].tolist() == [0.0] * 4 and logits.abs().sum() == 0  # a finished row and the input untouched
+    assert adjust_logits(logits, [SamplingParams(), None], [[1], []]) is logits

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -178,7 +179,7 @@ def test_concurrent_clients_are_batched_and_all_answered(client, engine):
 
 
 def test_interactions_are_logged_and_feedback_recorded(client, server, store):
-    resp = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, n=2, seed=3,
+    resp = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, n=2, seed=3, logprobs=True,
                                           extra_body={"conversation_id": "conv-42"})
     ids = [c.model_extra["interaction_id"] for c in resp.choices]
     assert resp.model_extra["conversation_id"] == "conv-42"
@@ -186,7 +187,11 @@ def test_interactions_are_logged_and_feedback_recorded(client, server, store):
     for choice, iid in zip(resp.choices, ids):
         assert logged[iid]["response"] == choice.message.content
         assert logged[iid]["messages"] == HELLO and logged[iid]["conversation_id"] == "conv-42"
-        assert logged[iid]["params"]["n"] == 2 and logged[iid]["usage"]["completion_tokens"] >= 0
+        assert logged[iid]["params"]["n"] == 2
+        # each choice's own token count (one log-prob per token), and the two add up to the response's usage
+        assert logged[iid]["usage"]["completion_tokens"] == len(choice.logprobs.content)
+        assert logged[iid]["usage"]["prompt_tokens"] == resp.usage.prompt_tokens
+    assert sum(logged[i]["usage"]["completion_tokens"] for i in ids) == resp.usage.completion_tokens
 
     thumbs = httpx.post(server.url + "/v1/feedback", json={"interaction_id": ids[0], "value": "up",
                                                            "annotator": "ana"})
@@ -262,3 +267,327 @@ def test_adapter_changes_what_is_served(tiny_model_dir, tmp_path):
     first_base = base.generate([(prompt, params)])[0].logprobs[0].logprob
     first_tuned = tuned.generate([(prompt, params)])[0].logprobs[0].logprob
     assert first_base != pytest.approx(first_tuned, abs=1e-6)
+
+
+# --- every request field the openai client can send: honoured (with its right value) or refused by name ---
+
+NO_STOP = {"0": -100, "2": -100}  # the tiny vocabulary's <|endoftext|> and <|im_end|>: the answer runs to its budget
+
+
+@pytest.fixture(scope="module")
+def short_context_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with a 60-token context (its config says so, as a real model's does)."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("short") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 60}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_client(short_context_dir):
+    engine = GenerationEngine(LocalGenerator.load(str(short_context_dir)))
+    with BackgroundServer(create_app(engine, MODEL)) as server:
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    engine.close()
+
+
+def test_the_stop_ids_of_the_tiny_vocabulary(generator):
+    assert generator.stop_ids == {int(t) for t in NO_STOP}
+
+
+@pytest.mark.parametrize("limit", [{}, {"max_tokens": None}, {"max_completion_tokens": None}])
+def test_no_max_tokens_means_what_the_context_leaves(short_client, limit):
+    """Issue 12 item 4: no (or a null) max_tokens was a 400 'max_tokens asks for 2048 more'."""
+    resp = short_client.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, logit_bias=NO_STOP,
+                                                **limit)
+    assert resp.usage.prompt_tokens == 43
+    assert resp.usage.completion_tokens == 60 - 43 and resp.choices[0].finish_reason == "length"
+
+
+def test_max_tokens_beyond_the_context_and_prompts_longer_than_it(short_client):
+    assert short_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=17, logit_bias=NO_STOP
+                                                ).usage.completion_tokens == 17
+    with pytest.raises(openai.BadRequestError) as info:
+        short_client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=18)
+    assert info.value.body["code"] == "context_length_exceeded" and "17 tokens left" in info.value.body["message"]
+    long = [{"role": "user", "content": "word " * 80}]
+    with pytest.raises(openai.BadRequestError) as info:
+        short_client.chat.completions.create(model=MODEL, messages=long)
+    assert info.value.body["param"] == "messages" and "no room for an answer" in info.value.body["message"]
+
+
+def test_max_tokens_limit_caps_requests_without_max_tokens(engine):
+    with BackgroundServer(create_app(engine, MODEL, max_tokens_limit=5)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        resp = client.chat.completions.create(model=MODEL, messages=HELLO, logit_bias=NO_STOP)
+        assert resp.usage.completion_tokens == 5 and resp.choices[0].finish_reason == "length"
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=6)
+        assert info.value.body["param"] == "max_completion_tokens"
+
+
+def test_max_completion_tokens_is_honoured_and_must_agree_with_max_tokens(client):
+    resp = client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=3, logit_bias=NO_STOP)
+    assert resp.usage.completion_tokens == 3
+    same = client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=3, max_tokens=3,
+                                          logit_bias=NO_STOP)
+    assert same.usage.completion_tokens == 3
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=3, max_tokens=4)
+    assert info.value.body["param"] == "max_completion_tokens"
+
+
+def test_stop_as_a_string(client):
+    text = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, temperature=0
+                                          ).choices[0].message.content
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    cut = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20, temperature=0, stop=stop)
+    assert cut.choices[0].message.content == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_top_p_zero_and_temperature_zero_are_greedy(client, generator):
+    greedy = generator.generate([(generator.encode_chat(HELLO), SamplingParams(10, temperature=0))])[0].text
+    for kwargs in (dict(temperature=0), dict(temperature=0.0, top_p=0.0), dict(temperature=1.5, top_p=0, seed=5)):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10, **kwargs
+                                              ).choices[0].message.content == greedy
+
+
+def test_a_seed_repeats_and_another_seed_differs(client):
+    def ask(seed):
+        return client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12, seed=seed,
+                                              logit_bias=NO_STOP).choices[0].message.content
+
+    assert ask(21) == ask(21) != ask(22)
+
+
+def _reference_greedy(generator, prompt_ids, steps, frequency=0.0, presence=0.0, bias=None):
+    """Greedy decoding written out plainly (whole sequence each step, no cache), penalties by
+    OpenAI's formula: logit[j] - c[j] * frequency - (c[j] > 0) * presence + bias[j]."""
+    import torch
+
+    ids, out = list(prompt_ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = generator.model(torch.tensor([ids])).logits[0, -1].double()
+            for token, b in (bias or {}).items():
+                logits[int(token)] += b
+            for token in set(out):
+                logits[token] -= out.count(token) * frequency + presence
+            token = int(logits.argmax())
+            if token in generator.stop_ids:
+                break
+            ids.append(token)
+            out.append(token)
+    return generator.tokenizer.decode(out, skip_special_tokens=True)
+
+
+# With token 196 far ahead the plain greedy answer repeats it and positive penalties break the repeat;
+# without a bias the plain answer never repeats a token and a negative penalty makes it.
+@pytest.mark.parametrize("frequency, presence, bias", [(0.0, 2.0, {"196": 1.5}), (1.5, 0.0, {"196": 1.5}),
+                                                       (0.7, 0.6, {"196": 1.5}), (-2.0, 0.0, None)])
+def test_frequency_and_presence_penalties(client, generator, frequency, presence, bias):
+    kwargs = dict(model=MODEL, messages=HELLO, max_tokens=10, temperature=0, logit_bias=bias)
+    plain = client.chat.completions.create(**kwargs).choices[0].message.content
+    got = client.chat.completions.create(**kwargs, frequency_penalty=frequency, presence_penalty=presence)
+    expected = _reference_greedy(generator, generator.encode_chat(HELLO), 10, frequency, presence, bias)
+    assert got.choices[0].message.content == expected
+    assert plain == _reference_greedy(generator, generator.encode_chat(HELLO), 10, bias=bias)
+    assert expected != plain  # the penalty changed the answer, so the comparison means something
+
+
+def test_logit_bias_forces_and_bans_tokens(client, generator):
+    forced = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, logit_bias={"300": 100},
+                                            logprobs=True)
+    assert [e.token for e in forced.choices[0].logprobs.content] == [generator.tokenizer.decode([300])] * 4
+    greedy = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1, temperature=0, logprobs=True)
+    first = greedy.choices[0].logprobs.content[0].token
+    first_id = generator.tokenizer.convert_tokens_to_ids(generator.tokenizer.tokenize(first))[0]
+    banned = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1, temperature=0, logprobs=True,
+                                            logit_bias={str(first_id): -100})
+    assert banned.choices[0].logprobs.content[0].token != first
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1, logit_bias={"999999": 5})
+    assert info.value.body["param"] == "logit_bias" and "not a token id" in info.value.body["message"]
+
+
+def test_stream_options_usage_and_obfuscation(client):
+    kwargs = dict(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True,
+                                                                                         "include_obfuscation": True}))
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump() and chunks[-1].choices == []
+    assert all(c.usage is None and c.obfuscation for c in chunks[:-1])
+    plain = list(client.chat.completions.create(**kwargs, stream=True))
+    assert all(c.choices and c.obfuscation is None for c in plain)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**kwargs, stream_options={"include_usage": True})
+    assert info.value.body["param"] == "stream_options"
+
+
+def test_fields_that_change_nothing_here_are_accepted(client):
+    """tool_choice none/auto with no tools, parallel_tool_calls, response_format text, modalities text,
+    service_tier auto/default: the answer is the plain greedy one."""
+    kwargs = dict(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
+    plain = client.chat.completions.create(**kwargs).choices[0].message.content
+    for extra in (dict(tool_choice="none"), dict(tool_choice="auto", tools=[]), dict(parallel_tool_calls=False),
+                  dict(response_format={"type": "text"}), dict(modalities=["text"]), dict(service_tier="default"),
+                  dict(service_tier="auto")):
+        assert client.chat.completions.create(**(kwargs | extra)).choices[0].message.content == plain, extra
+    as_developer = [{"role": "developer", "content": "Be brief."}, *HELLO]
+    as_system = [{"role": "system", "content": "Be brief."}, *HELLO]
+    assert client.chat.completions.create(**(kwargs | {"messages": as_developer})).choices[0].message.content == \
+        client.chat.completions.create(**(kwargs | {"messages": as_system})).choices[0].message.content
+
+
+def test_user_metadata_and_safety_identifier_are_logged(client, store):
+    resp = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, user="user-7",
+                                          safety_identifier="hash-9", metadata={"app": "docs", "exp": "b"})
+    logged = store.interaction(resp.choices[0].model_extra["interaction_id"])
+    assert logged["params"]["user"] == "user-7" and logged["params"]["safety_identifier"] == "hash-9"
+    assert logged["params"]["metadata"] == {"app": "docs", "exp": "b"}
+
+
+def test_store_false_is_not_logged_and_store_true_needs_a_store(client, store, engine):
+    before = len(store.interactions())
+    resp = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=False)
+    assert "interaction_id" not in resp.choices[0].model_extra and len(store.interactions()) == before
+    streamed = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=False,
+                                                   stream=True))
+    assert streamed and len(store.interactions()) == before
+    kept = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=True)
+    kept_id = kept.choices[0].model_extra["interaction_id"]
+    assert store.interaction(kept_id)["response"] == kept.choices[0].message.content
+    with BackgroundServer(create_app(engine, MODEL)) as server:
+        bare = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            bare.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=True)
+        assert info.value.body["param"] == "store" and "--db" in info.value.body["message"]
+        assert bare.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, store=False).choices
+
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        (dict(tools=[TOOL]), "tools"),
+        (dict(tool_choice="required"), "tool_choice"),
+        (dict(tool_choice={"type": "function", "function": {"name": "weather"}}), "tool_choice"),
+        (dict(parallel_tool_calls="yes"), "parallel_tool_calls"),
+        (dict(functions=[TOOL["function"]]), "functions"),
+        (dict(function_call="auto"), "function_call"),
+        (dict(response_format={"type": "json_object"}), "response_format"),
+        (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}), "response_format"),
+        (dict(audio={"voice": "alloy", "format": "wav"}), "audio"),
+        (dict(modalities=["text", "audio"]), "modalities"),
+        (dict(prediction={"type": "content", "content": "Paris"}), "prediction"),
+        (dict(reasoning_effort="low"), "reasoning_effort"),
+        (dict(verbosity="low"), "verbosity"),
+        (dict(web_search_options={}), "web_search_options"),
+        (dict(moderation={"model": "omni-moderation-latest"}), "moderation"),
+        (dict(prompt_cache_key="k"), "prompt_cache_key"),
+        (dict(prompt_cache_retention="24h"), "prompt_cache_retention"),
+        (dict(prompt_cache_options={"mode": "explicit"}), "prompt_cache_options"),
+        (dict(service_tier="flex"), "service_tier"),
+        (dict(logprobs="yes"), "logprobs"),
+        (dict(top_logprobs=3), "top_logprobs"),
+        (dict(top_logprobs=21, logprobs=True), "top_logprobs"),
+        (dict(seed=1.5), "seed"),
+        (dict(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (dict(frequency_penalty=2.5), "frequency_penalty"),
+        (dict(presence_penalty=-3), "presence_penalty"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(user=["u"]), "user"),
+        (dict(metadata={"k": 1}), "metadata"),
+        (dict(store="yes"), "store"),
+        (dict(stream="yes"), "stream"),
+        (dict(extra_body={"top_k": 5}), "top_k"),
+        (dict(messages=[{"role": "user", "content": "hi", "name": "ana"}]), "messages[0].name"),
+        (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]),
+         "messages[0].content[0]"),
+        (dict(messages=[{"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]}, *HELLO]),
+         "messages[0].tool_calls"),
+    ],
+)
+def test_fields_this_server_cannot_honour_are_refused_by_name(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**(dict(model=MODEL, messages=HELLO, max_tokens=4) | kwargs))
+    assert info.value.body["param"] == param and info.value.body["type"] == "invalid_request_error"
+    assert param.split("[")[0].split(".")[0] in info.value.body["message"]
+
+
+def test_every_create_parameter_of_the_openai_client_is_handled():
+    """A new openai release that adds a request field fails here until the server honours or refuses it."""
+    import inspect
+
+    from openai.resources.chat.completions import Completions
+
+    from prefloop.serve.protocol import KNOWN_FIELDS
+
+    sent = set(inspect.signature(Completions.create).parameters) - {"self", "extra_headers", "extra_query",
+                                                                   "extra_body", "timeout"}
+    assert sent - KNOWN_FIELDS == set()
+
+
+def test_the_endpoint_client_sends_penalties_and_logit_bias(client, generator):
+    """SamplingParams mean the same through an endpoint as on the local model."""
+    from prefloop.chat_clients import ChatCall, EndpointChatClient
+
+    params = SamplingParams(10, temperature=0, frequency_penalty=1.5, presence_penalty=0.5, logit_bias=((196, 1.5),))
+    [(_, completion)] = list(EndpointChatClient(client, MODEL).complete_many([ChatCall(HELLO, 1, params)]))
+    assert completion.texts == [generator.generate([(generator.encode_chat(HELLO), params)])[0].text]
+    assert completion.texts[0] == _reference_greedy(generator, generator.encode_chat(HELLO), 10, 1.5, 0.5,
+                                                    {"196": 1.5})
+
+
+def test_message_names_reach_a_template_that_renders_them(tmp_path):
+    """A field the model's chat template reads (here `name`) is passed on to it, not dropped."""
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}{% if m['name'] %} ({{ m['name'] }}){% endif %}\n"
+                "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% endif %}")
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    generator = LocalGenerator(build_tiny_model(tokenizer), tokenizer)
+    engine = GenerationEngine(generator)
+    named = [{"role": "user", "content": "Hi", "name": "ana"}]
+    # chat templates run with trim_blocks (as in transformers): the newline after {% endif %} is dropped
+    expected = len(tokenizer("<|im_start|>user (ana)Hi<|im_end|>\n<|im_start|>assistant\n",
+                             add_special_tokens=False).input_ids)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+            with_name = client.chat.completions.create(model=MODEL, messages=named, max_tokens=1)
+            without = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                     max_tokens=1)
+    finally:
+        engine.close()
+    assert with_name.usage.prompt_tokens == expected > without.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_goes_away_stops_its_generation(engine, stream):
+    """Without max_tokens an answer may run to the end of the context (4096 tokens here); when the client
+    leaves, the engine stops decoding its row instead of finishing it for nobody."""
+    before = engine.rows_cancelled
+    with BackgroundServer(create_app(engine, MODEL)) as server:
+        impatient = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=1.5)
+        if stream:  # read a few chunks, then hang up
+            response = impatient.chat.completions.create(model=MODEL, messages=HELLO, logit_bias=NO_STOP, stream=True)
+            assert [next(response) for _ in range(3)]
+            response.close()
+        else:  # the client's timeout hangs up
+            with pytest.raises(openai.APITimeoutError):
+                impatient.chat.completions.create(model=MODEL, messages=HELLO, logit_bias=NO_STOP)
+        deadline = time.monotonic() + 60
+        while engine.rows_cancelled == before:
+            assert time.monotonic() < deadline, "the row was not cancelled"
+            time.sleep(0.1)
+        assert engine.rows_cancelled == before + 1
+        assert httpx.get(server.url + "/health").json()["rows_cancelled"] == before + 1

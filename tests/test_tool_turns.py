@@ -181,7 +181,15 @@ def test_the_server_renders_tool_turns_or_refuses_them(tiny_model_dir, tool_temp
             if not tool_template:
                 with pytest.raises(openai.BadRequestError) as err:
                     ask()
-                assert "messages[1].tool_calls: the tokenizer chat template does not render tool calls" in str(err.value)
+                # refused by name before encoding (the server's rule for fields the template does not render)
+                assert err.value.body["param"] == "messages[1].tool_calls"
+                assert "messages[1].tool_calls: this model's chat template does not render tool calls" in str(err.value)
+                # a malformed tool call is located whatever the template
+                bad = [TOOL_PROMPT[0], {"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]
+                with pytest.raises(openai.BadRequestError) as err:
+                    client.chat.completions.create(model="tiny", messages=bad, max_tokens=2)
+                assert err.value.body["param"] == "messages[1].tool_calls[0]"
+                assert "needs a function name" in str(err.value)
                 return
             response = ask()
     finally:
@@ -189,6 +197,33 @@ def test_the_server_renders_tool_turns_or_refuses_them(tiny_model_dir, tool_temp
     rendered = generator.template.render(TOOL_PROMPT, add_generation_prompt=True)
     assert '"arguments": {"city": "Lyon"}' in rendered and "Lyon: 21 C, cloudy" in rendered
     assert response.usage.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+
+def test_the_server_refuses_tool_results_its_template_drops():
+    """A tool result (its tool_call_id and name are links, passed on) on a template that writes only
+    user and assistant turns: the template's own check (DataError) is a 400 naming the turn."""
+    import openai
+
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.background import BackgroundServer
+    from prefloop.serve.engine import GenerationEngine
+    from prefloop.testing import build_tiny_model
+
+    template = ("{% for m in messages %}{% if m['role'] in ('user', 'assistant') %}<|im_start|>{{ m['role'] }}\n"
+                "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    engine = GenerationEngine(LocalGenerator(build_tiny_model(tokenizer), tokenizer))
+    try:
+        with BackgroundServer(create_app(engine, "tiny", max_tokens_limit=8)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            with pytest.raises(openai.BadRequestError) as err:
+                client.chat.completions.create(model="tiny", messages=[TOOL_PROMPT[0], TOOL_PROMPT[2]], max_tokens=2)
+    finally:
+        engine.close()
+    assert err.value.body["param"] == "messages[1].content"
+    assert "the tokenizer chat template does not render tool results" in str(err.value)
 
 
 def test_generate_refuses_only_the_prompt_its_model_cannot_render(tiny_model_dir, tmp_path, capsys):

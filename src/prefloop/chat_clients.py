@@ -97,6 +97,10 @@ class EndpointChatClient:
                 kwargs["stop"] = list(p.stop)
             if p.logprobs:
                 kwargs.update(logprobs=True, top_logprobs=p.top_logprobs or None)
+            if p.frequency_penalty or p.presence_penalty:
+                kwargs.update(frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty)
+            if p.logit_bias:
+                kwargs["logit_bias"] = {str(token): bias for token, bias in p.logit_bias}
             if kwargs["n"] == 1:
                 del kwargs["n"]  # the default; some servers reject the field
             resp = self.client.chat.completions.create(**kwargs)

@@ -39,6 +39,7 @@ COMMANDS = {
     "models-mirror": "prefloop.registry.commands:mirror_command",
     "models-path": "prefloop.registry.commands:path_command",
     "gate": "prefloop.registry.gate:gate_command",
+    "chat": "prefloop.chat:chat_command",
 }
 
 
@@ -149,9 +150,13 @@ def _add_label(sub) -> None:
     p.add_argument("--model-b", help="local model path or OpenAI-compatible endpoint URL")
     p.add_argument("--prompts", help="prompts to draw from in live mode")
     p.add_argument("--db", default="prefloop.sqlite")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --auth "
+                                                         "(or --insecure)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--auth", help="users file: one 'name:password' per line")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than 127.0.0.1/localhost without --auth (votes are then anonymous "
+                        "and anyone who can reach the port can vote)")
     p.add_argument("--dimensions", help="comma-separated rating dimensions, e.g. helpfulness,safety")
     p.add_argument("--overlap", type=int, default=1, help="annotators per item before it is complete")
     p.add_argument("--seed", type=int, default=0)
@@ -173,12 +178,18 @@ def _add_serve(sub) -> None:
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often --registry checks the champion")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
     p.add_argument("--model-name", help="name served at /v1/models (default: the directory name)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --api-key (or --insecure)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--db", help="SQLite store for interaction logs (and the registry; default prefloop.sqlite "
                                 "with --registry)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
-    p.add_argument("--max-tokens-limit", type=int, default=2048)
+    p.add_argument("--max-tokens-limit", type=int,
+                   help="largest max_tokens a request may ask for, and the most a request without one gets "
+                        "(default: what the model's context leaves after the prompt)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a --host other than 127.0.0.1/localhost without --api-key (anyone who can reach "
+                        "the port can use the model)")
     p.add_argument("--max-batch-rows", type=int, default=16,
                    help="most sequences decoded together (a request with n choices is n rows)")
 
@@ -357,11 +368,23 @@ def _add_gate(sub) -> None:
     p.add_argument("--json", dest="json_out", action="store_true", help="print the verdict and table as JSON")
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a model in the terminal (answers stream; /reset, /exit)")
+    p.add_argument("model", help="model directory, hub id or .gguf file")
+    p.add_argument("--adapter", help="LoRA adapter directory to apply (e.g. a training output_dir)")
+    p.add_argument("--system", help="system message for the conversation (kept across /reset)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest answer (default: what the model's context leaves after the conversation)")
+    p.add_argument("--seed", type=int, help="makes sampled answers repeat from run to run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_eval,
-                _add_models, _add_gate):
+    for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat,
+                _add_eval, _add_models, _add_gate):
         add(sub)
     return parser
 

@@ -22,7 +22,10 @@ from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one sequence. `temperature == 0` is greedy; `seed` makes sampling reproducible."""
+    """How to sample one sequence. `temperature == 0` is greedy; `seed` makes sampling reproducible.
+
+    `frequency_penalty`, `presence_penalty` and `logit_bias` ((token id, bias) pairs) change the
+    logits before the choice as the OpenAI API defines them (see `adjust_logits`)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
@@ -31,6 +34,13 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty or self.logit_bias)
 
     def for_sample(self, index: int) -> "SamplingParams":
         """Sample `index` of n from one request: seed + index, so the n samples differ yet repeat on rerun."""
@@ -59,7 +69,7 @@ class TokenLogprob:
 class Sample:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length" (token budget spent)
+    finish_reason: str  # "stop" (end of turn or a stop string), "length" (token budget spent) or "cancelled"
     logprobs: list[TokenLogprob] | None = None
 
 
@@ -164,21 +174,23 @@ class LocalGenerator:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(
-        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None
+        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> list[Sample]:
-        """Decode all rows together; returns one Sample per row in order."""
+        """Decode all rows together; returns one Sample per row in order. `cancelled(row)`, asked
+        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away)."""
         if not rows:
             return []
         states = [_Row(list(ids), params) for ids, params in rows]
         try:
             with torch.inference_mode():
-                self._decode(states, on_update)
+                self._decode(states, on_update, cancelled)
         finally:
             if self._eager_decode:
                 self._base.set_attn_implementation(self._prefill_attention)
         return [s.finished for s in states]
 
-    def _decode(self, states: list[_Row], on_update) -> None:
+    def _decode(self, states: list[_Row], on_update, cancelled=None) -> None:
         device = self.device
         width = max(len(s.prompt_ids) for s in states)
         input_ids = torch.full((len(states), width), self.pad_id, dtype=torch.long)
@@ -197,8 +209,15 @@ class LocalGenerator:
         if self._eager_decode:
             self._base.set_attn_implementation("eager")
         while any(s.finished is None for s in states):
+            if cancelled is not None:
+                for i, s in enumerate(states):
+                    if s.finished is None and cancelled(i):
+                        self._finish(s, "cancelled", None, i)
+                if all(s.finished is not None for s in states):
+                    break
             logits = out.logits[:, -1, :].float()
-            tokens = choose_tokens(logits, [s.params if s.finished is None else None for s in states],
+            active = [s.params if s.finished is None else None for s in states]
+            tokens = choose_tokens(adjust_logits(logits, active, [s.ids for s in states]), active,
                                    [s.generator for s in states])
             logprobs = self._token_logprobs(logits, tokens, states)
             for i, s in enumerate(states):
@@ -272,6 +291,28 @@ class LocalGenerator:
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+def adjust_logits(logits: torch.Tensor, params: list["SamplingParams | None"], generated: list[list[int]]):
+    """Logits after each row's logit bias and frequency/presence penalties, as the OpenAI API
+    defines them (API reference, "Parameter details"): for token j generated c[j] times so far in
+    this completion, `logit[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty
+    + logit_bias[j]`. `logits`: (rows, vocab) float; returns a new tensor when any row changes
+    (the model's own logits stay as they are for the reported log-probs), else `logits` itself."""
+    rows = [i for i, p in enumerate(params) if p is not None and p.adjusts_logits]
+    if not rows:
+        return logits
+    out = logits.clone()
+    for i in rows:
+        p = params[i]
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=out.device)
+            out[i, ids] += torch.tensor([b for _, b in p.logit_bias], device=out.device, dtype=out.dtype)
+        if (p.frequency_penalty or p.presence_penalty) and generated[i]:
+            counts = torch.bincount(torch.tensor(generated[i], device=out.device), minlength=out.shape[-1])
+            counts = counts[: out.shape[-1]].to(out.dtype)
+            out[i] -= counts * p.frequency_penalty + (counts > 0).to(out.dtype) * p.presence_penalty
+    return out
 
 
 def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:

@@ -1,6 +1,7 @@
 """`prefloop label`: validate the inputs, fill the store with items, and serve the labeling page.
 
-Safety: binds to 127.0.0.1 unless told otherwise, and any other address requires --auth; Gradio's
+Safety: binds to 127.0.0.1 unless told otherwise, and any other address requires --auth (or an
+explicit --insecure; the policy is `prefloop.exposure`, shared with `prefloop serve`); Gradio's
 analytics and telemetry are off and the app is never shared through a tunnel. Every input (item
 file, prompts, users file, database, models) is checked before the server starts.
 """
@@ -8,16 +9,15 @@ file, prompts, users file, database, models) is checked before the server starts
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 from prefloop.errors import ConfigError, DataError
+from prefloop.exposure import check_exposure
 from prefloop.label.session import LabelSession
 from prefloop.label.sources import load_items, load_prompts
 from prefloop.store import Store
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def read_auth_file(path: str) -> list[tuple[str, str]]:
     """Users file: one `name:password` per line; blank lines and `#` comments ignored."""
@@ -53,18 +53,17 @@ def parse_dimensions(text: str | None) -> list[str]:
     return dims
 
 
-def validate_options(pairs, model_a, model_b, prompts, host, auth, overlap) -> None:
+def validate_options(pairs, model_a, model_b, prompts, host, auth, overlap, insecure=False) -> str | None:
+    """Check the options together; raises ConfigError, returns a warning to print (or None)."""
     if bool(model_a) != bool(model_b):
         raise ConfigError("live mode needs both --model-a and --model-b")
     if not pairs and not (model_a and model_b):
         raise ConfigError("nothing to label: give --pairs CANDIDATES.jsonl, or --model-a and --model-b for live mode")
     if prompts and not model_a:
         raise ConfigError("--prompts is for live mode; add --model-a and --model-b")
-    if host not in LOOPBACK and not auth:
-        raise ConfigError(f"--host {host} exposes the app beyond this machine; add --auth users.txt so every "
-                          "vote carries a logged-in annotator (or keep the default --host 127.0.0.1)")
     if overlap < 1:
         raise ConfigError(f"--overlap must be at least 1, got {overlap}")
+    return check_exposure("label", host, bool(auth), "--auth users.txt", insecure)
 
 
 def prepare_session(pairs=None, model_a=None, model_b=None, prompts=None, db="prefloop.sqlite",
@@ -113,22 +112,26 @@ def launch(session: LabelSession, host: str = "127.0.0.1", port: int = 7860,
 
 
 def label_command(pairs=None, model_a=None, model_b=None, prompts=None, db="prefloop.sqlite", host="127.0.0.1",
-                  port=7860, auth=None, dimensions=None, overlap=1, seed=0) -> int:
+                  port=7860, auth=None, dimensions=None, overlap=1, seed=0, insecure=False) -> int:
     """`prefloop label`: serve the labeling page until Ctrl-C."""
-    validate_options(pairs, model_a, model_b, prompts, host, auth, overlap)
+    warning = validate_options(pairs, model_a, model_b, prompts, host, auth, overlap, insecure)
+    if warning:
+        print(warning, file=sys.stderr)
     users = read_auth_file(auth) if auth else None
     for path, flag in ((pairs, "--pairs"), (prompts, "--prompts")):
         if path and not Path(path).exists():
             raise DataError(f"{flag} {path}: file not found; check the path")
     session = prepare_session(pairs, model_a, model_b, prompts, db, dimensions, overlap, seed)
-    demo = launch(session, host, port, users)
-    print(f"labeling at http://{host}:{port}  (votes go to {session.store.path}; Ctrl-C to stop)")
-    try:
+    demo = None
+    try:  # Ctrl-C may come while Gradio is still starting (the page already answers then)
+        demo = launch(session, host, port, users)
+        print(f"labeling at http://{host}:{port}  (votes go to {session.store.path}; Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         print("stopping")
     finally:
-        demo.close()
+        if demo is not None:
+            demo.close()
         session.store.close()
     return 0

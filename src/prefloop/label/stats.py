@@ -85,8 +85,9 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def format_report(stats: dict) -> str:
-    """Markdown-friendly text of `label_stats` (used by the CLI and the page's statistics panel)."""
+def format_report(stats: dict, name=str) -> str:
+    """Markdown-friendly text of `label_stats` (used by the CLI and the page's statistics panel).
+    `name` formats annotator names (the page passes `prefloop.render.escape_markdown`)."""
     lines = [f"votes: {stats['votes']} on {stats['items_voted']} items "
              f"(A/B decisive {stats['verdicts']['a'] + stats['verdicts']['b']}, tie {stats['verdicts']['tie']}, "
              f"both bad {stats['verdicts']['both_bad']}, skip {stats['verdicts']['skip']})",
@@ -100,15 +101,15 @@ def format_report(stats: dict) -> str:
     lines.append("")
     lines.append("| annotator | votes | a | b | tie | both bad | skip |")
     lines.append("|---|---|---|---|---|---|---|")
-    for name, c in stats["per_annotator"].items():
-        lines.append(f"| {name} | {c['votes']} | {c['a']} | {c['b']} | {c['tie']} | {c['both_bad']} | {c['skip']} |")
+    for annotator, c in stats["per_annotator"].items():
+        lines.append(f"| {name(annotator)} | {c['votes']} | {c['a']} | {c['b']} | {c['tie']} | {c['both_bad']} | {c['skip']} |")
     agree = stats["agreement"]
     lines.append("")
     lines.append(f"agreement: {agree['annotators']} annotators, {agree['items_with_2plus']} items judged by 2+; "
                  f"Fleiss' kappa {_num(agree['fleiss_kappa'])}"
                  + (f", Cohen's kappa {_num(agree['cohen_kappa'])}" if agree["annotators"] == 2 else ""))
     for pair in agree["pairwise_cohen"]:
-        lines.append(f"- Cohen's kappa {pair['annotators'][0]} vs {pair['annotators'][1]}: "
+        lines.append(f"- Cohen's kappa {name(pair['annotators'][0])} vs {name(pair['annotators'][1])}: "
                      f"{_num(pair['cohen_kappa'])} on {pair['items']} shared items")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from html import escape as escape_html
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -16,6 +17,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import gradio as gr  # noqa: E402
 
 from prefloop.errors import PrefloopError  # noqa: E402
+from prefloop.render import escape_markdown, markdown_html  # noqa: E402
 from prefloop.label.session import CHOICES, RATING_SCALE, LabelSession, Shown  # noqa: E402
 from prefloop.label.stats import format_report, label_stats  # noqa: E402
 
@@ -53,21 +55,24 @@ def _annotator(name: str | None, request: gr.Request | None, auth: bool) -> str:
 
 
 def _chat(prompt: list[dict]) -> tuple[str, list[dict]]:
-    """System prompt (shown above) and the turns for the Chatbot (tool turns shown as user-side notes)."""
+    """System prompt (shown above) and the turns for the Chatbot (tool turns shown as user-side notes),
+    as HTML from `prefloop.render`: the text reads as written, raw HTML included, and loads nothing."""
     system = "\n\n".join(m["content"] for m in prompt if m["role"] == "system")
     turns = []
     for m in prompt:
         if m["role"] == "system":
             continue
         if m["role"] in ("user", "assistant"):
-            turns.append({"role": m["role"], "content": m["content"]})
+            turns.append({"role": m["role"], "content": markdown_html(m["content"])})
         else:
-            turns.append({"role": "user", "content": f"**[{m['role']}]**\n\n{m['content']}"})
-    return (f"**System:** {system}" if system else ""), turns
+            turns.append({"role": "user", "content": f"<p><strong>[{escape_html(m['role'])}]</strong></p>"
+                                                     + markdown_html(m["content"])})
+    return ("<p><strong>System:</strong></p>" + markdown_html(system) if system else ""), turns
 
 
 def _progress_text(progress: dict, annotator: str) -> str:
-    return (f"**{annotator or 'anonymous'}**: {progress['mine']} judged, {progress['left']} left for you · items complete "
+    return (f"**{escape_markdown(annotator or 'anonymous')}**: {progress['mine']} judged, {progress['left']} left "
+            f"for you · items complete "
             f"{progress['complete']} / {progress['total']} (each needs {progress['overlap']} annotator"
             f"{'s' if progress['overlap'] > 1 else ''})")
 
@@ -93,15 +98,18 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                 with gr.Row():
                     draw = gr.Button("Draw a prompt", visible=bool(session.prompts))
                     generate = gr.Button("Generate both responses", variant="primary", elem_id="generate")
-        system_md = gr.Markdown(elem_id="system")
-        chat = gr.Chatbot(label="Conversation", elem_id="conversation", height=300, buttons=["copy_all"])
+        # Model and user text arrives as HTML made by prefloop.render (raw HTML escaped, nothing loaded),
+        # so the components show it as given instead of rendering it as Markdown again.
+        system_md = gr.HTML(elem_id="system")
+        chat = gr.Chatbot(label="Conversation", elem_id="conversation", height=300, buttons=["copy_all"],
+                          render_markdown=False)
         with gr.Row(equal_height=True):
             with gr.Column():
                 gr.Markdown("### Response A")
-                left = gr.Markdown(elem_id="response-a", elem_classes=["response-box"])
+                left = gr.HTML(elem_id="response-a", elem_classes=["response-box"])
             with gr.Column():
                 gr.Markdown("### Response B")
-                right = gr.Markdown(elem_id="response-b", elem_classes=["response-box"])
+                right = gr.HTML(elem_id="response-b", elem_classes=["response-box"])
         rating_inputs = []
         if dims:
             with gr.Accordion("Ratings (optional, 1 = poor, 5 = excellent)", open=True):
@@ -128,11 +136,11 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
             if shown is None:
                 done = "All done: no items are left for you." + (" Type a prompt above to compare the models live."
                                                                  if session.live else "")
-                return [None, "", [], done, "", prog, "", *cleared]
+                return [None, "", [], markdown_html(done), "", prog, "", *cleared]
             system, turns = _chat(shown.prompt)
             st = {"item_id": shown.item_id, "order": shown.order, "left_source": shown.left_source,
                   "right_source": shown.right_source}
-            return [st, system, turns, shown.left, shown.right, prog, "", *cleared]
+            return [st, system, turns, markdown_html(shown.left), markdown_html(shown.right), prog, "", *cleared]
 
         def on_load(who, request: gr.Request):
             annotator = _annotator(who, request, auth)
@@ -151,9 +159,10 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                 try:
                     vote_id = session.save_vote(annotator, st["item_id"], st["order"], choice, shown_ratings, why)
                 except PrefloopError as err:  # nothing was stored: say so, keep the item on screen
-                    return [st, *[gr.update()] * (len(view) - 1), f"Not saved: {err}", gr.update()]
+                    return [st, *[gr.update()] * (len(view) - 1), f"Not saved: {escape_markdown(err)}", gr.update()]
                 told = (f"Saved vote #{vote_id}: **{CHOICES[choice]}**. Response A was "
-                        f"`{st['left_source'] or '?'}`, response B was `{st['right_source'] or '?'}`.")
+                        f"**{escape_markdown(st['left_source'] or '?')}**, response B was "
+                        f"**{escape_markdown(st['right_source'] or '?')}**.")
                 return [*render(session.next_for(annotator), annotator), "", told]
             return vote
 
@@ -172,7 +181,8 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
         undo.click(on_undo, inputs=[state, name], outputs=outputs, concurrency_limit=None)
         demo.load(on_load, inputs=[name], outputs=[*view, status])
         name.submit(on_load, inputs=[name], outputs=[*view, status])
-        refresh_stats.click(lambda: format_report(label_stats(session.store.active_votes())), outputs=[stats_md])
+        refresh_stats.click(lambda: format_report(label_stats(session.store.active_votes()), name=escape_markdown),
+                            outputs=[stats_md])
 
         if session.live:
             def on_generate(text, who, drawn, request: gr.Request):
@@ -183,9 +193,10 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
                 try:
                     item_id = session.generate(annotator, prompt)
                 except PrefloopError as err:
-                    return [*[gr.update()] * len(view), f"Could not generate: {err}"]
+                    return [*[gr.update()] * len(view), f"Could not generate: {escape_markdown(err)}"]
                 except Exception as err:  # a model or endpoint failure must not kill the page
-                    return [*[gr.update()] * len(view), f"Could not generate: {type(err).__name__}: {err}"]
+                    return [*[gr.update()] * len(view),
+                            f"Could not generate: {type(err).__name__}: {escape_markdown(err)}"]
                 return [*render(session.show(item_id, annotator), annotator), "Both models answered; vote below."]
 
             drawn_prompt = gr.State(None)  # the whole drawn conversation (the box shows its last turn)

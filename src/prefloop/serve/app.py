@@ -12,14 +12,17 @@ import asyncio
 import json
 import secrets
 import sys
+import threading
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from prefloop.errors import DataError
+from prefloop.errors import ConfigError, DataError
+from prefloop.exposure import check_exposure
 from prefloop.sampling import Sample
 from prefloop.serve.engine import GenerationEngine
 from prefloop.serve.feedback import record_feedback
@@ -27,6 +30,7 @@ from prefloop.serve.holder import ModelHolder
 from prefloop.serve.protocol import (
     APIError,
     ChatRequest,
+    budget,
     chunk_body,
     completion_body,
     completion_id,
@@ -34,7 +38,7 @@ from prefloop.serve.protocol import (
     usage,
 )
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 async def _json_body(request: Request):
@@ -50,6 +54,25 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
+class _BearerAuth:
+    """Requires `Authorization: Bearer <api_key>` on /v1/ (not /health). A plain ASGI middleware: it
+    leaves `receive` alone, so a request still sees its client disconnect (see `_answer`)."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = Request(scope).headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(given.encode(), self.api_key.encode()):
+                err = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
+                                    "given to prefloop serve --api-key.", code="invalid_api_key")
+                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class _Logger:
     """Writes interactions to the store (if any) off the event loop, under the name of the model that answered."""
 
@@ -57,7 +80,7 @@ class _Logger:
         self.store = store
 
     async def log(self, req: ChatRequest, sample: Sample, prompt_tokens: int, model_name: str) -> dict:
-        if self.store is None:
+        if self.store is None or req.store is False:  # `store: false` in the request: not logged
             return {}
         interaction_id = await run_in_threadpool(
             self.store.log_interaction,
@@ -72,11 +95,13 @@ class _Logger:
 
 
 def create_app(engine: GenerationEngine | None, model_name: str | None, api_key: str | None = None, store=None,
-               max_tokens_limit: int = 2048, holder: ModelHolder | None = None) -> FastAPI:
+               max_tokens_limit: int | None = None, holder: ModelHolder | None = None) -> FastAPI:
     """The FastAPI app: /v1/chat/completions, /v1/models, /v1/feedback (with a store), /health.
 
     It serves `engine` under `model_name`, or whatever `holder` holds at each request (a holder whose
-    model is swapped while the app runs: `prefloop serve --registry`)."""
+    model is swapped while the app runs: `prefloop serve --registry`). `max_tokens_limit` caps a
+    request's `max_tokens` (None: only the model's context does); a request without `max_tokens` may
+    use what the context leaves after its prompt."""
     app = FastAPI(title="prefloop serve", docs_url=None, redoc_url=None, openapi_url=None)
     holder = holder or ModelHolder(engine, model_name)
     model_name = holder.name  # the id clients request; each answer names the version that answered it
@@ -87,16 +112,8 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
     async def _api_error(request: Request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not secrets.compare_digest(given.encode(), api_key.encode()):
-                err = APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' with the key "
-                                    "given to prefloop serve --api-key.", code="invalid_api_key")
-                return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(_BearerAuth, api_key=api_key)
 
     def _model_card() -> dict:
         served = holder.current
@@ -109,8 +126,8 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
     async def health():
         served = holder.current
         return {"status": "ok", "model": served.answer_name, "batches_run": served.engine.batches_run,
-                "largest_batch": served.engine.largest_batch, "logging": store is not None,
-                "swaps": holder.swaps}
+                "largest_batch": served.engine.largest_batch, "rows_cancelled": served.engine.rows_cancelled,
+                "logging": store is not None, "swaps": holder.swaps}
 
     @app.get("/v1/models")
     async def models():
@@ -137,34 +154,49 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
 
     async def _chat(request: Request, served):
         engine, answer_name = served.engine, served.answer_name
-        req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit)
+        req = parse_chat_request(await _json_body(request), model_name, max_tokens_limit,
+                                 vocab_size=engine.vocab_size, template_fields=engine.template_fields)
+        if req.store and store is None:
+            raise APIError(400, "'store': true asks to keep this completion, but this server has no store: start "
+                                "it with prefloop serve --db FILE, or leave 'store' out", "store")
         req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
         try:
             prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
-        except DataError as err:  # turn contents (tool calls, reasoning, ...) the chat template would drop
+        except DataError as err:  # turn contents (tool results, ...) the chat template would drop
             raise APIError(400, str(err), str(err).split(":")[0]) from err
-        context = engine.context_length
-        if context and len(prompt_ids) + req.params.max_new_tokens > context:
-            raise APIError(400, f"This model's context is {context} tokens; the messages take {len(prompt_ids)} "
-                                f"and max_tokens asks for {req.params.max_new_tokens} more. Shorten the messages "
-                                "or lower max_tokens.", "messages", "context_length_exceeded")
+        limit = budget(req, len(prompt_ids), engine.context_length, max_tokens_limit)
+        req.params = replace(req.params, max_new_tokens=limit)
         rows = [(prompt_ids, req.params.for_sample(i)) for i in range(req.n)]
         headers = {"X-Conversation-Id": req.conversation_id}
         if req.stream:
             return StreamingResponse(_stream(req, rows, len(prompt_ids), served), media_type="text/event-stream",
                                      headers=headers)
-        samples = await asyncio.wrap_future(engine.submit(rows))
+        samples = await _answer(request, rows, engine)
         extras = [await logger.log(req, s, len(prompt_ids), answer_name) for s in samples]
         body = completion_body(completion_id(), answer_name, len(prompt_ids), samples, extras)
         body["conversation_id"] = req.conversation_id
         return JSONResponse(body, headers=headers)
+
+    async def _answer(request: Request, rows, engine: GenerationEngine) -> list[Sample]:
+        """The samples of `rows`; generation stops if the client goes away or the server shuts down."""
+        cancel = threading.Event()
+        future = asyncio.wrap_future(engine.submit(rows, cancel=cancel))
+        try:
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return future.result()
+                if await request.is_disconnected():
+                    raise APIError(499, "the client closed the connection", code="client_closed_request")
+        finally:
+            cancel.set()
 
     async def _stream(req: ChatRequest, rows, prompt_tokens: int, served):
         try:
             async for event in _stream_events(req, rows, prompt_tokens, served.engine, served.answer_name):
                 yield event
         finally:
-            holder.release(served)
+            holder.release(served)  # at the stream's end, or when the client went away
 
     async def _stream_events(req: ChatRequest, rows, prompt_tokens: int, engine, model_name: str):
         loop = asyncio.get_running_loop()
@@ -174,32 +206,44 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
             loop.call_soon_threadsafe(events.put_nowait, (index, delta, logprobs, finished))
 
         def on_done(future):
-            if future.exception() is not None:
+            if not future.cancelled() and future.exception() is not None:
                 loop.call_soon_threadsafe(events.put_nowait, (None, future.exception(), None, None))
 
+        def chunk(*args, top: dict | None = None, **kwargs) -> str:
+            """One choice chunk; with include_usage it carries `usage: null` (only the last chunk counts),
+            with include_obfuscation random padding in `obfuscation` (as the OpenAI API does)."""
+            body = {**chunk_body(cid, model_name, created, *args, **kwargs), **(top or {})}
+            if req.include_usage:
+                body["usage"] = None
+            if req.include_obfuscation:
+                body["obfuscation"] = secrets.token_urlsafe(secrets.randbelow(24) + 1)
+            return _sse(body)
+
         cid, created = completion_id(), int(time.time())
-        engine.submit(rows, on_update).add_done_callback(on_done)
-        for i in range(req.n):
-            yield _sse({**chunk_body(cid, model_name, created, i, {"role": "assistant", "content": ""}),
-                        "conversation_id": req.conversation_id})
-        finished: list[Sample] = []
-        while len(finished) < req.n:
-            index, delta, logprobs, sample = await events.get()
-            if index is None:
-                yield _sse(APIError(500, f"generation failed: {delta}", type="server_error").body())
-                return
-            wants_logprobs = req.params.logprobs and logprobs
-            if delta or wants_logprobs:
-                yield _sse(chunk_body(cid, model_name, created, index, {"content": delta},
-                                      logprobs=logprobs if req.params.logprobs else None))
-            if sample is not None:
-                finished.append(sample)
-                extra = await logger.log(req, sample, prompt_tokens, model_name)
-                yield _sse(chunk_body(cid, model_name, created, index, {}, sample.finish_reason, extra=extra))
-        if req.include_usage:
-            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                        "choices": [], "usage": usage(prompt_tokens, finished)})
-        yield "data: [DONE]\n\n"
+        cancel = threading.Event()  # set when the stream ends early (client gone, server stopping)
+        engine.submit(rows, on_update, cancel).add_done_callback(on_done)
+        try:
+            for i in range(req.n):
+                yield chunk(i, {"role": "assistant", "content": ""}, top={"conversation_id": req.conversation_id})
+            finished: list[Sample] = []
+            while len(finished) < req.n:
+                index, delta, logprobs, sample = await events.get()
+                if index is None:
+                    yield _sse(APIError(500, f"generation failed: {delta}", type="server_error").body())
+                    return
+                wants_logprobs = req.params.logprobs and logprobs
+                if delta or wants_logprobs:
+                    yield chunk(index, {"content": delta}, logprobs=logprobs if req.params.logprobs else None)
+                if sample is not None:
+                    finished.append(sample)
+                    extra = await logger.log(req, sample, prompt_tokens, model_name)
+                    yield chunk(index, {}, sample.finish_reason, extra=extra)
+            if req.include_usage:
+                yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                            "choices": [], "usage": usage(prompt_tokens, finished)})
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel.set()
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
@@ -213,11 +257,15 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
 
 
 def serve_command(model=None, adapter=None, model_name=None, host="127.0.0.1", port=8000, db=None, api_key=None,
-                  max_tokens_limit=2048, max_batch_rows: int = 16, registry=None, poll_seconds: float = 2.0) -> int:
+                  max_tokens_limit=None, max_batch_rows: int = 16, insecure: bool = False, registry=None,
+                  poll_seconds: float = 2.0) -> int:
+    """`prefloop serve`: check the options, load the model (or NAME@champion), serve until Ctrl-C."""
+    warning = check_exposure("serve", host, bool(api_key), "--api-key KEY", insecure)
+    if max_tokens_limit is not None and max_tokens_limit < 1:
+        raise ConfigError(f"--max-tokens-limit must be at least 1, got {max_tokens_limit}")
     import uvicorn
 
     from prefloop.chat_clients import local_model_name
-    from prefloop.errors import ConfigError
     from prefloop.sampling import LocalGenerator
 
     if (model is None) == (registry is None):
@@ -233,14 +281,14 @@ def serve_command(model=None, adapter=None, model_name=None, host="127.0.0.1", p
     else:
         engine = GenerationEngine(LocalGenerator.load(model, adapter=adapter), max_batch_rows=max_batch_rows)
         holder = ModelHolder(engine, model_name or local_model_name(model))
-    if host not in LOOPBACK and not api_key:
-        print(f"prefloop serve: warning: listening on {host} without --api-key: anyone who can reach this "
-              "machine can use the model", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"prefloop serve: model {holder.current.answer_name!r} at http://{host}:{port}/v1"
           + (f", logging interactions to {store.path}" if store else ""), file=sys.stderr)
     try:
+        # Ctrl-C: requests still running get 5 s, then are cancelled (and stop generating).
         uvicorn.run(create_app(None, None, api_key, store, max_tokens_limit, holder=holder), host=host, port=port,
-                    log_level="info")
+                    log_level="info", timeout_graceful_shutdown=5)
     finally:
         if follower is not None:
             follower.stop()

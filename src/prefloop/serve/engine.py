@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from prefloop.sampling import LocalGenerator, Sample, SamplingParams, UpdateCallback
+from prefloop.serve.protocol import MESSAGE_FIELDS
 
 
 @dataclass
@@ -22,6 +23,7 @@ class _Job:
     rows: list[tuple[list[int], SamplingParams]]
     on_update: UpdateCallback | None
     future: Future
+    cancel: threading.Event | None = None
 
 
 class GenerationEngine:
@@ -32,6 +34,7 @@ class GenerationEngine:
         self.max_batch_rows = max(1, max_batch_rows)
         self.batches_run = 0
         self.largest_batch = 0
+        self.rows_cancelled = 0  # rows whose client went away before or while they were decoded
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="prefloop-generation", daemon=True)
         self._worker.start()
@@ -44,15 +47,30 @@ class GenerationEngine:
     def context_length(self) -> int | None:
         return self.generator.context_length
 
+    @property
+    def vocab_size(self) -> int | None:
+        return getattr(getattr(self.generator.model, "config", None), "vocab_size", None)
+
+    @property
+    def template_fields(self) -> frozenset:
+        """Optional message fields (protocol.MESSAGE_FIELDS) that the model's chat template renders, found
+        by rendering a probe conversation with each (`ChatTemplate.renders`; cached per template). A tool
+        result's links (`tool_call_id`, `name`) need no rendering: see protocol.TOOL_LINK_FIELDS."""
+        template = self.generator.template
+        return frozenset(name for name in MESSAGE_FIELDS if name != "tool_call_id" and template.renders(name))
+
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.generator.encode_chat(messages)
 
     def submit(
-        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None
+        self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> Future:
-        """Queue `rows`; `on_update(row, text_delta, logprobs, finished)` is called from the worker thread."""
+        """Queue `rows`; `on_update(row, text_delta, logprobs, finished)` is called from the worker thread.
+        Setting `cancel` (e.g. when the client goes away) ends the job's rows at the next decode step
+        (finish_reason "cancelled"); a job cancelled while it waits is not decoded at all."""
         future: Future = Future()
-        self._queue.put(_Job(rows, on_update, future))
+        self._queue.put(_Job(rows, on_update, future, cancel))
         return future
 
     def close(self) -> None:
@@ -87,6 +105,12 @@ class GenerationEngine:
                 return
 
     def _run_batch(self, jobs: list[_Job]) -> None:
+        for job in [j for j in jobs if j.cancel is not None and j.cancel.is_set()]:
+            job.future.cancel()
+            jobs.remove(job)
+            self.rows_cancelled += len(job.rows)
+        if not jobs:
+            return
         owners: list[tuple[_Job, int]] = [(job, r) for job in jobs for r in range(len(job.rows))]
         rows = [row for job in jobs for row in job.rows]
 
@@ -99,14 +123,19 @@ class GenerationEngine:
             except Exception:  # noqa: BLE001 - e.g. the client went away; the other rows carry on
                 job.on_update = None
 
+        def cancelled(index: int) -> bool:
+            cancel = owners[index][0].cancel
+            return cancel is not None and cancel.is_set()
+
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(rows))
         try:
-            samples = self.generator.generate(rows, on_update=dispatch)
+            samples = self.generator.generate(rows, on_update=dispatch, cancelled=cancelled)
         except Exception as err:  # noqa: BLE001 - every waiting client gets the error, the worker lives on
             for job in jobs:
                 job.future.set_exception(err)
             return
+        self.rows_cancelled += sum(s.finish_reason == "cancelled" for s in samples)
         start = 0
         for job in jobs:
             job.future.set_result(samples[start : start + len(job.rows)])
