@@ -241,7 +241,7 @@ def _add_eval_winrate(eval_sub) -> None:
     w.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     w.add_argument("--batch-size", type=int, default=8, help="rows decoded together by a local model")
     w.add_argument("--concurrency", type=int, default=8, help="requests in flight to an endpoint")
-    w.add_argument("--api-key", help="API key for the endpoints (default: $OPENAI_API_KEY)")
+    _add_api_key_options(w)
     w.add_argument("--show-answers", type=int, default=10, help="prompts whose answers the report shows")
 
 
@@ -293,7 +293,7 @@ def _add_eval_bench(eval_sub) -> None:
     b.add_argument("--judge-model", help="model name at the judge endpoint")
     b.add_argument("--judge-max-tokens", type=int,
                    help="longest judge answer (default: the benchmark's own, mt_bench 2048, alpaca_eval 512)")
-    b.add_argument("--api-key", help="API key for the endpoints (default: $OPENAI_API_KEY)")
+    _add_api_key_options(b)
     b.add_argument("--mode", choices=["auto", "base", "chat"], default="auto",
                    help="safety_mc: base = option-letter log-likelihoods (local default), chat = parse a generated "
                         "reply (endpoint default)")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from prefloop import stats
+from prefloop.endpoint import endpoint_api_key
 from prefloop.errors import ConfigError, DataError
 from prefloop.evaluate.answers import AnswerSet, ModelSpec, generate_answers
 from prefloop.evaluate.report import Report, percent
@@ -462,9 +463,15 @@ def winrate_command(out, before=None, after=None, prompts=None, config=None, jud
                     models=None, model_names=None, baseline=None, baseline_model_name=None,
                     criteria="helpfulness,accuracy,clarity,safety", template_file=None, judge_max_tokens=512,
                     temperature=0.7, top_p=1.0, max_new_tokens=256, seed=0, resamples=stats.DEFAULT_RESAMPLES,
-                    batch_size=8, concurrency=8, api_key=None, limit=None, show_answers=10) -> int:
-    """`prefloop eval winrate`: see the module docstring; returns 0, or 1 when some judgments failed."""
+                    batch_size=8, concurrency=8, api_key=None, limit=None, show_answers=10,
+                    api_key_env=None, api_key_file=None) -> int:
+    """`prefloop eval winrate`: see the module docstring; returns 0, or 1 when some judgments failed.
+
+    Endpoint keys: `api_key` (Python callers), else the key named by `api_key_env` / `api_key_file`
+    for this run's endpoints, else none ($OPENAI_API_KEY only for the OpenAI API; `endpoint.endpoint_api_key`)."""
     out_dir = Path(out)
+    if api_key is None and (api_key_env or api_key_file):
+        api_key = endpoint_api_key("", api_key_env, api_key_file)
     if resamples < 1:
         raise ConfigError(f"--resamples must be at least 1, got {resamples}")
     if from_db:

@@ -27,6 +27,11 @@ def bench_command(name: str, model: str, data: str, out: str, **options) -> int:
     from prefloop.evaluate.bench.common import BenchArgs
     from prefloop.evaluate.prefs import write_outputs
 
+    from prefloop.endpoint import endpoint_api_key
+
+    key_env, key_file = options.pop("api_key_env", None), options.pop("api_key_file", None)
+    if options.get("api_key") is None and (key_env or key_file):  # a key named for this run's endpoints
+        options["api_key"] = endpoint_api_key("", key_env, key_file)
     args = BenchArgs(name=name, model=model, data=data, out=out, **options)
     results, report = run_bench(args)
     for line in importlib.import_module(RUNNERS[name]).summary_lines(results):
