@@ -111,6 +111,11 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     return out.last_hidden_state
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the softmax in fp32 (bf16/fp16 upcast), fp64 kept as fp64 (the equality tests run in fp64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class _FrozenHeadLogps(torch.autograd.Function):
     """Token log-probs and logit sums of one chunk through a frozen linear head (no bias).
 
@@ -120,7 +125,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
-        logits = F.linear(hidden, weight).float()
+        logits = _at_least_fp32(F.linear(hidden, weight))
         lse = torch.logsumexp(logits, dim=-1)
         token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         logit_sums = logits.sum(-1)
@@ -141,7 +146,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
 
 def _chunk_logps_module(head, softcap, hidden, targets):
-    logits = head(hidden).float()
+    logits = _at_least_fp32(head(hidden))
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     lse = torch.logsumexp(logits, dim=-1)
@@ -226,7 +231,7 @@ def pair_logps_reference(model, batch: dict, ld_alpha: float | None = None,
     batch_size = num_pairs(batch)
     with _autocast(batch["input_ids"].device, autocast_dtype):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()
+    logits = _at_least_fp32(logits[:, :-1])
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
