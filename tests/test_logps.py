@@ -53,16 +53,16 @@ def _model(tokenizer, arch="qwen2", dtype=torch.float64, **kwargs):
     return model
 
 
-def _assert_equal_logps(fast, ref):
+def _assert_equal_logps(fast, ref, tolerance=FP64_EQUAL):
     torch.testing.assert_close(fast.seq.chosen_tokens, ref.seq.chosen_tokens, rtol=0, atol=0)
     torch.testing.assert_close(fast.seq.rejected_tokens, ref.seq.rejected_tokens, rtol=0, atol=0)
     assert fast.seq.chosen.dtype == ref.seq.chosen.dtype == torch.float64
     for a, b in ((fast.seq.chosen, ref.seq.chosen), (fast.seq.rejected, ref.seq.rejected)):
-        torch.testing.assert_close(a, b, **FP64_EQUAL)
-    torch.testing.assert_close(fast.seq.chosen_mean, ref.seq.chosen_mean, **FP64_EQUAL)
-    torch.testing.assert_close(fast.seq.rejected_mean, ref.seq.rejected_mean, **FP64_EQUAL)
-    torch.testing.assert_close(fast.chosen_logits_mean, ref.chosen_logits_mean, **FP64_EQUAL)
-    torch.testing.assert_close(fast.rejected_logits_mean, ref.rejected_logits_mean, **FP64_EQUAL)
+        torch.testing.assert_close(a, b, **tolerance)
+    torch.testing.assert_close(fast.seq.chosen_mean, ref.seq.chosen_mean, **tolerance)
+    torch.testing.assert_close(fast.seq.rejected_mean, ref.seq.rejected_mean, **tolerance)
+    torch.testing.assert_close(fast.chosen_logits_mean, ref.chosen_logits_mean, **tolerance)
+    torch.testing.assert_close(fast.rejected_logits_mean, ref.rejected_logits_mean, **tolerance)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -95,7 +95,10 @@ def test_eager_attention_gets_an_additive_mask(tiny_tokenizer, features):
         ref = pair_logps_reference(model, collate_pairs(features, "padded", pad))
         model.config._attn_implementation = "eager"
         fast = pair_logps(model, collate_pairs(features, "packed_prefix_shared", pad))
-    _assert_equal_logps(fast, ref)
+    # transformers' eager attention takes its softmax in float32 even for a float64 model: the bound is
+    # float32's (eps 1.2e-7; measured 1.6e-9 on the per-token means), still far below what a wrong
+    # additive mask changes (1e-2 and more).
+    _assert_equal_logps(fast, ref, tolerance={"rtol": 1e-6, "atol": 1e-6})
 
 
 def _loss(out):

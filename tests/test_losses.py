@@ -369,3 +369,32 @@ def test_first_training_step_loss_follows_each_formula(tmp_path, tiny_model_dir,
                      "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none",
                      "save_strategy": "no", "sample_prompts": 0, "learning_rate": 1e-4})
     assert metrics["train_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("precompute_ref", [True, False])
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.5, 1.0])
+def test_ld_alpha_leaves_the_first_step_at_ln2_with_zero_rewards(tmp_path, tiny_model_dir, ld_alpha, precompute_ref):
+    """Issue 12 item 2. Input: ld_alpha 0.5 (and 0, 1), pairs whose chosen is much longer than rejected,
+    policy = reference at step 1. Right value: loss ln 2, rewards/chosen = rewards/rejected = 0, accuracy
+    0.5 (all ties): LD-DPO weights the reference's log-probs like the policy's, in the step
+    (precompute_ref false) and in the cache (true). Before the fix: loss 8.08, rewards/chosen 12.5."""
+    import json as _json
+
+    from prefloop.train.run import train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"conversations": [{"from": "user", "value": f"what is {i} plus {i}?"}],
+             "chosen": f"It is {2 * i}, because adding {i} to {i} gives {2 * i}; here is why, step by step.",
+             "rejected": "No."} for i in range(4)]
+    data.write_text("\n".join(_json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    metrics = train({"model_name_or_path": str(tiny_model_dir), "dataset": str(data), "output_dir": str(out),
+                     "finetuning_type": "lora", "pref_beta": BETA, "ld_alpha": ld_alpha, "max_steps": 1,
+                     "precompute_ref": precompute_ref, "per_device_train_batch_size": 4, "logging_steps": 1,
+                     "report_to": "none", "save_strategy": "no", "sample_prompts": 0, "learning_rate": 1e-4})
+    step1 = next(h for h in _json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h)
+    assert metrics["train_loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert step1["rewards/chosen"] == 0.0 and step1["rewards/rejected"] == 0.0
+    assert step1["rewards/accuracies"] == 0.5
+    if ld_alpha == 1.0:  # unweighted: the long chosen answer really has the lower log-prob
+        assert step1["logps/chosen"] < step1["logps/rejected"] - 5

@@ -50,7 +50,7 @@ def test_lora_adapters_do_not_change_the_reference_key(tiny_model_dir, tiny_toke
     assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "cached"
 
 
-@pytest.mark.parametrize("change", ["weights", "data", "cutoff_len", "template", "precision"])
+@pytest.mark.parametrize("change", ["weights", "data", "cutoff_len", "template", "precision", "ld_alpha"])
 def test_any_change_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_path, change):
     cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path)
     assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "computed"
@@ -64,6 +64,8 @@ def test_any_change_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_pa
         cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, cutoff_len=512)
     elif change == "template":
         template = "qwen"
+    elif change == "ld_alpha":  # LD-DPO weights the reference's log-probs too: another number, another key
+        cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, ld_alpha=0.5)
     if change == "precision":
         status = precompute_reference(reference, {"train": features}, cfg, tiny_tokenizer, template,
                                       autocast_dtype=torch.bfloat16, log=lambda *_: None)["train"]

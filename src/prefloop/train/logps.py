@@ -198,8 +198,10 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
 
     `ld_alpha` (LD-DPO, Liu et al. 2024, "Length Desensitization in DPO"): response tokens beyond
     the shorter response's length in the pair count with weight alpha in the sum
-    (log p = log p(y[:l_p]) + alpha * log p(y[l_p:])). TRL applies it to the policy only; the caller
-    decides (pass None for the reference). Token counts are unweighted.
+    (log p = log p(y[:l_p]) + alpha * log p(y[l_p:])). The reference's log-probs get the same
+    weighting (as in TRL 1.16, in the step and when precomputed): otherwise the implicit reward
+    log pi/pi_ref of an untrained policy is not 0 but (alpha - 1) * log pi(y[l_p:]). Token counts
+    are unweighted.
     """
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)

@@ -148,7 +148,8 @@ class PreferenceTrainer(Trainer):
             chosen, rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         elif self.reference is not None:
             with torch.no_grad(), self.reference.context():
-                ref = pair_logps(self.reference.model, inputs, self.chunk_size, None, self.autocast_dtype).seq
+                # LD-DPO weights the reference like the policy, so an untrained policy's rewards are 0.
+                ref = pair_logps(self.reference.model, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype).seq
             chosen, rejected = ref.chosen, ref.rejected
         else:
             raise RuntimeError("the loss needs reference log-probs, but the batch has none and no reference model "
