@@ -136,3 +136,67 @@ def test_cli_reports_config_errors_with_exit_code_2(seed_path, capsys):
 def test_every_field_has_a_default():
     cfg = Config()
     assert cfg.layout == "packed_prefix_shared" and cfg.max_bad_steps == 3 and cfg.report_to == "tensorboard"
+
+
+# --- issue 12 items 6 and 7: YAML's implicit typing and keys given twice -----------------------------------
+
+
+@pytest.mark.parametrize("key, written, expected", [
+    ("save_strategy", "no", "no"),  # YAML 1.1 reads `no` as false: was "False is not allowed"
+    ("eval_strategy", "no", "no"),
+    ("lora_target", "on", "on"),  # `on` is true in YAML 1.1
+    ("template", "yes", "yes"),
+    ("dataset", "2024-01-01", "2024-01-01"),  # a date in YAML
+    ("dataset_dir", "1.10", "1.10"),  # the float 1.1 in YAML
+    ("dataset_dir", "0x1F", "0x1F"),  # the integer 31 in YAML
+    ("resume_from_checkpoint", "true", True),  # a bool or a path: the bool stays a bool
+    ("template", "null", None),  # a key that may be null: null stays null
+])
+@pytest.mark.parametrize("where", ["file", "command line"])
+def test_text_valued_keys_get_the_text_as_written(seed_path, key, written, expected, where):
+    lines = [l for l in seed_path.read_text().splitlines() if not l.startswith(f"{key}:")]  # noqa: E741
+    overrides = [f"{key}={written}"] if where == "command line" else []
+    if where == "file":
+        lines.append(f"{key}: {written}")
+    seed_path.write_text("\n".join(lines) + "\n")
+    assert getattr(load_config(seed_path, overrides), key) == expected
+
+
+def test_list_elements_get_the_text_as_written(seed_path):
+    seed_path.write_text(seed_path.read_text().replace("pref_loss: sigmoid", "pref_loss: [sigmoid, no]"))
+    with pytest.raises(ConfigError, match="'no'"):  # the text "no" reaches the loss check, not False
+        load_config(seed_path)
+    assert load_config(seed_path, ["pref_loss=[sigmoid, hinge]"]).pref_loss == ["sigmoid", "hinge"]
+
+
+def test_save_strategy_no_trains_without_checkpoints_on_the_command_line(seed_path):
+    cfg = load_config(seed_path, ["save_strategy=no", "learning_rate=1.0e-4"])
+    assert cfg.save_strategy == "no" and cfg.learning_rate == 1e-4
+
+
+def test_a_number_written_where_a_number_belongs_is_still_a_number(seed_path):
+    seed_path.write_text(seed_path.read_text().replace("learning_rate: 5.0e-7", "learning_rate: 1e-4"))
+    cfg = load_config(seed_path, ["lora_rank=4", "gradient_checkpointing=no"])
+    assert cfg.learning_rate == 1e-4 and cfg.lora_rank == 4 and cfg.gradient_checkpointing is False
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(seed_path):
+    """Input: learning_rate 1.0e-4 near the top and 5.0e-7 further down. Right value: a located error."""
+    lines = seed_path.read_text().splitlines()
+    seed_path.write_text("\n".join(["learning_rate: 1.0e-4"] + lines) + "\n")
+    second = 1 + next(i for i, l in enumerate(lines) if l.startswith("learning_rate:")) + 1  # noqa: E741
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path)
+    assert str(err.value).startswith(f"{seed_path}, line {second}: key 'learning_rate' is given twice (first on line 1)")
+
+
+def test_a_nested_key_given_twice_is_an_error_too(tmp_path, seed_path):
+    seed_path.write_text(seed_path.read_text() + "fsdp_config:\n  min_num_params: 1\n  min_num_params: 2\n")
+    with pytest.raises(ConfigError, match="key 'min_num_params' is given twice"):
+        load_config(seed_path)
+
+
+def test_a_key_given_twice_exits_2_through_the_cli(seed_path, capsys):
+    seed_path.write_text(seed_path.read_text() + "pref_beta: 0.5\npref_beta: 0.2\n")
+    assert cli_main(["train", str(seed_path)]) == 2
+    assert "key 'pref_beta' is given twice" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from prefloop.config_files import load_yaml, written_as
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -164,7 +165,9 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     """A checked `Config` from a YAML path, a dict or a Config, with overrides applied.
 
     `overrides` is a list of "key=value" strings (command line; values parsed as YAML scalars) or
-    a dict of already-typed values (Python API). Raises ConfigError with file and key on any problem.
+    a dict of already-typed values (Python API). A key that takes text gets the text as written even
+    where YAML would read another type (`save_strategy: no` is "no", not false); a key given twice in
+    the file is an error (config_files.py). Raises ConfigError with file and key on any problem.
     """
     if isinstance(config_or_path, Config):
         raw, where = dataclasses.asdict(config_or_path), "config"
@@ -183,7 +186,7 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     for key, (value, source) in values.items():
         if key not in hints:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
-        kwargs[key] = _coerce(key, value, hints[key], source)
+        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source)
     cfg = Config(**kwargs)
     validate(cfg)
     return cfg
@@ -192,12 +195,7 @@ def load_config(config_or_path=None, overrides=None) -> Config:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # duplicate keys refused, text kept
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -215,9 +213,9 @@ def _parse_overrides(overrides) -> dict[str, Any]:
         key, sep, text = str(item).partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"command line: override {item!r} is not of the form key=value (e.g. learning_rate=1e-6)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        try:  # parsed like a line of the config file: `save_strategy=no` is the text "no"
+            value = load_yaml(text, f"command line: {key.strip()}") if text.strip() else None
+        except ConfigError:
             value = text
         parsed[key.strip()] = value
     return parsed
