@@ -324,7 +324,7 @@ def test_every_known_loss_builds_and_runs(name):
     ({"pref_loss": "robust"}, "needs dpo_label_smoothing"),
     ({"simpo_gamma": 1.0}, "only to pref_loss: simpo"),
     ({"discopop_tau": 0.05}, "only to pref_loss: discopop"),
-    ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau must be"),
+    ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau: 0.0 is not allowed; it must be > 0"),
     ({"pref_ftx": -1.0}, "pref_ftx"),
     ({"ld_alpha": 1.5}, "ld_alpha"),
 ])
@@ -343,6 +343,34 @@ def test_config_defaults_leave_loss_options_unset():
 
 def test_exo_eps_may_exceed_half():
     assert build_loss_spec(cfg(pref_loss="exo_pair", dpo_label_smoothing=0.7)).label_smoothing == 0.7
+
+
+@pytest.mark.parametrize("pref_loss, smoothing, allowed", [
+    ("exo_pair", 0.7, True),  # EXO's eps: any rate in (0, 1); the config refused >= 0.5 before (item 12)
+    ("exo_pair", 0.5, True),
+    ("exo_pair", 1.0, False),
+    ("sigmoid", 0.49, True),
+    ("sigmoid", 0.5, False),  # cDPO: a flip rate of 0.5 makes chosen and rejected the same
+    ("robust", 0.6, False),
+    ("sigmoid", -0.1, False),
+])
+def test_label_smoothing_bounds_are_the_same_in_the_config_and_the_loss(tmp_path, pref_loss, smoothing, allowed):
+    """Issue 12 item 12: one check, in build_loss_spec, used by config.load_config too."""
+    from prefloop.config import load_config
+
+    (tmp_path / "model").mkdir()
+    values = {"model_name_or_path": str(tmp_path / "model"), "output_dir": str(tmp_path / "out"),
+              "dataset": "x.jsonl", "pref_loss": pref_loss, "dpo_label_smoothing": smoothing}
+    if allowed:
+        assert load_config(values).dpo_label_smoothing == smoothing
+        assert build_loss_spec(cfg(pref_loss=pref_loss, dpo_label_smoothing=smoothing)).label_smoothing == smoothing
+    else:
+        with pytest.raises(ConfigError) as from_config:
+            load_config(values)
+        with pytest.raises(ConfigError) as from_loss:
+            build_loss_spec(cfg(pref_loss=pref_loss, dpo_label_smoothing=smoothing))
+        assert str(from_config.value) == str(from_loss.value)
+        assert str(from_loss.value).startswith(f"dpo_label_smoothing: {smoothing} is not allowed")
 
 
 # --- through the whole training pipeline: config -> data -> LoRA policy/reference -> trainer ------------
