@@ -162,3 +162,70 @@ def test_reference_free_loss_loads_and_caches_no_reference(run, tmp_path, capsys
     assert "reference-free: no reference model is loaded" in capsys.readouterr().out
     assert not (out / "ref_cache").exists()
     assert "eval_rewards/accuracies" in metrics and metrics["train_loss"] > 0
+
+
+# --- issue 12 item 5: a split that encoding empties ---------------------------------------------------------
+
+
+def _short_and_long_pairs(tmp_path, long_ids):
+    """8 seed-format pairs; those whose index is in `long_ids` have answers that differ only after a
+    shared opening far over 64 tokens, so cutting them to cutoff_len 64 makes them identical: dropped."""
+    path = tmp_path / "pairs.jsonl"
+    with path.open("w") as f:
+        for i in range(8):
+            opening = "the answer is a long one and it goes on " * (40 if i in long_ids else 0)
+            f.write(json.dumps({"id": f"p{i}", "conversations": [{"from": "human", "value": f"What is {i}?"}],
+                                "chosen": opening + f"Yes, {i}.", "rejected": opening + "no"}) + "\n")
+    return path
+
+
+def _held_out_ids(data, val_size=2, seed=42):
+    from prefloop.data.loader import load_pairs, split_validation
+
+    return [int(p.id[1:]) for p in split_validation(load_pairs(str(data)).pairs, val_size, seed)[1]]
+
+
+def _small_run(tmp_path, data, **extra):
+    return {"model_name_or_path": str(tmp_path.parent / "model"), "dataset": str(data), "output_dir": str(tmp_path / "out"),
+            "cutoff_len": 64, "val_size": 2, "eval_strategy": "steps", "eval_steps": 1, "max_steps": 2,
+            "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
+            "sample_prompts": 0, **extra}
+
+
+def test_validation_emptied_by_encoding_skips_evaluation_with_a_warning(tmp_path, tiny_model_dir, capsys):
+    """Input: 8 pairs, val_size 2, eval_strategy steps, cutoff_len 64, both held-out pairs too long.
+    Right value: a warning naming the cause and the fix, training runs without evaluation (was a
+    transformers ValueError traceback, exit 1)."""
+    probe = _short_and_long_pairs(tmp_path, long_ids=())
+    data = _short_and_long_pairs(tmp_path, long_ids=_held_out_ids(probe))
+    config = _small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir))
+    metrics = prefloop.train(config)
+    err = capsys.readouterr().err
+    assert ("prefloop: warning: validation: encoding dropped all 2 held-out pairs of " in err
+            and "at cutoff_len 64; evaluation is skipped (to evaluate: raise cutoff_len" in err)
+    assert metrics["train_loss"] > 0 and not any(k.startswith("eval_") for k in metrics)
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2] and not any("eval_loss" in h for h in history)
+
+
+def test_validation_emptied_with_early_stopping_is_an_error(tmp_path, tiny_model_dir, capsys):
+    probe = _short_and_long_pairs(tmp_path, long_ids=())
+    data = _short_and_long_pairs(tmp_path, long_ids=_held_out_ids(probe))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir),
+                                                early_stopping_patience=2, save_strategy="steps", save_steps=1)))
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "validation: encoding dropped all 2 held-out pairs" in err and "remove early_stopping_patience" in err
+    assert "Traceback" not in err
+
+
+def test_train_split_emptied_by_encoding_is_an_error_naming_cause_and_fix(tmp_path, tiny_model_dir, capsys):
+    data = _short_and_long_pairs(tmp_path, long_ids=range(8))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), val_size=0,
+                                                eval_strategy="no")))
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: no training pairs are left: encoding dropped all 8 (8 identical after truncation)" in err
+    assert "raise cutoff_len (now 64)" in err and "Traceback" not in err

@@ -5,7 +5,9 @@ One function per stage, called in order by `run_training`, so the whole run read
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,9 @@ def run_training(cfg: Config) -> dict:
 
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     data = load_data(cfg, tokenizer, say)
+    if cfg.run_eval and not data.val:  # every held-out pair was dropped in encoding: train without evaluation
+        cfg = dataclasses.replace(cfg, eval_strategy="no", do_eval=False)
+        args = build_args(cfg)
     loss_spec = build_loss_spec(cfg)
     check_pair_options(data, loss_spec)
     model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
@@ -185,18 +190,38 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(loaded.pairs, val_size, cfg.seed) if val_size else (loaded.pairs, [])
     template = get_template(cfg.template, tokenizer)
-    splits = {}
+    splits, reports = {}, {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
         if not pairs:
             splits[name] = []
             continue
-        encoded, report = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
-        say(f"  {name}: {report.summary()}")
+        encoded, reports[name] = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
+        say(f"  {name}: {reports[name].summary()}")
         splits[name] = [to_feature(p, i) for i, p in enumerate(encoded)]
     if cfg.do_train and not splits["train"]:
-        raise DataError(f"no training pairs left after encoding {dataset!r} (see the report above); "
-                        f"raise cutoff_len or check the data")
+        raise DataError(f"{dataset}: no training pairs are left: encoding dropped all {len(train_pairs)} "
+                        f"({_drop_causes(reports['train'])}); raise cutoff_len (now {cfg.cutoff_len}) or fix "
+                        f"those pairs (`prefloop data check {dataset} --tokenizer {cfg.model_name_or_path} "
+                        f"--cutoff-len {cfg.cutoff_len}` lists them)")
+    if val_pairs and not splits["validation"]:
+        check_evaluation_can_be_skipped(cfg, dataset, len(val_pairs), reports["validation"])
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer))
+
+
+def _drop_causes(report) -> str:
+    return "; ".join(f"{n} {reason}" for reason, n in report.drop_reasons().most_common()) or "no reason recorded"
+
+
+def check_evaluation_can_be_skipped(cfg: Config, dataset: str, held_out: int, report) -> None:
+    """Encoding dropped every held-out pair: a warning, and training runs without evaluation; a DataError
+    when the config depends on evaluation (early stopping), since skipping it would change the run."""
+    cause = (f"validation: encoding dropped all {held_out} held-out pairs of {dataset} ({_drop_causes(report)}) "
+             f"at cutoff_len {cfg.cutoff_len}")
+    fix = "raise cutoff_len, or val_size so that some held-out pairs fit"
+    if cfg.early_stopping_patience is not None:
+        raise DataError(f"{cause}; early_stopping_patience needs evaluation: {fix}, or remove early_stopping_patience")
+    if cfg.run_eval:
+        print(f"prefloop: warning: {cause}; evaluation is skipped (to evaluate: {fix})", file=sys.stderr)
 
 
 def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
