@@ -1,5 +1,6 @@
 """Training config: the seed's YAML verbatim, overrides, clear errors, fp16 fallback, saving."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,42 @@ def test_a_key_given_twice_exits_2_through_the_cli(seed_path, capsys):
     seed_path.write_text(seed_path.read_text() + "pref_beta: 0.5\npref_beta: 0.2\n")
     assert cli_main(["train", str(seed_path)]) == 2
     assert "key 'pref_beta' is given twice" in capsys.readouterr().err
+
+
+# --- issue 12 item 18: optional integrations checked at start --------------------------------------------
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(_installed("wandb"), reason="wandb is installed here")
+def test_report_to_wandb_without_wandb_is_an_error_before_any_model_loads(seed_path, capsys):
+    """Input: report_to: wandb, wandb not installed, and a model directory that holds no model (loading
+    it would fail). Right value: exit 2 with a message naming the file, the key and the package."""
+    seed_path.write_text(seed_path.read_text() + "report_to: wandb\n")
+    assert cli_main(["train", str(seed_path)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{seed_path}: report_to: wandb needs the Python package 'wandb', which is not installed: "
+            "`pip install wandb`") in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("report_to=[tensorboard, wandb]", "report_to: wandb needs the Python package 'wandb'"),
+    ("report_to=tensorboard,wandb", "report_to: wandb needs the Python package 'wandb'"),
+    ("report_to=wandbb", "report_to: 'wandbb' is not an integration transformers knows (did you mean 'wandb'?)"),
+    ("optim=adamw_bnb_8bit", "optim: adamw_bnb_8bit needs the Python package 'bitsandbytes'"),
+])
+def test_every_optional_integration_is_checked(seed_path, override, message):
+    if "wandb" in message and _installed("wandb") or "bitsandbytes" in message and _installed("bitsandbytes"):
+        pytest.skip("the package is installed here")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(seed_path, [override])
+
+
+def test_installed_integrations_pass(seed_path):
+    assert load_config(seed_path, ["report_to=tensorboard"]).report_to == "tensorboard"
+    assert load_config(seed_path, ["report_to=none"]).report_to == "none"

@@ -188,7 +188,12 @@ def load_config(config_or_path=None, overrides=None) -> Config:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
         kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source)
     cfg = Config(**kwargs)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if where == "config":
+            raise
+        raise ConfigError(f"{where}: {err}") from None  # the config file the bad value came from (or overrides)
     return cfg
 
 
@@ -376,11 +381,69 @@ def validate(cfg: Config) -> None:
     if cfg.deepspeed is not None:
         need(Path(cfg.deepspeed).is_file(), f"deepspeed: {cfg.deepspeed} does not exist; give the path of a DeepSpeed JSON config")
 
+    check_integrations(cfg)
+
     from prefloop.train.losses import build_loss_spec
 
     # The loss keys (pref_loss*, pref_beta, dpo_label_smoothing, pref_ftx, simpo_gamma, discopop_tau,
     # ld_alpha) are checked in one place, the loss construction, whose bounds depend on the loss.
     build_loss_spec(cfg)
+
+
+# report_to name -> (module to import, pip package): transformers' integrations, which it imports only when
+# the Trainer is built, after the model has loaded.
+_REPORT_TO_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
+    "comet_ml": ("comet_ml", "comet_ml"), "neptune": ("neptune", "neptune"), "clearml": ("clearml", "clearml"),
+    "dvclive": ("dvclive", "dvclive"), "codecarbon": ("codecarbon", "codecarbon"),
+    "azure_ml": ("azureml", "azureml-core"), "dagshub": ("dagshub", "dagshub"), "flyte": ("flytekit", "flytekit"),
+    "swanlab": ("swanlab", "swanlab"), "trackio": ("trackio", "trackio"), "kubeflow": ("kubeflow", "kubeflow-katib"),
+}
+# optim name fragment -> (module, pip package) for the optimizers transformers takes from other packages.
+_OPTIM_PACKAGES = (("bnb", ("bitsandbytes", "bitsandbytes")), ("8bit", ("bitsandbytes", "bitsandbytes")),
+                   ("paged", ("bitsandbytes", "bitsandbytes")), ("galore", ("galore_torch", "galore-torch")),
+                   ("lomo", ("lomo_optim", "lomo-optim")), ("schedule_free", ("schedulefree", "schedulefree")),
+                   ("apollo", ("apollo_torch", "apollo-torch")), ("grokadamw", ("grokadamw", "grokadamw")),
+                   ("anyprecision", ("torchdistx", "torchdistx")))
+
+
+def report_to_names(report_to) -> list[str]:
+    """`report_to` as a list of integration names ("wandb,tensorboard" and lists both work)."""
+    items = report_to if isinstance(report_to, list) else [report_to]
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def check_integrations(cfg: Config) -> None:
+    """Every optional integration the config names (report_to, deepspeed, optim) must be installed: a
+    ConfigError naming the package now, before any model loads (transformers fails only when it builds
+    the Trainer, with a traceback)."""
+    import importlib.util
+
+    def missing(module: str) -> bool:
+        return importlib.util.find_spec(module) is None
+
+    names = report_to_names(cfg.report_to)
+    if len(names) > 1 and ("none" in names or "all" in names):
+        raise ConfigError(f"report_to: {names} mixes 'none'/'all' with named integrations; give one or the other")
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in _REPORT_TO_PACKAGES:
+            close = difflib.get_close_matches(name, list(_REPORT_TO_PACKAGES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"report_to: {name!r} is not an integration transformers knows{hint}; choose from "
+                              f"{', '.join(_REPORT_TO_PACKAGES)}, or none")
+        module, package = _REPORT_TO_PACKAGES[name]
+        if missing(module):
+            raise ConfigError(f"report_to: {name} needs the Python package {package!r}, which is not installed: "
+                              f"`pip install {package}`, or remove {name} from report_to (tensorboard is built in)")
+    if cfg.deepspeed is not None and missing("deepspeed"):
+        raise ConfigError("deepspeed: a DeepSpeed config is given but the Python package 'deepspeed' is not installed: "
+                          "`pip install deepspeed`, or remove the deepspeed key (see docs/distributed.md)")
+    for fragment, (module, package) in _OPTIM_PACKAGES:
+        if fragment in cfg.optim and missing(module):
+            raise ConfigError(f"optim: {cfg.optim} needs the Python package {package!r}, which is not installed: "
+                              f"`pip install {package}`, or use optim: adamw_torch")
 
 
 def _check_model_path(key: str, path: str) -> None:

@@ -29,9 +29,10 @@ def build_training_arguments(cfg) -> TrainingArguments:
 
     transformers 5 has no `warmup_ratio`: a float `warmup_steps` in [0, 1) is the ratio.
     """
+    from prefloop.config import report_to_names
     from prefloop.errors import ConfigError
 
-    report_to = cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]
+    report_to = report_to_names(cfg.report_to)
     try:
         return TrainingArguments(
             output_dir=cfg.output_dir,
