@@ -102,6 +102,10 @@ def run_training(cfg: Config) -> dict:
     if cfg.do_train:
         result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
         trainer.save_model()
+        if cfg.finetuning_type == "lora" and args.process_index == 0:
+            from prefloop.adapters import record_base
+
+            record_base(cfg.output_dir, cfg.model_name_or_path)  # absolute path or hub id + fingerprint
         trainer.save_state()
         metrics = dict(result.metrics)
         trainer.log_metrics("train", metrics)
