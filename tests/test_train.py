@@ -71,7 +71,7 @@ def test_metrics_in_trainer_state_with_eval_prefix(run):
     train_logs = [h for h in history if "loss" in h]
     eval_logs = [h for h in history if "eval_loss" in h]
     assert [h["step"] for h in train_logs] == [2, 4, 6, 8]
-    assert [h["step"] for h in eval_logs][:3] == [3, 6, 9]
+    assert [h["step"] for h in eval_logs][:4] == [0, 3, 6, 9]  # step 0: the evaluation before training
     for log in train_logs:
         for key in METRICS + ["loss", "grad_norm", "learning_rate", "tokens_per_second"]:
             assert key in log, key
@@ -100,6 +100,8 @@ def test_tensorboard_events_written(run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/rewards/accuracies", "eval/rewards/accuracies", "train/grad_norm"} <= tags
+    assert [e.step for e in acc.Scalars("eval/loss")][:2] == [0, 3]  # the evaluation before training at step 0
+    assert acc.Scalars("eval/rewards/accuracies")[0].value == 0.5  # policy = reference: all ties
 
 
 def test_plots_written(run):
@@ -229,3 +231,54 @@ def test_train_split_emptied_by_encoding_is_an_error_naming_cause_and_fix(tmp_pa
     err = capsys.readouterr().err
     assert f"{data}: no training pairs are left: encoding dropped all 8 (8 identical after truncation)" in err
     assert "raise cutoff_len (now 64)" in err and "Traceback" not in err
+
+
+# --- issue 12 item 22: console output -----------------------------------------------------------------------
+
+
+def test_console_log_has_numbers_no_escape_codes_and_step_zero(tmp_path, tiny_model_dir, capsys):
+    """Input: a run whose stdout/stderr go to a log (not a terminal). Right value: each metrics line is a
+    dict of numbers ({'loss': 0.6931, ...}, was {'loss': '0.6931'}), no carriage returns or cursor escape
+    codes anywhere, and the evaluation before training logged at step 0."""
+    import ast
+    import math
+
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), sample_prompts=1))
+    out, err = capsys.readouterr()
+    assert "\x1b[" not in out + err and "\r" not in out + err
+    lines = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{")]
+    assert [("eval_loss" in d, "loss" in d) for d in lines][:3] == [(True, False), (False, True), (True, False)]
+    for d in lines:
+        assert all(isinstance(v, (int, float)) for v in d.values()), d
+    assert lines[0]["eval_loss"] == round(math.log(2), 4) and lines[0]["eval_rewards/accuracies"] == 0.5
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["step"] == 0 and history[0]["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_sample_answers_are_not_printed_into_a_live_progress_bar(tmp_path, tiny_model_dir, monkeypatch):
+    """On a terminal the evaluation before training draws a progress bar; it must be closed before the
+    "Sample answer before training" lines are printed (it stayed open and the lines landed in it)."""
+    from tqdm.std import tqdm
+
+    import prefloop.train.console as console
+    import prefloop.train.run as run_module
+
+    monkeypatch.setattr(console, "live_bars", lambda: True)
+    open_bars = []
+    real = run_module.sample_answers
+
+    def spy(model, tokenizer, data, n, when, *args, **kwargs):
+        open_bars.append((when, [bar for bar in tqdm._instances if not bar.disable]))
+        return real(model, tokenizer, data, n, when, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "sample_answers", spy)
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), sample_prompts=1))
+    assert [when for when, _ in open_bars] == ["before", "after"]
+    assert all(bars == [] for _, bars in open_bars), open_bars
+
+
+def test_data_check_errors_say_data_check(tmp_path, capsys):
+    assert cli_main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err.startswith("prefloop data check: error: ")

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(**args) or 0)
     except PrefloopError as err:
-        print(f"prefloop {command}: error: {err}", file=sys.stderr)
+        print(f"prefloop {command.replace('data-', 'data ', 1)}: error: {err}", file=sys.stderr)  # as typed
         return 2
 
 

@@ -94,6 +94,8 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     same as the policy gets in the step (`logps.pair_logps`)."""
     from tqdm.auto import tqdm
 
+    from prefloop.train.console import live_bars
+
     model = reference.model
     collator = PairCollator(layout, pad_token_id, packed_row_tokens(model))
     device = device or next(model.parameters()).device
@@ -103,7 +105,7 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     try:
         with torch.no_grad(), reference.context():
             for start in tqdm(range(0, len(features), batch_size), desc=f"reference log-probs ({desc})",
-                              unit="batch", leave=False):
+                              unit="batch", leave=False, disable=not live_bars()):
                 batch = collator(features[start:start + batch_size])
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 out = pair_logps(model, batch, chunk_size=chunk_size, ld_alpha=ld_alpha, autocast_dtype=autocast_dtype)

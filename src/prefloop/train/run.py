@@ -67,7 +67,10 @@ def run_training(cfg: Config) -> dict:
 
     from prefloop.train.distributed import check_resume_world_size, prepare_environment
 
+    from prefloop.train.console import StepZeroEvaluation, quiet_library_bars, use_metrics_printer
+
     started = time.perf_counter()
+    quiet_library_bars()  # no progress-bar escape codes in a log file
     prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
     check_output_dir(cfg)
     cfg = resolve_precision(cfg)
@@ -93,8 +96,10 @@ def run_training(cfg: Config) -> dict:
     in_step_reference = prepare_reference(cfg, args, loss_spec, model, tokenizer, data, autocast_dtype, say)
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
+    use_metrics_printer(trainer)  # log lines as numbers, bars only on a terminal
     trainer.health = install_health(trainer, cfg)
     before = evaluation_before_training(cfg, trainer, data, say)
+    trainer.add_callback(StepZeroEvaluation(trainer, before))  # history, TensorBoard and plots start at step 0
     samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
 

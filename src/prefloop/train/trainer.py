@@ -31,6 +31,7 @@ def build_training_arguments(cfg) -> TrainingArguments:
     """
     from prefloop.config import report_to_names
     from prefloop.errors import ConfigError
+    from prefloop.train.console import live_bars
 
     report_to = report_to_names(cfg.report_to)
     try:
@@ -61,6 +62,7 @@ def build_training_arguments(cfg) -> TrainingArguments:
             save_total_limit=cfg.save_total_limit,
             logging_steps=cfg.logging_steps,
             report_to="none" if report_to == ["none"] else report_to,
+            disable_tqdm=not live_bars(),  # no cursor escape codes in logs (train/console.py)
             dataloader_num_workers=cfg.dataloader_num_workers,
             remove_unused_columns=False,  # the batch is ours, not the model's forward signature
             label_names=[],
@@ -171,6 +173,8 @@ class PreferenceTrainer(Trainer):
                                       prediction_loss_only=True, metric_key_prefix="eval")
         metrics = dict(output.metrics)
         metrics.update(self.pop_metrics("eval", prefix="eval_"))
+        # Close the evaluation's progress bar (as after predict()): what is printed next must not land in it.
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
         return metrics
 
     # -- metrics ----------------------------------------------------------------------------------
