@@ -282,3 +282,29 @@ def test_sample_answers_are_not_printed_into_a_live_progress_bar(tmp_path, tiny_
 def test_data_check_errors_say_data_check(tmp_path, capsys):
     assert cli_main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
     assert capsys.readouterr().err.startswith("prefloop data check: error: ")
+
+
+# --- issue 12 item 23: a real model card ------------------------------------------------------------------
+
+
+def test_the_saved_adapter_has_a_real_model_card(run, tiny_model_dir):
+    """Right value: README.md names the base (absolute path + fingerprint), the data file with its sha256
+    and counts (21 pairs: 18 train, 3 validation), the config, the before/after evaluation numbers the run
+    returned, and the prefloop version; not PEFT's blank template."""
+    import hashlib
+
+    from prefloop.adapters import base_fingerprint
+
+    card = (run["out"] / "README.md").read_text()
+    metrics = run["metrics"]
+    assert "More Information Needed" not in card
+    assert card.startswith(f"---\nbase_model: {Path(tiny_model_dir).resolve()}\nlibrary_name: peft\n")
+    assert f"`{base_fingerprint(str(tiny_model_dir))}`" in card
+    assert f"`{hashlib.sha256(run['data'].read_bytes()).hexdigest()}`" in card
+    assert "21 pairs loaded (0 bad rows skipped); train split 18 pairs, 18 kept" in card
+    assert "validation split 3 pairs, 3 kept" in card
+    assert "| `learning_rate` | `0.005` |" in card and "| `lora_alpha` | `32` |" in card
+    row = f"| held-out preference accuracy (implicit reward, ties 0.5) | 0.500 | {metrics['eval_rewards/accuracies']:.3f} |"
+    assert row in card
+    assert f"| eval loss | 0.6931 | {metrics['eval_loss']:.4f} |" in card
+    assert f"prefloop {prefloop.__version__}" in card

@@ -56,6 +56,7 @@ class Data:
     val: list[dict]
     template_name: str
     stop_ids: list[int]  # token ids that end a reply (for sample answers)
+    provenance: dict = dataclasses.field(default_factory=dict)  # datasets, files, sha256, counts (model card)
 
 
 def run_training(cfg: Config) -> dict:
@@ -107,10 +108,6 @@ def run_training(cfg: Config) -> dict:
     if cfg.do_train:
         result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
         trainer.save_model()
-        if cfg.finetuning_type == "lora" and args.process_index == 0:
-            from prefloop.adapters import record_base
-
-            record_base(cfg.output_dir, cfg.model_name_or_path)  # absolute path or hub id + fingerprint
         trainer.save_state()
         metrics = dict(result.metrics)
         trainer.log_metrics("train", metrics)
@@ -125,6 +122,8 @@ def run_training(cfg: Config) -> dict:
     sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
     report_quality("After training", metrics, say)
     if args.process_index == 0:
+        if cfg.do_train:
+            write_model_card_and_base(cfg, data, before, metrics, trainer.state.global_step, say)
         write_samples(samples, cfg.output_dir, say)
         if cfg.plot_loss:
             from prefloop.train.plots import plot_history
@@ -192,6 +191,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.template import get_template
     from prefloop.train.dataset import to_feature
+    from prefloop.train.model_card import data_provenance
 
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples)
@@ -214,7 +214,8 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
                         f"--cutoff-len {cfg.cutoff_len}` lists them)")
     if val_pairs and not splits["validation"]:
         check_evaluation_can_be_skipped(cfg, dataset, len(val_pairs), reports["validation"])
-    return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer))
+    provenance = data_provenance(loaded, len(train_pairs), len(val_pairs), len(splits["train"]), len(splits["validation"]))
+    return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer), provenance)
 
 
 def _drop_causes(report) -> str:
@@ -326,6 +327,21 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=pri
         say(f"Sample answer {label} training [{feature['id']}]: {answer[:300]!r}")
     model.train(was_training)
     return samples
+
+
+def write_model_card_and_base(cfg: Config, data: Data, before: dict, metrics: dict, steps: int, say) -> None:
+    """Record the base model (absolute path or hub id + fingerprint; adapters.py) and write the model card."""
+    from prefloop.adapters import base_fingerprint, portable_base, record_base
+    from prefloop.train.model_card import write_model_card
+
+    if cfg.finetuning_type == "lora":
+        base = record_base(cfg.output_dir, cfg.model_name_or_path)  # into adapter_config.json too
+    else:
+        base = {"base_model_name_or_path": portable_base(cfg.model_name_or_path),
+                "fingerprint": base_fingerprint(cfg.model_name_or_path)}
+    after = {k: v for k, v in metrics.items() if not k.startswith("before_")}
+    path = write_model_card(cfg, base, data.provenance, before, after, steps)
+    say(f"Model card: {path}")
 
 
 def write_samples(samples: list[dict], output_dir: str, say) -> None:
