@@ -308,3 +308,21 @@ def test_the_saved_adapter_has_a_real_model_card(run, tiny_model_dir):
     assert row in card
     assert f"| eval loss | 0.6931 | {metrics['eval_loss']:.4f} |" in card
     assert f"prefloop {prefloop.__version__}" in card
+
+
+# --- issue 12 item 13: the sampled-answer-length monitor is fed during training -----------------------------
+
+
+def test_every_evaluation_logs_the_sampled_answer_length(tmp_path, tiny_model_dir):
+    """Right value: each evaluation (step 0, 1, 2) logs eval_sampled_length, the mean length in tokens of the
+    greedy answers to 2 validation prompts: a number in [1, 128]; with length_probe_prompts 0, none."""
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), length_probe_prompts=2))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [0, 1, 2]
+    assert all(1 <= h["eval_sampled_length"] <= 128 for h in evals)
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), length_probe_prompts=0,
+                              output_dir=str(tmp_path / "off")))
+    history = json.loads((tmp_path / "off" / "trainer_state.json").read_text())["log_history"]
+    assert not any("eval_sampled_length" in h for h in history)

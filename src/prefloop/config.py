@@ -110,6 +110,7 @@ class HealthArgs:
     max_bad_steps: int = 3  # stop after this many NaN/Inf steps in a row
     early_stopping_patience: int | None = None
     early_stopping_threshold: float = 0.0
+    length_probe_prompts: int = 4  # validation prompts answered (greedy) at each evaluation: eval_sampled_length
 
 
 @dataclass
@@ -370,6 +371,8 @@ def validate(cfg: Config) -> None:
          f"val_size: {cfg.val_size} is not allowed; give a fraction in [0, 1) or a whole number of pairs")
     need(not (cfg.fp16 and cfg.bf16), "fp16 and bf16 are both true: choose one")
     need(cfg.sample_prompts >= 0, "sample_prompts must be >= 0")
+    need(cfg.length_probe_prompts >= 0, f"length_probe_prompts: {cfg.length_probe_prompts} is not allowed; it must be "
+                                        f">= 0 (0 = no sampled-answer-length check)")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
     if cfg.eval_strategy != "no":

@@ -271,6 +271,7 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         chunk_size=cfg.logps_chunk_size,
         ld_alpha=cfg.ld_alpha,
         autocast_dtype=autocast_dtype,
+        probe_prompts=[f["prompt_ids"] for f in spread(data.val, cfg.length_probe_prompts)],
     )
 
 
@@ -304,11 +305,16 @@ def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
 
 
 @torch.no_grad()
+def spread(items: list, count: int) -> list:
+    """`count` items spread evenly over `items` (all of them when there are fewer), in order."""
+    count = min(count, len(items))
+    return [items[i * len(items) // count] for i in range(count)] if count else []
+
+
 def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=print, samples: list[dict] | None = None):
     """Greedy short answers to `count` validation prompts spread evenly over the split, added under `label`."""
     samples = samples if samples is not None else []
-    count = min(count, len(data.val))
-    features = [data.val[i * len(data.val) // count] for i in range(count)] if count else []
+    features = spread(data.val, count)
     if not features:
         return samples
     was_training = model.training

@@ -102,8 +102,11 @@ class PreferenceTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_spec: LossSpec, reference=None, chunk_size: int = 4096,
-                 ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None, **kwargs):
+                 ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None,
+                 probe_prompts: list[list[int]] | None = None, probe_max_new_tokens: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
+        # Validation prompts (token ids) answered greedily at every evaluation: eval_sampled_length (health.py).
+        self.probe_prompts, self.probe_max_new_tokens = list(probe_prompts or []), probe_max_new_tokens
         self.loss_spec, self.reference = loss_spec, reference
         self.chunk_size, self.ld_alpha, self.autocast_dtype = chunk_size, ld_alpha, autocast_dtype
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: the Trainer scales it for accumulation
@@ -166,6 +169,19 @@ class PreferenceTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.pair_loss(model, inputs, "eval")
         return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's evaluation, plus the mean length of the greedy answers to the probe prompts
+        (`eval_sampled_length`, tokens), which the health monitor watches for length hacking."""
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.probe_prompts:
+            from prefloop.train.health import SAMPLED_LENGTH_METRIC, sampled_answer_lengths
+
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            lengths = sampled_answer_lengths(self.accelerator.unwrap_model(self.model), self.processing_class,
+                                             self.probe_prompts, self.probe_max_new_tokens)
+            output.metrics[SAMPLED_LENGTH_METRIC.replace("eval", prefix, 1)] = sum(lengths) / len(lengths)
+        return output
 
     def evaluate_quietly(self, eval_dataset=None, description: str = "Evaluation") -> dict:
         """Eval metrics (`eval_` names) without logging them, e.g. before training starts."""
