@@ -229,9 +229,11 @@ def test_report_to_wandb_without_wandb_is_an_error_before_any_model_loads(seed_p
     ("report_to=tensorboard,wandb", "report_to: wandb needs the Python package 'wandb'"),
     ("report_to=wandbb", "report_to: 'wandbb' is not an integration transformers knows (did you mean 'wandb'?)"),
     ("optim=adamw_bnb_8bit", "optim: adamw_bnb_8bit needs the Python package 'bitsandbytes'"),
+    (f"deepspeed={SEED.parent / 'deepspeed' / 'ds_z2_config.json'}",
+     "deepspeed: a DeepSpeed config is given but the Python package 'deepspeed' is not installed"),
 ])
 def test_every_optional_integration_is_checked(seed_path, override, message):
-    if "wandb" in message and _installed("wandb") or "bitsandbytes" in message and _installed("bitsandbytes"):
+    if any(package in message and _installed(package) for package in ("wandb", "bitsandbytes", "deepspeed")):
         pytest.skip("the package is installed here")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(seed_path, [override])
