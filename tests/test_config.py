@@ -242,3 +242,8 @@ def test_every_optional_integration_is_checked(seed_path, override, message):
 def test_installed_integrations_pass(seed_path):
     assert load_config(seed_path, ["report_to=tensorboard"]).report_to == "tensorboard"
     assert load_config(seed_path, ["report_to=none"]).report_to == "none"
+
+
+def test_a_non_text_key_shows_the_value_as_written(seed_path):
+    with pytest.raises(ConfigError, match=r"lora_rank: 'no' \(YAML reads it as False\) is not allowed; expected an integer"):
+        load_config(seed_path, ["lora_rank=no"])

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from prefloop.config_files import load_yaml, written_as
+from prefloop.config_files import Written, load_yaml, written_as
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -187,7 +187,8 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     for key, (value, source) in values.items():
         if key not in hints:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
-        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source)
+        shown = f"{value.text!r} (YAML reads it as {value.value!r})" if isinstance(value, Written) else None
+        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source, shown)
     cfg = Config(**kwargs)
     try:
         validate(cfg)
@@ -249,12 +250,12 @@ def _describe(tp) -> str:
     )
 
 
-def _coerce(key: str, value, tp, source: str):
-    """`value` as type `tp`, or ConfigError saying what is allowed."""
+def _coerce(key: str, value, tp, source: str, shown: str | None = None):
+    """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written)."""
     try:
         return _coerce_value(value, tp)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key}: {value!r} is not allowed; expected {_describe(tp)}") from None
+        raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}") from None
 
 
 def _coerce_value(value, tp):
