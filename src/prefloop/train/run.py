@@ -304,13 +304,13 @@ def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
         f"{metrics['eval_ranking/accuracies']:.3f}")
 
 
-@torch.no_grad()
 def spread(items: list, count: int) -> list:
     """`count` items spread evenly over `items` (all of them when there are fewer), in order."""
     count = min(count, len(items))
     return [items[i * len(items) // count] for i in range(count)] if count else []
 
 
+@torch.no_grad()
 def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=print, samples: list[dict] | None = None):
     """Greedy short answers to `count` validation prompts spread evenly over the split, added under `label`."""
     samples = samples if samples is not None else []
