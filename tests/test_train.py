@@ -307,6 +307,8 @@ def test_the_saved_adapter_has_a_real_model_card(run, tiny_model_dir):
     row = f"| held-out preference accuracy (implicit reward, ties 0.5) | 0.500 | {metrics['eval_rewards/accuracies']:.3f} |"
     assert row in card
     assert f"| eval loss | 0.6931 | {metrics['eval_loss']:.4f} |" in card
+    assert (f"| mean length of greedy answers to probe prompts (tokens) | {metrics['before_eval_sampled_length']:.1f} | "
+            f"{metrics['eval_sampled_length']:.1f} |") in card
     assert f"prefloop {prefloop.__version__}" in card
 
 

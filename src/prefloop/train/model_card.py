@@ -20,7 +20,8 @@ CARD_NAME = "README.md"
 _EVAL_ROWS = (("held-out preference accuracy (implicit reward, ties 0.5)", "rewards/accuracies", ".3f"),
               ("reference-free ranking accuracy (mean log-prob per token)", "ranking/accuracies", ".3f"),
               ("eval loss", "loss", ".4f"), ("reward margin (chosen - rejected)", "rewards/margins", "+.4f"),
-              ("reward of chosen", "rewards/chosen", "+.4f"), ("reward of rejected", "rewards/rejected", "+.4f"))
+              ("reward of chosen", "rewards/chosen", "+.4f"), ("reward of rejected", "rewards/rejected", "+.4f"),
+              ("mean length of greedy answers to probe prompts (tokens)", "sampled_length", ".1f"))
 _CONFIG_KEYS = ("stage", "finetuning_type", "pref_loss", "pref_loss_weights", "pref_beta", "dpo_label_smoothing",
                 "pref_ftx", "simpo_gamma", "ld_alpha", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
                 "template", "cutoff_len", "val_size", "learning_rate", "lr_scheduler_type", "warmup_ratio",
