@@ -1,5 +1,6 @@
 """Training config: the seed's YAML verbatim, overrides, clear errors, fp16 fallback, saving."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,113 @@ def test_cli_reports_config_errors_with_exit_code_2(seed_path, capsys):
 def test_every_field_has_a_default():
     cfg = Config()
     assert cfg.layout == "packed_prefix_shared" and cfg.max_bad_steps == 3 and cfg.report_to == "tensorboard"
+
+
+# --- issue 12 items 6 and 7: YAML's implicit typing and keys given twice -----------------------------------
+
+
+@pytest.mark.parametrize("key, written, expected", [
+    ("save_strategy", "no", "no"),  # YAML 1.1 reads `no` as false: was "False is not allowed"
+    ("eval_strategy", "no", "no"),
+    ("lora_target", "on", "on"),  # `on` is true in YAML 1.1
+    ("template", "yes", "yes"),
+    ("dataset", "2024-01-01", "2024-01-01"),  # a date in YAML
+    ("dataset_dir", "1.10", "1.10"),  # the float 1.1 in YAML
+    ("dataset_dir", "0x1F", "0x1F"),  # the integer 31 in YAML
+    ("resume_from_checkpoint", "true", True),  # a bool or a path: the bool stays a bool
+    ("template", "null", None),  # a key that may be null: null stays null
+])
+@pytest.mark.parametrize("where", ["file", "command line"])
+def test_text_valued_keys_get_the_text_as_written(seed_path, key, written, expected, where):
+    lines = [l for l in seed_path.read_text().splitlines() if not l.startswith(f"{key}:")]  # noqa: E741
+    overrides = [f"{key}={written}"] if where == "command line" else []
+    if where == "file":
+        lines.append(f"{key}: {written}")
+    seed_path.write_text("\n".join(lines) + "\n")
+    assert getattr(load_config(seed_path, overrides), key) == expected
+
+
+def test_list_elements_get_the_text_as_written(seed_path):
+    seed_path.write_text(seed_path.read_text().replace("pref_loss: sigmoid", "pref_loss: [sigmoid, no]"))
+    with pytest.raises(ConfigError, match="'no'"):  # the text "no" reaches the loss check, not False
+        load_config(seed_path)
+    assert load_config(seed_path, ["pref_loss=[sigmoid, hinge]"]).pref_loss == ["sigmoid", "hinge"]
+
+
+def test_save_strategy_no_trains_without_checkpoints_on_the_command_line(seed_path):
+    cfg = load_config(seed_path, ["save_strategy=no", "learning_rate=1.0e-4"])
+    assert cfg.save_strategy == "no" and cfg.learning_rate == 1e-4
+
+
+def test_a_number_written_where_a_number_belongs_is_still_a_number(seed_path):
+    seed_path.write_text(seed_path.read_text().replace("learning_rate: 5.0e-7", "learning_rate: 1e-4"))
+    cfg = load_config(seed_path, ["lora_rank=4", "gradient_checkpointing=no"])
+    assert cfg.learning_rate == 1e-4 and cfg.lora_rank == 4 and cfg.gradient_checkpointing is False
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(seed_path):
+    """Input: learning_rate 1.0e-4 near the top and 5.0e-7 further down. Right value: a located error."""
+    lines = seed_path.read_text().splitlines()
+    seed_path.write_text("\n".join(["learning_rate: 1.0e-4"] + lines) + "\n")
+    second = 1 + next(i for i, l in enumerate(lines) if l.startswith("learning_rate:")) + 1  # noqa: E741
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path)
+    assert str(err.value).startswith(f"{seed_path}, line {second}: key 'learning_rate' is given twice (first on line 1)")
+
+
+def test_a_nested_key_given_twice_is_an_error_too(tmp_path, seed_path):
+    seed_path.write_text(seed_path.read_text() + "fsdp_config:\n  min_num_params: 1\n  min_num_params: 2\n")
+    with pytest.raises(ConfigError, match="key 'min_num_params' is given twice"):
+        load_config(seed_path)
+
+
+def test_a_key_given_twice_exits_2_through_the_cli(seed_path, capsys):
+    seed_path.write_text(seed_path.read_text() + "pref_beta: 0.5\npref_beta: 0.2\n")
+    assert cli_main(["train", str(seed_path)]) == 2
+    assert "key 'pref_beta' is given twice" in capsys.readouterr().err
+
+
+# --- issue 12 item 18: optional integrations checked at start --------------------------------------------
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(_installed("wandb"), reason="wandb is installed here")
+def test_report_to_wandb_without_wandb_is_an_error_before_any_model_loads(seed_path, capsys):
+    """Input: report_to: wandb, wandb not installed, and a model directory that holds no model (loading
+    it would fail). Right value: exit 2 with a message naming the file, the key and the package."""
+    seed_path.write_text(seed_path.read_text() + "report_to: wandb\n")
+    assert cli_main(["train", str(seed_path)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{seed_path}: report_to: wandb needs the Python package 'wandb', which is not installed: "
+            "`pip install wandb`") in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("report_to=[tensorboard, wandb]", "report_to: wandb needs the Python package 'wandb'"),
+    ("report_to=tensorboard,wandb", "report_to: wandb needs the Python package 'wandb'"),
+    ("report_to=wandbb", "report_to: 'wandbb' is not an integration transformers knows (did you mean 'wandb'?)"),
+    ("optim=adamw_bnb_8bit", "optim: adamw_bnb_8bit needs the Python package 'bitsandbytes'"),
+    (f"deepspeed={SEED.parent / 'deepspeed' / 'ds_z2_config.json'}",
+     "deepspeed: a DeepSpeed config is given but the Python package 'deepspeed' is not installed"),
+])
+def test_every_optional_integration_is_checked(seed_path, override, message):
+    if any(package in message and _installed(package) for package in ("wandb", "bitsandbytes", "deepspeed")):
+        pytest.skip("the package is installed here")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(seed_path, [override])
+
+
+def test_installed_integrations_pass(seed_path):
+    assert load_config(seed_path, ["report_to=tensorboard"]).report_to == "tensorboard"
+    assert load_config(seed_path, ["report_to=none"]).report_to == "none"
+
+
+def test_a_non_text_key_shows_the_value_as_written(seed_path):
+    with pytest.raises(ConfigError, match=r"lora_rank: 'no' \(YAML reads it as False\) is not allowed; expected an integer"):
+        load_config(seed_path, ["lora_rank=no"])

@@ -408,3 +408,27 @@ def test_install_health_adds_early_stopping_once(tmp_path, tiny_tokenizer):
                       callbacks=[EarlyStoppingCallback(2)])
     install_health(trainer, cfg)
     assert count(trainer) == 1
+
+
+def test_sampled_length_is_fed_from_the_logged_evaluations():
+    """Issue 12 item 13: the monitor is fed by the `eval_sampled_length` each evaluation logs (step 0 first).
+    Input: 10.0 tokens at step 0, 10.5 at step 5, 30.0 at step 10. Right value: one warning, at step 10."""
+    from types import SimpleNamespace
+
+    callback = HealthCallback()
+    for step, length in ((0, 10.0), (5, 10.5), (10, 30.0)):
+        callback.on_log(None, SimpleNamespace(global_step=step), None, logs={"eval_loss": 0.69, "eval_sampled_length": length})
+    assert [(w.kind, w.step) for w in callback.log.warnings] == [("sampled_length", 10)]
+    assert callback.log.warnings[0].data == {"baseline": 10.0, "mean_length": 30.0}
+
+
+def test_sampled_answer_lengths_of_prompt_ids_go_through_the_sampler(tiny_tokenizer):
+    from prefloop.sampling import LocalGenerator, SamplingParams
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    prompt = tiny_tokenizer.apply_chat_template([{"role": "user", "content": "hello there"}], add_generation_prompt=True,
+                                                tokenize=True, return_dict=False)
+    lengths = sampled_answer_lengths(model, tiny_tokenizer, [list(prompt), "hello there"], max_new_tokens=5)
+    expected = LocalGenerator(model, tiny_tokenizer).generate([(list(prompt), SamplingParams(5, temperature=0.0))])
+    assert lengths[0] == len(expected[0].token_ids) and 1 <= lengths[1] <= 5

@@ -1,9 +1,10 @@
 """Every fast log-prob path equals the plain computation (padded, full logits, log_softmax, gather).
 
-fp32, tiny random Qwen2 and Llama models, pairs of varied lengths with single- and multi-turn
+float64, tiny random Qwen2 and Llama models, pairs of varied lengths with single- and multi-turn
 prompts. Values and gradients (LoRA and full fine-tuning, tied embeddings, gradient checkpointing,
-adapters disabled) are compared; sums of ~100 token log-probs agree to fp32 rounding (rtol 1e-6)
-and per-token means within 1e-5.
+adapters disabled) are compared within `prefloop.testing.FP64_EQUAL` (1e-9): in float64 the fast
+paths' other summation order costs ~1e-13 on any CPU and thread count, where fp32 rounding would make
+the bound depend on the machine's kernels. Only the bf16 test runs the model in fp32.
 """
 
 import random
@@ -12,7 +13,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from prefloop.testing import build_tiny_model
+from prefloop.testing import FP64_EQUAL, build_tiny_model, to_float64
 from prefloop.train.attention import use_attention_backend
 from prefloop.train.collate import LAYOUTS, collate_pairs
 from prefloop.train.logps import pair_logps, pair_logps_reference
@@ -46,9 +47,11 @@ def features(tiny_tokenizer):
     return out
 
 
-def _model(tokenizer, arch="qwen2", backend="auto", **kwargs):
-    """A tiny model (grouped-query heads) on SDPA, switched to the attention `backend` (train/attention.py)."""
+def _model(tokenizer, arch="qwen2", backend="auto", dtype=torch.float64, **kwargs):
+    """A tiny model on SDPA in `dtype` (float64: see FP64_EQUAL), switched to the attention `backend`
+    (train/attention.py)."""
     model = build_tiny_model(tokenizer, arch=arch, **kwargs)
+    model = to_float64(model) if dtype == torch.float64 else model.to(dtype)
     model.config._attn_implementation = "sdpa"
     if backend != "auto":
         assert use_attention_backend(model, backend) == backend
@@ -58,15 +61,16 @@ def _model(tokenizer, arch="qwen2", backend="auto", **kwargs):
 BACKENDS = ["segments", "flex", "sdpa_mask"]
 
 
-def _assert_equal_logps(fast, ref):
+def _assert_equal_logps(fast, ref, tolerance=FP64_EQUAL):
     torch.testing.assert_close(fast.seq.chosen_tokens, ref.seq.chosen_tokens, rtol=0, atol=0)
     torch.testing.assert_close(fast.seq.rejected_tokens, ref.seq.rejected_tokens, rtol=0, atol=0)
+    assert fast.seq.chosen.dtype == ref.seq.chosen.dtype == torch.float64
     for a, b in ((fast.seq.chosen, ref.seq.chosen), (fast.seq.rejected, ref.seq.rejected)):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(fast.seq.chosen_mean, ref.seq.chosen_mean, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast.seq.rejected_mean, ref.seq.rejected_mean, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast.chosen_logits_mean, ref.chosen_logits_mean, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast.rejected_logits_mean, ref.rejected_logits_mean, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a, b, **tolerance)
+    torch.testing.assert_close(fast.seq.chosen_mean, ref.seq.chosen_mean, **tolerance)
+    torch.testing.assert_close(fast.seq.rejected_mean, ref.seq.rejected_mean, **tolerance)
+    torch.testing.assert_close(fast.chosen_logits_mean, ref.chosen_logits_mean, **tolerance)
+    torch.testing.assert_close(fast.rejected_logits_mean, ref.rejected_logits_mean, **tolerance)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
@@ -102,7 +106,10 @@ def test_eager_attention_gets_an_additive_mask(tiny_tokenizer, features):
         ref = pair_logps_reference(model, collate_pairs(features, "padded", pad))
         model.config._attn_implementation = "eager"
         fast = pair_logps(model, collate_pairs(features, "packed_prefix_shared", pad))
-    _assert_equal_logps(fast, ref)
+    # transformers' eager attention takes its softmax in float32 even for a float64 model: the bound is
+    # float32's (eps 1.2e-7; measured 1.6e-9 on the per-token means), still far below what a wrong
+    # additive mask changes (1e-2 and more).
+    _assert_equal_logps(fast, ref, tolerance={"rtol": 1e-6, "atol": 1e-6})
 
 
 def _loss(out):
@@ -121,7 +128,8 @@ def _assert_equal_grads(fast, ref):
     assert fast.keys() == ref.keys() and fast
     for name in ref:
         scale = ref[name].abs().max().clamp(min=1e-3)
-        torch.testing.assert_close(fast[name] / scale, ref[name] / scale, rtol=0, atol=1e-5, msg=name)
+        assert fast[name].dtype == torch.float64, name
+        torch.testing.assert_close(fast[name] / scale, ref[name] / scale, rtol=0, atol=FP64_EQUAL["atol"], msg=name)
     assert any(g.abs().max() > 0 for g in ref.values())
 
 
@@ -193,11 +201,11 @@ def test_ld_alpha_weights_tokens_beyond_the_shorter_response(tiny_tokenizer):
         pad = tiny_tokenizer.pad_token_id
         for out in (pair_logps(model, collate_pairs([pair], "prefix_shared", pad), ld_alpha=alpha, chunk_size=2),
                     pair_logps_reference(model, collate_pairs([pair], "padded", pad), ld_alpha=alpha)):
-            assert out.seq.chosen.item() == pytest.approx(expected_chosen, abs=1e-5)
-            assert out.seq.rejected.item() == pytest.approx(sum(rejected_tokens), abs=1e-5)
+            assert out.seq.chosen.item() == pytest.approx(expected_chosen, rel=1e-9)
+            assert out.seq.rejected.item() == pytest.approx(sum(rejected_tokens), rel=1e-9)
             assert out.seq.chosen_tokens.item() == 5  # counts stay unweighted
         plain = pair_logps(model, collate_pairs([pair], "packed", pad))
-        assert plain.seq.chosen.item() == pytest.approx(sum(chosen_tokens), abs=1e-5)
+        assert plain.seq.chosen.item() == pytest.approx(sum(chosen_tokens), rel=1e-9)
 
 
 def test_full_logits_are_never_kept_for_backward(tiny_tokenizer, features):
@@ -224,7 +232,7 @@ def test_full_logits_are_never_kept_for_backward(tiny_tokenizer, features):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features, backend):
-    model = _lora(_model(tiny_tokenizer, backend=backend))
+    model = _lora(_model(tiny_tokenizer, backend=backend, dtype=torch.float32))
     pad = tiny_tokenizer.pad_token_id
     batch = collate_pairs(features, "packed_prefix_shared", pad)
     with torch.no_grad():

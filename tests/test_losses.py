@@ -325,7 +325,7 @@ def test_every_known_loss_builds_and_runs(name):
     ({"pref_loss": "robust"}, "needs dpo_label_smoothing"),
     ({"simpo_gamma": 1.0}, "only to pref_loss: simpo"),
     ({"discopop_tau": 0.05}, "only to pref_loss: discopop"),
-    ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau must be"),
+    ({"pref_loss": "discopop", "discopop_tau": 0.0}, "discopop_tau: 0.0 is not allowed; it must be > 0"),
     ({"pref_ftx": -1.0}, "pref_ftx"),
     ({"ld_alpha": 1.5}, "ld_alpha"),
 ])
@@ -344,6 +344,34 @@ def test_config_defaults_leave_loss_options_unset():
 
 def test_exo_eps_may_exceed_half():
     assert build_loss_spec(cfg(pref_loss="exo_pair", dpo_label_smoothing=0.7)).label_smoothing == 0.7
+
+
+@pytest.mark.parametrize("pref_loss, smoothing, allowed", [
+    ("exo_pair", 0.7, True),  # EXO's eps: any rate in (0, 1); the config refused >= 0.5 before (item 12)
+    ("exo_pair", 0.5, True),
+    ("exo_pair", 1.0, False),
+    ("sigmoid", 0.49, True),
+    ("sigmoid", 0.5, False),  # cDPO: a flip rate of 0.5 makes chosen and rejected the same
+    ("robust", 0.6, False),
+    ("sigmoid", -0.1, False),
+])
+def test_label_smoothing_bounds_are_the_same_in_the_config_and_the_loss(tmp_path, pref_loss, smoothing, allowed):
+    """Issue 12 item 12: one check, in build_loss_spec, used by config.load_config too."""
+    from prefloop.config import load_config
+
+    (tmp_path / "model").mkdir()
+    values = {"model_name_or_path": str(tmp_path / "model"), "output_dir": str(tmp_path / "out"),
+              "dataset": "x.jsonl", "pref_loss": pref_loss, "dpo_label_smoothing": smoothing}
+    if allowed:
+        assert load_config(values).dpo_label_smoothing == smoothing
+        assert build_loss_spec(cfg(pref_loss=pref_loss, dpo_label_smoothing=smoothing)).label_smoothing == smoothing
+    else:
+        with pytest.raises(ConfigError) as from_config:
+            load_config(values)
+        with pytest.raises(ConfigError) as from_loss:
+            build_loss_spec(cfg(pref_loss=pref_loss, dpo_label_smoothing=smoothing))
+        assert str(from_config.value) == str(from_loss.value)
+        assert str(from_loss.value).startswith(f"dpo_label_smoothing: {smoothing} is not allowed")
 
 
 # --- through the whole training pipeline: config -> data -> LoRA policy/reference -> trainer ------------
@@ -370,3 +398,32 @@ def test_first_training_step_loss_follows_each_formula(tmp_path, tiny_model_dir,
                      "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none",
                      "save_strategy": "no", "sample_prompts": 0, "learning_rate": 1e-4})
     assert metrics["train_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("precompute_ref", [True, False])
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.5, 1.0])
+def test_ld_alpha_leaves_the_first_step_at_ln2_with_zero_rewards(tmp_path, tiny_model_dir, ld_alpha, precompute_ref):
+    """Issue 12 item 2. Input: ld_alpha 0.5 (and 0, 1), pairs whose chosen is much longer than rejected,
+    policy = reference at step 1. Right value: loss ln 2, rewards/chosen = rewards/rejected = 0, accuracy
+    0.5 (all ties): LD-DPO weights the reference's log-probs like the policy's, in the step
+    (precompute_ref false) and in the cache (true). Before the fix: loss 8.08, rewards/chosen 12.5."""
+    import json as _json
+
+    from prefloop.train.run import train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"conversations": [{"from": "user", "value": f"what is {i} plus {i}?"}],
+             "chosen": f"It is {2 * i}, because adding {i} to {i} gives {2 * i}; here is why, step by step.",
+             "rejected": "No."} for i in range(4)]
+    data.write_text("\n".join(_json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    metrics = train({"model_name_or_path": str(tiny_model_dir), "dataset": str(data), "output_dir": str(out),
+                     "finetuning_type": "lora", "pref_beta": BETA, "ld_alpha": ld_alpha, "max_steps": 1,
+                     "precompute_ref": precompute_ref, "per_device_train_batch_size": 4, "logging_steps": 1,
+                     "report_to": "none", "save_strategy": "no", "sample_prompts": 0, "learning_rate": 1e-4})
+    step1 = next(h for h in _json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in h)
+    assert metrics["train_loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert step1["rewards/chosen"] == 0.0 and step1["rewards/rejected"] == 0.0
+    assert step1["rewards/accuracies"] == 0.5
+    if ld_alpha == 1.0:  # unweighted: the long chosen answer really has the lower log-prob
+        assert step1["logps/chosen"] < step1["logps/rejected"] - 5

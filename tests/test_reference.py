@@ -30,11 +30,13 @@ def test_cache_is_reused_and_equals_a_recomputation(tiny_model_dir, tiny_tokeniz
     assert _run(cfg, reference, tiny_tokenizer, features) == "computed"
     again = _features(tiny_tokenizer)
     assert _run(cfg, reference, tiny_tokenizer, again) == "cached"
-    recomputed = compute_reference_logps(reference, _features(tiny_tokenizer), "padded", tiny_tokenizer.pad_token_id,
-                                         batch_size=2, chunk_size=7)
+    # The same computation (layout, batch size, chunks) as the cache's: equal to the last bit on any CPU.
+    # (That other layouts give the same numbers is tests/test_logps.py's job, in float64.)
+    recomputed = compute_reference_logps(reference, _features(tiny_tokenizer), cfg.layout, tiny_tokenizer.pad_token_id,
+                                         batch_size=cfg.per_device_eval_batch_size, chunk_size=cfg.logps_chunk_size)
     cached = torch.tensor([f["ref_chosen_logps"] for f in again]), torch.tensor([f["ref_rejected_logps"] for f in again])
-    torch.testing.assert_close(cached[0], recomputed[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(cached[1], recomputed[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached[0], recomputed[0], atol=0, rtol=0)
+    torch.testing.assert_close(cached[1], recomputed[1], atol=0, rtol=0)
     # A later run (a fresh model load, a new process in real life) finds the same cache.
     cfg2, reference2 = _setup(tiny_model_dir, tiny_tokenizer, tmp_path)
     assert _run(cfg2, reference2, tiny_tokenizer, _features(tiny_tokenizer)) == "cached"
@@ -50,7 +52,7 @@ def test_lora_adapters_do_not_change_the_reference_key(tiny_model_dir, tiny_toke
     assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "cached"
 
 
-@pytest.mark.parametrize("change", ["weights", "data", "cutoff_len", "template", "precision"])
+@pytest.mark.parametrize("change", ["weights", "data", "cutoff_len", "template", "precision", "ld_alpha"])
 def test_any_change_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_path, change):
     cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path)
     assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "computed"
@@ -64,6 +66,8 @@ def test_any_change_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_pa
         cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, cutoff_len=512)
     elif change == "template":
         template = "qwen"
+    elif change == "ld_alpha":  # LD-DPO weights the reference's log-probs too: another number, another key
+        cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, ld_alpha=0.5)
     if change == "precision":
         status = precompute_reference(reference, {"train": features}, cfg, tiny_tokenizer, template,
                                       autocast_dtype=torch.bfloat16, log=lambda *_: None)["train"]

@@ -153,3 +153,18 @@ def test_a_bare_name_names_only_options_the_command_has(tmp_path, options, named
 def test_a_typo_in_a_registered_name_suggests_the_name(data_dir):
     with pytest.raises(DataError, match=r"not a file or directory, nor a name in .* did you mean 'alpha'\?"):
         resolve_dataset("alpah", data_dir)
+def test_a_dataset_given_twice_in_dataset_info_is_a_located_error(tmp_path):
+    """Issue 12 item 7. Input: two entries named "prefs" (json keeps the second silently). Right value:
+    DataError naming the file, the key and both lines."""
+    write(tmp_path / "a.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    write(tmp_path / "dataset_info.json", '{\n  "prefs": {"file_name": "a.jsonl"},\n'
+                                         '  "other": {"file_name": "a.jsonl"},\n  "prefs": {"file_name": "b.jsonl"}\n}')
+    with pytest.raises(DataError) as err:
+        resolve_dataset("prefs", tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'dataset_info.json'}: key 'prefs' is given twice in one object (lines 2, 4)")
+
+
+def test_a_field_given_twice_inside_an_entry_is_an_error_too(tmp_path):
+    write(tmp_path / "dataset_info.json", '{"prefs": {"file_name": "a.jsonl", "ranking": true, "file_name": "b.jsonl"}}')
+    with pytest.raises(DataError, match="key 'file_name' is given twice in one object"):
+        resolve_dataset("prefs", tmp_path)

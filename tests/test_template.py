@@ -55,6 +55,7 @@ EXPECTED_PROMPT = {
     "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n",
     "phi3": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\n2+2?<|end|>\n"
     "<|assistant|>\n",
+    # a custom system is followed by a blank line (LLaMA-Factory 0.9.5 writes none: data/template.py)
     "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n### Instruction:\n2+2?\n\n"
     "### Response:\n",
     "vicuna": "Be brief. USER: Hi ASSISTANT: Hello!</s>USER: 2+2? ASSISTANT:",

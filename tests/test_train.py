@@ -71,7 +71,7 @@ def test_metrics_in_trainer_state_with_eval_prefix(run):
     train_logs = [h for h in history if "loss" in h]
     eval_logs = [h for h in history if "eval_loss" in h]
     assert [h["step"] for h in train_logs] == [2, 4, 6, 8]
-    assert [h["step"] for h in eval_logs][:3] == [3, 6, 9]
+    assert [h["step"] for h in eval_logs][:4] == [0, 3, 6, 9]  # step 0: the evaluation before training
     for log in train_logs:
         for key in METRICS + ["loss", "grad_norm", "learning_rate", "tokens_per_second"]:
             assert key in log, key
@@ -100,6 +100,8 @@ def test_tensorboard_events_written(run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/rewards/accuracies", "eval/rewards/accuracies", "train/grad_norm"} <= tags
+    assert [e.step for e in acc.Scalars("eval/loss")][:2] == [0, 3]  # the evaluation before training at step 0
+    assert acc.Scalars("eval/rewards/accuracies")[0].value == 0.5  # policy = reference: all ties
 
 
 def test_plots_written(run):
@@ -162,3 +164,167 @@ def test_reference_free_loss_loads_and_caches_no_reference(run, tmp_path, capsys
     assert "reference-free: no reference model is loaded" in capsys.readouterr().out
     assert not (out / "ref_cache").exists()
     assert "eval_rewards/accuracies" in metrics and metrics["train_loss"] > 0
+
+
+# --- issue 12 item 5: a split that encoding empties ---------------------------------------------------------
+
+
+def _short_and_long_pairs(tmp_path, long_ids):
+    """8 seed-format pairs; those whose index is in `long_ids` have answers that differ only after a
+    shared opening far over 64 tokens, so cutting them to cutoff_len 64 makes them identical: dropped."""
+    path = tmp_path / "pairs.jsonl"
+    with path.open("w") as f:
+        for i in range(8):
+            opening = "the answer is a long one and it goes on " * (40 if i in long_ids else 0)
+            f.write(json.dumps({"id": f"p{i}", "conversations": [{"from": "human", "value": f"What is {i}?"}],
+                                "chosen": opening + f"Yes, {i}.", "rejected": opening + "no"}) + "\n")
+    return path
+
+
+def _held_out_ids(data, val_size=2, seed=42):
+    from prefloop.data.loader import load_pairs, split_validation
+
+    return [int(p.id[1:]) for p in split_validation(load_pairs(str(data)).pairs, val_size, seed)[1]]
+
+
+def _small_run(tmp_path, data, **extra):
+    return {"model_name_or_path": str(tmp_path.parent / "model"), "dataset": str(data), "output_dir": str(tmp_path / "out"),
+            "cutoff_len": 64, "val_size": 2, "eval_strategy": "steps", "eval_steps": 1, "max_steps": 2,
+            "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
+            "sample_prompts": 0, **extra}
+
+
+def test_validation_emptied_by_encoding_skips_evaluation_with_a_warning(tmp_path, tiny_model_dir, capsys):
+    """Input: 8 pairs, val_size 2, eval_strategy steps, cutoff_len 64, both held-out pairs too long.
+    Right value: a warning naming the cause and the fix, training runs without evaluation (was a
+    transformers ValueError traceback, exit 1)."""
+    probe = _short_and_long_pairs(tmp_path, long_ids=())
+    data = _short_and_long_pairs(tmp_path, long_ids=_held_out_ids(probe))
+    config = _small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir))
+    metrics = prefloop.train(config)
+    err = capsys.readouterr().err
+    assert ("prefloop: warning: validation: encoding dropped all 2 held-out pairs of " in err
+            and "at cutoff_len 64; evaluation is skipped (to evaluate: raise cutoff_len" in err)
+    assert metrics["train_loss"] > 0 and not any(k.startswith("eval_") for k in metrics)
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2] and not any("eval_loss" in h for h in history)
+
+
+def test_validation_emptied_with_early_stopping_is_an_error(tmp_path, tiny_model_dir, capsys):
+    probe = _short_and_long_pairs(tmp_path, long_ids=())
+    data = _short_and_long_pairs(tmp_path, long_ids=_held_out_ids(probe))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir),
+                                                early_stopping_patience=2, save_strategy="steps", save_steps=1)))
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "validation: encoding dropped all 2 held-out pairs" in err and "remove early_stopping_patience" in err
+    assert "Traceback" not in err
+
+
+def test_train_split_emptied_by_encoding_is_an_error_naming_cause_and_fix(tmp_path, tiny_model_dir, capsys):
+    data = _short_and_long_pairs(tmp_path, long_ids=range(8))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), val_size=0,
+                                                eval_strategy="no")))
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: no training pairs are left: encoding dropped all 8 (8 identical after truncation)" in err
+    assert "raise cutoff_len (now 64)" in err and "Traceback" not in err
+
+
+# --- issue 12 item 22: console output -----------------------------------------------------------------------
+
+
+def test_console_log_has_numbers_no_escape_codes_and_step_zero(tmp_path, tiny_model_dir, capsys):
+    """Input: a run whose stdout/stderr go to a log (not a terminal). Right value: each metrics line is a
+    dict of numbers ({'loss': 0.6931, ...}, was {'loss': '0.6931'}), no carriage returns or cursor escape
+    codes anywhere, and the evaluation before training logged at step 0."""
+    import ast
+    import math
+
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), sample_prompts=1))
+    out, err = capsys.readouterr()
+    assert "\x1b[" not in out + err and "\r" not in out + err
+    lines = [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{")]
+    assert [("eval_loss" in d, "loss" in d) for d in lines][:3] == [(True, False), (False, True), (True, False)]
+    for d in lines:
+        assert all(isinstance(v, (int, float)) for v in d.values()), d
+    assert lines[0]["eval_loss"] == round(math.log(2), 4) and lines[0]["eval_rewards/accuracies"] == 0.5
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["step"] == 0 and history[0]["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_sample_answers_are_not_printed_into_a_live_progress_bar(tmp_path, tiny_model_dir, monkeypatch):
+    """On a terminal the evaluation before training draws a progress bar; it must be closed before the
+    "Sample answer before training" lines are printed (it stayed open and the lines landed in it)."""
+    from tqdm.std import tqdm
+
+    import prefloop.train.console as console
+    import prefloop.train.run as run_module
+
+    monkeypatch.setattr(console, "live_bars", lambda: True)
+    open_bars = []
+    real = run_module.sample_answers
+
+    def spy(model, tokenizer, data, n, when, *args, **kwargs):
+        open_bars.append((when, [bar for bar in tqdm._instances if not bar.disable]))
+        return real(model, tokenizer, data, n, when, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "sample_answers", spy)
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), sample_prompts=1))
+    assert [when for when, _ in open_bars] == ["before", "after"]
+    assert all(bars == [] for _, bars in open_bars), open_bars
+
+
+def test_data_check_errors_say_data_check(tmp_path, capsys):
+    assert cli_main(["data", "check", str(tmp_path / "missing.jsonl")]) == 2
+    assert capsys.readouterr().err.startswith("prefloop data check: error: ")
+
+
+# --- issue 12 item 23: a real model card ------------------------------------------------------------------
+
+
+def test_the_saved_adapter_has_a_real_model_card(run, tiny_model_dir):
+    """Right value: README.md names the base (absolute path + fingerprint), the data file with its sha256
+    and counts (21 pairs: 18 train, 3 validation), the config, the before/after evaluation numbers the run
+    returned, and the prefloop version; not PEFT's blank template."""
+    import hashlib
+
+    from prefloop.adapters import base_fingerprint
+
+    card = (run["out"] / "README.md").read_text()
+    metrics = run["metrics"]
+    assert "More Information Needed" not in card
+    assert card.startswith(f"---\nbase_model: {Path(tiny_model_dir).resolve()}\nlibrary_name: peft\n")
+    assert f"`{base_fingerprint(str(tiny_model_dir))}`" in card
+    assert f"`{hashlib.sha256(run['data'].read_bytes()).hexdigest()}`" in card
+    assert "21 pairs loaded (0 bad rows skipped); train split 18 pairs, 18 kept" in card
+    assert "validation split 3 pairs, 3 kept" in card
+    assert "| `learning_rate` | `0.005` |" in card and "| `lora_alpha` | `32` |" in card
+    row = f"| held-out preference accuracy (implicit reward, ties 0.5) | 0.500 | {metrics['eval_rewards/accuracies']:.3f} |"
+    assert row in card
+    assert f"| eval loss | 0.6931 | {metrics['eval_loss']:.4f} |" in card
+    assert (f"| mean length of greedy answers to probe prompts (tokens) | {metrics['before_eval_sampled_length']:.1f} | "
+            f"{metrics['eval_sampled_length']:.1f} |") in card
+    assert f"prefloop {prefloop.__version__}" in card
+
+
+# --- issue 12 item 13: the sampled-answer-length monitor is fed during training -----------------------------
+
+
+def test_every_evaluation_logs_the_sampled_answer_length(tmp_path, tiny_model_dir):
+    """Right value: each evaluation (step 0, 1, 2) logs eval_sampled_length, the mean length in tokens of the
+    greedy answers to 2 validation prompts: a number in [1, 128]; with length_probe_prompts 0, none."""
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), length_probe_prompts=2))
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [0, 1, 2]
+    assert all(1 <= h["eval_sampled_length"] <= 128 for h in evals)
+    prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), length_probe_prompts=0,
+                              output_dir=str(tmp_path / "off")))
+    history = json.loads((tmp_path / "off" / "trainer_state.json").read_text())["log_history"]
+    assert not any("eval_sampled_length" in h for h in history)

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from prefloop.config_files import Written, load_yaml, written_as
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -133,6 +134,7 @@ class HealthArgs:
     max_bad_steps: int = 3  # stop after this many NaN/Inf steps in a row
     early_stopping_patience: int | None = None
     early_stopping_threshold: float = 0.0
+    length_probe_prompts: int = 4  # validation prompts answered (greedy) at each evaluation: eval_sampled_length
 
 
 @dataclass
@@ -188,7 +190,9 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     """A checked `Config` from a YAML path, a dict or a Config, with overrides applied.
 
     `overrides` is a list of "key=value" strings (command line; values parsed as YAML scalars) or
-    a dict of already-typed values (Python API). Raises ConfigError with file and key on any problem.
+    a dict of already-typed values (Python API). A key that takes text gets the text as written even
+    where YAML would read another type (`save_strategy: no` is "no", not false); a key given twice in
+    the file is an error (config_files.py). Raises ConfigError with file and key on any problem.
     """
     if isinstance(config_or_path, Config):
         raw, where = dataclasses.asdict(config_or_path), "config"
@@ -207,9 +211,15 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     for key, (value, source) in values.items():
         if key not in hints:
             raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
-        kwargs[key] = _coerce(key, value, hints[key], source)
+        shown = f"{value.text!r} (YAML reads it as {value.value!r})" if isinstance(value, Written) else None
+        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source, shown)
     cfg = Config(**kwargs)
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if where == "config":
+            raise
+        raise ConfigError(f"{where}: {err}") from None  # the config file the bad value came from (or overrides)
     if cfg.rounds:
         lines = _round_lines(Path(where)) if where != "config" else []
         round_configs(cfg, where, lines)  # every round checked as the config it will train with
@@ -275,12 +285,7 @@ def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    data = load_yaml(path.read_text(encoding="utf-8"), str(path))  # duplicate keys refused, text kept
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -298,9 +303,9 @@ def _parse_overrides(overrides) -> dict[str, Any]:
         key, sep, text = str(item).partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"command line: override {item!r} is not of the form key=value (e.g. learning_rate=1e-6)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        try:  # parsed like a line of the config file: `save_strategy=no` is the text "no"
+            value = load_yaml(text, f"command line: {key.strip()}") if text.strip() else None
+        except ConfigError:
             value = text
         parsed[key.strip()] = value
     return parsed
@@ -328,12 +333,12 @@ def _describe(tp) -> str:
     )
 
 
-def _coerce(key: str, value, tp, source: str):
-    """`value` as type `tp`, or ConfigError saying what is allowed."""
+def _coerce(key: str, value, tp, source: str, shown: str | None = None):
+    """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written)."""
     try:
         return _coerce_value(value, tp)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key}: {value!r} is not allowed; expected {_describe(tp)}") from None
+        raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}") from None
 
 
 def _coerce_value(value, tp):
@@ -433,7 +438,6 @@ def validate(cfg: Config) -> None:
                               "(move the top-level dataset into the first round)")
     elif cfg.do_train or cfg.run_eval:
         need(bool(cfg.dataset), "dataset is required: a file, or names registered in dataset_dir/dataset_info.json")
-    need(cfg.pref_beta > 0, f"pref_beta: {cfg.pref_beta} is not allowed; it must be > 0 (typical: 0.05 to 0.5)")
     need(cfg.learning_rate > 0, f"learning_rate: {cfg.learning_rate} is not allowed; it must be > 0")
     need(cfg.cutoff_len > 0, f"cutoff_len: {cfg.cutoff_len} is not allowed; it must be a positive number of tokens")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -455,13 +459,12 @@ def validate(cfg: Config) -> None:
          f"val_size: {cfg.val_size} is not allowed; give a fraction in [0, 1) or a whole number of pairs")
     need(not (cfg.fp16 and cfg.bf16), "fp16 and bf16 are both true: choose one")
     need(cfg.sample_prompts >= 0, "sample_prompts must be >= 0")
-    need(cfg.ld_alpha is None or 0 <= cfg.ld_alpha <= 1, f"ld_alpha: {cfg.ld_alpha} is not allowed; it must be in [0, 1]")
-    need(0 <= cfg.dpo_label_smoothing < 0.5, f"dpo_label_smoothing: {cfg.dpo_label_smoothing} is not allowed; it must be in [0, 0.5)")
     need(cfg.max_memory_gb is None or cfg.max_memory_gb > 0,
          f"max_memory_gb: {cfg.max_memory_gb} is not allowed; give the memory budget in GB (> 0) or leave it out")
-    need(cfg.pref_ftx >= 0, f"pref_ftx: {cfg.pref_ftx} is not allowed; it must be >= 0")
     need(cfg.registry is None or re.fullmatch(r"[A-Za-z0-9][\w.-]*", cfg.registry) is not None,
          f"registry: {cfg.registry!r} is not allowed; a model name uses letters, digits, '-', '_' and '.'")
+    need(cfg.length_probe_prompts >= 0, f"length_probe_prompts: {cfg.length_probe_prompts} is not allowed; it must be "
+                                        f">= 0 (0 = no sampled-answer-length check)")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
     if cfg.eval_strategy != "no":
@@ -474,10 +477,69 @@ def validate(cfg: Config) -> None:
         need(Path(cfg.deepspeed).is_file(), f"deepspeed: {cfg.deepspeed} does not exist; give the path of a DeepSpeed JSON config")
 
     _validate_multi(cfg, need)
+    check_integrations(cfg)
 
     from prefloop.train.losses import build_loss_spec
 
-    build_loss_spec(cfg)  # raises ConfigError for unknown losses and options that do not apply
+    # The loss keys (pref_loss*, pref_beta, dpo_label_smoothing, pref_ftx, simpo_gamma, discopop_tau,
+    # ld_alpha) are checked in one place, the loss construction, whose bounds depend on the loss.
+    build_loss_spec(cfg)
+
+
+# report_to name -> (module to import, pip package): transformers' integrations, which it imports only when
+# the Trainer is built, after the model has loaded.
+_REPORT_TO_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow"),
+    "comet_ml": ("comet_ml", "comet_ml"), "neptune": ("neptune", "neptune"), "clearml": ("clearml", "clearml"),
+    "dvclive": ("dvclive", "dvclive"), "codecarbon": ("codecarbon", "codecarbon"),
+    "azure_ml": ("azureml", "azureml-core"), "dagshub": ("dagshub", "dagshub"), "flyte": ("flytekit", "flytekit"),
+    "swanlab": ("swanlab", "swanlab"), "trackio": ("trackio", "trackio"), "kubeflow": ("kubeflow", "kubeflow-katib"),
+}
+# optim name fragment -> (module, pip package) for the optimizers transformers takes from other packages.
+_OPTIM_PACKAGES = (("bnb", ("bitsandbytes", "bitsandbytes")), ("8bit", ("bitsandbytes", "bitsandbytes")),
+                   ("paged", ("bitsandbytes", "bitsandbytes")), ("galore", ("galore_torch", "galore-torch")),
+                   ("lomo", ("lomo_optim", "lomo-optim")), ("schedule_free", ("schedulefree", "schedulefree")),
+                   ("apollo", ("apollo_torch", "apollo-torch")), ("grokadamw", ("grokadamw", "grokadamw")),
+                   ("anyprecision", ("torchdistx", "torchdistx")))
+
+
+def report_to_names(report_to) -> list[str]:
+    """`report_to` as a list of integration names ("wandb,tensorboard" and lists both work)."""
+    items = report_to if isinstance(report_to, list) else [report_to]
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def check_integrations(cfg: Config) -> None:
+    """Every optional integration the config names (report_to, deepspeed, optim) must be installed: a
+    ConfigError naming the package now, before any model loads (transformers fails only when it builds
+    the Trainer, with a traceback)."""
+    import importlib.util
+
+    def missing(module: str) -> bool:
+        return importlib.util.find_spec(module) is None
+
+    names = report_to_names(cfg.report_to)
+    if len(names) > 1 and ("none" in names or "all" in names):
+        raise ConfigError(f"report_to: {names} mixes 'none'/'all' with named integrations; give one or the other")
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in _REPORT_TO_PACKAGES:
+            close = difflib.get_close_matches(name, list(_REPORT_TO_PACKAGES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"report_to: {name!r} is not an integration transformers knows{hint}; choose from "
+                              f"{', '.join(_REPORT_TO_PACKAGES)}, or none")
+        module, package = _REPORT_TO_PACKAGES[name]
+        if missing(module):
+            raise ConfigError(f"report_to: {name} needs the Python package {package!r}, which is not installed: "
+                              f"`pip install {package}`, or remove {name} from report_to (tensorboard is built in)")
+    if cfg.deepspeed is not None and missing("deepspeed"):
+        raise ConfigError("deepspeed: a DeepSpeed config is given but the Python package 'deepspeed' is not installed: "
+                          "`pip install deepspeed`, or remove the deepspeed key (see docs/distributed.md)")
+    for fragment, (module, package) in _OPTIM_PACKAGES:
+        if fragment in cfg.optim and missing(module):
+            raise ConfigError(f"optim: {cfg.optim} needs the Python package {package!r}, which is not installed: "
+                              f"`pip install {package}`, or use optim: adamw_torch")
 
 
 def _validate_multi(cfg: Config, need) -> None:

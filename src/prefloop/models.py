@@ -26,48 +26,60 @@ def _split_gguf(path: str) -> tuple[str, dict]:
     return str(path), {}
 
 
-def _explain(path: str, err: Exception, what: str) -> ModelLoadError:
+def _explain(path: str, err: Exception, what: str, key: str = "model_name_or_path") -> ModelLoadError:
+    """The error for a failed load of `path`; `key` is the config key or command-line flag that sets it."""
     if Path(path).exists():
         return ModelLoadError(f"could not load the {what} from {path}: {err}")
     if "/" in str(path) and not str(path).startswith((".", "/")):
         return ModelLoadError(
             f"{path!r} is not a local directory, and loading it as a hub id failed ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). If this machine is offline, download the "
-            f"model elsewhere and point model_name_or_path at the local directory."
+            f"{str(err).splitlines()[0] if str(err) else ''}). If it is a relative path, run from the directory "
+            f"it is relative to or give an absolute path; if this machine is offline, download the model "
+            f"elsewhere. Either way, point {key} at the local directory."
         )
-    return ModelLoadError(f"model path {path!r} does not exist: give a local model directory, a .gguf file or a hub id")
+    return ModelLoadError(f"model path {path!r} does not exist: give a local model directory, a .gguf file or a hub id "
+                          f"({key})")
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, key: str = "model_name_or_path"):
+    """The tokenizer at `path` (pad token = EOS when it has none); `key` names the setting in errors."""
     from transformers import AutoTokenizer
 
     base, extra = _split_gguf(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base, **extra)
     except Exception as err:  # noqa: BLE001 - re-raised with a message that says what to do
-        raise _explain(path, err, "tokenizer") from err
+        raise _explain(path, err, "tokenizer", key) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(path: str, dtype=None, adapter: str | None = None, device: str | None = None):
-    """A `transformers` causal LM in eval mode; `adapter` applies a LoRA adapter directory (peft)."""
+def load_causal_lm(path: str, dtype=None, adapter: str | None = None, device: str | None = None,
+                   key: str = "model_name_or_path", check_base: bool = True):
+    """A `transformers` causal LM in eval mode; `adapter` applies a LoRA adapter directory (peft) after
+    checking that `path` is the base it was trained on (adapters.resolve_base: a warning if not). A local
+    `path` is loaded by its absolute path, so adapters trained on it record where it is. `key` is the
+    config key or flag that sets `path`, named in errors."""
     import torch
     from transformers import AutoModelForCausalLM
 
     base, extra = _split_gguf(path)
+    if Path(base).expanduser().exists():
+        base = str(Path(base).expanduser().resolve())
+    if adapter and check_base:
+        from prefloop.adapters import resolve_base
+
+        resolve_base(adapter, base=path, flag=key)  # a missing adapter or a different base is said now
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base, dtype=dtype or torch.float32, attn_implementation="sdpa", **extra
         )
     except Exception as err:  # noqa: BLE001
-        raise _explain(path, err, "model") from err
+        raise _explain(path, err, "model", key) from err
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{adapter} holds no LoRA adapter (adapter_config.json is missing)")
         model = PeftModel.from_pretrained(model, adapter)
     if device:
         model.to(device)
@@ -258,18 +270,12 @@ def build_reference(cfg, policy, tokenizer, before_training_only: bool = False) 
 
 def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     """`prefloop merge`: fold a LoRA adapter into its base and save a standalone model + tokenizer."""
-    import json
+    from prefloop.adapters import resolve_base
 
-    config_path = Path(adapter) / "adapter_config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(f"{adapter} holds no LoRA adapter (adapter_config.json is missing); "
-                             f"give the output_dir of a LoRA training run")
-    base = base or json.loads(config_path.read_text())["base_model_name_or_path"]
-    if not base:
-        raise ModelLoadError(f"{config_path} does not name its base model; pass --base MODEL")
-    model = load_causal_lm(base, adapter=adapter).merge_and_unload()
+    base = resolve_base(adapter, base, flag="--base")  # recorded (absolute or hub id) unless --base is given
+    model = load_causal_lm(base, adapter=adapter, key="--base", check_base=False).merge_and_unload()
     tokenizer_dir = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir, key="--base")
     Path(out).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -21,6 +21,13 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+FP64_EQUAL = {"rtol": 1e-9, "atol": 1e-9}
+"""Tolerance for `torch.testing.assert_close` in the fast-path equality tests, which run the tiny
+models in float64 (`model.double()`): there the same computation in another summation order (another
+kernel, thread count or CPU: AVX2 or AVX-512) differs by ~1e-13 relative, so a bound of 1e-9 holds on
+every machine, while a wrong mask, position or index changes values by 1e-3 or more. In float32 the
+rounding of a different kernel alone reaches ~1e-4 of the largest gradient, a machine-dependent bound."""
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 _WORDS = (
@@ -125,6 +132,41 @@ def build_tiny_model(
     else:
         raise ValueError(f"unknown tiny architecture {arch!r}: use 'qwen2' or 'llama'")
     return model.eval()
+
+
+def to_float64(model):
+    """`model` (a tiny Qwen2/Llama causal LM from `build_tiny_model`, or a PEFT wrapper of one) in
+    float64 throughout, for the fast-path equality tests (see FP64_EQUAL).
+
+    `model.double()` alone leaves two float32 steps that transformers hard-codes: the rotary position
+    tables (cos/sin computed with `.float()`) and RMSNorm (`hidden_states.to(torch.float32)`). There,
+    inputs that differ by float64 rounding (~1e-16) round to different float32 values (~6e-8 apart),
+    and the gradients of the two computations then differ by ~3e-8 of their largest entry, depending on
+    the CPU's kernels. Each rotary and RMSNorm module here computes in float64 instead (the same
+    formula). Raises TypeError for a rotary or norm module of another shape than these."""
+    import types
+
+    import torch
+
+    def rope_float64(self, x, position_ids):
+        freqs = position_ids[..., None].to(torch.float64) * self.inv_freq.to(device=x.device, dtype=torch.float64)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+    def rms_norm_float64(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    patches = {"RotaryEmbedding": (rope_float64, ("attention_scaling", "inv_freq")),
+               "RMSNorm": (rms_norm_float64, ("weight", "variance_epsilon"))}
+    model = model.double()
+    for module in model.modules():
+        for suffix, (forward, attributes) in patches.items():
+            if type(module).__name__.endswith(suffix):
+                if not all(hasattr(module, a) for a in attributes):
+                    raise TypeError(f"to_float64 does not know the module {type(module).__name__}")
+                module.forward = types.MethodType(forward, module)
+    return model
 
 
 def save_tiny_model(path: str | Path, arch: str = "qwen2", seed: int = 0, **model_kwargs) -> Path:

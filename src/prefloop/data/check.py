@@ -63,7 +63,7 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     from prefloop.data.template import get_template
     from prefloop.models import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, key="--tokenizer")
     template = get_template(template_name, tokenizer)
     encoded, full = encode_pairs(pairs, tokenizer, template, cutoff_len=None)
     lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]

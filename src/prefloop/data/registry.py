@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefloop.config_files import load_json
 from prefloop.data.formats import AUTO, FORMATTINGS, FormatSpec
 from prefloop.errors import DataError, json_error_text
 
@@ -67,7 +68,7 @@ def load_dataset_info(dataset_dir: str | Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = load_json(path, DataError)  # a dataset entry or key given twice is an error, not lost
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read: {err}") from err
     except json.JSONDecodeError as err:

@@ -128,6 +128,11 @@ _PHI3 = (
 
 # Stanford Alpaca: a system paragraph (by default Alpaca's own), then "### Instruction:" /
 # "### Response:" blocks; EOS and a blank line after each reply (as LLaMA-Factory's `alpaca`).
+# One difference from LLaMA-Factory 0.9.5: its alpaca writes a system message as given, with the blank
+# line only inside its default system text, so a custom system runs straight into the first block
+# ("Be brief.### Instruction:"); here every system paragraph, default or custom, is followed by "\n\n"
+# ("Be brief.\n\n### Instruction:", as Alpaca's own prompt is laid out). Token ids for data with a
+# custom system therefore differ from LLaMA-Factory's by that separator (tests/test_template.py).
 _ALPACA_DEFAULT_SYSTEM = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )

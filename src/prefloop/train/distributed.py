@@ -82,10 +82,10 @@ def uses_sharded_weights(cfg) -> bool:
     if cfg.fsdp or cfg.fsdp_config:
         return True
     if cfg.deepspeed:
-        import json
+        from prefloop.config_files import load_json
 
-        try:
-            stage = json.loads(Path(cfg.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
+        try:  # a key given twice in the DeepSpeed JSON is a ConfigError naming it (config_files.py)
+            stage = load_json(Path(cfg.deepspeed)).get("zero_optimization", {}).get("stage", 0)
         except (OSError, ValueError) as err:
             raise ConfigError(f"deepspeed: {cfg.deepspeed} is not a readable JSON config: {err}") from err
         return stage == 3

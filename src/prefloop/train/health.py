@@ -6,7 +6,8 @@ Pure monitors fed with per-step numbers (testable without a model), each returni
 - `SpikeMonitor`: loss / grad-norm over k x its running median
 - `DegradationMonitor`: chosen log-probs falling steadily while margins rise
 - `LengthBiasMonitor`: reward margins tracking the length difference of the pair
-- `SampledLengthMonitor`: the model's answers to fixed prompts growing longer
+- `SampledLengthMonitor`: the model's greedy answers to fixed validation prompts growing longer (the trainer
+  measures them at every evaluation as `eval_sampled_length`, before training too; see `sampled_answer_lengths`)
 - `check_settings`: settings that usually go wrong, once at start
 `HealthLog` sends every warning to the console, TensorBoard text and `output_dir/health.jsonl`.
 `HealthCallback` feeds the monitors from a `transformers.Trainer`; `install_health` wires it in.
@@ -316,6 +317,9 @@ class LengthBiasMonitor:
             {"correlation": corr, "pairs": len(self.margins), "chosen_longer_fraction": longer})
 
 
+SAMPLED_LENGTH_METRIC = "eval_sampled_length"  # mean tokens of the greedy answers to the probe prompts
+
+
 class SampledLengthMonitor:
     """Reward hacking by length, seen in generations: the mean length (tokens) of the model's
     answers to a fixed set of prompts grows past `max_growth` x its first measurement (and by at
@@ -340,25 +344,23 @@ class SampledLengthMonitor:
             {"baseline": self.baseline, "mean_length": mean_length})
 
 
-@torch.no_grad()
-def sampled_answer_lengths(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 128) -> list[int]:
-    """Greedy answers of `model` to each prompt (a user turn, through the chat template); their lengths in tokens."""
+def sampled_answer_lengths(model, tokenizer, prompts: Sequence[str | Sequence[int]], max_new_tokens: int = 128) -> list[int]:
+    """Lengths in tokens (end-of-turn token included) of `model`'s greedy answers to `prompts`, decoded
+    together through the one sampler (`sampling.LocalGenerator`). A prompt is a user message (rendered
+    with the tokenizer's chat template) or the token ids of a rendered prompt (a validation pair's
+    `prompt_ids`). The model's train/eval mode is restored."""
+    from prefloop.sampling import LocalGenerator, SamplingParams
+
     was_training = model.training
     model.eval()
-    lengths = []
     try:
-        for prompt in prompts:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                return_tensors="pt", return_dict=True)
-            ids = {k: v.to(model.device) for k, v in ids.items()}
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-            new = out[0, ids["input_ids"].shape[1]:].tolist()
-            eos = tokenizer.eos_token_id
-            lengths.append(new.index(eos) + 1 if eos in new else len(new))
+        generator = LocalGenerator(model, tokenizer)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+        rows = [(generator.encode_chat([{"role": "user", "content": p}]) if isinstance(p, str) else list(p), params)
+                for p in prompts]
+        return [len(sample.token_ids) for sample in generator.generate(rows)]
     finally:
         model.train(was_training)
-    return lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,14 +424,13 @@ class HealthCallback(TrainerCallback):
 
     - `observe_batch(...)`: called by `PreferenceTrainer.pair_loss` (training only), once per micro-batch.
     - `on_pre_optimizer_step`: skips the update on non-finite loss/gradients (grads set to None).
-    - `on_log`: loss and grad-norm spikes, degradation (from `logps/chosen`, `rewards/margins`).
-    - `on_evaluate`: sampled-answer length on `probe_prompts` (when given and a tokenizer is known).
+    - `on_log`: loss and grad-norm spikes, degradation (from `logps/chosen`, `rewards/margins`), and the
+      sampled-answer length (`eval_sampled_length`, logged by every evaluation, step 0 included).
     - `on_train_begin`: risky settings, once.
     """
 
     def __init__(self, cfg=None, output_dir: str | Path | None = None, tb_writer: Any = None,
-                 max_bad_steps: int | None = None, probe_prompts: Sequence[str] = (), probe_tokenizer=None,
-                 probe_max_new_tokens: int = 128, loss_spike_factor: float = 3.0, grad_spike_factor: float = 5.0):
+                 max_bad_steps: int | None = None, loss_spike_factor: float = 3.0, grad_spike_factor: float = 5.0):
         self.cfg = cfg
         out = output_dir if output_dir is not None else getattr(cfg, "output_dir", None)
         self.log = HealthLog(out, tb_writer)
@@ -440,7 +441,6 @@ class HealthCallback(TrainerCallback):
         self.degradation = DegradationMonitor()
         self.length_bias = LengthBiasMonitor()
         self.sampled_length = SampledLengthMonitor()
-        self.probe_prompts, self.probe_tokenizer, self.probe_max_new_tokens = list(probe_prompts), probe_tokenizer, probe_max_new_tokens
         self._step = 0
         self._settings_checked = False
 
@@ -483,11 +483,10 @@ class HealthCallback(TrainerCallback):
             self.log.emit(self.grad_spikes.update(step, float(logs["grad_norm"])))
         if "logps/chosen" in logs and "rewards/margins" in logs:
             self.log.emit(self.degradation.update(step, float(logs["logps/chosen"]), float(logs["rewards/margins"])))
+        if logs.get(SAMPLED_LENGTH_METRIC) is not None:
+            self.log.emit(self.sampled_length.update(step, float(logs[SAMPLED_LENGTH_METRIC])))
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if self.probe_prompts and self.probe_tokenizer is not None and model is not None:
-            lengths = sampled_answer_lengths(model, self.probe_tokenizer, self.probe_prompts, self.probe_max_new_tokens)
-            self.log.emit(self.sampled_length.update(state.global_step, sum(lengths) / len(lengths)))
         if control.should_training_stop and getattr(self.cfg, "early_stopping_patience", None):
             self.log.emit(HealthWarning(
                 "early_stopping", state.global_step,
@@ -505,15 +504,14 @@ def monitor_log_history(log_history: Sequence[dict]) -> list[HealthWarning]:
     return callback.log.warnings
 
 
-def install_health(trainer, cfg, probe_prompts: Sequence[str] = (), tokenizer=None) -> HealthCallback:
+def install_health(trainer, cfg) -> HealthCallback:
     """Add the health callback (and early stopping, when configured and not already there) to a `transformers.Trainer`;
     the TensorBoard callback's writer, when there is one, also gets the warnings as text."""
     from transformers.integrations import TensorBoardCallback
 
     tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
     writer: Callable[[], Any] | None = (lambda: getattr(tensorboard, "tb_writer", None)) if tensorboard else None
-    callback = HealthCallback(cfg, output_dir=trainer.args.output_dir, tb_writer=writer,
-                              probe_prompts=probe_prompts, probe_tokenizer=tokenizer)
+    callback = HealthCallback(cfg, output_dir=trainer.args.output_dir, tb_writer=writer)
     has_early = any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
     early = None if has_early else early_stopping_callback(cfg, trainer.args)
     if early is not None:

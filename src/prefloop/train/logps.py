@@ -125,6 +125,11 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     return out.last_hidden_state
 
 
+def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the softmax in fp32 (bf16/fp16 upcast), fp64 kept as fp64 (the equality tests run in fp64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class _FrozenHeadLogps(torch.autograd.Function):
     """Token log-probs and logit sums of one chunk through a frozen linear head (no bias).
 
@@ -134,7 +139,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
-        logits = F.linear(hidden, weight).float()
+        logits = _at_least_fp32(F.linear(hidden, weight))
         lse = torch.logsumexp(logits, dim=-1)
         token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         logit_sums = logits.sum(-1)
@@ -155,7 +160,7 @@ class _FrozenHeadLogps(torch.autograd.Function):
 
 
 def _chunk_logps_module(head, softcap, hidden, targets):
-    logits = head(hidden).float()
+    logits = _at_least_fp32(head(hidden))
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     lse = torch.logsumexp(logits, dim=-1)
@@ -207,8 +212,10 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
 
     `ld_alpha` (LD-DPO, Liu et al. 2024, "Length Desensitization in DPO"): response tokens beyond
     the shorter response's length in the pair count with weight alpha in the sum
-    (log p = log p(y[:l_p]) + alpha * log p(y[l_p:])). TRL applies it to the policy only; the caller
-    decides (pass None for the reference). Token counts are unweighted.
+    (log p = log p(y[:l_p]) + alpha * log p(y[l_p:])). The reference's log-probs get the same
+    weighting (as in TRL 1.16, in the step and when precomputed): otherwise the implicit reward
+    log pi/pi_ref of an untrained policy is not 0 but (alpha - 1) * log pi(y[l_p:]). Token counts
+    are unweighted.
     """
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)
@@ -240,7 +247,7 @@ def pair_logps_reference(model, batch: dict, ld_alpha: float | None = None,
     batch_size = num_pairs(batch)
     with _autocast(batch["input_ids"].device, autocast_dtype):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()
+    logits = _at_least_fp32(logits[:, :-1])
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     token_logps = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask

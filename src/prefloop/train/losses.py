@@ -496,7 +496,8 @@ def _as_list(value) -> list:
 
 def build_loss_spec(cfg) -> LossSpec:
     """LossSpec from a training config; raises ConfigError for unknown losses, bad values, and
-    options that do not apply to the chosen losses.
+    options that do not apply to the chosen losses. The one validation of these keys: `config.validate`
+    calls it, so a config that loads builds its loss.
 
     Reads `pref_loss` (a name, "a,b", or a list), `pref_loss_weights`, `pref_beta`,
     `dpo_label_smoothing`, `pref_ftx`, `simpo_gamma`, `discopop_tau`, `ld_alpha`. Options left unset
@@ -522,7 +523,7 @@ def build_loss_spec(cfg) -> LossSpec:
 
     beta = float(getattr(cfg, "pref_beta", 0.1))
     if not beta > 0:
-        raise ConfigError(f"pref_beta must be > 0 (got {beta}); 0.1 is the usual DPO value")
+        raise ConfigError(f"pref_beta: {beta} is not allowed; it must be > 0 (typical: 0.05 to 0.5, 0.1 is the usual DPO value)")
 
     smoothing = float(getattr(cfg, "dpo_label_smoothing", 0.0) or 0.0)
     if smoothing:
@@ -533,17 +534,17 @@ def build_loss_spec(cfg) -> LossSpec:
         ignored = [n for n in names if n not in SMOOTHING_LOSSES]
         if ignored:
             log.warning("dpo_label_smoothing=%s applies to %s only, not to %s", smoothing, users, ignored)
-        upper = 1.0 if users == ["exo_pair"] else 0.5
+        upper = 1.0 if users == ["exo_pair"] else 0.5  # EXO's eps is any rate in (0, 1); cDPO/robust need < 0.5
         if not 0 < smoothing < upper:
-            raise ConfigError(f"dpo_label_smoothing must be in (0, {upper}) for {users} (got {smoothing}); "
-                              "it is the assumed rate of flipped labels, e.g. 0.1")
+            raise ConfigError(f"dpo_label_smoothing: {smoothing} is not allowed for {users}; it must be in "
+                              f"(0, {upper}) (the assumed rate of flipped labels, e.g. 0.1; 0 or unset = none)")
     if "robust" in names and not smoothing:
         raise ConfigError("pref_loss robust needs dpo_label_smoothing > 0 (the assumed label-flip rate, "
                           "e.g. 0.1); with 0 it is plain sigmoid")
 
     ftx = float(getattr(cfg, "pref_ftx", 0.0) or 0.0)
     if ftx < 0:
-        raise ConfigError(f"pref_ftx must be >= 0 (got {ftx}); it weights the SFT loss on chosen answers")
+        raise ConfigError(f"pref_ftx: {ftx} is not allowed; it must be >= 0 (it weights the SFT loss on chosen answers)")
 
     gamma = getattr(cfg, "simpo_gamma", None)
     if gamma is not None and "simpo" not in names:
@@ -552,13 +553,13 @@ def build_loss_spec(cfg) -> LossSpec:
     if tau is not None and "discopop" not in names:
         raise ConfigError(f"discopop_tau is set but pref_loss is {names}; it applies only to pref_loss: discopop")
     if tau is not None and not float(tau) > 0:
-        raise ConfigError(f"discopop_tau must be > 0 (got {tau}); the paper uses 0.05")
+        raise ConfigError(f"discopop_tau: {tau} is not allowed; it must be > 0 (the paper uses 0.05)")
 
     ld_alpha = getattr(cfg, "ld_alpha", None)
     if ld_alpha is not None:
         ld_alpha = float(ld_alpha)
         if not 0 <= ld_alpha <= 1:
-            raise ConfigError(f"ld_alpha must be in [0, 1] (got {ld_alpha}); LD-DPO suggests 0.5")
+            raise ConfigError(f"ld_alpha: {ld_alpha} is not allowed; it must be in [0, 1] (LD-DPO suggests 0.5)")
     modpo_weights = getattr(cfg, "modpo_weights", None)
     if "modpo" in names and not modpo_weights:
         raise ConfigError("pref_loss: modpo needs modpo_weights: [w0, w1, ...] (w0 for this data's objective, "

@@ -11,8 +11,9 @@ The cache file of a split is named by a key that covers everything the numbers d
   disabled), and the precision it runs in;
 - the tokenizer (its vocabulary), the chat template and `cutoff_len`;
 - the encoded data itself (every token id of every pair, in order);
-- the batch layout, the attention backend and `logps.LOGPS_VERSION` (how the log-probs are computed: another path rounds
-  differently, and the untrained policy should tie exactly with its own reference).
+- the batch layout, the attention backend and `logps.LOGPS_VERSION` (how the log-probs are computed: another
+  path rounds differently, and the untrained policy should tie exactly with its own reference);
+- `ld_alpha` (LD-DPO weights the reference's tokens beyond the shorter response like the policy's).
 Change any of them and the key changes, so a stale cache is never read.
 """
 
@@ -90,11 +91,14 @@ def data_fingerprint(features: list[dict]) -> str:
 
 def compute_reference_logps(reference, features: list[dict], layout: str, pad_token_id: int, batch_size: int,
                             chunk_size: int, autocast_dtype=None, device=None, desc: str = "reference",
-                            what: str = "reference log-probs"):
+                            what: str = "reference log-probs", ld_alpha: float | None = None):
     """Summed log-probs of chosen and rejected for every feature under `reference.model` in
-    `reference.context()`, in order: two [N] tensors. `what` and `desc` label the progress bar
-    (evaluation runs the policy through the same loop)."""
+    `reference.context()`, in order: two [N] tensors (fp32, nats). `what` and `desc` label the progress
+    bar (evaluation runs the policy through the same loop). `ld_alpha`: LD-DPO's weighting of the tokens
+    beyond the pair's shorter response, the same as the policy gets in the step (`logps.pair_logps`)."""
     from tqdm.auto import tqdm
+
+    from prefloop.train.console import live_bars
 
     model = reference.model
     collator = PairCollator(layout, pad_token_id, packed_row_tokens(model))
@@ -105,10 +109,10 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     try:
         with torch.no_grad(), reference.context():
             for start in tqdm(range(0, len(features), batch_size), desc=f"{what} ({desc})",
-                              unit="batch", leave=False):
+                              unit="batch", leave=False, disable=not live_bars()):
                 batch = collator(features[start:start + batch_size])
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                out = pair_logps(model, batch, chunk_size=chunk_size, autocast_dtype=autocast_dtype)
+                out = pair_logps(model, batch, chunk_size=chunk_size, ld_alpha=ld_alpha, autocast_dtype=autocast_dtype)
                 chosen.append(out.seq.chosen.float().cpu())
                 rejected.append(out.seq.rejected.float().cpu())
     finally:
@@ -175,7 +179,7 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
             continue
         data_fp = data_fingerprint(features)
         key = _sha(ref_fp, precision, tok_fp, template_name, cfg.cutoff_len, data_fp, cfg.layout, LOGPS_VERSION,
-                   attention)
+                   attention, f"ld_alpha={cfg.ld_alpha}")
         cached = cache.load(split, key, len(features))
         if not all_ranks_agree(cached is not None):  # every rank takes the same branch (a collective follows)
             cached = None
@@ -186,13 +190,14 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
             chosen_rejected = reference_shard(  # each rank its shard of the data, gathered in order
                 lambda shard: compute_reference_logps(
                     reference, shard, cfg.layout, tokenizer.pad_token_id, cfg.per_device_eval_batch_size,
-                    cfg.logps_chunk_size, autocast_dtype, device, desc=split),
+                    cfg.logps_chunk_size, autocast_dtype, device, desc=split, ld_alpha=cfg.ld_alpha),
                 features, cfg.per_device_eval_batch_size)
             path = cache.path(split, key)
             if is_main_process():
                 cache.save(split, key, *chosen_rejected, metadata={
                     "reference": reference.path, "kind": reference.kind, "weights": ref_fp, "precision": precision,
                     "tokenizer": tok_fp, "template": template_name, "cutoff_len": cfg.cutoff_len, "data": data_fp,
+                    "ld_alpha": cfg.ld_alpha,
                     "pairs": len(features)})
             cached = chosen_rejected
             status[split] = "computed"

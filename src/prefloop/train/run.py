@@ -5,7 +5,9 @@ One function per stage, called in order by `run_training`, so the whole run read
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,7 @@ class Data:
     stop_ids: list[int]  # token ids that end a reply (for sample answers)
     dimension_names: list[str] = field(default_factory=list)  # per-dimension metrics (data/dimensions.py)
     pairs_by_id: dict = field(default_factory=dict)  # the PreferencePairs behind the features (reward models)
+    provenance: dict = field(default_factory=dict)  # datasets, files, sha256, counts (model card)
 
 
 def run_training(cfg: Config) -> dict:
@@ -76,7 +79,10 @@ def run_training(cfg: Config) -> dict:
 
     from prefloop.train.distributed import check_resume_world_size, prepare_environment
 
+    from prefloop.train.console import StepZeroEvaluation, quiet_library_bars, use_metrics_printer
+
     started = time.perf_counter()
+    quiet_library_bars()  # no progress-bar escape codes in a log file
     prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
     check_output_dir(cfg)
     cfg = resolve_precision(cfg)
@@ -88,6 +94,9 @@ def run_training(cfg: Config) -> dict:
 
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     data = load_data(cfg, tokenizer, say)
+    if cfg.run_eval and not data.val:  # every held-out pair was dropped in encoding: train without evaluation
+        cfg = dataclasses.replace(cfg, eval_strategy="no", do_eval=False)
+        args = build_args(cfg)
     loss_spec = build_loss_spec(cfg)
     check_pair_options(data, loss_spec)
     model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
@@ -107,12 +116,14 @@ def run_training(cfg: Config) -> dict:
         say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
     trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
+    use_metrics_printer(trainer)  # log lines as numbers, bars only on a terminal
     trainer.health = install_health(trainer, cfg)
     if cfg.ref_update == "sync" and in_step_reference is not None:
         from prefloop.train.sync import install_sync
 
         install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
     before = evaluation_before_training(cfg, trainer, data, say)
+    trainer.add_callback(StepZeroEvaluation(trainer, before))  # history, TensorBoard and plots start at step 0
     samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
 
@@ -135,6 +146,8 @@ def run_training(cfg: Config) -> dict:
     sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
     report_quality("After training", metrics, say)
     if args.process_index == 0:
+        if cfg.do_train:
+            write_model_card_and_base(cfg, data, before, metrics, trainer.state.global_step, say)
         write_samples(samples, cfg.output_dir, say)
         if cfg.plot_loss:
             from prefloop.train.plots import plot_history
@@ -205,6 +218,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.registry import CONFIG_KEYS
     from prefloop.data.template import get_template
     from prefloop.train.dataset import to_feature
+    from prefloop.train.model_card import data_provenance
 
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
@@ -220,25 +234,46 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
-    splits = {}
+    splits, reports = {}, {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
         if not pairs:
             splits[name] = []
             continue
-        encoded, report = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
-        say(f"  {name}: {report.summary()}")
+        encoded, reports[name] = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
+        say(f"  {name}: {reports[name].summary()}")
         splits[name] = [to_feature(p, i) for i, p in enumerate(encoded)]
     if cfg.do_train and not splits["train"]:
-        raise DataError(f"no training pairs left after encoding {dataset!r} (see the report above); "
-                        f"raise cutoff_len or check the data")
+        raise DataError(f"{dataset}: no training pairs are left: encoding dropped all {len(train_pairs)} "
+                        f"({_drop_causes(reports['train'])}); raise cutoff_len (now {cfg.cutoff_len}) or fix "
+                        f"those pairs (`prefloop data check {dataset} --tokenizer {cfg.model_name_or_path} "
+                        f"--cutoff-len {cfg.cutoff_len}` lists them)")
+    if val_pairs and not splits["validation"]:
+        check_evaluation_can_be_skipped(cfg, dataset, len(val_pairs), reports["validation"])
     from prefloop.data.dimensions import attach_agreement, dimension_names
 
     names = dimension_names(all_pairs)
     if names:  # per-dimension metrics: each feature's agreement of every dimension with its direction
         for features in splits.values():
             attach_agreement(features, all_pairs, names)
+    provenance = data_provenance(loaded, len(train_pairs), len(val_pairs), len(splits["train"]), len(splits["validation"]))
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
-                names, {p.id: p for p in all_pairs})
+                dimension_names=names, pairs_by_id={p.id: p for p in all_pairs}, provenance=provenance)
+
+
+def _drop_causes(report) -> str:
+    return "; ".join(f"{n} {reason}" for reason, n in report.drop_reasons().most_common()) or "no reason recorded"
+
+
+def check_evaluation_can_be_skipped(cfg: Config, dataset: str, held_out: int, report) -> None:
+    """Encoding dropped every held-out pair: a warning, and training runs without evaluation; a DataError
+    when the config depends on evaluation (early stopping), since skipping it would change the run."""
+    cause = (f"validation: encoding dropped all {held_out} held-out pairs of {dataset} ({_drop_causes(report)}) "
+             f"at cutoff_len {cfg.cutoff_len}")
+    fix = "raise cutoff_len, or val_size so that some held-out pairs fit"
+    if cfg.early_stopping_patience is not None:
+        raise DataError(f"{cause}; early_stopping_patience needs evaluation: {fix}, or remove early_stopping_patience")
+    if cfg.run_eval:
+        print(f"prefloop: warning: {cause}; evaluation is skipped (to evaluate: {fix})", file=sys.stderr)
 
 
 def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
@@ -329,6 +364,7 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
         ld_alpha=cfg.ld_alpha,
         autocast_dtype=autocast_dtype,
         dimension_names=data.dimension_names,
+        probe_prompts=[f["prompt_ids"] for f in spread(data.val, cfg.length_probe_prompts)],
     )
 
 
@@ -387,12 +423,17 @@ def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
         f"{metrics['eval_ranking/accuracies']:.3f}")
 
 
+def spread(items: list, count: int) -> list:
+    """`count` items spread evenly over `items` (all of them when there are fewer), in order."""
+    count = min(count, len(items))
+    return [items[i * len(items) // count] for i in range(count)] if count else []
+
+
 @torch.no_grad()
 def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=print, samples: list[dict] | None = None):
     """Greedy short answers to `count` validation prompts spread evenly over the split, added under `label`."""
     samples = samples if samples is not None else []
-    count = min(count, len(data.val))
-    features = [data.val[i * len(data.val) // count] for i in range(count)] if count else []
+    features = spread(data.val, count)
     if not features:
         return samples
     was_training = model.training
@@ -411,6 +452,21 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=pri
         say(f"Sample answer {label} training [{feature['id']}]: {answer[:300]!r}")
     model.train(was_training)
     return samples
+
+
+def write_model_card_and_base(cfg: Config, data: Data, before: dict, metrics: dict, steps: int, say) -> None:
+    """Record the base model (absolute path or hub id + fingerprint; adapters.py) and write the model card."""
+    from prefloop.adapters import base_fingerprint, portable_base, record_base
+    from prefloop.train.model_card import write_model_card
+
+    if cfg.finetuning_type == "lora":
+        base = record_base(cfg.output_dir, cfg.model_name_or_path)  # into adapter_config.json too
+    else:
+        base = {"base_model_name_or_path": portable_base(cfg.model_name_or_path),
+                "fingerprint": base_fingerprint(cfg.model_name_or_path)}
+    after = {k: v for k, v in metrics.items() if not k.startswith("before_")}
+    path = write_model_card(cfg, base, data.provenance, before, after, steps)
+    say(f"Model card: {path}")
 
 
 def write_samples(samples: list[dict], output_dir: str, say) -> None:

@@ -29,9 +29,11 @@ def build_training_arguments(cfg) -> TrainingArguments:
 
     transformers 5 has no `warmup_ratio`: a float `warmup_steps` in [0, 1) is the ratio.
     """
+    from prefloop.config import report_to_names
     from prefloop.errors import ConfigError
+    from prefloop.train.console import live_bars
 
-    report_to = cfg.report_to if isinstance(cfg.report_to, list) else [cfg.report_to]
+    report_to = report_to_names(cfg.report_to)
     try:
         return TrainingArguments(
             output_dir=cfg.output_dir,
@@ -61,6 +63,7 @@ def build_training_arguments(cfg) -> TrainingArguments:
             save_total_limit=cfg.save_total_limit,
             logging_steps=cfg.logging_steps,
             report_to="none" if report_to == ["none"] else report_to,
+            disable_tqdm=not live_bars(),  # no cursor escape codes in logs (train/console.py)
             dataloader_num_workers=cfg.dataloader_num_workers,
             remove_unused_columns=False,  # the batch is ours, not the model's forward signature
             label_names=[],
@@ -101,9 +104,12 @@ class PreferenceTrainer(Trainer):
 
     def __init__(self, *args, loss_spec: LossSpec, reference=None, chunk_size: int = 4096,
                  ld_alpha: float | None = None, autocast_dtype: torch.dtype | None = None,
-                 dimension_names: list[str] | None = None, **kwargs):
+                 dimension_names: list[str] | None = None, probe_prompts: list[list[int]] | None = None,
+                 probe_max_new_tokens: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
         self.dimension_names = list(dimension_names or [])  # per-dimension metrics (data/dimensions.py)
+        # Validation prompts (token ids) answered greedily at every evaluation: eval_sampled_length (health.py).
+        self.probe_prompts, self.probe_max_new_tokens = list(probe_prompts or []), probe_max_new_tokens
         self.loss_spec, self.reference = loss_spec, reference
         self.chunk_size, self.ld_alpha, self.autocast_dtype = chunk_size, ld_alpha, autocast_dtype
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: the Trainer scales it for accumulation
@@ -155,7 +161,8 @@ class PreferenceTrainer(Trainer):
             chosen, rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         elif self.reference is not None:
             with torch.no_grad(), self.reference.context():
-                ref = pair_logps(self.reference.model, inputs, self.chunk_size, None, self.autocast_dtype).seq
+                # LD-DPO weights the reference like the policy, so an untrained policy's rewards are 0.
+                ref = pair_logps(self.reference.model, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype).seq
             chosen, rejected = ref.chosen, ref.rejected
         else:
             raise RuntimeError("the loss needs reference log-probs, but the batch has none and no reference model "
@@ -170,12 +177,27 @@ class PreferenceTrainer(Trainer):
             loss = self.pair_loss(model, inputs, "eval")
         return loss.detach(), None, None
 
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's evaluation, plus the mean length of the greedy answers to the probe prompts
+        (`eval_sampled_length`, tokens), which the health monitor watches for length hacking."""
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.probe_prompts:
+            from prefloop.train.health import SAMPLED_LENGTH_METRIC, sampled_answer_lengths
+
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            lengths = sampled_answer_lengths(self.accelerator.unwrap_model(self.model), self.processing_class,
+                                             self.probe_prompts, self.probe_max_new_tokens)
+            output.metrics[SAMPLED_LENGTH_METRIC.replace("eval", prefix, 1)] = sum(lengths) / len(lengths)
+        return output
+
     def evaluate_quietly(self, eval_dataset=None, description: str = "Evaluation") -> dict:
         """Eval metrics (`eval_` names) without logging them, e.g. before training starts."""
         output = self.evaluation_loop(self.get_eval_dataloader(eval_dataset), description=description,
                                       prediction_loss_only=True, metric_key_prefix="eval")
         metrics = dict(output.metrics)
         metrics.update(self.pop_metrics("eval", prefix="eval_"))
+        # Close the evaluation's progress bar (as after predict()): what is printed next must not land in it.
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
         return metrics
 
     # -- metrics ----------------------------------------------------------------------------------
