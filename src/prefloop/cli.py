@@ -361,7 +361,7 @@ def _add_gate(sub) -> None:
                    help="results.json (or eval --out dir) of the candidate; repeat for several eval runs")
     p.add_argument("--baseline", action="append",
                    help="results.json of the baseline (the champion); default with --registry: its recorded metrics")
-    p.add_argument("--rules", help="rules YAML (default: examples/gate.yaml)")
+    p.add_argument("--rules", help="rules YAML (default: the built-in rules, prefloop/registry/default_gate.yaml)")
     p.add_argument("--registry", help="model name in the store: gate --version against its champion, record the verdict")
     p.add_argument("--version", help="the candidate version (v3, NAME:v3) when --registry is given")
     p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")

@@ -13,7 +13,7 @@ Optional keys: `name` (default: the metric), `why` (shown in the table), `severi
 judge: the verdict is "refused"), `required: true` (a metric that was not measured fails the rule
 instead of skipping it), `custom_metric: true` (a metric outside the contract). Unknown keys,
 impossible thresholds (a rate above 1, a negative count) and unknown metrics are errors naming the
-file, line and key. The shipped defaults are `examples/gate.yaml` (documented rule by rule).
+file, line and key. The shipped defaults are `src/prefloop/registry/default_gate.yaml` (documented rule by rule).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import yaml
 from prefloop.errors import ConfigError
 from prefloop.evaluate.results import METRIC_NAMES
 
-DEFAULT_RULES = Path(__file__).resolve().parents[3] / "examples" / "gate.yaml"
+DEFAULT_RULES = Path(__file__).resolve().parent / "default_gate.yaml"  # package data: found in any install
 THRESHOLD_KEYS = ("above", "at_least", "below", "at_most")
 RULE_KEYS = ("name", "metric", "why", "severity", "sanity", "required", "custom_metric", "vs_baseline", "tolerance",
              "gap_to") + THRESHOLD_KEYS
@@ -71,7 +71,7 @@ def is_count(metric: str) -> bool:
 
 
 def load_rules(path: str | Path | None = None) -> list[Rule]:
-    """Rules from a YAML file (default: the shipped examples/gate.yaml). Raises ConfigError with file and line."""
+    """Rules from a YAML file (default: the shipped src/prefloop/registry/default_gate.yaml). Raises ConfigError with file and line."""
     path = Path(path) if path else DEFAULT_RULES
     if not path.is_file():
         raise ConfigError(f"rules file {path} does not exist; give a YAML file with a `rules:` list "
