@@ -395,6 +395,10 @@ def register_output(cfg: Config, metrics: dict, data: Data, say, round_info: dic
             if done is not None:
                 say(f"Round {round_info['index']} of this run is already registered as {vs.label(done)} in "
                     f"{cfg.registry_db} (a resumed run registers each round once)")
+                if vs.manifest_of(Path(cfg.output_dir))[1] != done["meta"].get("fingerprint"):
+                    say(f"Note: {cfg.output_dir} now differs from the files registered as {vs.label(done)} (the "
+                        f"resume retrained from a checkpoint after the registration); {vs.label(done)} keeps the "
+                        f"registered copy")
                 return done
             previous = vs.find_round(store, cfg.registry, round_info["run"], round_info["index"] - 1)
             parent_ref = vs.label(previous) if previous else None
