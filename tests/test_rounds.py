@@ -252,3 +252,52 @@ def test_full_fine_tuning_chains_saved_models_and_reuses_the_initial_cache(tmp_p
     assert [r["cache"] for r in report["rounds"]] == [
         {"reference_computed": 2}, {"reference_computed": 1, "reference_reused": 1},
         {"reference_computed": 1, "reference_reused": 1}]
+
+
+def test_registry_registers_each_round_with_its_parent_once(tmp_path, tiny_model_dir, capsys):
+    """`registry:` with rounds: the registered starting model v1 <- round 1 v2 <- round 2 v3 <- round 3 v4, the round
+    recorded in each version's meta; a run killed after round 3 registered resumes without a second version."""
+    from prefloop.registry import versions as vs
+    from prefloop.registry.commands import register_model
+    from prefloop.store import Store
+
+    db = tmp_path / "reg.sqlite"
+    with Store(db) as store:
+        base = register_model(store, str(tiny_model_dir), "tiny")
+    out = tmp_path / "reg"
+
+    def train(**overrides):  # from the registry's copy of the starting model, so round 1's parent is v1
+        prefloop.train(str(EXAMPLE), model_name_or_path=base["path"], output_dir=str(out), registry="tiny",
+                       registry_db=str(db), val_size=0, **QUIET, **overrides)
+
+    train()
+    with Store(db) as store:
+        versions = store.model_versions("tiny")
+        assert [v["version"] for v in versions] == ["v1", "v2", "v3", "v4"]
+        assert [v["parent_id"] for v in versions] == [None] + [v["id"] for v in versions[:3]]
+        rounds = [v["meta"]["round"] for v in versions[1:]]
+        assert [r["index"] for r in rounds] == [1, 2, 3]
+        assert [r["name"] for r in rounds] == ["helpfulness", "safety", "domain"]
+        assert len({r["run"] for r in rounds}) == 1
+        assert [v["meta"]["source"] for v in versions[1:]] == [str(out / f"round-{i}") for i in (1, 2, 3)]
+        assert [vs.label(v) for v in vs.lineage(store, versions[-1])] == ["tiny:v4", "tiny:v3", "tiny:v2", "tiny:v1"]
+        assert store.aliases("tiny")["candidate"] == versions[-1]["id"]
+    # Killed in round 3 after it was registered but before its result was written: resume retrains from the last
+    # checkpoint and finds the round already registered by this run.
+    r3 = out / "round-3"
+    for name in ("round_result.json", "round_metrics.json", "trainer_state.json", "checkpoint-3"):
+        path = r3 / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    assert (r3 / "checkpoint-2").is_dir()
+    capsys.readouterr()
+    train(resume_from_checkpoint=True, overwrite_output_dir=False)
+    assert "already registered as tiny:v4" in capsys.readouterr().out
+    with Store(db) as store:
+        assert [v["version"] for v in store.model_versions("tiny")] == ["v1", "v2", "v3", "v4"]
+    # A new run in the same output_dir (overwrite_output_dir) is new training: three new versions, chained anew.
+    train()
+    with Store(db) as store:
+        versions = store.model_versions("tiny")
+        assert [v["version"] for v in versions] == ["v1", "v2", "v3", "v4", "v5", "v6", "v7"]
+        assert [v["parent_id"] for v in versions[4:]] == [versions[0]["id"], versions[4]["id"], versions[5]["id"]]
+        assert versions[4]["meta"]["round"]["run"] != versions[1]["meta"]["round"]["run"]

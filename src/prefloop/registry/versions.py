@@ -214,6 +214,16 @@ def find_by_path(store: Store, path: str) -> dict | None:
     return None
 
 
+def find_round(store: Store, name: str, run: str, index: int) -> dict | None:
+    """The version of `name` registered for round `index` of the rounds run `run` (iterative DPO,
+    meta["round"] = {"index", "name", "run", ...}), or None."""
+    for version in store.model_versions(name):
+        info = version["meta"].get("round") or {}
+        if info.get("run") == run and info.get("index") == index:
+            return version
+    return None
+
+
 def check_files(version: dict) -> None:
     """RegistryError when a version's files are gone or changed size (promoting it would serve nothing)."""
     root = Path(version["path"])

@@ -18,8 +18,11 @@ and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table
 
 A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
 `round_result.json`), the interrupted round resumes from its last checkpoint at the right step.
-Hook for the model registry: `run_rounds(cfg, on_round_end=f)` calls f(RoundResult) after each
-round with its output directory and its parent's (the `registry:` key is not part of this module).
+`registry: NAME` registers each round's output as a version of NAME (run_training -> register_output):
+this module passes the round's identity (index, name, and the run's id from `output_dir/rounds_run.json`,
+new for a fresh run, kept when resumed), so round k's parent is round k-1's version of the same run and
+a resumed run registers no round twice. `run_rounds(cfg, on_round_end=f)` calls f(RoundResult) after
+each round with its output directory and its parent's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from prefloop.errors import ConfigError
 RESULT_FILE = "round_result.json"  # a finished round: trained and evaluated
 METRICS_FILE = "round_metrics.json"  # trained; the cross-round evaluation may still be missing
 REPORT_FILE = "rounds_report.json"
+RUN_FILE = "rounds_run.json"  # the run's id: a resumed run keeps it (registry: one version per round and run)
 
 
 @dataclass
@@ -125,6 +129,7 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     say = say if main else (lambda *a, **k: None)
     if main:
         save_config(cfg, out)
+    run_id = rounds_run_id(out, resume)
     evaluator = CrossRoundEvaluator(cfg, rounds, say)
     results: list[RoundResult] = []
     for index, round_cfg in enumerate(rounds, 1):
@@ -144,7 +149,8 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
             else:
                 planned = _resume_or_restart(planned, rdir, resume, say)
                 validate(planned)
-                metrics = run_training(planned)
+                metrics = run_training(planned, {"index": index, "name": name, "run": run_id,
+                                                 "output_dir": str(out.resolve())})
                 _write_json(rdir / METRICS_FILE, metrics)
             heldout = evaluator.evaluate(index, planned)
             result = RoundResult(index, name, str(rdir), str(round_dir(cfg, index - 1)) if index > 1 else None,
@@ -159,6 +165,18 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     if main:
         plot_rounds(report, out)
     return report
+
+
+def rounds_run_id(out: Path, resume: bool) -> str:
+    """The id of this rounds run: read from output_dir/rounds_run.json when resuming, else new (and written)."""
+    import uuid
+
+    path = out / RUN_FILE
+    if resume and path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))["run"]
+    run_id = uuid.uuid4().hex
+    _write_json(path, {"run": run_id})
+    return run_id
 
 
 def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config:

@@ -70,7 +70,9 @@ class Data:
     provenance: dict = field(default_factory=dict)  # datasets, files, sha256, counts (model card)
 
 
-def run_training(cfg: Config) -> dict:
+def run_training(cfg: Config, round_info: dict | None = None) -> dict:
+    """One DPO run of `cfg`; returns the final metrics. `round_info` ({"index", "name", "run", "output_dir"}):
+    this run is a round of iterative DPO (train/rounds.py), passed on to the registry (`register_output`)."""
     from transformers import set_seed
 
     from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
@@ -156,7 +158,7 @@ def run_training(cfg: Config) -> dict:
             say(f"Plots: {', '.join(p.name for p in paths) or 'none (nothing logged)'} in {cfg.output_dir}")
     say(summary(cfg, trainer, metrics, before, time.perf_counter() - started))
     if cfg.registry and cfg.do_train and args.process_index == 0:
-        register_output(cfg, metrics, data, say)
+        register_output(cfg, metrics, data, say, round_info)
     return metrics
 
 
@@ -368,10 +370,16 @@ def make_trainer(cfg, args, model, tokenizer, data: Data, loss_spec, reference, 
     )
 
 
-def register_output(cfg: Config, metrics: dict, data: Data, say) -> dict:
+def register_output(cfg: Config, metrics: dict, data: Data, say, round_info: dict | None = None) -> dict:
     """`registry: NAME`: register output_dir as a candidate version of NAME with its parent (the registered
     version it started from, found by path), the config, the data fingerprints and the final metrics;
-    `mlflow_tracking_uri` mirrors it into MLflow."""
+    `mlflow_tracking_uri` mirrors it into MLflow.
+
+    `round_info` (a round of iterative DPO, from train/rounds.py: {"index", "name", "run", "output_dir"}) goes
+    into the version's meta as `round`; the parent of round k > 1 is the version of round k-1 of the same run
+    (`run`: the rounds run's id, kept across resumes), round 1's is found by path as above. A round this run
+    already registered (a killed run resumed) is not registered again: its version is returned."""
+    from prefloop.registry import versions as vs
     from prefloop.registry.commands import register_model
     from prefloop.store import Store
     from prefloop.train.reference import data_fingerprint
@@ -379,11 +387,29 @@ def register_output(cfg: Config, metrics: dict, data: Data, say) -> dict:
     fingerprints = {"dataset": cfg.dataset, "train": data_fingerprint(data.train),
                     "validation": data_fingerprint(data.val) if data.val else None}
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    extra = {"data": fingerprints, **({"round": round_info} if round_info else {})}
     with Store(cfg.registry_db) as store:
-        version = register_model(store, cfg.output_dir, cfg.registry, extra_meta={"data": fingerprints},
+        parent_ref = None
+        if round_info:
+            done = vs.find_round(store, cfg.registry, round_info["run"], round_info["index"])
+            if done is not None:
+                say(f"Round {round_info['index']} of this run is already registered as {vs.label(done)} in "
+                    f"{cfg.registry_db} (a resumed run registers each round once)")
+                if vs.manifest_of(Path(cfg.output_dir))[1] != done["meta"].get("fingerprint"):
+                    say(f"Note: {cfg.output_dir} now differs from the files registered as {vs.label(done)} (the "
+                        f"resume retrained from a checkpoint after the registration); {vs.label(done)} keeps the "
+                        f"registered copy")
+                return done
+            previous = vs.find_round(store, cfg.registry, round_info["run"], round_info["index"] - 1)
+            parent_ref = vs.label(previous) if previous else None
+            if previous is None and round_info["index"] > 1:
+                say(f"Round {round_info['index'] - 1} of this run is not registered (registry: was set after it "
+                    f"ran?), so round {round_info['index']}'s parent is found by path")
+        version = register_model(store, cfg.output_dir, cfg.registry, parent=parent_ref, extra_meta=extra,
                                  metrics=numeric)
         parent = store.model_version(version["parent_id"]) if version["parent_id"] else None
         say(f"Registered {cfg.registry}:{version['version']} in {cfg.registry_db} as the candidate"
+            + (f" (round {round_info['index']})" if round_info else "")
             + (f" (parent {parent['name']}:{parent['version']})" if parent else
                f" (no parent: {cfg.model_name_or_path} is not a registered version)"))
         if cfg.mlflow_tracking_uri:
