@@ -193,6 +193,22 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
     return metrics, details
 
 
+def usable_judge_stats(rows: list[dict], judge: str, out_dir: Path, check: str = "") -> dict:
+    """The judge diagnostics of `rows` (see `_judge_stats`).
+
+    Raises DataError, naming the first request error, when not one judgment gave a verdict: then there
+    is nothing to report, and the answers stay cached under `out_dir/answers` for a rerun."""
+    js = _judge_stats(rows)
+    if js["failed_judgments"] == js["judgments"]:
+        errors = [e for r in rows for e in (r["errors"] or [])]
+        raise DataError(f"the judge {judge} gave no usable verdict in any of its {js['judgments']} judgments ("
+                        + (f"request errors, first: {errors[0][:300]}" if errors else
+                           "no answer held a verdict [[A]], [[B]] or [[C]], even after a retry")
+                        + f"); check --judge/--judge-model{check}. Answers are cached in {out_dir / 'answers'}: a "
+                        "rerun generates nothing")
+    return js
+
+
 def _judge_stats(rows: list[dict]) -> dict:
     from prefloop.judge.pairwise import JudgeStats
 
@@ -512,14 +528,7 @@ def winrate_command(out, before=None, after=None, prompts=None, config=None, jud
     pj, judge_prompt = open_judge(judge, judge_model, criteria, template_file, out_dir, api_key, concurrency,
                                   judge_max_tokens, seed)
     rows = judge_both_orders(pj, prompt_list, a, b, "after vs before")
-    js = _judge_stats(rows)
-    if js["failed_judgments"] == js["judgments"]:
-        errors = [e for r in rows for e in (r["errors"] or [])]
-        raise DataError(f"the judge {judge} gave no usable verdict in any of its {js['judgments']} judgments ("
-                        + (f"request errors, first: {errors[0][:300]}" if errors else
-                           "no answer held a verdict [[A]], [[B]] or [[C]], even after a retry")
-                        + f"); check --judge/--judge-model, --judge-max-tokens ({judge_max_tokens}) and the template. "
-                        f"Answers are cached in {out_dir / 'answers'}: a rerun generates nothing")
+    js = usable_judge_stats(rows, judge, out_dir, f", --judge-max-tokens ({judge_max_tokens}) and the template")
     metrics, details = summarize(rows, a, b, resamples, seed, js)
     judge_entry = {"name": pj.client.name, "target": judge, "template": judge_prompt.origin,
                    "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,

@@ -66,10 +66,9 @@ def model_spec(args):
 
 
 def run(args) -> tuple[dict, object]:
-    from prefloop.errors import DataError
     from prefloop.evaluate.answers import generate_answers
     from prefloop.evaluate.bench.common import bench_results
-    from prefloop.evaluate.winrate import _judge_stats, judge_both_orders, open_judge, summarize, winrate_report
+    from prefloop.evaluate.winrate import judge_both_orders, open_judge, summarize, usable_judge_stats, winrate_report
 
     if not args.judge:
         raise ConfigError(f"{NAME} needs a judge: pass --judge URL (an OpenAI-compatible endpoint, with --judge-model "
@@ -84,14 +83,7 @@ def run(args) -> tuple[dict, object]:
     judge, judge_prompt = open_judge(args.judge, args.judge_model, CRITERIA, None, out, args.api_key,
                                      args.concurrency, judge_max_tokens, args.seed)
     rows = judge_both_orders(judge, prompts, answers, references, "model vs reference")
-    js = _judge_stats(rows)
-    if js["failed_judgments"] == js["judgments"]:
-        errors = [e for r in rows for e in (r["errors"] or [])]
-        raise DataError(f"the judge {args.judge} gave no usable verdict in any of its {js['judgments']} judgments ("
-                        + (f"request errors, first: {errors[0][:300]}" if errors else
-                           "no answer held a verdict [[A]], [[B]] or [[C]], even after a retry")
-                        + f"); check --judge/--judge-model. Answers are cached in {out / 'answers'}: a rerun "
-                        "generates nothing")
+    js = usable_judge_stats(rows, args.judge, out)
     metrics, details = summarize(rows, answers, references, 1000, args.seed, js)
     judge_entry = {"name": judge.client.name, "target": args.judge, "template": judge_prompt.origin,
                    "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
