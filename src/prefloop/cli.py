@@ -271,6 +271,9 @@ def _add_eval_prefs(eval_sub) -> None:
     r.add_argument("--dataset-dir", default="data", help="where dataset_info.json lives (default: data)")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast of the scoring passes (default auto: the training config's precision with --config, "
+                        "else fp32)")
 
 
 def _add_eval_bench(eval_sub) -> None:

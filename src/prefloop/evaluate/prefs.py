@@ -56,6 +56,13 @@ class PrefsSetup:
     beta: float = DEFAULT_BETA
     max_samples: int | None = None
     config_path: str | None = None
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast of the forward passes, as in training
+
+    @property
+    def autocast_dtype(self):
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
 
 def setup_from_config(config_path: str, model=None, adapter=None, reference=None, data=None, beta=None) -> PrefsSetup:
@@ -86,7 +93,23 @@ def setup_from_config(config_path: str, model=None, adapter=None, reference=None
                       dataset_dir=cfg.dataset_dir, split="all" if data else "validation",
                       val_size=cfg.val_size, seed=cfg.seed, template=cfg.template, cutoff_len=cfg.cutoff_len,
                       beta=beta if beta is not None else cfg.pref_beta, max_samples=cfg.max_samples,
-                      config_path=config_path)
+                      config_path=config_path, precision=training_precision(cfg))
+
+
+def training_precision(cfg) -> str:
+    """The precision the config trains (and evaluates) in: "bf16", "fp16" or "fp32". `fp16: true` without
+    CUDA is bf16 where the CPU has it, else fp32 (as `config.resolve_precision` decides for training).
+    A LoRA trained under bf16 autocast can rank pairs differently when scored in fp32 (its small deltas
+    are rounded away in bf16), so eval prefs scores as the trainer's evaluation did unless told otherwise."""
+    import torch
+
+    from prefloop.config import cpu_supports_bf16
+
+    if cfg.bf16:
+        return "bf16"
+    if cfg.fp16:
+        return "fp16" if torch.cuda.is_available() else ("bf16" if cpu_supports_bf16() else "fp32")
+    return "fp32"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +233,9 @@ def breakdowns(pairs, logps: PairLogps, beta: float) -> dict:
 
 
 def compute_logps(policy_model, reference, encoded, pad_token_id: int, batch_size: int, chunk_size: int,
-                  layout: str = "packed_prefix_shared") -> PairLogps:
-    """Policy (and reference) summed log-probs of every encoded pair, through the trainer's log-prob loop."""
+                  layout: str = "packed_prefix_shared", autocast_dtype=None) -> PairLogps:
+    """Policy (and reference) summed log-probs of every encoded pair, through the trainer's log-prob loop,
+    under `autocast_dtype` (None: fp32)."""
     import torch
 
     from prefloop.models import Reference
@@ -222,13 +246,13 @@ def compute_logps(policy_model, reference, encoded, pad_token_id: int, batch_siz
     policy = Reference(policy_model, "separate", "policy")  # runs the model as it is, no context
     with torch.no_grad():
         chosen, rejected = compute_reference_logps(policy, features, layout, pad_token_id, batch_size, chunk_size,
-                                                   desc="policy", what="log-probs")
+                                                   autocast_dtype, desc="policy", what="log-probs")
         ref = None
         if reference is not None and reference.kind == "policy_start":
             ref = chosen, rejected  # the same weights give the same numbers: every pair ties
         elif reference is not None:
             ref = compute_reference_logps(reference, features, layout, pad_token_id, batch_size, chunk_size,
-                                          desc="reference", what="log-probs")
+                                          autocast_dtype, desc="reference", what="log-probs")
     counts = [np.array([len(getattr(p, f"{side}_ids")) for p in encoded], dtype=np.float64) for side in ("chosen", "rejected")]
     return PairLogps(chosen.double().numpy(), rejected.double().numpy(), *counts,
                      *(None, None) if ref is None else (ref[0].double().numpy(), ref[1].double().numpy()))
@@ -270,7 +294,8 @@ def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 102
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     tokenizer, policy, reference = load_models(setup)
     pairs, encoded, loaded, report, template_name = load_eval_pairs(setup, tokenizer, skip_bad_rows)
-    logps = compute_logps(policy, reference, encoded, tokenizer.pad_token_id, batch_size, chunk_size)
+    logps = compute_logps(policy, reference, encoded, tokenizer.pad_token_id, batch_size, chunk_size,
+                          autocast_dtype=setup.autocast_dtype)
     fingerprint = data_fingerprint([to_feature(e, i) for i, e in enumerate(encoded)])[:16]  # the encoded token ids
     metrics = summarize(logps, setup.beta)
     tables = breakdowns(pairs, logps, setup.beta)
@@ -287,7 +312,7 @@ def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 102
         data={"path": setup.data, "n": len(encoded), "split": setup.split, "files": loaded.files, "fingerprint": fingerprint},
         config={"beta": setup.beta, "reference": None if reference is None else reference.describe(),
                 "template": template_name, "cutoff_len": setup.cutoff_len, "val_size": setup.val_size,
-                "training_config": setup.config_path, "batch_size": batch_size},
+                "training_config": setup.config_path, "batch_size": batch_size, "precision": setup.precision},
         seeds={"split": setup.seed} if setup.split == "validation" else {},
         metrics={k: v for k, v in metrics.items() if not isinstance(v, bool)},
         details={"skipped_rows": loaded.skipped.to_dict(), "encoding": report.summary(),
@@ -391,7 +416,8 @@ def write_outputs(out: str, results: dict, report) -> list[Path]:
 
 
 def prefs_command(model=None, adapter=None, reference=None, data=None, config=None, out="eval/prefs", beta=None,
-                  template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False) -> int:
+                  template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False,
+                  precision="auto") -> int:
     """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`."""
     if config:
         setup = setup_from_config(config, model, adapter, reference, data, beta)
@@ -405,6 +431,10 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
         setup.template = template
     if cutoff_len is not None:
         setup.cutoff_len = cutoff_len
+    if precision != "auto":
+        setup.precision = precision
+    print(f"Scoring in {setup.precision}" + (" (as the training config trains and evaluates)"
+                                             if config and precision == "auto" else ""))
     results = evaluate_prefs(setup, batch_size=batch_size, skip_bad_rows=skip_bad_rows)
     for line in prefs_lines(results):
         print(line)
