@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from prefloop.errors import PrefloopError
 
 PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
@@ -153,6 +153,29 @@ CREATE INDEX model_aliases_name ON model_aliases(name, alias);
         f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
         for table in ("model_events", "model_aliases") for op in ("UPDATE", "DELETE")
+    ),
+    3: """
+CREATE TABLE loop_iterations (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    number     INTEGER NOT NULL,
+    config_json TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    UNIQUE (name, number)
+);
+CREATE TABLE loop_steps (
+    id           INTEGER PRIMARY KEY,
+    iteration_id INTEGER NOT NULL REFERENCES loop_iterations(id),
+    step         TEXT NOT NULL,
+    inputs_json  TEXT NOT NULL DEFAULT '{}',
+    outputs_json TEXT NOT NULL DEFAULT '{}',
+    created_at   TEXT NOT NULL,
+    UNIQUE (iteration_id, step)
+);
+""" + "\n".join(
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
+        for table in ("loop_iterations", "loop_steps") for op in ("UPDATE", "DELETE")
     ),
 }
 
@@ -673,6 +696,47 @@ class Store:
                                     {"forced": forced} if forced else None, created)
             return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
 
+    # ------------------------------------------------------------------ online loop (iterations and steps)
+
+    def open_loop_iteration(self, name: str, config: dict | None = None) -> dict:
+        """The open (unfinished) iteration of loop `name`, or a new one numbered one past the last.
+
+        An iteration is finished when its "promote" step is recorded. One transaction, so two loop
+        processes never open two iterations at once. Returns {"id", "name", "number", "created_at"}."""
+        with self._write() as c:
+            row = c.execute("SELECT * FROM loop_iterations WHERE name = ? ORDER BY number DESC LIMIT 1",
+                            (name,)).fetchone()
+            if row is not None and not c.execute("SELECT 1 FROM loop_steps WHERE iteration_id = ? AND step = "
+                                                 "'promote'", (row["id"],)).fetchone():
+                return _loop_iteration_dict(row)
+            number = (row["number"] if row else 0) + 1
+            created = now_iso()
+            cur = c.execute("INSERT INTO loop_iterations(name, number, config_json, created_at) VALUES (?, ?, ?, ?)",
+                            (name, number, json.dumps(config or {}, default=str), created))
+            return {"id": int(cur.lastrowid), "name": name, "number": number, "created_at": created}
+
+    def loop_iterations(self, name: str) -> list[dict]:
+        """Every iteration of loop `name`, oldest first, each with its recorded steps (step -> record)."""
+        rows = self._query("SELECT * FROM loop_iterations WHERE name = ? ORDER BY number", (name,))
+        return [{**_loop_iteration_dict(r), "steps": self.loop_steps(r["id"])} for r in rows]
+
+    def loop_steps(self, iteration_id: int) -> dict[str, dict]:
+        """step -> {"inputs", "outputs", "created_at"} of the steps recorded as done in an iteration."""
+        rows = self._query("SELECT * FROM loop_steps WHERE iteration_id = ? ORDER BY id", (iteration_id,))
+        return {r["step"]: {"inputs": json.loads(r["inputs_json"]), "outputs": json.loads(r["outputs_json"]),
+                            "created_at": r["created_at"]} for r in rows}
+
+    def record_loop_step(self, iteration_id: int, step: str, inputs: dict, outputs: dict) -> None:
+        """Record `step` of an iteration as done with its inputs and outputs (once: a second record of the same
+        step raises StoreError, so a step can never be counted twice)."""
+        try:
+            with self._write() as c:
+                c.execute("INSERT INTO loop_steps(iteration_id, step, inputs_json, outputs_json, created_at) "
+                          "VALUES (?, ?, ?, ?, ?)", (iteration_id, step, json.dumps(inputs, default=str),
+                                                     json.dumps(outputs, default=str), now_iso()))
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"loop step {step!r} of iteration id {iteration_id} is already recorded") from err
+
     # ------------------------------------------------------------------ integrity
 
     def integrity_check(self) -> str:
@@ -714,6 +778,11 @@ def apply_alias_event(stack: list[int], event: dict) -> None:
         stack.pop()
     else:
         stack.clear()
+
+
+def _loop_iteration_dict(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "name": r["name"], "number": r["number"], "config": json.loads(r["config_json"]),
+            "created_at": r["created_at"]}
 
 
 def _version_dict(r: sqlite3.Row) -> dict:
