@@ -40,6 +40,7 @@ COMMANDS = {
     "models-path": "prefloop.registry.commands:path_command",
     "gate": "prefloop.registry.gate:gate_command",
     "chat": "prefloop.chat:chat_command",
+    "loop": "prefloop.loop.commands:loop_command",
 }
 
 
@@ -380,11 +381,21 @@ def _add_chat(sub) -> None:
     p.add_argument("--seed", type=int, help="makes sampled answers repeat from run to run")
 
 
+def _add_loop(sub) -> None:
+    p = sub.add_parser("loop", help="the online loop: one iteration collect -> sample -> generate -> label -> pairs -> "
+                                    "train -> eval -> gate -> promote, resumable; `loop status CONFIG` shows where "
+                                    "each iteration stands")
+    p.add_argument("target", metavar="CONFIG|status", help="loop.yaml to run, or `status` followed by loop.yaml")
+    p.add_argument("config", nargs="?", help="with `status`: the loop.yaml")
+    p.add_argument("--step", help="run only this step of the open iteration: collect, sample, generate, label, pairs, "
+                                  "train, eval, gate or promote (steps already done are skipped)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat,
-                _add_eval, _add_models, _add_gate):
+                _add_eval, _add_models, _add_gate, _add_loop):
         add(sub)
     return parser
 

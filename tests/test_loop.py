@@ -1,0 +1,198 @@
+"""`prefloop loop`: a whole iteration on a tiny model with a scripted judge endpoint (a real HTTP server),
+resuming after a kill inside a step, a failing gate, feedback-derived pairs, PII scrubbing, loop.yaml errors."""
+
+import json
+
+import pytest
+import yaml
+
+from prefloop.cli import main
+from prefloop.loop.config import load_loop_config
+from prefloop.loop.feedback_pairs import feedback_pairs
+from prefloop.loop.scrub import Scrubber
+from prefloop.loop.steps import STEPS, run_loop
+from prefloop.registry import aliases as al
+from prefloop.registry.commands import register_model
+from prefloop.serve.background import BackgroundServer
+from prefloop.store import Store
+from test_judge import prefers_longer, scripted_judge_app
+
+QUESTIONS = ["What is the capital of France?", "Explain gravity to a child.", "Write a haiku about rain.",
+             "How do I reverse a list in Python?", "Name three prime numbers.", "Why is the sky blue?"]
+PASS_RULES = {"rules": [{"name": "measured", "metric": "n_prompts", "at_least": 1, "required": True,
+                         "why": "the eval ran"}]}
+FAIL_RULES = {"rules": [{"name": "beats_champion", "metric": "win_rate", "above": 0.99, "required": True,
+                         "why": "a bar no candidate clears"}]}
+
+
+class Killed(Exception):
+    pass
+
+
+def _setup(tmp_path, tiny_model_dir, judge_url, rules):
+    db = tmp_path / "prefloop.sqlite"
+    with Store(db) as store:
+        v1 = register_model(store, str(tiny_model_dir), "tiny")
+        al.promote(store, "v1", "tiny")
+        ids = []
+        for i, q in enumerate(QUESTIONS):  # what `prefloop serve --db` logs, by the champion that answered
+            ids.append(store.log_interaction(f"c{i // 2}", "tiny:v1", [{"role": "user", "content": q}], "ok"))
+        ids.append(store.log_interaction("c9", "tiny:v1", [{"role": "user", "content": QUESTIONS[0].upper()}], "ok"))
+        other = store.log_interaction("c0", "tiny:v1", [{"role": "user", "content": QUESTIONS[0]}],
+                                      "Paris is the capital of France.")
+        store.add_feedback(ids[0], "choice", "other", annotator="u1", other_interaction_id=other)
+        store.add_feedback(ids[1], "thumbs", "down", annotator="u2")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(
+        {"cutoff_len": 64, "max_steps": 1, "per_device_train_batch_size": 2, "report_to": "none",
+         "save_strategy": "no", "sample_prompts": 0, "length_probe_prompts": 0, "logging_steps": 1, "val_size": 0}))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"id": f"e{i}", "prompt": q}) + "\n"
+                                                 for i, q in enumerate(QUESTIONS[:4])))
+    (tmp_path / "gate.yaml").write_text(yaml.safe_dump(rules))
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "store": "prefloop.sqlite",
+        "sample": {"strategy": "feedback_first", "size": 4, "per_conversation": 1},
+        "generate": {"k": 3, "temperature": 0.9, "max_new_tokens": 8},
+        "label": {"judge": judge_url},
+        "train": {"config": "train.yaml", "replay_share": 0.0},
+        "eval": {"prompts": "eval.jsonl", "max_new_tokens": 8, "resamples": 50},
+        "gate": {"rules": "gate.yaml"}}, sort_keys=False))
+    return db, v1
+
+
+def _state(db):
+    """Everything an iteration leaves in the store, without ids/times that differ between runs."""
+    with Store(db) as store:
+        versions = [(v["version"], v["parent_id"], v["status"]) for v in store.model_versions("tiny")]
+        its = store.loop_iterations("tiny")
+        steps = {s: {k: v for k, v in rec["outputs"].items() if k not in ("resumed", "report", "results")}
+                 for s, rec in its[-1]["steps"].items()}
+        return {"versions": versions, "iterations": len(its), "steps": steps, "aliases": store.aliases("tiny")}
+
+
+@pytest.fixture
+def judge():
+    app, requests = scripted_judge_app(prefers_longer)
+    with BackgroundServer(app) as server:
+        yield server
+
+
+def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(tmp_path, tiny_model_dir, judge):
+    db, v1 = _setup(tmp_path, tiny_model_dir, judge.url, PASS_RULES)
+    cfg = load_loop_config(tmp_path / "loop.yaml")
+
+    def kill_after_register(step, phase):  # the candidate is registered, the step not yet recorded
+        if step == "train" and phase == "before_record":
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_loop(cfg, hook=kill_after_register)
+    with Store(db) as store:
+        assert [v["version"] for v in store.model_versions("tiny")] == ["v1", "v2"]
+        assert set(store.loop_iterations("tiny")[0]["steps"]) == set(STEPS[:5])
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 0
+    state = _state(db)
+    assert state["iterations"] == 1 and set(state["steps"]) == set(STEPS)
+    assert [v[0] for v in state["versions"]] == ["v1", "v2"]  # exactly one new version, no second candidate
+    assert state["versions"][1][1] == v1["id"]  # parent: the champion it was trained from
+    assert state["aliases"]["champion"] == state["steps"]["promote"]["champion_id"] != v1["id"]
+    s = state["steps"]
+    # sampled: 4 prompts, the flagged ones first; the upper-case repeat collapsed; c0 capped at one
+    assert s["sample"]["prompts"] == 4 and s["sample"]["flagged"] == 2
+    assert s["sample"]["skipped"]["duplicate_prompt"] >= 1
+    assert s["pairs"]["by_source"].get("feedback:choice") == 1
+    assert s["gate"]["verdict"] == "pass" and s["promote"]["promoted"] is True
+    # rerunning a finished iteration opens the next one (and `status` lists both)
+    assert main(["loop", "status", str(tmp_path / "loop.yaml")]) == 0
+
+
+def test_a_kill_in_any_early_step_resumes_to_the_same_state(tmp_path, tiny_model_dir, judge):
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    cfg = load_loop_config(tmp_path / "loop.yaml")
+    for kill_at in ("sample", "label", "pairs"):
+        def hook(step, phase, kill_at=kill_at):
+            if step == kill_at and phase == "before_record":
+                raise Killed()
+        with pytest.raises(Killed):
+            run_loop(cfg, hook=hook)
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 1  # the gate fails: exit 1
+    state = _state(db)
+    assert [v[0] for v in state["versions"]] == ["v1", "v2"] and state["iterations"] == 1
+    # a failing gate keeps the champion and writes a report naming the failed rule
+    assert state["aliases"]["champion"] == 1
+    promote = state["steps"]["promote"]
+    assert promote["promoted"] is False and promote["failed_rules"] == ["beats_champion"]
+    report = (tmp_path / "prefloop.sqlite.loop" / "tiny" / "iter-0001" / "gate-report.md").read_text()
+    assert "beats_champion" in report and "Prompts the candidate lost" in report
+    with Store(db) as store:
+        assert store.model_version(state["aliases"]["candidate"])["status"] == "candidate"
+        pairs = [json.loads(x) for x in open(store.loop_iterations("tiny")[0]["steps"]["pairs"]["outputs"]["file"])]
+        assert len({p["id"] for p in pairs}) == len(pairs)  # no pair twice
+
+
+def test_feedback_pairs_on_a_hand_made_table():
+    q = [{"role": "user", "content": "2+2?"}]
+    r = [{"role": "user", "content": "Capital of Italy?"}]
+    inter = {1: {"id": 1, "messages": q, "response": "4"}, 2: {"id": 2, "messages": q, "response": "5"},
+             3: {"id": 3, "messages": q, "response": "four"}, 4: {"id": 4, "messages": r, "response": "Rome"},
+             5: {"id": 5, "messages": r, "response": "Milan"}, 6: {"id": 6, "messages": r, "response": "Turin"}}
+
+    def fb(i, kind, value, other=None, who="a"):
+        return {"id": i, "interaction_id": value[0], "kind": kind, "value": value[1], "annotator": who,
+                "other_interaction_id": other}
+
+    rows = [fb(1, "choice", (1, "this"), other=2),          # 4 > 5
+            fb(2, "choice", (2, 1), other=1, who="b"),      # 4 > 5 again (by id): a duplicate
+            fb(3, "thumbs", (3, "up")), fb(4, "thumbs", (2, "down")),   # four > 5
+            fb(5, "choice", (4, "this"), other=5), fb(6, "choice", (5, "this"), other=4),  # conflicting
+            fb(7, "thumbs", (6, "down")),                    # Turin: no up-vote; judged best "Rome"
+            fb(8, "choice", (1, "this"), other=4),           # different prompts
+            fb(9, "thumbs", (99, "down"))]                   # a missing interaction
+    pairs, skipped = feedback_pairs(inter, rows, judged_best={})
+    got = sorted((p["chosen"], p["rejected"], p["source"]) for p in pairs)
+    assert got == [("4", "5", "feedback:choice"), ("four", "5", "feedback:thumbs")]
+    assert dict(skipped) == {"duplicate": 1, "conflicting": 2, "no_better_answer": 1, "different_prompts": 1,
+                             "missing_interaction": 1}
+    assert next(p for p in pairs if p["chosen"] == "4")["provenance"]["feedback_ids"] == [1, 2]
+    from prefloop.prompts import prompt_key
+    pairs, skipped = feedback_pairs(inter, rows[6:7], judged_best={prompt_key(r): "Rome"})
+    assert [(p["chosen"], p["rejected"], p["source"]) for p in pairs] == [
+        ("Rome", "Turin", "feedback:thumbs_down_vs_judged_best")]
+    assert pairs[0]["conversations"] == [{"from": "human", "value": "Capital of Italy?"}]
+
+
+def test_pii_is_scrubbed_and_counted():
+    s = Scrubber()
+    text = ("Mail me at jane.doe@example.com or call +1 415-555-0132; key sk-proj-abcdefghijklmnopqrstuv, "
+            "token ghp_abcdefghijklmnopqrstuvwxyz012345. Version 3.11 of 2026.")
+    out = s.text(text)
+    assert out == ("Mail me at [EMAIL] or call [PHONE]; key [SECRET], token [SECRET]. Version 3.11 of 2026.")
+    assert dict(s.counts) == {"SECRET": 2, "EMAIL": 1, "PHONE": 1}
+    hooked = Scrubber(hook="test_loop:_upper_names")
+    assert hooked.text("ask Bob") == "ask [NAME]" and hooked.counts["HOOK"] == 1
+
+
+def _upper_names(text):
+    return text.replace("Bob", "[NAME]")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"smaple": {}}, "smaple: unknown key (did you mean 'sample'?)"),
+    ({"generate": {"k": 1}}, "generate.k: must be at least 2"),
+    ({"generate": {"k": 4, "temperature": 0}}, "generate.temperature: 0 (greedy) makes the K candidates identical"),
+    ({"label": {"mode": "human"}}, "label.mode: must be judge; the reward-model and human modes are not built yet"),
+    ({"train": {"config": "train.yaml", "replay_share": 1.0}}, "train.replay_share: must be in [0, 1)"),
+    ({"train": {"config": "train.yaml", "overrides": {"output_dir": "x"}}}, "output_dir are set by the loop"),
+    ({"sample": {"size": "many"}}, "sample.size: must be int, got 'many'"),
+])
+def test_loop_yaml_errors_are_located(tmp_path, change, message, capsys):
+    (tmp_path / "train.yaml").write_text("max_steps: 1\n")
+    (tmp_path / "eval.jsonl").write_text('{"prompt": "hi"}\n')
+    base = {"name": "tiny", "label": {"judge": "http://127.0.0.1:1/v1"}, "train": {"config": "train.yaml"},
+            "eval": {"prompts": "eval.jsonl"}}
+    for key, value in change.items():
+        base[key] = {**base.get(key, {}), **value} if key in base else value
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path / "loop.yaml") in err
+    assert not (tmp_path / "prefloop.sqlite").exists()  # nothing ran
