@@ -96,9 +96,11 @@ def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(t
     assert state["versions"][1][1] == v1["id"]  # parent: the champion it was trained from
     assert state["aliases"]["champion"] == state["steps"]["promote"]["champion_id"] != v1["id"]
     s = state["steps"]
-    # sampled: 4 prompts, the flagged ones first; the upper-case repeat collapsed; c0 capped at one
-    assert s["sample"]["prompts"] == 4 and s["sample"]["flagged"] == 2
-    assert s["sample"]["skipped"]["duplicate_prompt"] >= 1
+    # flagged first (8: the chosen answer of an A/B choice, newest), then newest first; one per conversation
+    # (2 and 5 and 3 capped), near-duplicates collapsed (1 repeats 8's prompt, 7 is it in upper case)
+    prompts = [json.loads(x) for x in open(s["sample"]["file"])]
+    assert [p["interaction_id"] for p in prompts] == [8, 6, 4] and s["sample"]["flagged"] == 1
+    assert s["sample"]["skipped"] == {"duplicate_prompt": 2, "conversation_cap": 3, "over_size": 0}
     assert s["pairs"]["by_source"].get("feedback:choice") == 1
     assert s["gate"]["verdict"] == "pass" and s["promote"]["promoted"] is True
     # rerunning a finished iteration opens the next one (and `status` lists both)

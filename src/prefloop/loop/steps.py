@@ -140,7 +140,8 @@ class Iteration:
     def _sample(self):
         s = self.cfg.sample
         interactions, feedback = self._collected()
-        flagged = {f["interaction_id"] for f in feedback if f["kind"] == "choice" or f["value"] == "down"}
+        flagged = {i for f in feedback if f["kind"] == "choice" or f["value"] == "down"
+                   for i in (f["interaction_id"], f["other_interaction_id"]) if i is not None}
         order = sorted(interactions.values(), key=lambda i: i["id"])
         if s["strategy"] == "recent":
             order.reverse()
