@@ -107,10 +107,16 @@ def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(t
     assert main(["loop", "status", str(tmp_path / "loop.yaml")]) == 0
 
 
-def test_a_kill_in_any_early_step_resumes_to_the_same_state(tmp_path, tiny_model_dir, judge):
+def test_a_kill_in_each_step_resumes_to_the_state_of_an_uninterrupted_run(tmp_path, tiny_model_dir, judge):
+    (tmp_path / "plain").mkdir()
+    plain_db, _ = _setup(tmp_path / "plain", tiny_model_dir, judge.url, FAIL_RULES)
+    assert main(["loop", str(tmp_path / "plain" / "loop.yaml")]) == 1
+    uninterrupted = json.dumps(_state(plain_db), sort_keys=True).replace(str(tmp_path / "plain"), "DIR")
+    tmp_path = tmp_path / "killed"
+    tmp_path.mkdir()
     db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
     cfg = load_loop_config(tmp_path / "loop.yaml")
-    for kill_at in ("sample", "label", "pairs"):
+    for kill_at in ("collect", "sample", "generate", "label", "pairs", "eval", "gate"):
         def hook(step, phase, kill_at=kill_at):
             if step == kill_at and phase == "before_record":
                 raise Killed()
@@ -118,6 +124,7 @@ def test_a_kill_in_any_early_step_resumes_to_the_same_state(tmp_path, tiny_model
             run_loop(cfg, hook=hook)
     assert main(["loop", str(tmp_path / "loop.yaml")]) == 1  # the gate fails: exit 1
     state = _state(db)
+    assert json.dumps(state, sort_keys=True).replace(str(tmp_path), "DIR") == uninterrupted
     assert [v[0] for v in state["versions"]] == ["v1", "v2"] and state["iterations"] == 1
     # a failing gate keeps the champion and writes a report naming the failed rule
     assert state["aliases"]["champion"] == 1
