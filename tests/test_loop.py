@@ -191,6 +191,8 @@ def _upper_names(text):
     ({"label": {"mode": "human"}}, "label.mode: must be judge; the reward-model and human modes are not built yet"),
     ({"train": {"config": "train.yaml", "replay_share": 1.0}}, "train.replay_share: must be in [0, 1)"),
     ({"train": {"config": "train.yaml", "overrides": {"output_dir": "x"}}}, "output_dir are set by the loop"),
+    ({"train": {"config": "train.yaml", "overrides": {"max_step": 3}}},
+     "line 6: train.overrides: unknown training key 'max_step' (did you mean 'max_steps'?)"),
     ({"sample": {"size": "many"}}, "sample.size: must be int, got 'many'"),
 ])
 def test_loop_yaml_errors_are_located(tmp_path, change, message, capsys):

@@ -209,6 +209,15 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
     for ok, keys, message in checks:
         if not ok:
             raise ConfigError(f"{where(*keys)}: {message}")
+    import typing
+
+    from prefloop.config import Config, _suggest as suggest_training_key
+
+    known = typing.get_type_hints(Config)
+    for key in t["overrides"]:
+        if key not in known:
+            raise ConfigError(f"{where('train', 'overrides')}: unknown training key {key!r}"
+                              f"{suggest_training_key(str(key))}")
     taken = sorted(set(t["overrides"]) & set(LOOP_SET_KEYS))
     if taken:
         raise ConfigError(f"{where('train', 'overrides')}: {', '.join(taken)} are set by the loop (the champion "
