@@ -100,7 +100,8 @@ def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(t
     # (2 and 5 and 3 capped), near-duplicates collapsed (1 repeats 8's prompt, 7 is it in upper case)
     prompts = [json.loads(x) for x in open(s["sample"]["file"])]
     assert [p["interaction_id"] for p in prompts] == [8, 6, 4] and s["sample"]["flagged"] == 1
-    assert s["sample"]["skipped"] == {"duplicate_prompt": 2, "conversation_cap": 3, "over_size": 0}
+    assert s["sample"]["skipped"] == {"forgotten_conversation": 0, "duplicate_prompt": 2, "conversation_cap": 3,
+                                      "over_size": 0}
     assert s["pairs"]["by_source"].get("feedback:choice") == 1
     assert s["gate"]["verdict"] == "pass" and s["promote"]["promoted"] is True
     # rerunning a finished iteration opens the next one (and `status` lists both)
@@ -207,3 +208,36 @@ def test_loop_yaml_errors_are_located(tmp_path, change, message, capsys):
     err = capsys.readouterr().err
     assert message in err and str(tmp_path / "loop.yaml") in err
     assert not (tmp_path / "prefloop.sqlite").exists()  # nothing ran
+
+
+def test_forget_removes_the_text_everywhere_and_later_iterations_never_see_it(tmp_path, tiny_model_dir, judge):
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    cfg = load_loop_config(tmp_path / "loop.yaml")
+    for step in STEPS[:5]:  # collect .. pairs
+        run_loop(cfg, step)
+    workdir = tmp_path / "prefloop.sqlite.loop" / "tiny"
+    secret = "Why is the sky blue?"  # conversation c2 (interactions 5 and 6); 6 was sampled
+    assert secret in (workdir / "iter-0001" / "prompts.jsonl").read_text()
+    assert main(["forget", "--conversation", "c2", "--loop", str(tmp_path / "loop.yaml")]) == 0
+    for f in workdir.rglob("*.jsonl"):
+        assert secret not in f.read_text(), f
+    with Store(db) as store:
+        c2 = [i for i in store.interactions() if i["conversation_id"] == "c2"]
+        assert len(c2) == 2 and all(i["response"] == "[forgotten on request]" for i in c2)
+        assert [(e["conversation_id"], e["interactions"]) for e in store.forget_events()] == [("c2", 2)]
+        assert sum(e["detail"]["files"].get(str(workdir / "iter-0001" / "prompts.jsonl"), 0)
+                   for e in store.forget_events()) == 1
+        with pytest.raises(Exception, match="append-only"):  # the trigger is back
+            store._conn.execute("UPDATE interactions SET response = 'x'")
+        store.log_interaction("c2", "tiny:v1", [{"role": "user", "content": "And why is it red at dusk?"}], "ok")
+    for f in tmp_path.glob("prefloop.sqlite*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f  # secure_delete: not left in free pages or the WAL
+    for step in STEPS[5:]:
+        run_loop(cfg, step)
+    run_loop(cfg, "collect")
+    out = run_loop(cfg, "sample")["outputs"]["sample"]
+    assert out["prompts"] == 0 and out["skipped"] == {"forgotten_conversation": 1, "duplicate_prompt": 0,
+                                                      "conversation_cap": 0, "over_size": 0}
+    with Store(db) as store:
+        assert store.loop_iterations("tiny")[-1]["steps"]["sample"]["inputs"]["forgotten_conversations"] == 1

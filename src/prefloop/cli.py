@@ -41,6 +41,7 @@ COMMANDS = {
     "gate": "prefloop.registry.gate:gate_command",
     "chat": "prefloop.chat:chat_command",
     "loop": "prefloop.loop.commands:loop_command",
+    "forget": "prefloop.loop.forget:forget_command",
 }
 
 
@@ -391,11 +392,20 @@ def _add_loop(sub) -> None:
                                   "train, eval, gate or promote (steps already done are skipped)")
 
 
+def _add_forget(sub) -> None:
+    p = sub.add_parser("forget", help="remove a user's conversation on request: its text becomes a tombstone in the "
+                                      "store (recorded as an event) and leaves every later loop iteration")
+    p.add_argument("--conversation", required=True, help="the conversation id (as `prefloop serve` logged it)")
+    p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+    p.add_argument("--loop", help="loop.yaml: also remove the conversation's text from the loop's files (its store "
+                                  "replaces --db)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat,
-                _add_eval, _add_models, _add_gate, _add_loop):
+                _add_eval, _add_models, _add_gate, _add_loop, _add_forget):
         add(sub)
     return parser
 

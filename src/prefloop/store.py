@@ -37,6 +37,7 @@ THUMBS_VALUES = ("up", "down")
 MODEL_STATUSES = ("candidate", "promoted", "rejected", "retired")
 MODEL_EVENT_KINDS = MODEL_STATUSES + ("gate",)  # "gate": a quality-gate verdict (detail holds the rule table)
 ALIAS_ACTIONS = ("set", "rollback", "remove")
+FORGOTTEN = "[forgotten on request]"  # the tombstone text of a forgotten conversation
 
 
 class StoreError(PrefloopError):
@@ -172,10 +173,17 @@ CREATE TABLE loop_steps (
     created_at   TEXT NOT NULL,
     UNIQUE (iteration_id, step)
 );
+CREATE TABLE forget_events (
+    id              INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    interactions    INTEGER NOT NULL,
+    detail_json     TEXT NOT NULL DEFAULT '{}',
+    created_at      TEXT NOT NULL
+);
 """ + "\n".join(
         f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
-        for table in ("loop_iterations", "loop_steps") for op in ("UPDATE", "DELETE")
+        for table in ("loop_iterations", "loop_steps", "forget_events") for op in ("UPDATE", "DELETE")
     ),
 }
 
@@ -736,6 +744,36 @@ class Store:
                                                      json.dumps(outputs, default=str), now_iso()))
         except sqlite3.IntegrityError as err:
             raise StoreError(f"loop step {step!r} of iteration id {iteration_id} is already recorded") from err
+
+    # ------------------------------------------------------------------ forgetting a conversation (privacy)
+
+    def forget_conversation(self, conversation_id: str, detail: dict | None = None) -> int:
+        """Replace the text of every interaction of `conversation_id` with the tombstone FORGOTTEN and record a
+        `forget_events` row, in one transaction; returns the number of interactions changed.
+
+        Interactions are append-only, so this is the one sanctioned rewrite: the update trigger is dropped and
+        re-created inside the same transaction (all or nothing), and `secure_delete` overwrites the freed
+        pages so the old text does not linger in the file."""
+        self._conn.execute("PRAGMA secure_delete = ON")
+        tombstone = json.dumps([{"role": "user", "content": FORGOTTEN}])
+        with self._write() as c:
+            c.execute("DROP TRIGGER interactions_no_update")
+            cur = c.execute("UPDATE interactions SET messages_json = ?, response = ?, params_json = '{}' "
+                            "WHERE conversation_id = ?", (tombstone, FORGOTTEN, str(conversation_id)))
+            c.execute("CREATE TRIGGER interactions_no_update BEFORE UPDATE ON interactions "
+                      "BEGIN SELECT RAISE(ABORT, 'interactions is append-only'); END;")
+            c.execute("INSERT INTO forget_events(conversation_id, interactions, detail_json, created_at) "
+                      "VALUES (?, ?, ?, ?)", (str(conversation_id), cur.rowcount, json.dumps(detail or {}), now_iso()))
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the old pages too
+        return cur.rowcount
+
+    def forgotten_conversations(self) -> set[str]:
+        """Conversation ids that were forgotten (their interactions hold the tombstone)."""
+        return {r[0] for r in self._query("SELECT DISTINCT conversation_id FROM forget_events")}
+
+    def forget_events(self) -> list[dict]:
+        return [{**dict(r), "detail": json.loads(r["detail_json"])}
+                for r in self._query("SELECT * FROM forget_events ORDER BY id")]
 
     # ------------------------------------------------------------------ integrity
 

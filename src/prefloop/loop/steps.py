@@ -129,17 +129,21 @@ class Iteration:
                 {"to_interaction_id": to_i, "to_feedback_id": to_f, "interactions": int(n_i[0][0]),
                  "feedback": int(n_f[0][0]), "interactions_by_model": by_model})
 
-    def _collected(self) -> tuple[dict[int, dict], list[dict]]:
+    def _collected(self) -> tuple[dict[int, dict], list[dict], int]:
+        """(interactions of this iteration by id, its feedback rows, how many interactions were left out
+        because their conversation was forgotten)."""
         c = self.outputs("collect")
         frm = self.done["collect"]["inputs"]
-        interactions = {i["id"]: i for i in self.store.interactions()
-                        if frm["from_interaction_id"] < i["id"] <= c["to_interaction_id"]}
+        forgotten = self.store.forgotten_conversations()
+        in_range = [i for i in self.store.interactions()
+                    if frm["from_interaction_id"] < i["id"] <= c["to_interaction_id"]]
+        interactions = {i["id"]: i for i in in_range if i["conversation_id"] not in forgotten}
         feedback = [f for f in self.store.feedback() if frm["from_feedback_id"] < f["id"] <= c["to_feedback_id"]]
-        return interactions, feedback
+        return interactions, feedback, len(in_range) - len(interactions)
 
     def _sample(self):
         s = self.cfg.sample
-        interactions, feedback = self._collected()
+        interactions, feedback, n_forgotten = self._collected()
         flagged = {i for f in feedback if f["kind"] == "choice" or f["value"] == "down"
                    for i in (f["interaction_id"], f["other_interaction_id"]) if i is not None}
         order = sorted(interactions.values(), key=lambda i: i["id"])
@@ -152,7 +156,8 @@ class Iteration:
         scrub = Scrubber(s["scrub_pii"], s["pii_hook"])
         seen: set[str] = set()
         per_conversation: dict[str, int] = {}
-        skipped = {"duplicate_prompt": 0, "conversation_cap": 0, "over_size": 0}
+        skipped = {"forgotten_conversation": n_forgotten, "duplicate_prompt": 0, "conversation_cap": 0,
+                   "over_size": 0}
         chosen = []
         for i in order:
             key = _near_duplicate_key(i["messages"])
@@ -172,7 +177,8 @@ class Iteration:
                            "flagged": i["id"] in flagged})
         path = self.dir / "prompts.jsonl"
         _write_jsonl(path, chosen)
-        return ({"interactions": len(interactions), "strategy": s["strategy"]},
+        return ({"interactions": len(interactions), "strategy": s["strategy"],
+                 "forgotten_conversations": len(self.store.forgotten_conversations())},
                 {"file": str(path), "prompts": len(chosen), "flagged": sum(r["flagged"] for r in chosen),
                  "skipped": skipped, "scrubbed": dict(scrub.counts)})
 
@@ -213,7 +219,7 @@ class Iteration:
                 {"file": str(out), "pairs": report["pairs_written"], "left_out": report["left_out"]})
 
     def _pairs(self):
-        interactions, feedback = self._collected()
+        interactions, feedback, _ = self._collected()
         scrub = Scrubber(self.cfg.sample["scrub_pii"], self.cfg.sample["pii_hook"])
         judged = _read_jsonl(Path(self.outputs("label")["file"]))
         judged_best = {}
