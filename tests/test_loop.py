@@ -241,3 +241,44 @@ def test_forget_removes_the_text_everywhere_and_later_iterations_never_see_it(tm
                                                       "conversation_cap": 0, "over_size": 0}
     with Store(db) as store:
         assert store.loop_iterations("tiny")[-1]["steps"]["sample"]["inputs"]["forgotten_conversations"] == 1
+
+
+def test_collect_takes_what_serve_logged_through_the_openai_client(tmp_path, tiny_model_dir, judge):
+    import httpx
+    import openai
+
+    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.sampling import LocalGenerator
+    from prefloop.serve.app import create_app
+    from prefloop.serve.engine import GenerationEngine
+
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    cfg = load_loop_config(tmp_path / "loop.yaml")
+    run_loop(cfg, "collect")  # iteration 1 takes the hand-made rows; what serve logs next is not in it
+    for step in STEPS[1:]:
+        run_loop(cfg, step)
+    engine = GenerationEngine(LocalGenerator(load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))))
+    question = [{"role": "user", "content": "Mail bob@example.com: which planet is largest?"}]
+    with Store(db) as store, BackgroundServer(create_app(engine, "tiny", store=store)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        resp = client.chat.completions.create(model="tiny", messages=question, max_tokens=6, n=2, seed=1,
+                                              temperature=1.0, extra_body={"conversation_id": "web-1"})
+        ids = [c.model_extra["interaction_id"] for c in resp.choices]
+        assert httpx.post(server.url + "/v1/feedback", json={"interaction_id": ids[0], "other_interaction_id": ids[1],
+                                                             "value": "other", "annotator": "ana"}).status_code == 200
+    engine.close()
+    texts = [c.message.content for c in resp.choices]
+    collect = run_loop(cfg, "collect")["outputs"]["collect"]
+    assert collect["interactions"] == 2 and collect["feedback"] == 1 and collect["interactions_by_model"] == {"tiny": 2}
+    sample = run_loop(cfg, "sample")["outputs"]["sample"]
+    assert sample["prompts"] == 1 and sample["scrubbed"]["EMAIL"] == 1  # n=2: one prompt, the address scrubbed
+    assert "[EMAIL]" in (tmp_path / "prefloop.sqlite.loop" / "tiny" / "iter-0002" / "prompts.jsonl").read_text()
+    for step in ("generate", "label"):
+        run_loop(cfg, step)
+    pairs = run_loop(cfg, "pairs")["outputs"]["pairs"]
+    records = [json.loads(x) for x in open(pairs["new_file"])]
+    from_user = [r for r in records if r["provenance"]["source"] == "feedback:choice"]
+    assert texts[0] != texts[1]  # seeded sampling (seed 1 and 2 for the two choices)
+    assert [(r["chosen"], r["rejected"]) for r in from_user] == [(texts[1], texts[0])]
+    assert from_user[0]["provenance"]["interaction_ids"] == [ids[1], ids[0]]
+    assert from_user[0]["conversations"][0]["value"] == "Mail [EMAIL]: which planet is largest?"
