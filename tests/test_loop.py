@@ -53,7 +53,7 @@ def _setup(tmp_path, tiny_model_dir, judge_url, rules):
         "sample": {"strategy": "feedback_first", "size": 4, "per_conversation": 1},
         "generate": {"k": 3, "temperature": 0.9, "max_new_tokens": 8},
         "label": {"judge": judge_url},
-        "train": {"config": "train.yaml", "replay_share": 0.0},
+        "train": {"config": "train.yaml", "replay_share": 0.5},
         "eval": {"prompts": "eval.jsonl", "max_new_tokens": 8, "resamples": 50},
         "gate": {"rules": "gate.yaml"}}, sort_keys=False))
     return db, v1
@@ -76,7 +76,8 @@ def judge():
         yield server
 
 
-def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(tmp_path, tiny_model_dir, judge):
+def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(tmp_path, tiny_model_dir, judge,
+                                                                               capsys):
     db, v1 = _setup(tmp_path, tiny_model_dir, judge.url, PASS_RULES)
     cfg = load_loop_config(tmp_path / "loop.yaml")
 
@@ -104,8 +105,35 @@ def test_one_iteration_ends_in_one_new_version_and_a_kill_inside_train_resumes(t
                                       "over_size": 0}
     assert s["pairs"]["by_source"].get("feedback:choice") == 1
     assert s["gate"]["verdict"] == "pass" and s["promote"]["promoted"] is True
-    # rerunning a finished iteration opens the next one (and `status` lists both)
+    # the next week: new interactions; the champion is now a LoRA adapter (v2), continued and used as reference;
+    # a kill inside promote (after the alias moved, before the step was recorded) resumes without a second move
+    with Store(db) as store:
+        for i, q in enumerate(QUESTIONS[2:]):
+            store.log_interaction(f"w2-{i}", "tiny:v2", [{"role": "user", "content": q + " Briefly."}], "ok")
+
+    def kill_in_promote(step, phase):
+        if step == "promote" and phase == "before_record":
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_loop(cfg, hook=kill_in_promote)
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 0
+    state = _state(db)
+    assert state["iterations"] == 2 and [v[:2] for v in state["versions"]] == [("v1", None), ("v2", 1), ("v3", 2)]
+    assert state["steps"]["collect"]["interactions"] == 4 and state["steps"]["promote"]["promoted"] is True
+    p2 = state["steps"]["pairs"]  # replay_share 0.5: as many older pairs as new ones, none of them new again
+    assert p2["replay_pairs"] == min(p2["new_pairs"], p2["older_pairs_available"]) > 0
+    train_ids = [json.loads(x)["id"] for x in open(p2["file"])]
+    assert len(train_ids) == len(set(train_ids)) == p2["new_pairs"] + p2["replay_pairs"]
+    with Store(db) as store:
+        assert store.aliases("tiny")["champion"] == 3
+        assert len([e for e in store.alias_events("tiny", "champion")]) == 3  # v1, v2, v3: no double move
+        v3 = store.model_version(3)
+        assert v3["meta"]["config"]["adapter_name_or_path"] == store.model_version(2)["path"]
+    capsys.readouterr()
     assert main(["loop", "status", str(tmp_path / "loop.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "champion: v3" in out and "iteration 2 (finished" in out and "train=v3" in out and "gate=pass" in out
 
 
 def test_a_kill_in_each_step_resumes_to_the_state_of_an_uninterrupted_run(tmp_path, tiny_model_dir, judge):
