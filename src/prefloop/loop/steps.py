@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from prefloop.errors import DataError, PrefloopError
+from prefloop.errors import PrefloopError
 from prefloop.loop.config import LoopConfig
 from prefloop.loop.feedback_pairs import feedback_pairs, pair_key
 from prefloop.loop.scrub import Scrubber
@@ -224,9 +224,7 @@ class Iteration:
         judged = _read_jsonl(Path(self.outputs("label")["file"]))
         judged_best = {}
         for r in judged:
-            messages = [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
-                        for t in r["conversations"]]
-            judged_best[prompt_key(messages)] = r["chosen"]
+            judged_best[prompt_key(_messages_of(r))] = r["chosen"]
         clean = {k: {**i, "messages": scrub.messages(i["messages"]), "response": scrub.text(i["response"])}
                  for k, i in interactions.items()}
         from_feedback, skipped = feedback_pairs(clean, feedback, judged_best)
@@ -358,6 +356,7 @@ class Iteration:
 
 
 def _messages_of(record: dict) -> list[dict]:
+    """The prompt turns of a seed-format record (`conversations` with from/value) as role/content messages."""
     return [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
             for t in record["conversations"]]
 
