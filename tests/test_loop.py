@@ -310,3 +310,23 @@ def test_collect_takes_what_serve_logged_through_the_openai_client(tmp_path, tin
     assert [(r["chosen"], r["rejected"]) for r in from_user] == [(texts[1], texts[0])]
     assert from_user[0]["provenance"]["interaction_ids"] == [ids[1], ids[0]]
     assert from_user[0]["conversations"][0]["value"] == "Mail [EMAIL]: which planet is largest?"
+
+
+def test_steps_run_in_order_and_one_process_at_a_time(tmp_path, tiny_model_dir, judge, capsys):
+    import fcntl
+
+    _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    loop = str(tmp_path / "loop.yaml")
+    assert main(["loop", loop, "--step", "train"]) == 2
+    assert "iteration 1: train needs collect, sample, generate, label, pairs first" in capsys.readouterr().err
+    assert main(["loop", loop, "--step", "deploy"]) == 2
+    assert "--step must be one of collect, sample" in capsys.readouterr().err
+    assert main(["loop", loop, "--step", "collect"]) == 0
+    lock = tmp_path / "prefloop.sqlite.loop" / "tiny" / ".lock"
+    with lock.open("a+") as held:  # another process's run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["loop", loop, "--step", "sample"]) == 2
+        assert "another prefloop loop is running this loop" in capsys.readouterr().err
+    assert main(["loop", loop, "--step", "sample"]) == 0
+    assert main(["loop", "status", loop]) == 0
+    assert "iteration 1 (open" in capsys.readouterr().out

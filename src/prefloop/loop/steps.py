@@ -403,9 +403,42 @@ def gate_report(cand: dict, gate: dict, results_path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _RunLock:
+    """An exclusive lock on the loop's workdir (`flock` on WORKDIR/.lock) for the length of a run, so two
+    `prefloop loop` processes never run the same step at once (which could train and register twice).
+    The kernel drops it when the process dies, so a killed run leaves no stale lock."""
+
+    def __init__(self, workdir: str):
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(workdir) / ".lock"
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        self.fh = self.path.open("a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "unknown"
+            self.fh.close()
+            raise LoopError(f"another prefloop loop is running this loop (pid {holder}, lock {self.path}); wait for "
+                            "it to finish (a killed run releases the lock at once)") from None
+        self.fh.truncate(0)
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
 def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None) -> dict:
-    """Run the open iteration of `cfg.name` to its end (or only `step`); returns {"iteration", "outputs"}."""
-    with Store(cfg.store, option="store (loop.yaml)") as store:
+    """Run the open iteration of `cfg.name` to its end (or only `step`); returns {"iteration", "outputs"}.
+
+    Raises LoopError when another process is running the same loop, or a step cannot run."""
+    with _RunLock(cfg.workdir), Store(cfg.store, option="store (loop.yaml)") as store:
         it = Iteration(cfg, store, hook)
         outputs = {}
         for s in ([step] if step else STEPS):
