@@ -330,3 +330,22 @@ def test_steps_run_in_order_and_one_process_at_a_time(tmp_path, tiny_model_dir, 
     assert main(["loop", loop, "--step", "sample"]) == 0
     assert main(["loop", "status", loop]) == 0
     assert "iteration 1 (open" in capsys.readouterr().out
+
+
+def test_export_interactions_gives_the_feedback_pairs(tmp_path, capsys):
+    db = tmp_path / "prefloop.sqlite"
+    q = [{"role": "user", "content": "Write to ana@example.org?"}]
+    with Store(db) as store:
+        a = store.log_interaction("c1", "m:v1", q, "Sure.")
+        b = store.log_interaction("c1", "m:v1", q, "Done, I wrote to ana@example.org.")
+        c = store.log_interaction("c2", "m:v1", [{"role": "user", "content": "hi"}], "hello")
+        store.add_feedback(a, "choice", "other", other_interaction_id=b)
+        store.add_feedback(c, "thumbs", "down")
+    out = tmp_path / "fb.jsonl"
+    assert main(["export", "--interactions", "--scrub-pii", "--db", str(db), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 feedback rows on 3 interactions -> 1 pairs; left out: no_better_answer 1; scrubbed" in printed
+    [pair] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (pair["chosen"], pair["rejected"]) == ("Done, I wrote to [EMAIL].", "Sure.")
+    assert pair["conversations"] == [{"from": "human", "value": "Write to [EMAIL]?"}]
+    assert pair["provenance"]["interaction_ids"] == [b, a] and pair["source"] == "feedback:choice"

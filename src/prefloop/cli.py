@@ -170,6 +170,11 @@ def _add_label(sub) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--min-agreement", type=float, default=0.0)
     e.add_argument("--include-ties", action="store_true")
+    e.add_argument("--interactions", action="store_true",
+                   help="export the pairs user feedback on served answers gives (A/B choices, thumbs-down vs "
+                        "thumbs-up), with provenance, instead of label votes")
+    e.add_argument("--scrub-pii", action="store_true",
+                   help="with --interactions: replace e-mail addresses, phone numbers and keys/tokens")
 
 
 def _add_serve(sub) -> None:

@@ -101,3 +101,36 @@ def feedback_pairs(interactions: dict[int, dict], feedback: list[dict],
             skipped["no_better_answer"] += 1
     pairs = [r for r in found.values() if not r.pop("conflict", False)]
     return pairs, skipped
+
+
+def export_interactions(db: str, out: str, scrub_pii: bool = False) -> int:
+    """`prefloop export --interactions`: every pair user feedback in the store gives (forgotten conversations
+    left out and counted), as seed-format JSONL with provenance, written atomically; prints the skip counts."""
+    from pathlib import Path
+
+    from prefloop.errors import ConfigError
+    from prefloop.loop.scrub import Scrubber
+    from prefloop.store import Store
+
+    if not Path(db).is_file():
+        raise ConfigError(f"{db}: no such store; `prefloop serve MODEL --db {db}` logs interactions and feedback")
+    scrub = Scrubber(scrub_pii)
+    with Store(db) as store:
+        forgotten = store.forgotten_conversations()
+        rows = store.interactions()
+        interactions = {i["id"]: {**i, "messages": scrub.messages(i["messages"]), "response": scrub.text(i["response"])}
+                        for i in rows if i["conversation_id"] not in forgotten}
+        feedback = store.feedback()
+    pairs, skipped = feedback_pairs(interactions, feedback)
+    if len(rows) > len(interactions):
+        skipped["interactions_of_forgotten_conversations"] = len(rows) - len(interactions)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+    tmp.replace(path)
+    print(f"{len(feedback)} feedback rows on {len(rows)} interactions -> {len(pairs)} pairs"
+          + (f"; left out: {', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))}" if skipped else "")
+          + (f"; scrubbed {dict(scrub.counts)}" if scrub_pii else ""))
+    print(f"wrote {out}")
+    return 0
