@@ -349,3 +349,38 @@ def test_export_interactions_gives_the_feedback_pairs(tmp_path, capsys):
     assert (pair["chosen"], pair["rejected"]) == ("Done, I wrote to [EMAIL].", "Sure.")
     assert pair["conversations"] == [{"from": "human", "value": "Write to [EMAIL]?"}]
     assert pair["provenance"]["interaction_ids"] == [b, a] and pair["source"] == "feedback:choice"
+
+
+def test_import_interactions_is_idempotent_and_feeds_the_pairs(tmp_path, capsys):
+    db = tmp_path / "prefloop.sqlite"
+    q = [{"role": "user", "content": "Name a prime."}]
+    lines = [
+        {"request": {"model": "policy", "messages": q, "n": 2},
+         "response": {"id": "chatcmpl-1", "model": "smollm2:v3", "usage": {"completion_tokens": 3},
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Nine."}},
+                                  {"index": 1, "message": {"role": "assistant", "content": "Seven."}}]},
+         "conversation_id": "g1", "feedback": [{"kind": "choice", "choice": 0, "other": 1, "value": 1}]},
+        {"request": {"messages": [{"role": "user", "content": "hi"}]},
+         "response": {"choices": [{"message": {"role": "assistant", "content": "hello"}}]},
+         "feedback": [{"kind": "thumbs", "value": "down"}]},
+    ]
+    f = tmp_path / "gateway.jsonl"
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["import-interactions", str(f), "--db", str(db)]) == 0
+    assert main(["import-interactions", str(f), "--db", str(db)]) == 0  # again: nothing twice
+    out = capsys.readouterr().out
+    assert "imported 2 completion(s)" in out and "3 interaction(s), 2 feedback row(s); 0 already" in out
+    assert "imported 0 completion(s)" in out and "2 already in the store (skipped)" in out
+    with Store(db) as store:
+        rows = store.interactions()
+        assert [(i["conversation_id"], i["model"], i["response"]) for i in rows] == [
+            ("g1", "smollm2:v3", "Nine."), ("g1", "smollm2:v3", "Seven."), (rows[2]["params"]["import_key"],
+                                                                           "unknown", "hello")]
+        pairs, skipped = feedback_pairs({i["id"]: i for i in rows}, store.feedback())
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("Seven.", "Nine.")]
+    assert dict(skipped) == {"no_better_answer": 1}
+    bad = dict(lines[0], feedback=[{"kind": "choice", "choice": 0, "other": 1, "value": 5}])
+    f.write_text(json.dumps(lines[1]) + "\n" + json.dumps(bad) + "\n")
+    assert main(["import-interactions", str(f), "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}:2: feedback[0].value: must be 0 or 1 (the preferred choice), got 5" in err

@@ -42,6 +42,7 @@ COMMANDS = {
     "chat": "prefloop.chat:chat_command",
     "loop": "prefloop.loop.commands:loop_command",
     "forget": "prefloop.loop.forget:forget_command",
+    "import-interactions": "prefloop.loop.imports:import_command",
 }
 
 
@@ -406,11 +407,21 @@ def _add_forget(sub) -> None:
                                   "replaces --db)")
 
 
+def _add_import_interactions(sub) -> None:
+    p = sub.add_parser("import-interactions",
+                       help="chat-completion logs of another OpenAI-compatible server (JSONL of request + response "
+                            "[+ conversation_id, feedback]) into the store, for the loop; re-importing adds nothing twice")
+    p.add_argument("file", help='JSONL: {"request": {...}, "response": {...}, "conversation_id": ..., "feedback": '
+                                '[{"kind": "thumbs", "choice": 0, "value": "up"}, {"kind": "choice", "choice": 0, '
+                                '"other": 1, "value": 1}]} per line')
+    p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat,
-                _add_eval, _add_models, _add_gate, _add_loop, _add_forget):
+                _add_eval, _add_models, _add_gate, _add_loop, _add_forget, _add_import_interactions):
         add(sub)
     return parser
 

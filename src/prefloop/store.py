@@ -745,6 +745,36 @@ class Store:
         except sqlite3.IntegrityError as err:
             raise StoreError(f"loop step {step!r} of iteration id {iteration_id} is already recorded") from err
 
+    def import_interactions(self, key: str, conversation_id: str, model: str, messages: list[dict],
+                            responses: list[str], params: dict, usage: dict,
+                            feedback: list[tuple[str, int, Any, int | None]]) -> list[int] | None:
+        """Log one imported chat completion (one interaction per choice) and its feedback in one transaction.
+
+        `key` identifies the completion (e.g. its `chatcmpl-...` id); it is kept in params_json as
+        "import_key", and a completion whose key is already in the store is not logged again (returns None).
+        `feedback` holds (kind, choice index, value, other choice index or None); a choice feedback's value is
+        the index of the preferred choice. Returns the new interaction ids."""
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM interactions WHERE json_extract(params_json, '$.import_key') = ? LIMIT 1",
+                         (key,)).fetchone():
+                return None
+            created, ids = now_iso(), []
+            for text in responses:
+                cur = c.execute(
+                    "INSERT INTO interactions(conversation_id, model, messages_json, response, params_json, "
+                    "usage_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (str(conversation_id), str(model), json.dumps(messages, ensure_ascii=False), text,
+                     json.dumps({**params, "import_key": key}, ensure_ascii=False, default=str),
+                     json.dumps(usage, ensure_ascii=False, default=str), created))
+                ids.append(int(cur.lastrowid))
+            for kind, index, value, other in feedback:
+                other_id = ids[other] if other is not None else None
+                stored = ids[value] if kind == "choice" else value
+                c.execute("INSERT INTO feedback(interaction_id, kind, value_json, annotator, other_interaction_id, "
+                          "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                          (ids[index], kind, json.dumps(stored), None, other_id, created))
+            return ids
+
     # ------------------------------------------------------------------ forgetting a conversation (privacy)
 
     def forget_conversation(self, conversation_id: str, detail: dict | None = None) -> int:
