@@ -384,3 +384,23 @@ def test_import_interactions_is_idempotent_and_feeds_the_pairs(tmp_path, capsys)
     assert main(["import-interactions", str(f), "--db", str(db)]) == 2
     err = capsys.readouterr().err
     assert f"{f}:2: feedback[0].value: must be 0 or 1 (the preferred choice), got 5" in err
+
+
+def test_an_iteration_without_pairs_ends_and_the_next_collects_anew(tmp_path, tiny_model_dir, judge, capsys):
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    loop = str(tmp_path / "loop.yaml")
+    for step in STEPS[:5]:
+        assert main(["loop", loop, "--step", step]) == 0
+    assert main(["loop", loop]) == 1  # iteration 1: trained, gate failed
+    assert main(["loop", loop]) == 0  # iteration 2: nothing new was logged
+    out = capsys.readouterr().out
+    assert "iteration 2: not promoted (no pairs to train on this iteration)" in out
+    with Store(db) as store:
+        its = store.loop_iterations("tiny")
+        assert [set(i["steps"]) for i in its] == [set(STEPS), set(STEPS)]
+        assert its[1]["steps"]["collect"]["outputs"]["interactions"] == 0
+        assert [v["version"] for v in store.model_versions("tiny")] == ["v1", "v2"]
+        store.log_interaction("c7", "tiny:v1", [{"role": "user", "content": "A new question?"}], "ok")
+    assert main(["loop", loop, "--step", "collect"]) == 0
+    with Store(db) as store:
+        assert store.loop_iterations("tiny")[2]["steps"]["collect"]["outputs"]["interactions"] == 1

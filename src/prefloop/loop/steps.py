@@ -277,9 +277,10 @@ class Iteration:
         if existing is not None:  # registered before a crash, not yet recorded: never a second candidate
             _say(f"found {existing['name']}:{existing['version']} registered by this iteration before an interruption")
             return inputs, {"candidate_id": existing["id"], "version": existing["version"], "resumed": True}
-        if pairs["new_pairs"] + pairs["replay_pairs"] == 0:
-            raise LoopError(f"iteration {self.row['number']}: no preference pairs to train on (sample, label and "
-                            "feedback gave none); collect more interactions and run a new iteration")
+        if pairs["new_pairs"] + pairs["replay_pairs"] == 0:  # the iteration ends here; the next collects anew
+            _say(f"iteration {self.row['number']}: no preference pairs to train on (sample, label and feedback gave "
+                 "none); nothing is trained, the champion stays, and the next run starts a new iteration")
+            return inputs, {"candidate_id": None, "skipped": "no pairs"}
         out = self.dir / "train"
         if out.exists():  # a run killed before registering: start it again from the champion
             shutil.rmtree(out)
@@ -297,9 +298,14 @@ class Iteration:
                                                       "pairs": pairs["file"]}}, metrics=numeric)
         return inputs, {"candidate_id": version["id"], "version": version["version"], "resumed": False}
 
+    def _no_candidate(self) -> bool:
+        return self.outputs("train")["candidate_id"] is None
+
     def _eval(self):
         from prefloop.evaluate.winrate import winrate_command
 
+        if self._no_candidate():
+            return {}, {"skipped": "no candidate"}
         e = self.cfg.eval
         cand = self.store.model_version(self.outputs("train")["candidate_id"])
         champ = self.store.model_version(self.done["train"]["inputs"]["champion_id"])
@@ -319,6 +325,8 @@ class Iteration:
         from prefloop.registry.gate import gate_command
         from prefloop.registry.versions import last_gate
 
+        if self._no_candidate():
+            return {}, {"skipped": "no candidate", "verdict": None}
         cand = self.store.model_version(self.outputs("train")["candidate_id"])
         results = self.outputs("eval")["results"]
         gate = last_gate(self.store, cand)
@@ -336,9 +344,11 @@ class Iteration:
     def _promote(self):
         from prefloop.registry.aliases import promote
 
+        champ_id = self.store.aliases(self.cfg.name).get("champion")
+        if self._no_candidate():
+            return {}, {"promoted": False, "champion_id": champ_id, "why": "no pairs to train on this iteration"}
         gate = self.outputs("gate")
         cand = self.store.model_version(self.outputs("train")["candidate_id"])
-        champ_id = self.store.aliases(self.cfg.name).get("champion")
         inputs = {"candidate_id": cand["id"], "verdict": gate["verdict"]}
         if champ_id == cand["id"]:  # promoted before an interruption
             return inputs, {"promoted": True, "champion_id": cand["id"]}
