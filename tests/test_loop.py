@@ -217,7 +217,9 @@ def _upper_names(text):
     ({"smaple": {}}, "smaple: unknown key (did you mean 'sample'?)"),
     ({"generate": {"k": 1}}, "generate.k: must be at least 2"),
     ({"generate": {"k": 4, "temperature": 0}}, "generate.temperature: 0 (greedy) makes the K candidates identical"),
-    ({"label": {"mode": "human"}}, "label.mode: must be judge; the reward-model and human modes are not built yet"),
+    ({"label": {"mode": "reward_model"}}, "label.mode: must be one of judge, human, human_then_judge; the "
+                                          "reward-model mode is not built yet"),
+    ({"label": {"mode": "human"}}, "generate.k: must be 2 with label.mode human: people compare two answers"),
     ({"train": {"config": "train.yaml", "replay_share": 1.0}}, "train.replay_share: must be in [0, 1)"),
     ({"train": {"config": "train.yaml", "overrides": {"output_dir": "x"}}}, "output_dir are set by the loop"),
     ({"train": {"config": "train.yaml", "overrides": {"max_step": 3}}},
@@ -404,3 +406,34 @@ def test_an_iteration_without_pairs_ends_and_the_next_collects_anew(tmp_path, ti
     assert main(["loop", loop, "--step", "collect"]) == 0
     with Store(db) as store:
         assert store.loop_iterations("tiny")[2]["steps"]["collect"]["outputs"]["interactions"] == 1
+
+
+def test_human_labeling_waits_for_votes_then_the_judge_fills_what_is_left(tmp_path, tiny_model_dir, judge, capsys):
+    import time
+
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
+    cfg_file = tmp_path / "loop.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["generate"]["k"] = 2
+    cfg["label"].update({"mode": "human_then_judge", "deadline_hours": 2 / 3600})  # a 2-second deadline
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["loop", str(cfg_file)]) == 3
+    assert "0 of 3 items have 1 vote(s); waiting until" in capsys.readouterr().out
+    with Store(db) as store:
+        items = [i for i in store.label_items() if i["origin"] == "loop:tiny:1"]
+        assert len(items) == 3
+        store.add_vote(items[0]["id"], "ana", "b", "ab")   # candidate 1 preferred
+        store.add_vote(items[1]["id"], "ana", "skip", "ab")  # a skip is no vote
+    assert main(["loop", str(cfg_file), "--step", "label"]) == 3
+    assert "1 of 3 items have 1 vote(s)" in capsys.readouterr().out
+    time.sleep(2.2)
+    assert main(["loop", str(cfg_file)]) == 1  # past the deadline: the judge labels the 2 unvoted items, then on
+    with Store(db) as store:
+        label = store.loop_iterations("tiny")[0]["steps"]["label"]["outputs"]
+        assert (label["voted_items"], label["judged_items"]) == (1, 2)
+        records = [json.loads(x) for x in open(label["file"])]
+        human = [r for r in records if r.get("provenance", {}).get("source") == "human:votes"]
+        assert [(r["chosen"], r["rejected"]) for r in human] == [(items[0]["response_b"], items[0]["response_a"])]
+        assert len(records) == 1 + label["judge_pairs"]
+        pairs = store.loop_iterations("tiny")[0]["steps"]["pairs"]["outputs"]
+        assert pairs["by_source"]["human:votes"] == 1

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefloop.errors import ConfigError
 from prefloop.loop.config import load_loop_config
-from prefloop.loop.steps import STEPS, run_loop
+from prefloop.loop.steps import STEPS, LoopWaiting, run_loop
 from prefloop.store import Store
 
 
 def loop_command(target: str, config: str | None = None, step: str | None = None) -> int:
     """`prefloop loop CONFIG` runs the open iteration to its end (exit 0 promoted or kept by the gate, 1 when the
-    gate did not pass); `--step S` runs one step; `prefloop loop status CONFIG` prints each iteration's steps."""
+    gate did not pass, 3 while the label step waits for people's votes); `--step S` runs one step;
+    `prefloop loop status CONFIG` prints each iteration's steps."""
     if target == "status":
         if not config:
             raise ConfigError("prefloop loop status needs the loop config: prefloop loop status loop.yaml")
@@ -20,7 +21,11 @@ def loop_command(target: str, config: str | None = None, step: str | None = None
     if step is not None and step not in STEPS:
         raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {step!r}")
     cfg = load_loop_config(target)
-    result = run_loop(cfg, step)
+    try:
+        result = run_loop(cfg, step)
+    except LoopWaiting as wait:
+        print(f"waiting: {wait}")
+        return 3
     promote = result["outputs"].get("promote")
     if promote is None:
         return 0

@@ -9,7 +9,8 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
     sample:   {strategy: feedback_first, size: 64, per_conversation: 2, seed: 0, scrub_pii: true,
                pii_hook: "module:function"}
     generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8}
-    label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024}
+    label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
+               deadline_hours: 48, min_votes: 1}     # mode: judge | human | human_then_judge
     train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2}
     eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256}
     gate:     {rules: gate.yaml}
@@ -28,7 +29,8 @@ from prefloop.config_files import load_yaml, plain
 from prefloop.errors import ConfigError
 
 STRATEGIES = ("random", "recent", "feedback_first")
-LABEL_MODES = ("judge",)  # "reward_model", "human", "human_then_judge": listed in README as not built yet
+LABEL_MODES = ("judge", "human", "human_then_judge")  # "reward_model": listed in README as not built yet
+HUMAN_MODES = ("human", "human_then_judge")
 LOOP_SET_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model", "dataset", "output_dir", "registry",
                  "registry_db")
 
@@ -40,7 +42,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
                  "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8)},
     "label": {"mode": ((str,), "judge"), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
               "criteria": ((str,), "helpfulness,accuracy,clarity,safety"), "max_tokens": ((int,), 1024),
-              "concurrency": ((int,), 8)},
+              "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1)},
     "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0)},
     "eval": {"prompts": ((str,), None), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
              "limit": ((int, type(None)), None), "max_new_tokens": ((int,), 256), "temperature": ((int, float), 0.7),
@@ -193,10 +195,14 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (0 < g["top_p"] <= 1, ("generate", "top_p"), "must be in (0, 1]"),
         (g["max_new_tokens"] >= 1 and e["max_new_tokens"] >= 1, ("generate", "max_new_tokens"), "must be at least 1"),
         (lab["mode"] in LABEL_MODES, ("label", "mode"),
-         f"must be {' or '.join(LABEL_MODES)}; the reward-model and human modes are not built yet (README, "
+         f"must be one of {', '.join(LABEL_MODES)}; the reward-model mode is not built yet (README, "
          "'The online loop')"),
-        (lab["mode"] != "judge" or bool(lab["judge"]), ("label", "judge"),
-         "mode judge needs label.judge: an OpenAI-compatible URL or a local model directory"),
+        (lab["mode"] == "human" or bool(lab["judge"]), ("label", "judge"),
+         f"mode {lab['mode']} needs label.judge: an OpenAI-compatible URL or a local model directory"),
+        (lab["mode"] not in HUMAN_MODES or g["k"] == 2, ("generate", "k"),
+         f"must be 2 with label.mode {lab['mode']}: people compare two answers per prompt"),
+        (lab["deadline_hours"] >= 0, ("label", "deadline_hours"), "must be 0 or more"),
+        (lab["min_votes"] >= 1, ("label", "min_votes"), "must be at least 1"),
         (0 <= t["replay_share"] < 1, ("train", "replay_share"),
          "must be in [0, 1): the share of older pairs in each iteration's training data"),
         (bool(e["judge"] or lab["judge"]), ("eval", "judge"), "is needed (or label.judge, which it defaults to)"),

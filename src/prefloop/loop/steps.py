@@ -43,6 +43,10 @@ class LoopError(PrefloopError):
     """A step cannot run: a missing champion, an earlier step not done, a command that failed."""
 
 
+class LoopWaiting(LoopError):
+    """The label step waits for people's votes (human modes, before the deadline); rerun later."""
+
+
 def _say(text: str) -> None:
     print(f"prefloop loop: {text}", file=sys.stderr)
 
@@ -201,22 +205,87 @@ class Iteration:
                 {"file": str(out), "prompts": len(_read_jsonl(out))})
 
     def _label(self):
-        from prefloop.judge.run import judge_command
-
         lab = self.cfg.label
         cands = self.outputs("generate")
         out = self.dir / "judged.jsonl"
         if cands["prompts"] == 0:
             out.write_text("")
             return {"mode": lab["mode"]}, {"file": str(out), "pairs": 0}
-        code = judge_command(cands["file"], str(out), judge=lab["judge"], judge_model=lab["judge_model"],
+        if lab["mode"] == "judge":
+            pairs, left_out = self._judge(Path(cands["file"]), out)
+            return ({"mode": lab["mode"], "judge": lab["judge"], "candidates": cands["file"]},
+                    {"file": str(out), "pairs": pairs, "left_out": left_out})
+        return self._label_by_people(Path(cands["file"]), out)
+
+    def _judge(self, candidates: Path, out: Path) -> tuple[int, dict]:
+        """`prefloop judge` (best vs worst, both orders) of a candidates file; returns (pairs, left-out counts)."""
+        from prefloop.judge.run import judge_command, sibling
+
+        lab = self.cfg.label
+        code = judge_command(str(candidates), str(out), judge=lab["judge"], judge_model=lab["judge_model"],
                              criteria=lab["criteria"], pairing="max_min", concurrency=lab["concurrency"],
                              max_tokens=lab["max_tokens"])
         if code != 0:
             raise LoopError("some judge requests failed (see above); rerun: finished judgments come from the cache")
-        report = json.loads((self.dir / "judged.report.json").read_text())
-        return ({"mode": lab["mode"], "judge": lab["judge"], "candidates": cands["file"]},
-                {"file": str(out), "pairs": report["pairs_written"], "left_out": report["left_out"]})
+        report = json.loads(sibling(out, ".report.json").read_text())
+        return report["pairs_written"], report["left_out"]
+
+    def _label_by_people(self, candidates: Path, out: Path):
+        """Human modes: the two candidates of each prompt become a label item in the store (once; the time they
+        were loaded is recorded as the pseudo-step "label-loaded"); the step finishes when every item has
+        `min_votes` votes or the deadline has passed (human_then_judge: the judge labels what is left), and
+        until then raises LoopWaiting."""
+        from datetime import datetime, timedelta, timezone
+
+        from prefloop.candidates import read_candidates
+        from prefloop.data.formats import to_seed_record
+        from prefloop.label.export import resolve
+
+        lab = self.cfg.label
+        sets = read_candidates(candidates).sets
+        origin = f"loop:{self.cfg.name}:{self.row['number']}"
+        items = {}
+        for s in sets:
+            if len(s.candidates) >= 2:
+                items[s.id] = self.store.add_label_item(s.messages, s.candidates[0], s.candidates[1], "candidate 0",
+                                                        "candidate 1", origin)
+        loaded = self.done.get("label-loaded")
+        if loaded is None:
+            self.store.record_loop_step(self.row["id"], "label-loaded", {"origin": origin}, {"items": items})
+            loaded = self.done["label-loaded"]
+        deadline = datetime.fromisoformat(loaded["created_at"]) + timedelta(hours=lab["deadline_hours"])
+        ids = set(items.values())
+        votes = [v for v in self.store.active_votes() if v["item_id"] in ids]
+        counted = {}
+        for v in votes:
+            if v["verdict"] != "skip":
+                counted[v["item_id"]] = counted.get(v["item_id"], 0) + 1
+        voted = {i for i in ids if counted.get(i, 0) >= lab["min_votes"]}
+        now = datetime.now(timezone.utc)
+        if voted != ids and now < deadline:
+            raise LoopWaiting(f"iteration {self.row['number']}: {len(voted)} of {len(ids)} items have {lab['min_votes']} "
+                              f"vote(s); waiting until {deadline.isoformat(timespec='seconds')} (people vote in "
+                              f"`prefloop label --db {self.cfg.store}`); run the loop again later")
+        pairs, report = resolve([v for v in votes if v["item_id"] in voted], min_agreement=0.0)
+        records = [to_seed_record(p, source="human", provenance={"source": "human:votes", "origin": origin})
+                   for p in pairs]
+        left_out = {k: v for k, v in report.left_out.items() if v}
+        judged = 0
+        rest = [s for s in sets if items.get(s.id) not in voted]
+        if rest and lab["mode"] == "human_then_judge":
+            rest_file = self.dir / "candidates.unvoted.jsonl"
+            _write_jsonl(rest_file, [json.loads(line) for line in candidates.read_text().splitlines()
+                                     if line.strip() and json.loads(line)["id"] in {s.id for s in rest}])
+            judged_file = self.dir / "judged.unvoted.jsonl"
+            judged, judge_left = self._judge(rest_file, judged_file)
+            records += _read_jsonl(judged_file)
+            left_out.update({f"judge:{k}": v for k, v in judge_left.items()})
+        elif rest:
+            left_out["not voted by the deadline"] = len(rest)
+        _write_jsonl(out, records)
+        return ({"mode": lab["mode"], "items": len(ids), "deadline": deadline.isoformat()},
+                {"file": str(out), "pairs": len(records), "voted_items": len(voted), "judged_items": len(rest)
+                 if lab["mode"] == "human_then_judge" else 0, "judge_pairs": judged, "left_out": left_out})
 
     def _pairs(self):
         interactions, feedback, _ = self._collected()
@@ -230,8 +299,8 @@ class Iteration:
         from_feedback, skipped = feedback_pairs(clean, feedback, judged_best)
         new: dict[str, dict] = {}
         for r in judged:
-            r = {**r, "provenance": {"source": "judge:best_vs_worst", "judge": r.get("judge"),
-                                     "iteration": self.row["number"]}}
+            given = r.get("provenance") or {"source": "judge:best_vs_worst", "judge": r.get("judge")}
+            r = {**r, "provenance": {**given, "iteration": self.row["number"]}}
             r["id"] = pair_key(_messages_of(r), r["chosen"], r["rejected"])
             new.setdefault(r["id"], r)
         for r in from_feedback:
