@@ -246,7 +246,10 @@ def test_forget_removes_the_text_everywhere_and_later_iterations_never_see_it(tm
     for step in STEPS[:5]:  # collect .. pairs
         run_loop(cfg, step)
     workdir = tmp_path / "prefloop.sqlite.loop" / "tiny"
-    secret = "Why is the sky blue?"  # conversation c2 (interactions 5 and 6); 6 was sampled
+    secret = "Why is the sky blue?"
+    with Store(db) as store:  # a label item made from it (as the human modes make them)
+        store.add_label_item([{"role": "user", "content": secret}], "Rayleigh scattering.", "Magic.", origin="x")
+        store.add_label_item([{"role": "user", "content": "unrelated"}], "a", "b", origin="x")  # conversation c2 (interactions 5 and 6); 6 was sampled
     assert secret in (workdir / "iter-0001" / "prompts.jsonl").read_text()
     assert main(["forget", "--conversation", "c2", "--loop", str(tmp_path / "loop.yaml")]) == 0
     for f in workdir.rglob("*.jsonl"):
@@ -255,6 +258,8 @@ def test_forget_removes_the_text_everywhere_and_later_iterations_never_see_it(tm
         c2 = [i for i in store.interactions() if i["conversation_id"] == "c2"]
         assert len(c2) == 2 and all(i["response"] == "[forgotten on request]" for i in c2)
         assert [(e["conversation_id"], e["interactions"]) for e in store.forget_events()] == [("c2", 2)]
+        assert store.label_items()[0]["response_a"] == "[forgotten on request]"
+        assert store.label_items()[1]["response_a"] == "a"  # other items untouched
         assert sum(e["detail"]["files"].get(str(workdir / "iter-0001" / "prompts.jsonl"), 0)
                    for e in store.forget_events()) == 1
         with pytest.raises(Exception, match="append-only"):  # the trigger is back

@@ -777,9 +777,11 @@ class Store:
 
     # ------------------------------------------------------------------ forgetting a conversation (privacy)
 
-    def forget_conversation(self, conversation_id: str, detail: dict | None = None) -> int:
-        """Replace the text of every interaction of `conversation_id` with the tombstone FORGOTTEN and record a
-        `forget_events` row, in one transaction; returns the number of interactions changed.
+    def forget_conversation(self, conversation_id: str, detail: dict | None = None,
+                            label_item_ids: Iterable[int] = ()) -> int:
+        """Replace the text of every interaction of `conversation_id` (and of the label items `label_item_ids`)
+        with the tombstone FORGOTTEN and record a `forget_events` row, in one transaction; returns the number
+        of interactions changed.
 
         Interactions are append-only, so this is the one sanctioned rewrite: the update trigger is dropped and
         re-created inside the same transaction (all or nothing), and `secure_delete` overwrites the freed
@@ -790,6 +792,9 @@ class Store:
             c.execute("DROP TRIGGER interactions_no_update")
             cur = c.execute("UPDATE interactions SET messages_json = ?, response = ?, params_json = '{}' "
                             "WHERE conversation_id = ?", (tombstone, FORGOTTEN, str(conversation_id)))
+            for item_id in label_item_ids:  # label items made from its text (the loop's human modes)
+                c.execute("UPDATE label_items SET prompt_json = ?, response_a = ?, response_b = ? WHERE id = ?",
+                          (tombstone, FORGOTTEN, FORGOTTEN, int(item_id)))
             c.execute("CREATE TRIGGER interactions_no_update BEFORE UPDATE ON interactions "
                       "BEGIN SELECT RAISE(ABORT, 'interactions is append-only'); END;")
             c.execute("INSERT INTO forget_events(conversation_id, interactions, detail_json, created_at) "

@@ -1,6 +1,7 @@
 """`prefloop forget --conversation ID`: remove a user's conversation on request.
 
-In the store, the text of every interaction of the conversation is replaced by a tombstone and a
+In the store, the text of every interaction of the conversation (and of label items holding it) is
+replaced by a tombstone and a
 `forget_events` row records it (Store.forget_conversation). With `--loop loop.yaml`, every JSONL file
 the loop wrote (prompts, candidates, judged pairs, training pairs, judge caches) loses the records that
 hold any of that text. Later iterations skip forgotten conversations (the sample step counts them).
@@ -81,7 +82,9 @@ def forget_command(conversation: str, db: str = "prefloop.sqlite", loop: str | N
                 texts |= {t, scrub.text(t)}
         texts.discard("")
         removed = purge_files(workdir, texts) if workdir and workdir.is_dir() else {}
-        n = store.forget_conversation(str(conversation), {"files": removed})
-    print(f"forgot conversation {conversation}: {n} interaction(s) in {db} replaced by a tombstone; "
-          f"{sum(removed.values())} record(s) removed from {len(removed)} loop file(s)")
+        items = [i["id"] for i in store.label_items() if _holds({k: i[k] for k in ("prompt", "response_a",
+                                                                                    "response_b")}, texts)]
+        n = store.forget_conversation(str(conversation), {"files": removed, "label_items": items}, items)
+    print(f"forgot conversation {conversation}: {n} interaction(s) and {len(items)} label item(s) in {db} replaced "
+          f"by a tombstone; {sum(removed.values())} record(s) removed from {len(removed)} loop file(s)")
     return 0
