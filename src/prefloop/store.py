@@ -522,6 +522,20 @@ class Store:
             rows = self._query("SELECT * FROM interactions ORDER BY id")
         return [_interaction_dict(r) for r in rows]
 
+    def interaction_log_summary(self, after_interaction: int = 0, after_feedback: int = 0) -> dict:
+        """The newest interaction and feedback ids, and what came after the given ids: {"to_interaction_id",
+        "to_feedback_id", "interactions", "feedback", "interactions_by_model"} (what the loop's collect step
+        records)."""
+        to_i = int(self._query("SELECT COALESCE(MAX(id), 0) FROM interactions")[0][0])
+        to_f = int(self._query("SELECT COALESCE(MAX(id), 0) FROM feedback")[0][0])
+        to_i, to_f = max(to_i, after_interaction), max(to_f, after_feedback)
+        by_model = {r[0]: r[1] for r in self._query(
+            "SELECT model, COUNT(*) FROM interactions WHERE id > ? AND id <= ? GROUP BY model ORDER BY model",
+            (after_interaction, to_i))}
+        n_f = int(self._query("SELECT COUNT(*) FROM feedback WHERE id > ? AND id <= ?", (after_feedback, to_f))[0][0])
+        return {"to_interaction_id": to_i, "to_feedback_id": to_f, "interactions": sum(by_model.values()),
+                "feedback": n_f, "interactions_by_model": by_model}
+
     def interaction(self, interaction_id: int) -> dict:
         rows = self._query("SELECT * FROM interactions WHERE id = ?", (interaction_id,))
         if not rows:

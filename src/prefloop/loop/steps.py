@@ -122,16 +122,8 @@ class Iteration:
             if c:
                 last_interaction = max(last_interaction, c["outputs"]["to_interaction_id"])
                 last_feedback = max(last_feedback, c["outputs"]["to_feedback_id"])
-        rows = self.store._query("SELECT COALESCE(MAX(id), 0) FROM interactions")
-        to_i = max(last_interaction, int(rows[0][0]))
-        to_f = max(last_feedback, int(self.store._query("SELECT COALESCE(MAX(id), 0) FROM feedback")[0][0]))
-        n_i = self.store._query("SELECT COUNT(*) FROM interactions WHERE id > ? AND id <= ?", (last_interaction, to_i))
-        n_f = self.store._query("SELECT COUNT(*) FROM feedback WHERE id > ? AND id <= ?", (last_feedback, to_f))
-        by_model = {r[0]: r[1] for r in self.store._query(
-            "SELECT model, COUNT(*) FROM interactions WHERE id > ? AND id <= ? GROUP BY model", (last_interaction, to_i))}
         return ({"from_interaction_id": last_interaction, "from_feedback_id": last_feedback},
-                {"to_interaction_id": to_i, "to_feedback_id": to_f, "interactions": int(n_i[0][0]),
-                 "feedback": int(n_f[0][0]), "interactions_by_model": by_model})
+                self.store.interaction_log_summary(last_interaction, last_feedback))
 
     def _collected(self) -> tuple[dict[int, dict], list[dict], int]:
         """(interactions of this iteration by id, its feedback rows, how many interactions were left out
