@@ -337,6 +337,12 @@ def test_steps_run_in_order_and_one_process_at_a_time(tmp_path, tiny_model_dir, 
     assert main(["loop", loop, "--step", "sample"]) == 0
     assert main(["loop", "status", loop]) == 0
     assert "iteration 1 (open" in capsys.readouterr().out
+    assert main(["loop", loop, "--until", "gated"]) == 1  # stops after the (failing) gate
+    assert "gate fail; report: " in capsys.readouterr().out
+    with Store(tmp_path / "prefloop.sqlite") as store:
+        assert "promote" not in store.loop_iterations("tiny")[0]["steps"]
+    assert main(["loop", loop, "--step", "promote"]) == 1  # the champion stays
+    assert "not promoted (gate fail" in capsys.readouterr().out
 
 
 def test_export_interactions_gives_the_feedback_pairs(tmp_path, capsys):

@@ -396,6 +396,9 @@ def _add_loop(sub) -> None:
     p.add_argument("config", nargs="?", help="with `status`: the loop.yaml")
     p.add_argument("--step", help="run only this step of the open iteration: collect, sample, generate, label, pairs, "
                                   "train, eval, gate or promote (steps already done are skipped)")
+    p.add_argument("--until", default="promoted", choices=("promoted", "gated"),
+                   help="run the iteration through the promote (default) or stop after the gate (gated), leaving "
+                        "the promote to a person: `--step promote` then promotes on pass")
 
 
 def _add_forget(sub) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefloop.errors import ConfigError
 from prefloop.loop.config import load_loop_config
-from prefloop.loop.steps import STEPS, LoopWaiting, run_loop
+from prefloop.loop.steps import STEPS, UNTIL, LoopWaiting, run_loop
 from prefloop.store import Store
 
 
-def loop_command(target: str, config: str | None = None, step: str | None = None) -> int:
+def loop_command(target: str, config: str | None = None, step: str | None = None, until: str = "promoted") -> int:
     """`prefloop loop CONFIG` runs the open iteration to its end (exit 0 promoted or kept by the gate, 1 when the
     gate did not pass, 3 while the label step waits for people's votes); `--step S` runs one step;
     `prefloop loop status CONFIG` prints each iteration's steps."""
@@ -20,14 +20,23 @@ def loop_command(target: str, config: str | None = None, step: str | None = None
         raise ConfigError(f"unexpected argument {config!r}: run `prefloop loop CONFIG` or `prefloop loop status CONFIG`")
     if step is not None and step not in STEPS:
         raise ConfigError(f"--step must be one of {', '.join(STEPS)}, got {step!r}")
+    if until not in UNTIL:
+        raise ConfigError(f"--until must be one of {', '.join(UNTIL)}, got {until!r}")
+    if step is not None and until != "promoted":
+        raise ConfigError("--step runs one step and --until runs up to one; give one of them")
     cfg = load_loop_config(target)
     try:
-        result = run_loop(cfg, step)
+        result = run_loop(cfg, step, until=until)
     except LoopWaiting as wait:
         print(f"waiting: {wait}")
         return 3
+    gate = result["outputs"].get("gate")
     promote = result["outputs"].get("promote")
     if promote is None:
+        if gate is not None and until == "gated" and gate.get("verdict") is not None:
+            print(f"iteration {result['iteration']}: gate {gate['verdict']}; report: {gate['report']}; promote with "
+                  f"`prefloop loop {target} --step promote`")
+            return 0 if gate["verdict"] == "pass" else 1
         return 0
     if promote["promoted"]:
         print(f"iteration {result['iteration']}: promoted; {cfg.name}@champion is version id {promote['champion_id']}")

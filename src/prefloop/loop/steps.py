@@ -505,13 +505,17 @@ class _RunLock:
         self.fh.close()
 
 
-def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None) -> dict:
-    """Run the open iteration of `cfg.name` to its end (or only `step`); returns {"iteration", "outputs"}.
+UNTIL = {"gated": "gate", "promoted": "promote"}  # --until: the last step to run
+
+
+def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None, until: str = "promoted") -> dict:
+    """Run the open iteration of `cfg.name` to its end, or through `until` ("gated": stop after the gate, the
+    promote is left to a person), or only `step`; returns {"iteration", "outputs"}.
 
     Raises LoopError when another process is running the same loop, or a step cannot run."""
     with _RunLock(cfg.workdir), Store(cfg.store, option="store (loop.yaml)") as store:
         it = Iteration(cfg, store, hook)
         outputs = {}
-        for s in ([step] if step else STEPS):
+        for s in ([step] if step else STEPS[: STEPS.index(UNTIL[until]) + 1]):
             outputs[s] = it.run(s)
         return {"iteration": it.row["number"], "outputs": outputs}
