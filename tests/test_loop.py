@@ -437,6 +437,8 @@ def test_human_labeling_waits_for_votes_then_the_judge_fills_what_is_left(tmp_pa
         store.add_vote(items[1]["id"], "ana", "skip", "ab")  # a skip is no vote
     assert main(["loop", str(cfg_file), "--step", "label"]) == 3
     assert "1 of 3 items have 1 vote(s)" in capsys.readouterr().out
+    assert main(["loop", "status", str(cfg_file)]) == 0
+    assert "generate=3 label=waiting for votes (3 items) pairs=pending" in capsys.readouterr().out
     time.sleep(2.2)
     assert main(["loop", str(cfg_file)]) == 1  # past the deadline: the judge labels the 2 unvoted items, then on
     with Store(db) as store:

@@ -58,7 +58,9 @@ def status_command(config: str) -> int:
             print("no iteration yet: run `prefloop loop " + config + "`")
         for it in iterations:
             steps = it["steps"]
-            parts = [f"{s}={_short(s, steps[s]['outputs'])}" if s in steps else f"{s}=pending" for s in STEPS]
+            parts = [f"{s}={_short(s, steps[s]['outputs'])}" if s in steps else
+                     f"{s}=waiting for votes ({len(steps['label-loaded']['outputs']['items'])} items)"
+                     if s == "label" and "label-loaded" in steps else f"{s}=pending" for s in STEPS]
             state = "finished" if "promote" in steps else "open"
             print(f"iteration {it['number']} ({state}, started {it['created_at'][:19]}): " + " ".join(parts))
     return 0
