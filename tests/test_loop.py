@@ -324,6 +324,10 @@ def test_steps_run_in_order_and_one_process_at_a_time(tmp_path, tiny_model_dir, 
 
     _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
     loop = str(tmp_path / "loop.yaml")
+    cfg = yaml.safe_load((tmp_path / "loop.yaml").read_text())
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**cfg, "name": "nobody"}))
+    assert main(["loop", str(tmp_path / "other.yaml")]) == 2
+    assert "nobody has no champion in" in capsys.readouterr().err
     assert main(["loop", loop, "--step", "train"]) == 2
     assert "iteration 1: train needs collect, sample, generate, label, pairs first" in capsys.readouterr().err
     assert main(["loop", loop, "--step", "deploy"]) == 2

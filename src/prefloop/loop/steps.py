@@ -514,6 +514,9 @@ def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None,
 
     Raises LoopError when another process is running the same loop, or a step cannot run."""
     with _RunLock(cfg.workdir), Store(cfg.store, option="store (loop.yaml)") as store:
+        from prefloop.registry.follow import champion
+
+        champion(store, cfg.name)  # no champion: a located error before any step runs
         it = Iteration(cfg, store, hook)
         outputs = {}
         for s in ([step] if step else STEPS[: STEPS.index(UNTIL[until]) + 1]):
