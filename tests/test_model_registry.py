@@ -276,7 +276,7 @@ def test_a_schema_1_store_is_migrated(tmp_path):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             store._conn.execute("UPDATE model_events SET note = 'x'")
     with Store(path) as again:  # opening a migrated store changes nothing
-        assert again._conn.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert again._conn.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == str(store_mod.SCHEMA_VERSION)
 
 
 def test_train_registers_its_output_as_a_candidate(tmp_path, tiny_model_dir, monkeypatch):

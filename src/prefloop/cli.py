@@ -40,6 +40,9 @@ COMMANDS = {
     "models-path": "prefloop.registry.commands:path_command",
     "gate": "prefloop.registry.gate:gate_command",
     "chat": "prefloop.chat:chat_command",
+    "loop": "prefloop.loop.commands:loop_command",
+    "forget": "prefloop.loop.forget:forget_command",
+    "import-interactions": "prefloop.loop.imports:import_command",
 }
 
 
@@ -168,6 +171,11 @@ def _add_label(sub) -> None:
     e.add_argument("--out", required=True)
     e.add_argument("--min-agreement", type=float, default=0.0)
     e.add_argument("--include-ties", action="store_true")
+    e.add_argument("--interactions", action="store_true",
+                   help="export the pairs user feedback on served answers gives (A/B choices, thumbs-down vs "
+                        "thumbs-up), with provenance, instead of label votes")
+    e.add_argument("--scrub-pii", action="store_true",
+                   help="with --interactions: replace e-mail addresses, phone numbers and keys/tokens")
 
 
 def _add_serve(sub) -> None:
@@ -383,11 +391,43 @@ def _add_chat(sub) -> None:
     p.add_argument("--seed", type=int, help="makes sampled answers repeat from run to run")
 
 
+def _add_loop(sub) -> None:
+    p = sub.add_parser("loop", help="the online loop: one iteration collect -> sample -> generate -> label -> pairs -> "
+                                    "train -> eval -> gate -> promote, resumable; `loop status CONFIG` shows where "
+                                    "each iteration stands")
+    p.add_argument("target", metavar="CONFIG|status", help="loop.yaml to run, or `status` followed by loop.yaml")
+    p.add_argument("config", nargs="?", help="with `status`: the loop.yaml")
+    p.add_argument("--step", help="run only this step of the open iteration: collect, sample, generate, label, pairs, "
+                                  "train, eval, gate or promote (steps already done are skipped)")
+    p.add_argument("--until", default="promoted", choices=("promoted", "gated"),
+                   help="run the iteration through the promote (default) or stop after the gate (gated), leaving "
+                        "the promote to a person: `--step promote` then promotes on pass")
+
+
+def _add_forget(sub) -> None:
+    p = sub.add_parser("forget", help="remove a user's conversation on request: its text becomes a tombstone in the "
+                                      "store (recorded as an event) and leaves every later loop iteration")
+    p.add_argument("--conversation", required=True, help="the conversation id (as `prefloop serve` logged it)")
+    p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+    p.add_argument("--loop", help="loop.yaml: also remove the conversation's text from the loop's files (its store "
+                                  "replaces --db)")
+
+
+def _add_import_interactions(sub) -> None:
+    p = sub.add_parser("import-interactions",
+                       help="chat-completion logs of another OpenAI-compatible server (JSONL of request + response "
+                            "[+ conversation_id, feedback]) into the store, for the loop; re-importing adds nothing twice")
+    p.add_argument("file", help='JSONL: {"request": {...}, "response": {...}, "conversation_id": ..., "feedback": '
+                                '[{"kind": "thumbs", "choice": 0, "value": "up"}, {"kind": "choice", "choice": 0, '
+                                '"other": 1, "value": 1}]} per line')
+    p.add_argument("--db", default="prefloop.sqlite", help="the prefloop store (default: prefloop.sqlite)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_merge, _add_data, _add_generate, _add_judge, _add_label, _add_serve, _add_chat,
-                _add_eval, _add_models, _add_gate):
+                _add_eval, _add_models, _add_gate, _add_loop, _add_forget, _add_import_interactions):
         add(sub)
     return parser
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from prefloop.errors import PrefloopError
 
 PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
@@ -37,6 +37,7 @@ THUMBS_VALUES = ("up", "down")
 MODEL_STATUSES = ("candidate", "promoted", "rejected", "retired")
 MODEL_EVENT_KINDS = MODEL_STATUSES + ("gate",)  # "gate": a quality-gate verdict (detail holds the rule table)
 ALIAS_ACTIONS = ("set", "rollback", "remove")
+FORGOTTEN = "[forgotten on request]"  # the tombstone text of a forgotten conversation
 
 
 class StoreError(PrefloopError):
@@ -153,6 +154,36 @@ CREATE INDEX model_aliases_name ON model_aliases(name, alias);
         f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
         for table in ("model_events", "model_aliases") for op in ("UPDATE", "DELETE")
+    ),
+    3: """
+CREATE TABLE loop_iterations (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    number     INTEGER NOT NULL,
+    config_json TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    UNIQUE (name, number)
+);
+CREATE TABLE loop_steps (
+    id           INTEGER PRIMARY KEY,
+    iteration_id INTEGER NOT NULL REFERENCES loop_iterations(id),
+    step         TEXT NOT NULL,
+    inputs_json  TEXT NOT NULL DEFAULT '{}',
+    outputs_json TEXT NOT NULL DEFAULT '{}',
+    created_at   TEXT NOT NULL,
+    UNIQUE (iteration_id, step)
+);
+CREATE TABLE forget_events (
+    id              INTEGER PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    interactions    INTEGER NOT NULL,
+    detail_json     TEXT NOT NULL DEFAULT '{}',
+    created_at      TEXT NOT NULL
+);
+""" + "\n".join(
+        f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
+        for table in ("loop_iterations", "loop_steps", "forget_events") for op in ("UPDATE", "DELETE")
     ),
 }
 
@@ -491,6 +522,20 @@ class Store:
             rows = self._query("SELECT * FROM interactions ORDER BY id")
         return [_interaction_dict(r) for r in rows]
 
+    def interaction_log_summary(self, after_interaction: int = 0, after_feedback: int = 0) -> dict:
+        """The newest interaction and feedback ids, and what came after the given ids: {"to_interaction_id",
+        "to_feedback_id", "interactions", "feedback", "interactions_by_model"} (what the loop's collect step
+        records)."""
+        to_i = int(self._query("SELECT COALESCE(MAX(id), 0) FROM interactions")[0][0])
+        to_f = int(self._query("SELECT COALESCE(MAX(id), 0) FROM feedback")[0][0])
+        to_i, to_f = max(to_i, after_interaction), max(to_f, after_feedback)
+        by_model = {r[0]: r[1] for r in self._query(
+            "SELECT model, COUNT(*) FROM interactions WHERE id > ? AND id <= ? GROUP BY model ORDER BY model",
+            (after_interaction, to_i))}
+        n_f = int(self._query("SELECT COUNT(*) FROM feedback WHERE id > ? AND id <= ?", (after_feedback, to_f))[0][0])
+        return {"to_interaction_id": to_i, "to_feedback_id": to_f, "interactions": sum(by_model.values()),
+                "feedback": n_f, "interactions_by_model": by_model}
+
     def interaction(self, interaction_id: int) -> dict:
         rows = self._query("SELECT * FROM interactions WHERE id = ?", (interaction_id,))
         if not rows:
@@ -673,6 +718,112 @@ class Store:
                                     {"forced": forced} if forced else None, created)
             return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
 
+    # ------------------------------------------------------------------ online loop (iterations and steps)
+
+    def open_loop_iteration(self, name: str, config: dict | None = None) -> dict:
+        """The open (unfinished) iteration of loop `name`, or a new one numbered one past the last.
+
+        An iteration is finished when its "promote" step is recorded. One transaction, so two loop
+        processes never open two iterations at once. Returns {"id", "name", "number", "created_at"}."""
+        with self._write() as c:
+            row = c.execute("SELECT * FROM loop_iterations WHERE name = ? ORDER BY number DESC LIMIT 1",
+                            (name,)).fetchone()
+            if row is not None and not c.execute("SELECT 1 FROM loop_steps WHERE iteration_id = ? AND step = "
+                                                 "'promote'", (row["id"],)).fetchone():
+                return _loop_iteration_dict(row)
+            number = (row["number"] if row else 0) + 1
+            created = now_iso()
+            cur = c.execute("INSERT INTO loop_iterations(name, number, config_json, created_at) VALUES (?, ?, ?, ?)",
+                            (name, number, json.dumps(config or {}, default=str), created))
+            return {"id": int(cur.lastrowid), "name": name, "number": number, "created_at": created}
+
+    def loop_iterations(self, name: str) -> list[dict]:
+        """Every iteration of loop `name`, oldest first, each with its recorded steps (step -> record)."""
+        rows = self._query("SELECT * FROM loop_iterations WHERE name = ? ORDER BY number", (name,))
+        return [{**_loop_iteration_dict(r), "steps": self.loop_steps(r["id"])} for r in rows]
+
+    def loop_steps(self, iteration_id: int) -> dict[str, dict]:
+        """step -> {"inputs", "outputs", "created_at"} of the steps recorded as done in an iteration."""
+        rows = self._query("SELECT * FROM loop_steps WHERE iteration_id = ? ORDER BY id", (iteration_id,))
+        return {r["step"]: {"inputs": json.loads(r["inputs_json"]), "outputs": json.loads(r["outputs_json"]),
+                            "created_at": r["created_at"]} for r in rows}
+
+    def record_loop_step(self, iteration_id: int, step: str, inputs: dict, outputs: dict) -> None:
+        """Record `step` of an iteration as done with its inputs and outputs (once: a second record of the same
+        step raises StoreError, so a step can never be counted twice)."""
+        try:
+            with self._write() as c:
+                c.execute("INSERT INTO loop_steps(iteration_id, step, inputs_json, outputs_json, created_at) "
+                          "VALUES (?, ?, ?, ?, ?)", (iteration_id, step, json.dumps(inputs, default=str),
+                                                     json.dumps(outputs, default=str), now_iso()))
+        except sqlite3.IntegrityError as err:
+            raise StoreError(f"loop step {step!r} of iteration id {iteration_id} is already recorded") from err
+
+    def import_interactions(self, key: str, conversation_id: str, model: str, messages: list[dict],
+                            responses: list[str], params: dict, usage: dict,
+                            feedback: list[tuple[str, int, Any, int | None]]) -> list[int] | None:
+        """Log one imported chat completion (one interaction per choice) and its feedback in one transaction.
+
+        `key` identifies the completion (e.g. its `chatcmpl-...` id); it is kept in params_json as
+        "import_key", and a completion whose key is already in the store is not logged again (returns None).
+        `feedback` holds (kind, choice index, value, other choice index or None); a choice feedback's value is
+        the index of the preferred choice. Returns the new interaction ids."""
+        with self._write() as c:
+            if c.execute("SELECT 1 FROM interactions WHERE json_extract(params_json, '$.import_key') = ? LIMIT 1",
+                         (key,)).fetchone():
+                return None
+            created, ids = now_iso(), []
+            for text in responses:
+                cur = c.execute(
+                    "INSERT INTO interactions(conversation_id, model, messages_json, response, params_json, "
+                    "usage_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (str(conversation_id), str(model), json.dumps(messages, ensure_ascii=False), text,
+                     json.dumps({**params, "import_key": key}, ensure_ascii=False, default=str),
+                     json.dumps(usage, ensure_ascii=False, default=str), created))
+                ids.append(int(cur.lastrowid))
+            for kind, index, value, other in feedback:
+                other_id = ids[other] if other is not None else None
+                stored = ids[value] if kind == "choice" else value
+                c.execute("INSERT INTO feedback(interaction_id, kind, value_json, annotator, other_interaction_id, "
+                          "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                          (ids[index], kind, json.dumps(stored), None, other_id, created))
+            return ids
+
+    # ------------------------------------------------------------------ forgetting a conversation (privacy)
+
+    def forget_conversation(self, conversation_id: str, detail: dict | None = None,
+                            label_item_ids: Iterable[int] = ()) -> int:
+        """Replace the text of every interaction of `conversation_id` (and of the label items `label_item_ids`)
+        with the tombstone FORGOTTEN and record a `forget_events` row, in one transaction; returns the number
+        of interactions changed.
+
+        Interactions are append-only, so this is the one sanctioned rewrite: the update trigger is dropped and
+        re-created inside the same transaction (all or nothing), and `secure_delete` overwrites the freed
+        pages so the old text does not linger in the file."""
+        self._conn.execute("PRAGMA secure_delete = ON")
+        tombstone = json.dumps([{"role": "user", "content": FORGOTTEN}])
+        with self._write() as c:
+            c.execute("DROP TRIGGER interactions_no_update")
+            cur = c.execute("UPDATE interactions SET messages_json = ?, response = ?, params_json = '{}' "
+                            "WHERE conversation_id = ?", (tombstone, FORGOTTEN, str(conversation_id)))
+            for item_id in label_item_ids:  # label items made from its text (the loop's human modes)
+                c.execute("UPDATE label_items SET prompt_json = ?, response_a = ?, response_b = ? WHERE id = ?",
+                          (tombstone, FORGOTTEN, FORGOTTEN, int(item_id)))
+            c.execute("CREATE TRIGGER interactions_no_update BEFORE UPDATE ON interactions "
+                      "BEGIN SELECT RAISE(ABORT, 'interactions is append-only'); END;")
+            c.execute("INSERT INTO forget_events(conversation_id, interactions, detail_json, created_at) "
+                      "VALUES (?, ?, ?, ?)", (str(conversation_id), cur.rowcount, json.dumps(detail or {}), now_iso()))
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the old pages too
+        return cur.rowcount
+
+    def forgotten_conversations(self) -> set[str]:
+        """Conversation ids that were forgotten (their interactions hold the tombstone)."""
+        return {r[0] for r in self._query("SELECT DISTINCT conversation_id FROM forget_events")}
+
+    def forget_events(self) -> list[dict]:
+        return [{**dict(r), "detail": json.loads(r["detail_json"])}
+                for r in self._query("SELECT * FROM forget_events ORDER BY id")]
+
     # ------------------------------------------------------------------ integrity
 
     def integrity_check(self) -> str:
@@ -714,6 +865,11 @@ def apply_alias_event(stack: list[int], event: dict) -> None:
         stack.pop()
     else:
         stack.clear()
+
+
+def _loop_iteration_dict(r: sqlite3.Row) -> dict:
+    return {"id": r["id"], "name": r["name"], "number": r["number"], "config": json.loads(r["config_json"]),
+            "created_at": r["created_at"]}
 
 
 def _version_dict(r: sqlite3.Row) -> dict:

@@ -121,8 +121,16 @@ def resolve(votes: list[dict], min_agreement: float = 0.0,
     return pairs, report
 
 
-def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: bool = False) -> int:
-    """`prefloop export`: write the resolved pairs as seed-format JSONL and print what was left out."""
+def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: bool = False,
+                   interactions: bool = False, scrub_pii: bool = False) -> int:
+    """`prefloop export`: write the resolved pairs as seed-format JSONL and print what was left out
+    (`interactions`: the pairs user feedback on served answers gives instead, see loop/feedback_pairs.py)."""
+    if interactions:
+        from prefloop.loop.feedback_pairs import export_interactions
+
+        return export_interactions(db, out, scrub_pii)
+    if scrub_pii:
+        raise ConfigError("--scrub-pii applies to --interactions (votes come from the label app's own items)")
     if not 0.0 <= min_agreement <= 1.0:
         raise ConfigError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
     if not Path(db).exists():

@@ -1,0 +1,524 @@
+"""The steps of one online-loop iteration, each resumable, each reusing the command that does its job.
+
+    collect  -> interaction and feedback id ranges logged by `prefloop serve` since the last iteration
+    sample   -> prompts.jsonl: prompts chosen for labeling (strategy, de-duplicated, capped per conversation,
+                personal data scrubbed)
+    generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded)
+    label    -> judged.jsonl: best vs worst of K by the AI judge, both orders (`prefloop judge`)
+    pairs    -> pairs.jsonl: judged pairs + pairs from user feedback + the replay share of older pairs
+    train    -> a candidate version of NAME, trained from the champion (reference = champion), parent = champion
+    eval     -> eval/results.json: win rate of the candidate against the champion (`prefloop eval winrate`)
+    gate     -> the gate verdict, recorded on the candidate (`prefloop gate`), and gate-report.md
+    promote  -> the candidate becomes the champion on pass (with promote.auto); on fail the champion stays
+
+Resuming: a step is done when its row is in the store's `loop_steps` (written last, once); a rerun skips
+done steps and redoes the first unfinished one. Each step's files are written atomically or by
+commands that resume themselves (generate, judge and eval cache what they finished), and the train
+step looks for the version it registered before a crash (the version's meta names the iteration), so
+no second candidate is ever registered and no pair is counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from prefloop.errors import PrefloopError
+from prefloop.loop.config import LoopConfig
+from prefloop.loop.feedback_pairs import feedback_pairs, pair_key
+from prefloop.loop.scrub import Scrubber
+from prefloop.prompts import prompt_key
+from prefloop.store import Store
+
+STEPS = ("collect", "sample", "generate", "label", "pairs", "train", "eval", "gate", "promote")
+
+Hook = Callable[[str, str], None]  # hook(step, phase) with phase "start" or "before_record"
+
+
+class LoopError(PrefloopError):
+    """A step cannot run: a missing champion, an earlier step not done, a command that failed."""
+
+
+class LoopWaiting(LoopError):
+    """The label step waits for people's votes (human modes, before the deadline); rerun later."""
+
+
+def _say(text: str) -> None:
+    print(f"prefloop loop: {text}", file=sys.stderr)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Iteration:
+    """One iteration of the loop NAME: its store row, its folder and the runner of its steps."""
+
+    def __init__(self, cfg: LoopConfig, store: Store, hook: Hook | None = None):
+        self.cfg, self.store, self.hook = cfg, store, hook
+        self.row = store.open_loop_iteration(cfg.name, cfg.to_dict())
+        self.dir = Path(cfg.workdir) / f"iter-{self.row['number']:04d}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def done(self) -> dict[str, dict]:
+        return self.store.loop_steps(self.row["id"])
+
+    def outputs(self, step: str) -> dict:
+        done = self.done
+        if step not in done:
+            raise LoopError(f"iteration {self.row['number']}: step {step!r} is not done yet; run `prefloop loop "
+                            f"{self.cfg.source} --step {step}` (or the whole iteration) first")
+        return done[step]["outputs"]
+
+    def run(self, step: str) -> dict:
+        """Run `step` unless it is recorded as done; returns its outputs."""
+        done = self.done
+        if step in done:
+            _say(f"iteration {self.row['number']}: {step} already done")
+            return done[step]["outputs"]
+        missing = [s for s in STEPS[: STEPS.index(step)] if s not in done]
+        if missing:
+            raise LoopError(f"iteration {self.row['number']}: {step} needs {', '.join(missing)} first; run "
+                            f"`prefloop loop {self.cfg.source}` to run the iteration in order")
+        _say(f"iteration {self.row['number']}: {step} ...")
+        if self.hook:
+            self.hook(step, "start")
+        inputs, outputs = getattr(self, f"_{step}")()
+        if self.hook:
+            self.hook(step, "before_record")
+        self.store.record_loop_step(self.row["id"], step, inputs, outputs)
+        _say(f"iteration {self.row['number']}: {step} done: {json.dumps(outputs, default=str)[:300]}")
+        return outputs
+
+    # ------------------------------------------------------------------ helpers
+
+    def champion(self) -> dict:
+        from prefloop.registry.follow import champion
+
+        return champion(self.store, self.cfg.name)
+
+    def previous_iterations(self) -> list[dict]:
+        return [i for i in self.store.loop_iterations(self.cfg.name) if i["number"] < self.row["number"]]
+
+    # ------------------------------------------------------------------ steps
+
+    def _collect(self):
+        last_interaction = last_feedback = 0
+        for it in self.previous_iterations():
+            c = it["steps"].get("collect")
+            if c:
+                last_interaction = max(last_interaction, c["outputs"]["to_interaction_id"])
+                last_feedback = max(last_feedback, c["outputs"]["to_feedback_id"])
+        return ({"from_interaction_id": last_interaction, "from_feedback_id": last_feedback},
+                self.store.interaction_log_summary(last_interaction, last_feedback))
+
+    def _collected(self) -> tuple[dict[int, dict], list[dict], int]:
+        """(interactions of this iteration by id, its feedback rows, how many interactions were left out
+        because their conversation was forgotten)."""
+        c = self.outputs("collect")
+        frm = self.done["collect"]["inputs"]
+        forgotten = self.store.forgotten_conversations()
+        in_range = [i for i in self.store.interactions()
+                    if frm["from_interaction_id"] < i["id"] <= c["to_interaction_id"]]
+        interactions = {i["id"]: i for i in in_range if i["conversation_id"] not in forgotten}
+        feedback = [f for f in self.store.feedback() if frm["from_feedback_id"] < f["id"] <= c["to_feedback_id"]]
+        return interactions, feedback, len(in_range) - len(interactions)
+
+    def _sample(self):
+        s = self.cfg.sample
+        interactions, feedback, n_forgotten = self._collected()
+        flagged = {i for f in feedback if f["kind"] == "choice" or f["value"] == "down"
+                   for i in (f["interaction_id"], f["other_interaction_id"]) if i is not None}
+        order = sorted(interactions.values(), key=lambda i: i["id"])
+        if s["strategy"] == "recent":
+            order.reverse()
+        elif s["strategy"] == "random":
+            random.Random(s["seed"]).shuffle(order)
+        else:  # feedback_first: flagged (thumbs-down, A/B choices) first, newest first within each group
+            order = sorted(order, key=lambda i: (i["id"] not in flagged, -i["id"]))
+        scrub = Scrubber(s["scrub_pii"], s["pii_hook"])
+        seen: set[str] = set()
+        per_conversation: dict[str, int] = {}
+        skipped = {"forgotten_conversation": n_forgotten, "duplicate_prompt": 0, "conversation_cap": 0,
+                   "over_size": 0}
+        chosen = []
+        for i in order:
+            key = _near_duplicate_key(i["messages"])
+            if key in seen:
+                skipped["duplicate_prompt"] += 1
+                continue
+            if per_conversation.get(i["conversation_id"], 0) >= s["per_conversation"]:
+                skipped["conversation_cap"] += 1
+                continue
+            if len(chosen) >= s["size"]:
+                skipped["over_size"] += 1
+                continue
+            seen.add(key)
+            per_conversation[i["conversation_id"]] = per_conversation.get(i["conversation_id"], 0) + 1
+            chosen.append({"id": f"i{i['id']}", "messages": scrub.messages(i["messages"]),
+                           "interaction_id": i["id"], "conversation_id": i["conversation_id"],
+                           "flagged": i["id"] in flagged})
+        path = self.dir / "prompts.jsonl"
+        _write_jsonl(path, chosen)
+        return ({"interactions": len(interactions), "strategy": s["strategy"],
+                 "forgotten_conversations": len(self.store.forgotten_conversations())},
+                {"file": str(path), "prompts": len(chosen), "flagged": sum(r["flagged"] for r in chosen),
+                 "skipped": skipped, "scrubbed": dict(scrub.counts)})
+
+    def _generate(self):
+        from prefloop.generate import generate_command
+
+        g = self.cfg.generate
+        prompts = self.outputs("sample")
+        out = self.dir / "candidates.jsonl"
+        champ = self.champion()
+        if prompts["prompts"] == 0:
+            out.write_text("")
+            return {"champion_id": champ["id"]}, {"file": str(out), "prompts": 0}
+        code = generate_command(champ["path"], prompts["file"], str(out), n=g["k"], temperature=g["temperature"],
+                                top_p=g["top_p"], max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
+                                seed=g["seed"])
+        if code != 0:
+            raise LoopError(f"generate failed for some prompts (see above); rerun: finished prompts are kept in {out}")
+        return ({"champion_id": champ["id"], "prompts_file": prompts["file"], "k": g["k"]},
+                {"file": str(out), "prompts": len(_read_jsonl(out))})
+
+    def _label(self):
+        lab = self.cfg.label
+        cands = self.outputs("generate")
+        out = self.dir / "judged.jsonl"
+        if cands["prompts"] == 0:
+            out.write_text("")
+            return {"mode": lab["mode"]}, {"file": str(out), "pairs": 0}
+        if lab["mode"] == "judge":
+            pairs, left_out = self._judge(Path(cands["file"]), out)
+            return ({"mode": lab["mode"], "judge": lab["judge"], "candidates": cands["file"]},
+                    {"file": str(out), "pairs": pairs, "left_out": left_out})
+        return self._label_by_people(Path(cands["file"]), out)
+
+    def _judge(self, candidates: Path, out: Path) -> tuple[int, dict]:
+        """`prefloop judge` (best vs worst, both orders) of a candidates file; returns (pairs, left-out counts)."""
+        from prefloop.judge.run import judge_command, sibling
+
+        lab = self.cfg.label
+        code = judge_command(str(candidates), str(out), judge=lab["judge"], judge_model=lab["judge_model"],
+                             criteria=lab["criteria"], pairing="max_min", concurrency=lab["concurrency"],
+                             max_tokens=lab["max_tokens"])
+        if code != 0:
+            raise LoopError("some judge requests failed (see above); rerun: finished judgments come from the cache")
+        report = json.loads(sibling(out, ".report.json").read_text())
+        return report["pairs_written"], report["left_out"]
+
+    def _label_by_people(self, candidates: Path, out: Path):
+        """Human modes: the two candidates of each prompt become a label item in the store (once; the time they
+        were loaded is recorded as the pseudo-step "label-loaded"); the step finishes when every item has
+        `min_votes` votes or the deadline has passed (human_then_judge: the judge labels what is left), and
+        until then raises LoopWaiting."""
+        from datetime import datetime, timedelta, timezone
+
+        from prefloop.candidates import read_candidates
+        from prefloop.data.formats import to_seed_record
+        from prefloop.label.export import resolve
+
+        lab = self.cfg.label
+        sets = read_candidates(candidates).sets
+        origin = f"loop:{self.cfg.name}:{self.row['number']}"
+        items = {}
+        for s in sets:
+            if len(s.candidates) >= 2:
+                items[s.id] = self.store.add_label_item(s.messages, s.candidates[0], s.candidates[1], "candidate 0",
+                                                        "candidate 1", origin)
+        loaded = self.done.get("label-loaded")
+        if loaded is None:
+            self.store.record_loop_step(self.row["id"], "label-loaded", {"origin": origin}, {"items": items})
+            loaded = self.done["label-loaded"]
+        deadline = datetime.fromisoformat(loaded["created_at"]) + timedelta(hours=lab["deadline_hours"])
+        ids = set(items.values())
+        votes = [v for v in self.store.active_votes() if v["item_id"] in ids]
+        counted = {}
+        for v in votes:
+            if v["verdict"] != "skip":
+                counted[v["item_id"]] = counted.get(v["item_id"], 0) + 1
+        voted = {i for i in ids if counted.get(i, 0) >= lab["min_votes"]}
+        now = datetime.now(timezone.utc)
+        if voted != ids and now < deadline:
+            raise LoopWaiting(f"iteration {self.row['number']}: {len(voted)} of {len(ids)} items have {lab['min_votes']} "
+                              f"vote(s); waiting until {deadline.isoformat(timespec='seconds')} (people vote in "
+                              f"`prefloop label --db {self.cfg.store}`); run the loop again later")
+        pairs, report = resolve([v for v in votes if v["item_id"] in voted], min_agreement=0.0)
+        records = [to_seed_record(p, source="human", provenance={"source": "human:votes", "origin": origin})
+                   for p in pairs]
+        left_out = {k: v for k, v in report.left_out.items() if v}
+        judged = 0
+        rest = [s for s in sets if items.get(s.id) not in voted]
+        if rest and lab["mode"] == "human_then_judge":
+            rest_file = self.dir / "candidates.unvoted.jsonl"
+            _write_jsonl(rest_file, [json.loads(line) for line in candidates.read_text().splitlines()
+                                     if line.strip() and json.loads(line)["id"] in {s.id for s in rest}])
+            judged_file = self.dir / "judged.unvoted.jsonl"
+            judged, judge_left = self._judge(rest_file, judged_file)
+            records += _read_jsonl(judged_file)
+            left_out.update({f"judge:{k}": v for k, v in judge_left.items()})
+        elif rest:
+            left_out["not voted by the deadline"] = len(rest)
+        _write_jsonl(out, records)
+        return ({"mode": lab["mode"], "items": len(ids), "deadline": deadline.isoformat()},
+                {"file": str(out), "pairs": len(records), "voted_items": len(voted), "judged_items": len(rest)
+                 if lab["mode"] == "human_then_judge" else 0, "judge_pairs": judged, "left_out": left_out})
+
+    def _pairs(self):
+        interactions, feedback, _ = self._collected()
+        scrub = Scrubber(self.cfg.sample["scrub_pii"], self.cfg.sample["pii_hook"])
+        judged = _read_jsonl(Path(self.outputs("label")["file"]))
+        judged_best = {}
+        for r in judged:
+            judged_best[prompt_key(_messages_of(r))] = r["chosen"]
+        clean = {k: {**i, "messages": scrub.messages(i["messages"]), "response": scrub.text(i["response"])}
+                 for k, i in interactions.items()}
+        from_feedback, skipped = feedback_pairs(clean, feedback, judged_best)
+        new: dict[str, dict] = {}
+        for r in judged:
+            given = r.get("provenance") or {"source": "judge:best_vs_worst", "judge": r.get("judge")}
+            r = {**r, "provenance": {**given, "iteration": self.row["number"]}}
+            r["id"] = pair_key(_messages_of(r), r["chosen"], r["rejected"])
+            new.setdefault(r["id"], r)
+        for r in from_feedback:
+            r["provenance"]["iteration"] = self.row["number"]
+            if r["id"] in new:
+                skipped["same_as_judged_pair"] += 1
+            new.setdefault(r["id"], r)
+        older = {}
+        for it in self.previous_iterations():
+            p = it["steps"].get("pairs")
+            if p and Path(p["outputs"]["new_file"]).is_file():
+                for r in _read_jsonl(Path(p["outputs"]["new_file"])):
+                    if r["id"] not in new:
+                        older.setdefault(r["id"], r)
+        share = self.cfg.train["replay_share"]
+        n_replay = min(len(older), round(share / (1 - share) * len(new))) if share else 0
+        replay = random.Random(f"replay:{self.row['number']}").sample(sorted(older), n_replay) if n_replay else []
+        new_path, train_path = self.dir / "pairs.new.jsonl", self.dir / "pairs.jsonl"
+        _write_jsonl(new_path, list(new.values()))
+        _write_jsonl(train_path, list(new.values()) + [{**older[k], "replay": True} for k in replay])
+        by_source: dict[str, int] = {}
+        for r in new.values():
+            by_source[r["provenance"]["source"]] = by_source.get(r["provenance"]["source"], 0) + 1
+        return ({"judged": str(self.outputs("label")["file"]), "feedback_rows": len(feedback)},
+                {"new_file": str(new_path), "file": str(train_path), "new_pairs": len(new), "by_source": by_source,
+                 "replay_pairs": len(replay), "older_pairs_available": len(older), "skipped": dict(skipped)})
+
+    def _registered_candidate(self) -> dict | None:
+        for v in self.store.model_versions(self.cfg.name):
+            if (v["meta"].get("loop") or {}).get("iteration_id") == self.row["id"]:
+                return v
+        return None
+
+    def _train(self):
+        from prefloop.registry.commands import register_model
+        from prefloop.train.run import train
+
+        pairs = self.outputs("pairs")
+        champ = self.champion()
+        inputs = {"champion_id": champ["id"], "pairs_file": pairs["file"], "config": self.cfg.train["config"],
+                  "overrides": self.cfg.train["overrides"]}
+        existing = self._registered_candidate()
+        if existing is not None:  # registered before a crash, not yet recorded: never a second candidate
+            _say(f"found {existing['name']}:{existing['version']} registered by this iteration before an interruption")
+            return inputs, {"candidate_id": existing["id"], "version": existing["version"], "resumed": True}
+        if pairs["new_pairs"] + pairs["replay_pairs"] == 0:  # the iteration ends here; the next collects anew
+            _say(f"iteration {self.row['number']}: no preference pairs to train on (sample, label and feedback gave "
+                 "none); nothing is trained, the champion stays, and the next run starts a new iteration")
+            return inputs, {"candidate_id": None, "skipped": "no pairs"}
+        out = self.dir / "train"
+        if out.exists():  # a run killed before registering: start it again from the champion
+            shutil.rmtree(out)
+        model = {"model_name_or_path": champ["path"], "ref_model": champ["path"]}
+        adapter_cfg = Path(champ["path"]) / "adapter_config.json"
+        if adapter_cfg.is_file():  # a LoRA champion: continue its adapter; the reference is base + that adapter
+            base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            model = {"model_name_or_path": base, "adapter_name_or_path": champ["path"], "ref_model": base,
+                     "ref_model_adapters": champ["path"]}
+        metrics = train(self.cfg.train["config"], **{**self.cfg.train["overrides"], **model,
+                                                     "dataset": pairs["file"], "output_dir": str(out)})
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        version = register_model(self.store, str(out), self.cfg.name, parent=f"{champ['name']}:{champ['version']}",
+                                 extra_meta={"loop": {"iteration_id": self.row["id"], "iteration": self.row["number"],
+                                                      "pairs": pairs["file"]}}, metrics=numeric)
+        return inputs, {"candidate_id": version["id"], "version": version["version"], "resumed": False}
+
+    def _no_candidate(self) -> bool:
+        return self.outputs("train")["candidate_id"] is None
+
+    def _eval(self):
+        from prefloop.evaluate.winrate import winrate_command
+
+        if self._no_candidate():
+            return {}, {"skipped": "no candidate"}
+        e = self.cfg.eval
+        cand = self.store.model_version(self.outputs("train")["candidate_id"])
+        champ = self.store.model_version(self.done["train"]["inputs"]["champion_id"])
+        out = self.dir / "eval"
+        code = winrate_command(str(out), before=champ["path"], after=cand["path"], prompts=e["prompts"],
+                               judge=e["judge"], judge_model=e["judge_model"], criteria=self.cfg.label["criteria"],
+                               max_new_tokens=e["max_new_tokens"], temperature=e["temperature"], seed=e["seed"],
+                               resamples=e["resamples"], limit=e["limit"], show_answers=0)
+        if code != 0:
+            raise LoopError("some eval judgments failed (see above); rerun: answers and judgments are cached")
+        metrics = json.loads((out / "results.json").read_text())["metrics"]
+        return ({"candidate_id": cand["id"], "champion_id": champ["id"], "prompts": e["prompts"]},
+                {"results": str(out / "results.json"), "win_rate": metrics.get("win_rate"),
+                 "win_rate_ci_low": metrics.get("win_rate_ci_low"), "n_prompts": metrics.get("n_prompts")})
+
+    def _gate(self):
+        from prefloop.registry.gate import gate_command
+        from prefloop.registry.versions import last_gate
+
+        if self._no_candidate():
+            return {}, {"skipped": "no candidate", "verdict": None}
+        cand = self.store.model_version(self.outputs("train")["candidate_id"])
+        results = self.outputs("eval")["results"]
+        gate = last_gate(self.store, cand)
+        if gate is None or gate["detail"].get("candidate_results") != [results]:
+            gate_command([results], rules=self.cfg.gate["rules"], registry=self.cfg.name,
+                         version=f"{cand['name']}:{cand['version']}", db=self.cfg.store)
+            gate = last_gate(self.store, cand)
+        report = self.dir / "gate-report.md"
+        _write_text(report, gate_report(cand, gate, results))
+        failed = [r["rule"] for r in gate["detail"].get("rows", []) if r["result"] == "fail"]
+        return ({"candidate_id": cand["id"], "results": results},
+                {"verdict": gate["note"], "reason": gate["detail"].get("reason"), "failed_rules": failed,
+                 "report": str(report)})
+
+    def _promote(self):
+        from prefloop.registry.aliases import promote
+
+        champ_id = self.store.aliases(self.cfg.name).get("champion")
+        if self._no_candidate():
+            return {}, {"promoted": False, "champion_id": champ_id, "why": "no pairs to train on this iteration"}
+        gate = self.outputs("gate")
+        cand = self.store.model_version(self.outputs("train")["candidate_id"])
+        inputs = {"candidate_id": cand["id"], "verdict": gate["verdict"]}
+        if champ_id == cand["id"]:  # promoted before an interruption
+            return inputs, {"promoted": True, "champion_id": cand["id"]}
+        if gate["verdict"] != "pass":
+            _say(f"gate {gate['verdict']}: the champion stays; see {gate['report']}")
+            return inputs, {"promoted": False, "champion_id": champ_id, "why": f"gate {gate['verdict']}: "
+                            f"{gate['reason']}", "failed_rules": gate["failed_rules"], "report": gate["report"]}
+        if not self.cfg.promote["auto"]:
+            return inputs, {"promoted": False, "champion_id": champ_id,
+                            "why": f"promote.auto is false: promote by hand with `prefloop models promote "
+                                   f"{cand['version']} --name {cand['name']} --db {self.cfg.store}`"}
+        promote(self.store, f"{cand['name']}:{cand['version']}",
+                note=f"loop iteration {self.row['number']}: gate pass")
+        return inputs, {"promoted": True, "champion_id": cand["id"], "previous_champion_id": champ_id}
+
+
+def _messages_of(record: dict) -> list[dict]:
+    """The prompt turns of a seed-format record (`conversations` with from/value) as role/content messages."""
+    return [{"role": {"human": "user", "gpt": "assistant"}.get(t["from"], t["from"]), "content": t["value"]}
+            for t in record["conversations"]]
+
+
+def _near_duplicate_key(messages: list[dict]) -> str:
+    """Prompts that differ only in case, whitespace and punctuation collapse to one key."""
+    import re
+
+    norm = [{"role": m.get("role"), "content": re.sub(r"[\W_]+", " ", str(m.get("content", ""))).strip().lower()}
+            for m in messages]
+    return prompt_key(norm)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def gate_report(cand: dict, gate: dict, results_path: str) -> str:
+    """Markdown: the verdict, the rule table, the failed rules and the eval prompts the candidate lost."""
+    d = gate["detail"]
+    lines = [f"# Gate of {cand['name']}:{cand['version']}: {gate['note']}", "", d.get("reason", ""), "",
+             "| rule | metric | value | threshold | result | why |", "|---|---|---|---|---|---|"]
+    for r in d.get("rows", []):
+        lines.append(f"| {r['rule']} | {r['metric']} | {r['value']} | {r['threshold']} | {r['result']} | {r['why']} |")
+    failed = [r["rule"] for r in d.get("rows", []) if r["result"] == "fail"]
+    lines += ["", "Failed rules: " + (", ".join(failed) if failed else "none")]
+    results = json.loads(Path(results_path).read_text(encoding="utf-8"))
+    lost = [p for p in results["details"]["per_prompt"] if p["outcome"] == "loss"]
+    answers = Path(results_path).parent / "answers"
+    texts = {}
+    for role in ("after", "before"):
+        f = answers / f"{role}.jsonl"
+        if f.is_file():
+            for r in _read_jsonl(f):
+                texts[(role, r["id"])] = r
+    lines += ["", f"## Prompts the candidate lost ({len(lost)})", ""]
+    for p in lost[:20]:
+        after, before = texts.get(("after", p["id"]), {}), texts.get(("before", p["id"]), {})
+        prompt = (after.get("messages") or [{}])[-1].get("content", "")
+        lines += [f"### {p['id']}", "", f"**Prompt:** {prompt}", "", f"**Candidate:** {after.get('text', '')}", "",
+                  f"**Champion:** {before.get('text', '')}", ""]
+    return "\n".join(lines) + "\n"
+
+
+class _RunLock:
+    """An exclusive lock on the loop's workdir (`flock` on WORKDIR/.lock) for the length of a run, so two
+    `prefloop loop` processes never run the same step at once (which could train and register twice).
+    The kernel drops it when the process dies, so a killed run leaves no stale lock."""
+
+    def __init__(self, workdir: str):
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(workdir) / ".lock"
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        self.fh = self.path.open("a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "unknown"
+            self.fh.close()
+            raise LoopError(f"another prefloop loop is running this loop (pid {holder}, lock {self.path}); wait for "
+                            "it to finish (a killed run releases the lock at once)") from None
+        self.fh.truncate(0)
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+UNTIL = {"gated": "gate", "promoted": "promote"}  # --until: the last step to run
+
+
+def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None, until: str = "promoted") -> dict:
+    """Run the open iteration of `cfg.name` to its end, or through `until` ("gated": stop after the gate, the
+    promote is left to a person), or only `step`; returns {"iteration", "outputs"}.
+
+    Raises LoopError when another process is running the same loop, or a step cannot run."""
+    with _RunLock(cfg.workdir), Store(cfg.store, option="store (loop.yaml)") as store:
+        from prefloop.registry.follow import champion
+
+        champion(store, cfg.name)  # no champion: a located error before any step runs
+        it = Iteration(cfg, store, hook)
+        outputs = {}
+        for s in ([step] if step else STEPS[: STEPS.index(UNTIL[until]) + 1]):
+            outputs[s] = it.run(s)
+        return {"iteration": it.row["number"], "outputs": outputs}
