@@ -93,3 +93,18 @@ def test_export_errors_are_clear(tmp_path):
         export_command(str(tmp_path / "missing.sqlite"), str(tmp_path / "x.jsonl"), 0.0, False)
     with pytest.raises(ConfigError, match="between 0 and 1"):
         export_command(str(tmp_path / "missing.sqlite"), str(tmp_path / "x.jsonl"), 1.5, False)
+
+
+def test_a_prompt_with_tool_calls_keeps_them_in_the_exported_pair(tmp_path):
+    """Issue 12 item 3's kind: message fields a template renders survive label → export (they were rebuilt
+    from role and content only)."""
+    call = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\": \"Paris\"}"}}]
+    prompt = [{"role": "user", "content": "Weather in Paris?"},
+              {"role": "assistant", "content": "", "tool_calls": call},
+              {"role": "tool", "content": "18 C, sunny", "tool_call_id": "c1"},
+              {"role": "user", "content": "So, a jacket?"}]
+    with Store(tmp_path / "db.sqlite") as store:
+        item = store.add_label_item(prompt, "No jacket needed.", "Yes.", "m-a", "m-b")
+        store.add_vote(item, "ann", "a", "ab")
+        pairs, _ = resolve(store.active_votes())
+    assert [m.fields for m in pairs[0].prompt] == [{}, {"tool_calls": call}, {"tool_call_id": "c1"}, {}]

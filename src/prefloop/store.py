@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from prefloop.data.schema import TEMPLATE_FIELDS
 from prefloop.errors import PrefloopError
 
 PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
@@ -372,7 +373,10 @@ class Store:
     def add_label_item(self, prompt: list[dict], response_a: str, response_b: str, source_a: str | None = None,
                        source_b: str | None = None, origin: str | None = None) -> int:
         """Add a comparison item (or find the identical one already stored); returns its id."""
-        prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        # role and content, plus the fields a chat template renders (tool calls, tool-result ids, names,
+        # reasoning) when a turn has them, so `export` gives back the conversation the model was shown
+        prompt = [{"role": str(m["role"]), "content": str(m["content"] or ""),
+                   **{k: m[k] for k in TEMPLATE_FIELDS if m.get(k) not in (None, "", [])}} for m in prompt]
         key = item_key(prompt, response_a, response_b, source_a, source_b)
         with self._write() as c:
             row = c.execute("SELECT id FROM label_items WHERE item_key = ?", (key,)).fetchone()

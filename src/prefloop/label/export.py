@@ -112,7 +112,7 @@ def resolve(votes: list[dict], min_agreement: float = 0.0,
             extra["tie"] = True
             report.ties_written += 1
         pairs.append(PreferencePair(
-            prompt=[Message(m["role"], m["content"]) for m in item["prompt"]],
+            prompt=[Message.from_dict(m) for m in item["prompt"]],  # tool calls, names, reasoning kept
             chosen=item[f"response_{chosen_side}"], rejected=item[f"response_{rejected_side}"],
             id=f"label-{item_id}", source=f"prefloop label item {item_id}" + (f" ({item['origin']})"
                                                                             if item.get("origin") else ""),
