@@ -230,12 +230,14 @@ class PreferenceTrainer(Trainer):
         pair's (combined) direction; `dimensions/<dim>/agreement`: the share of scored pairs that agree."""
         margins = (out.chosen_rewards - out.rejected_rewards).float()
         correct = (margins > 0).float() + 0.5 * (margins == 0).float()
-        for k, name in enumerate(self.dimension_names):
-            agrees, scored = (agree[:, k] == 1).float(), (agree[:, k] >= 0).float()
-            per_pair = torch.stack([correct * agrees, agrees, scored], dim=1)  # [B, 3]: rows are pairs, so
-            sums = self.accelerator.gather_for_metrics(per_pair).sum(dim=0).tolist()  # padding rows are dropped
-            for metric, total, count in ((f"rewards/accuracies/{name}", sums[0], sums[1]),
-                                         (f"dimensions/{name}/agreement", sums[1], sums[2])):
+        agrees, scored = (agree == 1).float(), (agree >= 0).float()  # [B, K]
+        per_pair = torch.cat([correct[:, None] * agrees, agrees, scored], dim=1)  # [B, 3K]: rows are pairs, so
+        sums = self.accelerator.gather_for_metrics(per_pair).sum(dim=0).tolist()  # padding rows are dropped
+        k = len(self.dimension_names)  # one gather and one host copy per step for all dimensions
+        for i, name in enumerate(self.dimension_names):
+            hits, agreeing, with_score = sums[i], sums[k + i], sums[2 * k + i]
+            for metric, total, count in ((f"rewards/accuracies/{name}", hits, agreeing),
+                                         (f"dimensions/{name}/agreement", agreeing, with_score)):
                 self._sums[mode][metric] += total
                 self._counts[mode][metric] += int(count)
 
