@@ -35,6 +35,7 @@ from prefloop.train import flex
 IMPLEMENTATION = "prefloop_segments"
 PLAN_KWARG = "prefloop_segments"
 SDPA_MASK_IMPLEMENTATION = "prefloop_sdpa_mask"
+PROFILE_SCOPE = "prefloop::attention"  # a torch.profiler range around the per-unit calls
 BACKENDS = ("auto", "segments", "flex", "sdpa_mask")
 _IMPLEMENTATIONS = {"segments": IMPLEMENTATION, "flex": flex.IMPLEMENTATION, "sdpa_mask": SDPA_MASK_IMPLEMENTATION}
 
@@ -132,11 +133,12 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
     if len(plan.rows) != query.shape[0] or plan.width != query.shape[2]:
         raise ValueError(f"segment plan for {len(plan.rows)} rows x {plan.width} tokens does not match "
                          f"the attention input {tuple(query.shape)}")
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    rows = [_row_attention(query[r:r + 1], key[r:r + 1], value[r:r + 1], units, plan.width, dropout, scaling)
-            for r, units in enumerate(plan.rows)]
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+    with torch.profiler.record_function(PROFILE_SCOPE):  # bench/profile_train.py's "attention" row
+        groups = getattr(module, "num_key_value_groups", 1)
+        key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+        rows = [_row_attention(query[r:r + 1], key[r:r + 1], value[r:r + 1], units, plan.width, dropout, scaling)
+                for r, units in enumerate(plan.rows)]
+        return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:

@@ -89,6 +89,9 @@ def data_fingerprint(features: list[dict]) -> str:
     return h.hexdigest()
 
 
+PROFILE_SCOPE = "prefloop::reference_pass"  # a torch.profiler range (bench/profile_train.py)
+
+
 def compute_reference_logps(reference, features: list[dict], layout: str, pad_token_id: int, batch_size: int,
                             chunk_size: int, autocast_dtype=None, device=None, desc: str = "reference",
                             what: str = "reference log-probs", ld_alpha: float | None = None):
@@ -107,7 +110,7 @@ def compute_reference_logps(reference, features: list[dict], layout: str, pad_to
     model.eval()
     chosen, rejected = [], []
     try:
-        with torch.no_grad(), reference.context():
+        with torch.no_grad(), reference.context(), torch.profiler.record_function(PROFILE_SCOPE):
             for start in tqdm(range(0, len(features), batch_size), desc=f"{what} ({desc})",
                               unit="batch", leave=False, disable=not live_bars()):
                 batch = collator(features[start:start + batch_size])
