@@ -109,3 +109,123 @@ def test_reward_model_without_a_chat_template_is_a_clear_error(tmp_path, tiny_mo
     _configure(tmp_path, mode="reward_model", reward_model="rm")
     assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
     assert "has no chat template" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ people, K > 2
+
+
+def test_item_comparisons_start_with_the_cycle_and_respect_the_cap():
+    from prefloop.loop.labeling import item_comparisons
+
+    assert item_comparisons(2) == [(0, 1)]
+    assert item_comparisons(3) == [(0, 1), (1, 2), (0, 2)]
+    assert item_comparisons(4) == [(0, 1), (1, 2), (2, 3), (0, 3), (0, 2), (1, 3)]
+    assert item_comparisons(4, cap=3) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_outcomes_to_pairs_on_hand_made_tables():
+    from prefloop.candidates import CandidateSet
+    from prefloop.loop.labeling import pairs_from_outcomes, win_shares
+
+    s = CandidateSet("p", [{"role": "user", "content": "q"}], ["A", "B", "C", "D"], [], [])
+
+    def rec(i, j):
+        return {"chosen": s.candidates[i], "rejected": s.candidates[j], "provenance": {"source": "human:votes"}}
+
+    human = {"source": "human:votes", "origin": "o"}
+    chain = {(0, 1): ("x", rec(0, 1)), (1, 2): ("x", rec(1, 2)), (2, 3): ("x", rec(2, 3))}  # capped: a path
+    [inferred], reasons = pairs_from_outcomes(s, chain, "best_worst", human)
+    assert (inferred["chosen"], inferred["rejected"]) == ("A", "D") and not reasons
+    assert inferred["provenance"]["source"] == "human:ranking"
+    assert inferred["provenance"]["win_shares"] == {"candidate 0": "1", "candidate 1": "1/2", "candidate 2": "1/2",
+                                                    "candidate 3": "0"}
+    records, _ = pairs_from_outcomes(s, chain, "all", human)
+    assert [(r["chosen"], r["rejected"]) for r in records] == [("A", "B"), ("B", "C"), ("C", "D")]
+    # best by share (A: 2/3) lost head-to-head to the worst (D: 1/3): no pair, counted
+    conflict = {(0, 1): ("x", rec(0, 1)), (0, 2): ("x", rec(0, 2)), (0, 3): ("y", rec(3, 0)),
+                (1, 3): ("x", rec(1, 3)), (2, 3): ("x", rec(2, 3)), (1, 2): ("tie", None)}
+    from fractions import Fraction as F
+    assert win_shares({k: v[0] for k, v in conflict.items()}) == {0: F(2, 3), 1: F(1, 2), 2: F(1, 2), 3: F(1, 3)}
+    assert pairs_from_outcomes(s, conflict, "best_worst", human) == ([], {"ranking_conflict": 1})
+    cycle = {(0, 1): ("x", rec(0, 1)), (1, 2): ("x", rec(1, 2)), (0, 2): ("y", rec(2, 0))}  # rock-paper-scissors
+    assert pairs_from_outcomes(s, cycle, "best_worst", human) == ([], {"no_clear_best": 1})
+    direct = {(0, 1): ("y", rec(1, 0)), (1, 2): ("x", rec(1, 2)), (0, 2): ("x", rec(0, 2))}
+    assert pairs_from_outcomes(s, direct, "best_worst", human)[0] == [rec(1, 2)]  # B best, C worst, compared
+
+
+def _items(db, origin="loop:tiny:1"):
+    with Store(db) as store:
+        return [i for i in store.label_items() if i["origin"] == origin]
+
+
+def _vote_smaller_text(store, item, annotator="ana"):
+    """A voter who always prefers the alphabetically smaller answer (a strict, transitive order), voting as the
+    label app records it: the verdict relative to the stored a/b, the order the two were shown in."""
+    verdict = "a" if item["response_a"] < item["response_b"] else "b"
+    store.add_vote(item["id"], annotator, verdict, "ba" if item["id"] % 2 else "ab")
+
+
+@pytest.mark.parametrize("pairing", ["best_worst", "all"])
+def test_people_compare_three_answers_items_load_once_and_votes_become_pairs(tmp_path, tiny_model_dir, judge,
+                                                                           capsys, pairing):
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, {"rules": []})
+    cfg = _configure(tmp_path, mode="human", pairing=pairing)
+    assert cfg.generate["k"] == 3
+    assert main(["loop", cfg.source]) == 3
+    assert "0 of 9 items have 1 vote(s)" in capsys.readouterr().out
+    items = _items(db)
+    assert len(items) == 9  # 3 prompts x 3 comparisons
+    assert main(["loop", cfg.source]) == 3  # a rerun loads nothing again
+    assert _items(db) == items
+    with Store(db) as store:
+        for item in items:
+            _vote_smaller_text(store, item)
+        store.add_vote(items[0]["id"], "bo", "skip", "ab")  # a skip is no vote
+    assert main(["loop", cfg.source, "--step", "label"]) == 0
+    with Store(db) as store:
+        label = store.loop_iterations("tiny")[0]["steps"]["label"]["outputs"]
+    assert label["voted_items"] == 9 and label["judged_items"] == 0 and label["left_out"] == {}
+    records = [json.loads(x) for x in open(label["file"])]
+    by_prompt = {}
+    for item in items:
+        by_prompt.setdefault(item["prompt"][-1]["content"], set()).update({item["response_a"], item["response_b"]})
+    if pairing == "best_worst":
+        assert len(records) == 3
+        for r in records:
+            answers = by_prompt[r["conversations"][-1]["value"]]
+            assert (r["chosen"], r["rejected"]) == (min(answers), max(answers))
+    else:
+        assert len(records) == 9 and all(r["chosen"] < r["rejected"] for r in records)
+    assert all(r["provenance"]["source"] == "human:votes" and r["annotators"] == ["ana"] for r in records)
+    assert main(["loop", cfg.source, "--step", "pairs"]) == 0
+    assert _items(db) == items
+
+
+def test_people_then_the_judge_with_three_answers(tmp_path, tiny_model_dir, judge):
+    import time
+
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, {"rules": []})
+    cfg = _configure(tmp_path, mode="human_then_judge", deadline_hours=2 / 3600, items_per_prompt=2)
+    assert main(["loop", cfg.source]) == 3
+    items = _items(db)
+    assert len(items) == 3 * 2  # capped: the first two comparisons of the cycle, 0-1 and 1-2
+    first_prompt = items[0]["prompt"]
+    voted = [i for i in items if i["prompt"] == first_prompt]
+    assert [(i["source_a"], i["source_b"]) for i in voted] == [("candidate 0", "candidate 1"),
+                                                               ("candidate 1", "candidate 2")]
+    with Store(db) as store:
+        for item in voted:  # candidate 0 > 1 > 2; 0 and 2 were never compared
+            store.add_vote(item["id"], "ana", "a", "ab")
+    time.sleep(2.2)
+    assert main(["loop", cfg.source, "--step", "label"]) == 0
+    with Store(db) as store:
+        label = store.loop_iterations("tiny")[0]["steps"]["label"]["outputs"]
+    assert (label["voted_items"], label["judged_items"]) == (2, 4)
+    records = [json.loads(x) for x in open(label["file"])]
+    [human] = [r for r in records if r["provenance"]["source"].startswith("human")]
+    assert (human["chosen"], human["rejected"]) == (voted[0]["response_a"], voted[1]["response_b"])
+    assert human["provenance"]["source"] == "human:ranking" and human["provenance"]["judged_comparisons"] == 0
+    judged = [r for r in records if r is not human]
+    assert label["judge_pairs"] == len(judged) and all(r["provenance"]["source"].startswith("judge") for r in judged)
+    assert all(len(r["chosen"]) > len(r["rejected"]) for r in judged)  # the scripted judge prefers longer answers
+    assert _items(db) == items

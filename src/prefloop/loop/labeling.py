@@ -60,17 +60,20 @@ def pairs_from_outcomes(s, outcomes: dict[tuple[int, int], tuple[str, dict | Non
 
     `s`: the prompt's CandidateSet; `outcomes`: (i, j) -> ("x" | "y" | "tie", the seed-format record of
     the decisive comparison, chosen first, or None for a tie). `pairing` "all": every decisive record;
-    "best_worst": the answer with the highest win share against the one with the lowest; when the two were
-    compared directly, that comparison's record (dropped as "ranking_conflict" when the worst won it, as
-    "tie" when it was a tie); when they were not (a capped prompt), a pair inferred from the ranking, its
-    provenance naming the shares. Returns (records, reasons for what gave no pair)."""
+    "best_worst": the answer with the highest win share against the one with the lowest (equal shares: the
+    lower index); when the two were compared directly, that comparison's record (dropped as
+    "ranking_conflict" when the worst won it, as "tie" when it was a tie); when they were not (a capped
+    prompt), a pair inferred from the ranking, its provenance source "human:ranking", "judge:ranking" or
+    "human+judge:ranking" (whose comparisons it rests on) with the shares. Returns (records, reasons for what gave no pair)."""
     from prefloop.data.formats import to_seed_record
     from prefloop.data.schema import Message, PreferencePair
 
     reasons: Counter = Counter()
     if pairing == "all":
         records = [rec for outcome, rec in outcomes.values() if outcome in ("x", "y")]
-        reasons["tie"] += sum(outcome == "tie" for outcome, _ in outcomes.values())
+        ties = sum(outcome == "tie" for outcome, _ in outcomes.values())
+        if ties:
+            reasons["tie"] += ties
         return records, reasons
     shares = win_shares({ij: outcome for ij, (outcome, _) in outcomes.items()})
     if len(shares) < 2:
@@ -91,7 +94,8 @@ def pairs_from_outcomes(s, outcomes: dict[tuple[int, int], tuple[str, dict | Non
         return [], reasons
     pair = PreferencePair(prompt=[Message.from_dict(m) for m in s.messages], chosen=s.candidates[best],
                           rejected=s.candidates[worst], id=f"{s.id}:{min(best, worst)}-{max(best, worst)}")
-    base = provenance["source"].split(":")[0]
+    kinds = sorted({rec["provenance"]["source"].split(":")[0] for _, rec in outcomes.values() if rec})
+    base = "+".join(kinds) or provenance["source"].split(":")[0]  # "human", "judge" or "human+judge"
     judged = sum(bool(rec) and rec["provenance"]["source"].startswith("judge") for _, rec in outcomes.values())
     shown = {f"candidate {a}": str(v) for a, v in sorted(shares.items())}
     return [to_seed_record(pair, source=base, provenance={
