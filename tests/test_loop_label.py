@@ -229,3 +229,73 @@ def test_people_then_the_judge_with_three_answers(tmp_path, tiny_model_dir, judg
     assert label["judge_pairs"] == len(judged) and all(r["provenance"]["source"].startswith("judge") for r in judged)
     assert all(len(r["chosen"]) > len(r["rejected"]) for r in judged)  # the scripted judge prefers longer answers
     assert _items(db) == items
+
+
+# ------------------------------------------------------------------------------------------ low-confidence sampling
+
+
+def unsure_about_poems_and_physics(messages):
+    """A judge that is sure (the longer answer, else the alphabetically first: decisive in both orders) except
+    for the haiku and gravity prompts, where it always picks whichever answer it sees first (position bias:
+    the two orders disagree)."""
+    from test_judge import shown_answers
+
+    text = messages[0]["content"].lower()
+    if "haiku" in text or "gravity" in text:
+        return "First one. [[A]]"
+    a, b = shown_answers(messages)
+    return "[[A]]" if (len(a), b) > (len(b), a) else "[[B]]"
+
+
+def test_low_confidence_sampling_keeps_the_prompts_the_judge_cannot_decide(tmp_path, tiny_model_dir):
+    from prefloop.serve.background import BackgroundServer
+    from test_judge import scripted_judge_app
+
+    app, requests = scripted_judge_app(unsure_about_poems_and_physics)
+    with BackgroundServer(app) as server:
+        db, _ = _setup(tmp_path, tiny_model_dir, server.url, {"rules": []})
+        f = tmp_path / "loop.yaml"
+        raw = yaml.safe_load(f.read_text())
+        raw["sample"] = {"strategy": "low_confidence", "size": 2, "per_conversation": 2}
+        raw["label"].update(mode="human_then_judge", deadline_hours=0)
+        raw["generate"]["k"] = 2
+        f.write_text(yaml.safe_dump(raw, sort_keys=False))
+        cfg = load_loop_config(f)
+        run_loop(cfg, "collect")
+
+        def kill(step, phase):
+            if step == "sample" and phase == "before_record":
+                raise Killed()
+
+        with pytest.raises(Killed):
+            run_loop(cfg, "sample", hook=kill)
+        asked = len(requests)
+        out = run_loop(cfg, "sample")["outputs"]["sample"]
+        assert len(requests) == asked  # the rerun's judgments came from the cache
+    conf = out["confidence"]
+    assert conf["pool"] == 6 and conf["judged"] == 6 and conf["with_log_probs"] == 4  # 6 distinct prompts
+    assert out["prompts"] == 2 and out["skipped"]["judge_more_confident"] == 4
+    kept = [json.loads(x) for x in open(out["file"])]
+    assert sorted(r["messages"][0]["content"] for r in kept) == ["Explain gravity to a child.",
+                                                                 "Write a haiku about rain."]
+    assert all(r["judge_confidence"] == 0 and r["judge_outcome"] == "tie" for r in kept)
+    pool = [json.loads(x) for x in open(conf["file"])]
+    sure = [r for r in pool if r not in kept]
+    # the scripted endpoint gives the verdict 0.8, the other answer 0.15, a tie 0.05 in each order
+    assert all(r["judge_outcome"] in ("x", "y") and r["judge_confidence"] == pytest.approx(0.65, abs=1e-3)
+               for r in sure)
+    assert conf["kept_confidence_max"] == 0 and conf["confidence_max"] == pytest.approx(0.65, abs=1e-3)
+
+
+def test_low_confidence_pool_errors_are_located(tmp_path, capsys):
+    (tmp_path / "train.yaml").write_text("max_steps: 1\n")
+    (tmp_path / "eval.jsonl").write_text('{"prompt": "hi"}\n')
+    base = {"name": "tiny", "sample": {"strategy": "low_confidence", "size": 4, "pool": 2}, "label": {"judge": "http://127.0.0.1:1/v1"},
+            "train": {"config": "train.yaml"}, "eval": {"prompts": "eval.jsonl"}}
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
+    assert "line 5: sample.pool: must be at least sample.size (4)" in capsys.readouterr().err
+    base["sample"] = {"strategy": "recent", "pool": 8}
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
+    assert "sample.pool: is used only with sample.strategy low_confidence" in capsys.readouterr().err

@@ -7,7 +7,8 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
     store: prefloop.sqlite        # the prefloop store serve logs into (relative to loop.yaml)
     workdir: loop/smollm2         # where each iteration's files go (default: <store>.loop/NAME)
     sample:   {strategy: feedback_first, size: 64, per_conversation: 2, seed: 0, scrub_pii: true,
-               pii_hook: "module:function"}
+               pii_hook: "module:function", pool: null}   # strategy: random | recent | feedback_first |
+                                                          # low_confidence (pool: default 4 x size)
     generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8}
     label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
                pairing: best_worst, seed: 0,                     # pairing: best_worst | all
@@ -31,7 +32,7 @@ import yaml
 from prefloop.config_files import load_yaml, plain
 from prefloop.errors import ConfigError
 
-STRATEGIES = ("random", "recent", "feedback_first")
+STRATEGIES = ("random", "recent", "feedback_first", "low_confidence")
 LABEL_MODES = ("judge", "reward_model", "human", "human_then_judge")
 LABEL_PAIRINGS = ("best_worst", "all")
 REWARD_TEMPLATES = ("own", "policy")
@@ -42,7 +43,8 @@ LOOP_SET_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model", "dat
 # section -> key -> (type(s), default); None default with `required` marks a required key
 _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sample": {"strategy": ((str,), "feedback_first"), "size": ((int,), 64), "per_conversation": ((int,), 2),
-               "seed": ((int,), 0), "scrub_pii": ((bool,), True), "pii_hook": ((str, type(None)), None)},
+               "seed": ((int,), 0), "scrub_pii": ((bool,), True), "pii_hook": ((str, type(None)), None),
+               "pool": ((int, type(None)), None)},
     "generate": {"k": ((int,), 4), "temperature": ((int, float), 0.8), "top_p": ((int, float), 1.0),
                  "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8)},
     "label": {"mode": ((str,), "judge"), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
@@ -196,6 +198,11 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (s["strategy"] in STRATEGIES, ("sample", "strategy"), f"must be one of {', '.join(STRATEGIES)}"),
         (s["size"] >= 1, ("sample", "size"), "must be at least 1"),
         (s["per_conversation"] >= 1, ("sample", "per_conversation"), "must be at least 1"),
+        (s["pool"] is None or s["strategy"] == "low_confidence", ("sample", "pool"),
+         f"is used only with sample.strategy low_confidence (the strategy is {s['strategy']}); remove it"),
+        (s["pool"] is None or s["pool"] >= s["size"], ("sample", "pool"),
+         f"must be at least sample.size ({s['size']}): the low-confidence strategy keeps the size least sure "
+         "of the pool's prompts"),
         (s["pii_hook"] is None or ":" in s["pii_hook"], ("sample", "pii_hook"),
          "must be 'module:function' (a function taking a text and returning the scrubbed text)"),
         (g["k"] >= 2, ("generate", "k"), "must be at least 2: best vs worst of K needs two candidates"),

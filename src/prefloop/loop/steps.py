@@ -2,7 +2,7 @@
 
     collect  -> interaction and feedback id ranges logged by `prefloop serve` since the last iteration
     sample   -> prompts.jsonl: prompts chosen for labeling (strategy, de-duplicated, capped per conversation,
-                personal data scrubbed)
+                personal data scrubbed; low_confidence: the ones the judge is least sure about, `confidence.py`)
     generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded)
     label    -> judged.jsonl: best vs worst of K (or all decisive pairs) by the AI judge (both orders), a reward
                 model, or people voting in the label app (`loop/labeling.py`)
@@ -144,7 +144,13 @@ class Iteration:
         flagged = {i for f in feedback if f["kind"] == "choice" or f["value"] == "down"
                    for i in (f["interaction_id"], f["other_interaction_id"]) if i is not None}
         order = sorted(interactions.values(), key=lambda i: i["id"])
-        if s["strategy"] == "recent":
+        limit = s["size"]
+        if s["strategy"] == "low_confidence":  # a pool of the newest prompts; the judge's doubt chooses below
+            from prefloop.loop.confidence import pool_size
+
+            order.reverse()
+            limit = pool_size(s)
+        elif s["strategy"] == "recent":
             order.reverse()
         elif s["strategy"] == "random":
             random.Random(s["seed"]).shuffle(order)
@@ -164,7 +170,7 @@ class Iteration:
             if per_conversation.get(i["conversation_id"], 0) >= s["per_conversation"]:
                 skipped["conversation_cap"] += 1
                 continue
-            if len(chosen) >= s["size"]:
+            if len(chosen) >= limit:
                 skipped["over_size"] += 1
                 continue
             seen.add(key)
@@ -172,12 +178,20 @@ class Iteration:
             chosen.append({"id": f"i{i['id']}", "messages": scrub.messages(i["messages"]),
                            "interaction_id": i["id"], "conversation_id": i["conversation_id"],
                            "flagged": i["id"] in flagged})
+        confidence = None
+        if s["strategy"] == "low_confidence":
+            from prefloop.loop.confidence import least_confident
+
+            pool = len(chosen)
+            chosen, confidence = least_confident(self, chosen)
+            skipped["judge_more_confident"] = pool - len(chosen)
         path = self.dir / "prompts.jsonl"
         _write_jsonl(path, chosen)
         return ({"interactions": len(interactions), "strategy": s["strategy"],
                  "forgotten_conversations": len(self.store.forgotten_conversations())},
                 {"file": str(path), "prompts": len(chosen), "flagged": sum(r["flagged"] for r in chosen),
-                 "skipped": skipped, "scrubbed": dict(scrub.counts)})
+                 "skipped": skipped, "scrubbed": dict(scrub.counts),
+                 **({"confidence": confidence} if confidence is not None else {})})
 
     def _generate(self):
         from prefloop.generate import generate_command
