@@ -299,3 +299,84 @@ def test_low_confidence_pool_errors_are_located(tmp_path, capsys):
     (tmp_path / "loop.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
     assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
     assert "sample.pool: is used only with sample.strategy low_confidence" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ generation by the endpoint
+
+
+def test_generate_through_the_serving_endpoint_checks_it_serves_the_champion(tmp_path, tiny_model_dir, judge,
+                                                                               monkeypatch, capsys):
+    from prefloop.registry import aliases as al
+    from prefloop.registry.commands import register_model
+    from prefloop.serve.app import _follow_registry, create_app
+    from prefloop.serve.background import BackgroundServer
+    from prefloop.testing import save_tiny_model
+
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, {"rules": []})
+    monkeypatch.setenv("LOOP_SERVE_KEY", "s3cret")
+    with Store(db) as store:
+        # `prefloop serve --registry tiny --db STORE --api-key-env ...`: logs interactions, follows the champion
+        # (here slowly: a promote is not seen for an hour, so the test can catch it serving the old one)
+        holder, follower = _follow_registry(store, "tiny", None, 16, poll_seconds=3600)
+        try:
+            with BackgroundServer(create_app(None, None, "s3cret", store=store, holder=holder)) as server:
+                f = tmp_path / "loop.yaml"
+                raw = yaml.safe_load(f.read_text())
+                raw["generate"].update(endpoint=server.url + "/v1", api_key_env="LOOP_SERVE_KEY", concurrency=2)
+                f.write_text(yaml.safe_dump(raw, sort_keys=False))
+                cfg = load_loop_config(f)
+                for step in ("collect", "sample"):
+                    run_loop(cfg, step)
+                register_model(store, str(save_tiny_model(tmp_path / "m2", seed=1)), "tiny")
+                al.promote(store, "v2", "tiny")  # the server still answers with v1
+                capsys.readouterr()
+                assert main(["loop", str(f), "--step", "generate"]) == 2
+                err = capsys.readouterr().err
+                assert "generate.endpoint " + server.url + "/v1 serves tiny:v1 (version v1), not the champion " \
+                       "tiny:v2; point generate.endpoint at the server of the champion (`prefloop serve --registry " \
+                       "tiny --db" in err
+                al.promote(store, "v1", "tiny")  # back to the version the server answers with
+                logged = len(store.interactions())
+                gen = run_loop(cfg, "generate")["outputs"]["generate"]
+                assert len(store.interactions()) == logged  # `store: false`: the loop's sampling is not user traffic
+        finally:
+            follower.stop()
+            holder.close()
+    records = [json.loads(x) for x in open(gen["file"])]
+    assert gen["prompts"] == len(records) == 3
+    assert all(r["served_by"] == "tiny:v1" and r["model"] == "tiny" and len(r["candidates"]) == 3 for r in records)
+    with Store(db) as store:
+        inputs = store.loop_iterations("tiny")[0]["steps"]["generate"]["inputs"]
+    assert inputs["endpoint"] == server.url + "/v1"
+
+
+def test_answers_of_another_version_are_removed_and_asked_again(tmp_path):
+    from prefloop.loop.served import drop_answers_of_others
+    from prefloop.loop.steps import LoopError
+
+    out = tmp_path / "candidates.jsonl"
+    rows = [{"id": "a", "served_by": "tiny:v2"}, {"id": "b", "served_by": "tiny:v1"}, {"id": "c"}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Cfg:
+        name, store, generate = "tiny", "db.sqlite", {"endpoint": "http://127.0.0.1:8000/v1"}
+
+    champ = {"name": "tiny", "version": "v2"}
+    with pytest.raises(LoopError, match=r"2 prompt\(s\) were answered by None, tiny:v1 at generate.endpoint "):
+        drop_answers_of_others(Cfg, out, champ)
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a"]
+    drop_answers_of_others(Cfg, out, champ)  # all from the champion now: nothing to say
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"endpoint": "localhost:8000"}, "generate.endpoint: must be an http:// or https:// URL"),
+    ({"api_key_env": "KEY"}, "generate.api_key_env: is used only with generate.endpoint"),
+])
+def test_generate_endpoint_errors_are_located(tmp_path, capsys, change, message):
+    (tmp_path / "train.yaml").write_text("max_steps: 1\n")
+    (tmp_path / "eval.jsonl").write_text('{"prompt": "hi"}\n')
+    base = {"name": "tiny", "generate": change, "label": {"judge": "http://127.0.0.1:1/v1"},
+            "train": {"config": "train.yaml"}, "eval": {"prompts": "eval.jsonl"}}
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 2
+    assert message in capsys.readouterr().err

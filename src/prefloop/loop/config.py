@@ -9,7 +9,8 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
     sample:   {strategy: feedback_first, size: 64, per_conversation: 2, seed: 0, scrub_pii: true,
                pii_hook: "module:function", pool: null}   # strategy: random | recent | feedback_first |
                                                           # low_confidence (pool: default 4 x size)
-    generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8}
+    generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8,
+               endpoint: null, api_key_env: null, model_name: null, concurrency: 8}   # endpoint: the serving URL
     label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
                pairing: best_worst, seed: 0,                     # pairing: best_worst | all
                reward_model: PATH, reward_template: own, device: auto, precision: auto, batch_size: 8,
@@ -46,7 +47,9 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
                "seed": ((int,), 0), "scrub_pii": ((bool,), True), "pii_hook": ((str, type(None)), None),
                "pool": ((int, type(None)), None)},
     "generate": {"k": ((int,), 4), "temperature": ((int, float), 0.8), "top_p": ((int, float), 1.0),
-                 "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8)},
+                 "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8),
+                 "endpoint": ((str, type(None)), None), "api_key_env": ((str, type(None)), None),
+                 "model_name": ((str, type(None)), None), "concurrency": ((int,), 8)},
     "label": {"mode": ((str,), "judge"), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
               "criteria": ((str,), "helpfulness,accuracy,clarity,safety"), "max_tokens": ((int,), 1024),
               "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1),
@@ -210,6 +213,13 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (g["temperature"] > 0, ("generate", "temperature"),
          "0 (greedy) makes the K candidates identical, so no pair can be made; use e.g. 0.8"),
         (0 < g["top_p"] <= 1, ("generate", "top_p"), "must be in (0, 1]"),
+        (not g["endpoint"] or str(g["endpoint"]).startswith(("http://", "https://")), ("generate", "endpoint"),
+         "must be an http:// or https:// URL of an OpenAI-compatible server (e.g. the one `prefloop serve "
+         "--registry NAME` runs)"),
+        (g["endpoint"] or not (g["api_key_env"] or g["model_name"]), ("generate", "api_key_env" if g["api_key_env"]
+                                                                        else "model_name"),
+         "is used only with generate.endpoint; set the endpoint or remove it"),
+        (g["concurrency"] >= 1, ("generate", "concurrency"), "must be at least 1"),
         (g["max_new_tokens"] >= 1 and e["max_new_tokens"] >= 1, ("generate", "max_new_tokens"), "must be at least 1"),
         (lab["mode"] in LABEL_MODES, ("label", "mode"), f"must be one of {', '.join(LABEL_MODES)}"),
         (lab["mode"] in ("human", "reward_model") or bool(lab["judge"]), ("label", "judge"),

@@ -3,7 +3,8 @@
     collect  -> interaction and feedback id ranges logged by `prefloop serve` since the last iteration
     sample   -> prompts.jsonl: prompts chosen for labeling (strategy, de-duplicated, capped per conversation,
                 personal data scrubbed; low_confidence: the ones the judge is least sure about, `confidence.py`)
-    generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded)
+    generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded), locally
+                or through the serving endpoint (`served.py`)
     label    -> judged.jsonl: best vs worst of K (or all decisive pairs) by the AI judge (both orders), a reward
                 model, or people voting in the label app (`loop/labeling.py`)
     pairs    -> pairs.jsonl: judged pairs + pairs from user feedback + the replay share of older pairs
@@ -203,12 +204,20 @@ class Iteration:
         if prompts["prompts"] == 0:
             out.write_text("")
             return {"champion_id": champ["id"]}, {"file": str(out), "prompts": 0}
-        code = generate_command(champ["path"], prompts["file"], str(out), n=g["k"], temperature=g["temperature"],
+        target, endpoint = champ["path"], {}
+        if g["endpoint"]:  # the serving endpoint answers, once it is shown to serve the champion
+            from prefloop.loop.served import drop_answers_of_others, endpoint_options
+
+            target, endpoint = g["endpoint"], endpoint_options(self.cfg, champ)
+        code = generate_command(target, prompts["file"], str(out), n=g["k"], temperature=g["temperature"],
                                 top_p=g["top_p"], max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
-                                seed=g["seed"])
+                                seed=g["seed"], **endpoint)
+        if endpoint:
+            drop_answers_of_others(self.cfg, out, champ)
         if code != 0:
             raise LoopError(f"generate failed for some prompts (see above); rerun: finished prompts are kept in {out}")
-        return ({"champion_id": champ["id"], "prompts_file": prompts["file"], "k": g["k"]},
+        return ({"champion_id": champ["id"], "prompts_file": prompts["file"], "k": g["k"],
+                 **({"endpoint": g["endpoint"]} if g["endpoint"] else {})},
                 {"file": str(out), "prompts": len(_read_jsonl(out))})
 
     def _label(self):
