@@ -323,10 +323,14 @@ def test_generate_through_the_serving_endpoint_checks_it_serves_the_champion(tmp
                 f = tmp_path / "loop.yaml"
                 raw = yaml.safe_load(f.read_text())
                 raw["generate"].update(endpoint=server.url + "/v1", api_key_env="LOOP_SERVE_KEY", concurrency=2)
+                raw["sample"].update(strategy="low_confidence", size=3)  # its pool's answers: the endpoint's too
                 f.write_text(yaml.safe_dump(raw, sort_keys=False))
                 cfg = load_loop_config(f)
+                before = len(store.interactions())
                 for step in ("collect", "sample"):
                     run_loop(cfg, step)
+                pool = [json.loads(x) for x in open(tmp_path / "prefloop.sqlite.loop/tiny/iter-0001/pool.candidates.jsonl")]
+                assert len(pool) == 3 and all(r["served_by"] == "tiny:v1" for r in pool)
                 register_model(store, str(save_tiny_model(tmp_path / "m2", seed=1)), "tiny")
                 al.promote(store, "v2", "tiny")  # the server still answers with v1
                 capsys.readouterr()
@@ -338,7 +342,7 @@ def test_generate_through_the_serving_endpoint_checks_it_serves_the_champion(tmp
                 al.promote(store, "v1", "tiny")  # back to the version the server answers with
                 logged = len(store.interactions())
                 gen = run_loop(cfg, "generate")["outputs"]["generate"]
-                assert len(store.interactions()) == logged  # `store: false`: the loop's sampling is not user traffic
+                assert len(store.interactions()) == logged == before  # `store: false`: not logged as user traffic
         finally:
             follower.stop()
             holder.close()

@@ -4,7 +4,8 @@ For each prompt of the pool (the eligible prompts after de-duplication, the per-
 scrubbing, newest first, at most `sample.pool`, default 4 x `sample.size`):
 
 1. the champion answers it twice (`prefloop generate`, n=2, the loop's generation settings, seeded;
-   `pool.candidates.jsonl`, resumed after a crash);
+   locally, or through `generate.endpoint` like the generate step; `pool.candidates.jsonl`, resumed
+   after a crash);
 2. the judge compares the two answers in both orders (`judge.pairwise.PairwiseJudge`, cached in
    `pool.judge-cache.jsonl`, so a rerun pays for nothing twice);
 3. confidence = |p - 0.5| x 2, in [0, 1], where p is the judge's order-averaged probability that the
@@ -56,9 +57,17 @@ def least_confident(it, pool: list[dict]) -> tuple[list[dict], dict]:
         return [], summary
     prompts_file, answers_file = it.dir / "pool.prompts.jsonl", it.dir / "pool.candidates.jsonl"
     _write_jsonl(prompts_file, [{"id": p["id"], "messages": p["messages"]} for p in pool])
-    code = generate_command(it.champion()["path"], str(prompts_file), str(answers_file), n=2,
-                            temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=g["max_new_tokens"],
-                            batch_size=g["batch_size"], seed=s["seed"])
+    champ = it.champion()
+    target, endpoint = champ["path"], {}
+    if g["endpoint"]:  # the same answerer as the generate step: the serving endpoint, checked to be the champion
+        from prefloop.loop.served import drop_answers_of_others, endpoint_options
+
+        target, endpoint = g["endpoint"], endpoint_options(it.cfg, champ)
+    code = generate_command(target, str(prompts_file), str(answers_file), n=2, temperature=g["temperature"],
+                            top_p=g["top_p"], max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
+                            seed=s["seed"], **endpoint)
+    if endpoint:
+        drop_answers_of_others(it.cfg, answers_file, champ)
     if code != 0:
         raise LoopError(f"generating the pool's answers failed for some prompts (see above); rerun: finished "
                         f"prompts are kept in {answers_file}")
