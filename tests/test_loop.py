@@ -217,9 +217,15 @@ def _upper_names(text):
     ({"smaple": {}}, "smaple: unknown key (did you mean 'sample'?)"),
     ({"generate": {"k": 1}}, "generate.k: must be at least 2"),
     ({"generate": {"k": 4, "temperature": 0}}, "generate.temperature: 0 (greedy) makes the K candidates identical"),
-    ({"label": {"mode": "reward_model"}}, "label.mode: must be one of judge, human, human_then_judge; the "
-                                          "reward-model mode is not built yet"),
-    ({"label": {"mode": "human"}}, "generate.k: must be 2 with label.mode human: people compare two answers"),
+    ({"label": {"mode": "reward_models"}}, "label.mode: must be one of judge, reward_model, human, human_then_judge"),
+    ({"label": {"mode": "reward_model"}}, "label.reward_model: mode reward_model needs label.reward_model: a local "
+                                          "AutoModelForSequenceClassification directory"),
+    ({"label": {"mode": "reward_model", "reward_model": "no-such-dir"}}, "no-such-dir is not a directory"),
+    ({"label": {"reward_model": "rm"}}, "label.reward_model: is used only with label.mode reward_model"),
+    ({"label": {"mode": "human", "pairing": "best"}}, "label.pairing: must be best_worst (the best answer against"),
+    ({"label": {"mode": "human", "items_per_prompt": 2}}, "label.items_per_prompt: must be at least generate.k - 1 = 3"),
+    ({"label": {"mode": "reward_model", "reward_model": ".", "precision": "int4"}},
+     "label.precision: must be one of auto, fp32, bf16, fp16"),
     ({"train": {"config": "train.yaml", "replay_share": 1.0}}, "train.replay_share: must be in [0, 1)"),
     ({"train": {"config": "train.yaml", "overrides": {"output_dir": "x"}}}, "output_dir are set by the loop"),
     ({"train": {"config": "train.yaml", "overrides": {"max_step": 3}}},

@@ -35,6 +35,7 @@ class Completion:
     logprobs: list[list[TokenLogprob] | None]
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    model: str | None = None  # the model the endpoint says answered (its response's `model` field); None: local
 
 
 class LocalChatClient:
@@ -81,8 +82,9 @@ def _logprobs(choice) -> list[TokenLogprob] | None:
 class EndpointChatClient:
     """An OpenAI-compatible endpoint; up to `concurrency` requests in flight, retries inside the `openai` client."""
 
-    def __init__(self, client, name: str, concurrency: int = 8):
+    def __init__(self, client, name: str, concurrency: int = 8, log_requests: bool = True):
         self.client, self.name, self.concurrency = client, name, max(1, concurrency)
+        self.log_requests = log_requests  # False: send `store: false`, so a logging server keeps no record
         self.usage = UsageTotals()
 
     def _request(self, call: ChatCall) -> Completion:
@@ -103,8 +105,11 @@ class EndpointChatClient:
                 kwargs["logit_bias"] = {str(token): bias for token, bias in p.logit_bias}
             if kwargs["n"] == 1:
                 del kwargs["n"]  # the default; some servers reject the field
+            if not self.log_requests:
+                kwargs["store"] = False
             resp = self.client.chat.completions.create(**kwargs)
             self.usage.add(resp.usage)
+            out.model = resp.model or out.model
             if not resp.choices:
                 raise RuntimeError(f"the endpoint returned no choices for model {self.name}")
             for choice in resp.choices:
@@ -131,15 +136,18 @@ class EndpointChatClient:
 
 def open_chat_client(target: str, model_name: str | None = None, api_key: str | None = None, batch_size: int = 8,
                      concurrency: int = 8, option: str = "--model-name", api_key_env: str | None = None,
-                     api_key_file: str | None = None):
+                     api_key_file: str | None = None, log_requests: bool = True):
     """An endpoint client for a URL, else a local model loaded from `target` (GPU when there is one).
+
+    `log_requests=False` asks an endpoint not to store the requests (`store: false`, which `prefloop serve`
+    honours: nothing is logged as a user interaction).
 
     The endpoint's key: `api_key` as given (Python callers), else `endpoint.endpoint_api_key`
     (`api_key_env` / `api_key_file`; $OPENAI_API_KEY only for the OpenAI API itself).
     """
     if is_endpoint(target):
         client = make_client(target, api_key, api_key_env=api_key_env, api_key_file=api_key_file)
-        return EndpointChatClient(client, resolve_model_name(client, model_name, option), concurrency)
+        return EndpointChatClient(client, resolve_model_name(client, model_name, option), concurrency, log_requests)
     return LocalChatClient(LocalGenerator.load(target), model_name or local_model_name(target), batch_size)
 
 

@@ -135,9 +135,14 @@ def _add_judge(sub) -> None:
     p.add_argument("--pairing", choices=["max_min", "all_pairs", "random"], default="max_min")
     p.add_argument("--reward-model", help="sequence-classification reward model path")
     p.add_argument("--min-margin", type=float, default=0.0)
+    p.add_argument("--reward-device", default="auto", help="device of the reward model (default: cuda if any, else cpu)")
+    p.add_argument("--reward-precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="reward-model weights' precision (auto: bf16 on a GPU that has it, else fp32)")
+    p.add_argument("--reward-template-from", help="model directory whose chat template renders the conversations "
+                   "for the reward model (default: the reward model's own)")
     p.add_argument("--keep-ties", action="store_true")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--cache", help="judgment cache file (default: next to --out)")
+    p.add_argument("--cache", help="judgment (or reward-score) cache file (default: next to --out)")
     _add_api_key_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=1024, help="longest judge answer (reasoning + verdict)")

@@ -65,8 +65,13 @@ def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) ->
 
 
 def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
-                     batch_size=8, concurrency=8, api_key_env=None, api_key_file=None, seed=0) -> int:
-    """`prefloop generate`; an endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`)."""
+                     batch_size=8, concurrency=8, api_key_env=None, api_key_file=None, seed=0,
+                     log_requests=True) -> int:
+    """`prefloop generate`; an endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`).
+
+    With an endpoint, each record also names the model the endpoint says answered (`served_by`, its
+    responses' `model` field); `log_requests=False` sends `store: false` (a logging `prefloop serve`
+    then keeps no interaction for these requests)."""
     from tqdm import tqdm
 
     _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency)
@@ -81,7 +86,7 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
         print(f"prefloop generate: nothing to do, every prompt is in {out}", file=sys.stderr)
         return 0
     client = open_chat_client(model, model_name, None, batch_size, concurrency, api_key_env=api_key_env,
-                              api_key_file=api_key_file)
+                              api_key_file=api_key_file, log_requests=log_requests)
     params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
     calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
              for p in todo]
@@ -97,6 +102,8 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
             record = {"id": prompt.id, "messages": prompt.messages, "candidates": result.texts,
                       "finish_reasons": result.finish_reasons, "model": client.name, "params": params,
                       "source": prompt.source}
+            if result.model is not None:
+                record["served_by"] = result.model
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
     written = len(todo) - len(failures)

@@ -177,3 +177,21 @@ def save_tiny_model(path: str | Path, arch: str = "qwen2", seed: int = 0, **mode
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_tiny_reward_model(path: str | Path, seed: int = 0, chat_template: str | None = CHATML_TEMPLATE) -> Path:
+    """A tiny random Qwen2 sequence-classification model with one output label (a scalar reward model, as
+    Skywork-Reward or ArmoRM's scalar head are loaded) and the tiny tokenizer, saved to `path`;
+    `chat_template=None` saves it without a chat template (score through the policy's)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer(chat_template=chat_template)
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -147,13 +147,16 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
 # ------------------------------------------------------------------------------------------ reward model
 
 
-def _run_reward(sets, reward_model, pairing, min_margin, seed, batch_size):
+def _run_reward(sets, reward_model, pairing, min_margin, seed, batch_size, cache_path, options: dict):
     from prefloop.chat_clients import local_model_name
+    from prefloop.judge.cache import JudgmentCache
     from prefloop.judge.reward import RewardModel
 
-    rm = RewardModel(reward_model, batch_size=batch_size)
+    rm = RewardModel(reward_model, batch_size=batch_size, **options)
     name = "reward:" + local_model_name(reward_model)
-    flat = rm.score([(s.messages, c) for s in sets for c in s.candidates])
+    cache = JudgmentCache(cache_path)
+    before = len(cache)
+    flat = rm.score([(s.messages, c) for s in sets for c in s.candidates], cache=cache)
     sel, start = Selection(), 0
     for s in sets:
         scores, start = flat[start : start + len(s.candidates)], start + len(s.candidates)
@@ -176,7 +179,9 @@ def _run_reward(sets, reward_model, pairing, min_margin, seed, batch_size):
                                     scores={"chosen": scores[chosen], "rejected": scores[rejected]},
                                     candidate_scores=scores, candidate_model=s.model))
     return sel, {"judge": name, "judge_kind": "reward_model", "min_margin": min_margin,
-                 "scored_answers": len(flat)}
+                 "scored_answers": len(flat), "scores_from_cache": len(flat) - (len(cache) - before),
+                 "cache": str(cache.path), "device": rm.device, "precision": rm.precision,
+                 "template_from": rm.template_from}
 
 
 # ------------------------------------------------------------------------------------------ command
@@ -202,8 +207,13 @@ def _percent(value) -> str:
 
 def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpfulness,accuracy,clarity,safety",
                   template_file=None, pairing="max_min", reward_model=None, min_margin=0.0, keep_ties=False,
-                  concurrency=8, cache=None, api_key_env=None, api_key_file=None, seed=0, max_tokens=1024) -> int:
-    """`prefloop judge`; the judge endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`)."""
+                  concurrency=8, cache=None, api_key_env=None, api_key_file=None, seed=0, max_tokens=1024,
+                  reward_device="auto", reward_precision="auto", reward_template_from=None) -> int:
+    """`prefloop judge`; the judge endpoint's key comes from `api_key_env` / `api_key_file` (see `endpoint`).
+
+    `reward_device`, `reward_precision`, `reward_template_from`: where and in which precision the reward
+    model runs and whose chat template renders the conversations (see `judge.reward.RewardModel`). Judgments (LLM) and scores (reward model) are cached in `cache`
+    (default PREFS.judge-cache.jsonl / PREFS.score-cache.jsonl)."""
     if bool(judge) == bool(reward_model):
         raise ConfigError("give exactly one judge: --judge URL_OR_PATH (an LLM) or --reward-model PATH")
     if pairing not in PAIRINGS:
@@ -218,7 +228,10 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
     out_path.parent.mkdir(parents=True, exist_ok=True)
     stats = JudgeStats()
     if reward_model:
-        selection, report = _run_reward(read.sets, reward_model, pairing, min_margin, seed, batch_size=concurrency)
+        selection, report = _run_reward(read.sets, reward_model, pairing, min_margin, seed, batch_size=concurrency,
+                                        cache_path=cache or sibling(out_path, ".score-cache.jsonl"),
+                                        options={"device": reward_device, "precision": reward_precision,
+                                                 "template_from": reward_template_from})
     else:
         cache_path = cache or sibling(out_path, ".judge-cache.jsonl")
         selection, report = _run_llm(read.sets, judge, judge_model, criteria, template_file, pairing, concurrency,

@@ -7,10 +7,15 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
     store: prefloop.sqlite        # the prefloop store serve logs into (relative to loop.yaml)
     workdir: loop/smollm2         # where each iteration's files go (default: <store>.loop/NAME)
     sample:   {strategy: feedback_first, size: 64, per_conversation: 2, seed: 0, scrub_pii: true,
-               pii_hook: "module:function"}
-    generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8}
+               pii_hook: "module:function", pool: null}   # strategy: random | recent | feedback_first |
+                                                          # low_confidence (pool: default 4 x size)
+    generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8,
+               endpoint: null, api_key_env: null, model_name: null, concurrency: 8}   # endpoint: the serving URL
     label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
-               deadline_hours: 48, min_votes: 1}     # mode: judge | human | human_then_judge
+               pairing: best_worst, seed: 0,                     # pairing: best_worst | all
+               reward_model: PATH, reward_template: own, device: auto, precision: auto, batch_size: 8,
+               deadline_hours: 48, min_votes: 1, items_per_prompt: null}
+               # mode: judge | reward_model | human | human_then_judge
     train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2}
     eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256}
     gate:     {rules: gate.yaml}
@@ -28,21 +33,29 @@ import yaml
 from prefloop.config_files import load_yaml, plain
 from prefloop.errors import ConfigError
 
-STRATEGIES = ("random", "recent", "feedback_first")
-LABEL_MODES = ("judge", "human", "human_then_judge")  # "reward_model": listed in README as not built yet
-HUMAN_MODES = ("human", "human_then_judge")
+STRATEGIES = ("random", "recent", "feedback_first", "low_confidence")
+LABEL_MODES = ("judge", "reward_model", "human", "human_then_judge")
+LABEL_PAIRINGS = ("best_worst", "all")
+REWARD_TEMPLATES = ("own", "policy")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOOP_SET_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model", "dataset", "output_dir", "registry",
                  "registry_db")
 
 # section -> key -> (type(s), default); None default with `required` marks a required key
 _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "sample": {"strategy": ((str,), "feedback_first"), "size": ((int,), 64), "per_conversation": ((int,), 2),
-               "seed": ((int,), 0), "scrub_pii": ((bool,), True), "pii_hook": ((str, type(None)), None)},
+               "seed": ((int,), 0), "scrub_pii": ((bool,), True), "pii_hook": ((str, type(None)), None),
+               "pool": ((int, type(None)), None)},
     "generate": {"k": ((int,), 4), "temperature": ((int, float), 0.8), "top_p": ((int, float), 1.0),
-                 "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8)},
+                 "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8),
+                 "endpoint": ((str, type(None)), None), "api_key_env": ((str, type(None)), None),
+                 "model_name": ((str, type(None)), None), "concurrency": ((int,), 8)},
     "label": {"mode": ((str,), "judge"), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
               "criteria": ((str,), "helpfulness,accuracy,clarity,safety"), "max_tokens": ((int,), 1024),
-              "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1)},
+              "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1),
+              "pairing": ((str,), "best_worst"), "seed": ((int,), 0), "items_per_prompt": ((int, type(None)), None),
+              "reward_model": ((str, type(None)), None), "reward_template": ((str,), "own"),
+              "device": ((str,), "auto"), "precision": ((str,), "auto"), "batch_size": ((int,), 8)},
     "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0)},
     "eval": {"prompts": ((str,), None), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
              "limit": ((int, type(None)), None), "max_new_tokens": ((int,), 256), "temperature": ((int, float), 0.7),
@@ -153,6 +166,8 @@ def load_loop_config(path: str | Path) -> LoopConfig:
         judge = cfg.__dict__[section]["judge"]
         if judge and "://" not in judge:
             cfg.__dict__[section]["judge"] = _abs(base, judge)
+    if cfg.label["reward_model"]:
+        cfg.label["reward_model"] = _abs(base, cfg.label["reward_model"])
     _check_combinations(cfg, where)
     return cfg
 
@@ -186,6 +201,11 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (s["strategy"] in STRATEGIES, ("sample", "strategy"), f"must be one of {', '.join(STRATEGIES)}"),
         (s["size"] >= 1, ("sample", "size"), "must be at least 1"),
         (s["per_conversation"] >= 1, ("sample", "per_conversation"), "must be at least 1"),
+        (s["pool"] is None or s["strategy"] == "low_confidence", ("sample", "pool"),
+         f"is used only with sample.strategy low_confidence (the strategy is {s['strategy']}); remove it"),
+        (s["pool"] is None or s["pool"] >= s["size"], ("sample", "pool"),
+         f"must be at least sample.size ({s['size']}): the low-confidence strategy keeps the size least sure "
+         "of the pool's prompts"),
         (s["pii_hook"] is None or ":" in s["pii_hook"], ("sample", "pii_hook"),
          "must be 'module:function' (a function taking a text and returning the scrubbed text)"),
         (g["k"] >= 2, ("generate", "k"), "must be at least 2: best vs worst of K needs two candidates"),
@@ -193,14 +213,34 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (g["temperature"] > 0, ("generate", "temperature"),
          "0 (greedy) makes the K candidates identical, so no pair can be made; use e.g. 0.8"),
         (0 < g["top_p"] <= 1, ("generate", "top_p"), "must be in (0, 1]"),
+        (not g["endpoint"] or str(g["endpoint"]).startswith(("http://", "https://")), ("generate", "endpoint"),
+         "must be an http:// or https:// URL of an OpenAI-compatible server (e.g. the one `prefloop serve "
+         "--registry NAME` runs)"),
+        (g["endpoint"] or not (g["api_key_env"] or g["model_name"]), ("generate", "api_key_env" if g["api_key_env"]
+                                                                        else "model_name"),
+         "is used only with generate.endpoint; set the endpoint or remove it"),
+        (g["concurrency"] >= 1, ("generate", "concurrency"), "must be at least 1"),
         (g["max_new_tokens"] >= 1 and e["max_new_tokens"] >= 1, ("generate", "max_new_tokens"), "must be at least 1"),
-        (lab["mode"] in LABEL_MODES, ("label", "mode"),
-         f"must be one of {', '.join(LABEL_MODES)}; the reward-model mode is not built yet (README, "
-         "'The online loop')"),
-        (lab["mode"] == "human" or bool(lab["judge"]), ("label", "judge"),
+        (lab["mode"] in LABEL_MODES, ("label", "mode"), f"must be one of {', '.join(LABEL_MODES)}"),
+        (lab["mode"] in ("human", "reward_model") or bool(lab["judge"]), ("label", "judge"),
          f"mode {lab['mode']} needs label.judge: an OpenAI-compatible URL or a local model directory"),
-        (lab["mode"] not in HUMAN_MODES or g["k"] == 2, ("generate", "k"),
-         f"must be 2 with label.mode {lab['mode']}: people compare two answers per prompt"),
+        (lab["mode"] != "reward_model" or bool(lab["reward_model"]), ("label", "reward_model"),
+         "mode reward_model needs label.reward_model: a local AutoModelForSequenceClassification directory "
+         "with one output label (a scalar reward model)"),
+        (not lab["reward_model"] or lab["mode"] == "reward_model", ("label", "reward_model"),
+         f"is used only with label.mode reward_model (the mode is {lab['mode']}); remove it or set the mode"),
+        (not lab["reward_model"] or Path(lab["reward_model"] or "").is_dir(), ("label", "reward_model"),
+         f"{lab['reward_model']} is not a directory; give a local reward-model directory (config.json, weights, "
+         "tokenizer)"),
+        (lab["reward_template"] in REWARD_TEMPLATES, ("label", "reward_template"),
+         "must be own (the reward model's chat template) or policy (the champion's)"),
+        (lab["precision"] in PRECISIONS, ("label", "precision"), f"must be one of {', '.join(PRECISIONS)}"),
+        (lab["batch_size"] >= 1, ("label", "batch_size"), "must be at least 1"),
+        (lab["pairing"] in LABEL_PAIRINGS, ("label", "pairing"),
+         "must be best_worst (the best answer against the worst of K) or all (every decisive comparison)"),
+        (lab["items_per_prompt"] is None or lab["items_per_prompt"] >= g["k"] - 1, ("label", "items_per_prompt"),
+         f"must be at least generate.k - 1 = {g['k'] - 1} (fewer comparisons leave answers unconnected, so "
+         "no ranking) or left out for all K(K-1)/2 pairs"),
         (lab["deadline_hours"] >= 0, ("label", "deadline_hours"), "must be 0 or more"),
         (lab["min_votes"] >= 1, ("label", "min_votes"), "must be at least 1"),
         (0 <= t["replay_share"] < 1, ("train", "replay_share"),

@@ -2,9 +2,11 @@
 
     collect  -> interaction and feedback id ranges logged by `prefloop serve` since the last iteration
     sample   -> prompts.jsonl: prompts chosen for labeling (strategy, de-duplicated, capped per conversation,
-                personal data scrubbed)
-    generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded)
-    label    -> judged.jsonl: best vs worst of K by the AI judge, both orders (`prefloop judge`)
+                personal data scrubbed; low_confidence: the ones the judge is least sure about, `confidence.py`)
+    generate -> candidates.jsonl: K answers per prompt from the champion (`prefloop generate`, seeded), locally
+                or through the serving endpoint (`served.py`)
+    label    -> judged.jsonl: best vs worst of K (or all decisive pairs) by the AI judge (both orders), a reward
+                model, or people voting in the label app (`loop/labeling.py`)
     pairs    -> pairs.jsonl: judged pairs + pairs from user feedback + the replay share of older pairs
     train    -> a candidate version of NAME, trained from the champion (reference = champion), parent = champion
     eval     -> eval/results.json: win rate of the candidate against the champion (`prefloop eval winrate`)
@@ -143,7 +145,13 @@ class Iteration:
         flagged = {i for f in feedback if f["kind"] == "choice" or f["value"] == "down"
                    for i in (f["interaction_id"], f["other_interaction_id"]) if i is not None}
         order = sorted(interactions.values(), key=lambda i: i["id"])
-        if s["strategy"] == "recent":
+        limit = s["size"]
+        if s["strategy"] == "low_confidence":  # a pool of the newest prompts; the judge's doubt chooses below
+            from prefloop.loop.confidence import pool_size
+
+            order.reverse()
+            limit = pool_size(s)
+        elif s["strategy"] == "recent":
             order.reverse()
         elif s["strategy"] == "random":
             random.Random(s["seed"]).shuffle(order)
@@ -163,7 +171,7 @@ class Iteration:
             if per_conversation.get(i["conversation_id"], 0) >= s["per_conversation"]:
                 skipped["conversation_cap"] += 1
                 continue
-            if len(chosen) >= s["size"]:
+            if len(chosen) >= limit:
                 skipped["over_size"] += 1
                 continue
             seen.add(key)
@@ -171,12 +179,20 @@ class Iteration:
             chosen.append({"id": f"i{i['id']}", "messages": scrub.messages(i["messages"]),
                            "interaction_id": i["id"], "conversation_id": i["conversation_id"],
                            "flagged": i["id"] in flagged})
+        confidence = None
+        if s["strategy"] == "low_confidence":
+            from prefloop.loop.confidence import least_confident
+
+            pool = len(chosen)
+            chosen, confidence = least_confident(self, chosen)
+            skipped["judge_more_confident"] = pool - len(chosen)
         path = self.dir / "prompts.jsonl"
         _write_jsonl(path, chosen)
         return ({"interactions": len(interactions), "strategy": s["strategy"],
                  "forgotten_conversations": len(self.store.forgotten_conversations())},
                 {"file": str(path), "prompts": len(chosen), "flagged": sum(r["flagged"] for r in chosen),
-                 "skipped": skipped, "scrubbed": dict(scrub.counts)})
+                 "skipped": skipped, "scrubbed": dict(scrub.counts),
+                 **({"confidence": confidence} if confidence is not None else {})})
 
     def _generate(self):
         from prefloop.generate import generate_command
@@ -188,96 +204,38 @@ class Iteration:
         if prompts["prompts"] == 0:
             out.write_text("")
             return {"champion_id": champ["id"]}, {"file": str(out), "prompts": 0}
-        code = generate_command(champ["path"], prompts["file"], str(out), n=g["k"], temperature=g["temperature"],
+        target, endpoint = champ["path"], {}
+        if g["endpoint"]:  # the serving endpoint answers, once it is shown to serve the champion
+            from prefloop.loop.served import drop_answers_of_others, endpoint_options
+
+            target, endpoint = g["endpoint"], endpoint_options(self.cfg, champ)
+        code = generate_command(target, prompts["file"], str(out), n=g["k"], temperature=g["temperature"],
                                 top_p=g["top_p"], max_new_tokens=g["max_new_tokens"], batch_size=g["batch_size"],
-                                seed=g["seed"])
+                                seed=g["seed"], **endpoint)
+        if endpoint:
+            drop_answers_of_others(self.cfg, out, champ)
         if code != 0:
             raise LoopError(f"generate failed for some prompts (see above); rerun: finished prompts are kept in {out}")
-        return ({"champion_id": champ["id"], "prompts_file": prompts["file"], "k": g["k"]},
+        return ({"champion_id": champ["id"], "prompts_file": prompts["file"], "k": g["k"],
+                 **({"endpoint": g["endpoint"]} if g["endpoint"] else {})},
                 {"file": str(out), "prompts": len(_read_jsonl(out))})
 
     def _label(self):
+        from prefloop.loop.labeling import label_by_people, machine_label
+
         lab = self.cfg.label
         cands = self.outputs("generate")
         out = self.dir / "judged.jsonl"
         if cands["prompts"] == 0:
             out.write_text("")
             return {"mode": lab["mode"]}, {"file": str(out), "pairs": 0}
-        if lab["mode"] == "judge":
-            pairs, left_out = self._judge(Path(cands["file"]), out)
-            return ({"mode": lab["mode"], "judge": lab["judge"], "candidates": cands["file"]},
+        if lab["mode"] in ("judge", "reward_model"):
+            champ = self.store.model_version(self.done["generate"]["inputs"]["champion_id"])
+            pairs, left_out = machine_label(lab, Path(cands["file"]), out, champ["path"])
+            return ({"mode": lab["mode"], "judge": lab["reward_model"] if lab["mode"] == "reward_model"
+                     else lab["judge"], "candidates": cands["file"], "pairing": lab["pairing"]},
                     {"file": str(out), "pairs": pairs, "left_out": left_out})
-        return self._label_by_people(Path(cands["file"]), out)
-
-    def _judge(self, candidates: Path, out: Path) -> tuple[int, dict]:
-        """`prefloop judge` (best vs worst, both orders) of a candidates file; returns (pairs, left-out counts)."""
-        from prefloop.judge.run import judge_command, sibling
-
-        lab = self.cfg.label
-        code = judge_command(str(candidates), str(out), judge=lab["judge"], judge_model=lab["judge_model"],
-                             criteria=lab["criteria"], pairing="max_min", concurrency=lab["concurrency"],
-                             max_tokens=lab["max_tokens"])
-        if code != 0:
-            raise LoopError("some judge requests failed (see above); rerun: finished judgments come from the cache")
-        report = json.loads(sibling(out, ".report.json").read_text())
-        return report["pairs_written"], report["left_out"]
-
-    def _label_by_people(self, candidates: Path, out: Path):
-        """Human modes: the two candidates of each prompt become a label item in the store (once; the time they
-        were loaded is recorded as the pseudo-step "label-loaded"); the step finishes when every item has
-        `min_votes` votes or the deadline has passed (human_then_judge: the judge labels what is left), and
-        until then raises LoopWaiting."""
-        from datetime import datetime, timedelta, timezone
-
-        from prefloop.candidates import read_candidates
-        from prefloop.data.formats import to_seed_record
-        from prefloop.label.export import resolve
-
-        lab = self.cfg.label
-        sets = read_candidates(candidates).sets
-        origin = f"loop:{self.cfg.name}:{self.row['number']}"
-        items = {}
-        for s in sets:
-            if len(s.candidates) >= 2:
-                items[s.id] = self.store.add_label_item(s.messages, s.candidates[0], s.candidates[1], "candidate 0",
-                                                        "candidate 1", origin)
-        loaded = self.done.get("label-loaded")
-        if loaded is None:
-            self.store.record_loop_step(self.row["id"], "label-loaded", {"origin": origin}, {"items": items})
-            loaded = self.done["label-loaded"]
-        deadline = datetime.fromisoformat(loaded["created_at"]) + timedelta(hours=lab["deadline_hours"])
-        ids = set(items.values())
-        votes = [v for v in self.store.active_votes() if v["item_id"] in ids]
-        counted = {}
-        for v in votes:
-            if v["verdict"] != "skip":
-                counted[v["item_id"]] = counted.get(v["item_id"], 0) + 1
-        voted = {i for i in ids if counted.get(i, 0) >= lab["min_votes"]}
-        now = datetime.now(timezone.utc)
-        if voted != ids and now < deadline:
-            raise LoopWaiting(f"iteration {self.row['number']}: {len(voted)} of {len(ids)} items have {lab['min_votes']} "
-                              f"vote(s); waiting until {deadline.isoformat(timespec='seconds')} (people vote in "
-                              f"`prefloop label --db {self.cfg.store}`); run the loop again later")
-        pairs, report = resolve([v for v in votes if v["item_id"] in voted], min_agreement=0.0)
-        records = [to_seed_record(p, source="human", provenance={"source": "human:votes", "origin": origin})
-                   for p in pairs]
-        left_out = {k: v for k, v in report.left_out.items() if v}
-        judged = 0
-        rest = [s for s in sets if items.get(s.id) not in voted]
-        if rest and lab["mode"] == "human_then_judge":
-            rest_file = self.dir / "candidates.unvoted.jsonl"
-            _write_jsonl(rest_file, [json.loads(line) for line in candidates.read_text().splitlines()
-                                     if line.strip() and json.loads(line)["id"] in {s.id for s in rest}])
-            judged_file = self.dir / "judged.unvoted.jsonl"
-            judged, judge_left = self._judge(rest_file, judged_file)
-            records += _read_jsonl(judged_file)
-            left_out.update({f"judge:{k}": v for k, v in judge_left.items()})
-        elif rest:
-            left_out["not voted by the deadline"] = len(rest)
-        _write_jsonl(out, records)
-        return ({"mode": lab["mode"], "items": len(ids), "deadline": deadline.isoformat()},
-                {"file": str(out), "pairs": len(records), "voted_items": len(voted), "judged_items": len(rest)
-                 if lab["mode"] == "human_then_judge" else 0, "judge_pairs": judged, "left_out": left_out})
+        return label_by_people(self, Path(cands["file"]), out)
 
     def _pairs(self):
         interactions, feedback, _ = self._collected()
