@@ -68,8 +68,9 @@ def _row(event) -> str:
     return "decoder matmuls" if event.name in MATMULS else "other decoder ops"
 
 
-def profile_run(config: dict) -> tuple[dict, float]:
-    """{(row, phase): seconds} of one `prefloop.train(config)` under the profiler, and its wall time."""
+def profile_run(config: dict) -> tuple[dict, float, dict]:
+    """{(row, phase): seconds} of one `prefloop.train(config)` under the profiler, its wall time, and
+    {(row, operator): seconds}."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -80,17 +81,29 @@ def profile_run(config: dict) -> tuple[dict, float]:
         prefloop.train(config)
     wall = time.perf_counter() - started
     seconds: dict[tuple[str, str], float] = defaultdict(float)
+    by_op: dict[tuple[str, str], float] = defaultdict(float)
     for event in prof.events():
-        if event.device_type != torch.autograd.DeviceType.CPU or event.name.startswith("prefloop::"):
+        if event.device_type != torch.autograd.DeviceType.CPU:
             continue
-        if event.name.startswith(("Optimizer.", "enumerate(DataLoader)")):
-            continue  # ranges: their self time is Python between operators, counted as outside
         phase = "reference pre-pass" if any(e.name == "prefloop::reference_pass" for e in _ancestors(event)) \
             else "training and start-up"
-        seconds[(_row(event), phase)] += event.self_cpu_time_total / 1e6
+        # a range's own time is Python between its operators: attention's loop, the optimizer's, collation
+        row = "outside torch operators" if event.name == "prefloop::reference_pass" else _row(event)
+        seconds[(row, phase)] += event.self_cpu_time_total / 1e6
+        by_op[(row, event.name)] += event.self_cpu_time_total / 1e6
     counted = sum(seconds.values())
     seconds[("outside torch operators", "training and start-up")] += max(0.0, wall - counted)
-    return dict(seconds), wall
+    return dict(seconds), wall, dict(by_op)
+
+
+def top_operators(by_op: dict, count: int) -> str:
+    """The `count` operators with the most own time in each row."""
+    lines = []
+    for row in ROWS:
+        ops = sorted(((v, op) for (r, op), v in by_op.items() if r == row), reverse=True)[:count]
+        if ops:
+            lines.append(f"- {row}: " + ", ".join(f"{op} {v:.1f} s" for v, op in ops))
+    return "\n".join(lines)
 
 
 def table(seconds: dict, wall: float, title: str) -> str:
@@ -117,6 +130,7 @@ def main() -> None:
     parser.add_argument("--prefloop-options", default='{"packing": true, "prefix_sharing": true, '
                         '"logps_chunk_size": 1024}', help="JSON of prefloop config keys (as bench_train.py)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--top", type=int, default=6, help="list the N operators with most own time per row")
     parser.add_argument("--out", help="also write the table to this file (and the raw numbers to .json)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -130,10 +144,12 @@ def main() -> None:
         spec = {"model_dir": model_dir, "data_file": data_file, "cutoff": args.cutoff, "batch": args.batch,
                 "lr": 5e-5, "seed": args.seed, "precision": args.precision,
                 "prefloop": json.loads(args.prefloop_options)}
-        seconds, wall = profile_run(_prefloop_config(spec, str(work / "out")))
+        seconds, wall, by_op = profile_run(_prefloop_config(spec, str(work / "out")))
     title = args.title or (f"prefloop, {args.precision}, {args.pairs} pairs, batch {args.batch}, "
                            f"options {args.prefloop_options}")
     text = table(seconds, wall, title)
+    if args.top:
+        text += "\n\nOperators with the most own time per row:\n" + top_operators(by_op, args.top)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

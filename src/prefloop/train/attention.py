@@ -25,6 +25,8 @@ unit) and ``auto``: flex on CUDA, segments elsewhere (what the benchmark measure
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, replace
 
 import torch
@@ -82,40 +84,44 @@ def segment_plan(segments: torch.Tensor, branches: torch.Tensor) -> SegmentPlan:
     return SegmentPlan(tuple(rows), int(segments.shape[-1]))
 
 
-def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, kv_heads, L, D] -> [B, kv_heads * groups, L, D] (grouped-query attention)."""
-    if groups == 1:
-        return states
-    b, h, length, d = states.shape
-    return states[:, :, None].expand(b, h, groups, length, d).reshape(b, h * groups, length, d)
-
-
-def _rejected_mask(prompt: int, rejected: int, device) -> torch.Tensor:
-    """[rejected, prompt + rejected]: the prompt is visible to every rejected query, the rest causal."""
+@functools.lru_cache(maxsize=64)
+def _rejected_mask(prompt: int, rejected: int, device: torch.device) -> torch.Tensor:
+    """[rejected, prompt + rejected]: the prompt is visible to every rejected query, the rest causal.
+    Cached: every layer of a forward asks for the same few masks (at most 64 kept, each under 1 MB)."""
     mask = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=device)
     mask[:, prompt:] = torch.ones(rejected, rejected, dtype=torch.bool, device=device).tril()
     return mask
 
 
+def _pieces(units: tuple[Unit, ...], width: int) -> list[int]:
+    """Lengths along the row: per unit [shared + chosen, rejected], then the padding (units are contiguous
+    from position 0, `segment_plan`)."""
+    sizes = [n for u in units for n in (u.shared + u.chosen, u.rejected)]
+    return sizes + [width - sum(sizes)]
+
+
 def _row_attention(q, k, v, units: tuple[Unit, ...], width: int, dropout: float, scale) -> torch.Tensor:
-    """Attention output [1, H, width, D] of one row."""
+    """Attention output [1, H, width, D] of one row; q [1, H, width, D], k/v [1, kv_heads, width, D].
+
+    The row is split once into its pieces (`Tensor.split`: backward concatenates the pieces' gradients
+    once, where per-piece slicing would build a row-sized zero gradient for every piece), and grouped
+    keys/values go to SDPA as they are (`enable_gqa`) instead of being copied per query head."""
+    gqa = q.shape[1] != k.shape[1]
+    sizes = _pieces(units, width)
+    qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
     pieces = []
-    for u in units:
-        head_end = u.start + u.shared + u.chosen
-        pieces.append(F.scaled_dot_product_attention(
-            q[:, :, u.start:head_end], k[:, :, u.start:head_end], v[:, :, u.start:head_end],
-            dropout_p=dropout, scale=scale, is_causal=True))
+    for i, u in enumerate(units):
+        qh, kh, vh = qs[2 * i], ks[2 * i], vs[2 * i]
+        pieces.append(F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout, scale=scale, is_causal=True,
+                                                     enable_gqa=gqa))
         if u.rejected:
-            prompt = slice(u.start, u.start + u.shared)
-            rejected = slice(head_end, head_end + u.rejected)
-            keys = torch.cat([k[:, :, prompt], k[:, :, rejected]], dim=2)
-            values = torch.cat([v[:, :, prompt], v[:, :, rejected]], dim=2)
+            keys = torch.cat([kh[:, :, :u.shared], ks[2 * i + 1]], dim=2)
+            values = torch.cat([vh[:, :, :u.shared], vs[2 * i + 1]], dim=2)
             pieces.append(F.scaled_dot_product_attention(
-                q[:, :, rejected], keys, values, attn_mask=_rejected_mask(u.shared, u.rejected, q.device),
-                dropout_p=dropout, scale=scale))
-    used = units[-1].start + units[-1].shared + units[-1].chosen + units[-1].rejected if units else 0
-    if used < width:
-        pieces.append(q.new_zeros(q.shape[0], q.shape[1], width - used, v.shape[-1]))
+                qs[2 * i + 1], keys, values, attn_mask=_rejected_mask(u.shared, u.rejected, q.device),
+                dropout_p=dropout, scale=scale, enable_gqa=gqa))
+    if sizes[-1]:
+        pieces.append(q.new_zeros(q.shape[0], q.shape[1], sizes[-1], v.shape[-1]))
     return torch.cat(pieces, dim=2)
 
 
@@ -134,11 +140,12 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
         raise ValueError(f"segment plan for {len(plan.rows)} rows x {plan.width} tokens does not match "
                          f"the attention input {tuple(query.shape)}")
     with torch.profiler.record_function(PROFILE_SCOPE):  # bench/profile_train.py's "attention" row
-        groups = getattr(module, "num_key_value_groups", 1)
-        key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-        rows = [_row_attention(query[r:r + 1], key[r:r + 1], value[r:r + 1], units, plan.width, dropout, scaling)
-                for r, units in enumerate(plan.rows)]
-        return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+        if len(plan.rows) == 1:
+            out = _row_attention(query, key, value, plan.rows[0], plan.width, dropout, scaling)
+        else:
+            out = torch.cat([_row_attention(q, k, v, units, plan.width, dropout, scaling) for q, k, v, units in
+                             zip(query.split(1), key.split(1), value.split(1), plan.rows)], dim=0)
+        return out.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:
