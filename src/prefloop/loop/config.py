@@ -10,9 +10,10 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
                pii_hook: "module:function"}
     generate: {k: 4, temperature: 0.8, top_p: 1.0, max_new_tokens: 256, seed: 0, batch_size: 8}
     label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
-               deadline_hours: 48, min_votes: 1}     # mode: judge | human | human_then_judge
+               template_file: null, deadline_hours: 48, min_votes: 1}   # mode: judge | human | human_then_judge
     train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2}
-    eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256}
+    eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256,
+               template_file: null, judge_max_tokens: 512}   # judge and template_file default to label's
     gate:     {rules: gate.yaml}
     promote:  {auto: true}
 """
@@ -42,11 +43,13 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
                  "max_new_tokens": ((int,), 256), "seed": ((int,), 0), "batch_size": ((int,), 8)},
     "label": {"mode": ((str,), "judge"), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
               "criteria": ((str,), "helpfulness,accuracy,clarity,safety"), "max_tokens": ((int,), 1024),
-              "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1)},
+              "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1),
+              "template_file": ((str, type(None)), None)},
     "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0)},
     "eval": {"prompts": ((str,), None), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
              "limit": ((int, type(None)), None), "max_new_tokens": ((int,), 256), "temperature": ((int, float), 0.7),
-             "resamples": ((int,), 1000), "seed": ((int,), 0)},
+             "resamples": ((int,), 1000), "seed": ((int,), 0), "template_file": ((str, type(None)), None),
+             "judge_max_tokens": ((int,), 512)},
     "gate": {"rules": ((str, type(None)), None)},
     "promote": {"auto": ((bool,), True)},
 }
@@ -153,6 +156,8 @@ def load_loop_config(path: str | Path) -> LoopConfig:
         judge = cfg.__dict__[section]["judge"]
         if judge and "://" not in judge:
             cfg.__dict__[section]["judge"] = _abs(base, judge)
+        if cfg.__dict__[section]["template_file"]:
+            cfg.__dict__[section]["template_file"] = _abs(base, cfg.__dict__[section]["template_file"])
     _check_combinations(cfg, where)
     return cfg
 
@@ -211,6 +216,11 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (Path(e["prompts"]).is_file(), ("eval", "prompts"), f"{e['prompts']} does not exist"),
         (not cfg.gate["rules"] or Path(cfg.gate["rules"]).is_file(), ("gate", "rules"),
          f"{cfg.gate['rules']} does not exist"),
+        (not lab["template_file"] or Path(lab["template_file"]).is_file(), ("label", "template_file"),
+         f"{lab['template_file']} does not exist"),
+        (not e["template_file"] or Path(e["template_file"]).is_file(), ("eval", "template_file"),
+         f"{e['template_file']} does not exist"),
+        (e["judge_max_tokens"] >= 1, ("eval", "judge_max_tokens"), "must be at least 1"),
     ]
     for ok, keys, message in checks:
         if not ok:
@@ -230,3 +240,5 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
                           "is the starting point and the reference, the iteration's pairs are the data); remove them")
     if not e["judge"]:
         e["judge"], e["judge_model"] = lab["judge"], e["judge_model"] or lab["judge_model"]
+    if not e["template_file"]:
+        e["template_file"] = lab["template_file"]

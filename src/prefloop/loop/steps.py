@@ -215,8 +215,8 @@ class Iteration:
 
         lab = self.cfg.label
         code = judge_command(str(candidates), str(out), judge=lab["judge"], judge_model=lab["judge_model"],
-                             criteria=lab["criteria"], pairing="max_min", concurrency=lab["concurrency"],
-                             max_tokens=lab["max_tokens"])
+                             criteria=lab["criteria"], template_file=lab["template_file"], pairing="max_min",
+                             concurrency=lab["concurrency"], max_tokens=lab["max_tokens"])
         if code != 0:
             raise LoopError("some judge requests failed (see above); rerun: finished judgments come from the cache")
         report = json.loads(sibling(out, ".report.json").read_text())
@@ -376,6 +376,7 @@ class Iteration:
         out = self.dir / "eval"
         code = winrate_command(str(out), before=champ["path"], after=cand["path"], prompts=e["prompts"],
                                judge=e["judge"], judge_model=e["judge_model"], criteria=self.cfg.label["criteria"],
+                               template_file=e["template_file"], judge_max_tokens=e["judge_max_tokens"],
                                max_new_tokens=e["max_new_tokens"], temperature=e["temperature"], seed=e["seed"],
                                resamples=e["resamples"], limit=e["limit"], show_answers=0)
         if code != 0:
