@@ -31,7 +31,7 @@ prefloop models promote v1 --name smollm2 --db "$DB" --note "loop demo: the star
 
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 echo "[loop-demo] prefloop serve --registry smollm2 --db $DB --port $port (log: $OUT/serve.log)"
-prefloop serve --registry smollm2 --db "$DB" --port "$port" --poll-seconds 1 > "$OUT/serve.log" 2>&1 &
+"$PYTHON" -m prefloop serve --registry smollm2 --db "$DB" --port "$port" --poll-seconds 1 > "$OUT/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

@@ -3,7 +3,8 @@ client and give feedback on the answers, as a chat front end would.
 
     python scripts/loop_demo_client.py --base-url http://127.0.0.1:PORT/v1 --prompts examples/loop/user_prompts.jsonl
 
-Each prompt is one conversation (`conversation_id` user-N). Every third prompt asks for two answers (n=2) and
+Each prompt is one conversation (`conversation_id` user-N), sent by --users users at once (the server batches
+them); the feedback follows, in prompt order. Every third prompt asks for two answers (n=2) and
 sends an A/B choice; the others ask for one answer and send a thumbs up or down. The scripted user's taste is
 fixed and simple, so the run repeats: an answer cut off by the token limit is worse than one that finished;
 between two that both finished (or both did not), the shorter is preferred (thumbs down: cut off). It stands
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -35,20 +37,25 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", required=True, help="JSONL with a 'prompt' per line")
     p.add_argument("--model", default="smollm2", help="model name sent in the request")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--users", type=int, default=4, help="requests in flight at once")
     args = p.parse_args(argv)
 
-    client = openai.OpenAI(base_url=args.base_url, api_key="unused", max_retries=0, timeout=600)
+    client = openai.OpenAI(base_url=args.base_url, api_key="unused", max_retries=0, timeout=1200)
     prompts = [json.loads(line)["prompt"] for line in open(args.prompts, encoding="utf-8") if line.strip()]
-    counts = {"requests": 0, "answers": 0, "thumbs_up": 0, "thumbs_down": 0, "choices": 0}
-    for n, prompt in enumerate(prompts):
-        ab = n % 3 == 2
-        resp = client.chat.completions.create(
-            model=args.model, messages=[{"role": "user", "content": prompt}], max_tokens=args.max_tokens,
-            temperature=0.8, seed=n, n=2 if ab else 1, extra_body={"conversation_id": f"user-{n}"})
-        counts["requests"] += 1
+
+    def ask(n: int):
+        return client.chat.completions.create(
+            model=args.model, messages=[{"role": "user", "content": prompts[n]}], max_tokens=args.max_tokens,
+            temperature=0.8, seed=n, n=2 if n % 3 == 2 else 1, extra_body={"conversation_id": f"user-{n}"})
+
+    # several users at once, as a chat front end sends them: the server batches their requests
+    with ThreadPoolExecutor(args.users) as pool:
+        responses = list(pool.map(ask, range(len(prompts))))
+    counts = {"requests": len(responses), "answers": 0, "thumbs_up": 0, "thumbs_down": 0, "choices": 0}
+    for n, (prompt, resp) in enumerate(zip(prompts, responses)):
         counts["answers"] += len(resp.choices)
         ids = [c.model_extra["interaction_id"] for c in resp.choices]
-        if ab:
+        if len(resp.choices) == 2:
             best = preferred(resp.choices)
             body = {"interaction_id": ids[best], "other_interaction_id": ids[1 - best], "value": "this",
                     "annotator": "demo-user"}
