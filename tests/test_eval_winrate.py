@@ -259,3 +259,21 @@ def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys)
     assert "no such results file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="kind"):
         write_results(tmp_path / "c", {**a, "kind": "nonsense"})
+
+
+def test_answer_cache_whose_last_newline_a_crash_cut_off_is_ended_before_appending(tmp_path):
+    from prefloop.evaluate.answers import read_answer_cache
+    from prefloop.prompts import Prompt
+
+    spec = {"target": "m", "temperature": 0.7}
+    prompts = [Prompt([{"role": "user", "content": q}], f"p{i}", "x") for i, q in enumerate(("hi", "bye"))]
+    record = {"id": "p0", "key": prompts[0].key, "messages": prompts[0].messages, "answer": "hello", "chars": 5,
+              "spec": spec}
+    path = tmp_path / "after.jsonl"
+    path.write_text(json.dumps(record))  # whole, without its newline
+    found, other = read_answer_cache(path, spec, prompts)
+    assert list(found) == [prompts[0].key] and other == 0
+    assert path.read_text() == json.dumps(record) + "\n"  # the next answer starts on its own line
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record)[:20])  # cut in the middle: dropped
+    found, _ = read_answer_cache(path, spec, prompts)
+    assert list(found) == [prompts[0].key] and path.read_text() == json.dumps(record) + "\n"

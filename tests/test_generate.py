@@ -105,6 +105,17 @@ def test_rerun_resumes_after_an_interrupted_run(tiny_model_dir, tmp_path):
     assert sorted(map(json.dumps, records)) == sorted(map(json.dumps, read_out(fresh)))
 
 
+def test_rerun_after_a_crash_that_cut_off_only_the_newline(tiny_model_dir, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PLAIN[:2])
+    out = tmp_path / "out.jsonl"
+    assert run(tiny_model_dir, prompts, out) == 0
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))  # the last record is whole, its newline never written
+    write_jsonl(prompts, PLAIN[:3])
+    assert run(tiny_model_dir, prompts, out) == 0
+    records = read_out(out)
+    assert len(records) == 3 and len({r["id"] for r in records}) == 3
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     engine = GenerationEngine(LocalGenerator.load(str(tiny_model_dir)))

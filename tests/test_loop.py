@@ -231,6 +231,8 @@ def _upper_names(text):
     ({"train": {"config": "train.yaml", "overrides": {"max_step": 3}}},
      "line 6: train.overrides: unknown training key 'max_step' (did you mean 'max_steps'?)"),
     ({"sample": {"size": "many"}}, "sample.size: must be int, got 'many'"),
+    ({"label": {"template_file": "judge.txt"}}, "label.template_file: "),
+    ({"eval": {"judge_max_tokens": 0}}, "eval.judge_max_tokens: must be at least 1"),
 ])
 def test_loop_yaml_errors_are_located(tmp_path, change, message, capsys):
     (tmp_path / "train.yaml").write_text("max_steps: 1\n")

@@ -49,6 +49,9 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
                 raise DataError(f"{out}:{lineno}: not a candidates record ({cause}); --out must be a file written "
                                 "by prefloop generate (or a new file)") from err
         offset += len(line) + 1
+    if data and not data.endswith(b"\n"):  # a whole last record whose newline a crash cut off: end the line,
+        with out.open("ab") as f:          # or the next record would be appended to it
+            f.write(b"\n")
     return keys, False
 
 

@@ -50,8 +50,8 @@ def least_confident(it, pool: list[dict]) -> tuple[list[dict], dict]:
     from prefloop.loop.steps import LoopError, _write_jsonl
 
     s, g, lab = it.cfg.sample, it.cfg.generate, it.cfg.label
-    judge, judge_model = (lab["judge"], lab["judge_model"]) if lab["judge"] else (it.cfg.eval["judge"],
-                                                                                  it.cfg.eval["judge_model"])
+    judge, judge_model, template = ((lab["judge"], lab["judge_model"], lab["template_file"]) if lab["judge"] else
+                                    (it.cfg.eval["judge"], it.cfg.eval["judge_model"], it.cfg.eval["template_file"]))
     summary = {"pool": len(pool), "judge": judge}
     if not pool:
         return [], summary
@@ -74,7 +74,7 @@ def least_confident(it, pool: list[dict]) -> tuple[list[dict], dict]:
     sets = read_candidates(answers_file).sets
     client = open_chat_client(judge, judge_model, batch_size=lab["concurrency"], concurrency=lab["concurrency"],
                               option="label.judge_model")
-    pj = PairwiseJudge(client, JudgePrompt.from_options(lab["criteria"], None),
+    pj = PairwiseJudge(client, JudgePrompt.from_options(lab["criteria"], template),
                        JudgmentCache(it.dir / "pool.judge-cache.jsonl"), max_tokens=lab["max_tokens"],
                        seed=lab["seed"])
     comparisons = [Comparison(i, 0, 1) for i in range(len(sets))]

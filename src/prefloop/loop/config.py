@@ -14,10 +14,11 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
     label:    {mode: judge, judge: URL_OR_PATH, judge_model: NAME, criteria: "...", max_tokens: 1024,
                pairing: best_worst, seed: 0,                     # pairing: best_worst | all
                reward_model: PATH, reward_template: own, device: auto, precision: auto, batch_size: 8,
-               deadline_hours: 48, min_votes: 1, items_per_prompt: null}
+               template_file: null, deadline_hours: 48, min_votes: 1, items_per_prompt: null}
                # mode: judge | reward_model | human | human_then_judge
     train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2}
-    eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256}
+    eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256,
+               template_file: null, judge_max_tokens: 512}   # judge and template_file default to label's
     gate:     {rules: gate.yaml}
     promote:  {auto: true}
 """
@@ -55,11 +56,13 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
               "concurrency": ((int,), 8), "deadline_hours": ((int, float), 48), "min_votes": ((int,), 1),
               "pairing": ((str,), "best_worst"), "seed": ((int,), 0), "items_per_prompt": ((int, type(None)), None),
               "reward_model": ((str, type(None)), None), "reward_template": ((str,), "own"),
-              "device": ((str,), "auto"), "precision": ((str,), "auto"), "batch_size": ((int,), 8)},
+              "device": ((str,), "auto"), "precision": ((str,), "auto"), "batch_size": ((int,), 8),
+              "template_file": ((str, type(None)), None)},
     "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0)},
     "eval": {"prompts": ((str,), None), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
              "limit": ((int, type(None)), None), "max_new_tokens": ((int,), 256), "temperature": ((int, float), 0.7),
-             "resamples": ((int,), 1000), "seed": ((int,), 0)},
+             "resamples": ((int,), 1000), "seed": ((int,), 0), "template_file": ((str, type(None)), None),
+             "judge_max_tokens": ((int,), 512)},
     "gate": {"rules": ((str, type(None)), None)},
     "promote": {"auto": ((bool,), True)},
 }
@@ -166,6 +169,8 @@ def load_loop_config(path: str | Path) -> LoopConfig:
         judge = cfg.__dict__[section]["judge"]
         if judge and "://" not in judge:
             cfg.__dict__[section]["judge"] = _abs(base, judge)
+        if cfg.__dict__[section]["template_file"]:
+            cfg.__dict__[section]["template_file"] = _abs(base, cfg.__dict__[section]["template_file"])
     if cfg.label["reward_model"]:
         cfg.label["reward_model"] = _abs(base, cfg.label["reward_model"])
     _check_combinations(cfg, where)
@@ -251,6 +256,11 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
         (Path(e["prompts"]).is_file(), ("eval", "prompts"), f"{e['prompts']} does not exist"),
         (not cfg.gate["rules"] or Path(cfg.gate["rules"]).is_file(), ("gate", "rules"),
          f"{cfg.gate['rules']} does not exist"),
+        (not lab["template_file"] or Path(lab["template_file"]).is_file(), ("label", "template_file"),
+         f"{lab['template_file']} does not exist"),
+        (not e["template_file"] or Path(e["template_file"]).is_file(), ("eval", "template_file"),
+         f"{e['template_file']} does not exist"),
+        (e["judge_max_tokens"] >= 1, ("eval", "judge_max_tokens"), "must be at least 1"),
     ]
     for ok, keys, message in checks:
         if not ok:
@@ -270,3 +280,5 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
                           "is the starting point and the reference, the iteration's pairs are the data); remove them")
     if not e["judge"]:
         e["judge"], e["judge_model"] = lab["judge"], e["judge_model"] or lab["judge_model"]
+    if not e["template_file"]:
+        e["template_file"] = lab["template_file"]

@@ -120,7 +120,7 @@ def machine_label(lab: dict, candidates: Path, out: Path, champion_path: str, mo
                       reward_template_from=champion_path if lab["reward_template"] == "policy" else None)
     else:
         kwargs = dict(judge=lab["judge"], judge_model=lab["judge_model"], criteria=lab["criteria"],
-                      concurrency=lab["concurrency"], max_tokens=lab["max_tokens"])
+                      template_file=lab["template_file"], concurrency=lab["concurrency"], max_tokens=lab["max_tokens"])
     code = judge_command(str(candidates), str(out), pairing=PAIRINGS[pairing], seed=lab["seed"], keep_ties=True,
                          **kwargs)
     if code != 0:

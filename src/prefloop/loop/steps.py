@@ -295,6 +295,9 @@ class Iteration:
         existing = self._registered_candidate()
         if existing is not None:  # registered before a crash, not yet recorded: never a second candidate
             _say(f"found {existing['name']}:{existing['version']} registered by this iteration before an interruption")
+            if not any(e["version_id"] == existing["id"] for e in self.store.alias_events(self.cfg.name, "candidate")):
+                # killed between the registration and its @candidate move (two transactions): finish the move
+                self.store.move_alias(self.cfg.name, "candidate", "set", existing["id"], note="registered")
             return inputs, {"candidate_id": existing["id"], "version": existing["version"], "resumed": True}
         if pairs["new_pairs"] + pairs["replay_pairs"] == 0:  # the iteration ends here; the next collects anew
             _say(f"iteration {self.row['number']}: no preference pairs to train on (sample, label and feedback gave "
@@ -331,6 +334,7 @@ class Iteration:
         out = self.dir / "eval"
         code = winrate_command(str(out), before=champ["path"], after=cand["path"], prompts=e["prompts"],
                                judge=e["judge"], judge_model=e["judge_model"], criteria=self.cfg.label["criteria"],
+                               template_file=e["template_file"], judge_max_tokens=e["judge_max_tokens"],
                                max_new_tokens=e["max_new_tokens"], temperature=e["temperature"], seed=e["seed"],
                                resamples=e["resamples"], limit=e["limit"], show_answers=0)
         if code != 0:
@@ -369,8 +373,12 @@ class Iteration:
         gate = self.outputs("gate")
         cand = self.store.model_version(self.outputs("train")["candidate_id"])
         inputs = {"candidate_id": cand["id"], "verdict": gate["verdict"]}
-        if champ_id == cand["id"]:  # promoted before an interruption
-            return inputs, {"promoted": True, "champion_id": cand["id"]}
+        if champ_id == cand["id"]:  # promoted before an interruption: the same record as without one
+            from prefloop.store import alias_stack
+
+            moves = alias_stack(self.store.alias_events(self.cfg.name, "champion"))
+            return inputs, {"promoted": True, "champion_id": cand["id"],
+                            "previous_champion_id": moves[-2] if len(moves) > 1 else None}
         if gate["verdict"] != "pass":
             _say(f"gate {gate['verdict']}: the champion stays; see {gate['report']}")
             return inputs, {"promoted": False, "champion_id": champ_id, "why": f"gate {gate['verdict']}: "
