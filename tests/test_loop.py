@@ -2,11 +2,13 @@
 resuming after a kill inside a step, a failing gate, feedback-derived pairs, PII scrubbing, loop.yaml errors."""
 
 import json
+import os
 
 import pytest
 import yaml
 
 from prefloop.cli import main
+from prefloop.errors import ConfigError
 from prefloop.loop.config import load_loop_config
 from prefloop.loop.feedback_pairs import feedback_pairs
 from prefloop.loop.scrub import Scrubber
@@ -462,3 +464,40 @@ def test_human_labeling_waits_for_votes_then_the_judge_fills_what_is_left(tmp_pa
         assert len(records) == 1 + label["judge_pairs"]
         pairs = store.loop_iterations("tiny")[0]["steps"]["pairs"]["outputs"]
         assert pairs["by_source"]["human:votes"] == 1
+
+
+def test_the_train_step_runs_under_a_launcher(tmp_path, tiny_model_dir, judge, monkeypatch):
+    """`train.launcher`: the step trains with `LAUNCHER -m prefloop train ...` (here torchrun with 2 processes
+    on the CPU) and registers what rank 0 wrote; a bad launcher is a located error."""
+    import socket
+    import sys
+
+    db, v1 = _setup(tmp_path, tiny_model_dir, judge.url, PASS_RULES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marks = tmp_path / "ranks"
+    marks.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()  # every Python process started below notes its torchrun rank ("none": the launcher itself)
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        f"open(os.path.join({str(marks)!r}, 'rank-' + os.environ.get('RANK', 'none') + '-' + str(os.getpid())), 'w')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    loop = yaml.safe_load((tmp_path / "loop.yaml").read_text())
+    loop["train"]["launcher"] = (f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 "
+                                 f"--master_addr 127.0.0.1 --master_port {port}")
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(loop, sort_keys=False))
+    assert main(["loop", str(tmp_path / "loop.yaml")]) == 0
+    state = _state(db)
+    assert [v[:2] for v in state["versions"]] == [("v1", None), ("v2", v1["id"])] and state["aliases"]["champion"] == 2
+    ranks = sorted(p.name.split("-")[1] for p in marks.iterdir())
+    assert "0" in ranks and "1" in ranks, ranks  # two training processes ran
+    iteration = tmp_path / "prefloop.sqlite.loop" / "tiny" / "iter-0001"
+    assert (iteration / "train" / "all_results.json").is_file() and (iteration / "train.log").is_file()
+
+    loop["train"]["launcher"] = "no-such-launcher --nproc_per_node 2"
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(loop, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"loop.yaml, line \d+: train.launcher: .*not found"):
+        load_loop_config(tmp_path / "loop.yaml")

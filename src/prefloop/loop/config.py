@@ -16,7 +16,8 @@ naming the file, the line and the key, raised before any step runs (exit code 2 
                reward_model: PATH, reward_template: own, device: auto, precision: auto, batch_size: 8,
                template_file: null, deadline_hours: 48, min_votes: 1, items_per_prompt: null}
                # mode: judge | reward_model | human | human_then_judge
-    train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2}
+    train:    {config: train.yaml, overrides: {max_steps: 50}, replay_share: 0.2,
+               launcher: null}       # e.g. "torchrun --nproc_per_node 8": train in launched processes
     eval:     {prompts: eval.jsonl, judge: URL_OR_PATH, judge_model: NAME, limit: null, max_new_tokens: 256,
                template_file: null, judge_max_tokens: 512}   # judge and template_file default to label's
     gate:     {rules: gate.yaml}
@@ -58,7 +59,8 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
               "reward_model": ((str, type(None)), None), "reward_template": ((str,), "own"),
               "device": ((str,), "auto"), "precision": ((str,), "auto"), "batch_size": ((int,), 8),
               "template_file": ((str, type(None)), None)},
-    "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0)},
+    "train": {"config": ((str,), None), "overrides": ((dict,), {}), "replay_share": ((int, float), 0.0),
+              "launcher": ((str, type(None)), None)},
     "eval": {"prompts": ((str,), None), "judge": ((str, type(None)), None), "judge_model": ((str, type(None)), None),
              "limit": ((int, type(None)), None), "max_new_tokens": ((int,), 256), "temperature": ((int, float), 0.7),
              "resamples": ((int,), 1000), "seed": ((int,), 0), "template_file": ((str, type(None)), None),
@@ -200,6 +202,17 @@ def _check_type(value, types: tuple[type, ...], where: str) -> None:
         raise ConfigError(f"{where}: must be {names}, got {value!r}")
 
 
+def _launcher_found(launcher: str) -> bool:
+    import shlex
+    import shutil
+
+    try:
+        argv = shlex.split(launcher)
+    except ValueError:
+        return False
+    return bool(argv) and shutil.which(argv[0]) is not None
+
+
 def _check_combinations(cfg: LoopConfig, where) -> None:
     s, g, lab, t, e = cfg.sample, cfg.generate, cfg.label, cfg.train, cfg.eval
     checks = [
@@ -248,6 +261,9 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
          "no ranking) or left out for all K(K-1)/2 pairs"),
         (lab["deadline_hours"] >= 0, ("label", "deadline_hours"), "must be 0 or more"),
         (lab["min_votes"] >= 1, ("label", "min_votes"), "must be at least 1"),
+        (not t["launcher"] or _launcher_found(t["launcher"]), ("train", "launcher"),
+         f"{t['launcher']!r}: its program is not found (a command prefix such as 'torchrun --nproc_per_node 8' "
+         "or 'accelerate launch --num_processes 2', to which the loop appends '-m prefloop train CONFIG ...')"),
         (0 <= t["replay_share"] < 1, ("train", "replay_share"),
          "must be in [0, 1): the share of older pairs in each iteration's training data"),
         (bool(e["judge"] or lab["judge"]), ("eval", "judge"), "is needed (or label.judge, which it defaults to)"),

@@ -312,8 +312,11 @@ class Iteration:
             base = json.loads(adapter_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
             model = {"model_name_or_path": base, "adapter_name_or_path": champ["path"], "ref_model": base,
                      "ref_model_adapters": champ["path"]}
-        metrics = train(self.cfg.train["config"], **{**self.cfg.train["overrides"], **model,
-                                                     "dataset": pairs["file"], "output_dir": str(out)})
+        settings = {**self.cfg.train["overrides"], **model, "dataset": pairs["file"], "output_dir": str(out)}
+        if self.cfg.train["launcher"]:
+            metrics = launched_training(self.cfg.train["launcher"], self.cfg.train["config"], settings, self.dir)
+        else:
+            metrics = train(self.cfg.train["config"], **settings)
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         version = register_model(self.store, str(out), self.cfg.name, parent=f"{champ['name']}:{champ['version']}",
                                  extra_meta={"loop": {"iteration_id": self.row["id"], "iteration": self.row["number"],
@@ -390,6 +393,28 @@ class Iteration:
         promote(self.store, f"{cand['name']}:{cand['version']}",
                 note=f"loop iteration {self.row['number']}: gate pass")
         return inputs, {"promoted": True, "champion_id": cand["id"], "previous_champion_id": champ_id}
+
+
+def launched_training(launcher: str, config: str, settings: dict, folder: Path) -> dict:
+    """`prefloop train CONFIG KEY=VALUE ...` under a launcher (a command prefix such as `torchrun
+    --nproc_per_node 8`, `accelerate launch --num_processes 2`, `srun ... torchrun ...` on a cluster with
+    shared storage), the output in `folder/train.log`; returns the run's final metrics
+    (`output_dir/all_results.json`, written by rank 0). Raises LoopError when the launched run fails."""
+    import shlex
+    import subprocess
+
+    argv = shlex.split(launcher) + ["-m", "prefloop", "train", config]
+    argv += [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items()]
+    log = folder / "train.log"
+    _say(f"training under the launcher: {shlex.join(argv)} (output: {log})")
+    with log.open("w", encoding="utf-8") as fh:
+        code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT).returncode
+    results = Path(settings["output_dir"]) / "all_results.json"
+    if code != 0 or not results.is_file():
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
+        raise LoopError(f"the launched training failed (exit {code}; {log}):\n{tail}rerun the loop to train again "
+                        "from the champion")
+    return json.loads(results.read_text(encoding="utf-8"))
 
 
 def _messages_of(record: dict) -> list[dict]:
