@@ -14,7 +14,7 @@ not pay that. Here the footprint is measured, not guessed:
 2. `plan_checkpointing` predicts the peak at the run's largest batch (the `batch_size` longest pairs in
    the run's layout) for k checkpointed layers:
        static + rest + (N - k) * layer + k * layer_input + (layer if k == N else 0)
-   static = the memory in use now (CUDA: allocated; CPU: the weights) + gradients and AdamW's two fp32
+   static = the memory in use now (CUDA: allocated; CPU: resident) + gradients and AdamW's two fp32
    states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps. The
    first k layers are the checkpointed ones: backward recomputes them last, after the later layers'
    activations are freed, so the recomputed layer adds to the peak only when every layer is
@@ -103,14 +103,26 @@ def device_memory_bytes(device: torch.device) -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def resident_bytes() -> float:
+    """This process's resident memory now (Linux `/proc/self/statm`; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return float(int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def static_bytes(model, device: torch.device) -> float:
-    """Memory that does not depend on the batch: what is allocated now (weights, buffers; CPU: the
-    weights) plus gradients and AdamW's exp_avg / exp_avg_sq (fp32) of the trainable weights."""
+    """Memory that does not depend on the batch: what is in use now plus gradients and AdamW's exp_avg /
+    exp_avg_sq (fp32) of the trainable weights. In use now: CUDA: allocated tensors; CPU: the process's
+    resident memory (weights, libraries, tokenized data, the allocator's pool: what a machine's memory
+    and `max_memory_gb` count there), at least the weights."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = sum(p.numel() * (p.element_size() + 8) for p in trainable)
     if device.type == "cuda":
         return float(torch.cuda.memory_allocated(device) + optimizer)
-    return float(sum(p.numel() * p.element_size() for p in model.parameters()) + optimizer)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return float(max(resident_bytes(), weights) + optimizer)
 
 
 @contextmanager
