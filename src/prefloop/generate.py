@@ -19,6 +19,7 @@ from pathlib import Path
 from prefloop.chat_clients import ChatCall, open_chat_client
 from prefloop.errors import ConfigError, DataError, PrefloopError, json_error_text
 from prefloop.prompts import Prompt, prompt_key, read_prompts
+from prefloop.resume import end_cut_line
 from prefloop.sampling import SamplingParams
 
 
@@ -49,9 +50,7 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
                 raise DataError(f"{out}:{lineno}: not a candidates record ({cause}); --out must be a file written "
                                 "by prefloop generate (or a new file)") from err
         offset += len(line) + 1
-    if data and not data.endswith(b"\n"):  # a whole last record whose newline a crash cut off: end the line,
-        with out.open("ab") as f:          # or the next record would be appended to it
-            f.write(b"\n")
+    end_cut_line(out, data)
     return keys, False
 
 

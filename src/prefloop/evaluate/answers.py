@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefloop.errors import ConfigError, DataError
 from prefloop.prompts import Prompt
+from prefloop.resume import end_cut_line
 
 
 @dataclass
@@ -182,11 +183,7 @@ def read_answer_cache(path: Path, spec: dict, prompts: list[Prompt]) -> tuple[di
             else:
                 other += 1
         offset += len(raw) + 1
-    # a whole last record whose newline a crash cut off (not truncated above): end the line, or the next
-    # answer would be appended to it
-    if data and not data.endswith(b"\n") and path.stat().st_size == len(data):
-        with path.open("ab") as f:
-            f.write(b"\n")
+    end_cut_line(path, data)
     return found, other
 
 
