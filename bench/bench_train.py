@@ -14,7 +14,8 @@ layers or full fine-tuning, batch 8, cutoff 1024, seeded synthetic pairs (bench/
 - prefloop: the real trainer (`prefloop.train`) with its fast paths: cached reference, prefix
   sharing, packing, chunked log-probs, `attn_backend: auto` (flex on CUDA, segments on CPU),
   gradient checkpointing as `--prefloop-options` says (default: every layer, as TRL).
-- prefloop_segments: the same with `attn_backend: segments` (the per-unit SDPA path).
+- prefloop_segments / prefloop_varlen / prefloop_flex: the same with that `attn_backend` (`auto` picks
+  varlen on CUDA in bf16, flex on CUDA in fp32, segments on a CPU).
 - trl: TRL DPOTrainer with its defaults (reference forward every step, gradient checkpointing).
 - trl_precompute: the same with precompute_ref_log_probs=True.
 - trl_liger: the defaults with use_liger_kernel=True (Liger's Triton kernels; CUDA only).
@@ -23,8 +24,9 @@ the same pairs in the same order (the Trainer's seeded sampler, same seed, same 
 token ids (checked before training; bench/workload.py), and use the same optimizer settings.
 Per-step losses must agree (relative 1e-3 in fp32) before any speed is reported; `--check-pairs N`
 runs that check first on a short fp32 run and then times the `--precision` runs (in bf16 the losses
-are compared and noted, not gated). Times are whole-run wall times, model loading and reference
-precompute included. On CPU each engine runs in its own subprocess (peak RSS per engine); on CUDA all
+are compared and noted, not gated). Times are whole-run wall times: from the config to the trained
+weights (adapter or model) saved on disk, model loading and reference precompute included; the
+training loop alone is the Trainer's own `train_runtime`. On CPU each engine runs in its own subprocess (peak RSS per engine); on CUDA all
 run in this process, one after another (one CUDA context, imports once; peak GPU memory is reset
 before each), so the first prefloop run of a precision includes FlexAttention's compilation. A failed
 engine is reported in the table and the others still run.
@@ -54,7 +56,8 @@ LENGTHS = {"full": Lengths(), "short": Lengths(prompt=(32, 128), response=(16, 6
 
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 ENGINES = ("prefloop", "trl", "trl_precompute")
-ALL_ENGINES = ("prefloop", "prefloop_segments", "trl", "trl_precompute", "trl_liger")
+ALL_ENGINES = ("prefloop", "prefloop_segments", "prefloop_varlen", "prefloop_flex", "trl", "trl_precompute",
+               "trl_liger")
 LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}
 
 
@@ -89,9 +92,11 @@ DIAGNOSTIC_METRICS = ("logps/chosen", "logps/rejected", "rewards/margins")
 
 
 def _step_metrics(log_history: list[dict]) -> dict:
-    """Per-step losses (the agreement check) and the metrics that locate a disagreement."""
+    """Per-step losses (the agreement check), the metrics that locate a disagreement, and the Trainer's
+    own `train_runtime` (the training loop alone, s)."""
     steps = [h for h in log_history if "loss" in h]
-    return {"losses": [h["loss"] for h in steps],
+    loop = next((h["train_runtime"] for h in reversed(log_history) if "train_runtime" in h), None)
+    return {"losses": [h["loss"] for h in steps], "loop_s": loop,
             "diagnostics": {m: [h.get(m) for h in steps] for m in DIAGNOSTIC_METRICS}}
 
 
@@ -109,7 +114,7 @@ class _Tee(io.TextIOBase):
         self.stream.flush()
 
 
-NOTE_PREFIXES = ("Attention:", "Gradient checkpointing (auto):")
+NOTE_PREFIXES = ("Attention:", "Gradient checkpointing (auto):", "Time:")
 
 
 def run_prefloop(spec: dict, out_dir: str, backend: str = "auto") -> dict:
@@ -165,6 +170,7 @@ def run_trl(spec: dict, out_dir: str, precompute: bool, liger: bool = False) -> 
         raise SystemExit(f"TRL tokenized the pairs differently from prefloop (first different pair: {bad}, "
                          f"{len(got)} vs {len(expected)} pairs): the comparison would not be like for like")
     trainer.train()
+    trainer.save_model()  # a whole run ends with the trained weights on disk, as prefloop's does
     wall = time.perf_counter() - started
     del torch
     return {"wall_s": wall, **_step_metrics(trainer.state.log_history)}
@@ -179,12 +185,15 @@ def run_one(engine: str, spec: dict) -> dict:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated() / 1e9  # left over from earlier engines in this process
     with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-") as out_dir:
         if engine.startswith("prefloop"):
-            result = run_prefloop(spec, out_dir, "segments" if engine == "prefloop_segments" else "auto")
+            result = run_prefloop(spec, out_dir, engine.partition("_")[2] or "auto")
         else:
             result = run_trl(spec, out_dir, precompute=engine == "trl_precompute", liger=engine == "trl_liger")
     result["peak_mem_gb"] = _peak_memory_gb(spec["device"])
+    if spec["device"] == "cuda":
+        result["baseline_mem_gb"] = baseline
     return result
 
 
@@ -330,21 +339,26 @@ def _per_step(name: str, res: dict, base: dict) -> str:
 def table(title: str, results: dict, pairs: int, tokens: int, flops: float, peak: float, device: str) -> str:
     memory = "peak GPU mem GB" if device == "cuda" else "peak mem GB (RSS)"
     rows = [f"\n### {title}: {pairs} pairs, {tokens:,} tokens (prompt counted with each response)\n",
-            f"| engine | wall s | pairs/s | tokens/s | {memory} | model TFLOP/s | MFU (of measured matmul peak) "
-            "| prefloop speed-up | max rel. loss diff |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            f"| engine | wall s | training loop s | pairs/s | tokens/s | {memory} | model TFLOP/s "
+            "| MFU (of measured matmul peak) | prefloop speed-up (wall) | prefloop speed-up (loop) | max rel. loss diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = results.get("prefloop")
     base = base if base and "failed" not in base else None
     for name, res in results.items():
         if "failed" in res:
-            rows.append(f"| {name} | failed: {res['failed']} | | | | | | | |")
+            rows.append(f"| {name} | failed: {res['failed']} | | | | | | | | | |")
             continue
-        wall = res["wall_s"]
+        wall, loop = res["wall_s"], res.get("loop_s")
         speedup = f"{wall / base['wall_s']:.2f}x" if base and name != "prefloop" else "-"
+        loop_speedup = (f"{loop / base['loop_s']:.2f}x" if base and name != "prefloop" and loop and base.get("loop_s")
+                        else "-")
         diff = f"{res['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in res else "-"
-        rows.append(f"| {name} | {wall:.1f} | {pairs / wall:.3f} | {tokens / wall:.0f} | {res['peak_mem_gb']:.2f} "
-                    f"| {flops / wall / 1e12:.3f} | {100 * flops / wall / peak:.1f}% | {speedup} | {diff} |")
+        rows.append(f"| {name} | {wall:.1f} | {f'{loop:.2f}' if loop else '-'} | {pairs / wall:.3f} | {tokens / wall:.0f} "
+                    f"| {res['peak_mem_gb']:.2f} | {flops / wall / 1e12:.3f} | {100 * flops / wall / peak:.1f}% "
+                    f"| {speedup} | {loop_speedup} | {diff} |")
     notes = [f"- {name}: {note}" for name, res in results.items() for note in res.get("notes", [])]
+    notes += [f"- {name}: {res['baseline_mem_gb']:.2f} GB were allocated before it started (earlier engines' leftovers, "
+              f"included in its peak)" for name, res in results.items() if res.get("baseline_mem_gb", 0) > 0.05]
     if any(name.startswith("trl") for name in results):
         notes.append("- trl engines: gradient checkpointing on every decoder layer (TRL's default)")
     return "\n".join(rows + ([""] + notes if notes else []))
@@ -369,8 +383,20 @@ def _spec(args, model: str, model_dir: str, data_file: str, pairs: int, precisio
             "mem_limit_gb": args.mem_limit_gb, "in_process": args.in_process}
 
 
-def _run_all(args, spec: dict, work: Path, python: str) -> dict:
-    return {e: run_engine(e, spec, work, python, args.timeout) for e in args.engines.split(",")}
+def _run_all(args, spec: dict, work: Path, python: str, engines: str | None = None) -> dict:
+    """Every engine on `spec`, in the order given. With `--prefloop-budget-from ENGINE` the prefloop engines
+    get that engine's measured peak memory as `max_memory_gb` (gradient_checkpointing: auto then
+    checkpoints what that budget needs): run ENGINE before them."""
+    results = {}
+    for engine in (engines or args.engines).split(","):
+        run_spec = spec
+        source = results.get(args.prefloop_budget_from or "")
+        if engine.startswith("prefloop") and source and "failed" not in source:
+            budget = round(source["peak_mem_gb"], 2)
+            run_spec = {**spec, "prefloop": {**spec["prefloop"], "max_memory_gb": budget}}
+            print(f"    prefloop's memory budget: {budget} GB ({args.prefloop_budget_from}'s peak)", flush=True)
+        results[engine] = run_engine(engine, run_spec, work, python, args.timeout)
+    return results
 
 
 def main_compare(args, work: Path, python: str) -> None:
@@ -397,7 +423,7 @@ def main_compare(args, work: Path, python: str) -> None:
                 check_file, _ = write_workload(model_dir, args.check_pairs, args.seed, work, lengths, args.cutoff)
                 spec = _spec(args, model, model_dir, check_file, args.check_pairs, "fp32", finetuning)
                 print(f"[{model} {finetuning}] fp32 per-step loss check, {args.check_pairs} pairs", flush=True)
-                results = _run_all(args, spec, work, python)
+                results = _run_all(args, spec, work, python, args.check_engines)
                 raw[f"check {model} {finetuning} fp32"] = results
                 problems = check_losses(results, "fp32") if "failed" not in results.get("prefloop", {"failed": 1}) else \
                     [f"prefloop failed: {results.get('prefloop', {}).get('failed', 'not run')}"]
@@ -471,6 +497,11 @@ def main() -> None:
     parser.add_argument("--check-pairs", type=int, default=0,
                         help="first a short fp32 run of N pairs per fine-tuning type (first model) whose per-step "
                              "losses must agree; then the timed runs")
+    parser.add_argument("--check-engines", default=None,
+                        help="engines of the fp32 loss check (default: --engines); prefloop must be one")
+    parser.add_argument("--prefloop-budget-from", default=None, metavar="ENGINE",
+                        help="give the prefloop engines ENGINE's measured peak memory as max_memory_gb (list ENGINE "
+                             "before them in --engines; with gradient_checkpointing: auto in --prefloop-options)")
     parser.add_argument("--prefloop-options", default='{"packing": true, "prefix_sharing": true, '
                         '"logps_chunk_size": 1024}', help="JSON of prefloop config keys for its engine")
     parser.add_argument("--scaling", action="store_true", help="prefloop alone on a small random model")

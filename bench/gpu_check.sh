@@ -10,7 +10,9 @@
 #               tests of the backends on this machine's torch/transformers
 #   2 table     bench/bench_train.py --device cuda: Qwen2-0.5B-shaped random model, LoRA and full,
 #               fp32 per-step loss check on 16 pairs first, then bf16 whole runs of 128 pairs, batch 8:
-#               prefloop, TRL defaults, TRL + precompute, TRL + Liger
+#               TRL + Liger first, then prefloop (attn_backend auto = varlen) and prefloop_flex with
+#               Liger's measured peak as their memory budget (gradient_checkpointing: auto), then TRL
+#               defaults and TRL + precompute
 #   3 scaleout  bench/gpu_scaleout_check.sh: DDP and FSDP through torchrun on one GPU (4 steps)
 #   4 smollm2   the same table for the SmolLM2-135M shape, LoRA (only if time is left)
 # OUTDIR gets 8 files at most: gpu_check.log (the machine, versions and this summary), pytest.log,
@@ -50,14 +52,17 @@ stage() {  # name, seconds wanted, log file, command...: run under `timeout`, pr
 
 if [ -n "${ALLOW_CPU:-}" ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   DEVICE=cpu
-  QWEN=(--model random:small --pairs 8 --check-pairs 8 --batch 4 --lengths short --finetuning lora --engines prefloop,trl)
+  QWEN=(--model random:small --pairs 8 --check-pairs 8 --batch 4 --lengths short --finetuning lora --engines trl,prefloop,prefloop_varlen
+        --check-engines prefloop,trl --prefloop-budget-from trl)
   SMOL=(--model random:small --pairs 8 --batch 4 --lengths short --finetuning lora --engines prefloop,trl)
   ENGINE_TIMEOUT=900; BUDGET="${BUDGET_CPU:-3600}"; SCALE=8; SCALEOUT_MODES="${SCALEOUT_MODES:-ddp-1gpu}"
 else
   DEVICE=cuda
   QWEN=(--model random:qwen2-0.5b --pairs 128 --check-pairs 16 --finetuning lora,full
-        --engines prefloop,trl,trl_precompute,trl_liger)
-  SMOL=(--model random:smollm2-135m --pairs 128 --finetuning lora --engines prefloop,trl,trl_precompute,trl_liger)
+        --engines trl_liger,prefloop,prefloop_flex,trl,trl_precompute --check-engines prefloop,trl,trl_precompute,trl_liger
+        --prefloop-budget-from trl_liger)
+  SMOL=(--model random:smollm2-135m --pairs 128 --finetuning lora --engines trl_liger,prefloop,trl,trl_precompute
+        --prefloop-budget-from trl_liger)
   ENGINE_TIMEOUT=150
 fi
 
@@ -92,7 +97,7 @@ OPTIONS='{"packing": true, "prefix_sharing": true, "logps_chunk_size": 1024, "gr
 BENCH=("$PY" bench/bench_train.py --device "$DEVICE" --in-process --tokenizer bench/assets/smollm2-tokenizer
        --precision bf16 --timeout "$ENGINE_TIMEOUT" --prefloop-options "$OPTIONS")
 stage table 240 "$OUT/bench.log" "${BENCH[@]}" "${QWEN[@]}" --out "$OUT/table.md"
-grep -E "loss check|^\[|failed|per-step losses" "$OUT/bench.log" | tail -12 | tee -a "$LOG"
+grep -E "loss check|^\[|failed|per-step losses|memory budget" "$OUT/bench.log" | tail -16 | tee -a "$LOG"
 [ -f "$OUT/table.md" ] && tee -a "$LOG" < "$OUT/table.md"
 
 # 3 DDP / FSDP smoke ---------------------------------------------------------------------------------

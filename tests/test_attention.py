@@ -68,7 +68,7 @@ def _hidden(decoder, batch, backend: str | None):
     return out.last_hidden_state
 
 
-@pytest.mark.parametrize("backend", ["segments", "flex", "sdpa_mask"])
+@pytest.mark.parametrize("backend", ["segments", "varlen", "flex", "sdpa_mask"])
 @pytest.mark.parametrize("layout", ["packed", "prefix_shared", "packed_prefix_shared"])
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_hidden_states_and_gradients_equal_the_masked_computation(tiny_tokenizer, layout, arch, backend):
@@ -168,3 +168,50 @@ def test_flex_falls_back_to_segment_attention_when_it_fails(tiny_tokenizer, monk
     assert flex.fallback_reason() == "RuntimeError: no kernel for this device"
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     torch.testing.assert_close(_hidden_states(model.model, batch), expected, rtol=0, atol=0)  # no second try
+
+
+def test_varlen_layout_lays_out_each_unit_as_causal_sequences():
+    """[prompt, chosen] is one sequence, [prompt, rejected] another (the prompt gathered twice); each row
+    position reads its output from the sequence it belongs to; padding reads the zero row."""
+    from prefloop.train.varlen import layout
+
+    batch = collate_pairs(PAIRS[:2], "prefix_shared", pad_token_id=0)  # rows of 12: (5,3,4) and (2,6,1) + 3 pads
+    lay = layout(segment_plan(batch["attn_segments"], batch["attn_branches"]))
+    assert lay.cu_seqlens.tolist() == [0, 8, 17, 25, 28] and lay.max_len == 9
+    row0 = list(range(0, 8)) + list(range(0, 5)) + list(range(8, 12))
+    row1 = [12 + i for i in list(range(0, 8)) + [0, 1, 8]]
+    assert lay.gather.tolist() == row0 + row1
+    total = 28
+    assert lay.scatter.tolist() == (list(range(0, 8)) + list(range(13, 17))  # row 0: prompt+chosen, rejected
+                                    + list(range(17, 25)) + [27] + [total] * 3)  # row 1, then padding
+
+
+def test_varlen_on_cuda_in_fp32_or_without_a_kernel_is_a_clear_error():
+    from prefloop.train.varlen import kernel_ok
+
+    with pytest.raises(ValueError, match="attn_backend: varlen cannot run here"):
+        resolve_backend("varlen", "cuda", torch.float32)
+    assert kernel_ok("cuda", torch.float32) is not None
+    assert resolve_backend("varlen", "cpu") == "varlen"  # per-sequence SDPA there: correct, not fast
+    assert resolve_backend("auto", "cpu", torch.bfloat16) == "segments"
+
+
+def test_varlen_failure_off_cuda_is_raised_not_hidden(tiny_tokenizer, monkeypatch):
+    """Only the CUDA kernel may fail over to segment attention (tests/test_gpu.py); the per-sequence path
+    elsewhere is plain SDPA, so an error there is a bug to see, not to hide."""
+    from prefloop.train import varlen
+    from prefloop.train.logps import _hidden_states
+
+    batch = collate_pairs(PAIRS, "packed_prefix_shared", pad_token_id=0, row_tokens=100)
+    model = build_tiny_model(tiny_tokenizer, arch="llama")
+    model.config._attn_implementation = "sdpa"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(varlen, "attend", broken)
+    monkeypatch.setattr(varlen, "_FALLBACK", [])
+    assert use_attention_backend(model.model, "varlen") == "varlen"
+    with pytest.raises(RuntimeError, match="broken"):
+        _hidden_states(model.model, batch)
+    assert varlen.fallback_reason() is None

@@ -58,7 +58,7 @@ def _model(tokenizer, arch="qwen2", backend="auto", dtype=torch.float64, **kwarg
     return model
 
 
-BACKENDS = ["segments", "flex", "sdpa_mask"]
+BACKENDS = ["segments", "varlen", "flex", "sdpa_mask"]
 
 
 def _assert_equal_logps(fast, ref, tolerance=FP64_EQUAL):
@@ -77,7 +77,7 @@ def _assert_equal_logps(fast, ref, tolerance=FP64_EQUAL):
 @pytest.mark.parametrize("layout", LAYOUTS)
 # Chunking is independent of the attention backend: every chunk size with one backend, one size with the others.
 @pytest.mark.parametrize("chunk_size, backend", [(1, "segments"), (7, "segments"), (4096, "segments"),
-                                                 (7, "flex"), (7, "sdpa_mask")])
+                                                 (7, "varlen"), (7, "flex"), (7, "sdpa_mask")])
 def test_every_layout_and_chunk_size_equals_the_plain_computation(tiny_tokenizer, features, arch, layout, chunk_size,
                                                                    backend):
     model = _model(tiny_tokenizer, arch, backend)

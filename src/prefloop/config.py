@@ -89,7 +89,7 @@ class SpeedArgs:
     prefix_sharing: bool = True  # the prompt computed once for chosen and rejected; proven equal likewise
     logps_chunk_size: int = 4096
     # packed / prefix-shared rows: auto = flex on CUDA, segments elsewhere (train/attention.py)
-    attn_backend: Literal["auto", "segments", "flex", "sdpa_mask"] = "auto"
+    attn_backend: Literal["auto", "segments", "varlen", "flex", "sdpa_mask"] = "auto"
 
 
 @dataclass

@@ -18,9 +18,11 @@ not saved with the config, so saved models and adapters still say nothing about 
 Equality with the masked computation, values and gradients, is tested in tests/test_attention.py.
 
 Backends (`attn_backend` in the config; `use_attention_backend`): ``segments`` (this module),
-``flex`` (`train/flex.py`: one fused FlexAttention call per layer with a block mask), ``sdpa_mask``
-(one SDPA call with the explicit [L, L] mask: the plain computation, rows no longer than the longest
-unit) and ``auto``: flex on CUDA, segments elsewhere (what the benchmark measured fastest there).
+``varlen`` (`train/varlen.py`: one FlashAttention varlen call per layer, the units as independent
+causal sequences), ``flex`` (`train/flex.py`: one fused FlexAttention call per layer with a block
+mask), ``sdpa_mask`` (one SDPA call with the explicit [L, L] mask: the plain computation, rows no
+longer than the longest unit) and ``auto``: varlen on CUDA in bf16/fp16, flex on CUDA in fp32,
+segments elsewhere (what the benchmark measured fastest there; `resolve_backend`).
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from prefloop.train import flex
+from prefloop.train import flex, varlen
 
 IMPLEMENTATION = "prefloop_segments"
 PLAN_KWARG = "prefloop_segments"
 SDPA_MASK_IMPLEMENTATION = "prefloop_sdpa_mask"
 PROFILE_SCOPE = "prefloop::attention"  # a torch.profiler range around the per-unit calls
-BACKENDS = ("auto", "segments", "flex", "sdpa_mask")
-_IMPLEMENTATIONS = {"segments": IMPLEMENTATION, "flex": flex.IMPLEMENTATION, "sdpa_mask": SDPA_MASK_IMPLEMENTATION}
+BACKENDS = ("auto", "segments", "varlen", "flex", "sdpa_mask")
+_IMPLEMENTATIONS = {"segments": IMPLEMENTATION, "varlen": varlen.IMPLEMENTATION, "flex": flex.IMPLEMENTATION,
+                    "sdpa_mask": SDPA_MASK_IMPLEMENTATION}
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _register() -> None:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     functions = {IMPLEMENTATION: segment_attention_forward, flex.IMPLEMENTATION: flex.flex_attention_forward,
-                 SDPA_MASK_IMPLEMENTATION: sdpa_attention_forward}
+                 varlen.IMPLEMENTATION: varlen.varlen_attention_forward, SDPA_MASK_IMPLEMENTATION: sdpa_attention_forward}
     for name, function in functions.items():
         if name not in AttentionInterface._global_mapping:
             AttentionInterface.register(name, function)
@@ -182,14 +185,29 @@ def use_segment_attention(model) -> bool:
     return config._attn_implementation == IMPLEMENTATION
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend for `backend` on `device`: ``auto`` is flex on CUDA (when this torch has
-    FlexAttention), segments elsewhere. Raises ValueError for an unknown name."""
+def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend for `backend` on `device` when attention runs in `dtype` (None: fp32).
+
+    ``auto``: on CUDA, varlen when attention runs in bf16 / fp16 and the FlashAttention varlen kernel
+    passes its one-time check (`varlen.kernel_ok`), else flex (torch >= 2.5), else segments; segments on
+    any other device. Raises ValueError for an unknown name, and for varlen on CUDA in fp32 or with a
+    kernel that fails its check (the error says why and what to use instead)."""
     if backend not in BACKENDS:
         raise ValueError(f"attn_backend: {backend!r} is not known; choose from {', '.join(BACKENDS)}")
+    on_cuda = torch.device(device).type == "cuda"
+    dtype = dtype or torch.float32
+    if backend == "varlen" and on_cuda:
+        why = varlen.kernel_ok("cuda", dtype)
+        if why is not None:
+            raise ValueError(f"attn_backend: varlen cannot run here: {why}; train in bf16 (bf16: true) or use "
+                             f"attn_backend: flex or segments")
     if backend != "auto":
         return backend
-    return "flex" if torch.device(device).type == "cuda" and flex.available() else "segments"
+    if not on_cuda:
+        return "segments"
+    if dtype in varlen.KERNEL_DTYPES and varlen.kernel_ok("cuda", dtype) is None:
+        return "varlen"
+    return "flex" if flex.available() else "segments"
 
 
 def attention_backend(model) -> str | None:
@@ -198,17 +216,23 @@ def attention_backend(model) -> str | None:
     return next((name for name, impl in _IMPLEMENTATIONS.items() if impl == current), None)
 
 
-def use_attention_backend(model, backend: str = "auto", device: torch.device | str | None = None) -> str | None:
+def use_attention_backend(model, backend: str = "auto", device: torch.device | str | None = None,
+                          dtype: torch.dtype | None = None) -> str | None:
     """Switch a model whose attention is ``sdpa`` (or already one of prefloop's) to `backend`
-    (resolved for `device`, default: where the model's weights are); returns the backend in use, or
-    None for a model with other attention (eager, flash), which then gets the explicit mask.
-    The implementation is not saved with the config: saved models say nothing about prefloop."""
+    (resolved for `device`, default: where the model's weights are, and `dtype`, the precision attention
+    runs in, default: the autocast dtype when autocast is on there, else the weights' dtype); returns
+    the backend in use, or None for a model with other attention (eager, flash), which then gets the
+    explicit mask. The implementation is not saved with the config: saved models say nothing about prefloop."""
     current = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if current != "sdpa" and attention_backend(model) is None:
         return None
+    weight = next(model.parameters())
     if device is None:
-        device = next(model.parameters()).device
-    name = resolve_backend(backend, device)
+        device = weight.device
+    if dtype is None:
+        kind = torch.device(device).type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+    name = resolve_backend(backend, device, dtype)
     if name == "flex" and not flex.available():
         raise ValueError(f"attn_backend: flex needs torch >= 2.5 (FlexAttention); this is torch {torch.__version__}")
     if current != _IMPLEMENTATIONS[name]:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from prefloop.train.attention import PLAN_KWARG, attention_backend, use_attention_backend
+from prefloop.train import varlen
 from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask, fallback_reason
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
@@ -89,21 +90,25 @@ def packed_row_tokens(model) -> int | None:
     row under segment or flex attention, where attention costs per unit and a longer row only drops
     padding; None (the longest unit) with an explicit mask, which costs the square of the row length."""
     decoder, _ = decoder_and_head(model)
-    return ONE_ROW if _backend(decoder, None) in ("segments", "flex") else None
+    return ONE_ROW if _backend(decoder, None) in ("segments", "varlen", "flex") else None
 
 
 def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     """Last hidden states [R, L, d] for any layout.
 
     Packed / prefix-shared rows run the model's attention backend (`train/attention.py`): segment
-    attention with the batch's plan, FlexAttention with a block mask built here once per batch, or
-    (sdpa_mask, eager models) the equivalent explicit 4D mask."""
+    attention with the batch's plan, varlen attention with its gather/scatter layout or FlexAttention
+    with a block mask (each built here once per batch), or (sdpa_mask, eager models) the equivalent
+    explicit 4D mask."""
     extra = {}
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
         backend = _backend(decoder, segments.device)
         if backend == "segments":
             mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
+        elif backend == "varlen":  # with the plan: segment attention if the kernel fails (train/varlen.py)
+            mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
+            extra[varlen.LAYOUT_KWARG] = varlen.layout(batch["attn_plan"], segments.device)
         elif backend == "flex":  # with the plan: segment attention if FlexAttention fails (train/flex.py)
             mask, extra[PLAN_KWARG] = None, batch["attn_plan"]
             if fallback_reason() is None:

@@ -331,8 +331,9 @@ def use_backend(cfg: Config, model) -> str | None:
     """Switch `model` to `cfg.attn_backend` (train/attention.py); ConfigError when it cannot run it."""
     from prefloop.train.attention import use_attention_backend
 
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None  # None: the weights' dtype
     try:
-        return use_attention_backend(model, cfg.attn_backend)
+        return use_attention_backend(model, cfg.attn_backend, dtype=dtype)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
@@ -344,7 +345,9 @@ def describe_attention(cfg: Config, model) -> str:
     if backend is None:
         return (f"Attention: the model's own {model.config._attn_implementation!r} with an explicit mask "
                 f"(attn_backend needs an SDPA model)")
-    why = f"attn_backend: auto on {device.type}" if cfg.attn_backend == "auto" else f"attn_backend: {backend}"
+    precision = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"
+    why = (f"attn_backend: auto on {device.type} in {precision}" if cfg.attn_backend == "auto"
+           else f"attn_backend: {backend}")
     return f"Attention: {backend} ({why})"
 
 
