@@ -348,6 +348,10 @@ def describe_attention(cfg: Config, model) -> str:
     precision = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"
     why = (f"attn_backend: auto on {device.type} in {precision}" if cfg.attn_backend == "auto"
            else f"attn_backend: {backend}")
+    if cfg.attn_backend == "auto" and device.type == "cuda" and backend != "varlen":
+        from prefloop.train.varlen import kernel_ok
+
+        why += f"; not varlen: {kernel_ok('cuda', torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32)}"
     return f"Attention: {backend} ({why})"
 
 
