@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -328,3 +329,53 @@ def test_every_evaluation_logs_the_sampled_answer_length(tmp_path, tiny_model_di
                               output_dir=str(tmp_path / "off")))
     history = json.loads((tmp_path / "off" / "trainer_state.json").read_text())["log_history"]
     assert not any("eval_sampled_length" in h for h in history)
+
+
+# --- where a run's time goes: the Time line and the time/<stage>_s keys --------------------------------------
+
+
+def test_time_per_stage_is_printed_and_saved_with_the_results(tmp_path, tiny_model_dir, capsys):
+    """Right value: the summary ends with one `Time: ... (total X s)` line; train_results.json and
+    all_results.json (and the returned metrics) hold time/<stage>_s for each stage that ran, each >= 0,
+    whose sum is at most time/total_s; the other results are still there."""
+    import re
+
+    data = _short_and_long_pairs(tmp_path, long_ids=())
+    metrics = prefloop.train(_small_run(tmp_path, data, model_name_or_path=str(tiny_model_dir), sample_prompts=1,
+                                        plot_loss=True, gradient_checkpointing="auto"))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("Time: ") and re.search(r"\(total \d+\.\d s\)$", lines[-1]), lines[-1]
+    assert lines[-2].startswith("Saved the LoRA adapter") and "train " in lines[-1]
+    stages = ("setup", "data", "model", "reference", "memory_plan", "trainer", "eval_before", "samples", "train",
+              "save", "eval_after", "outputs")
+    out = tmp_path / "out"
+    for name in ("train_results.json", "all_results.json"):
+        saved = json.loads((out / name).read_text())
+        assert saved["train_loss"] == metrics["train_loss"], name
+        times = {k: v for k, v in saved.items() if k.startswith("time/")}
+        assert set(times) == {f"time/{s}_s" for s in stages} | {"time/total_s"}, name
+        assert all(v >= 0 for v in times.values()), times
+        assert sum(v for k, v in times.items() if k != "time/total_s") <= times["time/total_s"], times
+        assert {k: metrics[k] for k in times} == times
+    assert "eval_loss" in json.loads((out / "all_results.json").read_text())
+    assert not any(k.startswith("time/") for k in json.loads((out / "eval_results.json").read_text()))
+
+
+def test_stopwatch_adds_up_repeated_stages_and_folds_short_ones():
+    import time
+
+    from prefloop.train.timing import Stopwatch
+
+    watch = Stopwatch()
+    for _ in range(2):
+        with watch.stage("samples"):
+            time.sleep(0.06)
+    with watch.stage("memory_plan"):
+        time.sleep(0.1)
+    with watch.stage("save"):
+        pass
+    assert watch.seconds["samples"] >= 0.12 and list(watch.seconds) == ["samples", "memory_plan", "save"]
+    metrics = watch.metrics(total=1.0)
+    assert metrics["time/total_s"] == 1.0 and metrics["time/save_s"] < 0.05
+    line = watch.line(total=1.0)
+    assert re.fullmatch(r"Time: samples 0\.1 s, memory plan 0\.1 s, other 0\.\d s \(total 1\.0 s\)", line), line

@@ -70,7 +70,8 @@ def weights_fingerprint(model, kind: str) -> str:
             t = tensor.detach()
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.double().sum().item():.17g}".encode())
             if i in exact:
-                h.update(t.cpu().contiguous().view(torch.uint8).flatten()[:_EXACT_BYTES].numpy().tobytes())
+                # the first bytes only are copied to the host (not the whole tensor, e.g. a GPU's embeddings)
+                h.update(t.contiguous().view(torch.uint8).flatten()[:_EXACT_BYTES].cpu().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,94 +71,128 @@ class Data:
 
 def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     """One DPO run of `cfg`; returns the final metrics. `round_info` ({"index", "name", "run", "output_dir"}):
-    this run is a round of iterative DPO (train/rounds.py), passed on to the registry (`register_output`)."""
-    from transformers import set_seed
+    this run is a round of iterative DPO (train/rounds.py), passed on to the registry (`register_output`).
 
-    from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
-    from prefloop.train.health import install_health
-    from prefloop.train.losses import build_loss_spec
+    Each stage is timed (train/timing.py): the summary ends with a `Time:` line, and the `time/<stage>_s`
+    keys go into the returned metrics and the saved results (train_results.json, all_results.json)."""
+    from prefloop.train.timing import Stopwatch
 
-    from prefloop.train.distributed import check_resume_world_size, prepare_environment
+    watch = Stopwatch()
+    with watch.stage("setup"):
+        from transformers import set_seed
 
-    from prefloop.train.console import StepZeroEvaluation, quiet_library_bars, use_metrics_printer
+        from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
+        from prefloop.train.console import StepZeroEvaluation, quiet_library_bars, use_metrics_printer
+        from prefloop.train.distributed import check_resume_world_size, prepare_environment
+        from prefloop.train.health import install_health
+        from prefloop.train.losses import build_loss_spec
 
-    started = time.perf_counter()
-    quiet_library_bars()  # no progress-bar escape codes in a log file
-    prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
-    check_output_dir(cfg)
-    cfg = resolve_precision(cfg)
-    args = build_args(cfg)
-    say = print if args.process_index == 0 else (lambda *a, **k: None)
-    set_seed(cfg.seed)
-    if args.process_index == 0:
-        save_config(cfg, cfg.output_dir)
-
-    tokenizer = load_tokenizer(cfg.model_name_or_path)
-    data = load_data(cfg, tokenizer, say)
-    if cfg.run_eval and not data.val:  # every held-out pair was dropped in encoding: train without evaluation
-        cfg = dataclasses.replace(cfg, eval_strategy="no", do_eval=False)
+        quiet_library_bars()  # no progress-bar escape codes in a log file
+        prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
+        check_output_dir(cfg)
+        cfg = resolve_precision(cfg)
         args = build_args(cfg)
-    loss_spec = build_loss_spec(cfg)
-    check_pair_options(data, loss_spec)
-    model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
-    trainable, total = count_parameters(model)
-    say(f"Model {cfg.model_name_or_path}: {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} "
-        f"parameters trainable ({100 * trainable / total:.2f}%).")
-    model.to(args.device)
-    autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
-    say(describe_attention(cfg, model))
-    in_step_reference, cache_status = prepare_reference(cfg, args, loss_spec, model, tokenizer, data,
-                                                        autocast_dtype, say)
-    if "modpo" in loss_spec.names:
-        from prefloop.train.modpo import prepare_margin_rewards
+        watch.sync_cuda = args.device.type == "cuda"  # stage times include the GPU work they queued
+        say = print if args.process_index == 0 else (lambda *a, **k: None)
+        set_seed(cfg.seed)
+        if args.process_index == 0:
+            save_config(cfg, cfg.output_dir)
 
-        cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
+    with watch.stage("data"):
+        tokenizer = load_tokenizer(cfg.model_name_or_path)
+        data = load_data(cfg, tokenizer, say)
+        if cfg.run_eval and not data.val:  # every held-out pair was dropped in encoding: train without evaluation
+            cfg = dataclasses.replace(cfg, eval_strategy="no", do_eval=False)
+            args = build_args(cfg)
+        loss_spec = build_loss_spec(cfg)
+        check_pair_options(data, loss_spec)
+    with watch.stage("model"):
+        model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
+        trainable, total = count_parameters(model)
+        say(f"Model {cfg.model_name_or_path}: {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} "
+            f"parameters trainable ({100 * trainable / total:.2f}%).")
+        model.to(args.device)
+        autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
+        say(describe_attention(cfg, model))
+    with watch.stage("reference"):
+        in_step_reference, cache_status = prepare_reference(cfg, args, loss_spec, model, tokenizer, data,
+                                                            autocast_dtype, say)
+        if "modpo" in loss_spec.names:
+            from prefloop.train.modpo import prepare_margin_rewards
+
+            cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
     if cfg.gradient_checkpointing == "auto" and cfg.do_train:
-        say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
+        with watch.stage("memory_plan"):
+            say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
-    trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
-    use_metrics_printer(trainer)  # log lines as numbers, bars only on a terminal
-    trainer.health = install_health(trainer, cfg)
-    if cfg.ref_update == "sync" and in_step_reference is not None:
-        from prefloop.train.sync import install_sync
+    with watch.stage("trainer"):
+        trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
+        use_metrics_printer(trainer)  # log lines as numbers, bars only on a terminal
+        trainer.health = install_health(trainer, cfg)
+        if cfg.ref_update == "sync" and in_step_reference is not None:
+            from prefloop.train.sync import install_sync
 
-        install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
-    before = evaluation_before_training(cfg, trainer, data, say)
+            install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
+    with watch.stage("eval_before"):
+        before = evaluation_before_training(cfg, trainer, data, say)
     trainer.add_callback(StepZeroEvaluation(trainer, before))  # history, TensorBoard and plots start at step 0
-    samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
+    with watch.stage("samples"):
+        samples = sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "before", say)
     report_quality("Before training", before, say, first=True)
 
-    metrics = {}
+    metrics, train_metrics, eval_metrics = {}, {}, {}
     if cfg.do_train:
-        result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
-        trainer.save_model()
-        trainer.save_state()
-        metrics = dict(result.metrics)
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
+        with watch.stage("train"):
+            result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
+        with watch.stage("save"):
+            trainer.save_model()
+            trainer.save_state()
+            train_metrics = dict(result.metrics)
+            trainer.log_metrics("train", train_metrics)
+            trainer.save_metrics("train", train_metrics)
+        metrics.update(train_metrics)
     if data.val and cfg.run_eval:
-        eval_metrics = final_evaluation(trainer)
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        with watch.stage("eval_after"):
+            eval_metrics = final_evaluation(trainer)
+            trainer.log_metrics("eval", eval_metrics)
+            trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
     metrics.update({f"before_{k}": v for k, v in before.items()})
     metrics.update({f"cache/{k}": v for k, v in sorted(cache_status.items())})  # reference/margin caches
 
-    sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
+    with watch.stage("samples"):
+        sample_answers(trainer.model, tokenizer, data, cfg.sample_prompts, "after", say, samples)
     report_quality("After training", metrics, say)
     if args.process_index == 0:
-        if cfg.do_train:
-            write_model_card_and_base(cfg, data, before, metrics, trainer.state.global_step, say)
-        write_samples(samples, cfg.output_dir, say)
-        if cfg.plot_loss:
-            from prefloop.train.plots import plot_history
+        with watch.stage("outputs"):
+            if cfg.do_train:
+                write_model_card_and_base(cfg, data, before, metrics, trainer.state.global_step, say)
+            write_samples(samples, cfg.output_dir, say)
+            if cfg.plot_loss:
+                from prefloop.train.plots import plot_history
 
-            paths = plot_history(trainer.state.log_history, cfg.output_dir)
-            say(f"Plots: {', '.join(p.name for p in paths) or 'none (nothing logged)'} in {cfg.output_dir}")
-    say(summary(cfg, trainer, metrics, before, time.perf_counter() - started))
+                paths = plot_history(trainer.state.log_history, cfg.output_dir)
+                say(f"Plots: {', '.join(p.name for p in paths) or 'none (nothing logged)'} in {cfg.output_dir}")
+    # Before the registration, which fingerprints output_dir's files: the registry stage is only printed.
+    timings = watch.metrics()
+    metrics.update(timings)
+    save_timings(trainer, timings, train_metrics if cfg.do_train else None, eval_metrics or None)
     if cfg.registry and cfg.do_train and args.process_index == 0:
-        register_output(cfg, metrics, data, say, round_info)
+        with watch.stage("registry"):
+            register_output(cfg, metrics, data, say, round_info)
+    total = watch.total()
+    say(summary(cfg, trainer, metrics, before, total) + "\n" + watch.line(total))
     return metrics
+
+
+def save_timings(trainer, timings: dict, train_metrics: dict | None, eval_metrics: dict | None) -> None:
+    """Add the `time/<stage>_s` keys to train_results.json (or, without training, eval_results.json) and
+    all_results.json, where readers of a run's results find them (rank 0 writes; nothing when no results
+    file is written)."""
+    if train_metrics is not None:
+        trainer.save_metrics("train", {**train_metrics, **timings})
+    elif eval_metrics is not None:
+        trainer.save_metrics("eval", {**eval_metrics, **timings})
 
 
 # ---------------------------------------------------------------------------------------------
