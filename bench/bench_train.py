@@ -539,6 +539,13 @@ def main() -> None:
         if args.in_process:  # imports are neither engine's work: done once, before any clock starts
             import datasets  # noqa: F401
             import trl  # noqa: F401
+
+            import matplotlib
+
+            matplotlib.use("Agg")  # as prefloop's loss plots do
+            import matplotlib.pyplot  # noqa: F401
+            import prefloop.train.run  # noqa: F401
+            import prefloop.train.trainer  # noqa: F401
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         (main_scaling if args.scaling else main_compare)(args, Path(tmp), python)
 

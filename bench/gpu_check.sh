@@ -15,6 +15,8 @@
 #               defaults and TRL + precompute
 #   3 scaleout  bench/gpu_scaleout_check.sh: DDP and FSDP through torchrun on one GPU (4 steps)
 #   4 smollm2   the same table for the SmolLM2-135M shape, LoRA (only if time is left)
+#   5 profile   bench/gpu_profile.py: one prefloop run (qwen2 shape, LoRA, 32 pairs) under torch.profiler:
+#               the GPU's busy share and the top operators, into gpu_check.log (only if time is left)
 # OUTDIR gets 8 files at most: gpu_check.log (the machine, versions and this summary), pytest.log,
 # bench.log, table.md + table.json (qwen2), table-smollm2.md + .json, scaleout.log.
 # ALLOW_CPU=1 dry-runs every stage on a CPU with tiny sizes (random 4-layer model, 8 short pairs,
@@ -29,7 +31,7 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1 \
        HF_DATASETS_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-BUDGET="${BUDGET:-440}"  # seconds for all stages together: the whole call must stay under 8 minutes
+BUDGET="${BUDGET:-450}"  # seconds for all stages together: the whole call must stay under 8 minutes
 SCALE=1  # stage limits x SCALE (a CPU dry run is far slower)
 START=$(date +%s)
 FAILED=0
@@ -89,7 +91,7 @@ say "# prefloop GPU check on $DEVICE (budget $BUDGET s)"
 
 # 1 pytest -------------------------------------------------------------------------------------------
 stage pytest 90 "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py \
-  -k "gpu or cuda or flex or sdpa_mask"
+  -k "gpu or cuda or varlen or flex or sdpa_mask"
 tail -4 "$OUT/pytest.log" | tee -a "$LOG"
 
 # 2 the table (qwen2-0.5b) ---------------------------------------------------------------------------
@@ -108,6 +110,11 @@ grep -E "^(mode|ddp|fsdp|bf16)|^ " "$OUT/scaleout.log" | head -20 | tee -a "$LOG
 # 4 the table (smollm2-135m), if time is left ------------------------------------------------------
 MIN_STAGE=45 stage smollm2 120 "$OUT/bench.log" "${BENCH[@]}" "${SMOL[@]}" --out "$OUT/table-smollm2.md"
 [ -f "$OUT/table-smollm2.md" ] && tee -a "$LOG" < "$OUT/table-smollm2.md"
+
+# 5 profile of one prefloop run, if time is left ----------------------------------------------------
+if [ "$DEVICE" = cuda ]; then PROFILE=(--model random:qwen2-0.5b --pairs 32)
+else PROFILE=(--device cpu --model random:small --pairs 8 --lengths short); fi
+MIN_STAGE=30 stage profile 60 "$LOG" "$PY" bench/gpu_profile.py --tokenizer bench/assets/smollm2-tokenizer "${PROFILE[@]}"
 
 say "# done in $(( $(date +%s) - START )) s; exit $FAILED"
 exit $FAILED
