@@ -139,7 +139,10 @@ def _count_saved(model, totals: dict):
         if ptr not in params and ptr not in seen and storage.nbytes():
             seen.add(ptr)
             totals[current[0]] = totals.get(current[0], 0) + storage.nbytes()
-        return t
+        # Not `t` itself: a saved output that packs to itself makes a tensor -> grad_fn -> packed tensor
+        # cycle through C++ that Python's gc cannot see, and the probe's whole graph (GBs of activations
+        # on a GPU) would stay alive for the rest of the process. A detached alias holds the same storage.
+        return t.detach()
 
     def enter(index):
         return lambda *_: current.__setitem__(0, index)
