@@ -65,6 +65,7 @@ class VarlenLayout:
     max_len: int
     rows: int
     width: int
+    padded: bool  # some row position is padding (reads the zero row)
 
 
 def layout(plan, device: torch.device | str | None = None) -> VarlenLayout:
@@ -89,13 +90,23 @@ def layout(plan, device: torch.device | str | None = None) -> VarlenLayout:
                 scatter[rejected] = torch.arange(total + u.shared, total + u.shared + u.rejected)
                 lengths.append(u.shared + u.rejected)
                 total += u.shared + u.rejected
-    scatter[scatter < 0] = total  # padding -> the zero row
+    padding = scatter < 0
+    scatter[padding] = total  # padding -> the zero row
     cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     if lengths:
         cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
     index = torch.cat(gather) if gather else torch.zeros(0, dtype=torch.long)
-    return VarlenLayout(index.to(device), cu.to(device), scatter.to(device), max(lengths, default=0),
-                        len(plan.rows), plan.width)
+    move = _mover(device)
+    return VarlenLayout(move(index), move(cu), move(scatter), max(lengths, default=0), len(plan.rows), plan.width,
+                        bool(padding.any()))
+
+
+def _mover(device):
+    """Host tensor -> `device`; to a GPU from pinned memory without blocking the host (a plain copy from
+    pageable memory waits for the GPU to finish the work queued before it)."""
+    if device is None or torch.device(device).type != "cuda":
+        return lambda t: t.to(device) if device is not None else t
+    return lambda t: t.pin_memory().to(device, non_blocking=True)
 
 
 def _sequence_attention(q, k, v, cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
@@ -182,14 +193,19 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lay: Var
     rows, heads, width, dim = query.shape
     if scale is None:
         scale = dim ** -0.5
-    flat = lambda t: t.transpose(1, 2).reshape(rows * width, t.shape[1], dim).index_select(0, lay.gather)  # noqa: E731
+
+    def flat(t):  # [R, h, L, D] -> the sequences' tokens [T, h, D]: one gather (a packed batch is one row)
+        tokens = t[0].transpose(0, 1) if rows == 1 else t.transpose(1, 2).reshape(rows * width, t.shape[1], dim)
+        return tokens.index_select(0, lay.gather)
+
     q, k, v = flat(query), flat(key), flat(value)
     if query.device.type == "cuda" and query.dtype in KERNEL_DTYPES and not _FALLBACK:
         out = _kernel_call()(q, k, v, lay.cu_seqlens, lay.max_len, scale)
     else:
         out = _sequence_attention(q, k, v, lay.cu_seqlens, scale)
-    out = torch.cat([out, out.new_zeros(1, heads, dim)]).index_select(0, lay.scatter)
-    return out.view(rows, width, heads, dim)
+    if lay.padded:
+        out = torch.cat([out, out.new_zeros(1, heads, dim)])
+    return out.index_select(0, lay.scatter).view(rows, width, heads, dim)
 
 
 def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
