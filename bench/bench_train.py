@@ -16,6 +16,7 @@ layers or full fine-tuning, batch 8, cutoff 1024, seeded synthetic pairs (bench/
   gradient checkpointing as `--prefloop-options` says (default: every layer, as TRL).
 - prefloop_segments / prefloop_varlen / prefloop_flex: the same with that `attn_backend` (`auto` picks
   varlen on CUDA in bf16, flex on CUDA in fp32, segments on a CPU).
+- prefloop_unbudgeted: prefloop without the `--prefloop-budget-from` memory budget (what more memory buys).
 - trl: TRL DPOTrainer with its defaults (reference forward every step, gradient checkpointing).
 - trl_precompute: the same with precompute_ref_log_probs=True.
 - trl_liger: the defaults with use_liger_kernel=True (Liger's Triton kernels; CUDA only).
@@ -56,8 +57,8 @@ LENGTHS = {"full": Lengths(), "short": Lengths(prompt=(32, 128), response=(16, 6
 
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 ENGINES = ("prefloop", "trl", "trl_precompute")
-ALL_ENGINES = ("prefloop", "prefloop_segments", "prefloop_varlen", "prefloop_flex", "trl", "trl_precompute",
-               "trl_liger")
+ALL_ENGINES = ("prefloop", "prefloop_unbudgeted", "prefloop_segments", "prefloop_varlen", "prefloop_flex", "trl",
+               "trl_precompute", "trl_liger")
 LOSS_RTOL = {"fp32": 1e-3, "bf16": 2e-2}
 
 
@@ -188,7 +189,8 @@ def run_one(engine: str, spec: dict) -> dict:
         baseline = torch.cuda.memory_allocated() / 1e9  # left over from earlier engines in this process
     with tempfile.TemporaryDirectory(prefix=f"bench-{engine}-") as out_dir:
         if engine.startswith("prefloop"):
-            result = run_prefloop(spec, out_dir, engine.partition("_")[2] or "auto")
+            backend = engine.partition("_")[2]
+            result = run_prefloop(spec, out_dir, "auto" if backend in ("", "unbudgeted") else backend)
         else:
             result = run_trl(spec, out_dir, precompute=engine == "trl_precompute", liger=engine == "trl_liger")
     result["peak_mem_gb"] = _peak_memory_gb(spec["device"])
@@ -391,7 +393,7 @@ def _run_all(args, spec: dict, work: Path, python: str, engines: str | None = No
     for engine in (engines or args.engines).split(","):
         run_spec = spec
         source = results.get(args.prefloop_budget_from or "")
-        if engine.startswith("prefloop") and source and "failed" not in source:
+        if engine.startswith("prefloop") and engine != "prefloop_unbudgeted" and source and "failed" not in source:
             budget = round(source["peak_mem_gb"], 2)
             run_spec = {**spec, "prefloop": {**spec["prefloop"], "max_memory_gb": budget}}
             print(f"    prefloop's memory budget: {budget} GB ({args.prefloop_budget_from}'s peak)", flush=True)

@@ -65,7 +65,7 @@ if [ -n "${ALLOW_CPU:-}" ] && ! "$PY" -c "import torch,sys; sys.exit(0 if torch.
 else
   DEVICE=cuda
   QWEN=(--model random:qwen2-0.5b --pairs 128 --check-pairs "${CHECK_PAIRS:-16}" --finetuning lora,full
-        --engines trl_liger,prefloop,prefloop_flex,trl,trl_precompute --check-engines prefloop,trl,trl_precompute,trl_liger
+        --engines "${QWEN_ENGINES:-trl_liger,prefloop,prefloop_flex,trl,trl_precompute}" --check-engines prefloop,trl,trl_precompute,trl_liger
         --prefloop-budget-from trl_liger)
   SMOL=(--model random:smollm2-135m --pairs 128 --finetuning lora --engines trl_liger,prefloop,trl,trl_precompute
         --prefloop-budget-from trl_liger)
