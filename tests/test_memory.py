@@ -44,11 +44,14 @@ def test_the_footprint_grows_with_tokens_per_layer_and_outside(tiny_tokenizer):
     # A layer saves much more than its input hidden state (attention, MLP, norms): checkpointing pays.
     assert fp.layer_per_token > 4 * fp.layer_input
     assert fp.layer_input == model.get_input_embeddings().weight.shape[1] * 4  # fp32 residual stream
-    # The fitted line reproduces the measured probe at the larger batch.
+    # The line fitted to the first layer (the others checkpointed during the probe) reproduces what every
+    # layer saves without checkpointing; the first also owns what all layers share (counted once, e.g. the
+    # rotary tables), so it may be slightly above the mean, never below.
     measured = _probe(model, large, 16, None)
     tokens = large["input_ids"].numel()
     per_layer = sum(measured[i] for i in range(LAYERS)) / LAYERS
-    assert abs(fp.layer(tokens) - per_layer) <= 1e-6 * per_layer
+    assert 0 <= fp.layer(tokens) - per_layer <= 0.05 * per_layer
+    assert fp.head_chunk == 2 * 16 * model.get_output_embeddings().weight.shape[0] * 4
 
 
 def test_the_probe_leaves_no_graph_alive(tiny_tokenizer):
@@ -65,6 +68,7 @@ def test_the_probe_leaves_no_graph_alive(tiny_tokenizer):
     before = graph_tensors()
     measure_footprint(model, _collator()(PAIRS[:1]), _collator()(PAIRS), chunk_size=16)
     assert graph_tensors() == before
+    assert not any(getattr(layer, "gradient_checkpointing", False) for layer in model.base_model.model.model.layers)
 
 
 def test_the_layer_count_follows_the_budget(tiny_tokenizer):

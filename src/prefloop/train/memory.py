@@ -6,20 +6,24 @@ each checkpointed layer. TRL checkpoints every layer by default; a run that fits
 not pay that. Here the footprint is measured, not guessed:
 
 1. `measure_footprint` runs the real forward (`logps.pair_logps`, the run's layout, attention backend
-   and precision) on two small probe batches (the longest pair, then the two longest) and counts the
-   bytes autograd saves for backward (`torch.autograd.graph.saved_tensors_hooks`), per decoder layer
-   and outside the layers, each storage once, parameters excluded. A straight line through the two
-   probes per token count gives bytes = fixed + per_token * tokens (the fixed part: e.g. bf16 copies
-   of the weights under autocast).
+   and precision) on two small probe batches (the shortest pair and the longest) and counts the bytes
+   autograd saves for backward (`torch.autograd.graph.saved_tensors_hooks`) in the first decoder
+   layer and outside the layers, each storage once, parameters excluded. The other layers (the same
+   block) are checkpointed during the probe, so the probe itself holds one layer's activations, not
+   N: it must fit in the budget it plans for. A straight line through the two probes per token count
+   gives bytes = fixed + per_token * tokens (the fixed part: e.g. bf16 copies of the weights under
+   autocast).
 2. `plan_checkpointing` predicts the peak at the run's largest batch (the `batch_size` longest pairs in
    the run's layout) for k checkpointed layers:
-       static + rest + (N - k) * layer + k * layer_input + (layer if k == N else 0)
+       static + rest + (N - k) * layer + k * layer_input + working + (layer if k == N else 0)
    static = the memory in use now (CUDA: allocated; CPU: resident) + gradients and AdamW's two fp32
-   states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps. The
-   first k layers are the checkpointed ones: backward recomputes them last, after the later layers'
-   activations are freed, so the recomputed layer adds to the peak only when every layer is
-   checkpointed (the last term), so N - 1 layers usually need less than N. k is the smallest count
-   that fits the budget (`max_memory_gb`; default: 90% of the device's memory, for the allocator's
+   states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps;
+   working = what backward holds beside the saved activations while it runs through a layer (about one
+   layer's activations as gradients) plus one chunk of fp32 logits of the head (`chunk_size` x vocab,
+   twice: logits and their softmax). The first k layers are the checkpointed ones: backward recomputes
+   them last, after the later layers' activations are freed, so the recomputed layer adds to the peak
+   only when every layer is checkpointed (the last term), so N - 1 layers usually need less than N.
+   k is the smallest count that fits the budget (`max_memory_gb`; default: 90% of the device's memory, for the allocator's
    slack and the CUDA context), 0 when everything fits, the count with the lowest predicted peak (and
    a warning) when none fits.
 3. `checkpoint_layers` switches checkpointing on for the first k layers only.
@@ -56,6 +60,7 @@ class Footprint:
     rest_per_token: float
     layer_input: float
     num_layers: int
+    head_chunk: float = 0.0  # bytes of one chunk of fp32 logits and their softmax in the head
 
     def layer(self, tokens: int) -> float:
         return self.layer_fixed + self.layer_per_token * tokens
@@ -177,9 +182,15 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     sizes = [int(b["input_ids"].numel()) for b in (small, large)]
     if sizes[0] == sizes[1]:
         raise ValueError("the two probe batches need different token counts")
-    counts = [_probe(model, b, chunk_size, autocast_dtype) for b in (small, large)]
     num_layers = len(decoder_layers(model))
-    per_layer = [sum(c.get(i, 0) for i in range(num_layers)) / num_layers for c in counts]
+    # Only the first layer keeps its activations during the probe (the others are the same block):
+    # the probe's own memory is one layer's, not N layers'.
+    _checkpoint_only(model, set(range(1, num_layers)))
+    try:
+        counts = [_probe(model, b, chunk_size, autocast_dtype) for b in (small, large)]
+    finally:
+        _checkpoint_only(model, set())
+    per_layer = [c.get(0, 0) for c in counts]
     rest = [c.get("rest", 0) for c in counts]
 
     def line(values):
@@ -190,15 +201,19 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     rest_fixed, rest_per_token = line(rest)
     embeddings = model.get_input_embeddings().weight  # the residual stream keeps the weights' dtype under autocast
     hidden_bytes = embeddings.shape[1] * embeddings.element_size()
-    return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers)
+    _, head = decoder_and_head(model)
+    head_chunk = 2.0 * chunk_size * head.weight.shape[0] * 4  # fp32 logits of a chunk and their softmax
+    return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers,
+                     head_chunk)
 
 
 def predicted_bytes(footprint: Footprint, static: float, tokens: int, checkpointed: int) -> float:
     """Peak memory with `checkpointed` layers checkpointed (formula in the module docstring)."""
     n, layer = footprint.num_layers, footprint.layer(tokens)
     recompute = layer if checkpointed == n else 0.0  # see the module docstring
+    working = layer + footprint.head_chunk
     return (static + footprint.rest(tokens) + (n - checkpointed) * layer
-            + checkpointed * footprint.layer_input * tokens + recompute)
+            + checkpointed * footprint.layer_input * tokens + working + recompute)
 
 
 def plan_checkpointing(footprint: Footprint, static: float, tokens: int, budget: float) -> CheckpointPlan:
@@ -214,7 +229,13 @@ def plan_checkpointing(footprint: Footprint, static: float, tokens: int, budget:
 
 def checkpoint_layers(model, count: int) -> None:
     """Checkpoint the first `count` decoder layers (non-reentrant), none of the others."""
+    _checkpoint_only(model, set(range(count)))
+
+
+def _checkpoint_only(model, chosen: set[int]) -> None:
+    """Checkpoint the decoder layers whose index is in `chosen` (non-reentrant), none of the others."""
     layers = decoder_layers(model)
+    count = len(chosen)
     if count > 0:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
         if enable is not None:
@@ -226,7 +247,11 @@ def checkpoint_layers(model, count: int) -> None:
             model.enable_input_require_grads()
     for i, layer in enumerate(layers):
         if hasattr(layer, "gradient_checkpointing"):
-            layer.gradient_checkpointing = i < count
+            layer.gradient_checkpointing = i in chosen
+
+
+def _tokens(feature: dict) -> int:
+    return len(feature["prompt_ids"]) + len(feature["chosen_ids"]) + len(feature["rejected_ids"])
 
 
 def auto_checkpointing(model, features: list[dict], collator, batch_size: int, chunk_size: int,
@@ -235,11 +260,15 @@ def auto_checkpointing(model, features: list[dict], collator, batch_size: int, c
     with `collator` (the run's `PairCollator`) and `batch_size` pairs per step; returns the plan."""
     device = next(model.parameters()).device
     move = lambda b: {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}  # noqa: E731
-    longest = sorted(features, key=lambda f: -(len(f["prompt_ids"]) + len(f["chosen_ids"]) + len(f["rejected_ids"])))
+    longest = sorted(features, key=lambda f: -_tokens(f))
     if len(longest) < 2:
         raise ValueError("gradient_checkpointing: auto needs at least 2 training pairs to measure the footprint")
     checkpoint_layers(model, 0)
-    footprint = measure_footprint(model, move(collator(longest[:1])), move(collator(longest[:2])), chunk_size,
+    if _tokens(longest[-1]) < _tokens(longest[0]):
+        probes = [longest[-1:], longest[:1]]  # the shortest pair and the longest
+    else:  # every pair equally long: one pair and two
+        probes = [longest[:1], longest[:2]]
+    footprint = measure_footprint(model, move(collator(probes[0])), move(collator(probes[1])), chunk_size,
                                   autocast_dtype)
     tokens = int(collator(longest[:batch_size])["input_ids"].numel())
     budget = budget_gb * GB if budget_gb else DEFAULT_BUDGET_SHARE * device_memory_bytes(device)
