@@ -78,7 +78,10 @@ def main() -> None:
         with profile(activities=activities) as prof:
             wall, metrics, _ = run("profiled")
         events = prof.key_averages()
-        device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
+        # GPU kernels only (as torch's own table total): not the CPU operators that launched them, not the
+        # `prefloop::` ranges around them, which would count the same kernel time again.
+        device_us = sum(e.self_device_time_total for e in events
+                        if e.device_type != torch.autograd.DeviceType.CPU and not getattr(e, "is_user_annotation", False))
         print(f"\nprofiled run: {wall:.2f} s whole run, {metrics.get('train_runtime', float('nan')):.2f} s training "
               f"loop; GPU kernels {device_us / 1e6:.2f} s in all = {100 * device_us / 1e6 / wall:.0f}% of the "
               f"whole run, {100 * device_us / 1e6 / max(metrics.get('train_runtime', wall), 1e-9):.0f}% of the "
