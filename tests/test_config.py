@@ -75,7 +75,7 @@ def test_python_overrides_and_dicts(seed_path, tmp_path):
         ("model_name_or_path=checkpoints/sft/chat-model", "does not exist; give a local model directory, a .gguf file"),
         ("stage=ppo", "stage: 'ppo' is not allowed; expected one of 'dpo'"),
         ("dpo_label_smoothing=0.1 pref_loss=hinge", "dpo_label_smoothing"),
-        ("attn_backend=flash", "attn_backend: 'flash' is not allowed; expected one of 'auto', 'segments', 'flex'"),
+        ("attn_backend=flash", "attn_backend: 'flash' is not allowed; expected one of 'auto', 'segments', 'varlen', 'flex'"),
         ("gradient_checkpointing=some", "expected true or false or one of 'auto'"),
         ("max_memory_gb=0", "max_memory_gb: 0.0 is not allowed; give the memory budget in GB"),
     ],

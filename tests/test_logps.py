@@ -244,3 +244,38 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_tokenizer, features, backend):
     assert not torch.equal(half.seq.chosen, full.seq.chosen)  # bf16 matmuls did run
     grads = _grads(model, pair_logps, batch, autocast_dtype=torch.bfloat16)
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # qwen2: q/k/v biases; both: tied or untied heads
+def test_frozen_linears_in_bf16_give_the_same_logps_and_gradients_under_autocast(tiny_tokenizer, features, arch):
+    """`models.frozen_linears_to`: autocast casts a frozen fp32 weight to bf16 in every call, rounding it the
+    same way every time, so storing it cast changes no number (a LoRA run's base; the adapter stays fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    from prefloop.models import COMPUTE_DTYPE_ATTR, autocast_for, frozen_linears_to
+
+    results = []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        base = build_tiny_model(tiny_tokenizer, arch=arch)
+        base.config._attn_implementation = "sdpa"
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                                init_lora_weights=False))
+        if cast:
+            assert frozen_linears_to(model, torch.bfloat16) > 0
+            dtypes = {n: p.dtype for n, p in model.named_parameters()}
+            assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "norm" in n)
+            assert any(d == torch.bfloat16 for n, d in dtypes.items() if "base_layer" in n)
+            assert getattr(model, COMPUTE_DTYPE_ATTR) == torch.bfloat16
+        batch = collate_pairs(features, "packed_prefix_shared", tiny_tokenizer.pad_token_id)
+        out = pair_logps(model, batch, chunk_size=7, autocast_dtype=torch.bfloat16)
+        (out.seq.chosen - out.seq.rejected).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        with autocast_for(model), torch.no_grad():  # generation needs autocast once weights are bf16
+            generated = model.generate(input_ids=batch["input_ids"][:, :5], max_new_tokens=3, do_sample=False)
+        results.append((out.seq.chosen.detach(), out.seq.rejected.detach(), grads, generated))
+    (c0, r0, g0, _), (c1, r1, g1, _) = results
+    assert torch.equal(c0, c1) and torch.equal(r0, r1)
+    assert g0.keys() == g1.keys() and len(g0) > 4
+    for name in g0:
+        assert torch.equal(g0[name], g1[name]), name

@@ -349,6 +349,7 @@ def sampled_answer_lengths(model, tokenizer, prompts: Sequence[str | Sequence[in
     together through the one sampler (`sampling.LocalGenerator`). A prompt is a user message (rendered
     with the tokenizer's chat template) or the token ids of a rendered prompt (a validation pair's
     `prompt_ids`). The model's train/eval mode is restored."""
+    from prefloop.models import autocast_for
     from prefloop.sampling import LocalGenerator, SamplingParams
 
     was_training = model.training
@@ -358,7 +359,8 @@ def sampled_answer_lengths(model, tokenizer, prompts: Sequence[str | Sequence[in
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
         rows = [(generator.encode_chat([{"role": "user", "content": p}]) if isinstance(p, str) else list(p), params)
                 for p in prompts]
-        return [len(sample.token_ids) for sample in generator.generate(rows)]
+        with autocast_for(model):  # a LoRA run's frozen weights may be kept in bf16 (run.py)
+            return [len(sample.token_ids) for sample in generator.generate(rows)]
     finally:
         model.train(was_training)
 
@@ -448,11 +450,16 @@ class HealthCallback(TrainerCallback):
     def observe_batch(self, loss, pair_ids: Sequence[str] | None = None, policy=None, output=None) -> bool:
         """One training micro-batch: its loss, pair ids, and optionally the `SequenceLogps` and
         `LossOutput` (for the length-bias monitor). True when the loss is not finite."""
-        bad = self.guard.observe_batch(loss, pair_ids)
-        if not bad and policy is not None and output is not None:
-            margins = (output.chosen_rewards - output.rejected_rewards).detach().float().cpu().tolist()
-            diffs = (policy.chosen_tokens - policy.rejected_tokens).detach().float().cpu().tolist()
-            self.log.emit(self.length_bias.update(self._step, margins, diffs))
+        if policy is None or output is None or not isinstance(loss, torch.Tensor):
+            return self.guard.observe_batch(loss, pair_ids)
+        # One host transfer for the loss, the margins and the length differences (one sync per step).
+        margins = (output.chosen_rewards - output.rejected_rewards).detach().float().reshape(-1)
+        diffs = (policy.chosen_tokens - policy.rejected_tokens).detach().float().reshape(-1).to(margins.device)
+        values = torch.cat([loss.detach().float().reshape(1).to(margins.device), margins, diffs]).tolist()
+        bad = self.guard.observe_batch(values[0], pair_ids)
+        if not bad:
+            n = margins.numel()
+            self.log.emit(self.length_bias.update(self._step, values[1:1 + n], values[1 + n:]))
         return bad
 
     # --- transformers events --------------------------------------------------------------------

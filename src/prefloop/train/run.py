@@ -121,6 +121,10 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
             from prefloop.train.modpo import prepare_margin_rewards
 
             cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
+    with watch.stage("model"):  # after the reference pass: the reference cache's key fingerprints fp32 weights
+        cast = keep_frozen_weights_in_compute_dtype(cfg, model, autocast_dtype)
+        if cast:
+            say(cast)
     if cfg.gradient_checkpointing == "auto" and cfg.do_train:
         with watch.stage("memory_plan"):
             say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
@@ -341,6 +345,21 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
     return None, counts  # a separately loaded reference is dropped here: the step needs only the policy
 
 
+def keep_frozen_weights_in_compute_dtype(cfg: Config, model, autocast_dtype) -> str | None:
+    """A bf16/fp16 LoRA run: store the frozen base's linear weights in that dtype (`models.frozen_linears_to`:
+    bit-identical under autocast, no per-call cast); None when the run is not one, or under FSDP /
+    DeepSpeed (uniform parameter dtypes) or `ref_update: sync` (the reference copies the policy's weights)."""
+    if (cfg.finetuning_type != "lora" or autocast_dtype is None or cfg.fsdp or cfg.deepspeed
+            or cfg.ref_update == "sync"):
+        return None
+    from prefloop.models import frozen_linears_to
+
+    count = frozen_linears_to(model, autocast_dtype)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype]
+    return (f"Frozen base weights: {count} linear layers kept in {name} (autocast would cast them to {name} in "
+            f"every call; the same numbers without the copies); the adapter trains in fp32.") if count else None
+
+
 def plan_memory(cfg: Config, model, tokenizer, data: Data, autocast_dtype) -> str:
     """`gradient_checkpointing: auto`: checkpoint the layers `max_memory_gb` needs (train/memory.py)."""
     from prefloop.train.dataset import PairCollator
@@ -502,14 +521,17 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=pri
     features = spread(data.val, count)
     if not features:
         return samples
+    from prefloop.models import autocast_for
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     for i, feature in enumerate(features):
         prompt = torch.tensor([feature["prompt_ids"]], device=device)
-        output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                max_new_tokens=SAMPLE_MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=data.stop_ids, use_cache=True)
+        with autocast_for(model):  # frozen weights kept in bf16 (keep_frozen_weights_in_compute_dtype)
+            output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                    max_new_tokens=SAMPLE_MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=data.stop_ids, use_cache=True)
         answer = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
         if len(samples) <= i:
             samples.append({"id": feature["id"], "prompt": tokenizer.decode(feature["prompt_ids"]),

@@ -119,6 +119,8 @@ class PreferenceTrainer(Trainer):
         self.last_pair_ids: list[str] = []
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": defaultdict(int), "eval": defaultdict(int)}
+        # Per-step metric sums stay on the device until a log reads them: no host sync inside the step.
+        self._pending: dict[str, list] = {"train": [], "eval": []}
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
 
     def train(self, *args, **kwargs):
@@ -218,12 +220,29 @@ class PreferenceTrainer(Trainer):
         if mode == "eval":
             # Reference-free ranking: mean per-token log-prob of chosen above rejected.
             per_pair["ranking/accuracies"] = (policy.seq.chosen_mean > policy.seq.rejected_mean).float()
-        for name, values in per_pair.items():
-            values = self.accelerator.gather_for_metrics(values.detach().float())
-            self._sums[mode][name] += values.sum().item()
-            self._counts[mode][name] += values.numel()
+        # One [B, M] tensor (rows are pairs, so the gather drops padding rows), one gather, its column sums kept on
+        # the device until `pop_metrics`; the token count rides along as an extra entry.
+        table = self.accelerator.gather_for_metrics(torch.stack([v.detach().float() for v in per_pair.values()], 1))
+        sums = table.sum(0)
         if num_tokens is not None and mode == "train":
-            self._tokens_since_log += int(self.accelerator.gather_for_metrics(num_tokens.reshape(1)).sum().item())
+            tokens = self.accelerator.gather_for_metrics(num_tokens.reshape(1).float()).sum()
+            sums = torch.cat([sums, tokens.reshape(1).to(sums.device)])
+        self._pending[mode].append((list(per_pair), sums, table.shape[0]))
+
+    def _flush_pending(self, mode: str) -> None:
+        """Add the device-side sums of the steps since the last read to the host totals (one transfer)."""
+        pending, self._pending[mode] = self._pending[mode], []
+        if not pending:
+            return
+        values = torch.cat([sums for _, sums, _ in pending]).tolist()
+        at = 0
+        for names, sums, rows in pending:
+            for i, name in enumerate(names):
+                self._sums[mode][name] += values[at + i]
+                self._counts[mode][name] += rows
+            if sums.numel() > len(names):  # the step's token count
+                self._tokens_since_log += int(values[at + len(names)])
+            at += sums.numel()
 
     def record_dimension_metrics(self, mode: str, out, agree: torch.Tensor) -> None:
         """`rewards/accuracies/<dim>`: reward accuracy over the pairs whose dimension <dim> agrees with the
@@ -243,6 +262,7 @@ class PreferenceTrainer(Trainer):
 
     def pop_metrics(self, mode: str, prefix: str = "") -> dict[str, float]:
         """Per-pair averages since the last pop, then reset."""
+        self._flush_pending(mode)
         sums, counts = self._sums[mode], self._counts[mode]
         metrics = {prefix + name: sums[name] / counts[name] for name in sums if counts[name]}
         sums.clear()
@@ -254,7 +274,7 @@ class PreferenceTrainer(Trainer):
             logs.update(self.pop_metrics("eval", prefix="eval_"))
             self._last_log_time = time.perf_counter()  # throughput counts training time only
         elif "loss" in logs:
-            logs.update(self.pop_metrics("train"))
+            logs.update(self.pop_metrics("train"))  # also adds the pending token counts
             now = time.perf_counter()
             logs["tokens_per_second"] = round(self._tokens_since_log / max(now - self._last_log_time, 1e-9), 2)
             self._tokens_since_log, self._last_log_time = 0, now
