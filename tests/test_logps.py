@@ -271,11 +271,14 @@ def test_frozen_linears_in_bf16_give_the_same_logps_and_gradients_under_autocast
         out = pair_logps(model, batch, chunk_size=7, autocast_dtype=torch.bfloat16)
         (out.seq.chosen - out.seq.rejected).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        with autocast_for(model), torch.no_grad():  # generation needs autocast once weights are bf16
-            generated = model.generate(input_ids=batch["input_ids"][:, :5], max_new_tokens=3, do_sample=False)
+        prompt = batch["input_ids"][:, :5]
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            generated = model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+        with torch.no_grad(), autocast_for(model):  # what sample answers use: autocast only for the cast model
+            assert torch.equal(model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)[:, :5], prompt)
         results.append((out.seq.chosen.detach(), out.seq.rejected.detach(), grads, generated))
-    (c0, r0, g0, _), (c1, r1, g1, _) = results
-    assert torch.equal(c0, c1) and torch.equal(r0, r1)
+    (c0, r0, g0, gen0), (c1, r1, g1, gen1) = results
+    assert torch.equal(c0, c1) and torch.equal(r0, r1) and torch.equal(gen0, gen1)
     assert g0.keys() == g1.keys() and len(g0) > 4
     for name in g0:
         assert torch.equal(g0[name], g1[name]), name

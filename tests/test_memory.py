@@ -142,3 +142,31 @@ def test_training_with_gradient_checkpointing_auto(tiny_model_dir, tmp_path, cap
     assert "Gradient checkpointing (auto): no layer checkpointed" in capsys.readouterr().out
     prefloop.train(dict(common, output_dir=str(tmp_path / "b"), max_memory_gb=0.000001))
     assert "decoder layers checkpointed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "prefix_shared", "packed_prefix_shared"])
+def test_auto_checkpointing_in_every_layout_even_when_pairs_collate_to_one_size(tiny_tokenizer, layout):
+    """The probes are the shortest and the longest pair as collated: padded rows are 2 x max(p+c, p+r) and
+    packed ones 2p+c+r, so pairs of different p+c+r can collate to one size (then: one pair and two)."""
+    same_size = [_pair(5, 10, 1), _pair(5, 10, 10, base=20), _pair(5, 10, 5, base=30)]  # padded: all 30 tokens
+    packed_twins = [_pair(1, 10, 10), _pair(3, 8, 8, base=20)]  # packed: 2p+c+r = 22 for both
+    for pairs in (same_size, packed_twins, PAIRS):
+        model = _lora_model(tiny_tokenizer)
+        collator = PairCollator(layout, 0, 1 << 20 if "packed" in layout else None)
+        plan = auto_checkpointing(model, pairs, collator, batch_size=2, chunk_size=16, budget_gb=1000)
+        assert plan.layers == 0 and plan.fits
+
+
+def test_a_plan_without_checkpointing_leaves_no_input_gradient_hook(tiny_tokenizer):
+    """The probe checkpoints layers (with the input-gradient hook a LoRA model needs then); a plan of 0
+    layers must not leave that hook on, or every step computes the frozen first layer's input gradients."""
+    model = _lora_model(tiny_tokenizer)
+    batch = _collator()(PAIRS[:1])
+    embeddings = model.get_input_embeddings()
+    assert not embeddings(batch["input_ids"]).requires_grad
+    assert auto_checkpointing(model, PAIRS, _collator(), batch_size=4, chunk_size=16, budget_gb=1000).layers == 0
+    assert not embeddings(batch["input_ids"]).requires_grad
+    tight_gb = (static_bytes(model, torch.device("cpu")) + 1) / GB
+    assert auto_checkpointing(model, PAIRS, _collator(), batch_size=4, chunk_size=16, budget_gb=tight_gb).layers > 0
+    assert embeddings(batch["input_ids"]).requires_grad  # checkpointed layers need it
+

@@ -199,8 +199,9 @@ def resolve_backend(backend: str, device: torch.device | str, dtype: torch.dtype
     if backend == "varlen" and on_cuda:
         why = varlen.kernel_ok("cuda", dtype)
         if why is not None:
-            raise ValueError(f"attn_backend: varlen cannot run here: {why}; train in bf16 (bf16: true) or use "
-                             f"attn_backend: flex or segments")
+            fix = ("train in bf16 (bf16: true) or use attn_backend: flex or segments" if dtype not in
+                   varlen.KERNEL_DTYPES else "use attn_backend: flex or segments")
+            raise ValueError(f"attn_backend: varlen cannot run here: {why}; {fix}")
     if backend != "auto":
         return backend
     if not on_cuda:

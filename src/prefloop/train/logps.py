@@ -90,7 +90,10 @@ def packed_row_tokens(model) -> int | None:
     row under segment or flex attention, where attention costs per unit and a longer row only drops
     padding; None (the longest unit) with an explicit mask, which costs the square of the row length."""
     decoder, _ = decoder_and_head(model)
-    return ONE_ROW if _backend(decoder, None) in ("segments", "varlen", "flex") else None
+    backend = attention_backend(decoder)  # not switched here: the forward does it, under the run's autocast
+    if backend is None and getattr(decoder.config, "_attn_implementation", None) == "sdpa":
+        backend = "auto"  # segments, varlen or flex: never the explicit mask
+    return ONE_ROW if backend in ("auto", "segments", "varlen", "flex") else None
 
 
 def _hidden_states(decoder, batch: dict) -> torch.Tensor:

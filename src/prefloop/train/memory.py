@@ -233,18 +233,22 @@ def checkpoint_layers(model, count: int) -> None:
 
 
 def _checkpoint_only(model, chosen: set[int]) -> None:
-    """Checkpoint the decoder layers whose index is in `chosen` (non-reentrant), none of the others."""
+    """Checkpoint the decoder layers whose index is in `chosen` (non-reentrant), none of the others. With
+    none chosen, the input-gradient hook a checkpointed LoRA model needs is removed again (it would make
+    every step compute gradients for the frozen first layer's input)."""
     layers = decoder_layers(model)
     count = len(chosen)
+    if count == 0 and getattr(model, "_require_grads_hook", None) is not None:
+        model.disable_input_require_grads()
     if count > 0:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
         if enable is not None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads") and any(
-                not p.requires_grad for p in model.get_input_embeddings().parameters()):
-            model.enable_input_require_grads()
+        if (hasattr(model, "enable_input_require_grads") and getattr(model, "_require_grads_hook", None) is None
+                and any(not p.requires_grad for p in model.get_input_embeddings().parameters())):
+            model.enable_input_require_grads()  # once: transformers' own enable may have registered it already
     for i, layer in enumerate(layers):
         if hasattr(layer, "gradient_checkpointing"):
             layer.gradient_checkpointing = i in chosen
@@ -264,12 +268,12 @@ def auto_checkpointing(model, features: list[dict], collator, batch_size: int, c
     if len(longest) < 2:
         raise ValueError("gradient_checkpointing: auto needs at least 2 training pairs to measure the footprint")
     checkpoint_layers(model, 0)
-    if _tokens(longest[-1]) < _tokens(longest[0]):
-        probes = [longest[-1:], longest[:1]]  # the shortest pair and the longest
-    else:  # every pair equally long: one pair and two
-        probes = [longest[:1], longest[:2]]
-    footprint = measure_footprint(model, move(collator(probes[0])), move(collator(probes[1])), chunk_size,
-                                  autocast_dtype)
+    # The shortest pair and the longest, as collated (a padded or packed layout can give pairs of different
+    # lengths the same size); one pair and two when those are the same size.
+    small, large = collator(longest[-1:]), collator(longest[:1])
+    if small["input_ids"].numel() >= large["input_ids"].numel():
+        small, large = large, collator(longest[:2])
+    footprint = measure_footprint(model, move(small), move(large), chunk_size, autocast_dtype)
     tokens = int(collator(longest[:batch_size])["input_ids"].numel())
     budget = budget_gb * GB if budget_gb else DEFAULT_BUDGET_SHARE * device_memory_bytes(device)
     plan = plan_checkpointing(footprint, static_bytes(model, device), tokens, budget)

@@ -175,7 +175,8 @@ def precompute_reference(reference, splits: dict[str, list[dict]], cfg, tokenize
     ref_fp = weights_fingerprint(reference.model, reference.kind)
     tok_fp = tokenizer_fingerprint(tokenizer)
     # another attention backend rounds differently: its log-probs would not tie exactly with the policy's
-    attention = (attention_backend(reference.model) or use_attention_backend(reference.model, cfg.attn_backend)
+    attention = (attention_backend(reference.model)
+                 or use_attention_backend(reference.model, cfg.attn_backend, dtype=autocast_dtype)
                  or reference.model.config._attn_implementation)
     status, started = {}, time.perf_counter()
     for split, features in splits.items():

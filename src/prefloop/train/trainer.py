@@ -119,7 +119,8 @@ class PreferenceTrainer(Trainer):
         self.last_pair_ids: list[str] = []
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": defaultdict(int), "eval": defaultdict(int)}
-        # Per-step metric sums stay on the device until a log reads them: no host sync inside the step.
+        # Per-step metric sums stay on the device until a log reads them: one host transfer per log instead of
+        # one per metric per step (the health monitor still reads the loss once per step).
         self._pending: dict[str, list] = {"train": [], "eval": []}
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
 
@@ -220,29 +221,30 @@ class PreferenceTrainer(Trainer):
         if mode == "eval":
             # Reference-free ranking: mean per-token log-prob of chosen above rejected.
             per_pair["ranking/accuracies"] = (policy.seq.chosen_mean > policy.seq.rejected_mean).float()
-        # One [B, M] tensor (rows are pairs, so the gather drops padding rows), one gather, its column sums kept on
-        # the device until `pop_metrics`; the token count rides along as an extra entry.
+        # One [B, M] tensor (rows are pairs, so the gather drops padding rows as the per-metric gathers did), one
+        # gather, its column sums kept on the device until `pop_metrics`; the token count (int64) beside it.
         table = self.accelerator.gather_for_metrics(torch.stack([v.detach().float() for v in per_pair.values()], 1))
-        sums = table.sum(0)
+        tokens = None
         if num_tokens is not None and mode == "train":
-            tokens = self.accelerator.gather_for_metrics(num_tokens.reshape(1).float()).sum()
-            sums = torch.cat([sums, tokens.reshape(1).to(sums.device)])
-        self._pending[mode].append((list(per_pair), sums, table.shape[0]))
+            tokens = self.accelerator.gather_for_metrics(num_tokens.reshape(1)).sum()
+        self._pending[mode].append((list(per_pair), table.sum(0), table.shape[0], tokens))
 
     def _flush_pending(self, mode: str) -> None:
-        """Add the device-side sums of the steps since the last read to the host totals (one transfer)."""
+        """Add the device-side sums of the steps since the last read to the host totals (one transfer for
+        the metrics, one for the token counts)."""
         pending, self._pending[mode] = self._pending[mode], []
         if not pending:
             return
-        values = torch.cat([sums for _, sums, _ in pending]).tolist()
+        values = torch.cat([sums for _, sums, _, _ in pending]).tolist()
         at = 0
-        for names, sums, rows in pending:
+        for names, sums, rows, _ in pending:
             for i, name in enumerate(names):
                 self._sums[mode][name] += values[at + i]
                 self._counts[mode][name] += rows
-            if sums.numel() > len(names):  # the step's token count
-                self._tokens_since_log += int(values[at + len(names)])
             at += sums.numel()
+        tokens = [t for *_, t in pending if t is not None]
+        if tokens:
+            self._tokens_since_log += int(torch.stack(tokens).sum().item())
 
     def record_dimension_metrics(self, mode: str, out, agree: torch.Tensor) -> None:
         """`rewards/accuracies/<dim>`: reward accuracy over the pairs whose dimension <dim> agrees with the

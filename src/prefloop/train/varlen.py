@@ -163,26 +163,34 @@ def kernel_available() -> bool:
 @functools.lru_cache(maxsize=None)
 def kernel_ok(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> str | None:
     """None when the varlen kernel runs on `device` in `dtype` and equals causal SDPA (values and
-    gradients, grouped-query heads, two sequences); else why not. Run once per process."""
+    gradients, grouped-query heads, head size 64, two sequences); else why not. Run once per process,
+    in whatever grad / autocast mode the caller is in. A kernel that fails only for other head sizes or
+    in backward is not caught here; `varlen_attention_forward` falls back on a forward failure only."""
     if not kernel_available():
         return "torch.nn.attention.varlen is not in this torch or no CUDA GPU is visible"
     if dtype not in KERNEL_DTYPES:
         return f"the FlashAttention kernel takes bf16 or fp16, not {dtype}"
     try:
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        make = lambda heads: torch.randn(37, heads, 64, generator=gen).to(device, dtype).requires_grad_()  # noqa: E731
-        q, k, v = make(4), make(2), make(2)
-        cu = torch.tensor([0, 21, 37], dtype=torch.int32, device=device)
-        fast = _kernel_call()(q, k, v, cu, 21, 0.125)
-        grads = torch.autograd.grad(fast.float().square().sum(), (q, k, v))
-        slow = _sequence_attention(q.float(), k.float(), v.float(), cu, 0.125)
-        slow_grads = torch.autograd.grad(slow.square().sum(), (q, k, v))
-        for name, a, b in [("values", fast, slow)] + list(zip(("dq", "dk", "dv"), grads, slow_grads)):
-            error = (a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6)
-            if not error < 0.05:
-                return f"the varlen kernel's {name} differ from causal SDPA by {error:.2e} (relative)"
+        with torch.enable_grad(), torch.autocast("cuda", enabled=False):  # whatever mode the caller is in
+            return _compare_with_sdpa(device, dtype)
     except Exception as err:  # no kernel for this GPU, another signature, no backward
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+
+
+def _compare_with_sdpa(device: str, dtype: torch.dtype) -> str | None:
+    """`kernel_ok`'s check: None, or how the kernel's values / gradients differ from causal SDPA."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    make = lambda heads: torch.randn(37, heads, 64, generator=gen).to(device, dtype).requires_grad_()  # noqa: E731
+    q, k, v = make(4), make(2), make(2)
+    cu = torch.tensor([0, 21, 37], dtype=torch.int32, device=device)
+    fast = _kernel_call()(q, k, v, cu, 21, 0.125)
+    grads = torch.autograd.grad(fast.float().square().sum(), (q, k, v))
+    slow = _sequence_attention(q.float(), k.float(), v.float(), cu, 0.125)
+    slow_grads = torch.autograd.grad(slow.square().sum(), (q, k, v))
+    for name, a, b in [("values", fast, slow)] + list(zip(("dq", "dk", "dv"), grads, slow_grads)):
+        error = (a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-6)
+        if not error < 0.05:
+            return f"the varlen kernel's {name} differ from causal SDPA by {error:.2e} (relative)"
     return None
 
 
