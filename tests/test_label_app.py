@@ -1,6 +1,7 @@
 """The labeling app without a browser: input validation, item sources, assignment, live mode."""
 
 import json
+import os
 import sqlite3
 
 import pytest
@@ -189,7 +190,8 @@ def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "prefloop", "label", "--pairs", str(pairs), "--db",
                              str(tmp_path / "db.sqlite"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT dumps every thread's stack
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -207,7 +209,12 @@ def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
             assert line, "the app stopped before saying where it listens"
             started += line
         proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            dump, _ = proc.communicate(timeout=30)
+            pytest.fail(f"prefloop label did not stop within 60 s of Ctrl-C; its output and threads:\n{started}{dump}")
         output = started + output
     finally:
         proc.kill()
