@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -130,36 +129,9 @@ def label_command(pairs=None, model_a=None, model_b=None, prompts=None, db="pref
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        print("stopping", flush=True)
+        print("stopping")
     finally:
-        if demo is not None:  # bounded: a server that does not stop must not keep Ctrl-C from working
-            closer = threading.Thread(target=demo.close, name="prefloop-label-close", daemon=True)
-            closer.start()
-            closer.join(CLOSE_WAIT_S)
+        if demo is not None:
+            demo.close()
         session.store.close()
-    _leave_when_threads_linger()
     return 0
-
-
-CLOSE_WAIT_S = 10.0
-
-
-def _leave_when_threads_linger() -> None:
-    """In the `prefloop label` process only: once the votes' store is closed, a web-server worker thread
-    that outlives the server must not keep the process from exiting after Ctrl-C (the interpreter joins
-    non-daemon threads at exit). In 2 of 5 full test-suite runs `prefloop label` did not stop within 60 s
-    of Ctrl-C (not reproduced alone; the test now dumps every thread's stack if it happens again); this
-    waits up to CLOSE_WAIT_S for such threads and then ends the process with status 0."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if not ((spec is not None and spec.name == "prefloop.__main__") or Path(sys.argv[0]).name == "prefloop"):
-        return  # called in-process (tests, notebooks): leave the interpreter alone
-    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    deadline = time.monotonic() + CLOSE_WAIT_S
-    for thread in lingering:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in lingering):
-        print(f"stopped; {sum(t.is_alive() for t in lingering)} server thread(s) did not finish, leaving anyway",
-              flush=True)
-        sys.stderr.flush()
-        os._exit(0)
