@@ -44,6 +44,12 @@ def fallback_reason() -> str | None:
     return _FALLBACK[0] if _FALLBACK else None
 
 
+def short_error(err: Exception) -> str:
+    """`Type: first line of the message` (at most 300 characters): why a kernel could not run, for a warning."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 def available() -> bool:
     """True when this torch has FlexAttention (torch >= 2.5)."""
     try:
@@ -133,7 +139,7 @@ def flex_attention_forward(module, query, key, value, attention_mask, dropout: f
     except Exception as err:  # compiler or kernel failure: segment attention computes the same thing
         if plan is None:
             raise
-        _FALLBACK.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+        _FALLBACK.append(short_error(err))
         warnings.warn(f"FlexAttention failed ({_FALLBACK[0]}); this process uses segment attention instead "
                       f"(attn_backend: segments avoids trying)", RuntimeWarning, stacklevel=2)
         return flex_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

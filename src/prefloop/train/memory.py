@@ -23,9 +23,9 @@ not pay that. Here the footprint is measured, not guessed:
    twice: logits and their softmax). The first k layers are the checkpointed ones: backward recomputes
    them last, after the later layers' activations are freed, so the recomputed layer adds to the peak
    only when every layer is checkpointed (the last term), so N - 1 layers usually need less than N.
-   k is the smallest count that fits the budget (`max_memory_gb`; default: 90% of the device's memory, for the allocator's
-   slack and the CUDA context), 0 when everything fits, the count with the lowest predicted peak (and
-   a warning) when none fits.
+   k is the smallest count that fits the budget (`max_memory_gb`; default: 90% of the device's memory,
+   for the allocator's slack and the CUDA context), 0 when everything fits, the count with the lowest
+   predicted peak (and a warning) when none fits.
 3. `checkpoint_layers` switches checkpointing on for the first k layers only.
 
 The prediction is linear in tokens, which holds for the packed / prefix-shared layouts with segment or

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from prefloop.train.flex import short_error
+
 IMPLEMENTATION = "prefloop_varlen"
 LAYOUT_KWARG = "prefloop_varlen"
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
@@ -174,7 +176,7 @@ def kernel_ok(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> str 
         with torch.enable_grad(), torch.autocast("cuda", enabled=False):  # whatever mode the caller is in
             return _compare_with_sdpa(device, dtype)
     except Exception as err:  # no kernel for this GPU, another signature, no backward
-        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+        return short_error(err)
 
 
 def _compare_with_sdpa(device: str, dtype: torch.dtype) -> str | None:
@@ -250,7 +252,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         except Exception as err:  # a kernel failure: segment attention computes the same thing
             if plan is None or device != "cuda":
                 raise
-            _FALLBACK.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+            _FALLBACK.append(short_error(err))
             warnings.warn(f"the varlen attention kernel failed ({_FALLBACK[0]}); this process uses segment attention "
                           f"instead (attn_backend: segments or flex avoids trying)", RuntimeWarning, stacklevel=2)
             return varlen_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
