@@ -267,6 +267,8 @@ def test_frozen_linears_in_bf16_give_the_same_logps_and_gradients_under_autocast
             assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "norm" in n)
             assert any(d == torch.bfloat16 for n, d in dtypes.items() if "base_layer" in n)
             assert getattr(model, COMPUTE_DTYPE_ATTR) == torch.bfloat16
+            lora_layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+            assert lora_layers and not any(m.cast_input_dtype_enabled for m in lora_layers)
         batch = collate_pairs(features, "packed_prefix_shared", tiny_tokenizer.pad_token_id)
         out = pair_logps(model, batch, chunk_size=7, autocast_dtype=torch.bfloat16)
         (out.seq.chosen - out.seq.rejected).sum().backward()

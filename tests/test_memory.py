@@ -51,7 +51,10 @@ def test_the_footprint_grows_with_tokens_per_layer_and_outside(tiny_tokenizer):
     tokens = large["input_ids"].numel()
     per_layer = sum(measured[i] for i in range(LAYERS)) / LAYERS
     assert 0 <= fp.layer(tokens) - per_layer <= 0.05 * per_layer
-    assert fp.head_chunk == 2 * 16 * model.get_output_embeddings().weight.shape[0] * 4
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert fp.head_chunk == 2 * 16 * vocab * 4
+    # The head sees response tokens only: a batch with fewer than chunk_size of them has a smaller chunk.
+    assert measure_footprint(model, small, large, chunk_size=16, head_rows=5).head_chunk == 2 * 5 * vocab * 4
 
 
 def test_the_probe_leaves_no_graph_alive(tiny_tokenizer):
@@ -170,3 +173,57 @@ def test_a_plan_without_checkpointing_leaves_no_input_gradient_hook(tiny_tokeniz
     assert auto_checkpointing(model, PAIRS, _collator(), batch_size=4, chunk_size=16, budget_gb=tight_gb).layers > 0
     assert embeddings(batch["input_ids"]).requires_grad  # checkpointed layers need it
 
+
+
+def _peak_bytes(fn) -> int:
+    """Most bytes the CPU allocator had handed out at once while `fn` ran, above what was live before
+    (the profiler's allocation and free events, summed in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _random_pair(p, c, r, seed):
+    import random
+
+    rnd = random.Random(seed)
+    return {key: [rnd.randrange(10, 500) for _ in range(n)]
+            for key, n in (("prompt_ids", p), ("chosen_ids", c), ("rejected_ids", r))}
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_predicted_peak_bounds_a_real_step_from_above(tiny_tokenizer, autocast_dtype):
+    """The plan's prediction against the real peak of a training step's forward and backward (measured
+    with the allocator's own events on the CPU, where nothing is cached) for 0, some and all layers
+    checkpointed: never below it (the budget holds), and not so far above that the planner checkpoints
+    layers a run does not need to."""
+    torch.manual_seed(0)
+    base = build_tiny_model(tiny_tokenizer, arch="llama", num_layers=LAYERS, hidden_size=256, intermediate_size=512)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                            init_lora_weights=False))
+    model.train()
+    pairs = [_random_pair(200, 120, 150, 1), _random_pair(100, 300, 50, 2), _random_pair(250, 80, 300, 3),
+             _random_pair(60, 160, 160, 4)]
+    batch = _collator()(pairs)
+    footprint = measure_footprint(model, _collator()(pairs[3:]), _collator()(pairs[:1]), chunk_size=256,
+                                  autocast_dtype=autocast_dtype,
+                                  head_rows=sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs))
+
+    def step():
+        out = pair_logps(model, batch, chunk_size=256, autocast_dtype=autocast_dtype)
+        (out.seq.chosen - out.seq.rejected).sum().backward()
+
+    for layers in (0, 2, LAYERS):
+        checkpoint_layers(model, layers)
+        step()  # the gradients exist from here on, as in every step after the first
+        measured = _peak_bytes(step)
+        predicted = predicted_bytes(footprint, 0.0, batch["input_ids"].numel(), layers)
+        assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)

@@ -187,7 +187,14 @@ def frozen_linears_to(model, dtype: torch.dtype) -> int:
     (the adapter), embeddings, norms and a head tied to the embeddings keep their dtype. Returns the
     number of layers cast and marks the model (`autocast_for` runs its generation under autocast, since
     fp32 activations cannot meet bf16 weights outside it). Callers: LoRA runs only (the base is never
-    saved), not under FSDP / DeepSpeed (uniform dtypes) or with a reference synced from the policy."""
+    saved), not under FSDP / DeepSpeed (uniform dtypes) or with a reference synced from the policy.
+
+    Also stops peft's plain LoRA layers from upcasting their input to the adapter's fp32
+    (`cast_input_dtype_enabled`): under autocast the adapter's matmul casts it straight back to `dtype`,
+    an exact round trip that cost two copies of the layer's activations per call and two more in its
+    backward (peft/tuners/lora/layer.py, `Linear.forward`). With `lora_dropout: 0` (the default) the
+    numbers are bit-identical; with dropout the mask is drawn on a bf16 tensor instead of an fp32 one
+    (the same distribution). DoRA and other LoRA variants keep the cast."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
@@ -203,6 +210,10 @@ def frozen_linears_to(model, dtype: torch.dtype) -> int:
         count += 1
     if count:
         setattr(model, COMPUTE_DTYPE_ATTR, dtype)
+        for module in model.modules():
+            if (hasattr(module, "lora_A") and hasattr(module, "cast_input_dtype_enabled")
+                    and isinstance(getattr(module, "base_layer", None), torch.nn.Linear) and not module.lora_variant):
+                module.cast_input_dtype_enabled = False
     return count
 
 

@@ -19,8 +19,9 @@ not pay that. Here the footprint is measured, not guessed:
    static = the memory in use now (CUDA: allocated; CPU: resident) + gradients and AdamW's two fp32
    states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps;
    working = what backward holds beside the saved activations while it runs through a layer (about one
-   layer's activations as gradients) plus one chunk of fp32 logits of the head (`chunk_size` x vocab,
-   twice: logits and their softmax). The first k layers are the checkpointed ones: backward recomputes
+   layer's activations as gradients) plus one chunk of fp32 logits of the head (rows x vocab, twice:
+   logits and logsumexp's temporary; rows = `chunk_size` or the response tokens of the batch with the
+   most, whichever is smaller: the head sees response tokens only). The first k layers are the checkpointed ones: backward recomputes
    them last, after the later layers' activations are freed, so the recomputed layer adds to the peak
    only when every layer is checkpointed (the last term), so N - 1 layers usually need less than N.
    k is the smallest count that fits the budget (`max_memory_gb`; default: 90% of the device's memory,
@@ -175,10 +176,12 @@ def _probe(model, batch: dict, chunk_size: int, autocast_dtype) -> dict:
     return totals
 
 
-def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast_dtype=None) -> Footprint:
+def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast_dtype=None,
+                      head_rows: int | None = None) -> Footprint:
     """The saved-for-backward footprint from two probe batches (`collate_pairs` output on the model's
-    device) with different token counts; see the module docstring. Raises ValueError when they have
-    the same number of tokens."""
+    device) with different token counts; see the module docstring. `head_rows`: the most response
+    tokens a training batch has (the head's largest chunk is min(chunk_size, head_rows) rows; default
+    chunk_size). Raises ValueError when the probes have the same number of tokens."""
     sizes = [int(b["input_ids"].numel()) for b in (small, large)]
     if sizes[0] == sizes[1]:
         raise ValueError("the two probe batches need different token counts")
@@ -202,7 +205,8 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     embeddings = model.get_input_embeddings().weight  # the residual stream keeps the weights' dtype under autocast
     hidden_bytes = embeddings.shape[1] * embeddings.element_size()
     _, head = decoder_and_head(model)
-    head_chunk = 2.0 * chunk_size * head.weight.shape[0] * 4  # fp32 logits of a chunk and their softmax
+    rows = min(chunk_size, head_rows) if head_rows else chunk_size
+    head_chunk = 2.0 * rows * head.weight.shape[0] * 4  # fp32 logits of a chunk and logsumexp's temporary
     return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers,
                      head_chunk)
 
@@ -273,7 +277,9 @@ def auto_checkpointing(model, features: list[dict], collator, batch_size: int, c
     small, large = collator(longest[-1:]), collator(longest[:1])
     if small["input_ids"].numel() >= large["input_ids"].numel():
         small, large = large, collator(longest[:2])
-    footprint = measure_footprint(model, move(small), move(large), chunk_size, autocast_dtype)
+    responses = sorted((len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features), reverse=True)
+    footprint = measure_footprint(model, move(small), move(large), chunk_size, autocast_dtype,
+                                  head_rows=sum(responses[:batch_size]))
     tokens = int(collator(longest[:batch_size])["input_ids"].numel())
     budget = budget_gb * GB if budget_gb else DEFAULT_BUDGET_SHARE * device_memory_bytes(device)
     plan = plan_checkpointing(footprint, static_bytes(model, device), tokens, budget)
