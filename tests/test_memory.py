@@ -175,17 +175,20 @@ def test_a_plan_without_checkpointing_leaves_no_input_gradient_hook(tiny_tokeniz
 
 
 
-def _peak_bytes(fn) -> int:
-    """Most bytes the CPU allocator had handed out at once while `fn` ran, above what was live before
-    (the profiler's allocation and free events, summed in time order)."""
+def _allocations(fn) -> list[tuple[int, int]]:
+    """(time ns, bytes: + allocated / - freed) of every CPU allocator event while `fn` ran, in time order
+    (the profiler's memory events; on the CPU nothing is cached, so their running sum is what is live)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    return sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+
+
+def _peak_bytes(fn) -> int:
+    """Most bytes live at once while `fn` ran, above what was live before."""
     live = peak = 0
-    for _, nbytes in events:
+    for _, nbytes in _allocations(fn):
         live += nbytes
         peak = max(peak, live)
     return peak
@@ -227,3 +230,57 @@ def test_the_predicted_peak_bounds_a_real_step_from_above(tiny_tokenizer, autoca
         measured = _peak_bytes(step)
         predicted = predicted_bytes(footprint, 0.0, batch["input_ids"].numel(), layers)
         assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
+
+
+@pytest.mark.parametrize("precision,budget_gb", [("fp32", 1e-6), ("bf16", 1000.0)])
+def test_a_whole_run_stays_under_its_predicted_peak(tmp_path, monkeypatch, capsys, precision, budget_gb):
+    """`prefloop.train` with gradient_checkpointing: auto, from the config to the saved adapter: no moment
+    of the run (reference pass, the planner's own probe, every training step, logging, saving) has more
+    tensor memory live beyond the weights than the plan predicted. A probe or a step that keeps more
+    alive than planned (as the probe's graph once did on a GPU) fails here."""
+    import random
+    import time
+
+    import prefloop.train.memory as memory
+    from prefloop.testing import save_tiny_model
+
+    layers = 12  # deep enough that a probe keeping every layer's activations would show
+    model_dir = save_tiny_model(tmp_path / "model", arch="llama", num_layers=layers, hidden_size=128,
+                                intermediate_size=256)
+    rnd = random.Random(0)
+    words = "the cat sat on a mat and then it ran to see what was there in the big red house".split()
+    text = lambda n: " ".join(rnd.choice(words) for _ in range(n))  # noqa: E731
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": text(rnd.randint(20, 150)), "chosen": text(rnd.randint(10, 120)),
+                                        "rejected": text(rnd.randint(10, 120))}) + "\n" for _ in range(16)))
+    planned = {}
+
+    def plan_and_note(footprint, static, tokens, budget):
+        plan = plan_checkpointing(footprint, static, tokens, budget)
+        planned.update(plan=plan, static=static, at=time.time_ns())
+        return plan
+
+    def static_and_note(model, device):
+        planned["optimizer"] = sum(p.numel() * (p.element_size() + 8) for p in model.parameters() if p.requires_grad)
+        return static_bytes(model, device)
+
+    monkeypatch.setattr(memory, "plan_checkpointing", plan_and_note)
+    monkeypatch.setattr(memory, "static_bytes", static_and_note)
+    config = dict(model_name_or_path=str(model_dir), dataset=str(data), finetuning_type="lora", template="qwen",
+                  per_device_train_batch_size=8, num_train_epochs=2, logging_steps=1, report_to="none",
+                  sample_prompts=0, gradient_checkpointing="auto", max_memory_gb=budget_gb,
+                  bf16=precision == "bf16", output_dir=str(tmp_path / "out"))
+    events = _allocations(lambda: prefloop.train(config))
+    plan = planned["plan"]
+    assert plan.layers == (layers - 1 if budget_gb < 1 else 0), capsys.readouterr().out
+    live, at_plan, peak = 0, None, 0
+    for at, nbytes in events:
+        if at_plan is None and at > planned["at"]:
+            at_plan = live  # the weights (and the cached reference log-probs), before any step
+        live += nbytes
+        peak = max(peak, live)
+    # The static part of the prediction is what was in use at the plan (on a CPU: resident memory, with
+    # the libraries) plus the gradients and optimizer states, which the run allocates after the plan.
+    predicted = plan.predicted_bytes - planned["static"] + planned["optimizer"]
+    measured = peak - at_plan
+    assert measured <= predicted <= 2 * measured, (measured, predicted)
