@@ -269,6 +269,10 @@ def test_frozen_linears_in_bf16_give_the_same_logps_and_gradients_under_autocast
             assert getattr(model, COMPUTE_DTYPE_ATTR) == torch.bfloat16
             lora_layers = [m for m in model.modules() if hasattr(m, "lora_A")]
             assert lora_layers and not any(m.cast_input_dtype_enabled for m in lora_layers)
+            with_dropout = get_peft_model(build_tiny_model(tiny_tokenizer, arch=arch),
+                                          LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+            frozen_linears_to(with_dropout, torch.bfloat16)  # dropout would round 1/(1-p) to bf16: keep the cast
+            assert all(m.cast_input_dtype_enabled for m in with_dropout.modules() if hasattr(m, "lora_A"))
         batch = collate_pairs(features, "packed_prefix_shared", tiny_tokenizer.pad_token_id)
         out = pair_logps(model, batch, chunk_size=7, autocast_dtype=torch.bfloat16)
         (out.seq.chosen - out.seq.rejected).sum().backward()

@@ -181,7 +181,8 @@ def _allocations(fn) -> list[tuple[int, int]]:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    return sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    return sorted(events, key=lambda event: event[0])  # stable: events of one nanosecond keep their order
 
 
 def _peak_bytes(fn) -> int:
@@ -223,12 +224,19 @@ def test_the_predicted_peak_bounds_a_real_step_from_above(tiny_tokenizer, autoca
         out = pair_logps(model, batch, chunk_size=256, autocast_dtype=autocast_dtype)
         (out.seq.chosen - out.seq.rejected).sum().backward()
 
-    for layers in (0, 2, LAYERS):
-        checkpoint_layers(model, layers)
-        step()  # the gradients exist from here on, as in every step after the first
-        measured = _peak_bytes(step)
-        predicted = predicted_bytes(footprint, 0.0, batch["input_ids"].numel(), layers)
-        assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
+    # oneDNN's bf16 matmul backward takes ~0.7 MB of scratch per thread, which the prediction does not count
+    # (64 threads: 43 MB, more than this tiny model's slack); fixed threads keep the test about the plan
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        for layers in (0, 2, LAYERS):
+            checkpoint_layers(model, layers)
+            step()  # the gradients exist from here on, as in every step after the first
+            measured = _peak_bytes(step)
+            predicted = predicted_bytes(footprint, 0.0, batch["input_ids"].numel(), layers)
+            assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("precision,budget_gb", [("fp32", 1e-6), ("bf16", 1000.0)])
@@ -239,7 +247,6 @@ def test_a_whole_run_stays_under_its_predicted_peak(tmp_path, monkeypatch, capsy
     probe's own graph stays inside the prediction's slack: `test_the_probe_leaves_no_graph_alive` is the
     test for that.)"""
     import random
-    import time
 
     import prefloop.train.memory as memory
     from prefloop.testing import save_tiny_model
@@ -255,9 +262,12 @@ def test_a_whole_run_stays_under_its_predicted_peak(tmp_path, monkeypatch, capsy
                                         "rejected": text(rnd.randint(10, 120))}) + "\n" for _ in range(16)))
     planned = {}
 
+    marker = 7_777_777  # bytes: an allocation of this size marks the plan in the allocator's own events
+
     def plan_and_note(footprint, static, tokens, budget):
         plan = plan_checkpointing(footprint, static, tokens, budget)
-        planned.update(plan=plan, static=static, at=time.time_ns())
+        planned.update(plan=plan, static=static)
+        torch.empty(marker, dtype=torch.uint8)  # allocated and freed at once
         return plan
 
     def static_and_note(model, device):
@@ -273,10 +283,12 @@ def test_a_whole_run_stays_under_its_predicted_peak(tmp_path, monkeypatch, capsy
     events = _allocations(lambda: prefloop.train(config))
     plan = planned["plan"]
     assert plan.layers == (layers - 1 if budget_gb < 1 else 0), capsys.readouterr().out
+    assert sum(1 for _, nbytes in events if nbytes == marker) == 1
     live, at_plan, peak = 0, None, 0
-    for at, nbytes in events:
-        if at_plan is None and at > planned["at"]:
+    for _, nbytes in events:
+        if abs(nbytes) == marker:
             at_plan = live  # the weights (and the cached reference log-probs), before any step
+            continue
         live += nbytes
         peak = max(peak, live)
     # The static part of the prediction is what was in use at the plan (on a CPU: resident memory, with

@@ -192,9 +192,9 @@ def frozen_linears_to(model, dtype: torch.dtype) -> int:
     Also stops peft's plain LoRA layers from upcasting their input to the adapter's fp32
     (`cast_input_dtype_enabled`): under autocast the adapter's matmul casts it straight back to `dtype`,
     an exact round trip that cost two copies of the layer's activations per call and two more in its
-    backward (peft/tuners/lora/layer.py, `Linear.forward`). With `lora_dropout: 0` (the default) the
-    numbers are bit-identical; with dropout the mask is drawn on a bf16 tensor instead of an fp32 one
-    (the same distribution). DoRA and other LoRA variants keep the cast."""
+    backward (peft/tuners/lora/layer.py, `Linear.forward`); bit-identical. Only layers without LoRA
+    dropout (`lora_dropout: 0`, the default): dropout on a bf16 input would round its 1/(1-p) scale
+    to bf16. DoRA and other LoRA variants keep the cast too."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
@@ -212,7 +212,8 @@ def frozen_linears_to(model, dtype: torch.dtype) -> int:
         setattr(model, COMPUTE_DTYPE_ATTR, dtype)
         for module in model.modules():
             if (hasattr(module, "lora_A") and hasattr(module, "cast_input_dtype_enabled")
-                    and isinstance(getattr(module, "base_layer", None), torch.nn.Linear) and not module.lora_variant):
+                    and isinstance(getattr(module, "base_layer", None), torch.nn.Linear) and not module.lora_variant
+                    and all(isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values())):
                 module.cast_input_dtype_enabled = False
     return count
 

@@ -180,6 +180,14 @@ def _frozen_linear(head) -> bool:
             and (head.bias is None or not head.bias.requires_grad))
 
 
+def fused_head(head, softcap: float | None = None) -> bool:
+    """True when the head's log-probs take `_FrozenHeadLogps` (a frozen linear head without bias or
+    logit soft-capping: one chunk of [rows, vocab] fp32 logits at a time, nothing of it saved); False
+    when they take the checkpointed module path (a trainable head: about 2.5x that chunk's memory in
+    its backward)."""
+    return _frozen_linear(head) and head.bias is None and not softcap
+
+
 def response_token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
                          softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target token and the sum of its logits over the vocabulary, [N] each, from
@@ -194,7 +202,7 @@ def response_token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chun
 
 
 def _chunked_logps(head, hidden, targets, chunk_size, softcap):
-    fast = _frozen_linear(head) and head.bias is None and not softcap
+    fast = fused_head(head, softcap)
     logps, sums = [], []
     for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)):
         if fast:

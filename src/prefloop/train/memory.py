@@ -20,8 +20,9 @@ not pay that. Here the footprint is measured, not guessed:
    states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps;
    working = what backward holds beside the saved activations while it runs through a layer (about one
    layer's activations as gradients) plus one chunk of fp32 logits of the head (rows x vocab, twice:
-   logits and logsumexp's temporary; rows = `chunk_size` or the response tokens of the batch with the
-   most, whichever is smaller: the head sees response tokens only). The first k layers are the
+   logits and logsumexp's temporary, for the fused frozen head; 5.25 times for a trainable head, whose
+   checkpointed chunk recomputes its logits in backward; rows = `chunk_size` or the response tokens of
+   the batch with the most, whichever is smaller: the head sees response tokens only). The first k layers are the
    checkpointed ones: backward recomputes them last, after the later layers' activations are freed, so
    the recomputed layer adds to the peak only when every layer is checkpointed (the last term), so
    N - 1 layers usually need less than N.
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefloop.train.logps import decoder_and_head, pair_logps
+from prefloop.train.logps import decoder_and_head, fused_head, pair_logps
 
 GB = 1e9
 DEFAULT_BUDGET_SHARE = 0.9
@@ -65,7 +66,7 @@ class Footprint:
     rest_per_token: float
     layer_input: float
     num_layers: int
-    head_chunk: float = 0.0  # bytes of one chunk of fp32 logits and their softmax in the head
+    head_chunk: float = 0.0  # bytes of the head's working memory for one chunk of logits (measure_footprint)
 
     def layer(self, tokens: int) -> float:
         return self.layer_fixed + self.layer_per_token * tokens
@@ -210,7 +211,12 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     hidden_bytes = embeddings.shape[1] * embeddings.element_size()
     _, head = decoder_and_head(model)
     rows = min(chunk_size, head_rows) if head_rows else chunk_size
-    head_chunk = 2.0 * rows * head.weight.shape[0] * 4  # fp32 logits of a chunk and logsumexp's temporary
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    # fp32 logits of a chunk and logsumexp's temporary (the fused frozen head: measured 2.0x rows x vocab
+    # x 4 bytes at its peak on the CPU allocator); a trainable head's checkpointed chunk measured 5.0x
+    # (fp32) and 5.06x (bf16 autocast)
+    copies = 2.0 if fused_head(head, softcap) else 5.25
+    head_chunk = copies * rows * head.weight.shape[0] * 4
     return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers,
                      head_chunk)
 
