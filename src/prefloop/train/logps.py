@@ -180,6 +180,11 @@ def _frozen_linear(head) -> bool:
             and (head.bias is None or not head.bias.requires_grad))
 
 
+def logit_softcap(model) -> float | None:
+    """The model's final logit soft-capping (Gemma 2: logits = tanh(logits / c) * c), or None."""
+    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+
+
 def fused_head(head, softcap: float | None = None) -> bool:
     """True when the head's log-probs take `_FrozenHeadLogps` (a frozen linear head without bias or
     logit soft-capping: one chunk of [rows, vocab] fp32 logits at a time, nothing of it saved); False
@@ -241,7 +246,7 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)
     seqs, offsets = batch["target_seqs"], batch["target_offsets"]
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    softcap = logit_softcap(model)
     with _autocast(batch["input_ids"].device, autocast_dtype):
         hidden = _hidden_states(decoder, batch)
         selected = hidden[batch["target_rows"], batch["target_cols"]]

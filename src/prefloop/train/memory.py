@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefloop.train.logps import decoder_and_head, fused_head, pair_logps
+from prefloop.train.logps import decoder_and_head, fused_head, logit_softcap, pair_logps
 
 GB = 1e9
 DEFAULT_BUDGET_SHARE = 0.9
@@ -211,11 +211,10 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     hidden_bytes = embeddings.shape[1] * embeddings.element_size()
     _, head = decoder_and_head(model)
     rows = min(chunk_size, head_rows) if head_rows else chunk_size
-    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     # fp32 logits of a chunk and logsumexp's temporary (the fused frozen head: measured 2.0x rows x vocab
     # x 4 bytes at its peak on the CPU allocator); a trainable head's checkpointed chunk measured 5.0x
     # (fp32) and 5.06x (bf16 autocast)
-    copies = 2.0 if fused_head(head, softcap) else 5.25
+    copies = 2.0 if fused_head(head, logit_softcap(model)) else 5.25
     head_chunk = copies * rows * head.weight.shape[0] * 4
     return Footprint(layer_fixed, layer_per_token, rest_fixed, rest_per_token, float(hidden_bytes), num_layers,
                      head_chunk)

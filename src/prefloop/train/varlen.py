@@ -166,7 +166,7 @@ def kernel_available() -> bool:
 def kernel_ok(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> str | None:
     """None when the varlen kernel runs on `device` in `dtype` and equals causal SDPA (values and
     gradients, grouped-query heads, head size 64, two sequences); else why not. Run once per process,
-    in whatever grad / autocast mode the caller is in. A kernel that fails only for other head sizes or
+    with gradients on and autocast off, whatever the caller's mode. A kernel that fails only for other head sizes or
     in backward is not caught here; `varlen_attention_forward` falls back on a forward failure only."""
     if not kernel_available():
         return "torch.nn.attention.varlen is not in this torch or no CUDA GPU is visible"
