@@ -427,3 +427,51 @@ def test_ld_alpha_leaves_the_first_step_at_ln2_with_zero_rewards(tmp_path, tiny_
     assert step1["rewards/accuracies"] == 0.5
     if ld_alpha == 1.0:  # unweighted: the long chosen answer really has the lower log-prob
         assert step1["logps/chosen"] < step1["logps/rejected"] - 5
+# --- discopop: finite where exp(-z) overflows ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, h", [(torch.float32, -200.0), (torch.float32, -5000.0), (torch.float64, -1000.0),
+                                      (torch.float64, -1e5)])
+def test_discopop_is_finite_for_a_large_negative_margin(dtype, h):
+    """z = beta*h << 0: s = sigmoid(z / tau) underflows to 0 while exp(-z) overflows to inf, and s * exp(-z)
+    was 0 * inf = NaN (TRL 1.16 still computes it so). The formula's value there: s * exp(-z) = exp(z/tau - z
+    + O(e^(z/tau))) -> 0, so the loss is -log sigmoid(z) = -z + log1p(e^z) and its slope in z is -1."""
+    beta = 1.0
+    pc = torch.tensor([h], dtype=dtype, requires_grad=True)
+    zero = torch.zeros(1, dtype=dtype)
+    policy = SequenceLogps(pc, zero.clone(), torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype))
+    reference = SequenceLogps(zero.clone(), zero.clone(), torch.ones(1, dtype=dtype), torch.ones(1, dtype=dtype))
+    out = preference_loss(policy, reference, LossSpec(["discopop"], [1.0], beta))
+    out.losses.sum().backward()
+    assert out.losses.item() == pytest.approx(-h, rel=1e-6)
+    assert pc.grad.item() == pytest.approx(-beta, rel=1e-6)
+
+
+def test_discopop_second_term_where_both_forms_are_finite():
+    """At moderate z the stable form equals the paper's s * exp(-z) (here z = -3, tau = 0.5: both terms count)."""
+    z, tau = -3.0, 0.5
+    s = sig(z / tau)
+    expected = (1 - s) * -logsig(z) + s * math.exp(-z)
+    out = preference_loss(seq([z], [0.0], [1.0], [1.0]), seq([0.0], [0.0], [1.0], [1.0]),
+                          LossSpec(["discopop"], [1.0], 1.0, discopop_tau=tau))
+    assert out.losses.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", KNOWN_LOSSES)
+@pytest.mark.parametrize("gap", [1e3, -1e3, 1e4, -1e4])
+def test_every_loss_and_its_gradient_stay_finite_at_large_log_ratio_gaps(name, gap):
+    """float32, |beta * h| up to 5e3 (long answers drift that far): no loss may overflow into inf * 0 = NaN."""
+    pc = torch.tensor([-10.0, -3000.0], requires_grad=True)
+    pr = torch.tensor([-10.0 - gap, -3000.0 + gap], requires_grad=True)
+    tokens = torch.tensor([5.0, 700.0])
+    policy = SequenceLogps(pc, pr, tokens, tokens)
+    reference = SequenceLogps(torch.tensor([-10.0, -3000.0]), torch.tensor([-10.0, -3000.0]), tokens, tokens)
+    spec = LossSpec([name], [1.0], 0.5, label_smoothing=0.1 if name == "robust" else 0.0, modpo_weights=[1.0, 0.5])
+    margin_rewards = torch.tensor([[0.2], [0.1]]) if name == "modpo" else None
+    out = preference_loss(policy, reference if spec.needs_reference else None, spec, margin_rewards=margin_rewards)
+    out.losses.mean().backward()
+    assert torch.isfinite(out.losses).all()
+    for t in (pc, pr):
+        assert t.grad is None or torch.isfinite(t.grad).all()
+
+

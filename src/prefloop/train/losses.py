@@ -195,10 +195,15 @@ def discopop_loss(logits: torch.Tensor, beta: float, tau: float = 0.05, margin=0
     z = beta * h - m;  s = sigmoid(z / tau)
     loss = (1 - s) * (-log sigmoid(z)) + s * exp(-z)                      [B]
     tau = 0.05 in the paper. At h = 0: (ln 2 + 1) / 2.
+    The second term is computed as exp(log s - z), so a large negative z (|beta h| > ~88 in float32,
+    ~709 in float64) gives its finite limit instead of 0 * inf = NaN; TRL 1.16 computes
+    s * exp(-z) and returns NaN there (loss and gradient). Elsewhere the two agree.
     """
     z = beta * logits - margin
     s = torch.sigmoid(z / tau)
-    return (1 - s) * -F.logsigmoid(z) + s * torch.exp(-z)
+    # s * exp(-z) as exp(log s - z): for z << 0, exp(-z) overflows to inf while s underflows to 0, and
+    # the product 0 * inf is NaN (in the loss and its gradient); log s - z = z/tau - z -> -inf instead.
+    return (1 - s) * -F.logsigmoid(z) + torch.exp(F.logsigmoid(z / tau) - z)
 
 
 def modpo_loss(logits: torch.Tensor, margin_reward_diffs: torch.Tensor, beta: float,
