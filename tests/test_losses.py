@@ -427,6 +427,163 @@ def test_ld_alpha_leaves_the_first_step_at_ln2_with_zero_rewards(tmp_path, tiny_
     assert step1["rewards/accuracies"] == 0.5
     if ld_alpha == 1.0:  # unweighted: the long chosen answer really has the lower log-prob
         assert step1["logps/chosen"] < step1["logps/rejected"] - 5
+
+
+# --- values and gradients of every loss, against the formulas written out here ---------------------------------
+#
+# Each formula below is the loss's paper formula in plain Python floats (the same ones as in the tests above),
+# written as a function of the policy's summed log-probs pi_c, pi_r so its derivative can be taken by central
+# differences: autograd through `preference_loss(...).losses.mean()` (what the trainer backpropagates: the mean
+# over the batch) must give the loss and d loss / d pi of that formula.
+
+def logsig_stable(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def sig_stable(x: float) -> float:
+    return math.exp(logsig_stable(x))
+
+
+# A batch of 3 pairs with distinct margins and lengths (aot's sorts are then unambiguous).
+G_PI_C = [-10.0, -20.0, -7.0]
+G_PI_R = [-12.0, -18.0, -9.5]
+G_REF_C = [-11.0, -19.0, -8.2]
+G_REF_R = [-11.5, -18.5, -8.8]
+G_LEN_C = [4.0, 5.0, 3.0]
+G_LEN_R = [2.0, 8.0, 6.0]
+
+
+def _cdpo(z: float, eps: float) -> float:
+    return -(1 - eps) * logsig_stable(z) - eps * logsig_stable(-z)
+
+
+def formula(name: str, beta: float, eps: float, pc, pr, delta: float = 0.0, z_kto=(0.0, 0.0), tau: float = 0.05):
+    """Per-pair loss of `name` by its paper formula (see each loss's docstring). `delta` (bco_pair) and
+    `z_kto` (kto_pair's reference points) are taken as given: the implementation does not differentiate them."""
+    rc = [p - r for p, r in zip(pc, G_REF_C)]
+    rr = [p - r for p, r in zip(pr, G_REF_R)]
+    h = [c - r for c, r in zip(rc, rr)]
+    hn = [rc[i] / G_LEN_C[i] - rr[i] / G_LEN_R[i] for i in range(len(pc))]
+    if name == "sigmoid":
+        return [_cdpo(beta * x, eps) for x in h]
+    if name == "sigmoid_norm":
+        return [_cdpo(beta * x, eps) for x in hn]
+    if name == "hinge":
+        return [max(0.0, 1 - beta * x) for x in h]
+    if name == "ipo":
+        return [(x - 1 / (2 * beta)) ** 2 for x in hn]
+    if name == "robust":
+        return [((1 - eps) * -logsig_stable(beta * x) - eps * -logsig_stable(-beta * x)) / (1 - 2 * eps) for x in h]
+    if name == "exo_pair":
+        e = eps or 1e-3
+        out = []
+        for x in h:
+            q = sig_stable(beta * x)
+            out.append(q * (logsig_stable(beta * x) - math.log(1 - e)) + (1 - q) * (logsig_stable(-beta * x) - math.log(e)))
+        return out
+    if name == "discopop":
+        out = []
+        for x in h:
+            z = beta * x
+            s = sig_stable(z / tau)
+            out.append((1 - s) * -logsig_stable(z) + s * math.exp(-z))
+        return out
+    if name == "nca_pair":
+        return [-logsig_stable(beta * c) - 0.5 * logsig_stable(-beta * c) - 0.5 * logsig_stable(-beta * r)
+                for c, r in zip(rc, rr)]
+    if name == "bco_pair":
+        return [-logsig_stable(beta * c - delta) - logsig_stable(-(beta * r - delta)) for c, r in zip(rc, rr)]
+    if name == "sppo_hard":
+        return [(c - 0.5 / beta) ** 2 + (r + 0.5 / beta) ** 2 for c, r in zip(rc, rr)]
+    if name == "apo_zero":
+        return [1 - sig_stable(beta * c) + sig_stable(beta * r) for c, r in zip(rc, rr)]
+    if name == "apo_down":
+        return [sig_stable(beta * c) + 1 - sig_stable(beta * (c - r)) for c, r in zip(rc, rr)]
+    if name == "kto_pair":
+        zc, zr = z_kto
+        return [0.5 * ((1 - sig_stable(beta * (c - zc))) + (1 - sig_stable(beta * (zr - r)))) for c, r in zip(rc, rr)]
+    if name == "aot":
+        u = sorted(c - r for c, r in zip(pc, pr))
+        v = sorted(c - r for c, r in zip(G_REF_C, G_REF_R))
+        return [_cdpo(beta * (a - b), eps) for a, b in zip(u, v)]
+    if name == "aot_unpaired":
+        return [_cdpo(beta * (a - b), eps) for a, b in zip(sorted(rc), sorted(rr))]
+    if name == "simpo":
+        lc = [p / n for p, n in zip(pc, G_LEN_C)]
+        lr = [p / n for p, n in zip(pr, G_LEN_R)]
+        return [_cdpo(beta * (c - r) - 0.5, eps) for c, r in zip(lc, lr)]
+    if name == "orpo":
+        lc = [p / n for p, n in zip(pc, G_LEN_C)]
+        lr = [p / n for p, n in zip(pr, G_LEN_R)]
+        odds = [(c - math.log(1 - math.exp(c))) - (r - math.log(1 - math.exp(r))) for c, r in zip(lc, lr)]
+        return [-c + beta * -logsig_stable(o) for c, o in zip(lc, odds)]
+    if name == "sft":  # TRL's: -sum(pc) / sum(|y_c|), the NLL per chosen token of the batch; pair i's share
+        return [len(pc) * -p / sum(G_LEN_C) for p in pc]  # B * (-pc_i) / sum(|y_c|) has that mean
+    raise AssertionError(name)
+
+
+GRAD_CASES = [(n, eps) for n in ("sigmoid", "sigmoid_norm", "hinge", "ipo", "nca_pair", "sppo_hard", "apo_zero",
+                                 "apo_down", "discopop", "kto_pair", "orpo", "sft") for eps in (0.0,)]
+GRAD_CASES += [("sigmoid", 0.2), ("sigmoid_norm", 0.1), ("robust", 0.1), ("robust", 0.4), ("exo_pair", 0.0),
+               ("exo_pair", 0.3), ("bco_pair", 0.0), ("aot", 0.0), ("aot", 0.1), ("aot_unpaired", 0.0),
+               ("aot_unpaired", 0.2), ("simpo", 0.0), ("simpo", 0.1)]
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.5, 2.0])
+@pytest.mark.parametrize("name, eps", GRAD_CASES)
+def test_loss_and_gradient_of_the_batch_mean_follow_the_formula(name, eps, beta):
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    pc, pr = t(G_PI_C).requires_grad_(True), t(G_PI_R).requires_grad_(True)
+    policy = SequenceLogps(pc, pr, t(G_LEN_C), t(G_LEN_R))
+    reference = SequenceLogps(t(G_REF_C), t(G_REF_R), t(G_LEN_C), t(G_LEN_R))
+    spec = LossSpec([name], [1.0], beta, label_smoothing=eps)
+    out = preference_loss(policy, reference if spec.needs_reference else None, spec)
+    out.losses.mean().backward()
+
+    rc = [p - r for p, r in zip(G_PI_C, G_REF_C)]
+    rr = [p - r for p, r in zip(G_PI_R, G_REF_R)]
+    fixed = {"delta": out.bco_state.mean if name == "bco_pair" else 0.0,
+             "z_kto": (max(0.0, sum(rr) / 3), max(0.0, sum(rc) / 3))}
+    if name == "bco_pair":  # delta: the mean of this batch's rewards (a fresh state), not differentiated
+        assert fixed["delta"] == pytest.approx(beta * sum(rc + rr) / 6, rel=1e-12)
+
+    def mean_loss(pc_, pr_):
+        values = formula(name, beta, eps, pc_, pr_, **fixed)
+        return sum(values) / len(values)
+
+    assert out.losses.tolist() == pytest.approx(formula(name, beta, eps, G_PI_C, G_PI_R, **fixed), rel=1e-9, abs=1e-12)
+    step = 1e-6
+    for which, grad in ((0, pc.grad), (1, pr.grad)):
+        grad = grad if grad is not None else torch.zeros(3, dtype=torch.float64)
+        for i in range(3):
+            up = [list(G_PI_C), list(G_PI_R)]
+            down = [list(G_PI_C), list(G_PI_R)]
+            up[which][i] += step
+            down[which][i] -= step
+            numeric = (mean_loss(*up) - mean_loss(*down)) / (2 * step)
+            assert grad[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8), (which, i)
+
+
+def test_aot_with_batch_size_one_warns(caplog):
+    with caplog.at_level("WARNING", logger="prefloop.train.losses"):
+        build_loss_spec(cfg(pref_loss="aot", per_device_train_batch_size=4))
+    assert "plain DPO" not in caplog.text
+    with caplog.at_level("WARNING", logger="prefloop.train.losses"):
+        build_loss_spec(cfg(pref_loss="aot", per_device_train_batch_size=1))
+    assert "plain DPO" in caplog.text
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_aot_with_one_pair_is_dpo(eps):
+    """Batch size 1: the sorted batch is the pair itself, so aot and aot_unpaired are (c)DPO on h."""
+    one = seq([-10.0], [-12.0], [4.0], [2.0])
+    ref = seq([-11.0], [-11.5], [4.0], [2.0])
+    expected = [-(1 - eps) * logsig(BETA * 1.5) - eps * logsig(-BETA * 1.5)]
+    for name in ("aot", "aot_unpaired", "sigmoid"):
+        out = preference_loss(one, ref, LossSpec([name], [1.0], BETA, label_smoothing=eps))
+        assert out.losses.tolist() == pytest.approx(expected, rel=1e-12)
+
+
 # --- discopop: finite where exp(-z) overflows ------------------------------------------------------------------
 
 
@@ -473,5 +630,74 @@ def test_every_loss_and_its_gradient_stay_finite_at_large_log_ratio_gaps(name, g
     assert torch.isfinite(out.losses).all()
     for t in (pc, pr):
         assert t.grad is None or torch.isfinite(t.grad).all()
+
+
+# --- sft (TRL's loss_type "sft") vs pref_ftx (LLaMA-Factory's) ---------------------------------------------------
+
+
+def test_sft_is_the_token_mean_nll_of_the_batch_and_pref_ftx_the_mean_of_per_pair_means():
+    """POLICY's chosen answers: log-probs -10 over 4 tokens and -20 over 5. TRL's sft: 30 / 9 per token over the
+    batch; LLaMA-Factory's pref_ftx: mean(10/4, 20/5) = 3.25."""
+    policy = seq([-10.0, -20.0], [-12.0, -18.0])
+    policy.chosen.requires_grad_(True)
+    out = preference_loss(policy, None, LossSpec(["sft"], [1.0], BETA))
+    assert out.losses.mean().item() == pytest.approx(30 / 9, rel=1e-12)
+    out.losses.mean().backward()
+    assert policy.chosen.grad.tolist() == pytest.approx([-1 / 9, -1 / 9], rel=1e-12)  # every chosen token: -1/9
+    assert out.chosen_rewards.tolist() == pytest.approx([BETA * -10 / 4, BETA * -20 / 5])  # reference-free rewards
+    ftx = preference_loss(REFERENCE, REFERENCE, LossSpec(["sigmoid"], [1.0], BETA, ftx=1.0)).losses.mean().item()
+    assert ftx - math.log(2) == pytest.approx((11 / 4 + 19 / 5) / 2, rel=1e-12)  # REFERENCE: -11 over 4, -19 over 5
+    assert not LossSpec(["sft"]).needs_reference and LossSpec(["sigmoid", "sft"], [1.0, 1.0]).needs_reference
+
+
+def test_mpo_mix_sigmoid_bco_pair_sft_weights_each_term():
+    """TRL's documented MPO mix: loss_type [sigmoid, bco_pair, sft], loss_weights [0.8, 0.2, 1.0]."""
+    spec = build_loss_spec(cfg(pref_loss=["sigmoid", "bco_pair", "sft"], pref_loss_weights=[0.8, 0.2, 1.0]))
+    out = preference_loss(POLICY, REFERENCE, spec)
+    delta = sum(BETA * x for x in R_C + R_R) / 4
+    sigm = [-logsig(BETA * h) for h in H]
+    bco = [-logsig(BETA * c - delta) - logsig(-(BETA * r - delta)) for c, r in zip(R_C, R_R)]
+    sft = 30 / 9
+    assert out.losses.mean().item() == pytest.approx(0.8 * sum(sigm) / 2 + 0.2 * sum(bco) / 2 + sft, rel=1e-12)
+
+
+# --- LossSpec and config: names and parameter edge cases -----------------------------------------------------------
+
+
+def test_aot_pair_is_trls_former_name_of_aot_unpaired(caplog):
+    """TRL's `aot_pair` was the unpaired AOT (renamed `aot_unpaired`, huggingface/trl PR #5038)."""
+    with caplog.at_level("WARNING", logger="prefloop.train.losses"):
+        spec = build_loss_spec(cfg(pref_loss="aot_pair"))
+    assert spec.names == ["aot_unpaired"]
+    assert "aot_pair" in caplog.text and "aot_unpaired" in caplog.text
+    assert LossSpec(["aot_pair"]).names == ["aot_unpaired"]
+    unpaired = preference_loss(POLICY, REFERENCE, LossSpec(["aot_pair"], [1.0], BETA)).losses
+    assert unpaired.tolist() == pytest.approx([-logsig(BETA * d) for d in (-1 - -0.5, 1 - 0.5)])
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"beta": 0.0}, "beta"),
+    ({"beta": -0.1}, "beta"),
+    ({"beta": float("nan")}, "beta"),
+    ({"beta": float("inf")}, "beta"),
+    ({"names": ["dpo"]}, "unknown pref_loss"),
+    ({"names": ["sigmoid", "hinge"], "weights": [1.0]}, "weights"),
+    ({"label_smoothing": 0.5}, "label_smoothing"),
+    ({"label_smoothing": -0.1}, "label_smoothing"),
+    ({"names": ["robust"], "label_smoothing": 0.5}, "label_smoothing"),
+    ({"names": ["exo_pair"], "label_smoothing": 1.0}, "label_smoothing"),
+    ({"names": ["exo_pair", "sigmoid"], "weights": [1.0, 1.0], "label_smoothing": 0.7}, "label_smoothing"),
+])
+def test_loss_spec_refuses_parameters_no_loss_can_take(kw, message):
+    """beta <= 0 would divide by zero (ipo, sppo_hard) or make the loss flat; a flip rate >= 1/2 turns cDPO /
+    robust DPO upside down (robust divides by 1 - 2 eps); EXO's eps must be in (0, 1)."""
+    with pytest.raises(ValueError, match=message):
+        LossSpec(**{"names": ["sigmoid"], "weights": [1.0], **kw})
+
+
+def test_loss_spec_accepts_the_edges_that_are_allowed():
+    assert LossSpec(["exo_pair"], [1.0], label_smoothing=0.7).label_smoothing == 0.7
+    assert LossSpec(["hinge"], [1.0], label_smoothing=0.0).beta == 0.1
+    assert LossSpec(["robust"], [1.0], label_smoothing=0.49).label_smoothing == 0.49
 
 

@@ -70,6 +70,24 @@ class LossSpec:
     ld_alpha: float | None = None
     modpo_weights: list[float] | None = None  # [w0, w1, ..., wK] (pref_loss: modpo)
 
+    def __post_init__(self):
+        """The checks every use of the losses relies on, also for a spec built in code (the config's
+        wording of the same checks is `build_loss_spec`'s): known names (TRL's former `aot_pair` is
+        `aot_unpaired`), one weight per loss, beta > 0 (every loss divides by it or is flat at 0), and
+        a label-smoothing rate its losses can take."""
+        self.names = [canonical_loss_name(n) for n in self.names]
+        unknown = [n for n in self.names if n not in KNOWN_LOSSES]
+        if unknown:
+            raise ValueError(f"unknown pref_loss {unknown[0]!r}; known: {', '.join(KNOWN_LOSSES)}")
+        if len(self.weights) != len(self.names):
+            raise ValueError(f"{len(self.weights)} loss weights for {len(self.names)} losses {self.names}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        eps = self.label_smoothing
+        upper = 1.0 if all(n == "exo_pair" for n in self.names if n in SMOOTHING_LOSSES) else 0.5
+        if not 0 <= eps < upper:
+            raise ValueError(f"label_smoothing must be in [0, {upper}) for {self.names}, got {eps}")
+
     @property
     def needs_reference(self) -> bool:
         """False when every loss is reference-free: the trainer then loads and caches no reference."""
@@ -98,13 +116,24 @@ class BCOState:
     mean: float = 0.0
     count: int = 0
 
-    def updated(self, rewards: torch.Tensor) -> "BCOState":
-        rewards = rewards.detach().float().flatten()
-        n = rewards.numel()
+    def updated(self, rewards: torch.Tensor, reduce_sum=None) -> "BCOState":
+        """The state after `rewards` ([N], this batch's implicit rewards). `reduce_sum`: under data
+        parallelism, a function that sums a tensor over all ranks (the trainer passes the accelerator's),
+        so every rank adds the rewards of the whole global batch and all ranks keep the same delta.
+        Non-finite rewards (a NaN step, which the health monitor skips) are left out: one would make
+        delta, and so every later loss, NaN for the rest of the run."""
+        rewards = rewards.detach().flatten()
+        if rewards.dtype not in (torch.float32, torch.float64):
+            rewards = rewards.float()
+        finite = torch.isfinite(rewards)
+        stats = torch.stack([torch.where(finite, rewards, 0).sum(), finite.sum().to(rewards.dtype)])
+        if reduce_sum is not None:
+            stats = reduce_sum(stats)
+        batch_sum, n = (float(v) for v in stats.tolist())
         if n == 0:
             return self
-        total = self.count + n
-        mean = self.mean + (rewards.mean().item() - self.mean) * n / total
+        total = self.count + int(round(n))
+        mean = self.mean + (batch_sum / n - self.mean) * n / total
         return BCOState(mean, total)
 
 
@@ -352,8 +381,29 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: floa
     log(1 - exp(lp)) stays finite when a response has probability 1 in floating point.
     """
     lp_c, lp_r = chosen_mean.clamp(max=-1e-6), rejected_mean.clamp(max=-1e-6)
-    log_odds = (lp_c - torch.log(-torch.expm1(lp_c))) - (lp_r - torch.log(-torch.expm1(lp_r)))
+    log_odds = (lp_c - _log1mexp(lp_c)) - (lp_r - _log1mexp(lp_r))
     return -chosen_mean + beta * -F.logsigmoid(log_odds)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -ln 2 (Maechler 2012, "Accurately
+    computing log(1 - exp(-|a|))"): log(-expm1(x)) near 0, log1p(-exp(x)) below -ln 2. Both branches
+    are finite (and so is the gradient torch.where passes through) for x <= -1e-6."""
+    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def sft_loss(chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """SFT term as TRL 1.16's `loss_type="sft"` (the NLL part of MPO, "sigmoid,bco_pair,sft"; RPO
+    with a weight): the negative log-likelihood of the chosen answers, averaged over all their tokens
+    in the batch.
+
+    loss = -(sum_i pi_c_i) / (sum_i |y_c_i|)            (one value for the batch)
+    returned per pair as B * (-pi_c_i) / sum_j |y_c_j|, whose mean over the B pairs is that value
+    (and whose gradient is TRL's: -1 / sum_j |y_c_j| for every chosen token).     [B]
+    A long answer weighs more than a short one. `pref_ftx` is the other convention, LLaMA-Factory's:
+    each pair's own mean, -pi_c_i / |y_c_i|, averaged over pairs (see `preference_loss`). Reference-free.
+    """
+    return -chosen * (chosen.shape[0] / chosen_tokens.sum().clamp(min=1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,8 +413,12 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: floa
 KNOWN_LOSSES = (
     "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "orpo", "simpo", "kto_pair", "modpo",
+    "sft",
 )
-REFERENCE_FREE: set[str] = {"orpo", "simpo"}
+# Former names -> the name used here. TRL called the unpaired AOT "aot_pair" until it renamed it
+# "aot_unpaired" (huggingface/trl PR #5038; TRL 1.16 no longer accepts the old name).
+LOSS_ALIASES = {"aot_pair": "aot_unpaired"}
+REFERENCE_FREE: set[str] = {"orpo", "simpo", "sft"}
 # Losses that accept dpo_label_smoothing (cDPO eps, robust's flip rate, EXO's eps).
 SMOOTHING_LOSSES = {"sigmoid", "sigmoid_norm", "robust", "exo_pair", "aot", "aot_unpaired", "simpo"}
 # Losses built on a reward margin z = beta*h where a per-pair target margin m has a meaning (z - m).
@@ -372,6 +426,11 @@ MARGIN_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "robust", "exo_pair"
 SORTED_LOSSES = {"aot", "aot_unpaired"}
 EXO_DEFAULT_EPS = 1e-3
 SIMPO_GAMMA_DEFAULT = 0.5  # LLaMA-Factory's default
+
+
+def canonical_loss_name(name: str) -> str:
+    """The loss's name as `KNOWN_LOSSES` spells it (`aot_pair` -> `aot_unpaired`, see LOSS_ALIASES)."""
+    return LOSS_ALIASES.get(name, name)
 
 
 def _per_token(ratio: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -387,6 +446,9 @@ def single_loss(name: str, policy: SequenceLogps, reference: SequenceLogps | Non
         return simpo_loss(policy.chosen_mean, policy.rejected_mean, beta, spec.simpo_gamma, eps, margin)
     if name == "orpo":
         return orpo_loss(policy.chosen_mean, policy.rejected_mean, beta)
+    if name == "sft":
+        return sft_loss(policy.chosen, policy.chosen_tokens)
+    name = canonical_loss_name(name)
     if name not in KNOWN_LOSSES:
         raise ValueError(f"unknown pref_loss {name!r}; known: {', '.join(KNOWN_LOSSES)}")
     if reference is None:
@@ -513,6 +575,12 @@ def build_loss_spec(cfg) -> LossSpec:
     names = _as_list(getattr(cfg, "pref_loss", "sigmoid"))
     if not names:
         raise ConfigError("pref_loss is empty; name at least one loss, e.g. pref_loss: sigmoid")
+    for old, new in LOSS_ALIASES.items():
+        if old in names:
+            log.warning("pref_loss: %s is TRL's former name of %s (AOT on unpaired data: the sorted chosen "
+                        "log-ratios against the sorted rejected ones); training %s. For AOT on pairs, use aot.",
+                        old, new, new)
+    names = [canonical_loss_name(n) for n in names]
     for name in names:
         if name not in KNOWN_LOSSES:
             raise ConfigError(f"pref_loss: {name!r} is not a known loss; choose from {', '.join(KNOWN_LOSSES)}")
@@ -543,6 +611,11 @@ def build_loss_spec(cfg) -> LossSpec:
         if not 0 < smoothing < upper:
             raise ConfigError(f"dpo_label_smoothing: {smoothing} is not allowed for {users}; it must be in "
                               f"(0, {upper}) (the assumed rate of flipped labels, e.g. 0.1; 0 or unset = none)")
+    batch = getattr(cfg, "per_device_train_batch_size", None)
+    if batch == 1 and any(n in SORTED_LOSSES for n in names):
+        log.warning("pref_loss %s sorts each batch to compare quantiles (AOT); with per_device_train_batch_size: 1 "
+                    "there is one pair per sort and it is plain DPO. The AOT paper's advantage needs large "
+                    "per-device batches.", [n for n in names if n in SORTED_LOSSES])
     if "robust" in names and not smoothing:
         raise ConfigError("pref_loss robust needs dpo_label_smoothing > 0 (the assumed label-flip rate, "
                           "e.g. 0.1); with 0 it is plain sigmoid")
