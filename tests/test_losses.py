@@ -701,3 +701,74 @@ def test_loss_spec_accepts_the_edges_that_are_allowed():
     assert LossSpec(["robust"], [1.0], label_smoothing=0.49).label_smoothing == 0.49
 
 
+# --- the reward metrics the trainer logs ---------------------------------------------------------------------------
+
+
+def test_pair_metrics_values_and_ties_count_half():
+    """rewards = beta * summed log-ratio (every reference-based loss, ipo included); accuracy 1 / 0 / 1/2 on a tie
+    (TRL: 0 on a tie, README "Training")."""
+    from prefloop.train.losses import pair_metrics, reward_accuracy
+
+    out = run("ipo")
+    metrics = pair_metrics(out, POLICY)
+    assert metrics["rewards/chosen"].tolist() == pytest.approx([BETA * x for x in R_C])
+    assert metrics["rewards/rejected"].tolist() == pytest.approx([BETA * x for x in R_R])
+    assert metrics["rewards/margins"].tolist() == pytest.approx([BETA * x for x in H])
+    assert metrics["rewards/accuracies"].tolist() == [1.0, 0.0]
+    assert metrics["logps/chosen"].tolist() == PI_C and metrics["logps/rejected"].tolist() == PI_R
+    tie = pair_metrics(run("sigmoid", policy=REFERENCE), REFERENCE)
+    assert tie["rewards/accuracies"].tolist() == [0.5, 0.5] and tie["rewards/margins"].tolist() == [0.0, 0.0]
+    assert reward_accuracy(torch.tensor([0.3, 0.0, -1e-9])).tolist() == [1.0, 0.5, 0.0]
+    free = pair_metrics(run("simpo", reference=None, beta=2.0), POLICY)  # reference-free: beta * mean log-prob
+    assert free["rewards/chosen"].tolist() == pytest.approx([2.0 * -10 / 4, 2.0 * -20 / 5])
+    assert free["rewards/rejected"].tolist() == pytest.approx([2.0 * -12 / 2, 2.0 * -18 / 8])
+
+
+# --- bco_pair's running mean: across ranks, NaN steps, resume ----------------------------------------------------------
+
+
+def test_bco_state_sums_over_ranks_and_skips_non_finite_rewards():
+    rewards = torch.tensor([0.1, -0.3, 0.5, 0.3])
+    # two ranks: this one's [0.1, -0.3, 0.5, 0.3] (sum 0.6), the other's sum 1.4 over 4 rewards
+    other = torch.tensor([1.4, 4.0])
+    state = BCOState(mean=0.2, count=8).updated(rewards, reduce_sum=lambda stats: stats + other)
+    assert state.count == 16
+    assert state.mean == pytest.approx((0.2 * 8 + 0.6 + 1.4) / 16, rel=1e-6)
+    skipped = BCOState(mean=0.2, count=8).updated(torch.tensor([float("nan"), 0.5, float("inf")]))
+    assert skipped == BCOState(mean=pytest.approx((0.2 * 8 + 0.5) / 9), count=9)
+    assert BCOState(0.2, 8).updated(torch.tensor([float("nan")])) == BCOState(0.2, 8)
+    # through preference_loss: delta from the reduced state
+    spec = LossSpec(["bco_pair"], [1.0], BETA)
+    out = preference_loss(POLICY, REFERENCE, spec, bco_state=BCOState(), reduce_sum=lambda stats: 2 * stats)
+    assert out.bco_state.count == 8 and out.bco_state.mean == pytest.approx(sum(BETA * x for x in R_C + R_R) / 4)
+
+
+def test_bco_pair_running_mean_survives_a_resume(tmp_path, tiny_model_dir):
+    """The running reward mean is saved with each checkpoint (bco_state.json) and read back on resume: a run
+    resumed at step 1 ends with the state of the uninterrupted run (before: the resumed run started over at its
+    first batch's mean, count 8 instead of 16)."""
+    import json as _json
+    import shutil
+
+    from prefloop.train.run import train
+
+    data = tmp_path / "pairs.jsonl"
+    rows = [{"conversations": [{"from": "user", "value": f"what is {i} plus {i}?"}],
+             "chosen": f"It is {2 * i}.", "rejected": f"Maybe {i + 3}, or something else entirely."} for i in range(8)]
+    data.write_text("\n".join(_json.dumps(r) for r in rows) + "\n")
+    common = {"model_name_or_path": str(tiny_model_dir), "dataset": str(data), "finetuning_type": "lora",
+              "pref_loss": "bco_pair", "pref_beta": BETA, "max_steps": 2, "per_device_train_batch_size": 4,
+              "logging_steps": 1, "report_to": "none", "save_strategy": "steps", "save_steps": 1,
+              "sample_prompts": 0, "learning_rate": 5e-3}
+    full = tmp_path / "full"
+    train({**common, "output_dir": str(full)})
+    first = _json.loads((full / "checkpoint-1" / "bco_state.json").read_text())
+    assert first["count"] == 8  # 4 pairs: 8 rewards
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoint-2")
+    train({**common, "output_dir": str(resumed), "resume_from_checkpoint": str(resumed / "checkpoint-1")})
+    end_full = _json.loads((full / "checkpoint-2" / "bco_state.json").read_text())
+    end_resumed = _json.loads((resumed / "checkpoint-2" / "bco_state.json").read_text())
+    assert end_resumed["count"] == end_full["count"] == 16
+    assert end_resumed["mean"] == pytest.approx(end_full["mean"], rel=1e-4, abs=1e-7)

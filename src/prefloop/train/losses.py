@@ -109,8 +109,9 @@ class BCOState:
     """bco_pair's reward shift delta: the mean of every implicit reward seen in training so far.
 
     Immutable: `updated` returns a new state. The trainer keeps the state across training steps
-    (and in its checkpoint); evaluation passes the training state in and discards what comes back.
-    Under data parallelism, gather the rewards of all ranks before `updated` so ranks agree.
+    (and in its checkpoints, `bco_state.json`, read back on resume); evaluation passes the training
+    state in and discards what comes back. Under data parallelism the trainer passes `reduce_sum`, so
+    the mean is over every rank's rewards and all ranks use the same delta.
     """
 
     mean: float = 0.0
@@ -502,6 +503,7 @@ def preference_loss(
     margin: torch.Tensor | None = None,
     bco_state: BCOState | None = None,
     margin_rewards: torch.Tensor | None = None,
+    reduce_sum=None,
 ) -> LossOutput:
     """Weighted sum of the configured losses, plus the SFT term `ftx * (-pi_c / |y_c|)`, per pair.
 
@@ -510,8 +512,15 @@ def preference_loss(
     a target reward margin for the losses in MARGIN_LOSSES (z = beta*h becomes z - margin); a
     non-zero margin with no such loss, or non-unit weights with a sorted loss (aot), is an error.
     `bco_state` is bco_pair's running reward mean; the updated state comes back in the output.
-    `margin_rewards` ([B, K]) are MODPO's margin reward gaps (`modpo_loss`).
+    `margin_rewards` ([B, K]) are MODPO's margin reward gaps (`modpo_loss`). `reduce_sum` (data
+    parallelism): sums a tensor over ranks, for bco_pair's delta (`BCOState.updated`).
     Rewards are beta * log-ratio when a reference is given, else beta * mean log-prob (SimPO/ORPO).
+    The trainer backpropagates `losses.mean()`, the mean over the batch's pairs, as TRL does.
+
+    `ftx` is LLaMA-Factory's `pref_ftx`: each pair's mean token NLL of its chosen answer, so short and
+    long answers weigh the same (as the RPO paper, Pang et al. 2024, normalises its NLL term by length).
+    TRL 1.16's `loss_type="sft"` averages over all chosen tokens of the batch instead; that one is
+    `pref_loss: [..., sft]` here (`sft_loss`). With ld_alpha both use the LD-weighted sum.
     """
     if not _is_trivial(margin, 0.0) and not spec.uses_margin:
         raise ValueError(f"the data has per-pair margins but pref_loss {spec.names} cannot use them; "
@@ -528,7 +537,7 @@ def preference_loss(
 
     bco_delta = 0.0
     if "bco_pair" in spec.names:
-        bco_state = (bco_state or BCOState()).updated(torch.cat([chosen_rewards, rejected_rewards]))
+        bco_state = (bco_state or BCOState()).updated(torch.cat([chosen_rewards, rejected_rewards]), reduce_sum)
         bco_delta = bco_state.mean
 
     pair_margin = 0.0 if margin is None else margin
@@ -546,6 +555,33 @@ def preference_loss(
     if weight is not None:
         total = total * weight
     return LossOutput(total, chosen_rewards, rejected_rewards, components, bco_state)
+
+
+def reward_accuracy(margins: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 when the chosen reward is above the rejected one, 0 below, 1/2 on a tie.      [B]
+
+    Deliberately not TRL's `(chosen_rewards > rejected_rewards)`, which counts a tie as wrong: at
+    step 1 (policy == reference, every pair a tie) TRL logs rewards/accuracies 0.0, prefloop 0.5,
+    the chance level a tie is (README, "Training"). Pairs with different rewards count the same in both.
+    """
+    return (margins > 0).to(margins.dtype) + 0.5 * (margins == 0).to(margins.dtype)
+
+
+def pair_metrics(out: LossOutput, policy: SequenceLogps) -> dict[str, torch.Tensor]:
+    """The per-pair values behind the trainer's reward metrics, named as TRL logs them ([B] each,
+    detached; the trainer averages them over every pair since the last log):
+    rewards/chosen, rewards/rejected (`out`'s implicit rewards: beta * summed log-ratio, or beta * mean
+    log-prob for reference-free losses), rewards/margins (chosen - rejected), rewards/accuracies
+    (`reward_accuracy`: a tie counts 1/2), logps/chosen, logps/rejected (summed policy log-probs)."""
+    margins = out.chosen_rewards - out.rejected_rewards
+    return {
+        "rewards/chosen": out.chosen_rewards,
+        "rewards/rejected": out.rejected_rewards,
+        "rewards/margins": margins,
+        "rewards/accuracies": reward_accuracy(margins),
+        "logps/chosen": policy.chosen.detach(),
+        "logps/rejected": policy.rejected.detach(),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,15 +13,22 @@ pair since the previous one), with the names TRL and LLaMA-Factory use (`eval_` 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import time
 from collections import defaultdict
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from prefloop.train.distributed import call_as_forward, forget_evaluation_prepare
-from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss
+from prefloop.train.losses import BCOState, LossSpec, SequenceLogps, pair_metrics, preference_loss, reward_accuracy
 from prefloop.train.logps import pair_logps
+
+
+BCO_STATE_FILE = "bco_state.json"  # in a checkpoint: bco_pair's BCOState
 
 
 def build_training_arguments(cfg) -> TrainingArguments:
@@ -127,7 +134,20 @@ class PreferenceTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
         forget_evaluation_prepare(self)  # an evaluate() before train() must not leave DDP unwrapped
+        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(resume, (str, os.PathLike)) and os.path.isfile(os.path.join(resume, BCO_STATE_FILE)):
+            with open(os.path.join(resume, BCO_STATE_FILE)) as f:  # bco_pair's delta continues where it stopped
+                self.bco_state = BCOState(**json.load(f))
         return super().train(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, plus bco_pair's running reward mean (`bco_state.json`), which a
+        resumed run must continue from, not restart at its first batch's mean."""
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.bco_state is not None and self.args.should_save and os.path.isdir(folder):
+            with open(os.path.join(folder, BCO_STATE_FILE), "w") as f:
+                json.dump(dataclasses.asdict(self.bco_state), f)
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -145,7 +165,7 @@ class PreferenceTrainer(Trainer):
         policy = call_as_forward(model, pair_logps, inputs, self.chunk_size, self.ld_alpha, self.autocast_dtype)
         reference = self.reference_logps(inputs, policy.seq)
         out = preference_loss(policy.seq, reference, self.loss_spec, inputs.get("weight"), inputs.get("margin"),
-                              bco_state=self.bco_state, margin_rewards=margin_rewards)
+                              bco_state=self.bco_state, margin_rewards=margin_rewards, reduce_sum=self._reduce_sum)
         loss = out.losses.mean()
         if mode == "train":
             self.bco_state = out.bco_state
@@ -155,6 +175,10 @@ class PreferenceTrainer(Trainer):
         if agree is not None:
             self.record_dimension_metrics(mode, out, agree)
         return loss
+
+    def _reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (bco_pair's running reward mean must see every rank's rewards)."""
+        return self.accelerator.reduce(values, reduction="sum") if self.accelerator.num_processes > 1 else values
 
     def reference_logps(self, inputs: dict, policy: SequenceLogps) -> SequenceLogps | None:
         """Cached reference log-probs from the batch, or a no-grad reference forward, or None."""
@@ -206,15 +230,8 @@ class PreferenceTrainer(Trainer):
     # -- metrics ----------------------------------------------------------------------------------
 
     def record_metrics(self, mode: str, out, policy, num_tokens) -> None:
-        margins = out.chosen_rewards - out.rejected_rewards
         per_pair = {
-            "rewards/chosen": out.chosen_rewards,
-            "rewards/rejected": out.rejected_rewards,
-            "rewards/margins": margins,
-            # A tie (policy == reference before training) counts as half right.
-            "rewards/accuracies": (margins > 0).float() + 0.5 * (margins == 0).float(),
-            "logps/chosen": policy.seq.chosen.detach(),
-            "logps/rejected": policy.seq.rejected.detach(),
+            **pair_metrics(out, policy.seq),  # rewards/* (a tie counts as half right) and logps/*
             "logits/chosen": policy.chosen_logits_mean,
             "logits/rejected": policy.rejected_logits_mean,
         }
@@ -249,8 +266,7 @@ class PreferenceTrainer(Trainer):
     def record_dimension_metrics(self, mode: str, out, agree: torch.Tensor) -> None:
         """`rewards/accuracies/<dim>`: reward accuracy over the pairs whose dimension <dim> agrees with the
         pair's (combined) direction; `dimensions/<dim>/agreement`: the share of scored pairs that agree."""
-        margins = (out.chosen_rewards - out.rejected_rewards).float()
-        correct = (margins > 0).float() + 0.5 * (margins == 0).float()
+        correct = reward_accuracy((out.chosen_rewards - out.rejected_rewards).float())
         agrees, scored = (agree == 1).float(), (agree >= 0).float()  # [B, K]
         per_pair = torch.cat([correct[:, None] * agrees, agrees, scored], dim=1)  # [B, 3K]: rows are pairs, so
         sums = self.accelerator.gather_for_metrics(per_pair).sum(dim=0).tolist()  # padding rows are dropped
