@@ -159,6 +159,9 @@ def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 0.0
     loss = -(1 - eps) * log sigmoid(z) - eps * log sigmoid(-z)            [B]
     `logits` is h; eps is the label-smoothing rate (Mitchell 2023, "A note on DPO with noisy
     preferences", conservative DPO). At h = 0 (policy == reference), m = 0 the loss is ln 2.
+    Deliberate difference: TRL 1.16's `sigmoid` (and `sigmoid_norm`) ignores `label_smoothing` (it
+    reads it only for robust, exo_pair and aot); earlier TRL releases applied cDPO here, and so does
+    LLaMA-Factory's `dpo_label_smoothing`, whose meaning this config keeps. With eps = 0 they agree.
     """
     z = beta * logits - margin
     return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
@@ -211,7 +214,8 @@ def exo_pair_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 1e
 
     z = beta * h - m;  q = sigmoid(z) (policy's probability that chosen wins); label p = (1 - eps, eps)
     loss = KL(q || p) = q (log q - log(1 - eps)) + (1 - q) (log(1 - q) - log eps)        [B]
-    eps must be in (0, 1); the paper uses 1e-3, the default when `dpo_label_smoothing` is unset.
+    eps must be in (0, 1); the paper uses 1e-3, the default when `dpo_label_smoothing` is unset
+    (TRL 1.16 refuses label_smoothing = 0 for exo_pair instead; for any eps > 0 the two agree).
     """
     z = beta * logits - margin
     q = torch.sigmoid(z)
@@ -278,7 +282,11 @@ def bco_pair_loss(chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, beta
 
     loss = -log sigmoid(beta r_c - delta) - log sigmoid(-(beta r_r - delta))            [B]
     delta is the running mean of all implicit rewards beta*r seen so far, this batch included
-    (`BCOState`, kept by the trainer). TRL's current `bco_pair` drops delta; this follows the paper.
+    (`BCOState`, kept by the trainer; under data parallelism over every rank's rewards). Deliberate
+    difference: TRL 1.16's `bco_pair` drops delta (-log sigmoid(beta r_c) - log sigmoid(-beta r_r));
+    the paper's reward shift delta, which TRL's own bco_pair had when it was
+    added (huggingface/trl PR #1524, a RunningMoments mean) and LLaMA-Factory's `pref_bco_weight`
+    still has, is kept here. With delta = 0 the two agree.
     """
     return -F.logsigmoid(beta * chosen_ratio - delta) - F.logsigmoid(-(beta * rejected_ratio - delta))
 
