@@ -388,6 +388,9 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, beta: floa
     loss = -lp_c + beta * (-log sigmoid(log odds(y_c) - log odds(y_r)))    [B]
     The SFT term -lp_c is part of ORPO; beta is the paper's lambda. lp is clamped to <= -1e-6 so
     log(1 - exp(lp)) stays finite when a response has probability 1 in floating point.
+    The SFT term is each pair's mean token NLL, as LLaMA-Factory's `pref_loss: orpo` (whose config this
+    follows); TRL's ORPOTrainer averages the NLL over all chosen tokens of the batch instead (the two
+    agree when the chosen answers are equally long). The odds-ratio term is the same in both.
     """
     lp_c, lp_r = chosen_mean.clamp(max=-1e-6), rejected_mean.clamp(max=-1e-6)
     log_odds = (lp_c - _log1mexp(lp_c)) - (lp_r - _log1mexp(lp_r))
