@@ -531,7 +531,9 @@ def preference_loss(
     `ftx` is LLaMA-Factory's `pref_ftx`: each pair's mean token NLL of its chosen answer, so short and
     long answers weigh the same (as the RPO paper, Pang et al. 2024, normalises its NLL term by length).
     TRL 1.16's `loss_type="sft"` averages over all chosen tokens of the batch instead; that one is
-    `pref_loss: [..., sft]` here (`sft_loss`). With ld_alpha both use the LD-weighted sum.
+    `pref_loss: [..., sft]` here (`sft_loss`). With ld_alpha both take the LD-weighted sum (the only one
+    `SequenceLogps` carries); TRL's sft takes the unweighted token log-probs, so with ld_alpha < 1 and
+    pairs of unequal length prefloop's sft is smaller in magnitude than TRL's.
     """
     if not _is_trivial(margin, 0.0) and not spec.uses_margin:
         raise ValueError(f"the data has per-pair margins but pref_loss {spec.names} cannot use them; "
