@@ -25,6 +25,8 @@ from prefloop.errors import DataError, json_error_text
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
 _INDEX = re.compile(r"\[\d+\]")
+# dataset_info.json columns a record may leave out (the others are required and checked per record).
+_OPTIONAL_COLUMNS = ("query", "history", "system", "tools")
 _POSITION = re.compile(r"\b(line|column) \d+")
 
 
@@ -190,8 +192,14 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                  problems: SkipReport, used_prefixes: dict[str, Path]) -> int:
     read = make_reader(source.spec)
     count = 0
+    # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
+    # column would otherwise drop every system prompt without a word.
+    declared = {name: column for name, column in source.spec.columns.items() if name in _OPTIONAL_COLUMNS}
+    seen_keys: set[str] = set()
+    complete = True  # every record of every file was looked at
     for path in source.files:
         if limit is not None and count >= limit:
+            complete = False
             break
         # Stable default ids: "stem:line"; the whole path if another file already uses the stem.
         prefix = path.stem
@@ -206,6 +214,8 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             if not isinstance(record, dict):
                 problems.add(Problem(file_name, f"{kind} {number}", "", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
                 continue
+            if declared:
+                seen_keys.update(record)
             try:
                 fmt, pair = read(record)
             except RecordError as err:
@@ -219,7 +229,15 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             formats[fmt] += 1
             count += 1
             if limit is not None and count >= limit:
+                complete = False
                 break
+    missing = {name: column for name, column in declared.items() if column not in seen_keys}
+    if missing and complete and count:
+        names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
+        raise DataError(
+            f"dataset {source.name!r}: dataset_info.json declares the column(s) {names}, but no record of "
+            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the column name(s) or remove "
+            "them from 'columns' (their text would be left out of every prompt)")
     return count
 
 
