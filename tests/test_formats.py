@@ -447,3 +447,25 @@ def test_write_seed_jsonl(tmp_path):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
     assert json.loads(lines[0])["round"] == 3
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"prompt": [{"role": "user", "content": "Q"}],
+          "chosen": [{"role": "assistant", "content": "A", "reasoning_content": "because"}],
+          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen[-1].reasoning_content"),
+        ({"prompt": [{"role": "user", "content": "Weather?"}],
+          "chosen": [{"role": "assistant", "content": None,
+                      "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}],
+          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen[-1].tool_calls"),
+        ({"conversations": [{"from": "human", "value": "Weather?"}], "chosen": {"from": "function_call", "value": "{}"},
+          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen"),
+    ],
+)
+def test_answers_with_tool_calls_reasoning_or_function_role_are_refused(record, field):
+    """The answer of a pair is text: reasoning or tool calls attached to it would be dropped silently, and a
+    function-call answer would be trained as plain assistant text, so such rows are refused by field."""
+    with pytest.raises(RecordError) as err:
+        record_to_pair(record)
+    assert err.value.field == field and err.value.suggestion

@@ -406,6 +406,20 @@ def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in used and v is not None}
 
 
+def _answer_text(message: Message, key: str) -> str:
+    """The text of an answer turn; an answer whose tool calls, reasoning or function-call role a text
+    answer cannot carry is refused (they would be lost from training without a word)."""
+    if message.role == "function_call":
+        raise RecordError(f"{key}", "the answer is a function call (role 'function_call'); answers are trained as "
+                          "assistant text, which would lose the call's format", "give the answer as an assistant "
+                          "message, or leave such pairs out")
+    if message.fields:
+        field = next(iter(message.fields))
+        raise RecordError(f"{key}.{field}", f"the answer has {field!r}, which a text answer would drop",
+                          "write it into the answer's content (e.g. reasoning as <think>...</think>) or remove it")
+    return message.content
+
+
 def _answer(raw: Any, roles: Roles, key: str) -> str:
     """A response given as a string or a single message object."""
     if isinstance(raw, str):
@@ -416,7 +430,7 @@ def _answer(raw: Any, roles: Roles, key: str) -> str:
         message = roles.message(raw, key)
         if message.role not in _ANSWER_SIDE:
             raise RecordError(key, f"{key!r} is a {message.role!r} turn; the answer must be an assistant turn", "give the answer the assistant role/tag")
-        return message.content
+        return _answer_text(message, key)
     if raw is None:
         raise RecordError(key, f"missing field {key!r}", f"add {key!r}: the answer as a string or message object")
     raise RecordError(key, f"{key!r} must be a string or a message object, got {_type_name(raw)}", f"write {key!r} as a string")
@@ -524,7 +538,7 @@ def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_k
             )
         if rest[0].role not in _ANSWER_SIDE:
             raise RecordError(key, f"the last turn of {key!r} is {rest[0].role!r}, not an assistant answer", "end chosen and rejected with the assistant's answer")
-        answers.append(rest[0].content)
+        answers.append(_answer_text(rest[0], f"{key}[-1]"))  # its last turn
     return list(chosen[:n]), answers[0], answers[1]
 
 
