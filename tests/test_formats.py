@@ -469,3 +469,18 @@ def test_answers_with_tool_calls_reasoning_or_function_role_are_refused(record, 
     with pytest.raises(RecordError) as err:
         record_to_pair(record)
     assert err.value.field == field and err.value.suggestion
+
+
+def test_ultrafeedback_binarized_row_with_a_messages_column_is_read_as_trl():
+    """HuggingFaceH4/ultrafeedback_binarized rows have prompt, chosen, rejected and `messages` (the chosen
+    conversation again); `messages` made the row look like sharegpt, whose prompt then ended with the answer."""
+    chosen = turns(("user", "Q"), ("assistant", "A"))
+    record = {"prompt": "Q", "prompt_id": "abc", "chosen": chosen, "rejected": turns(("user", "Q"), ("assistant", "B")),
+              "messages": chosen, "score_chosen": 8.0, "score_rejected": 5.0}
+    fmt, pair = record_to_pair(record)
+    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
+    assert set(pair.extra) == {"prompt_id", "messages", "score_chosen", "score_rejected"}
+    del record["prompt"]
+    assert record_to_pair(record)[0] == "trl_conversational"
+    sharegpt = {"messages": turns(("user", "Q")), "chosen": turns(("assistant", "A")), "rejected": turns(("assistant", "B"))}
+    assert record_to_pair(sharegpt)[0] == "sharegpt"

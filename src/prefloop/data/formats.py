@@ -136,7 +136,7 @@ AUTO = FormatSpec()
 
 def detect_format(record: Mapping[str, Any]) -> str:
     """The format of one record from its keys and value types (see FORMATS); RecordError if none fits."""
-    if "conversations" in record or "messages" in record:
+    if "conversations" in record or ("messages" in record and not _trl_with_messages_column(record)):
         chosen = record.get("chosen")
         return "sharegpt" if isinstance(chosen, (dict, list)) else "seed"
     if "instruction" in record:
@@ -161,6 +161,19 @@ def detect_format(record: Mapping[str, Any]) -> str:
         f"cannot tell the format: no prompt, and chosen is not an HH transcript (keys: {sorted(record)[:12]})",
         "add a 'prompt' (TRL), 'conversations' (seed/sharegpt) or 'instruction' (alpaca) field; " + FORMATS_HELP,
     )
+
+
+def _trl_with_messages_column(record: Mapping[str, Any]) -> bool:
+    """TRL rows that also carry a `messages` column (UltraFeedback-binarized has prompt, chosen, rejected and
+    messages = the chosen conversation): a `prompt`, or chosen as a whole conversation, makes the row TRL's."""
+    chosen = record.get("chosen")
+    if not isinstance(chosen, list):
+        return False
+    if "prompt" in record:
+        return True
+    first = chosen[0] if chosen else None
+    role = first.get("role", first.get("from")) if isinstance(first, dict) else None
+    return DEFAULT_ROLE_ALIASES.get(role) in ("system", "user") if isinstance(role, str) else False
 
 
 def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
