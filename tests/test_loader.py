@@ -287,3 +287,20 @@ def test_split_count_and_zero():
 def test_split_rejects_bad_sizes(val_size):
     with pytest.raises(DataError, match="val_size"):
         split_validation(make_pairs(20), val_size)
+
+
+def test_a_bad_record_of_a_json_list_is_named_by_line_too(tmp_path):
+    """A .json list has no line per record: the problem says the record and the line it starts on."""
+    path = tmp_path / "list.json"
+    path.write_text('[\n  {"prompt": "q", "chosen": "a", "rejected": "b"},\n  {"prompt": "q",\n'
+                    '   "chosen": 3, "rejected": "b"}, [1, 2],\n  {"prompt": "[x]"}\n]\n')
+    with pytest.raises(DataError) as err:
+        load_pairs(str(path))
+    text = str(err.value)
+    assert f"{path}:3 (record 2): field 'chosen': 'chosen' must be a string" in text
+    assert f"{path}:4 (record 3): expected a JSON object" in text
+    assert f"{path}:5 (record 4): field 'chosen': missing field 'chosen'" in text
+    single = tmp_path / "one.json"
+    single.write_text('\n{"prompt": ["not", "turns"], "chosen": "a", "rejected": "b"}')
+    with pytest.raises(DataError, match=r"one.json:2 \(record 1\): field 'prompt\[0\]'"):
+        load_pairs(str(single))
