@@ -530,3 +530,16 @@ def test_unicode_and_emoji_text_encodes_exactly(chatml):
     e = encode_pair(pair([Message("user", "🙂" * 200)], chosen="🙂" * 90 + "a", rejected="🙂" * 90 + "b"),
                     tokenizer, template, cutoff_len=80)
     assert e is None or len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) <= 80
+
+
+def test_text_already_rendered_with_a_chat_template_is_reported(chatml):
+    """TRL's standard format is raw text, so its prompts are often pre-rendered ("<|im_start|>user\\n...");
+    prefloop renders every prompt through the chat template, which would template them twice: counted and
+    named in the report (the tokenizer reads those strings as control tokens)."""
+    tokenizer, template = chatml
+    rendered = pair([Message("user", "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")],
+                    chosen="Paris.<|im_end|>", rejected="Lyon.")
+    plain = pair(TURNS[-1:], chosen="Paris.<|im_end|>")  # a trailing end of turn alone is removed, not reported
+    _, report = encode_pairs([rendered, plain], tokenizer, template)
+    assert report.control_tokens_in_text == 1 and report.control_tokens_seen == ["<|im_start|>", "<|im_end|>"]
+    assert "rendered again; give plain text" in report.summary() and report.end_of_turn_in_text == 2

@@ -81,6 +81,8 @@ class EncodeReport:
     fields_not_rendered: int = 0  # pairs refused: turns with tool calls/results, names or reasoning the template drops
     end_of_turn_in_text: int = 0  # pairs whose answers (or prompt replies) ended with the end-of-turn/EOS token as text
     empty_responses: int = 0  # kept pairs whose chosen or rejected is empty or whitespace only
+    control_tokens_in_text: int = 0  # pairs whose texts contain the template's control tokens (pre-rendered text?)
+    control_tokens_seen: list[str] = field(default_factory=list)  # which ones, first seen first
     cutoff_len: int | None = None
 
     def drop_reasons(self) -> Counter:
@@ -111,6 +113,11 @@ class EncodeReport:
         if self.end_of_turn_in_text:
             parts.append(f"{self.end_of_turn_in_text} pairs had replies ending with the end-of-turn/EOS token written "
                          "as text; it was removed, so each reply ends with exactly one.")
+        if self.control_tokens_in_text:
+            shown = ", ".join(repr(t) for t in self.control_tokens_seen[:3])
+            parts.append(f"{self.control_tokens_in_text} pairs have chat-template control tokens ({shown}) inside "
+                         "their text, which the tokenizer reads as control tokens: text already rendered with a chat "
+                         "template is rendered again; give plain text.")
         if self.empty_responses:
             parts.append(f"{self.empty_responses} pairs have an empty or whitespace-only answer (trained as the "
                          "end-of-turn token alone); `prefloop data check` lists them.")
@@ -364,7 +371,8 @@ def encode_pairs(
     ctx = _Context.create(tokenizer, template, cutoff_len)
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
         pending = None
-        for batch in _batches(pairs, template, report, _stop_strings(tokenizer, template)):
+        stops, controls = _stop_strings(tokenizer, template), _control_strings(tokenizer, template)
+        for batch in _batches(pairs, template, report, stops, controls):
             texts, rendered, heads = _render_batch(batch, template, ctx.split)
             future = tokenizing.submit(batch_ids, tokenizer, texts)
             if pending is not None:
@@ -376,7 +384,7 @@ def encode_pairs(
     return encoded, report
 
 
-def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[str, ...]):
+def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[str, ...], controls: tuple[str, ...]):
     batch: list[_Work] = []
     for index, pair in enumerate(pairs):
         report.total += 1
@@ -388,6 +396,12 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[s
         chosen, n_chosen = _strip_stop_text(pair.chosen, stops)
         rejected, n_rejected = _strip_stop_text(pair.rejected, stops)
         report.end_of_turn_in_text += bool(stripped or n_chosen or n_rejected)
+        if controls:
+            found = _controls_in([m["content"] for m in messages if isinstance(m.get("content"), str)]
+                                 + [chosen, rejected], controls)
+            if found:
+                report.control_tokens_in_text += 1
+                report.control_tokens_seen += [t for t in found if t not in report.control_tokens_seen]
         work = _Work(pair, _label(pair, index), messages, tools, chosen=chosen, rejected=rejected, index=index)
         if any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt):
             work.drop = _unrendered_reason(pair, work.messages, template)
@@ -408,6 +422,24 @@ def _stop_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
     specials = set(special_strings(tokenizer))
     found = {t for t in (template.end_of_turn, tokenizer.eos_token) if t and t in specials}
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def _control_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
+    """The special tokens the template writes around turns (found in a rendered probe conversation)."""
+    system = {"role": "system", "content": "s"}
+    turns = [{"role": "user", "content": "u?"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "v?"}]
+    text = template.end_of_turn
+    for messages, generation_prompt in (([system, *turns], True), (turns, True), (turns[:2], False)):
+        try:
+            text += template.render(messages, add_generation_prompt=generation_prompt)
+            break
+        except Exception:  # noqa: BLE001 - a template may refuse system turns or these texts: try simpler
+            continue
+    return tuple(t for t in special_strings(tokenizer) if t in text)
+
+
+def _controls_in(texts: list[str], controls: tuple[str, ...]) -> list[str]:
+    return [t for t in controls if any(t in text for text in texts)]
 
 
 def _strip_stop_text(text: str, stops: tuple[str, ...]) -> tuple[str, int]:
