@@ -8,8 +8,11 @@ detected from the record's keys and value types, or declared in `dataset_info.js
 - ``sharegpt``: LLaMA-Factory ranking, ``chosen``/``rejected`` are message objects;
 - ``alpaca``: LLaMA-Factory ranking, ``instruction``/``input``/``chosen``/``rejected``;
 - ``trl_standard``: TRL ``prompt``/``chosen``/``rejected`` strings;
-- ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt;
+- ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt (the turns chosen
+  and rejected share; a string ``prompt`` next to whole conversations must be one of their user turns);
 - ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
+
+An answer is text: an answer turn with tool calls, reasoning or a function-call role is refused.
 
 A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
 """
