@@ -191,3 +191,24 @@ def test_unknown_dataset_and_options_needing_a_tokenizer(capsys, tmp_path):
     assert "seed_example" in capsys.readouterr().err  # lists the known names
     assert main(["data", "check", str(EXAMPLES / "trl_standard.jsonl"), "--cutoff-len", "64"]) == 2
     assert "need --tokenizer" in capsys.readouterr().err
+
+
+def test_token_report_names_what_encoding_will_fix_or_drop(capsys, tokenizer_dir, tmp_path):
+    """Answers ending with the EOS written as text (removed in training), identical answers (dropped), and a
+    declared column no record has (exit 2 naming it)."""
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Capital of France?", "chosen": "Paris.<|im_end|>", "rejected": "Lyon."},
+        {"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Rome."},
+    ]))
+    code, report = run_json(capsys, str(data), "--tokenizer", tokenizer_dir)
+    tokens = report["tokens"]
+    assert code == 0 and tokens["encoded"] == 1 and tokens["end_of_turn_in_text"] == 1
+    assert tokens["not_encodable"][0]["reason"].startswith("identical answers")
+    assert main(["data", "check", str(data), "--tokenizer", tokenizer_dir]) == 0
+    assert "1 pairs end replies with the end-of-turn/EOS token written as text" in capsys.readouterr().out
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"p": {
+        "file_name": "prefs.jsonl", "formatting": "trl", "ranking": True,
+        "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system_prompt"}}}))
+    assert main(["data", "check", "p", "--dataset-dir", str(tmp_path)]) == 2
+    assert "'system': 'system_prompt', but no record" in capsys.readouterr().err

@@ -326,3 +326,220 @@ def test_tools_reach_a_template_that_renders_them():
     encoded, report = encode_pairs([p], tokenizer, template)
     assert report.tools_ignored == 0
     assert tokenizer.decode(encoded[0].prompt_ids).startswith('TOOLS: [{"name": "search"}]')
+
+
+# -- peers' bug reports replayed ---------------------------------------------------------------
+
+
+def test_end_of_turn_written_in_the_data_is_not_doubled(chatml):
+    """TRL #4481 and its add_eos: data prepared for a trainer that appends EOS ends answers with it; the
+    template writes the end of turn too, so it was doubled ("...<|im_end|><|im_end|>")."""
+    tokenizer, template = chatml
+    clean = pair([Message("user", "Hi"), Message("assistant", "Hello."), Message("user", "Capital of France?")],
+                 chosen="Paris.", rejected="Lyon.")
+    written = pair([Message("user", "Hi"), Message("assistant", "Hello.<|im_end|>"), Message("user", "Capital of France?")],
+                   chosen="Paris.<|im_end|>", rejected="Lyon. <|im_end|>\n")
+    (expected, got), report = encode_pairs([clean, written], tokenizer, template)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert got.chosen_ids == expected.chosen_ids and got.chosen_ids.count(end) == 1
+    assert got.prompt_ids == expected.prompt_ids
+    assert got.rejected_ids == ids(tokenizer, "Lyon. <|im_end|>")  # the space before it is the answer's
+    assert report.end_of_turn_in_text == 1 and "ending with the end-of-turn/EOS token written as text" in report.summary()
+
+
+@pytest.mark.parametrize("name", ["alpaca", "mistral", "llama3"])
+def test_eos_written_in_the_data_is_not_doubled_by_builtin_templates(name):
+    tokenizer = tokenizer_like(name)
+    template = get_template(name, tokenizer)
+    stop = template.end_of_turn
+    clean = pair(TURNS[-1:], chosen="Berlin.", rejected="Paris.")
+    written = pair(TURNS[-1:], chosen="Berlin." + stop, rejected="Paris." + stop + stop)
+    (expected, got), report = encode_pairs([clean, written], tokenizer, template)
+    assert (got.prompt_ids, got.chosen_ids, got.rejected_ids) == (
+        expected.prompt_ids, expected.chosen_ids, expected.rejected_ids)
+    assert got.chosen_ids.count(tokenizer.convert_tokens_to_ids(stop)) == 1 and report.end_of_turn_in_text == 1
+
+
+def test_plain_text_endings_are_not_mistaken_for_an_end_of_turn():
+    """Only special tokens are removed: a template whose replies end with plain text keeps answers as written."""
+    own = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q: ' + m['content'] + '\nA: ' }}"
+           "{% else %}{{ m['content'] + '\n###\n' }}{% endif %}{% endfor %}")
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    template = get_template(None, tokenizer)
+    p = pair([Message("user", "Hi")], chosen="Hello ###", rejected="No")
+    encoded, report = encode_pairs([p], tokenizer, template)
+    assert report.end_of_turn_in_text == 0
+    assert_exact(encoded[0], tokenizer, template, p)
+
+
+def bos_adding_llama3_tokenizer(chat_template):
+    """Llama-3-like: the tokenizer's post-processor adds <|begin_of_text|> (add_special_tokens=True) and
+    the chat template writes it too; tokenizing the rendering the default way gives two."""
+    from tokenizers import processors
+
+    tokenizer = tokenizer_like("llama3", chat_template=chat_template)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tokenizer.bos_token_id)])
+    assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
+    return tokenizer
+
+
+LLAMA3_OWN = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("name", [None, "llama3"])
+def test_bos_written_by_the_template_appears_once(name):
+    """TRL #1885 / axolotl #1616 / reward-bench #164: the BOS of the template plus the BOS of the tokenizer."""
+    tokenizer = bos_adding_llama3_tokenizer(LLAMA3_OWN)
+    template = get_template(name, tokenizer)
+    p = pair(CONVERSATIONS["multi-turn+system"])
+    encoded, _ = encode_pairs([p], tokenizer, template, cutoff_len=40)  # truncation keeps it once too
+    for e in (encode_pair(p, tokenizer, template), encoded[0]):
+        for response in (e.chosen_ids, e.rejected_ids):
+            full = e.prompt_ids + response
+            assert full.count(tokenizer.bos_token_id) == 1 and full[0] == tokenizer.bos_token_id
+    # Equal to what apply_chat_template(tokenize=True) gives (no special tokens added to the rendering).
+    prompt = tokenizer.apply_chat_template(p.prompt_messages(), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]
+    assert encode_pair(p, tokenizer, get_template(None, tokenizer)).prompt_ids == prompt
+
+
+def test_no_bos_is_added_when_the_template_writes_none():
+    """ChatML writes no BOS: the encoder adds none even if the tokenizer would (as apply_chat_template)."""
+    tokenizer = bos_adding_llama3_tokenizer(CHATML_TEMPLATE)
+    template = get_template(None, tokenizer)
+    e = encode_pair(pair(TURNS[-1:]), tokenizer, template)
+    assert tokenizer.bos_token_id not in e.prompt_ids + e.chosen_ids + e.rejected_ids
+
+
+def test_generation_prompt_ending_with_a_space_keeps_one_prompt_for_both_answers():
+    """TRL #1153 / #2054: "[/INST] " + "$46" merges differently than "[/INST] " + "46": tokenizing prompt and
+    answer separately changes the text, and the prompt tokens of chosen and rejected differed. Here both
+    answers share one prompt and prompt + answer is exactly the tokenized conversation."""
+    own = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST] ' }}"
+           "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    template = get_template(None, tokenizer)
+    for chosen, rejected in (("46 as of 10am", "$46 as of 10am"), (" leading space", "no space"), ("\nnewline", "ok")):
+        p = pair([Message("user", "How is the stock price?")], chosen=chosen, rejected=rejected)
+        e = encode_pair(p, tokenizer, template)
+        for response, response_ids in ((chosen, e.chosen_ids), (rejected, e.rejected_ids)):
+            assert e.prompt_ids + response_ids == ids(tokenizer, template.training_text(p.messages(response)))
+            assert response_ids[-1] == tokenizer.eos_token_id and response_ids.count(tokenizer.eos_token_id) == 1
+
+
+def test_a_prompt_merged_whole_into_the_answer_is_dropped_not_crashing_the_batch():
+    """A template that writes the prompt bare, and an answer that merges with it into one token: no prompt
+    token is left to predict the answer from (collate would refuse the batch mid-training)."""
+    tokenizer = build_tiny_tokenizer(chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    template = get_template(None, tokenizer)
+    merged = pair([Message("user", "#")], chosen="## Title", rejected="## Other", id="merged")
+    fine = pair([Message("user", "Hi")], chosen=" there", rejected=" you", id="fine")
+    encoded, report = encode_pairs([merged, fine], tokenizer, template)
+    assert [e.id for e in encoded] == ["fine"] and all(e.prompt_ids for e in encoded)
+    assert report.dropped[0].id == "merged" and report.dropped[0].reason.startswith("empty prompt after tokenization")
+
+
+def test_identical_answers_are_dropped_and_counted(chatml):
+    tokenizer, template = chatml
+    pairs = [pair(TURNS[-1:], chosen="Same.", rejected="Same.", id="same"), pair(TURNS[-1:], id="ok")]
+    encoded, report = encode_pairs(pairs, tokenizer, template)
+    assert [e.id for e in encoded] == ["ok"]
+    assert report.drop_reasons() == {"identical answers": 1} and "1 identical answers (e.g. same)" in report.summary()
+
+
+def test_whitespace_answers_that_a_trimming_template_renders_alike_are_identical():
+    tokenizer = tokenizer_like("llama3")
+    template = get_template("llama3", tokenizer)  # trims contents
+    encoded, report = encode_pairs([pair(TURNS[-1:], chosen="Berlin. ", rejected=" Berlin.")], tokenizer, template)
+    assert encoded == [] and report.drop_reasons() == {"identical answers": 1}
+
+
+def test_empty_answers_are_kept_and_counted(chatml):
+    tokenizer, template = chatml
+    p = pair(TURNS[-1:], chosen="Berlin.", rejected="  ")
+    encoded, report = encode_pairs([p], tokenizer, template)
+    assert_exact(encoded[0], tokenizer, template, p)
+    assert report.empty_responses == 1 and "empty or whitespace-only answer" in report.summary()
+
+
+def test_pad_token_equal_to_eos_does_not_mask_the_final_eos():
+    """pad == eos (SmolLM2 ships it; load_tokenizer sets it when a tokenizer has no pad): labels and masks
+    come from lengths, so the answers' final EOS is trained and only real padding is -100."""
+    from prefloop.train.collate import IGNORE_INDEX, collate_pairs
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    template = get_template(None, tokenizer)
+    eos = tokenizer.eos_token_id
+    encoded, _ = encode_pairs([pair(TURNS[-1:], chosen="Berlin.", rejected="Paris, I think so."),
+                               pair(TURNS, chosen="Bonn?", rejected="No.")], tokenizer, template)
+    features = [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids}
+                for e in encoded]
+    batch = collate_pairs(features, "padded", tokenizer.pad_token_id)
+    rows = [(f["prompt_ids"], f[key]) for key in ("chosen_ids", "rejected_ids") for f in features]
+    for r, (prompt, response) in enumerate(rows):
+        n = len(prompt) + len(response)
+        labels = batch["labels"][r].tolist()
+        assert labels[:len(prompt)] == [IGNORE_INDEX] * len(prompt)  # prompt (its <|im_end|> included)
+        assert labels[len(prompt):n] == response and labels[n - 1] == eos  # the final EOS is a target
+        assert labels[n:] == [IGNORE_INDEX] * (len(labels) - n)  # padding, also the eos id, is not
+        assert batch["attention_mask"][r].tolist() == [1] * n + [0] * (len(labels) - n)
+    assert int((batch["target_ids"] == eos).sum()) == 4  # one EOS per answer
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "llama3", "mistral"])
+def test_truncation_never_leaves_an_empty_part_and_counts_every_pair(name):
+    """LLaMA-Factory cut the prompt's end (the generation prompt) and TRL keep_start dropped pairs whose
+    prompt fills max_length silently, or left answers of zero tokens: at every cutoff, a kept pair has a
+    prompt and two different, non-empty answers within the cutoff, and every other pair is reported."""
+    tokenizer = build_tiny_tokenizer() if name == "tokenizer" else tokenizer_like(name)
+    template = get_template(None if name == "tokenizer" else name, tokenizer)
+    pairs = [
+        pair([SYSTEM, Message("user", long_text(120))], chosen=long_text(40), rejected="Short.", id="long-prompt"),
+        pair(TURNS, chosen=long_text(90), rejected=long_text(80) + " end", id="long-answers"),
+        pair([Message("system", long_text(60)), Message("user", "Hi")], chosen="Yes.", rejected="No.", id="long-system"),
+        pair(TURNS[-1:], id="short"),
+    ]
+    for cutoff in range(4, 130, 7):
+        encoded, report = encode_pairs(pairs, tokenizer, template, cutoff_len=cutoff)
+        assert report.kept + len(report.dropped) == report.total == len(pairs)
+        assert all(d.reason for d in report.dropped)
+        for e in encoded:
+            assert e.prompt_ids and e.chosen_ids and e.rejected_ids and e.chosen_ids != e.rejected_ids
+            assert len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) <= cutoff
+            # What follows the last user message (its end of turn, the generation prompt) is never cut;
+            # these templates start it with a control token, so it tokenizes the same on its own.
+            p = pairs[e.index]
+            rendered = template.render(p.prompt_messages(), add_generation_prompt=True)
+            last = p.prompt[-1].content
+            tail = ids(tokenizer, rendered[rendered.rfind(last) + len(last):])
+            assert e.prompt_ids[-len(tail):] == tail
+
+
+def test_unicode_and_emoji_text_encodes_exactly(chatml):
+    tokenizer, template = chatml
+    p = pair([Message("user", "Traduis « 你好 » 🙂, s'il te plaît — e\u0301")], chosen="🙂👍🏽 « bonjour »",
+             rejected="\u00e9\u0301 字")
+    assert_exact(encode_pair(p, tokenizer, template), tokenizer, template, p)
+    # cut inside multi-byte characters: the shares stay within the cutoff and the pair stays distinct
+    e = encode_pair(pair([Message("user", "🙂" * 200)], chosen="🙂" * 90 + "a", rejected="🙂" * 90 + "b"),
+                    tokenizer, template, cutoff_len=80)
+    assert e is None or len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) <= 80
+
+
+def test_text_already_rendered_with_a_chat_template_is_reported(chatml):
+    """TRL's standard format is raw text, so its prompts are often pre-rendered ("<|im_start|>user\\n...");
+    prefloop renders every prompt through the chat template, which would template them twice: counted and
+    named in the report (the tokenizer reads those strings as control tokens)."""
+    tokenizer, template = chatml
+    rendered = pair([Message("user", "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\n")],
+                    chosen="Paris.<|im_end|>", rejected="Lyon.")
+    plain = pair(TURNS[-1:], chosen="Paris.<|im_end|>")  # a trailing end of turn alone is removed, not reported
+    _, report = encode_pairs([rendered, plain], tokenizer, template)
+    assert report.control_tokens_in_text == 1 and report.control_tokens_seen == ["<|im_start|>", "<|im_end|>"]
+    assert "rendered again; give plain text" in report.summary() and report.end_of_turn_in_text == 2

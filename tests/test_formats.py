@@ -127,6 +127,50 @@ def test_alpaca_custom_columns():
     assert (fmt, roles(pair), pair.chosen) == ("alpaca", [("user", "Q")], "A")
 
 
+def test_sharegpt_system_turn_and_system_column():
+    """LLaMA-Factory takes a leading system turn (its `system_tag`) as the system prompt; a `system` column
+    with the same text agrees with it; a different one is an error naming the column, not a silent pick."""
+    base = {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "q"}],
+            "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}
+    assert roles(record_to_pair(base)[1]) == [("system", "S"), ("user", "q")]
+    assert roles(record_to_pair({**base, "system": "S"})[1]) == [("system", "S"), ("user", "q")]
+    with pytest.raises(RecordError) as err:
+        record_to_pair({**base, "system": "Other"})
+    assert err.value.field == "system" and "different texts" in err.value.message
+
+
+def test_sharegpt_tags_with_a_role_tag_only_find_the_text():
+    spec = FormatSpec("sharegpt", {"messages": "dialog", "chosen": "c", "rejected": "r"}, {"role_tag": "speaker"})
+    record = {"dialog": [{"speaker": "user", "text": "Q"}], "c": {"speaker": "assistant", "text": "A"},
+              "r": {"speaker": "assistant", "text": "B"}}
+    _, pair = make_reader(spec)(record)
+    assert roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
+
+
+def test_openai_formatting_of_dataset_info():
+    """LLaMA-Factory's `formatting: openai` (role/content messages, the first may be the system prompt)."""
+    spec = FormatSpec("openai", {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+                      {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+                       "system_tag": "system"})
+    record = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+              "chosen": {"role": "assistant", "content": "A"}, "rejected": {"role": "assistant", "content": "B"}}
+    fmt, pair = make_reader(spec)(record)
+    assert fmt == "sharegpt" and roles(pair) == [("system", "S"), ("user", "Q")]
+    assert (pair.chosen, pair.rejected) == ("A", "B")
+
+
+def test_alpaca_like_llama_factory_converter():
+    """LLaMA-Factory's AlpacaDatasetConverter: history pairs first, then "instruction\\ninput" (an empty part
+    left out), the system column, and the tools column."""
+    spec = FormatSpec("alpaca", {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
+                                 "system": "system", "history": "history", "tools": "tools"})
+    record = {"instruction": "", "input": "25 C", "chosen": "77 F", "rejected": "45 F", "system": "Be exact.",
+              "history": [["Convert 100 C.", "212 F."]], "tools": [{"name": "convert"}]}
+    _, pair = make_reader(spec)(record)
+    assert roles(pair) == [("system", "Be exact."), ("user", "Convert 100 C."), ("assistant", "212 F."), ("user", "25 C")]
+    assert json.loads(pair.tools) == [{"name": "convert"}] and pair.extra == {}
+
+
 # --- TRL -----------------------------------------------------------------------------------
 
 
@@ -180,6 +224,77 @@ def test_trl_implicit_prompt_that_differs_before_the_answer_is_an_error():
     assert "share every turn except the final assistant answer" in err.value.suggestion
 
 
+def turns(*pairs):
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+def test_trl_prompt_string_next_to_conversations_with_a_system_turn():
+    """TRL's maybe_extract_prompt ignores a string prompt next to whole conversations and takes the turns
+    chosen and rejected share: a system turn in them stays first (it used to become a second system turn
+    after the string prompt: "a system turn may only come first")."""
+    shared = turns(("system", "Be brief."), ("user", "What color is the sky?"))
+    record = {"prompt": "What color is the sky?",
+              "chosen": shared + turns(("assistant", "Blue.")), "rejected": shared + turns(("assistant", "Green."))}
+    fmt, pair = record_to_pair(record)
+    assert fmt == "trl_conversational"
+    assert roles(pair) == [("system", "Be brief."), ("user", "What color is the sky?")]
+    assert (pair.chosen, pair.rejected) == ("Blue.", "Green.")
+
+
+def test_trl_prompt_string_that_is_the_first_question_of_a_multi_turn_conversation():
+    """Capybara-style rows: `prompt` holds the first user message, chosen/rejected the whole dialogue."""
+    shared = turns(("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"))
+    record = {"prompt": "Hi ", "chosen": shared + turns(("assistant", "4")), "rejected": shared + turns(("assistant", "5"))}
+    _, pair = record_to_pair(record)
+    assert roles(pair) == [("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?")]
+    assert (pair.chosen, pair.rejected) == ("4", "5")
+
+
+def test_trl_prompt_string_that_disagrees_with_the_conversation_is_an_error():
+    shared = turns(("user", "What color is the sky?"))
+    record = {"prompt": "Name a fruit.",
+              "chosen": shared + turns(("assistant", "Blue.")), "rejected": shared + turns(("assistant", "Green."))}
+    with pytest.raises(RecordError) as err:
+        record_to_pair(record)
+    assert err.value.field == "prompt" and "not one of the user turns they share" in err.value.message
+
+
+def test_trl_prompt_string_with_answer_turns_only_is_the_user_turn():
+    record = {"prompt": "Q", "chosen": turns(("assistant", "A")), "rejected": turns(("assistant", "B"))}
+    _, pair = record_to_pair(record)
+    assert roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
+
+
+def test_trl_explicit_prompt_with_answers_sharing_turns_beyond_it():
+    """chosen and rejected share an answer and a follow-up question after the explicit prompt: the shared
+    turns join the prompt (identical tokens in an identical context cancel in every pairwise loss), and
+    the pair's answers are the final turns that differ."""
+    record = {
+        "prompt": turns(("user", "Hi")),
+        "chosen": turns(("assistant", "Hello"), ("user", "2+2?"), ("assistant", "4")),
+        "rejected": turns(("assistant", "Hello"), ("user", "2+2?"), ("assistant", "5")),
+    }
+    _, pair = record_to_pair(record)
+    assert roles(pair) == [("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?")]
+    assert (pair.chosen, pair.rejected) == ("4", "5")
+
+
+def test_trl_implicit_prompt_when_one_conversation_extends_the_other_is_an_error():
+    """TRL #6472: extract_prompt leaked the last shared turn into the answers when one completion is a prefix
+    of the other; here such a row is refused, naming the field, instead of training on a wrong split."""
+    base = turns(("user", "Hi"), ("assistant", "Hello"))
+    record = {"chosen": base, "rejected": base + turns(("user", "More?"), ("assistant", "No."))}
+    with pytest.raises(RecordError) as err:
+        record_to_pair(record)
+    assert err.value.field == "rejected" and "expected one answer" in err.value.message
+
+
+def test_trl_implicit_prompt_of_identical_conversations_reads_identical_answers():
+    conversation = turns(("user", "Q"), ("assistant", "Same."))
+    _, pair = record_to_pair({"chosen": conversation, "rejected": conversation})
+    assert roles(pair) == [("user", "Q")] and pair.chosen == pair.rejected == "Same."  # encode drops it, counted
+
+
 # --- Anthropic HH --------------------------------------------------------------------------
 
 
@@ -202,6 +317,28 @@ def test_hh_empty_final_answer_is_read_and_left_to_the_quality_check():
 def test_hh_text_before_first_turn_is_an_error():
     with pytest.raises(RecordError, match="before the first 'Human:'"):
         record_to_pair({"chosen": "\n\nPreamble\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: Q\n\nAssistant: B"}, FormatSpec("hh"))
+
+
+def test_hh_marker_quoted_inside_a_turn_stays_in_its_text():
+    """A "\\n\\nHuman:" inside the user's own message (or "\\n\\nAssistant:" inside the answer) cannot start a
+    turn of an alternating dialogue: it is kept as text, exactly as written."""
+    question = 'Repeat after me: "\n\nHuman: hello"'
+    fmt, pair = record_to_pair({
+        "chosen": f"\n\nHuman: {question}\n\nAssistant: Sure.\n\nAssistant: is my name.",
+        "rejected": f"\n\nHuman: {question}\n\nAssistant: No.",
+    })
+    assert fmt == "hh"
+    assert roles(pair) == [("user", question)]
+    assert (pair.chosen, pair.rejected) == ("Sure.\n\nAssistant: is my name.", "No.")
+
+
+def test_hh_transcripts_that_differ_before_the_last_answer_are_an_error():
+    """The split must not put a differing earlier turn into the prompt (an empty or wrong answer would
+    follow, as with a right-most "Assistant:" split); the record is refused and names the field."""
+    with pytest.raises(RecordError) as err:
+        record_to_pair({"chosen": "\n\nHuman: Q1\n\nAssistant: A\n\nHuman: Q2\n\nAssistant: good",
+                        "rejected": "\n\nHuman: Q1\n\nAssistant: B\n\nHuman: Q2\n\nAssistant: bad"})
+    assert err.value.field == "chosen" and "expected one answer" in err.value.message
 
 
 # --- detection and errors ------------------------------------------------------------------
@@ -310,3 +447,40 @@ def test_write_seed_jsonl(tmp_path):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
     assert json.loads(lines[0])["round"] == 3
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"prompt": [{"role": "user", "content": "Q"}],
+          "chosen": [{"role": "assistant", "content": "A", "reasoning_content": "because"}],
+          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen[-1].reasoning_content"),
+        ({"prompt": [{"role": "user", "content": "Weather?"}],
+          "chosen": [{"role": "assistant", "content": None,
+                      "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}],
+          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen[-1].tool_calls"),
+        ({"conversations": [{"from": "human", "value": "Weather?"}], "chosen": {"from": "function_call", "value": "{}"},
+          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen"),
+    ],
+)
+def test_answers_with_tool_calls_reasoning_or_function_role_are_refused(record, field):
+    """The answer of a pair is text: reasoning or tool calls attached to it would be dropped silently, and a
+    function-call answer would be trained as plain assistant text, so such rows are refused by field."""
+    with pytest.raises(RecordError) as err:
+        record_to_pair(record)
+    assert err.value.field == field and err.value.suggestion
+
+
+def test_ultrafeedback_binarized_row_with_a_messages_column_is_read_as_trl():
+    """HuggingFaceH4/ultrafeedback_binarized rows have prompt, chosen, rejected and `messages` (the chosen
+    conversation again); `messages` made the row look like sharegpt, whose prompt then ended with the answer."""
+    chosen = turns(("user", "Q"), ("assistant", "A"))
+    record = {"prompt": "Q", "prompt_id": "abc", "chosen": chosen, "rejected": turns(("user", "Q"), ("assistant", "B")),
+              "messages": chosen, "score_chosen": 8.0, "score_rejected": 5.0}
+    fmt, pair = record_to_pair(record)
+    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
+    assert set(pair.extra) == {"prompt_id", "messages", "score_chosen", "score_rejected"}
+    del record["prompt"]
+    assert record_to_pair(record)[0] == "trl_conversational"
+    sharegpt = {"messages": turns(("user", "Q")), "chosen": turns(("assistant", "A")), "rejected": turns(("assistant", "B"))}
+    assert record_to_pair(sharegpt)[0] == "sharegpt"

@@ -95,6 +95,56 @@ def test_every_registered_example_loads_with_its_declared_format():
         assert len(result.pairs) >= 2
 
 
+def info(tmp_path, **entries):
+    (tmp_path / "dataset_info.json").write_text(json.dumps(entries))
+    return str(tmp_path)
+
+
+def alpaca(i, **extra):
+    return {"instruction": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}", **extra}
+
+
+def test_dataset_info_ranking_alpaca_with_every_column(tmp_path):
+    """LLaMA-Factory's documented alpaca ranking entry: prompt/query/chosen/rejected/system/history columns."""
+    jsonl(tmp_path / "a.jsonl", [alpaca(1, input="x", system="S", history=[["h", "i"]]), alpaca(2)])
+    columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
+               "system": "system", "history": "history"}
+    result = load_pairs("a", dataset_dir=info(tmp_path, a={"file_name": "a.jsonl", "ranking": True, "columns": columns}))
+    assert [(m.role, m.content) for m in result.pairs[0].prompt] == [
+        ("system", "S"), ("user", "h"), ("assistant", "i"), ("user", "question 1\nx")]
+    assert [(m.role, m.content) for m in result.pairs[1].prompt] == [("user", "question 2")]
+
+
+def test_declared_optional_column_that_no_record_has_is_an_error(tmp_path):
+    """A misspelt optional column (system, history, query, tools) would drop its text from every prompt
+    without a word; LLaMA-Factory refuses a declared column missing from the data, and so does prefloop."""
+    jsonl(tmp_path / "a.jsonl", [alpaca(1, system="S"), alpaca(2)])
+    entry = {"file_name": "a.jsonl", "ranking": True,
+             "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected", "system": "sytem"}}
+    with pytest.raises(DataError, match="declares the column\\(s\\) 'system': 'sytem', but no record"):
+        load_pairs("a", dataset_dir=info(tmp_path, a=entry))
+    entry["columns"]["system"] = "system"  # present in one record of two: fine
+    result = load_pairs("a", dataset_dir=info(tmp_path, a=entry))
+    assert [p.system for p in result.pairs] == ["S", None]
+
+
+def test_media_and_kto_columns_are_refused(tmp_path):
+    jsonl(tmp_path / "a.jsonl", [alpaca(1)])
+    entry = {"file_name": "a.jsonl", "ranking": True, "columns": {"prompt": "instruction", "images": "images"}}
+    with pytest.raises(DataError, match="columns 'images' are not supported"):
+        load_pairs("a", dataset_dir=info(tmp_path, a=entry))
+
+
+def test_openai_formatting_loads(tmp_path):
+    record = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+              "chosen": {"role": "assistant", "content": "A"}, "rejected": {"role": "assistant", "content": "B"}}
+    (tmp_path / "o.json").write_text(json.dumps([record]))
+    entry = {"file_name": "o.json", "formatting": "openai", "ranking": True,
+             "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}}
+    result = load_pairs("o", dataset_dir=info(tmp_path, o=entry))
+    assert [(m.role, m.content) for m in result.pairs[0].prompt] == [("system", "S"), ("user", "Q")]
+
+
 def test_custom_columns_need_their_declaration():
     with pytest.raises(DataError, match="declare them as 'columns' in dataset_info.json"):
         load_pairs(str(EXAMPLES / "support_custom_tags.json"))
@@ -237,3 +287,20 @@ def test_split_count_and_zero():
 def test_split_rejects_bad_sizes(val_size):
     with pytest.raises(DataError, match="val_size"):
         split_validation(make_pairs(20), val_size)
+
+
+def test_a_bad_record_of_a_json_list_is_named_by_line_too(tmp_path):
+    """A .json list has no line per record: the problem says the record and the line it starts on."""
+    path = tmp_path / "list.json"
+    path.write_text('[\n  {"prompt": "q", "chosen": "a", "rejected": "b"},\n  {"prompt": "q",\n'
+                    '   "chosen": 3, "rejected": "b"}, [1, 2],\n  {"prompt": "[x]"}\n]\n')
+    with pytest.raises(DataError) as err:
+        load_pairs(str(path))
+    text = str(err.value)
+    assert f"{path}:3 (record 2): field 'chosen': 'chosen' must be a string" in text
+    assert f"{path}:4 (record 3): expected a JSON object" in text
+    assert f"{path}:5 (record 4): field 'chosen': missing field 'chosen'" in text
+    single = tmp_path / "one.json"
+    single.write_text('\n{"prompt": ["not", "turns"], "chosen": "a", "rejected": "b"}')
+    with pytest.raises(DataError, match=r"one.json:2 \(record 1\): field 'prompt\[0\]'"):
+        load_pairs(str(single))

@@ -79,6 +79,11 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     }
     if full.tools_ignored:
         report["tools_ignored"] = full.tools_ignored
+    for key in ("end_of_turn_in_text", "empty_responses", "boundary_moved", "control_tokens_in_text"):
+        if getattr(full, key):
+            report[key] = getattr(full, key)
+    if full.control_tokens_in_text:
+        report["control_tokens_seen"] = full.control_tokens_seen
     report["fields_not_rendered"] = full.fields_not_rendered
     kept_indices = {e.index for e in encoded}
     if cutoff_len is not None:
@@ -177,6 +182,16 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
                          f"names or reasoning that the {tokens['template']} template does not render")
         if tokens.get("tools_ignored"):
             lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
+        if tokens.get("end_of_turn_in_text"):
+            lines.append(f"  {tokens['end_of_turn_in_text']} pairs end replies with the end-of-turn/EOS token written "
+                         "as text; training removes it (the template writes one)")
+        if tokens.get("control_tokens_in_text"):
+            shown = ", ".join(repr(t) for t in tokens["control_tokens_seen"][:3])
+            lines.append(f"  {tokens['control_tokens_in_text']} pairs have chat-template control tokens ({shown}) in "
+                         "their text: already rendered with a template? give plain text (prefloop renders it)")
+        if tokens.get("boundary_moved"):
+            lines.append(f"  {tokens['boundary_moved']} pairs: the tokenizer merges the end of the prompt with the "
+                         "start of the answer; the merged token is trained as part of the answer")
         cut = tokens.get("cutoff")
         if cut:
             lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['over_cutoff']} pairs are longer; "

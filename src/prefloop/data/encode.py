@@ -15,7 +15,15 @@ The prompt ids are the tokens of the generation prompt (`render(prompt, add_gene
 When a tokenizer merges the last prompt characters with the first response characters into one
 token (rare: e.g. a response starting with whitespace after a prompt ending with whitespace), the
 boundary moves left to the last token both full sequences share with the prompt; such pairs are
-counted in the report (`boundary_moved`).
+counted in the report (`boundary_moved`). A pair left with no prompt token is dropped (the first
+answer token would have nothing to be predicted from).
+
+Data written for trainers that append EOS themselves ends answers with the EOS / end-of-turn token
+as text; the template writes it too, so it would be doubled. Such trailing special tokens are
+removed from answers and from the prompt's assistant turns before rendering (counted:
+`end_of_turn_in_text`); plain-text endings are never touched. A pair whose chosen and rejected have
+the same token ids carries no preference and is dropped ("identical answers"); pairs with an empty
+or whitespace-only answer are kept and counted (`empty_responses`).
 
 Truncation to `cutoff_len` (the longer of prompt+chosen and prompt+rejected must fit):
 1. budgets: the responses keep up to max(cutoff_len - prompt, cutoff_len // 2) tokens, the
@@ -43,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prefloop.data.schema import EncodedPair, PreferencePair
-from prefloop.data.template import ChatTemplate, kind_text
+from prefloop.data.template import ChatTemplate, kind_text, special_strings
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
@@ -71,6 +79,10 @@ class EncodeReport:
     boundary_moved: int = 0  # prompt/response boundary moved to a token boundary
     tools_ignored: int = 0  # pairs with tools whose template does not render tools
     fields_not_rendered: int = 0  # pairs refused: turns with tool calls/results, names or reasoning the template drops
+    end_of_turn_in_text: int = 0  # pairs whose answers (or prompt replies) ended with the end-of-turn/EOS token as text
+    empty_responses: int = 0  # kept pairs whose chosen or rejected is empty or whitespace only
+    control_tokens_in_text: int = 0  # pairs whose texts contain the template's control tokens (pre-rendered text?)
+    control_tokens_seen: list[str] = field(default_factory=list)  # which ones, first seen first
     cutoff_len: int | None = None
 
     def drop_reasons(self) -> Counter:
@@ -98,6 +110,17 @@ class EncodeReport:
             )
         if self.tools_ignored:
             parts.append(f"{self.tools_ignored} pairs have tools that this template does not render.")
+        if self.end_of_turn_in_text:
+            parts.append(f"{self.end_of_turn_in_text} pairs had replies ending with the end-of-turn/EOS token written "
+                         "as text; it was removed, so each reply ends with exactly one.")
+        if self.control_tokens_in_text:
+            shown = ", ".join(repr(t) for t in self.control_tokens_seen[:3])
+            parts.append(f"{self.control_tokens_in_text} pairs have chat-template control tokens ({shown}) inside "
+                         "their text, which the tokenizer reads as control tokens: text already rendered with a chat "
+                         "template is rendered again; give plain text.")
+        if self.empty_responses:
+            parts.append(f"{self.empty_responses} pairs have an empty or whitespace-only answer (trained as the "
+                         "end-of-turn token alone); `prefloop data check` lists them.")
         if self.fields_not_rendered:
             parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "
                          "reasoning that this template does not render.")
@@ -114,6 +137,8 @@ class _Work:
     label: str
     messages: list[dict]
     tools: object = None
+    chosen: str = ""
+    rejected: str = ""
     index: int = -1  # position in the input
     prompt_ids: list[int] | None = None
     chosen_ids: list[int] | None = None
@@ -147,10 +172,8 @@ def _render_batch(items: list[_Work], template: ChatTemplate, split: PromptSplit
             continue
         try:
             prompt = template.render(w.messages, add_generation_prompt=True, tools=w.tools)
-            chosen = template.training_text(w.messages + [{"role": "assistant", "content": w.pair.chosen}], w.tools)
-            rejected = template.training_text(
-                w.messages + [{"role": "assistant", "content": w.pair.rejected}], w.tools
-            )
+            chosen = template.training_text(w.messages + [{"role": "assistant", "content": w.chosen}], w.tools)
+            rejected = template.training_text(w.messages + [{"role": "assistant", "content": w.rejected}], w.tools)
         except Exception as err:  # noqa: BLE001 - a template error is reported per pair
             w.drop = f"template error: {err}"
             continue
@@ -191,6 +214,10 @@ def _split(rendered: list[_Work], heads: list[bool], ids: list[list[int]], ctx: 
             w.boundary_moved = True
         if k == len(c) or k == len(r):
             w.drop = "empty response after tokenization"
+            continue
+        if k == 0:  # no prompt token left to predict the first response token from
+            w.drop = ("empty prompt after tokenization: the tokenizer merged the whole prompt with the start of "
+                      "the answer into one token")
             continue
         w.prompt_ids, w.chosen_ids, w.rejected_ids = c[:k], c[k:], r[k:]
 
@@ -344,7 +371,8 @@ def encode_pairs(
     ctx = _Context.create(tokenizer, template, cutoff_len)
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
         pending = None
-        for batch in _batches(pairs, template, report):
+        stops, controls = _stop_strings(tokenizer, template), _control_strings(tokenizer, template)
+        for batch in _batches(pairs, template, report, stops, controls):
             texts, rendered, heads = _render_batch(batch, template, ctx.split)
             future = tokenizing.submit(batch_ids, tokenizer, texts)
             if pending is not None:
@@ -356,7 +384,7 @@ def encode_pairs(
     return encoded, report
 
 
-def _batches(pairs, template: ChatTemplate, report: EncodeReport):
+def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[str, ...], controls: tuple[str, ...]):
     batch: list[_Work] = []
     for index, pair in enumerate(pairs):
         report.total += 1
@@ -364,7 +392,17 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
         if tools is not None and not template.supports_tools:
             report.tools_ignored += 1
             tools = None
-        work = _Work(pair, _label(pair, index), pair.prompt_messages(), tools, index)
+        messages, stripped = _without_stop_text(pair.prompt_messages(), stops)
+        chosen, n_chosen = _strip_stop_text(pair.chosen, stops)
+        rejected, n_rejected = _strip_stop_text(pair.rejected, stops)
+        report.end_of_turn_in_text += bool(stripped or n_chosen or n_rejected)
+        if controls:
+            found = _controls_in([m["content"] for m in messages if isinstance(m.get("content"), str)]
+                                 + [chosen, rejected], controls)
+            if found:
+                report.control_tokens_in_text += 1
+                report.control_tokens_seen += [t for t in found if t not in report.control_tokens_seen]
+        work = _Work(pair, _label(pair, index), messages, tools, chosen=chosen, rejected=rejected, index=index)
         if any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt):
             work.drop = _unrendered_reason(pair, work.messages, template)
             report.fields_not_rendered += work.drop is not None
@@ -377,6 +415,60 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport):
 
 
 _TEMPLATE_ROLES = ("tool", "function_call")
+
+
+def _stop_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
+    """The special tokens that end a reply (the template's end of turn, the EOS token), longest first."""
+    specials = set(special_strings(tokenizer))
+    found = {t for t in (template.end_of_turn, tokenizer.eos_token) if t and t in specials}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _control_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
+    """The special tokens the template writes around turns (found in a rendered probe conversation)."""
+    system = {"role": "system", "content": "s"}
+    turns = [{"role": "user", "content": "u?"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "v?"}]
+    text = template.end_of_turn
+    for messages, generation_prompt in (([system, *turns], True), (turns, True), (turns[:2], False)):
+        try:
+            text += template.render(messages, add_generation_prompt=generation_prompt)
+            break
+        except Exception:  # noqa: BLE001 - a template may refuse system turns or these texts: try simpler
+            continue
+    return tuple(t for t in special_strings(tokenizer) if t in text)
+
+
+def _controls_in(texts: list[str], controls: tuple[str, ...]) -> list[str]:
+    return [t for t in controls if any(t in text for text in texts)]
+
+
+def _strip_stop_text(text: str, stops: tuple[str, ...]) -> tuple[str, int]:
+    """`text` without the end-of-turn/EOS tokens written at its end (data prepared for a trainer that does
+    not add them), and how many were removed; the template writes the one a reply ends with. Whitespace
+    after a removed token goes with it; text without such an ending is returned unchanged."""
+    removed = 0
+    while stops:
+        trimmed = text.rstrip()
+        stop = next((t for t in stops if trimmed.endswith(t)), None)
+        if stop is None:
+            return text, removed
+        text, removed = trimmed[: len(trimmed) - len(stop)], removed + 1
+    return text, removed
+
+
+def _without_stop_text(messages: list[dict], stops: tuple[str, ...]) -> tuple[list[dict], int]:
+    """The prompt's assistant turns without end-of-turn/EOS tokens written at their end (see `_strip_stop_text`)."""
+    removed = 0
+    out = messages
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and isinstance(m.get("content"), str):
+            text, n = _strip_stop_text(m["content"], stops)
+            if n:
+                if out is messages:
+                    out = list(messages)
+                out[i] = {**m, "content": text}
+                removed += n
+    return out, removed
 
 
 def _unrendered_reason(pair: PreferencePair, messages: list[dict], template: ChatTemplate) -> str | None:
@@ -402,9 +494,13 @@ def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeR
         prompt_cut = responses_cut = False
         if w.drop is None and cutoff is not None and _too_long(w, cutoff):
             prompt_cut, responses_cut = _cut(w, ctx.template, ctx.tokenizer, cutoff)
+        if w.drop is None and w.chosen_ids == w.rejected_ids:
+            w.drop = ("identical answers: chosen and rejected have the same tokens, so the pair says nothing "
+                      "about which is better")
         if w.drop is not None:
             report.dropped.append(DroppedPair(w.label, w.drop))
             continue
+        report.empty_responses += not (w.chosen.strip() and w.rejected.strip())
         report.turns_dropped += w.turns_dropped
         report.prompt_truncated += bool(prompt_cut or w.turns_dropped)
         report.response_truncated += responses_cut

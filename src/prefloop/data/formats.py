@@ -8,8 +8,11 @@ detected from the record's keys and value types, or declared in `dataset_info.js
 - ``sharegpt``: LLaMA-Factory ranking, ``chosen``/``rejected`` are message objects;
 - ``alpaca``: LLaMA-Factory ranking, ``instruction``/``input``/``chosen``/``rejected``;
 - ``trl_standard``: TRL ``prompt``/``chosen``/``rejected`` strings;
-- ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt;
+- ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt (the turns chosen
+  and rejected share; a string ``prompt`` next to whole conversations must be one of their user turns);
 - ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
+
+An answer is text: an answer turn with tool calls, reasoning or a function-call role is refused.
 
 A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
 """
@@ -26,8 +29,9 @@ from typing import Any, Callable, Iterable, Mapping
 from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
 
 FORMATS = ("seed", "sharegpt", "alpaca", "trl_standard", "trl_conversational", "hh")
-# Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms).
-FORMATTINGS = ("auto", "seed", "sharegpt", "alpaca", "trl", "hh")
+# Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms; LLaMA-Factory's
+# "openai" is its sharegpt with role/content messages, read by the same reader).
+FORMATTINGS = ("auto", "seed", "sharegpt", "openai", "alpaca", "trl", "hh")
 
 FORMATS_HELP = (
     "accepted formats: the seed's {conversations, chosen, rejected}; LLaMA-Factory sharegpt ranking "
@@ -135,7 +139,7 @@ AUTO = FormatSpec()
 
 def detect_format(record: Mapping[str, Any]) -> str:
     """The format of one record from its keys and value types (see FORMATS); RecordError if none fits."""
-    if "conversations" in record or "messages" in record:
+    if "conversations" in record or ("messages" in record and not _trl_with_messages_column(record)):
         chosen = record.get("chosen")
         return "sharegpt" if isinstance(chosen, (dict, list)) else "seed"
     if "instruction" in record:
@@ -162,6 +166,19 @@ def detect_format(record: Mapping[str, Any]) -> str:
     )
 
 
+def _trl_with_messages_column(record: Mapping[str, Any]) -> bool:
+    """TRL rows that also carry a `messages` column (UltraFeedback-binarized has prompt, chosen, rejected and
+    messages = the chosen conversation): a `prompt`, or chosen as a whole conversation, makes the row TRL's."""
+    chosen = record.get("chosen")
+    if not isinstance(chosen, list):
+        return False
+    if "prompt" in record:
+        return True
+    first = chosen[0] if chosen else None
+    role = first.get("role", first.get("from")) if isinstance(first, dict) else None
+    return DEFAULT_ROLE_ALIASES.get(role) in ("system", "user") if isinstance(role, str) else False
+
+
 def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
     """A function record -> (format name, PreferencePair) for `spec`; built once per dataset."""
     if spec.formatting not in FORMATTINGS:
@@ -177,7 +194,7 @@ def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[
         "trl_conversational": trl,
         "hh": _read_hh,
     }
-    if spec.formatting in ("seed", "sharegpt"):
+    if spec.formatting in ("seed", "sharegpt", "openai"):
         return conv
     if spec.formatting == "alpaca":
         return alpaca
@@ -300,11 +317,13 @@ class Roles:
         role_key, content_key = self.role_key, self.content_key
         if role_key is None:
             if "from" in raw:
-                role_key, content_key = "from", "value"
+                role_key, content_key = "from", content_key or "value"
             elif "role" in raw:
-                role_key, content_key = "role", "content"
+                role_key, content_key = "role", content_key or "content"
             else:
                 raise RecordError(where, f"turn has no 'from' or 'role' key (keys: {sorted(raw)})", "give each turn from/value or role/content (or declare tags in dataset_info.json)")
+        elif content_key is None:  # tags declare role_tag only: the text is under a usual name
+            content_key = next((k for k in ("content", "value", "text") if k in raw), "content")
         if role_key not in raw:
             raise RecordError(where, f"turn has no {role_key!r} key (keys: {sorted(raw)})", f"give each turn {role_key!r}/{content_key!r} as declared in tags")
         raw_role = raw[role_key]
@@ -363,7 +382,9 @@ def _with_system(prompt: list[Message], system: Any, key: str) -> list[Message]:
     if not isinstance(system, str):
         raise RecordError(key, f"{key!r} must be a string, got {_type_name(system)}", "write the system prompt as a string")
     if prompt and prompt[0].role == "system":
-        raise RecordError(key, f"both a {key!r} field and a system turn", "keep only one of them")
+        if prompt[0].content == system:
+            return prompt
+        raise RecordError(key, f"both a {key!r} field and a system turn, with different texts", "keep only one of them")
     return [Message("system", system)] + prompt
 
 
@@ -401,6 +422,20 @@ def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in used and v is not None}
 
 
+def _answer_text(message: Message, key: str) -> str:
+    """The text of an answer turn; an answer whose tool calls, reasoning or function-call role a text
+    answer cannot carry is refused (they would be lost from training without a word)."""
+    if message.role == "function_call":
+        raise RecordError(f"{key}", "the answer is a function call (role 'function_call'); answers are trained as "
+                          "assistant text, which would lose the call's format", "give the answer as an assistant "
+                          "message, or leave such pairs out")
+    if message.fields:
+        field = next(iter(message.fields))
+        raise RecordError(f"{key}.{field}", f"the answer has {field!r}, which a text answer would drop",
+                          "write it into the answer's content (e.g. reasoning as <think>...</think>) or remove it")
+    return message.content
+
+
 def _answer(raw: Any, roles: Roles, key: str) -> str:
     """A response given as a string or a single message object."""
     if isinstance(raw, str):
@@ -411,7 +446,7 @@ def _answer(raw: Any, roles: Roles, key: str) -> str:
         message = roles.message(raw, key)
         if message.role not in _ANSWER_SIDE:
             raise RecordError(key, f"{key!r} is a {message.role!r} turn; the answer must be an assistant turn", "give the answer the assistant role/tag")
-        return message.content
+        return _answer_text(message, key)
     if raw is None:
         raise RecordError(key, f"missing field {key!r}", f"add {key!r}: the answer as a string or message object")
     raise RecordError(key, f"{key!r} must be a string or a message object, got {_type_name(raw)}", f"write {key!r} as a string")
@@ -468,8 +503,10 @@ class _AlpacaReader:
         self.rejected_key = cols.get("rejected", "rejected")
         self.system_key = cols.get("system", "system")
         self.history_key = cols.get("history", "history")
+        self.tools_key = cols.get("tools", "tools")
         self.used = frozenset(
-            {self.prompt_key, self.query_key, self.chosen_key, self.rejected_key, self.system_key, self.history_key, *OPTIONAL_FIELDS}
+            {self.prompt_key, self.query_key, self.chosen_key, self.rejected_key, self.system_key, self.history_key,
+             self.tools_key, *OPTIONAL_FIELDS}
         )
 
     def __call__(self, record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
@@ -493,6 +530,7 @@ class _AlpacaReader:
             prompt=prompt,
             chosen=_require_str(record, self.chosen_key, "add the preferred answer as a string"),
             rejected=_require_str(record, self.rejected_key, "add the dispreferred answer as a string"),
+            tools=_tools_text(record, self.tools_key),
             extra=_extra(record, self.used),
             **_optional(record),
         )
@@ -516,8 +554,36 @@ def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_k
             )
         if rest[0].role not in _ANSWER_SIDE:
             raise RecordError(key, f"the last turn of {key!r} is {rest[0].role!r}, not an assistant answer", "end chosen and rejected with the assistant's answer")
-        answers.append(rest[0].content)
+        answers.append(_answer_text(rest[0], f"{key}[-1]"))  # its last turn
     return list(chosen[:n]), answers[0], answers[1]
+
+
+def _is_conversation(messages: list[Message]) -> bool:
+    """Whether a chosen/rejected list is a whole conversation (it starts with a system or user turn)
+    rather than only the answer."""
+    return bool(messages) and messages[0].role not in _ANSWER_SIDE
+
+
+def _check_prompt_string(prompt: str, chosen: list[Message], rejected: list[Message], key: str) -> None:
+    """A string prompt given next to whole conversations must be the text of a user turn they share."""
+    if not prompt.strip():
+        return
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    if not any(m.role == "user" and m.content.strip() == prompt.strip() for m in chosen[:n]):
+        raise RecordError(
+            key,
+            f"{key!r} is a string, chosen and rejected are whole conversations, and the string is not one of the "
+            f"user turns they share ({_preview_text(prompt)})",
+            f"drop {key!r} (the turns chosen and rejected share are the prompt), or give chosen and rejected as "
+            "the answer turn only",
+        )
+
+
+def _preview_text(text: str, width: int = 40) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 class _TrlReader:
@@ -551,6 +617,7 @@ class _TrlReader:
         if type(raw_chosen) is not type(raw_rejected):
             raise RecordError(self.rejected_key, "chosen and rejected must both be strings or both be lists of turns", "use the same form for both answers")
 
+        prompt_field = self.prompt_key  # the field named when the prompt is not a valid conversation
         if isinstance(raw_chosen, str):
             if isinstance(raw_prompt, str):
                 prompt, fmt = [Message("user", raw_prompt)], "trl_standard"
@@ -565,18 +632,26 @@ class _TrlReader:
             fmt = "trl_conversational"
             if isinstance(raw_prompt, list):
                 prompt = self.roles.messages(raw_prompt, self.prompt_key)
-            elif isinstance(raw_prompt, str):
-                prompt = [Message("user", raw_prompt)]
-            elif raw_prompt is None:
-                prompt = []
+                chosen_msgs = self._responses(raw_chosen, self.chosen_key, prompt)
+                rejected_msgs = self._responses(raw_rejected, self.rejected_key, prompt)
+            elif isinstance(raw_prompt, str) or raw_prompt is None:
+                chosen_msgs = self.roles.messages(raw_chosen, self.chosen_key)
+                rejected_msgs = self.roles.messages(raw_rejected, self.rejected_key)
+                if raw_prompt is None or _is_conversation(chosen_msgs) and _is_conversation(rejected_msgs):
+                    # Implicit prompt: the turns chosen and rejected share (TRL's maybe_extract_prompt also
+                    # ignores a string prompt next to whole conversations); a given string must be one of
+                    # their user turns, so that a prompt that disagrees with the conversation is not lost.
+                    prompt, prompt_field = [], self.chosen_key
+                    if raw_prompt is not None:
+                        _check_prompt_string(raw_prompt, chosen_msgs, rejected_msgs, self.prompt_key)
+                else:
+                    prompt = [Message("user", raw_prompt)]
             else:
                 raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a list of role/content turns")
-            chosen_msgs = self._responses(raw_chosen, self.chosen_key, prompt)
-            rejected_msgs = self._responses(raw_rejected, self.rejected_key, prompt)
             shared, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs, self.chosen_key, self.rejected_key)
             prompt = prompt + shared
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
-        check_prompt(prompt, self.prompt_key if fmt == "trl_standard" or raw_prompt is not None else self.chosen_key)
+        check_prompt(prompt, prompt_field)
         pair = PreferencePair(
             prompt=prompt,
             chosen=chosen,
@@ -598,15 +673,27 @@ def _looks_like_hh(text: str) -> bool:
 
 
 def parse_hh_transcript(text: str, key: str) -> list[Message]:
-    """`\\n\\nHuman: ...\\n\\nAssistant: ...` -> messages (contents stripped of surrounding whitespace)."""
+    """`\\n\\nHuman: ...\\n\\nAssistant: ...` -> messages (contents stripped of surrounding whitespace).
+
+    The dialogue alternates, so a marker of the speaker who is already talking does not start a new
+    turn: it is text of the current turn (e.g. a user quoting "\\n\\nHuman: ..."), kept as written.
+    """
     if text.startswith("Human:"):
         text = "\n\n" + text
-    parts = _HH_MARKER.split(text)
-    if parts[0].strip():
-        raise RecordError(key, f"text before the first 'Human:' turn: {parts[0][:40]!r}", "start the transcript with '\\n\\nHuman:'")
-    if len(parts) < 5:
+    markers = list(_HH_MARKER.finditer(text))
+    head = text[: markers[0].start()] if markers else text
+    if head.strip():
+        raise RecordError(key, f"text before the first 'Human:' turn: {head[:40]!r}", "start the transcript with '\\n\\nHuman:'")
+    turns: list[list[str]] = []  # [speaker, text]
+    for i, marker in enumerate(markers):
+        body = text[marker.end() : markers[i + 1].start() if i + 1 < len(markers) else len(text)]
+        if turns and turns[-1][0] == marker.group(1):
+            turns[-1][1] += marker.group(0) + body
+        else:
+            turns.append([marker.group(1), body])
+    if len(turns) < 2:
         raise RecordError(key, "an HH transcript needs at least one Human and one Assistant turn", "write '\\n\\nHuman: question\\n\\nAssistant: answer'")
-    return [Message(_HH_ROLES[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    return [Message(_HH_ROLES[speaker], body.strip()) for speaker, body in turns]
 
 
 def _read_hh(record: Mapping[str, Any]) -> tuple[str, PreferencePair]:

@@ -25,7 +25,11 @@ from prefloop.errors import DataError, json_error_text
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
 _INDEX = re.compile(r"\[\d+\]")
+# dataset_info.json columns a record may leave out (the others are required and checked per record).
+_OPTIONAL_COLUMNS = ("query", "history", "system", "tools")
 _POSITION = re.compile(r"\b(line|column) \d+")
+_LINE = re.compile(r"\bline (\d+)")
+_RECORD = re.compile(r"\brecord \d+")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class Problem:
     """One thing wrong with the input: where (file, line or record), which field, what, what to do."""
 
     file: str
-    location: str  # "line 12", "record 3" or "" for the whole file
+    location: str  # "line 12", "record 3", "record 3, line 12" (a JSON list) or "" for the whole file
     field: str
     message: str
     suggestion: str = ""
@@ -46,9 +50,9 @@ class Problem:
         return f"{field_name}: {message}" if field_name else message
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.location.split(' ')[-1]}" if self.location.startswith("line") else self.file
-        if self.location.startswith("record"):
-            where += f" ({self.location})"
+        line = _LINE.search(self.location)
+        record = _RECORD.search(self.location)
+        where = self.file + (f":{line.group(1)}" if line else "") + (f" ({record.group(0)})" if record else "")
         text = f"{where}: " + (f"field '{self.field}': " if self.field else "") + self.message
         return text + (f" -> {self.suggestion}" if self.suggestion else "")
 
@@ -149,6 +153,43 @@ def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
         yield "record", index, record
 
 
+def json_list_lines(text: str) -> list[int]:
+    """The line on which each element of a JSON list (the text of a whole .json file) starts."""
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    start = len(text) - len(text.lstrip())
+    if not text[start:].startswith("["):  # a file holding one object: record 1
+        return [text.count("\n", 0, start) + 1]
+    at = start + 1
+    line, counted = 1, 0
+    while True:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        if at >= len(text) or text[at] == "]":
+            return lines
+        line += text.count("\n", counted, at)
+        counted = at
+        lines.append(line)
+        _, at = decoder.raw_decode(text, at)
+
+
+class _RecordLines:
+    """Where record N of a JSON list file starts (`record N, line L`), read only when a record has a problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.lines = path, None
+
+    def location(self, kind: str, number: int) -> str:
+        if kind != "record" or self.path.suffix.lower() != ".json":
+            return f"{kind} {number}"
+        if self.lines is None:
+            try:
+                self.lines = json_list_lines(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self.lines = []
+        return f"record {number}, line {self.lines[number - 1]}" if number <= len(self.lines) else f"record {number}"
+
+
 def _parquet_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
     import pyarrow.parquet as pq
 
@@ -190,26 +231,36 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                  problems: SkipReport, used_prefixes: dict[str, Path]) -> int:
     read = make_reader(source.spec)
     count = 0
+    # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
+    # column would otherwise drop every system prompt without a word.
+    declared = {name: column for name, column in source.spec.columns.items() if name in _OPTIONAL_COLUMNS}
+    seen_keys: set[str] = set()
+    complete = True  # every record of every file was looked at
     for path in source.files:
         if limit is not None and count >= limit:
+            complete = False
             break
         # Stable default ids: "stem:line"; the whole path if another file already uses the stem.
         prefix = path.stem
         if used_prefixes.setdefault(prefix, path) != path:
             prefix = str(path)
         file_name = str(path)
+        record_lines = _RecordLines(path)
         for item in iter_records(path):
             if isinstance(item, Problem):
                 problems.add(item)
                 continue
             kind, number, record = item
             if not isinstance(record, dict):
-                problems.add(Problem(file_name, f"{kind} {number}", "", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
+                problems.add(Problem(file_name, record_lines.location(kind, number), "",
+                                     f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
                 continue
+            if declared:
+                seen_keys.update(record)
             try:
                 fmt, pair = read(record)
             except RecordError as err:
-                problems.add(Problem(file_name, f"{kind} {number}", err.field, err.message, err.suggestion))
+                problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
             if pair.id is None:
                 pair.id = f"{prefix}:{number}"
@@ -219,7 +270,15 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             formats[fmt] += 1
             count += 1
             if limit is not None and count >= limit:
+                complete = False
                 break
+    missing = {name: column for name, column in declared.items() if column not in seen_keys}
+    if missing and complete and count:
+        names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
+        raise DataError(
+            f"dataset {source.name!r}: dataset_info.json declares the column(s) {names}, but no record of "
+            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the column name(s) or remove "
+            "them from 'columns' (their text would be left out of every prompt)")
     return count
 
 

@@ -23,6 +23,8 @@ from prefloop.errors import DataError, json_error_text
 
 DATASET_INFO = "dataset_info.json"
 DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
+# LLaMA-Factory columns for data prefloop cannot train on: declared, they would be ignored silently.
+_UNSUPPORTED_COLUMNS = ("images", "videos", "audios", "kto_tag")
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
 
@@ -104,6 +106,11 @@ def _entry_source(name: str, entry: object, dataset_dir: Path) -> DatasetSource:
     for key, value in (("columns", columns), ("tags", tags)):
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise DataError(f"{where}: '{key}' must be an object mapping names to strings")
+    unsupported = [k for k in _UNSUPPORTED_COLUMNS if columns.get(k)]
+    if unsupported:
+        raise DataError(f"{where}: columns {', '.join(repr(k) for k in unsupported)} are not supported: prefloop trains "
+                        "on text preference pairs (no images, videos, audios or KTO tags); remove them from 'columns' "
+                        "(and the data)")
     formatting = entry.get("formatting")
     if formatting is None:
         # LLaMA-Factory's default is alpaca; with no columns declared we can detect the format instead.
