@@ -122,6 +122,23 @@ def test_truthfulqa_with_a_bos_tokenizer_scores_with_the_bos(tmp_path):
     np.testing.assert_allclose(results["details"]["questions"][0]["mc2_loglikelihoods"], expected, atol=2e-4)
 
 
+def test_mc2_is_the_normalised_true_mass_and_does_not_underflow():
+    from prefloop.evaluate.bench.truthfulqa_mc import mc1, mc2
+
+    assert mc2([-1.0, -2.0, -3.0], [1, 0, 0]) == pytest.approx(np.exp(-1) / (np.exp(-1) + np.exp(-2) + np.exp(-3)))
+    assert mc2([-2.0, -2.0, -2.0, -2.0], [1, 1, 0, 0]) == pytest.approx(0.5)
+    # exp(-1000) is 0.0 in float64: lm-eval's exp-then-normalise gives 0/0 = NaN; the true value is 1/(1+e^-1)
+    assert mc2([-1000.0, -1001.0], [1, 0]) == pytest.approx(0.7310585786300049, abs=1e-12)
+    assert mc2([-2000.0, -900.0, -900.0], [0, 1, 0]) == pytest.approx(0.5)
+    assert mc2([-5.0, float("-inf")], [0, 1]) == 0.0  # a choice with no probability at all counts nothing
+    with pytest.raises(ValueError, match="finite"):
+        mc2([float("nan"), -1.0], [1, 0])
+    with pytest.raises(ValueError, match="finite"):
+        mc2([float("-inf"), float("-inf")], [1, 0])
+    assert mc1(np.array([-3.0, -1.0, -1.0]), [0, 1, 0]) == 1.0  # the first of equal maxima, numpy's argmax
+    assert mc1(np.array([-1.0, -1.0, -3.0]), [0, 1, 0]) == 0.0
+
+
 def test_truthfulqa_command_writes_the_contract_files(tmp_path, tiny_model_dir):
     out = tmp_path / "tqa"
     assert main(["eval", "bench", "truthfulqa_mc", "--model", str(tiny_model_dir), "--data",
