@@ -17,6 +17,43 @@ def test_win_rate_counts_ties_as_half_and_raw_counts_only_wins():
         stats.win_rate(["win", "draw"])
 
 
+def test_win_rate_of_soft_preferences_is_alpaca_evals_with_missing_counted():
+    # alpaca_eval get_winrate on preference - 1: mean, sem (ddof=1), wins p > .5, ties p == .5, losses p < .5
+    prefs = [1.0, 1.0, 0.5, 0.0, 0.8, 0.3, None, float("nan")]
+    wr = stats.win_rate(prefs)
+    assert (wr.wins, wr.ties, wr.losses, wr.n, wr.n_missing) == (3, 1, 2, 6, 2)
+    assert wr.win_rate == pytest.approx(0.6)                   # 3.6 / 6
+    assert wr.discrete_win_rate == pytest.approx(3.5 / 6)      # each rounded first: (3 + 1/2) / 6
+    assert wr.raw_win_rate == pytest.approx(0.5)               # 3 / 6
+    assert wr.standard_error == pytest.approx((0.82 / 5) ** 0.5 / 6 ** 0.5)  # squared deviations sum to 0.82
+    # verdicts 1 / 0.5 / 0 only: continuous and discrete agree, FastChat's win_rate_adjusted
+    hard = stats.win_rate(["win", "tie", "loss", "win"])
+    assert hard.win_rate == hard.discrete_win_rate == pytest.approx(2.5 / 4)
+    assert hard.standard_error == pytest.approx(np.std([1, 0.5, 0, 1], ddof=1) / 2)
+    one = stats.win_rate([0.7])
+    assert one.win_rate == pytest.approx(0.7) and one.standard_error is None and one.discrete_win_rate == 1.0
+    none = stats.win_rate([None, None])
+    assert none.n == 0 and none.n_missing == 2 and none.win_rate is None and none.discrete_win_rate is None
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.win_rate([1.5])
+    # the interval resamples the same preferences, missing ones left out
+    interval = stats.win_rate_interval(prefs, n_resamples=200, seed=0)
+    assert interval.n == 6 and interval.estimate == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("value, preference", [
+    (2, 1.0), (1, 0.0), (1.5, 0.5), (0, 0.5), (1.75, 0.75), (None, None), (float("nan"), None),
+])
+def test_alpaca_eval_preference_encoding(value, preference):
+    # 1 = baseline (output_1) wins, 2 = model (output_2) wins, 1.5 or (legacy) 0 = tie, NaN = no annotation
+    assert stats.alpaca_eval_preference(value) == preference
+
+
+def test_alpaca_eval_preference_out_of_range():
+    with pytest.raises(ValueError):
+        stats.alpaca_eval_preference(0.5)
+
+
 @pytest.mark.parametrize("first, second, combined", [
     ("win", "win", "win"), ("loss", "loss", "loss"), ("tie", "tie", "tie"),
     ("win", "loss", "tie"), ("win", "tie", "tie"), ("loss", "win", "tie"), (None, "win", None), ("win", None, None),

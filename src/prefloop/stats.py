@@ -4,8 +4,12 @@ The one place for statistics in prefloop (evaluation, label-stats and judge-agre
 here), built on numpy, scipy and scikit-learn. Rates are fractions in [0, 1]; reports multiply by 100.
 
 Sources:
-- Win rate with ties as half, raw win rate: FastChat `fastchat/llm_judge/show_result.py`
-  (`win_rate_adjusted = (win + 0.5 * tie) / n`, `win_rate = win / n`).
+- Win rate: alpaca_eval `metrics/winrate.py::get_winrate` — the mean preference for the model in [0, 1]
+  (a tie 0.5, soft verdicts in between), its standard error (the sample standard deviation / sqrt(n),
+  pandas' `sem`), `discrete_win_rate` (every preference rounded to win / tie / loss, a tie as half) and
+  the counts; missing verdicts are left out of n and counted. With verdicts 1 / 0.5 / 0 only, the
+  win rate is FastChat's `win_rate_adjusted = (win + 0.5 * tie) / n` (`fastchat/llm_judge/show_result.py`)
+  and the raw win rate its `win_rate = win / n`.
 - Paired bootstrap over prompts, percentile interval: Efron & Tibshirani (1993), ch. 13; every row
   (one prompt, with both of its judge orders already combined) is resampled as a unit.
 - Length-controlled (LC) win rate: Dubois et al. (2024), "Length-Controlled AlpacaEval: A Simple Way to
@@ -94,32 +98,83 @@ def combine_orders(first: str | None, second: str | None) -> str | None:
 
 @dataclass
 class WinRate:
-    """Counts and rates of one model against another over n prompts (failed prompts excluded)."""
+    """Counts and rates of one model against another over n judged prompts (missing verdicts left out)."""
 
     wins: int
     ties: int
     losses: int
     n: int
-    win_rate: float | None       # (wins + ties / 2) / n — FastChat's win_rate_adjusted
-    raw_win_rate: float | None   # wins / n — FastChat's win_rate
+    win_rate: float | None           # mean preference, a tie 0.5 — alpaca_eval's win_rate (continuous)
+    raw_win_rate: float | None       # wins / n — FastChat's win_rate
+    discrete_win_rate: float | None = None  # (wins + ties / 2) / n — alpaca_eval's discrete_win_rate
+    standard_error: float | None = None     # sample std (ddof=1) / sqrt(n) of the preferences; None below n = 2
+    n_missing: int = 0               # verdicts that are missing (None or NaN): not in n, not in any rate
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def win_rate(outcomes: Sequence[str]) -> WinRate:
-    """Win rate with ties as half and raw win rate from per-prompt outcomes "win" / "tie" / "loss".
+def preference_scores(preferences: Sequence) -> tuple[np.ndarray, int]:
+    """(judged preferences as floats in [0, 1], number missing) from per-prompt preferences.
 
-    Source: FastChat `show_result.py`: win_rate = win / (win + loss + tie),
-    win_rate_adjusted = (win + 0.5 * tie) / (win + loss + tie). Raises ValueError on another label.
+    Each preference is the probability that the model beats the baseline: 1 win, 0.5 tie, 0 loss, or a
+    soft value in between; "win" / "tie" / "loss" are accepted for 1 / 0.5 / 0; None or NaN is a missing
+    verdict (a failed or unparseable judgment). Raises ValueError on another label or a number outside [0, 1].
     """
-    counts = Counter(outcomes)
-    unknown = set(counts) - set(OUTCOME_SCORES)
-    if unknown:
-        raise ValueError(f"outcomes must be win/tie/loss, got {sorted(unknown)}")
-    wins, ties, losses = counts["win"], counts["tie"], counts["loss"]
-    n = wins + ties + losses
-    return WinRate(wins, ties, losses, n, (wins + ties / 2) / n if n else None, wins / n if n else None)
+    values, missing = [], 0
+    for p in preferences:
+        if p is None or (isinstance(p, float) and math.isnan(p)):
+            missing += 1
+            continue
+        if isinstance(p, str):
+            if p not in OUTCOME_SCORES:
+                raise ValueError(f"outcomes must be win/tie/loss, got {p!r}")
+            values.append(OUTCOME_SCORES[p])
+            continue
+        value = float(p)
+        if math.isnan(value):
+            missing += 1
+            continue
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"preferences must lie in [0, 1] (1 win, 0.5 tie, 0 loss), got {p!r}")
+        values.append(value)
+    return np.array(values, dtype=float), missing
+
+
+def win_rate(preferences: Sequence) -> WinRate:
+    """Win rate, its standard error, the discrete win rate and the counts from per-prompt preferences.
+
+    preferences: per prompt "win" / "tie" / "loss" or a number in [0, 1] (see `preference_scores`);
+    None/NaN = missing, counted in `n_missing` and left out of everything else.
+    Source: alpaca_eval `get_winrate` (on its encoding p = preference - 1): win_rate = mean(p),
+    standard_error = sem(p) (ddof=1), wins = #(p > 0.5), losses = #(p < 0.5), ties = #(p == 0.5),
+    discrete_win_rate = (wins + ties / 2) / n; raw_win_rate = wins / n (FastChat's win_rate). With
+    verdicts 1 / 0.5 / 0 only, win_rate = discrete_win_rate = FastChat's win_rate_adjusted.
+    Raises ValueError on another label or a number outside [0, 1].
+    """
+    p, missing = preference_scores(preferences)
+    n = len(p)
+    wins, ties, losses = int((p > 0.5).sum()), int((p == 0.5).sum()), int((p < 0.5).sum())
+    if not n:
+        return WinRate(0, 0, 0, 0, None, None, None, None, missing)
+    se = float(p.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
+    return WinRate(wins, ties, losses, n, float(p.mean()), wins / n, (wins + ties / 2) / n, se, missing)
+
+
+def alpaca_eval_preference(value) -> float | None:
+    """An alpaca_eval annotation's `preference` as a preference for the model (output_2) in [0, 1].
+
+    alpaca_eval encodes 1 = the baseline (output_1) wins, 2 = the model wins, 1.5 = a tie, soft values in
+    between, and, for historical reasons, 0 = a tie; None/NaN = no annotation (returned as None).
+    Raises ValueError on anything else."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    v = float(value)
+    if v == 0.0:
+        return 0.5
+    if not 1.0 <= v <= 2.0:
+        raise ValueError(f"an alpaca_eval preference is 1..2 (or 0 for a tie), got {value!r}")
+    return v - 1.0
 
 
 def outcome_scores(outcomes: Sequence[str]) -> np.ndarray:
@@ -127,16 +182,19 @@ def outcome_scores(outcomes: Sequence[str]) -> np.ndarray:
     return np.array([OUTCOME_SCORES[o] for o in outcomes], dtype=float)
 
 
-def win_rate_interval(outcomes: Sequence[str], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+def win_rate_interval(preferences: Sequence, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                       level: float = 0.95) -> Interval:
-    """Paired-bootstrap interval of the win rate (ties as half) over prompts; see `paired_bootstrap`."""
-    return paired_bootstrap(outcome_scores(outcomes), np.mean, n_resamples, seed, level)
+    """Paired-bootstrap interval of the win rate (the mean preference) over the judged prompts; see
+    `paired_bootstrap`. preferences: as `win_rate` takes them; missing ones are left out."""
+    return paired_bootstrap(preference_scores(preferences)[0], np.mean, n_resamples, seed, level)
 
 
 # --------------------------------------------------------------------------------------------- LC win rate
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    from scipy.special import expit
+
+    return expit(x)
 
 
 def _soft_log_loss(y: np.ndarray, p: np.ndarray) -> float:
