@@ -307,5 +307,7 @@ def test_summarize_takes_every_rate_from_the_same_preferences_and_counts_missing
     assert (m["wins"], m["ties"], m["losses"], m["n_prompts"], m["n_excluded_prompts"]) == (2, 1, 2, 5, 1)
     assert m["win_rate_se"] == pytest.approx(np.std(judged, ddof=1) / np.sqrt(5))
     assert d["interval"]["estimate"] == pytest.approx(m["win_rate"]) and d["interval"]["n"] == 5
-    lc = stats.lc_win_rate(judged, [10 + 7 * i for i in range(5)], [40 - 3 * i for i in range(5)])
+    # the LC fits the five verdicts; Δlen is normalised over all six prompts (alpaca_eval's featurizer)
+    lc = stats.lc_win_rate(prefs, [10 + 7 * i for i in range(6)], [40 - 3 * i for i in range(6)])
     assert m["lc_win_rate"] == pytest.approx(lc.lc_win_rate) and d["lc"]["win_rate"] == pytest.approx(m["win_rate"])
+    assert d["lc"]["n"] == 5 and d["lc"]["n_missing"] == 1

@@ -103,7 +103,7 @@ def test_lc_win_rate_removes_a_pure_length_advantage():
     lc = stats.lc_win_rate(prefs, after, before)
     assert raw > 0.7
     assert abs(lc.lc_win_rate - 0.5) < 0.1, lc
-    assert lc.weights["tanh_std_delta_len"] > 0
+    assert lc.weights["tanh_std_delta_len"] < 0  # alpaca_eval's orientation: Δlen = baseline - model
     assert lc.lc_win_rate_se is not None and 0 < lc.lc_win_rate_se < 0.2
     assert lc.warning is not None and "very different" in lc.warning  # > 10 points from raw
 
@@ -117,6 +117,33 @@ def test_lc_win_rate_equals_raw_when_lengths_carry_no_signal():
     assert abs(lc.lc_win_rate - prefs.mean()) < 0.05
     assert lc.warning is None
     assert stats.lc_win_rate([1.0], [10], [5]).lc_win_rate is None  # one prompt: undefined
+
+
+def test_lc_win_rate_leaves_missing_verdicts_out_of_the_fit_but_not_out_of_std_delta_len():
+    """alpaca_eval divides Δlen by its std over every instruction, then drops rows without a preference."""
+    rng = np.random.default_rng(3)
+    n = 120
+    after, before = rng.integers(100, 900, n), rng.integers(100, 900, n)
+    delta = before - after
+    prefs = (rng.random(n) < 1 / (1 + np.exp(-(0.3 - 1.5 * np.tanh(delta / delta.std(ddof=1)))))).astype(float)
+    with_missing = list(prefs[:-1]) + [None]
+    after2, before2 = after.copy(), before.copy()
+    after2[-1] = 5000  # the prompt without a verdict has a large length difference: it widens std(Δlen)
+    lc = stats.lc_win_rate(with_missing, after2, before2)
+    dropped = stats.lc_win_rate(prefs[:-1], after2[:-1], before2[:-1])
+    assert (lc.n, lc.n_missing, dropped.n, dropped.n_missing) == (n - 1, 1, n - 1, 0)
+    assert lc.win_rate == dropped.win_rate == pytest.approx(prefs[:-1].mean())
+    assert lc.weights["tanh_std_delta_len"] != pytest.approx(dropped.weights["tanh_std_delta_len"], abs=1e-3)
+    assert stats.lc_win_rate([float("nan"), 1.0], [1, 2], [2, 1]).lc_win_rate is None  # one verdict: undefined
+
+
+def test_lc_win_rate_with_equal_lengths_is_the_constant_fit():
+    """Δlen the same everywhere: std(Δlen) = 0 and the length term is 0 (alpaca_eval divides 0 by 0 and fails)."""
+    prefs = np.array([1.0] * 30 + [0.0] * 10)
+    lc = stats.lc_win_rate(prefs, np.full(40, 300), np.full(40, 300))
+    assert lc.weights["tanh_std_delta_len"] == 0.0
+    # the L1 fit of a constant alone shrinks log(30/10) towards 0; unpenalised it would be 0.75 exactly
+    assert 0.5 <= lc.lc_win_rate <= 0.75 + 1e-6 and lc.lc_win_rate_se > 0
 
 
 def test_extreme_change_rule_is_alpaca_evals():

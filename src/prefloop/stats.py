@@ -232,8 +232,9 @@ class LCWinRate:
     win_rate: float | None            # the mean soft preference (ties as half) the LC is compared with
     weights: dict = field(default_factory=dict)
     C: float | None = None
-    n: int = 0
+    n: int = 0                        # prompts with a verdict (the fit's rows)
     warning: str | None = None
+    n_missing: int = 0                # prompts without a verdict: not fitted, but in std(Δlen)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -256,11 +257,18 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     """AlpacaEval 2's length-controlled win rate, in the variant that needs no hub files.
 
     preferences: shape (n,), per prompt the probability in [0, 1] that the after-model's answer is better
-    (1 win, 0.5 tie, 0 loss, or a soft verdict). len_after, len_before: shape (n,), answer lengths in
-    characters (alpaca_eval measures `str.len()`).
+    (1 win, 0.5 tie, 0 loss, or a soft verdict); None or NaN for a prompt without a verdict, which is left
+    out of the fit but, as in alpaca_eval, still counts in std(Δlen) (the length difference belongs to the
+    outputs, not to the annotation). len_after, len_before: shape (n,), answer lengths in characters
+    (alpaca_eval measures `str.len()`).
     Model (Dubois et al. 2024, arXiv:2404.04475, eq. 3 without the instruction-difficulty and gamed-baseline
-    terms that need hub files): P(after better) = sigmoid(w_len * tanh(Δlen / std(Δlen)) + w_0), with
-    Δlen = len_after - len_before, std with ddof=1, a constant feature and no intercept. Fitted with L1
+    terms that need hub files; alpaca_eval's `length_controlled_minimal` formula
+    `np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1`):
+    P(after better) = sigmoid(w_len * tanh(Δlen / std(Δlen)) + w_0), with alpaca_eval's orientation
+    Δlen = len_before - len_after (baseline output_1 minus model output_2, so a judge that likes longer
+    answers gives w_len < 0, and `weights` equal the weights alpaca_eval saves), std with ddof=1 (0 when
+    every Δlen is equal: then the length term is 0, where alpaca_eval divides 0 by 0 and fails), a
+    constant feature and no intercept. Fitted with L1
     penalty (liblinear) on soft labels as weighted duplicated rows, the penalty chosen from
     C in logspace(-4, 4, 10) by 5-fold grouped cross-validation on soft log loss, as alpaca_eval's
     `fit_LogisticRegressionCV` does. LC win rate = the prediction at Δlen = 0 = sigmoid(w_0).
@@ -269,20 +277,22 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     (H = Σ μ(1-μ) x xᵀ, B = Σ (y-μ)² x xᵀ); the larger, because when lengths separate the verdicts the
     residuals vanish and the sandwich alone would understate the uncertainty.
     Warning: `is_extreme_change(win_rate, lc)`, the message alpaca_eval logs.
-    Fewer than 2 prompts: LC undefined (None). Raises ValueError on mismatched lengths or preferences
-    outside [0, 1].
+    Fewer than 2 prompts with a verdict: LC undefined (None); 2 to 4: as many folds as prompts
+    (alpaca_eval fails below 5). Raises ValueError on mismatched lengths or preferences outside [0, 1].
     """
-    y = np.asarray(preferences, dtype=float)
-    delta = np.asarray(len_after, dtype=float) - np.asarray(len_before, dtype=float)
+    y = np.array([np.nan if p is None else p for p in preferences], dtype=float)
+    delta = np.asarray(len_before, dtype=float) - np.asarray(len_after, dtype=float)
     if y.shape != delta.shape or y.ndim != 1:
         raise ValueError(f"preferences and lengths need the same shape (n,), got {y.shape} and {delta.shape}")
-    if np.any((y < 0) | (y > 1)) or np.any(np.isnan(y)):
+    judged = ~np.isnan(y)
+    if np.any((y[judged] < 0) | (y[judged] > 1)):
         raise ValueError("preferences must lie in [0, 1]")
-    n = len(y)
+    std = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0  # over every prompt, as alpaca_eval's featurizer
+    y, delta = y[judged], delta[judged]
+    n, n_missing = len(y), int((~judged).sum())
     raw = float(y.mean()) if n else None
     if n < 2:
-        return LCWinRate(None, None, raw, n=n)
-    std = float(delta.std(ddof=1))
+        return LCWinRate(None, None, raw, n=n, n_missing=n_missing)
     feature = np.tanh(delta / std) if std > 0 else np.zeros(n)
     X = np.column_stack([feature, np.ones(n)])
     from sklearn.model_selection import GroupKFold
@@ -313,7 +323,7 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
                    f"{100 * raw:.1f}%. This might be a sign of failure of the GLM (too few prompts, or lengths "
                    "that explain every verdict).")
     return LCWinRate(lc, se, raw, {"tanh_std_delta_len": float(w[0]), "constant": float(w[1])},
-                     float(LC_CS[best]), n, warning)
+                     float(LC_CS[best]), n, warning, n_missing)
 
 
 # --------------------------------------------------------------------------------------------- Bradley–Terry

@@ -158,12 +158,12 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
     error resample them, `discrete_win_rate` rounds each to win / tie / loss first, and the LC win rate
     fits them. Prompts without a verdict are left out of all of them and counted (`n_excluded_prompts`)."""
     judged = [r for r in rows if r["outcome"] is not None]
-    prefs = [r.get("preference", stats.OUTCOME_SCORES[r["outcome"]]) for r in judged]
+    prefs = [None if r["outcome"] is None else r.get("preference", stats.OUTCOME_SCORES[r["outcome"]]) for r in rows]
     wr = stats.win_rate(prefs)
-    interval = stats.win_rate_interval(prefs, resamples, seed) if prefs else None
-    la = [after.by_key[r["key"]].chars for r in judged]
-    lb = [before.by_key[r["key"]].chars for r in judged]
-    lc = stats.lc_win_rate(prefs, la, lb)
+    interval = stats.win_rate_interval(prefs, resamples, seed) if judged else None
+    # every prompt's lengths (alpaca_eval normalises Δlen over all instructions); those without a verdict are not fitted
+    lc = stats.lc_win_rate(prefs, [after.by_key[r["key"]].chars for r in rows],
+                           [before.by_key[r["key"]].chars for r in rows])
 
     def mean(values):
         values = [v for v in values if v is not None]
