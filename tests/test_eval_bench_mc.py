@@ -65,6 +65,80 @@ def test_truthfulqa_mc1_mc2_equal_a_hand_computation(tmp_path, tiny_model_dir):
     assert m["truthfulqa_mc/n"] == 5
 
 
+def bos_tokenizer():
+    """The tiny tokenizer made to add a BOS (<|im_start|>, id 1) in front of every text, as Llama's and Gemma's do."""
+    from tokenizers import processors
+
+    from prefloop.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    bos = "<|im_start|>"
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))])
+    tokenizer.bos_token = bos
+    return tokenizer
+
+
+def test_encode_request_uses_the_tokenizers_bos_as_lm_eval_does(tiny_tokenizer):
+    """lm-eval 0.4.13 encodes with the tokenizer's default special tokens (add_bos_token=None): a BOS in front of
+    the context for a tokenizer that adds one, nothing for one that adds none, no second BOS for a text that
+    starts with it; trailing spaces of the context move to the continuation."""
+    from prefloop.evaluate.scoring import encode_request
+
+    tok = bos_tokenizer()
+    bos = tok.bos_token_id
+    assert bos == 1 and tok("Q: hi").input_ids[0] == bos  # the tokenizer itself adds it
+    plain = lambda text: tiny_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    r = encode_request(tok, "Q: Is the sky blue?\nA: ", ["yes", "no it is not"])
+    assert r.context_ids == [bos] + plain("Q: Is the sky blue?\nA:")
+    whole = [bos] + plain("Q: Is the sky blue?\nA: no it is not")
+    assert r.continuation_ids[1] == whole[len(r.context_ids):] == plain(" no it is not")[-len(r.continuation_ids[1]):]
+    r2 = encode_request(tok, "<|im_start|>Q: Is the sky blue?\nA:", [" yes"])
+    assert r2.context_ids.count(bos) == 1 and r2.context_ids[0] == bos
+    r3 = encode_request(tiny_tokenizer, "Q: Is the sky blue?\nA:", [" yes"])  # adds no BOS: none here either
+    assert r3.context_ids == plain("Q: Is the sky blue?\nA:")
+
+
+def test_truthfulqa_with_a_bos_tokenizer_scores_with_the_bos(tmp_path):
+    from prefloop.testing import build_tiny_model
+
+    tok = bos_tokenizer()
+    model_dir = tmp_path / "bos-model"
+    build_tiny_model(tok, arch="llama").save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    results, _ = run_bench(BenchArgs("truthfulqa_mc", str(model_dir), str(EXAMPLES / "truthfulqa_mc.jsonl"),
+                                     str(tmp_path / "out"), limit=2))
+    model, tokenizer = load(model_dir)
+    record = json.loads((EXAMPLES / "truthfulqa_mc.jsonl").read_text().splitlines()[0])
+    context = PREAMBLE + "\n\nQ: " + record["question"] + "\nA:"
+    ctx = tokenizer(context).input_ids
+    assert ctx[0] == tokenizer.bos_token_id
+    expected = []
+    for choice in record["mc2_targets"]["choices"]:
+        ids = ctx + tokenizer(context + " " + choice).input_ids[len(ctx):]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        expected.append(sum(float(logp[t - 1, ids[t]]) for t in range(len(ctx), len(ids))))
+    np.testing.assert_allclose(results["details"]["questions"][0]["mc2_loglikelihoods"], expected, atol=2e-4)
+
+
+def test_mc2_is_the_normalised_true_mass_and_does_not_underflow():
+    from prefloop.evaluate.bench.truthfulqa_mc import mc1, mc2
+
+    assert mc2([-1.0, -2.0, -3.0], [1, 0, 0]) == pytest.approx(np.exp(-1) / (np.exp(-1) + np.exp(-2) + np.exp(-3)))
+    assert mc2([-2.0, -2.0, -2.0, -2.0], [1, 1, 0, 0]) == pytest.approx(0.5)
+    # exp(-1000) is 0.0 in float64: lm-eval's exp-then-normalise gives 0/0 = NaN; the true value is 1/(1+e^-1)
+    assert mc2([-1000.0, -1001.0], [1, 0]) == pytest.approx(0.7310585786300049, abs=1e-12)
+    assert mc2([-2000.0, -900.0, -900.0], [0, 1, 0]) == pytest.approx(0.5)
+    assert mc2([-5.0, float("-inf")], [0, 1]) == 0.0  # a choice with no probability at all counts nothing
+    with pytest.raises(ValueError, match="finite"):
+        mc2([float("nan"), -1.0], [1, 0])
+    with pytest.raises(ValueError, match="finite"):
+        mc2([float("-inf"), float("-inf")], [1, 0])
+    assert mc1(np.array([-3.0, -1.0, -1.0]), [0, 1, 0]) == 1.0  # the first of equal maxima, numpy's argmax
+    assert mc1(np.array([-1.0, -1.0, -3.0]), [0, 1, 0]) == 0.0
+
+
 def test_truthfulqa_command_writes_the_contract_files(tmp_path, tiny_model_dir):
     out = tmp_path / "tqa"
     assert main(["eval", "bench", "truthfulqa_mc", "--model", str(tiny_model_dir), "--data",

@@ -27,6 +27,17 @@ def test_rating_parser(text, rating):
     assert parse_rating(text) == rating
 
 
+@pytest.mark.parametrize("text, value", [
+    ("Rating: [[8]]", 8.0), ("[[0]]", 0.0), ("[[11]]", 11.0), ("see [2]. Rating: [[5]]", 5.0), ("Rating: [3]", 3.0),
+    ("Rating: 7", None), ("Rating: [[ 8 ]]", None), ("", None),
+])
+def test_rating_value_is_what_fastchat_reads(text, value):
+    """FastChat's run_judge_single: first [[x]], else first [x], any number; -1 (here None) when neither."""
+    from prefloop.evaluate.bench.mt_bench import rating_value
+
+    assert rating_value(text) == value
+
+
 def which(messages):
     """(question record, turn 1 or 2) the judge is asked about."""
     text = messages[-1]["content"]
@@ -72,6 +83,7 @@ def test_mt_bench_grades_parses_and_tolerates_judge_failures(tmp_path, tiny_mode
         assert m["mt_bench/turn_2"] == pytest.approx(sum(turn_2) / 5)
         assert m["mt_bench/score"] == pytest.approx(sum(turn_1 + turn_2) / 8)
         assert m["mt_bench/n_excluded"] == 4 and m["mt_bench/n_failed"] == 2  # reasoning t1, coding t1, stem x2
+        assert m["mt_bench/n_out_of_range"] == 1  # coding t1's [[11]], apart from reasoning t1's missing rating
         for category, values in rated.items():
             assert m[f"mt_bench/category/{category}"] == pytest.approx(sum(values) / len(values))
         assert "mt_bench/category/stem" not in m

@@ -277,3 +277,37 @@ def test_answer_cache_whose_last_newline_a_crash_cut_off_is_ended_before_appendi
     path.write_text(json.dumps(record) + "\n" + json.dumps(record)[:20])  # cut in the middle: dropped
     found, _ = read_answer_cache(path, spec, prompts)
     assert list(found) == [prompts[0].key] and path.read_text() == json.dumps(record) + "\n"
+
+
+def test_summarize_takes_every_rate_from_the_same_preferences_and_counts_missing_verdicts():
+    """Averaged human votes are soft preferences: the win rate is their mean (alpaca_eval's win_rate), the
+    discrete win rate rounds each first, the interval and the LC fit use the same values; a prompt without
+    a verdict is left out of all of them and counted."""
+    import numpy as np
+
+    from prefloop import stats
+    from prefloop.evaluate.answers import Answer, AnswerSet
+    from prefloop.evaluate.winrate import summarize
+
+    from pathlib import Path
+
+    after, before = AnswerSet("after", Path("after.jsonl")), AnswerSet("before", Path("before.jsonl"))
+    prefs = [2 / 3, 1.0, 0.5, 0.0, 1 / 3, None]  # votes a,a,b / a / tie / b / a,b,b / none
+    rows = []
+    for i, p in enumerate(prefs):
+        key = f"k{i}"
+        after.by_key[key] = Answer(str(i), key, [], "x" * (10 + 7 * i), None, 10 + 7 * i, "stop", "after")
+        before.by_key[key] = Answer(str(i), key, [], "y" * (40 - 3 * i), None, 40 - 3 * i, "stop", "before")
+        outcome = None if p is None else "win" if p > 0.5 else "loss" if p < 0.5 else "tie"
+        rows.append({"id": str(i), "key": key, "outcome": outcome, **({"preference": p} if p is not None else {})})
+    m, d = summarize(rows, after, before, resamples=200, seed=0, judge_stats=None)
+    judged = [2 / 3, 1.0, 0.5, 0.0, 1 / 3]
+    assert m["win_rate"] == pytest.approx(2.5 / 5)                 # mean of the soft preferences
+    assert m["discrete_win_rate"] == pytest.approx((2 + 0.5) / 5)  # 2 wins, 1 tie, 2 losses
+    assert (m["wins"], m["ties"], m["losses"], m["n_prompts"], m["n_excluded_prompts"]) == (2, 1, 2, 5, 1)
+    assert m["win_rate_se"] == pytest.approx(np.std(judged, ddof=1) / np.sqrt(5))
+    assert d["interval"]["estimate"] == pytest.approx(m["win_rate"]) and d["interval"]["n"] == 5
+    # the LC fits the five verdicts; Δlen is normalised over all six prompts (alpaca_eval's featurizer)
+    lc = stats.lc_win_rate(prefs, [10 + 7 * i for i in range(6)], [40 - 3 * i for i in range(6)])
+    assert m["lc_win_rate"] == pytest.approx(lc.lc_win_rate) and d["lc"]["win_rate"] == pytest.approx(m["win_rate"])
+    assert d["lc"]["n"] == 5 and d["lc"]["n_missing"] == 1

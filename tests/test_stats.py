@@ -17,6 +17,43 @@ def test_win_rate_counts_ties_as_half_and_raw_counts_only_wins():
         stats.win_rate(["win", "draw"])
 
 
+def test_win_rate_of_soft_preferences_is_alpaca_evals_with_missing_counted():
+    # alpaca_eval get_winrate on preference - 1: mean, sem (ddof=1), wins p > .5, ties p == .5, losses p < .5
+    prefs = [1.0, 1.0, 0.5, 0.0, 0.8, 0.3, None, float("nan")]
+    wr = stats.win_rate(prefs)
+    assert (wr.wins, wr.ties, wr.losses, wr.n, wr.n_missing) == (3, 1, 2, 6, 2)
+    assert wr.win_rate == pytest.approx(0.6)                   # 3.6 / 6
+    assert wr.discrete_win_rate == pytest.approx(3.5 / 6)      # each rounded first: (3 + 1/2) / 6
+    assert wr.raw_win_rate == pytest.approx(0.5)               # 3 / 6
+    assert wr.standard_error == pytest.approx((0.82 / 5) ** 0.5 / 6 ** 0.5)  # squared deviations sum to 0.82
+    # verdicts 1 / 0.5 / 0 only: continuous and discrete agree, FastChat's win_rate_adjusted
+    hard = stats.win_rate(["win", "tie", "loss", "win"])
+    assert hard.win_rate == hard.discrete_win_rate == pytest.approx(2.5 / 4)
+    assert hard.standard_error == pytest.approx(np.std([1, 0.5, 0, 1], ddof=1) / 2)
+    one = stats.win_rate([0.7])
+    assert one.win_rate == pytest.approx(0.7) and one.standard_error is None and one.discrete_win_rate == 1.0
+    none = stats.win_rate([None, None])
+    assert none.n == 0 and none.n_missing == 2 and none.win_rate is None and none.discrete_win_rate is None
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.win_rate([1.5])
+    # the interval resamples the same preferences, missing ones left out
+    interval = stats.win_rate_interval(prefs, n_resamples=200, seed=0)
+    assert interval.n == 6 and interval.estimate == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("value, preference", [
+    (2, 1.0), (1, 0.0), (1.5, 0.5), (0, 0.5), (1.75, 0.75), (None, None), (float("nan"), None),
+])
+def test_alpaca_eval_preference_encoding(value, preference):
+    # 1 = baseline (output_1) wins, 2 = model (output_2) wins, 1.5 or (legacy) 0 = tie, NaN = no annotation
+    assert stats.alpaca_eval_preference(value) == preference
+
+
+def test_alpaca_eval_preference_out_of_range():
+    with pytest.raises(ValueError):
+        stats.alpaca_eval_preference(0.5)
+
+
 @pytest.mark.parametrize("first, second, combined", [
     ("win", "win", "win"), ("loss", "loss", "loss"), ("tie", "tie", "tie"),
     ("win", "loss", "tie"), ("win", "tie", "tie"), ("loss", "win", "tie"), (None, "win", None), ("win", None, None),
@@ -66,7 +103,7 @@ def test_lc_win_rate_removes_a_pure_length_advantage():
     lc = stats.lc_win_rate(prefs, after, before)
     assert raw > 0.7
     assert abs(lc.lc_win_rate - 0.5) < 0.1, lc
-    assert lc.weights["tanh_std_delta_len"] > 0
+    assert lc.weights["tanh_std_delta_len"] < 0  # alpaca_eval's orientation: Δlen = baseline - model
     assert lc.lc_win_rate_se is not None and 0 < lc.lc_win_rate_se < 0.2
     assert lc.warning is not None and "very different" in lc.warning  # > 10 points from raw
 
@@ -80,6 +117,33 @@ def test_lc_win_rate_equals_raw_when_lengths_carry_no_signal():
     assert abs(lc.lc_win_rate - prefs.mean()) < 0.05
     assert lc.warning is None
     assert stats.lc_win_rate([1.0], [10], [5]).lc_win_rate is None  # one prompt: undefined
+
+
+def test_lc_win_rate_leaves_missing_verdicts_out_of_the_fit_but_not_out_of_std_delta_len():
+    """alpaca_eval divides Δlen by its std over every instruction, then drops rows without a preference."""
+    rng = np.random.default_rng(3)
+    n = 120
+    after, before = rng.integers(100, 900, n), rng.integers(100, 900, n)
+    delta = before - after
+    prefs = (rng.random(n) < 1 / (1 + np.exp(-(0.3 - 1.5 * np.tanh(delta / delta.std(ddof=1)))))).astype(float)
+    with_missing = list(prefs[:-1]) + [None]
+    after2, before2 = after.copy(), before.copy()
+    after2[-1] = 5000  # the prompt without a verdict has a large length difference: it widens std(Δlen)
+    lc = stats.lc_win_rate(with_missing, after2, before2)
+    dropped = stats.lc_win_rate(prefs[:-1], after2[:-1], before2[:-1])
+    assert (lc.n, lc.n_missing, dropped.n, dropped.n_missing) == (n - 1, 1, n - 1, 0)
+    assert lc.win_rate == dropped.win_rate == pytest.approx(prefs[:-1].mean())
+    assert lc.weights["tanh_std_delta_len"] != pytest.approx(dropped.weights["tanh_std_delta_len"], abs=1e-3)
+    assert stats.lc_win_rate([float("nan"), 1.0], [1, 2], [2, 1]).lc_win_rate is None  # one verdict: undefined
+
+
+def test_lc_win_rate_with_equal_lengths_is_the_constant_fit():
+    """Δlen the same everywhere: std(Δlen) = 0 and the length term is 0 (alpaca_eval divides 0 by 0 and fails)."""
+    prefs = np.array([1.0] * 30 + [0.0] * 10)
+    lc = stats.lc_win_rate(prefs, np.full(40, 300), np.full(40, 300))
+    assert lc.weights["tanh_std_delta_len"] == 0.0
+    # the L1 fit of a constant alone shrinks log(30/10) towards 0; unpenalised it would be 0.75 exactly
+    assert 0.5 <= lc.lc_win_rate <= 0.75 + 1e-6 and lc.lc_win_rate_se > 0
 
 
 def test_extreme_change_rule_is_alpaca_evals():

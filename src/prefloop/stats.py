@@ -4,8 +4,12 @@ The one place for statistics in prefloop (evaluation, label-stats and judge-agre
 here), built on numpy, scipy and scikit-learn. Rates are fractions in [0, 1]; reports multiply by 100.
 
 Sources:
-- Win rate with ties as half, raw win rate: FastChat `fastchat/llm_judge/show_result.py`
-  (`win_rate_adjusted = (win + 0.5 * tie) / n`, `win_rate = win / n`).
+- Win rate: alpaca_eval `metrics/winrate.py::get_winrate` — the mean preference for the model in [0, 1]
+  (a tie 0.5, soft verdicts in between), its standard error (the sample standard deviation / sqrt(n),
+  pandas' `sem`), `discrete_win_rate` (every preference rounded to win / tie / loss, a tie as half) and
+  the counts; missing verdicts are left out of n and counted. With verdicts 1 / 0.5 / 0 only, the
+  win rate is FastChat's `win_rate_adjusted = (win + 0.5 * tie) / n` (`fastchat/llm_judge/show_result.py`)
+  and the raw win rate its `win_rate = win / n`.
 - Paired bootstrap over prompts, percentile interval: Efron & Tibshirani (1993), ch. 13; every row
   (one prompt, with both of its judge orders already combined) is resampled as a unit.
 - Length-controlled (LC) win rate: Dubois et al. (2024), "Length-Controlled AlpacaEval: A Simple Way to
@@ -94,32 +98,83 @@ def combine_orders(first: str | None, second: str | None) -> str | None:
 
 @dataclass
 class WinRate:
-    """Counts and rates of one model against another over n prompts (failed prompts excluded)."""
+    """Counts and rates of one model against another over n judged prompts (missing verdicts left out)."""
 
     wins: int
     ties: int
     losses: int
     n: int
-    win_rate: float | None       # (wins + ties / 2) / n — FastChat's win_rate_adjusted
-    raw_win_rate: float | None   # wins / n — FastChat's win_rate
+    win_rate: float | None           # mean preference, a tie 0.5 — alpaca_eval's win_rate (continuous)
+    raw_win_rate: float | None       # wins / n — FastChat's win_rate
+    discrete_win_rate: float | None = None  # (wins + ties / 2) / n — alpaca_eval's discrete_win_rate
+    standard_error: float | None = None     # sample std (ddof=1) / sqrt(n) of the preferences; None below n = 2
+    n_missing: int = 0               # verdicts that are missing (None or NaN): not in n, not in any rate
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def win_rate(outcomes: Sequence[str]) -> WinRate:
-    """Win rate with ties as half and raw win rate from per-prompt outcomes "win" / "tie" / "loss".
+def preference_scores(preferences: Sequence) -> tuple[np.ndarray, int]:
+    """(judged preferences as floats in [0, 1], number missing) from per-prompt preferences.
 
-    Source: FastChat `show_result.py`: win_rate = win / (win + loss + tie),
-    win_rate_adjusted = (win + 0.5 * tie) / (win + loss + tie). Raises ValueError on another label.
+    Each preference is the probability that the model beats the baseline: 1 win, 0.5 tie, 0 loss, or a
+    soft value in between; "win" / "tie" / "loss" are accepted for 1 / 0.5 / 0; None or NaN is a missing
+    verdict (a failed or unparseable judgment). Raises ValueError on another label or a number outside [0, 1].
     """
-    counts = Counter(outcomes)
-    unknown = set(counts) - set(OUTCOME_SCORES)
-    if unknown:
-        raise ValueError(f"outcomes must be win/tie/loss, got {sorted(unknown)}")
-    wins, ties, losses = counts["win"], counts["tie"], counts["loss"]
-    n = wins + ties + losses
-    return WinRate(wins, ties, losses, n, (wins + ties / 2) / n if n else None, wins / n if n else None)
+    values, missing = [], 0
+    for p in preferences:
+        if p is None or (isinstance(p, float) and math.isnan(p)):
+            missing += 1
+            continue
+        if isinstance(p, str):
+            if p not in OUTCOME_SCORES:
+                raise ValueError(f"outcomes must be win/tie/loss, got {p!r}")
+            values.append(OUTCOME_SCORES[p])
+            continue
+        value = float(p)
+        if math.isnan(value):
+            missing += 1
+            continue
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"preferences must lie in [0, 1] (1 win, 0.5 tie, 0 loss), got {p!r}")
+        values.append(value)
+    return np.array(values, dtype=float), missing
+
+
+def win_rate(preferences: Sequence) -> WinRate:
+    """Win rate, its standard error, the discrete win rate and the counts from per-prompt preferences.
+
+    preferences: per prompt "win" / "tie" / "loss" or a number in [0, 1] (see `preference_scores`);
+    None/NaN = missing, counted in `n_missing` and left out of everything else.
+    Source: alpaca_eval `get_winrate` (on its encoding p = preference - 1): win_rate = mean(p),
+    standard_error = sem(p) (ddof=1), wins = #(p > 0.5), losses = #(p < 0.5), ties = #(p == 0.5),
+    discrete_win_rate = (wins + ties / 2) / n; raw_win_rate = wins / n (FastChat's win_rate). With
+    verdicts 1 / 0.5 / 0 only, win_rate = discrete_win_rate = FastChat's win_rate_adjusted.
+    Raises ValueError on another label or a number outside [0, 1].
+    """
+    p, missing = preference_scores(preferences)
+    n = len(p)
+    wins, ties, losses = int((p > 0.5).sum()), int((p == 0.5).sum()), int((p < 0.5).sum())
+    if not n:
+        return WinRate(0, 0, 0, 0, None, None, None, None, missing)
+    se = float(p.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
+    return WinRate(wins, ties, losses, n, float(p.mean()), wins / n, (wins + ties / 2) / n, se, missing)
+
+
+def alpaca_eval_preference(value) -> float | None:
+    """An alpaca_eval annotation's `preference` as a preference for the model (output_2) in [0, 1].
+
+    alpaca_eval encodes 1 = the baseline (output_1) wins, 2 = the model wins, 1.5 = a tie, soft values in
+    between, and, for historical reasons, 0 = a tie; None/NaN = no annotation (returned as None).
+    Raises ValueError on anything else."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    v = float(value)
+    if v == 0.0:
+        return 0.5
+    if not 1.0 <= v <= 2.0:
+        raise ValueError(f"an alpaca_eval preference is 1..2 (or 0 for a tie), got {value!r}")
+    return v - 1.0
 
 
 def outcome_scores(outcomes: Sequence[str]) -> np.ndarray:
@@ -127,16 +182,19 @@ def outcome_scores(outcomes: Sequence[str]) -> np.ndarray:
     return np.array([OUTCOME_SCORES[o] for o in outcomes], dtype=float)
 
 
-def win_rate_interval(outcomes: Sequence[str], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+def win_rate_interval(preferences: Sequence, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                       level: float = 0.95) -> Interval:
-    """Paired-bootstrap interval of the win rate (ties as half) over prompts; see `paired_bootstrap`."""
-    return paired_bootstrap(outcome_scores(outcomes), np.mean, n_resamples, seed, level)
+    """Paired-bootstrap interval of the win rate (the mean preference) over the judged prompts; see
+    `paired_bootstrap`. preferences: as `win_rate` takes them; missing ones are left out."""
+    return paired_bootstrap(preference_scores(preferences)[0], np.mean, n_resamples, seed, level)
 
 
 # --------------------------------------------------------------------------------------------- LC win rate
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    from scipy.special import expit
+
+    return expit(x)
 
 
 def _soft_log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -174,8 +232,9 @@ class LCWinRate:
     win_rate: float | None            # the mean soft preference (ties as half) the LC is compared with
     weights: dict = field(default_factory=dict)
     C: float | None = None
-    n: int = 0
+    n: int = 0                        # prompts with a verdict (the fit's rows)
     warning: str | None = None
+    n_missing: int = 0                # prompts without a verdict: not fitted, but in std(Δlen)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,11 +257,18 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     """AlpacaEval 2's length-controlled win rate, in the variant that needs no hub files.
 
     preferences: shape (n,), per prompt the probability in [0, 1] that the after-model's answer is better
-    (1 win, 0.5 tie, 0 loss, or a soft verdict). len_after, len_before: shape (n,), answer lengths in
-    characters (alpaca_eval measures `str.len()`).
+    (1 win, 0.5 tie, 0 loss, or a soft verdict); None or NaN for a prompt without a verdict, which is left
+    out of the fit but, as in alpaca_eval, still counts in std(Δlen) (the length difference belongs to the
+    outputs, not to the annotation). len_after, len_before: shape (n,), answer lengths in characters
+    (alpaca_eval measures `str.len()`).
     Model (Dubois et al. 2024, arXiv:2404.04475, eq. 3 without the instruction-difficulty and gamed-baseline
-    terms that need hub files): P(after better) = sigmoid(w_len * tanh(Δlen / std(Δlen)) + w_0), with
-    Δlen = len_after - len_before, std with ddof=1, a constant feature and no intercept. Fitted with L1
+    terms that need hub files; alpaca_eval's `length_controlled_minimal` formula
+    `np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1`):
+    P(after better) = sigmoid(w_len * tanh(Δlen / std(Δlen)) + w_0), with alpaca_eval's orientation
+    Δlen = len_before - len_after (baseline output_1 minus model output_2, so a judge that likes longer
+    answers gives w_len < 0, and `weights` equal the weights alpaca_eval saves), std with ddof=1 (0 when
+    every Δlen is equal: then the length term is 0, where alpaca_eval divides 0 by 0 and fails), a
+    constant feature and no intercept. Fitted with L1
     penalty (liblinear) on soft labels as weighted duplicated rows, the penalty chosen from
     C in logspace(-4, 4, 10) by 5-fold grouped cross-validation on soft log loss, as alpaca_eval's
     `fit_LogisticRegressionCV` does. LC win rate = the prediction at Δlen = 0 = sigmoid(w_0).
@@ -211,20 +277,22 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
     (H = Σ μ(1-μ) x xᵀ, B = Σ (y-μ)² x xᵀ); the larger, because when lengths separate the verdicts the
     residuals vanish and the sandwich alone would understate the uncertainty.
     Warning: `is_extreme_change(win_rate, lc)`, the message alpaca_eval logs.
-    Fewer than 2 prompts: LC undefined (None). Raises ValueError on mismatched lengths or preferences
-    outside [0, 1].
+    Fewer than 2 prompts with a verdict: LC undefined (None); 2 to 4: as many folds as prompts
+    (alpaca_eval fails below 5). Raises ValueError on mismatched lengths or preferences outside [0, 1].
     """
-    y = np.asarray(preferences, dtype=float)
-    delta = np.asarray(len_after, dtype=float) - np.asarray(len_before, dtype=float)
+    y = np.array([np.nan if p is None else p for p in preferences], dtype=float)
+    delta = np.asarray(len_before, dtype=float) - np.asarray(len_after, dtype=float)
     if y.shape != delta.shape or y.ndim != 1:
         raise ValueError(f"preferences and lengths need the same shape (n,), got {y.shape} and {delta.shape}")
-    if np.any((y < 0) | (y > 1)) or np.any(np.isnan(y)):
+    judged = ~np.isnan(y)
+    if np.any((y[judged] < 0) | (y[judged] > 1)):
         raise ValueError("preferences must lie in [0, 1]")
-    n = len(y)
+    std = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0  # over every prompt, as alpaca_eval's featurizer
+    y, delta = y[judged], delta[judged]
+    n, n_missing = len(y), int((~judged).sum())
     raw = float(y.mean()) if n else None
     if n < 2:
-        return LCWinRate(None, None, raw, n=n)
-    std = float(delta.std(ddof=1))
+        return LCWinRate(None, None, raw, n=n, n_missing=n_missing)
     feature = np.tanh(delta / std) if std > 0 else np.zeros(n)
     X = np.column_stack([feature, np.ones(n)])
     from sklearn.model_selection import GroupKFold
@@ -255,7 +323,7 @@ def lc_win_rate(preferences: Sequence[float], len_after: Sequence[float], len_be
                    f"{100 * raw:.1f}%. This might be a sign of failure of the GLM (too few prompts, or lengths "
                    "that explain every verdict).")
     return LCWinRate(lc, se, raw, {"tanh_std_delta_len": float(w[0]), "constant": float(w[1])},
-                     float(LC_CS[best]), n, warning)
+                     float(LC_CS[best]), n, warning, n_missing)
 
 
 # --------------------------------------------------------------------------------------------- Bradley–Terry

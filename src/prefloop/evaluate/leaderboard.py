@@ -75,8 +75,8 @@ def leaderboard_command(out_dir: Path, models: str, model_names: str | None, bas
         metrics[f"rating_ci_high/{label}"] = b.get("high")
         if label in per_model:
             m = per_model[label]["metrics"]
-            for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "raw_win_rate", "lc_win_rate",
-                      "lc_win_rate_se", "judge_consistency", "n_failed_judgments"):
+            for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "win_rate_se", "raw_win_rate", "lc_win_rate",
+                      "lc_win_rate_se", "judge_consistency", "n_failed_judgments", "n_excluded_prompts"):
                 metrics[f"{k}/{label}"] = m[k]
     results = new_results(
         "leaderboard",

@@ -36,10 +36,10 @@ REQUIRED = ("schema", "kind", "benchmark", "created", "prefloop_version", "model
 RESULTS_FILE = "results.json"
 
 METRIC_NAMES = {
-    "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "raw_win_rate", "lc_win_rate", "lc_win_rate_se",
-                "wins", "ties", "losses", "n_prompts", "judge_consistency", "first_position_rate",
-                "n_failed_judgments", "failed_judgment_rate", "mean_length_tokens/after",
-                "mean_length_tokens/before"),
+    "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "win_rate_se", "discrete_win_rate",
+                "raw_win_rate", "lc_win_rate", "lc_win_rate_se", "wins", "ties", "losses", "n_prompts",
+                "n_excluded_prompts", "judge_consistency", "first_position_rate", "n_failed_judgments",
+                "failed_judgment_rate", "mean_length_tokens/after", "mean_length_tokens/before"),
     "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
     "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded", "alpaca_eval/win_rate",
               "alpaca_eval/lc_win_rate", "truthfulqa_mc/mc1", "truthfulqa_mc/mc2", "safety_mc/accuracy",

@@ -6,10 +6,15 @@ through the trainer's log-prob path (`train/logps.py` via `train/reference.compu
 the one model call site): the choices of one question are laid out as (prompt, chosen, rejected)
 "pairs" sharing the context, so the prefix-shared layout encodes the context once per two choices.
 
-Tokenization follows lm-evaluation-harness 0.4.x (`HFLM._encode_pair`, `tok_encode` without special
-tokens for causal LMs): trailing spaces of the context move to the front of the continuation; the
-context is encoded alone; the continuation ids are the ids of context + continuation after the
-first len(context ids) tokens. So the numbers are those lm-eval computes on the same model and text.
+Tokenization follows lm-evaluation-harness 0.4.13 (`TemplateLM._encode_pair`, `HFLM.tok_encode`):
+trailing spaces of the context move to the front of the continuation; the context is encoded alone;
+the continuation ids are the ids of context + continuation after the first len(context ids) tokens.
+Special tokens are the tokenizer's own default (lm-eval's `add_bos_token=None`, since its PR #3347):
+a tokenizer that adds a BOS (Llama, Gemma, Mistral) gets it in front of the context, one that adds
+none (Qwen2, GPT-2) gets nothing; a text that already starts with the BOS text gets no second one.
+(lm-eval up to 0.4.9 encoded without special tokens, which scores BOS-trained models such as Gemma
+without their BOS: EleutherAI/lm-evaluation-harness#1455, #2049.) So the numbers are those lm-eval
+computes on the same model and text.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ def scoring_device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
+def prefix_token_id(tokenizer) -> int | None:
+    """lm-eval's `HFLM.prefix_token_id`: the BOS id, else the EOS id."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def tok_encode(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as lm-eval 0.4.13's `HFLM.tok_encode` makes them for a causal LM.
+
+    The tokenizer's default special tokens (a BOS for tokenizers that add one), except when `text`
+    already starts with the text of the prefix token (`prefix_token_id`), which then is not added again."""
+    kwargs = {}
+    prefix = prefix_token_id(tokenizer)
+    if prefix is not None and text.startswith(tokenizer.decode(prefix)):
+        kwargs["add_special_tokens"] = False
+    return list(tokenizer(text, **kwargs).input_ids)
+
+
 def encode_request(tokenizer, context: str, continuations: list[str]) -> Request:
     """Token ids of `context` and each continuation, split as lm-evaluation-harness 0.4.x splits them.
 
@@ -46,10 +68,10 @@ def encode_request(tokenizer, context: str, continuations: list[str]) -> Request
         raise ValueError("the context is empty")
     moved = context[len(context) - n_spaces:] if n_spaces else ""
     context = context[: len(context) - n_spaces]
-    context_ids = tokenizer(context, add_special_tokens=False).input_ids
+    context_ids = tok_encode(tokenizer, context)
     continuations_ids = []
     for text in continuations:
-        whole = tokenizer(context + moved + text, add_special_tokens=False).input_ids
+        whole = tok_encode(tokenizer, context + moved + text)
         ids = whole[len(context_ids):]
         if not ids:
             raise ValueError(f"the continuation {text!r} encodes to no tokens")

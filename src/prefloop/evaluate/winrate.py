@@ -150,15 +150,20 @@ def judge_both_orders(pj, prompts: list[Prompt], after: AnswerSet, before: Answe
 
 def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: int, seed: int,
               judge_stats: dict | None) -> tuple[dict, dict]:
-    """(metrics, details) of a win-rate run from per-prompt rows with an "outcome" (None = failed)."""
+    """(metrics, details) of a win-rate run from per-prompt rows with an "outcome" (None = failed) and,
+    for soft verdicts (averaged human votes), a "preference" in [0, 1].
+
+    Every rate comes from the same per-prompt preferences (a win 1, a tie 0.5, a loss 0, or the soft
+    value), as alpaca_eval computes them: `win_rate` is their mean, its bootstrap interval and standard
+    error resample them, `discrete_win_rate` rounds each to win / tie / loss first, and the LC win rate
+    fits them. Prompts without a verdict are left out of all of them and counted (`n_excluded_prompts`)."""
     judged = [r for r in rows if r["outcome"] is not None]
-    outcomes = [r["outcome"] for r in judged]
-    wr = stats.win_rate(outcomes)
-    interval = stats.win_rate_interval(outcomes, resamples, seed) if outcomes else None
-    la = [after.by_key[r["key"]].chars for r in judged]
-    lb = [before.by_key[r["key"]].chars for r in judged]
-    prefs = [r.get("preference", stats.OUTCOME_SCORES[r["outcome"]]) for r in judged]
-    lc = stats.lc_win_rate(prefs, la, lb)
+    prefs = [None if r["outcome"] is None else r.get("preference", stats.OUTCOME_SCORES[r["outcome"]]) for r in rows]
+    wr = stats.win_rate(prefs)
+    interval = stats.win_rate_interval(prefs, resamples, seed) if judged else None
+    # every prompt's lengths (alpaca_eval normalises Δlen over all instructions); those without a verdict are not fitted
+    lc = stats.lc_win_rate(prefs, [after.by_key[r["key"]].chars for r in rows],
+                           [before.by_key[r["key"]].chars for r in rows])
 
     def mean(values):
         values = [v for v in values if v is not None]
@@ -169,7 +174,8 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
     failed = (judge_stats or {}).get("failed_judgments", 0)
     metrics = {
         "win_rate": wr.win_rate, "win_rate_ci_low": interval.low if interval else None,
-        "win_rate_ci_high": interval.high if interval else None, "raw_win_rate": wr.raw_win_rate,
+        "win_rate_ci_high": interval.high if interval else None, "win_rate_se": wr.standard_error,
+        "discrete_win_rate": wr.discrete_win_rate, "raw_win_rate": wr.raw_win_rate,
         "lc_win_rate": lc.lc_win_rate, "lc_win_rate_se": lc.lc_win_rate_se,
         "wins": wr.wins, "ties": wr.ties, "losses": wr.losses, "n_prompts": wr.n,
         "judge_consistency": (judge_stats or {}).get("consistency_rate"),
@@ -296,6 +302,8 @@ def winrate_report(results: dict, prompts: list[Prompt], after: AnswerSet, befor
         ["wins / ties / losses", f"{m['wins']} / {m['ties']} / {m['losses']}"],
         ["win rate (ties as half)", percent(m["win_rate"])],
         ["95% interval", f"[{percent(m['win_rate_ci_low'])}, {percent(m['win_rate_ci_high'])}]"],
+        ["standard error", percent(m.get("win_rate_se"))],
+        ["discrete win rate (each verdict rounded to win/tie/loss)", percent(m.get("discrete_win_rate"))],
         ["raw win rate (wins / n)", percent(m["raw_win_rate"])],
         ["LC win rate ± SE", f"{percent(m['lc_win_rate'])} ± {percent(m['lc_win_rate_se'])}"],
         ["prompts judged / excluded", f"{m['n_prompts']} / {m.get('n_excluded_prompts', 0)}"],
@@ -351,10 +359,15 @@ def _num(v) -> str:
 def print_summary(results: dict) -> None:
     m = results["metrics"]
     lc = results["details"]["lc"]
+    excluded = m.get("n_excluded_prompts") or 0
     print(f"prefloop eval winrate: {m['wins']} wins, {m['ties']} ties, {m['losses']} losses over {m['n_prompts']} "
-          f"prompts: win rate {percent(m['win_rate'])} [95% CI {percent(m['win_rate_ci_low'])}, "
-          f"{percent(m['win_rate_ci_high'])}], raw {percent(m['raw_win_rate'])}, LC {percent(m['lc_win_rate'])} "
-          f"± {percent(m['lc_win_rate_se'])}", file=sys.stderr)
+          f"prompts{f' ({excluded} without a verdict left out)' if excluded else ''}: win rate "
+          f"{percent(m['win_rate'])} [95% CI {percent(m['win_rate_ci_low'])}, {percent(m['win_rate_ci_high'])}], "
+          f"raw {percent(m['raw_win_rate'])}, LC {percent(m['lc_win_rate'])} ± {percent(m['lc_win_rate_se'])}",
+          file=sys.stderr)
+    if m.get("discrete_win_rate") is not None and m["discrete_win_rate"] != m["win_rate"]:
+        print(f"  soft verdicts: discrete win rate (each rounded to win/tie/loss) {percent(m['discrete_win_rate'])}",
+              file=sys.stderr)
     print(f"  mean length after/before: {_num(m['mean_length_tokens/after'])}/{_num(m['mean_length_tokens/before'])} "
           f"tokens, {_num(m.get('mean_length_chars/after'))}/{_num(m.get('mean_length_chars/before'))} chars; judge "
           f"consistency {percent(m['judge_consistency'])}, first-position rate {percent(m['first_position_rate'])}, "

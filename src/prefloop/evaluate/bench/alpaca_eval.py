@@ -8,7 +8,8 @@ generated through the one sampler and cached, `evaluate/answers.py`); the landed
 (`judge/pairwise.py`, both orders, disagreement = tie) compares the answer with the reference output, exactly
 as `eval winrate` compares an after-model with a before-model (the model is "after", the references
 "before"). Metrics (Dubois et al. 2024, arXiv:2404.04475; `prefloop.stats`):
-`alpaca_eval/win_rate` (ties as half) with its paired-bootstrap 95% interval, `alpaca_eval/raw_win_rate`,
+`alpaca_eval/win_rate` (the mean preference, ties as half, alpaca_eval's `win_rate`) with its paired-bootstrap
+95% interval and `alpaca_eval/win_rate_se` (its `standard_error`), `alpaca_eval/raw_win_rate`,
 `alpaca_eval/lc_win_rate` ± `alpaca_eval/lc_win_rate_se` (length in characters), and the judge diagnostics.
 Differences from the alpaca_eval package: its default annotator (GPT-4 Turbo with logprob-weighted
 preferences) judges one randomly ordered comparison per instruction; here every instruction is judged in
@@ -113,4 +114,5 @@ def summary_lines(results: dict) -> list[str]:
             f"{pct(m[f'{NAME}/win_rate_ci_high'])}], raw {pct(m[f'{NAME}/raw_win_rate'])}, LC "
             f"{pct(m[f'{NAME}/lc_win_rate'])} ± {pct(m[f'{NAME}/lc_win_rate_se'])} over {m[f'{NAME}/n_prompts']} "
             f"instructions ({m[f'{NAME}/wins']} wins, {m[f'{NAME}/ties']} ties, {m[f'{NAME}/losses']} losses; "
-            f"{m[f'{NAME}/n_failed_judgments']} failed or unparseable judgments)"]
+            f"{m[f'{NAME}/n_failed_judgments']} failed or unparseable judgments; "
+            f"{m.get(f'{NAME}/n_excluded_prompts', 0)} instructions without a verdict left out)"]

@@ -12,9 +12,11 @@ Method (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Are
   `--references`, FastChat's reference_answer JSONL, else the question's own `reference` field); the
   second turn is judged on the whole conversation; judge temperature 0, up to 2048 tokens;
 - rating: the first `[[x]]` in the judgment, else the first `[x]` (FastChat's two patterns), kept when
-  1 <= x <= 10. No rating, or a failed request, excludes that turn (counted: `mt_bench/n_excluded`), it is
-  never given a default score. FastChat asks again up to five times at temperature 0, which returns the
-  same text from a deterministic judge; here a failed request is retried by the next run instead;
+  1 <= x <= 10 (FastChat keeps any number; see `parse_rating`; out-of-range ones are counted in
+  `mt_bench/n_out_of_range`). No rating, or a failed request, excludes that turn (counted:
+  `mt_bench/n_excluded`), it is never given a default score. FastChat asks again up to five times at
+  temperature 0, which returns the same text from a deterministic judge; here a failed request is retried
+  by the next run instead;
 - scores: the mean rating per turn (`mt_bench/turn_1`, `mt_bench/turn_2`), over both turns
   (`mt_bench/score`, FastChat's "average"), and per category (`mt_bench/category/NAME`).
 
@@ -90,16 +92,25 @@ _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
 
-def parse_rating(judgment: str | None) -> float | None:
-    """The judge's 1-10 rating: the first [[x]], else the first [x] (FastChat's patterns); None when there
-    is none or it lies outside 1..10."""
+def rating_value(judgment: str | None) -> float | None:
+    """The number FastChat reads as the rating: the first [[x]], else the first [x]; None when there is none
+    (FastChat's -1)."""
     if not judgment:
         return None
     match = _RATING.search(judgment) or _RATING_BACKUP.search(judgment)
-    if match is None:
-        return None
-    value = float(match.group(1))
-    return value if 1 <= value <= 10 else None
+    return None if match is None else float(match.group(1))
+
+
+def parse_rating(judgment: str | None) -> float | None:
+    """The judge's 1-10 rating: the first [[x]], else the first [x] (FastChat's patterns); None when there
+    is none or it lies outside 1..10.
+
+    Deliberately stricter than FastChat, which averages whatever number it finds ([[0]], [[11]], [[85]]):
+    a number outside the scale the judge was asked for is not a rating on it, and averaging it in moves
+    the score by more than any real difference (the unclamped-score bug kind, e.g. IBM/unitxt#1960). Such
+    turns are left out like unparseable ones and counted apart (`mt_bench/n_out_of_range`)."""
+    value = rating_value(judgment)
+    return value if value is not None and 1 <= value <= 10 else None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -324,6 +335,8 @@ def scores(grades: list[Grade]) -> tuple[dict, dict]:
     rated = [g for g in grades if g.rating is not None]
     metrics = {f"{NAME}/score": float(np.mean([g.rating for g in rated])) if rated else None,
                f"{NAME}/n_excluded": len(grades) - len(rated), f"{NAME}/n_failed": sum(1 for g in grades if g.error),
+               f"{NAME}/n_out_of_range": sum(1 for g in grades if g.rating is None and not g.error
+                                             and rating_value(g.judgment) is not None),
                f"{NAME}/n_rated": len(rated)}
     for turn in (0, 1):
         values = [g.rating for g in rated if g.turn == turn]
@@ -394,7 +407,8 @@ def run(args) -> tuple[dict, object]:
     summary = report.section("Scores", "Mean judge rating (1-10) per turn, over both turns, and per category.")
     summary.table(["", "score"], [["overall", metrics[f"{NAME}/score"]], ["turn 1", metrics[f"{NAME}/turn_1"]],
                                   ["turn 2", metrics[f"{NAME}/turn_2"]],
-                                  ["turns excluded (no rating or failed)", metrics[f"{NAME}/n_excluded"]]], digits=2)
+                                  ["turns excluded (no rating or failed)", metrics[f"{NAME}/n_excluded"]],
+                                  ["of them: a rating outside 1-10", metrics[f"{NAME}/n_out_of_range"]]], digits=2)
     if metrics[f"{NAME}/n_excluded"]:
         summary.warning(f"{metrics[f'{NAME}/n_excluded']} of {len(grades)} turns have no rating "
                         f"({metrics[f'{NAME}/n_failed']} failed requests, retried by the next run) and are left out "
