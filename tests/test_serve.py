@@ -591,3 +591,45 @@ def test_a_client_that_goes_away_stops_its_generation(engine, stream):
             time.sleep(0.1)
         assert engine.rows_cancelled == before + 1
         assert httpx.get(server.url + "/health").json()["rows_cancelled"] == before + 1
+
+
+
+# --- faults the peers' servers had (vLLM, FastChat, llama.cpp, sglang bug reports), replayed here ---
+
+
+def _template_engine(template: str) -> GenerationEngine:
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    return GenerationEngine(LocalGenerator(build_tiny_model(tokenizer), tokenizer))
+
+
+# Gemma 2's kind of template: no system role, strict user/assistant alternation (raise_exception).
+NO_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_the_chat_template_refuses_is_a_400_naming_messages(stream):
+    """A template's raise_exception ("System role not supported", Gemma on vLLM/sglang/mistral.rs) was a
+    plain-text 500; it is a 400 with the template's own message, as vLLM answers it."""
+    engine = _template_engine(NO_SYSTEM_TEMPLATE)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+            for messages, said in (([{"role": "system", "content": "Be brief."}, *HELLO], "System role not supported"),
+                                   ([*HELLO, *HELLO], "roles must alternate")):
+                with pytest.raises(openai.BadRequestError) as info:
+                    response = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
+                                                              stream=stream)
+                    list(response)
+                assert info.value.body["param"] == "messages" and said in info.value.body["message"]
+                assert info.value.body["type"] == "invalid_request_error"
+            answer = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, stream=stream)
+            assert list(answer) if stream else answer.choices
+    finally:
+        engine.close()

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from prefloop.data.template import get_template
+from prefloop.errors import DataError
 from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 
@@ -111,6 +112,23 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return keep
 
 
+def render_prompt(template, messages: list[dict]) -> str:
+    """The conversation rendered with the generation prompt, as the model reads it.
+
+    A chat template may refuse a conversation: Gemma's and Mistral's raise "System role not
+    supported" or "roles must alternate user/assistant". That is a problem with the request, not a
+    crash: it raises DataError naming `messages` with the template's own message (the server answers
+    it with a 400, as vLLM does; `generate` and a local judge fail that one prompt)."""
+    import jinja2
+
+    try:
+        return template.render(messages, add_generation_prompt=True)
+    except (jinja2.TemplateError, TypeError) as err:  # TypeError: e.g. a template adding a string to None
+        raise DataError(f"messages: this model's chat template refuses the conversation ({err}); send it in a "
+                        "form the template accepts (e.g. without a system message, or with the system text "
+                        "at the start of the first user message; user and assistant turns alternating)") from err
+
+
 class _Row:
     """Decode state of one sequence."""
 
@@ -167,10 +185,11 @@ class LocalGenerator:
         """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS).
 
         Raises DataError when the messages hold tool calls, tool results, names or reasoning that the
-        chat template would drop (the model would answer a conversation other than the one sent).
+        chat template would drop (the model would answer a conversation other than the one sent), or
+        when the template refuses the conversation (see `render_prompt`).
         """
         self.template.check_renders(messages)
-        text = self.template.render(messages, add_generation_prompt=True)
+        text = render_prompt(self.template, messages)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(
