@@ -597,6 +597,16 @@ def test_a_client_that_goes_away_stops_its_generation(engine, stream):
 # --- faults the peers' servers had (vLLM, FastChat, llama.cpp, sglang bug reports), replayed here ---
 
 
+def test_seed_outside_64_bits_is_a_400_not_a_500(client):
+    """A seed torch cannot take failed in the decode loop: a plain-text 500 for every request batched with it."""
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed)
+        assert info.value.body["param"] == "seed"
+    for seed in (2**63 - 1, -(2**63), -5):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed, n=2).choices
+
+
 def _template_engine(template: str) -> GenerationEngine:
     from prefloop.testing import build_tiny_model, build_tiny_tokenizer
 
@@ -631,5 +641,36 @@ def test_a_conversation_the_chat_template_refuses_is_a_400_naming_messages(strea
                 assert info.value.body["type"] == "invalid_request_error"
             answer = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, stream=stream)
             assert list(answer) if stream else answer.choices
+    finally:
+        engine.close()
+
+
+def test_unknown_paths_and_methods_get_openai_errors(server, client):
+    """FastAPI's own 404/405 bodies were {"detail": ...}; every error has OpenAI's shape."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2)  # the legacy endpoint: not served
+    assert info.value.body["type"] == "invalid_request_error" and "/v1/chat/completions" in info.value.body["message"]
+    resp = httpx.get(server.url + "/v1/chat/completions")
+    assert resp.status_code == 405 and set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_generation_failure_is_a_500_in_openai_shape(tiny_model_dir):
+    """An unexpected error (here the model fails) was a text/plain "Internal Server Error"."""
+    generator = LocalGenerator(load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    generator.generate = broken
+    engine = GenerationEngine(generator)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+            with pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+            assert info.value.body["type"] == "server_error" and "device-side assert" in info.value.body["message"]
+            with pytest.raises(openai.APIError) as info:  # streamed: the error arrives as an event
+                list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, stream=True))
+            assert "device-side assert" in str(info.value)
     finally:
         engine.close()
