@@ -51,3 +51,16 @@ def test_penalties_and_logit_bias_follow_the_openai_formula():
     assert out[0].tolist() == [0.0, -2.0, -1.5, 2.0]  # token 1 twice: -2*0.5-1; token 2 once: -0.5-1
     assert out[1].tolist() == [0.0] * 4 and logits.abs().sum() == 0  # a finished row and the input untouched
     assert adjust_logits(logits, [SamplingParams(), None], [[1], []]) is logits
+
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    """Logits / 1e-40 overflow float32 to inf and NaN; argmax of those picked an arbitrary token (an end of
+    turn: an empty answer). Below GREEDY_BELOW (vLLM's 1e-5) the row is greedy, as at temperature 0."""
+    from prefloop.sampling import GREEDY_BELOW
+
+    base = torch.tensor([[0.5, 3.0, -1.0, 2.9, 0.0]])
+    for temperature in (0.0, 1e-300, 1e-45, 1e-30, GREEDY_BELOW / 2):
+        assert draw(base.repeat(4, 1), [SamplingParams(temperature=temperature)] * 4, range(4)) == [1] * 4
+    # just above the threshold it is still a (very cold) sample of the same distribution, never NaN
+    assert draw(base.repeat(4, 1), [SamplingParams(temperature=GREEDY_BELOW)] * 4, range(4)) == [1] * 4

@@ -597,6 +597,14 @@ def test_a_client_that_goes_away_stops_its_generation(engine, stream):
 # --- faults the peers' servers had (vLLM, FastChat, llama.cpp, sglang bug reports), replayed here ---
 
 
+def test_a_temperature_too_small_to_divide_by_is_greedy(client, generator):
+    """temperature 1e-300 was an empty answer (logits / 0 in float32: NaN, argmax picked end of turn)."""
+    greedy = generator.generate([(generator.encode_chat(HELLO), SamplingParams(10, temperature=0))])[0].text
+    for temperature in (1e-300, 1e-45, 1e-6):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10, temperature=temperature,
+                                              seed=1).choices[0].message.content == greedy
+
+
 def test_seed_outside_64_bits_is_a_400_not_a_500(client):
     """A seed torch cannot take failed in the decode loop: a plain-text 500 for every request batched with it."""
     for seed in (2**64, -(2**63) - 1):

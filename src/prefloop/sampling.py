@@ -23,7 +23,8 @@ from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one sequence. `temperature == 0` is greedy; `seed` makes sampling reproducible.
+    """How to sample one sequence. `temperature` below GREEDY_BELOW (0 included) is greedy; `seed`
+    makes sampling reproducible.
 
     `frequency_penalty`, `presence_penalty` and `logit_bias` ((token id, bias) pairs) change the
     logits before the choice as the OpenAI API defines them (see `adjust_logits`)."""
@@ -76,6 +77,10 @@ class Sample:
 
 # on_update(row, text_delta, new_logprobs, finished_sample_or_None): called from the decode loop.
 UpdateCallback = Callable[[int, str, list, "Sample | None"], None]
+
+# Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS): dividing float32 logits by 1e-40
+# gives inf and NaN, and argmax of those picked an arbitrary token (often end of turn: an empty answer).
+GREEDY_BELOW = 1e-5
 
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
@@ -335,12 +340,13 @@ def adjust_logits(logits: torch.Tensor, params: list["SamplingParams | None"], g
 
 
 def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:
-    """Next token of every row, in one batch on the logits' device: greedy at temperature 0, else
+    """Next token of every row, in one batch on the logits' device: greedy at temperature 0 (and any
+    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else
     nucleus (top-p) sampling at the row's temperature. Sampling uses the Gumbel-max trick with noise
     from the row's own generator, so a row samples the same tokens whatever else is in its batch.
     Rows whose params are None (finished) get the greedy token, which is ignored."""
     tokens = logits.argmax(dim=-1)
-    rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
+    rows = [i for i, p in enumerate(params) if p is not None and p.temperature >= GREEDY_BELOW]
     if rows:
         device = logits.device
         index = torch.tensor(rows, device=device)
