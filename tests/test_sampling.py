@@ -53,7 +53,6 @@ def test_penalties_and_logit_bias_follow_the_openai_formula():
     assert adjust_logits(logits, [SamplingParams(), None], [[1], []]) is logits
 
 
-
 def test_a_temperature_too_small_to_divide_by_is_greedy():
     """Logits / 1e-40 overflow float32 to inf and NaN; argmax of those picked an arbitrary token (an end of
     turn: an empty answer). Below GREEDY_BELOW (vLLM's 1e-5) the row is greedy, as at temperature 0."""
@@ -64,3 +63,53 @@ def test_a_temperature_too_small_to_divide_by_is_greedy():
         assert draw(base.repeat(4, 1), [SamplingParams(temperature=temperature)] * 4, range(4)) == [1] * 4
     # just above the threshold it is still a (very cold) sample of the same distribution, never NaN
     assert draw(base.repeat(4, 1), [SamplingParams(temperature=GREEDY_BELOW)] * 4, range(4)) == [1] * 4
+
+
+def test_a_stop_string_that_is_a_special_token_stops_the_answer(tiny_tokenizer):
+    """The text is decoded without special tokens, so stop=["<|im_start|>"] never matched it and the answer
+    ran on past the token (FastChat #3104 with vLLM); the token itself now ends the answer with "stop"."""
+    from prefloop.testing import build_tiny_model
+
+    gen = LocalGenerator(build_tiny_model(tiny_tokenizer), tiny_tokenizer)
+    start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
+    forced = ((start, 5.0), (0, -100.0), (2, -100.0))  # <|im_start|> likely, end of turn impossible
+    free = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced))])[0]
+    assert start in free.token_ids and free.finish_reason == "length"
+    cut = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced,
+                                                stop=("<|im_start|>",)))])[0]
+    assert cut.finish_reason == "stop" and cut.token_ids == free.token_ids[: free.token_ids.index(start)]
+    assert cut.text == tiny_tokenizer.decode(cut.token_ids, skip_special_tokens=True)
+
+
+def _byte_fallback_tokenizer():
+    """A SentencePiece-style tokenizer (Llama 2 / Mistral): "▁" for spaces, <0xNN> byte pieces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ("▁", "a", "b", "▁a", "▁b", "é"):
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "a"), ("▁", "b")], byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_token_bytes_join_into_the_text_where_a_character_spans_tokens(tiny_tokenizer):
+    """OpenAI's logprobs `bytes` are each token's own bytes, so that tokens holding parts of one character
+    join into it; the decoded text of such a token alone is "\\ufffd", whose UTF-8 is not its bytes."""
+    from prefloop.sampling import TokenBytes, TokenLogprob, special_token_text
+
+    text = "a é 😀 b"
+    for tokenizer in (tiny_tokenizer, _byte_fallback_tokenizer()):
+        token_bytes = TokenBytes(tokenizer, special_token_text(tokenizer))
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        pieces = [token_bytes(i) for i in ids]
+        assert any(tokenizer.decode([i]) == "\ufffd" for i in ids)  # a character split over tokens
+        assert b"".join(pieces).decode("utf-8").lstrip() == text
+        entry = TokenLogprob(tokenizer.decode([ids[0]]), float("-inf"), [("x", -1.0)], pieces[0], [b"x"]).to_openai()
+        assert entry["bytes"] == list(pieces[0]) and entry["logprob"] == -9999.0  # JSON has no -inf
+    special = TokenBytes(tiny_tokenizer, special_token_text(tiny_tokenizer))
+    assert special(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == b"<|im_end|>"

@@ -615,6 +615,34 @@ def test_seed_outside_64_bits_is_a_400_not_a_500(client):
         assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed, n=2).choices
 
 
+def test_a_stop_string_that_is_a_special_token_stops_streamed_and_whole_answers(client, generator):
+    start = generator.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    kwargs = dict(model=MODEL, messages=HELLO, max_tokens=30, seed=3, logit_bias={str(start): 5, **NO_STOP})
+    free = client.chat.completions.create(**kwargs, logprobs=True).choices[0]
+    tokens = [e.token for e in free.logprobs.content]
+    assert "<|im_start|>" in tokens and free.finish_reason == "length"
+    cut = client.chat.completions.create(**kwargs, stop="<|im_start|>", logprobs=True).choices[0]
+    assert cut.finish_reason == "stop" and [e.token for e in cut.logprobs.content] == tokens[: tokens.index("<|im_start|>")]
+    chunks = list(client.chat.completions.create(**kwargs, stop=["<|im_start|>"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes(client):
+    """A token holding part of a multi-byte character decodes to "\\ufffd" alone; its `bytes` were that
+    replacement character's UTF-8 ([239, 191, 189]), so the bytes of the tokens did not join into the text."""
+    split = 0
+    for seed in range(6):
+        choice = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, seed=seed,
+                                                logit_bias={"1": -100, **NO_STOP}, logprobs=True,
+                                                top_logprobs=2).choices[0]
+        joined = b"".join(bytes(e.bytes) for e in choice.logprobs.content)
+        assert joined.decode("utf-8", errors="replace") == choice.message.content
+        split += any(e.token == "\ufffd" and e.bytes != [239, 191, 189] for e in choice.logprobs.content)
+        assert all(len(e.top_logprobs) == 2 and all(t.bytes for t in e.top_logprobs) for e in choice.logprobs.content)
+    assert split  # the case the fix is about occurred
+
+
 def _template_engine(template: str) -> GenerationEngine:
     from prefloop.testing import build_tiny_model, build_tiny_tokenizer
 

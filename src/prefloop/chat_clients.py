@@ -76,7 +76,10 @@ def _logprobs(choice) -> list[TokenLogprob] | None:
     content = getattr(getattr(choice, "logprobs", None), "content", None)
     if not content:
         return None
-    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in (e.top_logprobs or [])]) for e in content]
+    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in (e.top_logprobs or [])],
+                         bytes(e.bytes) if e.bytes is not None else None,
+                         [bytes(t.bytes) if t.bytes is not None else t.token.encode("utf-8")
+                          for t in (e.top_logprobs or [])]) for e in content]
 
 
 class EndpointChatClient:
