@@ -593,8 +593,25 @@ def test_a_client_that_goes_away_stops_its_generation(engine, stream):
         assert httpx.get(server.url + "/health").json()["rows_cancelled"] == before + 1
 
 
-
 # --- faults the peers' servers had (vLLM, FastChat, llama.cpp, sglang bug reports), replayed here ---
+
+
+def test_the_stream_is_server_sent_events_ending_with_done(server):
+    """Raw SSE as the OpenAI API sends it: only `data: <json>` events, the role first, one finish_reason per
+    choice, the usage chunk with empty choices last, then `data: [DONE]`."""
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5, "temperature": 0, "n": 2, "stream": True,
+            "stream_options": {"include_usage": True}}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = resp.text.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+    finishes = [(ch["index"], ch["finish_reason"]) for c in chunks for ch in c["choices"] if ch["finish_reason"]]
+    assert sorted(finishes) == [(0, "length"), (1, "length")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 10
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
 
 
 def test_a_temperature_too_small_to_divide_by_is_greedy(client, generator):
@@ -679,6 +696,23 @@ def test_a_conversation_the_chat_template_refuses_is_a_400_naming_messages(strea
             assert list(answer) if stream else answer.choices
     finally:
         engine.close()
+
+
+def test_prompt_tokens_are_the_templated_prompt_and_a_last_assistant_turn_gets_an_answer(client, generator):
+    """usage.prompt_tokens counts what the model reads: transformers' apply_chat_template with the generation
+    prompt (system turn, several turns, a conversation ending with the assistant: answered as a new turn)."""
+    conversations = [
+        HELLO,
+        [{"role": "system", "content": "Answer in one word."}, *HELLO],
+        [*HELLO, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Germany?"}],
+        [*HELLO, {"role": "assistant", "content": "Paris."}],
+    ]
+    for messages in conversations:
+        expected = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, temperature=0)
+        assert resp.usage.prompt_tokens == len(generator.tokenizer(expected, add_special_tokens=False).input_ids)
+        assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+        assert resp.choices[0].message.role == "assistant"
 
 
 def test_unknown_paths_and_methods_get_openai_errors(server, client):
