@@ -140,7 +140,7 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
     stats.add(comparisons)
     extra = {"judge": client.name, "judge_kind": "llm", "template": prompt.origin, "criteria": list(prompt.criteria),
              "usage": client.usage.to_dict(), "cache": str(cache.path), "soft_verdicts_requested": pj.logprobs,
-             **stats.to_dict()}
+             "endpoint_adaptations": dict(getattr(client, "adaptations", {})), **stats.to_dict()}
     return _select_llm(sets, comparisons, pairing, client.name), extra
 
 
@@ -268,4 +268,7 @@ def _print_report(r: dict) -> None:
                   "comparisons",
                   f"  tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion in {u['requests']} "
                   "requests"]
+        if r.get("endpoint_adaptations"):  # e.g. a reasoning model that takes no temperature: not greedy
+            lines.append("  the judge endpoint refused request fields, sent instead as: " + ", ".join(
+                f"{k} -> {v}" for k, v in r["endpoint_adaptations"].items()))
     print("\n".join(lines), file=sys.stderr)
