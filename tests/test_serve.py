@@ -143,6 +143,13 @@ def test_malformed_json_is_a_400(server):
     assert "could not parse the JSON" in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000, b'{"model": "tiny",}'])
+def test_every_unreadable_body_is_a_400_in_openai_shape(server, body):
+    """Nesting deeper than the JSON parser recurses was a RecursionError: a 500 that closed the connection."""
+    resp = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_api_key_is_enforced(engine):
     with BackgroundServer(create_app(engine, MODEL, api_key=KEY)) as server:
         good = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)

@@ -46,7 +46,7 @@ async def _json_body(request: Request):
     raw = await request.body()
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise APIError(400, f"We could not parse the JSON body of your request ({err}). Send valid JSON with "
                             "'Content-Type: application/json'.") from err
 
