@@ -241,6 +241,22 @@ def test_judge_that_always_says_a_yields_only_ties(tmp_path):
     comparisons, stats, _ = judge_sets(always_a, tmp_path, SETS)
     assert {c.outcome for c in comparisons} == {"tie"}
     assert stats.consistency_rate == 0.0 and stats.first_position_rate == 1.0
+    assert stats.to_dict()["ties_from_disagreement"] == stats.outcomes["tie"] == 4
+
+
+def tie_when_b_shown_first(messages):
+    """A judge that says tie whenever the longer answer is shown second (a position effect on ties)."""
+    a, b = shown_answers(messages)
+    return "[[A]]" if len(a) > len(b) else "[[C]]"
+
+
+def test_a_tie_in_one_order_and_a_win_in_the_other_is_a_tie_counted_as_disagreement(tmp_path):
+    """FastChat's MT-Bench rule (g1_winner != g2_winner -> tie): one order's tie does not let the other win."""
+    comparisons, stats, _ = judge_sets(tie_when_b_shown_first, tmp_path, SETS)
+    assert {c.outcome for c in comparisons} == {"tie"}
+    report = stats.to_dict()
+    assert report["ties_from_disagreement"] == 4 and report["consistency_rate"] == 0.0
+    assert report["first_position_rate"] == 1.0  # its only decisive verdicts picked the first answer
 
 
 def test_consistent_judge_keeps_its_verdicts(tmp_path):

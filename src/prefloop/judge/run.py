@@ -261,8 +261,12 @@ def _print_report(r: dict) -> None:
              f"  left out: {left}" + (f" (written to {r['ties_file']})" if r["ties_file"] else "")]
     if r["judge_kind"] == "llm":
         u = r["usage"]
-        lines += [f"  judge consistency across both orders: {_percent(r['consistency_rate'])}; "
-                  f"first-position preference: {_percent(r['first_position_rate'])} (50% = no position bias)",
+        o = r["outcomes"]
+        lines += [f"  comparisons: {r['comparisons']} ({o['x'] + o['y']} decided, {o['tie']} ties, {o['no_verdict']} "
+                  f"without a verdict, {o['failed']} failed requests)",
+                  f"  judge consistency across both orders: {_percent(r['consistency_rate'])}; "
+                  f"first-position preference: {_percent(r['first_position_rate'])} (50% = no position bias); "
+                  f"{r['ties_from_disagreement']} of {r['outcomes']['tie']} ties are the two orders disagreeing",
                   f"  judgments: {r['judgments']} ({r['from_cache']} from cache, {r['retried']} retried, "
                   f"{r['no_verdict_after_retry']} without a verdict); soft verdicts for {r['with_soft_verdict']} "
                   "comparisons",
