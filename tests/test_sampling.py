@@ -113,3 +113,15 @@ def test_token_bytes_join_into_the_text_where_a_character_spans_tokens(tiny_toke
         assert entry["bytes"] == list(pieces[0]) and entry["logprob"] == -9999.0  # JSON has no -inf
     special = TokenBytes(tiny_tokenizer, special_token_text(tiny_tokenizer))
     assert special(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == b"<|im_end|>"
+
+
+def test_an_added_token_s_bytes_are_its_text():
+    """An added token is stored as its text, not as byte-level characters: "é" added is b"\\xc3\\xa9", not b"\\xe9"."""
+    from prefloop.sampling import TokenBytes, special_token_text
+    from prefloop.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_tokens(["é", "<think>"])
+    token_bytes = TokenBytes(tokenizer, special_token_text(tokenizer))
+    for text in ("é", "<think>"):
+        assert token_bytes(tokenizer.convert_tokens_to_ids(text)) == text.encode("utf-8")

@@ -163,10 +163,12 @@ class TokenBytes:
 
     Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): the token's characters map back to bytes.
     SentencePiece with byte fallback (Llama 2, Mistral, Gemma): `<0xE2>` is that byte, "▁" a space.
-    Special tokens: their text. Anything else: the token decoded alone."""
+    Special and added tokens: their text. Anything else: the token decoded alone."""
 
     def __init__(self, tokenizer, special: dict[int, str]):
-        self.tokenizer, self.special = tokenizer, special
+        # added tokens (special or not: Qwen3's "<think>") are their text, not pieces of the vocabulary
+        added = {int(i): str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+        self.tokenizer, self.special = tokenizer, {**added, **special}
         kinds = _decoder_kinds(tokenizer)
         self.alphabet = _byte_level_alphabet() if "ByteLevel" in kinds else None
         self.byte_fallback = "ByteFallback" in kinds
