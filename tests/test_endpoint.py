@@ -120,3 +120,55 @@ def test_a_key_on_the_command_line_is_refused(command, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "visible to every user" in err and "--api-key-env VAR" in err and "--api-key-file PATH" in err
+
+
+def reasoning_model_app():
+    """An endpoint that answers as the OpenAI API does for its reasoning models: `max_tokens` and a
+    temperature other than 1 are refused with a 400 naming the field."""
+    app, bodies = FastAPI(), []
+
+    def refuse(message, param, code):
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                       "code": code}}, status_code=400)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        bodies.append(body)
+        if "max_tokens" in body:
+            return refuse("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                          "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+        if body.get("temperature", 1) != 1:
+            return refuse("Unsupported value: 'temperature' does not support 0 with this model. Only the default "
+                          "(1) value is supported.", "temperature", "unsupported_value")
+        if body["messages"][0]["content"] == "bad":
+            return refuse("'messages' is malformed", "messages", None)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": "o-test",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "[[A]]"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    return app, bodies
+
+
+def test_an_endpoint_refusing_max_tokens_and_temperature_is_asked_as_it_asks():
+    """OpenAI's reasoning models refuse `max_tokens` ("Use 'max_completion_tokens' instead") and temperature 0:
+    every generate/judge request to them failed. They are sent again without what was refused, once."""
+    import openai
+
+    from prefloop.chat_clients import ChatCall, EndpointChatClient
+    from prefloop.sampling import SamplingParams
+
+    app, bodies = reasoning_model_app()
+    with BackgroundServer(app) as server:
+        client = EndpointChatClient(openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0), "o-test")
+        calls = [ChatCall([{"role": "user", "content": "q"}], 1, SamplingParams(64, temperature=0.0))] * 2
+        results = dict(client.complete_many(calls[:1]))
+        assert results[0].texts == ["[[A]]"]
+        assert client.adaptations == {"max_tokens": "max_completion_tokens", "temperature": "left out"}
+        assert bodies[-1]["max_completion_tokens"] == 64 and "temperature" not in bodies[-1]
+        before = len(bodies)
+        assert dict(client.complete_many(calls))[1].texts == ["[[A]]"] and len(bodies) == before + 2  # no more 400s
+        bad = dict(client.complete_many([ChatCall([{"role": "user", "content": "bad"}], 1, SamplingParams(8))]))
+        assert isinstance(bad[0], openai.BadRequestError)  # any other 400 stays that call's error

@@ -161,3 +161,23 @@ def test_failed_prompts_are_reported_and_not_written(server, tmp_path, capsys):
     assert run(server.url, prompts, out, model_name="no-such-model") == 1
     assert "2 prompt(s) failed" in capsys.readouterr().err
     assert not out.exists() or out.read_text() == ""
+
+
+def test_a_prompt_the_chat_template_refuses_fails_alone(tmp_path, capsys):
+    """A local model whose template raises on a system turn (Gemma 2's "System role not supported") took the
+    whole run down with a jinja2 traceback; that prompt fails alone, reported, and the others are written."""
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+                "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    model_dir = tmp_path / "no-system"
+    build_tiny_model(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    prompts = write_jsonl(tmp_path / "p.jsonl", PLAIN[:2])  # the second one has a system turn
+    out = tmp_path / "out.jsonl"
+    assert run(model_dir, prompts, out, n=1) == 1
+    err = capsys.readouterr().err
+    assert "System role not supported" in err and "1 prompt(s) cannot be sent to this model" in err
+    assert [r["messages"] for r in read_out(out)] == [[{"role": "user", "content": "Name a city in France."}]]

@@ -52,6 +52,29 @@ PARSE_TABLE = [
     ("The answer is a good one.", None),
     ("I cannot decide.", None),
     ("", None),
+    # Arena-Hard's labels (its judge prompt asks for one of [[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]]);
+    # before, "[[A=B]]" after "My final verdict is:" read as A, and "[[A<B]]" as A.
+    ("My final verdict is: [[A>>B]]", "A"),
+    ("My final verdict is Assistant A is slightly better: [[A>B]]", "A"),
+    ("My final verdict is tie: [[A=B]]", "C"),
+    ("My final verdict is: [[A=B]]", "C"),
+    ("My final verdict is Assistant B is slightly better: [[B>A]]", "B"),
+    ("[[B>>A]]", "B"),
+    ("[[A<B]]", "B"),
+    ("[[B<<A]]", "A"),
+    ("[[ B > A ]]", "B"),
+    ("B>A", "B"),
+    ("My final verdict is [[A>B]] but then [[B>A]]", None),  # conflicting labels: no verdict
+    ('Labels: "[[A>>B]]", "[[A>B]]", "[[A=B]]", "[[B>A]]", "[[B>>A]]". My final verdict is [[B>>A]]', "B"),
+    # AlpacaEval's "Output (a)" / "Output (b)"
+    ("Output (b)", "B"),
+    ("Output (a)", "A"),
+    ("Output (a) is better than Output (b).", "A"),
+    # a reasoning model's thinking is not its answer
+    ("<think>Maybe [[A]]... no, B is more accurate.</think>\n[[B]]", "B"),
+    ("Maybe [[A]]? No.</think>\n\nFinal verdict: [[B]]", "B"),  # the template opened <think> in the prompt
+    ("<think>Assistant A is better. [[A]] Let me check the dates again", None),  # cut off while thinking
+    ("<think>[[A]]</think>", None),
 ]
 
 
@@ -120,6 +143,16 @@ def test_soft_verdict_reads_the_verdict_token():
               [("A", math.log(0.7)), ("B", math.log(0.2)), ("C", math.log(0.1))]), TokenLogprob(" is worse.", -0.1)]
     worse = parse_verdict("".join(t.token for t in tokens))
     assert worse.verdict == "B" and soft_verdict(tokens, worse) == pytest.approx({"A": 0.2, "B": 0.7, "C": 0.1})
+
+
+def test_arena_hard_labels_keep_their_label_and_give_no_soft_verdict():
+    """The letter at the verdict's position of "[[A=B]]" is A's first letter, not P(A): no soft verdict."""
+    tokens = [TokenLogprob("Verdict: [[", -0.1), TokenLogprob("A", math.log(0.6), [("A", math.log(0.6)),
+              ("B", math.log(0.4))]), TokenLogprob("=B]]", -0.01)]
+    parsed = parse_verdict("".join(t.token for t in tokens))
+    assert (parsed.verdict, parsed.label) == ("C", "A=B") and soft_verdict(tokens, parsed) is None
+    thinking = "<think>[[A]]</think> Verdict: [[B]]"
+    assert thinking[parse_verdict(thinking).position] == "B"  # positions count from the whole text
 
 
 @pytest.mark.parametrize("first, second, outcome", [
@@ -208,6 +241,22 @@ def test_judge_that_always_says_a_yields_only_ties(tmp_path):
     comparisons, stats, _ = judge_sets(always_a, tmp_path, SETS)
     assert {c.outcome for c in comparisons} == {"tie"}
     assert stats.consistency_rate == 0.0 and stats.first_position_rate == 1.0
+    assert stats.to_dict()["ties_from_disagreement"] == stats.outcomes["tie"] == 4
+
+
+def tie_when_b_shown_first(messages):
+    """A judge that says tie whenever the longer answer is shown second (a position effect on ties)."""
+    a, b = shown_answers(messages)
+    return "[[A]]" if len(a) > len(b) else "[[C]]"
+
+
+def test_a_tie_in_one_order_and_a_win_in_the_other_is_a_tie_counted_as_disagreement(tmp_path):
+    """FastChat's MT-Bench rule (g1_winner != g2_winner -> tie): one order's tie does not let the other win."""
+    comparisons, stats, _ = judge_sets(tie_when_b_shown_first, tmp_path, SETS)
+    assert {c.outcome for c in comparisons} == {"tie"}
+    report = stats.to_dict()
+    assert report["ties_from_disagreement"] == 4 and report["consistency_rate"] == 0.0
+    assert report["first_position_rate"] == 1.0  # its only decisive verdicts picked the first answer
 
 
 def test_consistent_judge_keeps_its_verdicts(tmp_path):
@@ -257,6 +306,22 @@ def test_a_remark_about_one_side_is_no_verdict_and_is_asked_again(tmp_path):
     comparisons, stats, client = judge_sets(only_names_the_wrong_side, tmp_path, PARIS)
     (c,) = comparisons
     assert c.outcome == "y" and stats.retried == 2 and client.calls == 4
+
+
+def arena_hard_prefers_longer(messages):
+    """An Arena-Hard style judge: strength labels, echoing the label list before its verdict."""
+    a, b = shown_answers(messages)
+    label = "A>>B" if len(a) > 2 * len(b) else "A>B" if len(a) > len(b) else "B>>A" if len(b) > 2 * len(a) else "B>A"
+    return f"Labels: [[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]].\n\nMy final verdict is: [[{label}]]"
+
+
+def test_an_arena_hard_style_judge_is_read_in_both_orders(tmp_path):
+    comparisons, stats, client = judge_sets(arena_hard_prefers_longer, tmp_path, SETS)
+    for c in comparisons:
+        s = SETS[c.prompt_index]
+        assert c.outcome == ("x" if len(s.candidates[c.x]) > len(s.candidates[c.y]) else "y")
+    assert stats.consistency_rate == 1.0 and stats.first_position_rate == 0.5
+    assert stats.retried == 0 and stats.unparseable == 0 and client.calls == 8
 
 
 def test_cache_means_no_judgment_is_paid_twice(tmp_path):

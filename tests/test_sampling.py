@@ -51,3 +51,77 @@ def test_penalties_and_logit_bias_follow_the_openai_formula():
     assert out[0].tolist() == [0.0, -2.0, -1.5, 2.0]  # token 1 twice: -2*0.5-1; token 2 once: -0.5-1
     assert out[1].tolist() == [0.0] * 4 and logits.abs().sum() == 0  # a finished row and the input untouched
     assert adjust_logits(logits, [SamplingParams(), None], [[1], []]) is logits
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    """Logits / 1e-40 overflow float32 to inf and NaN; argmax of those picked an arbitrary token (an end of
+    turn: an empty answer). Below GREEDY_BELOW (vLLM's 1e-5) the row is greedy, as at temperature 0."""
+    from prefloop.sampling import GREEDY_BELOW
+
+    base = torch.tensor([[0.5, 3.0, -1.0, 2.9, 0.0]])
+    for temperature in (0.0, 1e-300, 1e-45, 1e-30, GREEDY_BELOW / 2):
+        assert draw(base.repeat(4, 1), [SamplingParams(temperature=temperature)] * 4, range(4)) == [1] * 4
+    # just above the threshold it is still a (very cold) sample of the same distribution, never NaN
+    assert draw(base.repeat(4, 1), [SamplingParams(temperature=GREEDY_BELOW)] * 4, range(4)) == [1] * 4
+
+
+def test_a_stop_string_that_is_a_special_token_stops_the_answer(tiny_tokenizer):
+    """The text is decoded without special tokens, so stop=["<|im_start|>"] never matched it and the answer
+    ran on past the token (FastChat #3104 with vLLM); the token itself now ends the answer with "stop"."""
+    from prefloop.testing import build_tiny_model
+
+    gen = LocalGenerator(build_tiny_model(tiny_tokenizer), tiny_tokenizer)
+    start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
+    forced = ((start, 5.0), (0, -100.0), (2, -100.0))  # <|im_start|> likely, end of turn impossible
+    free = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced))])[0]
+    assert start in free.token_ids and free.finish_reason == "length"
+    cut = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced,
+                                                stop=("<|im_start|>",)))])[0]
+    assert cut.finish_reason == "stop" and cut.token_ids == free.token_ids[: free.token_ids.index(start)]
+    assert cut.text == tiny_tokenizer.decode(cut.token_ids, skip_special_tokens=True)
+
+
+def _byte_fallback_tokenizer():
+    """A SentencePiece-style tokenizer (Llama 2 / Mistral): "▁" for spaces, <0xNN> byte pieces."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ("▁", "a", "b", "▁a", "▁b", "é"):
+        vocab[piece] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "a"), ("▁", "b")], byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_token_bytes_join_into_the_text_where_a_character_spans_tokens(tiny_tokenizer):
+    """OpenAI's logprobs `bytes` are each token's own bytes, so that tokens holding parts of one character
+    join into it; the decoded text of such a token alone is "\\ufffd", whose UTF-8 is not its bytes."""
+    from prefloop.sampling import TokenBytes, TokenLogprob, special_token_text
+
+    text = "a é 😀 b"
+    for tokenizer in (tiny_tokenizer, _byte_fallback_tokenizer()):
+        token_bytes = TokenBytes(tokenizer, special_token_text(tokenizer))
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        pieces = [token_bytes(i) for i in ids]
+        assert any(tokenizer.decode([i]) == "\ufffd" for i in ids)  # a character split over tokens
+        assert b"".join(pieces).decode("utf-8").lstrip() == text
+        entry = TokenLogprob(tokenizer.decode([ids[0]]), float("-inf"), [("x", -1.0)], pieces[0], [b"x"]).to_openai()
+        assert entry["bytes"] == list(pieces[0]) and entry["logprob"] == -9999.0  # JSON has no -inf
+    special = TokenBytes(tiny_tokenizer, special_token_text(tiny_tokenizer))
+    assert special(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == b"<|im_end|>"
+
+
+def test_an_added_token_s_bytes_are_its_text():
+    """An added token is stored as its text, not as byte-level characters: "é" added is b"\\xc3\\xa9", not b"\\xe9"."""
+    from prefloop.sampling import TokenBytes, special_token_text
+    from prefloop.testing import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_tokens(["é", "<think>"])
+    token_bytes = TokenBytes(tokenizer, special_token_text(tokenizer))
+    for text in ("é", "<think>"):
+        assert token_bytes(tokenizer.convert_tokens_to_ids(text)) == text.encode("utf-8")

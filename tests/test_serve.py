@@ -143,6 +143,13 @@ def test_malformed_json_is_a_400(server):
     assert "could not parse the JSON" in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000, b'{"model": "tiny",}'])
+def test_every_unreadable_body_is_a_400_in_openai_shape(server, body):
+    """Nesting deeper than the JSON parser recurses was a RecursionError: a 500 that closed the connection."""
+    resp = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_api_key_is_enforced(engine):
     with BackgroundServer(create_app(engine, MODEL, api_key=KEY)) as server:
         good = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
@@ -591,3 +598,156 @@ def test_a_client_that_goes_away_stops_its_generation(engine, stream):
             time.sleep(0.1)
         assert engine.rows_cancelled == before + 1
         assert httpx.get(server.url + "/health").json()["rows_cancelled"] == before + 1
+
+
+# --- faults the peers' servers had (vLLM, FastChat, llama.cpp, sglang bug reports), replayed here ---
+
+
+def test_the_stream_is_server_sent_events_ending_with_done(server):
+    """Raw SSE as the OpenAI API sends it: only `data: <json>` events, the role first, one finish_reason per
+    choice, the usage chunk with empty choices last, then `data: [DONE]`."""
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 5, "temperature": 0, "n": 2, "stream": True,
+            "stream_options": {"include_usage": True}}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = resp.text.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert all(e.startswith("data: ") for e in events[:-1])
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [{"role": "assistant", "content": ""}] * 2
+    finishes = [(ch["index"], ch["finish_reason"]) for c in chunks for ch in c["choices"] if ch["finish_reason"]]
+    assert sorted(finishes) == [(0, "length"), (1, "length")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 10
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(client, generator):
+    """temperature 1e-300 was an empty answer (logits / 0 in float32: NaN, argmax picked end of turn)."""
+    greedy = generator.generate([(generator.encode_chat(HELLO), SamplingParams(10, temperature=0))])[0].text
+    for temperature in (1e-300, 1e-45, 1e-6):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10, temperature=temperature,
+                                              seed=1).choices[0].message.content == greedy
+
+
+def test_seed_outside_64_bits_is_a_400_not_a_500(client):
+    """A seed torch cannot take failed in the decode loop: a plain-text 500 for every request batched with it."""
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed)
+        assert info.value.body["param"] == "seed"
+    for seed in (2**63 - 1, -(2**63), -5):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, seed=seed, n=2).choices
+
+
+def test_a_stop_string_that_is_a_special_token_stops_streamed_and_whole_answers(client, generator):
+    start = generator.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    kwargs = dict(model=MODEL, messages=HELLO, max_tokens=30, seed=3, logit_bias={str(start): 5, **NO_STOP})
+    free = client.chat.completions.create(**kwargs, logprobs=True).choices[0]
+    tokens = [e.token for e in free.logprobs.content]
+    assert "<|im_start|>" in tokens and free.finish_reason == "length"
+    cut = client.chat.completions.create(**kwargs, stop="<|im_start|>", logprobs=True).choices[0]
+    assert cut.finish_reason == "stop" and [e.token for e in cut.logprobs.content] == tokens[: tokens.index("<|im_start|>")]
+    chunks = list(client.chat.completions.create(**kwargs, stop=["<|im_start|>"], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == cut.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_logprob_bytes_are_each_tokens_own_bytes(client):
+    """A token holding part of a multi-byte character decodes to "\\ufffd" alone; its `bytes` were that
+    replacement character's UTF-8 ([239, 191, 189]), so the bytes of the tokens did not join into the text."""
+    split = 0
+    for seed in range(6):
+        choice = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=24, seed=seed,
+                                                logit_bias={"1": -100, **NO_STOP}, logprobs=True,
+                                                top_logprobs=2).choices[0]
+        joined = b"".join(bytes(e.bytes) for e in choice.logprobs.content)
+        assert joined.decode("utf-8", errors="replace") == choice.message.content
+        split += any(e.token == "\ufffd" and e.bytes != [239, 191, 189] for e in choice.logprobs.content)
+        assert all(len(e.top_logprobs) == 2 and all(t.bytes for t in e.top_logprobs) for e in choice.logprobs.content)
+    assert split  # the case the fix is about occurred
+
+
+def _template_engine(template: str) -> GenerationEngine:
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    return GenerationEngine(LocalGenerator(build_tiny_model(tokenizer), tokenizer))
+
+
+# Gemma 2's kind of template: no system role, strict user/assistant alternation (raise_exception).
+NO_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_conversation_the_chat_template_refuses_is_a_400_naming_messages(stream):
+    """A template's raise_exception ("System role not supported", Gemma on vLLM/sglang/mistral.rs) was a
+    plain-text 500; it is a 400 with the template's own message, as vLLM answers it."""
+    engine = _template_engine(NO_SYSTEM_TEMPLATE)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+            for messages, said in (([{"role": "system", "content": "Be brief."}, *HELLO], "System role not supported"),
+                                   ([*HELLO, *HELLO], "roles must alternate")):
+                with pytest.raises(openai.BadRequestError) as info:
+                    response = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2,
+                                                              stream=stream)
+                    list(response)
+                assert info.value.body["param"] == "messages" and said in info.value.body["message"]
+                assert info.value.body["type"] == "invalid_request_error"
+            answer = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, stream=stream)
+            assert list(answer) if stream else answer.choices
+    finally:
+        engine.close()
+
+
+def test_prompt_tokens_are_the_templated_prompt_and_a_last_assistant_turn_gets_an_answer(client, generator):
+    """usage.prompt_tokens counts what the model reads: transformers' apply_chat_template with the generation
+    prompt (system turn, several turns, a conversation ending with the assistant: answered as a new turn)."""
+    conversations = [
+        HELLO,
+        [{"role": "system", "content": "Answer in one word."}, *HELLO],
+        [*HELLO, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Germany?"}],
+        [*HELLO, {"role": "assistant", "content": "Paris."}],
+    ]
+    for messages in conversations:
+        expected = generator.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, temperature=0)
+        assert resp.usage.prompt_tokens == len(generator.tokenizer(expected, add_special_tokens=False).input_ids)
+        assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+        assert resp.choices[0].message.role == "assistant"
+
+
+def test_unknown_paths_and_methods_get_openai_errors(server, client):
+    """FastAPI's own 404/405 bodies were {"detail": ...}; every error has OpenAI's shape."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2)  # the legacy endpoint: not served
+    assert info.value.body["type"] == "invalid_request_error" and "/v1/chat/completions" in info.value.body["message"]
+    resp = httpx.get(server.url + "/v1/chat/completions")
+    assert resp.status_code == 405 and set(resp.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_generation_failure_is_a_500_in_openai_shape(tiny_model_dir):
+    """An unexpected error (here the model fails) was a text/plain "Internal Server Error"."""
+    generator = LocalGenerator(load_causal_lm(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    generator.generate = broken
+    engine = GenerationEngine(generator)
+    try:
+        with BackgroundServer(create_app(engine, MODEL)) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=60)
+            with pytest.raises(openai.InternalServerError) as info:
+                client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+            assert info.value.body["type"] == "server_error" and "device-side assert" in info.value.body["message"]
+            with pytest.raises(openai.APIError) as info:  # streamed: the error arrives as an event
+                list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, stream=True))
+            assert "device-side assert" in str(info.value)
+    finally:
+        engine.close()

@@ -76,16 +76,64 @@ def _logprobs(choice) -> list[TokenLogprob] | None:
     content = getattr(getattr(choice, "logprobs", None), "content", None)
     if not content:
         return None
-    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in (e.top_logprobs or [])]) for e in content]
+    return [TokenLogprob(e.token, e.logprob, [(t.token, t.logprob) for t in (e.top_logprobs or [])],
+                         bytes(e.bytes) if e.bytes is not None else None,
+                         [bytes(t.bytes) if t.bytes is not None else t.token.encode("utf-8")
+                          for t in (e.top_logprobs or [])]) for e in content]
+
+
+# A 400 naming one of these request fields as unsupported is answered by asking again without it (the
+# OpenAI API's reasoning models take no temperature or top_p other than their default).
+_DROPPABLE = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty")
+
+
+def unsupported_field(error) -> str | None:
+    """The request field an HTTP 400 says this model does not support, as the OpenAI API words it
+    (`param` "max_tokens", code "unsupported_parameter": "Use 'max_completion_tokens' instead"; `param`
+    "temperature", code "unsupported_value"), else None."""
+    if getattr(error, "status_code", None) != 400:
+        return None
+    body = getattr(error, "body", None)
+    body = body.get("error", body) if isinstance(body, dict) else {}
+    param, code = body.get("param"), str(body.get("code") or "")
+    message = str(body.get("message") or error).lower()
+    if param == "max_tokens" and ("max_completion_tokens" in message or code == "unsupported_parameter"):
+        return "max_tokens"
+    if param in _DROPPABLE and (code.startswith("unsupported") or "unsupported" in message):
+        return param
+    return None
 
 
 class EndpointChatClient:
-    """An OpenAI-compatible endpoint; up to `concurrency` requests in flight, retries inside the `openai` client."""
+    """An OpenAI-compatible endpoint; up to `concurrency` requests in flight, retries inside the `openai` client.
+
+    A model that refuses a request field (OpenAI's reasoning models: `max_tokens`, a temperature of 0)
+    is asked again as it asks (`max_completion_tokens`; the field left out), and every later request
+    is sent that way; `adaptations` lists what was changed, for the run's report."""
 
     def __init__(self, client, name: str, concurrency: int = 8, log_requests: bool = True):
         self.client, self.name, self.concurrency = client, name, max(1, concurrency)
         self.log_requests = log_requests  # False: send `store: false`, so a logging server keeps no record
         self.usage = UsageTotals()
+        self.adaptations: dict[str, str] = {}  # field -> what is sent instead ("max_completion_tokens", "left out")
+
+    def _create(self, kwargs: dict):
+        """One request, adapted to the fields this endpoint refused before (and learning new refusals)."""
+        for _ in range(len(_DROPPABLE) + 2):
+            sent = dict(kwargs)
+            for name, instead in list(self.adaptations.items()):
+                if name in sent:
+                    value = sent.pop(name)
+                    if instead != "left out":
+                        sent[instead] = value
+            try:
+                return self.client.chat.completions.create(**sent)
+            except Exception as err:  # noqa: BLE001 - only a refused field is handled here
+                field = unsupported_field(err)
+                if field is None or field not in sent:
+                    raise
+                self.adaptations[field] = "max_completion_tokens" if field == "max_tokens" else "left out"
+        raise RuntimeError(f"the endpoint keeps refusing request fields ({self.adaptations})")
 
     def _request(self, call: ChatCall) -> Completion:
         p = call.params
@@ -107,7 +155,7 @@ class EndpointChatClient:
                 del kwargs["n"]  # the default; some servers reject the field
             if not self.log_requests:
                 kwargs["store"] = False
-            resp = self.client.chat.completions.create(**kwargs)
+            resp = self._create(kwargs)
             self.usage.add(resp.usage)
             out.model = resp.model or out.model
             if not resp.choices:

@@ -110,6 +110,9 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
             f.flush()
     written = len(todo) - len(failures)
     print(f"prefloop generate: wrote {written} prompts x {n} candidates to {out} ({client.usage})", file=sys.stderr)
+    if getattr(client, "adaptations", None):  # e.g. a reasoning model that takes no temperature
+        print("prefloop generate: the endpoint refused request fields, sent instead as: "
+              + ", ".join(f"{k} -> {v}" for k, v in client.adaptations.items()), file=sys.stderr)
     if failures:
         for prompt, err in failures[:5]:
             print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)

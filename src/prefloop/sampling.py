@@ -17,12 +17,14 @@ from typing import Callable
 import torch
 
 from prefloop.data.template import get_template
+from prefloop.errors import DataError
 from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one sequence. `temperature == 0` is greedy; `seed` makes sampling reproducible.
+    """How to sample one sequence. `temperature` below GREEDY_BELOW (0 included) is greedy; `seed`
+    makes sampling reproducible.
 
     `frequency_penalty`, `presence_penalty` and `logit_bias` ((token id, bias) pairs) change the
     logits before the choice as the OpenAI API defines them (see `adjust_logits`)."""
@@ -55,14 +57,27 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
+    # The token's own bytes (and those of each `top` entry): a token holding part of a multi-byte
+    # character decodes to "\ufffd" alone, so its text cannot give them. None: the text's UTF-8.
+    token_bytes: bytes | None = None
+    top_bytes: list[bytes] | None = None
 
     def to_openai(self) -> dict:
+        """The OpenAI `logprobs.content` entry; `bytes` are the token's own, so the bytes of consecutive
+        tokens join into the text's UTF-8 even where a character spans tokens (what the field is for)."""
+        top_bytes = self.top_bytes or [t.encode("utf-8") for t, _ in self.top]
         return {
             "token": self.token,
-            "logprob": self.logprob,
-            "bytes": list(self.token.encode("utf-8")),
-            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in self.top],
+            "logprob": _finite(self.logprob),
+            "bytes": list(self.token_bytes if self.token_bytes is not None else self.token.encode("utf-8")),
+            "top_logprobs": [{"token": t, "logprob": _finite(lp), "bytes": list(b)}
+                             for (t, lp), b in zip(self.top, top_bytes)],
         }
+
+
+def _finite(logprob: float) -> float:
+    """-inf (a token the model rules out) as -9999.0, as vLLM does: JSON has no infinity."""
+    return max(logprob, -9999.0)
 
 
 @dataclass
@@ -75,6 +90,10 @@ class Sample:
 
 # on_update(row, text_delta, new_logprobs, finished_sample_or_None): called from the decode loop.
 UpdateCallback = Callable[[int, str, list, "Sample | None"], None]
+
+# Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS): dividing float32 logits by 1e-40
+# gives inf and NaN, and argmax of those picked an arbitrary token (often end of turn: an empty answer).
+GREEDY_BELOW = 1e-5
 
 _END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
@@ -97,6 +116,88 @@ def stop_token_ids(tokenizer, model=None, end_of_turn: str | None = None) -> set
     return ids
 
 
+def special_token_text(tokenizer) -> dict[int, str]:
+    """Token id -> text of the special tokens, which decoding with skip_special_tokens leaves out."""
+    out = {int(i): str(t) for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
+    for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(token, "special", False):
+            out[int(i)] = str(token)
+    return out
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's): the printable character standing for each byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+def _decoder_kinds(tokenizer) -> set[str]:
+    """The decoder types of a fast tokenizer ("ByteLevel", "ByteFallback", "Metaspace", "Replace", ...)."""
+    import json
+
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if decoder is None:
+        return set()
+    try:
+        state = json.loads(decoder.__getstate__())
+    except Exception:  # noqa: BLE001 - an unknown decoder: fall back to the decoded text
+        return set()
+    kinds, todo = set(), [state]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            kinds.add(node.get("type"))
+            todo.extend(node.get("decoders") or [])
+    return kinds
+
+
+class TokenBytes:
+    """token id -> the bytes that token stands for (for `logprobs`' `bytes`).
+
+    Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): the token's characters map back to bytes.
+    SentencePiece with byte fallback (Llama 2, Mistral, Gemma): `<0xE2>` is that byte, "▁" a space.
+    Special and added tokens: their text. Anything else: the token decoded alone."""
+
+    def __init__(self, tokenizer, special: dict[int, str]):
+        # added tokens (special or not: Qwen3's "<think>") are their text, not pieces of the vocabulary
+        added = {int(i): str(t) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+        self.tokenizer, self.special = tokenizer, {**added, **special}
+        kinds = _decoder_kinds(tokenizer)
+        self.alphabet = _byte_level_alphabet() if "ByteLevel" in kinds else None
+        self.byte_fallback = "ByteFallback" in kinds
+        self.metaspace = bool(kinds & {"Metaspace", "Replace"})
+        self._cache: dict[int, bytes] = {}
+
+    def __call__(self, token_id: int) -> bytes:
+        token_id = int(token_id)
+        if token_id not in self._cache:
+            self._cache[token_id] = self._bytes(token_id)
+        return self._cache[token_id]
+
+    def _bytes(self, token_id: int) -> bytes:
+        if token_id in self.special:
+            return self.special[token_id].encode("utf-8")
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if isinstance(piece, str):
+            if self.alphabet is not None and all(c in self.alphabet for c in piece):
+                return bytes(self.alphabet[c] for c in piece)
+            if self.byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                try:
+                    return bytes([int(piece[3:5], 16)])
+                except ValueError:
+                    pass
+            if self.metaspace:
+                return piece.replace("\u2581", " ").encode("utf-8")
+        return self.tokenizer.decode([token_id]).encode("utf-8")
+
+
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
     """How many trailing characters of `text` might still grow into a stop string (or are an
     incomplete UTF-8 sequence), so a stream must not send them yet."""
@@ -109,6 +210,23 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     while keep < len(text) and text[len(text) - keep - 1] == "\ufffd":
         keep += 1
     return keep
+
+
+def render_prompt(template, messages: list[dict]) -> str:
+    """The conversation rendered with the generation prompt, as the model reads it.
+
+    A chat template may refuse a conversation: Gemma's and Mistral's raise "System role not
+    supported" or "roles must alternate user/assistant". That is a problem with the request, not a
+    crash: it raises DataError naming `messages` with the template's own message (the server answers
+    it with a 400, as vLLM does; `generate` and a local judge fail that one prompt)."""
+    import jinja2
+
+    try:
+        return template.render(messages, add_generation_prompt=True)
+    except (jinja2.TemplateError, TypeError) as err:  # TypeError: e.g. a template adding a string to None
+        raise DataError(f"messages: this model's chat template refuses the conversation ({err}); send it in a "
+                        "form the template accepts (e.g. without a system message, or with the system text "
+                        "at the start of the first user message; user and assistant turns alternating)") from err
 
 
 class _Row:
@@ -135,6 +253,8 @@ class LocalGenerator:
         self.tokenizer = tokenizer
         self.template = get_template(None, tokenizer)
         self.stop_ids = stop_token_ids(tokenizer, model, self.template.end_of_turn)
+        self._special_text = special_token_text(tokenizer)
+        self._token_bytes = TokenBytes(tokenizer, self._special_text)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
         # transformers renamed `past_key_values` to `cache` during 5.x; pass whichever this version takes.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model wraps it
@@ -167,10 +287,11 @@ class LocalGenerator:
         """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS).
 
         Raises DataError when the messages hold tool calls, tool results, names or reasoning that the
-        chat template would drop (the model would answer a conversation other than the one sent).
+        chat template would drop (the model would answer a conversation other than the one sent), or
+        when the template refuses the conversation (see `render_prompt`).
         """
         self.template.check_renders(messages)
-        text = self.template.render(messages, add_generation_prompt=True)
+        text = render_prompt(self.template, messages)
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(
@@ -237,7 +358,9 @@ class LocalGenerator:
 
     def _step(self, i: int, s: _Row, token: int, logprob: "TokenLogprob | None", on_update) -> None:
         """Append row i's next token, update its text, and finish it on end-of-turn, stop string or budget."""
-        if token in self.stop_ids:
+        if token in self.stop_ids or (s.params.stop and self._special_text.get(token) in s.params.stop):
+            # a stop string that is a special token (e.g. "<|im_start|>"): the text leaves special tokens
+            # out, so it never shows there; the token itself ends the answer, as end of turn does
             self._finish(s, "stop", on_update, i)
             return
         s.ids.append(token)
@@ -276,8 +399,10 @@ class LocalGenerator:
             values, indices = (t.tolist() for t in logps.topk(min(top_n, logps.shape[-1]), dim=-1))
         for k, i in enumerate(rows):
             n = states[i].params.top_logprobs
-            top = [(self.tokenizer.decode([t]), v) for t, v in zip(indices[k][:n], values[k][:n])] if n else []
-            out[i] = TokenLogprob(self.tokenizer.decode([tokens[i]]), chosen[k], top)
+            top_ids = indices[k][:n] if n else []
+            top = [(self.tokenizer.decode([t]), v) for t, v in zip(top_ids, values[k][:n])] if n else []
+            out[i] = TokenLogprob(self.tokenizer.decode([tokens[i]]), chosen[k], top, self._token_bytes(tokens[i]),
+                                  [self._token_bytes(t) for t in top_ids])
         return out
 
     def _finish(self, s: _Row, reason: str, on_update, i: int) -> None:
@@ -316,12 +441,13 @@ def adjust_logits(logits: torch.Tensor, params: list["SamplingParams | None"], g
 
 
 def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:
-    """Next token of every row, in one batch on the logits' device: greedy at temperature 0, else
+    """Next token of every row, in one batch on the logits' device: greedy at temperature 0 (and any
+    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else
     nucleus (top-p) sampling at the row's temperature. Sampling uses the Gumbel-max trick with noise
     from the row's own generator, so a row samples the same tokens whatever else is in its batch.
     Rows whose params are None (finished) get the greedy token, which is ignored."""
     tokens = logits.argmax(dim=-1)
-    rows = [i for i, p in enumerate(params) if p is not None and p.temperature > 0]
+    rows = [i for i, p in enumerate(params) if p is not None and p.temperature >= GREEDY_BELOW]
     if rows:
         device = logits.device
         index = torch.tensor(rows, device=device)

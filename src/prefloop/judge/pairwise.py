@@ -86,6 +86,7 @@ class JudgeStats:
     outcomes: dict = field(default_factory=lambda: {"x": 0, "y": 0, "tie": 0, "no_verdict": 0, "failed": 0})
     consistent: int = 0
     both_parsed: int = 0
+    ties_from_disagreement: int = 0  # ties because the two orders disagreed (one of them may have said tie)
     first_position_wins: int = 0
     decisive_judgments: int = 0
     judgments: int = 0
@@ -101,7 +102,9 @@ class JudgeStats:
             judged = [j for j in (c.first, c.second) if j is not None and not j.error]
             if len(judged) == 2 and all(j.verdict for j in judged):
                 self.both_parsed += 1
-                self.consistent += c.first.verdict == {"A": "B", "B": "A", "C": "C"}[c.second.verdict]
+                agree = c.first.verdict == {"A": "B", "B": "A", "C": "C"}[c.second.verdict]
+                self.consistent += agree
+                self.ties_from_disagreement += not agree
             self.soft += c.soft is not None
             for j in judged:
                 self.judgments += 1
@@ -123,6 +126,7 @@ class JudgeStats:
     def to_dict(self) -> dict:
         return {"comparisons": self.comparisons, "outcomes": dict(self.outcomes),
                 "consistency_rate": self.consistency_rate, "first_position_rate": self.first_position_rate,
+                "ties_from_disagreement": self.ties_from_disagreement,
                 "judgments": self.judgments, "from_cache": self.cached, "retried": self.retried,
                 "no_verdict_after_retry": self.unparseable, "with_soft_verdict": self.soft}
 

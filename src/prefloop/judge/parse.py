@@ -6,10 +6,15 @@ A verdict is read from what the judge *concludes*, never from wherever a side's 
 judge is asked once more (`pairwise.py`). Rules, most reliable first (after how Arena-Hard and
 MT-Bench read their judges, stricter about conflicts):
 
-1. Bracketed verdicts `[[A]]`, `[[b]]`, `[[ C ]]`, `[[tie]]`: if they all agree, that is the
-   verdict. If they conflict (a judge echoing the instructions, or changing its mind), only those
-   after the last mention of "verdict" count; still conflicting -> no verdict.
-2. A bare answer: "A", "**B**", "tie.", "Assistant B".
+0. A reasoning model's thinking (`<think>...</think>`, or everything before a lone `</think>`) is
+   not its answer: verdicts in it are ignored (a judge thinking "maybe [[A]]" concludes nothing).
+1. Bracketed verdicts `[[A]]`, `[[b]]`, `[[ C ]]`, `[[tie]]`, and Arena-Hard's labels `[[A>>B]]`,
+   `[[A>B]]`, `[[A=B]]`, `[[B>A]]`, `[[B>>A]]` (and the mirrored `[[A<B]]`, `[[B<<A]]`, `[[B=A]]`;
+   a tie for "=", else the side the comparison favours, its label kept in `ParsedVerdict.label`):
+   if they all agree, that is the verdict. If they conflict (a judge echoing the instructions, or
+   changing its mind), only those after the last mention of "verdict" count; still conflicting ->
+   no verdict.
+2. A bare answer: "A", "**B**", "tie.", "Assistant B", AlpacaEval's "Output (b)", a label "B>A".
 3. Conclusions stated in prose, each a whole phrase that names a side *and* says how it compares:
    - a conclusion keyword ("keyword"): "Verdict: B", "my final decision is [A]", "the better
      answer is B", "winner: Assistant A";
@@ -28,16 +33,19 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 VERDICTS = ("A", "B", "C")  # C = tie
 
-_BRACKET = re.compile(r"\[\[\s*(A|B|C|tie)\s*\]\]", re.IGNORECASE)
+# Arena-Hard's comparison labels: "A>>B" (A much better) ... "B>>A"; "=" is a tie.
+_LABEL = r"[AB]\s*(?:>>|>|=|<<|<)\s*[AB]"
+_BRACKET = re.compile(r"\[\[\s*(" + _LABEL + r"|A|B|C|tie)\s*\]\]", re.IGNORECASE)
 _VERDICT_WORD = re.compile(r"verdict", re.IGNORECASE)
+_THINK_OPEN, _THINK_CLOSE = re.compile(r"<think>", re.IGNORECASE), re.compile(r"</think>", re.IGNORECASE)
 _NOUN = r"(?i:assistant|response|answer|output|model|option|candidate)"
-_BARE = re.compile(r"^\W*(?:" + _NOUN + r"\s+)?(A|B|C|(?i:a|b|c|tie))\W*$")
-# A side: "Assistant A", "response b", or a bare capital "A"/"B" (a lowercase "a" is an article).
-_SIDE = r"(?:" + _NOUN + r"\s*([ABab])\b|\b([AB])\b)"
+_BARE = re.compile(r"^\W*(?:" + _NOUN + r"\s*\(\s*|" + _NOUN + r"\s+)?(A|B|C|(?i:a|b|c|tie))\W*$")
+# A side: "Assistant A", "response b", "Output (a)", or a bare capital "A"/"B" (a lowercase "a" is an article).
+_SIDE = r"(?:" + _NOUN + r"\s*\(([ABab])\)|" + _NOUN + r"\s*([ABab])\b|\b([AB])\b)"
 _POSSESSIVE = r"(?:'s\s+(?i:answer|response|output))?"
 _ADVERBS = r"(?:\s+(?i:clearly|slightly|much|significantly|far|overall|definitely|somewhat|marginally|the|a|an))*"
 _QUALITIES = r"(?:helpful|accurate|correct|complete|relevant|useful|informative|appropriate|precise|factual)"
@@ -72,6 +80,23 @@ class ParsedVerdict:
     verdict: str  # "A", "B" or "C"
     position: int  # character index of the verdict letter in the text (for soft verdicts)
     names_loser: bool = False  # the letter at `position` is the worse side ("A is worse" -> B)
+    label: str | None = None  # an Arena-Hard label ("A>>B", "B>A", "A=B"), as the judge wrote it
+
+
+def _label_verdict(label: str) -> str:
+    """The verdict of an Arena-Hard label: the side the comparison favours, "C" for "="."""
+    label = re.sub(r"\s+", "", label).upper()
+    first, op, second = label[0], label[1:-1], label[-1]
+    if "=" in op or first == second:
+        return "C"
+    return first if op.startswith(">") else second
+
+
+def _bracket(match) -> tuple:
+    token = match.group(1)
+    if len(token.strip()) > 1 and token.strip().upper() != "TIE":
+        return (_label_verdict(token), match.start(1), "label", re.sub(r"\s+", "", token).upper())
+    return (_normalize(token), match.start(1))
 
 
 def _normalize(token: str | None) -> str:
@@ -85,7 +110,19 @@ def _unique(found: list[tuple]) -> ParsedVerdict | None:
     if len(letters) != 1:
         return None
     last = found[-1]
-    return ParsedVerdict(last[0], last[1], len(last) > 2 and last[2] == "worse")
+    return ParsedVerdict(last[0], last[1], len(last) > 2 and last[2] == "worse", last[3] if len(last) > 3 else None)
+
+
+def _answer_part(text: str) -> tuple[str, int]:
+    """The text without a reasoning model's thinking, and the offset of what is kept in `text`.
+
+    `<think>...</think>` and everything before a lone `</think>` (a template that opens the thinking
+    in the prompt) are thinking; an unclosed `<think>` (cut off by max_tokens) runs to the end."""
+    closes = list(_THINK_CLOSE.finditer(text))
+    if closes:
+        return text[closes[-1].end():], closes[-1].end()
+    opened = _THINK_OPEN.search(text)
+    return (text[: opened.start()], 0) if opened else (text, 0)
 
 
 def _clause_before(text: str, at: int) -> str:
@@ -123,7 +160,13 @@ def parse_verdict(text: str | None) -> ParsedVerdict | None:
     """
     if not text:
         return None
-    brackets = [(_normalize(m.group(1)), m.start(1)) for m in _BRACKET.finditer(text)]
+    answer, offset = _answer_part(text)
+    verdict = _parse_answer(answer)
+    return None if verdict is None else replace(verdict, position=verdict.position + offset)
+
+
+def _parse_answer(text: str) -> ParsedVerdict | None:
+    brackets = [_bracket(m) for m in _BRACKET.finditer(text)]
     if brackets:
         verdict = _unique(brackets)
         if verdict is None:
@@ -131,9 +174,13 @@ def parse_verdict(text: str | None) -> ParsedVerdict | None:
             if last_word:
                 verdict = _unique([b for b in brackets if b[1] >= last_word[-1]])
         return verdict
+    label = re.fullmatch(r"\W*(" + _LABEL + r")\W*", text.strip())
+    if label:  # a bare Arena-Hard label: "A>B"
+        return ParsedVerdict(_label_verdict(label.group(1)), len(text) - len(text.lstrip()) + label.start(1),
+                             label=re.sub(r"\s+", "", label.group(1)).upper())
     bare = _BARE.match(text.strip())
     if bare:
-        return ParsedVerdict(_normalize(bare.group(1)), text.find(bare.group(1), len(text) - len(text.lstrip())))
+        return ParsedVerdict(_normalize(bare.group(1)), len(text) - len(text.lstrip()) + bare.start(1))
     found = _phrases(text)
     verdict = _unique(found)
     if verdict is None:
@@ -148,7 +195,7 @@ def soft_verdict(logprobs, verdict: ParsedVerdict) -> dict[str, float] | None:
     the verdict token is the one covering `verdict.position` in the concatenated token text. When
     that letter names the worse side ("Assistant A is worse"), the A and B masses are swapped.
     """
-    if not logprobs:
+    if not logprobs or verdict.label is not None:  # the first letter of "[[A=B]]" is no side's probability
         return None
     offset, entry = 0, None
     for candidate in logprobs:

@@ -140,7 +140,7 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
     stats.add(comparisons)
     extra = {"judge": client.name, "judge_kind": "llm", "template": prompt.origin, "criteria": list(prompt.criteria),
              "usage": client.usage.to_dict(), "cache": str(cache.path), "soft_verdicts_requested": pj.logprobs,
-             **stats.to_dict()}
+             "endpoint_adaptations": dict(getattr(client, "adaptations", {})), **stats.to_dict()}
     return _select_llm(sets, comparisons, pairing, client.name), extra
 
 
@@ -261,11 +261,18 @@ def _print_report(r: dict) -> None:
              f"  left out: {left}" + (f" (written to {r['ties_file']})" if r["ties_file"] else "")]
     if r["judge_kind"] == "llm":
         u = r["usage"]
-        lines += [f"  judge consistency across both orders: {_percent(r['consistency_rate'])}; "
-                  f"first-position preference: {_percent(r['first_position_rate'])} (50% = no position bias)",
+        o = r["outcomes"]
+        lines += [f"  comparisons: {r['comparisons']} ({o['x'] + o['y']} decided, {o['tie']} ties, {o['no_verdict']} "
+                  f"without a verdict, {o['failed']} failed requests)",
+                  f"  judge consistency across both orders: {_percent(r['consistency_rate'])}; "
+                  f"first-position preference: {_percent(r['first_position_rate'])} (50% = no position bias); "
+                  f"{r['ties_from_disagreement']} of {r['outcomes']['tie']} ties are the two orders disagreeing",
                   f"  judgments: {r['judgments']} ({r['from_cache']} from cache, {r['retried']} retried, "
                   f"{r['no_verdict_after_retry']} without a verdict); soft verdicts for {r['with_soft_verdict']} "
                   "comparisons",
                   f"  tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion in {u['requests']} "
                   "requests"]
+        if r.get("endpoint_adaptations"):  # e.g. a reasoning model that takes no temperature: not greedy
+            lines.append("  the judge endpoint refused request fields, sent instead as: " + ", ".join(
+                f"{k} -> {v}" for k, v in r["endpoint_adaptations"].items()))
     print("\n".join(lines), file=sys.stderr)

@@ -20,6 +20,7 @@ from dataclasses import replace
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefloop.errors import ConfigError, DataError
 from prefloop.exposure import check_exposure
@@ -45,7 +46,7 @@ async def _json_body(request: Request):
     raw = await request.body()
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise APIError(400, f"We could not parse the JSON body of your request ({err}). Send valid JSON with "
                             "'Content-Type: application/json'.") from err
 
@@ -111,6 +112,26 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        """Unknown paths (404) and wrong methods (405) in OpenAI's error shape, as every other error."""
+        if err.status_code == 404:
+            message = (f"Unknown path {request.url.path}: this server serves POST /v1/chat/completions, "
+                       "GET /v1/models, POST /v1/feedback and GET /health")
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(err.detail)
+        body = APIError(err.status_code, message, code="not_found" if err.status_code == 404 else None).body()
+        return JSONResponse(body, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, err: Exception):
+        """Anything else unexpected is a 500 in OpenAI's error shape (the traceback goes to the server log,
+        which closes the connection; a failed generation is an APIError and keeps it, see `_answer`)."""
+        return JSONResponse(APIError(500, f"the server failed on this request: {type(err).__name__}: {err}",
+                                     type="server_error").body(), status_code=500)
 
     if api_key:
         app.add_middleware(_BearerAuth, api_key=api_key)
@@ -185,7 +206,11 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
             while True:
                 done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
                 if done:
-                    return future.result()
+                    try:
+                        return future.result()
+                    except Exception as err:  # the model failed: a 500 the client can read, like any error
+                        raise APIError(500, f"generation failed: {type(err).__name__}: {err}",
+                                       type="server_error") from err
                 if await request.is_disconnected():
                     raise APIError(499, "the client closed the connection", code="client_closed_request")
         finally:

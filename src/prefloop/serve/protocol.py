@@ -21,6 +21,7 @@ MAX_N = 16
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 ROLES = ("system", "user", "assistant", "tool", "developer")
 # Optional message fields a chat template may render (tool calls, tool-result id, name, reasoning);
 # validated by prefloop.data.formats.template_fields and passed on only to a template that renders them.
@@ -281,6 +282,8 @@ def parse_chat_request(body, served_model: str, max_tokens_limit: int | None = N
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise APIError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:  # a 64-bit integer, as in the OpenAI API and vLLM
+        raise APIError(400, f"'seed' is {seed}; it must be between {SEED_MIN} and {SEED_MAX}", "seed")
     stream = _flag(body, "stream")
     stream_options = body.get("stream_options")
     if stream_options is not None:
