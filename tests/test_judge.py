@@ -75,6 +75,12 @@ PARSE_TABLE = [
     ("Maybe [[A]]? No.</think>\n\nFinal verdict: [[B]]", "B"),  # the template opened <think> in the prompt
     ("<think>Assistant A is better. [[A]] Let me check the dates again", None),  # cut off while thinking
     ("<think>[[A]]</think>", None),
+    ("  <think>[[A]]</think>\n[[B]]", "B"),  # leading whitespace before the thinking block
+    # a judge writing *about* think tags (a response that leaked them) still concludes
+    ("Response A leaves a raw <think> tag in its answer, so Response B is better. [[B]]", "B"),
+    ("[[A]]. Assistant B printed a stray </think> token.", "A"),
+    ("Assistant B ends with </think> and <think> tags. Final verdict: [[A]]", "A"),
+    ("Maybe [[A]]? No.</think>\n\nAssistant B wrote </think> too. [[B]]", "B"),  # verdict after the first close
 ]
 
 

@@ -6,8 +6,10 @@ A verdict is read from what the judge *concludes*, never from wherever a side's 
 judge is asked once more (`pairwise.py`). Rules, most reliable first (after how Arena-Hard and
 MT-Bench read their judges, stricter about conflicts):
 
-0. A reasoning model's thinking (`<think>...</think>`, or everything before a lone `</think>`) is
-   not its answer: verdicts in it are ignored (a judge thinking "maybe [[A]]" concludes nothing).
+0. A reasoning model's thinking (a `<think>...</think>` block the text starts with, or everything
+   before a first `</think>` that no `<think>` opened) is not its answer: verdicts in it are ignored
+   (a judge thinking "maybe [[A]]" concludes nothing). Tags elsewhere are text the judge wrote about
+   (a response that leaked them); after a lone `</think>` without a verdict the whole text is read.
 1. Bracketed verdicts `[[A]]`, `[[b]]`, `[[ C ]]`, `[[tie]]`, and Arena-Hard's labels `[[A>>B]]`,
    `[[A>B]]`, `[[A=B]]`, `[[B>A]]`, `[[B>>A]]` (and the mirrored `[[A<B]]`, `[[B<<A]]`, `[[B=A]]`;
    a tie for "=", else the side the comparison favours, its label kept in `ParsedVerdict.label`):
@@ -113,16 +115,24 @@ def _unique(found: list[tuple]) -> ParsedVerdict | None:
     return ParsedVerdict(last[0], last[1], len(last) > 2 and last[2] == "worse", last[3] if len(last) > 3 else None)
 
 
-def _answer_part(text: str) -> tuple[str, int]:
-    """The text without a reasoning model's thinking, and the offset of what is kept in `text`.
+def _answer_part(text: str) -> tuple[str, int, bool]:
+    """The text without a reasoning model's thinking, the offset of what is kept in `text`, and
+    whether that split is only a guess.
 
-    `<think>...</think>` and everything before a lone `</think>` (a template that opens the thinking
-    in the prompt) are thinking; an unclosed `<think>` (cut off by max_tokens) runs to the end."""
-    closes = list(_THINK_CLOSE.finditer(text))
-    if closes:
-        return text[closes[-1].end():], closes[-1].end()
-    opened = _THINK_OPEN.search(text)
-    return (text[: opened.start()], 0) if opened else (text, 0)
+    Thinking is a block the answer *starts* with: `<think>...</think>` at the start (unclosed: cut off
+    by max_tokens, all of it is thinking), or everything before the first `</think>` when no `<think>`
+    comes before it (a template that opens the thinking in the prompt). That last split is a guess
+    (the judge may be quoting a stray `</think>` a response printed), so `parse_verdict` reads the
+    whole text when the part after it has no verdict. A `<think>` tag anywhere else is text the judge
+    wrote about (a response that leaked its tags), not thinking."""
+    head = len(text) - len(text.lstrip())
+    if _THINK_OPEN.match(text, head):
+        close = _THINK_CLOSE.search(text, head)
+        return (text[close.end():], close.end(), False) if close else ("", len(text), False)
+    close = _THINK_CLOSE.search(text)
+    if close and not _THINK_OPEN.search(text, 0, close.start()):
+        return text[close.end():], close.end(), True
+    return text, 0, False
 
 
 def _clause_before(text: str, at: int) -> str:
@@ -160,8 +170,10 @@ def parse_verdict(text: str | None) -> ParsedVerdict | None:
     """
     if not text:
         return None
-    answer, offset = _answer_part(text)
+    answer, offset, guessed = _answer_part(text)
     verdict = _parse_answer(answer)
+    if verdict is None and guessed:  # a lone </think> that was not the end of thinking after all
+        return _parse_answer(text)
     return None if verdict is None else replace(verdict, position=verdict.position + offset)
 
 
