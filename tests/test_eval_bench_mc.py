@@ -99,6 +99,30 @@ def test_encode_request_uses_the_tokenizers_bos_as_lm_eval_does(tiny_tokenizer):
     assert r3.context_ids == plain("Q: Is the sky blue?\nA:")
 
 
+def test_a_tokenizer_that_appends_eos_scores_no_eos(tiny_tokenizer):
+    """A tokenizer with `add_eos_token` appends EOS to every text: after the context it would sit where the
+    continuation starts, after a continuation it would be scored as part of it. Only leading special tokens
+    are kept: the ids are the BOS-adding tokenizer's, with or without an appended EOS."""
+    from tokenizers import processors
+
+    from prefloop.evaluate.scoring import encode_request
+
+    plain = lambda text: tiny_tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    for bos in (False, True):
+        tok = bos_tokenizer() if bos else tiny_tokenizer
+        eos, head = tok.eos_token, ([tok.bos_token] if bos else [])
+        specials = [(t, tok.convert_tokens_to_ids(t)) for t in dict.fromkeys(head + [eos])]
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single=" ".join(head + ["$A", eos]), pair=" ".join(head + ["$A", eos, "$B", eos]), special_tokens=specials)
+        assert tok("Q: hi").input_ids[-1] == tok.eos_token_id  # the tokenizer itself appends it
+        r = encode_request(tok, "Q: Is the sky blue?\nA: ", ["yes", "no it is not"])
+        lead = [tok.bos_token_id] if bos else []
+        assert r.context_ids == lead + plain("Q: Is the sky blue?\nA:")
+        whole = lead + plain("Q: Is the sky blue?\nA: no it is not")
+        assert r.continuation_ids[1] == whole[len(r.context_ids):]
+        assert tok.eos_token_id not in r.context_ids + r.continuation_ids[0] + r.continuation_ids[1]
+
+
 def test_truthfulqa_with_a_bos_tokenizer_scores_with_the_bos(tmp_path):
     from prefloop.testing import build_tiny_model
 

@@ -12,6 +12,7 @@ the continuation ids are the ids of context + continuation after the first len(c
 Special tokens are the tokenizer's own default (lm-eval's `add_bos_token=None`, since its PR #3347):
 a tokenizer that adds a BOS (Llama, Gemma, Mistral) gets it in front of the context, one that adds
 none (Qwen2, GPT-2) gets nothing; a text that already starts with the BOS text gets no second one.
+An EOS a tokenizer appends (`add_eos_token`) is left out (`tok_encode`), where lm-eval keeps it.
 (lm-eval up to 0.4.9 encoded without special tokens, which scores BOS-trained models such as Gemma
 without their BOS: EleutherAI/lm-evaluation-harness#1455, #2049.) So the numbers are those lm-eval
 computes on the same model and text.
@@ -49,13 +50,27 @@ def prefix_token_id(tokenizer) -> int | None:
 def tok_encode(tokenizer, text: str) -> list[int]:
     """Token ids of `text` as lm-eval 0.4.13's `HFLM.tok_encode` makes them for a causal LM.
 
-    The tokenizer's default special tokens (a BOS for tokenizers that add one), except when `text`
-    already starts with the text of the prefix token (`prefix_token_id`), which then is not added again."""
-    kwargs = {}
+    The special tokens the tokenizer puts *in front* of a text by default (a BOS for tokenizers that
+    add one), except when `text` already starts with the text of the prefix token (`prefix_token_id`),
+    which then is not added again. Special tokens a tokenizer appends (`add_eos_token: true`, common in
+    fine-tuned Llama / Mistral checkpoints) are left out: an EOS after the context would be scored as
+    if it came before the continuation, and one after each continuation would be scored as part of
+    it. (lm-eval 0.4.13 keeps them and so scores such tokenizers wrongly; without trailing special
+    tokens both give the same ids.)"""
     prefix = prefix_token_id(tokenizer)
+    plain = list(tokenizer(text, add_special_tokens=False).input_ids)
     if prefix is not None and text.startswith(tokenizer.decode(prefix)):
-        kwargs["add_special_tokens"] = False
-    return list(tokenizer(text, **kwargs).input_ids)
+        return plain
+    return _leading_special_ids(tokenizer, text, plain) + plain
+
+
+def _leading_special_ids(tokenizer, text: str, plain: list[int]) -> list[int]:
+    """The ids the tokenizer's default encoding of `text` puts before `plain` (its ids without special tokens)."""
+    full = list(tokenizer(text).input_ids)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    return []  # a post-processor that changes the text's own ids: no special tokens rather than misaligned ones
 
 
 def encode_request(tokenizer, context: str, continuations: list[str]) -> Request:
