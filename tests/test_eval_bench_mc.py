@@ -284,3 +284,21 @@ def test_safety_chat_mode_against_an_endpoint(tmp_path):
     assert m["safety_mc/n_unparsed"] == 2 and m["safety_mc/accuracy"] == pytest.approx(3 / 6)
     assert m["safety_mc/category/Physical Health"] == 1.0 and m["safety_mc/category/Privacy and Property"] == 0.0
     assert m["safety_mc/category/Illegal Activities"] == 1.0 and m["safety_mc/category/Mental Health"] == 0.0
+
+
+def test_nan_log_likelihoods_are_a_clear_error_naming_the_question(tmp_path):
+    """A model whose weights are broken gives NaN log-likelihoods: MC1's argmax would pick the NaN choice and MC2
+    would be NaN. The run stops with an error (exit 2 at the CLI) that names the question's file and line."""
+    from prefloop.errors import PrefloopError
+    from prefloop.testing import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok)
+    with torch.no_grad():
+        model.lm_head.weight[3].fill_(float("nan"))  # every logsumexp is NaN
+    model_dir = tmp_path / "nan-model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = EXAMPLES / "truthfulqa_mc.jsonl"
+    with pytest.raises(PrefloopError, match=rf"{data.name}:1: the model gave NaN or \+inf"):
+        run_bench(BenchArgs("truthfulqa_mc", str(model_dir), str(data), str(tmp_path / "out"), limit=2))

@@ -96,11 +96,15 @@ def encode_request(tokenizer, context: str, continuations: list[str]) -> Request
 
 def continuation_logps(model, requests: list[Request], pad_token_id: int, batch_size: int = DEFAULT_BATCH_SIZE,
                        chunk_size: int = 1024, layout: str = "packed_prefix_shared",
-                       desc: str = "choices") -> list[np.ndarray]:
+                       desc: str = "choices", wheres: list[str] | None = None) -> list[np.ndarray]:
     """Summed log-prob of every continuation given its context: one float64 array [n_i] per request.
 
     The model runs in eval mode without gradients; `layout` is any batch layout of `train/collate.py`
-    (all give the same numbers up to float rounding; "padded" is the plain computation lm-eval does)."""
+    (all give the same numbers up to float rounding; "padded" is the plain computation lm-eval does).
+    Raises PrefloopError naming the first affected item (`wheres[i]`, e.g. "file:line", else its
+    number) when a log-likelihood is NaN or +inf (broken weights or an overflowing dtype): an argmax or
+    a normalisation over them would give a score without meaning. -inf (a token the model gives
+    probability 0) is a value, and is kept."""
     import torch
 
     from prefloop.models import Reference
@@ -124,4 +128,17 @@ def continuation_logps(model, requests: list[Request], pad_token_id: int, batch_
         out[r][j] = a
         if k is not None:
             out[r][k] = b
+    _check_finite(out, wheres)
     return out
+
+
+def _check_finite(lls: list[np.ndarray], wheres: list[str] | None) -> None:
+    from prefloop.errors import PrefloopError
+
+    bad = [i for i, ll in enumerate(lls) if np.isnan(ll).any() or np.isposinf(ll).any()]
+    if bad:
+        where = wheres[bad[0]] if wheres else f"item {bad[0] + 1}"
+        raise PrefloopError(f"{where}: the model gave NaN or +inf log-likelihoods {lls[bad[0]].tolist()} (and for "
+                            f"{len(bad) - 1} more of the {len(lls)} answer sets): its weights are broken or its dtype "
+                            f"overflows; check the model (load it in float32, or take a checkpoint from before the run "
+                            f"diverged)")

@@ -119,7 +119,8 @@ def choose_base(args, records) -> list[tuple[int | None, str]]:
     model, tokenizer = load_scoring_model(args)
     requests = [encode_request(tokenizer, prompt_text(r.data["question"], r.data["options"]) + " (",
                                list(LETTERS[:len(r.data["options"])])) for r in records]
-    lls = continuation_logps(model, requests, tokenizer.pad_token_id, args.batch_size, desc=NAME)
+    lls = continuation_logps(model, requests, tokenizer.pad_token_id, args.batch_size, desc=NAME,
+                            wheres=[r.where for r in records])
     return [(int(np.argmax(ll)), " ".join(f"{LETTERS[i]}:{v:.3f}" for i, v in enumerate(ll))) for ll in lls]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prefloop.errors import ConfigError
+from prefloop.errors import ConfigError, PrefloopError
 
 NAME = "truthfulqa_mc"
 FORMAT_HELP = ('each record is {"question": str, "mc1_targets": {"choices": [str], "labels": [0/1]}, '
@@ -119,7 +119,12 @@ def run(args) -> tuple[dict, object]:
             requests.append(encode_request(tokenizer, context_text(d["question"]),
                                            [TARGET_DELIMITER + c for c in d[key]["choices"]]))
             targets.append(d[key]["labels"])
-    lls = continuation_logps(model, requests, tokenizer.pad_token_id, args.batch_size, desc=NAME)
+    wheres = [r.where for r in records for _ in ("mc1_targets", "mc2_targets")]
+    lls = continuation_logps(model, requests, tokenizer.pad_token_id, args.batch_size, desc=NAME, wheres=wheres)
+    for i, ll in enumerate(lls[1::2]):
+        if not np.isfinite(ll).any():  # every answer impossible: no mass to normalise (mc2 would raise)
+            raise PrefloopError(f"{records[i].where}: the model gives every mc2 answer probability 0 (log-likelihoods "
+                                f"{ll.tolist()}); check the model and the answers' text")
     rows = []
     for i, r in enumerate(records):
         ll1, ll2 = lls[2 * i], lls[2 * i + 1]
