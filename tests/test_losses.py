@@ -651,7 +651,8 @@ def test_sft_is_the_token_mean_nll_of_the_batch_and_pref_ftx_the_mean_of_per_pai
 
 
 def test_mpo_mix_sigmoid_bco_pair_sft_weights_each_term():
-    """TRL's documented MPO mix: loss_type [sigmoid, bco_pair, sft], loss_weights [0.8, 0.2, 1.0]."""
+    """TRL's documented MPO mix: loss_type [sigmoid, bco_pair, sft], loss_weights [0.8, 0.2, 1.0] (here bco_pair
+    keeps the paper's reward shift delta, which TRL 1.16 drops: the same as TRL's mix only at delta = 0)."""
     spec = build_loss_spec(cfg(pref_loss=["sigmoid", "bco_pair", "sft"], pref_loss_weights=[0.8, 0.2, 1.0]))
     out = preference_loss(POLICY, REFERENCE, spec)
     delta = sum(BETA * x for x in R_C + R_R) / 4
@@ -659,6 +660,22 @@ def test_mpo_mix_sigmoid_bco_pair_sft_weights_each_term():
     bco = [-logsig(BETA * c - delta) - logsig(-(BETA * r - delta)) for c, r in zip(R_C, R_R)]
     sft = 30 / 9
     assert out.losses.mean().item() == pytest.approx(0.8 * sum(sigm) / 2 + 0.2 * sum(bco) / 2 + sft, rel=1e-12)
+
+
+def test_sft_loss_and_pref_ftx_are_two_components_and_combining_them_warns(caplog):
+    """`sft` (a loss) and `pref_ftx` (the SFT term's weight) are two normalisations of the same NLL: each has its own
+    component, and asking for both warns that the chosen answers' NLL is trained twice."""
+    policy = seq([-10.0, -20.0], [-12.0, -18.0])
+    out = preference_loss(policy, None, LossSpec(["simpo", "sft"], [1.0, 1.0], BETA, ftx=0.5))
+    assert out.components["sft"].tolist() == pytest.approx([2 * 10 / 9, 2 * 20 / 9])  # B * NLL_i / sum |y_c|
+    assert out.components["pref_ftx"].tolist() == pytest.approx([10 / 4, 20 / 5])  # each pair's mean NLL
+    with caplog.at_level("WARNING", logger="prefloop.train.losses"):
+        build_loss_spec(cfg(pref_loss=["sigmoid", "sft"], pref_loss_weights=[1.0, 1.0], pref_ftx=0.5))
+    assert "trained twice" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prefloop.train.losses"):
+        build_loss_spec(cfg(pref_loss=["sigmoid", "sft"], pref_loss_weights=[1.0, 1.0]))
+    assert "trained twice" not in caplog.text
 
 
 # --- LossSpec and config: names and parameter edge cases -----------------------------------------------------------

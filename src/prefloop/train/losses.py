@@ -563,7 +563,7 @@ def preference_loss(
         total = total + w * loss
     if spec.ftx:
         sft = -policy.chosen_mean
-        components["sft"] = sft.detach()
+        components["pref_ftx"] = sft.detach()  # not "sft": that is the `sft` loss, another normalisation
         total = total + spec.ftx * sft
     if weight is not None:
         total = total * weight
@@ -660,6 +660,10 @@ def build_loss_spec(cfg) -> LossSpec:
         if not 0 < smoothing < upper:
             raise ConfigError(f"dpo_label_smoothing: {smoothing} is not allowed for {users}; it must be in "
                               f"(0, {upper}) (the assumed rate of flipped labels, e.g. 0.1; 0 or unset = none)")
+    if "sft" in names and (getattr(cfg, "pref_ftx", 0) or 0) > 0:
+        log.warning("pref_loss has sft and pref_ftx is %s: both add an NLL term of the chosen answers (sft: a token "
+                    "mean over the batch, TRL's; pref_ftx: each pair's mean, LLaMA-Factory's), so it is trained "
+                    "twice. Keep one of them.", cfg.pref_ftx)
     batch = getattr(cfg, "per_device_train_batch_size", None)
     if batch == 1 and any(n in SORTED_LOSSES for n in names):
         log.warning("pref_loss %s sorts each batch to compare quantiles (AOT); with per_device_train_batch_size: 1 "
