@@ -760,7 +760,7 @@ def test_bco_state_sums_over_ranks_and_skips_non_finite_rewards():
     assert out.bco_state.count == 8 and out.bco_state.mean == pytest.approx(sum(BETA * x for x in R_C + R_R) / 4)
 
 
-def test_bco_pair_running_mean_survives_a_resume(tmp_path, tiny_model_dir):
+def test_bco_pair_running_mean_survives_a_resume(tmp_path, tiny_model_dir, caplog):
     """The running reward mean is saved with each checkpoint (bco_state.json) and read back on resume: a run
     resumed at step 1 ends with the state of the uninterrupted run (before: the resumed run started over at its
     first batch's mean, count 8 instead of 16)."""
@@ -789,3 +789,12 @@ def test_bco_pair_running_mean_survives_a_resume(tmp_path, tiny_model_dir):
     end_resumed = _json.loads((resumed / "checkpoint-2" / "bco_state.json").read_text())
     assert end_resumed["count"] == end_full["count"] == 16
     assert end_resumed["mean"] == pytest.approx(end_full["mean"], rel=1e-4, abs=1e-7)
+    # resume_from_checkpoint: true (the last checkpoint); a checkpoint without the file (an older prefloop) warns
+    again = tmp_path / "again"
+    shutil.copytree(full, again)
+    shutil.rmtree(again / "checkpoint-2")
+    (again / "checkpoint-1" / "bco_state.json").unlink()
+    with caplog.at_level("WARNING", logger="prefloop.train.trainer"):
+        train({**common, "output_dir": str(again), "resume_from_checkpoint": True})
+    assert "restarts from this run's first batch" in caplog.text
+    assert _json.loads((again / "checkpoint-2" / "bco_state.json").read_text())["count"] == 8

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections import defaultdict
 
 import torch
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from prefloop.train.distributed import call_as_forward, forget_evaluation_prepare
 from prefloop.train.losses import BCOState, LossSpec, SequenceLogps, pair_metrics, preference_loss, reward_accuracy
 from prefloop.train.logps import pair_logps
 
 
+logger = logging.getLogger(__name__)
 BCO_STATE_FILE = "bco_state.json"  # in a checkpoint: bco_pair's BCOState
 
 
@@ -134,11 +136,23 @@ class PreferenceTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
         forget_evaluation_prepare(self)  # an evaluate() before train() must not leave DDP unwrapped
-        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
-        if isinstance(resume, (str, os.PathLike)) and os.path.isfile(os.path.join(resume, BCO_STATE_FILE)):
-            with open(os.path.join(resume, BCO_STATE_FILE)) as f:  # bco_pair's delta continues where it stopped
-                self.bco_state = BCOState(**json.load(f))
+        self._load_bco_state(kwargs.get("resume_from_checkpoint", args[0] if args else None))
         return super().train(*args, **kwargs)
+
+    def _load_bco_state(self, resume) -> None:
+        """bco_pair's running reward mean from the checkpoint a run resumes from (`True`: the output
+        directory's last one, as the Trainer reads it), so delta continues where it stopped."""
+        if resume is True:
+            resume = get_last_checkpoint(self.args.output_dir)
+        if not isinstance(resume, (str, os.PathLike)) or "bco_pair" not in self.loss_spec.names:
+            return
+        path = os.path.join(resume, BCO_STATE_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.bco_state = BCOState(**json.load(f))
+        else:
+            logger.warning("resuming a bco_pair run from %s, which has no %s (saved by an older prefloop?): bco_pair's "
+                           "reward shift delta restarts from this run's first batch", resume, BCO_STATE_FILE)
 
     def _save_checkpoint(self, model, trial):
         """The Trainer's checkpoint, plus bco_pair's running reward mean (`bco_state.json`), which a
