@@ -317,6 +317,8 @@ def test_lora_target_all_on_tied_embeddings_leaves_the_head_and_the_tie_alone(ti
     model = load_causal_lm(str(base))
     assert set(lora_target_modules(model, "all")) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                       "down_proj"}
+    with pytest.raises(ConfigError, match="lora_target: lm_head is the output head"):
+        lora_target_modules(model, "q_proj,lm_head")
     policy = apply_finetuning(model, _cfg(base, tmp_path))
     wrapped = {n.rsplit(".", 1)[0] for n, _ in policy.named_parameters() if "lora_" in n}
     assert wrapped and not any("lm_head" in n or "embed_tokens" in n for n in wrapped)

@@ -537,3 +537,23 @@ def test_pure_bf16_trains_bf16_weights(tmp_path, tiny_model_dir):
     assert math.isfinite(metrics["train_loss"])
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def test_with_dropout_kept_the_in_step_reference_equals_the_cached_one(tmp_path, tiny_tokenizer):
+    """disable_dropout: false on a model with dropout: the reference in the step (the policy with its adapters
+    disabled) ran in train mode, with dropout, unlike the cached reference (TRL's reported bug). Right value:
+    the same losses with the reference cached or computed in the step."""
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.attention_dropout = 0.3
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 6)
+    losses = {}
+    for precompute in (True, False):
+        out = tmp_path / f"precompute-{precompute}"
+        prefloop.train(_quick(tmp_path / "model", data, out, max_steps=3, disable_dropout=False,
+                              precompute_ref=precompute))
+        losses[precompute] = [loss for _, loss in _train_losses(out)]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)

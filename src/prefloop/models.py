@@ -133,6 +133,10 @@ def lora_target_modules(model, lora_target) -> list[str]:
         chosen = linear_names
     else:
         unknown = [t for t in requested if t not in linear_names]
+        if head_name and any(t in (head_name, head_name.rsplit(".", 1)[-1]) for t in unknown):
+            raise ConfigError(f"lora_target: {head_name} is the output head, which prefloop's LoRA leaves alone (in "
+                              f"models that tie it to the embeddings, merging an adapter on it would change the "
+                              f"embeddings too); use 'all' or a comma list of: {', '.join(linear_names)}")
         if unknown or not requested:
             raise ConfigError(f"lora_target: {', '.join(unknown) or '(empty)'} is not a linear layer of this model; "
                               f"use 'all' or a comma list of: {', '.join(linear_names)}")
