@@ -557,3 +557,34 @@ def test_with_dropout_kept_the_in_step_reference_equals_the_cached_one(tmp_path,
                               precompute_ref=precompute))
         losses[precompute] = [loss for _, loss in _train_losses(out)]
     assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
+@pytest.mark.parametrize("finetuning_type", ["lora", "full"])
+def test_a_tied_embedding_model_saves_checkpoints_resumes_and_reloads_tied(tmp_path, tiny_tokenizer, finetuning_type):
+    """Tied lm_head/embed_tokens (Qwen2.5-0.5B, Llama-3.2, SmolLM2): saving raised safetensors' shared-tensor
+    error in peers' runs, and PEFT's `save_embedding_layers="auto"` can put whole embeddings into an adapter.
+    Right value: checkpoints and the final save work, a resume continues, the adapter holds LoRA weights only,
+    a full model reloads with the tie."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 8)
+    run_cfg = _quick(tmp_path / "model", data, tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2,
+                     finetuning_type=finetuning_type)
+    prefloop.train(run_cfg)
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": True})
+    assert _train_losses(tmp_path / "out")[-1][0] == 4
+    if finetuning_type == "lora":
+        with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
+            assert all("lora_" in k for k in f.keys())
+    else:
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+        assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight

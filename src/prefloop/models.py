@@ -294,8 +294,8 @@ def frozen_linears_to(model, dtype: torch.dtype) -> int:
     (`cast_input_dtype_enabled`): under autocast the adapter's matmul casts it straight back to `dtype`,
     an exact round trip that cost two copies of the layer's activations per call and two more in its
     backward (peft/tuners/lora/layer.py, `Linear.forward`); bit-identical. Only layers without LoRA
-    dropout (`lora_dropout: 0`, the default): dropout on a bf16 input would round its 1/(1-p) scale
-    to bf16. DoRA and other LoRA variants keep the cast too."""
+    dropout (`lora_dropout: 0`, or `disable_dropout: true`, both defaults): dropout on a bf16 input would
+    round its 1/(1-p) scale to bf16. DoRA and other LoRA variants keep the cast too."""
     import torch
 
     embeddings = model.get_input_embeddings().weight
