@@ -588,3 +588,22 @@ def test_a_tied_embedding_model_saves_checkpoints_resumes_and_reloads_tied(tmp_p
     else:
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
         assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
+def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, tiny_model_dir, capsys):
+    """transformers' get_last_checkpoint returns the highest checkpoint-N even when a crash cut its save short
+    (no trainer_state.json), and the resume then fails. Right value: the latest complete checkpoint, with a
+    note; a relative `checkpoint-N` is looked up in output_dir; the text "true" means true."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 8)
+    run_cfg = _quick(tiny_model_dir, data, tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2)
+    prefloop.train(run_cfg)
+    losses = _train_losses(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    (tmp_path / "out" / "checkpoint-6").mkdir()  # a save cut short
+    (tmp_path / "out" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": "true"})
+    assert "skipped checkpoint-6 (cut short while saving" in capsys.readouterr().out
+    assert _train_losses(tmp_path / "out") == losses
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": "checkpoint-2"})
+    assert _train_losses(tmp_path / "out") == losses

@@ -106,6 +106,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         watch.sync_cuda = args.device.type == "cuda"  # stage times include the GPU work they queued
         say = print if args.process_index == 0 else (lambda *a, **k: None)
         set_seed(cfg.seed)
+        resume_from = checkpoint_to_resume(cfg, say)  # checked now, before any model loads
         if args.process_index == 0:
             save_config(cfg, cfg.output_dir)
 
@@ -157,7 +158,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         if cfg.ref_update == "sync" and in_step_reference is not None:
             from prefloop.train.sync import install_sync
 
-            install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
+            install_sync(trainer, in_step_reference.model, cfg, resume_from, say)
     with watch.stage("eval_before"):
         before = evaluation_before_training(cfg, trainer, data, say)
     trainer.add_callback(StepZeroEvaluation(trainer, before))  # history, TensorBoard and plots start at step 0
@@ -168,7 +169,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     metrics, train_metrics, eval_metrics = {}, {}, {}
     if cfg.do_train:
         with watch.stage("train"):
-            result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
+            result = trainer.train(resume_from_checkpoint=check_resume_world_size(resume_from))
         with watch.stage("save"):
             trainer.save_model()
             trainer.save_state()
@@ -238,10 +239,11 @@ def check_output_dir(cfg: Config) -> None:
             raise ConfigError(f"output_dir {out} is the {key} this run loads; saving there would overwrite it: pick "
                               f"another output_dir")
     used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or any(out.glob("checkpoint-*")))
-    if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+    resuming = bool(_resume_value(cfg))
+    if used and not (cfg.overwrite_output_dir or resuming):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
-    if used and cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
+    if used and cfg.overwrite_output_dir and not resuming:
         from prefloop.train.distributed import is_main_process
 
         if is_main_process():
@@ -566,20 +568,45 @@ def register_output(cfg: Config, metrics: dict, data: Data, say, round_info: dic
     return version
 
 
-def checkpoint_to_resume(cfg: Config):
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint is True:
-        from transformers.trainer_utils import get_last_checkpoint
+def _resume_value(cfg: Config):
+    """`resume_from_checkpoint` with the text "true"/"false" (quoted in YAML) read as the boolean."""
+    value = cfg.resume_from_checkpoint
+    if isinstance(value, str) and value.strip().lower() in ("true", "false") and not Path(value).is_dir():
+        return value.strip().lower() == "true"
+    return value
 
-        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-        if last is None:
-            raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no checkpoint-* directory; "
-                              f"give a checkpoint path or train from the start")
-        return last
-    path = Path(cfg.resume_from_checkpoint)
+
+def checkpoint_to_resume(cfg: Config, say=None):
+    """The checkpoint directory `resume_from_checkpoint` names, checked; None when not resuming.
+
+    `true` (or the text "true") = the latest *complete* checkpoint-N in output_dir: one a crash cut short while
+    saving (no trainer_state.json, which the Trainer writes last) is skipped with a note, where transformers'
+    get_last_checkpoint would hand it to the Trainer. A path is taken as given, or inside output_dir when it
+    is not a directory from here (`resume_from_checkpoint: checkpoint-500`); it must be a checkpoint."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    value = _resume_value(cfg)
+    if not value:
+        return None
+    out = Path(cfg.output_dir)
+    if value is True:
+        checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()
+                              and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))
+        complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+        if not complete:
+            raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no complete checkpoint-* "
+                              f"directory" + (f" ({', '.join(p.name for p in checkpoints)} lack trainer_state.json)"
+                                              if checkpoints else "") + "; give a checkpoint path or train from the start")
+        skipped = [p.name for p in checkpoints if int(p.name.split("-", 1)[1]) > int(complete[-1].name.split("-", 1)[1])]
+        if skipped and say is not None:
+            say(f"Resume: skipped {', '.join(skipped)} (cut short while saving: no trainer_state.json); resuming from "
+                f"{complete[-1].name}")
+        return str(complete[-1])
+    path = Path(value)
+    if not path.is_dir() and (out / path).is_dir():
+        path = out / path
     if not path.is_dir():
-        raise ConfigError(f"resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a directory")
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a directory")
     if not (path / "trainer_state.json").is_file():
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -587,7 +614,7 @@ def checkpoint_to_resume(cfg: Config):
         hint = (f"; it holds {Path(inside).name}: give that, or resume_from_checkpoint: true" if inside else
                 "; give a checkpoint-N directory of an interrupted run (or true: the latest in output_dir)")
         raise ConfigError(f"resume_from_checkpoint: {path} is not a checkpoint (no trainer_state.json){hint}")
-    return cfg.resume_from_checkpoint
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------
