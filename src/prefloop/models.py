@@ -211,7 +211,9 @@ def apply_finetuning(model, cfg):
         from peft import PeftModel
 
         # Continue training an existing adapter (the previous round's policy, or any LoRA run).
-        model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+        with warnings.catch_warnings():  # peft 0.21 still asks for transformers' deprecated name
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
         model.peft_config["default"].base_model_name_or_path = cfg.model_name_or_path
     elif cfg.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model

@@ -125,9 +125,9 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
             + (f" + adapter {cfg.adapter_name_or_path} (trained further)" if cfg.adapter_name_or_path else "")
             + f": {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} parameters trainable "
               f"({100 * trainable / total:.2f}%)" + (", weights in bf16 (pure_bf16)" if cfg.pure_bf16 else "") + ".")
-        note = dropout_note(cfg, model)
-        if note:
-            say(note)
+        for note in (dropout_note(cfg, model), continued_adapter_note(cfg, model)):
+            if note:
+                say(note)
         if data.template_name != "tokenizer" and getattr(model, "generation_config", None) is not None:
             from prefloop.models import use_chat_template
 
@@ -409,6 +409,21 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
                                   data.template_name, autocast_dtype, args.device, log=say)
     counts.update(f"reference_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
     return None, counts  # a separately loaded reference is dropped here: the step needs only the policy
+
+
+def continued_adapter_note(cfg: Config, model) -> str | None:
+    """Continuing an adapter (`adapter_name_or_path`) trains it with its own rank, alpha and targets: a line
+    saying so when the config's LoRA keys say otherwise (LLaMA-Factory ignores them silently there)."""
+    if not cfg.adapter_name_or_path or not hasattr(model, "peft_config"):
+        return None
+    own = model.peft_config["default"]
+    differs = [f"{key} {mine} -> {theirs}" for key, mine, theirs in (
+        ("lora_rank", cfg.lora_rank, own.r), ("lora_alpha", cfg.resolved_lora_alpha, own.lora_alpha))
+        if mine != theirs]
+    if not differs:
+        return None
+    return (f"Note: the adapter {cfg.adapter_name_or_path} keeps its own shape while trained further "
+            f"({', '.join(differs)}; its targets: {', '.join(sorted(own.target_modules or []))}).")
 
 
 def dropout_note(cfg: Config, model) -> str | None:
