@@ -121,7 +121,8 @@ def lora_target_modules(model, lora_target) -> list[str]:
     layers = _lora_layers(model)
     linear_names = sorted({name.rsplit(".", 1)[-1] for name, _ in layers})
     head = model.get_output_embeddings()
-    head_name = next((name for name, module in model.named_modules() if module is head), None) if head is not None else None
+    head_name = next((name for name, module in model.named_modules() if module is head), None) if head is not None \
+        else None
     requested = lora_target if isinstance(lora_target, list) else [t.strip() for t in str(lora_target).split(",")]
     requested = [t for t in requested if t]
     from prefloop.errors import ConfigError
@@ -204,8 +205,9 @@ def apply_finetuning(model, cfg):
     """Make the weights that `cfg.finetuning_type` trains trainable; returns the (maybe peft) model.
 
     lora: peft LoRA on `lora_target` (rsLoRA / DoRA with `use_rslora` / `use_dora`); full: every weight;
-    freeze: `freeze_trainable_layers` decoder layers (the last N, or the first -N; `_freeze`). Gradient checkpointing is switched on here (with input grads for LoRA, whose
-    frozen embeddings would otherwise cut the checkpointed graph).
+    freeze: `freeze_trainable_layers` decoder layers (the last N, or the first -N; `_freeze`). Gradient
+    checkpointing is switched on here (with input grads for LoRA, whose frozen embeddings would otherwise
+    cut the checkpointed graph).
     """
     if cfg.finetuning_type == "lora" and getattr(cfg, "adapter_name_or_path", None):
         from peft import PeftModel
@@ -440,7 +442,8 @@ def build_reference(cfg, policy, tokenizer, before_training_only: bool = False) 
                       and same_model_path(ref_adapter, getattr(cfg, "adapter_name_or_path", None)))
         if same_start and before_training_only:  # the reference is the policy as it starts (previous round)
             return Reference(policy, "policy_start", f"{ref_path} + {ref_adapter}")
-        return frozen(load_causal_lm(ref_path, dtype=dtype, adapter=ref_adapter), "separate", f"{ref_path} + {ref_adapter}")
+        return frozen(load_causal_lm(ref_path, dtype=dtype, adapter=ref_adapter), "separate",
+                      f"{ref_path} + {ref_adapter}")
     if same_model_path(ref_path, cfg.model_name_or_path):
         if cfg.finetuning_type == "lora":
             return Reference(policy, "adapters_disabled", ref_path)

@@ -97,7 +97,8 @@ def render_card(cfg, base: dict, data: dict, before: dict, after: dict, steps: i
                   f"validation split {val['split']} pairs, {val['encoded']} kept.", "",
               "## Training config", "", "| key | value |", "|---|---|"]
     for key in _CONFIG_KEYS:
-        if (key in _LORA_ONLY and cfg.finetuning_type != "lora") or (key in _FREEZE_ONLY and cfg.finetuning_type != "freeze"):
+        if ((key in _LORA_ONLY and cfg.finetuning_type != "lora")
+                or (key in _FREEZE_ONLY and cfg.finetuning_type != "freeze")):
             continue
         value = cfg.resolved_lora_alpha if key == "lora_alpha" else getattr(cfg, key, None)
         if value is not None:

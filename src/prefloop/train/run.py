@@ -438,8 +438,10 @@ def dropout_note(cfg: Config, model) -> str | None:
         if cfg.finetuning_type == "lora" and cfg.lora_dropout > 0:
             return (f"Dropout: off (disable_dropout: true), lora_dropout {cfg.lora_dropout:g} included, as in TRL and "
                     f"LLaMA-Factory; set disable_dropout: false to train with dropout.")
+        if not switched:
+            return None
         return (f"Dropout: {switched} dropout rates of the model set to 0 (disable_dropout: true, as TRL and "
-                f"LLaMA-Factory do: the policy's log-probs without dropout noise, like the reference's).") if switched else None
+                f"LLaMA-Factory do: the policy's log-probs without dropout noise, like the reference's).")
     import torch
 
     active = sum(1 for m in model.modules() for attr, value in vars(m).items()
@@ -609,10 +611,10 @@ def checkpoint_to_resume(cfg: Config, say=None):
                               and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))
         complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
         if not complete:
+            cut = f" ({', '.join(p.name for p in checkpoints)} lack trainer_state.json)" if checkpoints else ""
             raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no complete checkpoint-* "
-                              f"directory" + (f" ({', '.join(p.name for p in checkpoints)} lack trainer_state.json)"
-                                              if checkpoints else "") + "; give a checkpoint path or train from the start")
-        skipped = [p.name for p in checkpoints if int(p.name.split("-", 1)[1]) > int(complete[-1].name.split("-", 1)[1])]
+                              f"directory{cut}; give a checkpoint path or train from the start")
+        skipped = [p.name for p in checkpoints[checkpoints.index(complete[-1]) + 1:]]
         if skipped and say is not None:
             say(f"Resume: skipped {', '.join(skipped)} (cut short while saving: no trainer_state.json); resuming from "
                 f"{complete[-1].name}")
