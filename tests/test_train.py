@@ -607,3 +607,24 @@ def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, tiny_mo
     shutil.rmtree(tmp_path / "out" / "checkpoint-4")
     prefloop.train({**run_cfg, "resume_from_checkpoint": "checkpoint-2"})
     assert _train_losses(tmp_path / "out") == losses
+
+
+def test_save_total_limit_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
+    """transformers reports: rotation with save_total_limit deleted the best checkpoint. Input: 12 pairs (4 held
+    out), lr 0.05 so the held-out loss is best at step 1 and worse after, a checkpoint and an evaluation every
+    step, save_total_limit 1, early stopping (which tracks the best model). Right value: the best checkpoint
+    is kept (during training the latest too, for resuming) and output_dir holds the best model's adapter."""
+    from safetensors.torch import load_file
+
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 12)
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=6, learning_rate=0.05, val_size=4,
+                          eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, save_total_limit=1,
+                          early_stopping_patience=10))
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evals = {h["step"]: h["eval_loss"] for h in state["log_history"] if "eval_loss" in h and h["step"] > 0}
+    best_step = min(evals, key=evals.get)
+    assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best_step}"
+    assert (tmp_path / "out" / f"checkpoint-{best_step}").is_dir()
+    final = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "out" / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in best)
