@@ -628,3 +628,15 @@ def test_save_total_limit_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
     final = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     best = load_file(str(tmp_path / "out" / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
     assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_token_ids_beyond_the_embeddings_are_a_clear_error(tmp_path, tiny_tokenizer):
+    """A tokenizer with tokens added after the model (peers resize or fail with an index error in the forward
+    pass). Right value: a DataError before training that names the sizes and says what to do."""
+    from prefloop.testing import build_tiny_model
+
+    build_tiny_model(tiny_tokenizer, vocab_size=len(tiny_tokenizer) - 40).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    with pytest.raises(prefloop.errors.DataError, match=r"has embeddings for \d+ tokens: its tokenizer has tokens"):
+        prefloop.train(_quick(tmp_path / "model", data, tmp_path / "out", max_steps=1))

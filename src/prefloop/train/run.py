@@ -133,6 +133,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
 
             # the saved model stops where the trained replies end (full/freeze; `prefloop merge` for LoRA)
             use_chat_template(tokenizer, data.template, model.generation_config)
+        check_token_ids_fit(cfg, data, model)
         model.to(args.device)
         autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
         say(describe_attention(cfg, model))
@@ -409,6 +410,20 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
                                   data.template_name, autocast_dtype, args.device, log=say)
     counts.update(f"reference_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
     return None, counts  # a separately loaded reference is dropped here: the step needs only the policy
+
+
+def check_token_ids_fit(cfg: Config, data: Data, model) -> None:
+    """Every token id of the encoded data must have a row in the model's embeddings: a tokenizer with tokens
+    added after the model was made (a template's special tokens, a new pad token) gave an index error deep in
+    the forward pass. DataError naming the sizes and what to do."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    top = max((max(f[k]) for f in data.train + data.val for k in ("prompt_ids", "chosen_ids", "rejected_ids")
+               if f[k]), default=-1)
+    if top >= rows:
+        raise DataError(f"the encoded data uses token id {top}, but {cfg.model_name_or_path} has embeddings for "
+                        f"{rows} tokens: its tokenizer has tokens the model was not trained with. Use the model's "
+                        f"own tokenizer (and a template whose special tokens it has), or resize the model's "
+                        f"embeddings (model.resize_token_embeddings(len(tokenizer))) and save it first")
 
 
 def continued_adapter_note(cfg: Config, model) -> str | None:
