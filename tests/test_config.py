@@ -257,3 +257,118 @@ def test_installed_integrations_pass(seed_path):
 def test_a_non_text_key_shows_the_value_as_written(seed_path):
     with pytest.raises(ConfigError, match=r"lora_rank: 'no' \(YAML reads it as False\) is not allowed; expected an integer"):
         load_config(seed_path, ["lora_rank=no"])
+
+
+# --- audit: peers' config reports (LLaMA-Factory keys verbatim, YAML types, env vars, located errors) -------------
+
+
+def _line_of(path, key):
+    return 1 + next(i for i, line in enumerate(path.read_text().splitlines()) if line.startswith(f"{key}:"))
+
+
+def test_unknown_and_mistyped_keys_name_the_file_and_the_line(seed_path):
+    """LLaMA-Factory/HfArgumentParser report an unknown key without saying where it is. Right value: the file,
+    the key and its line (and the closest known key)."""
+    seed_path.write_text(seed_path.read_text() + "lora_rnk: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path)
+    assert str(seed_path) in str(err.value) and f"(line {_line_of(seed_path, 'lora_rnk')})" in str(err.value)
+    seed_path.write_text(seed_path.read_text().replace("lora_rnk: 8\n", "").replace("lora_rank: 16", "lora_rank: eight"))
+    with pytest.raises(ConfigError, match=rf"lora_rank: 'eight' is not allowed; expected an integer \(line "
+                                          rf"{_line_of(seed_path, 'lora_rank')}\)"):
+        load_config(seed_path)
+    seed_path.write_text(seed_path.read_text().replace("lora_rank: eight", "lora_rank: 8\nwarmup_steps: -3"))
+    with pytest.raises(ConfigError, match=rf"warmup_steps: -3 is not allowed.*\(line {_line_of(seed_path, 'warmup_steps')}\)"):
+        load_config(seed_path)
+
+
+@pytest.mark.parametrize("written, expected", [("1e-5", 1e-5), ("5e-7", 5e-7), ("'2e-6'", 2e-6), ("1.0e-4", 1e-4), ("3", 3.0)])
+def test_a_learning_rate_yaml_reads_as_text_is_a_number(seed_path, written, expected):
+    """YAML 1.1 reads `1e-5` (no dot) as the string "1e-5" (LLaMA-Factory issues 4014/4149, TRL PR 1450: a
+    TypeError deep in the optimizer). Right value: the float."""
+    seed_path.write_text(seed_path.read_text().replace("learning_rate: 5.0e-7", f"learning_rate: {written}"))
+    cfg = load_config(seed_path)
+    assert isinstance(cfg.learning_rate, float) and cfg.learning_rate == pytest.approx(expected)
+
+
+def test_integers_and_booleans_written_as_peers_accept_them(seed_path):
+    cfg = load_config(seed_path, ["save_steps=1e3", "lora_alpha=1e2", "fp16=0", "bf16=1", "plot_loss=True"])
+    assert cfg.save_steps == 1000 and cfg.lora_alpha == 100 and cfg.bf16 is True and cfg.fp16 is False
+    assert cfg.plot_loss is True
+    assert load_config(seed_path, ["save_steps=1.5e3"]).save_steps == 1500
+    with pytest.raises(ConfigError, match="save_steps: '2.5e-1'.* is not allowed; expected an integer"):
+        load_config(seed_path, ["save_steps=2.5e-1"])
+
+
+def test_command_line_overrides_with_lists_and_bools(seed_path):
+    cfg = load_config(seed_path, ["lora_target=[q_proj, v_proj]", "report_to=[tensorboard]", "packing=False",
+                                  "dataset=[a.jsonl, b.jsonl]", "freeze_trainable_modules=mlp,self_attn",
+                                  "resume_from_checkpoint=true"])
+    assert cfg.lora_target == ["q_proj", "v_proj"] and cfg.report_to == ["tensorboard"] and cfg.packing is False
+    assert cfg.dataset == ["a.jsonl", "b.jsonl"] and cfg.freeze_trainable_modules == "mlp,self_attn"
+    assert cfg.resume_from_checkpoint is True
+
+
+def test_environment_variables_in_the_config(seed_path, monkeypatch):
+    """`${oc.env:NAME}` (OmegaConf, LLaMA-Factory's config reader) and `${NAME}` were kept as literal text.
+    Right value: the variable's value, typed like a command-line value; a default when unset; an error
+    naming the file, the line and the variable when unset without a default."""
+    monkeypatch.setenv("PF_OUT", "/runs/today")
+    monkeypatch.setenv("PF_LR", "1e-5")
+    monkeypatch.setenv("PF_TARGETS", "[q_proj, v_proj]")
+    monkeypatch.delenv("PF_UNSET", raising=False)
+    text = seed_path.read_text()
+    text = text.replace("learning_rate: 5.0e-7", "learning_rate: ${PF_LR}").replace("lora_target: all", "lora_target: ${oc.env:PF_TARGETS}")
+    text = re.sub(r"output_dir: .*", "output_dir: ${PF_OUT}/dpo", text)
+    text = text.replace("template: qwen", "template: ${oc.env:PF_UNSET,chatml}")
+    seed_path.write_text(text + "seed: ${PF_UNSET:-7}\n")
+    cfg = load_config(seed_path)
+    assert cfg.output_dir == "/runs/today/dpo" and cfg.learning_rate == 1e-5 and cfg.seed == 7
+    assert cfg.lora_target == ["q_proj", "v_proj"] and cfg.template == "chatml"
+    seed_path.write_text(re.sub(r"ref_model: .*", "ref_model: ${PF_UNSET}", seed_path.read_text()))
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path)
+    assert f"ref_model (line {_line_of(seed_path, 'ref_model')})" in str(err.value)
+    assert "PF_UNSET, which is not set" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["freeze_trainable_layers=0"], "freeze_trainable_layers: 0 is not allowed"),
+    (["finetuning_type=full", "use_dora=true"], "use_dora needs finetuning_type: lora"),
+    (["fp16=true", "pure_bf16=true"], "fp16 and pure_bf16 are both true"),
+    (["seed=-1"], "seed: -1 is not allowed"),
+])
+def test_llama_factory_keys_are_checked(seed_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(seed_path, overrides)
+
+
+def test_llama_factory_keys_verbatim(seed_path):
+    cfg = load_config(seed_path, ["finetuning_type=freeze", "freeze_trainable_layers=-2",
+                                  "freeze_trainable_modules=mlp,self_attn", "freeze_extra_modules=embed_tokens",
+                                  "fp16=false", "pure_bf16=true", "use_rslora=false", "disable_dropout=false",
+                                  "val_size=100", "max_samples=1000", "dpo_label_smoothing=0.1", "pref_ftx=0.5"])
+    assert cfg.freeze_trainable_layers == -2 and cfg.freeze_trainable_modules == "mlp,self_attn"
+    assert cfg.freeze_extra_modules == "embed_tokens" and cfg.pure_bf16 and cfg.disable_dropout is False
+    assert cfg.val_size == 100 and cfg.has_validation and cfg.max_samples == 1000
+    lora = load_config(seed_path, ["use_dora=true", "use_rslora=true"])
+    assert lora.use_dora and lora.use_rslora and lora.disable_dropout is True  # TRL's and LLaMA-Factory's default
+
+
+def test_an_adapter_directory_where_a_model_belongs(seed_path, tmp_path):
+    """A LoRA adapter directory given as model_name_or_path failed deep in PEFT (NoMatchingPeftModuleError);
+    as ref_model it loaded through transformers' PEFT integration unchecked. Right value: the adapter's base
+    as the model and the adapter continued (adapter_name_or_path) / applied to the reference
+    (ref_model_adapters); with full fine-tuning an error that says to merge first."""
+    import json
+
+    base = tmp_path / "model"
+    (base / "config.json").write_text("{}")
+    adapter = tmp_path / "sft-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "peft_type": "LORA"}))
+    cfg = load_config(seed_path, [f"model_name_or_path={adapter}", f"ref_model={adapter}"])
+    assert cfg.model_name_or_path == str(base) and cfg.adapter_name_or_path == str(adapter)
+    assert cfg.ref_model == str(base) and cfg.ref_model_adapters == str(adapter)
+    with pytest.raises(ConfigError, match="full fine-tuning needs a whole model: `prefloop merge"):
+        load_config(seed_path, [f"model_name_or_path={adapter}", "finetuning_type=full"])

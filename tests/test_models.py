@@ -1,5 +1,7 @@
 """Which weights train (LoRA / full / freeze), the reference model, gradient checkpointing, merging."""
 
+import re
+
 import pytest
 import torch
 
@@ -263,3 +265,287 @@ def test_an_adapter_with_a_relative_base_from_before_says_to_pass_base(tmp_path,
     with pytest.raises(ModelLoadError) as err:
         merge_command(str(adapter), str(tmp_path / "merged"))
     assert "point --base at the local directory" in str(err.value) and "model_name_or_path" not in str(err.value)
+
+
+# --- audit: peers' LoRA / reference / merge reports ------------------------------------------------------------
+
+
+def _tiny_config(tokenizer, **extra):
+    from transformers import Qwen2Config
+
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    return Qwen2Config(**{**kwargs, **extra})
+
+
+def _save_model(path, tokenizer, dtype=torch.float32, seed=0, **extra):
+    """A tiny Qwen2 (config keys in `extra`: tie_word_embeddings, attention_dropout, ...) saved in `dtype`, with
+    the tokenizer and a generation config of its own."""
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(_tiny_config(tokenizer, **extra)).to(dtype)
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8,
+                                               eos_token_id=[tokenizer.eos_token_id])
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _adapter(tmp_path, base, tokenizer, name="adapter", **overrides):
+    from prefloop.adapters import record_base
+
+    cfg = _cfg(base, tmp_path, **overrides)
+    policy = apply_finetuning(load_causal_lm(str(base)), cfg)
+    _randomize_lora(policy)
+    out = tmp_path / name
+    policy.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    record_base(out, str(base))
+    return out, policy
+
+
+def _ids(tokenizer):
+    return torch.tensor([tokenizer.encode("What is the capital of France? Paris is.")])
+
+
+def test_lora_target_all_on_tied_embeddings_leaves_the_head_and_the_tie_alone(tiny_tokenizer, tmp_path):
+    """lora_target: all on a model whose lm_head is tied to embed_tokens (Qwen2.5-0.5B, Llama-3.2-1B): LoRA on
+    every linear layer but the head, the tie kept."""
+    base = _save_model(tmp_path / "tied", tiny_tokenizer, tie_word_embeddings=True)
+    model = load_causal_lm(str(base))
+    assert set(lora_target_modules(model, "all")) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                      "down_proj"}
+    with pytest.raises(ConfigError, match="lora_target: lm_head is the output head"):
+        lora_target_modules(model, "q_proj,lm_head")
+    policy = apply_finetuning(model, _cfg(base, tmp_path))
+    wrapped = {n.rsplit(".", 1)[0] for n, _ in policy.named_parameters() if "lora_" in n}
+    assert wrapped and not any("lm_head" in n or "embed_tokens" in n for n in wrapped)
+    assert policy.get_output_embeddings().weight is policy.get_input_embeddings().weight
+
+
+def test_lora_target_all_finds_gpt2_conv1d_layers(tiny_tokenizer, tmp_path):
+    """GPT-2's projections are transformers' Conv1D, not nn.Linear: `all` found nothing but the head."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2))
+    assert set(lora_target_modules(model, "all")) == {"c_attn", "c_proj", "c_fc"}
+    policy = apply_finetuning(model, _cfg(tmp_path, tmp_path))
+    assert any("c_attn.lora_A" in n for n, p in policy.named_parameters() if p.requires_grad)
+
+
+def test_lora_target_all_never_matches_the_head_through_a_shared_name():
+    """PEFT matches target names by suffix: an inner layer named like the head would make it wrap the head."""
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.block = torch.nn.ModuleDict({"lm_head": torch.nn.Linear(4, 4), "proj": torch.nn.Linear(4, 4)})
+            self.lm_head = torch.nn.Linear(4, 10)
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    assert lora_target_modules(Toy(), "all") == ["block.lm_head", "block.proj"]
+
+
+def test_rslora_and_dora_reach_peft(tiny_model_dir, tmp_path):
+    model = apply_finetuning(load_causal_lm(str(tiny_model_dir)), _cfg(tiny_model_dir, tmp_path, use_rslora=True,
+                                                                        use_dora=True, lora_rank=4))
+    config = model.peft_config["default"]
+    assert config.use_rslora and config.use_dora and config.lora_alpha == 8  # default alpha: 2 * rank
+    assert any("lora_magnitude_vector" in n for n, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("layers, modules, extra, expected", [
+    (1, "all", None, {"model.layers.1."}),
+    (-1, "all", None, {"model.layers.0."}),
+    (2, "mlp", None, {"model.layers.0.mlp.", "model.layers.1.mlp."}),
+    (-1, "self_attn,mlp", "embed_tokens", {"model.layers.0.self_attn.", "model.layers.0.mlp.", "model.embed_tokens."}),
+])
+def test_freeze_follows_llama_factorys_rule(tiny_model_dir, tmp_path, layers, modules, extra, expected):
+    """LLaMA-Factory: freeze_trainable_layers N > 0 the last N layers, N < 0 the first -N; freeze_trainable_modules
+    within them; freeze_extra_modules outside them. Negative counts and modules were refused."""
+    cfg = _cfg(tiny_model_dir, tmp_path, finetuning_type="freeze", freeze_trainable_layers=layers,
+               freeze_trainable_modules=modules, freeze_extra_modules=extra)
+    model = apply_finetuning(load_causal_lm(str(tiny_model_dir)), cfg)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(n.startswith(e) for e in expected) for n in trainable)
+    assert all(any(n.startswith(e) for n in trainable) for e in expected)
+
+
+def test_freeze_errors_list_what_the_model_has(tiny_model_dir, tmp_path):
+    for overrides, message in (({"freeze_trainable_layers": -3}, "more than the model's 2 layers"),
+                               ({"freeze_trainable_modules": "ffn"}, "'ffn' is not a module of a decoder layer; use all "
+                                                                     "or a comma list of: input_layernorm, mlp"),
+                               ({"freeze_extra_modules": "wte"}, "'wte' is not a module outside the decoder layers")):
+        cfg = _cfg(tiny_model_dir, tmp_path, finetuning_type="freeze", **overrides)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            apply_finetuning(load_causal_lm(str(tiny_model_dir)), cfg)
+
+
+def test_disable_dropout_switches_off_every_dropout_but_keeps_the_config(tiny_tokenizer, tmp_path):
+    """TRL and LLaMA-Factory disable dropout in DPO (module and functional attention dropout, LoRA's too):
+    with it on, the policy's log-probs are noisy and an untrained policy does not tie with its reference."""
+    from prefloop.models import disable_dropout
+
+    base = _save_model(tmp_path / "drop", tiny_tokenizer, attention_dropout=0.5)
+    cfg = _cfg(base, tmp_path, lora_dropout=0.3)
+    policy = apply_finetuning(load_causal_lm(str(base)), cfg).train()
+    batch = _batch(tiny_tokenizer)
+    with torch.no_grad():
+        noisy = [pair_logps(policy, batch).seq.chosen for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])  # dropout on in train mode
+    assert disable_dropout(policy) > 0
+    with torch.no_grad():
+        train_mode = pair_logps(policy, batch).seq.chosen
+        policy.eval()
+        eval_mode = pair_logps(policy, batch).seq.chosen
+    torch.testing.assert_close(train_mode, eval_mode, atol=0, rtol=0)
+    assert policy.config.attention_dropout == 0.5  # a saved model keeps its family's setting
+    assert all(isinstance(d, torch.nn.Identity) for m in policy.modules() if hasattr(m, "lora_dropout")
+               and isinstance(m.lora_dropout, torch.nn.ModuleDict) for d in m.lora_dropout.values())
+
+
+def test_the_reference_runs_in_eval_mode_even_when_it_is_the_training_policy(tiny_tokenizer, tmp_path):
+    """TRL computed the adapter-disabled reference with the policy in train mode (dropout on). Right value: the
+    reference's log-probs equal the base's in eval mode exactly, and the policy's mode is restored."""
+    base = _save_model(tmp_path / "drop", tiny_tokenizer, attention_dropout=0.5)
+    cfg = _cfg(base, tmp_path, disable_dropout=False)
+    policy = apply_finetuning(load_causal_lm(str(base)), cfg)
+    _randomize_lora(policy)
+    reference = build_reference(cfg, policy, tiny_tokenizer)
+    assert reference.kind == "adapters_disabled"
+    batch = _batch(tiny_tokenizer)
+    policy.train()
+    with torch.no_grad():
+        with reference.context():
+            assert not policy.training
+            ref = [pair_logps(reference.model, batch).seq.chosen for _ in range(2)]
+        assert policy.training
+        frozen = pair_logps(load_causal_lm(str(base)), batch).seq.chosen
+    torch.testing.assert_close(ref[0], frozen, atol=0, rtol=0)
+    torch.testing.assert_close(ref[1], frozen, atol=0, rtol=0)
+
+
+def test_a_separate_reference_is_frozen_in_eval_mode_without_dropout(tiny_tokenizer, tmp_path):
+    other = _save_model(tmp_path / "other", tiny_tokenizer, seed=3, attention_dropout=0.5)
+    base = _save_model(tmp_path / "base", tiny_tokenizer)
+    cfg = _cfg(base, tmp_path, ref_model=str(other))
+    reference = build_reference(cfg, apply_finetuning(load_causal_lm(str(base)), cfg), tiny_tokenizer)
+    assert reference.kind == "separate" and not reference.model.training
+    assert not any(p.requires_grad for p in reference.model.parameters())
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in reference.model.modules())
+
+
+def test_continuing_an_adapter_the_reference_is_the_adapters_model(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """LLaMA-Factory issue 8459: DPO on top of an SFT LoRA adapter (adapter_name_or_path, no ref_model) used the
+    bare base as the reference, so the first step did not tie (loss far from ln 2). Right value: the reference
+    is base + that adapter, the policy's starting point; ref_model naming the base keeps the base."""
+    sft, sft_policy = _adapter(tmp_path, tiny_model_dir, tiny_tokenizer, "sft")
+    cfg = _cfg(tiny_model_dir, tmp_path, adapter_name_or_path=str(sft))
+    policy = apply_finetuning(load_causal_lm(str(tiny_model_dir)), cfg)
+    batch = _batch(tiny_tokenizer)
+    with torch.no_grad():
+        start = pair_logps(policy.eval(), batch).seq
+        for before_training_only in (True, False):
+            reference = build_reference(cfg, policy, tiny_tokenizer, before_training_only=before_training_only)
+            assert reference.kind == ("policy_start" if before_training_only else "separate")
+            with reference.context():
+                ref = pair_logps(reference.model, batch).seq
+            torch.testing.assert_close(ref.chosen, start.chosen, atol=1e-6, rtol=0)
+            torch.testing.assert_close(ref.rejected, start.rejected, atol=1e-6, rtol=0)
+    explicit = _cfg(tiny_model_dir, tmp_path, adapter_name_or_path=str(sft), ref_model=str(tiny_model_dir))
+    assert build_reference(explicit, policy, tiny_tokenizer).kind == "adapters_disabled"
+
+
+def test_merge_saves_in_the_base_dtype_with_ties_tokenizer_and_generation_config(tiny_tokenizer, tmp_path):
+    """A bf16 base merged into an fp32 model twice its size (LLaMA-Factory 7998, ms-swift 841, axolotl 902).
+    Right value: merged in fp32, saved in bf16; tied embeddings stored once and still tied; the base's
+    generation config and the tokenizer's chat template beside it; logits equal base + adapter (to bf16
+    rounding of the merged weights)."""
+    import json
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    base = _save_model(tmp_path / "base", tiny_tokenizer, dtype=torch.bfloat16, tie_word_embeddings=True)
+    adapter, policy = _adapter(tmp_path, base, tiny_tokenizer)
+    out = tmp_path / "merged"
+    assert merge_command(str(adapter), str(out)) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16" and config["tie_word_embeddings"] is True
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert {f.get_slice(k).get_dtype() for k in keys} == {"BF16"}
+    assert "lm_head.weight" not in keys and not any("lora" in k for k in keys)
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert merged.dtype == torch.bfloat16 and merged.lm_head.weight is merged.model.embed_tokens.weight
+    assert GenerationConfig.from_pretrained(out).to_dict() == GenerationConfig.from_pretrained(base).to_dict()
+    assert load_tokenizer(str(out)).chat_template == tiny_tokenizer.chat_template
+    # policy: bf16 base weights + fp32 adapter, computed unmerged; merged: the same sum rounded once to bf16
+    with torch.no_grad():
+        expected = policy.eval().float()(_ids(tiny_tokenizer)).logits
+        got = merged.float()(_ids(tiny_tokenizer)).logits
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    fp32_base = _save_model(tmp_path / "base32", tiny_tokenizer)  # an fp32 base stays fp32
+    adapter32, _ = _adapter(tmp_path, fp32_base, tiny_tokenizer, "adapter32")
+    merge_command(str(adapter32), str(tmp_path / "merged32"))
+    assert json.loads((tmp_path / "merged32" / "config.json").read_text())["dtype"] == "float32"
+
+
+def test_merge_unties_an_adapter_that_trained_the_tied_head(tiny_tokenizer, tmp_path):
+    """An adapter with `modules_to_save: [lm_head]` on a tied model (LLaMA-Factory additional_target): merged
+    and saved with tie_word_embeddings still true, reloading overwrote the trained head with the embeddings
+    (transformers 45127, LLaMA-Factory PR 10832). Right value: untied, logits equal base + adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.adapters import record_base
+
+    base = _save_model(tmp_path / "tied", tiny_tokenizer, tie_word_embeddings=True)
+    model = get_peft_model(load_causal_lm(str(base)), LoraConfig(r=4, target_modules=["q_proj"],
+                                                                 modules_to_save=["lm_head"]))
+    with torch.no_grad():
+        model.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.5)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    record_base(adapter, str(base))
+    assert merge_command(str(adapter), str(tmp_path / "merged")) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.tie_word_embeddings is False
+    with torch.no_grad():
+        torch.testing.assert_close(merged(_ids(tiny_tokenizer)).logits, model.eval()(_ids(tiny_tokenizer)).logits,
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_merge_refuses_to_overwrite_its_inputs(tiny_model_dir, tiny_tokenizer, tmp_path):
+    adapter, _ = _adapter(tmp_path, tiny_model_dir, tiny_tokenizer)
+    with pytest.raises(ModelLoadError, match="is the adapter itself"):
+        merge_command(str(adapter), str(adapter))
+    with pytest.raises(ModelLoadError, match="is the base model itself"):
+        merge_command(str(adapter), str(tiny_model_dir))
+
+
+def test_merge_saves_the_chat_template_the_adapter_was_trained_with(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """Trained with a built-in `template:` (the seed config's `template: qwen`) while the tokenizer has another:
+    the merged model was served with the tokenizer's template. Right value: the training template, and its
+    end-of-turn token among the generation config's eos ids."""
+    import yaml
+
+    from transformers import GenerationConfig
+
+    from prefloop.data.template import get_template
+
+    adapter, _ = _adapter(tmp_path, tiny_model_dir, tiny_tokenizer)
+    (adapter / "prefloop_config.yaml").write_text(yaml.safe_dump({"template": "qwen"}))
+    merge_command(str(adapter), str(tmp_path / "merged"))
+    qwen = get_template("qwen", tiny_tokenizer)
+    assert load_tokenizer(str(tmp_path / "merged")).chat_template == qwen.source != tiny_tokenizer.chat_template
+    eos = GenerationConfig.from_pretrained(tmp_path / "merged").eos_token_id
+    assert set(qwen.stop_token_ids(tiny_tokenizer)) <= set(eos if isinstance(eos, list) else [eos])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prefloop.config import load_config
-from prefloop.models import apply_finetuning, build_reference, load_causal_lm
+from prefloop.models import apply_finetuning, build_reference, load_causal_lm, weights_dtype
 from prefloop.train.reference import compute_reference_logps, precompute_reference
 
 
@@ -16,7 +16,7 @@ def _features(tokenizer, n=6):
 def _setup(tiny_model_dir, tiny_tokenizer, tmp_path, **overrides):
     cfg = load_config({"model_name_or_path": str(tiny_model_dir), "output_dir": str(tmp_path / "out"),
                        "dataset": "x.jsonl", "lora_rank": 4, "per_device_eval_batch_size": 4, **overrides})
-    policy = apply_finetuning(load_causal_lm(str(tiny_model_dir)), cfg)
+    policy = apply_finetuning(load_causal_lm(str(tiny_model_dir), dtype=weights_dtype(cfg)), cfg)
     return cfg, build_reference(cfg, policy, tiny_tokenizer, before_training_only=True)
 
 
@@ -74,3 +74,32 @@ def test_any_change_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_pa
     else:
         status = _run(cfg, reference, tiny_tokenizer, features, template)
     assert status == "computed"
+
+
+@pytest.mark.parametrize("change", ["ref_model", "pure_bf16", "continued_adapter", "ref_model_adapters"])
+def test_another_reference_model_or_weight_precision_invalidates_the_cache(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                          change):
+    """The cache key covers the reference itself: another ref_model, the weights stored in bf16 (pure_bf16),
+    the SFT adapter a run continues (the reference is base + adapter then) or a reference adapter."""
+    from prefloop.testing import build_tiny_model
+
+    cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path)
+    assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "computed"
+    if change == "ref_model":
+        other = tmp_path / "other"
+        build_tiny_model(tiny_tokenizer, seed=5).save_pretrained(other)
+        tiny_tokenizer.save_pretrained(other)
+        cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, ref_model=str(other))
+    elif change == "pure_bf16":
+        cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, pure_bf16=True)
+    else:
+        policy = apply_finetuning(load_causal_lm(str(tiny_model_dir)), cfg)
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.5)
+        policy.save_pretrained(tmp_path / "sft")
+        key = "adapter_name_or_path" if change == "continued_adapter" else "ref_model_adapters"
+        cfg, reference = _setup(tiny_model_dir, tiny_tokenizer, tmp_path, **{key: str(tmp_path / "sft")})
+    assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "computed"
+    assert _run(cfg, reference, tiny_tokenizer, _features(tiny_tokenizer)) == "cached"

@@ -1,6 +1,7 @@
 """End to end: the seed config (fp16 kept) trains a tiny model; outputs, metrics, resume, merge."""
 
 import json
+import math
 import random
 import re
 import shutil
@@ -379,3 +380,263 @@ def test_stopwatch_adds_up_repeated_stages_and_folds_short_ones():
     assert metrics["time/total_s"] == 1.0 and metrics["time/save_s"] < 0.05
     line = watch.line(total=1.0)
     assert re.fullmatch(r"Time: samples 0\.1 s, memory plan 0\.1 s, other 0\.\d s \(total 1\.0 s\)", line), line
+
+
+# --- audit: peers' reports on runs, resume, output_dir, dropout, precision ---------------------------------------
+
+
+def _numbered_pairs(path: Path, n: int) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"p{i}", "conversations": [{"from": "human", "value": f"What is {i}?"}],
+                                "chosen": f"It is {i}, certainly.", "rejected": "no"}) + "\n")
+    return path
+
+
+def _quick(model, data, out, **extra):
+    return {"model_name_or_path": str(model), "dataset": str(data), "output_dir": str(out), "template": "chatml",
+            "per_device_train_batch_size": 2, "logging_steps": 1, "report_to": "none", "sample_prompts": 0,
+            "learning_rate": 1e-3, "cutoff_len": 256, "save_strategy": "no", "length_probe_prompts": 0, **extra}
+
+
+def _train_losses(out: Path) -> list[tuple[int, float]]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [(h["step"], h["loss"]) for h in history if "loss" in h]
+
+
+def test_resume_mid_epoch_sees_every_pair_once_in_order_and_a_second_run_is_identical(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """transformers/TRL reports: a resumed run skipped or repeated batches (gradient accumulation, mid-epoch
+    checkpoints), or lost the optimizer/scheduler/RNG state. Input: 13 pairs, batch 2, accumulation 2, 2 epochs
+    (8 steps, the 4th of each epoch one micro-batch), checkpoints every 3 steps, resumed from checkpoint-3 (mid
+    epoch 1) and checkpoint-6 (mid epoch 2). Right value: after the checkpoint the same pairs in the same
+    micro-batches and the same losses as the uninterrupted run, bit for bit; and the same config and seed run
+    twice gives the same losses (data order and LoRA initialisation seeded)."""
+    from prefloop.train.trainer import PreferenceTrainer
+
+    seen = []
+    original = PreferenceTrainer.pair_loss
+
+    def recording(self, model, inputs, mode):
+        ids = list(inputs.get("pair_ids") or [])
+        loss = original(self, model, inputs, mode)
+        if mode == "train":
+            seen.append((self.state.global_step, ids))
+        return loss
+
+    monkeypatch.setattr(PreferenceTrainer, "pair_loss", recording)
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 13)
+    common = dict(gradient_accumulation_steps=2, num_train_epochs=2.0, save_strategy="steps", save_steps=3)
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "a", **common))
+    full, losses = list(seen), _train_losses(tmp_path / "a")
+    assert len(losses) == 8 and sorted(i for _, ids in full[:7] for i in ids) == sorted(f"p{i}" for i in range(13))
+    seen.clear()
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "again", **common))
+    assert seen == full and _train_losses(tmp_path / "again") == losses
+    for step in (3, 6):
+        resumed = tmp_path / f"resumed-{step}"
+        shutil.copytree(tmp_path / "a", resumed)
+        for later in resumed.glob("checkpoint-*"):
+            if int(later.name.split("-")[1]) > step:
+                shutil.rmtree(later)
+        seen.clear()
+        prefloop.train(_quick(tiny_model_dir, data, resumed, resume_from_checkpoint=True, **common))
+        assert seen == [s for s in full if s[0] >= step]
+        assert _train_losses(resumed) == losses
+
+
+def test_overwrite_output_dir_removes_the_previous_run(tmp_path, tiny_model_dir, capsys):
+    """A previous run's checkpoint-100 left in output_dir by an overwriting run was what `resume_from_checkpoint:
+    true` continued and what save_total_limit rotation kept; its adapter files stayed beside a new full model.
+    Right value: overwrite_output_dir removes the old run's outputs first (the reference cache stays)."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 6)
+    out = tmp_path / "out"
+    (out / "checkpoint-100").mkdir(parents=True)
+    (out / "checkpoint-100" / "trainer_state.json").write_text("{}")
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "health.jsonl"):
+        (out / name).write_text("{}")
+    (out / "ref_cache").mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(prefloop.errors.ConfigError, match="already holds a training run"):
+        prefloop.train(_quick(tiny_model_dir, data, out, finetuning_type="full", max_steps=2))
+    prefloop.train(_quick(tiny_model_dir, data, out, finetuning_type="full", max_steps=2, save_strategy="steps",
+                          save_steps=1, save_total_limit=1, overwrite_output_dir=True))
+    assert "removed the previous run's checkpoint-100, adapter_config.json" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and (out / "ref_cache").is_dir()
+
+
+def test_output_dir_that_is_the_model_and_a_resume_path_that_is_no_checkpoint(tmp_path, tiny_model_dir):
+    import shutil as sh
+
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    model = tmp_path / "model"
+    sh.copytree(tiny_model_dir, model)
+    with pytest.raises(prefloop.errors.ConfigError, match="is the model_name_or_path this run loads"):
+        prefloop.train(_quick(model, data, model, overwrite_output_dir=True, max_steps=1))
+    (tmp_path / "out" / "checkpoint-4").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    with pytest.raises(prefloop.errors.ConfigError, match="is not a checkpoint .*it holds checkpoint-4"):
+        prefloop.train(_quick(model, data, tmp_path / "out", resume_from_checkpoint=str(tmp_path / "out"), max_steps=1))
+
+
+def test_the_saved_tokenizer_carries_the_training_template(run):
+    """The seed config trains with `template: qwen`; the saved tokenizer kept the model's own template, so the
+    served or merged model was prompted another way than it was trained (LLaMA-Factory saves it)."""
+    from prefloop.data.template import get_template
+    from prefloop.models import load_tokenizer
+
+    qwen = get_template("qwen", load_tokenizer(str(run["out"]))).source
+    assert load_tokenizer(str(run["out"])).chat_template == qwen
+    assert load_tokenizer(str(run["out"] / "checkpoint-3")).chat_template == qwen
+
+
+def test_continuing_an_sft_adapter_starts_as_a_tie(tmp_path, tiny_model_dir, capsys):
+    """LLaMA-Factory 8459/8974: DPO on an SFT LoRA adapter compared the policy with the bare base (loss far from
+    ln 2 at step 1, or 0). Right value: the first step's loss is ln 2, whether the adapter is given as
+    adapter_name_or_path or as model_name_or_path."""
+    import math
+
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 6)
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "sft", max_steps=3, learning_rate=5e-2))
+    for name, extra in (("continue", {"adapter_name_or_path": str(tmp_path / "sft")}),
+                        ("as-model", {"model_name_or_path": str(tmp_path / "sft")})):
+        prefloop.train(_quick(tiny_model_dir, data, tmp_path / name, max_steps=1, **extra))
+        assert _train_losses(tmp_path / name)[0][1] == pytest.approx(math.log(2), abs=1e-6), name
+    assert "is a LoRA adapter: training continues it on its base" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_dropout_is_off_by_default_so_the_first_step_ties(tmp_path, tiny_tokenizer, disable, capsys):
+    """TRL's and LLaMA-Factory's DPO disable dropout (disable_dropout=True): with attention dropout on, the
+    policy's log-probs differ from the reference's (computed in eval mode) before any update."""
+    import math
+
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.attention_dropout = 0.3
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    prefloop.train(_quick(tmp_path / "model", data, tmp_path / "out", max_steps=1, disable_dropout=disable,
+                          per_device_train_batch_size=4))
+    first = _train_losses(tmp_path / "out")[0][1]
+    assert (first == pytest.approx(math.log(2), abs=1e-6)) is disable
+    assert ("Dropout: " in capsys.readouterr().out)
+
+
+def test_pure_bf16_trains_bf16_weights(tmp_path, tiny_model_dir):
+    """LLaMA-Factory's pure_bf16: the weights themselves in bf16 (no fp32 copy, no autocast)."""
+    from safetensors import safe_open
+
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    metrics = prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=2, finetuning_type="full",
+                                    pure_bf16=True))
+    assert math.isfinite(metrics["train_loss"])
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def test_with_dropout_kept_the_in_step_reference_equals_the_cached_one(tmp_path, tiny_tokenizer):
+    """disable_dropout: false on a model with dropout: the reference in the step (the policy with its adapters
+    disabled) ran in train mode, with dropout, unlike the cached reference (TRL's reported bug). Right value:
+    the same losses with the reference cached or computed in the step."""
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.attention_dropout = 0.3
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 6)
+    losses = {}
+    for precompute in (True, False):
+        out = tmp_path / f"precompute-{precompute}"
+        prefloop.train(_quick(tmp_path / "model", data, out, max_steps=3, disable_dropout=False,
+                              precompute_ref=precompute))
+        losses[precompute] = [loss for _, loss in _train_losses(out)]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-6)
+
+
+@pytest.mark.parametrize("finetuning_type", ["lora", "full"])
+def test_a_tied_embedding_model_saves_checkpoints_resumes_and_reloads_tied(tmp_path, tiny_tokenizer, finetuning_type):
+    """Tied lm_head/embed_tokens (Qwen2.5-0.5B, Llama-3.2, SmolLM2): saving raised safetensors' shared-tensor
+    error in peers' runs, and PEFT's `save_embedding_layers="auto"` can put whole embeddings into an adapter.
+    Right value: checkpoints and the final save work, a resume continues, the adapter holds LoRA weights only,
+    a full model reloads with the tie."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 8)
+    run_cfg = _quick(tmp_path / "model", data, tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2,
+                     finetuning_type=finetuning_type)
+    prefloop.train(run_cfg)
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": True})
+    assert _train_losses(tmp_path / "out")[-1][0] == 4
+    if finetuning_type == "lora":
+        with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
+            assert all("lora_" in k for k in f.keys())
+    else:
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+        assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
+def test_resume_true_skips_a_checkpoint_cut_short_while_saving(tmp_path, tiny_model_dir, capsys):
+    """transformers' get_last_checkpoint returns the highest checkpoint-N even when a crash cut its save short
+    (no trainer_state.json), and the resume then fails. Right value: the latest complete checkpoint, with a
+    note; a relative `checkpoint-N` is looked up in output_dir; the text "true" means true."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 8)
+    run_cfg = _quick(tiny_model_dir, data, tmp_path / "out", max_steps=4, save_strategy="steps", save_steps=2)
+    prefloop.train(run_cfg)
+    losses = _train_losses(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    (tmp_path / "out" / "checkpoint-6").mkdir()  # a save cut short
+    (tmp_path / "out" / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": "true"})
+    assert "skipped checkpoint-6 (cut short while saving" in capsys.readouterr().out
+    assert _train_losses(tmp_path / "out") == losses
+    shutil.rmtree(tmp_path / "out" / "checkpoint-4")
+    prefloop.train({**run_cfg, "resume_from_checkpoint": "checkpoint-2"})
+    assert _train_losses(tmp_path / "out") == losses
+
+
+def test_save_total_limit_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
+    """transformers reports: rotation with save_total_limit deleted the best checkpoint. Input: 12 pairs (4 held
+    out), lr 0.05 so the held-out loss is best at step 1 and worse after, a checkpoint and an evaluation every
+    step, save_total_limit 1, early stopping (which tracks the best model). Right value: the best checkpoint
+    is kept (during training the latest too, for resuming) and output_dir holds the best model's adapter."""
+    from safetensors.torch import load_file
+
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 12)
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=6, learning_rate=0.05, val_size=4,
+                          eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1, save_total_limit=1,
+                          early_stopping_patience=10))
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    evals = {h["step"]: h["eval_loss"] for h in state["log_history"] if "eval_loss" in h and h["step"] > 0}
+    best_step = min(evals, key=evals.get)
+    assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best_step}"
+    assert (tmp_path / "out" / f"checkpoint-{best_step}").is_dir()
+    final = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    best = load_file(str(tmp_path / "out" / f"checkpoint-{best_step}" / "adapter_model.safetensors"))
+    assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_token_ids_beyond_the_embeddings_are_a_clear_error(tmp_path, tiny_tokenizer):
+    """A tokenizer with tokens added after the model (peers resize or fail with an index error in the forward
+    pass). Right value: a DataError before training that names the sizes and says what to do."""
+    from prefloop.testing import build_tiny_model
+
+    build_tiny_model(tiny_tokenizer, vocab_size=len(tiny_tokenizer) - 40).save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    with pytest.raises(prefloop.errors.DataError, match=r"has embeddings for \d+ tokens: its tokenizer has tokens"):
+        prefloop.train(_quick(tmp_path / "model", data, tmp_path / "out", max_steps=1))

@@ -35,8 +35,14 @@ class ModelArgs:
     lora_target: Union[str, list[str]] = "all"  # "all" = every nn.Linear except the output head
     lora_rank: int = 8
     lora_alpha: int | None = None  # default: 2 * lora_rank
-    lora_dropout: float = 0.0
-    freeze_trainable_layers: int = 2  # finetuning_type: freeze trains the last N decoder layers
+    lora_dropout: float = 0.0  # off while disable_dropout is true (as in TRL's and LLaMA-Factory's DPO)
+    use_rslora: bool = False  # rank-stabilised LoRA scaling alpha / sqrt(rank) (LLaMA-Factory's key)
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA) (LLaMA-Factory's key)
+    # finetuning_type: freeze trains the last N decoder layers (N > 0) or the first -N (N < 0), LLaMA-Factory's rule
+    freeze_trainable_layers: int = 2
+    freeze_trainable_modules: Union[str, list[str]] = "all"  # within those layers: "all" or names like mlp,self_attn
+    freeze_extra_modules: Union[str, list[str], None] = None  # modules outside the layers to train too (embed_tokens)
+    disable_dropout: bool = True  # dropout off in policy and reference (TRL's and LLaMA-Factory's DPO default)
     # true = every decoder layer (TRL's default); auto = only as many layers as max_memory_gb needs (train/memory.py)
     gradient_checkpointing: Union[bool, Literal["auto"]] = False
     max_memory_gb: float | None = None  # the budget of gradient_checkpointing: auto; default: what the device has
@@ -113,6 +119,7 @@ class TrainArgs:
     seed: int = 42
     fp16: bool = False
     bf16: bool = False
+    pure_bf16: bool = False  # the weights themselves in bf16, no fp32 copy (LLaMA-Factory's key)
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
     eval_steps: int | None = None
     save_strategy: Literal["no", "steps", "epoch"] = "steps"
@@ -203,23 +210,29 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     else:
         where = str(config_or_path)
         raw = _read_yaml(Path(config_or_path))
-    values = {k: (v, where) for k, v in raw.items()}
+    lines = _key_lines(Path(where)) if where != "config" else {}  # where each key of the file is
+    raw = {k: _interpolate_env(v, f"{where}: {k}" + _on_line(lines, k)) for k, v in raw.items()}
+    values = {k: (v, where, _on_line(lines, k)) for k, v in raw.items()}
     for key, value in _parse_overrides(overrides).items():
-        values[key] = (value, "command line" if isinstance(overrides, (list, tuple)) else "overrides")
+        values[key] = (value, "command line" if isinstance(overrides, (list, tuple)) else "overrides", "")
     hints = typing.get_type_hints(Config)
     kwargs = {}
-    for key, (value, source) in values.items():
+    for key, (value, source, line) in values.items():
         if key not in hints:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}")
+            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}{line}")
         shown = f"{value.text!r} (YAML reads it as {value.value!r})" if isinstance(value, Written) else None
-        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source, shown)
+        kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source, shown, line)
     cfg = Config(**kwargs)
     try:
+        cfg = resolve_adapter_paths(cfg)
         validate(cfg)
     except ConfigError as err:
         if where == "config":
             raise
-        raise ConfigError(f"{where}: {err}") from None  # the config file the bad value came from (or overrides)
+        # the config file the bad value came from (or overrides), and the key's line when the message names one
+        key = re.match(r"(\w+)[: ]", str(err))
+        line = values[key.group(1)][2] if key and key.group(1) in values else ""
+        raise ConfigError(f"{where}: {err}{line}") from None
     if cfg.rounds:
         lines = _round_lines(Path(where)) if where != "config" else []
         round_configs(cfg, where, lines)  # every round checked as the config it will train with
@@ -282,6 +295,106 @@ def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = 
     return out
 
 
+def _on_line(lines: dict[str, int], key: str) -> str:
+    """" (line N)" for a key of the config file, to end its error messages with; "" when not known."""
+    return f" (line {lines[key]})" if key in lines else ""
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """1-based line of each top-level key of the YAML file at `path` (for located errors); {} if unknown."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        return {}
+    return {key.value: key.start_mark.line + 1 for key, _ in root.value if isinstance(key, yaml.ScalarNode)}
+
+
+# ${NAME}, ${NAME:-default} (shell) and ${oc.env:NAME}, ${oc.env:NAME,default} (OmegaConf, as LLaMA-Factory
+# configs write it): the environment variable NAME, or the default when it is unset.
+_ENV_REF = re.compile(r"\$\{(?:oc\.env:)?([A-Za-z_][A-Za-z0-9_]*)(?:(?::-|,)([^}]*))?\}")
+
+
+def _interpolate_env(value, where: str):
+    """`value` (from the config file) with every `${NAME}` / `${oc.env:NAME}` replaced by the environment
+    variable. A value that is one reference alone is read like a command-line value (`${LR}` with LR=1e-5 is
+    the number, `${TARGETS}` with TARGETS=[q_proj,v_proj] a list). Raises ConfigError naming the file, line
+    and key for a variable that is not set and has no default, or a `${...}` that is not such a reference."""
+    import os
+
+    if isinstance(value, dict):
+        return {k: _interpolate_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_env(v, where) for v in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default.strip().strip("'\"")
+        raise ConfigError(f"{where}: {match.group(0)} names the environment variable {name}, which is not set; "
+                          f"set it (export {name}=...) or give a default: ${{{name}:-DEFAULT}}")
+
+    text = _ENV_REF.sub(lookup, value)
+    if "${" in _ENV_REF.sub("", value):
+        raise ConfigError(f"{where}: {value!r} has a ${{...}} that is not an environment variable reference; write "
+                          f"${{NAME}}, ${{NAME:-default}} or ${{oc.env:NAME}} (config keys are not interpolated)")
+    if _ENV_REF.fullmatch(value):
+        try:  # one whole reference: typed like a `key=value` override
+            return load_yaml(text, where) if text.strip() else None
+        except ConfigError:
+            return text
+    return text
+
+
+def resolve_adapter_paths(cfg: Config) -> Config:
+    """A LoRA adapter directory given where a model belongs (as LLaMA-Factory users write adapter_name_or_path):
+
+    - `model_name_or_path: ADAPTER` with LoRA = its recorded base, continuing that adapter (`adapter_name_or_path`);
+      the reference is then the adapter's model, the policy's starting point (omit ref_model);
+    - `ref_model: ADAPTER` = its recorded base with `ref_model_adapters: ADAPTER`.
+    Full or freeze fine-tuning of an adapter is an error that says to merge it first. A note says what was done."""
+    def adapter_dir(path) -> bool:
+        p = Path(str(path)) if path else None
+        return bool(p and p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file())
+
+    def base_of(adapter: str, key: str) -> str:
+        from prefloop.adapters import resolve_base
+        from prefloop.models import ModelLoadError
+
+        try:
+            return resolve_base(adapter, flag=key)
+        except ModelLoadError as err:
+            raise ConfigError(f"{key}: {adapter} is a LoRA adapter whose base model cannot be used: {err}") from None
+
+    changes = {}
+    if adapter_dir(cfg.model_name_or_path):
+        adapter = cfg.model_name_or_path
+        if cfg.finetuning_type != "lora" or cfg.adapter_name_or_path:
+            raise ConfigError(
+                f"model_name_or_path: {adapter} is a LoRA adapter, not a model; "
+                + ("give its base as model_name_or_path and the adapter as adapter_name_or_path"
+                   if cfg.finetuning_type == "lora" else
+                   f"{cfg.finetuning_type} fine-tuning needs a whole model: `prefloop merge {adapter} --out MERGED` "
+                   f"and train MERGED"))
+        changes["model_name_or_path"], changes["adapter_name_or_path"] = base_of(adapter, "model_name_or_path"), adapter
+        print(f"prefloop: note: model_name_or_path {adapter} is a LoRA adapter: training continues it on its base "
+              f"{changes['model_name_or_path']} (adapter_name_or_path)", file=sys.stderr)
+    if adapter_dir(cfg.ref_model):
+        adapter = cfg.ref_model
+        if cfg.ref_model_adapters:
+            raise ConfigError(f"ref_model: {adapter} is a LoRA adapter and ref_model_adapters is set too; give the "
+                              f"base model as ref_model and the adapter as ref_model_adapters")
+        changes["ref_model"], changes["ref_model_adapters"] = base_of(adapter, "ref_model"), adapter
+        print(f"prefloop: note: ref_model {adapter} is a LoRA adapter: the reference is its base "
+              f"{changes['ref_model']} with that adapter (ref_model_adapters)", file=sys.stderr)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -333,12 +446,14 @@ def _describe(tp) -> str:
     )
 
 
-def _coerce(key: str, value, tp, source: str, shown: str | None = None):
-    """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written)."""
+def _coerce(key: str, value, tp, source: str, shown: str | None = None, line: str = ""):
+    """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written; `line`:
+    " (line N)" of the config file)."""
     try:
         return _coerce_value(value, tp)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}") from None
+        raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}"
+                          f"{line}") from None
 
 
 def _coerce_value(value, tp):
@@ -371,6 +486,8 @@ def _coerce_value(value, tp):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
+        if isinstance(value, (int, str)) and str(value).strip() in ("0", "1"):  # `fp16=1`, as HfArgumentParser reads it
+            return str(value).strip() == "1"
         raise TypeError(value)
     if tp is int:
         if isinstance(value, bool):
@@ -380,7 +497,13 @@ def _coerce_value(value, tp):
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
-            return int(value.strip())
+            try:
+                return int(value.strip())
+            except ValueError:  # `save_steps: 1e3`: YAML 1.1 reads it as the text "1e3"
+                number = float(value.strip())
+                if number.is_integer():
+                    return int(number)
+                raise
         raise TypeError(value)
     if tp is float:
         if isinstance(value, bool):
@@ -448,7 +571,13 @@ def validate(cfg: Config) -> None:
         need(value is None or value >= 1, f"{key}: {value} is not allowed; it must be >= 1 (or left out)")
     need(cfg.lora_alpha is None or cfg.lora_alpha > 0, f"lora_alpha: {cfg.lora_alpha} is not allowed; it must be > 0")
     need(0 <= cfg.lora_dropout < 1, f"lora_dropout: {cfg.lora_dropout} is not allowed; it must be in [0, 1)")
-    need(cfg.freeze_trainable_layers >= 1, "freeze_trainable_layers must be >= 1 (the number of last layers to train)")
+    need(cfg.freeze_trainable_layers != 0, "freeze_trainable_layers: 0 is not allowed; N > 0 trains the last N decoder "
+                                           "layers, N < 0 the first -N (LLaMA-Factory's rule)")
+    need(bool(_names(cfg.freeze_trainable_modules)), "freeze_trainable_modules is empty; give all or module names "
+                                                     "of a decoder layer like mlp,self_attn")
+    need(not (cfg.use_dora and cfg.finetuning_type != "lora"), "use_dora needs finetuning_type: lora")
+    need(not (cfg.use_rslora and cfg.finetuning_type != "lora"), "use_rslora needs finetuning_type: lora")
+    need(cfg.seed >= 0, f"seed: {cfg.seed} is not allowed; it must be >= 0")
     need(0 <= cfg.warmup_ratio < 1, f"warmup_ratio: {cfg.warmup_ratio} is not allowed; it must be in [0, 1)")
     need(cfg.warmup_steps >= 0, f"warmup_steps: {cfg.warmup_steps} is not allowed; it must be >= 0")
     need(not (cfg.warmup_ratio and cfg.warmup_steps), "give warmup_ratio or warmup_steps, not both")
@@ -458,6 +587,8 @@ def validate(cfg: Config) -> None:
     need(cfg.val_size >= 0 and (cfg.val_size < 1 or float(cfg.val_size).is_integer()),
          f"val_size: {cfg.val_size} is not allowed; give a fraction in [0, 1) or a whole number of pairs")
     need(not (cfg.fp16 and cfg.bf16), "fp16 and bf16 are both true: choose one")
+    need(not (cfg.fp16 and cfg.pure_bf16), "fp16 and pure_bf16 are both true: choose one (pure_bf16 keeps the weights "
+                                           "in bf16; fp16 trains fp32 weights under fp16 autocast)")
     need(cfg.sample_prompts >= 0, "sample_prompts must be >= 0")
     need(cfg.max_memory_gb is None or cfg.max_memory_gb > 0,
          f"max_memory_gb: {cfg.max_memory_gb} is not allowed; give the memory budget in GB (> 0) or leave it out")
@@ -584,6 +715,12 @@ def _validate_multi(cfg: Config, need) -> None:
     else:
         need(cfg.modpo_weights is None and cfg.modpo_margin_models is None,
              "modpo_weights / modpo_margin_models are set but pref_loss is not modpo; set pref_loss: modpo or remove them")
+
+
+def _names(value) -> list[str]:
+    """A comma list or a list of names, as a list without blanks (lora_target, freeze_*_modules)."""
+    items = value if isinstance(value, list) else str(value or "").split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def _check_model_path(key: str, path: str) -> None:

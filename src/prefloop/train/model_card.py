@@ -22,11 +22,15 @@ _EVAL_ROWS = (("held-out preference accuracy (implicit reward, ties 0.5)", "rewa
               ("eval loss", "loss", ".4f"), ("reward margin (chosen - rejected)", "rewards/margins", "+.4f"),
               ("reward of chosen", "rewards/chosen", "+.4f"), ("reward of rejected", "rewards/rejected", "+.4f"),
               ("mean length of greedy answers to probe prompts (tokens)", "sampled_length", ".1f"))
-_CONFIG_KEYS = ("stage", "finetuning_type", "pref_loss", "pref_loss_weights", "pref_beta", "dpo_label_smoothing",
-                "pref_ftx", "simpo_gamma", "ld_alpha", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+_CONFIG_KEYS = ("stage", "finetuning_type", "adapter_name_or_path", "ref_model", "ref_model_adapters", "pref_loss",
+                "pref_loss_weights", "pref_beta", "dpo_label_smoothing", "pref_ftx", "simpo_gamma", "ld_alpha",
+                "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora",
+                "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules", "disable_dropout",
                 "template", "cutoff_len", "val_size", "learning_rate", "lr_scheduler_type", "warmup_ratio",
                 "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "bf16", "fp16", "seed")
+                "bf16", "fp16", "pure_bf16", "seed")
+_LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_rslora", "use_dora")
+_FREEZE_ONLY = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -93,9 +97,13 @@ def render_card(cfg, base: dict, data: dict, before: dict, after: dict, steps: i
                   f"validation split {val['split']} pairs, {val['encoded']} kept.", "",
               "## Training config", "", "| key | value |", "|---|---|"]
     for key in _CONFIG_KEYS:
+        if ((key in _LORA_ONLY and cfg.finetuning_type != "lora")
+                or (key in _FREEZE_ONLY and cfg.finetuning_type != "freeze")):
+            continue
         value = cfg.resolved_lora_alpha if key == "lora_alpha" else getattr(cfg, key, None)
         if value is not None:
-            lines.append(f"| `{key}` | `{value}` |")
+            off = key == "lora_dropout" and value and getattr(cfg, "disable_dropout", False)
+            lines.append(f"| `{key}` | `{value}`{' (off: disable_dropout)' if off else ''} |")
     lines += ["", "Every key, defaults included: `prefloop_config.yaml` beside this card.", "",
               "## Evaluation on the held-out pairs", ""]
     if after.get("eval_loss") is None and before.get("eval_loss") is None:

@@ -17,7 +17,17 @@ from prefloop.config import Config, load_config, resolve_precision, save_config
 from prefloop.errors import ConfigError, DataError
 
 SAMPLE_MAX_NEW_TOKENS = 64
-_RUN_MARKERS = ("trainer_state.json", "adapter_config.json", "model.safetensors", "train_results.json")
+_RUN_MARKERS = ("trainer_state.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "train_results.json")
+# What a training run writes into output_dir (and `overwrite_output_dir: true` removes before training there again):
+# weights, state, results and logs of the previous run. The reference cache (keyed, reused when still valid), the
+# TensorBoard runs/ (one folder per run) and anything else are kept.
+_RUN_OUTPUTS = ("checkpoint-*", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+                "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json", "config.json", "generation_config.json",
+                "trainer_state.json", "training_args.bin", "train_results.json", "eval_results.json",
+                "all_results.json", "samples.jsonl", "health.jsonl", "prefloop_base.json", "training_*.png",
+                "sync_reference")
 
 
 def train(config_or_path=None, **overrides) -> dict:
@@ -64,6 +74,7 @@ class Data:
     val: list[dict]
     template_name: str
     stop_ids: list[int]  # token ids that end a reply (for sample answers)
+    template: object = None  # the data.template.ChatTemplate the pairs were rendered with
     dimension_names: list[str] = field(default_factory=list)  # per-dimension metrics (data/dimensions.py)
     pairs_by_id: dict = field(default_factory=dict)  # the PreferencePairs behind the features (reward models)
     provenance: dict = field(default_factory=dict)  # datasets, files, sha256, counts (model card)
@@ -81,7 +92,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     with watch.stage("setup"):
         from transformers import set_seed
 
-        from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer
+        from prefloop.models import apply_finetuning, count_parameters, load_causal_lm, load_tokenizer, weights_dtype
         from prefloop.train.console import StepZeroEvaluation, quiet_library_bars, use_metrics_printer
         from prefloop.train.distributed import check_resume_world_size, prepare_environment
         from prefloop.train.health import install_health
@@ -95,6 +106,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         watch.sync_cuda = args.device.type == "cuda"  # stage times include the GPU work they queued
         say = print if args.process_index == 0 else (lambda *a, **k: None)
         set_seed(cfg.seed)
+        resume_from = checkpoint_to_resume(cfg, say)  # checked now, before any model loads
         if args.process_index == 0:
             save_config(cfg, cfg.output_dir)
 
@@ -107,16 +119,27 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         loss_spec = build_loss_spec(cfg)
         check_pair_options(data, loss_spec)
     with watch.stage("model"):
-        model = apply_finetuning(load_causal_lm(cfg.model_name_or_path), cfg)
+        model = apply_finetuning(load_causal_lm(cfg.model_name_or_path, dtype=weights_dtype(cfg)), cfg)
         trainable, total = count_parameters(model)
-        say(f"Model {cfg.model_name_or_path}: {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} "
-            f"parameters trainable ({100 * trainable / total:.2f}%).")
+        say(f"Model {cfg.model_name_or_path}"
+            + (f" + adapter {cfg.adapter_name_or_path} (trained further)" if cfg.adapter_name_or_path else "")
+            + f": {cfg.finetuning_type} fine-tuning, {trainable:,} of {total:,} parameters trainable "
+              f"({100 * trainable / total:.2f}%)" + (", weights in bf16 (pure_bf16)" if cfg.pure_bf16 else "") + ".")
+        for note in (dropout_note(cfg, model), continued_adapter_note(cfg, model)):
+            if note:
+                say(note)
+        if data.template_name != "tokenizer" and getattr(model, "generation_config", None) is not None:
+            from prefloop.models import use_chat_template
+
+            # the saved model stops where the trained replies end (full/freeze; `prefloop merge` for LoRA)
+            use_chat_template(tokenizer, data.template, model.generation_config)
+        check_token_ids_fit(cfg, data, model)
         model.to(args.device)
         autocast_dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
         say(describe_attention(cfg, model))
     with watch.stage("reference"):
         in_step_reference, cache_status = prepare_reference(cfg, args, loss_spec, model, tokenizer, data,
-                                                            autocast_dtype, say)
+                                                            autocast_dtype, say, in_rounds=round_info is not None)
         if "modpo" in loss_spec.names:
             from prefloop.train.modpo import prepare_margin_rewards
 
@@ -136,7 +159,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         if cfg.ref_update == "sync" and in_step_reference is not None:
             from prefloop.train.sync import install_sync
 
-            install_sync(trainer, in_step_reference.model, cfg, checkpoint_to_resume(cfg), say)
+            install_sync(trainer, in_step_reference.model, cfg, resume_from, say)
     with watch.stage("eval_before"):
         before = evaluation_before_training(cfg, trainer, data, say)
     trainer.add_callback(StepZeroEvaluation(trainer, before))  # history, TensorBoard and plots start at step 0
@@ -147,7 +170,7 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     metrics, train_metrics, eval_metrics = {}, {}, {}
     if cfg.do_train:
         with watch.stage("train"):
-            result = trainer.train(resume_from_checkpoint=check_resume_world_size(checkpoint_to_resume(cfg)))
+            result = trainer.train(resume_from_checkpoint=check_resume_world_size(resume_from))
         with watch.stage("save"):
             trainer.save_model()
             trainer.save_state()
@@ -204,11 +227,44 @@ def save_timings(trainer, timings: dict, train_metrics: dict | None, eval_metric
 
 
 def check_output_dir(cfg: Config) -> None:
+    """output_dir must not be an input of the run (the model, the reference, an adapter): saving would overwrite it.
+    One that holds a training run is refused unless the run is resumed (`resume_from_checkpoint`) or replaced
+    (`overwrite_output_dir: true`: the previous run's weights, checkpoints, state, results and health log are
+    removed first, so that nothing of it mixes into the new run: no stale checkpoint-N that
+    `resume_from_checkpoint: true` or `save_total_limit` would take for this run's, no adapter files beside a
+    full model). The reference cache and anything else in the directory stay."""
     out = Path(cfg.output_dir)
+    for key in ("model_name_or_path", "ref_model", "adapter_name_or_path", "ref_model_adapters"):
+        given = getattr(cfg, key, None)
+        if given and Path(given).exists() and out.exists() and Path(given).resolve() == out.resolve():
+            raise ConfigError(f"output_dir {out} is the {key} this run loads; saving there would overwrite it: pick "
+                              f"another output_dir")
     used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or any(out.glob("checkpoint-*")))
-    if used and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+    resuming = bool(_resume_value(cfg))
+    if used and not (cfg.overwrite_output_dir or resuming):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
+    if used and cfg.overwrite_output_dir and not resuming:
+        from prefloop.train.distributed import is_main_process
+
+        if is_main_process():
+            removed = clear_previous_run(out)
+            print(f"overwrite_output_dir: removed the previous run's {', '.join(removed)} from {out}", file=sys.stderr)
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """Remove what an earlier training run wrote into `out` (`_RUN_OUTPUTS`); returns the names removed."""
+    import shutil
+
+    removed = []
+    for pattern in _RUN_OUTPUTS:
+        for path in sorted(out.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def evaluation_before_training(cfg: Config, trainer, data: Data, say) -> dict:
@@ -273,6 +329,10 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
+    if template.name != "tokenizer":
+        # The tokenizer saved with the model (and its checkpoints) carries the template the model was trained
+        # with, so serving, generation and `prefloop merge` render prompts the same way (LLaMA-Factory does too).
+        tokenizer.chat_template = template.source
     splits, reports = {}, {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
         if not pairs:
@@ -296,7 +356,8 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
             attach_agreement(features, all_pairs, names)
     provenance = data_provenance(loaded, len(train_pairs), len(val_pairs), len(splits["train"]), len(splits["validation"]))
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
-                dimension_names=names, pairs_by_id={p.id: p for p in all_pairs}, provenance=provenance)
+                template=template, dimension_names=names, pairs_by_id={p.id: p for p in all_pairs},
+                provenance=provenance)
 
 
 def _drop_causes(report) -> str:
@@ -315,10 +376,12 @@ def check_evaluation_can_be_skipped(cfg: Config, dataset: str, held_out: int, re
         print(f"prefloop: warning: {cause}; evaluation is skipped (to evaluate: {fix})", file=sys.stderr)
 
 
-def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say):
+def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data, autocast_dtype, say,
+                      in_rounds: bool = False):
     """Cache reference log-probs into the features (precompute_ref), or return the Reference the step
     runs (None when the loss is reference-free or the cache covers everything), with a Counter of the
-    cache files reused and computed ("reference_reused", "reference_computed")."""
+    cache files reused and computed ("reference_reused", "reference_computed"). `in_rounds`: a round of
+    iterative DPO, whose reference train/rounds.py chose (no note about it)."""
     from collections import Counter
 
     from prefloop.models import build_reference
@@ -333,6 +396,10 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
     reference.model.to(args.device)
     use_backend(cfg, reference.model)
     say(f"Reference: {reference.describe()}")
+    if cfg.adapter_name_or_path and reference.kind == "adapters_disabled" and not in_rounds:
+        say(f"Note: the reference is the base without the adapter this run continues ({cfg.adapter_name_or_path}), "
+            f"because ref_model names the base; leave ref_model out (or set ref_model_adapters) to measure the policy "
+            f"against the adapter's model it starts from.")
     if sync:
         say(f"ref_update: sync (TR-DPO): reference <- {cfg.ref_sync_alpha} * policy + {1 - cfg.ref_sync_alpha:g} * "
             f"reference every {cfg.ref_sync_steps} steps, so it runs in the step (precompute_ref does not apply).")
@@ -343,6 +410,60 @@ def prepare_reference(cfg: Config, args, loss_spec, model, tokenizer, data: Data
                                   data.template_name, autocast_dtype, args.device, log=say)
     counts.update(f"reference_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
     return None, counts  # a separately loaded reference is dropped here: the step needs only the policy
+
+
+def check_token_ids_fit(cfg: Config, data: Data, model) -> None:
+    """Every token id of the encoded data must have a row in the model's embeddings: a tokenizer with tokens
+    added after the model was made (a template's special tokens, a new pad token) gave an index error deep in
+    the forward pass. DataError naming the sizes and what to do."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    top = max((max(f[k]) for f in data.train + data.val for k in ("prompt_ids", "chosen_ids", "rejected_ids")
+               if f[k]), default=-1)
+    if top >= rows:
+        raise DataError(f"the encoded data uses token id {top}, but {cfg.model_name_or_path} has embeddings for "
+                        f"{rows} tokens: its tokenizer has tokens the model was not trained with. Use the model's "
+                        f"own tokenizer (and a template whose special tokens it has), or resize the model's "
+                        f"embeddings (model.resize_token_embeddings(len(tokenizer))) and save it first")
+
+
+def continued_adapter_note(cfg: Config, model) -> str | None:
+    """Continuing an adapter (`adapter_name_or_path`) trains it with its own rank, alpha and targets: a line
+    saying so when the config's LoRA keys say otherwise (LLaMA-Factory ignores them silently there)."""
+    if not cfg.adapter_name_or_path or not hasattr(model, "peft_config"):
+        return None
+    own = model.peft_config["default"]
+    differs = [f"{key} {mine} -> {theirs}" for key, mine, theirs in (
+        ("lora_rank", cfg.lora_rank, own.r), ("lora_alpha", cfg.resolved_lora_alpha, own.lora_alpha))
+        if mine != theirs]
+    if not differs:
+        return None
+    return (f"Note: the adapter {cfg.adapter_name_or_path} keeps its own shape while trained further "
+            f"({', '.join(differs)}; its targets: {', '.join(sorted(own.target_modules or []))}).")
+
+
+def dropout_note(cfg: Config, model) -> str | None:
+    """`disable_dropout` (default true, as TRL's and LLaMA-Factory's DPO): every dropout of the policy off (the
+    reference computes in eval mode either way, `models.Reference.context`). One line saying so, or that dropout
+    stays on, and that `lora_dropout` is off too (TRL and LLaMA-Factory drop it the same way); None when the
+    model has no dropout."""
+    from prefloop.models import disable_dropout
+
+    if cfg.disable_dropout:
+        switched = disable_dropout(model)
+        if cfg.finetuning_type == "lora" and cfg.lora_dropout > 0:
+            return (f"Dropout: off (disable_dropout: true), lora_dropout {cfg.lora_dropout:g} included, as in TRL and "
+                    f"LLaMA-Factory; set disable_dropout: false to train with dropout.")
+        if not switched:
+            return None
+        return (f"Dropout: {switched} dropout rates of the model set to 0 (disable_dropout: true, as TRL and "
+                f"LLaMA-Factory do: the policy's log-probs without dropout noise, like the reference's).")
+    import torch
+
+    active = sum(1 for m in model.modules() for attr, value in vars(m).items()
+                 if (isinstance(m, torch.nn.modules.dropout._DropoutNd) and attr == "p" and value > 0)
+                 or (("dropout" in attr or "pdrop" in attr) and isinstance(value, float) and value > 0))
+    return (f"Dropout: kept on in the policy (disable_dropout: false, {active} dropout rates); the reference runs "
+            f"in eval mode, without it.") if active else None
 
 
 def keep_frozen_weights_in_compute_dtype(cfg: Config, model, autocast_dtype) -> str | None:
@@ -479,20 +600,53 @@ def register_output(cfg: Config, metrics: dict, data: Data, say, round_info: dic
     return version
 
 
-def checkpoint_to_resume(cfg: Config):
-    if not cfg.resume_from_checkpoint:
+def _resume_value(cfg: Config):
+    """`resume_from_checkpoint` with the text "true"/"false" (quoted in YAML) read as the boolean."""
+    value = cfg.resume_from_checkpoint
+    if isinstance(value, str) and value.strip().lower() in ("true", "false") and not Path(value).is_dir():
+        return value.strip().lower() == "true"
+    return value
+
+
+def checkpoint_to_resume(cfg: Config, say=None):
+    """The checkpoint directory `resume_from_checkpoint` names, checked; None when not resuming.
+
+    `true` (or the text "true") = the latest *complete* checkpoint-N in output_dir: one a crash cut short while
+    saving (no trainer_state.json, which the Trainer writes last) is skipped with a note, where transformers'
+    get_last_checkpoint would hand it to the Trainer. A path is taken as given, or inside output_dir when it
+    is not a directory from here (`resume_from_checkpoint: checkpoint-500`); it must be a checkpoint."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    value = _resume_value(cfg)
+    if not value:
         return None
-    if cfg.resume_from_checkpoint is True:
+    out = Path(cfg.output_dir)
+    if value is True:
+        checkpoints = sorted((p for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()
+                              and p.name.split("-", 1)[1].isdigit()), key=lambda p: int(p.name.split("-", 1)[1]))
+        complete = [p for p in checkpoints if (p / "trainer_state.json").is_file()]
+        if not complete:
+            cut = f" ({', '.join(p.name for p in checkpoints)} lack trainer_state.json)" if checkpoints else ""
+            raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no complete checkpoint-* "
+                              f"directory{cut}; give a checkpoint path or train from the start")
+        skipped = [p.name for p in checkpoints[checkpoints.index(complete[-1]) + 1:]]
+        if skipped and say is not None:
+            say(f"Resume: skipped {', '.join(skipped)} (cut short while saving: no trainer_state.json); resuming from "
+                f"{complete[-1].name}")
+        return str(complete[-1])
+    path = Path(value)
+    if not path.is_dir() and (out / path).is_dir():
+        path = out / path
+    if not path.is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {value} is not a directory")
+    if not (path / "trainer_state.json").is_file():
         from transformers.trainer_utils import get_last_checkpoint
 
-        last = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-        if last is None:
-            raise ConfigError(f"resume_from_checkpoint: true, but {cfg.output_dir} has no checkpoint-* directory; "
-                              f"give a checkpoint path or train from the start")
-        return last
-    if not Path(cfg.resume_from_checkpoint).is_dir():
-        raise ConfigError(f"resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a directory")
-    return cfg.resume_from_checkpoint
+        inside = get_last_checkpoint(str(path))
+        hint = (f"; it holds {Path(inside).name}: give that, or resume_from_checkpoint: true" if inside else
+                "; give a checkpoint-N directory of an interrupted run (or true: the latest in output_dir)")
+        raise ConfigError(f"resume_from_checkpoint: {path} is not a checkpoint (no trainer_state.json){hint}")
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------
