@@ -301,3 +301,25 @@ def test_registry_registers_each_round_with_its_parent_once(tmp_path, tiny_model
         assert [v["version"] for v in versions] == ["v1", "v2", "v3", "v4", "v5", "v6", "v7"]
         assert [v["parent_id"] for v in versions[4:]] == [versions[0]["id"], versions[4]["id"], versions[5]["id"]]
         assert versions[4]["meta"]["round"]["run"] != versions[1]["meta"]["round"]["run"]
+
+
+def test_rounds_continuing_an_sft_adapter_keep_base_plus_adapter_as_the_initial_reference(tmp_path, tiny_model_dir):
+    """With `adapter_name_or_path` (the SFT model is base + adapter) and no ref_model, round 1's reference is base +
+    that adapter (models.build_reference); `ref_update: initial` keeps it so in every later round (it was the bare
+    base from round 2 on)."""
+    import peft
+
+    from prefloop.train.rounds import plan_round
+
+    adapter = tmp_path / "sft-adapter"
+    model = peft.get_peft_model(load_causal_lm(str(tiny_model_dir)), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    model.save_pretrained(adapter)
+    cfg = load_config(str(EXAMPLE), dict(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "out"),
+                                         adapter_name_or_path=str(adapter), **QUIET))
+    assert cfg.ref_update == "initial" and len(cfg.rounds) >= 2
+    rounds = round_configs(cfg)
+    first, described = plan_round(cfg, rounds[0], 1)
+    assert first.ref_model is None and first.adapter_name_or_path == str(adapter) and str(adapter) in described
+    second, described = plan_round(cfg, rounds[1], 2)
+    assert (second.ref_model, second.ref_model_adapters) == (str(tiny_model_dir), str(adapter))
+    assert second.adapter_name_or_path == str(tmp_path / "out" / "round-1") and str(adapter) in described

@@ -69,6 +69,13 @@ def round_name(cfg: Config, index: int) -> str:
     return str((cfg.rounds[index - 1] or {}).get("name") or f"round-{index}")
 
 
+def start_adapter(cfg: Config) -> str | None:
+    """The LoRA adapter of the initial reference: `ref_model_adapters`, or without `ref_model` the adapter
+    the policy starts from (`adapter_name_or_path`: the SFT model is base + adapter), as
+    `models.build_reference` takes it in round 1."""
+    return cfg.ref_model_adapters or (None if cfg.ref_model else cfg.adapter_name_or_path)
+
+
 def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]:
     """The Config round `index` trains with (policy chained, reference per ref_update), and a description
     of its reference."""
@@ -77,7 +84,7 @@ def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]
     changes = {"output_dir": str(out), "ref_cache_dir": str(cfg.reference_cache_dir), "rounds": None,
                "resume_from_checkpoint": None, "overwrite_output_dir": cfg.overwrite_output_dir}
     if index == 1:
-        reference = f"initial model {start}"
+        reference = f"initial model {start}" + (f" + {start_adapter(cfg)}" if start_adapter(cfg) else "")
         changes["ref_model"] = cfg.ref_model
     else:
         prev = round_dir(cfg, index - 1)
@@ -87,8 +94,8 @@ def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]
         else:
             changes["model_name_or_path"] = str(prev)
         if cfg.ref_update == "initial":
-            changes["ref_model"] = start
-            reference = f"initial model {start}"
+            changes["ref_model"], changes["ref_model_adapters"] = start, start_adapter(cfg)
+            reference = f"initial model {start}" + (f" + {start_adapter(cfg)}" if start_adapter(cfg) else "")
         elif cfg.ref_update == "previous":
             if lora:
                 changes["ref_model"], changes["ref_model_adapters"] = cfg.model_name_or_path, str(prev)
@@ -241,6 +248,7 @@ class CrossRoundEvaluator:
     def evaluate(self, index: int, planned: Config) -> dict:
         from prefloop.data.dimensions import dimension_accuracy
         from prefloop.models import Reference, load_causal_lm, load_tokenizer, same_model_path
+        from prefloop.train.losses import reward_accuracy
         from prefloop.train.reference import compute_reference_logps, precompute_reference
 
         cfg = self.cfg
@@ -256,7 +264,10 @@ class CrossRoundEvaluator:
         policy = load_causal_lm(cfg.model_name_or_path, adapter=str(rdir)) if lora else load_causal_lm(str(rdir))
         policy.to(device)
         # The starting model as the training reference of round 1 was (same weights fingerprint -> same cache).
-        if lora and same_model_path(start, cfg.model_name_or_path):
+        adapter = start_adapter(cfg)
+        if adapter:  # base + the adapter the first round started from, named as build_reference names it
+            ref0 = Reference(load_causal_lm(start, adapter=adapter).to(device).eval(), "separate", f"{start} + {adapter}")
+        elif lora and same_model_path(start, cfg.model_name_or_path):
             ref0 = Reference(policy, "adapters_disabled", start)
         else:
             ref0 = Reference(load_causal_lm(start).to(device), "frozen_copy", start)
@@ -276,7 +287,7 @@ class CrossRoundEvaluator:
             n_r = torch.tensor([len(f["rejected_ids"]) for f in features], dtype=torch.float32)
             heldout[round_name(cfg, j)] = {
                 "pairs": len(features),
-                "accuracy": float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean()),
+                "accuracy": float(reward_accuracy(margins.float()).mean()),
                 "ranking_accuracy": float((pi_c / n_c > pi_r / n_r).float().mean()),
                 "margin": float(margins.mean()),
             }
