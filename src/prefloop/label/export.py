@@ -1,6 +1,9 @@
 """Store -> training pairs in the seed's format: majority vote per item, with every left-out item counted.
 
-Per item, each annotator's latest active non-skip vote counts. The majority verdict wins; a tie for
+The file is written whole or not at all (a temporary file renamed over OUT) and holds the whole store's
+resolved votes each time: exporting twice gives the same file, never pairs appended twice.
+
+Per item, each annotator's latest active vote counts (a skip judges nothing; a vote sent twice counts once). The majority verdict wins; a tie for
 the top verdict is a conflict without majority and is left out. `agreement` is the majority's share
 of the item's votes; items below `--min-agreement` are left out. An item whose verdict is "tie" is
 written only with `--include-ties` (marked `"tie": true`, chosen = stored A); "both bad" and skip-only
@@ -67,6 +70,7 @@ def resolve(votes: list[dict], min_agreement: float = 0.0,
             include_ties: bool = False) -> tuple[list[PreferencePair], ExportReport]:
     """Majority resolution of active votes into pairs; the report counts everything left out."""
     report = ExportReport()
+    votes = [v for v in votes if not v.get("retracted") and not v.get("superseded")]  # undone or replaced: no vote
     by_item: dict[int, list[dict]] = defaultdict(list)
     for vote in votes:
         by_item[vote["item_id"]].append(vote)
@@ -138,7 +142,37 @@ def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: 
     with Store(db) as store:
         votes = store.active_votes()
     pairs, report = resolve(votes, min_agreement=min_agreement, include_ties=include_ties)
-    write_seed_jsonl(pairs, out)
+    try:
+        write_atomically(out, lambda tmp: write_seed_jsonl(pairs, tmp))
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write it ({err.strerror or err}); nothing was written. Give a file "
+                          "path in a writable folder") from err
     print(report.summary())
-    print(f"wrote {out}")
+    print(f"wrote {out} (the whole store's resolved votes; exporting again replaces the file, it never appends)")
     return 0
+
+
+def write_atomically(out: str | Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `out`, flush it to disk, then rename it over `out`:
+    a reader (or a crash) sees the old file or the whole new one, never half of it."""
+    import os
+    import tempfile
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,8 +1,9 @@
 """Labeling statistics: votes per annotator, tie / both-bad / skip rates, position bias, agreement.
 
-Pure functions over the store's `active_votes()` rows (verdicts relative to the stored a/b, plus the
-`shown_order`). Agreement uses the judged categories a / b / tie / both_bad (skips are not judgments);
-when an annotator has several active votes on an item, the latest counts.
+Pure functions over the store's vote rows (verdicts relative to the stored a/b, plus the
+`shown_order`); undone and replaced votes are counted apart and judged nowhere. Agreement uses the
+judged categories a / b / tie / both_bad (skips are not judgments); when an annotator has several
+active votes on an item, the latest counts.
 
 - Position bias: of the decisive votes (a or b), the share won by the response shown on the LEFT
   (as "A"). 0.5 is unbiased.
@@ -23,12 +24,16 @@ CATEGORIES = ("a", "b", "tie", "both_bad")
 
 
 def judgments(votes: list[dict]) -> dict[int, dict[str, str]]:
-    """item id -> annotator -> verdict (latest active non-skip vote)."""
-    table: dict[int, dict[str, str]] = defaultdict(dict)
+    """item id -> annotator -> verdict: each annotator's latest active vote on the item, unless it is a skip
+    (a skip after a judgment withdraws it; undone and replaced rows are ignored)."""
+    latest: dict[tuple[int, str], str] = {}
     for vote in sorted(votes, key=lambda v: (v.get("created_at") or "", v.get("vote_id") or 0)):
-        if vote["verdict"] == "skip":
-            continue
-        table[vote["item_id"]][vote["annotator"]] = vote["verdict"]
+        if not vote.get("retracted") and not vote.get("superseded"):
+            latest[(vote["item_id"], vote["annotator"])] = vote["verdict"]
+    table: dict[int, dict[str, str]] = defaultdict(dict)
+    for (item_id, annotator), verdict in latest.items():
+        if verdict != "skip":
+            table[item_id][annotator] = verdict
     return dict(table)
 
 
@@ -59,7 +64,12 @@ def agreement(votes: list[dict]) -> dict:
 
 
 def label_stats(votes: list[dict]) -> dict:
-    """The whole report over active votes."""
+    """The whole report over the votes that count. `votes` may be every row of `Store.votes()`: undone
+    (`retracted`) and replaced (`superseded`, the same annotator voting again on an item) rows are counted
+    under "undone" and "replaced" and left out of everything else."""
+    undone = sum(1 for v in votes if v.get("retracted"))
+    replaced = sum(1 for v in votes if v.get("superseded") and not v.get("retracted"))
+    votes = [v for v in votes if not v.get("retracted") and not v.get("superseded")]
     total = len(votes)
     verdicts = Counter(v["verdict"] for v in votes)
     per_annotator: dict[str, Counter] = defaultdict(Counter)
@@ -73,6 +83,7 @@ def label_stats(votes: list[dict]) -> dict:
         "votes": total,
         "items_voted": len({v["item_id"] for v in votes}),
         "verdicts": {k: verdicts[k] for k in (*CATEGORIES, "skip")},
+        "undone": undone, "replaced": replaced,
         "tie_rate": rate("tie"), "both_bad_rate": rate("both_bad"), "skip_rate": rate("skip"),
         "per_annotator": {a: {"votes": sum(c.values()), **{k: c[k] for k in (*CATEGORIES, "skip")}}
                           for a, c in sorted(per_annotator.items())},
@@ -93,6 +104,9 @@ def format_report(stats: dict, name=str) -> str:
              f"both bad {stats['verdicts']['both_bad']}, skip {stats['verdicts']['skip']})",
              f"tie rate {_num(stats['tie_rate'])} · both-bad rate {_num(stats['both_bad_rate'])} · "
              f"skip rate {_num(stats['skip_rate'])}"]
+    if stats.get("undone") or stats.get("replaced"):
+        lines.append(f"not counted: {stats.get('undone', 0)} undone votes, {stats.get('replaced', 0)} replaced by the "
+                     "same annotator's later vote on the item")
     bias = stats["position_bias"]
     lines.append(f"position bias: the left (A) response won {bias['left_wins']} of {bias['decisive_votes']} "
                  f"decisive votes (rate {_num(bias['left_win_rate'])}; 0.5 = no bias)")
@@ -123,7 +137,7 @@ def label_stats_command(db: str, json: bool = False) -> int:  # noqa: A002 - nam
     if not Path(db).exists():
         raise ConfigError(f"{db}: no such store; label some items first (prefloop label --db {db})")
     with Store(db) as store:
-        stats = label_stats(store.active_votes())
+        stats = label_stats(store.votes())  # undone and replaced votes are counted apart
     print(_json_dumps(stats) if json else format_report(stats))
     return 0
 
