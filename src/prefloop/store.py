@@ -682,12 +682,15 @@ class Store:
     # ------------------------------------------------------------------ model versions (registry)
 
     def add_model_version(self, name: str, path: str, parent_id: int | None = None, metrics: dict | None = None,
-                          meta: dict | None = None, status: str = "candidate", version: str | None = None) -> int:
+                          meta: dict | None = None, status: str = "candidate", version: str | None = None,
+                          alias: str | None = None, alias_note: str | None = None) -> int:
         """Register a model version with its lineage (parent) and metrics; its first status event is `status`.
 
         `version` is the tag within `name` (the user's own, unique per name); None numbers it v1, v2, ...
-        (one more than the highest vN of that name), chosen inside the transaction so concurrent
-        registrations never get the same tag. Raises StoreError for a taken tag or a missing parent."""
+        (one more than the highest vN of that name; versions are never deleted, so a number is never given
+        twice), chosen inside the transaction so concurrent registrations never get the same tag. `alias`
+        (e.g. "candidate") is pointed at the new version in the same transaction: a crash leaves neither
+        or both. Raises StoreError for a taken tag or a missing parent."""
         if status not in MODEL_STATUSES:
             raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
         with self._write("register a model version") as c:
@@ -711,6 +714,8 @@ class Store:
             version_id = int(cur.lastrowid)
             c.execute("INSERT INTO model_events(version_id, status, note, created_at) VALUES (?, ?, ?, ?)",
                       (version_id, status, None, created))
+            if alias is not None:
+                self._move_alias_in(c, name, alias, "set", version_id, alias_note, False, False)
             return version_id
 
     def set_model_status(self, version_id: int, status: str, note: str | None = None,
@@ -806,45 +811,50 @@ class Store:
         "champion" the versions also get status events (new: promoted; old: retired, or rejected on a
         rollback), in the same transaction.
         """
+        with self._write("move an alias") as c:
+            return self._move_alias_in(c, name, alias, action, version_id, note, forced, expect_version_id)
+
+    def _move_alias_in(self, c: sqlite3.Connection, name: str, alias: str, action: str, version_id: int | None,
+                       note: str | None, forced: bool, expect_version_id: int | None | bool) -> dict:
+        """`move_alias` inside the caller's write transaction."""
         if action not in ALIAS_ACTIONS:
             raise StoreError(f"alias action {action!r} is not one of {', '.join(ALIAS_ACTIONS)}")
-        with self._write("move an alias") as c:
-            rows = c.execute("SELECT * FROM model_aliases WHERE name = ? AND alias = ? ORDER BY id",
-                             (name, alias)).fetchall()
-            stack = alias_stack([dict(r) for r in rows])
-            current = stack[-1] if stack else None
-            if expect_version_id is not False and expect_version_id != current:
-                raise StoreError(f"{name}@{alias} moved while this command ran (another process changed it to "
-                                 f"version id {current}); nothing was written: look with `prefloop models list "
-                                 f"--name {name}` and run the command again")
-            if action == "set":
-                row = c.execute("SELECT name FROM model_versions WHERE id = ?", (version_id,)).fetchone()
-                if row is None or row[0] != name:
-                    raise StoreError(f"no version with id {version_id} under the name {name!r} in {self.path}")
-                if version_id == current:
-                    raise StoreError(f"{name}@{alias} already points to that version; nothing to do")
-                target = version_id
-            elif action == "rollback":
-                if len(stack) < 2:
-                    raise StoreError(f"{name}@{alias} has no previous version to roll back to "
-                                     f"({'it was never set' if not stack else 'it was set only once'})")
-                target = stack[-2]
-            else:
-                if current is None:
-                    raise StoreError(f"{name}@{alias} is not set; nothing to remove")
-                target = None
-            created = now_iso()
-            cur = c.execute("INSERT INTO model_aliases(name, alias, action, version_id, note, forced, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (name, alias, action, target, note, int(forced), created))
-            if alias == "champion":
-                if current is not None:
-                    self._add_event(c, current, "rejected" if action == "rollback" else "retired",
-                                    f"{action}: {alias} moved away", None, created)
-                if target is not None:
-                    self._add_event(c, target, "promoted", f"{action}: {alias}" + (" (forced)" if forced else ""),
-                                    {"forced": forced} if forced else None, created)
-            return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
+        rows = c.execute("SELECT * FROM model_aliases WHERE name = ? AND alias = ? ORDER BY id",
+                         (name, alias)).fetchall()
+        stack = alias_stack([dict(r) for r in rows])
+        current = stack[-1] if stack else None
+        if expect_version_id is not False and expect_version_id != current:
+            raise StoreError(f"{name}@{alias} moved while this command ran (another process changed it to "
+                             f"version id {current}); nothing was written: look with `prefloop models list "
+                             f"--name {name}` and run the command again")
+        if action == "set":
+            row = c.execute("SELECT name FROM model_versions WHERE id = ?", (version_id,)).fetchone()
+            if row is None or row[0] != name:
+                raise StoreError(f"no version with id {version_id} under the name {name!r} in {self.path}")
+            if version_id == current:
+                raise StoreError(f"{name}@{alias} already points to that version; nothing to do")
+            target = version_id
+        elif action == "rollback":
+            if len(stack) < 2:
+                raise StoreError(f"{name}@{alias} has no previous version to roll back to "
+                                 f"({'it was never set' if not stack else 'it was set only once'})")
+            target = stack[-2]
+        else:
+            if current is None:
+                raise StoreError(f"{name}@{alias} is not set; nothing to remove")
+            target = None
+        created = now_iso()
+        cur = c.execute("INSERT INTO model_aliases(name, alias, action, version_id, note, forced, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (name, alias, action, target, note, int(forced), created))
+        if alias == "champion":
+            if current is not None:
+                self._add_event(c, current, "rejected" if action == "rollback" else "retired",
+                                f"{action}: {alias} moved away", None, created)
+            if target is not None:
+                self._add_event(c, target, "promoted", f"{action}: {alias}" + (" (forced)" if forced else ""),
+                                {"forced": forced} if forced else None, created)
+        return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
 
     # ------------------------------------------------------------------ online loop (iterations and steps)
 
