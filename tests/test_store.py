@@ -486,3 +486,23 @@ def test_timestamps_are_utc_whatever_the_local_zone(tmp_path, monkeypatch):
         when = datetime.fromisoformat(stamp)
         assert stamp.endswith("+00:00") and when.utcoffset() == timedelta(0)
         assert abs((datetime.now(when.tzinfo) - when).total_seconds()) < 600
+
+
+def test_forgetting_while_another_process_reads_an_old_snapshot_says_the_wal_may_hold_the_text(tmp_path, monkeypatch):
+    from prefloop import store as store_mod
+
+    db = tmp_path / "db.sqlite"
+    monkeypatch.setattr(store_mod, "BUSY_TIMEOUT_MS", 300)
+    with Store(db) as store:
+        store.log_interaction("secret-conv", "m", [{"role": "user", "content": "my address is 1 Main St"}], "ok")
+        reader = sqlite3.connect(db, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM interactions").fetchone()  # holds a snapshot from before the forget
+        with pytest.raises(StoreError, match="may remain in db.sqlite-wal.*run the same forget command again"):
+            store.forget_conversation("secret-conv")
+        reader.execute("COMMIT")
+        reader.close()
+        assert store.interactions()[0]["response"] == store_mod.FORGOTTEN  # the rewrite itself was committed
+        assert store.forget_conversation("secret-conv") == 1  # repeated once the reader is gone: checkpointed
+    assert b"1 Main St" not in db.read_bytes()
+    assert not (tmp_path / "db.sqlite-wal").exists() or b"1 Main St" not in (tmp_path / "db.sqlite-wal").read_bytes()

@@ -952,7 +952,14 @@ class Store:
                       "BEGIN SELECT RAISE(ABORT, 'interactions is append-only'); END;")
             c.execute("INSERT INTO forget_events(conversation_id, interactions, detail_json, created_at) "
                       "VALUES (?, ?, ?, ?)", (str(conversation_id), cur.rowcount, _dumps(detail or {}), now_iso()))
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the old pages too
+        # the WAL held the old pages too: copy it into the file and empty it. TRUNCATE waits (busy_timeout) for
+        # readers of older snapshots; if one stays, the old text may still be in the WAL: say so, never pretend
+        busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise StoreError(f"conversation {conversation_id} is forgotten in {self.path}, but another process kept "
+                             f"reading an older state of the store, so its old text may remain in "
+                             f"{self.path.name}-wal until the next checkpoint; run the same forget command again "
+                             "when that process is done (it is safe to repeat)")
         return cur.rowcount
 
     def forgotten_conversations(self) -> set[str]:
