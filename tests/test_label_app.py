@@ -390,3 +390,66 @@ def test_agreement_compares_the_stored_responses_not_the_screen_sides(tmp_path):
     pairs, report = resolve(store.active_votes())
     assert report.conflicts == [] and all(p.extra["agreement"] == 1.0 for p in pairs)
     store.close()
+
+
+def test_the_same_comparison_loaded_twice_is_shown_once_to_an_annotator_and_exported_once(tmp_path):
+    """Two files hold the same prompt with its two answers in opposite orders (and other model names): two items
+    that ask the same question. One annotator sees it once; votes on both copies count as votes on one item."""
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import label_stats
+
+    store = Store(tmp_path / "db.sqlite")
+    q = [{"role": "user", "content": "2+2?"}]
+    first = store.add_label_item(q, "4", "5", "run-1 a", "run-1 b")
+    second = store.add_label_item(q, "5", "4", "run-2 a", "run-2 b")  # the same comparison, flipped
+    other = store.add_label_item(q, "4", "four", "run-1 a", "run-1 c")
+    session = LabelSession(store, overlap=2, seed=0)
+    seen = []
+    while (shown := session.next_for("ann")) is not None:
+        seen.append(shown.item_id)
+        session.save_vote("ann", shown.item_id, shown.order, "A" if shown.left in ("4", "four") else "B")
+    assert sorted(seen) in ([first, other], [second, other])  # never both copies
+    assert session.progress("ann")["left"] == 0
+    bob = session.show(second if seen[0] == first or seen[1] == first else first, "bob")
+    session.save_vote("bob", bob.item_id, bob.order, "A" if bob.left == "4" else "B")  # "4" again
+    pairs, report = resolve(store.active_votes())
+    four = [p for p in pairs if p.rejected == "5"]
+    assert len(four) == 1 and four[0].chosen == "4" and four[0].extra["annotators"] == ["ann", "bob"]
+    assert four[0].extra["votes"] == {"chosen": 2} and report.conflicts == []
+    assert report.left_out["merged into an item asking the same comparison (their votes count there)"] == 1
+    assert label_stats(store.active_votes())["agreement"]["items_with_2plus"] == 1
+    store.close()
+
+
+def test_forgotten_and_identical_items_are_never_shown_nor_exported(tmp_path):
+    from prefloop.label.export import resolve
+
+    store = Store(tmp_path / "db.sqlite")
+    keep = store.add_label_item([{"role": "user", "content": "q"}], "x", "y")
+    same = store.add_label_item([{"role": "user", "content": "q2"}], "same text", "same text")
+    secret = store.add_label_item([{"role": "user", "content": "my phone is 555"}], "ok", "noted")
+    held_out = store.add_label_item([{"role": "user", "content": "eval q"}], "after", "before", "after", "before",
+                                    origin="eval-winrate:m:v2 vs m:v1 [abc]")
+    for item in (keep, same, secret, held_out):
+        store.add_vote(item, "ann", "a", "ab")
+    store.log_interaction("c1", "m", [{"role": "user", "content": "my phone is 555"}], "ok")
+    store.forget_conversation("c1", label_item_ids=[secret])
+    session = LabelSession(store, overlap=2, seed=0)
+    shown = set()
+    while (s := session.next_for("bob")) is not None:
+        shown.add(s.item_id)
+        session.save_vote("bob", s.item_id, s.order, "skip")
+    assert shown == {keep, held_out}  # people vote on eval items (eval winrate --human-db reads them)
+    pairs, report = resolve(store.active_votes())
+    assert [p.chosen for p in pairs] == ["x"]
+    assert dict(report.left_out) == {"held-out eval items (prefloop eval winrate --human-db)": 1,
+                                     "forgotten on request": 1, "identical responses": 1}
+    assert report.items == 4
+    store.close()
+
+
+def test_the_eval_origin_prefix_export_leaves_out_is_the_one_eval_writes():
+    from prefloop.evaluate.winrate import ORIGIN_PREFIX
+    from prefloop.label.export import EVAL_ORIGIN_PREFIX
+
+    assert EVAL_ORIGIN_PREFIX == ORIGIN_PREFIX

@@ -489,9 +489,16 @@ class Store:
             )
             return int(cur.lastrowid)
 
-    def label_items(self) -> list[dict]:
-        rows = self._query("SELECT * FROM label_items ORDER BY id")
+    def label_items(self, after_id: int = 0) -> list[dict]:
+        """Label items (those with an id above `after_id`), oldest first."""
+        rows = self._query("SELECT * FROM label_items WHERE id > ? ORDER BY id", (int(after_id),))
         return [_item_dict(r) for r in rows]
+
+    def unlabelable_item_ids(self) -> set[int]:
+        """Items nobody can judge: forgotten on request (tombstoned) or with the same text on both sides."""
+        rows = self._query("SELECT id FROM label_items WHERE response_a = response_b OR response_a = ? "
+                           "OR response_b = ?", (FORGOTTEN, FORGOTTEN))
+        return {int(r[0]) for r in rows}
 
     def label_item_ids(self) -> list[int]:
         return [int(r[0]) for r in self._query("SELECT id FROM label_items ORDER BY id")]

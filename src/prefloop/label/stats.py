@@ -13,6 +13,7 @@ active votes on an item, the latest counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from itertools import combinations
@@ -21,6 +22,44 @@ from prefloop.stats import cohen_kappa, fleiss_kappa
 from prefloop.store import Store
 
 CATEGORIES = ("a", "b", "tie", "both_bad")
+_SWAP = {"a": "b", "b": "a", "ab": "ba", "ba": "ab"}
+
+
+def content_key(prompt: list[dict], response_a: str, response_b: str) -> str:
+    """The comparison an item asks for, whatever order its two responses are stored in: the same prompt and
+    the same two responses (as X-vs-Y or Y-vs-X, from any file or source) give the same key."""
+    blob = json.dumps([prompt, sorted([response_a, response_b])], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def canonical_votes(votes: list[dict]) -> list[dict]:
+    """Votes on items that ask for the same comparison (`content_key`) as votes on one item: the lowest item
+    id, in its stored orientation. A vote on a flipped duplicate has its verdict (a <-> b), shown order and
+    ratings flipped with it, so "the left response won" and "response X won" stay true; the item's own id
+    is kept as `merged_from`. Rows without item texts (hand-made tables) are returned as they are."""
+    first: dict[str, dict] = {}
+    for v in sorted(votes, key=lambda v: v["item_id"]):
+        if v.get("response_a") is not None and v.get("response_b") is not None:
+            first.setdefault(content_key(v.get("prompt") or [], v["response_a"], v["response_b"]), v)
+    out = []
+    for v in votes:
+        if v.get("response_a") is None or v.get("response_b") is None:
+            out.append(v)
+            continue
+        c = first[content_key(v.get("prompt") or [], v["response_a"], v["response_b"])]
+        if c["item_id"] == v["item_id"]:
+            out.append(v)
+            continue
+        moved = {**v, "merged_from": v["item_id"], **{k: c.get(k) for k in ("item_id", "prompt", "response_a",
+                                                                            "response_b", "source_a", "source_b",
+                                                                            "origin")}}
+        if v["response_a"] != c["response_a"]:  # stored the other way round
+            moved["verdict"] = _SWAP.get(v["verdict"], v["verdict"])
+            moved["shown_order"] = _SWAP.get(v["shown_order"], v["shown_order"])
+            moved["ratings"] = {dim: {_SWAP[side]: x for side, x in by_side.items()}
+                                for dim, by_side in (v.get("ratings") or {}).items()}
+        out.append(moved)
+    return out
 
 
 def judgments(votes: list[dict]) -> dict[int, dict[str, str]]:
@@ -69,7 +108,7 @@ def label_stats(votes: list[dict]) -> dict:
     under "undone" and "replaced" and left out of everything else."""
     undone = sum(1 for v in votes if v.get("retracted"))
     replaced = sum(1 for v in votes if v.get("superseded") and not v.get("retracted"))
-    votes = [v for v in votes if not v.get("retracted") and not v.get("superseded")]
+    votes = canonical_votes([v for v in votes if not v.get("retracted") and not v.get("superseded")])
     total = len(votes)
     verdicts = Counter(v["verdict"] for v in votes)
     per_annotator: dict[str, Counter] = defaultdict(Counter)

@@ -193,13 +193,13 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
         if item_id not in voted:
             unvoted.append((sid, i, j))
             continue
-        pair = by_item.get(item_id)
+        pair = by_item.get(item_id, by_item.get(report.merged.get(item_id)))  # the same comparison twice: one item
         if pair is None:  # skipped only, no majority or both bad: counted in the report, no preference
             outcomes[sid][(i, j)] = ("tie", None)
         elif pair.extra.get("tie"):
             outcomes[sid][(i, j)] = ("tie", None)
         else:
-            won = "x" if pair.extra["chosen_source"] == f"candidate {i}" else "y"  # by position, not by text
+            won = "x" if pair.chosen == sets[sid].candidates[i] else "y"  # a prompt's candidates are distinct texts
             outcomes[sid][(i, j)] = (won, to_seed_record(pair, source="human", provenance=human))
     judged_items = 0
     if unvoted and lab["mode"] == "human_then_judge":
