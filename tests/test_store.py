@@ -506,3 +506,34 @@ def test_forgetting_while_another_process_reads_an_old_snapshot_says_the_wal_may
         assert store.forget_conversation("secret-conv") == 1  # repeated once the reader is gone: checkpointed
     assert b"1 Main St" not in db.read_bytes()
     assert not (tmp_path / "db.sqlite-wal").exists() or b"1 Main St" not in (tmp_path / "db.sqlite-wal").read_bytes()
+
+
+OPEN_AT_ONCE = textwrap.dedent("""
+    import sys, time
+    from prefloop.store import Store
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    with Store(sys.argv[1]) as store:
+        store.log_interaction("c", "m", [], "r")
+    print("ok", flush=True)
+""")
+
+
+def test_processes_creating_a_fresh_store_at_the_same_moment_all_succeed(tmp_path):
+    """Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once (its
+    busy handler is not asked) while another process opens the same fresh file: label workers, the server and the
+    loop started together failed now and then. Eight processes, twice."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for trial in range(2):
+        db = tmp_path / f"fresh-{trial}.sqlite"
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(db), str(start)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 and out.strip() == "ok" for p, (out, _) in zip(procs, outs)), \
+            [err[-400:] for _, err in outs if err]
+        with Store(db) as store:
+            assert len(store.interactions()) == 8

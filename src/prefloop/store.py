@@ -315,7 +315,7 @@ class Store:
     def _initialize(self) -> None:
         conn = self._conn
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode!r}); is it on a network filesystem?")
             with self._write("open the store") as c:
@@ -337,6 +337,28 @@ class Store:
                     self._migrate(c, int(row[0]))
         except sqlite3.Error as err:
             raise self.explain(err, "open the store") from err
+
+    @staticmethod
+    def _switch_to_wal(conn: sqlite3.Connection) -> str:
+        """`PRAGMA journal_mode = WAL`, retried: switching needs an exclusive lock and SQLite answers "database
+        is locked" at once, without its busy handler, when other processes open or write the same fresh file at
+        that moment (several label workers, the server and the loop starting together). A store already in
+        WAL mode needs no switch."""
+        import random
+        import time
+
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return mode
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY") or "locked" in str(err)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + random.random() * 0.05)
 
     @staticmethod
     def _migrate(c: sqlite3.Connection, version: int) -> None:
@@ -417,6 +439,9 @@ class Store:
                 pass
 
         def __enter__(self) -> sqlite3.Connection:
+            if self.conn.in_transaction:  # a write inside another write of this thread: leave the outer one alone
+                raise StoreError(f"cannot {self.doing} inside another write transaction on {self.store.path} "
+                                 "(a bug in the caller)")
             try:
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as err:
