@@ -393,7 +393,8 @@ def test_an_alias_points_at_one_version_and_its_name_cannot_be_mistaken_for_a_ve
     v2 = register_model(store, str(fake_model(tmp_path / "m2", 2)), "demo", version="rc1")
     db = ["--db", str(store.path)]
     for alias, message in (("v2", "looks like a version number"), ("V7", "looks like a version number"),
-                           ("rc1", "is the tag of a version"), ("my alias", "not allowed"), ("a@b", "not allowed")):
+                           ("rc1", "is the tag of a version"), ("my alias", "not allowed"), ("a@b", "not allowed"),
+                           ("latest", "reserved")):
         assert main(["models", "promote", "v1", "--alias", alias, *db]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(RegistryError, match="is the name of an alias"):

@@ -139,9 +139,13 @@ _VERSION_LIKE = re.compile(r"^[vV]\d+$")
 
 def check_alias(store: Store, name: str, alias: str) -> None:
     """RegistryError unless `alias` can name a pointer of model `name`: a simple name (as `check_name`) that
-    does not look like a version number (v3, as MLflow reserves) and is no version tag of `name`, so that
+    does not look like a version number (v3) nor is "latest" (both reserved by MLflow, which the mirror
+    writes to) and is no version tag of `name`, so that
     `NAME@ALIAS`, `NAME:TAG` and a bare `ALIAS` or `TAG` always mean one thing."""
     check_name(alias, "alias")
+    if alias.lower() == "latest":
+        raise RegistryError("alias 'latest' is reserved (MLflow's models:/NAME/latest is the newest version; the "
+                            "mirror could not set it); pick another alias name")
     if _VERSION_LIKE.match(alias):
         raise RegistryError(f"alias {alias!r} looks like a version number; an alias names a role such as champion, "
                             "candidate or staging (v1, v2, ... are the versions themselves)")
