@@ -108,3 +108,62 @@ def test_a_prompt_with_tool_calls_keeps_them_in_the_exported_pair(tmp_path):
         store.add_vote(item, "ann", "a", "ab")
         pairs, _ = resolve(store.active_votes())
     assert [m.fields for m in pairs[0].prompt] == [{}, {"tool_calls": call}, {"tool_call_id": "c1"}, {}]
+
+
+def test_disagreement_resolves_by_majority_and_split_votes_are_left_out_and_counted(tmp_path):
+    splits = {"a a b": "chosen=a", "a b tie": None, "a a b b tie": None, "tie tie a": "tie", "b b both_bad a": "chosen=b",
+              "both_bad both_bad a": "both bad", "skip a": "chosen=a", "skip skip": "skipped only"}
+    with Store(tmp_path / "db.sqlite") as store:
+        for n, verdicts in enumerate(splits):
+            item = store.add_label_item([{"role": "user", "content": f"q{n}"}], f"A{n}", f"B{n}")
+            for i, verdict in enumerate(verdicts.split()):
+                store.add_vote(item, f"annotator-{i}", verdict, "ab" if i % 2 else "ba")
+        votes = store.active_votes()
+    pairs, report = resolve(votes, include_ties=True)
+    got = {p.extra["label_item"]: ("tie" if p.extra.get("tie") else f"chosen={'a' if p.chosen.startswith('A') else 'b'}")
+           for p in pairs}
+    want = {n + 1: outcome for n, outcome in enumerate(splits.values()) if outcome and outcome.startswith(("chosen", "tie"))}
+    assert got == want
+    assert dict(report.left_out) == {"without majority": 2, "both bad": 1, "skipped only": 1}
+    assert report.items == len(splits) and report.written + sum(report.left_out.values()) == report.items
+    assert sorted(c["item_id"] for c in report.conflicts if c["resolved"] is None) == [2, 3]
+
+
+def test_the_export_round_trips_through_the_loader_and_exporting_twice_gives_the_same_file(tmp_path, capsys):
+    build_store(tmp_path / "db.sqlite")
+    out = tmp_path / "prefs.jsonl"
+    assert export_command(str(tmp_path / "db.sqlite"), str(out), 0.0, True) == 0
+    first = out.read_bytes()
+    assert export_command(str(tmp_path / "db.sqlite"), str(out), 0.0, True) == 0
+    assert out.read_bytes() == first  # replaced, never appended: no pair twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite", "prefs.jsonl"]  # no temporary file left
+    with Store(tmp_path / "db.sqlite") as store:
+        pairs, _ = resolve(store.active_votes(), include_ties=True)
+    loaded = load_pairs(str(out)).pairs
+    assert [(p.id, [(m.role, m.content) for m in p.prompt], p.chosen, p.rejected, p.dimensions) for p in loaded] == \
+        [(p.id, [(m.role, m.content) for m in p.prompt], p.chosen, p.rejected, p.dimensions) for p in pairs]
+    assert [p.extra.get("tie") for p in loaded] == [None, True, None, None]
+    assert loaded[0].extra["annotators"] == ["ann", "bob", "cat"]
+
+
+def test_the_export_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from prefloop.label import export as export_mod
+
+    build_store(tmp_path / "db.sqlite")
+    out = tmp_path / "prefs.jsonl"
+    out.write_text("the previous export\n")
+
+    def dies_half_way(pairs, path):
+        with open(path, "w") as f:
+            f.write('{"conversations": [')  # half a record, then the process fails
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "write_seed_jsonl", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        export_command(str(tmp_path / "db.sqlite"), str(out))
+    assert out.read_text() == "the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite", "prefs.jsonl"]
+    monkeypatch.undo()
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ConfigError, match="cannot write it"):
+        export_command(str(tmp_path / "db.sqlite"), str(tmp_path / "adir"))

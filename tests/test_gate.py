@@ -139,3 +139,87 @@ def test_gate_command_exit_codes_and_table(tmp_path, capsys):
     dup = _results(tmp_path, "dup", "prefs", {"pref_accuracy": 0.5}, model=tmp_path / "new")
     assert main(["gate", "--candidate", cand_prefs, "--candidate", dup]) == 2
     assert "pref_accuracy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Threshold edges, broken measurements and exit codes (MLflow's MetricThreshold / TFMA semantics).
+
+@pytest.mark.parametrize("op,threshold,value,passes", [
+    ("above", 0.5, 0.5, False), ("above", 0.5, 0.5000001, True),
+    ("at_least", 0.6, 0.6, True), ("at_least", 0.5, 0.7 - 0.2, True),  # 0.7 - 0.2 == 0.49999999999999994
+    ("at_least", 0.6, 0.5999, False), ("below", 0.1, 0.1, False), ("at_most", 0.05, 0.05, True),
+    ("at_most", 0.6, 0.9 - 0.3, True),  # 0.9 - 0.3 == 0.6000000000000001
+    ("above", 0.6, 0.9 - 0.3, False),  # the same number, not above it
+    ("below", 0.5, 0.7 - 0.2, False),
+])
+def test_thresholds_at_equality(tmp_path, op, threshold, value, passes):
+    rules = load_rules(_write_rules_list(tmp_path, [{"metric": "win_rate", op: threshold}]))
+    assert evaluate_gate(rules, {"win_rate": value}).verdict == ("pass" if passes else "fail")
+
+
+def test_a_drop_of_exactly_the_tolerance_passes_whatever_the_float_noise(tmp_path):
+    rules = load_rules(_write_rules_list(tmp_path, [{"metric": "pref_accuracy", "vs_baseline": "higher_is_better",
+                                                     "tolerance": 0.1}]))
+    assert evaluate_gate(rules, {"pref_accuracy": 0.7}, {"pref_accuracy": 0.8}).verdict == "pass"  # 0.8-0.1=0.70..01
+    assert evaluate_gate(rules, {"pref_accuracy": 0.6999}, {"pref_accuracy": 0.8}).verdict == "fail"
+    lower = load_rules(_write_rules_list(tmp_path, [{"metric": "mt_bench/n_excluded", "vs_baseline": "lower_is_better",
+                                                     "tolerance": 0.2}]))
+    assert evaluate_gate(lower, {"mt_bench/n_excluded": 0.3}, {"mt_bench/n_excluded": 0.1}).verdict == "pass"
+
+
+@pytest.mark.parametrize("where", ["candidate", "baseline", "gap_to"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.7"])
+def test_a_broken_measurement_fails_closed_even_when_the_rule_is_not_required(tmp_path, where, bad):
+    rules = load_rules(_write_rules_list(tmp_path, [
+        {"metric": "win_rate", "at_least": 0.5},
+        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02},
+        {"metric": "lc_win_rate", "gap_to": "raw_win_rate", "at_most": 0.1}]))
+    cand = {"win_rate": 0.7, "pref_accuracy": 0.7, "lc_win_rate": 0.6, "raw_win_rate": 0.62}
+    base = {"pref_accuracy": 0.7}
+    assert evaluate_gate(rules, cand, base).verdict == "pass"
+    if where == "candidate":
+        cand["pref_accuracy"] = bad
+    elif where == "baseline":
+        base["pref_accuracy"] = bad
+    else:
+        cand["raw_win_rate"] = bad
+    result = evaluate_gate(rules, cand, base)
+    assert result.verdict == "fail" and result.exit_code == 1
+    failed = [r for r in result.rows if r.result == "fail"]
+    assert len(failed) == 1 and "fails closed" in failed[0].why and where.replace("gap_to", "candidate") in failed[0].why
+
+
+def test_a_win_rate_interval_straddling_a_coin_flip_fails_the_default_gate(tmp_path):
+    from test_gate import BASE, GOOD  # noqa: F401 - the module's own constants
+
+    straddles = {**GOOD, "win_rate": 0.61, "win_rate_ci_low": 0.47, "win_rate_ci_high": 0.74}
+    result = evaluate_gate(load_rules(), straddles, BASE)
+    assert result.verdict == "fail" and [r.rule for r in result.rows if r.result == "fail"] == ["beats_champion"]
+    at_half = evaluate_gate(load_rules(), {**GOOD, "win_rate_ci_low": 0.5}, BASE)
+    assert at_half.verdict == "fail"  # the whole interval must lie above 0.5; touching it is not enough
+    missing = {k: v for k, v in GOOD.items() if k != "win_rate_ci_low"}
+    assert evaluate_gate(load_rules(), missing, BASE).verdict == "fail"  # required: absent fails, never skips
+
+
+def test_gate_exit_codes_pass_fail_and_bad_input(tmp_path, capsys):
+    import os
+
+    winrate = {"win_rate": 0.66, "win_rate_ci_low": 0.45, "n_prompts": 200}
+    rules = _write_rules_list(tmp_path, [{"metric": "win_rate_ci_low", "above": 0.5, "required": True}])
+    straddling = _results(tmp_path, "straddling", "winrate", winrate, after=tmp_path / "new", before=tmp_path / "old")
+    assert main(["gate", "--candidate", straddling, "--rules", str(rules)]) == 1
+    clear = _results(tmp_path, "clear", "winrate", {**winrate, "win_rate_ci_low": 0.51}, after=tmp_path / "new",
+                     before=tmp_path / "old")
+    assert main(["gate", "--candidate", clear, "--rules", str(rules)]) == 0
+    nan = tmp_path / "nan.json"  # JSON has no NaN: a file that holds one is bad input
+    nan.write_text(open(clear).read().replace('"win_rate_ci_low": 0.51', '"win_rate_ci_low": NaN'))
+    assert main(["gate", "--candidate", str(nan), "--rules", str(rules)]) == 2
+    assert "not a finite number" in capsys.readouterr().err
+    bad_rule = _write_rules_list(tmp_path / "", [{"metric": "win_rate", "above": float("nan")}])
+    assert main(["gate", "--candidate", clear, "--rules", str(bad_rule)]) == 2
+    assert "not a finite number" in capsys.readouterr().err
+    rules = _write_rules_list(tmp_path, [{"metric": "win_rate_ci_low", "above": 0.5, "required": True}])
+    assert main(["gate", "--candidate", str(tmp_path / "nowhere"), "--rules", str(rules)]) == 2
+    if os.geteuid() != 0:  # root reads anything
+        os.chmod(clear, 0)
+        assert main(["gate", "--candidate", clear, "--rules", str(rules)]) == 2

@@ -245,3 +245,211 @@ def test_cli_export_and_stats(tmp_path, capsys):
     assert main(["label-stats", "--db", str(db), "--json"]) == 0
     assert main(["export", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "q.jsonl")]) == 2
     assert "no such store" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The labeling faults of the peers' trackers: double submits, races for the last item, undo/skip accounting,
+# A/B order flipped on screen but chosen/rejected swapped in the export, agreement computed on screen sides.
+
+def test_a_double_click_is_one_vote_and_one_undo_takes_it_back(tmp_path):
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import label_stats
+
+    session = _session(tmp_path, 2, overlap=1)
+    shown = session.next_for("ann")
+    first = session.save_vote("ann", shown.item_id, shown.order, "A", reason="clearer")
+    again = session.save_vote("ann", shown.item_id, shown.order, "A", reason="clearer")  # the second click
+    assert again == first and len(session.store.votes()) == 1
+    stats = label_stats(session.store.votes())
+    assert stats["votes"] == 1 and stats["per_annotator"]["ann"]["votes"] == 1
+    pairs, report = resolve(session.store.active_votes())
+    assert report.written == 1 and pairs[0].extra["votes"] == {"chosen": 1}
+    assert session.undo("ann") == shown.item_id  # one undo is enough
+    assert session.store.active_votes() == [] and session.undo("ann") is None
+
+
+def test_a_changed_vote_counts_once_and_undo_brings_the_first_back(tmp_path):
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import label_stats
+
+    session = _session(tmp_path, 1, overlap=2)
+    shown = session.next_for("ann")
+    session.save_vote("ann", shown.item_id, shown.order, "A")
+    session.save_vote("ann", shown.item_id, shown.order, "B")  # a second tab, or a quick change of mind
+    active = session.store.active_votes()
+    assert len(active) == 1 and active[0]["verdict"] == to_stored("B", shown.order)
+    assert session.store.completed_counts() == {shown.item_id: 1}  # still one annotator: overlap 2 not met
+    assert session.next_for("bob").item_id == shown.item_id
+    stats = label_stats(session.store.votes())
+    assert (stats["votes"], stats["replaced"], stats["undone"]) == (1, 1, 0)
+    pairs, report = resolve(session.store.active_votes())
+    assert report.conflicts == [] and pairs[0].extra["annotators"] == ["ann"]
+    session.undo("ann")
+    assert [v["verdict"] for v in session.store.active_votes()] == [to_stored("A", shown.order)]
+    stats = label_stats(session.store.votes())
+    assert (stats["votes"], stats["replaced"], stats["undone"]) == (1, 0, 1)
+
+
+def test_two_annotators_racing_for_the_last_item(tmp_path, monkeypatch):
+    import threading
+
+    from prefloop.label import assign
+
+    session = _session(tmp_path, 1, overlap=1)
+    barrier, got = threading.Barrier(8), {}
+
+    def ask(name):
+        barrier.wait()
+        got[name] = session.next_for(name)
+
+    threads = [threading.Thread(target=ask, args=(f"ann-{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [name for name, shown in got.items() if shown is not None]
+    assert len(winners) == 1  # the last item goes to one of them; the others are told nothing is left
+    # a reservation that ran out (an annotator away for long): both vote, both votes are kept, none is lost
+    import time
+
+    later = time.monotonic() + assign.RESERVATION_SECONDS + 1
+    monkeypatch.setattr(assign.time, "monotonic", lambda: later)
+    late = session.next_for("late")
+    assert late is not None and late.item_id == got[winners[0]].item_id
+    session.save_vote(winners[0], late.item_id, got[winners[0]].order, "A")
+    session.save_vote("late", late.item_id, late.order, "A")
+    assert len(session.store.active_votes()) == 2
+    assert session.progress("late") == {"mine": 1, "left": 0, "complete": 1, "total": 1, "overlap": 1}
+
+
+def test_skips_and_undos_are_counted_and_reported(tmp_path):
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import format_report, label_stats
+
+    session = _session(tmp_path, 3, overlap=1)
+    one, two, three = (session.store.label_item_ids())
+    session.save_vote("ann", one, "ab", "skip")
+    session.save_vote("ann", two, "ab", "tie")
+    session.save_vote("ann", three, "ab", "both_bad")
+    session.save_vote("bob", one, "ba", "A")
+    session.undo("bob")
+    stats = label_stats(session.store.votes())
+    assert stats["verdicts"] == {"a": 0, "b": 0, "tie": 1, "both_bad": 1, "skip": 1}
+    assert (stats["skip_rate"], stats["undone"]) == (pytest.approx(1 / 3), 1)
+    assert "1 undone votes" in format_report(stats)
+    _, report = resolve(session.store.active_votes())
+    assert dict(report.left_out) == {"skipped only": 1, "ties": 1, "both bad": 1} and report.written == 0
+    pairs, report = resolve(session.store.active_votes(), include_ties=True)
+    assert [(p.extra.get("tie"), p.chosen) for p in pairs] == [(True, "a1")] and report.ties_written == 1
+
+
+def test_the_response_clicked_is_chosen_whichever_side_it_was_shown_on(tmp_path):
+    """The classic swap: the display order is flipped for half the items, and the export must still name the
+    clicked response chosen. Each item's good answer is stored as a on even items and as b on odd ones."""
+    from prefloop.label.export import resolve
+
+    store = Store(tmp_path / "db.sqlite")
+    for i in range(40):
+        good, bad = f"GOOD {i}", f"bad {i}"
+        a, b = (good, bad) if i % 2 == 0 else (bad, good)
+        store.add_label_item([{"role": "user", "content": f"q{i}"}], a, b, "model-x", "model-y")
+    session = LabelSession(store, overlap=1, seed=3, dimensions=["helpful"])
+    orders = []
+    while (shown := session.next_for("ann")) is not None:
+        side = "A" if shown.left.startswith("GOOD") else "B"
+        other = "B" if side == "A" else "A"
+        orders.append((shown.order, side))
+        session.save_vote("ann", shown.item_id, shown.order, side, {"helpful": {side: 5, other: 1}})
+    assert {o for o, _ in orders} == {"ab", "ba"} and {s for _, s in orders} == {"A", "B"}
+    pairs, report = resolve(store.active_votes())
+    assert report.written == 40
+    assert all(p.chosen.startswith("GOOD") and p.rejected.startswith("bad") for p in pairs)
+    assert all(p.dimensions == {"helpful": {"chosen": 5, "rejected": 1}} for p in pairs)
+    for p in pairs:  # the sources follow their responses
+        item = store.label_item(p.extra["label_item"])
+        chosen_side = "a" if item["response_a"] == p.chosen else "b"
+        assert p.extra["chosen_source"] == item[f"source_{chosen_side}"]
+    store.close()
+
+
+def test_agreement_compares_the_stored_responses_not_the_screen_sides(tmp_path):
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import label_stats
+
+    store = Store(tmp_path / "db.sqlite")
+    items = [store.add_label_item([{"role": "user", "content": f"q{i}"}], f"x{i}", f"y{i}") for i in range(12)]
+    session = LabelSession(store, overlap=2, seed=0)
+    for annotator in ("ann", "bob"):
+        for item in items:  # both prefer y on even items and x on odd ones, whatever side it was shown on
+            shown = session.show(item, annotator)
+            want = f"y{item - 1}" if item % 2 else f"x{item - 1}"
+            session.save_vote(annotator, item, shown.order, "A" if shown.left == want else "B")
+    assert {session.show(i, "ann").order != session.show(i, "bob").order for i in items} == {True, False}
+    agreement = label_stats(store.active_votes())["agreement"]
+    assert agreement["cohen_kappa"] == pytest.approx(1.0) and agreement["fleiss_kappa"] == pytest.approx(1.0)
+    pairs, report = resolve(store.active_votes())
+    assert report.conflicts == [] and all(p.extra["agreement"] == 1.0 for p in pairs)
+    store.close()
+
+
+def test_the_same_comparison_loaded_twice_is_shown_once_to_an_annotator_and_exported_once(tmp_path):
+    """Two files hold the same prompt with its two answers in opposite orders (and other model names): two items
+    that ask the same question. One annotator sees it once; votes on both copies count as votes on one item."""
+    from prefloop.label.export import resolve
+    from prefloop.label.stats import label_stats
+
+    store = Store(tmp_path / "db.sqlite")
+    q = [{"role": "user", "content": "2+2?"}]
+    first = store.add_label_item(q, "4", "5", "run-1 a", "run-1 b")
+    second = store.add_label_item(q, "5", "4", "run-2 a", "run-2 b")  # the same comparison, flipped
+    other = store.add_label_item(q, "4", "four", "run-1 a", "run-1 c")
+    session = LabelSession(store, overlap=2, seed=0)
+    seen = []
+    while (shown := session.next_for("ann")) is not None:
+        seen.append(shown.item_id)
+        session.save_vote("ann", shown.item_id, shown.order, "A" if shown.left in ("4", "four") else "B")
+    assert sorted(seen) in ([first, other], [second, other])  # never both copies
+    assert session.progress("ann")["left"] == 0
+    bob = session.show(second if seen[0] == first or seen[1] == first else first, "bob")
+    session.save_vote("bob", bob.item_id, bob.order, "A" if bob.left == "4" else "B")  # "4" again
+    pairs, report = resolve(store.active_votes())
+    four = [p for p in pairs if p.rejected == "5"]
+    assert len(four) == 1 and four[0].chosen == "4" and four[0].extra["annotators"] == ["ann", "bob"]
+    assert four[0].extra["votes"] == {"chosen": 2} and report.conflicts == []
+    assert report.left_out["merged into an item asking the same comparison (their votes count there)"] == 1
+    assert label_stats(store.active_votes())["agreement"]["items_with_2plus"] == 1
+    store.close()
+
+
+def test_forgotten_and_identical_items_are_never_shown_nor_exported(tmp_path):
+    from prefloop.label.export import resolve
+
+    store = Store(tmp_path / "db.sqlite")
+    keep = store.add_label_item([{"role": "user", "content": "q"}], "x", "y")
+    same = store.add_label_item([{"role": "user", "content": "q2"}], "same text", "same text")
+    secret = store.add_label_item([{"role": "user", "content": "my phone is 555"}], "ok", "noted")
+    held_out = store.add_label_item([{"role": "user", "content": "eval q"}], "after", "before", "after", "before",
+                                    origin="eval-winrate:m:v2 vs m:v1 [abc]")
+    for item in (keep, same, secret, held_out):
+        store.add_vote(item, "ann", "a", "ab")
+    store.log_interaction("c1", "m", [{"role": "user", "content": "my phone is 555"}], "ok")
+    store.forget_conversation("c1", label_item_ids=[secret])
+    session = LabelSession(store, overlap=2, seed=0)
+    shown = set()
+    while (s := session.next_for("bob")) is not None:
+        shown.add(s.item_id)
+        session.save_vote("bob", s.item_id, s.order, "skip")
+    assert shown == {keep, held_out}  # people vote on eval items (eval winrate --human-db reads them)
+    pairs, report = resolve(store.active_votes())
+    assert [p.chosen for p in pairs] == ["x"]
+    assert dict(report.left_out) == {"held-out eval items (prefloop eval winrate --human-db)": 1,
+                                     "forgotten on request": 1, "identical responses": 1}
+    assert report.items == 4
+    store.close()
+
+
+def test_the_eval_origin_prefix_export_leaves_out_is_the_one_eval_writes():
+    from prefloop.evaluate.winrate import ORIGIN_PREFIX
+    from prefloop.label.export import EVAL_ORIGIN_PREFIX
+
+    assert EVAL_ORIGIN_PREFIX == ORIGIN_PREFIX

@@ -259,3 +259,36 @@ def test_model_and_user_text_is_shown_as_text_and_nothing_is_fetched(tmp_path):
     assert [u for u in requests if not u.startswith(own)] == []  # nothing remote
     fetched_from_text = [u for u in requests if u.split("?")[0].endswith(("/x", ".png", "/f"))]
     assert fetched_from_text == []  # nor the relative URLs in the text (<img src=x>, /annotator.png)
+
+
+def test_a_double_click_on_a_vote_button_stores_one_vote(tmp_path):
+    """Two quick clicks send the vote twice (the button stays enabled while the first is saved): one vote counts,
+    and the second click does not also vote on the item shown next."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    write_candidates(tmp_path / "cands.jsonl")
+    db = tmp_path / "label.sqlite"
+    session = prepare_session(pairs=str(tmp_path / "cands.jsonl"), db=str(db), overlap=1, seed=3)
+    port = free_port()
+    demo = launch(session, host="127.0.0.1", port=port)
+    try:
+        with sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            name = page.locator("#annotator-name textarea, #annotator-name input")
+            name.fill("dora")
+            name.press("Enter")
+            expect(page.locator("#progress")).to_contain_text("dora: 0 judged", timeout=30_000)
+            page.locator("#vote-b").dblclick()
+            expect(page.locator("#reveal")).to_contain_text("Saved vote #1", timeout=20_000)
+            page.wait_for_timeout(1500)  # let a second request, if any, finish
+            expect(page.locator("#progress")).to_contain_text("dora: 1 judged")
+            browser.close()
+    finally:
+        demo.close()
+    with Store(db) as store:
+        votes = store.votes()
+    assert len(votes) == 1 and votes[0]["annotator"] == "dora"

@@ -200,6 +200,31 @@ def test_feedback_pairs_on_a_hand_made_table():
     assert pairs[0]["conversations"] == [{"from": "human", "value": "Capital of Italy?"}]
 
 
+
+def test_a_choice_naming_an_interaction_id_as_text_is_not_read_as_the_other(tmp_path):
+    """POST /v1/feedback accepts the preferred interaction as 12 or "12"; "12" was read as "the other one",
+    swapping chosen and rejected. Through the real store and serve's feedback handler."""
+    from prefloop.serve.feedback import record_feedback
+
+    q = [{"role": "user", "content": "2+2?"}]
+    with Store(tmp_path / "db.sqlite") as store:
+        good, bad = store.log_interaction("c", "m", q, "4"), store.log_interaction("c", "m", q, "5")
+        for value in (good, str(good), "this"):
+            record_feedback(store, {"interaction_id": good, "other_interaction_id": bad, "value": value})
+        for value in (good, str(good), "other"):
+            record_feedback(store, {"interaction_id": bad, "other_interaction_id": good, "value": value})
+        for value in (True, "both"):
+            with pytest.raises(Exception, match="value"):
+                record_feedback(store, {"interaction_id": good, "other_interaction_id": bad, "value": value})
+        with pytest.raises(Exception, match="two different interactions"):
+            store.add_feedback(good, "choice", "this", other_interaction_id=good)
+        inter = {i["id"]: i for i in store.interactions()}
+        rows = store.feedback()
+    assert len(rows) == 6
+    pairs, skipped = feedback_pairs(inter, rows)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("4", "5")]
+    assert dict(skipped) == {"duplicate": 5}
+
 def test_pii_is_scrubbed_and_counted():
     s = Scrubber()
     text = ("Mail me at jane.doe@example.com or call +1 415-555-0132; key sk-proj-abcdefghijklmnopqrstuv, "

@@ -324,3 +324,122 @@ def test_mlflow_mirror_with_a_file_store(tmp_path, store, capsys):
     assert client.get_model_version_by_alias("demo", "champion").tags["prefloop.version"] == "v1"
     assert len(client.search_model_versions("name = 'demo'")) == 2
     assert "mirrored demo into MLflow" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MLflow registry semantics: numbering, aliases (one version each, reserved forms), re-registering the same files,
+# a retried promote, paths with spaces, and the registration and its @candidate move being one transaction.
+
+def test_version_numbers_increase_per_name_and_are_never_given_twice(tmp_path, store):
+    import threading
+
+    for i, name in enumerate(["alpha", "beta", "alpha", "alpha", "beta"]):
+        register_model(store, str(fake_model(tmp_path / f"m{i}", i)), name)
+    assert [(v["name"], v["version"]) for v in store.model_versions()] == [
+        ("alpha", "v1"), ("beta", "v1"), ("alpha", "v2"), ("alpha", "v3"), ("beta", "v2")]
+    register_model(store, str(fake_model(tmp_path / "tagged", 9)), "alpha", version="v10")
+    assert register_model(store, str(fake_model(tmp_path / "next", 10)), "alpha")["version"] == "v11"
+    # a version whose files were deleted keeps its number: the next one is never v11 again
+    import shutil
+
+    shutil.rmtree(store.model_versions("alpha")[-1]["path"])
+    assert register_model(store, str(fake_model(tmp_path / "after", 11)), "alpha")["version"] == "v12"
+    # registrations at the same moment (threads, each with its own connection) get distinct numbers
+    got, errors = [], []
+
+    def reg(i):
+        try:
+            got.append(register_model(store, str(tmp_path / f"m{i}"), "gamma")["version"])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=reg, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(got) == [f"v{i}" for i in range(1, 6)]
+    assert store.aliases("gamma")["candidate"] == store.model_versions("gamma")[-1]["id"]
+
+
+def test_registering_the_same_files_twice_makes_two_versions_and_says_so(tmp_path, store, capsys):
+    model = fake_model(tmp_path / "m", 1)
+    v1 = register_model(store, str(model), "demo")
+    capsys.readouterr()
+    v2 = register_model(store, str(model), "demo")
+    assert (v1["version"], v2["version"]) == ("v1", "v2") and v1["path"] != v2["path"]  # each its own copy
+    assert v1["meta"]["fingerprint"] == v2["meta"]["fingerprint"]
+    assert "demo:v2 holds the same files as demo:v1" in capsys.readouterr().out
+    assert store.aliases("demo") == {"candidate": v2["id"]}
+    vs.check_files(v1)
+    vs.check_files(v2)
+    al.promote(store, "v1")
+    al.promote(store, "v2")  # the same files, another version: a move all the same
+    assert [e["version_id"] for e in store.alias_events("demo", "champion")] == [v1["id"], v2["id"]]
+
+
+def test_promoting_the_version_an_alias_already_points_to_changes_nothing(tmp_path, store, capsys):
+    register_model(store, str(fake_model(tmp_path / "m1", 1)), "demo")
+    db = ["--db", str(store.path)]
+    assert main(["models", "promote", "v1", *db]) == 0
+    assert main(["models", "promote", "v1", *db]) == 0  # a retried promote (a scheduler's retry) succeeds
+    assert "demo@champion already points to v1; nothing changed" in capsys.readouterr().out
+    assert len(store.alias_events("demo", "champion")) == 1
+    assert [e["status"] for e in store.model_events(1)] == ["candidate", "promoted"]
+
+
+def test_an_alias_points_at_one_version_and_its_name_cannot_be_mistaken_for_a_version(tmp_path, store, capsys):
+    v1 = register_model(store, str(fake_model(tmp_path / "m1", 1)), "demo")
+    v2 = register_model(store, str(fake_model(tmp_path / "m2", 2)), "demo", version="rc1")
+    db = ["--db", str(store.path)]
+    for alias, message in (("v2", "looks like a version number"), ("V7", "looks like a version number"),
+                           ("rc1", "is the tag of a version"), ("my alias", "not allowed"), ("a@b", "not allowed"),
+                           ("latest", "reserved")):
+        assert main(["models", "promote", "v1", "--alias", alias, *db]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(RegistryError, match="is the name of an alias"):
+        register_model(store, str(fake_model(tmp_path / "m3", 3)), "demo", version="champion")
+    assert main(["models", "promote", "v1", "--alias", "staging", *db]) == 0
+    assert main(["models", "promote", "rc1", "--alias", "staging", *db]) == 0  # moved, not added
+    assert store.aliases("demo") == {"candidate": v2["id"], "staging": v2["id"]}
+    assert [(e["action"], e["version_id"]) for e in store.alias_events("demo", "staging")] == [
+        ("set", v1["id"]), ("set", v2["id"])]
+    assert vs.resolve(store, "demo@staging")["id"] == vs.resolve(store, "staging", "demo")["id"] == v2["id"]
+
+
+def test_the_registration_and_its_candidate_move_are_one_transaction(tmp_path, store, monkeypatch):
+    v1 = register_model(store, str(fake_model(tmp_path / "m1", 1)), "demo")
+
+    def dies_after_the_version_row(self, c, *args, **kwargs):  # killed between the two writes of old
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "_move_alias_in", dies_after_the_version_row)
+    with pytest.raises(KeyboardInterrupt):
+        register_model(store, str(fake_model(tmp_path / "m2", 2)), "demo")
+    monkeypatch.undo()
+    assert [v["version"] for v in store.model_versions("demo")] == ["v1"]  # no version without its @candidate
+    assert store.aliases("demo") == {"candidate": v1["id"]}
+    assert vs.leftovers(store, "demo") == []  # the copy was removed too
+    assert register_model(store, str(tmp_path / "m2"), "demo")["version"] == "v2"
+
+
+def test_paths_with_spaces(tmp_path, capsys):
+    folder = tmp_path / "my models" / "run 1"
+    model = fake_model(folder / "sft model", 1)
+    (model / "tokenizer config.json").write_text("{}")
+    db = str(tmp_path / "the store" / "reg db.sqlite")
+    assert main(["models", "register", str(model), "--name", "demo", "--db", db]) == 0
+    assert main(["models", "promote", "v1", "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["models", "path", "demo@champion", "--db", db]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.is_dir() and (path / "tokenizer config.json").is_file() and " " in str(path)
+    with Store(db) as store:
+        assert vs.find_by_path(store, str(model))["version"] == "v1"  # lineage found from a path with spaces
+        child = fake_model(folder / "dpo model", 2, base=str(model))
+        assert register_model(store, str(child), "demo")["parent_id"] == 1
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"file://{tmp_path / 'ml runs'}"
+    assert main(["models", "mirror", "--db", db, "--mlflow", uri]) == 0
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_model_version_by_alias("demo", "champion").source == str(path)

@@ -11,6 +11,12 @@ UPDATE and DELETE on them); undoing a vote adds a row to `vote_retractions`.
 
 A database from another program is refused: the file carries `PRAGMA application_id` = PREFLOOP_APP_ID
 and a `prefloop_meta` table with the schema version.
+
+Every SQLite failure reaches the caller as a StoreError that says what happened and what to do: the
+file or its folder is read-only, the disk is full, another process held the write lock past the busy
+timeout, a disk I/O error, a corrupt file. A failed write is rolled back whole (nothing half-written)
+and the connection stays usable. Text is stored as valid UTF-8: a lone surrogate (which JSON input can
+carry, e.g. "\\ud800") becomes U+FFFD instead of failing the write.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 from datetime import datetime, timezone
@@ -200,6 +207,32 @@ def _append_only_triggers() -> str:
     return "\n".join(parts)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode for the store: lone surrogates (from JSON such as "\\ud800", which UTF-8 cannot
+    encode) become U+FFFD; a surrogate pair becomes the character it encodes. Other text is returned as is."""
+    if not isinstance(text, str) or not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def clean(value: Any) -> Any:
+    """`clean_text` applied to every string in a JSON-like value (keys included)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    return json.dumps(clean(value), ensure_ascii=False, **kwargs)
+
+
 def now_iso() -> str:
     """UTC timestamp with microseconds, sortable as text."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -226,8 +259,12 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._check_file()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._check_file()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a folder we may not enter, a read-only filesystem
+            raise StoreError(f"cannot use {self.path} as the store: {err.strerror or err} ({err.filename}); check "
+                             f"that the path exists and its folder is writable, or point {option} elsewhere") from err
         self._initialize()
 
     # ------------------------------------------------------------------ connection handling
@@ -252,8 +289,8 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"cannot open {self.path} as a SQLite database: {err}") from err
+        except sqlite3.Error as err:
+            raise self.explain(err, "open the store") from err
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -272,16 +309,16 @@ class Store:
     def _setup_connection(self, conn: sqlite3.Connection) -> None:
         try:
             conn.execute("PRAGMA synchronous = FULL")
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is corrupt or not a database: {err}") from err
+        except sqlite3.Error as err:
+            raise self.explain(err, "open the store") from err
 
     def _initialize(self) -> None:
         conn = self._conn
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StoreError(f"cannot switch {self.path} to WAL mode (got {mode!r}); is it on a network filesystem?")
-            with self._write() as c:
+            with self._write("open the store") as c:
                 app_id = c.execute("PRAGMA application_id").fetchone()[0]
                 tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
                 if app_id == 0 and not tables:
@@ -294,11 +331,34 @@ class Store:
                     return
             version = self._verify_existing(app_id, tables)
             if version < SCHEMA_VERSION:
-                with self._write() as c:  # re-read inside the write lock: another process may have migrated
+                with self._write(f"upgrade the store from schema version {version} to {SCHEMA_VERSION}") as c:
+                    # re-read inside the write lock: another process may have migrated
                     row = c.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()
                     self._migrate(c, int(row[0]))
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"{self.path} is corrupt or not a SQLite database: {err}") from err
+        except sqlite3.Error as err:
+            raise self.explain(err, "open the store") from err
+
+    @staticmethod
+    def _switch_to_wal(conn: sqlite3.Connection) -> str:
+        """`PRAGMA journal_mode = WAL`, retried: switching needs an exclusive lock and SQLite answers "database
+        is locked" at once, without its busy handler, when other processes open or write the same fresh file at
+        that moment (several label workers, the server and the loop starting together). A store already in
+        WAL mode needs no switch."""
+        import random
+        import time
+
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return mode
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as err:
+                busy = getattr(err, "sqlite_errorname", "").startswith("SQLITE_BUSY") or "locked" in str(err)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01 + random.random() * 0.05)
 
     @staticmethod
     def _migrate(c: sqlite3.Connection, version: int) -> None:
@@ -327,29 +387,91 @@ class Store:
             raise StoreError(f"{self.path} has no valid prefloop schema version; it may be damaged")
         return version
 
+    def explain(self, err: BaseException, doing: str) -> "StoreError":
+        """A StoreError for a failed SQLite call while `doing` (e.g. "write a vote"), saying what went wrong
+        and what to do. `err` is an sqlite3 error (or the UnicodeError of text SQLite cannot store)."""
+        code = getattr(err, "sqlite_errorname", "") or ""
+        text = str(err)
+        low = text.lower()
+        wal = f"{self.path.name}-wal and {self.path.name}-shm"
+        if code.startswith("SQLITE_READONLY") or "readonly database" in low or "read-only" in low:
+            msg = (f"{self.path} is read-only (file or folder permissions, or a read-only filesystem), so prefloop "
+                   f"cannot {doing}; nothing was written. Make the file and its folder writable (SQLite also "
+                   f"creates {wal} next to it), or point {self.option} at a writable copy")
+        elif code.startswith("SQLITE_FULL") or "disk is full" in low:
+            msg = (f"the disk holding {self.path} is full, so prefloop could not {doing}; nothing was written "
+                   "(the store is unchanged). Free some space and run the command again")
+        elif code.startswith("SQLITE_BUSY") or "database is locked" in low or "database is busy" in low:
+            msg = (f"{self.path} stayed locked by another process for more than {BUSY_TIMEOUT_MS // 1000} s, so "
+                   f"prefloop could not {doing}; nothing was written. Another program (or a stuck prefloop "
+                   "command) holds a long write transaction on it: finish or stop it and try again")
+        elif code.startswith("SQLITE_CANTOPEN") or "unable to open" in low:
+            msg = (f"cannot open {self.path} to {doing}: its folder {self.path.parent} must exist and be writable "
+                   f"(SQLite creates {wal} there); check the path and its permissions")
+        elif code.startswith("SQLITE_IOERR") or "disk i/o error" in low:
+            msg = (f"a disk I/O error on {self.path} while trying to {doing} ({text}); nothing was written. Check "
+                   "the disk (dmesg) and that the store is on a local filesystem, not NFS")
+        elif code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in low or "not a database" in low:
+            msg = (f"{self.path} is corrupt or not a SQLite database ({text}); restore it from a backup or point "
+                   f"{self.option} at a new file")
+        elif isinstance(err, UnicodeError):
+            msg = f"cannot {doing} in {self.path}: the text is not valid Unicode ({err})"
+        else:
+            msg = f"cannot {doing} in {self.path}: {text}"
+        out = StoreError(msg)
+        out.sqlite_error = code or type(err).__name__
+        return out
+
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection):
-            self.conn = conn
+        """BEGIN IMMEDIATE ... COMMIT; on any failure the transaction is rolled back whole and the connection is
+        left usable (a COMMIT that fails, e.g. on a full disk, is rolled back too). SQLite failures other than
+        a constraint (which callers catch as sqlite3.IntegrityError) are raised as an explained StoreError."""
+
+        def __init__(self, store: "Store", doing: str):
+            self.store, self.doing = store, doing
+            self.conn = store._conn
+
+        def _rollback(self) -> None:
+            try:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite may have rolled back itself (e.g. after SQLITE_FULL)
+                pass
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if self.conn.in_transaction:  # a write inside another write of this thread: leave the outer one alone
+                raise StoreError(f"cannot {self.doing} inside another write transaction on {self.store.path} "
+                                 "(a bug in the caller)")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as err:
+                self._rollback()
+                raise self.store.explain(err, self.doing) from err
             return self.conn
 
-        def __exit__(self, exc_type, exc, tb) -> None:
+        def __exit__(self, exc_type, exc, tb) -> bool:
             if exc_type is None:
-                self.conn.execute("COMMIT")
-            else:
-                self.conn.execute("ROLLBACK")
+                try:
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as err:
+                    self._rollback()
+                    raise self.store.explain(err, self.doing) from err
+                return False
+            self._rollback()
+            if isinstance(exc, (sqlite3.OperationalError, UnicodeError)) or (
+                    isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError)):
+                raise self.store.explain(exc, self.doing) from exc
+            return False
 
-    def _write(self) -> "Store._Tx":
+    def _write(self, doing: str = "write to the store") -> "Store._Tx":
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front (waits up to busy_timeout)."""
-        return Store._Tx(self._conn)
+        return Store._Tx(self, doing)
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
             return self._conn.execute(sql, tuple(params)).fetchall()
-        except sqlite3.DatabaseError as err:
-            raise StoreError(f"reading {self.path} failed: {err}") from err
+        except sqlite3.Error as err:
+            raise self.explain(err, "read the store") from err
 
     def close(self) -> None:
         """Close every connection this store opened (from any thread)."""
@@ -375,24 +497,33 @@ class Store:
         """Add a comparison item (or find the identical one already stored); returns its id."""
         # role and content, plus the fields a chat template renders (tool calls, tool-result ids, names,
         # reasoning) when a turn has them, so `export` gives back the conversation the model was shown
-        prompt = [{"role": str(m["role"]), "content": str(m["content"] or ""),
-                   **{k: m[k] for k in TEMPLATE_FIELDS if m.get(k) not in (None, "", [])}} for m in prompt]
+        prompt = clean([{"role": str(m["role"]), "content": str(m["content"] or ""),
+                         **{k: m[k] for k in TEMPLATE_FIELDS if m.get(k) not in (None, "", [])}} for m in prompt])
+        response_a, response_b, source_a, source_b, origin = (clean_text(x) for x in (response_a, response_b, source_a,
+                                                                                      source_b, origin))
         key = item_key(prompt, response_a, response_b, source_a, source_b)
-        with self._write() as c:
+        with self._write("add a label item") as c:
             row = c.execute("SELECT id FROM label_items WHERE item_key = ?", (key,)).fetchone()
             if row:
                 return int(row[0])
             cur = c.execute(
                 "INSERT INTO label_items(item_key, prompt_json, response_a, response_b, source_a, source_b, origin, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, json.dumps(prompt, ensure_ascii=False), response_a, response_b, source_a, source_b, origin,
+                (key, _dumps(prompt), response_a, response_b, source_a, source_b, origin,
                  now_iso()),
             )
             return int(cur.lastrowid)
 
-    def label_items(self) -> list[dict]:
-        rows = self._query("SELECT * FROM label_items ORDER BY id")
+    def label_items(self, after_id: int = 0) -> list[dict]:
+        """Label items (those with an id above `after_id`), oldest first."""
+        rows = self._query("SELECT * FROM label_items WHERE id > ? ORDER BY id", (int(after_id),))
         return [_item_dict(r) for r in rows]
+
+    def unlabelable_item_ids(self) -> set[int]:
+        """Items nobody can judge: forgotten on request (tombstoned) or with the same text on both sides."""
+        rows = self._query("SELECT id FROM label_items WHERE response_a = response_b OR response_a = ? "
+                           "OR response_b = ?", (FORGOTTEN, FORGOTTEN))
+        return {int(r[0]) for r in rows}
 
     def label_item_ids(self) -> list[int]:
         return [int(r[0]) for r in self._query("SELECT id FROM label_items ORDER BY id")]
@@ -405,27 +536,40 @@ class Store:
 
     def add_vote(self, item_id: int, annotator: str, verdict: str, shown_order: str,
                  ratings: dict | None = None, reason: str | None = None) -> int:
-        """Append one vote (verdict relative to the STORED a/b); committed to disk when this returns."""
+        """Append one vote (verdict relative to the STORED a/b); committed to disk when this returns.
+
+        One annotator has one vote per item that counts: their latest active one (an earlier one is
+        `superseded`, kept in the table, and comes back if the later one is undone). The same vote sent
+        again while it is the annotator's current vote on the item (a double click, a retried request)
+        is not stored twice: its id is returned."""
         if verdict not in VERDICTS:
             raise StoreError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
         if shown_order not in SHOWN_ORDERS:
             raise StoreError(f"shown_order {shown_order!r} is not one of {', '.join(SHOWN_ORDERS)}")
+        annotator = clean_text(str(annotator or "")).strip()
         if not annotator:
             raise StoreError("a vote needs an annotator id")
-        with self._write() as c:
+        ratings_json, reason = _dumps(ratings or {}, sort_keys=True), clean_text(reason) or None
+        with self._write("save a vote") as c:
             if not c.execute("SELECT 1 FROM label_items WHERE id = ?", (item_id,)).fetchone():
                 raise StoreError(f"no label item with id {item_id} in {self.path}")
+            current = c.execute(
+                "SELECT v.id, v.verdict, v.shown_order, v.ratings_json, v.reason FROM votes v LEFT JOIN "
+                "vote_retractions r ON r.vote_id = v.id WHERE v.item_id = ? AND v.annotator = ? AND r.vote_id IS NULL "
+                "ORDER BY v.id DESC LIMIT 1", (item_id, annotator)).fetchone()
+            if current is not None and tuple(current)[1:] == (verdict, shown_order, ratings_json, reason):
+                return int(current[0])  # the same vote again: counted once
             cur = c.execute(
                 "INSERT INTO votes(item_id, annotator, verdict, shown_order, ratings_json, reason, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (item_id, annotator, verdict, shown_order, json.dumps(ratings or {}, sort_keys=True), reason or None,
-                 now_iso()),
+                (item_id, annotator, verdict, shown_order, ratings_json, reason, now_iso()),
             )
             return int(cur.lastrowid)
 
     def retract_last_vote(self, annotator: str) -> int | None:
-        """Undo: mark the annotator's latest active vote retracted; returns its id (None if nothing to undo)."""
-        with self._write() as c:
+        """Undo: mark the annotator's latest active vote retracted; returns its id (None if nothing to undo).
+        A vote it had superseded on the same item counts again."""
+        with self._write("undo a vote") as c:
             row = c.execute(
                 "SELECT v.id FROM votes v LEFT JOIN vote_retractions r ON r.vote_id = v.id "
                 "WHERE v.annotator = ? AND r.vote_id IS NULL ORDER BY v.id DESC LIMIT 1",
@@ -436,9 +580,16 @@ class Store:
             c.execute("INSERT INTO vote_retractions(vote_id, retracted_at) VALUES (?, ?)", (row[0], now_iso()))
             return int(row[0])
 
+    # A vote counts when it is not retracted and no later unretracted vote of the same annotator on the same
+    # item exists (the annotator's current vote on the item).
+    _CURRENT_VOTES = ("SELECT MAX(v2.id) FROM votes v2 LEFT JOIN vote_retractions r2 ON r2.vote_id = v2.id "
+                      "WHERE r2.vote_id IS NULL GROUP BY v2.item_id, v2.annotator")
+
     def votes(self, include_retracted: bool = True, vote_id: int | None = None) -> list[dict]:
-        """Every vote row (or just `vote_id`) joined with its item; `retracted` tells undone ones apart."""
-        conditions = [] if include_retracted else ["r.vote_id IS NULL"]
+        """Every vote row (or just `vote_id`) joined with its item; `retracted` tells undone ones apart and
+        `superseded` those replaced by a later vote of the same annotator on the same item. Without
+        `include_retracted`, only the votes that count: neither retracted nor superseded."""
+        conditions = [] if include_retracted else ["r.vote_id IS NULL", f"v.id IN ({self._CURRENT_VOTES})"]
         params: tuple = ()
         if vote_id is not None:
             conditions.append("v.id = ?")
@@ -447,13 +598,15 @@ class Store:
         rows = self._query(
             "SELECT v.id AS vote_id, v.item_id, v.annotator, v.verdict, v.shown_order, v.ratings_json, v.reason, "
             "v.created_at, r.retracted_at, i.prompt_json, i.response_a, i.response_b, i.source_a, i.source_b, "
-            "i.origin FROM votes v JOIN label_items i ON i.id = v.item_id "
+            f"i.origin, (r.vote_id IS NULL AND v.id NOT IN ({self._CURRENT_VOTES})) AS superseded "
+            "FROM votes v JOIN label_items i ON i.id = v.item_id "
             f"LEFT JOIN vote_retractions r ON r.vote_id = v.id {where} ORDER BY v.id", params
         )
         return [_vote_dict(r) for r in rows]
 
     def active_votes(self) -> list[dict]:
-        """Votes not undone, with their items; verdicts relative to the stored a/b (see `shown_order`)."""
+        """The votes that count: each annotator's current (latest, not undone) vote per item, with its item;
+        verdicts relative to the stored a/b (see `shown_order`)."""
         return self.votes(include_retracted=False)
 
     def annotator_item_ids(self, annotator: str) -> set[int]:
@@ -466,10 +619,10 @@ class Store:
         return {int(r[0]) for r in rows}
 
     def completed_counts(self) -> dict[int, int]:
-        """item id -> number of active non-skip votes (how many annotators judged it)."""
+        """item id -> number of annotators whose current vote on it is a judgment (not a skip)."""
         rows = self._query(
-            "SELECT v.item_id, COUNT(DISTINCT v.annotator) FROM votes v LEFT JOIN vote_retractions r "
-            "ON r.vote_id = v.id WHERE r.vote_id IS NULL AND v.verdict != 'skip' GROUP BY v.item_id"
+            "SELECT v.item_id, COUNT(DISTINCT v.annotator) FROM votes v "
+            f"WHERE v.id IN ({self._CURRENT_VOTES}) AND v.verdict != 'skip' GROUP BY v.item_id"
         )
         return {int(r[0]): int(r[1]) for r in rows}
 
@@ -478,13 +631,14 @@ class Store:
     def log_interaction(self, conversation_id: str, model: str, messages: list[dict], response: str,
                         params: dict | None = None, usage: dict | None = None) -> int:
         """Record one served chat request and its response; returns the interaction id."""
-        with self._write() as c:
+        conversation_id, model, response = clean_text(str(conversation_id)), clean_text(str(model)), clean_text(response)
+        with self._write("log an interaction") as c:
             cur = c.execute(
                 "INSERT INTO interactions(conversation_id, model, messages_json, response, params_json, usage_json, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (str(conversation_id), str(model), json.dumps(messages, ensure_ascii=False), response,
-                 json.dumps(params or {}, ensure_ascii=False, default=str),
-                 json.dumps(usage or {}, ensure_ascii=False, default=str), now_iso()),
+                (str(conversation_id), str(model), _dumps(messages), response,
+                 _dumps(params or {}, default=str),
+                 _dumps(usage or {}, default=str), now_iso()),
             )
             return int(cur.lastrowid)
 
@@ -501,19 +655,21 @@ class Store:
         if kind == "choice":
             if other_interaction_id is None:
                 raise StoreError("choice feedback needs other_interaction_id (the interaction it was compared with)")
+            if other_interaction_id == interaction_id:
+                raise StoreError(f"choice feedback compares two different interactions; both ids are {interaction_id}")
             allowed = ("this", "other", interaction_id, other_interaction_id,
                        str(interaction_id), str(other_interaction_id))
-            if value not in allowed:
+            if isinstance(value, bool) or value not in allowed:
                 raise StoreError(f"choice feedback value must be 'this', 'other', {interaction_id} or "
                                  f"{other_interaction_id}, got {value!r}")
-        with self._write() as c:
+        with self._write("save feedback") as c:
             for iid in (interaction_id, other_interaction_id):
                 if iid is not None and not c.execute("SELECT 1 FROM interactions WHERE id = ?", (iid,)).fetchone():
                     raise StoreError(f"no interaction with id {iid} in {self.path}")
             cur = c.execute(
                 "INSERT INTO feedback(interaction_id, kind, value_json, annotator, other_interaction_id, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (interaction_id, kind, json.dumps(value), annotator, other_interaction_id, now_iso()),
+                (interaction_id, kind, _dumps(value), clean_text(annotator), other_interaction_id, now_iso()),
             )
             return int(cur.lastrowid)
 
@@ -558,15 +714,18 @@ class Store:
     # ------------------------------------------------------------------ model versions (registry)
 
     def add_model_version(self, name: str, path: str, parent_id: int | None = None, metrics: dict | None = None,
-                          meta: dict | None = None, status: str = "candidate", version: str | None = None) -> int:
+                          meta: dict | None = None, status: str = "candidate", version: str | None = None,
+                          alias: str | None = None, alias_note: str | None = None) -> int:
         """Register a model version with its lineage (parent) and metrics; its first status event is `status`.
 
         `version` is the tag within `name` (the user's own, unique per name); None numbers it v1, v2, ...
-        (one more than the highest vN of that name), chosen inside the transaction so concurrent
-        registrations never get the same tag. Raises StoreError for a taken tag or a missing parent."""
+        (one more than the highest vN of that name; versions are never deleted, so a number is never given
+        twice), chosen inside the transaction so concurrent registrations never get the same tag. `alias`
+        (e.g. "candidate") is pointed at the new version in the same transaction: a crash leaves neither
+        or both. Raises StoreError for a taken tag or a missing parent."""
         if status not in MODEL_STATUSES:
             raise StoreError(f"model status {status!r} is not one of {', '.join(MODEL_STATUSES)}")
-        with self._write() as c:
+        with self._write("register a model version") as c:
             if parent_id is not None and not c.execute("SELECT 1 FROM model_versions WHERE id = ?",
                                                        (parent_id,)).fetchone():
                 raise StoreError(f"no model version with id {parent_id} in {self.path}")
@@ -581,12 +740,14 @@ class Store:
             cur = c.execute(
                 "INSERT INTO model_versions(name, version, path, parent_id, metrics_json, meta_json, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, version, str(path), parent_id, json.dumps(metrics or {}, default=str),
-                 json.dumps(meta or {}, default=str), created),
+                (name, version, str(path), parent_id, _dumps(metrics or {}, default=str),
+                 _dumps(meta or {}, default=str), created),
             )
             version_id = int(cur.lastrowid)
             c.execute("INSERT INTO model_events(version_id, status, note, created_at) VALUES (?, ?, ?, ?)",
                       (version_id, status, None, created))
+            if alias is not None:
+                self._move_alias_in(c, name, alias, "set", version_id, alias_note, False, False)
             return version_id
 
     def set_model_status(self, version_id: int, status: str, note: str | None = None,
@@ -595,7 +756,7 @@ class Store:
         `detail`; the latest status event is the version's status. Returns the event id."""
         if status not in MODEL_EVENT_KINDS:
             raise StoreError(f"model event {status!r} is not one of {', '.join(MODEL_EVENT_KINDS)}")
-        with self._write() as c:
+        with self._write("record a model event") as c:
             if not c.execute("SELECT 1 FROM model_versions WHERE id = ?", (version_id,)).fetchone():
                 raise StoreError(f"no model version with id {version_id} in {self.path}")
             return self._add_event(c, version_id, status, note, detail)
@@ -605,7 +766,7 @@ class Store:
                    created: str | None = None) -> int:
         cur = c.execute("INSERT INTO model_events(version_id, status, note, detail_json, created_at) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (version_id, status, note, json.dumps(detail or {}, default=str), created or now_iso()))
+                        (version_id, status, note, _dumps(detail or {}, default=str), created or now_iso()))
         return int(cur.lastrowid)
 
     def model_versions(self, name: str | None = None, until: str | None = None) -> list[dict]:
@@ -682,45 +843,50 @@ class Store:
         "champion" the versions also get status events (new: promoted; old: retired, or rejected on a
         rollback), in the same transaction.
         """
+        with self._write("move an alias") as c:
+            return self._move_alias_in(c, name, alias, action, version_id, note, forced, expect_version_id)
+
+    def _move_alias_in(self, c: sqlite3.Connection, name: str, alias: str, action: str, version_id: int | None,
+                       note: str | None, forced: bool, expect_version_id: int | None | bool) -> dict:
+        """`move_alias` inside the caller's write transaction."""
         if action not in ALIAS_ACTIONS:
             raise StoreError(f"alias action {action!r} is not one of {', '.join(ALIAS_ACTIONS)}")
-        with self._write() as c:
-            rows = c.execute("SELECT * FROM model_aliases WHERE name = ? AND alias = ? ORDER BY id",
-                             (name, alias)).fetchall()
-            stack = alias_stack([dict(r) for r in rows])
-            current = stack[-1] if stack else None
-            if expect_version_id is not False and expect_version_id != current:
-                raise StoreError(f"{name}@{alias} moved while this command ran (another process changed it to "
-                                 f"version id {current}); nothing was written: look with `prefloop models list "
-                                 f"--name {name}` and run the command again")
-            if action == "set":
-                row = c.execute("SELECT name FROM model_versions WHERE id = ?", (version_id,)).fetchone()
-                if row is None or row[0] != name:
-                    raise StoreError(f"no version with id {version_id} under the name {name!r} in {self.path}")
-                if version_id == current:
-                    raise StoreError(f"{name}@{alias} already points to that version; nothing to do")
-                target = version_id
-            elif action == "rollback":
-                if len(stack) < 2:
-                    raise StoreError(f"{name}@{alias} has no previous version to roll back to "
-                                     f"({'it was never set' if not stack else 'it was set only once'})")
-                target = stack[-2]
-            else:
-                if current is None:
-                    raise StoreError(f"{name}@{alias} is not set; nothing to remove")
-                target = None
-            created = now_iso()
-            cur = c.execute("INSERT INTO model_aliases(name, alias, action, version_id, note, forced, created_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (name, alias, action, target, note, int(forced), created))
-            if alias == "champion":
-                if current is not None:
-                    self._add_event(c, current, "rejected" if action == "rollback" else "retired",
-                                    f"{action}: {alias} moved away", None, created)
-                if target is not None:
-                    self._add_event(c, target, "promoted", f"{action}: {alias}" + (" (forced)" if forced else ""),
-                                    {"forced": forced} if forced else None, created)
-            return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
+        rows = c.execute("SELECT * FROM model_aliases WHERE name = ? AND alias = ? ORDER BY id",
+                         (name, alias)).fetchall()
+        stack = alias_stack([dict(r) for r in rows])
+        current = stack[-1] if stack else None
+        if expect_version_id is not False and expect_version_id != current:
+            raise StoreError(f"{name}@{alias} moved while this command ran (another process changed it to "
+                             f"version id {current}); nothing was written: look with `prefloop models list "
+                             f"--name {name}` and run the command again")
+        if action == "set":
+            row = c.execute("SELECT name FROM model_versions WHERE id = ?", (version_id,)).fetchone()
+            if row is None or row[0] != name:
+                raise StoreError(f"no version with id {version_id} under the name {name!r} in {self.path}")
+            if version_id == current:
+                raise StoreError(f"{name}@{alias} already points to that version; nothing to do")
+            target = version_id
+        elif action == "rollback":
+            if len(stack) < 2:
+                raise StoreError(f"{name}@{alias} has no previous version to roll back to "
+                                 f"({'it was never set' if not stack else 'it was set only once'})")
+            target = stack[-2]
+        else:
+            if current is None:
+                raise StoreError(f"{name}@{alias} is not set; nothing to remove")
+            target = None
+        created = now_iso()
+        cur = c.execute("INSERT INTO model_aliases(name, alias, action, version_id, note, forced, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (name, alias, action, target, note, int(forced), created))
+        if alias == "champion":
+            if current is not None:
+                self._add_event(c, current, "rejected" if action == "rollback" else "retired",
+                                f"{action}: {alias} moved away", None, created)
+            if target is not None:
+                self._add_event(c, target, "promoted", f"{action}: {alias}" + (" (forced)" if forced else ""),
+                                {"forced": forced} if forced else None, created)
+        return {"version_id": target, "previous_id": current, "event_id": int(cur.lastrowid)}
 
     # ------------------------------------------------------------------ online loop (iterations and steps)
 
@@ -729,7 +895,7 @@ class Store:
 
         An iteration is finished when its "promote" step is recorded. One transaction, so two loop
         processes never open two iterations at once. Returns {"id", "name", "number", "created_at"}."""
-        with self._write() as c:
+        with self._write("open a loop iteration") as c:
             row = c.execute("SELECT * FROM loop_iterations WHERE name = ? ORDER BY number DESC LIMIT 1",
                             (name,)).fetchone()
             if row is not None and not c.execute("SELECT 1 FROM loop_steps WHERE iteration_id = ? AND step = "
@@ -738,7 +904,7 @@ class Store:
             number = (row["number"] if row else 0) + 1
             created = now_iso()
             cur = c.execute("INSERT INTO loop_iterations(name, number, config_json, created_at) VALUES (?, ?, ?, ?)",
-                            (name, number, json.dumps(config or {}, default=str), created))
+                            (name, number, _dumps(config or {}, default=str), created))
             return {"id": int(cur.lastrowid), "name": name, "number": number, "created_at": created}
 
     def loop_iterations(self, name: str) -> list[dict]:
@@ -756,10 +922,10 @@ class Store:
         """Record `step` of an iteration as done with its inputs and outputs (once: a second record of the same
         step raises StoreError, so a step can never be counted twice)."""
         try:
-            with self._write() as c:
+            with self._write("record a loop step") as c:
                 c.execute("INSERT INTO loop_steps(iteration_id, step, inputs_json, outputs_json, created_at) "
-                          "VALUES (?, ?, ?, ?, ?)", (iteration_id, step, json.dumps(inputs, default=str),
-                                                     json.dumps(outputs, default=str), now_iso()))
+                          "VALUES (?, ?, ?, ?, ?)", (iteration_id, step, _dumps(inputs, default=str),
+                                                     _dumps(outputs, default=str), now_iso()))
         except sqlite3.IntegrityError as err:
             raise StoreError(f"loop step {step!r} of iteration id {iteration_id} is already recorded") from err
 
@@ -772,25 +938,26 @@ class Store:
         "import_key", and a completion whose key is already in the store is not logged again (returns None).
         `feedback` holds (kind, choice index, value, other choice index or None); a choice feedback's value is
         the index of the preferred choice. Returns the new interaction ids."""
-        with self._write() as c:
+        with self._write("import interactions") as c:
             if c.execute("SELECT 1 FROM interactions WHERE json_extract(params_json, '$.import_key') = ? LIMIT 1",
                          (key,)).fetchone():
                 return None
             created, ids = now_iso(), []
-            for text in responses:
+            conversation_id, model = clean_text(str(conversation_id)), clean_text(str(model))
+            for text in map(clean_text, responses):
                 cur = c.execute(
                     "INSERT INTO interactions(conversation_id, model, messages_json, response, params_json, "
                     "usage_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (str(conversation_id), str(model), json.dumps(messages, ensure_ascii=False), text,
-                     json.dumps({**params, "import_key": key}, ensure_ascii=False, default=str),
-                     json.dumps(usage, ensure_ascii=False, default=str), created))
+                    (str(conversation_id), str(model), _dumps(messages), text,
+                     _dumps({**params, "import_key": key}, default=str),
+                     _dumps(usage, default=str), created))
                 ids.append(int(cur.lastrowid))
             for kind, index, value, other in feedback:
                 other_id = ids[other] if other is not None else None
                 stored = ids[value] if kind == "choice" else value
                 c.execute("INSERT INTO feedback(interaction_id, kind, value_json, annotator, other_interaction_id, "
                           "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                          (ids[index], kind, json.dumps(stored), None, other_id, created))
+                          (ids[index], kind, _dumps(stored), None, other_id, created))
             return ids
 
     # ------------------------------------------------------------------ forgetting a conversation (privacy)
@@ -806,7 +973,7 @@ class Store:
         pages so the old text does not linger in the file."""
         self._conn.execute("PRAGMA secure_delete = ON")
         tombstone = json.dumps([{"role": "user", "content": FORGOTTEN}])
-        with self._write() as c:
+        with self._write("forget a conversation") as c:
             c.execute("DROP TRIGGER interactions_no_update")
             cur = c.execute("UPDATE interactions SET messages_json = ?, response = ?, params_json = '{}' "
                             "WHERE conversation_id = ?", (tombstone, FORGOTTEN, str(conversation_id)))
@@ -816,8 +983,15 @@ class Store:
             c.execute("CREATE TRIGGER interactions_no_update BEFORE UPDATE ON interactions "
                       "BEGIN SELECT RAISE(ABORT, 'interactions is append-only'); END;")
             c.execute("INSERT INTO forget_events(conversation_id, interactions, detail_json, created_at) "
-                      "VALUES (?, ?, ?, ?)", (str(conversation_id), cur.rowcount, json.dumps(detail or {}), now_iso()))
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held the old pages too
+                      "VALUES (?, ?, ?, ?)", (str(conversation_id), cur.rowcount, _dumps(detail or {}), now_iso()))
+        # the WAL held the old pages too: copy it into the file and empty it. TRUNCATE waits (busy_timeout) for
+        # readers of older snapshots; if one stays, the old text may still be in the WAL: say so, never pretend
+        busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if busy:
+            raise StoreError(f"conversation {conversation_id} is forgotten in {self.path}, but another process kept "
+                             f"reading an older state of the store, so its old text may remain in "
+                             f"{self.path.name}-wal until the next checkpoint; run the same forget command again "
+                             "when that process is done (it is safe to repeat)")
         return cur.rowcount
 
     def forgotten_conversations(self) -> set[str]:
@@ -849,6 +1023,18 @@ def _split_sql(script: str) -> list[str]:
     if current:
         raise ValueError("incomplete SQL statement in schema: " + "\n".join(current))
     return statements
+
+
+def preferred_interaction(feedback: dict) -> int:
+    """The interaction id a "choice" feedback row (as `Store.feedback()` gives it) prefers. Its value may be
+    "this", "other", or either interaction id as a number or as text ("12" is interaction 12, not "other")."""
+    value, this, other = feedback["value"], feedback["interaction_id"], feedback["other_interaction_id"]
+    if value == "this" or (not isinstance(value, bool) and str(value) == str(this)):
+        return int(this)
+    if value == "other" or (not isinstance(value, bool) and str(value) == str(other)):
+        return int(other)
+    raise StoreError(f"feedback {feedback.get('id')}: choice value {value!r} names neither interaction {this} "
+                     f"nor {other}")
 
 
 def alias_stack(events: list[dict]) -> list[int]:
@@ -894,7 +1080,7 @@ def _vote_dict(r: sqlite3.Row) -> dict:
             "source_b": r["source_b"], "origin": r["origin"], "verdict": r["verdict"],
             "shown_order": r["shown_order"], "ratings": json.loads(r["ratings_json"]), "reason": r["reason"],
             "annotator": r["annotator"], "created_at": r["created_at"], "retracted": r["retracted_at"] is not None,
-            "retracted_at": r["retracted_at"]}
+            "retracted_at": r["retracted_at"], "superseded": bool(r["superseded"])}
 
 
 def _interaction_dict(r: sqlite3.Row) -> dict:

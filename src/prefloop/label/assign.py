@@ -1,7 +1,9 @@
 """Which item an annotator sees next, and in which order its two responses are shown.
 
 Rules: an item is complete once `overlap` different annotators judged it (skips do not count);
-an annotator never gets an item they already hold a vote on (an undone vote frees the item again);
+an annotator never gets an item they already hold a vote on (an undone vote frees the item again),
+nor another item asking the same comparison (the same prompt and responses, in either order, e.g.
+loaded from two files); items forgotten on request or with one text on both sides are never shown;
 items already started by others come first, so items complete instead of all staying half-done;
 among equals the order is a per-annotator shuffle fixed by the seed. An item being shown to someone
 is reserved for a while so that concurrent annotators do not all pile onto the same last slot.
@@ -35,6 +37,21 @@ class Assigner:
         self.seed = seed
         self._lock = threading.Lock()
         self._reserved: dict[int, dict[str, float]] = {}  # item id -> annotator -> reserved until
+        self._keys: dict[int, str] = {}  # item id -> content_key (items only grow; a forgotten one is excluded)
+
+    def _content_keys(self) -> dict[int, str]:
+        """item id -> the comparison it asks for (`label.stats.content_key`), read once per new item."""
+        from prefloop.label.stats import content_key
+
+        for item in self.store.label_items(after_id=max(self._keys, default=0)):
+            self._keys[item["id"]] = content_key(item["prompt"], item["response_a"], item["response_b"])
+        return self._keys
+
+    def _excluded(self, annotator: str, mine: set[int]) -> set[int]:
+        """Items not to show `annotator`: unlabelable ones, and duplicates of the comparisons they judged."""
+        keys = self._content_keys()
+        judged = {keys[i] for i in mine if i in keys}
+        return self.store.unlabelable_item_ids() | {i for i, k in keys.items() if k in judged and i not in mine}
 
     def _others_reserving(self, item_id: int, annotator: str, now: float) -> int:
         holders = self._reserved.get(item_id, {})
@@ -47,11 +64,12 @@ class Assigner:
             mine = self.store.annotator_item_ids(annotator)
             done = self.store.completed_counts()
             ids = self.store.label_item_ids()
+            skip = self._excluded(annotator, mine)
             rng = random.Random(f"{self.seed}:{annotator}")
             rng.shuffle(ids)
             open_items = []
             for position, item_id in enumerate(ids):
-                if item_id in mine or item_id in exclude:
+                if item_id in mine or item_id in exclude or item_id in skip:
                     continue
                 taken = done.get(item_id, 0) + self._others_reserving(item_id, annotator, now)
                 if taken < self.overlap:
@@ -82,6 +100,8 @@ class Assigner:
         done = self.store.completed_counts()
         ids = self.store.label_item_ids()
         mine = self.store.annotator_item_ids(annotator)
+        with self._lock:
+            skip = self._excluded(annotator, mine)
         complete = sum(1 for n in done.values() if n >= self.overlap)
-        left = sum(1 for i in ids if i not in mine and done.get(i, 0) < self.overlap)
+        left = sum(1 for i in ids if i not in mine and i not in skip and done.get(i, 0) < self.overlap)
         return {"mine": len(mine), "left": left, "complete": complete, "total": len(ids), "overlap": self.overlap}

@@ -1,10 +1,16 @@
 """Store -> training pairs in the seed's format: majority vote per item, with every left-out item counted.
 
-Per item, each annotator's latest active non-skip vote counts. The majority verdict wins; a tie for
+The file is written whole or not at all (a temporary file renamed over OUT) and holds the whole store's
+resolved votes each time: exporting twice gives the same file, never pairs appended twice.
+
+Per item, each annotator's latest active vote counts (a skip judges nothing; a vote sent twice counts once). The majority verdict wins; a tie for
 the top verdict is a conflict without majority and is left out. `agreement` is the majority's share
 of the item's votes; items below `--min-agreement` are left out. An item whose verdict is "tie" is
 written only with `--include-ties` (marked `"tie": true`, chosen = stored A); "both bad" and skip-only
-items are never training pairs. Items where annotators disagreed are reported as conflicts.
+items are never training pairs. Items where annotators disagreed are reported as conflicts. Items that
+ask for the same comparison (the same prompt and responses, stored in either order) are one item, their
+votes mapped onto its order. Held-out eval items (`prefloop eval winrate --human-db`), forgotten ones
+and items whose two responses are the same text are no training data: left out and counted.
 
 Each pair carries provenance: `annotators`, `votes` (verdict counts relative to the written
 chosen/rejected), `agreement`, `label_item`, the sources of chosen and rejected; and `dimensions`
@@ -20,8 +26,8 @@ from pathlib import Path
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError
-from prefloop.label.stats import judgments
-from prefloop.store import Store
+from prefloop.label.stats import canonical_votes, judgments
+from prefloop.store import FORGOTTEN, Store
 
 
 @dataclass
@@ -31,6 +37,7 @@ class ExportReport:
     ties_written: int = 0
     left_out: Counter = field(default_factory=Counter)  # reason -> items
     conflicts: list[dict] = field(default_factory=list)  # items where annotators disagreed
+    merged: dict[int, int] = field(default_factory=dict)  # item -> the item asking the same comparison it joined
 
     def summary(self) -> str:
         out = [f"{self.items} voted items -> {self.written} pairs written"
@@ -47,6 +54,17 @@ class ExportReport:
             if len(self.conflicts) > 10:
                 out.append(f"  ... and {len(self.conflicts) - 10} more")
         return "\n".join(out)
+
+
+EVAL_ORIGIN_PREFIX = "eval-winrate:"  # = prefloop.evaluate.winrate.ORIGIN_PREFIX (not imported: label knows no eval)
+
+# Items whose votes are no training data, each left out and counted under its reason.
+_NOT_TRAINING_DATA = (
+    ("held-out eval items (prefloop eval winrate --human-db)",
+     lambda v: str(v.get("origin") or "").startswith(EVAL_ORIGIN_PREFIX)),
+    ("forgotten on request", lambda v: FORGOTTEN in (v.get("response_a"), v.get("response_b"))),
+    ("identical responses", lambda v: v.get("response_a") is not None and v.get("response_a") == v.get("response_b")),
+)
 
 
 def _mean_ratings(votes: list[dict], chosen_side: str) -> dict | None:
@@ -67,11 +85,23 @@ def resolve(votes: list[dict], min_agreement: float = 0.0,
             include_ties: bool = False) -> tuple[list[PreferencePair], ExportReport]:
     """Majority resolution of active votes into pairs; the report counts everything left out."""
     report = ExportReport()
+    votes = [v for v in votes if not v.get("retracted") and not v.get("superseded")]  # undone or replaced: no vote
+    for reason, test in _NOT_TRAINING_DATA:
+        left = {v["item_id"] for v in votes if test(v)}
+        if left:
+            report.left_out[reason] += len(left)
+        votes = [v for v in votes if v["item_id"] not in left]
+    votes = canonical_votes(votes)  # the same comparison stored twice (X-vs-Y and Y-vs-X) is one item
+    report.merged = {v["merged_from"]: v["item_id"] for v in votes if "merged_from" in v}
+    merged = set(report.merged)
+    if merged:
+        report.left_out["merged into an item asking the same comparison (their votes count there)"] += len(merged)
     by_item: dict[int, list[dict]] = defaultdict(list)
     for vote in votes:
         by_item[vote["item_id"]].append(vote)
     table = judgments(votes)
     pairs = []
+    report.items = sum(report.left_out.values())  # the items left out above were voted items too
     for item_id in sorted(by_item):
         report.items += 1
         item_votes = by_item[item_id]
@@ -138,7 +168,37 @@ def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: 
     with Store(db) as store:
         votes = store.active_votes()
     pairs, report = resolve(votes, min_agreement=min_agreement, include_ties=include_ties)
-    write_seed_jsonl(pairs, out)
+    try:
+        write_atomically(out, lambda tmp: write_seed_jsonl(pairs, tmp))
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write it ({err.strerror or err}); nothing was written. Give a file "
+                          "path in a writable folder") from err
     print(report.summary())
-    print(f"wrote {out}")
+    print(f"wrote {out} (the whole store's resolved votes; exporting again replaces the file, it never appends)")
     return 0
+
+
+def write_atomically(out: str | Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file next to `out`, flush it to disk, then rename it over `out`:
+    a reader (or a crash) sees the old file or the whole new one, never half of it."""
+    import os
+    import tempfile
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

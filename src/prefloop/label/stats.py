@@ -1,8 +1,9 @@
 """Labeling statistics: votes per annotator, tie / both-bad / skip rates, position bias, agreement.
 
-Pure functions over the store's `active_votes()` rows (verdicts relative to the stored a/b, plus the
-`shown_order`). Agreement uses the judged categories a / b / tie / both_bad (skips are not judgments);
-when an annotator has several active votes on an item, the latest counts.
+Pure functions over the store's vote rows (verdicts relative to the stored a/b, plus the
+`shown_order`); undone and replaced votes are counted apart and judged nowhere. Agreement uses the
+judged categories a / b / tie / both_bad (skips are not judgments); when an annotator has several
+active votes on an item, the latest counts.
 
 - Position bias: of the decisive votes (a or b), the share won by the response shown on the LEFT
   (as "A"). 0.5 is unbiased.
@@ -12,6 +13,7 @@ when an annotator has several active votes on an item, the latest counts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from itertools import combinations
@@ -20,15 +22,57 @@ from prefloop.stats import cohen_kappa, fleiss_kappa
 from prefloop.store import Store
 
 CATEGORIES = ("a", "b", "tie", "both_bad")
+_SWAP = {"a": "b", "b": "a", "ab": "ba", "ba": "ab"}
+
+
+def content_key(prompt: list[dict], response_a: str, response_b: str) -> str:
+    """The comparison an item asks for, whatever order its two responses are stored in: the same prompt and
+    the same two responses (as X-vs-Y or Y-vs-X, from any file or source) give the same key."""
+    blob = json.dumps([prompt, sorted([response_a, response_b])], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def canonical_votes(votes: list[dict]) -> list[dict]:
+    """Votes on items that ask for the same comparison (`content_key`) as votes on one item: the lowest item
+    id, in its stored orientation. A vote on a flipped duplicate has its verdict (a <-> b), shown order and
+    ratings flipped with it, so "the left response won" and "response X won" stay true; the item's own id
+    is kept as `merged_from`. Rows without item texts (hand-made tables) are returned as they are."""
+    first: dict[str, dict] = {}
+    for v in sorted(votes, key=lambda v: v["item_id"]):
+        if v.get("response_a") is not None and v.get("response_b") is not None:
+            first.setdefault(content_key(v.get("prompt") or [], v["response_a"], v["response_b"]), v)
+    out = []
+    for v in votes:
+        if v.get("response_a") is None or v.get("response_b") is None:
+            out.append(v)
+            continue
+        c = first[content_key(v.get("prompt") or [], v["response_a"], v["response_b"])]
+        if c["item_id"] == v["item_id"]:
+            out.append(v)
+            continue
+        moved = {**v, "merged_from": v["item_id"], **{k: c.get(k) for k in ("item_id", "prompt", "response_a",
+                                                                            "response_b", "source_a", "source_b",
+                                                                            "origin")}}
+        if v["response_a"] != c["response_a"]:  # stored the other way round
+            moved["verdict"] = _SWAP.get(v["verdict"], v["verdict"])
+            moved["shown_order"] = _SWAP.get(v["shown_order"], v["shown_order"])
+            moved["ratings"] = {dim: {_SWAP[side]: x for side, x in by_side.items()}
+                                for dim, by_side in (v.get("ratings") or {}).items()}
+        out.append(moved)
+    return out
 
 
 def judgments(votes: list[dict]) -> dict[int, dict[str, str]]:
-    """item id -> annotator -> verdict (latest active non-skip vote)."""
-    table: dict[int, dict[str, str]] = defaultdict(dict)
+    """item id -> annotator -> verdict: each annotator's latest active vote on the item, unless it is a skip
+    (a skip after a judgment withdraws it; undone and replaced rows are ignored)."""
+    latest: dict[tuple[int, str], str] = {}
     for vote in sorted(votes, key=lambda v: (v.get("created_at") or "", v.get("vote_id") or 0)):
-        if vote["verdict"] == "skip":
-            continue
-        table[vote["item_id"]][vote["annotator"]] = vote["verdict"]
+        if not vote.get("retracted") and not vote.get("superseded"):
+            latest[(vote["item_id"], vote["annotator"])] = vote["verdict"]
+    table: dict[int, dict[str, str]] = defaultdict(dict)
+    for (item_id, annotator), verdict in latest.items():
+        if verdict != "skip":
+            table[item_id][annotator] = verdict
     return dict(table)
 
 
@@ -59,7 +103,12 @@ def agreement(votes: list[dict]) -> dict:
 
 
 def label_stats(votes: list[dict]) -> dict:
-    """The whole report over active votes."""
+    """The whole report over the votes that count. `votes` may be every row of `Store.votes()`: undone
+    (`retracted`) and replaced (`superseded`, the same annotator voting again on an item) rows are counted
+    under "undone" and "replaced" and left out of everything else."""
+    undone = sum(1 for v in votes if v.get("retracted"))
+    replaced = sum(1 for v in votes if v.get("superseded") and not v.get("retracted"))
+    votes = canonical_votes([v for v in votes if not v.get("retracted") and not v.get("superseded")])
     total = len(votes)
     verdicts = Counter(v["verdict"] for v in votes)
     per_annotator: dict[str, Counter] = defaultdict(Counter)
@@ -73,6 +122,7 @@ def label_stats(votes: list[dict]) -> dict:
         "votes": total,
         "items_voted": len({v["item_id"] for v in votes}),
         "verdicts": {k: verdicts[k] for k in (*CATEGORIES, "skip")},
+        "undone": undone, "replaced": replaced,
         "tie_rate": rate("tie"), "both_bad_rate": rate("both_bad"), "skip_rate": rate("skip"),
         "per_annotator": {a: {"votes": sum(c.values()), **{k: c[k] for k in (*CATEGORIES, "skip")}}
                           for a, c in sorted(per_annotator.items())},
@@ -93,6 +143,9 @@ def format_report(stats: dict, name=str) -> str:
              f"both bad {stats['verdicts']['both_bad']}, skip {stats['verdicts']['skip']})",
              f"tie rate {_num(stats['tie_rate'])} · both-bad rate {_num(stats['both_bad_rate'])} · "
              f"skip rate {_num(stats['skip_rate'])}"]
+    if stats.get("undone") or stats.get("replaced"):
+        lines.append(f"not counted: {stats.get('undone', 0)} undone votes, {stats.get('replaced', 0)} replaced by the "
+                     "same annotator's later vote on the item")
     bias = stats["position_bias"]
     lines.append(f"position bias: the left (A) response won {bias['left_wins']} of {bias['decisive_votes']} "
                  f"decisive votes (rate {_num(bias['left_win_rate'])}; 0.5 = no bias)")
@@ -123,7 +176,7 @@ def label_stats_command(db: str, json: bool = False) -> int:  # noqa: A002 - nam
     if not Path(db).exists():
         raise ConfigError(f"{db}: no such store; label some items first (prefloop label --db {db})")
     with Store(db) as store:
-        stats = label_stats(store.active_votes())
+        stats = label_stats(store.votes())  # undone and replaced votes are counted apart
     print(_json_dumps(stats) if json else format_report(stats))
     return 0
 

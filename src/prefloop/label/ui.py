@@ -181,7 +181,7 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
         undo.click(on_undo, inputs=[state, name], outputs=outputs, concurrency_limit=None)
         demo.load(on_load, inputs=[name], outputs=[*view, status])
         name.submit(on_load, inputs=[name], outputs=[*view, status])
-        refresh_stats.click(lambda: format_report(label_stats(session.store.active_votes()), name=escape_markdown),
+        refresh_stats.click(lambda: format_report(label_stats(session.store.votes()), name=escape_markdown),
                             outputs=[stats_md])
 
         if session.live:

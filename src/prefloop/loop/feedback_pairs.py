@@ -20,6 +20,7 @@ import json
 from collections import Counter
 
 from prefloop.prompts import prompt_key
+from prefloop.store import preferred_interaction
 
 
 def pair_key(messages: list[dict], chosen: str, rejected: str) -> str:
@@ -79,8 +80,7 @@ def feedback_pairs(interactions: dict[int, dict], feedback: list[dict],
         if prompt_key(this["messages"]) != prompt_key(other["messages"]):
             skipped["different_prompts"] += 1
             continue
-        value = fb["value"]
-        winner = this if value in ("this", this["id"]) else other
+        winner = this if preferred_interaction(fb) == this["id"] else other  # "12" is interaction 12, not the other
         loser = other if winner is this else this
         add(this["messages"], winner["response"], loser["response"],
             {"source": "feedback:choice", "feedback_ids": [fb["id"]], "interaction_ids": [winner["id"], loser["id"]],

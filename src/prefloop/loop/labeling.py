@@ -171,7 +171,8 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
     deadline = datetime.fromisoformat(loaded["created_at"]) + timedelta(hours=lab["deadline_hours"])
     ids = set(items.values())
     votes = [v for v in store.active_votes() if v["item_id"] in ids]
-    counted = Counter(v["item_id"] for v in votes if v["verdict"] != "skip")
+    # people who judged each item (a vote sent twice, or changed, is one person's one vote)
+    counted = Counter(item for item, _ in {(v["item_id"], v["annotator"]) for v in votes if v["verdict"] != "skip"})
     voted = {i for i in ids if counted[i] >= lab["min_votes"]}
     if voted != ids and datetime.now(timezone.utc) < deadline:
         raise LoopWaiting(f"iteration {it.row['number']}: {len(voted)} of {len(ids)} items have {lab['min_votes']} "
@@ -192,13 +193,13 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
         if item_id not in voted:
             unvoted.append((sid, i, j))
             continue
-        pair = by_item.get(item_id)
+        pair = by_item.get(item_id, by_item.get(report.merged.get(item_id)))  # the same comparison twice: one item
         if pair is None:  # skipped only, no majority or both bad: counted in the report, no preference
             outcomes[sid][(i, j)] = ("tie", None)
         elif pair.extra.get("tie"):
             outcomes[sid][(i, j)] = ("tie", None)
         else:
-            won = "x" if pair.chosen == sets[sid].candidates[i] else "y"
+            won = "x" if pair.chosen == sets[sid].candidates[i] else "y"  # a prompt's candidates are distinct texts
             outcomes[sid][(i, j)] = (won, to_seed_record(pair, source="human", provenance=human))
     judged_items = 0
     if unvoted and lab["mode"] == "human_then_judge":

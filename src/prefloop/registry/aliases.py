@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from prefloop.registry import RegistryError
-from prefloop.registry.versions import check_files, label, last_gate, resolve
+from prefloop.registry.versions import check_alias, check_files, label, last_gate, resolve
 from prefloop.store import Store, StoreError, alias_stack
 
 CHAMPION = "champion"
@@ -19,12 +19,18 @@ CHAMPION = "champion"
 
 def promote(store: Store, ref: str, name: str | None = None, alias: str = CHAMPION, force: bool = False,
             note: str | None = None) -> dict:
-    """Point `alias` at the version `ref` names; returns {"version", "previous", "forced", "gate"}.
+    """Point `alias` at the version `ref` names; returns {"version", "previous", "forced", "gate", "unchanged"}.
 
-    Raises RegistryError when the files are gone, when the last gate verdict is not "pass" and `force`
+    Promoting the version the alias already points to changes nothing and is no error ("unchanged": True,
+    as MLflow's set_registered_model_alias), so a retried promote succeeds. Raises RegistryError when the
+    files are gone, when the alias name is not allowed, when the last gate verdict is not "pass" and `force`
     is not given, or when another process moved the alias meanwhile (nothing is written then)."""
     version = resolve(store, ref, name)
     check_files(version)
+    current = store.aliases(version["name"]).get(alias)
+    if current == version["id"]:
+        return {"version": version, "previous": None, "forced": False, "gate": None, "unchanged": True}
+    check_alias(store, version["name"], alias)
     gate = last_gate(store, version)
     verdict = gate["note"] if gate else None
     forced = False
@@ -34,7 +40,6 @@ def promote(store: Store, ref: str, name: str | None = None, alias: str = CHAMPI
                                 f"{gate['detail'].get('reason', '')}. Fix it and run the gate again, or promote "
                                 "with --force (recorded in the history)")
         forced = True
-    current = store.aliases(version["name"]).get(alias)
     text = note or (f"gate {verdict}" if verdict else "no gate verdict")
     try:
         moved = store.move_alias(version["name"], alias, "set", version["id"], note=text, forced=forced,
@@ -42,7 +47,7 @@ def promote(store: Store, ref: str, name: str | None = None, alias: str = CHAMPI
     except StoreError as err:
         raise RegistryError(str(err)) from err
     return {"version": version, "previous": store.model_version(moved["previous_id"]) if moved["previous_id"] else None,
-            "forced": forced, "gate": verdict}
+            "forced": forced, "gate": verdict, "unchanged": False}
 
 
 def rollback(store: Store, name: str, alias: str = CHAMPION, note: str | None = None) -> dict:

@@ -67,8 +67,11 @@ def register_model(store: Store, path: str, name: str, parent: str | None = None
     notes = check_model(evidence, SUBJECT_ROLE, [str(src)], str(src))
     meta = {**(extra_meta or {}), "config": config, "results": evidence.paths}
     version_row = vs.register(store, path, name, parent_version, version, {**evidence.metrics, **(metrics or {})},
-                              meta, copy)
-    store.move_alias(name, "candidate", "set", version_row["id"], note="registered")
+                              meta, copy, alias="candidate")  # the row and its @candidate move: one transaction
+    same = vs.same_files(store, name, version_row["meta"]["fingerprint"], exclude_id=version_row["id"])
+    if same:  # as MLflow, registering again makes a new version; say that it holds the same files
+        notes.append(f"{vs.label(version_row)} holds the same files as "
+                     f"{', '.join(vs.label(v) for v in same)} (fingerprint {version_row['meta']['fingerprint'][:12]})")
     for note in notes:
         print(f"note: {note}")
     return version_row
@@ -201,6 +204,10 @@ def promote_command(version, name=None, alias="champion", force=False, note=None
     with Store(db) as store:
         done = al.promote(store, version, name, alias, force, note)
         v, prev = done["version"], done["previous"]
+        if done.get("unchanged"):
+            print(f"{v['name']}@{alias} already points to {v['version']}; nothing changed")
+            _mirror(store, v["name"], mlflow)
+            return 0
         print(f"{v['name']}@{alias} -> {v['version']}" + (f" (was {prev['version']})" if prev else " (first)")
               + (f"; FORCED past gate verdict {done['gate']!r}" if done["forced"] else
                  f"; gate: {done['gate'] or 'never run'}"))

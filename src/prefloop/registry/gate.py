@@ -8,6 +8,10 @@ checks they are about the models named, prints the table, records the verdict on
 
 Thresholds follow MLflow's `MetricThreshold` / TFMA's `GenericValueThreshold` (absolute floor) and
 `GenericChangeThreshold` (change against the baseline, with a direction and an absolute tolerance).
+`at_least`/`at_most` and the baseline tolerance include the threshold, `above`/`below` exclude it, and
+"equal" allows for floating-point noise (0.8 - 0.1 against 0.7 is equal). A value that is present but
+NaN, infinite or not a number (candidate, baseline or `gap_to` metric) fails its rule whether or not it
+is required; a metric that is absent or null (undefined) skips a rule unless it is required.
 """
 
 from __future__ import annotations
@@ -21,8 +25,19 @@ from prefloop.registry.rules import Rule
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 EXIT = {"pass": 0, "fail": 1, "refused": 1}
-_OPS = {"above": (lambda v, t: v > t, ">"), "at_least": (lambda v, t: v >= t, ">="),
-        "below": (lambda v, t: v < t, "<"), "at_most": (lambda v, t: v <= t, "<=")}
+
+
+def _same(v: float, t: float) -> bool:
+    """v and t are equal up to floating-point noise (0.8 - 0.1 is 0.7000000000000001, 7/10 is 0.7): a value
+    AT a threshold is at it, whatever the arithmetic that produced the two numbers."""
+    return math.isclose(v, t, rel_tol=1e-9, abs_tol=1e-12)
+
+
+# at_least / at_most include the threshold, above / below exclude it; equality is judged by `_same`.
+_OPS = {"above": (lambda v, t: v > t and not _same(v, t), ">"),
+        "at_least": (lambda v, t: v >= t or _same(v, t), ">="),
+        "below": (lambda v, t: v < t and not _same(v, t), "<"),
+        "at_most": (lambda v, t: v <= t or _same(v, t), "<=")}
 
 
 @dataclass
@@ -61,6 +76,18 @@ def _number(value) -> float | None:
     return float(value)
 
 
+def _broken(value) -> str | None:
+    """Why a value that is present cannot be compared (NaN, infinite, not a number), or None if it can.
+    Such a value fails its rule, required or not: a broken measurement never passes the gate."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r}, not a number"
+    if not math.isfinite(value):
+        return f"{value} (a broken measurement)"
+    return None
+
+
 def _fmt(x: float | None) -> str:
     if x is None:
         return "-"
@@ -74,6 +101,16 @@ def _metrics_for(rule: Rule, candidate: dict) -> list[str]:
 
 
 def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
+    inputs = [("candidate", metric, candidate.get(metric))]
+    if rule.vs_baseline:
+        inputs.append(("baseline", metric, baseline.get(metric)))
+    if rule.gap_to:
+        inputs.append(("candidate", rule.gap_to, candidate.get(rule.gap_to)))
+    for side, name, raw in inputs:  # fail closed: NaN, infinity or a string never skips a rule
+        why = _broken(raw)
+        if why:
+            return Row(rule.name, metric, None, "-", FAIL, f"the {side}'s {name} is {why}; the rule fails closed",
+                       rule.sanity)
     value = _number(candidate.get(metric))
     missing_result = FAIL if rule.required else SKIP
     if value is None:
@@ -86,9 +123,11 @@ def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
             return Row(rule.name, metric, value, "-", missing_result, f"the baseline has no {metric}"
                        + ("; this rule is required" if rule.required else "; rule skipped"), rule.sanity)
         if rule.vs_baseline == "higher_is_better":
-            limit, ok, sign = base - rule.tolerance, value >= base - rule.tolerance, ">="
+            limit, sign = base - rule.tolerance, ">="
+            ok = value >= limit or _same(value - base, -rule.tolerance) or _same(value, limit)
         else:
-            limit, ok, sign = base + rule.tolerance, value <= base + rule.tolerance, "<="
+            limit, sign = base + rule.tolerance, "<="
+            ok = value <= limit or _same(value - base, rule.tolerance) or _same(value, limit)
         threshold = f"{sign} {_fmt(limit)} (baseline {_fmt(base)} {'-' if sign == '>=' else '+'} {_fmt(rule.tolerance)})"
     elif rule.gap_to:
         other = _number(candidate.get(rule.gap_to))
@@ -144,9 +183,13 @@ def gate_command(candidate, baseline=None, rules=None, registry=None, version=No
     from prefloop.registry.rules import load_rules
     from prefloop.registry import RegistryError
 
-    rule_list = load_rules(rules)
-    cand = load_evidence(candidate, "candidate")
-    base = load_evidence(baseline, "baseline")
+    try:  # anything wrong with the inputs is exit 2 (bad input), never 1, which means "fail"
+        rule_list = load_rules(rules)
+        cand = load_evidence(candidate, "candidate")
+        base = load_evidence(baseline, "baseline")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RegistryError(f"cannot read the gate's inputs: {err}; check the --candidate, --baseline and --rules "
+                            "paths") from err
     notes: list[str] = []
     store = champion = subject = None
     if registry or version:

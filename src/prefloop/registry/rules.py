@@ -113,6 +113,8 @@ def _number(raw: dict, key: str, where: str) -> float:
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where}: {key}: {value!r} is not a number")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}: {key}: {value!r} is not a finite number; give the threshold as a number")
     return float(value)
 
 

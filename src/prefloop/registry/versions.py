@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -95,13 +96,15 @@ def is_model_dir(path: Path) -> bool:
 
 
 def register(store: Store, path: str, name: str, parent: dict | None = None, version: str | None = None,
-             metrics: dict | None = None, meta: dict | None = None, copy: bool = True) -> dict:
+             metrics: dict | None = None, meta: dict | None = None, copy: bool = True,
+             alias: str | None = None) -> dict:
     """Register the model at `path` as a new version of `name`; returns the version (store row).
 
     With `copy` (default) the files are copied into the registry (see `copy_model`) and the version
     points at the copy; otherwise it points at `path` as is. `meta` gets source path, file manifest
-    and fingerprint. Raises RegistryError for a missing or empty model directory or a taken tag; a
-    failure after the copy removes it again."""
+    and fingerprint. `alias` (e.g. "candidate") points at the new version in the same store transaction
+    as its row. Raises RegistryError for a missing or empty model directory or a taken tag; a failure
+    after the copy removes it again."""
     src = Path(path)
     if not src.is_dir() or not is_model_dir(src):
         raise RegistryError(f"{path}: not a model directory (no config.json or adapter_config.json); give the "
@@ -109,13 +112,18 @@ def register(store: Store, path: str, name: str, parent: dict | None = None, ver
     check_name(name)
     if version is not None:
         check_name(version, "version tag")
+        if version in RESERVED_ALIASES or version in store.aliases(name):
+            raise RegistryError(f"version tag {version!r} is the name of an alias of {name}; references such as "
+                                f"{name}:{version} or {version} would be ambiguous. Pick another tag")
+    if alias is not None:
+        check_alias(store, name, alias)
     manifest, fingerprint = manifest_of(src)
     stored = copy_model(src, files_root(store) / name) if copy else src.resolve()
     meta = {**(meta or {}), "source": str(src.resolve()), "files": manifest, "fingerprint": fingerprint,
             "copied": copy}
     try:
         version_id = store.add_model_version(name, str(stored), parent["id"] if parent else None, metrics, meta,
-                                             version=version)
+                                             version=version, alias=alias, alias_note="registered")
     except BaseException as err:
         if copy:
             shutil.rmtree(stored, ignore_errors=True)
@@ -123,6 +131,27 @@ def register(store: Store, path: str, name: str, parent: dict | None = None, ver
             raise RegistryError(str(err)) from err
         raise
     return store.model_version(version_id)
+
+
+RESERVED_ALIASES = ("champion", "candidate")
+_VERSION_LIKE = re.compile(r"^[vV]\d+$")
+
+
+def check_alias(store: Store, name: str, alias: str) -> None:
+    """RegistryError unless `alias` can name a pointer of model `name`: a simple name (as `check_name`) that
+    does not look like a version number (v3) nor is "latest" (both reserved by MLflow, which the mirror
+    writes to) and is no version tag of `name`, so that
+    `NAME@ALIAS`, `NAME:TAG` and a bare `ALIAS` or `TAG` always mean one thing."""
+    check_name(alias, "alias")
+    if alias.lower() == "latest":
+        raise RegistryError("alias 'latest' is reserved (MLflow's models:/NAME/latest is the newest version; the "
+                            "mirror could not set it); pick another alias name")
+    if _VERSION_LIKE.match(alias):
+        raise RegistryError(f"alias {alias!r} looks like a version number; an alias names a role such as champion, "
+                            "candidate or staging (v1, v2, ... are the versions themselves)")
+    if alias in {v["version"] for v in store.model_versions(name)}:
+        raise RegistryError(f"alias {alias!r} is the tag of a version of {name}; a reference {alias!r} would be "
+                            "ambiguous. Pick another alias name")
 
 
 def check_name(text: str, what: str = "model name") -> None:
@@ -200,6 +229,12 @@ def lineage(store: Store, version: dict) -> list[dict]:
         chain.append(store.model_version(chain[-1]["parent_id"]))
         seen.add(chain[-1]["id"])
     return chain
+
+
+def same_files(store: Store, name: str, fingerprint: str, exclude_id: int | None = None) -> list[dict]:
+    """Versions of `name` whose files have `fingerprint` (the same model registered more than once)."""
+    return [v for v in store.model_versions(name)
+            if v["meta"].get("fingerprint") == fingerprint and v["id"] != exclude_id]
 
 
 def find_by_path(store: Store, path: str) -> dict | None:
