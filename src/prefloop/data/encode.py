@@ -19,11 +19,12 @@ counted in the report (`boundary_moved`). A pair left with no prompt token is dr
 answer token would have nothing to be predicted from).
 
 Data written for trainers that append EOS themselves ends answers with the EOS / end-of-turn token
-as text; the template writes it too, so it would be doubled. Such trailing special tokens are
-removed from answers and from the prompt's assistant turns before rendering (counted:
-`end_of_turn_in_text`); plain-text endings are never touched. A pair whose chosen and rejected have
-the same token ids carries no preference and is dropped ("identical answers"); pairs with an empty
-or whitespace-only answer are kept and counted (`empty_responses`).
+as text; the template writes it too, so it would be doubled. Such trailing stop tokens (the texts of
+`template.stop_token_ids`, see `template.stop_strings`) are removed from answers and from the prompt's
+assistant turns before rendering (counted: `end_of_turn_in_text`); plain-text endings are never
+touched. A pair whose chosen and rejected have the same token ids carries no preference and is dropped
+("identical answers"); pairs with an empty answer (`template.is_empty_answer`, the definition `data
+check` uses) are kept and counted (`empty_responses`).
 
 Truncation to `cutoff_len` (the longer of prompt+chosen and prompt+rejected must fit):
 1. budgets: the responses keep up to max(cutoff_len - prompt, cutoff_len // 2) tokens, the
@@ -51,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prefloop.data.schema import EncodedPair, PreferencePair
-from prefloop.data.template import ChatTemplate, kind_text, special_strings
+from prefloop.data.template import ChatTemplate, is_empty_answer, kind_text, special_strings, strip_stop_text
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
@@ -119,8 +120,8 @@ class EncodeReport:
                          "their text, which the tokenizer reads as control tokens: text already rendered with a chat "
                          "template is rendered again; give plain text.")
         if self.empty_responses:
-            parts.append(f"{self.empty_responses} pairs have an empty or whitespace-only answer (trained as the "
-                         "end-of-turn token alone); `prefloop data check` lists them.")
+            parts.append(f"{self.empty_responses} pairs have an empty answer (whitespace or end-of-turn tokens only: "
+                         "trained as the end-of-turn token alone); `prefloop data check` lists them.")
         if self.fields_not_rendered:
             parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "
                          "reasoning that this template does not render.")
@@ -371,7 +372,7 @@ def encode_pairs(
     ctx = _Context.create(tokenizer, template, cutoff_len)
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
         pending = None
-        stops, controls = _stop_strings(tokenizer, template), _control_strings(tokenizer, template)
+        stops, controls = template.stop_strings(tokenizer), _control_strings(tokenizer, template)
         for batch in _batches(pairs, template, report, stops, controls):
             texts, rendered, heads = _render_batch(batch, template, ctx.split)
             future = tokenizing.submit(batch_ids, tokenizer, texts)
@@ -393,8 +394,8 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[s
             report.tools_ignored += 1
             tools = None
         messages, stripped = _without_stop_text(pair.prompt_messages(), stops)
-        chosen, n_chosen = _strip_stop_text(pair.chosen, stops)
-        rejected, n_rejected = _strip_stop_text(pair.rejected, stops)
+        chosen, n_chosen = strip_stop_text(pair.chosen, stops)
+        rejected, n_rejected = strip_stop_text(pair.rejected, stops)
         report.end_of_turn_in_text += bool(stripped or n_chosen or n_rejected)
         if controls:
             found = _controls_in([m["content"] for m in messages if isinstance(m.get("content"), str)]
@@ -417,13 +418,6 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[s
 _TEMPLATE_ROLES = ("tool", "function_call")
 
 
-def _stop_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
-    """The special tokens that end a reply (the template's end of turn, the EOS token), longest first."""
-    specials = set(special_strings(tokenizer))
-    found = {t for t in (template.end_of_turn, tokenizer.eos_token) if t and t in specials}
-    return tuple(sorted(found, key=len, reverse=True))
-
-
 def _control_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
     """The special tokens the template writes around turns (found in a rendered probe conversation)."""
     system = {"role": "system", "content": "s"}
@@ -442,27 +436,13 @@ def _controls_in(texts: list[str], controls: tuple[str, ...]) -> list[str]:
     return [t for t in controls if any(t in text for text in texts)]
 
 
-def _strip_stop_text(text: str, stops: tuple[str, ...]) -> tuple[str, int]:
-    """`text` without the end-of-turn/EOS tokens written at its end (data prepared for a trainer that does
-    not add them), and how many were removed; the template writes the one a reply ends with. Whitespace
-    after a removed token goes with it; text without such an ending is returned unchanged."""
-    removed = 0
-    while stops:
-        trimmed = text.rstrip()
-        stop = next((t for t in stops if trimmed.endswith(t)), None)
-        if stop is None:
-            return text, removed
-        text, removed = trimmed[: len(trimmed) - len(stop)], removed + 1
-    return text, removed
-
-
 def _without_stop_text(messages: list[dict], stops: tuple[str, ...]) -> tuple[list[dict], int]:
     """The prompt's assistant turns without end-of-turn/EOS tokens written at their end (see `_strip_stop_text`)."""
     removed = 0
     out = messages
     for i, m in enumerate(messages):
         if m["role"] == "assistant" and isinstance(m.get("content"), str):
-            text, n = _strip_stop_text(m["content"], stops)
+            text, n = strip_stop_text(m["content"], stops)
             if n:
                 if out is messages:
                     out = list(messages)
@@ -500,7 +480,7 @@ def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeR
         if w.drop is not None:
             report.dropped.append(DroppedPair(w.label, w.drop))
             continue
-        report.empty_responses += not (w.chosen.strip() and w.rejected.strip())
+        report.empty_responses += is_empty_answer(w.chosen) or is_empty_answer(w.rejected)
         report.turns_dropped += w.turns_dropped
         report.prompt_truncated += bool(prompt_cut or w.turns_dropped)
         report.response_truncated += responses_cut
