@@ -450,37 +450,43 @@ def test_write_seed_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "record, field",
+    "record, which, role, fields",
     [
         ({"prompt": [{"role": "user", "content": "Q"}],
           "chosen": [{"role": "assistant", "content": "A", "reasoning_content": "because"}],
-          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen[-1].reasoning_content"),
+          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen", "assistant", {"reasoning_content": "because"}),
         ({"prompt": [{"role": "user", "content": "Weather?"}],
           "chosen": [{"role": "assistant", "content": None,
                       "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}],
-          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen[-1].tool_calls"),
+          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen", "assistant",
+         {"tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}),
         ({"conversations": [{"from": "human", "value": "Weather?"}], "chosen": {"from": "function_call", "value": "{}"},
-          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen"),
+          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen", "function_call", {}),
+        ({"conversations": [{"from": "human", "value": "Who?"}], "chosen": "Me.",
+          "rejected": {"from": "gpt", "value": "Bob.", "name": "bob"}}, "rejected", "assistant", {"name": "bob"}),
+        ({"chosen": turns(("user", "Q"), ("assistant", "A")),
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B", "thinking": "hmm"}]},
+         "rejected", "assistant", {"thinking": "hmm"}),
     ],
 )
-def test_answers_with_tool_calls_reasoning_or_function_role_are_refused(record, field):
-    """The answer of a pair is text: reasoning or tool calls attached to it would be dropped silently, and a
-    function-call answer would be trained as plain assistant text, so such rows are refused by field."""
+def test_answers_keep_their_tool_calls_reasoning_names_and_function_role(record, which, role, fields):
+    """An answer turn's fields and role are read into the pair (not refused at read time: whether the chat
+    template renders them is decided per pair when encoding), and written back by the seed writer."""
+    _, pair = record_to_pair(record)
+    answer = pair.answer(which)
+    assert (answer.role, answer.fields) == (role, fields)
+    other = pair.answer("rejected" if which == "chosen" else "chosen")
+    assert (other.role, other.fields) == ("assistant", {})
+    _, again = record_to_pair(to_seed_record(pair))
+    assert again.answer("chosen") == pair.answer("chosen") and again.answer("rejected") == pair.answer("rejected")
+    assert pair.messages(answer)[-1] == {"role": role, "content": answer.content, **fields}
+    swapped = pair.swapped()
+    assert swapped.answer("chosen") == pair.answer("rejected") and swapped.answer("rejected") == pair.answer("chosen")
+
+
+def test_answer_fields_are_still_validated_where_they_are():
+    record = {"prompt": "Q", "chosen": [{"role": "assistant", "content": "A", "reasoning_content": 3}],
+              "rejected": [{"role": "assistant", "content": "B"}]}
     with pytest.raises(RecordError) as err:
         record_to_pair(record)
-    assert err.value.field == field and err.value.suggestion
-
-
-def test_ultrafeedback_binarized_row_with_a_messages_column_is_read_as_trl():
-    """HuggingFaceH4/ultrafeedback_binarized rows have prompt, chosen, rejected and `messages` (the chosen
-    conversation again); `messages` made the row look like sharegpt, whose prompt then ended with the answer."""
-    chosen = turns(("user", "Q"), ("assistant", "A"))
-    record = {"prompt": "Q", "prompt_id": "abc", "chosen": chosen, "rejected": turns(("user", "Q"), ("assistant", "B")),
-              "messages": chosen, "score_chosen": 8.0, "score_rejected": 5.0}
-    fmt, pair = record_to_pair(record)
-    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
-    assert set(pair.extra) == {"prompt_id", "messages", "score_chosen", "score_rejected"}
-    del record["prompt"]
-    assert record_to_pair(record)[0] == "trl_conversational"
-    sharegpt = {"messages": turns(("user", "Q")), "chosen": turns(("assistant", "A")), "rejected": turns(("assistant", "B"))}
-    assert record_to_pair(sharegpt)[0] == "sharegpt"
+    assert err.value.field == "chosen[0].reasoning_content" and "must be a string" in err.value.message

@@ -12,7 +12,10 @@ detected from the record's keys and value types, or declared in `dataset_info.js
   and rejected share; a string ``prompt`` next to whole conversations must be one of their user turns);
 - ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
 
-An answer is text: an answer turn with tool calls, reasoning or a function-call role is refused.
+An answer turn keeps what it carries besides its text, as a prompt turn does: tool calls, reasoning,
+a name (`PreferencePair.chosen_fields`), and LLaMA-Factory's ``function_call`` role
+(`PreferencePair.chosen_role`). Whether the chat template renders them is known only at encoding: a
+pair whose template would drop them is refused there, per pair and counted (`data/encode.py`).
 
 A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
 """
@@ -83,14 +86,15 @@ def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
     """`pair` as one record of the seed's format; `provenance` adds top-level keys (e.g. judge="gpt-4o").
 
     Optional fields are written only when set; `pair.extra` keys are written back at top level, and
-    each turn keeps its template fields (tool calls, names, reasoning), so reading the record again
+    each turn keeps its template fields (tool calls, names, reasoning), answers too (an answer turn with
+    fields or the function_call role is written as a message object), so reading the record again
     gives the same pair. `provenance` may also set an optional field
     (e.g. source="judge:gpt-4o").
     """
     record: dict[str, Any] = {
         "conversations": [{"from": m.role, "value": m.content, **m.fields} for m in pair.prompt],
-        "chosen": pair.chosen,
-        "rejected": pair.rejected,
+        "chosen": _answer_record(pair.answer("chosen")),
+        "rejected": _answer_record(pair.answer("rejected")),
     }
     if pair.tools is not None:
         record["tools"] = pair.tools
@@ -104,6 +108,13 @@ def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
         if value is not None:
             record[key] = value
     return record
+
+
+def _answer_record(answer: Message) -> str | dict[str, Any]:
+    """An answer as the seed writes it: its text, or a message object when the turn carries more."""
+    if answer.role == "assistant" and not answer.fields:
+        return answer.content
+    return {"from": answer.role, "value": answer.content, **answer.fields}
 
 
 def write_seed_jsonl(pairs: Iterable[PreferencePair], path: str | Path, **provenance: Any) -> int:
@@ -422,31 +433,18 @@ def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in used and v is not None}
 
 
-def _answer_text(message: Message, key: str) -> str:
-    """The text of an answer turn; an answer whose tool calls, reasoning or function-call role a text
-    answer cannot carry is refused (they would be lost from training without a word)."""
-    if message.role == "function_call":
-        raise RecordError(f"{key}", "the answer is a function call (role 'function_call'); answers are trained as "
-                          "assistant text, which would lose the call's format", "give the answer as an assistant "
-                          "message, or leave such pairs out")
-    if message.fields:
-        field = next(iter(message.fields))
-        raise RecordError(f"{key}.{field}", f"the answer has {field!r}, which a text answer would drop",
-                          "write it into the answer's content (e.g. reasoning as <think>...</think>) or remove it")
-    return message.content
-
-
-def _answer(raw: Any, roles: Roles, key: str) -> str:
-    """A response given as a string or a single message object."""
+def _answer(raw: Any, roles: Roles, key: str) -> Message:
+    """A response given as a string or a single message object, as an answer turn (its template fields
+    and role kept: whether the chat template renders them is checked when the pair is encoded)."""
     if isinstance(raw, str):
-        return raw
+        return Message("assistant", raw)
     if isinstance(raw, list) and len(raw) == 1:
         raw = raw[0]
     if isinstance(raw, dict):
         message = roles.message(raw, key)
         if message.role not in _ANSWER_SIDE:
             raise RecordError(key, f"{key!r} is a {message.role!r} turn; the answer must be an assistant turn", "give the answer the assistant role/tag")
-        return _answer_text(message, key)
+        return message
     if raw is None:
         raise RecordError(key, f"missing field {key!r}", f"add {key!r}: the answer as a string or message object")
     raise RecordError(key, f"{key!r} must be a string or a message object, got {_type_name(raw)}", f"write {key!r} as a string")
@@ -481,14 +479,8 @@ class _ConversationReader:
         raw_chosen = record.get(self.chosen_key)
         chosen = _answer(raw_chosen, self.roles, self.chosen_key)
         rejected = _answer(record.get(self.rejected_key), self.roles, self.rejected_key)
-        pair = PreferencePair(
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            tools=_tools_text(record, self.tools_key),
-            extra=_extra(record, self.used),
-            **_optional(record),
-        )
+        pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
+                     extra=_extra(record, self.used), **_optional(record))
         return ("seed" if isinstance(raw_chosen, str) else "sharegpt"), pair
 
 
@@ -537,8 +529,15 @@ class _AlpacaReader:
         return "alpaca", pair
 
 
-def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], str, str]:
-    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer."""
+def _pair(prompt: list[Message], chosen: Message, rejected: Message, **rest: Any) -> PreferencePair:
+    """The pair of a prompt and two answer turns (text, role and template fields of each)."""
+    return PreferencePair(prompt=prompt, chosen=chosen.content, rejected=rejected.content,
+                          chosen_fields=chosen.fields, rejected_fields=rejected.fields,
+                          chosen_role=chosen.role, rejected_role=rejected.role, **rest)
+
+
+def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], Message, Message]:
+    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer turn."""
     limit = min(len(chosen), len(rejected)) - 1
     n = 0
     while n < limit and chosen[n] == rejected[n]:
@@ -554,7 +553,7 @@ def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_k
             )
         if rest[0].role not in _ANSWER_SIDE:
             raise RecordError(key, f"the last turn of {key!r} is {rest[0].role!r}, not an assistant answer", "end chosen and rejected with the assistant's answer")
-        answers.append(_answer_text(rest[0], f"{key}[-1]"))  # its last turn
+        answers.append(rest[0])
     return list(chosen[:n]), answers[0], answers[1]
 
 
@@ -627,7 +626,7 @@ class _TrlReader:
                 raise RecordError(self.prompt_key, f"missing field {self.prompt_key!r}", "add the prompt as a string (or use full HH transcripts)")
             else:
                 raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a string")
-            chosen, rejected = raw_chosen, raw_rejected
+            chosen, rejected = Message("assistant", raw_chosen), Message("assistant", raw_rejected)
         else:
             fmt = "trl_conversational"
             if isinstance(raw_prompt, list):
@@ -652,14 +651,8 @@ class _TrlReader:
             prompt = prompt + shared
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
         check_prompt(prompt, prompt_field)
-        pair = PreferencePair(
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            tools=_tools_text(record, self.tools_key),
-            extra=_extra(record, self.used),
-            **_optional(record),
-        )
+        pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
+                     extra=_extra(record, self.used), **_optional(record))
         return fmt, pair
 
 
@@ -703,5 +696,4 @@ def _read_hh(record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
     rejected_msgs = parse_hh_transcript(rejected_text, "rejected")
     prompt, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs)
     check_prompt(prompt, "chosen")
-    pair = PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, extra=_extra(record, _HH_USED), **_optional(record))
-    return "hh", pair
+    return "hh", _pair(prompt, chosen, rejected, extra=_extra(record, _HH_USED), **_optional(record))
