@@ -250,13 +250,36 @@ def test_trl_prompt_string_that_is_the_first_question_of_a_multi_turn_conversati
     assert (pair.chosen, pair.rejected) == ("4", "5")
 
 
-def test_trl_prompt_string_that_disagrees_with_the_conversation_is_an_error():
+def test_trl_prompt_string_that_disagrees_with_the_conversation_is_ignored_with_a_warning():
+    """TRL ignores a string prompt next to whole conversations; so does prefloop, but it says so (the
+    loader counts such pairs) instead of refusing the record."""
     shared = turns(("user", "What color is the sky?"))
     record = {"prompt": "Name a fruit.",
               "chosen": shared + turns(("assistant", "Blue.")), "rejected": shared + turns(("assistant", "Green."))}
-    with pytest.raises(RecordError) as err:
-        record_to_pair(record)
-    assert err.value.field == "prompt" and "not one of the user turns they share" in err.value.message
+    warnings = []
+    _, pair = record_to_pair(record, warn=lambda *w: warnings.append(w))
+    assert roles(pair) == [("user", "What color is the sky?")] and (pair.chosen, pair.rejected) == ("Blue.", "Green.")
+    ((kind, field, message, suggestion),) = warnings
+    assert kind == "prompt_string_ignored" and field == "prompt" and "'Name a fruit.'" in message and suggestion
+    assert record_to_pair(record)[1].prompt == pair.prompt  # without a warn callback: read the same, silently
+
+
+def test_trl_prompt_string_that_is_a_shared_user_turn_gives_no_warning():
+    shared = turns(("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"))
+    record = {"prompt": "Hi", "chosen": shared + turns(("assistant", "4")), "rejected": shared + turns(("assistant", "5"))}
+    warnings = []
+    record_to_pair(record, warn=lambda *w: warnings.append(w))
+    assert warnings == []
+
+
+def test_trl_prompt_string_with_mixed_lists_strips_the_repeated_prompt():
+    """Regression (read before the audit, then refused with "'chosen' has 2 turns"): chosen repeats the
+    string prompt as its first turn, rejected is the answer turn only."""
+    record = {"prompt": "Q?", "chosen": turns(("user", "Q?"), ("assistant", "A")),
+              "rejected": turns(("assistant", "B"))}
+    fmt, pair = record_to_pair(record)
+    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q?")]
+    assert (pair.chosen, pair.rejected) == ("A", "B")
 
 
 def test_trl_prompt_string_with_answer_turns_only_is_the_user_turn():

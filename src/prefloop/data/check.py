@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from typing import Any, Sequence
 
-from prefloop.data.formats import write_seed_jsonl
+from prefloop.data.formats import warning_lines, write_seed_jsonl
 from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
 from prefloop.data.registry import CHECK_OPTIONS
@@ -120,6 +120,7 @@ def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, A
         "pairs": len(pairs),
         "formats": dict(loaded.format_counts.most_common()),
         "skipped": loaded.skipped.to_dict(),
+        "warnings": loaded.warnings.to_dict(),
         "turns": turn_stats(pairs),
         "quality": quality.to_dict(),
     }
@@ -158,6 +159,14 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         for reason, n in list(skipped["reasons"].items())[:10]:
             lines.append(f"    {n:>6}  {reason}")
         for p in skipped["first"][:5]:
+            where = f"{p['file']} {p['location']}".strip()
+            lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
+    warned = report.get("warnings") or {}
+    if warned.get("count"):
+        lines.append(f"  pairs read with a warning: {warned['count']}")
+        for line in warning_lines(warned["kinds"]):
+            lines.append(f"    {line}")
+        for p in warned["first"][:3]:
             where = f"{p['file']} {p['location']}".strip()
             lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
     t = report["turns"]

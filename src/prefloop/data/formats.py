@@ -9,7 +9,9 @@ detected from the record's keys and value types, or declared in `dataset_info.js
 - ``alpaca``: LLaMA-Factory ranking, ``instruction``/``input``/``chosen``/``rejected``;
 - ``trl_standard``: TRL ``prompt``/``chosen``/``rejected`` strings;
 - ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt (the turns chosen
-  and rejected share; a string ``prompt`` next to whole conversations must be one of their user turns);
+  and rejected share). A string ``prompt`` is removed from the start of chosen/rejected lists that repeat
+  it; next to whole conversations it is ignored, as TRL ignores it, and when it is not one of their
+  shared user turns the reader warns (the loader counts such pairs);
 - ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
 
 An answer turn keeps what it carries besides its text, as a prompt turn does: tool calls, reasoning,
@@ -17,7 +19,8 @@ a name (`PreferencePair.chosen_fields`), and LLaMA-Factory's ``function_call`` r
 (`PreferencePair.chosen_role`). Whether the chat template renders them is known only at encoding: a
 pair whose template would drop them is refused there, per pair and counted (`data/encode.py`).
 
-A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
+A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line. What
+is read but worth a word (an ignored prompt string) goes to the reader's `warn` callback.
 """
 
 from __future__ import annotations
@@ -30,6 +33,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
+
+# warn(kind, field, message, suggestion): a record was read, but something in it was ignored; `kind`
+# (one of WARNINGS) is what the loader counts.
+Warn = Callable[[str, str, str, str], None]
+
+# Warning kinds -> what the counted pairs had, in words.
+WARNINGS = {
+    "prompt_string_ignored": "a prompt string that is none of the user turns chosen and rejected share "
+                             "(ignored: the shared turns are the prompt, as TRL reads it)",
+}
+
+
+def warning_lines(kinds: Mapping[str, int]) -> list[str]:
+    """One line per warning kind: "N pair(s) had ..." (for the load summary and `data check`)."""
+    return [f"{n} pair(s) had {WARNINGS.get(kind, kind)}" for kind, n in kinds.items()]
+
+
+def _no_warning(kind: str, field: str, message: str, suggestion: str) -> None:
+    return None
+
 
 FORMATS = ("seed", "sharegpt", "alpaca", "trl_standard", "trl_conversational", "hh")
 # Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms; LLaMA-Factory's
@@ -190,13 +213,17 @@ def _trl_with_messages_column(record: Mapping[str, Any]) -> bool:
     return DEFAULT_ROLE_ALIASES.get(role) in ("system", "user") if isinstance(role, str) else False
 
 
-def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
-    """A function record -> (format name, PreferencePair) for `spec`; built once per dataset."""
+def make_reader(spec: FormatSpec = AUTO, warn: Warn = _no_warning) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
+    """A function record -> (format name, PreferencePair) for `spec`; built once per dataset.
+
+    `warn(kind, field, message, suggestion)` is called for a record that is read but has something
+    ignored (kind "prompt_string_ignored": a TRL string prompt that is none of the user turns its whole
+    conversations share); the loader counts them per kind (see WARNINGS)."""
     if spec.formatting not in FORMATTINGS:
         raise ValueError(f"unknown formatting {spec.formatting!r}; known: {', '.join(FORMATTINGS)}")
     conv = _ConversationReader(spec)
     alpaca = _AlpacaReader(spec)
-    trl = _TrlReader(spec)
+    trl = _TrlReader(spec, warn)
     by_format = {
         "seed": conv,
         "sharegpt": conv,
@@ -220,11 +247,11 @@ def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[
     return read_auto
 
 
-def record_to_pair(record: Mapping[str, Any], spec: FormatSpec = AUTO) -> tuple[str, PreferencePair]:
+def record_to_pair(record: Mapping[str, Any], spec: FormatSpec = AUTO, warn: Warn = _no_warning) -> tuple[str, PreferencePair]:
     """Convert one record (convenience for single records; loops should reuse `make_reader`)."""
     if not isinstance(record, Mapping):
         raise RecordError("", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP)
-    return make_reader(spec)(record)
+    return make_reader(spec, warn)(record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,12 +563,18 @@ def _pair(prompt: list[Message], chosen: Message, rejected: Message, **rest: Any
                           chosen_role=chosen.role, rejected_role=rejected.role, **rest)
 
 
-def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], Message, Message]:
-    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer turn."""
+def shared_turns(chosen: list[Message], rejected: list[Message]) -> int:
+    """How many leading turns chosen and rejected share, leaving each at least its last turn (the answer)."""
     limit = min(len(chosen), len(rejected)) - 1
     n = 0
     while n < limit and chosen[n] == rejected[n]:
         n += 1
+    return n
+
+
+def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], Message, Message]:
+    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer turn."""
+    n = shared_turns(chosen, rejected)
     answers = []
     for key, messages in ((chosen_key, chosen), (rejected_key, rejected)):
         rest = messages[n:]
@@ -563,20 +596,19 @@ def _is_conversation(messages: list[Message]) -> bool:
     return bool(messages) and messages[0].role not in _ANSWER_SIDE
 
 
-def _check_prompt_string(prompt: str, chosen: list[Message], rejected: list[Message], key: str) -> None:
-    """A string prompt given next to whole conversations must be the text of a user turn they share."""
+def _check_prompt_string(prompt: str, chosen: list[Message], rejected: list[Message], key: str, warn: Warn) -> None:
+    """A string prompt next to whole conversations is ignored (TRL's maybe_extract_prompt ignores it too);
+    when it is not the text of a user turn they share, something may be lost: warn."""
     if not prompt.strip():
         return
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
+    n = shared_turns(chosen, rejected)
     if not any(m.role == "user" and m.content.strip() == prompt.strip() for m in chosen[:n]):
-        raise RecordError(
+        warn(
+            "prompt_string_ignored",
             key,
-            f"{key!r} is a string, chosen and rejected are whole conversations, and the string is not one of the "
-            f"user turns they share ({_preview_text(prompt)})",
-            f"drop {key!r} (the turns chosen and rejected share are the prompt), or give chosen and rejected as "
-            "the answer turn only",
+            f"{key!r} is a string that is not one of the user turns chosen and rejected share "
+            f"({_preview_text(prompt)}); it is ignored: the prompt is the turns they share, as TRL reads it",
+            f"drop {key!r}, or give chosen and rejected as the answer turn only if {key!r} is the prompt",
         )
 
 
@@ -588,7 +620,8 @@ def _preview_text(text: str, width: int = 40) -> str:
 class _TrlReader:
     """TRL preference data: standard (strings) or conversational (role/content lists), explicit or implicit prompt."""
 
-    def __init__(self, spec: FormatSpec) -> None:
+    def __init__(self, spec: FormatSpec, warn: Warn = _no_warning) -> None:
+        self.warn = warn
         cols = spec.columns
         self.prompt_key = cols.get("prompt", "prompt")
         self.chosen_key = cols.get("chosen", "chosen")
@@ -634,17 +667,19 @@ class _TrlReader:
                 chosen_msgs = self._responses(raw_chosen, self.chosen_key, prompt)
                 rejected_msgs = self._responses(raw_rejected, self.rejected_key, prompt)
             elif isinstance(raw_prompt, str) or raw_prompt is None:
-                chosen_msgs = self.roles.messages(raw_chosen, self.chosen_key)
-                rejected_msgs = self.roles.messages(raw_rejected, self.rejected_key)
+                # A list that repeats the string prompt as its first turn: keep what follows it.
+                given = [] if raw_prompt is None else [Message("user", raw_prompt)]
+                chosen_msgs = self._responses(raw_chosen, self.chosen_key, given)
+                rejected_msgs = self._responses(raw_rejected, self.rejected_key, given)
                 if raw_prompt is None or _is_conversation(chosen_msgs) and _is_conversation(rejected_msgs):
                     # Implicit prompt: the turns chosen and rejected share (TRL's maybe_extract_prompt also
-                    # ignores a string prompt next to whole conversations); a given string must be one of
-                    # their user turns, so that a prompt that disagrees with the conversation is not lost.
+                    # ignores a string prompt next to whole conversations); a string that is none of their
+                    # user turns is reported, so that a prompt that disagrees with them is not lost unseen.
                     prompt, prompt_field = [], self.chosen_key
                     if raw_prompt is not None:
-                        _check_prompt_string(raw_prompt, chosen_msgs, rejected_msgs, self.prompt_key)
+                        _check_prompt_string(raw_prompt, chosen_msgs, rejected_msgs, self.prompt_key, self.warn)
                 else:
-                    prompt = [Message("user", raw_prompt)]
+                    prompt = given
             else:
                 raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a list of role/content turns")
             shared, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs, self.chosen_key, self.rejected_key)
