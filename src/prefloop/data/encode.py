@@ -86,7 +86,7 @@ class EncodeReport:
     tools_ignored: int = 0  # pairs with tools whose template does not render tools
     fields_not_rendered: int = 0  # pairs refused: prompt or answer turns with tool calls/results, names or reasoning the template drops
     end_of_turn_in_text: int = 0  # pairs whose answers (or prompt replies) ended with the end-of-turn/EOS token as text
-    empty_responses: int = 0  # kept pairs whose chosen or rejected is empty or whitespace only
+    empty_responses: int = 0  # kept pairs whose chosen or rejected is empty (template.is_empty_answer)
     control_tokens_in_text: int = 0  # pairs whose texts contain the template's control tokens (pre-rendered text?)
     control_tokens_seen: list[str] = field(default_factory=list)  # which ones, first seen first
     cutoff_len: int | None = None

@@ -497,7 +497,9 @@ class ChatTemplate:
                             "them, or leave them out")
 
     def training_text(self, messages: list[dict], tools=None) -> str:
-        """A conversation that ends with an assistant reply, as a training sequence holds it.
+        """A conversation that ends with the answer turn, as a training sequence holds it. The answer is
+        the whole turn (`PreferencePair.answer`): its tool calls, reasoning or name are rendered as the
+        template writes them (check `unrendered` first: a template may drop them).
 
         That is `render(messages)` cut right after the final reply's `end_of_turn` (the
         template's `reply_trailer`, e.g. ChatML's "\\n", is removed: the model stops at the
