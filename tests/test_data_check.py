@@ -212,3 +212,19 @@ def test_token_report_names_what_encoding_will_fix_or_drop(capsys, tokenizer_dir
         "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system_prompt"}}}))
     assert main(["data", "check", "p", "--dataset-dir", str(tmp_path)]) == 2
     assert "'system': 'system_prompt', but no record" in capsys.readouterr().err
+
+
+def test_ignored_trl_prompt_strings_are_counted_in_the_report(capsys, tmp_path):
+    shared = [{"role": "user", "content": "What color is the sky?"}]
+    record = {"prompt": "Name a fruit.", "chosen": shared + [{"role": "assistant", "content": "Blue."}],
+              "rejected": shared + [{"role": "assistant", "content": "Green."}]}
+    data = tmp_path / "trl.jsonl"
+    data.write_text(json.dumps(record) + "\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    code, report = run_json(capsys, str(data))
+    assert code == 0 and report["pairs"] == 2
+    assert report["warnings"]["count"] == 1 and report["warnings"]["kinds"] == {"prompt_string_ignored": 1}
+    assert report["warnings"]["first"][0]["location"] == "line 1"
+    assert main(["data", "check", str(data)]) == 0
+    text = capsys.readouterr().out
+    assert "pairs read with a warning: 1" in text
+    assert "1 pair(s) had a prompt string that is none of the user turns chosen and rejected share" in text

@@ -464,7 +464,7 @@ def test_empty_answers_are_kept_and_counted(chatml):
     p = pair(TURNS[-1:], chosen="Berlin.", rejected="  ")
     encoded, report = encode_pairs([p], tokenizer, template)
     assert_exact(encoded[0], tokenizer, template, p)
-    assert report.empty_responses == 1 and "empty or whitespace-only answer" in report.summary()
+    assert report.empty_responses == 1 and "have an empty answer" in report.summary()
 
 
 def test_pad_token_equal_to_eos_does_not_mask_the_final_eos():
@@ -543,3 +543,33 @@ def test_text_already_rendered_with_a_chat_template_is_reported(chatml):
     _, report = encode_pairs([rendered, plain], tokenizer, template)
     assert report.control_tokens_in_text == 1 and report.control_tokens_seen == ["<|im_start|>", "<|im_end|>"]
     assert "rendered again; give plain text" in report.summary() and report.end_of_turn_in_text == 2
+
+
+def test_every_token_that_ends_a_reply_is_removed_from_the_end_of_answers(chatml):
+    """One definition of where a reply ends (template.stop_token_ids): generation stops on the ChatML
+    vocabulary's <|endoftext|> too, so an answer written ending with it is trained ending with the end of
+    turn alone, as one ending with <|im_end|> is (before, only the end of turn and EOS were removed)."""
+    from prefloop.data.template import special_token_text
+
+    tokenizer, template = chatml
+    texts = special_token_text(tokenizer, added=True)
+    assert set(template.stop_strings(tokenizer)) == {texts[i] for i in template.stop_token_ids(tokenizer)} \
+        == {"<|im_end|>", "<|endoftext|>"}
+    clean = pair(TURNS[-1:], chosen="Berlin.", rejected="Paris.")
+    written = pair(TURNS[-1:], chosen="Berlin.<|endoftext|>", rejected="Paris.<|endoftext|><|im_end|>")
+    (expected, got), report = encode_pairs([clean, written], tokenizer, template)
+    assert (got.chosen_ids, got.rejected_ids) == (expected.chosen_ids, expected.rejected_ids)
+    assert report.end_of_turn_in_text == 1
+
+
+def test_empty_answer_count_is_data_checks_definition(chatml):
+    """The encoder counts an empty answer exactly where `data check` flags one (template.is_empty_answer):
+    whitespace, or nothing but end-of-turn tokens, even one this tokenizer reads as plain text."""
+    from prefloop.data.quality import check_empty
+
+    tokenizer, template = chatml
+    pairs = [pair(TURNS[-1:], chosen="Berlin.", rejected=rejected)
+             for rejected in ("  ", "<|im_end|>", " <|eot_id|>\n", "Paris.", "Paris.<|im_end|>")]
+    encoded, report = encode_pairs(pairs, tokenizer, template)
+    _, flagged = check_empty(pairs)
+    assert len(encoded) == 5 and report.empty_responses == len(flagged) == 3 and flagged == [0, 1, 2]

@@ -250,13 +250,36 @@ def test_trl_prompt_string_that_is_the_first_question_of_a_multi_turn_conversati
     assert (pair.chosen, pair.rejected) == ("4", "5")
 
 
-def test_trl_prompt_string_that_disagrees_with_the_conversation_is_an_error():
+def test_trl_prompt_string_that_disagrees_with_the_conversation_is_ignored_with_a_warning():
+    """TRL ignores a string prompt next to whole conversations; so does prefloop, but it says so (the
+    loader counts such pairs) instead of refusing the record."""
     shared = turns(("user", "What color is the sky?"))
     record = {"prompt": "Name a fruit.",
               "chosen": shared + turns(("assistant", "Blue.")), "rejected": shared + turns(("assistant", "Green."))}
-    with pytest.raises(RecordError) as err:
-        record_to_pair(record)
-    assert err.value.field == "prompt" and "not one of the user turns they share" in err.value.message
+    warnings = []
+    _, pair = record_to_pair(record, warn=lambda *w: warnings.append(w))
+    assert roles(pair) == [("user", "What color is the sky?")] and (pair.chosen, pair.rejected) == ("Blue.", "Green.")
+    ((kind, field, message, suggestion),) = warnings
+    assert kind == "prompt_string_ignored" and field == "prompt" and "'Name a fruit.'" in message and suggestion
+    assert record_to_pair(record)[1].prompt == pair.prompt  # without a warn callback: read the same, silently
+
+
+def test_trl_prompt_string_that_is_a_shared_user_turn_gives_no_warning():
+    shared = turns(("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?"))
+    record = {"prompt": "Hi", "chosen": shared + turns(("assistant", "4")), "rejected": shared + turns(("assistant", "5"))}
+    warnings = []
+    record_to_pair(record, warn=lambda *w: warnings.append(w))
+    assert warnings == []
+
+
+def test_trl_prompt_string_with_mixed_lists_strips_the_repeated_prompt():
+    """Regression (read before the audit, then refused with "'chosen' has 2 turns"): chosen repeats the
+    string prompt as its first turn, rejected is the answer turn only."""
+    record = {"prompt": "Q?", "chosen": turns(("user", "Q?"), ("assistant", "A")),
+              "rejected": turns(("assistant", "B"))}
+    fmt, pair = record_to_pair(record)
+    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q?")]
+    assert (pair.chosen, pair.rejected) == ("A", "B")
 
 
 def test_trl_prompt_string_with_answer_turns_only_is_the_user_turn():
@@ -450,37 +473,43 @@ def test_write_seed_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "record, field",
+    "record, which, role, fields",
     [
         ({"prompt": [{"role": "user", "content": "Q"}],
           "chosen": [{"role": "assistant", "content": "A", "reasoning_content": "because"}],
-          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen[-1].reasoning_content"),
+          "rejected": [{"role": "assistant", "content": "B"}]}, "chosen", "assistant", {"reasoning_content": "because"}),
         ({"prompt": [{"role": "user", "content": "Weather?"}],
           "chosen": [{"role": "assistant", "content": None,
                       "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}],
-          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen[-1].tool_calls"),
+          "rejected": [{"role": "assistant", "content": "Sunny."}]}, "chosen", "assistant",
+         {"tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}),
         ({"conversations": [{"from": "human", "value": "Weather?"}], "chosen": {"from": "function_call", "value": "{}"},
-          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen"),
+          "rejected": {"from": "gpt", "value": "Sunny."}}, "chosen", "function_call", {}),
+        ({"conversations": [{"from": "human", "value": "Who?"}], "chosen": "Me.",
+          "rejected": {"from": "gpt", "value": "Bob.", "name": "bob"}}, "rejected", "assistant", {"name": "bob"}),
+        ({"chosen": turns(("user", "Q"), ("assistant", "A")),
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B", "thinking": "hmm"}]},
+         "rejected", "assistant", {"thinking": "hmm"}),
     ],
 )
-def test_answers_with_tool_calls_reasoning_or_function_role_are_refused(record, field):
-    """The answer of a pair is text: reasoning or tool calls attached to it would be dropped silently, and a
-    function-call answer would be trained as plain assistant text, so such rows are refused by field."""
+def test_answers_keep_their_tool_calls_reasoning_names_and_function_role(record, which, role, fields):
+    """An answer turn's fields and role are read into the pair (not refused at read time: whether the chat
+    template renders them is decided per pair when encoding), and written back by the seed writer."""
+    _, pair = record_to_pair(record)
+    answer = pair.answer(which)
+    assert (answer.role, answer.fields) == (role, fields)
+    other = pair.answer("rejected" if which == "chosen" else "chosen")
+    assert (other.role, other.fields) == ("assistant", {})
+    _, again = record_to_pair(to_seed_record(pair))
+    assert again.answer("chosen") == pair.answer("chosen") and again.answer("rejected") == pair.answer("rejected")
+    assert pair.messages(answer)[-1] == {"role": role, "content": answer.content, **fields}
+    swapped = pair.swapped()
+    assert swapped.answer("chosen") == pair.answer("rejected") and swapped.answer("rejected") == pair.answer("chosen")
+
+
+def test_answer_fields_are_still_validated_where_they_are():
+    record = {"prompt": "Q", "chosen": [{"role": "assistant", "content": "A", "reasoning_content": 3}],
+              "rejected": [{"role": "assistant", "content": "B"}]}
     with pytest.raises(RecordError) as err:
         record_to_pair(record)
-    assert err.value.field == field and err.value.suggestion
-
-
-def test_ultrafeedback_binarized_row_with_a_messages_column_is_read_as_trl():
-    """HuggingFaceH4/ultrafeedback_binarized rows have prompt, chosen, rejected and `messages` (the chosen
-    conversation again); `messages` made the row look like sharegpt, whose prompt then ended with the answer."""
-    chosen = turns(("user", "Q"), ("assistant", "A"))
-    record = {"prompt": "Q", "prompt_id": "abc", "chosen": chosen, "rejected": turns(("user", "Q"), ("assistant", "B")),
-              "messages": chosen, "score_chosen": 8.0, "score_rejected": 5.0}
-    fmt, pair = record_to_pair(record)
-    assert fmt == "trl_conversational" and roles(pair) == [("user", "Q")] and (pair.chosen, pair.rejected) == ("A", "B")
-    assert set(pair.extra) == {"prompt_id", "messages", "score_chosen", "score_rejected"}
-    del record["prompt"]
-    assert record_to_pair(record)[0] == "trl_conversational"
-    sharegpt = {"messages": turns(("user", "Q")), "chosen": turns(("assistant", "A")), "rejected": turns(("assistant", "B"))}
-    assert record_to_pair(sharegpt)[0] == "sharegpt"
+    assert err.value.field == "chosen[0].reasoning_content" and "must be a string" in err.value.message

@@ -304,3 +304,24 @@ def test_a_bad_record_of_a_json_list_is_named_by_line_too(tmp_path):
     single.write_text('\n{"prompt": ["not", "turns"], "chosen": "a", "rejected": "b"}')
     with pytest.raises(DataError, match=r"one.json:2 \(record 1\): field 'prompt\[0\]'"):
         load_pairs(str(single))
+
+
+IGNORED_PROMPT = {"prompt": "Name a fruit.",
+                  "chosen": [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "Blue."}],
+                  "rejected": [{"role": "user", "content": "What color is the sky?"}, {"role": "assistant", "content": "Green."}]}
+MIXED_LISTS = {"prompt": "Q?", "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}],
+               "rejected": [{"role": "assistant", "content": "B"}]}
+
+
+def test_a_trl_prompt_string_next_to_conversations_is_ignored_counted_and_reported(tmp_path):
+    """TRL ignores such a string; the load does too (it used to fail), and its summary says how many pairs
+    had one that is none of their shared user turns, with file and line kept for `data check`."""
+    path = jsonl(tmp_path / "trl.jsonl", [IGNORED_PROMPT, trl(2), MIXED_LISTS, IGNORED_PROMPT | {"chosen": 1}])
+    result = load_pairs(str(path), skip_bad_rows=True)
+    assert [p.prompt[0].content for p in result.pairs] == ["What color is the sky?", "question 2", "Q?"]
+    assert [(p.chosen, p.rejected) for p in result.pairs] == [("Blue.", "Green."), ("good 2", "bad 2"), ("A", "B")]
+    assert result.warnings.kinds == {"prompt_string_ignored": 1}  # the bad row 4 is skipped, not warned about
+    (warning,) = result.warnings.problems
+    assert (warning.file, warning.location, warning.field) == (str(path), "line 1", "prompt")
+    assert "1 pair(s) had a prompt string that is none of the user turns chosen and rejected share" in result.summary()
+    assert load_pairs(str(jsonl(tmp_path / "clean.jsonl", [trl(1), MIXED_LISTS]))).warnings.count == 0

@@ -151,3 +151,25 @@ def test_removed_pairs_are_attributed_to_the_first_check(clean):
     assert report.removed_by_check() == {"identical": 1, "duplicate": 1}
     assert report.finding("empty").count == 1  # also reported by the empty check
     assert len(report.clean(bad)) == len(clean)
+
+
+def test_empty_and_identical_answers_are_the_encoders_definition():
+    """An answer of just "<|im_end|>" is empty, "A" and "A<|im_end|>" are the same answer (the encoder trains
+    them alike); an answer that only calls a tool is not empty, and answers differing in their fields
+    (reasoning, tool calls) or role are not identical."""
+    call = [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]
+    pairs = [
+        pair("What is the capital of France?", "<|im_end|>", "Paris."),
+        pair("What is the capital of Spain?", "Madrid.", "Madrid.<|im_end|>\n"),
+        PreferencePair([Message("user", "Weather?")], "", "Sunny.", chosen_fields={"tool_calls": call}),
+        PreferencePair([Message("user", "2+2?")], "4", "4", chosen_fields={"reasoning_content": "2+2=4"}),
+        PreferencePair([Message("user", "Weather?")], "{}", "{}", chosen_role="function_call"),
+        pair("What is the capital of Italy?", "Rome.", "Rome."),
+    ]
+    empty, flagged_empty = check_empty(pairs)
+    assert flagged_empty == [0] and empty.examples[0]["detail"] == "chosen empty"
+    _, flagged_identical = check_identical(pairs)
+    assert flagged_identical == [1, 5]
+    _, formatting = check_formatting_only(pairs)
+    assert formatting == []
+    assert run_quality_checks(pairs).removed == {0: "empty", 1: "identical", 5: "identical"}

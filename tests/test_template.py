@@ -185,13 +185,19 @@ def test_broken_own_template_is_a_config_error():
 
 
 def test_stop_token_ids_hold_the_end_of_turn_and_eos():
+    from prefloop.data.template import END_OF_TURN_TOKENS
+
     tokenizer = tokenizer_like("llama3")
     tokenizer.eos_token = "<|begin_of_text|>"  # a base-model EOS different from the end of turn
     template = get_template("llama3", tokenizer)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    assert template.stop_token_ids(tokenizer) == [eot, tokenizer.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    # then the common end-of-turn tokens this vocabulary holds (the tiny tokenizer's ChatML ones)
+    markers = [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] not in (eot, tokenizer.eos_token_id)]
+    assert markers and template.stop_token_ids(tokenizer) == [eot, tokenizer.eos_token_id, *markers]
     chatml = build_tiny_tokenizer()
-    assert get_template(None, chatml).stop_token_ids(chatml) == [chatml.eos_token_id]
+    eos, pad = chatml.eos_token_id, chatml.convert_tokens_to_ids("<|endoftext|>")
+    assert get_template(None, chatml).stop_token_ids(chatml) == [eos, pad]
 
 
 def test_own_template_with_tools_renders_like_apply_chat_template():
@@ -208,3 +214,20 @@ def test_own_template_with_tools_renders_like_apply_chat_template():
             HISTORY, tools=given, add_generation_prompt=True, tokenize=False
         )
     assert template.render(HISTORY, True, tools='[{"name": "search"}]').startswith('TOOLS: [{"name": "search"}]')
+
+
+def test_generation_stops_where_the_data_side_says_a_reply_ends():
+    """One definition of the tokens that end a reply and of the special tokens: sampling uses the data side's
+    (template.stop_token_ids with the model's generation config, template.special_token_text)."""
+    import prefloop.data.template as template_module
+    import prefloop.sampling as sampling
+    from prefloop.testing import build_tiny_model
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    generator = sampling.LocalGenerator(model, tokenizer)
+    template = get_template(None, tokenizer)
+    assert generator.stop_ids == set(template.stop_token_ids(tokenizer, model)) and 7 in generator.stop_ids
+    assert sampling.special_token_text is template_module.special_token_text
+    assert not hasattr(sampling, "stop_token_ids")

@@ -143,7 +143,7 @@ def test_data_check_counts_them(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "prompts with template fields: 1 with tool calls, 1 with tool results, 1 with names, 1 with reasoning" \
         in text
-    assert "3 pairs refused: their prompts have tool calls" in text
+    assert "3 pairs refused: their prompts or answers have tool calls" in text
 
 
 def test_the_judge_sees_tool_calls_and_results():
@@ -236,3 +236,131 @@ def test_generate_refuses_only_the_prompt_its_model_cannot_render(tiny_model_dir
     err = capsys.readouterr().err
     assert "failed tools: DataError: messages[1].tool_calls: the tokenizer chat template does not render tool calls" in err
     assert "1 prompt(s) cannot be sent to this model as they are" in err and "run the same command again" not in err
+
+
+# Answer turns (review finding 1): an answer's tool calls, reasoning, name or function-call role reach the
+# template; a pair is refused only when the chosen template would drop them, per pair and counted.
+
+# Reasoning as Qwen3's template writes it: only on assistant turns after the last user turn, and always on
+# the final one (an empty <think> block when there is no reasoning).
+QWEN3_LIKE_TEMPLATE = (
+    "{% set ns = namespace(last_user=-1) %}"
+    "{% for m in messages %}{% if m.role == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{% if loop.index0 > ns.last_user and (loop.last or m.reasoning_content) %}"
+    "{{ '<think>\\n' + (m.reasoning_content or '') + '\\n</think>\\n\\n' }}"
+    "{% endif %}"
+    "{{ m.content + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# A reasoning model's template whose generation prompt opens <think> (the answer is "reasoning</think>answer").
+THINKING_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m.role == 'assistant' and loop.last %}{{ '<|im_start|>assistant\\n<think>\\n' + m.content + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+)
+
+REASONING_ANSWER = {"prompt": [{"role": "user", "content": "2+2?"}],
+                    "chosen": [{"role": "assistant", "content": "4", "reasoning_content": "two and two make four"}],
+                    "rejected": [{"role": "assistant", "content": "5", "reasoning_content": "a guess"}]}
+TOOL_CALL_ANSWER = {"prompt": [{"role": "user", "content": "Weather in Paris?"}],
+                    "chosen": [{"role": "assistant", "content": None, "tool_calls": [CALL]}],
+                    "rejected": [{"role": "assistant", "content": "I cannot check the weather."}]}
+NAME_ANSWER = {"conversations": [{"from": "human", "value": "Who are you?"}],
+               "chosen": {"from": "gpt", "value": "Your assistant.", "name": "helper"}, "rejected": "Nobody."}
+FUNCTION_CALL_ANSWER = {"conversations": [{"from": "human", "value": "Weather in Paris?"}],
+                        "chosen": {"from": "function_call", "value": "{\"name\": \"get_weather\", \"arguments\": {}}"},
+                        "rejected": {"from": "gpt", "value": "Sunny."}}
+
+
+def thinking_tokenizer(template):
+    tokenizer = build_tiny_tokenizer(chat_template=template)
+    tokenizer.add_tokens(["<think>", "</think>"])  # added, not special, as in Qwen3's tokenizer
+    return tokenizer
+
+
+@pytest.mark.parametrize("record, template_source, shown", [
+    (REASONING_ANSWER, QWEN3_LIKE_TEMPLATE, "<think>\ntwo and two make four\n</think>\n\n4<|im_end|>"),
+    (TOOL_CALL_ANSWER, TOOL_TEMPLATE, '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'),
+    (NAME_ANSWER, TOOL_TEMPLATE, "helper: Your assistant.<|im_end|>"),
+])
+def test_answer_fields_a_template_renders_are_trained_on(tmp_path, record, template_source, shown):
+    """Read without a word (the load used to fail on such a row), and trained exactly as the template
+    renders the whole answer turn: prompt_ids + chosen_ids == training_text(prompt + chosen turn)."""
+    path = write(tmp_path / "answers.jsonl", [record])
+    (pair,) = load_pairs(str(path)).pairs
+    tokenizer = thinking_tokenizer(template_source)
+    template = get_template(None, tokenizer)
+    (encoded,), report = encode_pairs([pair], tokenizer, template)
+    assert report.fields_not_rendered == 0 and not report.dropped
+    assert shown in tokenizer.decode(encoded.chosen_ids)
+    for which, ids in (("chosen", encoded.chosen_ids), ("rejected", encoded.rejected_ids)):
+        full = template.training_text(pair.messages(pair.answer(which)))
+        assert encoded.prompt_ids + ids == tokenizer(full, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("record, template_name, dropped, advice", [
+    (REASONING_ANSWER, None, "reasoning_content in the chosen answer (chosen.reasoning_content), reasoning_content "
+     "in the rejected answer (rejected.reasoning_content)", "write the reasoning into the turn's text"),
+    (TOOL_CALL_ANSWER, None, "tool calls in the chosen answer (chosen.tool_calls)", "for tool calls and results"),
+    (NAME_ANSWER, "llama3", "speaker names in the chosen answer (chosen.name)", "speaker's name into the turn's text"),
+    (FUNCTION_CALL_ANSWER, "mistral", "function-call turns in the chosen answer (chosen.role)",
+     "for tool calls and results"),
+])
+def test_answer_fields_a_template_drops_refuse_that_pair_alone(tmp_path, record, template_name, dropped, advice):
+    """The template would drop them: that pair alone is refused, counted, with file:line, field and advice
+    for that kind of field (a name is not told about reasoning and <think>)."""
+    path = write(tmp_path / "answers.jsonl", [{"prompt": "plain?", "chosen": "yes", "rejected": "no"}, record])
+    pairs = load_pairs(str(path)).pairs
+    tokenizer = build_tiny_tokenizer()  # ChatML: role and content only
+    encoded, report = encode_pairs(pairs, tokenizer, get_template(template_name, tokenizer))
+    assert len(encoded) == 1 and report.fields_not_rendered == 1
+    (drop,) = report.dropped
+    assert drop.reason.startswith("template cannot render message fields: ") and dropped in drop.reason
+    assert f"({path}:2)" in drop.reason and advice in drop.reason
+    if "name" in dropped:
+        assert "reasoning" not in drop.reason and "<think>" not in drop.reason
+
+
+def test_reasoning_advice_and_control_tokens_follow_a_generation_prompt_that_opens_think():
+    """A template whose generation prompt opens <think>: the advice says to write "reasoning</think>answer",
+    and a <think> or </think> in an answer is not reported as text rendered with a chat template (it is
+    what the model writes), while real turn markup still is."""
+    tokenizer = thinking_tokenizer(THINKING_TEMPLATE)
+    template = get_template(None, tokenizer)
+    _, with_field = record_to_pair(REASONING_ANSWER)
+    _, report = encode_pairs([with_field], tokenizer, template)
+    (drop,) = report.dropped
+    assert "generation prompt already opens <think>" in drop.reason and "closed by </think>" in drop.reason
+    _, written = record_to_pair({"prompt": "2+2?", "chosen": "two and two make four\n</think>\n\n4",
+                                 "rejected": "<think>a guess</think>5"})
+    encoded, report = encode_pairs([written], tokenizer, template)
+    assert len(encoded) == 1 and report.control_tokens_in_text == 0
+    _, rendered = record_to_pair({"prompt": "<|im_start|>user\n2+2?<|im_end|>", "chosen": "4", "rejected": "5"})
+    _, report = encode_pairs([rendered], tokenizer, template)
+    assert report.control_tokens_in_text == 1 and "<|im_start|>" in report.control_tokens_seen
+
+
+def test_data_check_counts_answer_fields(tmp_path, capsys):
+    from prefloop.cli import main
+
+    path = write(tmp_path / "answers.jsonl", [REASONING_ANSWER, TOOL_CALL_ANSWER, NAME_ANSWER, FUNCTION_CALL_ANSWER,
+                                              {"prompt": "plain?", "chosen": "yes", "rejected": "no"}])
+    tokenizer_dir = tmp_path / "tok"
+    build_tiny_tokenizer().save_pretrained(tokenizer_dir)
+    assert main(["data", "check", str(path), "--tokenizer", str(tokenizer_dir), "--template", "mistral", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    turns = report["turns"]
+    assert [turns[k] for k in ("answers_with_tool_calls", "function_call_answers", "answers_with_names",
+                               "answers_with_reasoning")] == [1, 1, 1, 1]
+    assert report["quality"]["removed_by_check"] == {} and report["tokens"]["fields_not_rendered"] == 4
+    assert main(["data", "check", str(path), "--tokenizer", str(tokenizer_dir), "--template", "mistral"]) == 0
+    text = capsys.readouterr().out
+    assert "pairs whose answers have template fields: 1 with tool calls, 1 function calls, 1 with names, " \
+           "1 with reasoning" in text

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from prefloop.data.template import get_template
+from prefloop.data.template import get_template, special_token_text
 from prefloop.errors import DataError
 from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
@@ -94,36 +94,6 @@ UpdateCallback = Callable[[int, str, list, "Sample | None"], None]
 # Temperatures below this are greedy, as in vLLM (its _SAMPLING_EPS): dividing float32 logits by 1e-40
 # gives inf and NaN, and argmax of those picked an arbitrary token (often end of turn: an empty answer).
 GREEDY_BELOW = 1e-5
-
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
-
-
-def stop_token_ids(tokenizer, model=None, end_of_turn: str | None = None) -> set[int]:
-    """Token ids that end the assistant's turn: the template's end-of-turn string, EOS from tokenizer
-    and generation config, and common end-of-turn markers that are single tokens of this vocabulary."""
-    ids: set[int] = set()
-    if end_of_turn:
-        eot = tokenizer(end_of_turn.strip(), add_special_tokens=False).input_ids
-        if len(eot) == 1:
-            ids.add(int(eot[0]))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if config_eos is not None:
-        ids.update(int(i) for i in (config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN_TOKENS if t in vocab)
-    return ids
-
-
-def special_token_text(tokenizer) -> dict[int, str]:
-    """Token id -> text of the special tokens, which decoding with skip_special_tokens leaves out."""
-    out = {int(i): str(t) for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
-    for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(token, "special", False):
-            out[int(i)] = str(token)
-    return out
-
 
 def _byte_level_alphabet() -> dict[str, int]:
     """The byte-level BPE alphabet (GPT-2's): the printable character standing for each byte -> the byte."""
@@ -252,7 +222,7 @@ class LocalGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.template = get_template(None, tokenizer)
-        self.stop_ids = stop_token_ids(tokenizer, model, self.template.end_of_turn)
+        self.stop_ids = set(self.template.stop_token_ids(tokenizer, model))  # data/template.stop_token_ids
         self._special_text = special_token_text(tokenizer)
         self._token_bytes = TokenBytes(tokenizer, self._special_text)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)

@@ -13,7 +13,7 @@ import sys
 from collections import Counter
 from typing import Any, Sequence
 
-from prefloop.data.formats import write_seed_jsonl
+from prefloop.data.formats import warning_lines, write_seed_jsonl
 from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
 from prefloop.data.registry import CHECK_OPTIONS
@@ -33,8 +33,10 @@ def distribution(values: Sequence[int]) -> dict[str, float]:
 
 def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
     """Prompt turns per pair (system excluded), multi-turn share, system prompts, tools, and pairs whose
-    prompt has tool calls, tool results, speaker names or reasoning (the fields a template must render)."""
+    prompt, or whose answers, have tool calls, tool results, speaker names or reasoning (the fields a
+    template must render)."""
     user_turns = [sum(1 for m in p.prompt if m.role == "user") for p in pairs]
+    answers = [(p.answer("chosen"), p.answer("rejected")) for p in pairs]
     return {
         "prompt_turns": distribution([len(p.turns) for p in pairs]),
         "multi_turn_pairs": sum(1 for n in user_turns if n > 1),
@@ -44,6 +46,10 @@ def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
         "with_tool_results": sum(1 for p in pairs if any(m.role in ("tool", "function_call") for m in p.prompt)),
         "with_names": sum(1 for p in pairs if any(m.fields.get("name") and m.role != "tool" for m in p.prompt)),
         "with_reasoning": sum(1 for p in pairs if any(k in m.fields for m in p.prompt for k in REASONING_FIELDS)),
+        "answers_with_tool_calls": sum(1 for a in answers if any(m.fields.get("tool_calls") for m in a)),
+        "function_call_answers": sum(1 for a in answers if any(m.role == "function_call" for m in a)),
+        "answers_with_names": sum(1 for a in answers if any(m.fields.get("name") for m in a)),
+        "answers_with_reasoning": sum(1 for a in answers if any(k in m.fields for m in a for k in REASONING_FIELDS)),
         "with_weight": sum(1 for p in pairs if p.weight is not None),
         "with_margin": sum(1 for p in pairs if p.margin is not None),
         "with_dimensions": sum(1 for p in pairs if p.dimensions),
@@ -114,6 +120,7 @@ def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, A
         "pairs": len(pairs),
         "formats": dict(loaded.format_counts.most_common()),
         "skipped": loaded.skipped.to_dict(),
+        "warnings": loaded.warnings.to_dict(),
         "turns": turn_stats(pairs),
         "quality": quality.to_dict(),
     }
@@ -154,6 +161,14 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         for p in skipped["first"][:5]:
             where = f"{p['file']} {p['location']}".strip()
             lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
+    warned = report.get("warnings") or {}
+    if warned.get("count"):
+        lines.append(f"  pairs read with a warning: {warned['count']}")
+        for line in warning_lines(warned["kinds"]):
+            lines.append(f"    {line}")
+        for p in warned["first"][:3]:
+            where = f"{p['file']} {p['location']}".strip()
+            lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
     t = report["turns"]
     lines.append(f"  prompt turns per pair: {_dist_text(t['prompt_turns'])}; {t['multi_turn_pairs']} multi-turn, "
                  f"{t['with_system_prompt']} with a system prompt, {t['with_tools']} with tools")
@@ -161,6 +176,11 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
                                                                    "with_reasoning") if t[k]]
     if fields:
         lines.append("  prompts with template fields: " + ", ".join(fields))
+    answer_fields = [f"{t[k]} {text}" for k, text in (
+        ("answers_with_tool_calls", "with tool calls"), ("function_call_answers", "function calls"),
+        ("answers_with_names", "with names"), ("answers_with_reasoning", "with reasoning")) if t.get(k)]
+    if answer_fields:
+        lines.append("  pairs whose answers have template fields: " + ", ".join(answer_fields))
     extras = [f"{t[k]} with {k[5:]}" for k in ("with_weight", "with_margin", "with_dimensions") if t[k]]
     if extras:
         lines.append("  optional fields: " + ", ".join(extras))
@@ -178,8 +198,8 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
             lines.append(f"  {len(tokens['not_encodable'])} pairs cannot be encoded, e.g. "
                          + "; ".join(f"{d['id']}: {d['reason']}" for d in tokens["not_encodable"][:3]))
         if tokens.get("fields_not_rendered"):
-            lines.append(f"  {tokens['fields_not_rendered']} pairs refused: their prompts have tool calls, tool results, "
-                         f"names or reasoning that the {tokens['template']} template does not render")
+            lines.append(f"  {tokens['fields_not_rendered']} pairs refused: their prompts or answers have tool calls, tool "
+                         f"results, names or reasoning that the {tokens['template']} template does not render")
         if tokens.get("tools_ignored"):
             lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
         if tokens.get("end_of_turn_in_text"):

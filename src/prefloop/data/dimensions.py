@@ -94,10 +94,10 @@ def combined_gap(pair: PreferencePair, weights: dict[str, float]) -> tuple[float
 
 
 def swap(pair: PreferencePair) -> PreferencePair:
-    """The pair with chosen and rejected exchanged (their dimension scores too)."""
+    """The pair with chosen and rejected exchanged (their answer turns' fields and dimension scores too)."""
     dims = {name: ({"chosen": v["rejected"], "rejected": v["chosen"]} if isinstance(v, dict) else v)
             for name, v in (pair.dimensions or {}).items()} if pair.dimensions is not None else None
-    return dataclasses.replace(pair, chosen=pair.rejected, rejected=pair.chosen, dimensions=dims)
+    return dataclasses.replace(pair.swapped(), dimensions=dims)
 
 
 @dataclass

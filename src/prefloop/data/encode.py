@@ -19,11 +19,17 @@ counted in the report (`boundary_moved`). A pair left with no prompt token is dr
 answer token would have nothing to be predicted from).
 
 Data written for trainers that append EOS themselves ends answers with the EOS / end-of-turn token
-as text; the template writes it too, so it would be doubled. Such trailing special tokens are
-removed from answers and from the prompt's assistant turns before rendering (counted:
-`end_of_turn_in_text`); plain-text endings are never touched. A pair whose chosen and rejected have
-the same token ids carries no preference and is dropped ("identical answers"); pairs with an empty
-or whitespace-only answer are kept and counted (`empty_responses`).
+as text; the template writes it too, so it would be doubled. Such trailing stop tokens (the texts of
+`template.stop_token_ids`, see `template.stop_strings`) are removed from answers and from the prompt's
+assistant turns before rendering (counted: `end_of_turn_in_text`); plain-text endings are never
+touched. A pair whose chosen and rejected have the same token ids carries no preference and is dropped
+("identical answers"); pairs with an empty answer (`template.is_empty_answer`, the definition `data
+check` uses) are kept and counted (`empty_responses`).
+
+Turn contents beyond role and text (tool calls, tool results, names, reasoning, LLaMA-Factory's
+function-call role), in prompt turns and in the answers alike, reach the template; a pair holding
+one that the template would drop (`ChatTemplate.unrendered`) is refused and counted
+(`fields_not_rendered`), its reason naming each turn and field and the pair's file and line.
 
 Truncation to `cutoff_len` (the longer of prompt+chosen and prompt+rejected must fit):
 1. budgets: the responses keep up to max(cutoff_len - prompt, cutoff_len // 2) tokens, the
@@ -50,8 +56,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from prefloop.data.schema import EncodedPair, PreferencePair
-from prefloop.data.template import ChatTemplate, kind_text, special_strings
+from prefloop.data.schema import REASONING_FIELDS, EncodedPair, PreferencePair
+from prefloop.data.template import ChatTemplate, is_empty_answer, kind_text, special_strings, strip_stop_text
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
@@ -78,9 +84,9 @@ class EncodeReport:
     response_truncated: int = 0  # pairs with chosen or rejected cut at the end
     boundary_moved: int = 0  # prompt/response boundary moved to a token boundary
     tools_ignored: int = 0  # pairs with tools whose template does not render tools
-    fields_not_rendered: int = 0  # pairs refused: turns with tool calls/results, names or reasoning the template drops
+    fields_not_rendered: int = 0  # pairs refused: prompt or answer turns with tool calls/results, names or reasoning the template drops
     end_of_turn_in_text: int = 0  # pairs whose answers (or prompt replies) ended with the end-of-turn/EOS token as text
-    empty_responses: int = 0  # kept pairs whose chosen or rejected is empty or whitespace only
+    empty_responses: int = 0  # kept pairs whose chosen or rejected is empty (template.is_empty_answer)
     control_tokens_in_text: int = 0  # pairs whose texts contain the template's control tokens (pre-rendered text?)
     control_tokens_seen: list[str] = field(default_factory=list)  # which ones, first seen first
     cutoff_len: int | None = None
@@ -119,11 +125,11 @@ class EncodeReport:
                          "their text, which the tokenizer reads as control tokens: text already rendered with a chat "
                          "template is rendered again; give plain text.")
         if self.empty_responses:
-            parts.append(f"{self.empty_responses} pairs have an empty or whitespace-only answer (trained as the "
-                         "end-of-turn token alone); `prefloop data check` lists them.")
+            parts.append(f"{self.empty_responses} pairs have an empty answer (whitespace or end-of-turn tokens only: "
+                         "trained as the end-of-turn token alone); `prefloop data check` lists them.")
         if self.fields_not_rendered:
             parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "
-                         "reasoning that this template does not render.")
+                         "reasoning (in the prompt or an answer) that this template does not render.")
         if self.kept and not (self.dropped or self.prompt_truncated or self.response_truncated):
             parts.append("Nothing was dropped or cut.")
         return " ".join(parts)
@@ -137,8 +143,8 @@ class _Work:
     label: str
     messages: list[dict]
     tools: object = None
-    chosen: str = ""
-    rejected: str = ""
+    chosen: dict = field(default_factory=dict)  # the answer turns as the template gets them
+    rejected: dict = field(default_factory=dict)
     index: int = -1  # position in the input
     prompt_ids: list[int] | None = None
     chosen_ids: list[int] | None = None
@@ -172,8 +178,8 @@ def _render_batch(items: list[_Work], template: ChatTemplate, split: PromptSplit
             continue
         try:
             prompt = template.render(w.messages, add_generation_prompt=True, tools=w.tools)
-            chosen = template.training_text(w.messages + [{"role": "assistant", "content": w.chosen}], w.tools)
-            rejected = template.training_text(w.messages + [{"role": "assistant", "content": w.rejected}], w.tools)
+            chosen = template.training_text(w.messages + [w.chosen], w.tools)
+            rejected = template.training_text(w.messages + [w.rejected], w.tools)
         except Exception as err:  # noqa: BLE001 - a template error is reported per pair
             w.drop = f"template error: {err}"
             continue
@@ -371,8 +377,9 @@ def encode_pairs(
     ctx = _Context.create(tokenizer, template, cutoff_len)
     with ThreadPoolExecutor(max_workers=1) as tokenizing:
         pending = None
-        stops, controls = _stop_strings(tokenizer, template), _control_strings(tokenizer, template)
-        for batch in _batches(pairs, template, report, stops, controls):
+        stops, controls = template.stop_strings(tokenizer), _control_strings(tokenizer, template)
+        opening = _reply_opening(tokenizer, template, controls)
+        for batch in _batches(pairs, template, report, stops, controls, opening):
             texts, rendered, heads = _render_batch(batch, template, ctx.split)
             future = tokenizing.submit(batch_ids, tokenizer, texts)
             if pending is not None:
@@ -384,7 +391,8 @@ def encode_pairs(
     return encoded, report
 
 
-def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[str, ...], controls: tuple[str, ...]):
+def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[str, ...], controls: tuple[str, ...],
+             opening: tuple[str, ...] = ()):
     batch: list[_Work] = []
     for index, pair in enumerate(pairs):
         report.total += 1
@@ -393,18 +401,24 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[s
             report.tools_ignored += 1
             tools = None
         messages, stripped = _without_stop_text(pair.prompt_messages(), stops)
-        chosen, n_chosen = _strip_stop_text(pair.chosen, stops)
-        rejected, n_rejected = _strip_stop_text(pair.rejected, stops)
-        report.end_of_turn_in_text += bool(stripped or n_chosen or n_rejected)
+        answers = {}
+        for which in ("chosen", "rejected"):
+            answer = pair.answer(which).to_dict()
+            answer["content"], n = strip_stop_text(answer["content"], stops)
+            answers[which] = answer
+            stripped += n
+        report.end_of_turn_in_text += bool(stripped)
         if controls:
             found = _controls_in([m["content"] for m in messages if isinstance(m.get("content"), str)]
-                                 + [chosen, rejected], controls)
+                                 + [a["content"] for a in answers.values()], controls)
             if found:
                 report.control_tokens_in_text += 1
                 report.control_tokens_seen += [t for t in found if t not in report.control_tokens_seen]
-        work = _Work(pair, _label(pair, index), messages, tools, chosen=chosen, rejected=rejected, index=index)
-        if any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt):
-            work.drop = _unrendered_reason(pair, work.messages, template)
+        work = _Work(pair, _label(pair, index), messages, tools, chosen=answers["chosen"],
+                     rejected=answers["rejected"], index=index)
+        if (any(m.fields or m.role in _TEMPLATE_ROLES for m in pair.prompt) or pair.chosen_fields
+                or pair.rejected_fields or pair.chosen_role != "assistant" or pair.rejected_role != "assistant"):
+            work.drop = _unrendered_reason(pair, work.messages, answers, template, opening)
             report.fields_not_rendered += work.drop is not None
         batch.append(work)
         if len(batch) == BATCH_SIZE:
@@ -417,43 +431,36 @@ def _batches(pairs, template: ChatTemplate, report: EncodeReport, stops: tuple[s
 _TEMPLATE_ROLES = ("tool", "function_call")
 
 
-def _stop_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
-    """The special tokens that end a reply (the template's end of turn, the EOS token), longest first."""
-    specials = set(special_strings(tokenizer))
-    found = {t for t in (template.end_of_turn, tokenizer.eos_token) if t and t in specials}
-    return tuple(sorted(found, key=len, reverse=True))
+_CONTROL_PROBE = [{"role": "user", "content": "u?"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "v?"}]
 
 
 def _control_strings(tokenizer, template: ChatTemplate) -> tuple[str, ...]:
-    """The special tokens the template writes around turns (found in a rendered probe conversation)."""
+    """The special tokens the template writes around turns (found in a rendered probe conversation ending
+    with a user turn) and its end of turn. Tokens only the generation prompt writes are not among them:
+    they open the reply (`_reply_opening`, a reasoning model's `<think>`), and an answer may hold them."""
     system = {"role": "system", "content": "s"}
-    turns = [{"role": "user", "content": "u?"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "v?"}]
     text = template.end_of_turn
-    for messages, generation_prompt in (([system, *turns], True), (turns, True), (turns[:2], False)):
+    for messages in ([system, *_CONTROL_PROBE], _CONTROL_PROBE, _CONTROL_PROBE[:2]):
         try:
-            text += template.render(messages, add_generation_prompt=generation_prompt)
+            text += template.render(messages, add_generation_prompt=False)
             break
         except Exception:  # noqa: BLE001 - a template may refuse system turns or these texts: try simpler
             continue
     return tuple(t for t in special_strings(tokenizer) if t in text)
 
 
+def _reply_opening(tokenizer, template: ChatTemplate, controls: tuple[str, ...]) -> tuple[str, ...]:
+    """Special tokens the generation prompt writes that are not turn markup: the template opens the reply
+    with them (e.g. `<think>` after the assistant header of a reasoning model's template)."""
+    try:
+        text = template.render(_CONTROL_PROBE, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - no generation prompt to look at
+        return ()
+    return tuple(t for t in special_strings(tokenizer) if t in text and t not in controls)
+
+
 def _controls_in(texts: list[str], controls: tuple[str, ...]) -> list[str]:
     return [t for t in controls if any(t in text for text in texts)]
-
-
-def _strip_stop_text(text: str, stops: tuple[str, ...]) -> tuple[str, int]:
-    """`text` without the end-of-turn/EOS tokens written at its end (data prepared for a trainer that does
-    not add them), and how many were removed; the template writes the one a reply ends with. Whitespace
-    after a removed token goes with it; text without such an ending is returned unchanged."""
-    removed = 0
-    while stops:
-        trimmed = text.rstrip()
-        stop = next((t for t in stops if trimmed.endswith(t)), None)
-        if stop is None:
-            return text, removed
-        text, removed = trimmed[: len(trimmed) - len(stop)], removed + 1
-    return text, removed
 
 
 def _without_stop_text(messages: list[dict], stops: tuple[str, ...]) -> tuple[list[dict], int]:
@@ -462,7 +469,7 @@ def _without_stop_text(messages: list[dict], stops: tuple[str, ...]) -> tuple[li
     out = messages
     for i, m in enumerate(messages):
         if m["role"] == "assistant" and isinstance(m.get("content"), str):
-            text, n = _strip_stop_text(m["content"], stops)
+            text, n = strip_stop_text(m["content"], stops)
             if n:
                 if out is messages:
                     out = list(messages)
@@ -471,17 +478,42 @@ def _without_stop_text(messages: list[dict], stops: tuple[str, ...]) -> tuple[li
     return out, removed
 
 
-def _unrendered_reason(pair: PreferencePair, messages: list[dict], template: ChatTemplate) -> str | None:
-    """Why the template cannot show this prompt as the data holds it (None when it can): the turn
-    contents it would drop, each with its turn and the pair's file and line."""
-    missing = template.unrendered(messages)
+def _unrendered_reason(pair: PreferencePair, messages: list[dict], answers: dict[str, dict], template: ChatTemplate,
+                       opening: tuple[str, ...] = ()) -> str | None:
+    """Why the template cannot show this pair as the data holds it (None when it can): the turn contents
+    of its prompt and answers that the template would drop (`ChatTemplate.unrendered`), each with its
+    turn or answer field and the pair's file and line, and what to do for each kind."""
+    missing = [(f"prompt turn {i + 1} ({messages[i]['role']})", kind) for i, kind in template.unrendered(messages)]
+    for which, turn in answers.items():
+        missing += [(f"the {which} answer ({which}.{'role' if kind in _TEMPLATE_ROLES else kind})", kind)
+                    for _, kind in template.unrendered([turn])]
     if not missing:
         return None
-    where = ", ".join(f"{kind_text(kind)} in prompt turn {i + 1} ({messages[i]['role']})" for i, kind in missing)
+    where = ", ".join(f"{kind_text(kind)} in {place}" for place, kind in missing)
     return (f"template cannot render message fields: the {template.name} template drops {where}"
             + (f" ({pair.source})" if pair.source else "")
-            + "; train with a template that renders them (the model's own chat template, if it supports tools "
-              "and reasoning), or remove them from the data")
+            + "; " + _field_advice({kind for _, kind in missing}, template, opening))
+
+
+def _field_advice(kinds: set[str], template: ChatTemplate, opening: tuple[str, ...]) -> str:
+    """What to do about turn contents of `kinds` that `template` drops, said per kind."""
+    advice = []
+    if kinds & {"tool_calls", "tool", "function_call"}:
+        advice.append("for tool calls and results, train with a chat template that renders them (the model's own, "
+                      "if the model calls tools), or leave such pairs out")
+    if "name" in kinds:
+        advice.append("write the speaker's name into the turn's text (e.g. 'alice: ...') or remove the name field")
+    if kinds & set(REASONING_FIELDS):
+        if opening:
+            closing = f"</{opening[0][1:]}" if opening[0].startswith("<") and not opening[0].startswith("</") else ""
+            advice.append(f"write the reasoning into the turn's text: the {template.name} template's generation prompt "
+                          f"already opens {opening[0]}, so the text starts with the reasoning, "
+                          + (f"closed by {closing}, " if closing else "then closes it as the model does, ")
+                          + "then the answer; or remove the reasoning field")
+        else:
+            advice.append("write the reasoning into the turn's text the way the model writes it (e.g. "
+                          "<think>...</think> before the answer), or remove the reasoning field")
+    return "; ".join(advice) or "train with a template that renders them, or remove them from the data"
 
 
 def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeReport) -> list[EncodedPair]:
@@ -500,7 +532,7 @@ def _finish_batch(batch, rendered, heads, future, ctx: _Context, report: EncodeR
         if w.drop is not None:
             report.dropped.append(DroppedPair(w.label, w.drop))
             continue
-        report.empty_responses += not (w.chosen.strip() and w.rejected.strip())
+        report.empty_responses += any(is_empty_answer(a["content"], a) for a in (w.chosen, w.rejected))
         report.turns_dropped += w.turns_dropped
         report.prompt_truncated += bool(prompt_cut or w.turns_dropped)
         report.response_truncated += responses_cut

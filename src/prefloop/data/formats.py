@@ -9,12 +9,18 @@ detected from the record's keys and value types, or declared in `dataset_info.js
 - ``alpaca``: LLaMA-Factory ranking, ``instruction``/``input``/``chosen``/``rejected``;
 - ``trl_standard``: TRL ``prompt``/``chosen``/``rejected`` strings;
 - ``trl_conversational``: TRL ``role``/``content`` lists, explicit or implicit prompt (the turns chosen
-  and rejected share; a string ``prompt`` next to whole conversations must be one of their user turns);
+  and rejected share). A string ``prompt`` is removed from the start of chosen/rejected lists that repeat
+  it; next to whole conversations it is ignored, as TRL ignores it, and when it is not one of their
+  shared user turns the reader warns (the loader counts such pairs);
 - ``hh``: Anthropic HH-RLHF ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` transcripts.
 
-An answer is text: an answer turn with tool calls, reasoning or a function-call role is refused.
+An answer turn keeps what it carries besides its text, as a prompt turn does: tool calls, reasoning,
+a name (`PreferencePair.chosen_fields`), and LLaMA-Factory's ``function_call`` role
+(`PreferencePair.chosen_role`). Whether the chat template renders them is known only at encoding: a
+pair whose template would drop them is refused there, per pair and counted (`data/encode.py`).
 
-A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line.
+A reader raises `RecordError` (field + what is wrong + what to do); the loader adds file and line. What
+is read but worth a word (an ignored prompt string) goes to the reader's `warn` callback.
 """
 
 from __future__ import annotations
@@ -27,6 +33,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
+
+# warn(kind, field, message, suggestion): a record was read, but something in it was ignored; `kind`
+# (one of WARNINGS) is what the loader counts.
+Warn = Callable[[str, str, str, str], None]
+
+# Warning kinds -> what the counted pairs had, in words.
+WARNINGS = {
+    "prompt_string_ignored": "a prompt string that is none of the user turns chosen and rejected share "
+                             "(ignored: the shared turns are the prompt, as TRL reads it)",
+}
+
+
+def warning_lines(kinds: Mapping[str, int]) -> list[str]:
+    """One line per warning kind: "N pair(s) had ..." (for the load summary and `data check`)."""
+    return [f"{n} pair(s) had {WARNINGS.get(kind, kind)}" for kind, n in kinds.items()]
+
+
+def _no_warning(kind: str, field: str, message: str, suggestion: str) -> None:
+    return None
+
 
 FORMATS = ("seed", "sharegpt", "alpaca", "trl_standard", "trl_conversational", "hh")
 # Values accepted for `formatting` in dataset_info.json ("trl" covers both TRL forms; LLaMA-Factory's
@@ -83,14 +109,15 @@ def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
     """`pair` as one record of the seed's format; `provenance` adds top-level keys (e.g. judge="gpt-4o").
 
     Optional fields are written only when set; `pair.extra` keys are written back at top level, and
-    each turn keeps its template fields (tool calls, names, reasoning), so reading the record again
+    each turn keeps its template fields (tool calls, names, reasoning), answers too (an answer turn with
+    fields or the function_call role is written as a message object), so reading the record again
     gives the same pair. `provenance` may also set an optional field
     (e.g. source="judge:gpt-4o").
     """
     record: dict[str, Any] = {
         "conversations": [{"from": m.role, "value": m.content, **m.fields} for m in pair.prompt],
-        "chosen": pair.chosen,
-        "rejected": pair.rejected,
+        "chosen": _answer_record(pair.answer("chosen")),
+        "rejected": _answer_record(pair.answer("rejected")),
     }
     if pair.tools is not None:
         record["tools"] = pair.tools
@@ -104,6 +131,13 @@ def to_seed_record(pair: PreferencePair, **provenance: Any) -> dict[str, Any]:
         if value is not None:
             record[key] = value
     return record
+
+
+def _answer_record(answer: Message) -> str | dict[str, Any]:
+    """An answer as the seed writes it: its text, or a message object when the turn carries more."""
+    if answer.role == "assistant" and not answer.fields:
+        return answer.content
+    return {"from": answer.role, "value": answer.content, **answer.fields}
 
 
 def write_seed_jsonl(pairs: Iterable[PreferencePair], path: str | Path, **provenance: Any) -> int:
@@ -179,13 +213,17 @@ def _trl_with_messages_column(record: Mapping[str, Any]) -> bool:
     return DEFAULT_ROLE_ALIASES.get(role) in ("system", "user") if isinstance(role, str) else False
 
 
-def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
-    """A function record -> (format name, PreferencePair) for `spec`; built once per dataset."""
+def make_reader(spec: FormatSpec = AUTO, warn: Warn = _no_warning) -> Callable[[Mapping[str, Any]], tuple[str, PreferencePair]]:
+    """A function record -> (format name, PreferencePair) for `spec`; built once per dataset.
+
+    `warn(kind, field, message, suggestion)` is called for a record that is read but has something
+    ignored (kind "prompt_string_ignored": a TRL string prompt that is none of the user turns its whole
+    conversations share); the loader counts them per kind (see WARNINGS)."""
     if spec.formatting not in FORMATTINGS:
         raise ValueError(f"unknown formatting {spec.formatting!r}; known: {', '.join(FORMATTINGS)}")
     conv = _ConversationReader(spec)
     alpaca = _AlpacaReader(spec)
-    trl = _TrlReader(spec)
+    trl = _TrlReader(spec, warn)
     by_format = {
         "seed": conv,
         "sharegpt": conv,
@@ -209,11 +247,11 @@ def make_reader(spec: FormatSpec = AUTO) -> Callable[[Mapping[str, Any]], tuple[
     return read_auto
 
 
-def record_to_pair(record: Mapping[str, Any], spec: FormatSpec = AUTO) -> tuple[str, PreferencePair]:
+def record_to_pair(record: Mapping[str, Any], spec: FormatSpec = AUTO, warn: Warn = _no_warning) -> tuple[str, PreferencePair]:
     """Convert one record (convenience for single records; loops should reuse `make_reader`)."""
     if not isinstance(record, Mapping):
         raise RecordError("", f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP)
-    return make_reader(spec)(record)
+    return make_reader(spec, warn)(record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,31 +460,18 @@ def _extra(record: Mapping[str, Any], used: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in used and v is not None}
 
 
-def _answer_text(message: Message, key: str) -> str:
-    """The text of an answer turn; an answer whose tool calls, reasoning or function-call role a text
-    answer cannot carry is refused (they would be lost from training without a word)."""
-    if message.role == "function_call":
-        raise RecordError(f"{key}", "the answer is a function call (role 'function_call'); answers are trained as "
-                          "assistant text, which would lose the call's format", "give the answer as an assistant "
-                          "message, or leave such pairs out")
-    if message.fields:
-        field = next(iter(message.fields))
-        raise RecordError(f"{key}.{field}", f"the answer has {field!r}, which a text answer would drop",
-                          "write it into the answer's content (e.g. reasoning as <think>...</think>) or remove it")
-    return message.content
-
-
-def _answer(raw: Any, roles: Roles, key: str) -> str:
-    """A response given as a string or a single message object."""
+def _answer(raw: Any, roles: Roles, key: str) -> Message:
+    """A response given as a string or a single message object, as an answer turn (its template fields
+    and role kept: whether the chat template renders them is checked when the pair is encoded)."""
     if isinstance(raw, str):
-        return raw
+        return Message("assistant", raw)
     if isinstance(raw, list) and len(raw) == 1:
         raw = raw[0]
     if isinstance(raw, dict):
         message = roles.message(raw, key)
         if message.role not in _ANSWER_SIDE:
             raise RecordError(key, f"{key!r} is a {message.role!r} turn; the answer must be an assistant turn", "give the answer the assistant role/tag")
-        return _answer_text(message, key)
+        return message
     if raw is None:
         raise RecordError(key, f"missing field {key!r}", f"add {key!r}: the answer as a string or message object")
     raise RecordError(key, f"{key!r} must be a string or a message object, got {_type_name(raw)}", f"write {key!r} as a string")
@@ -481,14 +506,8 @@ class _ConversationReader:
         raw_chosen = record.get(self.chosen_key)
         chosen = _answer(raw_chosen, self.roles, self.chosen_key)
         rejected = _answer(record.get(self.rejected_key), self.roles, self.rejected_key)
-        pair = PreferencePair(
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            tools=_tools_text(record, self.tools_key),
-            extra=_extra(record, self.used),
-            **_optional(record),
-        )
+        pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
+                     extra=_extra(record, self.used), **_optional(record))
         return ("seed" if isinstance(raw_chosen, str) else "sharegpt"), pair
 
 
@@ -537,12 +556,25 @@ class _AlpacaReader:
         return "alpaca", pair
 
 
-def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], str, str]:
-    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer."""
+def _pair(prompt: list[Message], chosen: Message, rejected: Message, **rest: Any) -> PreferencePair:
+    """The pair of a prompt and two answer turns (text, role and template fields of each)."""
+    return PreferencePair(prompt=prompt, chosen=chosen.content, rejected=rejected.content,
+                          chosen_fields=chosen.fields, rejected_fields=rejected.fields,
+                          chosen_role=chosen.role, rejected_role=rejected.role, **rest)
+
+
+def shared_turns(chosen: list[Message], rejected: list[Message]) -> int:
+    """How many leading turns chosen and rejected share, leaving each at least its last turn (the answer)."""
     limit = min(len(chosen), len(rejected)) - 1
     n = 0
     while n < limit and chosen[n] == rejected[n]:
         n += 1
+    return n
+
+
+def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_key: str = "chosen", rejected_key: str = "rejected") -> tuple[list[Message], Message, Message]:
+    """Implicit prompt: the leading turns chosen and rejected share; each must then have one answer turn."""
+    n = shared_turns(chosen, rejected)
     answers = []
     for key, messages in ((chosen_key, chosen), (rejected_key, rejected)):
         rest = messages[n:]
@@ -554,7 +586,7 @@ def split_shared_prompt(chosen: list[Message], rejected: list[Message], chosen_k
             )
         if rest[0].role not in _ANSWER_SIDE:
             raise RecordError(key, f"the last turn of {key!r} is {rest[0].role!r}, not an assistant answer", "end chosen and rejected with the assistant's answer")
-        answers.append(_answer_text(rest[0], f"{key}[-1]"))  # its last turn
+        answers.append(rest[0])
     return list(chosen[:n]), answers[0], answers[1]
 
 
@@ -564,20 +596,19 @@ def _is_conversation(messages: list[Message]) -> bool:
     return bool(messages) and messages[0].role not in _ANSWER_SIDE
 
 
-def _check_prompt_string(prompt: str, chosen: list[Message], rejected: list[Message], key: str) -> None:
-    """A string prompt given next to whole conversations must be the text of a user turn they share."""
+def _check_prompt_string(prompt: str, chosen: list[Message], rejected: list[Message], key: str, warn: Warn) -> None:
+    """A string prompt next to whole conversations is ignored (TRL's maybe_extract_prompt ignores it too);
+    when it is not the text of a user turn they share, something may be lost: warn."""
     if not prompt.strip():
         return
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
+    n = shared_turns(chosen, rejected)
     if not any(m.role == "user" and m.content.strip() == prompt.strip() for m in chosen[:n]):
-        raise RecordError(
+        warn(
+            "prompt_string_ignored",
             key,
-            f"{key!r} is a string, chosen and rejected are whole conversations, and the string is not one of the "
-            f"user turns they share ({_preview_text(prompt)})",
-            f"drop {key!r} (the turns chosen and rejected share are the prompt), or give chosen and rejected as "
-            "the answer turn only",
+            f"{key!r} is a string that is not one of the user turns chosen and rejected share "
+            f"({_preview_text(prompt)}); it is ignored: the prompt is the turns they share, as TRL reads it",
+            f"drop {key!r}, or give chosen and rejected as the answer turn only if {key!r} is the prompt",
         )
 
 
@@ -589,7 +620,8 @@ def _preview_text(text: str, width: int = 40) -> str:
 class _TrlReader:
     """TRL preference data: standard (strings) or conversational (role/content lists), explicit or implicit prompt."""
 
-    def __init__(self, spec: FormatSpec) -> None:
+    def __init__(self, spec: FormatSpec, warn: Warn = _no_warning) -> None:
+        self.warn = warn
         cols = spec.columns
         self.prompt_key = cols.get("prompt", "prompt")
         self.chosen_key = cols.get("chosen", "chosen")
@@ -627,7 +659,7 @@ class _TrlReader:
                 raise RecordError(self.prompt_key, f"missing field {self.prompt_key!r}", "add the prompt as a string (or use full HH transcripts)")
             else:
                 raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a string")
-            chosen, rejected = raw_chosen, raw_rejected
+            chosen, rejected = Message("assistant", raw_chosen), Message("assistant", raw_rejected)
         else:
             fmt = "trl_conversational"
             if isinstance(raw_prompt, list):
@@ -635,31 +667,27 @@ class _TrlReader:
                 chosen_msgs = self._responses(raw_chosen, self.chosen_key, prompt)
                 rejected_msgs = self._responses(raw_rejected, self.rejected_key, prompt)
             elif isinstance(raw_prompt, str) or raw_prompt is None:
-                chosen_msgs = self.roles.messages(raw_chosen, self.chosen_key)
-                rejected_msgs = self.roles.messages(raw_rejected, self.rejected_key)
+                # A list that repeats the string prompt as its first turn: keep what follows it.
+                given = [] if raw_prompt is None else [Message("user", raw_prompt)]
+                chosen_msgs = self._responses(raw_chosen, self.chosen_key, given)
+                rejected_msgs = self._responses(raw_rejected, self.rejected_key, given)
                 if raw_prompt is None or _is_conversation(chosen_msgs) and _is_conversation(rejected_msgs):
                     # Implicit prompt: the turns chosen and rejected share (TRL's maybe_extract_prompt also
-                    # ignores a string prompt next to whole conversations); a given string must be one of
-                    # their user turns, so that a prompt that disagrees with the conversation is not lost.
+                    # ignores a string prompt next to whole conversations); a string that is none of their
+                    # user turns is reported, so that a prompt that disagrees with them is not lost unseen.
                     prompt, prompt_field = [], self.chosen_key
                     if raw_prompt is not None:
-                        _check_prompt_string(raw_prompt, chosen_msgs, rejected_msgs, self.prompt_key)
+                        _check_prompt_string(raw_prompt, chosen_msgs, rejected_msgs, self.prompt_key, self.warn)
                 else:
-                    prompt = [Message("user", raw_prompt)]
+                    prompt = given
             else:
                 raise RecordError(self.prompt_key, f"{self.prompt_key!r} must be a string or a list of turns, got {_type_name(raw_prompt)}", "write the prompt as a list of role/content turns")
             shared, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs, self.chosen_key, self.rejected_key)
             prompt = prompt + shared
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
         check_prompt(prompt, prompt_field)
-        pair = PreferencePair(
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            tools=_tools_text(record, self.tools_key),
-            extra=_extra(record, self.used),
-            **_optional(record),
-        )
+        pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
+                     extra=_extra(record, self.used), **_optional(record))
         return fmt, pair
 
 
@@ -703,5 +731,4 @@ def _read_hh(record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
     rejected_msgs = parse_hh_transcript(rejected_text, "rejected")
     prompt, chosen, rejected = split_shared_prompt(chosen_msgs, rejected_msgs)
     check_prompt(prompt, "chosen")
-    pair = PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected, extra=_extra(record, _HH_USED), **_optional(record))
-    return "hh", pair
+    return "hh", _pair(prompt, chosen, rejected, extra=_extra(record, _HH_USED), **_optional(record))

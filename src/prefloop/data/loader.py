@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader
+from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader, warning_lines
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import DataError, json_error_text
@@ -79,12 +79,38 @@ class SkipReport:
 
 
 @dataclass
+class WarningReport:
+    """Pairs that were read with something in them ignored: how many per kind (formats.WARNINGS), and the first few."""
+
+    kinds: Counter = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return sum(self.kinds.values())
+
+    def add(self, kind: str, problem: Problem) -> None:
+        self.kinds[kind] += 1
+        if len(self.problems) < _KEPT_PROBLEMS:
+            self.problems.append(problem)
+
+    def lines(self) -> list[str]:
+        """One line per kind: "N pair(s) had ..." """
+        return warning_lines(dict(self.kinds.most_common()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "kinds": dict(self.kinds.most_common()),
+                "first": [p.to_dict() for p in self.problems[:MAX_LISTED_PROBLEMS]]}
+
+
+@dataclass
 class LoadResult:
     pairs: list[PreferencePair]
     format_counts: Counter
     skipped: SkipReport
     sources: list[DatasetSource]
     pairs_per_dataset: dict[str, int] = field(default_factory=dict)
+    warnings: WarningReport = field(default_factory=WarningReport)
 
     @property
     def files(self) -> list[str]:
@@ -95,6 +121,8 @@ class LoadResult:
         text = f"{len(self.pairs)} pairs from {len(self.files)} file(s) (formats: {formats})"
         if self.skipped.count:
             text += f"; skipped {self.skipped.count} bad row(s): " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
+        if self.warnings.count:
+            text += "; " + "; ".join(self.warnings.lines())
         return text
 
 
@@ -228,8 +256,13 @@ def iter_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
 
 
 def _read_source(source: DatasetSource, limit: int | None, pairs: list[PreferencePair], formats: Counter,
-                 problems: SkipReport, used_prefixes: dict[str, Path]) -> int:
-    read = make_reader(source.spec)
+                 problems: SkipReport, used_prefixes: dict[str, Path], warnings: WarningReport) -> int:
+    pending: list[tuple[str, str, str, str]] = []  # the warnings of the record being read (kept if it is read)
+
+    def warn(kind: str, field_name: str, message: str, suggestion: str) -> None:
+        pending.append((kind, field_name, message, suggestion))
+
+    read = make_reader(source.spec, warn)
     count = 0
     # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
     # column would otherwise drop every system prompt without a word.
@@ -257,11 +290,14 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 continue
             if declared:
                 seen_keys.update(record)
+            pending.clear()
             try:
                 fmt, pair = read(record)
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
+            for warning, field_name, message, suggestion in pending:
+                warnings.add(warning, Problem(file_name, record_lines.location(kind, number), field_name, message, suggestion))
             if pair.id is None:
                 pair.id = f"{prefix}:{number}"
             if pair.source is None:
@@ -298,16 +334,19 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
     problems = SkipReport()
     per_dataset: dict[str, int] = {}
     used_prefixes: dict[str, Path] = {}
+    warnings = WarningReport()
     for source in sources:
         limits = [n for n in (max_samples, source.num_samples) if n is not None]
         limit = min(limits) if limits else None
-        per_dataset[source.name] = per_dataset.get(source.name, 0) + _read_source(source, limit, pairs, formats, problems, used_prefixes)
+        per_dataset[source.name] = per_dataset.get(source.name, 0) + _read_source(
+            source, limit, pairs, formats, problems, used_prefixes, warnings)
     if problems.count and not skip_bad_rows:
         raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
         detail = f"; {problems.count} bad row(s) were skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
-    return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset)
+    return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset,
+                      warnings=warnings)
 
 
 def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:

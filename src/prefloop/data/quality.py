@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from prefloop.data.schema import PreferencePair
+from prefloop.data.template import answer_key, is_empty_answer
 
 # Defaults of the statistical checks.
 LENGTH_BIAS_SHARE = 0.7  # warn when chosen is longer than rejected in more than this share of pairs
@@ -147,8 +148,19 @@ def _prompt_key(pair: PreferencePair) -> tuple:
     return (tuple(pair.prompt), pair.tools)
 
 
+def _answer_key(pair: PreferencePair, which: str) -> tuple:
+    """The answer as `template.answer_key` compares answers (text without a trailing end-of-turn token, role, fields)."""
+    answer = pair.answer(which)
+    return answer_key(answer.role, answer.content, answer.fields)
+
+
+def _same_answers(pair: PreferencePair) -> bool:
+    return _answer_key(pair, "chosen") == _answer_key(pair, "rejected")
+
+
 def check_identical(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
-    flagged = [i for i, p in enumerate(pairs) if p.chosen == p.rejected]
+    """Pairs whose two answers are the same answer (`template.answer_key`: "A" and "A<|im_end|>" are)."""
+    flagged = [i for i, p in enumerate(pairs) if _same_answers(p)]
     return Finding(
         "identical", "chosen identical to rejected", "error", len(flagged),
         "such pairs carry no preference (their loss gradient is zero); remove them or relabel",
@@ -159,7 +171,8 @@ def check_identical(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]
 def check_formatting_only(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
     flagged = [
         i for i, p in enumerate(pairs)
-        if p.chosen != p.rejected and formatting_key(p.chosen) == formatting_key(p.rejected)
+        if not _same_answers(p) and p.chosen_fields == p.rejected_fields and p.chosen_role == p.rejected_role
+        and formatting_key(p.chosen) == formatting_key(p.rejected)
     ]
     return Finding(
         "formatting_only", "chosen and rejected differ only in whitespace, case or punctuation", "warning", len(flagged),
@@ -170,9 +183,12 @@ def check_formatting_only(pairs: Sequence[PreferencePair]) -> tuple[Finding, lis
 
 
 def check_empty(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
+    """Pairs with an empty answer (`template.is_empty_answer`, the encoder's definition: whitespace or
+    end-of-turn tokens only, and no tool call) or an empty last prompt turn."""
     flagged, details = [], []
     for i, p in enumerate(pairs):
-        empty = [name for name, text in (("chosen", p.chosen), ("rejected", p.rejected)) if not text.strip()]
+        empty = [name for name in ("chosen", "rejected")
+                 if is_empty_answer(getattr(p, name), getattr(p, f"{name}_fields"))]
         if p.turns and not p.turns[-1].content.strip():
             empty.append("last prompt turn")
         if empty:
@@ -189,23 +205,22 @@ def check_duplicates(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int
     first: dict[tuple, int] = {}
     flagged = []
     for i, p in enumerate(pairs):
-        key = (_prompt_key(p), p.chosen, p.rejected)
-        j = first.setdefault(key, i)
+        j = first.setdefault((_prompt_key(p), _answer_key(p, "chosen"), _answer_key(p, "rejected")), i)
         if j != i:
-            flagged.append(i)
+            flagged.append((i, j))
     return Finding(
         "duplicate", "exact duplicate pairs (beyond the first copy)", "warning", len(flagged),
         "duplicates over-weight a few pairs; --write-clean keeps the first copy",
         removes=True,
-        examples=[_example(pairs, i, f"same as {pairs[first[(_prompt_key(pairs[i]), pairs[i].chosen, pairs[i].rejected)]].id}") for i in flagged[:MAX_EXAMPLES]],
-    ), flagged
+        examples=[_example(pairs, i, f"same as {pairs[j].id}") for i, j in flagged[:MAX_EXAMPLES]],
+    ), [i for i, _ in flagged]
 
 
 def check_contradictions(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
-    by_prompt: dict[tuple, dict[tuple[str, str], list[int]]] = defaultdict(lambda: defaultdict(list))
+    by_prompt: dict[tuple, dict[tuple[tuple, tuple], list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, p in enumerate(pairs):
-        if p.chosen != p.rejected:
-            by_prompt[_prompt_key(p)][(p.chosen, p.rejected)].append(i)
+        if not _same_answers(p):
+            by_prompt[_prompt_key(p)][(_answer_key(p, "chosen"), _answer_key(p, "rejected"))].append(i)
     flagged: list[int] = []
     examples = []
     for orders in by_prompt.values():
@@ -243,7 +258,7 @@ def check_length_bias(pairs: Sequence[PreferencePair], share_threshold: float = 
     ratios = []
     for p in pairs:
         c, r = len(p.chosen.strip()), len(p.rejected.strip())
-        if not c or not r or p.chosen == p.rejected:
+        if not c or not r or _same_answers(p):
             continue
         longer += c > r
         shorter += c < r

@@ -6,6 +6,7 @@ nothing downstream (encoding, training, labeling, judging) knows about file form
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,12 @@ class PreferencePair:
 
     `prompt` holds the turns in order; an optional system prompt is its first message with
     role "system". `tools` is the tool/function description (a JSON string) when the data has
-    one. `chosen` and `rejected` are the assistant's answers as plain text.
+    one. `chosen` and `rejected` are the texts of the two answers. An answer turn may carry more
+    than its text, as prompt turns do: `chosen_fields` / `rejected_fields` hold its TEMPLATE_FIELDS
+    (tool calls, reasoning, a name) and `chosen_role` / `rejected_role` its role ("assistant", or
+    LLaMA-Factory's "function_call"); `answer(which)` is the whole turn, which every rendering
+    (the chat template, `messages`) receives, so a template that renders them trains on them and
+    one that would drop them is refused per pair by the encoder.
 
     Optional fields: `id` (stable identifier, used in logs and reports), `weight` (per-pair loss
     weight), `margin` (a target reward margin, e.g. a judge's score gap), `dimensions`
@@ -75,6 +81,10 @@ class PreferencePair:
     dimensions: dict[str, Any] | None = None
     source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    chosen_fields: dict[str, Any] = field(default_factory=dict)
+    rejected_fields: dict[str, Any] = field(default_factory=dict)
+    chosen_role: str = "assistant"
+    rejected_role: str = "assistant"
 
     @property
     def system(self) -> str | None:
@@ -87,9 +97,24 @@ class PreferencePair:
         """The prompt without the system message."""
         return [m for m in self.prompt if m.role != "system"]
 
-    def messages(self, response: str) -> list[dict[str, Any]]:
-        """The whole conversation with `response` as the final assistant turn (for chat templates)."""
-        return [m.to_dict() for m in self.prompt] + [{"role": "assistant", "content": response}]
+    def answer(self, which: str) -> Message:
+        """The answer turn `which` ("chosen" or "rejected"): its role, text and template fields."""
+        if which not in ("chosen", "rejected"):
+            raise ValueError(f"which must be 'chosen' or 'rejected', got {which!r}")
+        return Message(getattr(self, f"{which}_role"), getattr(self, which), getattr(self, f"{which}_fields"))
+
+    def messages(self, response: str | Message) -> list[dict[str, Any]]:
+        """The whole conversation with `response` as the final turn (for chat templates): a text is a
+        plain assistant turn, a Message (e.g. `answer("chosen")`) keeps its role and fields."""
+        last = response if isinstance(response, Message) else Message("assistant", response)
+        return [m.to_dict() for m in self.prompt] + [last.to_dict()]
+
+    def swapped(self) -> "PreferencePair":
+        """The pair with chosen and rejected exchanged (their texts, roles and fields; nothing else)."""
+        return dataclasses.replace(
+            self, chosen=self.rejected, rejected=self.chosen, chosen_fields=self.rejected_fields,
+            rejected_fields=self.chosen_fields, chosen_role=self.rejected_role, rejected_role=self.chosen_role,
+        )
 
     def prompt_messages(self) -> list[dict[str, Any]]:
         """The prompt turns as dicts, each with its template fields (tool calls, names, reasoning)."""

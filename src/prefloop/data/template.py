@@ -14,6 +14,12 @@ that closes an assistant turn (`<|im_end|>`, `<|eot_id|>`, the EOS token, ...), 
 `reply_trailer` is what the template writes after it at the end of a conversation (ChatML's
 "\\n"). A model stops generating at the end-of-turn token, so the trailer is never generated and
 is not part of a training sequence (see `training_text`).
+
+This module is also the one definition of the tokens that end a reply (`stop_token_ids`, and their
+texts `stop_strings`: training's sample answers, generation and serving stop on them, and the encoder
+removes them from the end of answers written with them) and of the tokenizer's special and added
+tokens (`special_token_text`, `special_strings`). `answer_text` / `is_empty_answer` say what an answer
+is without them: the encoder's count of empty answers and `data check`'s empty and identical checks.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Iterable, Mapping
 
 from prefloop.data.schema import REASONING_FIELDS
 from prefloop.errors import ConfigError, DataError
@@ -313,12 +320,106 @@ def _compile_sandboxed(source: str):
     return env.from_string(source)
 
 
+# ---------------------------------------------------------------------------------------------
+# Special tokens, and the tokens that end a reply
+# ---------------------------------------------------------------------------------------------
+
+# End-of-turn and EOS tokens of common chat model families. A vocabulary that holds one of them as a
+# single token stops a reply there too (a chat model's generation config often lists several), and an
+# answer that is nothing else is empty.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
+                      "<|end_of_text|>", "<eos>")
+
+
+def special_token_text(tokenizer, added: bool = False) -> dict[int, str]:
+    """Token id -> text of the tokenizer's special tokens (what decoding with skip_special_tokens leaves
+    out); with `added`, also its other added tokens (e.g. Qwen3's `<think>`), which it matches whole in
+    any text."""
+    ids = getattr(tokenizer, "all_special_ids", None) or []
+    tokens = getattr(tokenizer, "all_special_tokens", None) or []
+    out = {int(i): str(t) for i, t in zip(ids, tokens)}
+    for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if added or getattr(token, "special", False):
+            out[int(i)] = str(token)
+    return out
+
+
 def special_strings(tokenizer) -> list[str]:
-    """Special and added tokens, longest first (so `<|im_end|>` wins over a shorter prefix)."""
-    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
-    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-        tokens.add(str(token))
+    """Special and added tokens (`special_token_text(added=True)`) as texts, longest first (so `<|im_end|>`
+    wins over a shorter prefix)."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    tokens.update(special_token_text(tokenizer, added=True).values())
     return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+def stop_token_ids(tokenizer, end_of_turn: str | None = None, model=None) -> list[int]:
+    """Token ids that end a reply, each once, in this order: the end of turn (when it is one token), EOS
+    (the tokenizer's, then the model's generation config's), and the END_OF_TURN_TOKENS that are single
+    tokens of this vocabulary.
+
+    The one definition of where a reply ends: training's sample answers, generation and serving stop on
+    these, and the encoder removes their texts (`stop_strings`) from the end of answers written with them.
+    """
+    ids: list[int] = []
+
+    def add(token_id) -> None:
+        if token_id is not None and int(token_id) not in ids:
+            ids.append(int(token_id))
+
+    if end_of_turn and end_of_turn.strip():
+        eot = tokenizer(end_of_turn.strip(), add_special_tokens=False)["input_ids"]
+        if len(eot) == 1:
+            add(eot[0])
+    add(tokenizer.eos_token_id)
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token_id in config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]:
+        add(token_id)
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        add(vocab.get(token))
+    return ids
+
+
+def stop_strings(tokenizer, end_of_turn: str | None = None) -> tuple[str, ...]:
+    """The texts of the stop tokens (`stop_token_ids`) that are special or added tokens, longest first:
+    what data written for a trainer that appends EOS ends its answers with. A plain-text end of turn
+    (Alpaca's EOS is a token, but "###" would be text) is not one of them."""
+    text = special_token_text(tokenizer, added=True)
+    found = {text[i] for i in stop_token_ids(tokenizer, end_of_turn) if i in text and text[i]}
+    return tuple(sorted(found, key=lambda t: (-len(t), t)))
+
+
+def strip_stop_text(text: str, stops: Iterable[str]) -> tuple[str, int]:
+    """`text` without the stop tokens written at its end, and how many were removed. Whitespace after a
+    removed token goes with it; text without such an ending is returned unchanged."""
+    stops = sorted(set(stops), key=len, reverse=True)
+    removed = 0
+    while stops:
+        trimmed = text.rstrip()
+        stop = next((t for t in stops if t and trimmed.endswith(t)), None)
+        if stop is None:
+            return text, removed
+        text, removed = trimmed[: len(trimmed) - len(stop)], removed + 1
+    return text, removed
+
+
+def answer_text(text: str, stops: Iterable[str] = ()) -> str:
+    """An answer's text as it is trained: without end-of-turn/EOS tokens (END_OF_TURN_TOKENS and `stops`,
+    e.g. a tokenizer's `stop_strings`) written at its end."""
+    return strip_stop_text(text, (*END_OF_TURN_TOKENS, *stops))[0]
+
+
+def is_empty_answer(text: str, fields: Mapping[str, Any] | None = None, stops: Iterable[str] = ()) -> bool:
+    """The one definition of an empty answer (the encoder's count, `data check`'s empty check): nothing but
+    whitespace once the end-of-turn/EOS tokens at its end are removed (`answer_text`), and no tool call.
+    An answer of just "<|im_end|>" is empty; one that only calls a tool is not."""
+    return not answer_text(text, stops).strip() and not (fields or {}).get("tool_calls")
+
+
+def answer_key(role: str, text: str, fields: Mapping[str, Any] | None = None) -> tuple:
+    """What makes two answers the same answer (`data check`'s identical check): role, `answer_text` and
+    template fields ("A" and "A<|im_end|>" are the same answer)."""
+    return role, answer_text(text), json.dumps(dict(fields or {}), sort_keys=True, default=str)
 
 
 class ChatTemplate:
@@ -396,7 +497,9 @@ class ChatTemplate:
                             "them, or leave them out")
 
     def training_text(self, messages: list[dict], tools=None) -> str:
-        """A conversation that ends with an assistant reply, as a training sequence holds it.
+        """A conversation that ends with the answer turn, as a training sequence holds it. The answer is
+        the whole turn (`PreferencePair.answer`): its tool calls, reasoning or name are rendered as the
+        template writes them (check `unrendered` first: a template may drop them).
 
         That is `render(messages)` cut right after the final reply's `end_of_turn` (the
         template's `reply_trailer`, e.g. ChatML's "\\n", is removed: the model stops at the
@@ -411,18 +514,16 @@ class ChatTemplate:
             raise ValueError(f"the {self.name} template's rendering does not end with {ending!r}")
         return text[: len(text) - len(self.reply_trailer)] if self.reply_trailer else text
 
-    def stop_token_ids(self, tokenizer) -> list[int]:
-        """Token ids that end a generated reply: the end of turn (when it is one token) and EOS.
+    def stop_token_ids(self, tokenizer, model=None) -> list[int]:
+        """Token ids that end a generated reply (`stop_token_ids` with this template's end of turn).
 
         Pass them as `eos_token_id` to `model.generate`, so sampling stops where training ends.
         """
-        stops = []
-        ids = tokenizer(self.end_of_turn, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1:
-            stops.append(ids[0])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stops:
-            stops.append(tokenizer.eos_token_id)
-        return stops
+        return stop_token_ids(tokenizer, self.end_of_turn, model)
+
+    def stop_strings(self, tokenizer) -> tuple[str, ...]:
+        """The texts of this template's stop tokens (`stop_strings`)."""
+        return stop_strings(tokenizer, self.end_of_turn)
 
     # -- probing -----------------------------------------------------------------------------
 
