@@ -42,6 +42,9 @@ Warn = Callable[[str, str, str, str], None]
 WARNINGS = {
     "prompt_string_ignored": "a prompt string that is none of the user turns chosen and rejected share "
                              "(ignored: the shared turns are the prompt, as TRL reads it)",
+    "tie_read_in_order": "a tie (\"tie\": true, as `export --include-ties` and `pairs-from-ratings --ties keep` "
+                         "write them on request): read as chosen > rejected in the file's order (or as "
+                         "pref_dimensions decide); leave ties out of the file to train on preferences only",
 }
 
 

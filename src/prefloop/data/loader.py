@@ -298,6 +298,10 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 continue
             for warning, field_name, message, suggestion in pending:
                 warnings.add(warning, Problem(file_name, record_lines.location(kind, number), field_name, message, suggestion))
+            if pair.extra.get("tie") is True:  # kept on the user's request (the exporters' opt-in), never unreported
+                warnings.add("tie_read_in_order", Problem(file_name, record_lines.location(kind, number), "tie",
+                                                          "the pair is marked as a tie; read in the file's order",
+                                                          "leave ties out of the file to train on preferences only"))
             if pair.id is None:
                 pair.id = f"{prefix}:{number}"
             if pair.source is None:
