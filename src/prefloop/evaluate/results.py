@@ -6,12 +6,20 @@ One JSON object:
      "kind": "winrate" | "leaderboard" | "prefs" | "bench",
      "benchmark": "mt_bench" | "alpaca_eval" | "truthfulqa_mc" | "safety_mc" | null,
      "created": ISO-8601 UTC, "prefloop_version": str,
-     "models": {ROLE: {"path", "adapter", "url", "name", "fingerprint"}},   # each str or null
+     "models": {ROLE: {"path", "adapter", "url", "name", "fingerprint",      # each str or null
+                       "endpoint_adaptations"}},
      "data": {"path", "n", "fingerprint"}, "judge": {...} | null, "seeds": {...}, "config": {...},
      "metrics": {FLAT_NAME: number},    # what the quality gate reads
      "details": {...}}                  # kind-specific tables
 
 ROLE is "after"/"before" for winrate, "model" for prefs/bench, each model's name for a leaderboard.
+`endpoint_adaptations` (in each models entry and in an LLM judge's entry): the request fields the
+endpoint refused and how they were sent instead ({"max_tokens": "max_completion_tokens",
+"temperature": "left out"}, OpenAI's reasoning models; `chat_clients.EndpointChatClient`), over
+every answer or judgment the run used, cached ones included; {} when nothing was changed (a local
+model), null when the run cannot know (`eval winrate --from-db`). A judge entry's `temperature` is
+null when it was left out: the judge sampled at its endpoint's default, not greedily. Files written
+before this field existed lack it (unknown).
 Metric names: see `METRIC_NAMES`; rates are fractions in [0, 1]. A metric may be null when undefined
 (e.g. no decisive judgment). Written atomically (temporary file, then rename), so a reader never sees
 half a file.
@@ -41,7 +49,8 @@ METRIC_NAMES = {
                 "n_excluded_prompts", "judge_consistency", "first_position_rate", "n_failed_judgments",
                 "failed_judgment_rate", "mean_length_tokens/after", "mean_length_tokens/before"),
     "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
-    "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded", "alpaca_eval/win_rate",
+    "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded",
+              "alpaca_eval/win_rate",
               "alpaca_eval/lc_win_rate", "truthfulqa_mc/mc1", "truthfulqa_mc/mc2", "safety_mc/accuracy",
               "safety_mc/n_unparsed"),
 }
@@ -53,9 +62,11 @@ def now_iso() -> str:
 
 
 def model_entry(path: str | None = None, adapter: str | None = None, url: str | None = None,
-                name: str | None = None, fingerprint: str | None = None) -> dict:
-    """One entry of "models" with every contract field present."""
-    return {"path": path, "adapter": adapter, "url": url, "name": name, "fingerprint": fingerprint}
+                name: str | None = None, fingerprint: str | None = None,
+                endpoint_adaptations: dict | None = None) -> dict:
+    """One entry of "models" with every contract field present (`endpoint_adaptations` {} unless given)."""
+    return {"path": path, "adapter": adapter, "url": url, "name": name, "fingerprint": fingerprint,
+            "endpoint_adaptations": dict(endpoint_adaptations or {})}
 
 
 def new_results(kind: str, *, benchmark: str | None = None, models: dict | None = None, data: dict | None = None,
