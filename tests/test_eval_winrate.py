@@ -336,6 +336,44 @@ def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys)
         write_results(tmp_path / "c", {**a, "kind": "nonsense"})
 
 
+def test_an_old_results_file_s_lc_length_weight_is_read_in_today_s_orientation(tmp_path):
+    """The LC length weight changed sign on 2026-12-01 (Δlen = before − after, alpaca_eval's std_delta_len;
+    before: after − before). A file written before reads back flipped and marked, a new one as written, so
+    comparing the two shows the same fit; new files name their orientation."""
+    from prefloop.evaluate.compare import compare_results
+    from prefloop.evaluate.results import LC_ORIENTATION, model_entry, new_results, write_results
+    from prefloop.evaluate.winrate import summarize
+
+    fit = {"lc_win_rate": 0.55, "lc_win_rate_se": 0.05, "win_rate": 0.6, "C": 1.0, "n": 40, "warning": None}
+    old_lc = {**fit, "weights": {"tanh_std_delta_len": 0.8, "constant": 0.2}}  # no n_missing: before the flip
+    new_lc = {**fit, "weights": {"tanh_std_delta_len": -0.8, "constant": 0.2}, "n_missing": 0}
+    common = dict(models={"after": model_entry(path="m")}, metrics={"lc_win_rate": 0.55})
+    for name, lc, board in (("old", old_lc, {"m": {"lc": dict(old_lc)}}), ("new", new_lc, {"m": {"lc": dict(new_lc)}})):
+        write_results(tmp_path / name, new_results("winrate", details={"lc": lc}, **common))
+        write_results(tmp_path / f"{name}-board", new_results("leaderboard", details={"per_model": board}, **common))
+    old, new = read_results(tmp_path / "old"), read_results(tmp_path / "new")
+    assert old["details"]["lc"]["weights"] == new["details"]["lc"]["weights"] == {"tanh_std_delta_len": -0.8,
+                                                                                   "constant": 0.2}
+    assert old["details"]["lc"]["delta_len"] == new["details"]["lc"]["delta_len"] == LC_ORIENTATION
+    assert "flipped" in old["details"]["lc"]["converted_on_read"] and "converted_on_read" not in new["details"]["lc"]
+    board = read_results(tmp_path / "old-board")["details"]["per_model"]["m"]["lc"]
+    assert board["weights"]["tanh_std_delta_len"] == -0.8
+    diff = compare_results(old, new)
+    assert diff["settings"] == [] and all(m["diff"] == 0 for m in diff["metrics"])
+    # what summarize writes today carries the orientation, so it is never converted again
+    from prefloop.evaluate.answers import Answer, AnswerSet
+    from pathlib import Path
+
+    a, b = AnswerSet("after", Path("a")), AnswerSet("before", Path("b"))
+    rows = []
+    for i, outcome in enumerate(["win", "loss", "tie", "win"]):
+        a.by_key[f"k{i}"] = Answer(str(i), f"k{i}", [], "x" * (5 + i), None, 5 + i, "stop", "a")
+        b.by_key[f"k{i}"] = Answer(str(i), f"k{i}", [], "y" * 6, None, 6, "stop", "b")
+        rows.append({"id": str(i), "key": f"k{i}", "outcome": outcome})
+    _, details = summarize(rows, a, b, resamples=20, seed=0, judge_stats=None)
+    assert details["lc"]["delta_len"] == LC_ORIENTATION
+
+
 def test_answer_cache_whose_last_newline_a_crash_cut_off_is_ended_before_appending(tmp_path):
     from prefloop.evaluate.answers import read_answer_cache
     from prefloop.prompts import Prompt

@@ -42,6 +42,11 @@ MODEL_FIELDS = ("path", "adapter", "url", "name", "fingerprint")
 REQUIRED = ("schema", "kind", "benchmark", "created", "prefloop_version", "models", "data", "judge", "seeds",
             "config", "metrics", "details")
 RESULTS_FILE = "results.json"
+# The LC win rate's length feature: Δlen = len(before) − len(after), alpaca_eval's std_delta_len (baseline −
+# model), so details.lc.weights.tanh_std_delta_len is the weight alpaca_eval saves (a judge that prefers longer
+# answers: negative). Files written before 2026-12-01 used after − before (the opposite sign); `read_results`
+# converts them, so comparing an old file with a new one shows no change that is only the sign convention.
+LC_ORIENTATION = "before - after"
 
 METRIC_NAMES = {
     "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "win_rate_se", "discrete_win_rate",
@@ -143,8 +148,40 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     return path
 
 
+def _lc_fits(results: dict) -> list[dict]:
+    """The LC win rate fits a results object holds: details.lc (winrate, alpaca_eval) and each
+    details.per_model[M].lc (leaderboard)."""
+    details = results.get("details") if isinstance(results.get("details"), dict) else {}
+    fits = [details.get("lc")]
+    per_model = details.get("per_model")
+    if isinstance(per_model, dict):
+        fits += [m.get("lc") for m in per_model.values() if isinstance(m, dict)]
+    return [f for f in fits if isinstance(f, dict)]
+
+
+def upgrade_lc_orientation(results: dict) -> dict:
+    """Every LC fit of `results` in today's orientation (`LC_ORIENTATION`), marked with `delta_len`.
+
+    A fit without `delta_len` and without `n_missing` (added in the same change as the sign) was written
+    with Δlen = after − before: its `weights.tanh_std_delta_len` is negated and `converted_on_read` says
+    so. A fit with `n_missing` but no `delta_len` (written on 2026-12-01 before the marker) is already in
+    today's orientation. Changes `results` in place and returns it."""
+    for fit in _lc_fits(results):
+        if "delta_len" in fit:
+            continue
+        weights = fit.get("weights")
+        w = weights.get("tanh_std_delta_len") if isinstance(weights, dict) else None
+        if "n_missing" not in fit and isinstance(w, (int, float)) and not isinstance(w, bool):
+            weights["tanh_std_delta_len"] = -w
+            fit["converted_on_read"] = ("weights.tanh_std_delta_len sign flipped on read: written with Δlen = after − "
+                                        "before (prefloop before 2026-12-01)")
+        fit["delta_len"] = LC_ORIENTATION
+    return results
+
+
 def read_results(path: str | Path) -> dict:
-    """Read a results.json (or a directory holding one); DataError naming the file and the problem."""
+    """Read a results.json (or a directory holding one); DataError naming the file and the problem.
+    LC fits written in the old orientation come back in today's (`upgrade_lc_orientation`)."""
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
@@ -159,4 +196,4 @@ def read_results(path: str | Path) -> dict:
     if problems:
         raise DataError(f"{p}: not a prefloop eval results file ({'; '.join(problems)}); "
                         f"it must follow schema {SCHEMA} as written by prefloop eval")
-    return results
+    return upgrade_lc_orientation(results)

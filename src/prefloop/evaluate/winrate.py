@@ -27,7 +27,7 @@ from prefloop.endpoint import endpoint_api_key
 from prefloop.errors import ConfigError, DataError
 from prefloop.evaluate.answers import AnswerSet, ModelSpec, generate_answers
 from prefloop.evaluate.report import Report, endpoint_adaptation_notes, percent
-from prefloop.evaluate.results import model_entry, new_results, write_results
+from prefloop.evaluate.results import LC_ORIENTATION, model_entry, new_results, write_results
 from prefloop.prompts import Prompt
 
 JUDGE_CHUNK = 32  # comparisons per progress-bar step (two judge calls each)
@@ -237,7 +237,7 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
         "mean_length_chars/before": mean(before.by_key[k].chars for k in keys),
     }
     details = {
-        "interval": interval.to_dict() if interval else None, "lc": lc.to_dict(),
+        "interval": interval.to_dict() if interval else None, "lc": {**lc.to_dict(), "delta_len": LC_ORIENTATION},
         "per_prompt": [{"id": r["id"], "outcome": r["outcome"],
                         **{k: r[k] for k in ("after_first", "before_first", "errors", "votes", "preference") if k in r},
                         "after_chars": after.by_key[r["key"]].chars, "before_chars": before.by_key[r["key"]].chars,
