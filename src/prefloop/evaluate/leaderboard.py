@@ -16,8 +16,8 @@ from prefloop.errors import ConfigError
 from prefloop.evaluate.answers import ModelSpec, generate_answers
 from prefloop.evaluate.report import Report, endpoint_adaptation_notes, percent
 from prefloop.evaluate.results import new_results, write_results
-from prefloop.evaluate.winrate import (_judge_stats, judge_adaptations, judge_both_orders, open_judge, read_eval_prompts,
-                                       summarize)
+from prefloop.evaluate.winrate import (_judge_stats, judge_adaptations, judge_both_orders, open_judge,
+                                       read_eval_prompts, summarize)
 
 
 def _split(text: str | None) -> list[str]:

@@ -173,8 +173,8 @@ def upgrade_lc_orientation(results: dict) -> dict:
         w = weights.get("tanh_std_delta_len") if isinstance(weights, dict) else None
         if "n_missing" not in fit and isinstance(w, (int, float)) and not isinstance(w, bool):
             weights["tanh_std_delta_len"] = -w
-            fit["converted_on_read"] = ("weights.tanh_std_delta_len sign flipped on read: written with Δlen = after − "
-                                        "before (prefloop before 2026-12-01)")
+            fit["converted_on_read"] = ("weights.tanh_std_delta_len sign flipped on read: written with "
+                                        "Δlen = after − before (prefloop before 2026-12-01)")
         fit["delta_len"] = LC_ORIENTATION
     return results
 
