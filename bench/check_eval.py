@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     print("(alpaca_eval's LC SE is the SE of its per-instruction predictions at Δlen = 0, identical without the "
           "instruction-difficulty term: 0; prefloop's is the delta-method SE of the fitted LC: deliberate. "
-          "Degenerate sets: alpaca_eval fails or returns 50% for all losses: deliberate.)")
+          "Degenerate sets where alpaca_eval fails, returns 50% for all losses or leaves the all-wins constant "
+          "unidentified are checked against what prefloop must give there instead.)")
     problems += bad
 
     print("\n== MT-Bench: prefloop vs FastChat llm_judge (common.run_judge_single, show_result.py) ==")
