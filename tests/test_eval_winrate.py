@@ -336,6 +336,18 @@ def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys)
         write_results(tmp_path / "c", {**a, "kind": "nonsense"})
 
 
+def test_every_models_entry_records_endpoint_adaptations():
+    """`eval prefs` builds its models entry by hand: it lacked endpoint_adaptations (its local model has none)."""
+    from prefloop.evaluate.results import model_entry, new_results
+
+    prefs = new_results("prefs", models={"model": {"path": "m", "adapter": None, "url": None, "name": "m",
+                                                   "fingerprint": None}})
+    assert prefs["models"]["model"]["endpoint_adaptations"] == {}
+    assert model_entry(path="m")["endpoint_adaptations"] == {}
+    assert model_entry(url="http://x", endpoint_adaptations={"temperature": "left out"})["endpoint_adaptations"] == {
+        "temperature": "left out"}
+
+
 def test_an_old_results_file_s_lc_length_weight_is_read_in_today_s_orientation(tmp_path):
     """The LC length weight changed sign on 2026-12-01 (Δlen = before − after, alpaca_eval's std_delta_len;
     before: after − before). A file written before reads back flipped and marked, a new one as written, so

@@ -80,8 +80,12 @@ def new_results(kind: str, *, benchmark: str | None = None, models: dict | None 
     """A results object with every contract key, `created` and `prefloop_version` filled in."""
     from prefloop import __version__
 
+    models = models or {}
+    if kind == "prefs":  # log-likelihoods of local models (eval prefs): no endpoint, nothing sent otherwise
+        for entry in models.values():
+            entry.setdefault("endpoint_adaptations", {})
     return {"schema": SCHEMA, "kind": kind, "benchmark": benchmark, "created": now_iso(),
-            "prefloop_version": __version__, "models": models or {},
+            "prefloop_version": __version__, "models": models,
             "data": data or {"path": None, "n": None, "fingerprint": None}, "judge": judge, "seeds": seeds or {},
             "config": config or {}, "metrics": metrics or {}, "details": details or {}}
 
