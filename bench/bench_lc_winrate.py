@@ -20,7 +20,7 @@ offline, the download is redirected to a local stand-in whose contents that form
 and lookup, all alpaca_eval uses it for) is put in its place when it is missing. Everything else is alpaca_eval's
 code.
 
-Two numbers are defined differently on purpose and are printed, not compared:
+Two numbers are defined differently on purpose and are printed, not compared with alpaca_eval's:
 - the LC standard error: alpaca_eval's `lc_standard_error` is the standard error of the mean of its per-instruction
   predictions at Δlen = 0 — with the formula without instruction difficulty every prediction is the same, so it is
   0 whatever the data; prefloop's is the delta-method standard error of the fitted LC win rate (see
@@ -29,7 +29,10 @@ Two numbers are defined differently on purpose and are printed, not compared:
   fewer than 5 prompts (5 folds), all losses (its liblinear fit sees one class with weight and returns 50%,
   while all wins gives 100%), the same length difference everywhere (std 0: alpaca_eval's feature becomes
   tanh(±inf) = ±1, a copy of the constant, and L1 splits the weight between the two; prefloop's length
-  term is 0). prefloop's answers are printed with alpaca_eval's, or its error.
+  term is 0); and all wins, where both say 100% but the constant's weight is not identified (it grows
+  without bound; each solver stops somewhere above 8). prefloop's answers are printed with alpaca_eval's, or
+  its error. Each of these sets is checked against what prefloop must do there instead (`DELIBERATE`); every
+  other set, the other degenerate ones included, is compared number by number.
 
 Annotation sets: synthetic sets of AlpacaEval's size (805 prompts) — a judge that only likes length, one that
 only likes quality, a mixture with ties, soft (probabilistic) preferences, soft preferences with missing
@@ -58,6 +61,35 @@ from prefloop import stats
 
 LC_TOLERANCE_POINTS = 0.5
 WEIGHT_TOLERANCE = 0.05
+
+
+def _lc_is_raw(ours: dict, theirs: dict) -> bool:
+    """All losses: alpaca_eval's fit sees one class and answers 50%; prefloop's LC is the raw rate, 0%."""
+    return theirs.get("lc") is not None and abs(theirs["lc"] - 0.5) < 1e-9 and abs(100 * ours["lc"]) <= LC_TOLERANCE_POINTS
+
+
+def _no_length_term(ours: dict, theirs: dict) -> bool:
+    """A constant Δlen (std 0, or all equal): prefloop's length term is 0 and its LC is the constant's fit;
+    alpaca_eval fails (0/0) or splits the weight between tanh(±inf) = ±1 and the constant."""
+    return ours["w_len"] == 0.0 and ours["lc"] is not None
+
+
+def _saturated(ours: dict, theirs: dict) -> bool:
+    """All wins: w_0 is not identified (the likelihood rises with it for ever, it stops where the solver and the
+    penalty leave it, 11 to 13); the LC (100%) and w_len must still agree."""
+    return (theirs.get("lc") is not None and abs(100 * (ours["lc"] - theirs["lc"])) <= LC_TOLERANCE_POINTS
+            and abs(ours["w_len"] - theirs["w_len"]) <= WEIGHT_TOLERANCE and min(ours["w_0"], theirs["w_0"]) > 8)
+
+
+def _fewer_than_5(ours: dict, theirs: dict) -> bool:
+    """Fewer than 5 prompts: alpaca_eval's 5-fold cross-validation fails; prefloop uses as many folds as prompts."""
+    return "lc" not in theirs and ours["lc"] is not None
+
+
+# The degenerate sets alpaca_eval handles differently (module docstring), with what prefloop must do there
+# instead; every other set, degenerate or not, is compared number by number.
+DELIBERATE = {"degenerate: all wins": _saturated, "degenerate: all losses": _lc_is_raw, "degenerate: equal lengths": _no_length_term,
+              "degenerate: same length difference": _no_length_term, "degenerate: 3 prompts": _fewer_than_5}
 EXACT = 1e-9
 MINIMAL_FORMULA = "np.tanh(std_delta_len) + not_gamed_baseline.astype(float) - 1"
 
@@ -208,16 +240,22 @@ def compare(name: str, prefs, model_len, base_len) -> tuple[list[str], list[str]
                 problems.append(f"{name}: {key} prefloop {a} vs alpaca_eval {b}")
         elif abs(a - b) > EXACT:
             problems.append(f"{name}: {key} prefloop {a} vs alpaca_eval {b}")
+    deliberate = DELIBERATE.get(name)
+    if deliberate is not None and not deliberate(ours, theirs):  # a documented difference is checked, not assumed
+        problems.append(f"{name}: prefloop LC {ours['lc']}, w_len {ours['w_len']} is not what "
+                        f"{deliberate.__name__} documents ({deliberate.__doc__.splitlines()[0]})")
     if "lc" in theirs:
-        if abs(100 * (ours["lc"] - theirs["lc"])) > LC_TOLERANCE_POINTS and not name.startswith("degenerate"):
+        if abs(100 * (ours["lc"] - theirs["lc"])) > LC_TOLERANCE_POINTS and deliberate is None:
             problems.append(f"{name}: LC prefloop {ours['lc']:.4f} vs alpaca_eval {theirs['lc']:.4f}")
         for w in ("w_len", "w_0"):
-            if abs(ours[w] - theirs[w]) > WEIGHT_TOLERANCE and not name.startswith("degenerate"):
+            if abs(ours[w] - theirs[w]) > WEIGHT_TOLERANCE and deliberate is None:
                 problems.append(f"{name}: weight {w} prefloop {ours[w]:.4f} vs alpaca_eval {theirs[w]:.4f}")
         lc_theirs = f"{100 * theirs['lc']:7.2f}% ±{100 * theirs['lc_se']:5.2f}"
         weights = f"{ours['w_len']:+.3f}/{theirs['w_len']:+.3f}"
         diff = f"{100 * (ours['lc'] - theirs['lc']):+7.3f}"
     else:
+        if deliberate is None:
+            problems.append(f"{name}: alpaca_eval failed ({theirs['lc_error']}) on a set it is not documented to fail on")
         lc_theirs, weights, diff = f"{theirs['lc_error'][:40]:>40s}", "", ""
     se = "   n/a" if ours["standard_error"] is None else f"{100 * ours['standard_error']:5.2f}"
     se_theirs = "   n/a" if math.isnan(theirs["standard_error"]) else f"{100 * theirs['standard_error']:5.2f}"

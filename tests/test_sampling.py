@@ -65,21 +65,30 @@ def test_a_temperature_too_small_to_divide_by_is_greedy():
     assert draw(base.repeat(4, 1), [SamplingParams(temperature=GREEDY_BELOW)] * 4, range(4)) == [1] * 4
 
 
+def forced(first: int, second: int, *banned: int) -> dict:
+    """Sampling settings under which any model whose logits span less than 2 (the tiny random models: about
+    1.2) answers `first`, `second`, `first` greedily, whatever the CPU's float rounding: logit_bias +100 and
+    +98 (all else 0, `banned` -100), and OpenAI's largest penalties (2 + 2 once a token occurred), so each
+    of the three steps is decided by a margin of 2. The fourth step is a tie: ask for at most three tokens."""
+    return dict(temperature=0.0, logit_bias=((first, 100.0), (second, 98.0), *((b, -100.0) for b in banned)),
+                frequency_penalty=2.0, presence_penalty=2.0)
+
+
 def test_a_stop_string_that_is_a_special_token_stops_the_answer(tiny_tokenizer):
     """The text is decoded without special tokens, so stop=["<|im_start|>"] never matched it and the answer
-    ran on past the token (FastChat #3104 with vLLM); the token itself now ends the answer with "stop"."""
+    ran on past the token (FastChat #3104 with vLLM); the token itself now ends the answer with "stop".
+    The tokens are forced (`forced`), so the special token comes second on any CPU."""
     from prefloop.testing import build_tiny_model
 
     gen = LocalGenerator(build_tiny_model(tiny_tokenizer), tiny_tokenizer)
     start = tiny_tokenizer.convert_tokens_to_ids("<|im_start|>")
     prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
-    forced = ((start, 5.0), (0, -100.0), (2, -100.0))  # <|im_start|> likely, end of turn impossible
-    free = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced))])[0]
-    assert start in free.token_ids and free.finish_reason == "length"
-    cut = gen.generate([(prompt, SamplingParams(30, temperature=1.0, seed=3, logit_bias=forced,
-                                                stop=("<|im_start|>",)))])[0]
-    assert cut.finish_reason == "stop" and cut.token_ids == free.token_ids[: free.token_ids.index(start)]
-    assert cut.text == tiny_tokenizer.decode(cut.token_ids, skip_special_tokens=True)
+    settings = forced(300, start, 0, 2)  # end of turn impossible
+    free = gen.generate([(prompt, SamplingParams(3, **settings))])[0]
+    assert free.token_ids == [300, start, 300] and free.finish_reason == "length"
+    cut = gen.generate([(prompt, SamplingParams(3, **settings, stop=("<|im_start|>",)))])[0]
+    assert cut.finish_reason == "stop" and cut.token_ids == [300]
+    assert cut.text == tiny_tokenizer.decode([300]) != ""
 
 
 def _byte_fallback_tokenizer():
@@ -98,21 +107,46 @@ def _byte_fallback_tokenizer():
 
 
 def test_token_bytes_join_into_the_text_where_a_character_spans_tokens(tiny_tokenizer):
-    """OpenAI's logprobs `bytes` are each token's own bytes, so that tokens holding parts of one character
-    join into it; the decoded text of such a token alone is "\\ufffd", whose UTF-8 is not its bytes."""
+    """OpenAI's logprobs `bytes` are what each token adds to the text, so that tokens holding parts of one
+    character join into it; the decoded text of such a token alone is "\\ufffd", whose UTF-8 is not its bytes.
+    At the start of the text a SentencePiece `Strip` decoder (Llama 2, Mistral) drops the first token's
+    leading space: "▁a" first adds b"a", not its own b" a" (the bytes joined into " " + text before)."""
     from prefloop.sampling import TokenBytes, TokenLogprob, special_token_text
 
     text = "a é 😀 b"
     for tokenizer in (tiny_tokenizer, _byte_fallback_tokenizer()):
         token_bytes = TokenBytes(tokenizer, special_token_text(tokenizer))
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        pieces = [token_bytes(i) for i in ids]
+        assert tokenizer.decode(ids) == text
+        pieces = [token_bytes.in_text(i, ids[:k]) for k, i in enumerate(ids)]
         assert any(tokenizer.decode([i]) == "\ufffd" for i in ids)  # a character split over tokens
-        assert b"".join(pieces).decode("utf-8").lstrip() == text
+        assert b"".join(pieces) == text.encode("utf-8")  # exactly: no space the text lacks
         entry = TokenLogprob(tokenizer.decode([ids[0]]), float("-inf"), [("x", -1.0)], pieces[0], [b"x"]).to_openai()
         assert entry["bytes"] == list(pieces[0]) and entry["logprob"] == -9999.0  # JSON has no -inf
+    sentencepiece = _byte_fallback_tokenizer()
+    token_bytes = TokenBytes(sentencepiece, special_token_text(sentencepiece))
+    a, b, eos = (sentencepiece.convert_tokens_to_ids(t) for t in ("▁a", "▁b", "</s>"))
+    assert token_bytes(a) == b" a"  # the token's own bytes
+    assert token_bytes.in_text(a, []) == token_bytes.in_text(a, [eos]) == b"a"  # first in the text (</s> is skipped)
+    assert token_bytes.in_text(b, [a]) == b" b"  # later: its own
     special = TokenBytes(tiny_tokenizer, special_token_text(tiny_tokenizer))
     assert special(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) == b"<|im_end|>"
+
+
+def test_logprob_bytes_of_an_answer_join_into_its_text_with_a_sentencepiece_strip_decoder():
+    """End to end through the sampler, tokens forced (`forced`): "▁a" then "▁b" is the text "a b"; the
+    logprobs' bytes were b" a b" (the first token's own leading space, which the decoder strips)."""
+    from prefloop.testing import build_tiny_model
+
+    tokenizer = _byte_fallback_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    gen = LocalGenerator(build_tiny_model(tokenizer), tokenizer)
+    a, b = tokenizer.convert_tokens_to_ids("▁a"), tokenizer.convert_tokens_to_ids("▁b")
+    prompt = gen.encode_chat([{"role": "user", "content": "ab"}])
+    sample = gen.generate([(prompt, SamplingParams(2, **forced(a, b, 2), logprobs=True, top_logprobs=2))])[0]
+    assert sample.token_ids == [a, b] and sample.text == "a b"
+    assert b"".join(lp.token_bytes for lp in sample.logprobs) == b"a b"
+    assert [bytes(e["bytes"]) for e in (lp.to_openai() for lp in sample.logprobs)] == [b"a", b" b"]
 
 
 def test_an_added_token_s_bytes_are_its_text():

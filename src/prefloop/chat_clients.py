@@ -4,6 +4,8 @@
 Protocol (what a scripted test judge implements too):
     client.name: str                      the model name recorded in outputs
     client.usage: UsageTotals             tokens spent so far
+    client.adaptations: dict[str, str]    request fields the endpoint refused -> what is sent instead
+                                          ("max_completion_tokens", "left out"); {} for a local model
     client.complete_many(calls) -> iterator of (index, Completion | Exception), in completion order
 where each call is a `ChatCall(messages, n, params)`. Failures come back as exceptions for that
 call only (after the endpoint client's retries), so one bad request never loses a whole run.
@@ -36,6 +38,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str | None = None  # the model the endpoint says answered (its response's `model` field); None: local
+    adaptations: dict[str, str] = field(default_factory=dict)  # refused fields this completion was sent without
 
 
 class LocalChatClient:
@@ -44,6 +47,7 @@ class LocalChatClient:
     def __init__(self, generator: LocalGenerator, name: str, batch_size: int = 8):
         self.generator, self.name, self.batch_size = generator, name, max(1, batch_size)
         self.usage = UsageTotals()
+        self.adaptations: dict[str, str] = {}  # a local model is sent every setting as asked
 
     def complete_many(self, calls: list[ChatCall]) -> Iterator[tuple[int, Completion | Exception]]:
         prompts: dict[int, list[int]] = {}
@@ -104,6 +108,24 @@ def unsupported_field(error) -> str | None:
     return None
 
 
+def adaptations_of(client) -> dict[str, str]:
+    """What `client` changed in its requests (see EndpointChatClient): {} when nothing was refused."""
+    return dict(getattr(client, "adaptations", None) or {})
+
+
+def sent_temperature(temperature: float | None, adaptations: dict) -> float | None:
+    """The temperature the requests carried: None when the endpoint refused the field and it was left
+    out, so the model sampled at the endpoint's default (1 for OpenAI's reasoning models), not at
+    `temperature`. Results files record this, never a temperature that was not sent."""
+    return None if adaptations.get("temperature") == "left out" else temperature
+
+
+def describe_adaptations(adaptations: dict) -> str:
+    """One phrase for a report: "max_tokens sent as max_completion_tokens, temperature left out"."""
+    return ", ".join(f"{field} {instead}" if instead == "left out" else f"{field} sent as {instead}"
+                     for field, instead in sorted(adaptations.items()))
+
+
 class EndpointChatClient:
     """An OpenAI-compatible endpoint; up to `concurrency` requests in flight, retries inside the `openai` client.
 
@@ -118,16 +140,18 @@ class EndpointChatClient:
         self.adaptations: dict[str, str] = {}  # field -> what is sent instead ("max_completion_tokens", "left out")
 
     def _create(self, kwargs: dict):
-        """One request, adapted to the fields this endpoint refused before (and learning new refusals)."""
+        """(response, the adaptations applied to it): one request, adapted to the fields this endpoint
+        refused before (and learning new refusals)."""
         for _ in range(len(_DROPPABLE) + 2):
-            sent = dict(kwargs)
+            sent, applied = dict(kwargs), {}
             for name, instead in list(self.adaptations.items()):
                 if name in sent:
                     value = sent.pop(name)
+                    applied[name] = instead
                     if instead != "left out":
                         sent[instead] = value
             try:
-                return self.client.chat.completions.create(**sent)
+                return self.client.chat.completions.create(**sent), applied
             except Exception as err:  # noqa: BLE001 - only a refused field is handled here
                 field = unsupported_field(err)
                 if field is None or field not in sent:
@@ -155,7 +179,8 @@ class EndpointChatClient:
                 del kwargs["n"]  # the default; some servers reject the field
             if not self.log_requests:
                 kwargs["store"] = False
-            resp = self._create(kwargs)
+            resp, applied = self._create(kwargs)
+            out.adaptations.update(applied)
             self.usage.add(resp.usage)
             out.model = resp.model or out.model
             if not resp.choices:

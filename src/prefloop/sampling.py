@@ -57,14 +57,19 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
-    # The token's own bytes (and those of each `top` entry): a token holding part of a multi-byte
-    # character decodes to "\ufffd" alone, so its text cannot give them. None: the text's UTF-8.
+    # The bytes the token adds to the answer's text (and those each `top` entry would add):
+    # `TokenBytes.in_text`. A token holding part of a multi-byte character decodes to "\ufffd" alone,
+    # so its text cannot give them. None: the text's UTF-8.
     token_bytes: bytes | None = None
     top_bytes: list[bytes] | None = None
 
     def to_openai(self) -> dict:
-        """The OpenAI `logprobs.content` entry; `bytes` are the token's own, so the bytes of consecutive
-        tokens join into the text's UTF-8 even where a character spans tokens (what the field is for)."""
+        """The OpenAI `logprobs.content` entry. `bytes` are what the token adds to the text
+        (`TokenBytes.in_text`), so the bytes of an answer's tokens join into exactly its text's UTF-8, even
+        where a character spans tokens (what the field is for) and at the start of a SentencePiece
+        tokenizer's text, whose decoder strips the first token's leading space (Llama 2, Mistral).
+        `token` is the token decoded alone: for those tokenizers without its leading space anywhere,
+        so the `token` strings need not join into the text; the bytes do."""
         top_bytes = self.top_bytes or [t.encode("utf-8") for t, _ in self.top]
         return {
             "token": self.token,
@@ -133,7 +138,12 @@ class TokenBytes:
 
     Byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM): the token's characters map back to bytes.
     SentencePiece with byte fallback (Llama 2, Mistral, Gemma): `<0xE2>` is that byte, "▁" a space.
-    Special and added tokens: their text. Anything else: the token decoded alone."""
+    Special and added tokens: their text. Anything else: the token decoded alone.
+
+    Calling it gives a token's own bytes; `in_text` gives what it adds to a decoded answer, which differs
+    only at the start of the text under a decoder that strips leading spaces there (SentencePiece's
+    `Strip` decoder in Llama 2 and Mistral, a Metaspace decoder that prepends "▁"): "▁Hello" is b" Hello"
+    alone but adds b"Hello" as the first token, since the answer's text has no leading space."""
 
     def __init__(self, tokenizer, special: dict[int, str]):
         # added tokens (special or not: Qwen3's "<think>") are their text, not pieces of the vocabulary
@@ -143,13 +153,34 @@ class TokenBytes:
         self.alphabet = _byte_level_alphabet() if "ByteLevel" in kinds else None
         self.byte_fallback = "ByteFallback" in kinds
         self.metaspace = bool(kinds & {"Metaspace", "Replace"})
+        self.strips_start = bool(kinds & {"Strip", "Metaspace"})  # may drop the text's leading space(s)
+        self.skipped = set(special)  # left out of the text (decoded with skip_special_tokens)
         self._cache: dict[int, bytes] = {}
+        self._first_cache: dict[int, bytes] = {}
 
     def __call__(self, token_id: int) -> bytes:
         token_id = int(token_id)
         if token_id not in self._cache:
             self._cache[token_id] = self._bytes(token_id)
         return self._cache[token_id]
+
+    def in_text(self, token_id: int, previous) -> bytes:
+        """The bytes `token_id` adds to the text decoded (special tokens skipped) from `previous` (the
+        answer's tokens before it) followed by it: its own bytes, except as the first token of the text,
+        where the leading spaces the decoder strips there are left out. So the `in_text` bytes of an
+        answer's tokens join into exactly its text's UTF-8."""
+        token_id = int(token_id)
+        if not self.strips_start or token_id in self.skipped or any(int(t) not in self.skipped for t in previous):
+            return self(token_id)
+        if token_id not in self._first_cache:
+            own = self(token_id)
+            # what the decoder leaves of the token at the start of a text: the token decoded alone, when that
+            # is its own bytes less some of their leading spaces (a byte piece of a split character decodes to
+            # "\ufffd" alone and keeps its own byte)
+            alone = self.tokenizer.decode([token_id]).encode("utf-8")
+            spaces = len(own) - len(own.lstrip(b" "))
+            self._first_cache[token_id] = alone if own.endswith(alone) and len(own) - len(alone) <= spaces else own
+        return self._first_cache[token_id]
 
     def _bytes(self, token_id: int) -> bytes:
         if token_id in self.special:
@@ -371,8 +402,9 @@ class LocalGenerator:
             n = states[i].params.top_logprobs
             top_ids = indices[k][:n] if n else []
             top = [(self.tokenizer.decode([t]), v) for t, v in zip(top_ids, values[k][:n])] if n else []
-            out[i] = TokenLogprob(self.tokenizer.decode([tokens[i]]), chosen[k], top, self._token_bytes(tokens[i]),
-                                  [self._token_bytes(t) for t in top_ids])
+            in_text = self._token_bytes.in_text  # the bytes each adds to this row's text so far
+            out[i] = TokenLogprob(self.tokenizer.decode([tokens[i]]), chosen[k], top, in_text(tokens[i], states[i].ids),
+                                  [in_text(t, states[i].ids) for t in top_ids])
         return out
 
     def _finish(self, s: _Row, reason: str, on_update, i: int) -> None:

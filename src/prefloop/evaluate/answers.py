@@ -6,7 +6,10 @@ A model is a local directory, a LoRA adapter directory (its `adapter_config.json
 prompt, and a resumed run samples what an uninterrupted one would have.
 
 Cache: OUT/answers/ROLE.jsonl, one record per prompt, appended as answers arrive:
-    {"id", "key", "messages", "answer", "tokens", "chars", "finish_reason", "model", "spec"}
+    {"id", "key", "messages", "answer", "tokens", "chars", "finish_reason", "model", "spec"
+     [, "endpoint_adaptations"]}
+`endpoint_adaptations` (only when there were any) are the request fields the endpoint refused and how
+they were sent instead (e.g. temperature left out), so a rerun from the cache still reports them.
 `spec` is everything that determines the answer (model, adapter, name, sampling settings); a rerun with
 the same spec generates only what is missing, a rerun with another judge generates nothing. A record
 with a different spec, or whose id names one of this run's prompts but whose text differs, is a located
@@ -76,14 +79,16 @@ class ModelSpec:
             return self.target
         return local_model_name(self.target.rstrip("/"))
 
-    def to_entry(self) -> dict:
-        """The results.json "models" entry (path, adapter, url, name, fingerprint)."""
+    def to_entry(self, endpoint_adaptations: dict | None = None) -> dict:
+        """The results.json "models" entry (path, adapter, url, name, fingerprint, endpoint_adaptations:
+        `AnswerSet.endpoint_adaptations()` of this model's answers)."""
         from prefloop.evaluate.results import model_entry
 
         if self.is_endpoint:
-            return model_entry(url=self.target, name=self.label(), fingerprint=self.fingerprint())
+            return model_entry(url=self.target, name=self.label(), fingerprint=self.fingerprint(),
+                               endpoint_adaptations=endpoint_adaptations)
         return model_entry(path=self.base or self.target, adapter=self.adapter, name=self.label(),
-                           fingerprint=self.fingerprint())
+                           fingerprint=self.fingerprint(), endpoint_adaptations=endpoint_adaptations)
 
     def fingerprint(self) -> str:
         """A hash of where the weights are: the URL and name, or the weight files' names, sizes and times."""
@@ -121,6 +126,7 @@ class Answer:
     chars: int
     finish_reason: str
     model: str
+    endpoint_adaptations: dict | None = None  # request fields the endpoint refused, when it refused any
 
 
 @dataclass
@@ -133,6 +139,14 @@ class AnswerSet:
     generated: int = 0
     from_cache: int = 0
     not_in_prompts: int = 0
+
+    def endpoint_adaptations(self) -> dict[str, str]:
+        """The request fields the endpoint refused for any of these answers (cached ones included) and
+        how they were sent instead, e.g. {"temperature": "left out"}; {} when none was refused."""
+        out: dict[str, str] = {}
+        for answer in self.by_key.values():
+            out.update(answer.endpoint_adaptations or {})
+        return out
 
 
 def _spec_dict(spec: ModelSpec, sampling: dict) -> dict:
@@ -160,7 +174,7 @@ def read_answer_cache(path: Path, spec: dict, prompts: list[Prompt]) -> tuple[di
             try:
                 r = json.loads(raw)
                 answer = Answer(str(r["id"]), r["key"], r["messages"], r["answer"], r.get("tokens"), int(r["chars"]),
-                                r.get("finish_reason", "stop"), r.get("model", ""))
+                                r.get("finish_reason", "stop"), r.get("model", ""), r.get("endpoint_adaptations"))
                 record_spec = r["spec"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 if lineno == len(lines):  # interrupted write, no newline after it
@@ -226,8 +240,9 @@ def generate_answers(role: str, spec: ModelSpec, prompts: list[Prompt], out_dir:
                 continue
             text = completion.texts[0]
             answer = Answer(prompt.id, prompt.key, prompt.messages, text, completion.completion_tokens or None,
-                            len(text), completion.finish_reasons[0], client.name)
-            record = {**answer.__dict__, "spec": spec_d}
+                            len(text), completion.finish_reasons[0], client.name, completion.adaptations or None)
+            record = {k: v for k, v in answer.__dict__.items() if k != "endpoint_adaptations" or v}
+            record["spec"] = spec_d
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
             result.by_key[prompt.key] = answer

@@ -14,9 +14,10 @@ from pathlib import Path
 from prefloop import stats
 from prefloop.errors import ConfigError
 from prefloop.evaluate.answers import ModelSpec, generate_answers
-from prefloop.evaluate.report import Report, percent
+from prefloop.evaluate.report import Report, endpoint_adaptation_notes, percent
 from prefloop.evaluate.results import new_results, write_results
-from prefloop.evaluate.winrate import _judge_stats, judge_both_orders, open_judge, read_eval_prompts, summarize
+from prefloop.evaluate.winrate import (_judge_stats, judge_adaptations, judge_both_orders, open_judge,
+                                       read_eval_prompts, summarize)
 
 
 def _split(text: str | None) -> list[str]:
@@ -80,10 +81,11 @@ def leaderboard_command(out_dir: Path, models: str, model_names: str | None, bas
                 metrics[f"{k}/{label}"] = m[k]
     results = new_results(
         "leaderboard",
-        models={**{label: spec.to_entry() for label, spec in zip(labels, specs)}, base_label: base_spec.to_entry()},
+        models={**{label: spec.to_entry(answers[label].endpoint_adaptations()) for label, spec in zip(labels, specs)},
+                base_label: base_spec.to_entry(base_answers.endpoint_adaptations())},
         data=data, judge={"name": pj.client.name, "target": judge, "template": judge_prompt.origin,
                           "criteria": list(judge_prompt.criteria), "max_tokens": judge_max_tokens,
-                          "usage": pj.client.usage.to_dict()},
+                          "endpoint_adaptations": judge_adaptations(pj), "usage": pj.client.usage.to_dict()},
         seeds={"generation": seed, "bootstrap": seed, "judge": seed},
         config={"sampling": sampling, "resamples": resamples, "baseline": base_label, "prompts": prompts,
                 "train_config": config},
@@ -94,6 +96,8 @@ def leaderboard_command(out_dir: Path, models: str, model_names: str | None, bas
     for label, b in sorted(board.items(), key=lambda kv: -kv[1]["rating"]):
         print(f"  {label:30s} {b['rating']:7.1f} [{b['low']:7.1f}, {b['high']:7.1f}]  win rate vs baseline "
               f"{percent(b['win_rate_vs_baseline'])}", file=sys.stderr)
+    for note in endpoint_adaptation_notes(results):
+        print(f"  warning: {note}", file=sys.stderr)
     print(f"prefloop eval winrate: wrote {path}, report.md and report.html", file=sys.stderr)
     if failed:
         print(f"prefloop eval winrate: {failed} comparison(s) had failed judge requests and are left out; run the same "
@@ -142,6 +146,8 @@ def leaderboard_report(results: dict) -> Report:
     ax.set_xlabel("Bradley–Terry rating (baseline 1000)")
     fig.tight_layout()
     s.figure("leaderboard", fig, "ratings with 95% bootstrap intervals")
+    for note in endpoint_adaptation_notes(results):
+        s.warning(note)
     for label, info in per_model.items():
         if info["lc"].get("warning"):
             s.warning(f"{label}: {info['lc']['warning']}")

@@ -191,3 +191,28 @@ def _md_cell(text: str) -> str:
 def percent(value: float | None, digits: int = 1) -> str:
     """0.612 -> '61.2%'; None -> 'n/a'."""
     return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def endpoint_adaptation_notes(results: dict) -> list[str]:
+    """One sentence per endpoint (the judge, each model) that refused request fields, from the
+    `endpoint_adaptations` of a results object: what was sent instead and, when the temperature was
+    left out, that the endpoint sampled at its own default rather than the temperature configured."""
+    from prefloop.chat_clients import describe_adaptations
+
+    entries = [("judge", results.get("judge"))]
+    entries += [("model" if role == "model" else f"model {role!r}", entry)
+                for role, entry in (results.get("models") or {}).items()]
+    notes = []
+    for who, entry in entries:
+        adaptations = entry.get("endpoint_adaptations") if isinstance(entry, dict) else None
+        if not adaptations:
+            continue
+        name = entry.get("name") or entry.get("url") or entry.get("target")
+        note = (f"The {who} endpoint{f' ({name})' if name else ''} refused request fields and was asked as it asks: "
+                f"{describe_adaptations(adaptations)}.")
+        if adaptations.get("temperature") == "left out":
+            note += (" So no temperature was sent: it sampled at the endpoint's default (1 for OpenAI's reasoning "
+                     + ("models), not greedily (temperature 0) as configured: its verdicts are samples."
+                        if who == "judge" else "models), not at the configured temperature."))
+        notes.append(note)
+    return notes

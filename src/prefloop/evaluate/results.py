@@ -6,12 +6,20 @@ One JSON object:
      "kind": "winrate" | "leaderboard" | "prefs" | "bench",
      "benchmark": "mt_bench" | "alpaca_eval" | "truthfulqa_mc" | "safety_mc" | null,
      "created": ISO-8601 UTC, "prefloop_version": str,
-     "models": {ROLE: {"path", "adapter", "url", "name", "fingerprint"}},   # each str or null
+     "models": {ROLE: {"path", "adapter", "url", "name", "fingerprint",      # each str or null
+                       "endpoint_adaptations"}},
      "data": {"path", "n", "fingerprint"}, "judge": {...} | null, "seeds": {...}, "config": {...},
      "metrics": {FLAT_NAME: number},    # what the quality gate reads
      "details": {...}}                  # kind-specific tables
 
 ROLE is "after"/"before" for winrate, "model" for prefs/bench, each model's name for a leaderboard.
+`endpoint_adaptations` (in each models entry and in an LLM judge's entry): the request fields the
+endpoint refused and how they were sent instead ({"max_tokens": "max_completion_tokens",
+"temperature": "left out"}, OpenAI's reasoning models; `chat_clients.EndpointChatClient`), over
+every answer or judgment the run used, cached ones included; {} when nothing was changed (a local
+model), null when the run cannot know (`eval winrate --from-db`). A judge entry's `temperature` is
+null when it was left out: the judge sampled at its endpoint's default, not greedily. Files written
+before this field existed lack it (unknown).
 Metric names: see `METRIC_NAMES`; rates are fractions in [0, 1]. A metric may be null when undefined
 (e.g. no decisive judgment). Written atomically (temporary file, then rename), so a reader never sees
 half a file.
@@ -34,6 +42,11 @@ MODEL_FIELDS = ("path", "adapter", "url", "name", "fingerprint")
 REQUIRED = ("schema", "kind", "benchmark", "created", "prefloop_version", "models", "data", "judge", "seeds",
             "config", "metrics", "details")
 RESULTS_FILE = "results.json"
+# The LC win rate's length feature: Δlen = len(before) − len(after), alpaca_eval's std_delta_len (baseline −
+# model), so details.lc.weights.tanh_std_delta_len is the weight alpaca_eval saves (a judge that prefers longer
+# answers: negative). Files written before 2026-12-01 used after − before (the opposite sign); `read_results`
+# converts them, so comparing an old file with a new one shows no change that is only the sign convention.
+LC_ORIENTATION = "before - after"
 
 METRIC_NAMES = {
     "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "win_rate_se", "discrete_win_rate",
@@ -41,7 +54,8 @@ METRIC_NAMES = {
                 "n_excluded_prompts", "judge_consistency", "first_position_rate", "n_failed_judgments",
                 "failed_judgment_rate", "mean_length_tokens/after", "mean_length_tokens/before"),
     "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
-    "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded", "alpaca_eval/win_rate",
+    "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded",
+              "mt_bench/n_out_of_range", "alpaca_eval/win_rate",
               "alpaca_eval/lc_win_rate", "truthfulqa_mc/mc1", "truthfulqa_mc/mc2", "safety_mc/accuracy",
               "safety_mc/n_unparsed"),
 }
@@ -53,9 +67,11 @@ def now_iso() -> str:
 
 
 def model_entry(path: str | None = None, adapter: str | None = None, url: str | None = None,
-                name: str | None = None, fingerprint: str | None = None) -> dict:
-    """One entry of "models" with every contract field present."""
-    return {"path": path, "adapter": adapter, "url": url, "name": name, "fingerprint": fingerprint}
+                name: str | None = None, fingerprint: str | None = None,
+                endpoint_adaptations: dict | None = None) -> dict:
+    """One entry of "models" with every contract field present (`endpoint_adaptations` {} unless given)."""
+    return {"path": path, "adapter": adapter, "url": url, "name": name, "fingerprint": fingerprint,
+            "endpoint_adaptations": dict(endpoint_adaptations or {})}
 
 
 def new_results(kind: str, *, benchmark: str | None = None, models: dict | None = None, data: dict | None = None,
@@ -64,8 +80,12 @@ def new_results(kind: str, *, benchmark: str | None = None, models: dict | None 
     """A results object with every contract key, `created` and `prefloop_version` filled in."""
     from prefloop import __version__
 
+    models = models or {}
+    if kind == "prefs":  # log-likelihoods of local models (eval prefs): no endpoint, nothing sent otherwise
+        for entry in models.values():
+            entry.setdefault("endpoint_adaptations", {})
     return {"schema": SCHEMA, "kind": kind, "benchmark": benchmark, "created": now_iso(),
-            "prefloop_version": __version__, "models": models or {},
+            "prefloop_version": __version__, "models": models,
             "data": data or {"path": None, "n": None, "fingerprint": None}, "judge": judge, "seeds": seeds or {},
             "config": config or {}, "metrics": metrics or {}, "details": details or {}}
 
@@ -132,8 +152,40 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     return path
 
 
+def _lc_fits(results: dict) -> list[dict]:
+    """The LC win rate fits a results object holds: details.lc (winrate, alpaca_eval) and each
+    details.per_model[M].lc (leaderboard)."""
+    details = results.get("details") if isinstance(results.get("details"), dict) else {}
+    fits = [details.get("lc")]
+    per_model = details.get("per_model")
+    if isinstance(per_model, dict):
+        fits += [m.get("lc") for m in per_model.values() if isinstance(m, dict)]
+    return [f for f in fits if isinstance(f, dict)]
+
+
+def upgrade_lc_orientation(results: dict) -> dict:
+    """Every LC fit of `results` in today's orientation (`LC_ORIENTATION`), marked with `delta_len`.
+
+    A fit without `delta_len` and without `n_missing` (added in the same change as the sign) was written
+    with Δlen = after − before: its `weights.tanh_std_delta_len` is negated and `converted_on_read` says
+    so. A fit with `n_missing` but no `delta_len` (written on 2026-12-01 before the marker) is already in
+    today's orientation. Changes `results` in place and returns it."""
+    for fit in _lc_fits(results):
+        if "delta_len" in fit:
+            continue
+        weights = fit.get("weights")
+        w = weights.get("tanh_std_delta_len") if isinstance(weights, dict) else None
+        if "n_missing" not in fit and isinstance(w, (int, float)) and not isinstance(w, bool):
+            weights["tanh_std_delta_len"] = -w
+            fit["converted_on_read"] = ("weights.tanh_std_delta_len sign flipped on read: written with "
+                                        "Δlen = after − before (prefloop before 2026-12-01)")
+        fit["delta_len"] = LC_ORIENTATION
+    return results
+
+
 def read_results(path: str | Path) -> dict:
-    """Read a results.json (or a directory holding one); DataError naming the file and the problem."""
+    """Read a results.json (or a directory holding one); DataError naming the file and the problem.
+    LC fits written in the old orientation come back in today's (`upgrade_lc_orientation`)."""
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
@@ -148,4 +200,4 @@ def read_results(path: str | Path) -> dict:
     if problems:
         raise DataError(f"{p}: not a prefloop eval results file ({'; '.join(problems)}); "
                         f"it must follow schema {SCHEMA} as written by prefloop eval")
-    return results
+    return upgrade_lc_orientation(results)

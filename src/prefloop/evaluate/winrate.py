@@ -26,8 +26,8 @@ from prefloop import stats
 from prefloop.endpoint import endpoint_api_key
 from prefloop.errors import ConfigError, DataError
 from prefloop.evaluate.answers import AnswerSet, ModelSpec, generate_answers
-from prefloop.evaluate.report import Report, percent
-from prefloop.evaluate.results import model_entry, new_results, write_results
+from prefloop.evaluate.report import Report, endpoint_adaptation_notes, percent
+from prefloop.evaluate.results import LC_ORIENTATION, model_entry, new_results, write_results
 from prefloop.prompts import Prompt
 
 JUDGE_CHUNK = 32  # comparisons per progress-bar step (two judge calls each)
@@ -105,12 +105,37 @@ ORDER_OUTCOME = {"A": "win", "B": "loss", "C": "tie"}   # after shown as A
 SWAPPED_OUTCOME = {"A": "loss", "B": "win", "C": "tie"}  # before shown as A
 
 
+def _adaptations_cache(path: Path, client):
+    """The judgments cache, each new judgment stored with the request fields the judge endpoint refused
+    (`client.adaptations` when it came back: refused fields are refused in every request), and those of
+    every cached judgment read back collected in `.used`, so a run that reuses cached judgments reports
+    how they were asked (`judge_adaptations`)."""
+    from prefloop.chat_clients import adaptations_of
+    from prefloop.judge.cache import JudgmentCache
+
+    class AdaptationsCache(JudgmentCache):
+        def __init__(self):
+            super().__init__(path)
+            self.used: dict[str, str] = {}
+
+        def get(self, key):
+            hit = super().get(key)
+            if hit is not None:
+                self.used.update(hit.get("endpoint_adaptations") or {})
+            return hit
+
+        def put(self, key, value):
+            adaptations = adaptations_of(client)
+            super().put(key, {**value, "endpoint_adaptations": adaptations} if adaptations else value)
+
+    return AdaptationsCache()
+
+
 def open_judge(judge: str, judge_model: str | None, criteria: str, template_file: str | None, out_dir: Path,
                api_key: str | None, concurrency: int, max_tokens: int, seed: int):
     """The landed pairwise judge with its cache in OUT/judgments/HASH.jsonl (HASH of the judge target and model
     name, so two endpoints serving models of the same name never share verdicts)."""
     from prefloop.chat_clients import open_chat_client
-    from prefloop.judge.cache import JudgmentCache
     from prefloop.judge.pairwise import PairwiseJudge
     from prefloop.judge.prompt import JudgePrompt
 
@@ -118,8 +143,32 @@ def open_judge(judge: str, judge_model: str | None, criteria: str, template_file
     client = open_chat_client(judge, judge_model, api_key, batch_size=concurrency, concurrency=concurrency,
                               option="--judge-model")
     where = hashlib.sha256(f"{judge}|{judge_model or ''}".encode()).hexdigest()[:12]
-    cache = JudgmentCache(out_dir / "judgments" / f"{where}.jsonl")  # one file per judge target
+    cache = _adaptations_cache(out_dir / "judgments" / f"{where}.jsonl", client)  # one file per judge target
     return PairwiseJudge(client, prompt, cache, max_tokens=max_tokens, seed=seed), prompt
+
+
+def judge_adaptations(pj) -> dict[str, str]:
+    """The request fields the judge endpoint refused, over this run's requests and the cached judgments
+    it used (e.g. {"temperature": "left out"}: the judge was not greedy); {} when none was refused."""
+    from prefloop.chat_clients import adaptations_of
+
+    return {**getattr(pj.cache, "used", {}), **adaptations_of(pj.client)}
+
+
+def judge_entry(pj, judge_prompt, target: str, max_tokens: int, seed: int, template_text: bool = True) -> dict:
+    """The results.json "judge" entry of a pairwise LLM judge: its settings as sent (`temperature` null when
+    the endpoint refused it: see `chat_clients.sent_temperature`) and `endpoint_adaptations`."""
+    from prefloop.chat_clients import sent_temperature
+
+    adaptations = judge_adaptations(pj)
+    entry = {"name": pj.client.name, "target": target, "template": judge_prompt.origin,
+             "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
+             "template_text": judge_prompt.template, "max_tokens": max_tokens,
+             "temperature": sent_temperature(0.0, adaptations), "seed": seed, "endpoint_adaptations": adaptations,
+             "usage": pj.client.usage.to_dict()}
+    if not template_text:
+        del entry["template_text"]
+    return entry
 
 
 def judge_both_orders(pj, prompts: list[Prompt], after: AnswerSet, before: AnswerSet, label: str) -> list[dict]:
@@ -188,7 +237,7 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
         "mean_length_chars/before": mean(before.by_key[k].chars for k in keys),
     }
     details = {
-        "interval": interval.to_dict() if interval else None, "lc": lc.to_dict(),
+        "interval": interval.to_dict() if interval else None, "lc": {**lc.to_dict(), "delta_len": LC_ORIENTATION},
         "per_prompt": [{"id": r["id"], "outcome": r["outcome"],
                         **{k: r[k] for k in ("after_first", "before_first", "errors", "votes", "preference") if k in r},
                         "after_chars": after.by_key[r["key"]].chars, "before_chars": before.by_key[r["key"]].chars,
@@ -324,6 +373,8 @@ def winrate_report(results: dict, prompts: list[Prompt], after: AnswerSet, befor
     if m["n_prompts"] and m["n_prompts"] < 30:
         summary.warning(f"Only {m['n_prompts']} prompts: the interval is wide; use a few hundred prompts for a "
                         "decision.")
+    for note in endpoint_adaptation_notes(results):
+        summary.warning(note)
     summary.figure("winrate", _bars_figure(m, a_name, b_name), "wins, ties and losses; win rate with its interval")
     keys = [r["id"] for r in d["per_prompt"]]
     by_id = {p.id: p for p in prompts}
@@ -374,6 +425,8 @@ def print_summary(results: dict) -> None:
           f"{m['n_failed_judgments']} failed/unparseable judgments", file=sys.stderr)
     if lc.get("warning"):
         print(f"  warning: {lc['warning']}", file=sys.stderr)
+    for note in endpoint_adaptation_notes(results):
+        print(f"  warning: {note}", file=sys.stderr)
     if m["judge_consistency"] is not None and m["judge_consistency"] < 0.5:
         print(f"  warning: the judge agreed with itself across both orders on {percent(m['judge_consistency'])} of "
               "the prompts: it judges position more than content; use a stronger judge", file=sys.stderr)
@@ -543,13 +596,10 @@ def winrate_command(out, before=None, after=None, prompts=None, config=None, jud
     rows = judge_both_orders(pj, prompt_list, a, b, "after vs before")
     js = usable_judge_stats(rows, judge, out_dir, f", --judge-max-tokens ({judge_max_tokens}) and the template")
     metrics, details = summarize(rows, a, b, resamples, seed, js)
-    judge_entry = {"name": pj.client.name, "target": judge, "template": judge_prompt.origin,
-                   "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
-                   "template_text": judge_prompt.template,
-                   "max_tokens": judge_max_tokens, "temperature": 0.0, "seed": seed,
-                   "usage": pj.client.usage.to_dict()}
-    results = new_results("winrate", models={"after": after_spec.to_entry(), "before": before_spec.to_entry()},
-                          data=data, judge=judge_entry, seeds={"generation": seed, "bootstrap": seed, "judge": seed},
+    results = new_results("winrate", models={"after": after_spec.to_entry(a.endpoint_adaptations()),
+                                             "before": before_spec.to_entry(b.endpoint_adaptations())},
+                          data=data, judge=judge_entry(pj, judge_prompt, judge, judge_max_tokens, seed),
+                          seeds={"generation": seed, "bootstrap": seed, "judge": seed},
                           config={"sampling": sampling, "resamples": resamples, "prompts": prompts,
                                   "train_config": config},
                           metrics=metrics, details=details)
@@ -579,7 +629,10 @@ def _from_db_command(out_dir: Path, db: str, origin: str | None, resamples: int,
     metrics["n_failed_judgments"] = 0
     names = origin[len(ORIGIN_PREFIX):].rsplit(" [", 1)[0].split(" vs ", 1)
     prompt_list = [Prompt(a.by_key[r["key"]].messages, r["id"], db) for r in rows]
-    results = new_results("winrate", models={"after": model_entry(name=names[0]), "before": model_entry(name=names[-1])},
+    models = {"after": model_entry(name=names[0]), "before": model_entry(name=names[-1])}
+    for entry in models.values():
+        entry["endpoint_adaptations"] = None  # the answers came from the --human-db run: not known here
+    results = new_results("winrate", models=models,
                           data={"path": str(db), "n": len(rows), "fingerprint": origin.rsplit("[", 1)[-1].rstrip("]")},
                           judge=human, seeds={"bootstrap": seed}, config={"resamples": resamples, "from_db": str(db)},
                           metrics=metrics, details=details)

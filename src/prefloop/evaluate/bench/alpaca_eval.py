@@ -69,7 +69,8 @@ def model_spec(args):
 def run(args) -> tuple[dict, object]:
     from prefloop.evaluate.answers import generate_answers
     from prefloop.evaluate.bench.common import bench_results
-    from prefloop.evaluate.winrate import judge_both_orders, open_judge, summarize, usable_judge_stats, winrate_report
+    from prefloop.evaluate.winrate import (judge_both_orders, judge_entry, open_judge, summarize, usable_judge_stats,
+                                           winrate_report)
 
     if not args.judge:
         raise ConfigError(f"{NAME} needs a judge: pass --judge URL (an OpenAI-compatible endpoint, with --judge-model "
@@ -86,16 +87,15 @@ def run(args) -> tuple[dict, object]:
     rows = judge_both_orders(judge, prompts, answers, references, "model vs reference")
     js = usable_judge_stats(rows, args.judge, out)
     metrics, details = summarize(rows, answers, references, 1000, args.seed, js)
-    judge_entry = {"name": judge.client.name, "target": args.judge, "template": judge_prompt.origin,
-                   "criteria": list(judge_prompt.criteria), "template_fingerprint": judge_prompt.fingerprint,
-                   "max_tokens": judge_max_tokens, "temperature": 0.0, "seed": args.seed,
-                   "usage": judge.client.usage.to_dict()}
     details["reference_generators"] = generators
+    # the judge's settings as sent: temperature null when its endpoint refused it (it sampled at its default)
     results = bench_results(args, NAME, len(prompts), {f"{NAME}/{k}": v for k, v in metrics.items()}, details,
-                            judge=judge_entry, config={"sampling": sampling, "resamples": 1000},
+                            judge=judge_entry(judge, judge_prompt, args.judge, judge_max_tokens, args.seed,
+                                              template_text=False), config={"sampling": sampling, "resamples": 1000},
                             seeds={"generation": args.seed, "bootstrap": args.seed, "judge": args.seed},
                             model_name=spec.label())
     results["models"]["model"]["fingerprint"] = spec.fingerprint()
+    results["models"]["model"]["endpoint_adaptations"] = answers.endpoint_adaptations()
     shaped = {**results, "models": {"after": results["models"]["model"],
                                     "before": {"name": "reference (" + ", ".join(generators) + ")"}},
               "metrics": metrics}
@@ -105,6 +105,8 @@ def run(args) -> tuple[dict, object]:
 
 
 def summary_lines(results: dict) -> list[str]:
+    from prefloop.evaluate.report import endpoint_adaptation_notes
+
     m = results["metrics"]
 
     def pct(v):
@@ -115,4 +117,5 @@ def summary_lines(results: dict) -> list[str]:
             f"{pct(m[f'{NAME}/lc_win_rate'])} ± {pct(m[f'{NAME}/lc_win_rate_se'])} over {m[f'{NAME}/n_prompts']} "
             f"instructions ({m[f'{NAME}/wins']} wins, {m[f'{NAME}/ties']} ties, {m[f'{NAME}/losses']} losses; "
             f"{m[f'{NAME}/n_failed_judgments']} failed or unparseable judgments; "
-            f"{m.get(f'{NAME}/n_excluded_prompts', 0)} instructions without a verdict left out)"]
+            f"{m.get(f'{NAME}/n_excluded_prompts', 0)} instructions without a verdict left out)"] + [
+        f"  warning: {note}" for note in endpoint_adaptation_notes(results)]

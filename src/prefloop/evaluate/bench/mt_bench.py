@@ -10,7 +10,10 @@ Method (Zheng et al. 2023, "Judging LLM-as-a-Judge with MT-Bench and Chatbot Are
 - grading: FastChat's judge prompts `single-v1` / `single-v1-multi-turn`, and for math, reasoning and
   coding `single-math-v1` / `single-math-v1-multi-turn`, which show the reference answer(s) (from
   `--references`, FastChat's reference_answer JSONL, else the question's own `reference` field); the
-  second turn is judged on the whole conversation; judge temperature 0, up to 2048 tokens;
+  second turn is judged on the whole conversation; judge temperature 0, up to 2048 tokens (an endpoint
+  that refuses a field, e.g. an OpenAI reasoning model refusing temperature 0, is asked without it: the
+  results' `endpoint_adaptations` say so for the judge and the model, and the judge's `temperature` is
+  then null, never a temperature that was not sent);
 - rating: the first `[[x]]` in the judgment, else the first `[x]` (FastChat's two patterns), kept when
   1 <= x <= 10 (FastChat keeps any number; see `parse_rating`; out-of-range ones are counted in
   `mt_bench/n_out_of_range`). No rating, or a failed request, excludes that turn (counted:
@@ -204,15 +207,17 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def generate_answers(args, questions: list[Question], cache) -> None:
-    """Fill `question.answers` turn by turn (cached); the second turn sees the whole conversation."""
+def generate_answers(args, questions: list[Question], cache) -> dict[str, str]:
+    """Fill `question.answers` turn by turn (cached); the second turn sees the whole conversation.
+    Returns the request fields the model's endpoint refused for any of these answers, cached ones
+    included (`chat_clients.EndpointChatClient.adaptations`; {} for a local model)."""
     from tqdm import tqdm
 
     from prefloop.chat_clients import ChatCall
     from prefloop.evaluate.bench.common import open_model_client
     from prefloop.sampling import SamplingParams
 
-    client = None
+    client, adaptations = None, {}
     max_new = args.max_new_tokens or MAX_NEW_TOKENS
     for turn in range(2):
         todo, calls = [], []
@@ -228,6 +233,7 @@ def generate_answers(args, questions: list[Question], cache) -> None:
             hit = cache.get(key)
             if hit is not None:
                 q.answers.append(hit["text"])
+                adaptations.update(hit.get("endpoint_adaptations") or {})
                 continue
             todo.append((q, key))
             calls.append(ChatCall(messages, 1, SamplingParams(max_new, temperature, seed=_seed(args.seed, q, turn))))
@@ -241,10 +247,19 @@ def generate_answers(args, questions: list[Question], cache) -> None:
                 raise ConfigError(f"generating the answer to {todo[index][0].where} (turn {turn + 1}) failed: "
                                   f"{type(result).__name__}: {result}; answers so far are kept in {cache.path}, "
                                   f"run again to continue")
-            cache.put(todo[index][1], {"text": result.texts[0], "finish_reason": result.finish_reasons[0]})
+            cache.put(todo[index][1], {"text": result.texts[0], "finish_reason": result.finish_reasons[0],
+                                       **_adapted(result)})
+            adaptations.update(result.adaptations)
             results[index] = result.texts[0]
         for index, (q, _) in enumerate(todo):
             q.answers.append(results[index])
+    return adaptations
+
+
+def _adapted(completion) -> dict:
+    """The cache record's `endpoint_adaptations` (only when the endpoint refused fields for this request),
+    so that a rerun from the cache still reports how the text was asked for."""
+    return {"endpoint_adaptations": completion.adaptations} if completion.adaptations else {}
 
 
 # ---------------------------------------------------------------------------------------------- judging
@@ -275,8 +290,10 @@ class Grade:
     error: str | None = None
 
 
-def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], object]:
-    """A Grade per (question, turn); judgments cached, failed requests left uncached for the next run."""
+def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], object, dict]:
+    """(a Grade per (question, turn), the judge client, the request fields the judge endpoint refused for
+    any judgment used, cached ones included); judgments cached, failed requests left uncached for the
+    next run."""
     from tqdm import tqdm
 
     from prefloop.chat_clients import ChatCall
@@ -284,7 +301,7 @@ def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], 
     from prefloop.sampling import SamplingParams
 
     judge = open_judge_client(args, NAME)
-    grades, todo, calls = [], [], []
+    grades, todo, calls, adaptations = [], [], [], {}
     max_tokens = args.judge_max_tokens or JUDGE_MAX_TOKENS
     params = SamplingParams(max_tokens, temperature=0.0, seed=args.seed)
     for q in questions:
@@ -296,6 +313,7 @@ def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], 
             hit = cache.get(key)
             if hit is not None:
                 grade.judgment = hit["text"]
+                adaptations.update(hit.get("endpoint_adaptations") or {})
             else:
                 todo.append((grade, key))
                 calls.append(ChatCall(messages, 1, params))
@@ -306,10 +324,11 @@ def judge_answers(args, questions: list[Question], cache) -> tuple[list[Grade], 
             grade.error = f"{type(result).__name__}: {result}"
             continue
         grade.judgment = result.texts[0]
-        cache.put(key, {"text": grade.judgment})
+        cache.put(key, {"text": grade.judgment, **_adapted(result)})
+        adaptations.update(result.adaptations)
     for grade in grades:
         grade.rating = None if grade.error else parse_rating(grade.judgment)
-    return grades, judge
+    return grades, judge, adaptations
 
 
 def check_judge(grades: list[Grade], judge, args) -> None:
@@ -373,8 +392,9 @@ def _category_bars(per_category: dict):
 
 
 def run(args) -> tuple[dict, object]:
+    from prefloop.chat_clients import sent_temperature
     from prefloop.evaluate.bench.common import bench_results
-    from prefloop.evaluate.report import Report
+    from prefloop.evaluate.report import Report, endpoint_adaptation_notes
     from prefloop.judge.cache import JudgmentCache
 
     if not args.judge:  # before any generation: a missing judge must not cost the answers' time
@@ -384,8 +404,8 @@ def run(args) -> tuple[dict, object]:
     questions = load_questions(args)
     out = Path(args.out)
     answers_cache, judgments_cache = JudgmentCache(out / "answers.jsonl"), JudgmentCache(out / "judgments.jsonl")
-    generate_answers(args, questions, answers_cache)
-    grades, judge = judge_answers(args, questions, judgments_cache)
+    model_adaptations = generate_answers(args, questions, answers_cache)
+    grades, judge, judge_adaptations = judge_answers(args, questions, judgments_cache)
     check_judge(grades, judge, args)
     metrics, per_category = scores(grades)
     missing_refs = [q.where for q in questions if q.category in NEED_REF_CATS and not q.reference]
@@ -395,13 +415,16 @@ def run(args) -> tuple[dict, object]:
                           "answer": g.question.answers[g.turn]} for g in grades]}
     results = bench_results(args, NAME, len(questions), metrics, details,
                             judge={"target": args.judge, "name": judge.name,
-                                   "prompts": "FastChat single-v1 / single-math-v1", "temperature": 0.0,
+                                   "prompts": "FastChat single-v1 / single-math-v1",
+                                   # as sent: null when the endpoint refused it (the judge sampled at its default)
+                                   "temperature": sent_temperature(0.0, judge_adaptations),
                                    "max_tokens": args.judge_max_tokens or JUDGE_MAX_TOKENS,
-                                   "usage": judge.usage.to_dict()},
+                                   "endpoint_adaptations": judge_adaptations, "usage": judge.usage.to_dict()},
                             config={"temperatures": TEMPERATURES, "default_temperature": DEFAULT_TEMPERATURE,
                                     "max_new_tokens": args.max_new_tokens or MAX_NEW_TOKENS,
                                     "references": args.references},
                             seeds={"generation": args.seed})
+    results["models"]["model"]["endpoint_adaptations"] = model_adaptations  # the category temperatures not sent
     report = Report("MT-Bench (single-answer grading)",
                     f"{args.model} on {args.data} ({len(questions)} questions), judge {judge.name}")
     summary = report.section("Scores", "Mean judge rating (1-10) per turn, over both turns, and per category.")
@@ -413,6 +436,8 @@ def run(args) -> tuple[dict, object]:
         summary.warning(f"{metrics[f'{NAME}/n_excluded']} of {len(grades)} turns have no rating "
                         f"({metrics[f'{NAME}/n_failed']} failed requests, retried by the next run) and are left out "
                         f"of the means.")
+    for note in endpoint_adaptation_notes(results):
+        summary.warning(note)
     if missing_refs:
         summary.warning(f"{len(missing_refs)} math/reasoning/coding question(s) have no reference answer and were "
                         f"judged with the general prompt: {', '.join(missing_refs[:5])}")
@@ -430,9 +455,11 @@ def run(args) -> tuple[dict, object]:
 
 
 def summary_lines(results: dict) -> list[str]:
+    from prefloop.evaluate.report import endpoint_adaptation_notes
+
     m = results["metrics"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"MT-Bench score {fmt(m[f'{NAME}/score'])} (turn 1 {fmt(m[f'{NAME}/turn_1'])}, turn 2 "
              f"{fmt(m[f'{NAME}/turn_2'])}); {m[f'{NAME}/n_excluded']} turn(s) excluded (no rating or failed)"]
     lines += [f"  {c}: {v['score']:.2f}" for c, v in results["details"]["per_category"].items()]
-    return lines
+    return lines + [f"  warning: {note}" for note in endpoint_adaptation_notes(results)]
