@@ -449,22 +449,80 @@ def test_overwrite_output_dir_removes_the_previous_run(tmp_path, tiny_model_dir,
     """A previous run's checkpoint-100 left in output_dir by an overwriting run was what `resume_from_checkpoint:
     true` continued and what save_total_limit rotation kept; its adapter files stayed beside a new full model.
     Right value: overwrite_output_dir removes the old run's outputs first (the reference cache stays)."""
-    data = _numbered_pairs(tmp_path / "pairs.jsonl", 6)
     out = tmp_path / "out"
     (out / "checkpoint-100").mkdir(parents=True)
+    data = _numbered_pairs(out / "pairs.jsonl", 6)  # the user's dataset kept in output_dir: an input, kept
     (out / "checkpoint-100" / "trainer_state.json").write_text("{}")
-    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "health.jsonl"):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "health.jsonl",
+                 "prefloop_config.yaml"):  # prefloop_config.yaml: the previous run was prefloop's
         (out / name).write_text("{}")
     (out / "ref_cache").mkdir()
     (out / "notes.txt").write_text("mine")
+    (out / "checkpoint-notes.md").write_text("mine too")
     with pytest.raises(prefloop.errors.ConfigError, match="already holds a training run"):
         prefloop.train(_quick(tiny_model_dir, data, out, finetuning_type="full", max_steps=2))
     prefloop.train(_quick(tiny_model_dir, data, out, finetuning_type="full", max_steps=2, save_strategy="steps",
                           save_steps=1, save_total_limit=1, overwrite_output_dir=True))
     assert "removed the previous run's checkpoint-100, adapter_config.json" in capsys.readouterr().err
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in out.glob("checkpoint-[0-9]*")) == ["checkpoint-2"]
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
     assert (out / "notes.txt").read_text() == "mine" and (out / "ref_cache").is_dir()
+    assert (out / "checkpoint-notes.md").read_text() == "mine too" and data.is_file()
+
+
+def _outputs_of_a_prefloop_run(out: Path, marker: bool = True) -> None:
+    (out / "checkpoint-2").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "trainer_state.json"):
+        (out / "checkpoint-2" / name).write_text("{}")
+    (out / "trainer_state.json").write_text("{}")
+    (out / "samples.jsonl").write_text('{"prompt": "p"}\n')
+    (out / "checkpoint-notes.md").write_text("mine")
+    if marker:
+        (out / "prefloop_config.yaml").write_text("output_dir: out\n")
+
+
+def test_overwrite_output_dir_refuses_to_remove_an_input(tmp_path, monkeypatch):
+    """Reviewer's case: model_name_or_path out/checkpoint-2, output_dir out, overwrite_output_dir: true removed the
+    model, the dataset samples.jsonl, trainer_state.json and checkpoint-notes.md. Right value: a ConfigError that
+    names the key and the path, and nothing removed; likewise for a dataset the run would remove."""
+    from prefloop.config import Config
+    from prefloop.train.run import check_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    _outputs_of_a_prefloop_run(out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    cfg = Config(model_name_or_path="out/checkpoint-2", output_dir="out", overwrite_output_dir=True,
+                 finetuning_type="full")
+    with pytest.raises(prefloop.errors.ConfigError, match=r"model_name_or_path out/checkpoint-2"):
+        check_output_dir(cfg)
+    cfg = Config(model_name_or_path=str(tmp_path / "elsewhere"), dataset="out/samples.jsonl", output_dir="out",
+                 overwrite_output_dir=True, finetuning_type="full")
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(prefloop.errors.ConfigError, match=r"dataset out/samples.jsonl"):
+        check_output_dir(cfg)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
+def test_overwrite_output_dir_removes_nothing_without_the_prefloop_marker(tmp_path, monkeypatch, capsys):
+    """A directory prefloop did not write (no prefloop_config.yaml): like transformers and LLaMA-Factory,
+    overwrite_output_dir only allows training there; nothing is removed. With the marker, only the run's own
+    outputs go: checkpoint-<digits>, trainer_state.json, samples.jsonl; checkpoint-notes.md stays."""
+    from prefloop.config import Config
+    from prefloop.train.run import check_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    out = tmp_path / "out"
+    _outputs_of_a_prefloop_run(out, marker=False)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    cfg = Config(model_name_or_path="model", output_dir="out", overwrite_output_dir=True, finetuning_type="full")
+    check_output_dir(cfg)
+    assert "nothing is removed" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    (out / "prefloop_config.yaml").write_text("output_dir: out\n")
+    check_output_dir(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-notes.md", "prefloop_config.yaml"]
 
 
 def test_output_dir_that_is_the_model_and_a_resume_path_that_is_no_checkpoint(tmp_path, tiny_model_dir):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +21,20 @@ from prefloop.errors import ConfigError, DataError
 SAMPLE_MAX_NEW_TOKENS = 64
 _RUN_MARKERS = ("trainer_state.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "train_results.json")
-# What a training run writes into output_dir (and `overwrite_output_dir: true` removes before training there again):
-# weights, state, results and logs of the previous run. The reference cache (keyed, reused when still valid), the
-# TensorBoard runs/ (one folder per run) and anything else are kept.
-_RUN_OUTPUTS = ("checkpoint-*", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+# What a prefloop training run writes into output_dir (and `overwrite_output_dir: true` removes before training there
+# again, only in a directory that holds prefloop's run marker, prefloop_config.yaml): weights, state, results and logs
+# of the previous run, and its `checkpoint-<digits>` directories (_CHECKPOINT_DIR). The reference cache (keyed, reused
+# when still valid), the TensorBoard runs/ (one folder per run), the tokenizer files and anything else are kept.
+_RUN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                 "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json", "config.json", "generation_config.json",
                 "trainer_state.json", "training_args.bin", "train_results.json", "eval_results.json",
                 "all_results.json", "samples.jsonl", "health.jsonl", "prefloop_base.json", "training_*.png",
                 "sync_reference")
+_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+")
+# Config keys that name inputs of a run (files or directories); `overwrite_output_dir` refuses to remove any of them.
+_INPUT_KEYS = ("model_name_or_path", "adapter_name_or_path", "ref_model", "ref_model_adapters", "dataset_dir",
+               "deepspeed", "modpo_margin_models", "resume_from_checkpoint")
 
 
 def train(config_or_path=None, **overrides) -> dict:
@@ -229,41 +236,115 @@ def save_timings(trainer, timings: dict, train_metrics: dict | None, eval_metric
 def check_output_dir(cfg: Config) -> None:
     """output_dir must not be an input of the run (the model, the reference, an adapter): saving would overwrite it.
     One that holds a training run is refused unless the run is resumed (`resume_from_checkpoint`) or replaced
-    (`overwrite_output_dir: true`: the previous run's weights, checkpoints, state, results and health log are
-    removed first, so that nothing of it mixes into the new run: no stale checkpoint-N that
-    `resume_from_checkpoint: true` or `save_total_limit` would take for this run's, no adapter files beside a
-    full model). The reference cache and anything else in the directory stay."""
+    (`overwrite_output_dir: true`). Replacing a *prefloop* run (output_dir holds prefloop_config.yaml) first removes
+    its weights, checkpoint-<digits> directories, state, results and health log (`previous_run_outputs`), so that
+    nothing of it mixes into the new run: no stale checkpoint-N that `resume_from_checkpoint: true` or
+    `save_total_limit` would take for this run's, no adapter files beside a full model. Before removing anything,
+    a run whose inputs (model, adapters, reference, data, DeepSpeed config, MODPO margin models) lie inside what
+    would be removed is refused. Without the marker nothing is removed (as in transformers and LLaMA-Factory):
+    the run trains over the directory. The reference cache and anything else in the directory stay."""
     out = Path(cfg.output_dir)
-    for key in ("model_name_or_path", "ref_model", "adapter_name_or_path", "ref_model_adapters"):
-        given = getattr(cfg, key, None)
-        if given and Path(given).exists() and out.exists() and Path(given).resolve() == out.resolve():
+    inputs = input_paths(cfg)
+    for key, given in inputs:
+        if key in ("model_name_or_path", "ref_model", "adapter_name_or_path", "ref_model_adapters") \
+                and given.exists() and out.exists() and given.resolve() == out.resolve():
             raise ConfigError(f"output_dir {out} is the {key} this run loads; saving there would overwrite it: pick "
                               f"another output_dir")
-    used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or any(out.glob("checkpoint-*")))
+    used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or bool(_checkpoint_dirs(out)))
     resuming = bool(_resume_value(cfg))
     if used and not (cfg.overwrite_output_dir or resuming):
         raise ConfigError(f"output_dir {out} already holds a training run; set overwrite_output_dir: true to "
                           f"train again there, resume_from_checkpoint: true to continue it, or pick another output_dir")
     if used and cfg.overwrite_output_dir and not resuming:
+        from prefloop.config import CONFIG_FILENAME
         from prefloop.train.distributed import is_main_process
 
+        if not (out / CONFIG_FILENAME).is_file():
+            if is_main_process():
+                print(f"overwrite_output_dir: {out} holds no {CONFIG_FILENAME} (not a prefloop run), so nothing is "
+                      f"removed: the run writes over it", file=sys.stderr)
+            return
+        doomed = previous_run_outputs(out)
+        for key, given in inputs:
+            for path in doomed:
+                if _is_within(given, path):
+                    raise ConfigError(f"overwrite_output_dir: true would remove {path}, which holds {key} {given} "
+                                      f"that this run reads; move it out of output_dir {out} or pick another "
+                                      f"output_dir")
         if is_main_process():
-            removed = clear_previous_run(out)
-            print(f"overwrite_output_dir: removed the previous run's {', '.join(removed)} from {out}", file=sys.stderr)
+            removed = clear_previous_run(out, doomed)
+            if removed:
+                print(f"overwrite_output_dir: removed the previous run's {', '.join(removed)} from {out}",
+                      file=sys.stderr)
 
 
-def clear_previous_run(out: Path) -> list[str]:
-    """Remove what an earlier training run wrote into `out` (`_RUN_OUTPUTS`); returns the names removed."""
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if _CHECKPOINT_DIR.fullmatch(p.name) and p.is_dir()) if out.is_dir() else []
+
+
+def previous_run_outputs(out: Path) -> list[Path]:
+    """What `overwrite_output_dir: true` removes from a prefloop run's output_dir: `_RUN_OUTPUTS` and the
+    checkpoint-<digits> directories."""
+    found = _checkpoint_dirs(out)
+    for pattern in _RUN_OUTPUTS:
+        found.extend(p for p in sorted(out.glob(pattern)) if p not in found)
+    return found
+
+
+def input_paths(cfg: Config) -> list[tuple[str, Path]]:
+    """(key, path) for each local file or directory the run reads: `_INPUT_KEYS` and the dataset files (each
+    name as a path, in dataset_dir, or registered in dataset_info.json). Hub ids and missing paths are left out."""
+    found = []
+
+    def add(key, value):
+        if isinstance(value, str) and value and Path(value).exists():
+            found.append((key, Path(value)))
+
+    for key in _INPUT_KEYS:
+        value = _resume_value(cfg) if key == "resume_from_checkpoint" else getattr(cfg, key, None)
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            add(key, item)
+            if key == "resume_from_checkpoint" and isinstance(item, str) and cfg.output_dir:
+                add(key, str(Path(cfg.output_dir) / item))
+    names = cfg.dataset if isinstance(cfg.dataset, list) else [cfg.dataset] if cfg.dataset else []
+    for name in names:
+        for part in str(name).split(","):
+            part = part.strip()
+            if part:
+                add("dataset", part)
+                add("dataset", str(Path(cfg.dataset_dir or ".") / part))
+        try:
+            from prefloop.data.registry import resolve_dataset
+
+            for source in resolve_dataset(str(name), cfg.dataset_dir or "data"):
+                for file in source.files or []:
+                    add("dataset", str(file))
+        except Exception:  # noqa: BLE001 - a name the loader cannot resolve fails later, with its own message
+            pass
+    return found
+
+
+def _is_within(path: Path, container: Path) -> bool:
+    """Whether `path` is `container` or inside it, by the absolute paths as written or with links resolved."""
+    for a, b in ((os.path.abspath(path), os.path.abspath(container)), (str(path.resolve()), str(container.resolve()))):
+        if a == b or a.startswith(b.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def clear_previous_run(out: Path, paths: list[Path] | None = None) -> list[str]:
+    """Remove what an earlier prefloop run wrote into `out` (`previous_run_outputs`); returns the names removed."""
     import shutil
 
     removed = []
-    for pattern in _RUN_OUTPUTS:
-        for path in sorted(out.glob(pattern)):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed.append(path.name)
+    for path in previous_run_outputs(out) if paths is None else paths:
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
     return removed
 
 
