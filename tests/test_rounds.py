@@ -323,3 +323,29 @@ def test_rounds_continuing_an_sft_adapter_keep_base_plus_adapter_as_the_initial_
     second, described = plan_round(cfg, rounds[1], 2)
     assert (second.ref_model, second.ref_model_adapters) == (str(tiny_model_dir), str(adapter))
     assert second.adapter_name_or_path == str(tmp_path / "out" / "round-1") and str(adapter) in described
+
+
+def test_quoted_true_or_false_resume_is_the_boolean_with_rounds(tmp_path, tiny_model_dir, monkeypatch):
+    """`resume_from_checkpoint: "true"` (quoted) is the boolean for one run (run.py's _resume_value) but with
+    rounds raised "not a path". Right value: "false" is false (a used output_dir is refused as holding rounds),
+    "true" resumes, a real path is still refused."""
+    import prefloop.train.run as run
+
+    out = tmp_path / "quoted"
+    (out / "round-1").mkdir(parents=True)
+    (out / "round-1" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds rounds"):
+        run_example(tmp_path, tiny_model_dir, "quoted", resume_from_checkpoint="false", overwrite_output_dir=False)
+
+    class Started(Exception):
+        pass
+
+    def started(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(run, "run_training", started)
+    with pytest.raises(Started):
+        run_example(tmp_path, tiny_model_dir, "quoted", resume_from_checkpoint="true", overwrite_output_dir=False)
+    with pytest.raises(ConfigError, match="not a path"):
+        run_example(tmp_path, tiny_model_dir, "quoted", resume_from_checkpoint=str(out / "round-1"),
+                    overwrite_output_dir=False)

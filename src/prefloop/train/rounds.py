@@ -117,12 +117,13 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     """Train every round of `cfg.rounds` in order; returns the cross-round report (also written to
     output_dir/rounds_report.json). Raises ConfigError when output_dir holds rounds and neither
     resume_from_checkpoint nor overwrite_output_dir is set."""
-    from prefloop.train.run import run_training
+    from prefloop.train.run import _resume_value, run_training
 
     rounds = round_configs(cfg)
     out = Path(cfg.output_dir)
-    resume = bool(cfg.resume_from_checkpoint)
-    if cfg.resume_from_checkpoint not in (None, False, True):
+    value = _resume_value(cfg)  # the text "true"/"false" (quoted in YAML) is the boolean, as for one run
+    resume = bool(value)
+    if value not in (None, False, True):
         raise ConfigError("with rounds, resume_from_checkpoint is true (continue in the interrupted round at its last "
                           "checkpoint), not a path")
     used = [d for d in sorted(out.glob("round-*")) if d.is_dir() and any(d.iterdir())]
