@@ -493,6 +493,27 @@ def test_merge_saves_in_the_base_dtype_with_ties_tokenizer_and_generation_config
         expected = policy.eval().float()(_ids(tiny_tokenizer)).logits
         got = merged.float()(_ids(tiny_tokenizer)).logits
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
+    # merged in fp32: each LoRA weight is W + scale * B @ A computed in fp32 and rounded once to bf16 (1 ulp for
+    # the matmul's summation order); a merge done in bf16 rounds twice and is further off
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file
+
+    base_weights, merged_weights = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    in_bf16_off = checked = 0
+    for name, module in policy.named_modules():
+        if not (isinstance(module, LoraLayer) and "default" in module.lora_A):
+            continue
+        key = name.removeprefix("base_model.model.") + ".weight"
+        weight = base_weights[key]
+        lora_b, lora_a = module.lora_B["default"].weight.detach(), module.lora_A["default"].weight.detach()
+        delta = (lora_b.float() @ lora_a.float()) * module.scaling["default"]
+        expected = (weight.float() + delta).to(torch.bfloat16)
+        ulps = (merged_weights[key].view(torch.int16).int() - expected.view(torch.int16).int()).abs()
+        assert ulps.max() <= 1, (key, ulps.max())
+        in_bf16 = weight + (lora_b.bfloat16() @ lora_a.bfloat16()) * module.scaling["default"]
+        in_bf16_off += int(((in_bf16.view(torch.int16).int() - expected.view(torch.int16).int()).abs() > 1).sum())
+        checked += 1
+    assert checked and in_bf16_off, (checked, in_bf16_off)  # the check tells an fp32 merge from a bf16 one
     fp32_base = _save_model(tmp_path / "base32", tiny_tokenizer)  # an fp32 base stays fp32
     adapter32, _ = _adapter(tmp_path, fp32_base, tiny_tokenizer, "adapter32")
     merge_command(str(adapter32), str(tmp_path / "merged32"))
