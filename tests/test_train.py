@@ -681,6 +681,7 @@ def test_save_total_limit_keeps_the_best_checkpoint(tmp_path, tiny_model_dir):
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     evals = {h["step"]: h["eval_loss"] for h in state["log_history"] if "eval_loss" in h and h["step"] > 0}
     best_step = min(evals, key=evals.get)
+    assert best_step < max(evals), evals  # else keeping the best is keeping the latest: nothing tested
     assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best_step}"
     assert (tmp_path / "out" / f"checkpoint-{best_step}").is_dir()
     final = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
