@@ -332,6 +332,32 @@ def test_environment_variables_in_the_config(seed_path, monkeypatch):
     assert "PF_UNSET, which is not set" in str(err.value)
 
 
+def test_a_quoted_whole_reference_stays_text_and_double_dollar_is_a_literal(seed_path, monkeypatch):
+    """A value that was one `${NAME}` was re-read as YAML even when quoted (`"${NAME}"` with NAME=~ gave None,
+    NAME=[a] a list), and a literal `${` could not be written. Right value: quoted, the variable's text;
+    unquoted, typed like a command-line value; `$${` is a literal `${` (not looked up)."""
+    monkeypatch.setenv("PF_TILDE", "~")
+    monkeypatch.setenv("PF_LIST", "[q_proj]")
+    monkeypatch.setenv("PF_LR", "1e-5")
+    monkeypatch.setenv("PF_DIR", "/runs")
+    monkeypatch.delenv("PF_UNSET", raising=False)
+    text = seed_path.read_text()
+    text += 'ref_cache_dir: "${PF_TILDE}"\n'
+    text = text.replace("lora_target: all", "lora_target: '${oc.env:PF_LIST}'")
+    text = text.replace("learning_rate: 5.0e-7", 'learning_rate: "${PF_LR}"')  # text, then the number key's number
+    text = re.sub(r"output_dir: .*", "output_dir: $${PF_UNSET}/$${x}/${PF_DIR}", text)
+    seed_path.write_text(text)
+    cfg = load_config(seed_path)
+    assert cfg.ref_cache_dir == "~" and cfg.lora_target == "[q_proj]" and cfg.learning_rate == 1e-5
+    assert cfg.output_dir == "${PF_UNSET}/${x}//runs"
+    text = text.replace('ref_cache_dir: "${PF_TILDE}"', "ref_cache_dir: ${PF_TILDE}")
+    text = text.replace("lora_target: '${oc.env:PF_LIST}'", "lora_target: ${oc.env:PF_LIST}")
+    text = re.sub(r"output_dir: .*", "output_dir: $${PF_UNSET}", text)
+    seed_path.write_text(text)
+    cfg = load_config(seed_path)
+    assert cfg.ref_cache_dir is None and cfg.lora_target == ["q_proj"] and cfg.output_dir == "${PF_UNSET}"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["freeze_trainable_layers=0"], "freeze_trainable_layers: 0 is not allowed"),
     (["finetuning_type=full", "use_dora=true"], "use_dora needs finetuning_type: lora"),

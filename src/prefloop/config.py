@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from prefloop.config_files import Written, load_yaml, written_as
+from prefloop.config_files import PlainText, Written, load_yaml, written_as
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -312,15 +312,19 @@ def _key_lines(path: Path) -> dict[str, int]:
 
 
 # ${NAME}, ${NAME:-default} (shell) and ${oc.env:NAME}, ${oc.env:NAME,default} (OmegaConf, as LLaMA-Factory
-# configs write it): the environment variable NAME, or the default when it is unset.
+# configs write it): the environment variable NAME, or the default when it is unset. `$${` is a literal `${`.
 _ENV_REF = re.compile(r"\$\{(?:oc\.env:)?([A-Za-z_][A-Za-z0-9_]*)(?:(?::-|,)([^}]*))?\}")
+_ESCAPED = "$${"
+_HOLD = "\x00"  # stands for an escaped `$${` while references are replaced (a config value holds no NUL)
 
 
 def _interpolate_env(value, where: str):
     """`value` (from the config file) with every `${NAME}` / `${oc.env:NAME}` replaced by the environment
-    variable. A value that is one reference alone is read like a command-line value (`${LR}` with LR=1e-5 is
-    the number, `${TARGETS}` with TARGETS=[q_proj,v_proj] a list). Raises ConfigError naming the file, line
-    and key for a variable that is not set and has no default, or a `${...}` that is not such a reference."""
+    variable, and every `$${` by a literal `${`. A value that is one reference alone and was not quoted in the
+    YAML (`PlainText`) is read like a command-line value (`${LR}` with LR=1e-5 is the number, `${TARGETS}` with
+    TARGETS=[q_proj,v_proj] a list, `~` None); a quoted one (`"${NAME}"`), or one from a dict, stays the text.
+    Raises ConfigError naming the file, line and key for a variable that is not set and has no default, or a
+    `${...}` that is not such a reference."""
     import os
 
     if isinstance(value, dict):
@@ -339,12 +343,14 @@ def _interpolate_env(value, where: str):
         raise ConfigError(f"{where}: {match.group(0)} names the environment variable {name}, which is not set; "
                           f"set it (export {name}=...) or give a default: ${{{name}:-DEFAULT}}")
 
-    text = _ENV_REF.sub(lookup, value)
-    if "${" in _ENV_REF.sub("", value):
+    held = str(value).replace(_ESCAPED, _HOLD)
+    if "${" in _ENV_REF.sub("", held):
         raise ConfigError(f"{where}: {value!r} has a ${{...}} that is not an environment variable reference; write "
-                          f"${{NAME}}, ${{NAME:-default}} or ${{oc.env:NAME}} (config keys are not interpolated)")
-    if _ENV_REF.fullmatch(value):
-        try:  # one whole reference: typed like a `key=value` override
+                          f"${{NAME}}, ${{NAME:-default}} or ${{oc.env:NAME}} (config keys are not interpolated), "
+                          f"or $${{ for a literal ${{")
+    text = _ENV_REF.sub(lambda m: lookup(m).replace(_HOLD, ""), held).replace(_HOLD, "${")
+    if isinstance(value, PlainText) and _ENV_REF.fullmatch(held):
+        try:  # one whole unquoted reference: typed like a `key=value` override
             return load_yaml(text, where) if text.strip() else None
         except ConfigError:
             return text

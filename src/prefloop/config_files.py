@@ -4,6 +4,8 @@
   the last one without a word). Plain scalars that YAML 1.1 turns into another type (`no` -> False,
   `1.10` -> 1.1, `2024-01-01` -> a date, `null` -> None) come back as `Written(value, text)`, so the
   caller can give a text-valued key the text as written (`written_as`); `plain` drops the wrappers.
+  A plain (unquoted) string that holds `${` comes back as `PlainText` (a str), so that config.py types a
+  value that is one whole `${NAME}` reference only when it was not quoted.
 - JSON (`load_json`): a key given twice in one object is an error naming its lines.
 
 Both raise the caller's error class (ConfigError, DataError) with the file (or "command line") and line.
@@ -28,6 +30,11 @@ class Written(NamedTuple):
 
     value: Any
     text: str
+
+
+class PlainText(str):
+    """A plain (unquoted) YAML string holding `${`: a whole `${NAME}` reference in it is typed like a
+    `key=value` override (config.py `_interpolate_env`); a quoted one stays text."""
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -55,6 +62,8 @@ class _StrictLoader(yaml.SafeLoader):
         if (isinstance(node, yaml.ScalarNode) and node.style is None and not isinstance(value, str)
                 and node.tag != "tag:yaml.org,2002:str"):
             return Written(value, node.value)
+        if isinstance(node, yaml.ScalarNode) and node.style is None and isinstance(value, str) and "${" in value:
+            return PlainText(value)
         return value
 
     def construct_yaml_map(self, node):  # keys must be hashable plain values, never Written
