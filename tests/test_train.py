@@ -1,5 +1,6 @@
 """End to end: the seed config (fp16 kept) trains a tiny model; outputs, metrics, resume, merge."""
 
+import dataclasses
 import json
 import math
 import random
@@ -501,7 +502,13 @@ def test_overwrite_output_dir_refuses_to_remove_an_input(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(prefloop.errors.ConfigError, match=r"dataset out/samples.jsonl"):
         check_output_dir(cfg)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    (out / "checkpoint-2" / "ds.json").write_text("{}")
+    before.append("checkpoint-2/ds.json")
+    for key, value in (("deepspeed", "out/checkpoint-2/ds.json"), ("modpo_margin_models", ["out/checkpoint-2"]),
+                       ("ref_model", "out/checkpoint-2"), ("adapter_name_or_path", "out/checkpoint-2")):
+        with pytest.raises(prefloop.errors.ConfigError, match=rf"would remove .*checkpoint-2.*{key}"):
+            check_output_dir(dataclasses.replace(cfg, dataset=None, **{key: value}))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted(before)
 
 
 def test_overwrite_output_dir_removes_nothing_without_the_prefloop_marker(tmp_path, monkeypatch, capsys):

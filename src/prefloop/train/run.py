@@ -244,10 +244,9 @@ def check_output_dir(cfg: Config) -> None:
     would be removed is refused. Without the marker nothing is removed (as in transformers and LLaMA-Factory):
     the run trains over the directory. The reference cache and anything else in the directory stay."""
     out = Path(cfg.output_dir)
-    inputs = input_paths(cfg)
-    for key, given in inputs:
-        if key in ("model_name_or_path", "ref_model", "adapter_name_or_path", "ref_model_adapters") \
-                and given.exists() and out.exists() and given.resolve() == out.resolve():
+    for key in ("model_name_or_path", "ref_model", "adapter_name_or_path", "ref_model_adapters"):
+        given = getattr(cfg, key, None)
+        if given and Path(given).exists() and out.exists() and Path(given).resolve() == out.resolve():
             raise ConfigError(f"output_dir {out} is the {key} this run loads; saving there would overwrite it: pick "
                               f"another output_dir")
     used = out.is_dir() and (any((out / m).exists() for m in _RUN_MARKERS) or bool(_checkpoint_dirs(out)))
@@ -265,7 +264,7 @@ def check_output_dir(cfg: Config) -> None:
                       f"removed: the run writes over it", file=sys.stderr)
             return
         doomed = previous_run_outputs(out)
-        for key, given in inputs:
+        for key, given in input_paths(cfg):
             for path in doomed:
                 if _is_within(given, path):
                     raise ConfigError(f"overwrite_output_dir: true would remove {path}, which holds {key} {given} "
