@@ -170,3 +170,45 @@ def test_the_export_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     (tmp_path / "adir").mkdir()
     with pytest.raises(ConfigError, match="cannot write it"):
         export_command(str(tmp_path / "db.sqlite"), str(tmp_path / "adir"))
+
+
+# ----------------------------------------------------------------------------------- atomic writes of --out
+
+def test_write_atomically_keeps_a_symlinked_out_a_symlink(tmp_path):
+    from prefloop.label.export import write_atomically
+
+    real = tmp_path / "data" / "pairs.jsonl"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    write_atomically(link, lambda tmp: open(tmp, "w").write("new\n"))
+    assert link.is_symlink() and link.resolve() == real.resolve() and real.read_text() == "new\n"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["pairs.jsonl"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("code", ["EXDEV", "EBUSY"])
+def test_write_atomically_rewrites_in_place_where_a_rename_cannot_replace_out(tmp_path, monkeypatch, capsys, code):
+    import errno
+    import os
+
+    from prefloop.label.export import write_atomically
+
+    out = tmp_path / "mounted.jsonl"  # e.g. a single file bind-mounted into a container: rename gives EBUSY
+    out.write_text("old\n")
+
+    def refuse(src, dst):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    write_atomically(out, lambda tmp: open(tmp, "w").write("new\n"))
+    assert out.read_text() == "new\n" and "rewritten in place" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mounted.jsonl"]
+
+    def other(src, dst):
+        raise PermissionError(errno.EACCES, "no")
+
+    monkeypatch.setattr(os, "replace", other)
+    with pytest.raises(PermissionError):
+        write_atomically(out, lambda tmp: open(tmp, "w").write("newer\n"))
+    assert out.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mounted.jsonl"]

@@ -8,7 +8,7 @@ import yaml
 from prefloop.cli import main
 from prefloop.errors import ConfigError
 from prefloop.evaluate.results import model_entry, new_results, write_results
-from prefloop.registry.gate import evaluate_gate
+from prefloop.registry.gate import evaluate_gate, format_table
 from prefloop.registry.rules import load_rules
 
 # A candidate that clearly beats its champion on good evidence, and the champion's own scores.
@@ -184,9 +184,71 @@ def test_a_broken_measurement_fails_closed_even_when_the_rule_is_not_required(tm
     else:
         cand["raw_win_rate"] = bad
     result = evaluate_gate(rules, cand, base)
+    if where == "baseline":  # the champion's measurement is broken, not the candidate: the gate refuses
+        assert result.verdict == "refused" and result.exit_code == 1 and "re-measure the champion" in result.reason
+        assert not [r for r in result.rows if r.result == "fail"]
+        return
     assert result.verdict == "fail" and result.exit_code == 1
     failed = [r for r in result.rows if r.result == "fail"]
     assert len(failed) == 1 and "fails closed" in failed[0].why and where.replace("gap_to", "candidate") in failed[0].why
+
+
+@pytest.mark.parametrize("where", ["candidate", "baseline", "gap_to"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.7"])
+def test_a_broken_measurement_on_a_warn_rule_warns_and_never_fails_the_gate(tmp_path, where, bad):
+    rules = load_rules(_write_rules_list(tmp_path, [
+        {"metric": "win_rate", "at_least": 0.5},
+        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02, "severity": "warn"},
+        {"metric": "lc_win_rate", "gap_to": "raw_win_rate", "at_most": 0.1, "severity": "warn"}]))
+    cand = {"win_rate": 0.7, "pref_accuracy": 0.7, "lc_win_rate": 0.6, "raw_win_rate": 0.62}
+    base = {"pref_accuracy": 0.7}
+    if where == "candidate":
+        cand["pref_accuracy"] = bad
+    elif where == "baseline":
+        base["pref_accuracy"] = bad
+    else:
+        cand["raw_win_rate"] = bad
+    result = evaluate_gate(rules, cand, base)
+    assert result.verdict == "pass" and result.exit_code == 0
+    warned = [r for r in result.rows if r.result == "warn"]
+    assert len(warned) == 1 and where.replace("gap_to", "candidate") in warned[0].why and "warn rule" in warned[0].why
+
+
+def test_a_nan_in_the_champions_recorded_metrics_refuses_instead_of_failing_every_candidate(tmp_path):
+    rules = load_rules(_write_rules_list(tmp_path, [
+        {"metric": "win_rate", "at_least": 0.5},
+        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02}]))
+    result = evaluate_gate(rules, {"win_rate": 0.9, "pref_accuracy": 0.99}, {"pref_accuracy": float("nan")})
+    assert result.verdict == "refused" and result.exit_code == 1
+    assert "re-measure the champion" in result.reason and "REFUSED" in format_table(result)
+    both = evaluate_gate(rules, {"win_rate": 0.1, "pref_accuracy": 0.99}, {"pref_accuracy": float("nan")})
+    assert both.verdict == "refused" and "also failed: win_rate" in both.reason
+
+
+@pytest.mark.parametrize("rule,cand,base,verdict", [
+    ({"metric": "n", "at_least": 1e9}, 1e9 - 1, None, "fail"),
+    ({"metric": "n", "at_least": 1e9}, 1e9, None, "pass"),
+    ({"metric": "n", "at_most": 1e9}, 1e9 + 1, None, "fail"),
+    ({"metric": "n", "above": 1e9}, 1e9 + 1, None, "pass"),
+    ({"metric": "n", "at_least": 0.7}, 0.6999999994, None, "fail"),
+    ({"metric": "ppl", "vs_baseline": "lower_is_better", "tolerance": 0}, 20000.00001, 20000.0, "fail"),
+    ({"metric": "ppl", "vs_baseline": "lower_is_better", "tolerance": 0}, 20000.0, 20000.0, "pass"),
+    ({"metric": "ppl", "vs_baseline": "lower_is_better", "tolerance": 0.5}, 20000.5, 20000.0, "pass"),
+    ({"metric": "ppl", "vs_baseline": "lower_is_better", "tolerance": 0.5}, 20000.51, 20000.0, "fail"),
+    ({"metric": "n", "vs_baseline": "higher_is_better", "tolerance": 1.0}, 1e12 - 2, 1e12, "fail"),
+    ({"metric": "n", "vs_baseline": "higher_is_better", "tolerance": 0.1}, 1e6 - 0.1, 1e6, "pass"),
+])
+def test_float_noise_allowance_is_a_few_ulps_not_a_relative_tolerance(tmp_path, rule, cand, base, verdict):
+    rules = load_rules(_write_rules_list(tmp_path, [{**rule, "custom_metric": True}]))
+    baseline = {rule["metric"]: base} if base is not None else None
+    assert evaluate_gate(rules, {rule["metric"]: cand}, baseline).verdict == verdict
+
+
+def test_a_gap_at_large_magnitude_is_not_hidden_by_the_noise_allowance(tmp_path):
+    rules = load_rules(_write_rules_list(tmp_path, [{"metric": "a", "gap_to": "b", "at_most": 0.0,
+                                                     "custom_metric": True}]))
+    assert evaluate_gate(rules, {"a": 1e9, "b": 1e9 - 1}).verdict == "fail"
+    assert evaluate_gate(rules, {"a": 1e9, "b": 1e9}).verdict == "pass"
 
 
 def test_a_win_rate_interval_straddling_a_coin_flip_fails_the_default_gate(tmp_path):

@@ -284,10 +284,14 @@ def test_a_changed_vote_counts_once_and_undo_brings_the_first_back(tmp_path):
     assert (stats["votes"], stats["replaced"], stats["undone"]) == (1, 1, 0)
     pairs, report = resolve(session.store.active_votes())
     assert report.conflicts == [] and pairs[0].extra["annotators"] == ["ann"]
-    session.undo("ann")
+    assert session.undo("ann") == shown.item_id
     assert [v["verdict"] for v in session.store.active_votes()] == [to_stored("A", shown.order)]
+    told = session.undo_message("ann", shown.item_id)  # the earlier vote quietly counting again is said
+    assert "earlier vote on this item (A is better) counts again" in told
     stats = label_stats(session.store.votes())
     assert (stats["votes"], stats["replaced"], stats["undone"]) == (1, 0, 1)
+    assert session.undo("ann") == shown.item_id  # now no vote of ann's counts on it
+    assert session.undo_message("ann", shown.item_id) == "Your last vote was undone; vote on this item again."
 
 
 def test_two_annotators_racing_for_the_last_item(tmp_path, monkeypatch):

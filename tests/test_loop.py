@@ -393,8 +393,12 @@ def test_export_interactions_gives_the_feedback_pairs(tmp_path, capsys):
         c = store.log_interaction("c2", "m:v1", [{"role": "user", "content": "hi"}], "hello")
         store.add_feedback(a, "choice", "other", other_interaction_id=b)
         store.add_feedback(c, "thumbs", "down")
-    out = tmp_path / "fb.jsonl"
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "fb.jsonl").write_text("old\n")
+    out = tmp_path / "fb.jsonl"  # a symlink stays one: the file it points to is replaced (atomically)
+    out.symlink_to(tmp_path / "kept" / "fb.jsonl")
     assert main(["export", "--interactions", "--scrub-pii", "--db", str(db), "--out", str(out)]) == 0
+    assert out.is_symlink() and [p.name for p in (tmp_path / "kept").iterdir()] == ["fb.jsonl"]
     printed = capsys.readouterr().out
     assert "2 feedback rows on 3 interactions -> 1 pairs; left out: no_better_answer 1; scrubbed" in printed
     [pair] = [json.loads(x) for x in out.read_text().splitlines()]

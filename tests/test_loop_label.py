@@ -201,6 +201,35 @@ def test_people_compare_three_answers_items_load_once_and_votes_become_pairs(tmp
     assert _items(db) == items
 
 
+def test_people_labeling_does_not_wait_for_forgotten_items_or_comparisons_judged_elsewhere(tmp_path, tiny_model_dir,
+                                                                                           judge, capsys):
+    db, _ = _setup(tmp_path, tiny_model_dir, judge.url, {"rules": []})
+    cfg = _configure(tmp_path, mode="human", pairing="all")  # deadline: the default 48 hours
+    assert main(["loop", cfg.source]) == 3
+    items = _items(db)
+    assert len(items) == 9
+    forgotten, elsewhere, rest = items[0], items[1], items[2:]
+    with Store(db) as store:
+        # the same comparison as `elsewhere`, stored the other way round by another file: ana judged it there,
+        # so the label app never shows her `elsewhere`; her vote there is her vote on this comparison
+        dup = store.add_label_item(elsewhere["prompt"], elsewhere["response_b"], elsewhere["response_a"],
+                                   "file b", "file a", "another file")
+        _vote_smaller_text(store, store.label_item(dup))
+        for item in rest:
+            _vote_smaller_text(store, item)
+        store.forget_conversation("gone", label_item_ids=[forgotten["id"]])  # `prefloop forget` meanwhile
+        assert forgotten["id"] in store.unlabelable_item_ids()
+    capsys.readouterr()
+    assert main(["loop", cfg.source, "--step", "label"]) == 0  # nothing left to wait for: no 48-hour wait
+    with Store(db) as store:
+        label = store.loop_iterations("tiny")[0]["steps"]["label"]["outputs"]
+    assert label["voted_items"] == 8 and label["unlabelable_items"] == 1
+    assert sum(v for k, v in label["left_out"].items() if k.startswith("forgotten")) == 1
+    records = [json.loads(x) for x in open(label["file"])]
+    assert len(records) == 8 and all(r["chosen"] < r["rejected"] for r in records)
+    assert any({r["chosen"], r["rejected"]} == {elsewhere["response_a"], elsewhere["response_b"]} for r in records)
+
+
 def test_people_then_the_judge_with_three_answers(tmp_path, tiny_model_dir, judge):
     import time
 

@@ -443,3 +443,19 @@ def test_paths_with_spaces(tmp_path, capsys):
     assert main(["models", "mirror", "--db", db, "--mlflow", uri]) == 0
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert client.get_model_version_by_alias("demo", "champion").source == str(path)
+
+
+def test_a_store_with_a_version_tagged_like_a_reserved_alias_can_still_register_and_promote(tmp_path, store, capsys):
+    # before "candidate"/"champion" were reserved aliases, a version could carry one of them as its tag
+    legacy = store.add_model_version("demo", str(fake_model(tmp_path / "m0", 0)), version="candidate")
+    v2 = register_model(store, str(fake_model(tmp_path / "m2", 2)), "demo")  # sets the candidate alias
+    assert store.aliases("demo")["candidate"] == v2["id"]
+    assert vs.resolve(store, "demo@candidate")["id"] == v2["id"]
+    assert vs.resolve(store, "demo:candidate")["id"] == legacy
+    with pytest.raises(RegistryError, match="ambiguous"):
+        vs.resolve(store, "candidate", "demo")
+    with pytest.raises(RegistryError, match="is the name of an alias"):  # new tags like that stay refused
+        register_model(store, str(fake_model(tmp_path / "m3", 3)), "demo", version="champion")
+    db = ["--db", str(store.path)]
+    assert main(["models", "promote", "demo@candidate", "--force", *db]) == 0
+    assert store.aliases("demo")["champion"] == v2["id"]

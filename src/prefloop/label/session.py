@@ -103,6 +103,18 @@ class LabelSession:
         self.assigner.reserve(annotator, item_id)
         return item_id
 
+    def undo_message(self, annotator: str, item_id: int) -> str:
+        """What to tell `annotator` after `undo` gave `item_id`: "vote again", or, when the undone vote had
+        replaced an earlier one of theirs on this item, that the earlier vote counts again (and what it was)."""
+        mine = [v for v in self.store.active_votes() if v["item_id"] == item_id and v["annotator"] == annotator]
+        if not mine:
+            return "Your last vote was undone; vote on this item again."
+        order = shown_order(self.seed, item_id, annotator)  # the item is shown again in the same order
+        shown = next((k for k in CHOICES if to_stored(k, order) == mine[-1]["verdict"]), None)
+        what = f" ({CHOICES[shown]})" if shown else ""
+        return (f"Your last vote was undone; your earlier vote on this item{what} counts again. Vote again to "
+                "change it.")
+
     def progress(self, annotator: str) -> dict:
         return self.assigner.progress(annotator)
 

@@ -111,6 +111,7 @@ def export_interactions(db: str, out: str, scrub_pii: bool = False) -> int:
     from prefloop.errors import ConfigError
     from prefloop.loop.scrub import Scrubber
     from prefloop.store import Store
+    from prefloop.label.export import write_atomically
 
     if not Path(db).is_file():
         raise ConfigError(f"{db}: no such store; `prefloop serve MODEL --db {db}` logs interactions and feedback")
@@ -124,11 +125,12 @@ def export_interactions(db: str, out: str, scrub_pii: bool = False) -> int:
     pairs, skipped = feedback_pairs(interactions, feedback)
     if len(rows) > len(interactions):
         skipped["interactions_of_forgotten_conversations"] = len(rows) - len(interactions)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
-    tmp.replace(path)
+    text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+    try:  # a temporary file, flushed and renamed over `out` (the same write as `prefloop export`)
+        write_atomically(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write it ({err.strerror or err}); nothing was written. Give a file "
+                          "path in a writable folder") from err
     print(f"{len(feedback)} feedback rows on {len(rows)} interactions -> {len(pairs)} pairs"
           + (f"; left out: {', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))}" if skipped else "")
           + (f"; scrubbed {dict(scrub.counts)}" if scrub_pii else ""))

@@ -151,6 +151,7 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
     from prefloop.candidates import read_candidates
     from prefloop.data.formats import to_seed_record
     from prefloop.label.export import resolve
+    from prefloop.label.stats import content_key
     from prefloop.loop.steps import LoopWaiting, _read_jsonl, _write_jsonl
 
     lab, store = it.cfg.label, it.store
@@ -170,16 +171,30 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
     items: dict[str, int] = loaded["outputs"]["items"]
     deadline = datetime.fromisoformat(loaded["created_at"]) + timedelta(hours=lab["deadline_hours"])
     ids = set(items.values())
-    votes = [v for v in store.active_votes() if v["item_id"] in ids]
-    # people who judged each item (a vote sent twice, or changed, is one person's one vote)
-    counted = Counter(item for item, _ in {(v["item_id"], v["annotator"]) for v in votes if v["verdict"] != "skip"})
-    voted = {i for i in ids if counted[i] >= lab["min_votes"]}
-    if voted != ids and datetime.now(timezone.utc) < deadline:
-        raise LoopWaiting(f"iteration {it.row['number']}: {len(voted)} of {len(ids)} items have {lab['min_votes']} "
-                          f"vote(s); waiting until {deadline.isoformat(timespec='seconds')} (people vote in "
+    # what the label app can still show: a forgotten item (or one with one text on both sides) is never shown,
+    # so waiting for its votes would only wait until the deadline; it is counted as left out instead
+    unlabelable = store.unlabelable_item_ids() & ids
+    wanted = ids - unlabelable
+    # votes count per comparison, as the label app assigns them: someone who judged the same comparison in
+    # another item (another iteration or file, either order) is never shown this one, and that vote counts here
+    key_of = {i["id"]: content_key(i["prompt"], i["response_a"], i["response_b"]) for i in store.label_items()}
+    keys = {key_of[i] for i in wanted if i in key_of}
+    votes = [v for v in store.active_votes()
+             if content_key(v.get("prompt") or [], v["response_a"], v["response_b"]) in keys]
+    # people who judged each comparison (a vote sent twice, or changed, is one person's one vote)
+    counted = Counter(k for k, _ in {(content_key(v.get("prompt") or [], v["response_a"], v["response_b"]),
+                                      v["annotator"]) for v in votes if v["verdict"] != "skip"})
+    voted = {i for i in wanted if counted[key_of.get(i)] >= lab["min_votes"]}
+    if voted != wanted and datetime.now(timezone.utc) < deadline:
+        gone = f" ({len(unlabelable)} forgotten item(s) left out)" if unlabelable else ""
+        raise LoopWaiting(f"iteration {it.row['number']}: {len(voted)} of {len(wanted)} items have {lab['min_votes']} "
+                          f"vote(s){gone}; waiting until {deadline.isoformat(timespec='seconds')} (people vote in "
                           f"`prefloop label --db {it.cfg.store}`); run the loop again later")
-    resolved, report = resolve([v for v in votes if v["item_id"] in voted], min_agreement=0.0, include_ties=True)
-    by_item = {p.extra["label_item"]: p for p in resolved}
+    voted_keys = {key_of[i] for i in voted}
+    resolved, report = resolve([v for v in votes if content_key(v.get("prompt") or [], v["response_a"],
+                                                                v["response_b"]) in voted_keys],
+                               min_agreement=0.0, include_ties=True)
+    by_key = {key_of[p.extra["label_item"]]: p for p in resolved if p.extra.get("label_item") in key_of}
     human = {"source": "human:votes", "origin": origin}
     left_out: Counter = Counter({k: v for k, v in report.left_out.items() if v})
     outcomes: dict[str, dict[tuple[int, int], tuple[str, dict | None]]] = {sid: {} for sid in sets}
@@ -190,10 +205,13 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
         if sid not in sets:  # its prompt was removed from the candidates (a forgotten conversation)
             left_out["prompt no longer in the candidates"] += 1
             continue
+        if item_id in unlabelable:
+            left_out["forgotten on request (or the same text on both sides): nobody can judge it"] += 1
+            continue
         if item_id not in voted:
             unvoted.append((sid, i, j))
             continue
-        pair = by_item.get(item_id, by_item.get(report.merged.get(item_id)))  # the same comparison twice: one item
+        pair = by_key.get(key_of[item_id])  # the same comparison in several items: one comparison, one outcome
         if pair is None:  # skipped only, no majority or both bad: counted in the report, no preference
             outcomes[sid][(i, j)] = ("tie", None)
         elif pair.extra.get("tie"):
@@ -228,5 +246,6 @@ def label_by_people(it, candidates: Path, out: Path) -> tuple[dict, dict]:
     judge_pairs = sum(r["provenance"]["source"].startswith("judge") for r in records)
     _write_jsonl(out, records)
     return ({"mode": lab["mode"], "items": len(ids), "deadline": deadline.isoformat(), "pairing": lab["pairing"]},
-            {"file": str(out), "pairs": len(records), "voted_items": len(voted), "judged_items": judged_items,
+            {"file": str(out), "pairs": len(records), "voted_items": len(voted),
+             "unlabelable_items": len(unlabelable), "judged_items": judged_items,
              "judge_pairs": judge_pairs, "left_out": dict(left_out)})

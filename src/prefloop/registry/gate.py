@@ -9,9 +9,12 @@ checks they are about the models named, prints the table, records the verdict on
 Thresholds follow MLflow's `MetricThreshold` / TFMA's `GenericValueThreshold` (absolute floor) and
 `GenericChangeThreshold` (change against the baseline, with a direction and an absolute tolerance).
 `at_least`/`at_most` and the baseline tolerance include the threshold, `above`/`below` exclude it, and
-"equal" allows for floating-point noise (0.8 - 0.1 against 0.7 is equal). A value that is present but
-NaN, infinite or not a number (candidate, baseline or `gap_to` metric) fails its rule whether or not it
-is required; a metric that is absent or null (undefined) skips a rule unless it is required.
+"equal" allows for floating-point noise, a few ULPs of the numbers combined (0.8 - 0.1 against 0.7 is
+equal; 1e9 - 1 against 1e9 is not). A value that is present but NaN, infinite or not a number: on a
+`severity: warn` rule it is a WARN (a warn rule never fails the gate); in the baseline (the champion's
+metrics) the verdict is "refused" (re-measure the champion), not a failure of the candidate; in the
+candidate (or its `gap_to` metric) it fails its rule whether or not it is required. A metric that is
+absent or null (undefined) skips a rule unless it is required.
 """
 
 from __future__ import annotations
@@ -24,20 +27,26 @@ from dataclasses import asdict, dataclass
 from prefloop.registry.rules import Rule
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
+REFUSED = "refused"  # a row whose baseline value is broken: the gate cannot judge the candidate against it
 EXIT = {"pass": 0, "fail": 1, "refused": 1}
 
 
-def _same(v: float, t: float) -> bool:
-    """v and t are equal up to floating-point noise (0.8 - 0.1 is 0.7000000000000001, 7/10 is 0.7): a value
-    AT a threshold is at it, whatever the arithmetic that produced the two numbers."""
-    return math.isclose(v, t, rel_tol=1e-9, abs_tol=1e-12)
+def _same(a: float, b: float, *operands: float) -> bool:
+    """a and b are equal up to floating-point noise: at most a few ULPs (units in the last place) of the
+    largest number that went into them apart (0.8 - 0.1 is 0.7000000000000001, 7/10 is 0.7), so a value AT
+    a threshold is at it, whatever the arithmetic that produced the two numbers. The allowance scales with
+    the operands actually combined (`operands`: e.g. the baseline and the tolerance behind a limit), never
+    with a fixed relative tolerance: at_least 1e9 with 1e9 - 1, or a perplexity of 20000.00001 against
+    20000 with tolerance 0, is a real difference and fails."""
+    scale = max((abs(x) for x in (a, b, *operands)), default=0.0)
+    return abs(a - b) <= 4 * math.ulp(scale)
 
 
 # at_least / at_most include the threshold, above / below exclude it; equality is judged by `_same`.
-_OPS = {"above": (lambda v, t: v > t and not _same(v, t), ">"),
-        "at_least": (lambda v, t: v >= t or _same(v, t), ">="),
-        "below": (lambda v, t: v < t and not _same(v, t), "<"),
-        "at_most": (lambda v, t: v <= t or _same(v, t), "<=")}
+_OPS = {"above": (lambda v, t, *o: v > t and not _same(v, t, *o), ">"),
+        "at_least": (lambda v, t, *o: v >= t or _same(v, t, *o), ">="),
+        "below": (lambda v, t, *o: v < t and not _same(v, t, *o), "<"),
+        "at_most": (lambda v, t, *o: v <= t or _same(v, t, *o), "<=")}
 
 
 @dataclass
@@ -48,7 +57,7 @@ class Row:
     metric: str
     value: float | None
     threshold: str
-    result: str  # pass / fail / warn / skip
+    result: str  # pass / fail / warn / skip / refused (the baseline's value is broken)
     why: str
     sanity: bool = False
 
@@ -78,7 +87,7 @@ def _number(value) -> float | None:
 
 def _broken(value) -> str | None:
     """Why a value that is present cannot be compared (NaN, infinite, not a number), or None if it can.
-    Such a value fails its rule, required or not: a broken measurement never passes the gate."""
+    A broken measurement never passes a rule: see `_check` for what it gives (warn, refused or fail)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -106,11 +115,17 @@ def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
         inputs.append(("baseline", metric, baseline.get(metric)))
     if rule.gap_to:
         inputs.append(("candidate", rule.gap_to, candidate.get(rule.gap_to)))
-    for side, name, raw in inputs:  # fail closed: NaN, infinity or a string never skips a rule
+    for side, name, raw in inputs:  # NaN, infinity or a string never skips a rule
         why = _broken(raw)
-        if why:
-            return Row(rule.name, metric, None, "-", FAIL, f"the {side}'s {name} is {why}; the rule fails closed",
-                       rule.sanity)
+        if not why:
+            continue
+        what = f"the {side}'s {name} is {why}"
+        if rule.severity == "warn":  # a warn rule never fails the gate, whatever the value
+            return Row(rule.name, metric, None, "-", WARN, f"{what}; a warn rule only reports it", rule.sanity)
+        if side == "baseline":  # the champion's measurement is broken, not the candidate: refuse to judge
+            return Row(rule.name, metric, None, "-", REFUSED, f"{what}; re-measure the champion (the baseline) "
+                       "and gate again", rule.sanity)
+        return Row(rule.name, metric, None, "-", FAIL, f"{what}; the rule fails closed", rule.sanity)
     value = _number(candidate.get(metric))
     missing_result = FAIL if rule.required else SKIP
     if value is None:
@@ -124,10 +139,10 @@ def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
                        + ("; this rule is required" if rule.required else "; rule skipped"), rule.sanity)
         if rule.vs_baseline == "higher_is_better":
             limit, sign = base - rule.tolerance, ">="
-            ok = value >= limit or _same(value - base, -rule.tolerance) or _same(value, limit)
+            ok = value >= limit or _same(value, limit, base, rule.tolerance)
         else:
             limit, sign = base + rule.tolerance, "<="
-            ok = value <= limit or _same(value - base, rule.tolerance) or _same(value, limit)
+            ok = value <= limit or _same(value, limit, base, rule.tolerance)
         threshold = f"{sign} {_fmt(limit)} (baseline {_fmt(base)} {'-' if sign == '>=' else '+'} {_fmt(rule.tolerance)})"
     elif rule.gap_to:
         other = _number(candidate.get(rule.gap_to))
@@ -136,7 +151,7 @@ def _check(rule: Rule, metric: str, candidate: dict, baseline: dict) -> Row:
                        rule.sanity)
         test, sign = _OPS[rule.op]
         gap = abs(value - other)
-        ok, threshold = test(gap, rule.threshold), f"|{metric} - {rule.gap_to}| {sign} {_fmt(rule.threshold)}"
+        ok, threshold = test(gap, rule.threshold, value, other), f"|{metric} - {rule.gap_to}| {sign} {_fmt(rule.threshold)}"
         value = gap
     else:
         test, sign = _OPS[rule.op]
@@ -151,9 +166,14 @@ def evaluate_gate(rules: list[Rule], candidate: dict, baseline: dict | None = No
     rows = [_check(rule, metric, candidate, baseline) for rule in rules for metric in _metrics_for(rule, candidate)]
     sanity_failed = [r for r in rows if r.sanity and r.result == FAIL]
     failed = [r for r in rows if not r.sanity and r.result == FAIL]
+    broken_baseline = [r for r in rows if r.result == REFUSED]
     if sanity_failed:
         return GateResult("refused", rows, "the evidence is too weak to judge: "
                           + "; ".join(f"{r.rule} ({r.why})" for r in sanity_failed))
+    if broken_baseline:
+        return GateResult("refused", rows, "the baseline's (champion's) metrics are broken, so the candidate "
+                          "cannot be judged against them: " + "; ".join(f"{r.rule} ({r.why})" for r in broken_baseline)
+                          + (f" (the candidate also failed: {', '.join(r.rule for r in failed)})" if failed else ""))
     if failed:
         return GateResult("fail", rows, "failed: " + ", ".join(r.rule for r in failed))
     if not any(r.result in (PASS, WARN) for r in rows if not r.sanity):
@@ -166,7 +186,7 @@ def format_table(result: GateResult) -> str:
     """The rule table a person reads (rule, metric, value, threshold, result, why) and the verdict."""
     header = ("rule", "metric", "value", "threshold", "result", "why")
     lines = [(r.rule + (" [sanity]" if r.sanity else ""), r.metric, _fmt(r.value), r.threshold, r.result.upper()
-              if r.result in (FAIL, WARN) else r.result, r.why) for r in result.rows]
+              if r.result in (FAIL, WARN, REFUSED) else r.result, r.why) for r in result.rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     widths[-1] = 0
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

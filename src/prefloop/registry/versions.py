@@ -149,7 +149,9 @@ def check_alias(store: Store, name: str, alias: str) -> None:
     if _VERSION_LIKE.match(alias):
         raise RegistryError(f"alias {alias!r} looks like a version number; an alias names a role such as champion, "
                             "candidate or staging (v1, v2, ... are the versions themselves)")
-    if alias in {v["version"] for v in store.model_versions(name)}:
+    if alias in {v["version"] for v in store.model_versions(name)} and alias not in RESERVED_ALIASES:
+        # a version tagged "champion"/"candidate" (allowed in stores made before they became reserved) must not
+        # stop every register/promote: the alias is set beside it, and `resolve` asks which one a bare name means
         raise RegistryError(f"alias {alias!r} is the tag of a version of {name}; a reference {alias!r} would be "
                             "ambiguous. Pick another alias name")
 
@@ -175,7 +177,7 @@ def resolve(store: Store, ref: str, name: str | None = None) -> dict:
     """The version a reference names: `TAG` (v3), `NAME:TAG`, `NAME@ALIAS`, `@ALIAS` or `ALIAS` when no tag
     matches. The name comes from the reference, else `name`, else the store's only model name.
     Raises RegistryError saying what exists."""
-    ref = str(ref).strip()
+    ref = original = str(ref).strip()
     alias = None
     if "@" in ref:
         ref_name, _, alias = ref.partition("@")
@@ -191,6 +193,11 @@ def resolve(store: Store, ref: str, name: str | None = None) -> dict:
     if alias is None:
         found = [v for v in versions if v["version"] == ref]
         if found:
+            if ":" not in original and ref in RESERVED_ALIASES and store.aliases(name).get(ref) not in (
+                    None, found[0]["id"]):
+                raise RegistryError(f"{ref!r} is ambiguous in {name}: {name}:{ref} is the version tagged {ref!r} "
+                                    f"(registered before {ref!r} became a reserved alias) and {name}@{ref} is the "
+                                    "alias; give one of the two")
             return found[0]
         if ref in store.aliases(name):
             alias = ref
