@@ -266,3 +266,20 @@ def test_a_common_end_token_stops_only_as_a_special_token_never_inside_an_assist
     ids = get_template(None, plain).stop_token_ids(plain)
     assert vocab.get("</s>") not in ids or vocab.get("</s>") is None
     assert "</s>" not in get_template(None, plain).stop_strings(plain)
+
+
+def test_dropped_by_builtin_names_what_the_tokenizers_own_template_renders_and_the_builtin_drops():
+    own = (
+        "{% if tools is not none %}{{ 'TOOLS: ' + tools | tojson + '\n' }}{% endif %}"
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
+        "{% if m.get('reasoning_content') %}{{ '<think>' + m['reasoning_content'] + '</think>' }}{% endif %}"
+        "{{ m['content'] }}"
+        "{% for c in m.get('tool_calls') or [] %}{{ c['function']['name'] + (c['function']['arguments'] | tojson) }}{% endfor %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    from prefloop.data.template import dropped_by_builtin
+
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    assert dropped_by_builtin(tokenizer, "qwen") == ["tools", "tool calls", "reasoning_content"]
+    assert dropped_by_builtin(tokenizer, None) == [] and dropped_by_builtin(build_tiny_tokenizer(), "chatml") == []

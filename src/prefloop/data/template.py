@@ -661,3 +661,21 @@ def split_control_tokens(tokens, tokenizer) -> list[str]:
     """The control tokens that the tokenizer does not hold as one token."""
     vocab = tokenizer.get_vocab()
     return [t for t in tokens if t not in vocab]
+
+
+def dropped_by_builtin(tokenizer, name: str | None) -> list[str]:
+    """What the tokenizer's own chat template renders and the built-in `name` would drop, in words ("tools",
+    "tool calls", "tool results", "reasoning_content", ...), found with the same probes as `renders`.
+    Empty when `name` is unset/"tokenizer" or the tokenizer has no template of its own. A caller that
+    replaces a model's template with a built-in (a saved or merged model) warns with this list: a served
+    model would silently lose e.g. tool calling."""
+    if name is None or name == "tokenizer":
+        return []
+    try:
+        own = get_template(None, tokenizer)
+    except ConfigError:
+        return []
+    builtin = get_template(name, tokenizer)
+    dropped = ["tools"] if own.supports_tools and not builtin.supports_tools else []
+    kinds = ("tool_calls", "tool", "function_call", "name", *REASONING_FIELDS)
+    return dropped + [kind_text(k) for k in kinds if own.renders(k) and not builtin.renders(k)]
