@@ -564,12 +564,13 @@ def test_every_token_that_ends_a_reply_is_removed_from_the_end_of_answers(chatml
 
 def test_empty_answer_count_is_data_checks_definition(chatml):
     """The encoder counts an empty answer exactly where `data check` flags one (template.is_empty_answer):
-    whitespace, or nothing but end-of-turn tokens, even one this tokenizer reads as plain text."""
+    whitespace, or nothing but this tokenizer's stop tokens; "<|eot_id|>", plain text to a ChatML tokenizer,
+    is an answer the model is trained to write, not an empty one."""
     from prefloop.data.quality import check_empty
 
     tokenizer, template = chatml
     pairs = [pair(TURNS[-1:], chosen="Berlin.", rejected=rejected)
              for rejected in ("  ", "<|im_end|>", " <|eot_id|>\n", "Paris.", "Paris.<|im_end|>")]
     encoded, report = encode_pairs(pairs, tokenizer, template)
-    _, flagged = check_empty(pairs)
-    assert len(encoded) == 5 and report.empty_responses == len(flagged) == 3 and flagged == [0, 1, 2]
+    _, flagged = check_empty(pairs, template.stop_strings(tokenizer))
+    assert len(encoded) == 5 and report.empty_responses == len(flagged) == 2 and flagged == [0, 1]

@@ -633,3 +633,23 @@ def test_judge_agreement_on_a_file_that_is_not_a_store_is_a_located_error(tmp_pa
     err = capsys.readouterr().err
     assert f"{not_a_store} is not a SQLite database" in err and "point --human at" in err and "--db" not in err
     assert "Traceback" not in err
+
+
+def test_judge_agreement_leaves_out_judge_pairs_whose_answers_carry_more_than_text(tmp_path, capsys):
+    """Human votes are on text-only answers: a judge pair whose answers differ in tool calls would match an
+    item by text ('' vs '') and be compared with the wrong vote, so it is left out and reported."""
+    from prefloop.judge.agreement import read_judge_outcomes
+
+    call = [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        json.loads(GOOD_PREF),
+        {"prompt": [{"role": "user", "content": "q"}],
+         "chosen": [{"role": "assistant", "content": "", "tool_calls": call}],
+         "rejected": [{"role": "assistant", "content": "", "reasoning_content": "hmm"}]},
+    ]) + "\n")
+    outcomes = read_judge_outcomes(path)
+    assert list(outcomes.values()) == ["first"] and len(outcomes) == 1
+    err = capsys.readouterr().err
+    assert "1 judge pair(s)" in err and f"{path}:2" in err
+    assert "chosen.tool_calls" in err and "rejected.reasoning_content" in err

@@ -102,3 +102,26 @@ def test_label_stats_command_reads_the_store(tmp_path, capsys):
     assert stats["position_bias"] == {"decisive_votes": 17, "left_wins": 9, "left_win_rate": pytest.approx(9 / 17)}
     assert label_stats_command(str(db), json=False) == 0
     assert "position bias" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ label items from preference pairs
+
+CALL = [{"type": "function", "function": {"name": "weather", "arguments": "{}"}}]
+
+
+def test_pairs_whose_answers_carry_tool_calls_are_left_out_of_label_items_and_reported(tmp_path, capsys):
+    """A label item holds two response texts: answers that differ only in their tool calls would show as
+    '' vs '' (and be hidden as identical), so such pairs are left out, counted, and the first one named."""
+    from prefloop.label.sources import load_items
+
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": [{"role": "user", "content": "Weather?"}],
+         "chosen": [{"role": "assistant", "content": "", "tool_calls": CALL}],
+         "rejected": [{"role": "assistant", "content": ""}]},
+        {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."},
+    ]) + "\n")
+    items, _ = load_items(path)
+    assert [(i.response_a, i.response_b) for i in items] == [("Hello!", "Go away.")]
+    err = capsys.readouterr().err
+    assert "1 pair(s) left out" in err and f"{path}:1" in err and "chosen.tool_calls" in err

@@ -159,3 +159,18 @@ def test_modpo_example_runs(tmp_path, tiny_model_dir, margin_adapter, monkeypatc
                              modpo_margin_models=[str(margin_adapter)], output_dir=str(tmp_path / "ex"), max_steps=2)
     assert metrics["cache/margin_computed"] == 2 and metrics["train_loss"] > 0
     assert "eval_rewards/accuracies" in metrics
+
+
+def test_a_reward_model_margin_refuses_pairs_whose_answers_carry_more_than_text():
+    """A sequence-classification margin model scores answer texts: a pair whose answers carry tool calls
+    would be scored without them, so it is refused (before loading the model) with its place and field."""
+    from prefloop.data.schema import Message, PreferencePair
+    from prefloop.train.modpo import _reward_model_gaps
+
+    call = [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]
+    pairs = {"a": PreferencePair([Message("user", "q")], "x", "y", id="a", source="d.jsonl:1"),
+             "b": PreferencePair([Message("user", "q")], "", "y", id="b", source="d.jsonl:2",
+                                 chosen_fields={"tool_calls": call})}
+    cfg = SimpleNamespace(per_device_eval_batch_size=2, reference_cache_dir="unused")
+    with pytest.raises(ConfigError, match=r"1 pair\(s\).*d\.jsonl:2: field\(s\) chosen\.tool_calls"):
+        _reward_model_gaps("no-such-rm", 2, cfg, {"train": [{"id": "a"}, {"id": "b"}]}, pairs, print)

@@ -154,8 +154,8 @@ def test_removed_pairs_are_attributed_to_the_first_check(clean):
 
 
 def test_empty_and_identical_answers_are_the_encoders_definition():
-    """An answer of just "<|im_end|>" is empty, "A" and "A<|im_end|>" are the same answer (the encoder trains
-    them alike); an answer that only calls a tool is not empty, and answers differing in their fields
+    """With a ChatML tokenizer's stop strings, an answer of just "<|im_end|>" is empty, "A" and "A<|im_end|>" are
+    the same answer (the encoder trains them alike); an answer that only calls a tool is not empty, and answers differing in their fields
     (reasoning, tool calls) or role are not identical."""
     call = [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]
     pairs = [
@@ -166,10 +166,23 @@ def test_empty_and_identical_answers_are_the_encoders_definition():
         PreferencePair([Message("user", "Weather?")], "{}", "{}", chosen_role="function_call"),
         pair("What is the capital of Italy?", "Rome.", "Rome."),
     ]
-    empty, flagged_empty = check_empty(pairs)
+    stops = ("<|im_end|>", "<|endoftext|>")  # a ChatML tokenizer's stop strings
+    empty, flagged_empty = check_empty(pairs, stops)
     assert flagged_empty == [0] and empty.examples[0]["detail"] == "chosen empty"
-    _, flagged_identical = check_identical(pairs)
+    _, flagged_identical = check_identical(pairs, stops)
     assert flagged_identical == [1, 5]
-    _, formatting = check_formatting_only(pairs)
+    _, formatting = check_formatting_only(pairs, stops)
     assert formatting == []
-    assert run_quality_checks(pairs).removed == {0: "empty", 1: "identical", 5: "identical"}
+    assert run_quality_checks(pairs, stops=stops).removed == {0: "empty", 1: "identical", 5: "identical"}
+
+
+def test_without_a_tokenizer_no_end_token_text_is_stripped():
+    """With no tokenizer, "</s>" is text (a ChatML model trains "Use <s>old</s>" and "Use <s>old" as different
+    answers): not identical, not empty, not removed by --write-clean."""
+    pairs = [pair("How do I strike text in HTML?", "Use <s>old</s>", "Use <s>old"),
+             pair("Close the tag.", "</s>", "Done."),
+             pair("Same?", "A<|im_end|>", "A")]
+    assert check_identical(pairs)[1] == [] and check_empty(pairs)[1] == []
+    assert run_quality_checks(pairs).removed == {}
+    # with a tokenizer whose stop strings hold "</s>" (Llama-2, Mistral) they are the same answer
+    assert check_identical(pairs, ("</s>",))[1] == [0] and check_empty(pairs, ("</s>",))[1] == [1]

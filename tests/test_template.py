@@ -185,15 +185,15 @@ def test_broken_own_template_is_a_config_error():
 
 
 def test_stop_token_ids_hold_the_end_of_turn_and_eos():
-    from prefloop.data.template import END_OF_TURN_TOKENS
+    from prefloop.data.template import END_OF_TURN_TOKENS, special_token_text
 
     tokenizer = tokenizer_like("llama3")
     tokenizer.eos_token = "<|begin_of_text|>"  # a base-model EOS different from the end of turn
     template = get_template("llama3", tokenizer)
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    vocab = tokenizer.get_vocab()
-    # then the common end-of-turn tokens this vocabulary holds (the tiny tokenizer's ChatML ones)
-    markers = [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] not in (eot, tokenizer.eos_token_id)]
+    special = {t: i for i, t in special_token_text(tokenizer, added=True).items()}
+    # then the common end-of-turn tokens that are special/added tokens here (the tiny tokenizer's ChatML ones)
+    markers = [special[t] for t in END_OF_TURN_TOKENS if t in special and special[t] not in (eot, tokenizer.eos_token_id)]
     assert markers and template.stop_token_ids(tokenizer) == [eot, tokenizer.eos_token_id, *markers]
     chatml = build_tiny_tokenizer()
     eos, pad = chatml.eos_token_id, chatml.convert_tokens_to_ids("<|endoftext|>")
@@ -231,3 +231,55 @@ def test_generation_stops_where_the_data_side_says_a_reply_ends():
     assert generator.stop_ids == set(template.stop_token_ids(tokenizer, model)) and 7 in generator.stop_ids
     assert sampling.special_token_text is template_module.special_token_text
     assert not hasattr(sampling, "stop_token_ids")
+
+
+def test_a_common_end_token_stops_only_as_a_special_token_never_inside_an_assistant_turn():
+    """END_OF_TURN_TOKENS join the stops only when they are special/added tokens of this tokenizer, and never
+    when the template writes them inside an assistant turn (gpt-oss's harmony format: `<|end|>` closes the
+    analysis message before the final answer, `<|return|>` the reply)."""
+    from prefloop.data.template import stop_token_ids
+
+    harmony = (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'assistant' %}"
+        "{% if m.get('thinking') %}{{ '<|start|>assistant<|channel|>analysis<|message|>' + m['thinking'] + '<|end|>' }}{% endif %}"
+        "{{ '<|start|>assistant<|channel|>final<|message|>' + m['content'] + '<|return|>' }}"
+        "{% else %}{{ '<|start|>' + m['role'] + '<|message|>' + m['content'] + '<|end|>' }}{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+    )
+    tokenizer = build_tiny_tokenizer(chat_template=harmony)
+    tokenizer.add_tokens(["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>"], special_tokens=True)
+    template = get_template(None, tokenizer)
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert "<|end|>" in template.in_turn_tokens()
+    stops = template.stop_token_ids(tokenizer)
+    assert end not in stops and tokenizer.convert_tokens_to_ids("<|return|>") in stops
+    assert "<|end|>" not in template.stop_strings(tokenizer)
+    # the same tokenizer without the probe would stop there: the exclusion is the template's, not a rule
+    assert end in stop_token_ids(tokenizer, template.end_of_turn)
+
+    # a common token that is only ordinary vocabulary is text, not a stop
+    plain = build_tiny_tokenizer()
+    vocab = plain.get_vocab()
+    assert "</s>" not in plain.all_special_tokens
+    ids = get_template(None, plain).stop_token_ids(plain)
+    assert vocab.get("</s>") not in ids or vocab.get("</s>") is None
+    assert "</s>" not in get_template(None, plain).stop_strings(plain)
+
+
+def test_dropped_by_builtin_names_what_the_tokenizers_own_template_renders_and_the_builtin_drops():
+    own = (
+        "{% if tools is not none %}{{ 'TOOLS: ' + tools | tojson + '\n' }}{% endif %}"
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}"
+        "{% if m.get('reasoning_content') %}{{ '<think>' + m['reasoning_content'] + '</think>' }}{% endif %}"
+        "{{ m['content'] }}"
+        "{% for c in m.get('tool_calls') or [] %}{{ c['function']['name'] + (c['function']['arguments'] | tojson) }}{% endfor %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    from prefloop.data.template import dropped_by_builtin
+
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    assert dropped_by_builtin(tokenizer, "qwen") == ["tools", "tool calls", "reasoning_content"]
+    assert dropped_by_builtin(tokenizer, None) == [] and dropped_by_builtin(build_tiny_tokenizer(), "chatml") == []

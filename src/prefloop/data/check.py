@@ -56,8 +56,16 @@ def turn_stats(pairs: Sequence[PreferencePair]) -> dict[str, Any]:
     }
 
 
+def tokenizer_and_template(tokenizer_path: str, template_name: str | None):
+    from prefloop.data.template import get_template
+    from prefloop.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path, key="--tokenizer")
+    return tokenizer, get_template(template_name, tokenizer)
+
+
 def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_name: str | None,
-                 cutoff_len: int | None) -> dict[str, Any]:
+                 cutoff_len: int | None, loaded=None) -> dict[str, Any]:
     """Token lengths of prompt/chosen/rejected (untruncated) and what `cutoff_len` would cut or drop.
 
     The dataset is encoded once, untruncated; the truncation report comes from those lengths: a
@@ -66,11 +74,8 @@ def token_report(pairs: Sequence[PreferencePair], tokenizer_path: str, template_
     encoding everything with the cutoff, at the cost of the long pairs only.
     """
     from prefloop.data.encode import encode_pairs
-    from prefloop.data.template import get_template
-    from prefloop.models import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path, key="--tokenizer")
-    template = get_template(template_name, tokenizer)
+    tokenizer, template = loaded or tokenizer_and_template(tokenizer_path, template_name)
     encoded, full = encode_pairs(pairs, tokenizer, template, cutoff_len=None)
     lengths = [len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids)) for e in encoded]
     report: dict[str, Any] = {
@@ -291,8 +296,10 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
         raise ConfigError(f"--cutoff-len must be a positive number of tokens, got {cutoff_len}")
     loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True,
                         options=CHECK_OPTIONS)
-    quality = run_quality_checks(loaded.pairs)
-    tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len) if tokenizer and loaded.pairs else None
+    # The identical/empty checks strip only this tokenizer's stop strings, as the encoder does (none without one).
+    model = tokenizer_and_template(tokenizer, template) if tokenizer and loaded.pairs else None
+    quality = run_quality_checks(loaded.pairs, stops=model[1].stop_strings(model[0]) if model else ())
+    tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len, loaded=model) if model else None
     report = build_report(loaded, quality, tokens)
     dims = agreement_report(loaded.pairs, parse_weights(dimension_weights, "--dimension-weights"))
     if dims:

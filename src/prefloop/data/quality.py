@@ -148,19 +148,21 @@ def _prompt_key(pair: PreferencePair) -> tuple:
     return (tuple(pair.prompt), pair.tools)
 
 
-def _answer_key(pair: PreferencePair, which: str) -> tuple:
-    """The answer as `template.answer_key` compares answers (text without a trailing end-of-turn token, role, fields)."""
+def _answer_key(pair: PreferencePair, which: str, stops: Sequence[str] = ()) -> tuple:
+    """The answer as `template.answer_key` compares answers (text without the tokenizer's stop strings
+    `stops` at its end, role, fields)."""
     answer = pair.answer(which)
-    return answer_key(answer.role, answer.content, answer.fields)
+    return answer_key(answer.role, answer.content, answer.fields, stops)
 
 
-def _same_answers(pair: PreferencePair) -> bool:
-    return _answer_key(pair, "chosen") == _answer_key(pair, "rejected")
+def _same_answers(pair: PreferencePair, stops: Sequence[str] = ()) -> bool:
+    return _answer_key(pair, "chosen", stops) == _answer_key(pair, "rejected", stops)
 
 
-def check_identical(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
-    """Pairs whose two answers are the same answer (`template.answer_key`: "A" and "A<|im_end|>" are)."""
-    flagged = [i for i, p in enumerate(pairs) if _same_answers(p)]
+def check_identical(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
+    """Pairs whose two answers are the same answer (`template.answer_key`; with a ChatML tokenizer's stop
+    strings `stops`, "A" and "A<|im_end|>" are)."""
+    flagged = [i for i, p in enumerate(pairs) if _same_answers(p, stops)]
     return Finding(
         "identical", "chosen identical to rejected", "error", len(flagged),
         "such pairs carry no preference (their loss gradient is zero); remove them or relabel",
@@ -168,10 +170,10 @@ def check_identical(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]
     ), flagged
 
 
-def check_formatting_only(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
+def check_formatting_only(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
     flagged = [
         i for i, p in enumerate(pairs)
-        if not _same_answers(p) and p.chosen_fields == p.rejected_fields and p.chosen_role == p.rejected_role
+        if not _same_answers(p, stops) and p.chosen_fields == p.rejected_fields and p.chosen_role == p.rejected_role
         and formatting_key(p.chosen) == formatting_key(p.rejected)
     ]
     return Finding(
@@ -182,13 +184,13 @@ def check_formatting_only(pairs: Sequence[PreferencePair]) -> tuple[Finding, lis
     ), flagged
 
 
-def check_empty(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
+def check_empty(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
     """Pairs with an empty answer (`template.is_empty_answer`, the encoder's definition: whitespace or
-    end-of-turn tokens only, and no tool call) or an empty last prompt turn."""
+    the tokenizer's stop strings `stops` only, and no tool call) or an empty last prompt turn."""
     flagged, details = [], []
     for i, p in enumerate(pairs):
         empty = [name for name in ("chosen", "rejected")
-                 if is_empty_answer(getattr(p, name), getattr(p, f"{name}_fields"))]
+                 if is_empty_answer(getattr(p, name), getattr(p, f"{name}_fields"), stops)]
         if p.turns and not p.turns[-1].content.strip():
             empty.append("last prompt turn")
         if empty:
@@ -201,11 +203,11 @@ def check_empty(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
     ), flagged
 
 
-def check_duplicates(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
+def check_duplicates(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
     first: dict[tuple, int] = {}
     flagged = []
     for i, p in enumerate(pairs):
-        j = first.setdefault((_prompt_key(p), _answer_key(p, "chosen"), _answer_key(p, "rejected")), i)
+        j = first.setdefault((_prompt_key(p), _answer_key(p, "chosen", stops), _answer_key(p, "rejected", stops)), i)
         if j != i:
             flagged.append((i, j))
     return Finding(
@@ -216,11 +218,11 @@ def check_duplicates(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int
     ), [i for i, _ in flagged]
 
 
-def check_contradictions(pairs: Sequence[PreferencePair]) -> tuple[Finding, list[int]]:
+def check_contradictions(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
     by_prompt: dict[tuple, dict[tuple[tuple, tuple], list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, p in enumerate(pairs):
-        if not _same_answers(p):
-            by_prompt[_prompt_key(p)][(_answer_key(p, "chosen"), _answer_key(p, "rejected"))].append(i)
+        if not _same_answers(p, stops):
+            by_prompt[_prompt_key(p)][(_answer_key(p, "chosen", stops), _answer_key(p, "rejected", stops))].append(i)
     flagged: list[int] = []
     examples = []
     for orders in by_prompt.values():
@@ -315,12 +317,14 @@ REMOVING_CHECKS = (check_identical, check_empty, check_formatting_only, check_du
 
 
 def run_quality_checks(pairs: Sequence[PreferencePair], length_share_threshold: float = LENGTH_BIAS_SHARE,
-                       length_ratio_threshold: float = LENGTH_BIAS_RATIO) -> QualityReport:
-    """All checks; a pair flagged by several removing checks is attributed to the first."""
+                       length_ratio_threshold: float = LENGTH_BIAS_RATIO, stops: Sequence[str] = ()) -> QualityReport:
+    """All checks; a pair flagged by several removing checks is attributed to the first. `stops`: the stop
+    strings of the tokenizer the data is for (`ChatTemplate.stop_strings`), which the encoder removes from
+    the end of answers; without a tokenizer nothing is removed ("A</s>" and "A" are different answers)."""
     findings = []
     removed: dict[int, str] = {}
     for check in REMOVING_CHECKS:
-        finding, flagged = check(pairs)
+        finding, flagged = check(pairs, stops)
         findings.append(finding)
         for i in flagged:
             removed.setdefault(i, finding.check)

@@ -103,6 +103,17 @@ class PreferencePair:
             raise ValueError(f"which must be 'chosen' or 'rejected', got {which!r}")
         return Message(getattr(self, f"{which}_role"), getattr(self, which), getattr(self, f"{which}_fields"))
 
+    def answer_extras(self) -> list[str]:
+        """What the answers hold beyond their text, as "chosen.tool_calls", "rejected.role", ...: their
+        template fields and a role other than "assistant". A reader that takes only `chosen` / `rejected`
+        (the texts) would drop these, so it must handle them or refuse the pair and say so."""
+        found = []
+        for which in ("chosen", "rejected"):
+            found += [f"{which}.{key}" for key in getattr(self, f"{which}_fields")]
+            if getattr(self, f"{which}_role") != "assistant":
+                found.append(f"{which}.role")
+        return found
+
     def messages(self, response: str | Message) -> list[dict[str, Any]]:
         """The whole conversation with `response` as the final turn (for chat templates): a text is a
         plain assistant turn, a Message (e.g. `answer("chosen")`) keeps its role and fields."""

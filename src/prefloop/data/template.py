@@ -18,8 +18,9 @@ is not part of a training sequence (see `training_text`).
 This module is also the one definition of the tokens that end a reply (`stop_token_ids`, and their
 texts `stop_strings`: training's sample answers, generation and serving stop on them, and the encoder
 removes them from the end of answers written with them) and of the tokenizer's special and added
-tokens (`special_token_text`, `special_strings`). `answer_text` / `is_empty_answer` say what an answer
-is without them: the encoder's count of empty answers and `data check`'s empty and identical checks.
+tokens (`special_token_text`, `special_strings`). `answer_text` / `is_empty_answer` / `answer_key` say what
+an answer is without a given tokenizer's stop strings: the encoder's count of empty answers and `data
+check`'s empty and identical checks (which strip nothing without a tokenizer).
 """
 
 from __future__ import annotations
@@ -324,9 +325,10 @@ def _compile_sandboxed(source: str):
 # Special tokens, and the tokens that end a reply
 # ---------------------------------------------------------------------------------------------
 
-# End-of-turn and EOS tokens of common chat model families. A vocabulary that holds one of them as a
-# single token stops a reply there too (a chat model's generation config often lists several), and an
-# answer that is nothing else is empty.
+# End-of-turn and EOS tokens of common chat model families. A tokenizer that holds one of them as a special
+# or added token stops a reply there too (a chat model's generation config often lists several), unless its
+# chat template writes that token inside an assistant turn (gpt-oss's harmony format ends the analysis
+# message before the final answer with `<|end|>`): see `ChatTemplate.in_turn_tokens`.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>",
                       "<|end_of_text|>", "<eos>")
 
@@ -352,10 +354,12 @@ def special_strings(tokenizer) -> list[str]:
     return sorted((t for t in tokens if t), key=len, reverse=True)
 
 
-def stop_token_ids(tokenizer, end_of_turn: str | None = None, model=None) -> list[int]:
+def stop_token_ids(tokenizer, end_of_turn: str | None = None, model=None, in_turn: Iterable[str] = ()) -> list[int]:
     """Token ids that end a reply, each once, in this order: the end of turn (when it is one token), EOS
-    (the tokenizer's, then the model's generation config's), and the END_OF_TURN_TOKENS that are single
-    tokens of this vocabulary.
+    (the tokenizer's, then the model's generation config's), and the END_OF_TURN_TOKENS that are special or
+    added tokens of this tokenizer, except those in `in_turn` (tokens the chat template writes inside an
+    assistant turn, `ChatTemplate.in_turn_tokens`: stopping there would cut the reply). A common token that
+    is only ordinary vocabulary (a "</s>" BPE piece of a ChatML model) is text, never a stop.
 
     The one definition of where a reply ends: training's sample answers, generation and serving stop on
     these, and the encoder removes their texts (`stop_strings`) from the end of answers written with them.
@@ -374,18 +378,20 @@ def stop_token_ids(tokenizer, end_of_turn: str | None = None, model=None) -> lis
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for token_id in config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]:
         add(token_id)
-    vocab = tokenizer.get_vocab()
+    special = {text: i for i, text in sorted(special_token_text(tokenizer, added=True).items(), reverse=True)}
+    skip = set(in_turn)
     for token in END_OF_TURN_TOKENS:
-        add(vocab.get(token))
+        if token not in skip:
+            add(special.get(token))
     return ids
 
 
-def stop_strings(tokenizer, end_of_turn: str | None = None) -> tuple[str, ...]:
+def stop_strings(tokenizer, end_of_turn: str | None = None, model=None, in_turn: Iterable[str] = ()) -> tuple[str, ...]:
     """The texts of the stop tokens (`stop_token_ids`) that are special or added tokens, longest first:
     what data written for a trainer that appends EOS ends its answers with. A plain-text end of turn
     (Alpaca's EOS is a token, but "###" would be text) is not one of them."""
     text = special_token_text(tokenizer, added=True)
-    found = {text[i] for i in stop_token_ids(tokenizer, end_of_turn) if i in text and text[i]}
+    found = {text[i] for i in stop_token_ids(tokenizer, end_of_turn, model, in_turn) if i in text and text[i]}
     return tuple(sorted(found, key=lambda t: (-len(t), t)))
 
 
@@ -404,22 +410,24 @@ def strip_stop_text(text: str, stops: Iterable[str]) -> tuple[str, int]:
 
 
 def answer_text(text: str, stops: Iterable[str] = ()) -> str:
-    """An answer's text as it is trained: without end-of-turn/EOS tokens (END_OF_TURN_TOKENS and `stops`,
-    e.g. a tokenizer's `stop_strings`) written at its end."""
-    return strip_stop_text(text, (*END_OF_TURN_TOKENS, *stops))[0]
+    """An answer's text as it is trained: without the stop tokens `stops` (the tokenizer's `stop_strings`, as
+    the encoder removes them) written at its end. Nothing else is removed: for a tokenizer without "</s>" as
+    a token, "Use <s>old</s>" is text the model is trained on, so with no `stops` the text is unchanged."""
+    return strip_stop_text(text, stops)[0]
 
 
 def is_empty_answer(text: str, fields: Mapping[str, Any] | None = None, stops: Iterable[str] = ()) -> bool:
     """The one definition of an empty answer (the encoder's count, `data check`'s empty check): nothing but
-    whitespace once the end-of-turn/EOS tokens at its end are removed (`answer_text`), and no tool call.
-    An answer of just "<|im_end|>" is empty; one that only calls a tool is not."""
+    whitespace once the stop tokens `stops` at its end are removed (`answer_text`), and no tool call.
+    With a ChatML tokenizer's stops an answer of just "<|im_end|>" is empty; one that only calls a tool is not."""
     return not answer_text(text, stops).strip() and not (fields or {}).get("tool_calls")
 
 
-def answer_key(role: str, text: str, fields: Mapping[str, Any] | None = None) -> tuple:
-    """What makes two answers the same answer (`data check`'s identical check): role, `answer_text` and
-    template fields ("A" and "A<|im_end|>" are the same answer)."""
-    return role, answer_text(text), json.dumps(dict(fields or {}), sort_keys=True, default=str)
+def answer_key(role: str, text: str, fields: Mapping[str, Any] | None = None, stops: Iterable[str] = ()) -> tuple:
+    """What makes two answers the same answer (`data check`'s identical check): role, `answer_text` (without
+    the tokenizer's stop strings `stops`: with a ChatML tokenizer "A" and "A<|im_end|>" are the same answer)
+    and template fields."""
+    return role, answer_text(text, stops), json.dumps(dict(fields or {}), sort_keys=True, default=str)
 
 
 class ChatTemplate:
@@ -447,6 +455,8 @@ class ChatTemplate:
             self._context.setdefault("eos_token", tokenizer.eos_token or "")
         self.supports_tools = "tools" in source
         self._renders: dict[str, bool] = {}
+        self._in_turn: frozenset[str] | None = None
+        self._specials = tuple(special_strings(tokenizer))
         self._probe(tokenizer, end_of_turn)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -519,11 +529,39 @@ class ChatTemplate:
 
         Pass them as `eos_token_id` to `model.generate`, so sampling stops where training ends.
         """
-        return stop_token_ids(tokenizer, self.end_of_turn, model)
+        return stop_token_ids(tokenizer, self.end_of_turn, model, self.in_turn_tokens())
 
-    def stop_strings(self, tokenizer) -> tuple[str, ...]:
+    def stop_strings(self, tokenizer, model=None) -> tuple[str, ...]:
         """The texts of this template's stop tokens (`stop_strings`)."""
-        return stop_strings(tokenizer, self.end_of_turn)
+        return stop_strings(tokenizer, self.end_of_turn, model, self.in_turn_tokens())
+
+    def in_turn_tokens(self) -> frozenset[str]:
+        """The END_OF_TURN_TOKENS this template writes inside an assistant turn, which must not stop a reply:
+        found by rendering probe replies (plain, with each reasoning field, with a tool call) and looking at
+        the assistant turn without its end (the end of turn, then any special tokens at its very end).
+        gpt-oss's harmony format writes `<|end|>` after the analysis message, before the final answer."""
+        if self._in_turn is None:
+            found: set[str] = set()
+            user = {"role": "user", "content": _PROBE_USER}
+            call = {"type": "function", "function": {"name": "prefloopprobetool", "arguments": {"q": "x"}}}
+            replies = [{}, {"tool_calls": [call]}, *({key: "prefloopprobereasoning"} for key in REASONING_FIELDS)]
+            for extra in replies:
+                reply = {"role": "assistant", "content": _PROBE_REPLY, **extra}
+                try:
+                    prompt = self.render([user], add_generation_prompt=True)
+                    text = self.render([user, reply])
+                except Exception:  # noqa: BLE001 - a template that refuses the probe does not write it
+                    continue
+                body = text[len(prompt):] if text.startswith(prompt) else text[text.find(_PROBE_USER) + len(_PROBE_USER):]
+                body = body.rstrip()
+                while True:  # drop the turn's end: trailing special tokens and whitespace
+                    ending = next((t for t in (self.end_of_turn, *self._specials) if t and body.endswith(t)), None)
+                    if ending is None:
+                        break
+                    body = body[: len(body) - len(ending)].rstrip()
+                found.update(t for t in END_OF_TURN_TOKENS if t in body)
+            self._in_turn = frozenset(found)
+        return self._in_turn
 
     # -- probing -----------------------------------------------------------------------------
 
@@ -623,3 +661,21 @@ def split_control_tokens(tokens, tokenizer) -> list[str]:
     """The control tokens that the tokenizer does not hold as one token."""
     vocab = tokenizer.get_vocab()
     return [t for t in tokens if t not in vocab]
+
+
+def dropped_by_builtin(tokenizer, name: str | None) -> list[str]:
+    """What the tokenizer's own chat template renders and the built-in `name` would drop, in words ("tools",
+    "tool calls", "tool results", "reasoning_content", ...), found with the same probes as `renders`.
+    Empty when `name` is unset/"tokenizer" or the tokenizer has no template of its own. A caller that
+    replaces a model's template with a built-in (a saved or merged model) warns with this list: a served
+    model would silently lose e.g. tool calling."""
+    if name is None or name == "tokenizer":
+        return []
+    try:
+        own = get_template(None, tokenizer)
+    except ConfigError:
+        return []
+    builtin = get_template(name, tokenizer)
+    dropped = ["tools"] if own.supports_tools and not builtin.supports_tools else []
+    kinds = ("tool_calls", "tool", "function_call", "name", *REASONING_FIELDS)
+    return dropped + [kind_text(k) for k in kinds if own.renders(k) and not builtin.renders(k)]

@@ -60,6 +60,7 @@ def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
     if not path.is_file():
         raise DataError(f"judge output {path} does not exist; write it with prefloop judge")
     outcomes: dict[tuple[str, str, str], str] = {}
+    refused: list[tuple[int, list[str]]] = []
     for lineno, record in _json_lines(path, "--judge must be a PREFS.jsonl written by prefloop judge"):
         try:
             _, pair = record_to_pair(record)
@@ -67,8 +68,18 @@ def read_judge_outcomes(path: Path) -> dict[tuple[str, str, str], str]:
             field = f"field '{err.field}': " if err.field else ""
             raise DataError(f"{path}:{lineno}: not a preference pair: {field}{err.message}; --judge must be a "
                             "PREFS.jsonl written by prefloop judge") from err
+        extras = pair.answer_extras()
+        if extras:  # label items are text-only answers: matching by text would take A+tool call for A
+            refused.append((lineno, extras))
+            continue
         item = _item(pair.prompt_messages(), pair.chosen, pair.rejected)
         outcomes[item] = _label(item, pair.chosen)
+    if refused:
+        lineno, extras = refused[0]
+        print(f"prefloop judge-agreement: {len(refused)} judge pair(s) in {path} left out: their answers carry tool "
+              f"calls, reasoning, names or a function-call role, and human votes are on text-only answers, so "
+              f"matching by text could pair them with the wrong item; first at {path}:{lineno}: field(s) "
+              f"{', '.join(extras)}", file=sys.stderr)
     ties = sibling(path, ".ties.jsonl")
     if ties.is_file():
         what = f"{ties} is read as the ties file of {path}; remove or regenerate it with prefloop judge --keep-ties"

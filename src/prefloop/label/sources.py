@@ -10,6 +10,7 @@ Records are read by the data layer's `iter_records`, so a bad JSON line is repor
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -44,11 +45,25 @@ def items_from_candidates(records: list[tuple[str, dict]]) -> tuple[list[Item], 
 
 
 def items_from_pairs(path: str | Path) -> list[Item]:
-    """Preference data in any accepted format: chosen vs rejected of each pair."""
-    items = []
+    """Preference data in any accepted format: chosen vs rejected of each pair.
+
+    A label item's responses are texts (shown, stored and exported as text), so a pair whose answers
+    carry more than text (tool calls, reasoning, a name, a function-call role: `PreferencePair.answer_extras`)
+    cannot be one without losing it: such pairs are left out, counted, and the first is named on stderr."""
+    items, refused = [], []
     for index, pair in enumerate(load_pairs(str(path)).pairs):
         origin = pair.id or pair.source or f"{Path(path).name}#{index}"
+        extras = pair.answer_extras()
+        if extras:
+            refused.append((pair.source or origin, extras))
+            continue
         items.append(Item(pair.prompt_messages(), pair.chosen, pair.rejected, "chosen", "rejected", origin))
+    if refused:
+        where, extras = refused[0]
+        print(f"prefloop label: {path}: {len(refused)} pair(s) left out: their answers carry tool calls, reasoning, "
+              f"names or a function-call role, which a label item (two response texts) would drop; first at {where}: "
+              f"field(s) {', '.join(extras)}; label text-only answers instead",
+              file=sys.stderr)
     return items
 
 
@@ -65,7 +80,7 @@ def load_items(path: str | Path) -> tuple[list[Item], int]:
                         "expected {'prompt'|'messages'|'conversations': ..., 'candidates': [...]} or a preference "
                         "pair with 'chosen' and 'rejected'")
     if not items:
-        raise DataError(f"{path}: no prompt has two different responses to compare")
+        raise DataError(f"{path}: no prompt has two different responses to compare (pairs left out are reported above)")
     return items, skipped
 
 

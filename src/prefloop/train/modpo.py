@@ -63,9 +63,19 @@ def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, spli
 
 
 def _reward_model_gaps(path: str, index: int, cfg, splits: dict, pairs_by_id: dict, say) -> tuple[dict, Counter]:
+    from prefloop.errors import ConfigError
     from prefloop.judge.reward import RewardModel
     from prefloop.train.reference import ReferenceCache, _sha, data_fingerprint, weights_fingerprint
 
+    refused = [(pair.source or pair.id, extras) for features in splits.values() for f in features
+               for pair in [pairs_by_id[f["id"]]] for extras in [pair.answer_extras()] if extras]
+    if refused:
+        where, extras = refused[0]
+        raise ConfigError(
+            f"MODPO margin model {index} ({path}) is a reward model, which scores an answer's text only; "
+            f"{len(refused)} pair(s) have answers with more than text (first at {where}: field(s) "
+            f"{', '.join(extras)}), whose tool calls / reasoning / names it would not see. Use an adapter or "
+            "causal-LM margin model (scored on the encoded turns), or leave those pairs out")
     rm = RewardModel(path, batch_size=cfg.per_device_eval_batch_size)
     cache = ReferenceCache(cfg.reference_cache_dir)
     weights = weights_fingerprint(rm.model, "reward_model")
