@@ -283,3 +283,26 @@ def test_dropped_by_builtin_names_what_the_tokenizers_own_template_renders_and_t
     tokenizer = build_tiny_tokenizer(chat_template=own)
     assert dropped_by_builtin(tokenizer, "qwen") == ["tools", "tool calls", "reasoning_content"]
     assert dropped_by_builtin(tokenizer, None) == [] and dropped_by_builtin(build_tiny_tokenizer(), "chatml") == []
+
+
+def test_training_with_a_builtin_that_drops_what_the_models_template_renders_warns(tmp_path):
+    """`template: qwen` replaces the tokenizer's own template in the saved model: when the own one rendered tools,
+    tool calls or reasoning, the run says that a served or merged model loses them."""
+    from pathlib import Path
+
+    from prefloop.config import load_config
+    from prefloop.train.run import load_data
+
+    own = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}{{ m['content'] or '' }}"
+           "{% for c in m.get('tool_calls') or [] %}{{ c['function']['name'] + (c['function']['arguments'] | tojson) }}"
+           "{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}"
+           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    tokenizer = build_tiny_tokenizer(chat_template=own)
+    data = Path(__file__).resolve().parents[1] / "examples" / "data" / "seed_preferences.jsonl"
+    said = []
+    for template, warned in (("qwen", True), (None, False)):
+        said.clear()
+        cfg = load_config(None, dict(model_name_or_path=str(tmp_path), dataset=str(data), template=template,
+                                     output_dir=str(tmp_path / "out"), report_to="none"))
+        load_data(cfg, tokenizer, lambda *a, **k: said.append(" ".join(map(str, a))))
+        assert any("does not render tool calls" in line and "loses them" in line for line in said) is warned

@@ -172,7 +172,7 @@ def build_app(session: LabelSession, auth: bool = False, title: str = "prefloop 
             if item_id is None:
                 return [st, *[gr.update()] * (len(view) - 1), "Nothing to undo.", gr.update()]
             shown = session.show(item_id, annotator)
-            return [*render(shown, annotator), "Your last vote was undone; vote on this item again.", ""]
+            return [*render(shown, annotator), session.undo_message(annotator, item_id), ""]
 
         outputs = [*view, status, reveal]
         for choice, button in buttons.items():

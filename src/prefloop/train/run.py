@@ -391,7 +391,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.encode import encode_pairs
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.registry import CONFIG_KEYS
-    from prefloop.data.template import get_template
+    from prefloop.data.template import dropped_by_builtin, get_template
     from prefloop.train.dataset import to_feature
     from prefloop.train.model_card import data_provenance
 
@@ -409,6 +409,11 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
+    dropped = dropped_by_builtin(tokenizer, cfg.template)
+    if dropped:
+        say(f"Warning: template: {cfg.template} replaces {cfg.model_name_or_path}'s own chat template in the saved "
+            f"model and its checkpoints; the built-in does not render {', '.join(dropped)}, so a model served or "
+            f"merged from this run loses them (e.g. tool calling). Leave `template` unset to keep the model's own.")
     if template.name != "tokenizer":
         # The tokenizer saved with the model (and its checkpoints) carries the template the model was trained
         # with, so serving, generation and `prefloop merge` render prompts the same way (LLaMA-Factory does too).
@@ -765,7 +770,8 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=pri
         with autocast_for(model):  # frozen weights kept in bf16 (keep_frozen_weights_in_compute_dtype)
             output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                     max_new_tokens=SAMPLE_MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=data.stop_ids, use_cache=True)
+                                    eos_token_id=data.template.stop_token_ids(tokenizer, model) if data.template
+                                    else data.stop_ids, use_cache=True)  # as the server stops (its generation config's EOS too)
         answer = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
         if len(samples) <= i:
             samples.append({"id": feature["id"], "prompt": tokenizer.decode(feature["prompt_ids"]),
