@@ -254,3 +254,12 @@ def test_bad_weight_options_are_errors_naming_the_option(tmp_path, capsys):
     assert cli_main(["data", "check", str(ROOT / "examples" / "data" / "multiobjective.jsonl"),
                      "--dimension-weights", "safety=-1"]) == 2
     assert "--dimension-weights: 'safety=-1': give a name and a weight >= 0" in capsys.readouterr().err
+
+
+def test_a_weighted_dimension_no_pair_has_is_a_typo_error(tmp_path, capsys):
+    """`data check --dimension-weights helpfulnes=1,safety=2` (a typo) silently combined safety alone."""
+    data = ROOT / "examples" / "data" / "multiobjective.jsonl"
+    assert cli_main(["data", "check", str(data), "--dimension-weights", "helpfulnes=1,safety=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--dimension-weights: no pair has a dimension 'helpfulnes' (did you mean 'helpfulness'?)" in err
+    assert cli_main(["data", "check", str(data), "--dimension-weights", "helpfulness=1,safety=2"]) == 0

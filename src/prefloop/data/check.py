@@ -287,7 +287,7 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
 
     `dimension_weights` ("helpfulness=1,safety=2"): the per-dimension report compares each dimension
     with the weighted scores' direction instead of the data's label."""
-    from prefloop.data.dimensions import agreement_report
+    from prefloop.data.dimensions import agreement_report, check_weight_names
     from prefloop.data.ratings import parse_weights
 
     if tokenizer is None and (cutoff_len is not None or template is not None):
@@ -301,7 +301,9 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     quality = run_quality_checks(loaded.pairs, stops=model[1].stop_strings(model[0]) if model else ())
     tokens = token_report(loaded.pairs, tokenizer, template, cutoff_len, loaded=model) if model else None
     report = build_report(loaded, quality, tokens)
-    dims = agreement_report(loaded.pairs, parse_weights(dimension_weights, "--dimension-weights"))
+    weights = parse_weights(dimension_weights, "--dimension-weights")
+    check_weight_names(loaded.pairs, weights, "--dimension-weights")
+    dims = agreement_report(loaded.pairs, weights)
     if dims:
         report["dimensions"] = dims
     if write_clean:

@@ -24,6 +24,7 @@ s_k(chosen) > s_k(rejected) (after any flip), disagrees when <, and says nothing
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 from collections import Counter
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from prefloop.data.schema import PreferencePair
-from prefloop.errors import DataError
+from prefloop.errors import ConfigError, DataError
 
 AGREES, DISAGREES, NO_SIGNAL = 1, 0, -1
 CONTRADICTION_WARN = 0.5  # warn when two dimensions disagree on more than this share of the pairs both decide
@@ -128,6 +129,23 @@ class DimensionReport:
     def to_dict(self) -> dict:
         return {**{k: getattr(self, k) for k in ("pairs", "agree", "conflicts", "flipped", "dropped", "kept_against",
                                                  "ties", "ties_dropped", "without_dimensions")}, "missing": dict(self.missing)}
+
+
+def check_weight_names(pairs: Sequence[PreferencePair], weights: dict[str, float] | None, option: str) -> None:
+    """Every weighted dimension must be scored in at least one pair: a name no pair has is a typo, and
+    weighting by it would silently combine the other dimensions alone. Raises ConfigError naming `option`
+    (with the closest name the data has). No check when no pair has dimensions (the callers report that).
+    Used by `data check --dimension-weights`; training counts a weighted dimension a pair lacks per pair
+    (`DimensionReport.missing`, in the data summary), since one round's data may lack a dimension."""
+    present = {name for p in pairs for name in (p.dimensions or {})}
+    if not weights or not present:
+        return
+    unknown = [name for name in weights if name not in present]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(present), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{option}: no pair has a dimension {unknown[0]!r}{hint}; the data's dimensions are "
+                          f"{', '.join(sorted(present))}")
 
 
 def apply_dimensions(pairs: Sequence[PreferencePair], weights: dict[str, float], conflicts: str = "flip",
