@@ -302,3 +302,13 @@ def test_nan_log_likelihoods_are_a_clear_error_naming_the_question(tmp_path):
     data = EXAMPLES / "truthfulqa_mc.jsonl"
     with pytest.raises(PrefloopError, match=rf"{data.name}:1: the model gave NaN or \+inf"):
         run_bench(BenchArgs("truthfulqa_mc", str(model_dir), str(data), str(tmp_path / "out"), limit=2))
+
+
+@pytest.mark.parametrize("name, data", [("truthfulqa_mc", "truthfulqa_mc.jsonl"), ("mt_bench", "mt_bench_question.jsonl")])
+def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, name, data):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("{}\n")
+    assert main(["eval", "bench", name, "--model", str(tmp_path / "no-such-model"), "--data", str(EXAMPLES / data),
+                 "--out", str(heldout)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {heldout} is a file; give a directory" in err and "Traceback" not in err

@@ -180,3 +180,26 @@ def test_a_bf16_training_config_is_scored_in_bf16_as_the_trainer_evaluates(tmp_p
     bf16, fp32 = (np.array([p["policy_chosen"] for p in results[k]["details"]["pairs"]]) for k in ("auto", "fp32"))
     assert not np.array_equal(bf16, fp32)  # the passes really ran in another precision
     assert np.allclose(bf16, fp32, rtol=5e-2)  # and still score the same pairs
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, nested):
+    """--out naming an existing file (or a path under one) is exit 2 before any model is loaded, not a traceback."""
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("{}\n")
+    out = heldout / "sub" if nested else heldout
+    assert main(["eval", "prefs", "--model", str(tmp_path / "no-such-model"), "--data", str(data),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file; give a directory" in err and "Traceback" not in err
+    assert heldout.read_text() == "{}\n"
+
+
+def test_an_unwritable_out_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    import os
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # the tests may run as root, who can write anywhere
+    assert main(["eval", "prefs", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o" / "p")]) == 2
+    assert "is not writable" in capsys.readouterr().err

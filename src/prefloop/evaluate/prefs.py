@@ -419,6 +419,9 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
                   template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False,
                   precision="auto") -> int:
     """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`."""
+    from prefloop.evaluate.results import check_out_dir
+
+    check_out_dir(out)
     if config:
         setup = setup_from_config(config, model, adapter, reference, data, beta)
     else:
