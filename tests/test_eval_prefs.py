@@ -203,3 +203,19 @@ def test_an_unwritable_out_is_refused_up_front(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # the tests may run as root, who can write anywhere
     assert main(["eval", "prefs", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o" / "p")]) == 2
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_adapter_with_reference_is_an_error(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert main(["eval", "prefs", "--model", "m", "--adapter", str(tmp_path / "a"), "--reference", "tiny",
+                 "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "--reference works only without --adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--cutoff-len", "0"), ("--cutoff-len", "-5"), ("--batch-size", "0")])
+def test_non_positive_sizes_are_refused(tmp_path, capsys, option, value):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert main(["eval", "prefs", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o"),
+                 option, value]) == 2
+    assert f"{option} must be at least 1, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

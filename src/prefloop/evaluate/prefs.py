@@ -422,6 +422,14 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
     from prefloop.evaluate.results import check_out_dir
 
     check_out_dir(out)
+    if adapter and reference:
+        raise ConfigError("--reference works only without --adapter: with --adapter the reference is the base "
+                          "model (--model) with the adapters disabled; drop --reference, or drop --adapter and give "
+                          "a merged policy as --model")
+    if cutoff_len is not None and cutoff_len < 1:
+        raise ConfigError(f"--cutoff-len must be at least 1, got {cutoff_len}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if config:
         setup = setup_from_config(config, model, adapter, reference, data, beta)
     else:
