@@ -312,3 +312,13 @@ def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, name, data)
                  "--out", str(heldout)]) == 2
     err = capsys.readouterr().err
     assert f"--out {heldout} is a file; give a directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, data", [("truthfulqa_mc", "truthfulqa_mc.jsonl"), ("safety_mc", "safety_mc.json")])
+@pytest.mark.parametrize("option, value", [("--judge", "http://x"), ("--judge-model", "gpt"), ("--judge-max-tokens", "9")])
+def test_an_unused_judge_is_an_error_for_unjudged_benchmarks(tmp_path, capsys, name, data, option, value):
+    assert main(["eval", "bench", name, "--model", str(tmp_path / "no-such-model"), "--data", str(EXAMPLES / data),
+                 "--out", str(tmp_path / "o"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} uses no judge" in err and option in err and "log-likelihoods" in err
+    assert not (tmp_path / "o").exists()

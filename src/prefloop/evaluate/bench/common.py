@@ -49,6 +49,19 @@ class BenchArgs:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.name in UNJUDGED:
+            given = [opt for opt, value in (("--judge", self.judge), ("--judge-model", self.judge_model),
+                                            ("--judge-max-tokens", self.judge_max_tokens)) if value is not None]
+            if given:
+                raise ConfigError(f"{self.name} uses no judge ({UNJUDGED[self.name]}), so {', '.join(given)} would "
+                                  f"be ignored; drop {'it' if len(given) == 1 else 'them'} (only mt_bench and "
+                                  f"alpaca_eval are judged)")
+
+
+# benchmarks scored without a judge, and how they are scored instead
+UNJUDGED = {"truthfulqa_mc": "it scores the model's own log-likelihoods of the answer options",
+            "safety_mc": "it scores the model's log-likelihoods of the option letters, or parses the option from "
+                         "the model's reply in chat mode"}
 
 
 def read_bench_records(args: BenchArgs, fields: dict, benchmark: str, fmt_help: str):
