@@ -219,3 +219,18 @@ def test_non_positive_sizes_are_refused(tmp_path, capsys, option, value):
                  option, value]) == 2
     assert f"{option} must be at least 1, got {value}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_mistyped_model_name_fails_at_once_naming_the_option(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["eval", "prefs", "--model", "tinyy", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--model tinyy: no such local directory; did you mean tiny?" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "prefs", "--model", str(tiny_model_dir), "--reference", "someone/not-cached-model",
+                 "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "--reference someone/not-cached-model: no such local directory, and the hub is offline" in capsys.readouterr().err
