@@ -239,7 +239,7 @@ def test_a_missing_field_is_a_located_error_with_exit_code_2(tmp_path, tiny_mode
         bad.write_text(json.dumps(records))
         where = f"{bad} (record 3)"
     code = main(["eval", "bench", name, "--model", str(tiny_model_dir), "--data", str(bad), "--out",
-                 str(tmp_path / "out"), "--judge", "http://127.0.0.1:9/v1"])
+                 str(tmp_path / "out")] + (["--judge", "http://127.0.0.1:9/v1"] if name in ("mt_bench", "alpaca_eval") else []))
     err = capsys.readouterr().err
     assert code == 2
     assert where in err and f"field '{field}'" in err and "missing" in err
@@ -302,3 +302,33 @@ def test_nan_log_likelihoods_are_a_clear_error_naming_the_question(tmp_path):
     data = EXAMPLES / "truthfulqa_mc.jsonl"
     with pytest.raises(PrefloopError, match=rf"{data.name}:1: the model gave NaN or \+inf"):
         run_bench(BenchArgs("truthfulqa_mc", str(model_dir), str(data), str(tmp_path / "out"), limit=2))
+
+
+@pytest.mark.parametrize("name, data", [("truthfulqa_mc", "truthfulqa_mc.jsonl"), ("mt_bench", "mt_bench_question.jsonl")])
+def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, name, data):
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("{}\n")
+    assert main(["eval", "bench", name, "--model", str(tmp_path / "no-such-model"), "--data", str(EXAMPLES / data),
+                 "--out", str(heldout)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {heldout} is a file; give a directory" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, data", [("truthfulqa_mc", "truthfulqa_mc.jsonl"), ("safety_mc", "safety_mc.json")])
+@pytest.mark.parametrize("option, value", [("--judge", "http://x"), ("--judge-model", "gpt"), ("--judge-max-tokens", "9")])
+def test_an_unused_judge_is_an_error_for_unjudged_benchmarks(tmp_path, capsys, name, data, option, value):
+    assert main(["eval", "bench", name, "--model", str(tmp_path / "no-such-model"), "--data", str(EXAMPLES / data),
+                 "--out", str(tmp_path / "o"), option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} uses no judge" in err and option in err and "log-likelihoods" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_mistyped_model_name_fails_at_once_naming_the_option(tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["eval", "bench", "truthfulqa_mc", "--model", "tinyy", "--data", str(EXAMPLES / "truthfulqa_mc.jsonl"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--model tinyy: no such local directory; did you mean tiny?" in capsys.readouterr().err

@@ -180,3 +180,57 @@ def test_a_bf16_training_config_is_scored_in_bf16_as_the_trainer_evaluates(tmp_p
     bf16, fp32 = (np.array([p["policy_chosen"] for p in results[k]["details"]["pairs"]]) for k in ("auto", "fp32"))
     assert not np.array_equal(bf16, fp32)  # the passes really ran in another precision
     assert np.allclose(bf16, fp32, rtol=5e-2)  # and still score the same pairs
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_an_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, nested):
+    """--out naming an existing file (or a path under one) is exit 2 before any model is loaded, not a traceback."""
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("{}\n")
+    out = heldout / "sub" if nested else heldout
+    assert main(["eval", "prefs", "--model", str(tmp_path / "no-such-model"), "--data", str(data),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file; give a directory" in err and "Traceback" not in err
+    assert heldout.read_text() == "{}\n"
+
+
+def test_an_unwritable_out_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    import os
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # the tests may run as root, who can write anywhere
+    assert main(["eval", "prefs", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o" / "p")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_adapter_with_reference_is_an_error(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert main(["eval", "prefs", "--model", "m", "--adapter", str(tmp_path / "a"), "--reference", "tiny",
+                 "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "--reference works only without --adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [("--cutoff-len", "0"), ("--cutoff-len", "-5"), ("--batch-size", "0")])
+def test_non_positive_sizes_are_refused(tmp_path, capsys, option, value):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    assert main(["eval", "prefs", "--model", "m", "--data", str(data), "--out", str(tmp_path / "o"),
+                 option, value]) == 2
+    assert f"{option} must be at least 1, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_mistyped_model_name_fails_at_once_naming_the_option(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["eval", "prefs", "--model", "tinyy", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--model tinyy: no such local directory; did you mean tiny?" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["eval", "prefs", "--model", str(tiny_model_dir), "--reference", "someone/not-cached-model",
+                 "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "--reference someone/not-cached-model: no such local directory, and the hub is offline" in capsys.readouterr().err

@@ -277,10 +277,12 @@ def _add_eval_prefs(eval_sub) -> None:
     r.add_argument("--data", help="preference pairs (any format `prefloop data check` reads)")
     r.add_argument("--config", help="training config: its held-out split (val_size, seed), template, cutoff_len, "
                                     "pref_beta, base model and output_dir adapter; explicit options win")
-    r.add_argument("--out", default="eval/prefs", help="directory for results.json, report.md, report.html")
+    r.add_argument("--out", default="eval/prefs", help="directory for results.json, report.md, report.html "
+                                                       "(default: eval/prefs)")
     r.add_argument("--beta", type=float, help="DPO beta for reward margins (default: the config's pref_beta, else 0.1)")
     r.add_argument("--template", help="built-in chat template name (default: the tokenizer's own)")
-    r.add_argument("--cutoff-len", type=int, help="truncate pairs to this many tokens (default 2048)")
+    r.add_argument("--cutoff-len", type=int, help="truncate pairs to this many tokens, at least 1 (default: the "
+                                                  "config's cutoff_len, else 2048)")
     r.add_argument("--dataset-dir", default="data", help="where dataset_info.json lives (default: data)")
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted) instead of failing")

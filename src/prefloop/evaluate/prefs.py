@@ -57,6 +57,8 @@ class PrefsSetup:
     max_samples: int | None = None
     config_path: str | None = None
     precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast of the forward passes, as in training
+    model_option: str = "--model"  # what set `model` / `reference`, named in errors
+    reference_option: str = "--reference"
 
     @property
     def autocast_dtype(self):
@@ -267,19 +269,20 @@ def load_models(setup: PrefsSetup):
     from prefloop.models import Reference, check_same_vocabulary, load_causal_lm, load_tokenizer, same_model_path
 
     tokenizer = load_tokenizer(setup.adapter if setup.adapter and (Path(setup.adapter) / "tokenizer_config.json").is_file()
-                               else setup.model)
+                               else setup.model, key=setup.model_option)
     from prefloop.evaluate.scoring import scoring_device
 
     device = scoring_device()
-    policy = load_causal_lm(setup.model, adapter=setup.adapter, device=device)
+    policy = load_causal_lm(setup.model, adapter=setup.adapter, device=device, key=setup.model_option)
     if setup.adapter and (setup.reference is None or same_model_path(setup.reference, setup.model)):
         return tokenizer, policy, Reference(policy, "adapters_disabled", setup.model)
     if setup.reference is None:
         return tokenizer, policy, None
     if same_model_path(setup.reference, setup.model):  # the policy is its own reference: no second copy
         return tokenizer, policy, Reference(policy, "policy_start", setup.model)
-    check_same_vocabulary(tokenizer, load_tokenizer(setup.reference), setup.reference)
-    return tokenizer, policy, Reference(load_causal_lm(setup.reference, device=device), "separate", setup.reference)
+    check_same_vocabulary(tokenizer, load_tokenizer(setup.reference, key=setup.reference_option), setup.reference)
+    return tokenizer, policy, Reference(load_causal_lm(setup.reference, device=device, key=setup.reference_option),
+                                        "separate", setup.reference)
 
 
 def evaluate_prefs(setup: PrefsSetup, batch_size: int = 8, chunk_size: int = 1024, skip_bad_rows: bool = False) -> dict:
@@ -419,6 +422,18 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
                   template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False,
                   precision="auto") -> int:
     """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`."""
+    from prefloop.evaluate.checks import check_model_path
+    from prefloop.evaluate.results import check_out_dir
+
+    check_out_dir(out)
+    if adapter and reference:
+        raise ConfigError("--reference works only without --adapter: with --adapter the reference is the base "
+                          "model (--model) with the adapters disabled; drop --reference, or drop --adapter and give "
+                          "a merged policy as --model")
+    if cutoff_len is not None and cutoff_len < 1:
+        raise ConfigError(f"--cutoff-len must be at least 1, got {cutoff_len}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if config:
         setup = setup_from_config(config, model, adapter, reference, data, beta)
     else:
@@ -427,6 +442,13 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
                               "held-out split)")
         setup = PrefsSetup(model=model, adapter=adapter, reference=reference, data=data, dataset_dir=dataset_dir,
                            beta=DEFAULT_BETA if beta is None else beta)
+    if config:
+        if not model:
+            setup.model_option = f"model_name_or_path (in {config})"
+        if not reference:
+            setup.reference_option = f"ref_model or model_name_or_path (in {config})"
+    check_model_path(setup.model, setup.model_option)
+    check_model_path(setup.reference, setup.reference_option)
     if template is not None:
         setup.template = template
     if cutoff_len is not None:

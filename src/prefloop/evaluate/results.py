@@ -133,6 +133,25 @@ def _finite(value):
     return value
 
 
+def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """`out` as a Path, checked before any work: it (or the first part of it that exists) must be a
+    directory this process can write into. Raises ConfigError naming `option` otherwise."""
+    from prefloop.errors import ConfigError
+
+    path = Path(out)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        if existing == path:
+            raise ConfigError(f"{option} {out} is a file; give a directory")
+        raise ConfigError(f"{option} {out}: {existing} is a file; give a directory")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {out} is not writable ({existing} denies writing); give a directory you can "
+                          f"write into")
+    return path
+
+
 def write_results(out_dir: str | Path, results: dict) -> Path:
     """Write `results` as OUT_DIR/results.json (atomically) and return the path.
 

@@ -27,7 +27,7 @@ from prefloop.endpoint import endpoint_api_key
 from prefloop.errors import ConfigError, DataError
 from prefloop.evaluate.answers import AnswerSet, ModelSpec, generate_answers
 from prefloop.evaluate.report import Report, endpoint_adaptation_notes, percent
-from prefloop.evaluate.results import LC_ORIENTATION, model_entry, new_results, write_results
+from prefloop.evaluate.results import LC_ORIENTATION, check_out_dir, model_entry, new_results, write_results
 from prefloop.prompts import Prompt
 
 JUDGE_CHUNK = 32  # comparisons per progress-bar step (two judge calls each)
@@ -551,7 +551,7 @@ def winrate_command(out, before=None, after=None, prompts=None, config=None, jud
 
     Endpoint keys: `api_key` (Python callers), else the key named by `api_key_env` / `api_key_file`
     for this run's endpoints, else none ($OPENAI_API_KEY only for the OpenAI API; `endpoint.endpoint_api_key`)."""
-    out_dir = Path(out)
+    out_dir = check_out_dir(out)
     if api_key is None and (api_key_env or api_key_file):
         api_key = endpoint_api_key("", api_key_env, api_key_file)
     if resamples < 1:

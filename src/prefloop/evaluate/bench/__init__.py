@@ -28,6 +28,9 @@ def bench_command(name: str, model: str, data: str, out: str, **options) -> int:
     from prefloop.evaluate.prefs import write_outputs
 
     from prefloop.endpoint import endpoint_api_key
+    from prefloop.evaluate.results import check_out_dir
+
+    check_out_dir(out)
 
     key_env, key_file = options.pop("api_key_env", None), options.pop("api_key_file", None)
     if options.get("api_key") is None and (key_env or key_file):  # a key named for this run's endpoints

@@ -49,6 +49,22 @@ class BenchArgs:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.name in UNJUDGED:
+            given = [opt for opt, value in (("--judge", self.judge), ("--judge-model", self.judge_model),
+                                            ("--judge-max-tokens", self.judge_max_tokens)) if value is not None]
+            if given:
+                raise ConfigError(f"{self.name} uses no judge ({UNJUDGED[self.name]}), so {', '.join(given)} would "
+                                  f"be ignored; drop {'it' if len(given) == 1 else 'them'} (only mt_bench and "
+                                  f"alpaca_eval are judged)")
+        from prefloop.evaluate.checks import check_model_path
+
+        check_model_path(self.model, "--model")
+
+
+# benchmarks scored without a judge, and how they are scored instead
+UNJUDGED = {"truthfulqa_mc": "it scores the model's own log-likelihoods of the answer options",
+            "safety_mc": "it scores the model's log-likelihoods of the option letters, or parses the option from "
+                         "the model's reply in chat mode"}
 
 
 def read_bench_records(args: BenchArgs, fields: dict, benchmark: str, fmt_help: str):
@@ -64,7 +80,8 @@ def load_scoring_model(args: BenchArgs):
     from prefloop.models import load_causal_lm, load_tokenizer
 
     tokenizer_dir = args.adapter if args.adapter and (Path(args.adapter) / "tokenizer_config.json").is_file() else args.model
-    return load_causal_lm(args.model, adapter=args.adapter, device=scoring_device()), load_tokenizer(tokenizer_dir)
+    return (load_causal_lm(args.model, adapter=args.adapter, device=scoring_device(), key="--model"),
+            load_tokenizer(tokenizer_dir, key="--adapter" if tokenizer_dir == args.adapter else "--model"))
 
 
 def open_model_client(args: BenchArgs):
