@@ -212,3 +212,29 @@ def test_write_atomically_rewrites_in_place_where_a_rename_cannot_replace_out(tm
     with pytest.raises(PermissionError):
         write_atomically(out, lambda tmp: open(tmp, "w").write("newer\n"))
     assert out.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["mounted.jsonl"]
+
+
+def test_an_empty_export_keeps_an_out_file_that_holds_data(tmp_path, capsys):
+    from prefloop.cli import main
+
+    Store(tmp_path / "EMPTY.sqlite").close()
+    keep = tmp_path / "keep.jsonl"
+    lines = "".join(json.dumps({"conversations": [{"from": "user", "value": f"q{i}"}], "chosen": "a",
+                                "rejected": "b"}) + "\n" for i in range(14))
+    keep.write_text(lines)
+    assert main(["export", "--db", str(tmp_path / "EMPTY.sqlite"), "--out", str(keep)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to export (0 voted items in" in err and f"kept {keep} as it was" in err
+    assert keep.read_text() == lines
+    # votes that all get left out: the same, and the message says why
+    store = Store(tmp_path / "db.sqlite")
+    store.add_vote(store.add_label_item([{"role": "user", "content": "q"}], "A", "B", "m-a", "m-b"), "ann", "both_bad",
+                   "ab")
+    store.close()
+    assert main(["export", "--db", str(tmp_path / "db.sqlite"), "--out", str(keep)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to export (1 voted items" in err and "left out: 1 both bad" in err and keep.read_text() == lines
+    # a new (or empty) --out still gets the empty export
+    fresh = tmp_path / "fresh.jsonl"
+    assert main(["export", "--db", str(tmp_path / "EMPTY.sqlite"), "--out", str(fresh)]) == 0
+    assert fresh.read_text() == ""

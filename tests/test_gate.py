@@ -285,3 +285,61 @@ def test_gate_exit_codes_pass_fail_and_bad_input(tmp_path, capsys):
     if os.geteuid() != 0:  # root reads anything
         os.chmod(clear, 0)
         assert main(["gate", "--candidate", clear, "--rules", str(rules)]) == 2
+
+
+def test_a_vs_baseline_rule_without_a_baseline_is_bad_input_naming_the_rule(tmp_path, capsys):
+    prefs = _results(tmp_path, "prefs1", "prefs", {"pref_accuracy": 0.70}, model=tmp_path / "new")
+    mixed = tmp_path / "gate_mix.yaml"
+    mixed.write_text("rules:\n  - metric: pref_accuracy\n    at_least: 0.5\n"
+                     "  - name: no_worse\n    metric: pref_accuracy\n    vs_baseline: higher_is_better\n"
+                     "    tolerance: 0.02\n")
+    for rules in (mixed, _write_rules_list(tmp_path, [{"metric": "pref_accuracy", "vs_baseline": "higher_is_better",
+                                                       "tolerance": 0.02}])):
+        assert main(["gate", "--candidate", prefs, "--rules", str(rules)]) == 2
+        captured = capsys.readouterr()
+        assert "PASS" not in captured.out and "REFUSED" not in captured.out
+        line = 4 if rules == mixed else 2
+        assert f"{rules}:{line}: rule" in captured.err and "--baseline" in captured.err and "--registry" in captured.err
+    # the built-in rules compare with the champion too
+    assert main(["gate", "--candidate", prefs]) == 2
+    assert "default_gate.yaml" in capsys.readouterr().err
+    # with a baseline the same rules are judged
+    base = _results(tmp_path, "base", "prefs", {"pref_accuracy": 0.71}, model=tmp_path / "old")
+    assert main(["gate", "--candidate", prefs, "--baseline", base, "--rules", str(mixed)]) == 0
+    assert "verdict: PASS: every rule passed" in capsys.readouterr().out
+
+
+def test_a_verdict_never_says_every_rule_passed_when_rules_were_skipped(tmp_path, capsys):
+    rules = load_rules(_write_rules_list(tmp_path, [
+        {"metric": "pref_accuracy", "at_least": 0.5},
+        {"name": "no_worse", "metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02},
+        {"metric": "mt_bench/score", "at_least": 5}]))
+    result = evaluate_gate(rules, {"pref_accuracy": 0.7}, {"mt_bench/score": 6.0})
+    assert result.verdict == "pass" and "every rule" not in result.reason
+    assert result.reason.startswith("1 passed, 2 skipped (no_worse: the baseline has no pref_accuracy")
+    assert "mt_bench/score not measured" in result.reason
+    # a baseline file that lacks the metric: the CLI's verdict line says so too
+    prefs = _results(tmp_path, "prefs1", "prefs", {"pref_accuracy": 0.70}, model=tmp_path / "new")
+    base = _results(tmp_path, "base", "prefs", {"pref_accuracy": None}, model=tmp_path / "old")
+    only_base = _write_rules_list(tmp_path, [{"metric": "pref_accuracy", "at_least": 0.5},
+                                             {"name": "no_worse", "metric": "pref_accuracy",
+                                              "vs_baseline": "higher_is_better", "tolerance": 0.02}])
+    assert main(["gate", "--candidate", prefs, "--baseline", base, "--rules", str(only_base)]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASS: 1 passed, 1 skipped (no_worse: the baseline has no pref_accuracy" in out
+    assert "every rule passed" not in out
+    # nothing evaluable: refused, saying why each rule was skipped (not "the results hold none")
+    alone = evaluate_gate(rules[1:2], {"pref_accuracy": 0.7}, {})
+    assert alone.verdict == "refused" and "no_worse (the baseline has no pref_accuracy" in alone.reason
+
+
+def test_gate_on_a_store_that_does_not_exist_creates_no_file(tmp_path, capsys):
+    prefs = _results(tmp_path, "prefs1", "prefs", {"pref_accuracy": 0.70}, model=tmp_path / "new")
+    db = tmp_path / "empty_gate.sqlite"
+    assert main(["gate", "--candidate", prefs, "--registry", "foo", "--version", "v1", "--db", str(db)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not db.exists()
+    for argv in (["models", "list"], ["models", "show", "foo:v1"], ["models", "promote", "foo:v1"],
+                 ["models", "rollback", "--name", "foo"], ["models", "path", "foo:v1"]):
+        assert main([*argv, "--db", str(db)]) == 2, argv
+        assert "no store at" in capsys.readouterr().err and not db.exists(), argv

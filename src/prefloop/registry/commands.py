@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from prefloop.registry import RegistryError
+from prefloop.registry import RegistryError, existing_store
 from prefloop.registry import aliases as al
 from prefloop.registry import versions as vs
 from prefloop.store import Store, apply_alias_event
@@ -99,7 +99,7 @@ def _aliases_by_version(store: Store, name: str, until: str | None = None) -> di
 def list_command(name=None, at=None, db="prefloop.sqlite", json_out=False) -> int:
     """`prefloop models list`: versions with aliases, status, last gate and parent (as of --at)."""
     until = al.parse_time(at) if at else None
-    with Store(db) as store:
+    with existing_store(db) as store:
         names = [name] if name else store.model_names()
         rows = []
         for n in names:
@@ -156,7 +156,7 @@ def history(store: Store, version: dict) -> list[dict]:
 
 def show_command(version, name=None, db="prefloop.sqlite", json_out=False) -> int:
     """`prefloop models show`: path and file check, lineage, config, data, metrics, gates, history."""
-    with Store(db) as store:
+    with existing_store(db) as store:
         v = vs.resolve(store, version, name)
         chain = vs.lineage(store, v)
         try:
@@ -201,7 +201,7 @@ def _num(x) -> str:
 def promote_command(version, name=None, alias="champion", force=False, note=None, db="prefloop.sqlite",
                     mlflow=None) -> int:
     """`prefloop models promote`: move an alias (champion) to a version; see aliases.promote."""
-    with Store(db) as store:
+    with existing_store(db) as store:
         done = al.promote(store, version, name, alias, force, note)
         v, prev = done["version"], done["previous"]
         if done.get("unchanged"):
@@ -217,7 +217,7 @@ def promote_command(version, name=None, alias="champion", force=False, note=None
 
 def rollback_command(name=None, alias="champion", note=None, db="prefloop.sqlite", mlflow=None) -> int:
     """`prefloop models rollback`: move an alias back to its previous version."""
-    with Store(db) as store:
+    with existing_store(db) as store:
         name = name or vs.only_name(store)
         done = al.rollback(store, name, alias, note)
         print(f"{name}@{alias} -> {done['version']['version']} (rolled back from {done['previous']['version']})")
@@ -227,7 +227,7 @@ def rollback_command(name=None, alias="champion", note=None, db="prefloop.sqlite
 
 def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
     """`prefloop models diff`: lineage relation, file identity, config keys and metrics that differ."""
-    with Store(db) as store:
+    with existing_store(db) as store:
         va, vb = vs.resolve(store, a, name), vs.resolve(store, b, name)
         ma, mb = vs.recorded_metrics(store, va), vs.recorded_metrics(store, vb)
         ca, cb = va["meta"].get("config") or {}, vb["meta"].get("config") or {}
@@ -259,7 +259,7 @@ def diff_command(a, b, name=None, db="prefloop.sqlite", json_out=False) -> int:
 
 def path_command(version, name=None, db="prefloop.sqlite") -> int:
     """`prefloop models path`: print a version's model directory (after checking its files)."""
-    with Store(db) as store:
+    with existing_store(db) as store:
         v = vs.resolve(store, version, name)
         vs.check_files(v)
         print(v["path"])
@@ -270,7 +270,7 @@ def mirror_command(name=None, mlflow=None, db="prefloop.sqlite") -> int:
     """`prefloop models mirror`: mirror every (or one) model name into MLflow."""
     if not mlflow:
         raise RegistryError("give --mlflow URI (an MLflow tracking server, or file:///path for a local folder)")
-    with Store(db) as store:
+    with existing_store(db) as store:
         for n in [name] if name else store.model_names():
             _mirror(store, n, mlflow)
     return 0

@@ -176,10 +176,17 @@ def evaluate_gate(rules: list[Rule], candidate: dict, baseline: dict | None = No
                           + (f" (the candidate also failed: {', '.join(r.rule for r in failed)})" if failed else ""))
     if failed:
         return GateResult("fail", rows, "failed: " + ", ".join(r.rule for r in failed))
+    skipped = [r for r in rows if r.result == SKIP]
     if not any(r.result in (PASS, WARN) for r in rows if not r.sanity):
-        return GateResult("refused", rows, "no rule could be evaluated: the results hold none of the gated metrics")
+        return GateResult("refused", rows, "no rule could be evaluated: " + (
+            "; ".join(f"{r.rule} ({r.why})" for r in skipped) if skipped else "the results hold none of the gated metrics"))
     warned = [r.rule for r in rows if r.result == WARN]
-    return GateResult("pass", rows, "every rule passed" + (f" (warnings: {', '.join(warned)})" if warned else ""))
+    warnings = f" (warnings: {', '.join(warned)})" if warned else ""
+    if skipped:  # never "every rule passed" when some were not evaluated: say how many and why
+        passed = sum(r.result in (PASS, WARN) for r in rows)
+        return GateResult("pass", rows, f"{passed} passed, {len(skipped)} skipped ("
+                          + "; ".join(f"{r.rule}: {r.why}" for r in skipped) + ")" + warnings)
+    return GateResult("pass", rows, "every rule passed" + warnings)
 
 
 def format_table(result: GateResult) -> str:
@@ -216,10 +223,10 @@ def gate_command(candidate, baseline=None, rules=None, registry=None, version=No
         if not (registry and version):
             raise RegistryError("--registry NAME and --version V go together: the gate records its verdict on "
                                 "version V of NAME")
+        from prefloop.registry import existing_store
         from prefloop.registry import versions as v
-        from prefloop.store import Store
 
-        store = Store(db)
+        store = existing_store(db)
         subject = v.resolve(store, version, registry)
         champ_id = store.aliases(subject["name"]).get("champion")
         champion = store.model_version(champ_id) if champ_id is not None else None
@@ -234,6 +241,13 @@ def gate_command(candidate, baseline=None, rules=None, registry=None, version=No
                 base.metrics = v.recorded_metrics(store, champion)
                 notes.append(f"baseline: the metrics recorded for the champion {v.label(champion)}")
     else:
+        if not base.sources:  # a vs_baseline rule with nothing to compare against is bad input, never a skip
+            need = next((r for r in rule_list if r.vs_baseline), None)
+            if need is not None:
+                raise RegistryError(f"{need.source}:{need.line}: rule {need.name!r} compares {need.metric} with the "
+                                    "baseline (vs_baseline), but no baseline was given; pass --baseline RESULTS.json "
+                                    "(the champion's results) or --registry NAME --version V (the champion's recorded "
+                                    "metrics)")
         _check_same_baseline(cand, base)
     result = evaluate_gate(rule_list, cand.metrics, base.metrics)
     if json_out:
