@@ -718,7 +718,7 @@ def checkpoint_to_resume(cfg: Config, say=None):
         if skipped and say is not None:
             say(f"Resume: skipped {', '.join(skipped)} (cut short while saving: no trainer_state.json); resuming from "
                 f"{complete[-1].name}")
-        return str(complete[-1])
+        return check_run_not_complete(cfg, complete[-1], say)
     path = Path(value)
     if not path.is_dir() and (out / path).is_dir():
         path = out / path
@@ -731,7 +731,39 @@ def checkpoint_to_resume(cfg: Config, say=None):
         hint = (f"; it holds {Path(inside).name}: give that, or resume_from_checkpoint: true" if inside else
                 "; give a checkpoint-N directory of an interrupted run (or true: the latest in output_dir)")
         raise ConfigError(f"resume_from_checkpoint: {path} is not a checkpoint (no trainer_state.json){hint}")
-    return str(path)
+    return check_run_not_complete(cfg, path, say)
+
+
+def check_run_not_complete(cfg: Config, checkpoint: Path, say=None) -> str:
+    """`checkpoint` (a directory holding trainer_state.json) as a string, when resuming from it trains further.
+
+    A run that already reached its end is refused (ConfigError): the Trainer would otherwise train one more
+    step past max_steps each time (checkpoint-4 after checkpoint-3 of 3), restart the LR schedule and replace
+    the run's train_loss. The end is cfg.max_steps when set (> 0); for an epoch-based run, the max_steps the
+    checkpoint recorded, when num_train_epochs is unchanged (a changed one recomputes the total). Prints
+    which checkpoint the run continues from."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        step = int(state.get("global_step") or 0)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"resume_from_checkpoint: {state_file} cannot be read ({err}); give another checkpoint "
+                          f"or train from the start") from err
+    if cfg.max_steps and cfg.max_steps > 0:
+        total = cfg.max_steps
+    else:
+        recorded_epochs, recorded_total = state.get("num_train_epochs"), state.get("max_steps")
+        same_epochs = (isinstance(recorded_epochs, (int, float)) and not isinstance(recorded_epochs, bool)
+                       and float(recorded_epochs) == float(cfg.num_train_epochs))
+        total = int(recorded_total) if same_epochs and isinstance(recorded_total, int) and recorded_total > 0 else None
+    name = Path(checkpoint).name
+    if total is not None and step >= total:
+        raise ConfigError(f"output_dir {cfg.output_dir}: the run is already complete at step {step} of {total} "
+                          f"({name}); raise max_steps / num_train_epochs to train further, or "
+                          f"overwrite_output_dir: true to train again")
+    if say is not None:
+        say(f"Resuming from {name} (step {step}" + (f" of {total})" if total is not None else ")"))
+    return str(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
