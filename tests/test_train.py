@@ -234,6 +234,20 @@ def test_train_split_emptied_by_encoding_is_an_error_naming_cause_and_fix(tmp_pa
     err = capsys.readouterr().err
     assert f"{data}: no training pairs are left: encoding dropped all 8 (8 identical after truncation)" in err
     assert "raise cutoff_len (now 64)" in err and "Traceback" not in err
+    assert f"(`prefloop data check {data} --tokenizer {tiny_model_dir} --cutoff-len 64` lists them)" in err
+
+
+def test_the_suggested_data_check_command_reads_the_data_as_the_run_does():
+    """The hint omitted --dataset-dir and --template, so run elsewhere it failed or encoded differently."""
+    from prefloop.config import Config
+    from prefloop.train.run import data_check_command
+
+    cfg = Config(model_name_or_path="/m/tiny", dataset="mine", dataset_dir="/srv/my data", template="chatml",
+                 cutoff_len=8, skip_bad_rows=True)
+    assert data_check_command(cfg, "mine") == ("prefloop data check mine --dataset-dir '/srv/my data' --tokenizer "
+                                               "/m/tiny --template chatml --cutoff-len 8 --skip-bad-rows")
+    cfg = Config(model_name_or_path="/m/tiny", dataset="mine", cutoff_len=8)
+    assert data_check_command(cfg, "mine") == "prefloop data check mine --tokenizer /m/tiny --cutoff-len 8"
 
 
 # --- issue 12 item 22: console output -----------------------------------------------------------------------

@@ -429,8 +429,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     if cfg.do_train and not splits["train"]:
         raise DataError(f"{dataset}: no training pairs are left: encoding dropped all {len(train_pairs)} "
                         f"({_drop_causes(reports['train'])}); raise cutoff_len (now {cfg.cutoff_len}) or fix "
-                        f"those pairs (`prefloop data check {dataset} --tokenizer {cfg.model_name_or_path} "
-                        f"--cutoff-len {cfg.cutoff_len}` lists them)")
+                        f"those pairs (`{data_check_command(cfg, dataset)}` lists them)")
     if val_pairs and not splits["validation"]:
         check_evaluation_can_be_skipped(cfg, dataset, len(val_pairs), reports["validation"])
     from prefloop.data.dimensions import attach_agreement, dimension_names
@@ -443,6 +442,23 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
                 template=template, dimension_names=names, pairs_by_id={p.id: p for p in all_pairs},
                 provenance=provenance)
+
+
+def data_check_command(cfg: Config, dataset: str) -> str:
+    """The `prefloop data check` command that reads and encodes `dataset` as this run does: dataset_dir when not
+    the default, the template when set, --skip-bad-rows when set; quoted for a shell."""
+    import shlex
+
+    words = ["prefloop", "data", "check", dataset]
+    if cfg.dataset_dir and cfg.dataset_dir != "data":
+        words += ["--dataset-dir", str(cfg.dataset_dir)]
+    words += ["--tokenizer", str(cfg.model_name_or_path)]
+    if cfg.template:
+        words += ["--template", cfg.template]
+    words += ["--cutoff-len", str(cfg.cutoff_len)]
+    if cfg.skip_bad_rows:
+        words.append("--skip-bad-rows")
+    return shlex.join(words)
 
 
 def _drop_causes(report) -> str:
