@@ -754,3 +754,15 @@ def test_resuming_a_finished_run_is_refused_before_any_model_loads(tmp_path, tin
     prefloop.train({**run_cfg, "max_steps": 3, "resume_from_checkpoint": True})
     assert "Resuming from checkpoint-2 (step 2 of 3)" in capsys.readouterr().out
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_skipped_bad_rows_are_listed_with_file_and_line(tmp_path, tiny_model_dir, capsys):
+    """`skip_bad_rows: true` printed "1x malformed JSON at column N: ..." with no file or line (and a literal
+    "column N"). Right value: the first skipped rows as file:line, as `data check --skip-bad-rows` gives them."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    with data.open("a") as f:
+        f.write('{"conversations": [oops\n')
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", skip_bad_rows=True, max_steps=1))
+    out = capsys.readouterr().out
+    assert "skipped 1 bad row(s)" in out
+    assert re.search(rf"^    {re.escape(str(data))}:5: malformed JSON at column \d+", out, re.M), out

@@ -387,6 +387,9 @@ def build_args(cfg: Config):
     return build_training_arguments(cfg)
 
 
+_SKIPPED_SHOWN = 5  # skipped bad rows listed with file:line when training
+
+
 def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.encode import encode_pairs
     from prefloop.data.loader import load_pairs, split_validation
@@ -399,6 +402,12 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
                         options=CONFIG_KEYS)
     say(f"Data {dataset}: {loaded.summary()}")
+    if loaded.skipped.count:  # where: the summary groups reasons without lines (`data check` lists them too)
+        shown = loaded.skipped.problems[:_SKIPPED_SHOWN]
+        say(f"  skipped row(s), first {len(shown)} of {loaded.skipped.count}:" if loaded.skipped.count > len(shown)
+            else "  skipped row(s):")
+        for problem in shown:
+            say(f"    {problem}")
     all_pairs = loaded.pairs
     if cfg.pref_dimensions:
         from prefloop.data.dimensions import apply_dimensions
