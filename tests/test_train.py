@@ -234,6 +234,20 @@ def test_train_split_emptied_by_encoding_is_an_error_naming_cause_and_fix(tmp_pa
     err = capsys.readouterr().err
     assert f"{data}: no training pairs are left: encoding dropped all 8 (8 identical after truncation)" in err
     assert "raise cutoff_len (now 64)" in err and "Traceback" not in err
+    assert f"(`prefloop data check {data} --tokenizer {tiny_model_dir} --cutoff-len 64` lists them)" in err
+
+
+def test_the_suggested_data_check_command_reads_the_data_as_the_run_does():
+    """The hint omitted --dataset-dir and --template, so run elsewhere it failed or encoded differently."""
+    from prefloop.config import Config
+    from prefloop.train.run import data_check_command
+
+    cfg = Config(model_name_or_path="/m/tiny", dataset="mine", dataset_dir="/srv/my data", template="chatml",
+                 cutoff_len=8, skip_bad_rows=True)
+    assert data_check_command(cfg, "mine") == ("prefloop data check mine --dataset-dir '/srv/my data' --tokenizer "
+                                               "/m/tiny --template chatml --cutoff-len 8 --skip-bad-rows")
+    cfg = Config(model_name_or_path="/m/tiny", dataset="mine", cutoff_len=8)
+    assert data_check_command(cfg, "mine") == "prefloop data check mine --tokenizer /m/tiny --cutoff-len 8"
 
 
 # --- issue 12 item 22: console output -----------------------------------------------------------------------
@@ -706,3 +720,49 @@ def test_token_ids_beyond_the_embeddings_are_a_clear_error(tmp_path, tiny_tokeni
     data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
     with pytest.raises(prefloop.errors.DataError, match=r"has embeddings for \d+ tokens: its tokenizer has tokens"):
         prefloop.train(_quick(tmp_path / "model", data, tmp_path / "out", max_steps=1))
+
+
+# --- new user: resuming a finished run, the encoding-drop hint, skipped rows' lines ---------------------------
+
+
+def test_resuming_a_finished_run_is_refused_before_any_model_loads(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """A finished run resumed (`resume_from_checkpoint=true`) trained one more step each time (checkpoint-3 of
+    max_steps 2, LR schedule restarted, train_loss replaced). Right value: exit 2 naming the step and the fix,
+    nothing trained; an epoch-based run counts as finished at the max_steps it recorded; raising max_steps
+    resumes, saying from where."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    out = tmp_path / "out"
+    run_cfg = _quick(tiny_model_dir, data, out, num_train_epochs=1, save_strategy="steps", save_steps=1)
+    prefloop.train(run_cfg)  # 4 pairs, batch 2, one epoch: 2 steps
+    state = (out / "trainer_state.json").read_text()
+    results = (out / "train_results.json").read_text()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(run_cfg))
+    import prefloop.models as models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("a model loaded"))
+    capsys.readouterr()
+    for extra in ([], ["max_steps=2"]):
+        assert cli_main(["train", str(config), "resume_from_checkpoint=true", *extra]) == 2
+        err = capsys.readouterr().err
+        assert (f"output_dir {out}: the run is already complete at step 2 of 2 (checkpoint-2); raise max_steps / "
+                "num_train_epochs to train further, or overwrite_output_dir: true to train again") in err, err
+        assert "Traceback" not in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "trainer_state.json").read_text() == state and (out / "train_results.json").read_text() == results
+    monkeypatch.undo()
+    prefloop.train({**run_cfg, "max_steps": 3, "resume_from_checkpoint": True})
+    assert "Resuming from checkpoint-2 (step 2 of 3)" in capsys.readouterr().out
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_skipped_bad_rows_are_listed_with_file_and_line(tmp_path, tiny_model_dir, capsys):
+    """`skip_bad_rows: true` printed "1x malformed JSON at column N: ..." with no file or line (and a literal
+    "column N"). Right value: the first skipped rows as file:line, as `data check --skip-bad-rows` gives them."""
+    data = _numbered_pairs(tmp_path / "pairs.jsonl", 4)
+    with data.open("a") as f:
+        f.write('{"conversations": [oops\n')
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", skip_bad_rows=True, max_steps=1))
+    out = capsys.readouterr().out
+    assert "skipped 1 bad row(s)" in out
+    assert re.search(rf"^    {re.escape(str(data))}:5: malformed JSON at column \d+", out, re.M), out

@@ -387,6 +387,9 @@ def build_args(cfg: Config):
     return build_training_arguments(cfg)
 
 
+_SKIPPED_SHOWN = 5  # skipped bad rows listed with file:line when training
+
+
 def load_data(cfg: Config, tokenizer, say) -> Data:
     from prefloop.data.encode import encode_pairs
     from prefloop.data.loader import load_pairs, split_validation
@@ -399,6 +402,12 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
                         options=CONFIG_KEYS)
     say(f"Data {dataset}: {loaded.summary()}")
+    if loaded.skipped.count:  # where: the summary groups reasons without lines (`data check` lists them too)
+        shown = loaded.skipped.problems[:_SKIPPED_SHOWN]
+        say(f"  skipped row(s), first {len(shown)} of {loaded.skipped.count}:" if loaded.skipped.count > len(shown)
+            else "  skipped row(s):")
+        for problem in shown:
+            say(f"    {problem}")
     all_pairs = loaded.pairs
     if cfg.pref_dimensions:
         from prefloop.data.dimensions import apply_dimensions
@@ -429,8 +438,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     if cfg.do_train and not splits["train"]:
         raise DataError(f"{dataset}: no training pairs are left: encoding dropped all {len(train_pairs)} "
                         f"({_drop_causes(reports['train'])}); raise cutoff_len (now {cfg.cutoff_len}) or fix "
-                        f"those pairs (`prefloop data check {dataset} --tokenizer {cfg.model_name_or_path} "
-                        f"--cutoff-len {cfg.cutoff_len}` lists them)")
+                        f"those pairs (`{data_check_command(cfg, dataset)}` lists them)")
     if val_pairs and not splits["validation"]:
         check_evaluation_can_be_skipped(cfg, dataset, len(val_pairs), reports["validation"])
     from prefloop.data.dimensions import attach_agreement, dimension_names
@@ -443,6 +451,23 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
                 template=template, dimension_names=names, pairs_by_id={p.id: p for p in all_pairs},
                 provenance=provenance)
+
+
+def data_check_command(cfg: Config, dataset: str) -> str:
+    """The `prefloop data check` command that reads and encodes `dataset` as this run does: dataset_dir when not
+    the default, the template when set, --skip-bad-rows when set; quoted for a shell."""
+    import shlex
+
+    words = ["prefloop", "data", "check", dataset]
+    if cfg.dataset_dir and cfg.dataset_dir != "data":
+        words += ["--dataset-dir", str(cfg.dataset_dir)]
+    words += ["--tokenizer", str(cfg.model_name_or_path)]
+    if cfg.template:
+        words += ["--template", cfg.template]
+    words += ["--cutoff-len", str(cfg.cutoff_len)]
+    if cfg.skip_bad_rows:
+        words.append("--skip-bad-rows")
+    return shlex.join(words)
 
 
 def _drop_causes(report) -> str:
@@ -718,7 +743,7 @@ def checkpoint_to_resume(cfg: Config, say=None):
         if skipped and say is not None:
             say(f"Resume: skipped {', '.join(skipped)} (cut short while saving: no trainer_state.json); resuming from "
                 f"{complete[-1].name}")
-        return str(complete[-1])
+        return check_run_not_complete(cfg, complete[-1], say)
     path = Path(value)
     if not path.is_dir() and (out / path).is_dir():
         path = out / path
@@ -731,7 +756,39 @@ def checkpoint_to_resume(cfg: Config, say=None):
         hint = (f"; it holds {Path(inside).name}: give that, or resume_from_checkpoint: true" if inside else
                 "; give a checkpoint-N directory of an interrupted run (or true: the latest in output_dir)")
         raise ConfigError(f"resume_from_checkpoint: {path} is not a checkpoint (no trainer_state.json){hint}")
-    return str(path)
+    return check_run_not_complete(cfg, path, say)
+
+
+def check_run_not_complete(cfg: Config, checkpoint: Path, say=None) -> str:
+    """`checkpoint` (a directory holding trainer_state.json) as a string, when resuming from it trains further.
+
+    A run that already reached its end is refused (ConfigError): the Trainer would otherwise train one more
+    step past max_steps each time (checkpoint-4 after checkpoint-3 of 3), restart the LR schedule and replace
+    the run's train_loss. The end is cfg.max_steps when set (> 0); for an epoch-based run, the max_steps the
+    checkpoint recorded, when num_train_epochs is unchanged (a changed one recomputes the total). Prints
+    which checkpoint the run continues from."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        step = int(state.get("global_step") or 0)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"resume_from_checkpoint: {state_file} cannot be read ({err}); give another checkpoint "
+                          f"or train from the start") from err
+    if cfg.max_steps and cfg.max_steps > 0:
+        total = cfg.max_steps
+    else:
+        recorded_epochs, recorded_total = state.get("num_train_epochs"), state.get("max_steps")
+        same_epochs = (isinstance(recorded_epochs, (int, float)) and not isinstance(recorded_epochs, bool)
+                       and float(recorded_epochs) == float(cfg.num_train_epochs))
+        total = int(recorded_total) if same_epochs and isinstance(recorded_total, int) and recorded_total > 0 else None
+    name = Path(checkpoint).name
+    if total is not None and step >= total:
+        raise ConfigError(f"output_dir {cfg.output_dir}: the run is already complete at step {step} of {total} "
+                          f"({name}); raise max_steps / num_train_epochs to train further, or "
+                          f"overwrite_output_dir: true to train again")
+    if say is not None:
+        say(f"Resuming from {name} (step {step}" + (f" of {total})" if total is not None else ")"))
+    return str(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
