@@ -198,6 +198,25 @@ def test_killed_round_resumes_in_the_right_round_at_the_right_step(initial, tmp_
     assert report["rounds"][2]["train_loss"] == pytest.approx(initial["report"]["rounds"][2]["train_loss"], rel=1e-3)
 
 
+def test_a_round_killed_after_its_last_step_trains_again_instead_of_past_its_end(initial, tmp_path, tiny_model_dir,
+                                                                                 capsys):
+    """Killed in round 3 after its last checkpoint (its last step) but before its results were written: resuming
+    there would train past its end (train.run.RunComplete); the round starts again and ends at its last step."""
+    out = tmp_path / "late"
+    shutil.copytree(initial["out"], out)
+    r3 = out / "round-3"
+    for name in ("round_result.json", "round_metrics.json"):
+        (r3 / name).unlink()
+    (out / "rounds_report.json").unlink()
+    capsys.readouterr()
+    report = run_example(tmp_path, tiny_model_dir, "late", resume_from_checkpoint=True, overwrite_output_dir=False)
+    printed = capsys.readouterr().out
+    assert "the round starts again" in printed and "Round 2 finished earlier" in printed
+    last = json.loads((initial["out"] / "round-3" / "trainer_state.json").read_text())["global_step"]
+    assert json.loads((r3 / "trainer_state.json").read_text())["global_step"] == last  # not one step past it
+    assert report["rounds"][2]["train_loss"] == pytest.approx(initial["report"]["rounds"][2]["train_loss"], rel=1e-3)
+
+
 def test_round_config_errors_name_the_file_round_line_and_key(tmp_path, tiny_model_dir):
     base = yaml.safe_load(EXAMPLE.read_text())
     base.update(model_name_or_path=str(tiny_model_dir), output_dir=str(tmp_path / "x"))

@@ -192,8 +192,18 @@ def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config
     if not resume:
         return planned
     if any(rdir.glob("checkpoint-*")):
+        from prefloop.train.run import RunComplete, checkpoint_to_resume
+
+        resumed = dataclasses.replace(planned, resume_from_checkpoint=True)
+        try:
+            checkpoint_to_resume(resumed)
+        except RunComplete:  # killed after its last step, before its results were written: train it again
+            say(f"{rdir}: the round's last checkpoint is its last step, but the round did not finish (killed while "
+                f"evaluating or saving); the round starts again")
+            shutil.rmtree(rdir, ignore_errors=True)
+            return planned
         say(f"Resuming round in {rdir} from its last checkpoint")
-        return dataclasses.replace(planned, resume_from_checkpoint=True)
+        return resumed
     if rdir.exists():
         say(f"{rdir} has no checkpoint: the round starts again")
         shutil.rmtree(rdir, ignore_errors=True)

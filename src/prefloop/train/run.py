@@ -759,6 +759,10 @@ def checkpoint_to_resume(cfg: Config, say=None):
     return check_run_not_complete(cfg, path, say)
 
 
+class RunComplete(ConfigError):
+    """Resuming would train past the run's end (`check_run_not_complete`)."""
+
+
 def check_run_not_complete(cfg: Config, checkpoint: Path, say=None) -> str:
     """`checkpoint` (a directory holding trainer_state.json) as a string, when resuming from it trains further.
 
@@ -783,7 +787,7 @@ def check_run_not_complete(cfg: Config, checkpoint: Path, say=None) -> str:
         total = int(recorded_total) if same_epochs and isinstance(recorded_total, int) and recorded_total > 0 else None
     name = Path(checkpoint).name
     if total is not None and step >= total:
-        raise ConfigError(f"output_dir {cfg.output_dir}: the run is already complete at step {step} of {total} "
+        raise RunComplete(f"output_dir {cfg.output_dir}: the run is already complete at step {step} of {total} "
                           f"({name}); raise max_steps / num_train_epochs to train further, or "
                           f"overwrite_output_dir: true to train again")
     if say is not None:
