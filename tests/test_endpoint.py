@@ -125,6 +125,8 @@ def test_a_key_on_the_command_line_is_refused(command, tmp_path, capsys):
 def reasoning_model_app():
     """An endpoint that answers as the OpenAI API does for its reasoning models: `max_tokens` and a
     temperature other than 1 are refused with a 400 naming the field."""
+    from prefloop.testing import reasoning_model_refusal
+
     app, bodies = FastAPI(), []
 
     def refuse(message, param, code):
@@ -137,12 +139,9 @@ def reasoning_model_app():
     async def chat(request: Request):
         body = await request.json()
         bodies.append(body)
-        if "max_tokens" in body:
-            return refuse("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
-                          "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
-        if body.get("temperature", 1) != 1:
-            return refuse("Unsupported value: 'temperature' does not support 0 with this model. Only the default "
-                          "(1) value is supported.", "temperature", "unsupported_value")
+        refused = reasoning_model_refusal(body)
+        if refused is not None:
+            return refused
         if body["messages"][0]["content"] == "bad":
             return refuse("'messages' is malformed", "messages", None)
         return {"id": "x", "object": "chat.completion", "created": 0, "model": "o-test",

@@ -5,7 +5,6 @@ import json
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from prefloop.cli import main
 from prefloop.evaluate.report import Report
@@ -42,15 +41,13 @@ def adapter_dir(tiny_model_dir, tmp_path_factory):
 
 
 def reasoning_model_app(policy, name="o-test"):
-    """An endpoint that answers as the OpenAI API does for its reasoning models (the 400s of
-    tests/test_endpoint.py's reasoning_model_app): `max_tokens` is refused ("Use 'max_completion_tokens'
+    """An endpoint that answers as the OpenAI API does for its reasoning models (prefloop.testing.reasoning_model_refusal's
+    400s): `max_tokens` is refused ("Use 'max_completion_tokens'
     instead") and so is any temperature but 1; every other request is answered with `policy(messages)`.
     Returns the app, every request body and the bodies it answered."""
-    app, requests, answered = FastAPI(), [], []
+    from prefloop.testing import reasoning_model_refusal
 
-    def refuse(message, param, code):
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                       "code": code}}, status_code=400)
+    app, requests, answered = FastAPI(), [], []
 
     @app.get("/v1/models")
     async def models():
@@ -60,12 +57,9 @@ def reasoning_model_app(policy, name="o-test"):
     async def chat(request: Request):
         body = await request.json()
         requests.append(body)
-        if "max_tokens" in body:
-            return refuse("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
-                          "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
-        if body.get("temperature", 1) != 1:
-            return refuse("Unsupported value: 'temperature' does not support 0 with this model. Only the default "
-                          "(1) value is supported.", "temperature", "unsupported_value")
+        refused = reasoning_model_refusal(body)
+        if refused is not None:
+            return refused
         answered.append(body)
         return {"id": "x", "object": "chat.completion", "created": 0, "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": policy(body["messages"])},

@@ -195,3 +195,22 @@ def save_tiny_reward_model(path: str | Path, seed: int = 0, chat_template: str |
     Qwen2ForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def reasoning_model_refusal(body: dict):
+    """What the OpenAI API answers a chat request for one of its reasoning models that it refuses: a 400
+    in OpenAI's error shape for `max_tokens` ("Use 'max_completion_tokens' instead") or a temperature
+    other than 1; None for a request it accepts. For test endpoints that play such a model."""
+    from fastapi.responses import JSONResponse
+
+    def refuse(message: str, param: str, code: str):
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                       "code": code}}, status_code=400)
+
+    if "max_tokens" in body:
+        return refuse("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                      "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+    if body.get("temperature", 1) != 1:
+        return refuse("Unsupported value: 'temperature' does not support 0 with this model. Only the default "
+                      "(1) value is supported.", "temperature", "unsupported_value")
+    return None
