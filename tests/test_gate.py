@@ -167,23 +167,27 @@ def test_a_drop_of_exactly_the_tolerance_passes_whatever_the_float_noise(tmp_pat
     assert evaluate_gate(lower, {"mt_bench/n_excluded": 0.3}, {"mt_bench/n_excluded": 0.1}).verdict == "pass"
 
 
-@pytest.mark.parametrize("where", ["candidate", "baseline", "gap_to"])
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.7"])
-def test_a_broken_measurement_fails_closed_even_when_the_rule_is_not_required(tmp_path, where, bad):
+def _broken_measurement(tmp_path, where: str, bad, severity: str):
+    """A baseline rule and a gap rule of `severity`, and (rules, candidate, baseline) with a broken value `bad`
+    put `where` (the candidate's metric, the baseline's, or the metric a gap is taken to); the gate passes on
+    the unbroken values."""
+    extra = {"severity": severity} if severity != "fail" else {}
     rules = load_rules(_write_rules_list(tmp_path, [
         {"metric": "win_rate", "at_least": 0.5},
-        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02},
-        {"metric": "lc_win_rate", "gap_to": "raw_win_rate", "at_most": 0.1}]))
+        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02, **extra},
+        {"metric": "lc_win_rate", "gap_to": "raw_win_rate", "at_most": 0.1, **extra}]))
     cand = {"win_rate": 0.7, "pref_accuracy": 0.7, "lc_win_rate": 0.6, "raw_win_rate": 0.62}
     base = {"pref_accuracy": 0.7}
     assert evaluate_gate(rules, cand, base).verdict == "pass"
-    if where == "candidate":
-        cand["pref_accuracy"] = bad
-    elif where == "baseline":
-        base["pref_accuracy"] = bad
-    else:
-        cand["raw_win_rate"] = bad
-    result = evaluate_gate(rules, cand, base)
+    {"candidate": cand, "baseline": base, "gap_to": cand}[where][
+        "raw_win_rate" if where == "gap_to" else "pref_accuracy"] = bad
+    return rules, cand, base
+
+
+@pytest.mark.parametrize("where", ["candidate", "baseline", "gap_to"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.7"])
+def test_a_broken_measurement_fails_closed_even_when_the_rule_is_not_required(tmp_path, where, bad):
+    result = evaluate_gate(*_broken_measurement(tmp_path, where, bad, "fail"))
     if where == "baseline":  # the champion's measurement is broken, not the candidate: the gate refuses
         assert result.verdict == "refused" and result.exit_code == 1 and "re-measure the champion" in result.reason
         assert not [r for r in result.rows if r.result == "fail"]
@@ -196,19 +200,7 @@ def test_a_broken_measurement_fails_closed_even_when_the_rule_is_not_required(tm
 @pytest.mark.parametrize("where", ["candidate", "baseline", "gap_to"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.7"])
 def test_a_broken_measurement_on_a_warn_rule_warns_and_never_fails_the_gate(tmp_path, where, bad):
-    rules = load_rules(_write_rules_list(tmp_path, [
-        {"metric": "win_rate", "at_least": 0.5},
-        {"metric": "pref_accuracy", "vs_baseline": "higher_is_better", "tolerance": 0.02, "severity": "warn"},
-        {"metric": "lc_win_rate", "gap_to": "raw_win_rate", "at_most": 0.1, "severity": "warn"}]))
-    cand = {"win_rate": 0.7, "pref_accuracy": 0.7, "lc_win_rate": 0.6, "raw_win_rate": 0.62}
-    base = {"pref_accuracy": 0.7}
-    if where == "candidate":
-        cand["pref_accuracy"] = bad
-    elif where == "baseline":
-        base["pref_accuracy"] = bad
-    else:
-        cand["raw_win_rate"] = bad
-    result = evaluate_gate(rules, cand, base)
+    result = evaluate_gate(*_broken_measurement(tmp_path, where, bad, "warn"))
     assert result.verdict == "pass" and result.exit_code == 0
     warned = [r for r in result.rows if r.result == "warn"]
     assert len(warned) == 1 and where.replace("gap_to", "candidate") in warned[0].why and "warn rule" in warned[0].why
