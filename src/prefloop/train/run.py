@@ -826,13 +826,14 @@ def sample_answers(model, tokenizer, data: Data, count: int, label: str, say=pri
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # as the server stops: the template's stops plus the model's generation-config EOS
+    stops = data.template.stop_token_ids(tokenizer, model) if data.template else data.stop_ids
     for i, feature in enumerate(features):
         prompt = torch.tensor([feature["prompt_ids"]], device=device)
         with autocast_for(model):  # frozen weights kept in bf16 (keep_frozen_weights_in_compute_dtype)
             output = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                                     max_new_tokens=SAMPLE_MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=data.template.stop_token_ids(tokenizer, model) if data.template
-                                    else data.stop_ids, use_cache=True)  # as the server stops (its generation config's EOS too)
+                                    eos_token_id=stops, use_cache=True)
         answer = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True).strip()
         if len(samples) <= i:
             samples.append({"id": feature["id"], "prompt": tokenizer.decode(feature["prompt_ids"]),
