@@ -3,6 +3,10 @@
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 
@@ -156,6 +160,27 @@ def test_an_item_being_shown_is_reserved(tmp_path):
     assert session.next_for("cat") is None  # ann's item is complete, bob's still reserved
 
 
+def test_reservations_are_shared_by_every_labeling_process_on_the_store(tmp_path):
+    """Two `prefloop label` servers on one database: the item one hands out is not handed out by the other."""
+    session = _session(tmp_path, 2, overlap=1)
+    first = session.next_for("ann")
+    other = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            from prefloop.label.session import LabelSession
+            from prefloop.store import Store
+            s = LabelSession(Store({str(tmp_path / "db.sqlite")!r}), overlap=1, seed=0)
+            a, b = s.next_for("bob"), s.next_for("cat")
+            print(a.item_id, b)
+        """)], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr
+    bob_item, cat = other.stdout.split()
+    assert int(bob_item) != first.item_id and cat == "None"  # one left for bob, none for cat
+    held = session.store.label_reservations(now=time.time())
+    assert held == {first.item_id: ["ann"], int(bob_item): ["bob"]}
+    session.save_vote("ann", first.item_id, first.order, "A")
+    assert session.store.label_reservations(now=time.time()) == {int(bob_item): ["bob"]}  # a vote releases
+
+
 def test_live_mode_with_a_local_model(tmp_path, tiny_model_dir):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Say hi"}, {"messages": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
@@ -179,9 +204,6 @@ def test_live_mode_with_a_local_model(tmp_path, tiny_model_dir):
 def test_cli_serves_on_localhost_and_stops_on_ctrl_c(tmp_path):
     import signal
     import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     pairs = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "q", "candidates": ["a", "b"]}])
@@ -314,10 +336,8 @@ def test_two_annotators_racing_for_the_last_item(tmp_path, monkeypatch):
     winners = [name for name, shown in got.items() if shown is not None]
     assert len(winners) == 1  # the last item goes to one of them; the others are told nothing is left
     # a reservation that ran out (an annotator away for long): both vote, both votes are kept, none is lost
-    import time
-
-    later = time.monotonic() + assign.RESERVATION_SECONDS + 1
-    monkeypatch.setattr(assign.time, "monotonic", lambda: later)
+    later = time.time() + assign.RESERVATION_SECONDS + 1
+    monkeypatch.setattr(assign.time, "time", lambda: later)
     late = session.next_for("late")
     assert late is not None and late.item_id == got[winners[0]].item_id
     session.save_vote(winners[0], late.item_id, got[winners[0]].order, "A")

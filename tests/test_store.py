@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from prefloop.label.session import LabelSession
-from prefloop.store import PREFLOOP_APP_ID, Store, StoreError
+from prefloop.store import PREFLOOP_APP_ID, SCHEMA_VERSION, Store, StoreError
 
 PROMPT = [{"role": "user", "content": "Which is better?"}]
 
@@ -402,8 +402,8 @@ def test_a_schema_2_store_is_migrated_with_its_rows_and_the_append_only_rules(tm
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             store._conn.execute("DELETE FROM votes")
     raw = sqlite3.connect(path)
-    assert raw.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == "3"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     raw.close()
 
 
@@ -421,7 +421,7 @@ def test_a_migration_that_fails_leaves_the_old_store_as_it_was(tmp_path, monkeyp
     broken = dict(store_mod._MIGRATIONS)
     broken[3] = store_mod._MIGRATIONS[3] + "\nCREATE TABLE loop_steps (id INTEGER);"  # fails half-way
     monkeypatch.setattr(store_mod, "_MIGRATIONS", broken)
-    with pytest.raises(StoreError, match="upgrade the store from schema version 2 to 3"):
+    with pytest.raises(StoreError, match=f"upgrade the store from schema version 2 to {SCHEMA_VERSION}"):
         Store(path)
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT value FROM prefloop_meta WHERE key = 'schema_version'").fetchone()[0] == "2"

@@ -35,7 +35,7 @@ from prefloop.data.schema import TEMPLATE_FIELDS
 from prefloop.errors import PrefloopError
 
 PREFLOOP_APP_ID = 0x50464C50  # "PFLP"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
@@ -193,6 +193,17 @@ CREATE TABLE forget_events (
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;"
         for table in ("loop_iterations", "loop_steps", "forget_events") for op in ("UPDATE", "DELETE")
     ),
+    # Which label item each annotator is looking at, until when (Unix seconds): shared by every labeling
+    # process on the store, so two `prefloop label` servers do not hand out the same last slot twice.
+    # Not a record (rows are replaced and deleted): a vote, not a reservation, is what counts.
+    4: """
+CREATE TABLE label_reservations (
+    annotator TEXT PRIMARY KEY,
+    item_id   INTEGER NOT NULL REFERENCES label_items(id),
+    until     REAL NOT NULL
+);
+CREATE INDEX label_reservations_item ON label_reservations(item_id);
+""",
 }
 
 
@@ -618,13 +629,61 @@ class Store:
         )
         return {int(r[0]) for r in rows}
 
+    def _completed_counts_sql(self) -> str:
+        return ("SELECT v.item_id, COUNT(DISTINCT v.annotator) FROM votes v "
+                f"WHERE v.id IN ({self._CURRENT_VOTES}) AND v.verdict != 'skip' GROUP BY v.item_id")
+
     def completed_counts(self) -> dict[int, int]:
         """item id -> number of annotators whose current vote on it is a judgment (not a skip)."""
-        rows = self._query(
-            "SELECT v.item_id, COUNT(DISTINCT v.annotator) FROM votes v "
-            f"WHERE v.id IN ({self._CURRENT_VOTES}) AND v.verdict != 'skip' GROUP BY v.item_id"
-        )
-        return {int(r[0]): int(r[1]) for r in rows}
+        return {int(r[0]): int(r[1]) for r in self._query(self._completed_counts_sql())}
+
+    # ------------------------------------------------------------------ label reservations
+
+    def claim_label_item(self, annotator: str, candidates: list[int], overlap: int, seconds: float,
+                         now: float) -> int | None:
+        """Reserve for `annotator` the first open item of `candidates` and return its id (None: none is open).
+
+        All in one write transaction, so labeling processes sharing this store never hand the same last
+        slot to two people. An item is open when its judgments (`completed_counts`, read inside the
+        transaction) plus the unexpired reservations of *other* annotators are fewer than `overlap`.
+        Among open items, the one with most judgments wins (items complete instead of all staying
+        half-done), then the earlier in `candidates` (the caller's order). The reservation lasts until
+        `now + seconds` (`now`: Unix seconds) and replaces any other reservation of `annotator`.
+        """
+        with self._write("reserve a label item") as c:
+            done = {int(r[0]): int(r[1]) for r in c.execute(self._completed_counts_sql())}
+            held: dict[int, int] = {}
+            for item_id, n in c.execute("SELECT item_id, COUNT(*) FROM label_reservations WHERE annotator != ? "
+                                        "AND until > ? GROUP BY item_id", (annotator, now)):
+                held[int(item_id)] = int(n)
+            open_items = [(-done.get(i, 0), pos, i) for pos, i in enumerate(candidates)
+                          if done.get(i, 0) + held.get(i, 0) < overlap]
+            if not open_items:
+                c.execute("DELETE FROM label_reservations WHERE annotator = ?", (annotator,))
+                return None
+            item_id = min(open_items)[2]
+            c.execute("INSERT OR REPLACE INTO label_reservations(annotator, item_id, until) VALUES (?, ?, ?)",
+                      (annotator, item_id, now + seconds))
+            return item_id
+
+    def reserve_label_item(self, annotator: str, item_id: int, seconds: float, now: float) -> None:
+        """Hold `item_id` for `annotator` until `now + seconds` (Unix seconds), replacing their other hold."""
+        with self._write("reserve a label item") as c:
+            c.execute("INSERT OR REPLACE INTO label_reservations(annotator, item_id, until) VALUES (?, ?, ?)",
+                      (annotator, int(item_id), now + seconds))
+
+    def release_label_item(self, annotator: str) -> None:
+        """Drop `annotator`'s reservation (after their vote, or when they leave)."""
+        with self._write("release a label item") as c:
+            c.execute("DELETE FROM label_reservations WHERE annotator = ?", (annotator,))
+
+    def label_reservations(self, now: float) -> dict[int, list[str]]:
+        """item id -> annotators holding an unexpired reservation on it at `now` (Unix seconds)."""
+        held: dict[int, list[str]] = {}
+        for item_id, who in self._query("SELECT item_id, annotator FROM label_reservations WHERE until > ? "
+                                        "ORDER BY item_id, annotator", (now,)):
+            held.setdefault(int(item_id), []).append(str(who))
+        return held
 
     # ------------------------------------------------------------------ interactions and feedback
 

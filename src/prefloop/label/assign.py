@@ -6,7 +6,8 @@ nor another item asking the same comparison (the same prompt and responses, in e
 loaded from two files); items forgotten on request or with one text on both sides are never shown;
 items already started by others come first, so items complete instead of all staying half-done;
 among equals the order is a per-annotator shuffle fixed by the seed. An item being shown to someone
-is reserved for a while so that concurrent annotators do not all pile onto the same last slot.
+is reserved for a while (RESERVATION_SECONDS, in the store, so every labeling process on it shares them) so
+that concurrent annotators do not all pile onto the same last slot.
 The A/B position is random per (item, annotator), reproducible from the seed.
 """
 
@@ -35,8 +36,7 @@ class Assigner:
         self.store = store
         self.overlap = overlap
         self.seed = seed
-        self._lock = threading.Lock()
-        self._reserved: dict[int, dict[str, float]] = {}  # item id -> annotator -> reserved until
+        self._lock = threading.Lock()  # guards the content-key cache; reservations live in the store
         self._keys: dict[int, str] = {}  # item id -> content_key (items only grow; a forgotten one is excluded)
 
     def _content_keys(self) -> dict[int, str]:
@@ -53,47 +53,28 @@ class Assigner:
         judged = {keys[i] for i in mine if i in keys}
         return self.store.unlabelable_item_ids() | {i for i, k in keys.items() if k in judged and i not in mine}
 
-    def _others_reserving(self, item_id: int, annotator: str, now: float) -> int:
-        holders = self._reserved.get(item_id, {})
-        return sum(1 for who, until in holders.items() if who != annotator and until > now)
-
     def next_item(self, annotator: str, exclude: set[int] | frozenset[int] = frozenset()) -> int | None:
-        """The next item id for `annotator` (reserved for them), or None when nothing is left for them."""
-        with self._lock:
-            now = time.monotonic()
-            mine = self.store.annotator_item_ids(annotator)
-            done = self.store.completed_counts()
-            ids = self.store.label_item_ids()
-            skip = self._excluded(annotator, mine)
-            rng = random.Random(f"{self.seed}:{annotator}")
-            rng.shuffle(ids)
-            open_items = []
-            for position, item_id in enumerate(ids):
-                if item_id in mine or item_id in exclude or item_id in skip:
-                    continue
-                taken = done.get(item_id, 0) + self._others_reserving(item_id, annotator, now)
-                if taken < self.overlap:
-                    open_items.append((-done.get(item_id, 0), position, item_id))
-            if not open_items:
-                return None
-            item_id = min(open_items)[2]
-            self._reserve(annotator, item_id, now)
-            return item_id
+        """The next item id for `annotator` (reserved for them), or None when nothing is left for them.
 
-    def _reserve(self, annotator: str, item_id: int, now: float) -> None:
-        for holders in self._reserved.values():
-            holders.pop(annotator, None)  # one reservation per annotator
-        self._reserved.setdefault(item_id, {})[annotator] = now + RESERVATION_SECONDS
+        The choice and the reservation are one store transaction (`Store.claim_label_item`), so every
+        labeling process on the same store shares the reservations.
+        """
+        with self._lock:
+            mine = self.store.annotator_item_ids(annotator)
+            skip = self._excluded(annotator, mine)
+            ids = self.store.label_item_ids()
+            random.Random(f"{self.seed}:{annotator}").shuffle(ids)
+            candidates = [i for i in ids if i not in mine and i not in exclude and i not in skip]
+            return self.store.claim_label_item(annotator, candidates, self.overlap, RESERVATION_SECONDS,
+                                               now=time.time())
 
     def reserve(self, annotator: str, item_id: int) -> None:
         """Hold `item_id` for `annotator` (an item they generated live, or one they undid)."""
-        with self._lock:
-            self._reserve(annotator, item_id, time.monotonic())
+        self.store.reserve_label_item(annotator, item_id, RESERVATION_SECONDS, now=time.time())
 
     def release(self, annotator: str) -> None:
-        with self._lock:
-            for holders in self._reserved.values():
-                holders.pop(annotator, None)
+        """Drop `annotator`'s reservation (called after their vote)."""
+        self.store.release_label_item(annotator)
 
     def progress(self, annotator: str) -> dict:
         """Counts for the progress line: the annotator's votes, items still open to them, items complete / total."""
