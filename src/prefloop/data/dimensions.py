@@ -26,12 +26,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prefloop.data.schema import PreferencePair
+from prefloop.data.schema import PreferencePair, not_a_number
 from prefloop.errors import ConfigError, DataError
 
 AGREES, DISAGREES, NO_SIGNAL = 1, 0, -1
@@ -47,12 +46,42 @@ def is_comparative(entry) -> bool:
     return isinstance(entry, dict) and "chosen" in entry and "rejected" in entry
 
 
+def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
+    """What is wrong with one `dimensions` entry, as (field, message, suggestion), or None when it is
+    usable: one number for the pair ({"accuracy": 5}) or {"chosen": number, "rejected": number}.
+
+    The one check of dimension scores: the readers run it per row (a bad entry is a bad row with its
+    file:line, counted under skip_bad_rows), so `data check` and training treat it identically."""
+    where = f"dimensions.{name}"
+    if isinstance(entry, dict):
+        missing = [side for side in ("chosen", "rejected") if side not in entry]
+        if len(missing) == 2:
+            return (where, f"an object without 'chosen' and 'rejected' scores (keys: {sorted(entry)})",
+                    'write {"chosen": 5, "rejected": 3}, or one number for the pair')
+        if missing:
+            return (where, f"has a score for {'chosen' if missing[0] == 'rejected' else 'rejected'} only, none for "
+                           f"{missing[0]}", 'give both answers\' scores, {"chosen": 5, "rejected": 3}')
+        others = sorted(k for k in entry if k not in ("chosen", "rejected"))
+        if others:
+            return (where, f"unknown key(s) {', '.join(repr(k) for k in others)} (only 'chosen' and 'rejected' are read)",
+                    "remove them, or move them to a field of their own")
+        for side in ("chosen", "rejected"):
+            problem = not_a_number(entry[side])
+            if problem:
+                return f"{where}.{side}", problem, "write the score as a number"
+        return None
+    problem = not_a_number(entry)
+    if problem:
+        return where, problem, 'write the score as a number, or {"chosen": number, "rejected": number}'
+    return None
+
+
 def score_gap(pair: PreferencePair, name: str, strict: bool = True) -> float | None:
     """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it (or, with
     strict=False, only one score for the pair rather than one per response).
 
     Raises DataError (with the pair's file:line) when the entry is not {"chosen": number, "rejected": number}
-    (strict), or when a score is not a number.
+    (strict), or when a score is not a number (`dimension_problem`; pairs read by the loader were checked).
     """
     entry = (pair.dimensions or {}).get(name)
     if entry is None or (not strict and not is_comparative(entry)):
@@ -60,14 +89,11 @@ def score_gap(pair: PreferencePair, name: str, strict: bool = True) -> float | N
     if not is_comparative(entry):
         raise DataError(f"{_where(pair)}: field 'dimensions.{name}': expected {{\"chosen\": score, \"rejected\": "
                         f"score}}, got {entry!r} -> give both responses' scores for every dimension")
-    values = []
-    for side in ("chosen", "rejected"):
-        value = entry[side]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"{_where(pair)}: field 'dimensions.{name}.{side}': {value!r} is not a finite number "
-                            f"-> write the score as a number")
-        values.append(float(value))
-    return values[0] - values[1]
+    problem = dimension_problem(name, entry)
+    if problem:
+        field_name, message, suggestion = problem
+        raise DataError(f"{_where(pair)}: field '{field_name}': {message} -> {suggestion}")
+    return float(entry["chosen"]) - float(entry["rejected"])
 
 
 def dimension_names(pairs: Sequence[PreferencePair]) -> list[str]:

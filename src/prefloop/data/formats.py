@@ -26,13 +26,13 @@ is read but worth a word (an ignored prompt string) goes to the reader's `warn` 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
+from prefloop.data.dimensions import dimension_problem
+from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair, not_a_number
 
 # warn(kind, field, message, suggestion): a record was read, but something in it was ignored; `kind`
 # (one of WARNINGS) is what the loader counts.
@@ -441,8 +441,9 @@ def _optional(record: Mapping[str, Any]) -> dict[str, Any]:
         value = record.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RecordError(key, f"{key!r} must be a finite number, got {value!r}", f"write {key!r} as a number (or leave it out)")
+        problem = not_a_number(value)
+        if problem:
+            raise RecordError(key, f"{key!r} must be a finite number: {problem}", f"write {key!r} as a number (or leave it out)")
         if key == "weight" and value < 0:
             raise RecordError(key, f"'weight' must be >= 0, got {value}", "use a non-negative per-pair loss weight")
         out[key] = float(value)
@@ -450,6 +451,10 @@ def _optional(record: Mapping[str, Any]) -> dict[str, Any]:
     if value is not None:
         if not isinstance(value, dict):
             raise RecordError("dimensions", f"'dimensions' must be an object of scores, got {_type_name(value)}", 'write e.g. {"helpfulness": 4, "safety": 5}')
+        for name, entry in value.items():
+            problem = dimension_problem(name, entry)
+            if problem:
+                raise RecordError(*problem)
         out["dimensions"] = value
     value = record.get("source")
     if value is not None:
