@@ -55,3 +55,33 @@ def test_bad_numbers_are_bad_rows_in_check_and_training(tmp_path, capsys, extra,
     assert main(["data", "check", str(data)]) == 2
     out = capsys.readouterr()
     assert f"p.jsonl:2: field '{field}'" in out.err and words in out.err
+
+
+def test_a_key_given_twice_is_a_bad_row_naming_line_and_key(tmp_path, capsys):
+    dup = '{"prompt": "q", "chosen": "good", "rejected": "bad", "chosen": "other"}'
+    nested = ('{"conversations": [{"from": "human", "value": "q", "value": "q2"}], '
+              '"chosen": "good", "rejected": "bad"}')
+    data = jsonl(tmp_path / "d.jsonl", [trl(1), dup, nested, trl(4)])
+    with pytest.raises(DataError) as err:
+        load_pairs(str(data))
+    text = str(err.value)
+    assert "d.jsonl:2: field 'chosen': key 'chosen' is given twice" in text
+    assert "d.jsonl:3: field 'conversations[0].value': key 'value' is given twice" in text
+    loaded = load_pairs(str(data), skip_bad_rows=True)
+    assert [p.chosen for p in loaded.pairs] == ["good 1", "good 4"] and loaded.skipped.count == 2
+    assert main(["data", "check", str(data)]) == 2
+    assert "d.jsonl:2: field 'chosen'" in capsys.readouterr().err
+
+
+def test_a_key_given_twice_in_a_json_list_names_record_and_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n' + json.dumps(trl(1)) + ',\n{"prompt": "q", "prompt": "q2", "chosen": "a", "rejected": "b"}\n]\n')
+    loaded = load_pairs(str(path), skip_bad_rows=True)
+    assert len(loaded.pairs) == 1 and loaded.skipped.count == 1
+    assert str(loaded.skipped.problems[0]).startswith(f"{path}:3 (record 2): field 'prompt': key 'prompt' is given twice")
+
+
+def test_jsonl_with_a_byte_order_mark_still_reads(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(trl(1)).encode() + b"\n" + json.dumps(trl(2)).encode() + b"\n")
+    assert len(load_pairs(str(path)).pairs) == 2

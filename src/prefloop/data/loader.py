@@ -131,12 +131,77 @@ class LoadResult:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Duplicated(dict):
+    """A JSON object that gave a key more than once (`duplicate`: the first such key); the value kept is the last."""
+
+    duplicate: str = ""
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """A record in which a key is given twice (`field`: where, e.g. "chosen" or "conversations[1].value")."""
+
+    field: str
+    key: str
+
+
+class _JsonDecoder:
+    """json.loads that notices a key given twice in an object (Python's json keeps the last without a word).
+
+    The check costs one dict comparison per object; only a record that has a duplicate is walked to name it."""
+
+    def __init__(self) -> None:
+        self.found = False
+        self.decoder = json.JSONDecoder(object_pairs_hook=self._object)
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        seen: set[str] = set()
+        marked = _Duplicated(obj)
+        marked.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        self.found = True
+        return marked
+
+    def loads(self, raw: bytes) -> Any:
+        """Like json.loads(raw) (same encoding detection and errors)."""
+        return self.decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+    def check(self, record: Any) -> Any:
+        """`record`, or a DuplicateKey naming where a key is given twice in it."""
+        if not self.found:
+            return record
+        where = _duplicate_in(record, "")
+        return record if where is None else where
+
+    def reset(self) -> None:
+        self.found = False
+
+
+def _duplicate_in(value: Any, at: str) -> DuplicateKey | None:
+    if isinstance(value, dict):
+        if isinstance(value, _Duplicated):
+            return DuplicateKey(f"{at}.{value.duplicate}" if at else value.duplicate, value.duplicate)
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _duplicate_in(item, f"{at}{key}" if str(key).startswith("[") else (f"{at}.{key}" if at else key))
+        if found is not None:
+            return found
+    return None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
     seen_any = False
+    decoder = _JsonDecoder()
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                record = json.loads(raw)
+                record = decoder.loads(raw)
             except UnicodeDecodeError as err:
                 seen_any = True
                 yield Problem(str(path), f"line {lineno}", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
@@ -148,6 +213,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
                 yield Problem(str(path), f"line {lineno}", "", json_error_text(err, with_line=False), "each line must be one complete JSON object")
                 continue
             seen_any = True
+            if decoder.found:
+                record = decoder.check(record)
+                decoder.reset()
             yield "line", lineno, record
     if not seen_any:
         yield Problem(str(path), "", "", "file is empty (no records)", "add preference records or remove the file from the dataset")
@@ -155,8 +223,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
 
 def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
     raw = path.read_bytes()
+    decoder = _JsonDecoder()
     try:
-        data = json.loads(raw)
+        data = decoder.loads(raw)
     except UnicodeDecodeError as err:
         yield Problem(str(path), "", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
         return
@@ -171,6 +240,8 @@ def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
         return
     if isinstance(data, dict):
         data = [data]  # a single record
+    if decoder.found and isinstance(data, list):
+        data = [decoder.check(record) for record in data]
     if not isinstance(data, list):
         yield Problem(str(path), "", "", f"expected a JSON list of records, got {type(data).__name__}", "write the file as [ {...}, {...} ] or as JSON Lines")
         return
@@ -284,6 +355,11 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 problems.add(item)
                 continue
             kind, number, record = item
+            if isinstance(record, DuplicateKey):
+                problems.add(Problem(file_name, record_lines.location(kind, number), record.field,
+                                     f"key {record.key!r} is given twice in one object (a JSON reader would keep only "
+                                     "the last, silently)", "keep one of the two"))
+                continue
             if not isinstance(record, dict):
                 problems.add(Problem(file_name, record_lines.location(kind, number), "",
                                      f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
