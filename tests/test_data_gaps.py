@@ -85,3 +85,39 @@ def test_jsonl_with_a_byte_order_mark_still_reads(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(trl(1)).encode() + b"\n" + json.dumps(trl(2)).encode() + b"\n")
     assert len(load_pairs(str(path)).pairs) == 2
+
+
+def _info(tmp_path, entry):
+    jsonl(tmp_path / "a.jsonl", [trl(1), trl(2)])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"prefs": {"file_name": "a.jsonl", "ranking": True, **entry}}))
+
+
+@pytest.mark.parametrize("entry,words", [
+    ({"colums": {"prompt": "prompt"}}, "unknown key 'colums'; did you mean 'columns'?"),
+    ({"formating": "alpaca"}, "unknown key 'formating'; did you mean 'formatting'?"),
+    ({"columns": {"promt": "q"}}, "unknown key 'columns.promt'; did you mean 'columns.prompt'?"),
+    ({"tags": {"role_tags": "from"}}, "unknown key 'tags.role_tags'; did you mean 'tags.role_tag'?"),
+    ({"hf_hub_url": "org/data"}, "'hf_hub_url' datasets are not downloaded by prefloop (LLaMA-Factory would load that"),
+    ({"ms_hub_url": "org/data"}, "'ms_hub_url' datasets are not downloaded"),
+    ({"om_hub_url": "org/data"}, "'om_hub_url' datasets are not downloaded"),
+    ({"script_url": "loader"}, "'script_url' datasets are not downloaded"),
+    ({"cloud_file_name": "s3://b/a.json"}, "'cloud_file_name' datasets are not downloaded"),
+    ({"subset": "en"}, "'subset' (a subset of a hub dataset) is not supported"),
+    ({"folder": "data"}, "'folder' (a folder of a hub dataset repository) is not supported"),
+    ({"revision": "v1"}, "'revision' (a revision of a hub dataset) is not supported"),
+    ({"split": "test"}, "'split': 'test' is not supported"),
+    ({"num_samples": 3}, "num_samples 3, but it has only 2 usable pair(s)"),
+])
+def test_dataset_info_keys_prefloop_does_not_read_are_refused(tmp_path, capsys, entry, words):
+    _info(tmp_path, entry)
+    with pytest.raises(DataError) as err:
+        load_pairs("prefs", str(tmp_path))
+    assert "'prefs'" in str(err.value) and words in str(err.value)
+    assert main(["data", "check", "prefs", "--dataset-dir", str(tmp_path)]) == 2
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", [{"split": "train"}, {"num_samples": 2}, {"file_sha1": "abc"}])
+def test_dataset_info_keys_that_change_nothing_are_accepted(tmp_path, entry):
+    _info(tmp_path, entry)
+    assert len(load_pairs("prefs", str(tmp_path)).pairs) == 2

@@ -388,6 +388,11 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             if limit is not None and count >= limit:
                 complete = False
                 break
+    if source.num_samples is not None and complete and count < source.num_samples:
+        raise DataError(
+            f"dataset {source.name!r}: dataset_info.json asks for num_samples {source.num_samples}, but it has only "
+            f"{count} usable pair(s); LLaMA-Factory would repeat random pairs to reach {source.num_samples}, prefloop "
+            f"does not: set num_samples to {count} or less, or remove it")
     missing = {name: column for name, column in declared.items() if column not in seen_keys}
     if missing and complete and count:
         names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
