@@ -227,4 +227,4 @@ def test_ignored_trl_prompt_strings_are_counted_in_the_report(capsys, tmp_path):
     assert main(["data", "check", str(data)]) == 0
     text = capsys.readouterr().out
     assert "pairs read with a warning: 1" in text
-    assert "1 pair(s) had a prompt string that is none of the user turns chosen and rejected share" in text
+    assert "1 pair had a prompt string that is none of the user turns chosen and rejected share" in text

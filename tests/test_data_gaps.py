@@ -26,7 +26,9 @@ BAD_NUMBERS = [
     ({"dimensions": {"help": {"chosen": True, "rejected": 1}}}, "dimensions.help.chosen", "boolean"),
     ({"dimensions": {"help": {"chosen": "0.5", "rejected": 1}}}, "dimensions.help.chosen", "string"),
     ('"dimensions": {"help": {"chosen": 1, "rejected": NaN}}', "dimensions.help.rejected", "not a finite number"),
-    ({"dimensions": {"help": {"chosen": 3}}}, "dimensions.help", "none for rejected"),
+    ({"dimensions": {"help": {"chosen": "3"}}}, "dimensions.help.chosen", "string"),
+    ({"dimensions": {"help": {"score": 3}}}, "dimensions.help", "without 'chosen' and 'rejected'"),
+    ({"dimensions": {"help": {"chosen": 3, "rejected": 1, "why": "x"}}}, "dimensions.help", "unknown key(s) 'why'"),
     ({"dimensions": {"help": "5"}}, "dimensions.help", "string"),
     ({"weight": True}, "weight", "boolean"),
     ({"margin": "0.5"}, "margin", "string"),
@@ -121,3 +123,29 @@ def test_dataset_info_keys_prefloop_does_not_read_are_refused(tmp_path, capsys, 
 def test_dataset_info_keys_that_change_nothing_are_accepted(tmp_path, entry):
     _info(tmp_path, entry)
     assert len(load_pairs("prefs", str(tmp_path)).pairs) == 2
+
+
+def test_misspelt_and_unread_fields_are_counted_and_named(tmp_path, capsys):
+    rows = [trl(1, sytem="be brief"), trl(2, sytem="be brief"), trl(3, histroy=[["a", "b"]]), trl(4, history=[["a", "b"]]),
+            trl(5, prompt_id="x1", model="m"), trl(6)]
+    data = jsonl(tmp_path / "t.jsonl", rows)
+    loaded = load_pairs(str(data))
+    assert len(loaded.pairs) == 6  # read, not dropped; the field stays in `extra` (written back by --write-clean)
+    lines = loaded.warnings.lines()
+    assert "2 pairs had a field 'sytem', which no format reads (kept as an extra field, not used): did you mean 'system'?" in lines[0]
+    assert any("1 pair had a field 'histroy'" in line and "did you mean 'history'?" in line for line in lines)
+    assert any("1 pair had a field 'history', which the trl_standard format does not read" in line for line in lines)
+    assert not any("prompt_id" in line or "'model'" in line for line in lines)  # not one typo away from a field
+    assert main(["data", "check", str(data)]) == 0
+    assert "did you mean 'system'?" in capsys.readouterr().out
+
+
+def test_one_answer_rated_is_a_missing_score_not_a_single_score(tmp_path):
+    """`prefloop export` writes {"safety": {"chosen": 4}} when a labeler rated one answer: no direction, so
+    weighting counts it as missing (it used to stop training with 'expected {"chosen", "rejected"}')."""
+    data = jsonl(tmp_path / "e.jsonl", [trl(1, dimensions={"help": {"chosen": 5, "rejected": 2}, "safety": {"chosen": 4}})])
+    loaded = load_pairs(str(data))
+    pairs, report = apply_dimensions(loaded.pairs, {"help": 1.0, "safety": 1.0})
+    assert report.agree == 1 and report.missing == {"safety": 1}
+    from prefloop.data.dimensions import agreement_report
+    assert agreement_report(loaded.pairs)["single_scores"] == {}

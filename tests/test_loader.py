@@ -323,5 +323,5 @@ def test_a_trl_prompt_string_next_to_conversations_is_ignored_counted_and_report
     assert result.warnings.kinds == {"prompt_string_ignored": 1}  # the bad row 4 is skipped, not warned about
     (warning,) = result.warnings.problems
     assert (warning.file, warning.location, warning.field) == (str(path), "line 1", "prompt")
-    assert "1 pair(s) had a prompt string that is none of the user turns chosen and rejected share" in result.summary()
+    assert "1 pair had a prompt string that is none of the user turns chosen and rejected share" in result.summary()
     assert load_pairs(str(jsonl(tmp_path / "clean.jsonl", [trl(1), MIXED_LISTS]))).warnings.count == 0

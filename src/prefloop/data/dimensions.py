@@ -48,7 +48,9 @@ def is_comparative(entry) -> bool:
 
 def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
     """What is wrong with one `dimensions` entry, as (field, message, suggestion), or None when it is
-    usable: one number for the pair ({"accuracy": 5}) or {"chosen": number, "rejected": number}.
+    usable: one number for the pair ({"accuracy": 5}), {"chosen": number, "rejected": number}, or one side
+    only ({"chosen": 4}: one answer rated, as `prefloop export` writes it; it gives no direction and counts
+    as a missing score).
 
     The one check of dimension scores: the readers run it per row (a bad entry is a bad row with its
     file:line, counted under skip_bad_rows), so `data check` and training treat it identically."""
@@ -58,14 +60,13 @@ def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
         if len(missing) == 2:
             return (where, f"an object without 'chosen' and 'rejected' scores (keys: {sorted(entry)})",
                     'write {"chosen": 5, "rejected": 3}, or one number for the pair')
-        if missing:
-            return (where, f"has a score for {'chosen' if missing[0] == 'rejected' else 'rejected'} only, none for "
-                           f"{missing[0]}", 'give both answers\' scores, {"chosen": 5, "rejected": 3}')
         others = sorted(k for k in entry if k not in ("chosen", "rejected"))
         if others:
             return (where, f"unknown key(s) {', '.join(repr(k) for k in others)} (only 'chosen' and 'rejected' are read)",
                     "remove them, or move them to a field of their own")
         for side in ("chosen", "rejected"):
+            if side not in entry:  # one answer rated (the labeling app's export): no direction, counted as missing
+                continue
             problem = not_a_number(entry[side])
             if problem:
                 return f"{where}.{side}", problem, "write the score as a number"
@@ -77,15 +78,15 @@ def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
 
 
 def score_gap(pair: PreferencePair, name: str, strict: bool = True) -> float | None:
-    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it (or, with
-    strict=False, only one score for the pair rather than one per response).
+    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it or only one answer's
+    (or, with strict=False, only one score for the pair rather than one per response).
 
     Raises DataError (with the pair's file:line) when the entry is not {"chosen": number, "rejected": number}
     (strict), or when a score is not a number (`dimension_problem`; pairs read by the loader were checked).
     """
     entry = (pair.dimensions or {}).get(name)
-    if entry is None or (not strict and not is_comparative(entry)):
-        return None
+    if entry is None or (not strict and not is_comparative(entry)) or (isinstance(entry, dict) and not is_comparative(entry)):
+        return None  # no score, a single score (not strict), or one answer rated only: no direction
     if not is_comparative(entry):
         raise DataError(f"{_where(pair)}: field 'dimensions.{name}': expected {{\"chosen\": score, \"rejected\": "
                         f"score}}, got {entry!r} -> give both responses' scores for every dimension")
@@ -104,7 +105,7 @@ def dimension_names(pairs: Sequence[PreferencePair]) -> list[str]:
 def single_score_names(pairs: Sequence[PreferencePair]) -> dict[str, int]:
     """Dimensions given as one score for the whole pair ({"accuracy": 5}): name -> pairs. They carry no
     direction, so they take no part in agreement or weighting."""
-    counts = Counter(name for p in pairs for name, entry in (p.dimensions or {}).items() if not is_comparative(entry))
+    counts = Counter(name for p in pairs for name, entry in (p.dimensions or {}).items() if not isinstance(entry, dict))
     return dict(sorted(counts.items()))
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from prefloop.data.dimensions import dimension_problem
 from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair, not_a_number
+from prefloop.data.words import count
 
 # warn(kind, field, message, suggestion): a record was read, but something in it was ignored; `kind`
 # (one of WARNINGS) is what the loader counts.
@@ -48,9 +49,73 @@ WARNINGS = {
 }
 
 
+_MISSPELT = "misspelt_field:"
+_UNREAD = "unread_field:"
+
+
+def misspelt_kind(key: str, known: str) -> str:
+    """The warning kind for a record field `key` that looks like a misspelling of the field `known`."""
+    return f"{_MISSPELT}{key}:{known}"
+
+
+def unread_kind(key: str, fmt: str) -> str:
+    """The warning kind for a field `key` that some format reads but the record's format `fmt` does not."""
+    return f"{_UNREAD}{key}:{fmt}"
+
+
+def _warning_text(kind: str) -> str:
+    if kind.startswith(_UNREAD):
+        key, fmt = kind[len(_UNREAD):].rsplit(":", 1)
+        return (f"a field {key!r}, which the {fmt} format does not read (kept as an extra field, not used): "
+                f"write the record in a format that has {key!r}, or remove it")
+    if kind.startswith(_MISSPELT):
+        key, known = kind[len(_MISSPELT):].rsplit(":", 1)
+        return (f"a field {key!r}, which no format reads (kept as an extra field, not used): did you mean {known!r}? "
+                f"rename it, or it is left out of training")
+    return WARNINGS.get(kind, kind)
+
+
 def warning_lines(kinds: Mapping[str, int]) -> list[str]:
     """One line per warning kind: "N pair(s) had ..." (for the load summary and `data check`)."""
-    return [f"{n} pair(s) had {WARNINGS.get(kind, kind)}" for kind, n in kinds.items()]
+    return [f"{count(n, 'pair')} had {_warning_text(kind)}" for kind, n in kinds.items()]
+
+
+# Every field some reader takes from a record: an unread field one typo away from one of these is reported.
+KNOWN_FIELDS = ("conversations", "messages", "chosen", "rejected", "prompt", "instruction", "input", "system",
+                "history", "tools", "id", "weight", "margin", "dimensions", "source")
+
+
+def _typo_distance(a: str, b: str, limit: int) -> int:
+    """Edit distance with adjacent transpositions (optimal string alignment), case-insensitive; > limit as limit + 1."""
+    a, b = a.lower(), b.lower()
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        if min(row) > limit:
+            return limit + 1
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def closest_field(key: str, known: Iterable[str]) -> str | None:
+    """The field `key` is most likely a misspelling of (one edit or swap away, two for long names), or None.
+    Short names (under 4 letters) and exact matches are never reported."""
+    best, best_distance = None, None
+    for name in known:
+        if name == key or len(name) < 4:
+            continue
+        limit = 2 if len(name) >= 8 else 1
+        distance = _typo_distance(key, name, limit)
+        if distance <= limit and (best_distance is None or distance < best_distance):
+            best, best_distance = name, distance
+    return best
 
 
 def _no_warning(kind: str, field: str, message: str, suggestion: str) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader, warning_lines
+from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, RecordError, closest_field, make_reader, misspelt_kind,
+                                   unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import DataError, json_error_text
@@ -335,6 +336,10 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
 
     read = make_reader(source.spec, warn)
     count = 0
+    # A field no reader takes that is one typo away from one they do ("sytem", "histroy") would be kept as an
+    # extra and never used: warn (once per field name in the summary, counted per pair).
+    known_fields = (*KNOWN_FIELDS, *source.spec.columns.values())
+    typos: dict[str, str | None] = {}
     # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
     # column would otherwise drop every system prompt without a word.
     declared = {name: column for name, column in source.spec.columns.items() if name in _OPTIONAL_COLUMNS}
@@ -372,6 +377,16 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
+            for key in pair.extra:
+                if key in known_fields:
+                    warn(unread_kind(key, fmt), key, f"field {key!r} is not read in the {fmt} format; it is kept as "
+                         "an extra field and not used", f"write the record in a format that has {key!r}, or remove it")
+                    continue
+                if key not in typos:
+                    typos[key] = closest_field(key, known_fields)
+                if typos[key] is not None:
+                    warn(misspelt_kind(key, typos[key]), key, f"field {key!r} is read by no format (did you mean "
+                         f"{typos[key]!r}?); it is kept as an extra field and not used", f"rename it to {typos[key]!r}")
             for warning, field_name, message, suggestion in pending:
                 warnings.add(warning, Problem(file_name, record_lines.location(kind, number), field_name, message, suggestion))
             if pair.extra.get("tie") is True:  # kept on the user's request (the exporters' opt-in), never unreported
