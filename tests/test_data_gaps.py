@@ -28,7 +28,7 @@ BAD_NUMBERS = [
     ('"dimensions": {"help": {"chosen": 1, "rejected": NaN}}', "dimensions.help.rejected", "not a finite number"),
     ({"dimensions": {"help": {"chosen": "3"}}}, "dimensions.help.chosen", "string"),
     ({"dimensions": {"help": {"score": 3}}}, "dimensions.help", "without 'chosen' and 'rejected'"),
-    ({"dimensions": {"help": {"chosen": 3, "rejected": 1, "why": "x"}}}, "dimensions.help", "unknown key(s) 'why'"),
+    ({"dimensions": {"help": {"chosen": 3, "rejected": 1, "why": "x"}}}, "dimensions.help", "unknown key 'why'"),
     ({"dimensions": {"help": "5"}}, "dimensions.help", "string"),
     ({"weight": True}, "weight", "boolean"),
     ({"margin": "0.5"}, "margin", "string"),
@@ -108,7 +108,7 @@ def _info(tmp_path, entry):
     ({"folder": "data"}, "'folder' (a folder of a hub dataset repository) is not supported"),
     ({"revision": "v1"}, "'revision' (a revision of a hub dataset) is not supported"),
     ({"split": "test"}, "'split': 'test' is not supported"),
-    ({"num_samples": 3}, "num_samples 3, but it has only 2 usable pair(s)"),
+    ({"num_samples": 3}, "num_samples 3, but it has only 2 usable pairs"),
 ])
 def test_dataset_info_keys_prefloop_does_not_read_are_refused(tmp_path, capsys, entry, words):
     _info(tmp_path, entry)
@@ -149,3 +149,14 @@ def test_one_answer_rated_is_a_missing_score_not_a_single_score(tmp_path):
     assert report.agree == 1 and report.missing == {"safety": 1}
     from prefloop.data.dimensions import agreement_report
     assert agreement_report(loaded.pairs)["single_scores"] == {}
+
+
+def test_counts_in_messages_agree_with_their_number(tmp_path):
+    from prefloop.data.words import count
+
+    assert [count(1, "row"), count(0, "row"), count(3, "bad row"), count(2, "entry")] == ["1 row", "0 rows", "3 bad rows", "2 entries"]
+    data = jsonl(tmp_path / "one.jsonl", [trl(1), "{oops"])
+    loaded = load_pairs(str(data), skip_bad_rows=True)
+    assert "1 pair from 1 file (formats" in loaded.summary() and "skipped 1 bad row:" in loaded.summary()
+    with pytest.raises(DataError, match=r"^1 problem reading dataset"):
+        load_pairs(str(data))

@@ -32,6 +32,7 @@ from typing import Sequence
 
 from prefloop.data.schema import PreferencePair, not_a_number
 from prefloop.errors import ConfigError, DataError
+from prefloop.data.words import count, plural
 
 AGREES, DISAGREES, NO_SIGNAL = 1, 0, -1
 CONTRADICTION_WARN = 0.5  # warn when two dimensions disagree on more than this share of the pairs both decide
@@ -62,7 +63,7 @@ def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
                     'write {"chosen": 5, "rejected": 3}, or one number for the pair')
         others = sorted(k for k in entry if k not in ("chosen", "rejected"))
         if others:
-            return (where, f"unknown key(s) {', '.join(repr(k) for k in others)} (only 'chosen' and 'rejected' are read)",
+            return (where, f"{plural('unknown key', len(others))} {', '.join(repr(k) for k in others)} (only 'chosen' and 'rejected' are read)",
                     "remove them, or move them to a field of their own")
         for side in ("chosen", "rejected"):
             if side not in entry:  # one answer rated (the labeling app's export): no direction, counted as missing
@@ -144,9 +145,9 @@ class DimensionReport:
     missing: Counter = field(default_factory=Counter)  # dimension -> pairs scored on others but not on it
 
     def summary(self) -> str:
-        text = (f"dimensions: {self.pairs} pairs, {self.agree} agree with the weighted scores, {self.conflicts} "
+        text = (f"dimensions: {count(self.pairs, 'pair')}, {self.agree} agree with the weighted scores, {self.conflicts} "
                 f"contradict them ({self.flipped} flipped, {self.dropped} dropped, {self.kept_against} kept as "
-                f"labeled), {self.ties} ties ({self.ties_dropped} dropped)")
+                f"labeled), {count(self.ties, 'tie')} ({self.ties_dropped} dropped)")
         if self.without_dimensions:
             text += f", {self.without_dimensions} without dimension scores (kept as labeled)"
         if self.missing:

@@ -76,7 +76,7 @@ def _warning_text(kind: str) -> str:
 
 
 def warning_lines(kinds: Mapping[str, int]) -> list[str]:
-    """One line per warning kind: "N pair(s) had ..." (for the load summary and `data check`)."""
+    """One line per warning kind: "N pairs had ..." (for the load summary and `data check`)."""
     return [f"{count(n, 'pair')} had {_warning_text(kind)}" for kind, n in kinds.items()]
 
 

@@ -22,6 +22,7 @@ from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, RecordError, clos
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import DataError, json_error_text
+from prefloop.data.words import count, plural
 
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
@@ -96,7 +97,7 @@ class WarningReport:
             self.problems.append(problem)
 
     def lines(self) -> list[str]:
-        """One line per kind: "N pair(s) had ..." """
+        """One line per kind: "N pairs had ..." """
         return warning_lines(dict(self.kinds.most_common()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,9 +120,9 @@ class LoadResult:
 
     def summary(self) -> str:
         formats = ", ".join(f"{name} {n}" for name, n in self.format_counts.most_common()) or "none"
-        text = f"{len(self.pairs)} pairs from {len(self.files)} file(s) (formats: {formats})"
+        text = f"{count(len(self.pairs), 'pair')} from {count(len(self.files), 'file')} (formats: {formats})"
         if self.skipped.count:
-            text += f"; skipped {self.skipped.count} bad row(s): " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
+            text += f"; skipped {count(self.skipped.count, 'bad row')}: " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
         if self.warnings.count:
             text += "; " + "; ".join(self.warnings.lines())
         return text
@@ -334,8 +335,8 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     def warn(kind: str, field_name: str, message: str, suggestion: str) -> None:
         pending.append((kind, field_name, message, suggestion))
 
-    read = make_reader(source.spec, warn)
-    count = 0
+    read_record = make_reader(source.spec, warn)
+    read = 0
     # A field no reader takes that is one typo away from one they do ("sytem", "histroy") would be kept as an
     # extra and never used: warn (once per field name in the summary, counted per pair).
     known_fields = (*KNOWN_FIELDS, *source.spec.columns.values())
@@ -346,7 +347,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     seen_keys: set[str] = set()
     complete = True  # every record of every file was looked at
     for path in source.files:
-        if limit is not None and count >= limit:
+        if limit is not None and read >= limit:
             complete = False
             break
         # Stable default ids: "stem:line"; the whole path if another file already uses the stem.
@@ -373,7 +374,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 seen_keys.update(record)
             pending.clear()
             try:
-                fmt, pair = read(record)
+                fmt, pair = read_record(record)
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
@@ -399,23 +400,23 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 pair.source = f"{file_name}:{number}" if kind == "line" else f"{file_name}#{number}"
             pairs.append(pair)
             formats[fmt] += 1
-            count += 1
-            if limit is not None and count >= limit:
+            read += 1
+            if limit is not None and read >= limit:
                 complete = False
                 break
-    if source.num_samples is not None and complete and count < source.num_samples:
+    if source.num_samples is not None and complete and read < source.num_samples:
         raise DataError(
             f"dataset {source.name!r}: dataset_info.json asks for num_samples {source.num_samples}, but it has only "
-            f"{count} usable pair(s); LLaMA-Factory would repeat random pairs to reach {source.num_samples}, prefloop "
-            f"does not: set num_samples to {count} or less, or remove it")
+            f"{count(read, 'usable pair')}; LLaMA-Factory would repeat random pairs to reach {source.num_samples}, prefloop "
+            f"does not: set num_samples to {read} or less, or remove it")
     missing = {name: column for name, column in declared.items() if column not in seen_keys}
-    if missing and complete and count:
+    if missing and complete and read:
         names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
         raise DataError(
-            f"dataset {source.name!r}: dataset_info.json declares the column(s) {names}, but no record of "
-            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the column name(s) or remove "
-            "them from 'columns' (their text would be left out of every prompt)")
-    return count
+            f"dataset {source.name!r}: dataset_info.json declares {plural('the column', len(missing))} {names}, but no record of "
+            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the {plural('column name', len(missing))} or remove "
+            f"{'it' if len(missing) == 1 else 'them'} from 'columns' (their text would be left out of every prompt)")
+    return read
 
 
 def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = False, max_samples: int | None = None,
@@ -443,14 +444,14 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
     if problems.count and not skip_bad_rows:
         raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
-        detail = f"; {problems.count} bad row(s) were skipped: " + "; ".join(problems.reasons) if problems.count else ""
+        detail = f"; {count(problems.count, 'bad row')} {plural('was', problems.count)} skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
     return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset,
                       warnings=warnings)
 
 
 def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
-    lines = [f"{problems.count} problem(s) reading dataset {dataset!r}:"]
+    lines = [f"{count(problems.count, 'problem')} reading dataset {dataset!r}:"]
     lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
     if problems.count > MAX_LISTED_PROBLEMS:
         lines.append(f"  ... and {problems.count - MAX_LISTED_PROBLEMS} more")
