@@ -160,3 +160,27 @@ def test_counts_in_messages_agree_with_their_number(tmp_path):
     assert "1 pair from 1 file (formats" in loaded.summary() and "skipped 1 bad row:" in loaded.summary()
     with pytest.raises(DataError, match=r"^1 problem reading dataset"):
         load_pairs(str(data))
+
+
+@pytest.mark.parametrize("columns", [
+    {"prompt": ["q1", "q2", "q3"]},
+    {"instruction": ["q1", "q2", "q3"]},
+    {"conversations": [[{"from": "human", "value": f"q{i}"}] for i in range(3)]},
+    {},  # HH transcripts / TRL conversational: chosen alone carries the prompt
+])
+def test_parquet_rows_with_a_null_answer_are_counted_bad_rows(tmp_path, columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if columns:
+        chosen, rejected = ["a1", None, "a3"], ["b1", "b2", None]
+    else:
+        chosen = ["\n\nHuman: q1\n\nAssistant: a1", None, "\n\nHuman: q3\n\nAssistant: a3"]
+        rejected = ["\n\nHuman: q1\n\nAssistant: b1", "\n\nHuman: q2\n\nAssistant: b2", None]
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({**columns, "chosen": chosen, "rejected": rejected}), path)
+    loaded = load_pairs(str(path), skip_bad_rows=True)
+    assert len(loaded.pairs) == 1 and loaded.skipped.count == 2
+    first, second = (str(p) for p in loaded.skipped.problems)
+    assert first.startswith(f"{path} (record 2): field 'chosen': 'chosen' is null (an empty cell or JSON null)")
+    assert second.startswith(f"{path} (record 3): field 'rejected': 'rejected' is null")

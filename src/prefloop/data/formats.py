@@ -239,8 +239,19 @@ class FormatSpec:
 AUTO = FormatSpec()
 
 
+def _absent(record: Mapping[str, Any], key: str, what: str) -> RecordError:
+    """The error for an answer `key` that is missing, or present but null (an empty parquet/CSV cell, JSON null)."""
+    if key in record:
+        return RecordError(key, f"{key!r} is null (an empty cell or JSON null), so the pair has no {what} answer",
+                           f"fill in {key!r}, or leave the row out (--skip-bad-rows / skip_bad_rows: true counts it)")
+    return RecordError(key, f"missing field {key!r}", f"add {key!r}: the {what} answer as a string or message object")
+
+
 def detect_format(record: Mapping[str, Any]) -> str:
     """The format of one record from its keys and value types (see FORMATS); RecordError if none fits."""
+    for key, what in (("chosen", "preferred"), ("rejected", "dispreferred")):
+        if key in record and record[key] is None:
+            raise _absent(record, key, what)
     if "conversations" in record or ("messages" in record and not _trl_with_messages_column(record)):
         chosen = record.get("chosen")
         return "sharegpt" if isinstance(chosen, (dict, list)) else "seed"
@@ -577,6 +588,10 @@ class _ConversationReader:
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
         check_prompt(prompt, key)
         raw_chosen = record.get(self.chosen_key)
+        for key, value, what in ((self.chosen_key, raw_chosen, "preferred"),
+                                 (self.rejected_key, record.get(self.rejected_key), "dispreferred")):
+            if value is None:
+                raise _absent(record, key, what)
         chosen = _answer(raw_chosen, self.roles, self.chosen_key)
         rejected = _answer(record.get(self.rejected_key), self.roles, self.rejected_key)
         pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
@@ -716,7 +731,7 @@ class _TrlReader:
         raw_rejected = record.get(self.rejected_key)
         for key, value in ((self.chosen_key, raw_chosen), (self.rejected_key, raw_rejected)):
             if value is None:
-                raise RecordError(key, f"missing field {key!r}", f"add {key!r} as a string or a list of role/content turns")
+                raise _absent(record, key, "preferred" if key == self.chosen_key else "dispreferred")
             if not isinstance(value, (str, list)):
                 raise RecordError(key, f"{key!r} must be a string or a list of turns, got {_type_name(value)}", f"write {key!r} as a string")
         if type(raw_chosen) is not type(raw_rejected):
