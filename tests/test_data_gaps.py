@@ -184,3 +184,25 @@ def test_parquet_rows_with_a_null_answer_are_counted_bad_rows(tmp_path, columns)
     first, second = (str(p) for p in loaded.skipped.problems)
     assert first.startswith(f"{path} (record 2): field 'chosen': 'chosen' is null (an empty cell or JSON null)")
     assert second.startswith(f"{path} (record 3): field 'rejected': 'rejected' is null")
+
+
+def test_per_answer_scores_are_checked_and_compared_with_the_label(tmp_path, capsys):
+    rows = [trl(1, chosen_score=8, rejected_score=3),
+            trl(2, chosen_score=2, rejected_score=7),            # scores say rejected is better
+            trl(3, score_chosen=5.0, score_rejected=5.0),        # UltraFeedback-binarized names, a tie
+            trl(4, chosen_score=6),                              # one side only
+            trl(5, chosen_score="8", rejected_score=1),          # a string
+            trl(6, chosen_scor=1)]                               # a typo of a score field
+    data = jsonl(tmp_path / "s.jsonl", rows)
+    loaded = load_pairs(str(data), skip_bad_rows=True)
+    assert [p.chosen for p in loaded.pairs] == ["good 1", "good 2", "good 3", "good 6"]  # read as labeled
+    assert loaded.pairs[1].extra == {"chosen_score": 2, "rejected_score": 7}  # kept (written back by --write-clean)
+    problems = [str(p) for p in loaded.skipped.problems]
+    assert problems[0].startswith(f"{data}:4: field 'rejected_score': 'chosen_score' is given but 'rejected_score' is not")
+    assert problems[1].startswith(f"{data}:5: field 'chosen_score': 'chosen_score' must be a finite number: '8' is a string")
+    assert loaded.warnings.kinds["scores_contradict_label"] == 1 and loaded.warnings.kinds["scores_tied"] == 1
+    text = " ".join(loaded.warnings.lines())
+    assert "1 pair had chosen/rejected scores that rate the rejected answer higher: read as labeled" in text
+    assert "did you mean 'chosen_score'?" in text
+    assert main(["data", "check", str(data), "--skip-bad-rows"]) == 0
+    assert "rate the rejected answer higher" in capsys.readouterr().out

@@ -43,6 +43,12 @@ Warn = Callable[[str, str, str, str], None]
 WARNINGS = {
     "prompt_string_ignored": "a prompt string that is none of the user turns chosen and rejected share "
                              "(ignored: the shared turns are the prompt, as TRL reads it)",
+    "scores_contradict_label": "chosen/rejected scores that rate the rejected answer higher: read as labeled "
+                               "(chosen is preferred), as TRL and LLaMA-Factory read it; if the scores are right, swap "
+                               "chosen and rejected in the file, or give them as `dimensions` and let pref_dimensions "
+                               "(dimension_conflicts: flip) direct the pair",
+    "scores_tied": "equal chosen/rejected scores: read as labeled (chosen is preferred); leave ties out of the file "
+                   "to train on preferences only",
     "tie_read_in_order": "a tie (\"tie\": true, as `export --include-ties` and `pairs-from-ratings --ties keep` "
                          "write them on request): read as chosen > rejected in the file's order (or as "
                          "pref_dimensions decide); leave ties out of the file to train on preferences only",
@@ -83,6 +89,37 @@ def warning_lines(kinds: Mapping[str, int]) -> list[str]:
 # Every field some reader takes from a record: an unread field one typo away from one of these is reported.
 KNOWN_FIELDS = ("conversations", "messages", "chosen", "rejected", "prompt", "instruction", "input", "system",
                 "history", "tools", "id", "weight", "margin", "dimensions", "source")
+
+
+# Per-answer scores (UltraFeedback-binarized writes score_chosen/score_rejected): kept with the pair (`extra`),
+# checked, and compared with the label; the label decides, as in TRL and LLaMA-Factory (which ignore them).
+SCORE_FIELDS = (("chosen_score", "rejected_score"), ("score_chosen", "score_rejected"))
+
+
+def check_scores(extra: Mapping[str, Any], warn: Warn) -> None:
+    """Check a pair's per-answer scores (SCORE_FIELDS) in its unread fields: both must be numbers (RecordError
+    otherwise, one alone included: no comparison can be made); a higher rejected score or a tie is warned
+    about (kinds "scores_contradict_label", "scores_tied"), the pair is read as labeled."""
+    for chosen_key, rejected_key in SCORE_FIELDS:
+        present = [k for k in (chosen_key, rejected_key) if extra.get(k) is not None]
+        if not present:
+            continue
+        if len(present) == 1:
+            other = rejected_key if present[0] == chosen_key else chosen_key
+            raise RecordError(other, f"{present[0]!r} is given but {other!r} is not: one score cannot be compared",
+                              f"add {other!r}, or remove {present[0]!r}")
+        for key in present:
+            problem = not_a_number(extra[key])
+            if problem:
+                raise RecordError(key, f"{key!r} must be a finite number: {problem}", f"write {key!r} as a number")
+        chosen, rejected = extra[chosen_key], extra[rejected_key]
+        if rejected > chosen:
+            warn("scores_contradict_label", rejected_key, f"{rejected_key!r} ({rejected}) is higher than {chosen_key!r} "
+                 f"({chosen}); the pair is read as labeled (chosen preferred)",
+                 "swap chosen and rejected if the scores are right, or drop the pair")
+        elif rejected == chosen:
+            warn("scores_tied", rejected_key, f"{chosen_key!r} and {rejected_key!r} are equal ({chosen}); read as labeled",
+                 "leave ties out of the file")
 
 
 def _typo_distance(a: str, b: str, limit: int) -> int:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, RecordError, closest_field, make_reader, misspelt_kind,
-                                   unread_kind, warning_lines)
+from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, SCORE_FIELDS, RecordError, check_scores, closest_field,
+                                   make_reader, misspelt_kind, unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import DataError, json_error_text
@@ -340,6 +340,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     # A field no reader takes that is one typo away from one they do ("sytem", "histroy") would be kept as an
     # extra and never used: warn (once per field name in the summary, counted per pair).
     known_fields = (*KNOWN_FIELDS, *source.spec.columns.values())
+    score_fields = {key for both in SCORE_FIELDS for key in both}
     typos: dict[str, str | None] = {}
     # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
     # column would otherwise drop every system prompt without a word.
@@ -375,6 +376,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             pending.clear()
             try:
                 fmt, pair = read_record(record)
+                check_scores(pair.extra, warn)
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
@@ -383,8 +385,10 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                     warn(unread_kind(key, fmt), key, f"field {key!r} is not read in the {fmt} format; it is kept as "
                          "an extra field and not used", f"write the record in a format that has {key!r}, or remove it")
                     continue
+                if key in score_fields:
+                    continue
                 if key not in typos:
-                    typos[key] = closest_field(key, known_fields)
+                    typos[key] = closest_field(key, (*known_fields, *score_fields))
                 if typos[key] is not None:
                     warn(misspelt_kind(key, typos[key]), key, f"field {key!r} is read by no format (did you mean "
                          f"{typos[key]!r}?); it is kept as an extra field and not used", f"rename it to {typos[key]!r}")
