@@ -376,7 +376,8 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             pending.clear()
             try:
                 fmt, pair = read_record(record)
-                check_scores(pair.extra, warn)
+                if pair.extra:
+                    check_scores(pair.extra, warn)
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
