@@ -183,7 +183,7 @@ def test_no_usable_pairs_exits_1(capsys, tmp_path):
     assert "No usable pairs" in captured.out and "no usable pairs" in captured.err
     data.write_text("{broken\n")
     assert main(["data", "check", str(data), "--skip-bad-rows"]) == 1
-    assert "skipped bad rows: 1" in capsys.readouterr().out
+    assert "skipped: 1 bad row" in capsys.readouterr().out
 
 
 def test_unknown_dataset_and_options_needing_a_tokenizer(capsys, tmp_path):
@@ -206,7 +206,7 @@ def test_token_report_names_what_encoding_will_fix_or_drop(capsys, tokenizer_dir
     assert code == 0 and tokens["encoded"] == 1 and tokens["end_of_turn_in_text"] == 1
     assert tokens["not_encodable"][0]["reason"].startswith("identical answers")
     assert main(["data", "check", str(data), "--tokenizer", tokenizer_dir]) == 0
-    assert "1 pairs end replies with the end-of-turn/EOS token written as text" in capsys.readouterr().out
+    assert "1 pair ends replies with the end-of-turn/EOS token written as text" in capsys.readouterr().out
     (tmp_path / "dataset_info.json").write_text(json.dumps({"p": {
         "file_name": "prefs.jsonl", "formatting": "trl", "ranking": True,
         "columns": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system_prompt"}}}))
@@ -227,4 +227,4 @@ def test_ignored_trl_prompt_strings_are_counted_in_the_report(capsys, tmp_path):
     assert main(["data", "check", str(data)]) == 0
     text = capsys.readouterr().out
     assert "pairs read with a warning: 1" in text
-    assert "1 pair(s) had a prompt string that is none of the user turns chosen and rejected share" in text
+    assert "1 pair had a prompt string that is none of the user turns chosen and rejected share" in text

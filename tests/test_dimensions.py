@@ -176,7 +176,7 @@ def test_pairs_from_ratings_helpsteer_rows_and_located_errors(tmp_path, capsys):
     out = tmp_path / "pairs.jsonl"
     assert cli_main(["data", "pairs-from-ratings", str(src), "--out", str(out)]) == 0
     assert read_pairs(out) == [("Explain rain.", "Water falls from clouds.", "Magic.")]
-    assert "1 prompts with fewer than 2 usable responses" in capsys.readouterr().out
+    assert "1 prompt with fewer than 2 usable responses" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ULTRAFEEDBACK[0]) + "\n" + json.dumps(
         {"instruction": "x", "completions": [{"response": "y", "annotations": {"helpfulness": {"Rating": "great"}}}]}) + "\n")

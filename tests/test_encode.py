@@ -148,7 +148,7 @@ def test_oldest_turns_are_dropped_first(chatml):
     shorter = pair([SYSTEM, *history[2:]], chosen="Yes.", rejected="No.")
     assert_exact(encoded[0], tokenizer, template, shorter)
     assert encoded[0].prompt_truncated and not encoded[0].response_truncated
-    assert "1 prompts truncated (1 oldest turns dropped" in report.summary()
+    assert "1 prompt truncated (1 oldest turn dropped" in report.summary()
 
 
 def test_prompt_is_cut_from_the_left_keeping_system_and_markup(chatml):
@@ -464,7 +464,7 @@ def test_empty_answers_are_kept_and_counted(chatml):
     p = pair(TURNS[-1:], chosen="Berlin.", rejected="  ")
     encoded, report = encode_pairs([p], tokenizer, template)
     assert_exact(encoded[0], tokenizer, template, p)
-    assert report.empty_responses == 1 and "have an empty answer" in report.summary()
+    assert report.empty_responses == 1 and "1 pair has an empty answer" in report.summary()
 
 
 def test_pad_token_equal_to_eos_does_not_mask_the_final_eos():

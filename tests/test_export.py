@@ -145,7 +145,7 @@ def test_the_export_round_trips_through_the_loader_and_exporting_twice_gives_the
         [(p.id, [(m.role, m.content) for m in p.prompt], p.chosen, p.rejected, p.dimensions) for p in pairs]
     assert [p.extra.get("tie") for p in loaded] == [None, True, None, None]
     # the tie was asked for (--include-ties): read in the file's order, and counted in the load summary
-    assert result.warnings.kinds["tie_read_in_order"] == 1 and "1 pair(s) had a tie" in result.summary()
+    assert result.warnings.kinds["tie_read_in_order"] == 1 and "1 pair had a tie" in result.summary()
     assert loaded[0].extra["annotators"] == ["ann", "bob", "cat"]
 
 

@@ -401,7 +401,7 @@ def test_undetectable_record_says_what_formats_exist():
         ({"conversations": [{"from": "user", "value": 3}], "chosen": "a", "rejected": "b"}, "conversations[0].value", "content must be a string"),
         ({"conversations": "hello", "chosen": "a", "rejected": "b"}, "conversations", "must be a list of turns"),
         ({"conversations": [], "chosen": "a", "rejected": "b"}, "conversations", "no user turn"),
-        ({"conversations": [{"from": "user", "value": "q"}], "chosen": "a", "rejected": None}, "rejected", "missing field 'rejected'"),
+        ({"conversations": [{"from": "user", "value": "q"}], "chosen": "a", "rejected": None}, "rejected", "'rejected' is null"),
         ({"prompt": "q", "chosen": "a", "rejected": "b", "weight": "high"}, "weight", "must be a finite number"),
         ({"prompt": "q", "chosen": "a", "rejected": "b", "weight": -1}, "weight", ">= 0"),
         ({"prompt": "q", "chosen": "a", "rejected": "b", "dimensions": [1, 2]}, "dimensions", "must be an object"),

@@ -764,5 +764,5 @@ def test_skipped_bad_rows_are_listed_with_file_and_line(tmp_path, tiny_model_dir
         f.write('{"conversations": [oops\n')
     prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", skip_bad_rows=True, max_steps=1))
     out = capsys.readouterr().out
-    assert "skipped 1 bad row(s)" in out
+    assert "skipped 1 bad row:" in out
     assert re.search(rf"^    {re.escape(str(data))}:5: malformed JSON at column \d+", out, re.M), out

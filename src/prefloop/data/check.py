@@ -19,6 +19,7 @@ from prefloop.data.quality import QualityReport, run_quality_checks
 from prefloop.data.registry import CHECK_OPTIONS
 from prefloop.data.schema import REASONING_FIELDS, PreferencePair
 from prefloop.errors import ConfigError
+from prefloop.data.words import count, plural
 
 
 def distribution(values: Sequence[int]) -> dict[str, float]:
@@ -152,15 +153,15 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
     lines = [f"Dataset {dataset}"]
     for ds in report["datasets"]:
         if ds["files"] == [ds["name"]]:
-            lines.append(f"  {ds['pairs']} pairs (formatting: {ds['formatting']})")
+            lines.append(f"  {count(ds['pairs'], 'pair')} (formatting: {ds['formatting']})")
             continue
         files = ", ".join(ds["files"][:5]) + (f" (+{len(ds['files']) - 5} more)" if len(ds["files"]) > 5 else "")
-        lines.append(f"  {ds['name']}: {ds['pairs']} pairs from {files} (formatting: {ds['formatting']})")
+        lines.append(f"  {ds['name']}: {count(ds['pairs'], 'pair')} from {files} (formatting: {ds['formatting']})")
     formats = ", ".join(f"{k} {v}" for k, v in report["formats"].items()) or "none"
     lines.append(f"  pairs: {report['pairs']}   formats detected: {formats}")
     skipped = report["skipped"]
     if skipped["count"]:
-        lines.append(f"  skipped bad rows: {skipped['count']}")
+        lines.append(f"  skipped: {count(skipped['count'], 'bad row')}")
         for reason, n in list(skipped["reasons"].items())[:10]:
             lines.append(f"    {n:>6}  {reason}")
         for p in skipped["first"][:5]:
@@ -200,29 +201,29 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
             if d:
                 lines.append(f"  {part:10}{d['min']:>8}{d['median']:>9g}{d['p95']:>8}{d['max']:>8}")
         if tokens["not_encodable"]:
-            lines.append(f"  {len(tokens['not_encodable'])} pairs cannot be encoded, e.g. "
+            lines.append(f"  {count(len(tokens['not_encodable']), 'pair')} cannot be encoded, e.g. "
                          + "; ".join(f"{d['id']}: {d['reason']}" for d in tokens["not_encodable"][:3]))
         if tokens.get("fields_not_rendered"):
-            lines.append(f"  {tokens['fields_not_rendered']} pairs refused: their prompts or answers have tool calls, tool "
+            lines.append(f"  {count(tokens['fields_not_rendered'], 'pair')} refused: their prompts or answers have tool calls, tool "
                          f"results, names or reasoning that the {tokens['template']} template does not render")
         if tokens.get("tools_ignored"):
-            lines.append(f"  {tokens['tools_ignored']} pairs have tools that this template does not render")
+            lines.append(f"  {count(tokens['tools_ignored'], 'pair')} {plural('has', tokens['tools_ignored'])} tools that this template does not render")
         if tokens.get("end_of_turn_in_text"):
-            lines.append(f"  {tokens['end_of_turn_in_text']} pairs end replies with the end-of-turn/EOS token written "
+            lines.append(f"  {count(tokens['end_of_turn_in_text'], 'pair')} {'ends' if tokens['end_of_turn_in_text'] == 1 else 'end'} replies with the end-of-turn/EOS token written "
                          "as text; training removes it (the template writes one)")
         if tokens.get("control_tokens_in_text"):
             shown = ", ".join(repr(t) for t in tokens["control_tokens_seen"][:3])
-            lines.append(f"  {tokens['control_tokens_in_text']} pairs have chat-template control tokens ({shown}) in "
+            lines.append(f"  {count(tokens['control_tokens_in_text'], 'pair')} {plural('has', tokens['control_tokens_in_text'])} chat-template control tokens ({shown}) in "
                          "their text: already rendered with a template? give plain text (prefloop renders it)")
         if tokens.get("boundary_moved"):
-            lines.append(f"  {tokens['boundary_moved']} pairs: the tokenizer merges the end of the prompt with the "
+            lines.append(f"  {count(tokens['boundary_moved'], 'pair')}: the tokenizer merges the end of the prompt with the "
                          "start of the answer; the merged token is trained as part of the answer")
         cut = tokens.get("cutoff")
         if cut:
-            lines.append(f"  cutoff_len {cut['cutoff_len']}: {cut['over_cutoff']} pairs are longer; "
-                         f"{cut['prompt_truncated']} prompts truncated "
-                         f"({cut['turns_dropped']} oldest turns dropped), {cut['response_truncated']} pairs with "
-                         f"responses cut, {cut['dropped']} pairs dropped, {cut['kept']} kept")
+            lines.append(f"  cutoff_len {cut['cutoff_len']}: {count(cut['over_cutoff'], 'pair')} {plural('is', cut['over_cutoff'])} longer; "
+                         f"{count(cut['prompt_truncated'], 'prompt')} truncated "
+                         f"({count(cut['turns_dropped'], 'oldest turn')} dropped), {count(cut['response_truncated'], 'pair')} with "
+                         f"responses cut, {count(cut['dropped'], 'pair')} dropped, {cut['kept']} kept")
             for reason, n in cut["drop_reasons"].items():
                 lines.append(f"    {n:>6} dropped: {reason}")
             if cut["dropped_ids"]:
@@ -247,13 +248,13 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
                 detail = f": {ex['detail']}" if ex.get("detail") else ""
                 lines.append(f"          {label} {ex['id']} ({ex['source']}){detail}")
     lines.append("")
-    lines.append(f"Result: {quality['passing']} of {quality['total']} pairs pass the quality checks; "
+    lines.append(f"Result: {quality['passing']} of {count(quality['total'], 'pair')} pass the quality checks; "
                  f"{report['usable_pairs']} usable for training"
                  + (f" at cutoff_len {tokens['cutoff']['cutoff_len']}" if tokens and tokens.get("cutoff") else "") + ".")
     clean = report.get("write_clean")
     if clean:
         removed = ", ".join(f"{n} {check}" for check, n in clean["removed_by_check"].items()) or "nothing"
-        lines.append(f"Wrote {clean['written']} pairs to {clean['path']} (removed: {removed}).")
+        lines.append(f"Wrote {count(clean['written'], 'pair')} to {clean['path']} (removed: {removed}).")
     if report["usable_pairs"] == 0:
         lines.append("No usable pairs: this data cannot be trained on. Fix the problems above.")
     return "\n".join(lines)
@@ -265,17 +266,17 @@ def _dimension_lines(dims: dict | None) -> list[str]:
         return []
     single = dims.get("single_scores") or {}
     note = (["  one score per pair (no direction, not compared): "
-             + ", ".join(f"{name} in {n} pairs" for name, n in single.items())] if single else [])
+             + ", ".join(f"{name} in {count(n, 'pair')}" for name, n in single.items())] if single else [])
     if "per_dimension" not in dims:
         return ["", "Dimensions"] + note
-    lines = ["", f"Dimensions ({dims['pairs_with_dimensions']} pairs with scores; agreement with {dims['combined']})"]
+    lines = ["", f"Dimensions ({count(dims['pairs_with_dimensions'], 'pair')} with scores; agreement with {dims['combined']})"]
     lines.append(f"  {'':16}{'scored':>8}{'agree':>8}{'disagree':>10}{'ties':>7}{'agreement':>11}")
     for name, d in dims["per_dimension"].items():
         share = "-" if d["agreement"] is None else f"{d['agreement']:.3f}"
         lines.append(f"  {name[:16]:16}{d['scored']:>8}{d['agree']:>8}{d['disagree']:>10}{d['ties']:>7}{share:>11}")
     for c in dims["contradictions"]:
         lines.append(f"  {c['dimensions'][0]} vs {c['dimensions'][1]}: contradict in {c['contradict']:.3f} of "
-                     f"{c['pairs']} pairs both decide")
+                     f"{count(c['pairs'], 'pair')} both decide")
     lines += [f"  [WARN ] {w}" for w in dims["warnings"]]
     return lines + note
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from prefloop.data.schema import PreferencePair
+from prefloop.data.schema import PreferencePair, not_a_number
 from prefloop.errors import ConfigError, DataError
+from prefloop.data.words import count, plural
 
 AGREES, DISAGREES, NO_SIGNAL = 1, 0, -1
 CONTRADICTION_WARN = 0.5  # warn when two dimensions disagree on more than this share of the pairs both decide
@@ -47,27 +47,55 @@ def is_comparative(entry) -> bool:
     return isinstance(entry, dict) and "chosen" in entry and "rejected" in entry
 
 
+def dimension_problem(name: str, entry: object) -> tuple[str, str, str] | None:
+    """What is wrong with one `dimensions` entry, as (field, message, suggestion), or None when it is
+    usable: one number for the pair ({"accuracy": 5}), {"chosen": number, "rejected": number}, or one side
+    only ({"chosen": 4}: one answer rated, as `prefloop export` writes it; it gives no direction and counts
+    as a missing score).
+
+    The one check of dimension scores: the readers run it per row (a bad entry is a bad row with its
+    file:line, counted under skip_bad_rows), so `data check` and training treat it identically."""
+    where = f"dimensions.{name}"
+    if isinstance(entry, dict):
+        missing = [side for side in ("chosen", "rejected") if side not in entry]
+        if len(missing) == 2:
+            return (where, f"an object without 'chosen' and 'rejected' scores (keys: {sorted(entry)})",
+                    'write {"chosen": 5, "rejected": 3}, or one number for the pair')
+        others = sorted(k for k in entry if k not in ("chosen", "rejected"))
+        if others:
+            return (where, f"{plural('unknown key', len(others))} {', '.join(repr(k) for k in others)} (only 'chosen' and 'rejected' are read)",
+                    "remove them, or move them to a field of their own")
+        for side in ("chosen", "rejected"):
+            if side not in entry:  # one answer rated (the labeling app's export): no direction, counted as missing
+                continue
+            problem = not_a_number(entry[side])
+            if problem:
+                return f"{where}.{side}", problem, "write the score as a number"
+        return None
+    problem = not_a_number(entry)
+    if problem:
+        return where, problem, 'write the score as a number, or {"chosen": number, "rejected": number}'
+    return None
+
+
 def score_gap(pair: PreferencePair, name: str, strict: bool = True) -> float | None:
-    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it (or, with
-    strict=False, only one score for the pair rather than one per response).
+    """s(chosen) - s(rejected) of dimension `name`, None when the pair has no score for it or only one answer's
+    (or, with strict=False, only one score for the pair rather than one per response).
 
     Raises DataError (with the pair's file:line) when the entry is not {"chosen": number, "rejected": number}
-    (strict), or when a score is not a number.
+    (strict), or when a score is not a number (`dimension_problem`; pairs read by the loader were checked).
     """
     entry = (pair.dimensions or {}).get(name)
-    if entry is None or (not strict and not is_comparative(entry)):
-        return None
+    if entry is None or (not strict and not is_comparative(entry)) or (isinstance(entry, dict) and not is_comparative(entry)):
+        return None  # no score, a single score (not strict), or one answer rated only: no direction
     if not is_comparative(entry):
         raise DataError(f"{_where(pair)}: field 'dimensions.{name}': expected {{\"chosen\": score, \"rejected\": "
                         f"score}}, got {entry!r} -> give both responses' scores for every dimension")
-    values = []
-    for side in ("chosen", "rejected"):
-        value = entry[side]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"{_where(pair)}: field 'dimensions.{name}.{side}': {value!r} is not a finite number "
-                            f"-> write the score as a number")
-        values.append(float(value))
-    return values[0] - values[1]
+    problem = dimension_problem(name, entry)
+    if problem:
+        field_name, message, suggestion = problem
+        raise DataError(f"{_where(pair)}: field '{field_name}': {message} -> {suggestion}")
+    return float(entry["chosen"]) - float(entry["rejected"])
 
 
 def dimension_names(pairs: Sequence[PreferencePair]) -> list[str]:
@@ -78,7 +106,7 @@ def dimension_names(pairs: Sequence[PreferencePair]) -> list[str]:
 def single_score_names(pairs: Sequence[PreferencePair]) -> dict[str, int]:
     """Dimensions given as one score for the whole pair ({"accuracy": 5}): name -> pairs. They carry no
     direction, so they take no part in agreement or weighting."""
-    counts = Counter(name for p in pairs for name, entry in (p.dimensions or {}).items() if not is_comparative(entry))
+    counts = Counter(name for p in pairs for name, entry in (p.dimensions or {}).items() if not isinstance(entry, dict))
     return dict(sorted(counts.items()))
 
 
@@ -117,9 +145,9 @@ class DimensionReport:
     missing: Counter = field(default_factory=Counter)  # dimension -> pairs scored on others but not on it
 
     def summary(self) -> str:
-        text = (f"dimensions: {self.pairs} pairs, {self.agree} agree with the weighted scores, {self.conflicts} "
+        text = (f"dimensions: {count(self.pairs, 'pair')}, {self.agree} agree with the weighted scores, {self.conflicts} "
                 f"contradict them ({self.flipped} flipped, {self.dropped} dropped, {self.kept_against} kept as "
-                f"labeled), {self.ties} ties ({self.ties_dropped} dropped)")
+                f"labeled), {count(self.ties, 'tie')} ({self.ties_dropped} dropped)")
         if self.without_dimensions:
             text += f", {self.without_dimensions} without dimension scores (kept as labeled)"
         if self.missing:

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from prefloop.data.schema import REASONING_FIELDS, EncodedPair, PreferencePair
 from prefloop.data.template import ChatTemplate, is_empty_answer, kind_text, special_strings, strip_stop_text
 from prefloop.data.tokens import PromptSplit, batch_ids, find_prompt_split
+from prefloop.data.words import count, plural
 
 # Pairs rendered and tokenized per batch call: big enough to amortise the call, small enough
 # that a batch's strings and encodings stay a few MB.
@@ -96,7 +97,7 @@ class EncodeReport:
 
     def summary(self) -> str:
         cutoff = f" (cutoff_len {self.cutoff_len})" if self.cutoff_len else ""
-        parts = [f"Encoded {self.kept} of {self.total} pairs{cutoff}."]
+        parts = [f"Encoded {self.kept} of {count(self.total, 'pair')}{cutoff}."]
         if self.dropped:
             reasons = "; ".join(f"{n} {reason}" for reason, n in self.drop_reasons().most_common())
             examples = ", ".join(d.id for d in self.dropped[:5])
@@ -104,28 +105,28 @@ class EncodeReport:
             parts.append(f"Dropped {len(self.dropped)}: {reasons} (e.g. {examples}{more}).")
         if self.prompt_truncated:
             parts.append(
-                f"{self.prompt_truncated} prompts truncated ({self.turns_dropped} oldest turns dropped in all, "
+                f"{count(self.prompt_truncated, 'prompt')} truncated ({count(self.turns_dropped, 'oldest turn')} dropped in all, "
                 "then the last user message cut from the left where needed)."
             )
         if self.response_truncated:
-            parts.append(f"{self.response_truncated} pairs had responses cut at the end (no end-of-turn token).")
+            parts.append(f"{count(self.response_truncated, 'pair')} had responses cut at the end (no end-of-turn token).")
         if self.boundary_moved:
             parts.append(
-                f"{self.boundary_moved} pairs: the tokenizer merged prompt and response characters at the boundary, "
+                f"{count(self.boundary_moved, 'pair')}: the tokenizer merged prompt and response characters at the boundary, "
                 "so the boundary token counts as response."
             )
         if self.tools_ignored:
-            parts.append(f"{self.tools_ignored} pairs have tools that this template does not render.")
+            parts.append(f"{count(self.tools_ignored, 'pair')} {plural('has', self.tools_ignored)} tools that this template does not render.")
         if self.end_of_turn_in_text:
-            parts.append(f"{self.end_of_turn_in_text} pairs had replies ending with the end-of-turn/EOS token written "
+            parts.append(f"{count(self.end_of_turn_in_text, 'pair')} had replies ending with the end-of-turn/EOS token written "
                          "as text; it was removed, so each reply ends with exactly one.")
         if self.control_tokens_in_text:
             shown = ", ".join(repr(t) for t in self.control_tokens_seen[:3])
-            parts.append(f"{self.control_tokens_in_text} pairs have chat-template control tokens ({shown}) inside "
+            parts.append(f"{count(self.control_tokens_in_text, 'pair')} {plural('has', self.control_tokens_in_text)} chat-template control tokens ({shown}) inside "
                          "their text, which the tokenizer reads as control tokens: text already rendered with a chat "
                          "template is rendered again; give plain text.")
         if self.empty_responses:
-            parts.append(f"{self.empty_responses} pairs have an empty answer (whitespace or end-of-turn tokens only: "
+            parts.append(f"{count(self.empty_responses, 'pair')} {plural('has', self.empty_responses)} an empty answer (whitespace or end-of-turn tokens only: "
                          "trained as the end-of-turn token alone); `prefloop data check` lists them.")
         if self.fields_not_rendered:
             parts.append(f"{self.fields_not_rendered} of the dropped pairs have tool calls, tool results, names or "

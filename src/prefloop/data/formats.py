@@ -26,13 +26,14 @@ is read but worth a word (an ignored prompt string) goes to the reader's `warn` 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair
+from prefloop.data.dimensions import dimension_problem
+from prefloop.data.schema import REASONING_FIELDS, TEMPLATE_FIELDS, Message, PreferencePair, not_a_number
+from prefloop.data.words import count
 
 # warn(kind, field, message, suggestion): a record was read, but something in it was ignored; `kind`
 # (one of WARNINGS) is what the loader counts.
@@ -42,15 +43,116 @@ Warn = Callable[[str, str, str, str], None]
 WARNINGS = {
     "prompt_string_ignored": "a prompt string that is none of the user turns chosen and rejected share "
                              "(ignored: the shared turns are the prompt, as TRL reads it)",
+    "scores_contradict_label": "chosen/rejected scores that rate the rejected answer higher: read as labeled "
+                               "(chosen is preferred), as TRL and LLaMA-Factory read it; if the scores are right, swap "
+                               "chosen and rejected in the file, or give them as `dimensions` and let pref_dimensions "
+                               "(dimension_conflicts: flip) direct the pair",
+    "scores_tied": "equal chosen/rejected scores: read as labeled (chosen is preferred); leave ties out of the file "
+                   "to train on preferences only",
     "tie_read_in_order": "a tie (\"tie\": true, as `export --include-ties` and `pairs-from-ratings --ties keep` "
                          "write them on request): read as chosen > rejected in the file's order (or as "
                          "pref_dimensions decide); leave ties out of the file to train on preferences only",
 }
 
 
+_MISSPELT = "misspelt_field:"
+_UNREAD = "unread_field:"
+
+
+def misspelt_kind(key: str, known: str) -> str:
+    """The warning kind for a record field `key` that looks like a misspelling of the field `known`."""
+    return f"{_MISSPELT}{key}:{known}"
+
+
+def unread_kind(key: str, fmt: str) -> str:
+    """The warning kind for a field `key` that some format reads but the record's format `fmt` does not."""
+    return f"{_UNREAD}{key}:{fmt}"
+
+
+def _warning_text(kind: str) -> str:
+    if kind.startswith(_UNREAD):
+        key, fmt = kind[len(_UNREAD):].rsplit(":", 1)
+        return (f"a field {key!r}, which the {fmt} format does not read (kept as an extra field, not used): "
+                f"write the record in a format that has {key!r}, or remove it")
+    if kind.startswith(_MISSPELT):
+        key, known = kind[len(_MISSPELT):].rsplit(":", 1)
+        return (f"a field {key!r}, which no format reads (kept as an extra field, not used): did you mean {known!r}? "
+                f"rename it, or it is left out of training")
+    return WARNINGS.get(kind, kind)
+
+
 def warning_lines(kinds: Mapping[str, int]) -> list[str]:
-    """One line per warning kind: "N pair(s) had ..." (for the load summary and `data check`)."""
-    return [f"{n} pair(s) had {WARNINGS.get(kind, kind)}" for kind, n in kinds.items()]
+    """One line per warning kind: "N pairs had ..." (for the load summary and `data check`)."""
+    return [f"{count(n, 'pair')} had {_warning_text(kind)}" for kind, n in kinds.items()]
+
+
+# Every field some reader takes from a record: an unread field one typo away from one of these is reported.
+KNOWN_FIELDS = ("conversations", "messages", "chosen", "rejected", "prompt", "instruction", "input", "system",
+                "history", "tools", "id", "weight", "margin", "dimensions", "source")
+
+
+# Per-answer scores (UltraFeedback-binarized writes score_chosen/score_rejected): kept with the pair (`extra`),
+# checked, and compared with the label; the label decides, as in TRL and LLaMA-Factory (which ignore them).
+SCORE_FIELDS = (("chosen_score", "rejected_score"), ("score_chosen", "score_rejected"))
+
+
+def check_scores(extra: Mapping[str, Any], warn: Warn) -> None:
+    """Check a pair's per-answer scores (SCORE_FIELDS) in its unread fields: both must be numbers (RecordError
+    otherwise, one alone included: no comparison can be made); a higher rejected score or a tie is warned
+    about (kinds "scores_contradict_label", "scores_tied"), the pair is read as labeled."""
+    for chosen_key, rejected_key in SCORE_FIELDS:
+        present = [k for k in (chosen_key, rejected_key) if extra.get(k) is not None]
+        if not present:
+            continue
+        if len(present) == 1:
+            other = rejected_key if present[0] == chosen_key else chosen_key
+            raise RecordError(other, f"{present[0]!r} is given but {other!r} is not: one score cannot be compared",
+                              f"add {other!r}, or remove {present[0]!r}")
+        for key in present:
+            problem = not_a_number(extra[key])
+            if problem:
+                raise RecordError(key, f"{key!r} must be a finite number: {problem}", f"write {key!r} as a number")
+        chosen, rejected = extra[chosen_key], extra[rejected_key]
+        if rejected > chosen:
+            warn("scores_contradict_label", rejected_key, f"{rejected_key!r} ({rejected}) is higher than {chosen_key!r} "
+                 f"({chosen}); the pair is read as labeled (chosen preferred)",
+                 "swap chosen and rejected if the scores are right, or drop the pair")
+        elif rejected == chosen:
+            warn("scores_tied", rejected_key, f"{chosen_key!r} and {rejected_key!r} are equal ({chosen}); read as labeled",
+                 "leave ties out of the file")
+
+
+def _typo_distance(a: str, b: str, limit: int) -> int:
+    """Edit distance with adjacent transpositions (optimal string alignment), case-insensitive; > limit as limit + 1."""
+    a, b = a.lower(), b.lower()
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        if min(row) > limit:
+            return limit + 1
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def closest_field(key: str, known: Iterable[str]) -> str | None:
+    """The field `key` is most likely a misspelling of (one edit or swap away, two for long names), or None.
+    Short names (under 4 letters) and exact matches are never reported."""
+    best, best_distance = None, None
+    for name in known:
+        if name == key or len(name) < 4:
+            continue
+        limit = 2 if len(name) >= 8 else 1
+        distance = _typo_distance(key, name, limit)
+        if distance <= limit and (best_distance is None or distance < best_distance):
+            best, best_distance = name, distance
+    return best
 
 
 def _no_warning(kind: str, field: str, message: str, suggestion: str) -> None:
@@ -174,8 +276,19 @@ class FormatSpec:
 AUTO = FormatSpec()
 
 
+def _absent(record: Mapping[str, Any], key: str, what: str) -> RecordError:
+    """The error for an answer `key` that is missing, or present but null (an empty parquet/CSV cell, JSON null)."""
+    if key in record:
+        return RecordError(key, f"{key!r} is null (an empty cell or JSON null), so the pair has no {what} answer",
+                           f"fill in {key!r}, or leave the row out (--skip-bad-rows / skip_bad_rows: true counts it)")
+    return RecordError(key, f"missing field {key!r}", f"add {key!r}: the {what} answer as a string or message object")
+
+
 def detect_format(record: Mapping[str, Any]) -> str:
     """The format of one record from its keys and value types (see FORMATS); RecordError if none fits."""
+    for key, what in (("chosen", "preferred"), ("rejected", "dispreferred")):
+        if key in record and record[key] is None:
+            raise _absent(record, key, what)
     if "conversations" in record or ("messages" in record and not _trl_with_messages_column(record)):
         chosen = record.get("chosen")
         return "sharegpt" if isinstance(chosen, (dict, list)) else "seed"
@@ -441,8 +554,9 @@ def _optional(record: Mapping[str, Any]) -> dict[str, Any]:
         value = record.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RecordError(key, f"{key!r} must be a finite number, got {value!r}", f"write {key!r} as a number (or leave it out)")
+        problem = not_a_number(value)
+        if problem:
+            raise RecordError(key, f"{key!r} must be a finite number: {problem}", f"write {key!r} as a number (or leave it out)")
         if key == "weight" and value < 0:
             raise RecordError(key, f"'weight' must be >= 0, got {value}", "use a non-negative per-pair loss weight")
         out[key] = float(value)
@@ -450,6 +564,10 @@ def _optional(record: Mapping[str, Any]) -> dict[str, Any]:
     if value is not None:
         if not isinstance(value, dict):
             raise RecordError("dimensions", f"'dimensions' must be an object of scores, got {_type_name(value)}", 'write e.g. {"helpfulness": 4, "safety": 5}')
+        for name, entry in value.items():
+            problem = dimension_problem(name, entry)
+            if problem:
+                raise RecordError(*problem)
         out["dimensions"] = value
     value = record.get("source")
     if value is not None:
@@ -507,6 +625,10 @@ class _ConversationReader:
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
         check_prompt(prompt, key)
         raw_chosen = record.get(self.chosen_key)
+        for key, value, what in ((self.chosen_key, raw_chosen, "preferred"),
+                                 (self.rejected_key, record.get(self.rejected_key), "dispreferred")):
+            if value is None:
+                raise _absent(record, key, what)
         chosen = _answer(raw_chosen, self.roles, self.chosen_key)
         rejected = _answer(record.get(self.rejected_key), self.roles, self.rejected_key)
         pair = _pair(prompt, chosen, rejected, tools=_tools_text(record, self.tools_key),
@@ -646,7 +768,7 @@ class _TrlReader:
         raw_rejected = record.get(self.rejected_key)
         for key, value in ((self.chosen_key, raw_chosen), (self.rejected_key, raw_rejected)):
             if value is None:
-                raise RecordError(key, f"missing field {key!r}", f"add {key!r} as a string or a list of role/content turns")
+                raise _absent(record, key, "preferred" if key == self.chosen_key else "dispreferred")
             if not isinstance(value, (str, list)):
                 raise RecordError(key, f"{key!r} must be a string or a list of turns, got {_type_name(value)}", f"write {key!r} as a string")
         if type(raw_chosen) is not type(raw_rejected):

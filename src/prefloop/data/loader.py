@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from prefloop.data.formats import FORMATS_HELP, RecordError, make_reader, warning_lines
+from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, SCORE_FIELDS, RecordError, check_scores, closest_field,
+                                   make_reader, misspelt_kind, unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import PreferencePair
 from prefloop.errors import DataError, json_error_text
+from prefloop.data.words import count, plural
 
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
@@ -95,7 +97,7 @@ class WarningReport:
             self.problems.append(problem)
 
     def lines(self) -> list[str]:
-        """One line per kind: "N pair(s) had ..." """
+        """One line per kind: "N pairs had ..." """
         return warning_lines(dict(self.kinds.most_common()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,9 +120,9 @@ class LoadResult:
 
     def summary(self) -> str:
         formats = ", ".join(f"{name} {n}" for name, n in self.format_counts.most_common()) or "none"
-        text = f"{len(self.pairs)} pairs from {len(self.files)} file(s) (formats: {formats})"
+        text = f"{count(len(self.pairs), 'pair')} from {count(len(self.files), 'file')} (formats: {formats})"
         if self.skipped.count:
-            text += f"; skipped {self.skipped.count} bad row(s): " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
+            text += f"; skipped {count(self.skipped.count, 'bad row')}: " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
         if self.warnings.count:
             text += "; " + "; ".join(self.warnings.lines())
         return text
@@ -131,12 +133,77 @@ class LoadResult:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Duplicated(dict):
+    """A JSON object that gave a key more than once (`duplicate`: the first such key); the value kept is the last."""
+
+    duplicate: str = ""
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """A record in which a key is given twice (`field`: where, e.g. "chosen" or "conversations[1].value")."""
+
+    field: str
+    key: str
+
+
+class _JsonDecoder:
+    """json.loads that notices a key given twice in an object (Python's json keeps the last without a word).
+
+    The check costs one dict comparison per object; only a record that has a duplicate is walked to name it."""
+
+    def __init__(self) -> None:
+        self.found = False
+        self.decoder = json.JSONDecoder(object_pairs_hook=self._object)
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict:
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        seen: set[str] = set()
+        marked = _Duplicated(obj)
+        marked.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        self.found = True
+        return marked
+
+    def loads(self, raw: bytes) -> Any:
+        """Like json.loads(raw) (same encoding detection and errors)."""
+        return self.decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+
+    def check(self, record: Any) -> Any:
+        """`record`, or a DuplicateKey naming where a key is given twice in it."""
+        if not self.found:
+            return record
+        where = _duplicate_in(record, "")
+        return record if where is None else where
+
+    def reset(self) -> None:
+        self.found = False
+
+
+def _duplicate_in(value: Any, at: str) -> DuplicateKey | None:
+    if isinstance(value, dict):
+        if isinstance(value, _Duplicated):
+            return DuplicateKey(f"{at}.{value.duplicate}" if at else value.duplicate, value.duplicate)
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        found = _duplicate_in(item, f"{at}{key}" if str(key).startswith("[") else (f"{at}.{key}" if at else key))
+        if found is not None:
+            return found
+    return None
+
+
 def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
     seen_any = False
+    decoder = _JsonDecoder()
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                record = json.loads(raw)
+                record = decoder.loads(raw)
             except UnicodeDecodeError as err:
                 seen_any = True
                 yield Problem(str(path), f"line {lineno}", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
@@ -148,6 +215,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
                 yield Problem(str(path), f"line {lineno}", "", json_error_text(err, with_line=False), "each line must be one complete JSON object")
                 continue
             seen_any = True
+            if decoder.found:
+                record = decoder.check(record)
+                decoder.reset()
             yield "line", lineno, record
     if not seen_any:
         yield Problem(str(path), "", "", "file is empty (no records)", "add preference records or remove the file from the dataset")
@@ -155,8 +225,9 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
 
 def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
     raw = path.read_bytes()
+    decoder = _JsonDecoder()
     try:
-        data = json.loads(raw)
+        data = decoder.loads(raw)
     except UnicodeDecodeError as err:
         yield Problem(str(path), "", "", f"not UTF-8 text ({err.reason})", "save the file as UTF-8")
         return
@@ -171,6 +242,8 @@ def _json_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
         return
     if isinstance(data, dict):
         data = [data]  # a single record
+    if decoder.found and isinstance(data, list):
+        data = [decoder.check(record) for record in data]
     if not isinstance(data, list):
         yield Problem(str(path), "", "", f"expected a JSON list of records, got {type(data).__name__}", "write the file as [ {...}, {...} ] or as JSON Lines")
         return
@@ -262,15 +335,20 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     def warn(kind: str, field_name: str, message: str, suggestion: str) -> None:
         pending.append((kind, field_name, message, suggestion))
 
-    read = make_reader(source.spec, warn)
-    count = 0
+    read_record = make_reader(source.spec, warn)
+    read = 0
+    # A field no reader takes that is one typo away from one they do ("sytem", "histroy") would be kept as an
+    # extra and never used: warn (once per field name in the summary, counted per pair).
+    known_fields = (*KNOWN_FIELDS, *source.spec.columns.values())
+    score_fields = {key for both in SCORE_FIELDS for key in both}
+    typos: dict[str, str | None] = {}
     # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
     # column would otherwise drop every system prompt without a word.
     declared = {name: column for name, column in source.spec.columns.items() if name in _OPTIONAL_COLUMNS}
     seen_keys: set[str] = set()
     complete = True  # every record of every file was looked at
     for path in source.files:
-        if limit is not None and count >= limit:
+        if limit is not None and read >= limit:
             complete = False
             break
         # Stable default ids: "stem:line"; the whole path if another file already uses the stem.
@@ -284,6 +362,11 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 problems.add(item)
                 continue
             kind, number, record = item
+            if isinstance(record, DuplicateKey):
+                problems.add(Problem(file_name, record_lines.location(kind, number), record.field,
+                                     f"key {record.key!r} is given twice in one object (a JSON reader would keep only "
+                                     "the last, silently)", "keep one of the two"))
+                continue
             if not isinstance(record, dict):
                 problems.add(Problem(file_name, record_lines.location(kind, number), "",
                                      f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
@@ -292,10 +375,24 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 seen_keys.update(record)
             pending.clear()
             try:
-                fmt, pair = read(record)
+                fmt, pair = read_record(record)
+                if pair.extra:
+                    check_scores(pair.extra, warn)
             except RecordError as err:
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
+            for key in pair.extra:
+                if key in known_fields:
+                    warn(unread_kind(key, fmt), key, f"field {key!r} is not read in the {fmt} format; it is kept as "
+                         "an extra field and not used", f"write the record in a format that has {key!r}, or remove it")
+                    continue
+                if key in score_fields:
+                    continue
+                if key not in typos:
+                    typos[key] = closest_field(key, (*known_fields, *score_fields))
+                if typos[key] is not None:
+                    warn(misspelt_kind(key, typos[key]), key, f"field {key!r} is read by no format (did you mean "
+                         f"{typos[key]!r}?); it is kept as an extra field and not used", f"rename it to {typos[key]!r}")
             for warning, field_name, message, suggestion in pending:
                 warnings.add(warning, Problem(file_name, record_lines.location(kind, number), field_name, message, suggestion))
             if pair.extra.get("tie") is True:  # kept on the user's request (the exporters' opt-in), never unreported
@@ -308,18 +405,23 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 pair.source = f"{file_name}:{number}" if kind == "line" else f"{file_name}#{number}"
             pairs.append(pair)
             formats[fmt] += 1
-            count += 1
-            if limit is not None and count >= limit:
+            read += 1
+            if limit is not None and read >= limit:
                 complete = False
                 break
+    if source.num_samples is not None and complete and read < source.num_samples:
+        raise DataError(
+            f"dataset {source.name!r}: dataset_info.json asks for num_samples {source.num_samples}, but it has only "
+            f"{count(read, 'usable pair')}; LLaMA-Factory would repeat random pairs to reach {source.num_samples}, prefloop "
+            f"does not: set num_samples to {read} or less, or remove it")
     missing = {name: column for name, column in declared.items() if column not in seen_keys}
-    if missing and complete and count:
+    if missing and complete and read:
         names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
         raise DataError(
-            f"dataset {source.name!r}: dataset_info.json declares the column(s) {names}, but no record of "
-            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the column name(s) or remove "
-            "them from 'columns' (their text would be left out of every prompt)")
-    return count
+            f"dataset {source.name!r}: dataset_info.json declares {plural('the column', len(missing))} {names}, but no record of "
+            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the {plural('column name', len(missing))} or remove "
+            f"{'it' if len(missing) == 1 else 'them'} from 'columns' (their text would be left out of every prompt)")
+    return read
 
 
 def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = False, max_samples: int | None = None,
@@ -347,14 +449,14 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
     if problems.count and not skip_bad_rows:
         raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
-        detail = f"; {problems.count} bad row(s) were skipped: " + "; ".join(problems.reasons) if problems.count else ""
+        detail = f"; {count(problems.count, 'bad row')} {plural('was', problems.count)} skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
     return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset,
                       warnings=warnings)
 
 
 def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
-    lines = [f"{problems.count} problem(s) reading dataset {dataset!r}:"]
+    lines = [f"{count(problems.count, 'problem')} reading dataset {dataset!r}:"]
     lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
     if problems.count > MAX_LISTED_PROBLEMS:
         lines.append(f"  ... and {problems.count - MAX_LISTED_PROBLEMS} more")

@@ -28,6 +28,7 @@ from typing import Any
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError, DataError
+from prefloop.data.words import count, plural
 
 PAIRINGS = ("all", "best_worst", "best_vs_rest")
 FORMATS = ("auto", "ultrafeedback", "helpsteer", "responses")
@@ -63,14 +64,14 @@ class RatingsReport:
     formats: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
-        text = (f"{self.records} records ({', '.join(f'{k} {v}' for k, v in self.formats.items())}), {self.prompts} "
-                f"prompts, {self.responses} responses -> {self.pairs} pairs; ties: {self.ties_dropped} dropped, "
+        text = (f"{count(self.records, 'record')} ({', '.join(f'{k} {v}' for k, v in self.formats.items())}), {count(self.prompts, 'prompt')}, "
+                f"{count(self.responses, 'response')} -> {count(self.pairs, 'pair')}; ties: {self.ties_dropped} dropped, "
                 f"{self.ties_kept} kept")
         if self.unrated:
             text += "; responses left out for a missing rating: " + ", ".join(
                 f"{n} ({aspect})" for aspect, n in sorted(self.unrated.items()))
         if self.too_few:
-            text += f"; {self.too_few} prompts with fewer than 2 usable responses"
+            text += f"; {count(self.too_few, 'prompt')} with fewer than 2 usable responses"
         return text
 
 
@@ -251,5 +252,5 @@ def pairs_from_ratings_command(ratings: str, out: str, format: str = "auto", wei
                                id_prefix=Path(ratings).stem)
     written = write_seed_jsonl(pairs, out)
     print(f"{ratings}: {report.summary()}")
-    print(f"Wrote {written} pairs to {out} (pairing {pairing}, ties {ties}).")
+    print(f"Wrote {count(written, 'pair')} to {out} (pairing {pairing}, ties {ties}).")
     return 0 if written else 1

@@ -26,6 +26,17 @@ DATA_EXTENSIONS = (".jsonl", ".json", ".parquet")
 # LLaMA-Factory columns for data prefloop cannot train on: declared, they would be ignored silently.
 _UNSUPPORTED_COLUMNS = ("images", "videos", "audios", "kto_tag")
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+# LLaMA-Factory's dataset_info.json keys (its data/README.md and data/parser.py). prefloop reads the first
+# group; the hub ones and the hub-only options (subset, folder, revision, a split other than "train") it does
+# not implement, so an entry that has them is refused instead of being read as something else.
+ENTRY_KEYS = ("file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "file_sha1")
+_UNSUPPORTED_KEYS = {
+    "subset": "a subset of a hub dataset", "folder": "a folder of a hub dataset repository",
+    "revision": "a revision of a hub dataset",
+}
+COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios",
+               "chosen", "rejected", "kto_tag")
+TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
 
 
 @dataclass(frozen=True)
@@ -94,18 +105,30 @@ def _entry_source(name: str, entry: object, dataset_dir: Path) -> DatasetSource:
     where = f"{dataset_dir / DATASET_INFO}: dataset {name!r}"
     if not isinstance(entry, dict):
         raise DataError(f"{where}: the entry must be an object with 'file_name', got {type(entry).__name__}")
+    _check_keys(entry, where, "", (*ENTRY_KEYS, *_HUB_KEYS, *_UNSUPPORTED_KEYS))
+    hub = [k for k in _HUB_KEYS if k in entry]
+    if hub:
+        ignored = " (LLaMA-Factory would load that and ignore 'file_name')" if "file_name" in entry else ""
+        raise DataError(f"{where}: '{hub[0]}' datasets are not downloaded by prefloop{ignored}; download the files and "
+                        f"set 'file_name' to their local path (and remove '{hub[0]}')")
+    for key, what in _UNSUPPORTED_KEYS.items():
+        if entry.get(key) not in (None, ""):
+            raise DataError(f"{where}: '{key}' ({what}) is not supported: prefloop reads local files only; put the "
+                            f"files you want under 'file_name' and remove '{key}'")
+    split = entry.get("split")
+    if split not in (None, "train"):
+        raise DataError(f"{where}: 'split': {split!r} is not supported (prefloop reads every record of 'file_name', "
+                        "LLaMA-Factory's split \"train\"); point 'file_name' at that split's files and remove 'split'")
     if "file_name" not in entry:
-        hub = [k for k in _HUB_KEYS if k in entry]
-        if hub:
-            raise DataError(f"{where}: '{hub[0]}' datasets are not downloaded by prefloop; download the files and set 'file_name' to their local path")
         raise DataError(f"{where}: missing 'file_name'; set it to a file or directory relative to {dataset_dir}")
     if entry.get("ranking") is False:
         raise DataError(f"{where}: 'ranking' is false, so it is not preference data; set \"ranking\": true if it holds chosen/rejected pairs")
     columns = entry.get("columns") or {}
     tags = entry.get("tags") or {}
-    for key, value in (("columns", columns), ("tags", tags)):
+    for key, value, known in (("columns", columns, COLUMN_KEYS), ("tags", tags, TAG_KEYS)):
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise DataError(f"{where}: '{key}' must be an object mapping names to strings")
+        _check_keys(value, where, f"{key}.", known)
     unsupported = [k for k in _UNSUPPORTED_COLUMNS if columns.get(k)]
     if unsupported:
         raise DataError(f"{where}: columns {', '.join(repr(k) for k in unsupported)} are not supported: prefloop trains "
@@ -125,14 +148,22 @@ def _entry_source(name: str, entry: object, dataset_dir: Path) -> DatasetSource:
         path = dataset_dir / path
     if not path.exists():
         raise DataError(f"{where}: file_name {entry['file_name']!r} not found at {path}; check the path (it is relative to {dataset_dir})")
-    known = {"file_name", "formatting", "ranking", "columns", "tags", "num_samples"}
     return DatasetSource(
         name=name,
         files=data_files(path),
         spec=FormatSpec(formatting=formatting, columns=dict(columns), tags=dict(tags)),
         num_samples=num_samples,
-        extra={k: v for k, v in entry.items() if k not in known},
+        extra={k: v for k, v in entry.items() if k == "file_sha1"},
     )
+
+
+def _check_keys(entry: dict, where: str, prefix: str, known: tuple[str, ...]) -> None:
+    """A key LLaMA-Factory does not define (a typo such as 'colums') is an error naming the closest one."""
+    for key in entry:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise DataError(f"{where}: unknown key '{prefix}{key}'; {hint}known keys: {', '.join(known)}")
 
 
 def closest_path(path: Path) -> Path | None:

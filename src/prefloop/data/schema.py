@@ -8,8 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+def is_number(value: Any) -> bool:
+    """True for a finite int or float given as a number: not a bool, not a string like "0.5", not NaN/inf.
+
+    The one number check for per-pair values (weight, margin, dimension scores, chosen/rejected scores),
+    shared by every reader, `data check` and training."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def not_a_number(value: Any) -> str | None:
+    """Why `value` is not a usable number (for an error message), or None when `is_number(value)`."""
+    if is_number(value):
+        return None
+    if isinstance(value, bool):
+        return f"{json.dumps(value)} is a boolean, not a number"
+    if isinstance(value, str):
+        return f"{value!r} is a string, not a number (write it without quotes)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} is not a finite number"
+    if value is None:
+        return "null is not a number"
+    return f"{type(value).__name__} {value!r} is not a number"
+
 
 ROLES = ("system", "user", "assistant", "tool", "function_call")
 
