@@ -346,3 +346,22 @@ def test_save_only_model_checkpoints_hold_no_optimizer_state(tmp_path):
         checkpoint = out / "checkpoint-1"
         assert checkpoint.is_dir() and (checkpoint / "model.safetensors").is_file()
         assert (checkpoint / "optimizer.pt").is_file() is not only_model
+
+
+def test_scheduler_kwargs_written_as_yaml_1_1_text_are_numbers(seed_path):
+    """YAML 1.1 reads `min_lr: 1e-6` (no dot) as the text '1e-6'; the schedule must get the number."""
+    path = _with(seed_path, "lr_scheduler_type: cosine_with_min_lr", "lr_scheduler_kwargs: {min_lr: 1e-6}",
+                 drop=("lr_scheduler_type",))
+    assert load_config(path).lr_scheduler_kwargs == {"min_lr": 1e-6}
+
+
+def test_a_rounds_pref_bco_weight_adds_to_the_base_loss(seed_path, tmp_path):
+    from prefloop.config import round_configs
+
+    data = tmp_path / "r1.jsonl"
+    data.write_text("")
+    path = _with(seed_path, "rounds:", f"  - dataset: {data}", "    pref_bco_weight: 1.0",
+                 drop=("dataset", "pref_loss"))
+    path = _with(path, "pref_loss: ipo")
+    (round_cfg,) = round_configs(load_config(path))
+    assert round_cfg.pref_loss == ["ipo", "bco_pair"] and round_cfg.pref_loss_weights == [0.5, 0.5]

@@ -285,7 +285,11 @@ def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = 
         if not item.get("dataset"):
             raise ConfigError(f"{place}: dataset is required in every round (a file, or names from dataset_info.json)")
         values = dict(base)
-        item = {k: v.value for k, v in translate({k: Setting(v, place) for k, v in item.items()}).items()}
+        settings = {k: Setting(v, place) for k, v in item.items()}
+        if "pref_bco_weight" in item:  # it adds to the loss this round trains: the round's, else the base's
+            settings.update({k: Setting(base[k], place) for k in ("pref_loss", "pref_loss_weights")
+                             if k not in item and base.get(k) is not None})
+        item = {k: v.value for k, v in translate(settings).items()}
         for key, value in item.items():
             if key in ROUND_ONLY_KEYS:
                 continue
@@ -464,10 +468,16 @@ def _coerce(key: str, value, tp, source: str, shown: str | None = None, line: st
     """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written; `line`:
     " (line N)" of the config file)."""
     try:
-        return _coerce_value(value, tp)
+        value = _coerce_value(value, tp)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}"
                           f"{line}") from None
+    if key == "lr_scheduler_kwargs" and isinstance(value, dict):  # YAML 1.1 reads `min_lr: 1e-6` as text
+        value = {k: float(v) if isinstance(v, str) and _NUMBER.fullmatch(v.strip()) else v for k, v in value.items()}
+    return value
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce_value(value, tp):
