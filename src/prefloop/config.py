@@ -3,6 +3,8 @@
 The keys are grouped by concern (model, data, loss, speed, training, health, scale-out) in small
 dataclasses; `Config` inherits them all so code reads `cfg.pref_beta`, exactly the YAML key. Every
 value is coerced to its declared type and checked; an unknown key names the closest known one.
+LLaMA-Factory / transformers keys that prefloop spells differently, ignores or lacks are translated,
+noted or refused first (config_lf.py).
 """
 
 from __future__ import annotations

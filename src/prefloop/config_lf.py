@@ -52,7 +52,7 @@ _LOG = "a logging detail; prefloop logs every metric at logging_steps, tokens_pe
 
 # key -> why it makes no difference here (accepted with a note)
 NO_EFFECT = {
-    "flash_attn": "prefloop chooses the attention kernel itself (attn_backend: auto; see README)",
+    "flash_attn": "prefloop chooses the attention kernel itself: attn_backend, auto by default",
     "trust_remote_code": "prefloop loads architectures transformers has built in and runs no code from the Hub",
     "preprocessing_num_workers": "prefloop encodes the pairs itself (data/encode.py)",
     "preprocessing_batch_size": "prefloop encodes the pairs itself (data/encode.py)",
@@ -278,7 +278,7 @@ def translate(values: dict[str, Setting]) -> dict[str, Setting]:
     """
     out = dict(values)
     notes: list[str] = []
-    defaults_kept: list[str] = []
+    defaults_kept: dict[str, list[str]] = {}  # source -> "key (line N)" of the keys left at their defaults
     _check_stage(out)
     for old, (new, why) in RENAMED.items():
         if old in out:
@@ -295,7 +295,7 @@ def translate(values: dict[str, Setting]) -> dict[str, Setting]:
             notes.append(f"{_at(setting, 'neat_packing')}: true is prefloop's packing: true (pairs packed without "
                          f"attention across them)")
         else:
-            defaults_kept.append("neat_packing" + setting.line)
+            defaults_kept.setdefault(setting.source, []).append("neat_packing" + setting.line)
     if "report_to" in out and plain(out["report_to"].value) is None:
         setting = out["report_to"]
         out["report_to"] = Setting("none", setting.source, setting.line)
@@ -307,11 +307,11 @@ def translate(values: dict[str, Setting]) -> dict[str, Setting]:
     for key in [k for k in out if k in DEFAULT_ONLY]:
         setting = out.pop(key)
         if _is_default(plain(setting.value), DEFAULT_ONLY[key][0]):
-            defaults_kept.append(key + setting.line)
+            defaults_kept.setdefault(setting.source, []).append(key + setting.line)
         else:
             raise ConfigError(_refusal(key, setting))
-    if defaults_kept:
-        notes.append(f"accepted at their defaults (what prefloop does anyway): {', '.join(defaults_kept)}")
+    for source, keys in defaults_kept.items():
+        notes.append(f"{source}: accepted at their defaults (what prefloop does anyway): {', '.join(keys)}")
     for note in notes:
         print(f"prefloop: note: {note}", file=sys.stderr)
     return out
@@ -344,8 +344,9 @@ def _refusal(key: str, setting: Setting) -> str:
     if stage:
         return (f"{setting.source}: {key}: {value} is LLaMA-Factory's setting for stage: {stage} ({what}); prefloop "
                 f"trains stage: dpo, where it has no effect: {todo}{setting.line}")
-    return (f"{setting.source}: {key}: {value} ({what}) is not implemented in prefloop, and a setting is never "
-            f"silently dropped: {todo}. Only its default ({_show(default)}) is accepted{setting.line}")
+    todo = todo.removeprefix("not implemented here; ")
+    return (f"{setting.source}: {key}: {value} ({what}) is not implemented in prefloop; {todo}. Only its default "
+            f"({_show(default)}) is accepted, so that no setting is silently lost{setting.line}")
 
 
 def _check_stage(out: dict[str, Setting]) -> None:
