@@ -156,7 +156,7 @@ def test_every_field_has_a_default():
     ("save_strategy", "no", "no"),  # YAML 1.1 reads `no` as false: was "False is not allowed"
     ("eval_strategy", "no", "no"),
     ("lora_target", "on", "on"),  # `on` is true in YAML 1.1
-    ("template", "yes", "yes"),
+    ("ref_cache_dir", "yes", "yes"),  # (was template: yes, now refused at load as no known chat template)
     ("dataset", "2024-01-01", "2024-01-01"),  # a date in YAML
     ("dataset_dir", "1.10", "1.10"),  # the float 1.1 in YAML
     ("dataset_dir", "0x1F", "0x1F"),  # the integer 31 in YAML

@@ -3,6 +3,8 @@
 The keys are grouped by concern (model, data, loss, speed, training, health, scale-out) in small
 dataclasses; `Config` inherits them all so code reads `cfg.pref_beta`, exactly the YAML key. Every
 value is coerced to its declared type and checked; an unknown key names the closest known one.
+LLaMA-Factory / transformers keys that prefloop spells differently, ignores or lacks are translated,
+noted or refused first (config_lf.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from prefloop.config_files import PlainText, Written, load_yaml, written_as
+from prefloop.config_lf import Setting, translate
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -111,11 +114,15 @@ class TrainArgs:
     num_train_epochs: float = 3.0
     max_steps: int = -1
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict | None = None  # extra arguments of the schedule, e.g. {num_cycles: 0.5}, {min_lr_rate: 0.1}
     warmup_ratio: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # a number of steps; give this or warmup_ratio
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch"
+    adam_beta1: float = 0.9  # AdamW's betas and epsilon (transformers' keys and defaults)
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
     seed: int = 42
     fp16: bool = False
     bf16: bool = False
@@ -125,6 +132,7 @@ class TrainArgs:
     save_strategy: Literal["no", "steps", "epoch"] = "steps"
     save_steps: int = 500
     save_total_limit: int | None = None
+    save_only_model: bool = False  # checkpoints without optimizer/scheduler/RNG state (smaller; cannot be resumed)
     logging_steps: int = 500
     report_to: Union[str, list[str]] = "tensorboard"
     plot_loss: bool = False
@@ -212,9 +220,10 @@ def load_config(config_or_path=None, overrides=None) -> Config:
         raw = _read_yaml(Path(config_or_path))
     lines = _key_lines(Path(where)) if where != "config" else {}  # where each key of the file is
     raw = {k: _interpolate_env(v, f"{where}: {k}" + _on_line(lines, k)) for k, v in raw.items()}
-    values = {k: (v, where, _on_line(lines, k)) for k, v in raw.items()}
+    values = {k: Setting(v, where, _on_line(lines, k)) for k, v in raw.items()}
     for key, value in _parse_overrides(overrides).items():
-        values[key] = (value, "command line" if isinstance(overrides, (list, tuple)) else "overrides", "")
+        values[key] = Setting(value, "command line" if isinstance(overrides, (list, tuple)) else "overrides", "")
+    values = translate(values)  # LLaMA-Factory / transformers names and settings (config_lf.py)
     hints = typing.get_type_hints(Config)
     kwargs = {}
     for key, (value, source, line) in values.items():
@@ -278,6 +287,11 @@ def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = 
         if not item.get("dataset"):
             raise ConfigError(f"{place}: dataset is required in every round (a file, or names from dataset_info.json)")
         values = dict(base)
+        settings = {k: Setting(v, place) for k, v in item.items()}
+        if "pref_bco_weight" in item:  # it adds to the loss this round trains: the round's, else the base's
+            settings.update({k: Setting(base[k], place) for k in ("pref_loss", "pref_loss_weights")
+                             if k not in item and base.get(k) is not None})
+        item = {k: v.value for k, v in translate(settings).items()}
         for key, value in item.items():
             if key in ROUND_ONLY_KEYS:
                 continue
@@ -456,10 +470,16 @@ def _coerce(key: str, value, tp, source: str, shown: str | None = None, line: st
     """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written; `line`:
     " (line N)" of the config file)."""
     try:
-        return _coerce_value(value, tp)
+        value = _coerce_value(value, tp)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}"
                           f"{line}") from None
+    if key == "lr_scheduler_kwargs" and isinstance(value, dict):  # YAML 1.1 reads `min_lr: 1e-6` as text
+        value = {k: float(v) if isinstance(v, str) and _NUMBER.fullmatch(v.strip()) else v for k, v in value.items()}
+    return value
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce_value(value, tp):
@@ -586,7 +606,22 @@ def validate(cfg: Config) -> None:
     need(cfg.seed >= 0, f"seed: {cfg.seed} is not allowed; it must be >= 0")
     need(0 <= cfg.warmup_ratio < 1, f"warmup_ratio: {cfg.warmup_ratio} is not allowed; it must be in [0, 1)")
     need(cfg.warmup_steps >= 0, f"warmup_steps: {cfg.warmup_steps} is not allowed; it must be >= 0")
-    need(not (cfg.warmup_ratio and cfg.warmup_steps), "give warmup_ratio or warmup_steps, not both")
+    need(not (cfg.warmup_ratio and cfg.warmup_steps),
+         f"warmup_steps: {cfg.warmup_steps} and warmup_ratio: {cfg.warmup_ratio} are both set; give one of them "
+         f"(transformers refuses both too)")
+    for key in ("adam_beta1", "adam_beta2"):
+        need(0 <= getattr(cfg, key) < 1, f"{key}: {getattr(cfg, key)} is not allowed; it must be in [0, 1) "
+                                         f"(AdamW's default: {0.9 if key == 'adam_beta1' else 0.999})")
+    need(0 < cfg.adam_epsilon < 1, f"adam_epsilon: {cfg.adam_epsilon} is not allowed; it must be > 0 and small "
+                                   f"(AdamW's default: 1e-8)")
+    adam_set = [k for k, default in (("adam_beta1", 0.9), ("adam_beta2", 0.999), ("adam_epsilon", 1e-8))
+                if getattr(cfg, k) != default]
+    need(not adam_set or "adam" in cfg.optim,
+         f"{(adam_set or [''])[0]}: optim: {cfg.optim} does not use {', '.join(adam_set)}, so the setting would be "
+         f"lost; use an Adam optim (adamw_torch) or remove it")
+    need(not (cfg.save_only_model and cfg.resume_from_checkpoint),
+         "save_only_model: true writes checkpoints without the optimizer, scheduler and RNG state that "
+         "resume_from_checkpoint needs to continue the run exactly; remove one of them")
     need(cfg.num_train_epochs > 0 or cfg.max_steps > 0, "num_train_epochs must be > 0 (or set max_steps)")
     need(cfg.max_grad_norm >= 0, f"max_grad_norm: {cfg.max_grad_norm} is not allowed; it must be >= 0 (0 = no clipping)")
     need(cfg.weight_decay >= 0, f"weight_decay: {cfg.weight_decay} is not allowed; it must be >= 0")
@@ -603,6 +638,8 @@ def validate(cfg: Config) -> None:
     need(cfg.length_probe_prompts >= 0, f"length_probe_prompts: {cfg.length_probe_prompts} is not allowed; it must be "
                                         f">= 0 (0 = no sampled-answer-length check)")
     _check_choice("lr_scheduler_type", cfg.lr_scheduler_type, "transformers.trainer_utils", "SchedulerType")
+    check_scheduler_kwargs(cfg)
+    check_template(cfg.template)
     _check_choice("optim", cfg.optim, "transformers.training_args", "OptimizerNames")
     if cfg.eval_strategy != "no":
         need(cfg.has_validation, f"eval_strategy: {cfg.eval_strategy} needs a validation split; set val_size (e.g. 0.1)")
@@ -737,6 +774,68 @@ def _check_model_path(key: str, path: str) -> None:
     raise ConfigError(
         f"{key}: {path!r} does not exist; give a local model directory, a .gguf file, or a hub id like org/name"
     )
+
+
+# Schedules whose extra arguments transformers' get_scheduler drops without a word.
+_SCHEDULES_WITHOUT_KWARGS = ("constant", "constant_with_warmup")
+_SCHEDULE_SET_BY_TRAINER = ("optimizer", "num_warmup_steps", "num_training_steps", "last_epoch")
+
+
+def check_scheduler_kwargs(cfg: Config) -> None:
+    """`lr_scheduler_kwargs` must be arguments of `lr_scheduler_type`'s schedule (closest names suggested) with
+    values it accepts: the schedule is built once here on a stand-in optimizer, as the Trainer will build it."""
+    import inspect
+
+    import torch
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
+    from transformers.trainer_utils import SchedulerType
+
+    kwargs = cfg.lr_scheduler_kwargs or {}
+    name = cfg.lr_scheduler_type
+    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
+    params = inspect.signature(function).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    known = [] if name in _SCHEDULES_WITHOUT_KWARGS else [
+        p.name for p in params if p.kind in named and p.name not in _SCHEDULE_SET_BY_TRAINER]
+    any_name = name not in _SCHEDULES_WITHOUT_KWARGS and any(p.kind is p.VAR_KEYWORD for p in params)
+    for key in kwargs:
+        if key not in known and not any_name:
+            close = difflib.get_close_matches(str(key), known, n=2)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            takes = f"it takes {', '.join(known)}" if known else "it takes none"
+            raise ConfigError(f"lr_scheduler_kwargs: {key!r} is not an argument of lr_scheduler_type: {name}{hint}; "
+                              f"{takes}")
+    if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr") and not {"min_lr", "min_lr_rate"} & set(kwargs):
+        raise ConfigError(f"lr_scheduler_kwargs: lr_scheduler_type: {name} needs min_lr (an absolute rate) or "
+                          f"min_lr_rate (a fraction of learning_rate), e.g. lr_scheduler_kwargs: {{min_lr_rate: 0.1}}")
+    required = [p.name for p in params
+                if p.name in known and p.default is inspect.Parameter.empty and p.name not in kwargs]
+    if required:
+        raise ConfigError(f"lr_scheduler_kwargs: lr_scheduler_type: {name} needs {', '.join(required)}, e.g. "
+                          f"lr_scheduler_kwargs: {{{required[0]}: ...}}")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.learning_rate)
+    try:
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=10,
+                                  scheduler_specific_kwargs=dict(kwargs))
+        for _ in range(3):
+            optimizer.step()
+            scheduler.step(1.0) if name in ("reduce_lr_on_plateau", "greedy") else scheduler.step()
+    except (TypeError, ValueError, ZeroDivisionError, AssertionError) as err:
+        raise ConfigError(f"lr_scheduler_kwargs: {kwargs} is not allowed for lr_scheduler_type: {name}: {err}") from None
+
+
+def check_template(name: str | None) -> None:
+    """`template:` must be a built-in chat template (or unset / "tokenizer": the tokenizer's own); the error
+    names the closest ones, before any model loads."""
+    from prefloop.data.template import known_templates
+
+    if name is None or name.strip().lower() in ("tokenizer", *known_templates()):
+        return
+    known = known_templates()
+    close = difflib.get_close_matches(name.strip().lower(), known, n=3, cutoff=0.4)
+    hint = f" (closest: {', '.join(close)})" if close else ""
+    raise ConfigError(f"template: {name!r} is not a chat template prefloop knows{hint}; choose from "
+                      f"{', '.join(known)}, or leave template unset to use the tokenizer's own chat template")
 
 
 def _check_choice(key: str, value: str, module: str, enum_name: str) -> None:
