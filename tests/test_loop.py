@@ -275,6 +275,30 @@ def test_loop_yaml_errors_are_located(tmp_path, change, message, capsys):
     assert not (tmp_path / "prefloop.sqlite").exists()  # nothing ran
 
 
+def test_loop_overrides_take_llama_factory_keys_and_training_translates_or_refuses_them(tmp_path):
+    """train.overrides accepts what a training config accepts: LLaMA-Factory's names are read by the training
+    config's translation (config_lf) when the iteration trains, not refused by the loop as unknown keys."""
+    from prefloop.config import load_config
+
+    (tmp_path / "train.yaml").write_text("max_steps: 1\n")
+    (tmp_path / "eval.jsonl").write_text('{"prompt": "hi"}\n')
+    overrides = {"evaluation_strategy": "no", "disable_gradient_checkpointing": True, "flash_attn": "auto",
+                 "quantization_bit": 4}
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({
+        "name": "tiny", "label": {"judge": "http://127.0.0.1:1/v1"},
+        "train": {"config": "train.yaml", "overrides": overrides}, "eval": {"prompts": "eval.jsonl"}}))
+    cfg = load_loop_config(tmp_path / "loop.yaml")
+    assert cfg.train["overrides"] == overrides
+    (tmp_path / "champion").mkdir()
+    model = {"model_name_or_path": str(tmp_path / "champion"), "dataset": "pairs.jsonl",  # what the loop sets
+             "output_dir": str(tmp_path / "out")}
+    ok = {k: v for k, v in overrides.items() if k != "quantization_bit"}
+    trained = load_config(str(tmp_path / "train.yaml"), {**ok, **model})  # as the train step loads it
+    assert trained.eval_strategy == "no" and trained.gradient_checkpointing is False
+    with pytest.raises(ConfigError, match="quantization_bit"):  # a setting prefloop lacks is refused, not lost
+        load_config(str(tmp_path / "train.yaml"), {**overrides, **model})
+
+
 def test_forget_removes_the_text_everywhere_and_later_iterations_never_see_it(tmp_path, tiny_model_dir, judge):
     db, _ = _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
     cfg = load_loop_config(tmp_path / "loop.yaml")

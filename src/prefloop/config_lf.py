@@ -269,6 +269,16 @@ STAGE_ADVICE = {
 }
 
 
+TRANSLATED = ("disable_gradient_checkpointing", "pref_bco_weight", "neat_packing")
+
+
+def handled_keys() -> frozenset[str]:
+    """Every key `translate` answers for (renamed, translated, no effect, default only): a config
+    layer that only checks key names (the loop's `train.overrides`) accepts these and leaves their values
+    to `translate` when the training config is loaded."""
+    return frozenset(RENAMED) | frozenset(NO_EFFECT) | frozenset(DEFAULT_ONLY) | frozenset(TRANSLATED)
+
+
 def translate(values: dict[str, Setting]) -> dict[str, Setting]:
     """The settings with LLaMA-Factory / transformers keys turned into prefloop's (see the module docstring).
 

@@ -284,8 +284,9 @@ def _check_combinations(cfg: LoopConfig, where) -> None:
     import typing
 
     from prefloop.config import Config, _suggest as suggest_training_key
+    from prefloop.config_lf import handled_keys
 
-    known = typing.get_type_hints(Config)
+    known = set(typing.get_type_hints(Config)) | handled_keys()  # LLaMA-Factory keys: checked when training loads
     for key in t["overrides"]:
         if key not in known:
             raise ConfigError(f"{where('train', 'overrides')}: unknown training key {key!r}"
