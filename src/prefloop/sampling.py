@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
+from prefloop.attention_names import RUNS_SDPA
 from prefloop.data.template import get_template, special_token_text
 from prefloop.errors import DataError
-from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -264,10 +264,10 @@ class LocalGenerator:
         # SDPA took 9 ms a call on an H100 and eager was 5.6x faster end to end (bench/serve_batching.py).
         # The prompt (prefill) keeps SDPA, which never materialises the L x L scores.
         self._base = base
-        # A model that trained with segment attention (train/attention.py) runs SDPA without a plan.
+        # A model that trained with one of prefloop's attention backends runs SDPA without a plan.
         self._prefill_attention = getattr(getattr(base, "config", None), "_attn_implementation", None)
-        self._eager_decode = (self._prefill_attention in ("sdpa", SEGMENT_ATTENTION)
-                              and hasattr(base, "set_attn_implementation"))
+        self._eager_decode = (self._prefill_attention == "sdpa" or self._prefill_attention in RUNS_SDPA) and (
+            hasattr(base, "set_attn_implementation"))
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
 
