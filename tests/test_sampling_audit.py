@@ -4,6 +4,11 @@ transformers' warpers, stop strings, empty and too-long prompts, the context lim
 import subprocess
 import sys
 
+import pytest
+import torch
+
+from prefloop.sampling import SamplingParams, choose_tokens, sampling_logits
+
 
 def test_inference_modules_import_no_training_code():
     """Inference code never imports prefloop.train (the sampler took the attention backends' names from it)."""
@@ -24,3 +29,64 @@ def test_training_and_inference_share_the_attention_names():
     assert attention.IMPLEMENTATION == attention_names.SEGMENTS and flex.IMPLEMENTATION == attention_names.FLEX
     assert varlen.IMPLEMENTATION == attention_names.VARLEN
     assert attention.SDPA_MASK_IMPLEMENTATION == attention_names.SDPA_MASK
+
+
+def _transformers_warped(logits, temperature, top_k, top_p):
+    """What transformers' generate samples from: temperature, then top-k, then top-p (min_tokens_to_keep=1)."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_k > 0:
+        scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores
+
+
+def _ours(logits, temperature, top_k, top_p):
+    rows = logits.shape[0]
+    return sampling_logits(logits, torch.full((rows,), temperature), torch.full((rows,), top_k),
+                           torch.full((rows,), top_p, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("probs, top_p", [
+    ([0.5, 0.25, 0.125, 0.125], 0.75),  # the top two hold exactly top_p: the rest goes
+    ([0.5, 0.25, 0.125, 0.125], 0.5),  # the top token alone holds top_p
+    ([0.4, 0.2, 0.2, 0.2], 0.5),  # ties at the boundary
+    ([0.25, 0.25, 0.25, 0.25], 0.5),  # all tied
+    ([0.7, 0.2, 0.1], 0.1),  # below the top token: it alone stays
+])
+def test_top_p_matches_transformers_on_the_boundary_and_on_ties(probs, top_p):
+    logits = torch.tensor([probs]).log()
+    expected = _transformers_warped(logits, 1.0, 0, top_p)
+    assert torch.equal(_ours(logits, 1.0, 0, top_p), expected)
+
+
+def test_top_p_drops_the_token_past_an_exact_boundary_when_sampling():
+    """probs 0.5, 0.25, 0.125, 0.125 and top_p 0.75: the top two hold 0.75, so tokens 2 and 3 are never
+    sampled (TopPLogitsWarper); the old filter kept token 2 too (the mass above it was not > top_p)."""
+    logits = torch.tensor([0.5, 0.25, 0.125, 0.125]).log()
+    rows = 3000
+    gens = [torch.Generator().manual_seed(s) for s in range(rows)]
+    tokens = torch.tensor(choose_tokens(logits.repeat(rows, 1), [SamplingParams(top_p=0.75)] * rows, gens))
+    counts = torch.bincount(tokens, minlength=4)
+    assert counts[2] == 0 and counts[3] == 0 and counts[1] > rows / 4
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (1.0, 0, 0.9), (0.7, 0, 0.5), (1.3, 5, 1.0), (1.0, 3, 0.8), (0.5, 1, 0.3), (1.0, 60, 0.95), (2.0, 2, 1e-9),
+])
+def test_temperature_top_k_top_p_match_transformers_warpers(temperature, top_k, top_p):
+    torch.manual_seed(0)
+    logits = (torch.randn(16, 50) * 3).round(decimals=0)  # rounded: many ties, at the k-th and elsewhere
+    ours = _ours(logits, temperature, top_k, top_p)
+    expected = torch.cat([_transformers_warped(row[None], temperature, top_k, top_p) for row in logits])
+    assert torch.equal(ours, expected)
+
+
+def test_top_k_limits_the_sampled_tokens():
+    logits = torch.tensor([[3.0, 2.9, 2.8, 2.7, -1.0]])
+    rows = 400
+    gens = [torch.Generator().manual_seed(s) for s in range(rows)]
+    tokens = choose_tokens(logits.repeat(rows, 1), [SamplingParams(top_k=2)] * rows, gens)
+    assert set(tokens) == {0, 1}

@@ -24,7 +24,8 @@ from prefloop.errors import DataError
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one sequence. `temperature` below GREEDY_BELOW (0 included) is greedy; `seed`
-    makes sampling reproducible.
+    makes sampling reproducible. `top_k` (0 or less: off) and `top_p` filter as transformers'
+    warpers do (see `sampling_logits`).
 
     `frequency_penalty`, `presence_penalty` and `logit_bias` ((token id, bias) pairs) change the
     logits before the choice as the OpenAI API defines them (see `adjust_logits`)."""
@@ -32,6 +33,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off (vLLM's -1 also means off)
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
@@ -442,10 +444,38 @@ def adjust_logits(logits: torch.Tensor, params: list["SamplingParams | None"], g
     return out
 
 
+def sampling_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor | None = None,
+                    top_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits to sample from, one row each: divided by the row's `temperature`, then its `top_k` most
+    likely tokens kept (0 or less: all; every token tied with the k-th stays), then the smallest set
+    of most likely tokens whose probability adds up to at least `top_p` (1: all; at least one token
+    always stays). Filtered tokens get -inf. The same as transformers' TemperatureLogitsWarper,
+    TopKLogitsWarper and TopPLogitsWarper (min_tokens_to_keep=1) applied in that order, as `generate`
+    does, ties and the exact top-p boundary included: a token is dropped when the tokens above it
+    already hold `top_p`. `logits` (rows, vocab) float; the others (rows,)."""
+    scaled = logits / temperature[:, None].to(logits.dtype)
+    if top_k is not None and bool((top_k > 0).any()):
+        k = top_k.clamp(max=scaled.shape[-1])
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None].to(torch.long))
+        drop = (scaled < kth) & (k > 0)[:, None]
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    if top_p is not None and bool((top_p < 1.0).any()):
+        # as TopPLogitsWarper: sorted ascending, drop the tokens whose cumulative probability from the bottom
+        # is at most 1 - top_p (the mass above them is then at least top_p), keeping the most likely one
+        sorted_logits, order = scaled.sort(dim=-1, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # 1 - top_p in float64, then in the logits' precision: as transformers compares with a Python float
+        threshold = torch.where(top_p < 1.0, 1 - top_p.double(), -1.0).to(cumulative.dtype)
+        drop = cumulative <= threshold[:, None]
+        drop[:, -1] = False
+        scaled = scaled.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scaled
+
+
 def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:
     """Next token of every row, in one batch on the logits' device: greedy at temperature 0 (and any
-    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else
-    nucleus (top-p) sampling at the row's temperature. Sampling uses the Gumbel-max trick with noise
+    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else a sample from
+    `sampling_logits` (temperature, top-k, top-p). Sampling uses the Gumbel-max trick with noise
     from the row's own generator, so a row samples the same tokens whatever else is in its batch.
     Rows whose params are None (finished) get the greedy token, which is ignored."""
     tokens = logits.argmax(dim=-1)
@@ -453,14 +483,9 @@ def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], g
     if rows:
         device = logits.device
         index = torch.tensor(rows, device=device)
-        temperature = torch.tensor([params[i].temperature for i in rows], device=device)
-        scaled = logits[index] / temperature[:, None]
-        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
-        if bool((top_p < 1.0).any()):
-            probs = torch.softmax(scaled, dim=-1)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = (sorted_probs.cumsum(-1) - sorted_probs) > top_p[:, None]  # the top token always stays
-            scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), float("-inf"))
+        scaled = sampling_logits(logits[index], torch.tensor([params[i].temperature for i in rows], device=device),
+                                 torch.tensor([params[i].top_k for i in rows], device=device),
+                                 torch.tensor([params[i].top_p for i in rows], device=device, dtype=torch.float64))
         noise = torch.empty_like(scaled)
         for k, i in enumerate(rows):
             noise[k].uniform_(generator=generators[i])
