@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from prefloop.sampling import SamplingParams, choose_tokens, sampling_logits
+from prefloop.sampling import LocalGenerator, SamplingParams, choose_tokens, sampling_logits
 
 
 def test_inference_modules_import_no_training_code():
@@ -90,3 +90,42 @@ def test_top_k_limits_the_sampled_tokens():
     gens = [torch.Generator().manual_seed(s) for s in range(rows)]
     tokens = choose_tokens(logits.repeat(rows, 1), [SamplingParams(top_k=2)] * rows, gens)
     assert set(tokens) == {0, 1}
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_tokenizer):
+    from prefloop.testing import build_tiny_model
+
+    return LocalGenerator(build_tiny_model(tiny_tokenizer), tiny_tokenizer)
+
+
+def _forced(first: int, second: int) -> dict:
+    """Greedy settings under which the tiny model answers first, second, first (see test_sampling.forced)."""
+    return dict(temperature=0.0, logit_bias=((first, 100.0), (second, 98.0), (0, -100.0), (2, -100.0)),
+                frequency_penalty=2.0, presence_penalty=2.0)
+
+
+def test_the_answer_is_cut_at_the_earliest_stop_string_not_the_first_listed(gen, tiny_tokenizer):
+    """Token 323 ("ount") brings "o" and "t" in one step: stop=["t", "o"] cuts before "o" (the earliest),
+    not before "t" (the first in the list)."""
+    first, second = 300, 323  # "ld", "ount"
+    assert tiny_tokenizer.decode([first]) == "ld" and tiny_tokenizer.decode([second]) == "ount"
+    prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
+    for stream in (False, True):
+        deltas = []
+        on_update = (lambda row, delta, logprobs, done: deltas.append(delta)) if stream else None
+        cut = gen.generate([(prompt, SamplingParams(3, **_forced(first, second), stop=("t", "o")))], on_update)[0]
+        assert cut.text == "ld" and cut.finish_reason == "stop"
+        if stream:
+            assert "".join(deltas) == "ld"
+
+
+def test_a_stop_string_spanning_two_tokens_cuts_the_answer(gen):
+    prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
+    for stream in (False, True):
+        deltas = []
+        on_update = (lambda row, delta, logprobs, done: deltas.append(delta)) if stream else None
+        cut = gen.generate([(prompt, SamplingParams(3, **_forced(300, 323), stop=("dou",)))], on_update)[0]
+        assert cut.text == "l" and cut.finish_reason == "stop" and cut.token_ids == [300, 323]
+        if stream:
+            assert "".join(deltas) == "l"

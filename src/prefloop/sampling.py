@@ -374,12 +374,13 @@ class LocalGenerator:
                 self._finish(s, "length", on_update, i)
             return
         s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
-        for stop in s.params.stop:
-            at = s.text.find(stop, max(0, s.sent - len(stop)))
-            if stop and at >= 0:
-                s.text = s.text[:at]
-                self._finish(s, "stop", on_update, i)
-                return
+        # the earliest occurrence of any stop string (one token may complete several; list order is no rank)
+        found = [at for at in (s.text.find(stop, max(0, s.sent - len(stop))) for stop in s.params.stop if stop)
+                 if at >= 0]
+        if found:
+            s.text = s.text[: min(found)]
+            self._finish(s, "stop", on_update, i)
+            return
         if len(s.ids) >= s.params.max_new_tokens:
             self._finish(s, "length", on_update, i)
         elif on_update is not None:
