@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from prefloop.sampling import LocalGenerator, SamplingParams, choose_tokens, sampling_logits
+from prefloop.errors import DataError
+from prefloop.sampling import LocalGenerator, PromptTooLong, SamplingParams, choose_tokens, sampling_logits
 
 
 def test_inference_modules_import_no_training_code():
@@ -129,3 +130,72 @@ def test_a_stop_string_spanning_two_tokens_cuts_the_answer(gen):
         assert cut.text == "l" and cut.finish_reason == "stop" and cut.token_ids == [300, 323]
         if stream:
             assert "".join(deltas) == "l"
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": "  \n"}],
+    [{"role": "system", "content": "You are helpful."}],
+    [{"role": "system", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": ""}]}],
+])
+def test_an_empty_prompt_is_a_data_error(gen, messages):
+    with pytest.raises(DataError, match="no user message holds any text"):
+        gen.encode_chat(messages)
+
+
+def test_generating_from_no_prompt_tokens_is_a_data_error_not_a_crash(gen):
+    with pytest.raises(DataError, match="the prompt is empty"):
+        gen.generate([([], SamplingParams(3))])
+
+
+def _short_context(tiny_tokenizer, context: int):
+    from prefloop.testing import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.max_position_embeddings = context
+    return LocalGenerator(model, tiny_tokenizer)
+
+
+def test_a_prompt_longer_than_the_context_is_prompt_too_long(tiny_tokenizer):
+    gen = _short_context(tiny_tokenizer, 40)
+    with pytest.raises(PromptTooLong, match="maximum context length is 40 tokens") as info:
+        gen.encode_chat([{"role": "user", "content": "word " * 60}])
+    assert info.value.code == "context_length_exceeded" and info.value.prompt_tokens > 40
+    assert isinstance(info.value, DataError)
+    with pytest.raises(PromptTooLong):
+        gen.generate([(list(range(3, 43)), SamplingParams(3))])
+
+
+def test_an_answer_reaching_the_context_stops_there_with_length(tiny_tokenizer):
+    """The answer may not run past max_position_embeddings (a garbage continuation, or a crash with learned
+    positions): it ends with "length" where prompt and answer fill the context, streamed or not."""
+    gen = _short_context(tiny_tokenizer, 40)
+    prompt = gen.encode_chat([{"role": "user", "content": "hello"}])
+    no_stop = SamplingParams(200, temperature=0, logit_bias=tuple((t, -100.0) for t in sorted(gen.stop_ids)))
+    for on_update in (None, lambda *args: None):
+        [sample] = gen.generate([(prompt, no_stop)], on_update)
+        assert sample.finish_reason == "length" and len(prompt) + len(sample.token_ids) == 40
+
+
+def test_generate_reports_too_long_and_empty_prompts_with_file_and_line(tiny_model_dir, tmp_path, capsys):
+    """Each prompt that cannot be answered fails alone, named by file:line with the reason; the rest are written."""
+    import json
+    import shutil
+
+    from prefloop.generate import generate_command
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 60}))
+    prompts = tmp_path / "p.jsonl"
+    records = [{"prompt": "word " * 80}, {"prompt": "Name a city."}, {"prompt": ""}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out.jsonl"
+    assert generate_command(str(model), str(prompts), str(out), n=1, max_new_tokens=200, batch_size=2) == 1
+    err = capsys.readouterr().err
+    assert f"{prompts}:1 (id p:1): PromptTooLong: messages: this model's maximum context length is 60" in err
+    assert f"{prompts}:3 (id p:3): DataError: messages: no user message holds any text" in err
+    assert "2 prompt(s) cannot be sent to this model" in err
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["messages"] == [{"role": "user", "content": "Name a city."}]

@@ -115,7 +115,10 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
               + ", ".join(f"{k} -> {v}" for k, v in client.adaptations.items()), file=sys.stderr)
     if failures:
         for prompt, err in failures[:5]:
-            print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)
+            where = f"{prompt.source} (id {prompt.id})" if prompt.source else prompt.id
+            print(f"  failed {where}: {type(err).__name__}: {err}", file=sys.stderr)
+        if len(failures) > 5:
+            print(f"  ... and {len(failures) - 5} more failed prompt(s)", file=sys.stderr)
         refused = sum(isinstance(err, PrefloopError) for _, err in failures)
         if refused:
             print(f"prefloop generate: {refused} prompt(s) cannot be sent to this model as they are (see above); "

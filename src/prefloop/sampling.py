@@ -215,6 +215,28 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return keep
 
 
+class PromptTooLong(DataError):
+    """A prompt that leaves no room for an answer in the model's context: OpenAI's and vLLM's
+    `context_length_exceeded` (the server answers it with that code and a 400; `generate` fails that
+    one prompt, naming its file and line)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, context_length: int):
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        super().__init__(f"messages: this model's maximum context length is {context_length} tokens, and the "
+                         f"messages take {prompt_tokens}, leaving no room for an answer; shorten the messages "
+                         "(drop early turns or cut long texts)")
+
+
+def check_prompt_tokens(prompt_ids: list[int], context_length: int | None) -> None:
+    """Raises DataError for an empty prompt and PromptTooLong for one that fills the model's context."""
+    if not prompt_ids:
+        raise DataError("messages: the prompt is empty (no tokens); send at least one user message with text")
+    if context_length is not None and len(prompt_ids) >= context_length:
+        raise PromptTooLong(len(prompt_ids), context_length)
+
+
 def render_prompt(template, messages: list[dict]) -> str:
     """The conversation rendered with the generation prompt, as the model reads it.
 
@@ -244,6 +266,7 @@ class _Row:
         self.sent = 0  # characters of text already handed to the callback
         self.sent_logprobs = 0
         self.finished: Sample | None = None
+        self.limit = params.max_new_tokens  # tokens it may take: its budget, at most what the context leaves
         self.seed = int(params.seed if params.seed is not None else random.getrandbits(63))
         self.generator: torch.Generator | None = None  # made on the model's device when decoding starts
 
@@ -289,23 +312,37 @@ class LocalGenerator:
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS).
 
-        Raises DataError when the messages hold tool calls, tool results, names or reasoning that the
-        chat template would drop (the model would answer a conversation other than the one sent), or
-        when the template refuses the conversation (see `render_prompt`).
+        Raises DataError when no user message holds text, when the messages hold tool calls, tool
+        results, names or reasoning that the chat template would drop (the model would answer a
+        conversation other than the one sent), or when the template refuses the conversation (see
+        `render_prompt`); PromptTooLong when the prompt leaves no room for an answer in the context.
         """
+        if not any(m.get("role") == "user" and _has_text(m.get("content")) for m in messages):
+            raise DataError("messages: no user message holds any text, so there is nothing to answer; "
+                            "send at least one user message with text")
         self.template.check_renders(messages)
         text = render_prompt(self.template, messages)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        check_prompt_tokens(ids, self.context_length)
+        return ids
 
     def generate(
         self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
         cancelled: Callable[[int], bool] | None = None,
     ) -> list[Sample]:
         """Decode all rows together; returns one Sample per row in order. `cancelled(row)`, asked
-        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away)."""
+        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away).
+        A row ends with "length" at its `max_new_tokens` or when prompt and answer fill the model's
+        context (never decoding past `max_position_embeddings`). Raises DataError for an empty prompt
+        and PromptTooLong for one that fills the context, before decoding any row."""
         if not rows:
             return []
+        for ids, _ in rows:
+            check_prompt_tokens(ids, self.context_length)
         states = [_Row(list(ids), params) for ids, params in rows]
+        if self.context_length is not None:
+            for s in states:
+                s.limit = min(s.limit, self.context_length - len(s.prompt_ids))
         try:
             with torch.inference_mode():
                 self._decode(states, on_update, cancelled)
@@ -326,7 +363,7 @@ class LocalGenerator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         for s in states:
-            if s.params.max_new_tokens <= 0:
+            if s.limit <= 0:
                 self._finish(s, "length", on_update, states.index(s))
         for s in states:
             s.generator = torch.Generator(device=device).manual_seed(s.seed)
@@ -370,7 +407,7 @@ class LocalGenerator:
         if logprob is not None:
             s.logprobs.append(logprob)
         if not s.params.stop and on_update is None:  # nobody looks at the text before the end
-            if len(s.ids) >= s.params.max_new_tokens:
+            if len(s.ids) >= s.limit:
                 self._finish(s, "length", on_update, i)
             return
         s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
@@ -381,7 +418,7 @@ class LocalGenerator:
             s.text = s.text[: min(found)]
             self._finish(s, "stop", on_update, i)
             return
-        if len(s.ids) >= s.params.max_new_tokens:
+        if len(s.ids) >= s.limit:
             self._finish(s, "length", on_update, i)
         elif on_update is not None:
             ready = len(s.text) - _held_back(s.text, s.params.stop)
@@ -416,6 +453,16 @@ class LocalGenerator:
         s.finished = Sample(s.text, list(s.ids), reason, list(s.logprobs) if s.params.logprobs else None)
         if on_update is not None:
             on_update(i, s.text[s.sent :], s.logprobs[s.sent_logprobs :], s.finished)
+
+
+def _has_text(content) -> bool:
+    """True when a message's content (a string, or OpenAI content parts) holds non-blank text."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    if isinstance(content, list):
+        return any(isinstance(p, dict) and _has_text(p.get("text")) or isinstance(p, str) and _has_text(p)
+                   for p in content)
+    return False
 
 
 def _cache_of(out):
