@@ -29,11 +29,16 @@ def short_generator(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(short_generator):
+def server(short_generator):
     engine = GenerationEngine(short_generator)
     with BackgroundServer(create_app(engine, MODEL)) as server:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        yield server
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 def create(client, **kwargs):
@@ -132,3 +137,18 @@ def test_penalties_are_honoured(client, short_generator):
                             logit_bias=tuple((int(t), float(b)) for t, b in NO_STOP.items()))
     expected = short_generator.generate([(short_generator.encode_chat(HELLO), params)])[0].text
     assert got == expected
+
+
+def test_generate_from_an_endpoint_reports_a_too_long_prompt_as_one_to_fix_not_to_retry(server, tmp_path, capsys):
+    """The endpoint's 400 context_length_exceeded fails that prompt alone, named by file:line; it is counted
+    with the prompts that cannot be sent as they are (rerunning would not help), not with those to retry."""
+    from prefloop.generate import generate_command
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "word " * 80}) + "\n" + json.dumps({"prompt": "Name a city."}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert generate_command(server.url, str(prompts), str(out), n=1, max_new_tokens=4) == 1
+    err = capsys.readouterr().err
+    assert f"failed {prompts}:1 (id p:1): BadRequestError" in err and "maximum context length is 60" in err
+    assert "1 prompt(s) cannot be sent to this model as they are" in err and "retry" not in err
+    assert len(out.read_text().splitlines()) == 1
