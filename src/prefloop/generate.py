@@ -68,9 +68,10 @@ def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) ->
 
 def _cannot_be_sent(err: Exception) -> bool:
     """True for a prompt that fails the same way on every try: refused here (a PrefloopError: no user text,
-    a template that refuses it, PromptTooLong) or by the endpoint as longer than the model's context
-    (OpenAI's and vLLM's 400 `context_length_exceeded`); running the command again would not help."""
-    return isinstance(err, PrefloopError) or getattr(err, "code", None) == "context_length_exceeded"
+    a template that refuses it, PromptTooLong) or by the endpoint as an invalid request (HTTP 400: OpenAI's
+    and vLLM's `context_length_exceeded`, a message with no text); running the command again would not help."""
+    return (isinstance(err, PrefloopError) or getattr(err, "code", None) == "context_length_exceeded"
+            or getattr(err, "status_code", None) == 400)
 
 
 def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
