@@ -199,3 +199,25 @@ def test_generate_reports_too_long_and_empty_prompts_with_file_and_line(tiny_mod
     assert "2 prompt(s) cannot be sent to this model" in err
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["messages"] == [{"role": "user", "content": "Name a city."}]
+
+
+def test_greedy_answers_equal_transformers_generate_alone_and_in_a_batch(tiny_tokenizer):
+    """The one decode loop (left-padded batch, KV cache, eager decode steps) gives transformers' own greedy
+    `generate` tokens, stopping at the same end-of-turn; float64 so that no argmax is decided by rounding."""
+    from prefloop.testing import build_tiny_model, to_float64
+
+    model = to_float64(build_tiny_model(tiny_tokenizer))
+    gen = LocalGenerator(model, tiny_tokenizer)
+    prompts = [gen.encode_chat([{"role": "user", "content": text}]) for text in ("hi", "tell me a story " * 4, "x y")]
+    params = SamplingParams(10, temperature=0)
+    together = gen.generate([(p, params) for p in prompts])
+    for prompt, sample in zip(prompts, together):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=10, do_sample=False, eos_token_id=sorted(gen.stop_ids),
+                                 pad_token_id=gen.pad_id)
+        expected = out[0, len(prompt):].tolist()
+        stopped = bool(expected) and expected[-1] in gen.stop_ids
+        assert sample.token_ids == (expected[:-1] if stopped else expected)
+        assert sample.finish_reason == ("stop" if stopped else "length")
+        assert gen.generate([(prompt, params)])[0].token_ids == sample.token_ids

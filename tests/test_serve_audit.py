@@ -99,6 +99,8 @@ def test_n_choices_streamed_end_each_with_a_finish_reason_then_one_usage_chunk(c
                          stream_options={"include_usage": True}))
     finished = sorted(ch.index for c in chunks for ch in c.choices if ch.finish_reason)
     assert finished == [0, 1, 2]
+    # as OpenAI (vLLM #35705): the finish chunk has an empty delta, after the choice's last content
+    assert all(not ch.delta.content and ch.delta.role is None for c in chunks for ch in c.choices if ch.finish_reason)
     assert all(c.usage is None for c in chunks[:-1])
     last = chunks[-1]
     assert last.choices == [] and last.usage.completion_tokens == 15
