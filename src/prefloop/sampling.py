@@ -291,8 +291,8 @@ class LocalGenerator:
         self._base = base
         # A model that trained with one of prefloop's attention backends runs SDPA without a plan.
         self._prefill_attention = getattr(getattr(base, "config", None), "_attn_implementation", None)
-        self._eager_decode = (self._prefill_attention == "sdpa" or self._prefill_attention in RUNS_SDPA) and (
-            hasattr(base, "set_attn_implementation"))
+        self._eager_decode = (self._prefill_attention in {"sdpa", *RUNS_SDPA}
+                              and hasattr(base, "set_attn_implementation"))
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
 
