@@ -14,9 +14,9 @@ import sys
 from dataclasses import replace
 from typing import TextIO
 
-from prefloop.errors import ConfigError
+from prefloop.errors import ConfigError, DataError
 from prefloop.render import terminal_text
-from prefloop.sampling import LocalGenerator, Sample, SamplingParams
+from prefloop.sampling import LocalGenerator, PromptTooLong, Sample, SamplingParams
 
 COMMANDS = {"/reset": "forgets the conversation (the --system text stays)", "/exit": "quits (Ctrl-D too)"}
 HELP = "commands: " + ", ".join(f"{name} {what}" for name, what in COMMANDS.items())
@@ -58,7 +58,11 @@ class ChatSession:
         The turn is kept only once the answer is complete (an error or Ctrl-C leaves the
         conversation as it was). Raises ConfigError when the conversation fills the context."""
         messages = [*self.messages, {"role": "user", "content": text}]
-        prompt = self.generator.encode_chat(messages)
+        try:
+            prompt = self.generator.encode_chat(messages)
+        except PromptTooLong as err:
+            raise ConfigError(f"the conversation takes {err.prompt_tokens} tokens and fills the model's context of "
+                              f"{err.context_length}; type /reset to start over") from err
         params = replace(self.params, max_new_tokens=self.budget(len(prompt)))
 
         def on_update(row, delta, logprobs, finished):
@@ -120,7 +124,7 @@ def run_chat(session: ChatSession, stdin: TextIO, out: TextIO, err: TextIO, inte
             out.write("\n")
             err.write("(answer interrupted; it is not kept)\n")
             continue
-        except ConfigError as error:
+        except (ConfigError, DataError) as error:  # e.g. a full context, a template refusing the turns
             out.write("\n")
             err.write(f"prefloop chat: {error}\n")
             continue

@@ -66,6 +66,14 @@ def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) ->
             raise ConfigError(message)
 
 
+def _cannot_be_sent(err: Exception) -> bool:
+    """True for a prompt that fails the same way on every try: refused here (a PrefloopError: no user text,
+    a template that refuses it, PromptTooLong) or by the endpoint as an invalid request (HTTP 400: OpenAI's
+    and vLLM's `context_length_exceeded`, a message with no text); running the command again would not help."""
+    return (isinstance(err, PrefloopError) or getattr(err, "code", None) == "context_length_exceeded"
+            or getattr(err, "status_code", None) == 400)
+
+
 def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8, top_p=1.0, max_new_tokens=256,
                      batch_size=8, concurrency=8, api_key_env=None, api_key_file=None, seed=0,
                      log_requests=True) -> int:
@@ -115,8 +123,11 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
               + ", ".join(f"{k} -> {v}" for k, v in client.adaptations.items()), file=sys.stderr)
     if failures:
         for prompt, err in failures[:5]:
-            print(f"  failed {prompt.id}: {type(err).__name__}: {err}", file=sys.stderr)
-        refused = sum(isinstance(err, PrefloopError) for _, err in failures)
+            where = f"{prompt.source} (id {prompt.id})" if prompt.source else prompt.id
+            print(f"  failed {where}: {type(err).__name__}: {err}", file=sys.stderr)
+        if len(failures) > 5:
+            print(f"  ... and {len(failures) - 5} more failed prompt(s)", file=sys.stderr)
+        refused = sum(_cannot_be_sent(err) for _, err in failures)
         if refused:
             print(f"prefloop generate: {refused} prompt(s) cannot be sent to this model as they are (see above); "
                   "fix them or use another model", file=sys.stderr)

@@ -16,15 +16,16 @@ from typing import Callable
 
 import torch
 
+from prefloop.attention_names import RUNS_SDPA
 from prefloop.data.template import get_template, special_token_text
 from prefloop.errors import DataError
-from prefloop.train.attention import IMPLEMENTATION as SEGMENT_ATTENTION
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one sequence. `temperature` below GREEDY_BELOW (0 included) is greedy; `seed`
-    makes sampling reproducible.
+    makes sampling reproducible. `top_k` (0 or less: off) and `top_p` filter as transformers'
+    warpers do (see `sampling_logits`).
 
     `frequency_penalty`, `presence_penalty` and `logit_bias` ((token id, bias) pairs) change the
     logits before the choice as the OpenAI API defines them (see `adjust_logits`)."""
@@ -32,6 +33,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off (vLLM's -1 also means off)
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
@@ -213,6 +215,28 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return keep
 
 
+class PromptTooLong(DataError):
+    """A prompt that leaves no room for an answer in the model's context: OpenAI's and vLLM's
+    `context_length_exceeded` (the server answers it with that code and a 400; `generate` fails that
+    one prompt, naming its file and line)."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, prompt_tokens: int, context_length: int):
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        super().__init__(f"messages: this model's maximum context length is {context_length} tokens, and the "
+                         f"messages take {prompt_tokens}, leaving no room for an answer; shorten the messages "
+                         "(drop early turns or cut long texts)")
+
+
+def check_prompt_tokens(prompt_ids: list[int], context_length: int | None) -> None:
+    """Raises DataError for an empty prompt and PromptTooLong for one that fills the model's context."""
+    if not prompt_ids:
+        raise DataError("messages: the prompt is empty (no tokens); send at least one user message with text")
+    if context_length is not None and len(prompt_ids) >= context_length:
+        raise PromptTooLong(len(prompt_ids), context_length)
+
+
 def render_prompt(template, messages: list[dict]) -> str:
     """The conversation rendered with the generation prompt, as the model reads it.
 
@@ -242,6 +266,7 @@ class _Row:
         self.sent = 0  # characters of text already handed to the callback
         self.sent_logprobs = 0
         self.finished: Sample | None = None
+        self.limit = params.max_new_tokens  # tokens it may take: its budget, at most what the context leaves
         self.seed = int(params.seed if params.seed is not None else random.getrandbits(63))
         self.generator: torch.Generator | None = None  # made on the model's device when decoding starts
 
@@ -264,9 +289,9 @@ class LocalGenerator:
         # SDPA took 9 ms a call on an H100 and eager was 5.6x faster end to end (bench/serve_batching.py).
         # The prompt (prefill) keeps SDPA, which never materialises the L x L scores.
         self._base = base
-        # A model that trained with segment attention (train/attention.py) runs SDPA without a plan.
+        # A model that trained with one of prefloop's attention backends runs SDPA without a plan.
         self._prefill_attention = getattr(getattr(base, "config", None), "_attn_implementation", None)
-        self._eager_decode = (self._prefill_attention in ("sdpa", SEGMENT_ATTENTION)
+        self._eager_decode = (self._prefill_attention in {"sdpa", *RUNS_SDPA}
                               and hasattr(base, "set_attn_implementation"))
         config = getattr(model, "config", None)
         self.context_length = getattr(config, "max_position_embeddings", None)
@@ -287,23 +312,37 @@ class LocalGenerator:
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of the prompt (template rendered with the generation prompt; it holds any BOS).
 
-        Raises DataError when the messages hold tool calls, tool results, names or reasoning that the
-        chat template would drop (the model would answer a conversation other than the one sent), or
-        when the template refuses the conversation (see `render_prompt`).
+        Raises DataError when no user message holds text, when the messages hold tool calls, tool
+        results, names or reasoning that the chat template would drop (the model would answer a
+        conversation other than the one sent), or when the template refuses the conversation (see
+        `render_prompt`); PromptTooLong when the prompt leaves no room for an answer in the context.
         """
+        if not any(m.get("role") == "user" and _has_text(m.get("content")) for m in messages):
+            raise DataError("messages: no user message holds any text, so there is nothing to answer; "
+                            "send at least one user message with text")
         self.template.check_renders(messages)
         text = render_prompt(self.template, messages)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        check_prompt_tokens(ids, self.context_length)
+        return ids
 
     def generate(
         self, rows: list[tuple[list[int], SamplingParams]], on_update: UpdateCallback | None = None,
         cancelled: Callable[[int], bool] | None = None,
     ) -> list[Sample]:
         """Decode all rows together; returns one Sample per row in order. `cancelled(row)`, asked
-        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away)."""
+        before every step, ends a row early (finish_reason "cancelled": e.g. its client went away).
+        A row ends with "length" at its `max_new_tokens` or when prompt and answer fill the model's
+        context (never decoding past `max_position_embeddings`). Raises DataError for an empty prompt
+        and PromptTooLong for one that fills the context, before decoding any row."""
         if not rows:
             return []
+        for ids, _ in rows:
+            check_prompt_tokens(ids, self.context_length)
         states = [_Row(list(ids), params) for ids, params in rows]
+        if self.context_length is not None:
+            for s in states:
+                s.limit = min(s.limit, self.context_length - len(s.prompt_ids))
         try:
             with torch.inference_mode():
                 self._decode(states, on_update, cancelled)
@@ -324,7 +363,7 @@ class LocalGenerator:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         for s in states:
-            if s.params.max_new_tokens <= 0:
+            if s.limit <= 0:
                 self._finish(s, "length", on_update, states.index(s))
         for s in states:
             s.generator = torch.Generator(device=device).manual_seed(s.seed)
@@ -368,17 +407,18 @@ class LocalGenerator:
         if logprob is not None:
             s.logprobs.append(logprob)
         if not s.params.stop and on_update is None:  # nobody looks at the text before the end
-            if len(s.ids) >= s.params.max_new_tokens:
+            if len(s.ids) >= s.limit:
                 self._finish(s, "length", on_update, i)
             return
         s.text = self.tokenizer.decode(s.ids, skip_special_tokens=True)
-        for stop in s.params.stop:
-            at = s.text.find(stop, max(0, s.sent - len(stop)))
-            if stop and at >= 0:
-                s.text = s.text[:at]
-                self._finish(s, "stop", on_update, i)
-                return
-        if len(s.ids) >= s.params.max_new_tokens:
+        # the earliest occurrence of any stop string (one token may complete several; list order is no rank)
+        found = [at for at in (s.text.find(stop, max(0, s.sent - len(stop))) for stop in s.params.stop if stop)
+                 if at >= 0]
+        if found:
+            s.text = s.text[: min(found)]
+            self._finish(s, "stop", on_update, i)
+            return
+        if len(s.ids) >= s.limit:
             self._finish(s, "length", on_update, i)
         elif on_update is not None:
             ready = len(s.text) - _held_back(s.text, s.params.stop)
@@ -415,6 +455,16 @@ class LocalGenerator:
             on_update(i, s.text[s.sent :], s.logprobs[s.sent_logprobs :], s.finished)
 
 
+def _has_text(content) -> bool:
+    """True when a message's content (a string, or OpenAI content parts) holds non-blank text."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    if isinstance(content, list):
+        return any(isinstance(p, dict) and _has_text(p.get("text")) or isinstance(p, str) and _has_text(p)
+                   for p in content)
+    return False
+
+
 def _cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -442,10 +492,38 @@ def adjust_logits(logits: torch.Tensor, params: list["SamplingParams | None"], g
     return out
 
 
+def sampling_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor | None = None,
+                    top_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits to sample from, one row each: divided by the row's `temperature`, then its `top_k` most
+    likely tokens kept (0 or less: all; every token tied with the k-th stays), then the smallest set
+    of most likely tokens whose probability adds up to at least `top_p` (1: all; at least one token
+    always stays). Filtered tokens get -inf. The same as transformers' TemperatureLogitsWarper,
+    TopKLogitsWarper and TopPLogitsWarper (min_tokens_to_keep=1) applied in that order, as `generate`
+    does, ties and the exact top-p boundary included: a token is dropped when the tokens above it
+    already hold `top_p`. `logits` (rows, vocab) float; the others (rows,)."""
+    scaled = logits / temperature[:, None].to(logits.dtype)
+    if top_k is not None and bool((top_k > 0).any()):
+        k = top_k.clamp(max=scaled.shape[-1])
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None].to(torch.long))
+        drop = (scaled < kth) & (k > 0)[:, None]
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    if top_p is not None and bool((top_p < 1.0).any()):
+        # as TopPLogitsWarper: sorted ascending, drop the tokens whose cumulative probability from the bottom
+        # is at most 1 - top_p (the mass above them is then at least top_p), keeping the most likely one
+        sorted_logits, order = scaled.sort(dim=-1, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # 1 - top_p in float64, then in the logits' precision: as transformers compares with a Python float
+        threshold = torch.where(top_p < 1.0, 1 - top_p.double(), -1.0).to(cumulative.dtype)
+        drop = cumulative <= threshold[:, None]
+        drop[:, -1] = False
+        scaled = scaled.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scaled
+
+
 def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], generators: list) -> list[int]:
     """Next token of every row, in one batch on the logits' device: greedy at temperature 0 (and any
-    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else
-    nucleus (top-p) sampling at the row's temperature. Sampling uses the Gumbel-max trick with noise
+    temperature below GREEDY_BELOW, whose division would overflow to inf/NaN), else a sample from
+    `sampling_logits` (temperature, top-k, top-p). Sampling uses the Gumbel-max trick with noise
     from the row's own generator, so a row samples the same tokens whatever else is in its batch.
     Rows whose params are None (finished) get the greedy token, which is ignored."""
     tokens = logits.argmax(dim=-1)
@@ -453,14 +531,9 @@ def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], g
     if rows:
         device = logits.device
         index = torch.tensor(rows, device=device)
-        temperature = torch.tensor([params[i].temperature for i in rows], device=device)
-        scaled = logits[index] / temperature[:, None]
-        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
-        if bool((top_p < 1.0).any()):
-            probs = torch.softmax(scaled, dim=-1)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = (sorted_probs.cumsum(-1) - sorted_probs) > top_p[:, None]  # the top token always stays
-            scaled = scaled.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), float("-inf"))
+        scaled = sampling_logits(logits[index], torch.tensor([params[i].temperature for i in rows], device=device),
+                                 torch.tensor([params[i].top_k for i in rows], device=device),
+                                 torch.tensor([params[i].top_p for i in rows], device=device, dtype=torch.float64))
         noise = torch.empty_like(scaled)
         for k, i in enumerate(rows):
             noise[k].uniform_(generator=generators[i])

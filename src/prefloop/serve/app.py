@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefloop.errors import ConfigError, DataError
 from prefloop.exposure import check_exposure
-from prefloop.sampling import Sample
+from prefloop.sampling import PromptTooLong, Sample
 from prefloop.serve.engine import GenerationEngine
 from prefloop.serve.feedback import record_feedback
 from prefloop.serve.holder import ModelHolder
@@ -183,7 +183,10 @@ def create_app(engine: GenerationEngine | None, model_name: str | None, api_key:
         req.conversation_id = req.conversation_id or request.headers.get("x-conversation-id") or uuid.uuid4().hex
         try:
             prompt_ids = await run_in_threadpool(engine.encode_chat, req.messages)
-        except DataError as err:  # turn contents (tool results, ...) the chat template would drop
+        except PromptTooLong as err:  # as OpenAI and vLLM: a 400 with code context_length_exceeded
+            message = str(err).removeprefix("messages: ")
+            raise APIError(400, message[:1].upper() + message[1:], "messages", err.code) from err
+        except DataError as err:  # no user text, turn contents (tool results, ...) the chat template would drop
             raise APIError(400, str(err), str(err).split(":")[0]) from err
         limit = budget(req, len(prompt_ids), engine.context_length, max_tokens_limit)
         req.params = replace(req.params, max_new_tokens=limit)

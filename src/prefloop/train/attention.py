@@ -34,15 +34,15 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from prefloop import attention_names
 from prefloop.train import flex, varlen
 
-IMPLEMENTATION = "prefloop_segments"
+IMPLEMENTATION = attention_names.SEGMENTS
 PLAN_KWARG = "prefloop_segments"
-SDPA_MASK_IMPLEMENTATION = "prefloop_sdpa_mask"
+SDPA_MASK_IMPLEMENTATION = attention_names.SDPA_MASK
 PROFILE_SCOPE = "prefloop::attention"  # a torch.profiler range around the per-unit calls
 BACKENDS = ("auto", "segments", "varlen", "flex", "sdpa_mask")
-_IMPLEMENTATIONS = {"segments": IMPLEMENTATION, "varlen": varlen.IMPLEMENTATION, "flex": flex.IMPLEMENTATION,
-                    "sdpa_mask": SDPA_MASK_IMPLEMENTATION}
+_IMPLEMENTATIONS = attention_names.IMPLEMENTATIONS
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import warnings
 
 import torch
 
-IMPLEMENTATION = "prefloop_flex"
+from prefloop.attention_names import FLEX as IMPLEMENTATION
 BLOCK_MASK_KWARG = "prefloop_block_mask"
 _FALLBACK: list[str] = []  # why FlexAttention failed in this process, if it did
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from prefloop.attention_names import VARLEN as IMPLEMENTATION
 from prefloop.train.flex import short_error
 
-IMPLEMENTATION = "prefloop_varlen"
 LAYOUT_KWARG = "prefloop_varlen"
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 _FALLBACK: list[str] = []  # why the varlen kernel failed in this process, if it did
