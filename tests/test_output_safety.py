@@ -194,3 +194,22 @@ def test_convert_refuses_a_folder_of_user_files(tmp_path):
     convert_gguf(gguf, out)  # a previous conversion (marker): replaced whole
     assert (out / MARKER).is_file() and not (out / "stale.bin").exists()
     assert sorted(os.listdir(tmp_path)) == ["model", "tiny.gguf", "work"]
+
+
+# ------------------------------------------------------------------------ gate rules: numbers in quotes
+
+def test_gate_rules_accept_numbers_and_booleans_written_in_quotes(tmp_path):
+    from prefloop.registry.gate import evaluate_gate
+    from prefloop.registry.rules import load_rules
+
+    path = tmp_path / "rules.yaml"
+    path.write_text('rules:\n'
+                    '  - metric: win_rate\n    at_least: "0.5"\n    sanity: "true"\n'
+                    '  - metric: pref_accuracy\n    vs_baseline: higher_is_better\n    tolerance: "1e-2"\n')
+    first, second = load_rules(path)
+    assert (first.threshold, first.sanity, second.tolerance) == (0.5, True, 0.01)
+    assert evaluate_gate([first, second], {"win_rate": 0.6, "pref_accuracy": 0.695}, {"pref_accuracy": 0.7}).verdict == "pass"
+    assert evaluate_gate([first, second], {"win_rate": 0.45, "pref_accuracy": 0.7}, {"pref_accuracy": 0.7}).verdict != "pass"
+    path.write_text('rules:\n  - metric: win_rate\n    at_least: "half"\n')
+    with pytest.raises(ConfigError, match=r"rules.yaml:2: at_least: 'half' is not a number"):
+        load_rules(path)
