@@ -213,3 +213,31 @@ def test_gate_rules_accept_numbers_and_booleans_written_in_quotes(tmp_path):
     path.write_text('rules:\n  - metric: win_rate\n    at_least: "half"\n')
     with pytest.raises(ConfigError, match=r"rules.yaml:2: at_least: 'half' is not a number"):
         load_rules(path)
+
+
+# ------------------------------------------------------------------------------ eval compare: details too
+
+def test_eval_compare_reports_per_item_details_that_differ_under_equal_metrics(tmp_path, capsys):
+    from prefloop.evaluate.compare import compare_results
+    from prefloop.evaluate.results import model_entry, new_results, write_results
+
+    metrics = {"win_rate": 0.5, "wins": 1, "losses": 1}
+    rows = [{"id": "p1", "outcome": "win"}, {"id": "p2", "outcome": "loss"}]
+    a = new_results("winrate", models={"after": model_entry(path="m")}, metrics=metrics,
+                    details={"per_prompt": rows, "lc": {"weights": {"constant": 0.2}}})
+    b = new_results("winrate", models={"after": model_entry(path="m")}, metrics=metrics,
+                    details={"per_prompt": [{"id": "p2", "outcome": "win"}, {"id": "p1", "outcome": "loss"}],
+                             "lc": {"weights": {"constant": 0.5}}})
+    diff = compare_results(a, b)
+    assert all(m["diff"] == 0 for m in diff["metrics"]) and diff["settings"] == []
+    by_name = {d["name"]: d for d in diff["details"]}
+    assert by_name["details.per_prompt[p1].outcome"]["a"] == "win" and by_name["details.per_prompt[p1].outcome"]["b"] == "loss"
+    assert by_name["details.per_prompt[p2].outcome"]["b"] == "win"
+    assert by_name["details.lc.weights.constant"]["diff"] == pytest.approx(0.3)
+    assert len(diff["details"]) == 3 and diff["details_same"] == 2  # the two ids line up, whatever the order
+    write_results(tmp_path / "a", a)
+    write_results(tmp_path / "b", b)
+    assert main(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "details that differ: 3 (" in out and "details.per_prompt[p1].outcome: A='win'  B='loss'" in out
+    assert compare_results(a, a)["details"] == []
