@@ -241,3 +241,28 @@ def test_eval_compare_reports_per_item_details_that_differ_under_equal_metrics(t
     out = capsys.readouterr().out
     assert "details that differ: 3 (" in out and "details.per_prompt[p1].outcome: A='win'  B='loss'" in out
     assert compare_results(a, a)["details"] == []
+
+
+# ------------------------------------------------------------------ generate: no mixing of two runs' answers
+
+def test_generate_refuses_to_append_another_model_s_or_settings_answers(tiny_model_dir, tmp_path):
+    from prefloop.generate import generate_command
+    from prefloop.testing import save_tiny_model
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a city."}) + "\n")
+    out = tmp_path / "cands.jsonl"
+    assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=2,
+                            max_new_tokens=3) == 0
+    before = out.read_text()
+    prompts.write_text(json.dumps({"prompt": "Name a city."}) + "\n" + json.dumps({"prompt": "Name a river."}) + "\n")
+    with pytest.raises(ConfigError, match=r"cands.jsonl:1: holds answers of another run \(temperature 0.8, not 0.2\)"):
+        generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=2, max_new_tokens=3,
+                         temperature=0.2)
+    other = save_tiny_model(tmp_path / "other-model", seed=1)
+    with pytest.raises(ConfigError, match=r"holds answers of another run \(model .*, not .*other-model"):
+        generate_command(model=str(other), prompts=str(prompts), out=str(out), n=2, max_new_tokens=3)
+    assert out.read_text() == before
+    assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=2,
+                            max_new_tokens=3) == 0  # the same run resumes
+    assert len(out.read_text().splitlines()) == 2
