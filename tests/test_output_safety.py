@@ -266,3 +266,19 @@ def test_generate_refuses_to_append_another_model_s_or_settings_answers(tiny_mod
     assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=2,
                             max_new_tokens=3) == 0  # the same run resumes
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_forget_rewrites_the_file_a_symlinked_loop_file_points_to(tmp_path):
+    """A loop file that is a symlink (e.g. into a shared data folder): the old rename replaced the link with a
+    cleaned copy and left the forgotten text in the file it pointed to."""
+    from prefloop.loop.forget import purge_files
+
+    shared = tmp_path / "shared" / "pairs.jsonl"
+    shared.parent.mkdir()
+    shared.write_text(json.dumps({"prompt": "my secret address"}) + "\n" + json.dumps({"prompt": "fine"}) + "\n")
+    loop_dir = tmp_path / "loop"
+    loop_dir.mkdir()
+    (loop_dir / "pairs.jsonl").symlink_to(shared)
+    assert purge_files(loop_dir, {"my secret address"}) == {str(loop_dir / "pairs.jsonl"): 1}
+    assert (loop_dir / "pairs.jsonl").is_symlink()
+    assert "secret" not in shared.read_text() and json.loads(shared.read_text()) == {"prompt": "fine"}
