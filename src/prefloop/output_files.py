@@ -95,7 +95,7 @@ def refuse_empty_replace(path: str | Path, rows: int, option: str, why: str = ""
     if rows or not target.is_file() or target.stat().st_size == 0:
         return
     raise ConfigError(f"{option} {path}: the result is empty (0 rows{'; ' + why if why else ''}), and {path} "
-                      f"already holds data ({target.stat().st_size} bytes): kept it as it was, nothing written. "
+                      f"already holds data ({target.stat().st_size} bytes): kept {path} as it was, nothing written. "
                       f"Give another {option}, or delete {path} first if an empty file is what you want")
 
 

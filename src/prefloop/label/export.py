@@ -27,7 +27,7 @@ from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError
 from prefloop.label.stats import canonical_votes, judgments
-from prefloop.output_files import write_atomically
+from prefloop.output_files import refuse_empty_replace, write_atomically
 from prefloop.store import FORGOTTEN, Store
 
 
@@ -169,12 +169,15 @@ def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: 
     with Store(db) as store:
         votes = store.active_votes()
     pairs, report = resolve(votes, min_agreement=min_agreement, include_ties=include_ties)
-    if not pairs and Path(out).is_file() and Path(out).stat().st_size > 0:  # never swap data for an empty file
-        print(report.summary())
+    if not pairs:  # never swap data for an empty file
         left = f"; left out: {', '.join(f'{n} {r}' for r, n in sorted(report.left_out.items()))}" if report.left_out \
             else ""
-        raise ConfigError(f"nothing to export ({report.items} voted items in {db}{left}); kept {out} as it was. "
-                          "Label some items first (prefloop label), or give another --out")
+        try:
+            refuse_empty_replace(out, 0, "--out", f"nothing to export ({report.items} voted items in {db}{left}); "
+                                 "label some items first (prefloop label)")
+        except ConfigError:
+            print(report.summary())
+            raise
     try:
         write_atomically(out, lambda tmp: write_seed_jsonl(pairs, tmp))
     except OSError as err:
