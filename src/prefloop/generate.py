@@ -4,7 +4,8 @@ Output (JSONL, one record per prompt, written as each prompt finishes):
     {"id", "messages": [prompt turns], "candidates": [N texts], "finish_reasons": [...],
      "model", "params": {...}, "source"}
 A rerun with the same --out skips prompts already there (matched by prompt content), so an
-interrupted run resumes; a half-written last line from a crash is removed first. Each prompt's
+interrupted run resumes; a half-written last line from a crash is removed first. A run with another
+model or other sampling settings is refused (exit 2) instead of appending to another run's answers. Each prompt's
 sampling seed comes from --seed and the prompt itself, so a resumed run samples what an
 uninterrupted one would have.
 """
@@ -27,8 +28,9 @@ def prompt_seed(seed: int, prompt: Prompt) -> int:
     return int(hashlib.sha256(f"{seed}:{prompt.key}".encode()).hexdigest()[:12], 16)
 
 
-def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
-    """Keys of prompts already in `out`; drops a truncated last line (returns True if it did)."""
+def done_prompt_keys(out: Path, runs: dict | None = None) -> tuple[set[str], bool]:
+    """Keys of prompts already in `out`; drops a truncated last line (returns True if it did). With `runs`,
+    fills it with {(model, params as JSON): first line} of the records there (see `check_same_run`)."""
     if not out.exists():
         return set(), False
     keys: set[str] = set()
@@ -41,6 +43,8 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
             try:
                 record = json.loads(line)
                 keys.add(prompt_key(record["messages"]))
+                if runs is not None and "model" in record and "params" in record:
+                    runs.setdefault((record["model"], json.dumps(record["params"], sort_keys=True)), lineno)
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 if is_last:  # an interrupted write: no newline after it
                     with out.open("r+b") as f:
@@ -52,6 +56,21 @@ def done_prompt_keys(out: Path) -> tuple[set[str], bool]:
         offset += len(line) + 1
     end_cut_line(out, data)
     return keys, False
+
+
+def check_same_run(out: Path, runs: dict, model: str, params: dict) -> None:
+    """Raise ConfigError (exit 2) when `out` already holds answers of another model or other sampling settings
+    (`runs` from `done_prompt_keys`): appending would mix two runs' answers in one candidates file."""
+    mine = json.dumps(params, sort_keys=True)
+    for (other_model, other_params), line in runs.items():
+        if (other_model, other_params) == (model, mine):
+            continue
+        what = [f"model {other_model!r}, not {model!r}"] if other_model != model else []
+        theirs = json.loads(other_params)
+        what += [f"{k} {theirs.get(k)!r}, not {v!r}" for k, v in params.items() if theirs.get(k) != v]
+        raise ConfigError(f"--out {out}:{line}: holds answers of another run ({'; '.join(what)}); adding this "
+                          "run's answers would mix the two in one candidates file. Give another --out, or rerun "
+                          "with that run's model and settings to finish it (move the file away to start over)")
 
 
 def _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency) -> None:
@@ -88,7 +107,8 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     prompt_set = read_prompts(prompts)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done, repaired = done_prompt_keys(out_path)
+    runs: dict = {}
+    done, repaired = done_prompt_keys(out_path, runs)
     todo = [p for p in prompt_set.prompts if p.key not in done]
     print(f"prefloop generate: {prompt_set.summary()}; {len(prompt_set.prompts) - len(todo)} already in {out}"
           + (" (removed a half-written last line)" if repaired else ""), file=sys.stderr)
@@ -98,6 +118,7 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     client = open_chat_client(model, model_name, None, batch_size, concurrency, api_key_env=api_key_env,
                               api_key_file=api_key_file, log_requests=log_requests)
     params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
+    check_same_run(out_path, runs, client.name, params)
     calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
              for p in todo]
     failures: list[tuple[Prompt, Exception]] = []

@@ -527,14 +527,24 @@ def use_chat_template(tokenizer, template, generation_config=None) -> None:
         generation_config.eos_token_id = eos + stops
 
 
+MERGE_MARKER = "prefloop_merge.json"  # in a merge's --out folder: what was merged; a later merge may replace it
+
+
 def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     """`prefloop merge`: fold a LoRA adapter into its base and save a standalone model + tokenizer.
 
     The merge runs in fp32 (W + scale * B A rounded once) and the merged model is saved in the base's own
     dtype (a bf16 base stays bf16, not twice its size in fp32); tied embeddings stay tied (untied only when
     the adapter trained them apart); the base's generation config and the tokenizer (the adapter's, with
-    the chat template training used) are saved beside it."""
+    the chat template training used) are saved beside it.
+
+    `out` must be new, empty or an earlier merge output (it holds MERGE_MARKER): a folder of other files
+    is refused (exit 2), never overwritten. The model is written beside it and swapped in when complete."""
+    import json
+    import shutil
+
     from prefloop.adapters import resolve_base
+    from prefloop.output_files import check_output_dir, replace_dir, staging_dir
 
     base = resolve_base(adapter, base, flag="--base")  # recorded (absolute or hub id) unless --base is given
     out_path = Path(out)
@@ -544,6 +554,7 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     if (out_path / "adapter_config.json").is_file():
         raise ModelLoadError(f"--out {out} holds a LoRA adapter (adapter_config.json); loading the merged model from "
                              f"there would load that adapter too: give an empty or new directory")
+    final = check_output_dir(out, MERGE_MARKER, "--out", "merge")  # a previous merge output, or new/empty
     model = load_causal_lm(base, adapter=adapter, key="--base", check_base=False)  # fp32: merged in full precision
     model = model.merge_and_unload()
     untied = untie_if_diverged(model)
@@ -557,14 +568,21 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     template = training_template(adapter, tokenizer)
     if template is not None:
         use_chat_template(tokenizer, template, getattr(model, "generation_config", None))
-    out_path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     notes = [f"saved in {str(dtype or next(model.parameters()).dtype).replace('torch.', '')}"]
     if untied:
         notes.append("output head untied from the embeddings: the adapter trained them apart")
     if template is not None:
         notes.append(f"chat template: {template.name}, as trained")
+    staging = staging_dir(final)  # written beside --out, swapped in whole: a failed merge leaves --out as it was
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        marker = {"adapter": str(Path(adapter).resolve()), "base": base, "notes": notes}
+        (staging / MERGE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        replace_dir(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"merged {adapter} into {base} -> {out} ({'; '.join(notes)}; loads with transformers "
           f"AutoModelForCausalLM.from_pretrained)")
     return 0

@@ -308,8 +308,14 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     if dims:
         report["dimensions"] = dims
     if write_clean:
-        clean = quality.clean(loaded.pairs)
-        written = write_seed_jsonl(clean, write_clean)
+        from prefloop.output_files import refuse_empty_replace, write_atomically
+
+        clean = list(quality.clean(loaded.pairs))
+        removed = ", ".join(f"{n} {c}" for c, n in sorted(quality.removed_by_check().items()))
+        refuse_empty_replace(write_clean, len(clean), "--write-clean",
+                             f"{len(loaded.pairs)} pairs read from {dataset}, removed: {removed or 'none'}")
+        write_atomically(write_clean, lambda tmp: write_seed_jsonl(clean, tmp))
+        written = len(clean)
         report["write_clean"] = {"path": str(write_clean), "written": written, "removed": len(quality.removed),
                                  "removed_by_check": quality.removed_by_check()}
     if json:

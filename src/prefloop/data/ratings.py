@@ -250,7 +250,12 @@ def pairs_from_ratings_command(ratings: str, out: str, format: str = "auto", wei
     groups, report = read_groups(ratings, format)
     pairs, report = make_pairs(groups, parse_weights(weights), pairing, ties, tie_threshold, report,
                                id_prefix=Path(ratings).stem)
-    written = write_seed_jsonl(pairs, out)
+    from prefloop.output_files import refuse_empty_replace, write_atomically
+
+    pairs = list(pairs)
+    refuse_empty_replace(out, len(pairs), "--out", f"{ratings}: {report.summary()}")
+    write_atomically(out, lambda tmp: write_seed_jsonl(pairs, tmp))
+    written = len(pairs)
     print(f"{ratings}: {report.summary()}")
     print(f"Wrote {count(written, 'pair')} to {out} (pairing {pairing}, ties {ties}).")
     return 0 if written else 1

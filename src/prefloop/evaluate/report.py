@@ -169,17 +169,20 @@ class Report:
         return "\n".join(parts) + "\n"
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write report.md, report.html and figures/NAME.png into `out_dir`; returns their paths."""
+        """Write report.md, report.html and figures/NAME.png into `out_dir` (each atomically); returns their
+        paths."""
+        from prefloop.output_files import write_atomically
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         figures = [i for s in self.sections for i in s.items if isinstance(i, Figure)]
         if figures:
             (out / "figures").mkdir(exist_ok=True)
             for f in figures:
-                (out / "figures" / f"{f.name}.png").write_bytes(f.png)
+                write_atomically(out / "figures" / f"{f.name}.png", f.png)
         md, page = out / "report.md", out / "report.html"
-        md.write_text(self.to_markdown(), encoding="utf-8")
-        page.write_text(self.to_html(), encoding="utf-8")
+        write_atomically(md, self.to_markdown())
+        write_atomically(page, self.to_html())
         return {"markdown": md, "html": page}
 
 

@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 from prefloop.errors import DataError
+from prefloop.output_files import write_atomically
 
 SCHEMA = "prefloop.eval/1"
 KINDS = ("winrate", "leaderboard", "prefs", "bench")
@@ -165,9 +166,7 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    tmp = path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
 
 

@@ -106,29 +106,12 @@ SWAPPED_OUTCOME = {"A": "loss", "B": "win", "C": "tie"}  # before shown as A
 
 
 def _adaptations_cache(path: Path, client):
-    """The judgments cache, each new judgment stored with the request fields the judge endpoint refused
-    (`client.adaptations` when it came back: refused fields are refused in every request), and those of
-    every cached judgment read back collected in `.used`, so a run that reuses cached judgments reports
-    how they were asked (`judge_adaptations`)."""
-    from prefloop.chat_clients import adaptations_of
+    """The judgments cache, each new judgment stored with the request fields the judge endpoint refused and
+    those of every cached judgment read back collected in `.used` (see `judge.cache.JudgmentCache`), so a
+    run that reuses cached judgments reports how they were asked (`judge_adaptations`)."""
     from prefloop.judge.cache import JudgmentCache
 
-    class AdaptationsCache(JudgmentCache):
-        def __init__(self):
-            super().__init__(path)
-            self.used: dict[str, str] = {}
-
-        def get(self, key):
-            hit = super().get(key)
-            if hit is not None:
-                self.used.update(hit.get("endpoint_adaptations") or {})
-            return hit
-
-        def put(self, key, value):
-            adaptations = adaptations_of(client)
-            super().put(key, {**value, "endpoint_adaptations": adaptations} if adaptations else value)
-
-    return AdaptationsCache()
+    return JudgmentCache(path, client=client)
 
 
 def open_judge(judge: str, judge_model: str | None, criteria: str, template_file: str | None, out_dir: Path,

@@ -10,7 +10,6 @@ for comparisons it has not seen.
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from collections import Counter
@@ -22,6 +21,7 @@ from prefloop.errors import ConfigError
 from prefloop.candidates import CandidateSet, read_candidates
 from prefloop.judge.pairing import PAIRINGS, best_and_worst, candidate_pairs, win_scores
 from prefloop.judge.pairwise import Comparison, JudgeStats
+from prefloop.output_files import refuse_empty_replace, write_atomically
 from prefloop.prompts import prompt_key
 
 CHUNK = 64  # comparisons per progress step (each is two judge calls)
@@ -128,7 +128,7 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
     prompt = JudgePrompt.from_options(criteria, template_file)
     client = open_chat_client(judge, judge_model, batch_size=concurrency, concurrency=concurrency,
                               option="--judge-model", **key)
-    cache = JudgmentCache(cache_path)
+    cache = JudgmentCache(cache_path, client=client)
     pj = PairwiseJudge(client, prompt, cache, max_tokens=max_tokens, seed=seed)
     comparisons = [Comparison(si, i, j) for si, s in enumerate(sets)
                    for i, j in candidate_pairs(len(s.candidates), pairing, _rng(seed, s))]
@@ -140,7 +140,7 @@ def _run_llm(sets, judge, judge_model, criteria, template_file, pairing, concurr
     stats.add(comparisons)
     extra = {"judge": client.name, "judge_kind": "llm", "template": prompt.origin, "criteria": list(prompt.criteria),
              "usage": client.usage.to_dict(), "cache": str(cache.path), "soft_verdicts_requested": pj.logprobs,
-             "endpoint_adaptations": dict(getattr(client, "adaptations", {})), **stats.to_dict()}
+             "endpoint_adaptations": cache.adaptations(), **stats.to_dict()}
     return _select_llm(sets, comparisons, pairing, client.name), extra
 
 
@@ -188,11 +188,7 @@ def _run_reward(sets, reward_model, pairing, min_margin, seed, batch_size, cache
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def sibling(out: Path, suffix: str) -> Path:
@@ -237,6 +233,9 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
         selection, report = _run_llm(read.sets, judge, judge_model, criteria, template_file, pairing, concurrency,
                                      cache_path, {"api_key_env": api_key_env, "api_key_file": api_key_file},
                                      seed, max_tokens, stats)
+    left = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(selection.reasons.items()))
+    refuse_empty_replace(out_path, len(selection.pairs), "--out",
+                         f"{read.summary()}; left out: {left or 'nothing'}; finished judgments are in the cache")
     _write_jsonl(out_path, selection.pairs)
     ties_path = sibling(out_path, ".ties.jsonl")
     if keep_ties:
@@ -245,7 +244,7 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
               "duplicate_answers": read.duplicate_answers, "prompts_with_too_few_answers": read.too_few,
               "pairs_written": len(selection.pairs), "left_out": dict(selection.reasons),
               "ties_file": str(ties_path) if keep_ties else None, **report}
-    sibling(out_path, ".report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(sibling(out_path, ".report.json"), json.dumps(report, indent=2) + "\n")
     _print_report(report)
     failed = selection.reasons.get("failed", 0)
     if failed:

@@ -27,6 +27,7 @@ from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError
 from prefloop.label.stats import canonical_votes, judgments
+from prefloop.output_files import refuse_empty_replace, write_atomically
 from prefloop.store import FORGOTTEN, Store
 
 
@@ -168,12 +169,15 @@ def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: 
     with Store(db) as store:
         votes = store.active_votes()
     pairs, report = resolve(votes, min_agreement=min_agreement, include_ties=include_ties)
-    if not pairs and Path(out).is_file() and Path(out).stat().st_size > 0:  # never swap data for an empty file
-        print(report.summary())
+    if not pairs:  # never swap data for an empty file
         left = f"; left out: {', '.join(f'{n} {r}' for r, n in sorted(report.left_out.items()))}" if report.left_out \
             else ""
-        raise ConfigError(f"nothing to export ({report.items} voted items in {db}{left}); kept {out} as it was. "
-                          "Label some items first (prefloop label), or give another --out")
+        try:
+            refuse_empty_replace(out, 0, "--out", f"nothing to export ({report.items} voted items in {db}{left}); "
+                                 "label some items first (prefloop label)")
+        except ConfigError:
+            print(report.summary())
+            raise
     try:
         write_atomically(out, lambda tmp: write_seed_jsonl(pairs, tmp))
     except OSError as err:
@@ -182,65 +186,3 @@ def export_command(db: str, out: str, min_agreement: float = 0.0, include_ties: 
     print(report.summary())
     print(f"wrote {out} (the whole store's resolved votes; exporting again replaces the file, it never appends)")
     return 0
-
-
-def write_atomically(out: str | Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `out`, flush it to disk, then rename it over `out`
-    and flush the folder: a reader (or a crash) sees the old file or the whole new one, never half of it.
-
-    A symlinked `out` stays a symlink: the file it points to is the one replaced. Where a rename cannot
-    replace `out` (EXDEV/EBUSY: e.g. a single file bind-mounted into a container), the new content is
-    copied over it in place instead, with a note on stderr (that write is not atomic)."""
-    import errno
-    import os
-    import shutil
-    import sys
-    import tempfile
-
-    path = Path(out).resolve()  # through a symlink: replace the file it points to, not the link
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        try:
-            os.replace(tmp, path)
-        except OSError as err:
-            if err.errno not in (errno.EXDEV, errno.EBUSY):
-                raise
-            with open(tmp, "rb") as src, open(path, "wb") as dst:  # a mount point: rewrite the file itself
-                shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
-            Path(tmp).unlink(missing_ok=True)
-            print(f"note: {out} cannot be replaced by a rename ({os.strerror(err.errno)}; a bind-mounted file?), "
-                  "so it was rewritten in place: a reader at that moment may see it half-written", file=sys.stderr)
-            return
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush a folder's entries (the rename) to disk; a filesystem that cannot do it is left as it is."""
-    import os
-
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

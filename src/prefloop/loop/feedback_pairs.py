@@ -111,7 +111,7 @@ def export_interactions(db: str, out: str, scrub_pii: bool = False) -> int:
     from prefloop.errors import ConfigError
     from prefloop.loop.scrub import Scrubber
     from prefloop.store import Store
-    from prefloop.label.export import write_atomically
+    from prefloop.output_files import refuse_empty_replace, write_atomically
 
     if not Path(db).is_file():
         raise ConfigError(f"{db}: no such store; `prefloop serve MODEL --db {db}` logs interactions and feedback")
@@ -125,6 +125,9 @@ def export_interactions(db: str, out: str, scrub_pii: bool = False) -> int:
     pairs, skipped = feedback_pairs(interactions, feedback)
     if len(rows) > len(interactions):
         skipped["interactions_of_forgotten_conversations"] = len(rows) - len(interactions)
+    left = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
+    refuse_empty_replace(out, len(pairs), "--out", f"{len(feedback)} feedback rows on {len(rows)} interactions"
+                         + (f"; left out: {left}" if left else ""))
     text = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
     try:  # a temporary file, flushed and renamed over `out` (the same write as `prefloop export`)
         write_atomically(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

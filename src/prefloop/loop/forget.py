@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefloop.errors import ConfigError
 from prefloop.loop.scrub import Scrubber
+from prefloop.output_files import write_atomically
 from prefloop.store import Store
 
 MIN_CONTAINED = 20  # a text this long found inside another string counts as a leak; shorter ones must match whole
@@ -52,9 +53,7 @@ def purge_files(root: Path, texts: set[str]) -> dict[str, int]:
                 continue
             keep.append(line)
         if len(keep) != len(lines):
-            tmp = path.with_name(path.name + ".forget.tmp")
-            tmp.write_text("".join(keep), encoding="utf-8")
-            tmp.replace(path)
+            write_atomically(path, "".join(keep))  # a symlink's target is rewritten, not the link replaced
             removed[str(path)] = len(lines) - len(keep)
     return removed
 

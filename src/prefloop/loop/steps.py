@@ -33,6 +33,7 @@ from prefloop.errors import PrefloopError
 from prefloop.loop.config import LoopConfig
 from prefloop.loop.feedback_pairs import feedback_pairs, pair_key
 from prefloop.loop.scrub import Scrubber
+from prefloop.output_files import write_atomically
 from prefloop.prompts import prompt_key
 from prefloop.store import Store
 
@@ -54,11 +55,7 @@ def _say(text: str) -> None:
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -433,9 +430,7 @@ def _near_duplicate_key(messages: list[dict]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, text)
 
 
 def gate_report(cand: dict, gate: dict, results_path: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from prefloop.config import _coerce_value
 from prefloop.errors import ConfigError
 from prefloop.evaluate.results import METRIC_NAMES
 
@@ -110,9 +111,12 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
 
 
 def _number(raw: dict, key: str, where: str) -> float:
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: {key}: {value!r} is not a number")
+    """`raw[key]` as a float; a number written in quotes ("0.5", "1e-3") counts, as in every config file
+    (`config._coerce_value`)."""
+    try:
+        value = _coerce_value(raw[key], float)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key}: {raw[key]!r} is not a number; give the threshold as a number") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(f"{where}: {key}: {value!r} is not a finite number; give the threshold as a number")
     return float(value)
@@ -140,10 +144,13 @@ def _parse_rule(raw: dict, where: str, source: str, line: int) -> Rule:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}")
     if "metric" not in raw:
         raise ConfigError(f"{where}: a rule needs `metric:` (the results.json metric it tests)")
-    custom = raw.get("custom_metric", False)
     for key in ("sanity", "required", "custom_metric"):
-        if key in raw and not isinstance(raw[key], bool):
-            raise ConfigError(f"{where}: {key}: {raw[key]!r} is not allowed; give true or false")
+        if key in raw:
+            try:
+                raw[key] = _coerce_value(raw[key], bool)  # "true" in quotes counts, as in every config file
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key}: {raw[key]!r} is not allowed; give true or false") from None
+    custom = raw.get("custom_metric", False)
     metric = raw["metric"]
     _check_metric(metric, where, custom)
     severity = raw.get("severity", "fail")

@@ -1,0 +1,150 @@
+"""Writing result files and folders so that nothing already there is lost.
+
+The one place every command that writes a result goes through:
+
+- `write_atomically(path, content)`: a temporary file next to `path`, flushed to disk, renamed over it;
+  a reader (or a crash) sees the old file or the whole new one. A symlinked `path` stays a symlink
+  (the file it points to is replaced).
+- `refuse_empty_replace(path, rows, ...)`: a result with no rows never replaces a file that holds data
+  (e.g. every row filtered out): the command stops with exit 2 and the file is kept.
+- `check_output_dir(out, marker, ...)`, `staging_dir(out)`, `replace_dir(tmp, out)`: a command that
+  writes a whole folder (merge, convert) writes it beside the target and swaps it in only when
+  complete; an existing target is replaced only when it holds the command's own marker file (a
+  previous output), never a folder of the user's files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Union
+
+from prefloop.errors import ConfigError
+
+Content = Union[str, bytes, Callable[[str], object]]
+
+
+def write_atomically(path: str | Path, content: Content) -> Path:
+    """Write `content` (text as UTF-8, bytes, or a function `write(tmp_path)` that writes the file) to a
+    temporary file next to `path`, flush it to disk, then rename it over `path` and flush the folder.
+
+    Returns the path written (a symlink's target). The file keeps the permissions of the one it replaces.
+    Where a rename cannot replace `path` (EXDEV/EBUSY: e.g. a single file bind-mounted into a container),
+    the new content is copied over it in place instead, with a note on stderr (that write is not atomic).
+    On any error the temporary file is removed and `path` is as it was."""
+    target = Path(path).resolve()  # through a symlink: replace the file it points to, not the link
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            Path(tmp).write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            with open(tmp, "rb") as src, open(target, "wb") as dst:  # a mount point: rewrite the file itself
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+            Path(tmp).unlink(missing_ok=True)
+            print(f"note: {path} cannot be replaced by a rename ({os.strerror(err.errno)}; a bind-mounted file?), "
+                  "so it was rewritten in place: a reader at that moment may see it half-written", file=sys.stderr)
+            return target
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a filesystem that cannot do it is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def refuse_empty_replace(path: str | Path, rows: int, option: str, why: str = "") -> None:
+    """Raise ConfigError (exit 2) when a result of `rows` == 0 rows would replace `path`, a file that holds
+    data: an empty result (e.g. every row filtered out) must not wipe an earlier one. `why` says what
+    left the result empty, for the message."""
+    target = Path(path)
+    if rows or not target.is_file() or target.stat().st_size == 0:
+        return
+    raise ConfigError(f"{option} {path}: the result is empty (0 rows{'; ' + why if why else ''}), and {path} "
+                      f"already holds data ({target.stat().st_size} bytes): kept {path} as it was, nothing written. "
+                      f"Give another {option}, or delete {path} first if an empty file is what you want")
+
+
+def check_output_dir(out: str | Path, marker: str, option: str, command: str) -> Path:
+    """Where a command may write its output folder: `out` absent, empty, or a previous output of the command
+    (it holds `marker`). A file, or a folder holding anything else (the user's files), is a ConfigError
+    (exit 2) naming what is there. Returns `out` resolved (through a symlink)."""
+    target = Path(out).resolve()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{option} {out} is a file; give a directory (new or empty) for {command}'s output")
+    if target.is_dir() and not (target / marker).is_file():
+        entries = sorted(p.name for p in target.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise ConfigError(f"{option} {out} is a directory with other files in it ({shown}) and no {marker}, so "
+                              f"it is not an earlier {command} output; {command} replaces its whole --out folder, "
+                              f"which would delete them. Give a new or empty directory")
+    return target
+
+
+def staging_dir(final: str | Path) -> Path:
+    """A new empty folder beside `final` (same filesystem, so `replace_dir` is a rename), readable like any
+    other model folder (mkdtemp makes it private)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".incoming", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> None:
+    """Put the complete folder `tmp` in place of `final` by renames: an existing `final` (check it with
+    `check_output_dir` first) is moved aside, `tmp` renamed to `final`, then the old one deleted; if the
+    second rename fails the old folder is put back. A crash leaves the old or the new folder at `final`
+    (at worst the old one beside it, as `.NAME.*.old`)."""
+    tmp, final = Path(tmp), Path(final).resolve()
+    if not final.exists():
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.rmdir(old)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
