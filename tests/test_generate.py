@@ -67,6 +67,23 @@ def test_bad_prompt_rows_name_file_line_and_field(tmp_path):
     assert len(read_prompts(str(path), skip_bad_rows=True).prompts) == 1
 
 
+def test_blank_prompts_are_bad_rows_when_read(tmp_path):
+    """An empty or blank prompt is a bad row of the prompt file (file:line, field), not a prompt sent to the model."""
+    path = write_jsonl(tmp_path / "blank.jsonl", [
+        {"prompt": "ok"}, {"prompt": ""}, {"prompt": "  \n"}, {"messages": [{"role": "user", "content": ""}]},
+        {"instruction": "", "input": ""}, {"system": "be nice", "prompt": " "},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]}])
+    with pytest.raises(DataError) as info:
+        read_prompts(str(path))
+    message = str(info.value)
+    assert "6 problems reading prompts" in message, message
+    for line, field in [(2, "prompt"), (3, "prompt"), (4, "messages"), (5, "instruction"), (6, "prompt"), (7, "messages")]:
+        assert f"blank.jsonl:{line}" in message and field in message
+    assert "no text" in message
+    result = read_prompts(str(path), skip_bad_rows=True)
+    assert [p.messages[-1]["content"] for p in result.prompts] == ["ok"] and result.skipped.count == 6
+
+
 def run(model, prompts, out, **kw):
     args = dict(model=str(model), prompts=str(prompts), out=str(out), n=3, max_new_tokens=6, batch_size=4, seed=1)
     return generate_command(**(args | kw))

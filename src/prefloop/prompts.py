@@ -21,7 +21,8 @@ from pathlib import Path
 
 from prefloop.data.formats import RecordError, Roles, check_prompt
 from prefloop.data.loader import Problem, SkipReport, iter_records, load_pairs
-from prefloop.data.schema import TEMPLATE_FIELDS, Message
+from prefloop.data.schema import TEMPLATE_FIELDS, Message, has_text
+from prefloop.data.words import count
 from prefloop.errors import DataError
 
 PLAIN_HELP = ('a prompt record is {"prompt": "text"}, {"prompt": [turns]}, {"messages": [turns]}, '
@@ -60,13 +61,14 @@ class PromptSet:
     kind: str = "prompts"  # or "preference pairs"
 
     def summary(self) -> str:
-        text = f"{len(self.prompts)} prompts (from {self.kind})"
+        text = f"{count(len(self.prompts), 'prompt')} (from {self.kind})"
         if self.duplicates:
-            text += f"; {self.duplicates} duplicate prompt(s) read once"
+            text += f"; {count(self.duplicates, 'duplicate prompt')} read once"
         if self.trailing_answers_dropped:
-            text += f"; {self.trailing_answers_dropped} conversation(s) ended with an assistant turn, which was dropped"
+            text += (f"; {count(self.trailing_answers_dropped, 'conversation')} ended with an assistant turn, "
+                     "which was dropped")
         if self.skipped.count:
-            text += f"; skipped {self.skipped.count} bad row(s): " + "; ".join(self.skipped.reasons)
+            text += f"; skipped {count(self.skipped.count, 'bad row')}: " + "; ".join(self.skipped.reasons)
         return text
 
 
@@ -93,7 +95,15 @@ def plain_prompt(record: dict) -> tuple[list[dict], bool]:
     if isinstance(system, str) and system and not (turns and turns[0]["role"] == "system"):
         turns.insert(0, {"role": "system", "content": system})
     check_prompt([Message.from_dict(m) for m in turns], "prompt")
+    if not any(m["role"] == "user" and has_text(m.get("content")) for m in turns):
+        raise RecordError(_prompt_field(record), "the prompt has no text (every user turn is empty or blank)",
+                          "write the question, or remove the row")
     return turns, dropped
+
+
+def _prompt_field(record: dict) -> str:
+    """The field a plain prompt record's text came from (for error messages)."""
+    return next((k for k in ("prompt", "instruction", "messages", "conversations") if k in record), "prompt")
 
 
 def _is_preference_data(path: Path) -> bool:
@@ -135,7 +145,7 @@ def read_prompts(source: str, skip_bad_rows: bool = False, dataset_dir: str = "d
                                 f"{path}:{number}" if kind == "line" else f"{path}#{number}"))
         if result.skipped.count and not skip_bad_rows:
             listed = "\n".join(f"  {p}" for p in result.skipped.problems[:20])
-            raise DataError(f"{result.skipped.count} problem(s) reading prompts from {source}:\n{listed}")
+            raise DataError(f"{count(result.skipped.count, 'problem')} reading prompts from {source}:\n{listed}")
     seen: set[str] = set()
     for prompt in found:
         if prompt.key in seen:

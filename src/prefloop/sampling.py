@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from prefloop.attention_names import RUNS_SDPA
+from prefloop.data.schema import has_text
 from prefloop.data.template import get_template, special_token_text
 from prefloop.errors import DataError
 
@@ -317,7 +318,7 @@ class LocalGenerator:
         conversation other than the one sent), or when the template refuses the conversation (see
         `render_prompt`); PromptTooLong when the prompt leaves no room for an answer in the context.
         """
-        if not any(m.get("role") == "user" and _has_text(m.get("content")) for m in messages):
+        if not any(m.get("role") == "user" and has_text(m.get("content")) for m in messages):
             raise DataError("messages: no user message holds any text, so there is nothing to answer; "
                             "send at least one user message with text")
         self.template.check_renders(messages)
@@ -453,16 +454,6 @@ class LocalGenerator:
         s.finished = Sample(s.text, list(s.ids), reason, list(s.logprobs) if s.params.logprobs else None)
         if on_update is not None:
             on_update(i, s.text[s.sent :], s.logprobs[s.sent_logprobs :], s.finished)
-
-
-def _has_text(content) -> bool:
-    """True when a message's content (a string, or OpenAI content parts) holds non-blank text."""
-    if isinstance(content, str):
-        return bool(content.strip())
-    if isinstance(content, list):
-        return any(isinstance(p, dict) and _has_text(p.get("text")) or isinstance(p, str) and _has_text(p)
-                   for p in content)
-    return False
 
 
 def _cache_of(out):

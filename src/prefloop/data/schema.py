@@ -12,6 +12,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+
+def has_text(content: Any) -> bool:
+    """True when a message's content (a string, or OpenAI content parts) holds non-blank text: the one
+    definition of an empty prompt turn, for prompt files, `generate`, `serve` and `chat`."""
+    if isinstance(content, str):
+        return bool(content.strip())
+    if isinstance(content, list):
+        return any(isinstance(p, dict) and has_text(p.get("text")) or isinstance(p, str) and has_text(p)
+                   for p in content)
+    return False
+
+
 def is_number(value: Any) -> bool:
     """True for a finite int or float given as a number: not a bool, not a string like "0.5", not NaN/inf.
 
