@@ -84,6 +84,18 @@ def test_blank_prompts_are_bad_rows_when_read(tmp_path):
     assert [p.messages[-1]["content"] for p in result.prompts] == ["ok"] and result.skipped.count == 6
 
 
+def test_a_prompt_record_giving_a_key_twice_is_a_bad_row(tmp_path):
+    """Every reader of records (here prompts and candidate files) refuses a key given twice, as the pair loader does."""
+    from prefloop.candidates import read_records
+
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": "first", "prompt": "second"}\n')
+    with pytest.raises(DataError, match=r"dup.jsonl:2.*prompt.*given twice"):
+        read_prompts(str(path))
+    with pytest.raises(DataError, match=r"dup.jsonl:2: field .prompt.: key .prompt. is given twice"):
+        read_records(path)
+
+
 def run(model, prompts, out, **kw):
     args = dict(model=str(model), prompts=str(prompts), out=str(out), n=3, max_new_tokens=6, batch_size=4, seed=1)
     return generate_command(**(args | kw))

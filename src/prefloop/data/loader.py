@@ -312,13 +312,23 @@ _READERS = {".jsonl": _jsonl_records, ".json": _json_records, ".parquet": _parqu
 
 
 def iter_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
-    """(kind, number, record) for each record of `path` ("line" for JSONL, "record" otherwise), or Problems."""
+    """(kind, number, record) for each record of `path` ("line" for JSONL, "record" otherwise), or Problems.
+
+    A record that gives a key twice (Python's json would keep the last value silently) is a Problem naming
+    the key's place in the record, for every reader of records (pairs, prompts, candidates, label items)."""
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         yield Problem(str(path), "", "", f"unsupported file type {path.suffix!r}", "use .jsonl, .json (a list) or .parquet")
         return
+    record_lines = _RecordLines(path)
     try:
-        yield from reader(path)
+        for item in reader(path):
+            if not isinstance(item, Problem) and isinstance(item[2], DuplicateKey):
+                kind, number, duplicate = item
+                item = Problem(str(path), record_lines.location(kind, number), duplicate.field,
+                               f"key {duplicate.key!r} is given twice in one object (a JSON reader would keep only "
+                               "the last, silently)", "keep one of the two")
+            yield item
     except OSError as err:
         yield Problem(str(path), "", "", f"cannot read the file ({err.strerror or err})", "check that it exists and is readable")
 
@@ -362,11 +372,6 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 problems.add(item)
                 continue
             kind, number, record = item
-            if isinstance(record, DuplicateKey):
-                problems.add(Problem(file_name, record_lines.location(kind, number), record.field,
-                                     f"key {record.key!r} is given twice in one object (a JSON reader would keep only "
-                                     "the last, silently)", "keep one of the two"))
-                continue
             if not isinstance(record, dict):
                 problems.add(Problem(file_name, record_lines.location(kind, number), "",
                                      f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
