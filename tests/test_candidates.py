@@ -25,7 +25,7 @@ def test_every_candidate_shape_is_read_and_skips_are_counted(tmp_path):
     assert (first.id, first.candidates, first.sources, first.model) == ("g", ["a", "b"], ["gen #0", "gen #1"], "gen")
     assert second.messages == [{"role": "user", "content": "p"}] and second.sources == ["m1", "m2"]
     assert second.source == f"{path}:2" and second.id == f"{path}:2"
-    assert "1 prompt(s) skipped" in read.summary()
+    assert "1 prompt skipped" in read.summary()
 
 
 def test_bad_records_name_the_line_and_field(tmp_path):

@@ -188,7 +188,7 @@ def test_failed_prompts_are_reported_and_not_written(server, tmp_path, capsys):
     prompts = write_jsonl(tmp_path / "p.jsonl", PLAIN[:2])
     out = tmp_path / "out.jsonl"
     assert run(server.url, prompts, out, model_name="no-such-model") == 1
-    assert "2 prompt(s) failed" in capsys.readouterr().err
+    assert "2 prompts failed" in capsys.readouterr().err
     assert not out.exists() or out.read_text() == ""
 
 
@@ -208,5 +208,5 @@ def test_a_prompt_the_chat_template_refuses_fails_alone(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     assert run(model_dir, prompts, out, n=1) == 1
     err = capsys.readouterr().err
-    assert "System role not supported" in err and "1 prompt(s) cannot be sent to this model" in err
+    assert "System role not supported" in err and "1 prompt cannot be sent to this model" in err
     assert [r["messages"] for r in read_out(out)] == [[{"role": "user", "content": "Name a city in France."}]]

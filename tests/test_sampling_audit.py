@@ -177,8 +177,9 @@ def test_an_answer_reaching_the_context_stops_there_with_length(tiny_tokenizer):
         assert sample.finish_reason == "length" and len(prompt) + len(sample.token_ids) == 40
 
 
-def test_generate_reports_too_long_and_empty_prompts_with_file_and_line(tiny_model_dir, tmp_path, capsys):
-    """Each prompt that cannot be answered fails alone, named by file:line with the reason; the rest are written."""
+def test_generate_reports_too_long_prompts_with_file_and_line(tiny_model_dir, tmp_path, capsys):
+    """Each prompt that cannot be answered fails alone, named by file:line with the reason; the rest are written.
+    (An empty prompt never gets here: the prompt reader refuses it, test_generate.py.)"""
     import json
     import shutil
 
@@ -189,14 +190,14 @@ def test_generate_reports_too_long_and_empty_prompts_with_file_and_line(tiny_mod
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 60}))
     prompts = tmp_path / "p.jsonl"
-    records = [{"prompt": "word " * 80}, {"prompt": "Name a city."}, {"prompt": ""}]
+    records = [{"prompt": "word " * 80}, {"prompt": "Name a city."}, {"prompt": "word " * 90}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out.jsonl"
     assert generate_command(str(model), str(prompts), str(out), n=1, max_new_tokens=200, batch_size=2) == 1
     err = capsys.readouterr().err
     assert f"{prompts}:1 (id p:1): PromptTooLong: messages: this model's maximum context length is 60" in err
-    assert f"{prompts}:3 (id p:3): DataError: messages: no user message holds any text" in err
-    assert "2 prompt(s) cannot be sent to this model" in err
+    assert f"{prompts}:3 (id p:3): PromptTooLong: messages: this model's maximum context length is 60" in err
+    assert "2 prompts cannot be sent to this model" in err
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["messages"] == [{"role": "user", "content": "Name a city."}]
 

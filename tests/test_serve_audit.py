@@ -142,17 +142,16 @@ def test_penalties_are_honoured(client, short_generator):
 
 
 def test_generate_from_an_endpoint_reports_refused_prompts_as_ones_to_fix_not_to_retry(server, tmp_path, capsys):
-    """The endpoint's 400 (context_length_exceeded, no user text) fails that prompt alone, named by file:line;
+    """The endpoint's 400 (context_length_exceeded) fails that prompt alone, named by file:line;
     it is counted with the prompts that cannot be sent as they are (rerunning would not help), not to retry."""
     from prefloop.generate import generate_command
 
     prompts = tmp_path / "p.jsonl"
-    records = [{"prompt": "word " * 80}, {"prompt": "Name a city."}, {"prompt": ""}]
+    records = [{"prompt": "word " * 80}, {"prompt": "Name a city."}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out.jsonl"
     assert generate_command(server.url, str(prompts), str(out), n=1, max_new_tokens=4) == 1
     err = capsys.readouterr().err
     assert f"failed {prompts}:1 (id p:1): BadRequestError" in err and "maximum context length is 60" in err
-    assert f"failed {prompts}:3 (id p:3): BadRequestError" in err and "no user message holds any text" in err
-    assert "2 prompt(s) cannot be sent to this model as they are" in err and "retry" not in err
+    assert "1 prompt cannot be sent to this model as written" in err and "retry" not in err
     assert len(out.read_text().splitlines()) == 1

@@ -234,8 +234,8 @@ def test_generate_refuses_only_the_prompt_its_model_cannot_render(tiny_model_dir
     assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=1, max_new_tokens=2) == 1
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["plain"]
     err = capsys.readouterr().err
-    assert "failed tools: DataError: messages[1].tool_calls: the tokenizer chat template does not render tool calls" in err
-    assert "1 prompt(s) cannot be sent to this model as they are" in err and "run the same command again" not in err
+    assert "prompts.jsonl:1 (id tools): DataError: messages[1].tool_calls: the tokenizer chat template does not render tool calls" in err
+    assert "1 prompt cannot be sent to this model as written" in err and "run the same command again" not in err
 
 
 # Answer turns (review finding 1): an answer's tool calls, reasoning, name or function-call role reach the

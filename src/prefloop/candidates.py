@@ -15,6 +15,7 @@ from typing import Any
 
 from prefloop.data.formats import RecordError
 from prefloop.data.loader import Problem, iter_records
+from prefloop.data.words import count
 from prefloop.errors import DataError
 from prefloop.prompts import plain_prompt
 
@@ -46,9 +47,9 @@ class CandidateFile:
     def summary(self) -> str:
         text = f"{len(self.sets)} prompts with 2+ distinct candidates (of {self.lines} records)"
         if self.duplicate_answers:
-            text += f"; {self.duplicate_answers} duplicate answer(s) read once"
+            text += f"; {count(self.duplicate_answers, 'duplicate answer')} read once"
         if self.too_few:
-            text += f"; {self.too_few} prompt(s) skipped: fewer than two distinct answers"
+            text += f"; {count(self.too_few, 'prompt')} skipped: fewer than two distinct answers"
         return text
 
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from prefloop.chat_clients import ChatCall, open_chat_client
+from prefloop.data.words import count
 from prefloop.errors import ConfigError, DataError, PrefloopError, json_error_text
 from prefloop.prompts import Prompt, prompt_key, read_prompts
 from prefloop.resume import end_cut_line
@@ -147,13 +148,13 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
             where = f"{prompt.source} (id {prompt.id})" if prompt.source else prompt.id
             print(f"  failed {where}: {type(err).__name__}: {err}", file=sys.stderr)
         if len(failures) > 5:
-            print(f"  ... and {len(failures) - 5} more failed prompt(s)", file=sys.stderr)
+            print(f"  ... and {count(len(failures) - 5, 'more failed prompt')}", file=sys.stderr)
         refused = sum(_cannot_be_sent(err) for _, err in failures)
         if refused:
-            print(f"prefloop generate: {refused} prompt(s) cannot be sent to this model as they are (see above); "
+            print(f"prefloop generate: {count(refused, 'prompt')} cannot be sent to this model as written (see above); "
                   "fix them or use another model", file=sys.stderr)
         if refused < len(failures):
-            print(f"prefloop generate: {len(failures) - refused} prompt(s) failed; run the same command again to "
+            print(f"prefloop generate: {count(len(failures) - refused, 'prompt')} failed; run the same command again to "
                   "retry only those", file=sys.stderr)
         return 1
     return 0
