@@ -146,8 +146,10 @@ class _FrozenHeadLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
+    def forward(ctx, hidden, weight, targets, scale=1.0):
         logits = _at_least_fp32(F.linear(hidden, weight))
+        if scale != 1.0:
+            logits = logits.mul_(scale)
         lse = torch.logsumexp(logits, dim=-1)
         token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         logit_sums = logits.sum(-1)
@@ -155,6 +157,8 @@ class _FrozenHeadLogps(torch.autograd.Function):
             # d log p(t) / d logits = onehot(t) - softmax, built in place in the logits' memory.
             grad_logits = logits.sub_(lse[:, None]).exp_().neg_()
             grad_logits.scatter_add_(-1, targets[:, None], torch.ones_like(token_logps)[:, None])
+            if scale != 1.0:  # logits = scale * h W^T
+                grad_logits.mul_(scale)
             # Under autocast this matmul runs in the autocast dtype, like the forward one.
             grad_hidden = grad_logits.to(weight.dtype) @ weight
             ctx.save_for_backward(grad_hidden.to(hidden.dtype))
@@ -164,11 +168,13 @@ class _FrozenHeadLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_token_logps, _grad_logit_sums):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_token_logps.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None
+        return grad_token_logps.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None, None
 
 
-def _chunk_logps_module(head, softcap, hidden, targets):
+def _chunk_logps_module(head, softcap, hidden, targets, scale=1.0):
     logits = _at_least_fp32(head(hidden))
+    if scale != 1.0:
+        logits = logits * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     lse = torch.logsumexp(logits, dim=-1)
@@ -180,9 +186,33 @@ def _frozen_linear(head) -> bool:
             and (head.bias is None or not head.bias.requires_grad))
 
 
+def _text_config(model):
+    config = getattr(model, "config", None)
+    get_text_config = getattr(config, "get_text_config", None)
+    return get_text_config() if callable(get_text_config) else config
+
+
 def logit_softcap(model) -> float | None:
     """The model's final logit soft-capping (Gemma 2: logits = tanh(logits / c) * c), or None."""
-    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return getattr(_text_config(model), "final_logit_softcapping", None)
+
+
+def logit_scale(model) -> float:
+    """The factor the model's forward multiplies its output head's logits by before the softmax (and before
+    soft-capping), 1.0 for most models. `pair_logps` calls the head itself, so it applies the factor as the
+    model's own forward does (and as TRL 1.16's fused head reads it from the config): Cohere's `logit_scale`,
+    Falcon-H1's `lm_head_multiplier`, `output_multiplier`, and Granite's `logits_scaling`, which divides
+    (HyperCLOVA X's multiplies). Without it the log-probs of these models are those of other logits."""
+    config = _text_config(model)
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(config, "lm_head_multiplier", None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scaling = config.logits_scaling
+        scale = scaling if getattr(config, "model_type", None) == "hyperclovax" else 1 / scaling
+    return 1.0 if scale is None else float(scale)
 
 
 def fused_head(head, softcap: float | None = None) -> bool:
@@ -194,28 +224,29 @@ def fused_head(head, softcap: float | None = None) -> bool:
 
 
 def response_token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         softcap: float | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target token and the sum of its logits over the vocabulary, [N] each, from
-    hidden states [N, d] at the predicting positions, `chunk_size` rows at a time."""
+    hidden states [N, d] at the predicting positions, `chunk_size` rows at a time; the logits are
+    the head's times `scale` (`logit_scale`), then soft-capped at `softcap` (`logit_softcap`)."""
     if chunk_size < 1:
         raise ValueError(f"logps_chunk_size must be a positive number of rows, got {chunk_size}")
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
     with torch.profiler.record_function("prefloop::head_logps"):  # a range for bench/profile_train.py
-        return _chunked_logps(head, hidden, targets, chunk_size, softcap)
+        return _chunked_logps(head, hidden, targets, chunk_size, softcap, scale)
 
 
-def _chunked_logps(head, hidden, targets, chunk_size, softcap):
+def _chunked_logps(head, hidden, targets, chunk_size, softcap, scale=1.0):
     fast = fused_head(head, softcap)
     logps, sums = [], []
     for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)):
         if fast:
-            lp, s = _FrozenHeadLogps.apply(h, head.weight, t)
+            lp, s = _FrozenHeadLogps.apply(h, head.weight, t, scale)
         elif torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters())):
-            lp, s = checkpoint(_chunk_logps_module, head, softcap, h, t, use_reentrant=False)
+            lp, s = checkpoint(_chunk_logps_module, head, softcap, h, t, scale, use_reentrant=False)
         else:
-            lp, s = _chunk_logps_module(head, softcap, h, t)
+            lp, s = _chunk_logps_module(head, softcap, h, t, scale)
         logps.append(lp)
         sums.append(s.detach())
     return torch.cat(logps), torch.cat(sums)
@@ -246,11 +277,12 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)
     seqs, offsets = batch["target_seqs"], batch["target_offsets"]
-    softcap = logit_softcap(model)
+    softcap, scale = logit_softcap(model), logit_scale(model)
     with _autocast(batch["input_ids"].device, autocast_dtype):
         hidden = _hidden_states(decoder, batch)
         selected = hidden[batch["target_rows"], batch["target_cols"]]
-        token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap)
+        token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap,
+                                                       scale)
     counts = torch.bincount(seqs, minlength=2 * batch_size).to(torch.float32)
     weighted = token_logps if ld_alpha is None else token_logps * _ld_weights(offsets, seqs, counts, batch_size, ld_alpha)
     sums = _per_sequence(weighted, seqs, 2 * batch_size)
