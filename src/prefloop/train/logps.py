@@ -42,8 +42,8 @@ DEFAULT_CHUNK_SIZE = 1024
 ONE_ROW = 1 << 40  # a packed row capacity no batch reaches
 # The numerics of this module (layout handling, attention path): part of the reference cache key, since
 # a change rounds differently and a reused cache would no longer tie exactly with the untrained policy.
-# 2: segment attention, one packed row per batch.
-LOGPS_VERSION = 2
+# 2: segment attention, one packed row per batch. 3: the model's logit scaling (Granite, Cohere) applied.
+LOGPS_VERSION = 3
 
 
 @dataclass
