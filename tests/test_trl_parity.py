@@ -79,3 +79,160 @@ def test_gradients_of_a_model_that_scales_its_logits_equal_its_forward(head):
     for name in ref:
         norm = ref[name].abs().max().clamp(min=1e-3)
         torch.testing.assert_close(fast[name] / norm, ref[name] / norm, rtol=0, atol=FP64_EQUAL["atol"], msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Label masking: only answer tokens count, each answer's end of turn once
+# ------------------------------------------------------------------------------------------------
+
+
+def _encoded(records, tokenizer=None, template=None, cutoff=None):
+    from prefloop.data.encode import encode_pairs
+    from prefloop.data.formats import record_to_pair
+    from prefloop.data.template import get_template
+
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    pairs = [record_to_pair(r)[1] for r in records]
+    return encode_pairs(pairs, tokenizer, get_template(template, tokenizer), cutoff)
+
+
+def _user(text):
+    return {"role": "user", "content": text}
+
+
+def _assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+MASKING_RECORDS = [
+    {"prompt": [{"role": "system", "content": "Be brief."}, _user("What is two plus two?")],
+     "chosen": [_assistant("Four.")], "rejected": [_assistant("It is five, because I cannot count.")]},
+    {"prompt": [_user("hi"), _assistant("Hello! How can I help?"), _user("Name a city in Japan.")],
+     "chosen": [_assistant("Tokyo is a city in Japan.")], "rejected": [_assistant("Paris.")]},
+]
+
+
+def test_only_answer_tokens_count_and_the_end_of_turn_once():
+    """The system prompt, the multi-turn history (its earlier assistant reply included) and the padding are
+    masked; each answer's tokens are exactly its ids, ending with one end-of-turn token (TRL's completion
+    mask, without the template's trailing newline: README, "Parity with TRL")."""
+    tokenizer = build_tiny_tokenizer()
+    encoded, report = _encoded(MASKING_RECORDS, tokenizer)
+    assert report.kept == 2
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    features = [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids}
+                for e in encoded]
+    batch = collate_pairs(features, "padded", tokenizer.pad_token_id)
+    for row, (f, side) in enumerate([(f, "chosen_ids") for f in features] + [(f, "rejected_ids") for f in features]):
+        labels = [t for t in batch["labels"][row].tolist() if t != -100]
+        assert labels == f[side] and labels.count(eot) == 1 and labels[-1] == eot
+        assert tokenizer.decode(f[side]) in ("Four.<|im_end|>", "It is five, because I cannot count.<|im_end|>",
+                                             "Tokyo is a city in Japan.<|im_end|>", "Paris.<|im_end|>")
+        # The earlier assistant reply and the system prompt are in the prompt, never in the labels.
+        prompt_text = tokenizer.decode(f["prompt_ids"])
+        assert prompt_text.endswith("<|im_start|>assistant\n")
+        assert ("Be brief." in prompt_text) or ("Hello! How can I help?" in prompt_text)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_summed_logps_equal_the_plain_masked_computation_per_sequence(layout):
+    """Each answer's summed log-prob in every layout equals the plain computation on that sequence alone
+    (no batch, no padding): sum over the answer's tokens of log_softmax(logits at the previous position)."""
+    from prefloop.testing import build_tiny_model
+
+    tokenizer = build_tiny_tokenizer()
+    encoded, _ = _encoded(MASKING_RECORDS, tokenizer)
+    model = to_float64(build_tiny_model(tokenizer, arch="llama", seed=1))
+    features = [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids}
+                for e in encoded]
+    with torch.no_grad():
+        out = pair_logps(model, collate_pairs(features, layout, tokenizer.pad_token_id), chunk_size=3)
+        for i, f in enumerate(features):
+            for side, got in (("chosen_ids", out.seq.chosen[i]), ("rejected_ids", out.seq.rejected[i])):
+                ids = torch.tensor([f["prompt_ids"] + f[side]])
+                logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+                p = len(f["prompt_ids"])
+                want = sum(float(logps[p - 1 + k, t]) for k, t in enumerate(f[side]))
+                assert abs(float(got) - want) < 1e-9
+                assert (out.seq.chosen_tokens if side == "chosen_ids" else out.seq.rejected_tokens)[i] == len(f[side])
+
+
+def test_an_empty_answer_never_reaches_training():
+    """A batch with an answer of no tokens is an error naming the pair (it would train nothing and count a
+    log-prob of 0); encoding never makes one."""
+    features = [{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [], "id": "row-7"}]
+    for layout in LAYOUTS:
+        with pytest.raises(ValueError, match=r"row-7.*empty rejected answer"):
+            collate_pairs(features, layout, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Truncation: the public bug reports, replayed
+# ------------------------------------------------------------------------------------------------
+
+
+def _words(n, seed):
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(["water", "fire", "earth", "river", "mountain", "planet", "bread", "coffee"])
+                    for _ in range(n))
+
+
+def test_the_longer_answer_bounds_both_sequences():
+    """LLaMA-Factory issue 4402: the cutoff was applied to prompt+chosen only, so prompt+rejected exceeded it.
+    Here the longer answer decides: both sequences fit, the short chosen stays whole (with its end of turn)."""
+    record = {"prompt": [_user("Tell me.")], "chosen": [_assistant("Short.")],
+              "rejected": [_assistant(_words(120, 1))]}
+    (full,), _ = _encoded([record])
+    (cut,), report = _encoded([record], cutoff=96)
+    assert len(full.prompt_ids) <= 48 and len(full.prompt_ids) + len(full.rejected_ids) > 96
+    assert len(cut.prompt_ids) + len(cut.rejected_ids) <= 96 and len(cut.prompt_ids) + len(cut.chosen_ids) <= 96
+    assert cut.prompt_ids == full.prompt_ids and cut.chosen_ids == full.chosen_ids
+    # The prompt takes under half the cutoff: the answers keep cutoff - prompt tokens, as TRL's keep_start.
+    assert cut.rejected_ids == full.rejected_ids[: 96 - len(full.prompt_ids)]
+    assert report.response_truncated == 1 and report.prompt_truncated == 0
+
+
+def test_a_long_prompt_is_cut_keeping_markup_and_answers():
+    """TRL's keep_end (issue 3382: whole samples zeroed out) cut the sequence's start, and LLaMA-Factory cut
+    the prompt's end, generation prompt included (issue 3143). Here the prompt loses its oldest text only:
+    the system prompt, the chat markup and the generation prompt stay, the short answers stay whole."""
+    tokenizer = build_tiny_tokenizer()
+    record = {"prompt": [{"role": "system", "content": "Be brief."}, _user(_words(300, 2) + " Question?")],
+              "chosen": [_assistant("Yes.")], "rejected": [_assistant("No.")]}
+    (full,), _ = _encoded([record], tokenizer)
+    (cut,), report = _encoded([record], tokenizer, cutoff=96)
+    assert len(cut.prompt_ids) + max(len(cut.chosen_ids), len(cut.rejected_ids)) == 96
+    assert (cut.chosen_ids, cut.rejected_ids) == (full.chosen_ids, full.rejected_ids)
+    text = tokenizer.decode(cut.prompt_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith(" Question?<|im_end|>\n<|im_start|>assistant\n")
+    assert report.prompt_truncated == 1 and report.dropped == []
+
+
+def test_a_pair_with_no_room_for_an_answer_is_dropped_and_counted():
+    """Where nothing of an answer would be left (TRL drops such rows without a count), the pair is dropped
+    and reported with its reason; no pair is ever trained with an empty answer."""
+    record = {"id": "tiny-cutoff", "prompt": [{"role": "system", "content": _words(40, 3)}, _user("Hi?")],
+              "chosen": [_assistant("Yes.")], "rejected": [_assistant("No.")]}
+    encoded, report = _encoded([record], cutoff=12)
+    assert encoded == [] and report.total == 1 and len(report.dropped) == 1
+    assert report.dropped[0].id == "tiny-cutoff" and "cutoff_len" in report.dropped[0].reason
+    assert "Dropped 1" in report.summary()
+
+
+def test_answers_equal_trls_when_only_they_are_too_long():
+    """When the prompt takes at most half of cutoff_len, both answers are cut at cutoff_len - prompt, the ids
+    TRL 1.16 trains with max_length = cutoff_len (keep_start); a cut answer has no end-of-turn token."""
+    tokenizer = build_tiny_tokenizer()
+    record = {"prompt": [_user("Write a long story.")], "chosen": [_assistant(_words(200, 4))],
+              "rejected": [_assistant(_words(150, 5))]}
+    (full,), _ = _encoded([record], tokenizer)
+    (cut,), report = _encoded([record], tokenizer, cutoff=100)
+    room = 100 - len(full.prompt_ids)
+    assert len(full.prompt_ids) <= 50
+    assert cut.prompt_ids == full.prompt_ids
+    assert (cut.chosen_ids, cut.rejected_ids) == (full.chosen_ids[:room], full.rejected_ids[:room])
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in cut.chosen_ids + cut.rejected_ids
+    assert report.response_truncated == 1
