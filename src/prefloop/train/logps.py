@@ -26,6 +26,7 @@ the reference-cache pass and eval use the same precision as training. Logsumexp 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -38,11 +39,14 @@ from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask, fallback_reason
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_CHUNK_SIZE = 1024
 ONE_ROW = 1 << 40  # a packed row capacity no batch reaches
 # The numerics of this module (layout handling, attention path): part of the reference cache key, since
 # a change rounds differently and a reused cache would no longer tie exactly with the untrained policy.
-# 2: segment attention, one packed row per batch. 3: the model's logit scaling (Granite, Cohere) applied.
+# 2: segment attention, one packed row per batch. 3: the model's logit scaling (Granite, Cohere) and sliding
+# attention window (Mistral, Gemma 2/3) applied.
 LOGPS_VERSION = 3
 
 
@@ -104,6 +108,8 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     with a block mask (each built here once per batch), or (sdpa_mask, eager models) the equivalent
     explicit 4D mask."""
     extra = {}
+    if "attn_segments" in batch and window_binds(decoder, batch):
+        return _sequence_by_sequence(decoder, batch)
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
         backend = _backend(decoder, segments.device)
@@ -131,6 +137,73 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     out = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
                   use_cache=False, **extra)
     return out.last_hidden_state
+
+
+def sliding_window(model) -> int | None:
+    """The attention window of the model's sliding-window layers (Mistral, Gemma 2/3, Qwen2 with
+    `use_sliding_window`, ...): a query sees only the keys less than `window` positions before it. None when no
+    layer slides."""
+    config = _text_config(model)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
+        return None
+    return int(window)
+
+
+def window_binds(model, batch: dict) -> bool:
+    """True when a sequence of this packed / prefix-shared batch is longer than the model's sliding window.
+    The layouts' attention (segments, varlen, flex, the explicit mask) knows only which unit and branch a key
+    belongs to, not the window, so such a batch is computed sequence by sequence (`_sequence_by_sequence`)."""
+    window = sliding_window(model)
+    return window is not None and int(batch["position_ids"].max()) + 1 > window
+
+
+_warned_window: set[int] = set()
+
+
+def _sequence_by_sequence(decoder, batch: dict) -> torch.Tensor:
+    """Hidden states [R, L, d] of a packed / prefix-shared batch, computed as plain right-padded sequences
+    through the model's own attention masks (which apply its sliding window per layer), then put where the
+    layout has each token: a whole sequence as it is; a prefix-shared pair as prompt+chosen and
+    prompt+rejected, the prompt's states taken from the first (the prompt sees only itself: they are equal).
+    The result equals the padded layout's; it costs what the padded layout costs."""
+    window = sliding_window(decoder)
+    if window not in _warned_window:
+        _warned_window.add(window)
+        logger.warning("sequences longer than the model's sliding attention window (%d tokens): packed and "
+                       "prefix-shared batches holding one are computed as plain padded sequences (the same "
+                       "log-probs, without the layout's speed-up)", window)
+    input_ids, positions = batch["input_ids"], batch["position_ids"]
+    pieces = []  # (row, columns of the sequence, how many leading columns another sequence already gives)
+    for r, units in enumerate(batch["attn_plan"].rows):
+        for u in units:
+            head = list(range(u.start, u.start + u.shared))
+            chosen = list(range(u.start + u.shared, u.start + u.shared + u.chosen))
+            pieces.append((r, head + chosen, 0))
+            if u.rejected:
+                start = u.start + u.shared + u.chosen
+                pieces.append((r, head + list(range(start, start + u.rejected)), u.shared))
+    width = max(len(cols) for _, cols, _ in pieces)
+    ids = input_ids.new_zeros(len(pieces), width)
+    pos = positions.new_zeros(len(pieces), width)
+    mask = input_ids.new_zeros(len(pieces), width)
+    rows, cols, seq_index, seq_cols = [], [], [], []
+    for i, (r, columns, skip) in enumerate(pieces):
+        index = torch.tensor(columns, device=input_ids.device)
+        n = len(columns)
+        ids[i, :n], pos[i, :n], mask[i, :n] = input_ids[r, index], positions[r, index], 1
+        rows += [r] * (n - skip)
+        cols += columns[skip:]
+        seq_index += [i] * (n - skip)
+        seq_cols += range(skip, n)
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    device = out.device
+    hidden = out.new_zeros(input_ids.shape[0], input_ids.shape[1], out.shape[-1])
+    take = out[torch.tensor(seq_index, device=device), torch.tensor(seq_cols, device=device)]
+    return hidden.index_put((torch.tensor(rows, device=device), torch.tensor(cols, device=device)), take)
 
 
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
