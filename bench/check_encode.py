@@ -16,14 +16,18 @@ Nothing is re-implemented on TRL's side:
   makes: `model(input_ids, attention_mask, labels=..., fused_lm_head=True).log_probs`) on the batch TRL's
   collator builds, summed per row as `_compute_loss` does; with `ld_alpha`, `DPOTrainer._compute_loss`
   itself with a stand-in trainer (`logps/chosen` and `logps/rejected` of one pair at a time); and the IPO
-  and length-normalized losses (`ipo`, `sigmoid_norm`: averaged per token in TRL) from `_compute_loss`.
+  and length-normalized losses (`ipo`, `sigmoid_norm`: averaged per token in TRL) from `_compute_loss`;
+  also for models that scale their logits (Granite, Cohere) or attend within a sliding window (Mistral,
+  Gemma 2), in every batch layout.
 The models are the tiny random ones of `prefloop.testing` (Qwen2 with ChatML; Llama with a BOS token);
-the SmolLM2 tokenizer is used too when `models/SmolLM2-135M-Instruct` (scripts/fetch_model.sh) exists.
+the SmolLM2 tokenizer is used too when `models/SmolLM2-135M-Instruct` (scripts/fetch_model.sh; or
+$PREFLOOP_MODEL_DIR) exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import warnings
@@ -44,7 +48,7 @@ from prefloop.train.logps import pair_logps  # noqa: E402
 from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOLLM2 = ROOT / "models" / "SmolLM2-135M-Instruct"
+SMOLLM2 = Path(os.environ.get("PREFLOOP_MODEL_DIR", ROOT / "models" / "SmolLM2-135M-Instruct"))
 LOGPS_TOL = 1e-4  # fp32, summed over up to ~60 tokens
 LOSS_TOL = 1e-5
 
@@ -443,6 +447,35 @@ def check_logps(table: Table) -> None:
                       "equal" if max(diffs) < LOGPS_TOL else f"DIFFERS: max |diff| {max(diffs):.2e}")
 
 
+def _other_models(tok):
+    """Tiny random models of families whose forward does more than head(decoder(x)): logit scaling (Granite,
+    Cohere) and sliding-window attention (Mistral, Gemma 2 with alternating layers; window 8 tokens)."""
+    from transformers import (CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GraniteConfig,
+                              GraniteForCausalLM, MistralConfig, MistralForCausalLM)
+
+    kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id,
+              tie_word_embeddings=False)
+    torch.manual_seed(0)
+    yield "granite (logits_scaling)", GraniteForCausalLM(GraniteConfig(**kw, logits_scaling=3.0)).eval()
+    yield "cohere (logit_scale)", CohereForCausalLM(CohereConfig(**kw, logit_scale=0.3)).eval()
+    yield "mistral (sliding window 8)", MistralForCausalLM(MistralConfig(**kw, sliding_window=8)).eval()
+    yield "gemma2 (sliding window 8)", Gemma2ForCausalLM(Gemma2Config(**kw, head_dim=16, sliding_window=8)).eval()
+
+
+def check_other_models(table: Table) -> None:
+    tok = build_tiny_tokenizer()
+    features = encoded_features(tok)
+    for name, model in _other_models(tok):
+        _, _, trl_logps = trl_batch_and_logps(model, tok, features)
+        for layout in LAYOUTS:
+            with torch.no_grad():
+                out = pair_logps(model, collate_pairs(features, layout, tok.pad_token_id), chunk_size=5)
+            diff = float((torch.cat([out.seq.chosen, out.seq.rejected]) - trl_logps).abs().max())
+            table.add(f"logps {name}", f"summed, {layout}",
+                      "equal" if diff < LOGPS_TOL else f"DIFFERS: max |diff| {diff:.2e}")
+
+
 def batch_of(batch, i, pairs):
     """Pair i of a TRL batch as a batch of one (its chosen and rejected rows), trimmed of shared padding."""
     rows = torch.tensor([i, pairs + i])
@@ -460,6 +493,7 @@ def main(argv=None) -> int:
     check_truncation(table)
     check_masking(table)
     check_logps(table)
+    check_other_models(table)
     bad = table.print()
     return 1 if bad else 0
 
