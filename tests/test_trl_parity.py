@@ -115,7 +115,8 @@ MASKING_RECORDS = [
 def test_only_answer_tokens_count_and_the_end_of_turn_once():
     """The system prompt, the multi-turn history (its earlier assistant reply included) and the padding are
     masked; each answer's tokens are exactly its ids, ending with one end-of-turn token (TRL's completion
-    mask, without the template's trailing newline: README, "Parity with TRL")."""
+    mask, without the template's trailing newline: README, "Parity with TRL"). TRL issue 4481 / PR 4908: an
+    EOS appended to conversational answers trained "<|im_end|>\n<|im_end|>"."""
     tokenizer = build_tiny_tokenizer()
     encoded, report = _encoded(MASKING_RECORDS, tokenizer)
     assert report.kept == 2
