@@ -14,6 +14,12 @@ the output head in chunks of `chunk_size` rows with a logsumexp per chunk. The f
 Packed and prefix-shared rows attend per unit (`train/attention.py`), so a row's attention costs what
 its sequences need rather than the square of the row length, and a whole packed batch is one row.
 
+Everything the model's own forward does beyond head(decoder(x)) is done here too, so the log-probs are
+the model's (and TRL's, whose fused head reads the same config): the logit scaling of Granite / Cohere /
+Falcon-H1 (`logit_scale`), Gemma 2's soft-capping (`logit_softcap`), and a sliding attention window
+(`sliding_window`): a packed / prefix-shared batch with a sequence longer than the window is computed as
+plain padded sequences, since the layouts' attention knows units and branches but no window.
+
 `pair_logps_reference` is the plain computation (padded batch, full logits, log_softmax, gather):
 the ground truth for tests and benchmarks.
 
