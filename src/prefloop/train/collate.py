@@ -93,6 +93,7 @@ def collate_pairs(features: list[dict], layout: str, pad_token_id: int, row_toke
     attn_segments + attn_branches (other layouts), the target index (target_rows, target_cols,
     target_ids, target_seqs, target_offsets: [N], N = response tokens; target_seqs is pair index
     for chosen and B + pair index for rejected), and the per-pair float32 tensors [B].
+    Raises ValueError for a pair with an empty prompt or an empty answer (nothing to train on).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown batch layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -102,6 +103,11 @@ def collate_pairs(features: list[dict], layout: str, pad_token_id: int, row_toke
         if len(f["prompt_ids"]) == 0:
             raise ValueError(f"pair {i} of the batch has an empty prompt: the first response token has no "
                              f"position to be predicted from; encode a prompt of at least one token")
+        empty = [side for side in ("chosen", "rejected") if len(f[f"{side}_ids"]) == 0]
+        if empty:
+            raise ValueError(f"pair {i} of the batch ({f.get('id') or 'no id'}) has an empty {empty[0]} answer: no "
+                             f"token of it would be trained and its log-prob would be 0; encode answers of at least "
+                             f"one token (encode_pairs drops pairs truncated to nothing)")
     if layout == "padded":
         batch = _padded(features, pad_token_id)
     else:

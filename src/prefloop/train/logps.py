@@ -14,6 +14,12 @@ the output head in chunks of `chunk_size` rows with a logsumexp per chunk. The f
 Packed and prefix-shared rows attend per unit (`train/attention.py`), so a row's attention costs what
 its sequences need rather than the square of the row length, and a whole packed batch is one row.
 
+Everything the model's own forward does beyond head(decoder(x)) is done here too, so the log-probs are
+the model's (and TRL's, whose fused head reads the same config): the logit scaling of Granite / Cohere /
+Falcon-H1 (`logit_scale`), Gemma 2's soft-capping (`logit_softcap`), and a sliding attention window
+(`sliding_window`): a packed / prefix-shared batch with a sequence longer than the window is computed as
+plain padded sequences, since the layouts' attention knows units and branches but no window.
+
 `pair_logps_reference` is the plain computation (padded batch, full logits, log_softmax, gather):
 the ground truth for tests and benchmarks.
 
@@ -26,6 +32,7 @@ the reference-cache pass and eval use the same precision as training. Logsumexp 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -38,12 +45,15 @@ from prefloop.train.flex import BLOCK_MASK_KWARG, block_mask, fallback_reason
 from prefloop.train.collate import IGNORE_INDEX, attention_mask_4d
 from prefloop.train.losses import SequenceLogps
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_CHUNK_SIZE = 1024
 ONE_ROW = 1 << 40  # a packed row capacity no batch reaches
 # The numerics of this module (layout handling, attention path): part of the reference cache key, since
 # a change rounds differently and a reused cache would no longer tie exactly with the untrained policy.
-# 2: segment attention, one packed row per batch.
-LOGPS_VERSION = 2
+# 2: segment attention, one packed row per batch. 3: the model's logit scaling (Granite, Cohere) and sliding
+# attention window (Mistral, Gemma 2/3) applied.
+LOGPS_VERSION = 3
 
 
 @dataclass
@@ -104,6 +114,8 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     with a block mask (each built here once per batch), or (sdpa_mask, eager models) the equivalent
     explicit 4D mask."""
     extra = {}
+    if "attn_segments" in batch and window_binds(decoder, batch):
+        return _sequence_by_sequence(decoder, batch)
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
         backend = _backend(decoder, segments.device)
@@ -133,6 +145,73 @@ def _hidden_states(decoder, batch: dict) -> torch.Tensor:
     return out.last_hidden_state
 
 
+def sliding_window(model) -> int | None:
+    """The attention window of the model's sliding-window layers (Mistral, Gemma 2/3, Qwen2 with
+    `use_sliding_window`, ...): a query sees only the keys less than `window` positions before it. None when no
+    layer slides."""
+    config = _text_config(model)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    if layer_types is not None and not any("sliding" in str(t) for t in layer_types):
+        return None
+    return int(window)
+
+
+def window_binds(model, batch: dict) -> bool:
+    """True when a sequence of this packed / prefix-shared batch is longer than the model's sliding window.
+    The layouts' attention (segments, varlen, flex, the explicit mask) knows only which unit and branch a key
+    belongs to, not the window, so such a batch is computed sequence by sequence (`_sequence_by_sequence`)."""
+    window = sliding_window(model)
+    return window is not None and int(batch["position_ids"].max()) + 1 > window
+
+
+_warned_window: set[int] = set()
+
+
+def _sequence_by_sequence(decoder, batch: dict) -> torch.Tensor:
+    """Hidden states [R, L, d] of a packed / prefix-shared batch, computed as plain right-padded sequences
+    through the model's own attention masks (which apply its sliding window per layer), then put where the
+    layout has each token: a whole sequence as it is; a prefix-shared pair as prompt+chosen and
+    prompt+rejected, the prompt's states taken from the first (the prompt sees only itself: they are equal).
+    The result equals the padded layout's; it costs what the padded layout costs."""
+    window = sliding_window(decoder)
+    if window not in _warned_window:
+        _warned_window.add(window)
+        logger.warning("sequences longer than the model's sliding attention window (%d tokens): packed and "
+                       "prefix-shared batches holding one are computed as plain padded sequences (the same "
+                       "log-probs, without the layout's speed-up)", window)
+    input_ids, positions = batch["input_ids"], batch["position_ids"]
+    pieces = []  # (row, columns of the sequence, how many leading columns another sequence already gives)
+    for r, units in enumerate(batch["attn_plan"].rows):
+        for u in units:
+            head = list(range(u.start, u.start + u.shared))
+            chosen = list(range(u.start + u.shared, u.start + u.shared + u.chosen))
+            pieces.append((r, head + chosen, 0))
+            if u.rejected:
+                start = u.start + u.shared + u.chosen
+                pieces.append((r, head + list(range(start, start + u.rejected)), u.shared))
+    width = max(len(cols) for _, cols, _ in pieces)
+    ids = input_ids.new_zeros(len(pieces), width)
+    pos = positions.new_zeros(len(pieces), width)
+    mask = input_ids.new_zeros(len(pieces), width)
+    rows, cols, seq_index, seq_cols = [], [], [], []
+    for i, (r, columns, skip) in enumerate(pieces):
+        index = torch.tensor(columns, device=input_ids.device)
+        n = len(columns)
+        ids[i, :n], pos[i, :n], mask[i, :n] = input_ids[r, index], positions[r, index], 1
+        rows += [r] * (n - skip)
+        cols += columns[skip:]
+        seq_index += [i] * (n - skip)
+        seq_cols += range(skip, n)
+    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    device = out.device
+    hidden = out.new_zeros(input_ids.shape[0], input_ids.shape[1], out.shape[-1])
+    take = out[torch.tensor(seq_index, device=device), torch.tensor(seq_cols, device=device)]
+    return hidden.index_put((torch.tensor(rows, device=device), torch.tensor(cols, device=device)), take)
+
+
 def _at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the softmax in fp32 (bf16/fp16 upcast), fp64 kept as fp64 (the equality tests run in fp64)."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -146,8 +225,10 @@ class _FrozenHeadLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets):
+    def forward(ctx, hidden, weight, targets, scale=1.0):
         logits = _at_least_fp32(F.linear(hidden, weight))
+        if scale != 1.0:
+            logits = logits.mul_(scale)
         lse = torch.logsumexp(logits, dim=-1)
         token_logps = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
         logit_sums = logits.sum(-1)
@@ -155,6 +236,8 @@ class _FrozenHeadLogps(torch.autograd.Function):
             # d log p(t) / d logits = onehot(t) - softmax, built in place in the logits' memory.
             grad_logits = logits.sub_(lse[:, None]).exp_().neg_()
             grad_logits.scatter_add_(-1, targets[:, None], torch.ones_like(token_logps)[:, None])
+            if scale != 1.0:  # logits = scale * h W^T
+                grad_logits.mul_(scale)
             # Under autocast this matmul runs in the autocast dtype, like the forward one.
             grad_hidden = grad_logits.to(weight.dtype) @ weight
             ctx.save_for_backward(grad_hidden.to(hidden.dtype))
@@ -164,11 +247,13 @@ class _FrozenHeadLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_token_logps, _grad_logit_sums):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_token_logps.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None
+        return grad_token_logps.to(grad_hidden.dtype)[:, None] * grad_hidden, None, None, None
 
 
-def _chunk_logps_module(head, softcap, hidden, targets):
+def _chunk_logps_module(head, softcap, hidden, targets, scale=1.0):
     logits = _at_least_fp32(head(hidden))
+    if scale != 1.0:
+        logits = logits * scale
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     lse = torch.logsumexp(logits, dim=-1)
@@ -180,9 +265,33 @@ def _frozen_linear(head) -> bool:
             and (head.bias is None or not head.bias.requires_grad))
 
 
+def _text_config(model):
+    config = getattr(model, "config", None)
+    get_text_config = getattr(config, "get_text_config", None)
+    return get_text_config() if callable(get_text_config) else config
+
+
 def logit_softcap(model) -> float | None:
     """The model's final logit soft-capping (Gemma 2: logits = tanh(logits / c) * c), or None."""
-    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return getattr(_text_config(model), "final_logit_softcapping", None)
+
+
+def logit_scale(model) -> float:
+    """The factor the model's forward multiplies its output head's logits by before the softmax (and before
+    soft-capping), 1.0 for most models. `pair_logps` calls the head itself, so it applies the factor as the
+    model's own forward does (and as TRL 1.16's fused head reads it from the config): Cohere's `logit_scale`,
+    Falcon-H1's `lm_head_multiplier`, `output_multiplier`, and Granite's `logits_scaling`, which divides
+    (HyperCLOVA X's multiplies). Without it the log-probs of these models are those of other logits."""
+    config = _text_config(model)
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(config, "lm_head_multiplier", None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scaling = config.logits_scaling
+        scale = scaling if getattr(config, "model_type", None) == "hyperclovax" else 1 / scaling
+    return 1.0 if scale is None else float(scale)
 
 
 def fused_head(head, softcap: float | None = None) -> bool:
@@ -194,28 +303,29 @@ def fused_head(head, softcap: float | None = None) -> bool:
 
 
 def response_token_logps(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int,
-                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         softcap: float | None = None, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each target token and the sum of its logits over the vocabulary, [N] each, from
-    hidden states [N, d] at the predicting positions, `chunk_size` rows at a time."""
+    hidden states [N, d] at the predicting positions, `chunk_size` rows at a time; the logits are
+    the head's times `scale` (`logit_scale`), then soft-capped at `softcap` (`logit_softcap`)."""
     if chunk_size < 1:
         raise ValueError(f"logps_chunk_size must be a positive number of rows, got {chunk_size}")
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return empty, empty
     with torch.profiler.record_function("prefloop::head_logps"):  # a range for bench/profile_train.py
-        return _chunked_logps(head, hidden, targets, chunk_size, softcap)
+        return _chunked_logps(head, hidden, targets, chunk_size, softcap, scale)
 
 
-def _chunked_logps(head, hidden, targets, chunk_size, softcap):
+def _chunked_logps(head, hidden, targets, chunk_size, softcap, scale=1.0):
     fast = fused_head(head, softcap)
     logps, sums = [], []
     for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)):
         if fast:
-            lp, s = _FrozenHeadLogps.apply(h, head.weight, t)
+            lp, s = _FrozenHeadLogps.apply(h, head.weight, t, scale)
         elif torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters())):
-            lp, s = checkpoint(_chunk_logps_module, head, softcap, h, t, use_reentrant=False)
+            lp, s = checkpoint(_chunk_logps_module, head, softcap, h, t, scale, use_reentrant=False)
         else:
-            lp, s = _chunk_logps_module(head, softcap, h, t)
+            lp, s = _chunk_logps_module(head, softcap, h, t, scale)
         logps.append(lp)
         sums.append(s.detach())
     return torch.cat(logps), torch.cat(sums)
@@ -246,11 +356,12 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)
     seqs, offsets = batch["target_seqs"], batch["target_offsets"]
-    softcap = logit_softcap(model)
+    softcap, scale = logit_softcap(model), logit_scale(model)
     with _autocast(batch["input_ids"].device, autocast_dtype):
         hidden = _hidden_states(decoder, batch)
         selected = hidden[batch["target_rows"], batch["target_cols"]]
-        token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap)
+        token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap,
+                                                       scale)
     counts = torch.bincount(seqs, minlength=2 * batch_size).to(torch.float32)
     weighted = token_logps if ld_alpha is None else token_logps * _ld_weights(offsets, seqs, counts, batch_size, ld_alpha)
     sums = _per_sequence(weighted, seqs, 2 * batch_size)
