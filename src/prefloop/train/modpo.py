@@ -5,7 +5,12 @@ For margin model k (`modpo_margin_models[k]`), the gap of a pair is
 
     implicit reward (a LoRA adapter directory, or a causal LM directory), Zhou et al. 2023, sec. 4:
         r_k(x, y_c) - r_k(x, y_r) = beta * [(log pi_k(y_c|x) - log ref(y_c|x)) - (log pi_k(y_r|x) - log ref(y_r|x))]
-    with ref the run's reference (whose log-probs are already cached) and beta = pref_beta;
+    with ref the margin model's own reference and beta = pref_beta (the reference code's
+    ImplicitRewardWrapper: beta * (log pi_k - log pi_ref), the training beta). That reference is the
+    run's reference (whose log-probs are already cached), except in a round whose policy reference moved
+    (`rounds` with `ref_update: previous`, round >= 2): r_k is objective k's reward and does not change
+    when the policy's reference does, so there it stays the starting model the margin models were
+    trained against (`margin_reference`, from train/rounds.py), whose log-probs go through the same cache;
     sequence-classification reward model (a directory whose config names a *ForSequenceClassification):
         r_k(x, y_c) - r_k(x, y_r) = score(x, y_c) - score(x, y_r)
 
@@ -38,7 +43,7 @@ def margin_model_kind(path: str) -> str:
 
 
 def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, splits: dict, template_name: str,
-                          autocast_dtype, device, say) -> tuple[dict[str, list[float]], Counter]:
+                          autocast_dtype, device, say, reference_splits: dict) -> tuple[dict[str, list[float]], Counter]:
     from prefloop.models import Reference, load_causal_lm
     from prefloop.train.reference import precompute_reference
 
@@ -53,7 +58,7 @@ def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, spli
     status = precompute_reference(margin_model, copies, cfg, tokenizer, template_name, autocast_dtype, device, log=say)
     counts = Counter(f"margin_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
     gaps = {}
-    for split, features in splits.items():
+    for split, features in reference_splits.items():
         if not features:
             continue
         gaps[split] = [cfg.pref_beta * ((m["ref_chosen_logps"] - f["ref_chosen_logps"])
@@ -103,9 +108,45 @@ def _reward_model_gaps(path: str, index: int, cfg, splits: dict, pairs_by_id: di
     return gaps, counts
 
 
-def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device, say=print) -> Counter:
+def _margin_reference_splits(margin_reference: dict, cfg, tokenizer, splits: dict, template_name: str,
+                             autocast_dtype, device, say) -> tuple[dict[str, list[dict]], Counter]:
+    """Copies of the splits' features carrying the log-probs of `margin_reference` ({"model", "adapter"}:
+    the starting model of a rounds run) as ref_chosen_logps / ref_rejected_logps, through the reference
+    cache (the split names are the run's, so round 1's cache files of the same data are reused)."""
+    from prefloop.models import Reference, load_causal_lm, weights_dtype
+    from prefloop.train.reference import precompute_reference
+
+    path, adapter = margin_reference["model"], margin_reference.get("adapter")
+    name = f"{path} + {adapter}" if adapter else path
+    say(f"MODPO margin rewards are measured against the starting model {name} (the margin models' reference), "
+        f"not this round's reference")
+    model = load_causal_lm(path, dtype=weights_dtype(cfg), adapter=adapter).to(device)
+    copies = {split: [dict(f) for f in features] for split, features in splits.items() if features}
+    status = precompute_reference(Reference(model, "separate", name), copies, cfg, tokenizer, template_name,
+                                  autocast_dtype, device, log=say)
+    del model
+    return copies, Counter(f"reference_{'reused' if v == 'cached' else v}" for k, v in status.items()
+                           if k != "seconds")
+
+
+def weights_note(weights: list[float], beta: float) -> str | None:
+    """A note when `modpo_weights` do not sum to 1: the paper's weights lie on the simplex, and scaling
+    them all by c is the same loss as the normalised weights with beta / c (z = beta/w0 * h - sum w_k/w0 * gap)."""
+    total = float(sum(weights))
+    if abs(total - 1.0) <= 1e-6:
+        return None
+    normalised = ", ".join(f"{w / total:g}" for w in weights)
+    return (f"modpo_weights {list(weights)} sum to {total:g}, not 1 (MODPO's weights lie on the simplex): "
+            f"trained as written, which is the same loss as modpo_weights [{normalised}] with pref_beta "
+            f"{beta / total:g}; the policy's KL strength is beta / w0 = {beta / weights[0]:g}")
+
+
+def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device, say=print,
+                           margin_reference: dict | None = None) -> Counter:
     """Attach "margin_rewards" ([K] gaps, one per `modpo_margin_models` entry) to every feature of
     `data` (train and validation). Needs the reference log-probs already attached (precompute_ref).
+    `margin_reference` ({"model", "adapter"}): the model implicit margin rewards are measured against
+    when it is not the run's reference (a rounds run's starting model, after the reference moved).
 
     Returns the counts of cache files reused / computed. Raises ConfigError when the reference
     log-probs are missing."""
@@ -114,7 +155,15 @@ def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device,
     splits = {"train": data.train, "validation": data.val}
     if any(f.get("ref_chosen_logps") is None for features in splits.values() for f in features):
         raise ConfigError("pref_loss: modpo needs the cached reference log-probs (precompute_ref: true)")
+    note = weights_note(cfg.modpo_weights, cfg.pref_beta)
+    if note:
+        say(note)
     per_model, counts = [], Counter()
+    reference_splits = splits
+    if margin_reference and any(margin_model_kind(p) != "reward_model" for p in cfg.modpo_margin_models):
+        reference_splits, c = _margin_reference_splits(margin_reference, cfg, tokenizer, splits, data.template_name,
+                                                       autocast_dtype, device, say)
+        counts += c
     for index, path in enumerate(cfg.modpo_margin_models, 1):
         kind = margin_model_kind(path)
         say(f"MODPO margin model {index}: {path} ({kind.replace('_', ' ')}), weight {cfg.modpo_weights[index]}")
@@ -122,7 +171,7 @@ def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device,
             gaps, c = _reward_model_gaps(path, index, cfg, splits, data.pairs_by_id, say)
         else:
             gaps, c = _implicit_reward_gaps(path, kind, index, cfg, tokenizer, splits, data.template_name,
-                                            autocast_dtype, device, say)
+                                            autocast_dtype, device, say, reference_splits)
         per_model.append(gaps)
         counts += c
     for split, features in splits.items():

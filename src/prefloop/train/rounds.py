@@ -113,6 +113,16 @@ def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]
     return planned, reference
 
 
+def margin_reference(cfg: Config, planned: Config, index: int) -> dict:
+    """{"margin_reference": the starting model} for a MODPO round whose reference is not the starting model
+    (ref_update: previous, round >= 2): a margin model's implicit reward beta * log(pi_k / ref) is measured
+    against the model it was trained from, not against the policy's moving reference. Else {}."""
+    losses = planned.pref_loss if isinstance(planned.pref_loss, list) else str(planned.pref_loss).split(",")
+    if index == 1 or cfg.ref_update != "previous" or "modpo" not in [str(n).strip() for n in losses]:
+        return {}
+    return {"margin_reference": {"model": cfg.ref_model or cfg.model_name_or_path, "adapter": start_adapter(cfg)}}
+
+
 def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None = None, say=print) -> dict:
     """Train every round of `cfg.rounds` in order; returns the cross-round report (also written to
     output_dir/rounds_report.json). Raises ConfigError when output_dir holds rounds and neither
@@ -158,7 +168,8 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
                 planned = _resume_or_restart(planned, rdir, resume, say)
                 validate(planned)
                 metrics = run_training(planned, {"index": index, "name": name, "run": run_id,
-                                                 "output_dir": str(out.resolve())})
+                                                 "output_dir": str(out.resolve()),
+                                                 **margin_reference(cfg, planned, index)})
                 _write_json(rdir / METRICS_FILE, metrics)
             heldout = evaluator.evaluate(index, planned)
             result = RoundResult(index, name, str(rdir), str(round_dir(cfg, index - 1)) if index > 1 else None,

@@ -150,7 +150,8 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         if "modpo" in loss_spec.names:
             from prefloop.train.modpo import prepare_margin_rewards
 
-            cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
+            cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say,
+                                                   (round_info or {}).get("margin_reference"))
     with watch.stage("model"):  # after the reference pass: the reference cache's key fingerprints fp32 weights
         cast = keep_frozen_weights_in_compute_dtype(cfg, model, autocast_dtype)
         if cast:
@@ -213,7 +214,8 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     save_timings(trainer, timings, train_metrics if cfg.do_train else None, eval_metrics or None)
     if cfg.registry and cfg.do_train and args.process_index == 0:
         with watch.stage("registry"):
-            register_output(cfg, metrics, data, say, round_info)
+            register_output(cfg, metrics, data, say,
+                            round_info and {k: v for k, v in round_info.items() if k != "margin_reference"})
     total = watch.total()
     say(summary(cfg, trainer, metrics, before, total) + "\n" + watch.line(total))
     return metrics
