@@ -147,6 +147,7 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     say = say if main else (lambda *a, **k: None)
     if main:
         save_config(cfg, out)
+    check_round_data(cfg, rounds, say)  # before round 1 trains: a round without pairs fails now, not hours later
     run_id = rounds_run_id(out, resume)
     evaluator = CrossRoundEvaluator(cfg, rounds, say)
     results: list[RoundResult] = []
@@ -184,6 +185,63 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     if main:
         plot_rounds(report, out)
     return report
+
+
+def _pair_key(pair) -> str:
+    """A pair's content (prompt turns, both answers with their fields): the same pair in two rounds' data."""
+    return json.dumps([pair.prompt_messages(), pair.answer("chosen").to_dict(), pair.answer("rejected").to_dict(),
+                       pair.tools], sort_keys=True, ensure_ascii=False, default=str)
+
+
+def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]:
+    """Read every round's data before round 1 trains (the rows only; encoding comes in the round) and say,
+    per round, how many of its training pairs are new. Raises (DataError/ConfigError, naming `rounds[i]`,
+    the round's name and its dataset) when a round's data cannot be read or leaves no pair to train on,
+    so a bad last round stops the run before the first round's hours, not after them. A round whose
+    training pairs were all trained on in earlier rounds is not a new round of data (iterative DPO, e.g.
+    Xu et al. 2023 and Yuan et al. 2024, trains each round on new pairs): said loudly, trained as asked.
+    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give)."""
+    from prefloop.data.dimensions import apply_dimensions
+    from prefloop.data.loader import load_pairs, split_validation
+    from prefloop.data.registry import CONFIG_KEYS
+    from prefloop.errors import DataError, PrefloopError
+
+    seen: dict[str, int] = {}  # pair key -> first round that trained on it
+    summary = []
+    for index, rcfg in enumerate(rounds, 1):
+        name = round_name(cfg, index)
+        dataset = ",".join(rcfg.dataset) if isinstance(rcfg.dataset, list) else rcfg.dataset
+        where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
+        try:
+            pairs = load_pairs(dataset, rcfg.dataset_dir, skip_bad_rows=rcfg.skip_bad_rows,
+                               max_samples=rcfg.max_samples, allow_empty=True, options=CONFIG_KEYS).pairs
+            if rcfg.pref_dimensions:
+                pairs, _ = apply_dimensions(pairs, rcfg.pref_dimensions, rcfg.dimension_conflicts,
+                                            rcfg.dimension_weighting)
+            val_size = int(rcfg.val_size) if rcfg.val_size >= 1 else rcfg.val_size
+            train = split_validation(pairs, val_size, rcfg.seed)[0] if val_size and pairs else pairs
+        except PrefloopError as err:
+            raise type(err)(f"{where}: {err}") from None
+        if rcfg.do_train and not train:
+            held = f" ({len(pairs)} pair(s), all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
+            raise DataError(f"{where}: no pairs to train on{held}; give the round preference pairs, lower its "
+                            f"val_size, or remove the round")
+        keys = [_pair_key(p) for p in train]
+        earlier = [seen[k] for k in keys if k in seen]
+        new = len(keys) - len(earlier)
+        if earlier:
+            rounds_seen = ", ".join(str(r) for r in sorted(set(earlier)))
+            if new == 0:
+                say(f"Warning: round {index} ({name}) has no new pairs: all {len(keys)} of its training pairs were "
+                    f"trained on in round(s) {rounds_seen}; it trains on them again (iterative DPO trains each round "
+                    f"on new pairs: give it new data, or remove the round)")
+            else:
+                say(f"Note: round {index} ({name}): {len(earlier)} of its {len(keys)} training pairs were trained on "
+                    f"in round(s) {rounds_seen}; {new} are new")
+        for k in keys:
+            seen.setdefault(k, index)
+        summary.append({"pairs": len(pairs), "train": len(keys), "new": new, "seen_in": sorted(set(earlier))})
+    return summary
 
 
 def rounds_run_id(out: Path, resume: bool) -> str:
