@@ -128,3 +128,16 @@ def test_weights_off_the_simplex_are_trained_as_written_and_said_so():
     note = weights_note([1.0, 1.0], 0.1)
     assert "sum to 2, not 1" in note and "modpo_weights [0.5, 0.5] with pref_beta 0.05" in note
     assert "beta / w0 = 0.1" in note
+
+
+@pytest.mark.parametrize("weights, index", [([float("inf"), 1.0], 0), ([0.5, float("inf")], 1)])
+def test_an_infinite_weight_is_a_config_error_before_training(tmp_path, tiny_model_dir, margin_adapter, weights, index):
+    # w0 = inf: z = 0 for every pair, a constant loss log 2 without gradient (nothing would train, silently);
+    # w1 = inf: an infinite or NaN loss.
+    from prefloop.errors import ConfigError
+
+    config = dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=SAFETY, output_dir=str(tmp_path / "x"),
+                  pref_loss="modpo", modpo_margin_models=[str(margin_adapter)], modpo_weights=weights, max_steps=1)
+    with pytest.raises(ConfigError, match=rf"modpo_weights .*: weight {index} \(inf\) is not a finite number"):
+        prefloop.train(config)
+    assert not (tmp_path / "x" / "trainer_state.json").exists()
