@@ -16,6 +16,10 @@ After every round its policy is evaluated on every round's validation split agai
 model (implicit-reward accuracy, so forgetting of round 1's preference shows as a falling number),
 and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table across rounds.
 
+Every round's data is read first (`check_round_data`): a round without training pairs stops the run
+before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
+the margin models' implicit rewards stay measured against the starting model (`margin_reference`).
+
 A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
 `round_result.json`), the interrupted round resumes from its last checkpoint at the right step.
 `registry: NAME` registers each round's output as a version of NAME (run_training -> register_output):
