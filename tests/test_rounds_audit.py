@@ -5,6 +5,7 @@ Yuan et al. 2024: each round trains on new pairs)."""
 from pathlib import Path
 
 import pytest
+import torch
 
 import prefloop
 from prefloop.config import load_config, round_configs
@@ -58,3 +59,42 @@ def test_a_round_with_no_new_pairs_is_said_so_and_partly_new_data_is_counted(tmp
     assert summary[1]["new"] + (summary[1]["train"] - summary[1]["new"]) == summary[1]["train"] == 21
     assert 0 < summary[1]["train"] - summary[1]["new"] <= 9
     assert any(m.startswith("Note: round 2 (r2): ") and "are new" in m for m in said), said
+
+
+def test_lora_round_two_reference_is_round_one_final_policy_as_trained(tmp_path, tiny_model_dir):
+    """ref_update: previous with LoRA: round 2's reference log-probs (cached) on the held-out pairs equal
+    the log-probs round 1's policy had at the end of its training (its final evaluation, in memory before
+    saving), not only those of the adapter loaded back: the adapter round 2 stacks on the base is the
+    final one (no earlier checkpoint, no lost precision)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from prefloop.models import Reference, load_causal_lm, load_tokenizer
+    from prefloop.train.reference import compute_reference_logps, data_fingerprint
+    from prefloop.train.run import load_data
+
+    out = tmp_path / "prev"
+    config = rounds_config(tiny_model_dir, out, HELPFUL, HELPFUL, ref_update="previous", learning_rate=5e-3,
+                           per_device_eval_batch_size=3, max_steps=2, per_device_train_batch_size=4)
+    prefloop.train(config)
+    round1 = json.loads((out / "round-1" / "round_metrics.json").read_text())
+    cfg = load_config(config)
+    rcfg = round_configs(cfg)[1]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    val = load_data(rcfg, tokenizer, lambda *a, **k: None).val
+    fp = data_fingerprint(val)
+    cached = None
+    for path in sorted((out / "ref_cache").glob("ref_logps-validation-*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if f.metadata().get("data") == fp and "round-1" in f.metadata().get("reference", ""):
+                cached = load_file(str(path))
+    assert cached is not None, "no cache file of round 2's reference (round 1's policy) on the validation pairs"
+    # the final evaluation of round 1 logged the mean summed log-prob of the held-out answers
+    assert float(cached["chosen"].mean()) == pytest.approx(round1["eval_logps/chosen"], abs=1e-4)
+    assert float(cached["rejected"].mean()) == pytest.approx(round1["eval_logps/rejected"], abs=1e-4)
+    # and round 1's policy moved: the reference of round 2 is not the starting model
+    start = compute_reference_logps(Reference(load_causal_lm(str(tiny_model_dir)), "separate", "start"), val,
+                                    "padded", tokenizer.pad_token_id, 3, rcfg.logps_chunk_size)
+    assert not torch.allclose(start[0], cached["chosen"], atol=1e-3)
