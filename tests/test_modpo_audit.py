@@ -141,3 +141,16 @@ def test_an_infinite_weight_is_a_config_error_before_training(tmp_path, tiny_mod
     with pytest.raises(ConfigError, match=rf"modpo_weights .*: weight {index} \(inf\) is not a finite number"):
         prefloop.train(config)
     assert not (tmp_path / "x" / "trainer_state.json").exists()
+
+
+def test_a_margin_model_runs_in_the_precision_of_the_reference_it_is_compared_with(tmp_path, tiny_model_dir):
+    """pure_bf16: the reference's log-probs come from bf16 weights, so the margin model's must too. With the
+    starting model itself as the margin model every gap is exactly 0 and the first loss is log 2 (h = 0);
+    a margin model left in fp32 gave gaps of rounding noise (the first loss was 0.69321, not 0.69315)."""
+    out = tmp_path / "bf16"
+    prefloop.train(dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=SAFETY, output_dir=str(out),
+                        pref_loss="modpo", modpo_margin_models=[str(tiny_model_dir)], modpo_weights=[0.5, 0.5],
+                        max_steps=1, per_device_train_batch_size=9, pure_bf16=True, bf16=True))
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    first = next(h["loss"] for h in history if "loss" in h)
+    assert first == pytest.approx(math.log(2), abs=2e-6)

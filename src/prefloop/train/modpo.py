@@ -44,14 +44,16 @@ def margin_model_kind(path: str) -> str:
 
 def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, splits: dict, template_name: str,
                           autocast_dtype, device, say, reference_splits: dict) -> tuple[dict[str, list[float]], Counter]:
-    from prefloop.models import Reference, load_causal_lm
+    from prefloop.models import Reference, load_causal_lm, weights_dtype
     from prefloop.train.reference import precompute_reference
 
+    # in the reference's precision (pure_bf16: bf16 weights), so a margin model equal to the reference gives 0
+    dtype = weights_dtype(cfg)
     if kind == "adapter":
         base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        model = load_causal_lm(base or cfg.model_name_or_path, adapter=path)
+        model = load_causal_lm(base or cfg.model_name_or_path, dtype=dtype, adapter=path)
     else:
-        model = load_causal_lm(path)
+        model = load_causal_lm(path, dtype=dtype)
     model.to(device)
     margin_model = Reference(model, "separate", path)
     copies = {f"margin{index}-{split}": [dict(f) for f in features] for split, features in splits.items() if features}
