@@ -154,3 +154,57 @@ def test_a_margin_model_runs_in_the_precision_of_the_reference_it_is_compared_wi
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     first = next(h["loss"] for h in history if "loss" in h)
     assert first == pytest.approx(math.log(2), abs=2e-6)
+
+
+def same_ids(tmp_path, source: str) -> Path:
+    """`source` with every pair's id the same ("dup"): ids come from the data and need not be unique (two
+    files numbering their rows alike, a copied id)."""
+    rows = [json.loads(line) for line in Path(source).read_text().splitlines() if line.strip()]
+    path = tmp_path / "same_ids.jsonl"
+    path.write_text("".join(json.dumps(dict(row, id="dup")) + "\n" for row in rows))
+    return path
+
+
+def test_reward_model_margins_are_each_pairs_own_when_ids_repeat(tmp_path, tiny_model_dir):
+    """The reward-model margin of a pair is scored on that pair's texts; with repeated ids every pair got the
+    texts of the last pair with that id."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from prefloop.judge.reward import RewardModel
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.manual_seed(3)
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(rm_dir)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(rm_dir)
+    dataset = same_ids(tmp_path, SAFETY)
+    cfg_dict = dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=str(dataset), output_dir=str(tmp_path / "o"),
+                    pref_loss="modpo", modpo_margin_models=[str(rm_dir)], modpo_weights=[0.5, 0.5], max_steps=1,
+                    per_device_train_batch_size=9)
+    prefloop.train(cfg_dict)
+    from prefloop.data.loader import load_pairs, split_validation
+
+    cfg = load_config(cfg_dict)
+    pairs = split_validation(load_pairs(str(dataset)).pairs, 3, cfg.seed)[0]
+    rm = RewardModel(str(rm_dir))
+    gap = (torch.tensor(rm.score([(p.prompt_messages(), p.chosen) for p in pairs]))
+           - torch.tensor(rm.score([(p.prompt_messages(), p.rejected) for p in pairs])))
+    expected = float(torch.nn.functional.softplus(gap).mean())  # h = 0, z = -(w1/w0) gap
+    history = json.loads((tmp_path / "o" / "trainer_state.json").read_text())["log_history"]
+    assert next(h["loss"] for h in history if "loss" in h) == pytest.approx(expected, abs=1e-4)
+
+
+def test_per_dimension_agreement_is_each_pairs_own_when_ids_repeat(tmp_path, tiny_model_dir):
+    from prefloop.data.dimensions import agreement, dimension_names
+    from prefloop.data.loader import load_pairs
+
+    dataset = same_ids(tmp_path, str(ROOT / "examples" / "data" / "multiobjective.jsonl"))
+    cfg = load_config(dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=str(dataset), val_size=0,
+                           output_dir=str(tmp_path / "o")))
+    data = load_data(cfg, load_tokenizer(str(tiny_model_dir)), lambda *a, **k: None)
+    pairs = load_pairs(str(dataset)).pairs
+    names = dimension_names(pairs)
+    assert len(data.train) == len(pairs)  # nothing dropped: features in the pairs' order
+    expected = [agreement(p, names) for p in pairs]
+    assert len({tuple(e) for e in expected}) > 1  # the pairs differ, so a mix-up shows
+    assert [f["dimension_agree"] for f in data.train] == expected

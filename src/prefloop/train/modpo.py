@@ -69,13 +69,13 @@ def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, spli
     return gaps, counts
 
 
-def _reward_model_gaps(path: str, index: int, cfg, splits: dict, pairs_by_id: dict, say) -> tuple[dict, Counter]:
+def _reward_model_gaps(path: str, index: int, cfg, splits: dict, split_pairs: dict, say) -> tuple[dict, Counter]:
     from prefloop.errors import ConfigError
     from prefloop.judge.reward import RewardModel
     from prefloop.train.reference import ReferenceCache, _sha, data_fingerprint, weights_fingerprint
 
-    refused = [(pair.source or pair.id, extras) for features in splits.values() for f in features
-               for pair in [pairs_by_id[f["id"]]] for extras in [pair.answer_extras()] if extras]
+    refused = [(pair.source or pair.id, extras) for split in splits for pair in split_pairs[split]
+               for extras in [pair.answer_extras()] if extras]
     if refused:
         where, extras = refused[0]
         raise ConfigError(
@@ -90,7 +90,8 @@ def _reward_model_gaps(path: str, index: int, cfg, splits: dict, pairs_by_id: di
     for split, features in splits.items():
         if not features:
             continue
-        texts = [(pairs_by_id[f["id"]].prompt_messages(), pairs_by_id[f["id"]]) for f in features]
+        # the pair behind each feature by position (ids come from the data and may repeat)
+        texts = [(p.prompt_messages(), p) for p in split_pairs[split]]
         key = _sha(weights, data_fingerprint(features),
                    json.dumps([[m, p.chosen, p.rejected] for m, p in texts], ensure_ascii=False))
         name = f"margin{index}-{split}"
@@ -186,7 +187,7 @@ def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device,
         kind = margin_model_kind(path)
         say(f"MODPO margin model {index}: {path} ({kind.replace('_', ' ')}), weight {cfg.modpo_weights[index]}")
         if kind == "reward_model":
-            gaps, c = _reward_model_gaps(path, index, cfg, splits, data.pairs_by_id, say)
+            gaps, c = _reward_model_gaps(path, index, cfg, splits, data.split_pairs, say)
         else:
             gaps, c = _implicit_reward_gaps(path, kind, index, cfg, tokenizer, splits, data.template_name,
                                             autocast_dtype, device, say, reference_splits)
