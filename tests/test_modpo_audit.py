@@ -208,3 +208,32 @@ def test_per_dimension_agreement_is_each_pairs_own_when_ids_repeat(tmp_path, tin
     expected = [agreement(p, names) for p in pairs]
     assert len({tuple(e) for e in expected}) > 1  # the pairs differ, so a mix-up shows
     assert [f["dimension_agree"] for f in data.train] == expected
+
+
+def test_an_implicit_margin_reward_uses_the_beta_its_model_was_trained_with(tmp_path, tiny_model_dir, capsys):
+    """A DPO model trained with beta_k has the implicit reward r_k = beta_k * log(pi_k / ref) (Zhou et al. 2023,
+    sec. 4; Rafailov et al. 2023). A margin adapter trained by prefloop with pref_beta 0.5 enters a MODPO
+    run with pref_beta 0.1 at its own beta 0.5 (read from its prefloop_config.yaml), not the run's."""
+    margin = tmp_path / "helpful-beta-0.5"
+    prefloop.train(dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=HELPFUL, output_dir=str(margin),
+                        max_steps=3, per_device_train_batch_size=4, pref_beta=0.5))
+    out = tmp_path / "modpo"
+    config = dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=SAFETY, output_dir=str(out), pref_loss="modpo",
+                  modpo_margin_models=[str(margin)], modpo_weights=[0.5, 0.5], max_steps=1, per_device_train_batch_size=9)
+    capsys.readouterr()
+    prefloop.train(config)
+    assert "beta 0.5 (its own pref_beta" in capsys.readouterr().out
+    cfg = load_config(config)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = load_data(cfg, tokenizer, lambda *a, **k: None)
+
+    def logps(model):
+        return compute_reference_logps(Reference(model, "separate", "direct"), data.train, "padded",
+                                       tokenizer.pad_token_id, 4, 4096)
+
+    ref_c, ref_r = logps(load_causal_lm(str(tiny_model_dir)))
+    m_c, m_r = logps(load_causal_lm(str(tiny_model_dir), adapter=str(margin)))
+    gap = 0.5 * ((m_c - ref_c) - (m_r - ref_r))
+    expected = float(torch.nn.functional.softplus(gap).mean())  # h = 0: z = -(w1/w0) gap, w1/w0 = 1
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert next(h["loss"] for h in history if "loss" in h) == pytest.approx(expected, abs=1e-4)

@@ -5,8 +5,9 @@ For margin model k (`modpo_margin_models[k]`), the gap of a pair is
 
     implicit reward (a LoRA adapter directory, or a causal LM directory), Zhou et al. 2023, sec. 4:
         r_k(x, y_c) - r_k(x, y_r) = beta * [(log pi_k(y_c|x) - log ref(y_c|x)) - (log pi_k(y_r|x) - log ref(y_r|x))]
-    with ref the margin model's own reference and beta = pref_beta (the reference code's
-    ImplicitRewardWrapper: beta * (log pi_k - log pi_ref), the training beta). That reference is the
+    with ref the margin model's own reference and beta the one the margin model was trained with
+    (`margin_beta`: its saved prefloop_config.yaml's pref_beta; without one this run's pref_beta, the
+    reference code's ImplicitRewardWrapper choice). That reference is the
     run's reference (whose log-probs are already cached), except in a round whose policy reference moved
     (`rounds` with `ref_update: previous`, round >= 2): r_k is objective k's reward and does not change
     when the policy's reference does, so there it stays the starting model the margin models were
@@ -42,6 +43,34 @@ def margin_model_kind(path: str) -> str:
     return "causal_lm"
 
 
+def margin_beta(path: str, index: int, beta: float, say) -> float:
+    """The beta of margin model `index`'s implicit reward r_k = beta_k * log(pi_k / ref): a DPO model trained
+    with beta_k estimates the reward at that scale (Rafailov et al. 2023; Zhou et al. 2023, sec. 4), so
+    beta_k is its own `pref_beta` when its directory holds the prefloop_config.yaml it was trained with;
+    else this run's `beta` (the reference code's choice: one beta for all), and that is said."""
+    import math
+
+    import yaml
+
+    from prefloop.config import CONFIG_FILENAME
+
+    saved = Path(path) / CONFIG_FILENAME
+    own = None
+    if saved.is_file():
+        try:
+            own = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("pref_beta")
+        except yaml.YAMLError:
+            own = None
+    if isinstance(own, bool) or not isinstance(own, (int, float)) or not (math.isfinite(own) and own > 0):
+        say(f"MODPO margin model {index}: no pref_beta it was trained with ({saved} is missing or has none); its "
+            f"implicit reward uses this run's pref_beta {beta}, which is right only if it was trained with it")
+        return beta
+    if own != beta:
+        say(f"MODPO margin model {index}: implicit reward at beta {own:g} (its own pref_beta, from {saved}), "
+            f"not this run's {beta:g}")
+    return float(own)
+
+
 def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, splits: dict, template_name: str,
                           autocast_dtype, device, say, reference_splits: dict) -> tuple[dict[str, list[float]], Counter]:
     from prefloop.models import Reference, load_causal_lm, weights_dtype
@@ -59,11 +88,12 @@ def _implicit_reward_gaps(path: str, kind: str, index: int, cfg, tokenizer, spli
     copies = {f"margin{index}-{split}": [dict(f) for f in features] for split, features in splits.items() if features}
     status = precompute_reference(margin_model, copies, cfg, tokenizer, template_name, autocast_dtype, device, log=say)
     counts = Counter(f"margin_{'reused' if v == 'cached' else v}" for k, v in status.items() if k != "seconds")
+    beta = margin_beta(path, index, cfg.pref_beta, say)
     gaps = {}
     for split, features in reference_splits.items():
         if not features:
             continue
-        gaps[split] = [cfg.pref_beta * ((m["ref_chosen_logps"] - f["ref_chosen_logps"])
+        gaps[split] = [beta * ((m["ref_chosen_logps"] - f["ref_chosen_logps"])
                                         - (m["ref_rejected_logps"] - f["ref_rejected_logps"]))
                        for m, f in zip(copies[f"margin{index}-{split}"], features, strict=True)]
     return gaps, counts
