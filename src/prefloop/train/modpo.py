@@ -5,13 +5,13 @@ For margin model k (`modpo_margin_models[k]`), the gap of a pair is
 
     implicit reward (a LoRA adapter directory, or a causal LM directory), Zhou et al. 2023, sec. 4:
         r_k(x, y_c) - r_k(x, y_r) = beta * [(log pi_k(y_c|x) - log ref(y_c|x)) - (log pi_k(y_r|x) - log ref(y_r|x))]
-    with ref the margin model's own reference and beta the one the margin model was trained with
-    (`margin_beta`: its saved prefloop_config.yaml's pref_beta; without one this run's pref_beta, the
-    reference code's ImplicitRewardWrapper choice). That reference is the
-    run's reference (whose log-probs are already cached), except in a round whose policy reference moved
-    (`rounds` with `ref_update: previous`, round >= 2): r_k is objective k's reward and does not change
-    when the policy's reference does, so there it stays the starting model the margin models were
-    trained against (`margin_reference`, from train/rounds.py), whose log-probs go through the same cache;
+    with beta the one the margin model was trained with (`margin_beta`: its saved prefloop_config.yaml's
+    pref_beta; without one this run's pref_beta, the reference code's ImplicitRewardWrapper choice) and
+    ref the margin model's own reference: the run's reference (whose log-probs are already cached),
+    except in a round whose policy reference moved (`rounds` with `ref_update: previous`, round >= 2):
+    r_k is objective k's reward and does not change when the policy's reference does, so there it stays
+    the starting model the margin models were trained against (`margin_reference`, from
+    train/rounds.py), whose log-probs go through the same cache;
     sequence-classification reward model (a directory whose config names a *ForSequenceClassification):
         r_k(x, y_c) - r_k(x, y_r) = score(x, y_c) - score(x, y_r)
 
