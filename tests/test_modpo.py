@@ -103,7 +103,7 @@ def expected_first_loss(cfg_dict, tiny_model_dir, margin_adapter, reward_model_d
         from prefloop.judge.reward import RewardModel
 
         rm = RewardModel(str(reward_model_dir))
-        pairs = [data.pairs_by_id[f["id"]] for f in data.train]
+        pairs = data.split_pairs["train"]
         chosen = torch.tensor(rm.score([(p.prompt_messages(), p.chosen) for p in pairs]))
         rejected = torch.tensor(rm.score([(p.prompt_messages(), p.rejected) for p in pairs]))
         gaps.append(chosen - rejected)
@@ -173,4 +173,5 @@ def test_a_reward_model_margin_refuses_pairs_whose_answers_carry_more_than_text(
                                  chosen_fields={"tool_calls": call})}
     cfg = SimpleNamespace(per_device_eval_batch_size=2, reference_cache_dir="unused")
     with pytest.raises(ConfigError, match=r"1 pair\(s\).*d\.jsonl:2: field\(s\) chosen\.tool_calls"):
-        _reward_model_gaps("no-such-rm", 2, cfg, {"train": [{"id": "a"}, {"id": "b"}]}, pairs, print)
+        _reward_model_gaps("no-such-rm", 2, cfg, {"train": [{"id": "a"}, {"id": "b"}]},
+                           {"train": [pairs["a"], pairs["b"]]}, print)

@@ -259,10 +259,10 @@ def dimension_accuracy(margins: Sequence[float], agree: Sequence[Sequence[int]],
 
 
 def attach_agreement(features: list[dict], pairs: Sequence[PreferencePair], names: Sequence[str]) -> None:
-    """Put each feature's per-dimension agreement ([K] ints) under "dimension_agree" (matched by pair id)."""
-    by_id = {p.id: p for p in pairs}
-    for f in features:
-        f["dimension_agree"] = agreement(by_id[f["id"]], names)
+    """Put each feature's per-dimension agreement ([K] ints) under "dimension_agree". `pairs[i]` is the pair
+    behind `features[i]` (matched by position: ids come from the data and may repeat)."""
+    for f, pair in zip(features, pairs, strict=True):
+        f["dimension_agree"] = agreement(pair, names)
 
 
 def agreement_report(pairs: Sequence[PreferencePair], weights: dict[str, float] | None = None) -> dict:

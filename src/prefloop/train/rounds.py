@@ -16,6 +16,10 @@ After every round its policy is evaluated on every round's validation split agai
 model (implicit-reward accuracy, so forgetting of round 1's preference shows as a falling number),
 and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table across rounds.
 
+Every round's data is read first (`check_round_data`): a round without training pairs stops the run
+before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
+the margin models' implicit rewards stay measured against the starting model (`margin_reference`).
+
 A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
 `round_result.json`), the interrupted round resumes from its last checkpoint at the right step.
 `registry: NAME` registers each round's output as a version of NAME (run_training -> register_output):
@@ -113,6 +117,16 @@ def plan_round(cfg: Config, round_cfg: Config, index: int) -> tuple[Config, str]
     return planned, reference
 
 
+def margin_reference(cfg: Config, planned: Config, index: int) -> dict:
+    """{"margin_reference": the starting model} for a MODPO round whose reference is not the starting model
+    (ref_update: previous, round >= 2): a margin model's implicit reward beta * log(pi_k / ref) is measured
+    against the model it was trained from, not against the policy's moving reference. Else {}."""
+    losses = planned.pref_loss if isinstance(planned.pref_loss, list) else str(planned.pref_loss).split(",")
+    if index == 1 or cfg.ref_update != "previous" or "modpo" not in [str(n).strip() for n in losses]:
+        return {}
+    return {"margin_reference": {"model": cfg.ref_model or cfg.model_name_or_path, "adapter": start_adapter(cfg)}}
+
+
 def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None = None, say=print) -> dict:
     """Train every round of `cfg.rounds` in order; returns the cross-round report (also written to
     output_dir/rounds_report.json). Raises ConfigError when output_dir holds rounds and neither
@@ -137,6 +151,7 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     say = say if main else (lambda *a, **k: None)
     if main:
         save_config(cfg, out)
+    check_round_data(cfg, rounds, say)  # before round 1 trains: a round without pairs fails now, not hours later
     run_id = rounds_run_id(out, resume)
     evaluator = CrossRoundEvaluator(cfg, rounds, say)
     results: list[RoundResult] = []
@@ -158,7 +173,8 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
                 planned = _resume_or_restart(planned, rdir, resume, say)
                 validate(planned)
                 metrics = run_training(planned, {"index": index, "name": name, "run": run_id,
-                                                 "output_dir": str(out.resolve())})
+                                                 "output_dir": str(out.resolve()),
+                                                 **margin_reference(cfg, planned, index)})
                 _write_json(rdir / METRICS_FILE, metrics)
             heldout = evaluator.evaluate(index, planned)
             result = RoundResult(index, name, str(rdir), str(round_dir(cfg, index - 1)) if index > 1 else None,
@@ -173,6 +189,63 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     if main:
         plot_rounds(report, out)
     return report
+
+
+def _pair_key(pair) -> str:
+    """A pair's content (prompt turns, both answers with their fields): the same pair in two rounds' data."""
+    return json.dumps([pair.prompt_messages(), pair.answer("chosen").to_dict(), pair.answer("rejected").to_dict(),
+                       pair.tools], sort_keys=True, ensure_ascii=False, default=str)
+
+
+def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]:
+    """Read every round's data before round 1 trains (the rows only; encoding comes in the round) and say,
+    per round, how many of its training pairs are new. Raises (DataError/ConfigError, naming `rounds[i]`,
+    the round's name and its dataset) when a round's data cannot be read or leaves no pair to train on,
+    so a bad last round stops the run before the first round's hours, not after them. A round whose
+    training pairs were all trained on in earlier rounds is not a new round of data (iterative DPO, e.g.
+    Xu et al. 2023 and Yuan et al. 2024, trains each round on new pairs): said loudly, trained as asked.
+    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give)."""
+    from prefloop.data.dimensions import apply_dimensions
+    from prefloop.data.loader import load_pairs, split_validation
+    from prefloop.data.registry import CONFIG_KEYS
+    from prefloop.errors import DataError, PrefloopError
+
+    seen: dict[str, int] = {}  # pair key -> first round that trained on it
+    summary = []
+    for index, rcfg in enumerate(rounds, 1):
+        name = round_name(cfg, index)
+        dataset = ",".join(rcfg.dataset) if isinstance(rcfg.dataset, list) else rcfg.dataset
+        where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
+        try:
+            pairs = load_pairs(dataset, rcfg.dataset_dir, skip_bad_rows=rcfg.skip_bad_rows,
+                               max_samples=rcfg.max_samples, allow_empty=True, options=CONFIG_KEYS).pairs
+            if rcfg.pref_dimensions:
+                pairs, _ = apply_dimensions(pairs, rcfg.pref_dimensions, rcfg.dimension_conflicts,
+                                            rcfg.dimension_weighting)
+            val_size = int(rcfg.val_size) if rcfg.val_size >= 1 else rcfg.val_size
+            train = split_validation(pairs, val_size, rcfg.seed)[0] if val_size and pairs else pairs
+        except PrefloopError as err:
+            raise type(err)(f"{where}: {err}") from None
+        if rcfg.do_train and not train:
+            held = f" ({len(pairs)} pair(s), all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
+            raise DataError(f"{where}: no pairs to train on{held}; give the round preference pairs, lower its "
+                            f"val_size, or remove the round")
+        keys = [_pair_key(p) for p in train]
+        earlier = [seen[k] for k in keys if k in seen]
+        new = len(keys) - len(earlier)
+        if earlier:
+            rounds_seen = ", ".join(str(r) for r in sorted(set(earlier)))
+            if new == 0:
+                say(f"Warning: round {index} ({name}) has no new pairs: all {len(keys)} of its training pairs were "
+                    f"trained on in round(s) {rounds_seen}; it trains on them again (iterative DPO trains each round "
+                    f"on new pairs: give it new data, or remove the round)")
+            else:
+                say(f"Note: round {index} ({name}): {len(earlier)} of its {len(keys)} training pairs were trained on "
+                    f"in round(s) {rounds_seen}; {new} are new")
+        for k in keys:
+            seen.setdefault(k, index)
+        summary.append({"pairs": len(pairs), "train": len(keys), "new": new, "seen_in": sorted(set(earlier))})
+    return summary
 
 
 def rounds_run_id(out: Path, resume: bool) -> str:

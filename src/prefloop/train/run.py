@@ -83,7 +83,9 @@ class Data:
     stop_ids: list[int]  # token ids that end a reply (for sample answers)
     template: object = None  # the data.template.ChatTemplate the pairs were rendered with
     dimension_names: list[str] = field(default_factory=list)  # per-dimension metrics (data/dimensions.py)
-    pairs_by_id: dict = field(default_factory=dict)  # the PreferencePairs behind the features (reward models)
+    # split name -> the PreferencePairs behind that split's features, in the features' order (reward-model
+    # margins, per-dimension agreement); by position, since ids come from the data and may repeat
+    split_pairs: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)  # datasets, files, sha256, counts (model card)
 
 
@@ -150,7 +152,8 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
         if "modpo" in loss_spec.names:
             from prefloop.train.modpo import prepare_margin_rewards
 
-            cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say)
+            cache_status += prepare_margin_rewards(cfg, model, tokenizer, data, autocast_dtype, args.device, say,
+                                                   (round_info or {}).get("margin_reference"))
     with watch.stage("model"):  # after the reference pass: the reference cache's key fingerprints fp32 weights
         cast = keep_frozen_weights_in_compute_dtype(cfg, model, autocast_dtype)
         if cast:
@@ -213,7 +216,8 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
     save_timings(trainer, timings, train_metrics if cfg.do_train else None, eval_metrics or None)
     if cfg.registry and cfg.do_train and args.process_index == 0:
         with watch.stage("registry"):
-            register_output(cfg, metrics, data, say, round_info)
+            register_output(cfg, metrics, data, say,
+                            round_info and {k: v for k, v in round_info.items() if k != "margin_reference"})
     total = watch.total()
     say(summary(cfg, trainer, metrics, before, total) + "\n" + watch.line(total))
     return metrics
@@ -427,14 +431,15 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
         # The tokenizer saved with the model (and its checkpoints) carries the template the model was trained
         # with, so serving, generation and `prefloop merge` render prompts the same way (LLaMA-Factory does too).
         tokenizer.chat_template = template.source
-    splits, reports = {}, {}
+    splits, reports, split_pairs = {}, {}, {}
     for name, pairs in (("train", train_pairs), ("validation", val_pairs)):
         if not pairs:
-            splits[name] = []
+            splits[name], split_pairs[name] = [], []
             continue
         encoded, reports[name] = encode_pairs(pairs, tokenizer, template, cfg.cutoff_len)
         say(f"  {name}: {reports[name].summary()}")
         splits[name] = [to_feature(p, i) for i, p in enumerate(encoded)]
+        split_pairs[name] = [pairs[p.index] for p in encoded]
     if cfg.do_train and not splits["train"]:
         raise DataError(f"{dataset}: no training pairs are left: encoding dropped all {len(train_pairs)} "
                         f"({_drop_causes(reports['train'])}); raise cutoff_len (now {cfg.cutoff_len}) or fix "
@@ -445,11 +450,11 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
 
     names = dimension_names(all_pairs)
     if names:  # per-dimension metrics: each feature's agreement of every dimension with its direction
-        for features in splits.values():
-            attach_agreement(features, all_pairs, names)
+        for name, features in splits.items():
+            attach_agreement(features, split_pairs[name], names)
     provenance = data_provenance(loaded, len(train_pairs), len(val_pairs), len(splits["train"]), len(splits["validation"]))
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
-                template=template, dimension_names=names, pairs_by_id={p.id: p for p in all_pairs},
+                template=template, dimension_names=names, split_pairs=split_pairs,
                 provenance=provenance)
 
 
