@@ -59,3 +59,89 @@ def test_a_bad_mc_task_label_is_located(tmp_path, tiny_model_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "record 2" in err and "mc1_targets" in err
+
+
+# ---------------------------------------------------------------------------------------------- SafetyBench files
+
+
+def _safety_items():
+    return json.loads((EXAMPLES / "safety_mc.json").read_text())
+
+
+def _picks(results):
+    return [(row["id"], row["category"], row["answer"], row["picked"]) for row in results["details"]["items"]]
+
+
+def test_safety_reads_the_dev_file_grouped_by_category(tmp_path, tiny_model_dir):
+    """SafetyBench's dev_en.json is {"CATEGORY": [items with answer], ...}; the key is each item's category."""
+    grouped = {}
+    for item in _safety_items():
+        grouped.setdefault(item["category"], []).append({k: v for k, v in item.items() if k != "category"})
+    dev = tmp_path / "dev_en.json"
+    dev.write_text(json.dumps(grouped, indent=1))
+    got, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(dev), str(tmp_path / "a")))
+    want, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(EXAMPLES / "safety_mc.json"), str(tmp_path / "b")))
+    assert sorted(_picks(got)) == sorted(_picks(want))
+    assert {k: v for k, v in got["metrics"].items() if k.startswith("safety_mc/category/")} == \
+        {k: v for k, v in want["metrics"].items() if k.startswith("safety_mc/category/")}
+    assert got["metrics"]["safety_mc/n"] == len(_safety_items())
+
+
+def test_safety_test_file_takes_its_answers_from_the_answer_file(tmp_path, tiny_model_dir):
+    """SafetyBench's test_en.json has no answers; test_answers_en.json maps str(id) -> {category, answer}."""
+    items = _safety_items()
+    test = tmp_path / "test_en.json"
+    test.write_text(json.dumps([{k: v for k, v in item.items() if k != "answer"} for item in items]))
+    answers = tmp_path / "test_answers_en.json"
+    answers.write_text(json.dumps({str(item["id"]): {"category": item["category"], "answer": item["answer"]}
+                                   for item in items}))
+    got, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(test), str(tmp_path / "a"),
+                                 references=str(answers)))
+    want, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(EXAMPLES / "safety_mc.json"), str(tmp_path / "b")))
+    assert _picks(got) == _picks(want)
+    assert got["metrics"]["safety_mc/accuracy"] == want["metrics"]["safety_mc/accuracy"]
+    assert got["metrics"]["safety_mc/n_answers_without_question"] == 0
+    # an answer file holding more questions than were read: counted, not silently ignored
+    (tmp_path / "more.json").write_text(json.dumps({**json.loads(answers.read_text()),
+                                                    "999": {"category": "Offensiveness", "answer": 0}}))
+    more, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(test), str(tmp_path / "c"),
+                                  references=str(tmp_path / "more.json")))
+    assert more["metrics"]["safety_mc/n_answers_without_question"] == 1
+
+
+def test_safety_test_file_without_answers_says_to_pass_the_answer_file(tmp_path, tiny_model_dir, capsys):
+    items = _safety_items()
+    test = tmp_path / "test_en.json"
+    test.write_text(json.dumps([{k: v for k, v in item.items() if k != "answer"} for item in items]))
+    code = main(["eval", "bench", "safety_mc", "--model", str(tiny_model_dir), "--data", str(test),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{test} (record 1): field 'answer': missing" in err and "--references" in err
+    # an id the answer file lacks is located
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({str(item["id"]): {"category": item["category"], "answer": item["answer"]}
+                                   for item in items[1:]}))
+    code = main(["eval", "bench", "safety_mc", "--model", str(tiny_model_dir), "--data", str(test),
+                 "--references", str(answers), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{test} (record 1): field 'id'" in err and "not in the answer file" in err
+
+
+def test_a_bad_item_of_a_grouped_file_names_its_category_and_index(tmp_path, tiny_model_dir, capsys):
+    grouped = {"Physical Health": [{"question": "q?", "options": ["a", "b"], "answer": 0},
+                                   {"question": "q2?", "options": ["only one"], "answer": 0}]}
+    dev = tmp_path / "dev_en.json"
+    dev.write_text(json.dumps(grouped))
+    code = main(["eval", "bench", "safety_mc", "--model", str(tiny_model_dir), "--data", str(dev),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "field 'Physical Health[1].options'" in err
+
+
+def test_references_for_a_benchmark_that_reads_none_is_refused(tmp_path, tiny_model_dir, capsys):
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("{}\n")
+    code = main(["eval", "bench", "truthfulqa_mc", "--model", str(tiny_model_dir), "--data",
+                 str(EXAMPLES / "truthfulqa_mc.jsonl"), "--references", str(refs), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--references" in err and "ignored" in err

@@ -1,10 +1,15 @@
 """SafetyBench-style multiple choice: per-category and overall accuracy.
 
-Format (SafetyBench, Zhang et al. 2023, its English dev-set layout; one record per question):
+Format (SafetyBench, Zhang et al. 2023; one record per question):
 
     {"question": "...", "options": ["...", "...", ...], "answer": 1, "category": "Physical Health", "id": ...}
 
 `answer` is the index of the correct option (SafetyBench's convention) or its letter ("B"). 2 to 26 options.
+SafetyBench's own files are read as published: `dev_en.json` groups its items by category
+({"Offensiveness": [{...}, ...], ...}; the key is the item's category), and `test_en.json` has no `answer`:
+pass its answer file `test_answers_en.json` ({"ID": {"category": ..., "answer": index}}) as `--references`,
+matched by `id` (an id it lacks, or a different answer or category in both, is a located error; answers no
+question matched are counted, `safety_mc/n_answers_without_question`).
 
 The prompt is SafetyBench's zero-shot English prompt:
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import re
 import string
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -95,20 +101,97 @@ def _category(value):
                                                                    "write the category as a string")
 
 
-def read_items(args):
+ANSWERS_HELP = ('SafetyBench\'s answer file (test_answers_en.json): {"ID": {"category": str, "answer": index}, ...}, '
+                'keyed by the questions\' "id"')
+
+
+def read_answer_file(path: str) -> dict[str, dict]:
+    """str(id) -> {"category", "answer"} from SafetyBench's answer file (`test_answers_en.json`); located
+    errors (exit 2) for a missing file or a bad entry."""
+    from prefloop.data.loader import Problem, iter_records
+    from prefloop.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{NAME}: answer file {path} (--references) does not exist; it is {ANSWERS_HELP}")
+    items = list(iter_records(p))
+    problems = [str(item) for item in items if isinstance(item, Problem)]
+    data = items[0][2] if len(items) == 1 and not problems else None
+    if not problems and not isinstance(data, dict):
+        problems.append(f"{path}: expected one JSON object keyed by question id; it should be {ANSWERS_HELP}")
+    answers = {}
+    for key, entry in (data or {}).items() if not problems else ():
+        if not (isinstance(entry, dict) and answer_index(entry.get("answer"), len(LETTERS)) is not None
+                and isinstance(entry.get("category"), str)):
+            problems.append(f"{path}: field '{key}': expected {{\"category\": str, \"answer\": 0-based index or "
+                            f"letter}}, got "
+                            f"{str(entry)[:80]!r} -> write the entry as SafetyBench does")
+            continue
+        answers[str(key)] = entry
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {NAME} answer file {path}:\n"
+                        + "\n".join(f"  {p}" for p in problems[:20]))
+    return answers
+
+
+def read_items(args) -> tuple[list, int]:
+    """(the checked questions of `args.data`, each with its `answer` and `category`; how many entries of the
+    answer file no question of `args.data` matched).
+
+    Reads every public SafetyBench shape: a list of questions with `answer` inside (its dev items, this
+    project's samples), the dev files grouped by category (`dev_en.json`: {"CATEGORY": [...], ...}), and the
+    test files (`test_en.json`, no answers) with the answers from SafetyBench's answer file given as
+    `--references` (`test_answers_en.json`, matched by `id`). Raises DataError listing every located problem."""
+    from prefloop.errors import DataError
     from prefloop.evaluate.bench.common import read_bench_records
     from prefloop.evaluate.bench.records import is_text
 
-    records = read_bench_records(args, {"question": is_text, "options": _options, "answer": lambda v: None,
-                                        "category": _category}, NAME, FORMAT_HELP)
-    bad = [r.error("answer", f"{r.data['answer']!r} names none of the {len(r.data['options'])} options",
-                   "give the 0-based index of the correct option or its letter")
-           for r in records if answer_index(r.data["answer"], len(r.data["options"])) is None]
+    answers = read_answer_file(args.references) if args.references else None
+    records = read_bench_records(args, {"question": is_text, "options": _options}, NAME, FORMAT_HELP,
+                                 group_field="category")
+    bad = []
+    for r in records:
+        d = r.data
+        if answers is not None:
+            entry = answers.get(str(d.get("id")))
+            if "id" not in d:
+                bad.append(r.error("id", "missing, so the answer file cannot be matched", "give every question its id"))
+                continue
+            if entry is None:
+                bad.append(r.error("id", f"{d['id']!r} is not in the answer file {args.references}",
+                                   "use the answer file of this question file"))
+                continue
+            gold = answer_index(entry["answer"], len(d["options"]))
+            if gold is None:
+                bad.append(r.error("id", f"the answer file's answer {entry['answer']!r} names none of the "
+                                         f"{len(d['options'])} options", "use the answer file of this question file"))
+                continue
+            if "answer" in d and answer_index(d["answer"], len(d["options"])) != gold:
+                bad.append(r.error("answer", f"{d['answer']!r} differs from the answer file's {entry['answer']!r}",
+                                   "drop one of the two"))
+                continue
+            if "category" in d and d["category"] != entry["category"]:
+                bad.append(r.error("category", f"{d['category']!r} differs from the answer file's "
+                                               f"{entry['category']!r}", "use the answer file of this question file"))
+                continue
+            d.setdefault("answer", gold)
+            d.setdefault("category", entry["category"])
+        if "answer" not in d:
+            bad.append(r.error("answer", "missing", "give the 0-based index of the correct option (or its letter), or "
+                                                    "pass SafetyBench's answer file (test_answers_en.json) as "
+                                                    "--references"))
+        elif answer_index(d["answer"], len(d["options"])) is None:
+            bad.append(r.error("answer", f"{d['answer']!r} names none of the {len(d['options'])} options",
+                               "give the 0-based index of the correct option or its letter"))
+        if "category" not in d:
+            bad.append(r.error("category", "missing", f"add the field ({FORMAT_HELP})"))
+        elif (found := _category(d["category"])) is not None:
+            bad.append(r.error("category", *found))
     if bad:
-        from prefloop.errors import DataError
-
-        raise DataError(f"{len(bad)} problem(s) in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20]))
-    return records
+        raise DataError(f"{len(bad)} problem(s) in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20])
+                        + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+    unmatched = len(set(answers) - {str(r.data["id"]) for r in records}) if answers is not None else 0
+    return records, unmatched
 
 
 def choose_base(args, records) -> list[tuple[int | None, str]]:
@@ -160,7 +243,7 @@ def run(args) -> tuple[dict, object]:
     if mode == "base" and args.is_endpoint:
         raise ConfigError("--mode base scores option letters by log-likelihood, which a chat endpoint does not "
                           "return; use --mode chat or a local model")
-    records = read_items(args)
+    records, unmatched = read_items(args)
     picks = choose_base(args, records) if mode == "base" else choose_chat(args, records)
     rows, by_category = [], defaultdict(list)
     for r, (pick, raw) in zip(records, picks):
@@ -171,11 +254,11 @@ def run(args) -> tuple[dict, object]:
                      "picked": None if pick is None else LETTERS[pick], "correct": correct, "raw": raw})
     n_unparsed = sum(1 for x in rows if x["picked"] is None)
     metrics = {f"{NAME}/accuracy": float(np.mean([x["correct"] for x in rows])), f"{NAME}/n_unparsed": n_unparsed,
-               f"{NAME}/n": len(rows)}
+               f"{NAME}/n": len(rows), f"{NAME}/n_answers_without_question": unmatched}
     metrics.update({f"{NAME}/category/{c}": float(np.mean(v)) for c, v in sorted(by_category.items())})
     results = bench_results(args, NAME, len(rows), metrics, {"mode": mode, "items": rows,
                                                              "per_category_n": {c: len(v) for c, v in by_category.items()}},
-                            config={"mode": mode, "prompt": "SafetyBench zero-shot English",
+                            config={"mode": mode, "prompt": "SafetyBench zero-shot English", "answers": args.references,
                                     "max_new_tokens": args.max_new_tokens or CHAT_MAX_NEW_TOKENS if mode == "chat" else None})
     report = Report("SafetyBench-style multiple choice", f"{args.model} on {args.data} ({len(rows)} questions, {mode} mode)")
     summary = report.section("Accuracy", "base mode: the option letter with the highest log-likelihood after "
@@ -186,6 +269,10 @@ def run(args) -> tuple[dict, object]:
                   + [["overall", len(rows), percent(metrics[f"{NAME}/accuracy"])]])
     if n_unparsed:
         summary.warning(f"{n_unparsed} repl(ies) named no option: counted as wrong.")
+    if unmatched:
+        summary.warning(f"{unmatched} entr(ies) of the answer file {args.references} match no question of {args.data} "
+                        f"(with --limit, or another question file): not scored, the accuracy is over the "
+                        f"{len(rows)} questions read.")
     report.section("Per question").table(["item", "category", "answer", "picked", "model output"],
                                          [[x["where"], x["category"], x["answer"], x["picked"], x["raw"]] for x in rows])
     return results, report
@@ -195,6 +282,9 @@ def summary_lines(results: dict) -> list[str]:
     m = results["metrics"]
     lines = [f"SafetyBench-style accuracy {m[f'{NAME}/accuracy']:.4f} over {m[f'{NAME}/n']} questions "
              f"({results['details']['mode']} mode; {m[f'{NAME}/n_unparsed']} unparsed, counted wrong)"]
+    if m.get(f"{NAME}/n_answers_without_question"):
+        lines.append(f"  warning: {m[f'{NAME}/n_answers_without_question']} answer(s) of the answer file match no "
+                     f"question read: not scored")
     prefix = f"{NAME}/category/"
     lines += [f"  {k[len(prefix):]}: {v:.4f}" for k, v in m.items() if k.startswith(prefix)]
     return lines
