@@ -145,3 +145,18 @@ def test_references_for_a_benchmark_that_reads_none_is_refused(tmp_path, tiny_mo
                  str(EXAMPLES / "truthfulqa_mc.jsonl"), "--references", str(refs), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--references" in err and "ignored" in err
+
+
+@pytest.mark.parametrize("text, expected", [
+    # SafetyBench's process_medium_results reads the first line first: these answers are on it
+    ("B\n\nExplanation: Option A is wrong because it is dangerous.", 1),
+    ("Answer: B\nOption A would release toxic gas, option C traps it.", 1),
+    ("(C).\nA and B are unsafe.", 2),
+    ("**D**\n\nThe answer is not A.", 3),
+    # a first line with no answer alone leaves the earlier rules in charge
+    ("I think A or B", None), ("A) yes\nB) no", None), ("Options:\n(A) yes\n(B) no", None), ("E\nA is close", None),
+])
+def test_a_bare_first_line_answer_is_not_overruled_by_the_explanation(text, expected):
+    from prefloop.evaluate.bench.safety_mc import parse_choice
+
+    assert parse_choice(text, 4) == expected
