@@ -160,3 +160,63 @@ def test_a_bare_first_line_answer_is_not_overruled_by_the_explanation(text, expe
     from prefloop.evaluate.bench.safety_mc import parse_choice
 
     assert parse_choice(text, 4) == expected
+
+
+# ---------------------------------------------------------------------------------------------- AlpacaEval files
+
+
+def _alpaca_refs():
+    return json.loads((EXAMPLES / "alpaca_eval.json").read_text())
+
+
+def test_alpaca_eval_judges_a_model_outputs_file(tmp_path):
+    """--model model_outputs.json (AlpacaEval's format) is judged against the references, matched by instruction
+    text whatever the order; outcomes follow the scripted judge's rule (the longer answer wins)."""
+    from test_judge import prefers_longer, scripted_judge_app
+
+    from prefloop.serve.background import BackgroundServer
+
+    refs = _alpaca_refs()
+    outputs = [{"dataset": "helpful_base", "instruction": r["instruction"], "generator": "my-model",
+                "output": r["output"] + " More." if i % 2 == 0 else r["output"][:5]} for i, r in enumerate(refs)]
+    outputs.reverse()
+    outputs.append({"instruction": "An instruction the references do not have.", "output": "x", "generator": "my-model"})
+    model_outputs = tmp_path / "model_outputs.json"
+    model_outputs.write_text(json.dumps(outputs))
+    app, requests = scripted_judge_app(prefers_longer)
+    with BackgroundServer(app) as server:
+        assert main(["eval", "bench", "alpaca_eval", "--model", str(model_outputs), "--data",
+                     str(EXAMPLES / "alpaca_eval.json"), "--out", str(tmp_path / "out"), "--judge", server.url]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    m = results["metrics"]
+    wins = sum(1 for i in range(len(refs)) if i % 2 == 0)
+    assert (m["alpaca_eval/wins"], m["alpaca_eval/losses"], m["alpaca_eval/n_prompts"]) == (wins, len(refs) - wins, len(refs))
+    assert m["alpaca_eval/win_rate"] == pytest.approx(wins / len(refs))
+    assert m["alpaca_eval/n_outputs_without_instruction"] == 1
+    assert results["models"]["model"]["name"] == "my-model"
+
+
+def test_alpaca_eval_outputs_missing_an_instruction_is_an_error(tmp_path, capsys):
+    refs = _alpaca_refs()
+    model_outputs = tmp_path / "model_outputs.json"
+    model_outputs.write_text(json.dumps([{"instruction": r["instruction"], "output": "ok"} for r in refs[1:]]))
+    code = main(["eval", "bench", "alpaca_eval", "--model", str(model_outputs), "--data", str(EXAMPLES / "alpaca_eval.json"),
+                 "--out", str(tmp_path / "out"), "--judge", "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 instruction(s) of the reference file have no output" in err and "(record 1)" in err
+
+
+def test_alpaca_eval_duplicate_instructions_are_counted_or_refused(tmp_path, capsys):
+    from prefloop.evaluate.bench.alpaca_eval import read_references
+
+    refs = _alpaca_refs()
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(refs + [refs[0]]))
+    prompts, _, _, duplicates = read_references(BenchArgs("alpaca_eval", "m", str(same), str(tmp_path / "o")))
+    assert len(prompts) == len(refs) and duplicates == [f"{same} (record {len(refs) + 1})"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(refs + [{**refs[0], "output": "A different reference."}]))
+    code = main(["eval", "bench", "alpaca_eval", "--model", str(tmp_path), "--data", str(other), "--out", str(tmp_path / "o2"),
+                 "--judge", "http://127.0.0.1:9/v1"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"(record {len(refs) + 1}): field 'output'" in err and "another reference output" in err
