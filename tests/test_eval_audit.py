@@ -220,3 +220,20 @@ def test_alpaca_eval_duplicate_instructions_are_counted_or_refused(tmp_path, cap
                  "--judge", "http://127.0.0.1:9/v1"])
     err = capsys.readouterr().err
     assert code == 2 and f"(record {len(refs) + 1}): field 'output'" in err and "another reference output" in err
+
+
+# ---------------------------------------------------------------------------------------------- MT-Bench
+
+
+def test_mt_bench_second_turn_without_its_reference_uses_the_general_prompt():
+    """A math question whose reference covers turn 1 only: turn 1 is judged against it, turn 2 with FastChat's
+    general multi-turn prompt, never with an empty reference answer in the math prompt."""
+    from prefloop.evaluate.bench.mt_bench import Question, judge_messages
+
+    q = Question(7, "math", ["What is 2+3?", "And times 4?"], "q.jsonl:7", reference=["5"], answers=["5", "20"])
+    name, messages = judge_messages(q, 0)
+    assert name == "single-math-v1" and "[The Start of Reference Answer]\n5\n" in messages[1]["content"]
+    name, messages = judge_messages(q, 1)
+    assert name == "single-v1-multi-turn"
+    assert "Reference answer" not in messages[1]["content"]
+    assert "### User:\nAnd times 4?\n\n### Assistant A:\n20" in messages[1]["content"]
