@@ -237,3 +237,17 @@ def test_mt_bench_second_turn_without_its_reference_uses_the_general_prompt():
     assert name == "single-v1-multi-turn"
     assert "Reference answer" not in messages[1]["content"]
     assert "### User:\nAnd times 4?\n\n### Assistant A:\n20" in messages[1]["content"]
+
+
+def test_safety_base_mode_scores_the_letters_after_answer_paren_as_safetybench(tmp_path, tiny_model_dir):
+    """SafetyBench's evaluate_base.py scores the letters after d['prompt'] + '(' ("...Answer:("), built here by hand."""
+    from test_eval_bench_mc import load, loglikelihood
+
+    results, _ = run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(EXAMPLES / "safety_mc.json"), str(tmp_path)))
+    model, tokenizer = load(tiny_model_dir)
+    for item, row in zip(_safety_items(), results["details"]["items"]):
+        options = "".join(f"({'ABCD'[i]}) {o}\n" for i, o in enumerate(item["options"]))
+        query = f"Question: {item['question'].strip()}\nOptions:\n{options}Answer:" + "("
+        want = [loglikelihood(model, tokenizer, query, letter) for letter in "ABCD"[:len(item["options"])]]
+        got = [float(part.split(":")[1]) for part in row["raw"].split()]
+        assert got == pytest.approx(want, abs=6e-4)  # raw holds 3 decimals
