@@ -29,6 +29,7 @@ class BenchArgs:
     seed: int = 0
     mode: str = "auto"
     references: str | None = None
+    shots: str | None = None  # safety_mc: SafetyBench's dev file, for its five-shot prompt
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,6 +57,8 @@ class BenchArgs:
                 raise ConfigError(f"{self.name} uses no judge ({UNJUDGED[self.name]}), so {', '.join(given)} would "
                                   f"be ignored; drop {'it' if len(given) == 1 else 'them'} (only mt_bench and "
                                   f"alpaca_eval are judged)")
+        if self.shots is not None and self.name != "safety_mc":
+            raise ConfigError(f"{self.name} takes no few-shot examples (only safety_mc does); drop the shots file")
         if self.references is not None and self.name not in TAKES_REFERENCES:
             raise ConfigError(f"{self.name} reads no --references file (only {' and '.join(TAKES_REFERENCES)}: "
                               f"{'; '.join(TAKES_REFERENCES.values())}), so it would be ignored; drop it")
