@@ -298,3 +298,28 @@ def test_safety_five_shot_needs_examples_of_every_category(tmp_path, tiny_model_
     with pytest.raises(DataError, match=f"field 'category': '{missing}' has no examples in the shots file"):
         run_bench(BenchArgs("safety_mc", str(tiny_model_dir), str(EXAMPLES / "safety_mc.json"), str(tmp_path / "o"),
                             shots=str(dev)))
+
+
+# ---------------------------------------------------------------------------------------------- win-rate intervals
+
+
+def test_an_all_ties_run_says_its_interval_has_no_width(tmp_path, capsys):
+    """A judge that ties every prompt: win rate 50% with a [50%, 50%] bootstrap interval, which must not read as
+    certainty; the summary and the report say why it has no width."""
+    from test_judge import scripted_judge_app
+
+    from prefloop.serve.background import BackgroundServer
+
+    refs = _alpaca_refs()
+    outputs = tmp_path / "model_outputs.json"
+    outputs.write_text(json.dumps([{"instruction": r["instruction"], "output": "Something."} for r in refs]))
+    app, _ = scripted_judge_app(lambda messages: "They are equally good. [[C]]")
+    with BackgroundServer(app) as server:
+        assert main(["eval", "bench", "alpaca_eval", "--model", str(outputs), "--data", str(EXAMPLES / "alpaca_eval.json"),
+                     "--out", str(tmp_path / "out"), "--judge", server.url]) == 0
+    printed = capsys.readouterr().out
+    m = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
+    assert (m["alpaca_eval/ties"], m["alpaca_eval/win_rate"]) == (len(refs), 0.5)
+    assert m["alpaca_eval/win_rate_ci_low"] == m["alpaca_eval/win_rate_ci_high"] == 0.5
+    assert f"every one of the {len(refs)} judged prompts is a tie" in printed and "no width" in printed
+    assert "no width" in (tmp_path / "out" / "report.md").read_text()

@@ -216,6 +216,7 @@ def _fingerprint(path: str) -> str:
 
 def summary_lines(results: dict) -> list[str]:
     from prefloop.evaluate.report import endpoint_adaptation_notes
+    from prefloop.evaluate.winrate import zero_width_note
 
     m = results["metrics"]
 
@@ -231,5 +232,6 @@ def summary_lines(results: dict) -> list[str]:
         f"  warning: {m[k]} {what}" for k, what in (
             (f"{NAME}/n_duplicate_instructions", "instruction(s) given again with the same reference output, judged once"),
             (f"{NAME}/n_outputs_without_instruction", "model output(s) answer no instruction read, not judged"))
-        if m.get(k)] + [
+        if m.get(k)] + [f"  warning: {note}" for note in [zero_width_note({k[len(NAME) + 1:]: v for k, v in m.items()})]
+                        if note] + [
         f"  warning: {note}" for note in endpoint_adaptation_notes(results)]
