@@ -79,8 +79,8 @@ def _targets(single_true: bool):
             return (f"expected {{\"choices\": [...], \"labels\": [...]}} or {{\"answer text\": 0/1, ...}}, got "
                     f"{str(value)[:80]!r}", "give the answer choices and a 0/1 label for each")
         choices, labels = found
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c for c in choices):
-            return ("'choices' must be a non-empty list of non-empty strings", "list the answer choices as strings")
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            return ("'choices' must be a non-empty list of strings", "list the answer choices as strings")
         if not isinstance(labels, list) or len(labels) != len(choices) or any(label not in (0, 1) for label in labels):
             return (f"'labels' must be one 0/1 per choice ({len(choices)} choices, labels {str(labels)[:60]})",
                     "give a label 1 (true) or 0 (false) for every choice")
