@@ -23,7 +23,7 @@ class Record:
     file: str
     location: str
     data: dict
-    group: str | None = None  # the key of the group it was listed under, in a file grouped by category
+    group: tuple[str, int] | None = None  # (key, 0-based index) in a file of lists grouped by key (category)
 
     def error(self, field: str, message: str, fix: str) -> Problem:
         return Problem(self.file, self.location, self.path(field), message, fix)
@@ -32,8 +32,8 @@ class Record:
         """`field` as a path from the top of the file: 'KEY[i].field' in a grouped file, else `field`."""
         if self.group is None:
             return field
-        index = int(self.location.split()[-1]) - 1
-        return f"{self.group}[{index}]" + (f".{field}" if field else "")
+        key, index = self.group
+        return f"{key}[{index}]" + (f".{field}" if field else "")
 
     @property
     def where(self) -> str:
@@ -67,7 +67,7 @@ def _grouped(items: list, p: Path, fields: dict, group_field: str) -> list | Non
     for key, listed in data.items():
         for index, value in enumerate(listed):
             n += 1
-            record = Record(str(p), f"record {index + 1}", value, group=key)
+            record = Record(str(p), "", value, group=(key, index))  # its place is the field path KEY[i]
             if isinstance(value, dict) and group_field in value and value[group_field] != key:
                 out.append(record.error(group_field, f"{value[group_field]!r} differs from the key {key!r} it is "
                                                      f"listed under", "list the item under its own category"))
