@@ -323,3 +323,12 @@ def test_an_all_ties_run_says_its_interval_has_no_width(tmp_path, capsys):
     assert m["alpaca_eval/win_rate_ci_low"] == m["alpaca_eval/win_rate_ci_high"] == 0.5
     assert f"every one of the {len(refs)} judged prompts is a tie" in printed and "no width" in printed
     assert "no width" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_interval_names_its_method():
+    from prefloop import stats
+
+    interval = stats.win_rate_interval(["win", "loss", "tie", "win"], 200, 0)
+    assert interval.to_dict()["method"] == "percentile bootstrap, rows resampled with replacement"
+    # ties count half, as alpaca_eval and FastChat's win_rate_adjusted: (2 + 0.5) / 4
+    assert interval.estimate == pytest.approx(2.5 / 4)
