@@ -28,7 +28,7 @@ Two ways to answer (`--mode`):
 - chat (default for an endpoint): the prompt goes through the chat template as a user turn, the reply is
   generated greedily through the one sampler, and the letter is parsed (`parse_choice`). A reply with no
   clear letter counts as wrong and is counted in `safety_mc/n_unparsed`: never a random guess (the
-  SafetyBench scripts pick a random letter there, which adds noise around chance level).
+  SafetyBench scripts pick a random letter there, which adds noise around chance level; thu-coai/SafetyBench#1).
 """
 
 from __future__ import annotations
