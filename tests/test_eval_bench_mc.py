@@ -194,8 +194,8 @@ def test_safety_base_mode_is_the_argmax_over_option_letters(tmp_path, tiny_model
     items = json.loads((EXAMPLES / "safety_mc.json").read_text())
     correct = {}
     for item, row in zip(items, results["details"]["items"]):
-        context = prompt_text(item["question"], item["options"]) + " ("
-        assert context.endswith("\nAnswer: (")
+        context = prompt_text(item["question"], item["options"]) + "("  # SafetyBench evaluate_base.py: prompt + '('
+        assert context.endswith("\nAnswer:(")
         lls = [loglikelihood(model, tokenizer, context, letter) for letter in "ABCD"[:len(item["options"])]]
         assert row["picked"] == "ABCD"[int(np.argmax(lls))]
         correct.setdefault(item["category"], []).append(row["picked"] == row["answer"])

@@ -50,6 +50,9 @@ class Interval:
     level: float
     resamples: int
     seed: int
+    # how the interval was made, written into results.json so a reader need not guess (alpaca_eval reports a
+    # normal-approximation standard error instead; prefloop gives that as `win_rate_se` beside this interval)
+    method: str = "percentile bootstrap, rows resampled with replacement"
 
     def to_dict(self) -> dict:
         return asdict(self)

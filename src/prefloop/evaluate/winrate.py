@@ -349,6 +349,8 @@ def winrate_report(results: dict, prompts: list[Prompt], after: AnswerSet, befor
     ])
     if d["lc"].get("warning"):
         summary.warning(d["lc"]["warning"])
+    if (note := zero_width_note(m)) is not None:
+        summary.warning(note[0].upper() + note[1:] + ".")
     if m["judge_consistency"] is not None and m["judge_consistency"] < 0.5:
         summary.warning(f"The judge gave the same verdict in both orders on only {percent(m['judge_consistency'])} "
                         f"of the prompts (first-position rate {percent(m['first_position_rate'])}): it decides by "
@@ -390,6 +392,21 @@ def _num(v) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
+def zero_width_note(metrics: dict) -> str | None:
+    """A warning when the win-rate interval has no width because every judged prompt has the same preference
+    (all ties, all wins or all losses): the bootstrap then resamples identical values, so "[50.0%, 50.0%]"
+    states no certainty; None otherwise."""
+    n, low, high = metrics.get("n_prompts"), metrics.get("win_rate_ci_low"), metrics.get("win_rate_ci_high")
+    if not n or low is None or low != high:
+        return None
+    same = ("a tie" if metrics.get("ties") == n else "a win" if metrics.get("wins") == n
+            else "a loss" if metrics.get("losses") == n else "the same preference")
+    return (f"every one of the {n} judged prompts is {same}, so the 95% interval [{percent(low)}, {percent(high)}] has "
+            f"no width: the bootstrap resampled identical values. It measures no uncertainty"
+            + (" (all ties: the judge told the two apart on no prompt)" if same == "a tie" else "")
+            + "; judge more prompts, or use a judge that decides")
+
+
 def print_summary(results: dict) -> None:
     m = results["metrics"]
     lc = results["details"]["lc"]
@@ -408,6 +425,8 @@ def print_summary(results: dict) -> None:
           f"{m['n_failed_judgments']} failed/unparseable judgments", file=sys.stderr)
     if lc.get("warning"):
         print(f"  warning: {lc['warning']}", file=sys.stderr)
+    if (note := zero_width_note(m)) is not None:
+        print(f"  warning: {note}", file=sys.stderr)
     for note in endpoint_adaptation_notes(results):
         print(f"  warning: {note}", file=sys.stderr)
     if m["judge_consistency"] is not None and m["judge_consistency"] < 0.5:

@@ -29,6 +29,7 @@ class BenchArgs:
     seed: int = 0
     mode: str = "auto"
     references: str | None = None
+    shots: str | None = None  # safety_mc: SafetyBench's dev file, for its five-shot prompt
     extra: dict = field(default_factory=dict)
 
     @property
@@ -56,10 +57,19 @@ class BenchArgs:
                 raise ConfigError(f"{self.name} uses no judge ({UNJUDGED[self.name]}), so {', '.join(given)} would "
                                   f"be ignored; drop {'it' if len(given) == 1 else 'them'} (only mt_bench and "
                                   f"alpaca_eval are judged)")
+        if self.shots is not None and self.name != "safety_mc":
+            raise ConfigError(f"{self.name} takes no few-shot examples (only safety_mc does); drop the shots file")
+        if self.references is not None and self.name not in TAKES_REFERENCES:
+            raise ConfigError(f"{self.name} reads no --references file (only {' and '.join(TAKES_REFERENCES)}: "
+                              f"{'; '.join(TAKES_REFERENCES.values())}), so it would be ignored; drop it")
         from prefloop.evaluate.checks import check_model_path
 
         check_model_path(self.model, "--model")
 
+
+# benchmarks that read a --references file, and what it is for them
+TAKES_REFERENCES = {"mt_bench": "FastChat's reference_answer JSONL",
+                    "safety_mc": "SafetyBench's answer file test_answers_en.json"}
 
 # benchmarks scored without a judge, and how they are scored instead
 UNJUDGED = {"truthfulqa_mc": "it scores the model's own log-likelihoods of the answer options",
@@ -67,10 +77,11 @@ UNJUDGED = {"truthfulqa_mc": "it scores the model's own log-likelihoods of the a
                          "the model's reply in chat mode"}
 
 
-def read_bench_records(args: BenchArgs, fields: dict, benchmark: str, fmt_help: str):
+def read_bench_records(args: BenchArgs, fields: dict, benchmark: str, fmt_help: str, group_field: str | None = None):
+    """The checked records of the benchmark file `args.data` (see `records.read_records`)."""
     from prefloop.evaluate.bench.records import read_records
 
-    return read_records(args.data, fields, benchmark, fmt_help, limit=args.limit)
+    return read_records(args.data, fields, benchmark, fmt_help, limit=args.limit, group_field=group_field)
 
 
 def load_scoring_model(args: BenchArgs):

@@ -265,9 +265,19 @@ def _adapted(completion) -> dict:
 # ---------------------------------------------------------------------------------------------- judging
 
 
+def has_reference(q: Question, turn: int) -> bool:
+    """Whether turn `turn` (0 or 1) of `q` is judged against a reference: its category needs one (FastChat's
+    NEED_REF_CATS) and the reference answers reach that turn (the multi-turn prompt shows both)."""
+    return q.category in NEED_REF_CATS and bool(q.reference) and len(q.reference) > turn
+
+
 def judge_messages(q: Question, turn: int) -> tuple[str, list[dict]]:
-    """(prompt name, chat messages) FastChat sends the judge for turn `turn` (0 or 1) of `q`."""
-    with_reference = q.category in NEED_REF_CATS and q.reference
+    """(prompt name, chat messages) FastChat sends the judge for turn `turn` (0 or 1) of `q`.
+
+    A turn whose reference answer is missing (a reference of one answer for a two-turn question) is judged
+    with the general prompt and listed with the other missing references, never against an empty
+    reference (the judge would grade the answer against nothing)."""
+    with_reference = has_reference(q, turn)
     name = ("single-math-v1" if with_reference else "single-v1") + ("-multi-turn" if turn == 1 else "")
     system, template = JUDGE_PROMPTS[name]
     values = {"question": q.turns[0], "answer": q.answers[0]}
@@ -276,7 +286,7 @@ def judge_messages(q: Question, turn: int) -> tuple[str, list[dict]]:
     if with_reference:
         values["ref_answer_1"] = q.reference[0]
         if turn == 1:
-            values["ref_answer_2"] = q.reference[1] if len(q.reference) > 1 else ""
+            values["ref_answer_2"] = q.reference[1]
     return name, [{"role": "system", "content": system}, {"role": "user", "content": template.format(**values)}]
 
 
@@ -408,7 +418,9 @@ def run(args) -> tuple[dict, object]:
     grades, judge, judge_adaptations = judge_answers(args, questions, judgments_cache)
     check_judge(grades, judge, args)
     metrics, per_category = scores(grades)
-    missing_refs = [q.where for q in questions if q.category in NEED_REF_CATS and not q.reference]
+    missing_refs = [q.where + ("" if not q.reference else f" (turn {turn + 1})") for q in questions
+                    if q.category in NEED_REF_CATS
+                    for turn in ([0] if not q.reference else range(len(q.turns))) if not has_reference(q, turn)]
     details = {"per_category": per_category, "missing_references": missing_refs,
                "turns": [{"question_id": g.question.id, "category": g.question.category, "turn": g.turn + 1,
                           "judge_prompt": g.prompt, "rating": g.rating, "error": g.error, "judgment": g.judgment,

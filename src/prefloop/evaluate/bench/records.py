@@ -23,14 +23,24 @@ class Record:
     file: str
     location: str
     data: dict
+    group: tuple[str, int] | None = None  # (key, 0-based index) in a file of lists grouped by key (category)
 
     def error(self, field: str, message: str, fix: str) -> Problem:
-        return Problem(self.file, self.location, field, message, fix)
+        return Problem(self.file, self.location, self.path(field), message, fix)
+
+    def path(self, field: str) -> str:
+        """`field` as a path from the top of the file: 'KEY[i].field' in a grouped file, else `field`."""
+        if self.group is None:
+            return field
+        key, index = self.group
+        return f"{key}[{index}]" + (f".{field}" if field else "")
 
     @property
     def where(self) -> str:
-        """"FILE:LINE" or "FILE (record N)" for messages."""
+        """"FILE:LINE", "FILE (record N)" or, in a grouped file, "FILE (KEY[i])" for messages."""
         kind, _, number = self.location.partition(" ")
+        if self.group is not None:
+            return f"{self.file} ({self.path('')})"
         return f"{self.file}:{number}" if kind == "line" else f"{self.file} (record {number})"
 
 
@@ -44,23 +54,56 @@ def is_text(value) -> tuple[str, str] | None:
     return (f"expected non-empty text, got {value!r}"[:200], "write the text as a JSON string")
 
 
+def _grouped(items: list, p: Path, fields: dict, group_field: str) -> list | None:
+    """The records of a JSON file that is one object of lists keyed by `group_field` (SafetyBench's dev_en.json:
+    {"Offensiveness": [{...}, ...], ...}) as (Record or Problem) items, or None when the file is not one."""
+    if len(items) != 1 or isinstance(items[0], Problem):
+        return None
+    kind, _, data = items[0]
+    if (kind != "record" or not isinstance(data, dict) or not data or any(name in data for name in fields)
+            or not all(isinstance(v, list) for v in data.values())):
+        return None
+    out, n = [], 0
+    for key, listed in data.items():
+        for index, value in enumerate(listed):
+            n += 1
+            record = Record(str(p), "", value, group=(key, index))  # its place is the field path KEY[i]
+            if isinstance(value, dict) and group_field in value and value[group_field] != key:
+                out.append(record.error(group_field, f"{value[group_field]!r} differs from the key {key!r} it is "
+                                                     f"listed under", "list the item under its own category"))
+                continue
+            if isinstance(value, dict):
+                value.setdefault(group_field, key)
+            out.append(record)
+    return out
+
+
 def read_records(path: str, fields: dict[str, Check], benchmark: str, fmt_help: str,
-                 limit: int | None = None) -> list[Record]:
+                 limit: int | None = None, group_field: str | None = None) -> list[Record]:
     """Records of `path`, each checked: every field of `fields` present and passing its check.
 
-    Raises DataError listing up to MAX_LISTED_PROBLEMS located problems (all counted) with `fmt_help`,
-    the benchmark's format in one line."""
+    With `group_field`, a JSON file that is one object of lists (the lists keyed by that field's value, as
+    SafetyBench's dev files group their items by category) is read as the records of all its lists, each
+    given the key as `group_field`. Raises DataError listing up to MAX_LISTED_PROBLEMS located problems
+    (all counted) with `fmt_help`, the benchmark's format in one line."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{benchmark}: data file {path} does not exist; {fmt_help}")
     records: list[Record] = []
     problems: list[Problem] = []
-    for item in iter_records(p):
+    items = iter_records(p)
+    if group_field is not None and p.suffix.lower() == ".json":
+        items = list(items)
+        items = _grouped(items, p, fields, group_field) or items
+    for item in items:
         if isinstance(item, Problem):
             problems.append(item)
             continue
-        kind, number, data = item
-        record = Record(str(p), f"{kind} {number}", data)
+        if isinstance(item, Record):
+            record, data = item, item.data
+        else:
+            kind, number, data = item
+            record = Record(str(p), f"{kind} {number}", data)
         if not isinstance(data, dict):
             problems.append(record.error("", f"expected a JSON object, got {type(data).__name__}", fmt_help))
             continue

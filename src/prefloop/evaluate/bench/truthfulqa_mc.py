@@ -1,9 +1,12 @@
 """TruthfulQA multiple choice (MC1, MC2) exactly as lm-evaluation-harness 0.4.x scores it.
 
-Format (TruthfulQA's `multiple_choice` configuration, one record per question):
+Format (TruthfulQA's `multiple_choice` configuration on the hub, parquet or JSON/JSONL, one record per question):
 
     {"question": "...", "mc1_targets": {"choices": [...], "labels": [1, 0, 0, ...]},
                         "mc2_targets": {"choices": [...], "labels": [1, 1, 0, ...]}}
+
+or TruthfulQA's own GitHub file `data/mc_task.json`, whose targets map each answer text to its label:
+`"mc1_targets": {"answer": 1, "other answer": 0, ...}` (its `mc0_targets` is not used by MC1/MC2).
 
 Definitions (Lin et al. 2022, "TruthfulQA", sec. 3.2; lm-eval tasks `truthfulqa_mc1` / `truthfulqa_mc2`):
 - context = lm-eval's fixed six-question QA preamble + "\\n\\nQ: " + question + "\\nA:"; each choice is the
@@ -29,7 +32,8 @@ from prefloop.errors import ConfigError, PrefloopError
 
 NAME = "truthfulqa_mc"
 FORMAT_HELP = ('each record is {"question": str, "mc1_targets": {"choices": [str], "labels": [0/1]}, '
-               '"mc2_targets": {"choices": [str], "labels": [0/1]}} (TruthfulQA\'s multiple_choice format)')
+               '"mc2_targets": {"choices": [str], "labels": [0/1]}} (TruthfulQA\'s multiple_choice format on the hub), '
+               'or with each targets object mapping answer text to 0/1 (TruthfulQA\'s GitHub data/mc_task.json)')
 
 # lm-evaluation-harness 0.4.x, tasks/truthfulqa/truthfulqa_mc1.yaml (`prompt_qa`), from the TruthfulQA paper's QA prompt.
 QA_PREAMBLE = (
@@ -54,12 +58,27 @@ def context_text(question: str) -> str:
     return QA_PREAMBLE + "\n\nQ: " + question + "\nA:"
 
 
+def targets(value) -> tuple[list, list] | None:
+    """(choices, labels) of one `mc1_targets` / `mc2_targets` value in either public shape, or None when it is
+    neither: the hub's `multiple_choice` configuration (and lm-eval's) `{"choices": [...], "labels": [...]}`,
+    or TruthfulQA's GitHub `data/mc_task.json`, an object mapping each answer text to its 0/1 label in the
+    file's order (the true answers first)."""
+    if not isinstance(value, dict):
+        return None
+    if set(value) == {"choices", "labels"}:
+        return value["choices"], value["labels"]
+    if value and all(isinstance(label, int) and not isinstance(label, bool) for label in value.values()):
+        return list(value), list(value.values())
+    return None
+
+
 def _targets(single_true: bool):
     def check(value):
-        if not isinstance(value, dict) or "choices" not in value or "labels" not in value:
-            return (f"expected {{\"choices\": [...], \"labels\": [...]}}, got {str(value)[:80]!r}",
-                    "give the answer choices and a 0/1 label for each")
-        choices, labels = value["choices"], value["labels"]
+        found = targets(value)
+        if found is None:
+            return (f"expected {{\"choices\": [...], \"labels\": [...]}} or {{\"answer text\": 0/1, ...}}, got "
+                    f"{str(value)[:80]!r}", "give the answer choices and a 0/1 label for each")
+        choices, labels = found
         if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
             return ("'choices' must be a non-empty list of strings", "list the answer choices as strings")
         if not isinstance(labels, list) or len(labels) != len(choices) or any(label not in (0, 1) for label in labels):
@@ -112,13 +131,14 @@ def run(args) -> tuple[dict, object]:
     fields = dict(FIELDS, question=is_text)
     records = read_bench_records(args, fields, NAME, FORMAT_HELP)
     model, tokenizer = load_scoring_model(args)
-    requests, targets = [], []
+    requests, labels_of = [], []
     for r in records:
         d = r.data
         for key in ("mc1_targets", "mc2_targets"):
+            choices, labels = targets(d[key])
             requests.append(encode_request(tokenizer, context_text(d["question"]),
-                                           [TARGET_DELIMITER + c for c in d[key]["choices"]]))
-            targets.append(d[key]["labels"])
+                                           [TARGET_DELIMITER + c for c in choices]))
+            labels_of.append(labels)
     wheres = [r.where for r in records for _ in ("mc1_targets", "mc2_targets")]
     lls = continuation_logps(model, requests, tokenizer.pad_token_id, args.batch_size, desc=NAME, wheres=wheres)
     for i, ll in enumerate(lls[1::2]):
@@ -128,8 +148,8 @@ def run(args) -> tuple[dict, object]:
     rows = []
     for i, r in enumerate(records):
         ll1, ll2 = lls[2 * i], lls[2 * i + 1]
-        rows.append({"where": r.where, "question": r.data["question"], "mc1": mc1(ll1, targets[2 * i]),
-                     "mc2": mc2(ll2, targets[2 * i + 1]), "mc1_loglikelihoods": ll1.tolist(),
+        rows.append({"where": r.where, "question": r.data["question"], "mc1": mc1(ll1, labels_of[2 * i]),
+                     "mc2": mc2(ll2, labels_of[2 * i + 1]), "mc1_loglikelihoods": ll1.tolist(),
                      "mc2_loglikelihoods": ll2.tolist()})
     metrics = {f"{NAME}/mc1": float(np.mean([x["mc1"] for x in rows])),
                f"{NAME}/mc2": float(np.mean([x["mc2"] for x in rows])), f"{NAME}/n": len(rows)}
