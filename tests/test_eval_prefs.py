@@ -234,3 +234,17 @@ def test_a_mistyped_model_name_fails_at_once_naming_the_option(tmp_path, tiny_mo
     assert main(["eval", "prefs", "--model", str(tiny_model_dir), "--reference", "someone/not-cached-model",
                  "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "--reference someone/not-cached-model: no such local directory, and the hub is offline" in capsys.readouterr().err
+
+
+def test_pairs_with_a_repeated_id_keep_their_own_source(tmp_path, tiny_tokenizer):
+    """Ids can repeat (explicit ids, or two files' "train:12"): each encoded pair is matched to its own pair by
+    position, so per-source tables and details name the right pair (matching by id gave both the first's)."""
+    from prefloop.evaluate.prefs import load_eval_pairs
+
+    path = tmp_path / "dup.jsonl"
+    path.write_text("".join(json.dumps({"id": "same", "prompt": f"Question {i}?", "chosen": f"Answer {i}.",
+                                        "rejected": "No.", "source": f"src{i}"}) + "\n" for i in range(3)))
+    setup = PrefsSetup(model="unused", adapter=None, reference=None, data=str(path))
+    kept, encoded, *_ = load_eval_pairs(setup, tiny_tokenizer)
+    assert [p.source for p in kept] == ["src0", "src1", "src2"]
+    assert [p.prompt_messages()[-1]["content"] for p in kept] == ["Question 0?", "Question 1?", "Question 2?"]

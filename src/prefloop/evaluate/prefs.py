@@ -134,10 +134,7 @@ def load_eval_pairs(setup: PrefsSetup, tokenizer, skip_bad_rows: bool = False):
     if not encoded:
         raise DataError(f"no pair of {setup.data!r} is left after encoding ({report.summary()}); raise --cutoff-len "
                         f"or check the data")
-    by_id: dict[str, object] = {}
-    for pair in pairs:
-        by_id.setdefault(pair.id, pair)
-    kept = [by_id[e.id] for e in encoded]
+    kept = [pairs[e.index] for e in encoded]  # by position: ids can repeat (two files' "train:12")
     return kept, encoded, loaded, report, template.name
 
 
