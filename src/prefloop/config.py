@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import types
@@ -747,6 +748,11 @@ def _validate_multi(cfg: Config, need) -> None:
         need(cfg.modpo_weights is not None and len(cfg.modpo_weights) == len(models) + 1,
              f"modpo_weights needs {len(models) + 1} values: w0 for this data's objective, then one per margin "
              f"model ({len(models)}); got {cfg.modpo_weights}")
+        # w0 = inf makes z = 0 for every pair (a constant loss log 2, nothing trains); w_k = inf an inf/NaN loss
+        bad = next((i for i, w in enumerate(cfg.modpo_weights) if not math.isfinite(float(w))), None)
+        need(bad is None, f"modpo_weights {cfg.modpo_weights}: weight {bad} ({cfg.modpo_weights[bad or 0]}) is not a "
+                          "finite number; give finite weights, w0 > 0 and the others >= 0 (the paper's lie on the "
+                          "simplex, e.g. [0.5, 0.5])")
         need(cfg.modpo_weights[0] > 0, f"modpo_weights: w0 = {cfg.modpo_weights[0]} is not allowed; it must be > 0")
         need(all(w >= 0 for w in cfg.modpo_weights), f"modpo_weights {cfg.modpo_weights}: every weight must be >= 0")
         for path in models:

@@ -162,21 +162,6 @@ def _margin_reference_splits(margin_reference: dict, cfg, tokenizer, splits: dic
                            if k != "seconds")
 
 
-def check_weights(weights: list[float]) -> None:
-    """Raise ConfigError for a weight that is not a finite number: w0 = inf makes z = 0 for every pair (a
-    constant loss log 2 with no gradient: nothing trains), w_k = inf makes the loss inf or NaN.
-    (The config check admits inf; this is the last stop before training.)"""
-    import math
-
-    from prefloop.errors import ConfigError
-
-    bad = [i for i, w in enumerate(weights) if not math.isfinite(float(w))]
-    if bad:
-        raise ConfigError(f"modpo_weights {list(weights)}: weight {bad[0]} ({weights[bad[0]]}) is not a finite number; "
-                          f"give finite weights, w0 > 0 and the others >= 0 (the paper's lie on the simplex, "
-                          f"e.g. [0.5, 0.5])")
-
-
 def weights_note(weights: list[float], beta: float) -> str | None:
     """A note when `modpo_weights` do not sum to 1: the paper's weights lie on the simplex, and scaling
     them all by c is the same loss as the normalised weights with beta / c (z = beta/w0 * h - sum w_k/w0 * gap)."""
@@ -203,7 +188,6 @@ def prepare_margin_rewards(cfg, policy, tokenizer, data, autocast_dtype, device,
     splits = {"train": data.train, "validation": data.val}
     if any(f.get("ref_chosen_logps") is None for features in splits.values() for f in features):
         raise ConfigError("pref_loss: modpo needs the cached reference log-probs (precompute_ref: true)")
-    check_weights(cfg.modpo_weights)
     note = weights_note(cfg.modpo_weights, cfg.pref_beta)
     if note:
         say(note)
