@@ -300,6 +300,20 @@ def test_safety_five_shot_needs_examples_of_every_category(tmp_path, tiny_model_
                             shots=str(dev)))
 
 
+def test_the_cli_takes_the_shots_file(tmp_path, tiny_model_dir, capsys):
+    """`prefloop eval bench safety_mc --shots dev_en.json` runs the five-shot prompt; --shots elsewhere is refused."""
+    from prefloop.cli import main
+
+    dev, _ = _dev_file(tmp_path)
+    out = tmp_path / "o"
+    assert main(["eval", "bench", "safety_mc", "--model", str(tiny_model_dir), "--data",
+                 str(EXAMPLES / "safety_mc.json"), "--out", str(out), "--shots", str(dev)]) == 0
+    assert json.loads((out / "results.json").read_text())["config"]["prompt"] == "SafetyBench five-shot English"
+    assert main(["eval", "bench", "truthfulqa_mc", "--model", str(tiny_model_dir), "--data",
+                 str(EXAMPLES / "truthfulqa_mc.jsonl"), "--out", str(tmp_path / "t"), "--shots", str(dev)]) == 2
+    assert "takes no few-shot examples" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- win-rate intervals
 
 

