@@ -10,8 +10,7 @@ import torch
 from prefloop.cli import main as cli_main
 from prefloop.config import load_config
 from prefloop.errors import ConfigError
-
-SEED = Path(__file__).resolve().parents[1] / "examples" / "seed_config.yaml"
+from test_config import seed_path  # noqa: F401 (the fixture: examples/seed_config.yaml with a model dir)
 
 # LLaMA-Factory's examples/train_lora/llama3_lora_dpo.yaml (with its commented eval block switched on).
 LF_DPO = """\
@@ -65,13 +64,6 @@ eval_steps: 500
 """
 
 
-@pytest.fixture()
-def seed_path(tmp_path):
-    (tmp_path / "model").mkdir()
-    text = SEED.read_text().replace("MODEL_DIR", str(tmp_path / "model")).replace("OUTPUT_DIR", str(tmp_path / "out"))
-    path = tmp_path / "seed.yaml"
-    path.write_text(text)
-    return path
 
 
 def _with(path: Path, *lines: str, drop: tuple[str, ...] = ()) -> Path:

@@ -85,10 +85,9 @@ def modpo_config(tiny_model_dir, out, models, weights) -> dict:
                 per_device_train_batch_size=9)
 
 
-def expected_first_loss(cfg_dict, tiny_model_dir, margin_adapter, reward_model_dir=None) -> float:
-    """-log sigmoid((1/w0) * (0 - sum_k w_k gap_k)) averaged over the training pairs: at step 1 the policy
-    equals the reference, so h = 0; gaps computed here directly from the margin models."""
-    cfg = load_config(cfg_dict)
+def implicit_gap(cfg, tiny_model_dir, margin_adapter):
+    """(m_c - ref_c) - (m_r - ref_r) per training pair of `cfg`: the margin adapter's log-ratio gap against the
+    starting model (tiny_model_dir), computed directly with plain padded forward passes (shape (pairs,))."""
     tokenizer = load_tokenizer(str(tiny_model_dir))
     data = load_data(cfg, tokenizer, lambda *a, **k: None)
 
@@ -98,12 +97,19 @@ def expected_first_loss(cfg_dict, tiny_model_dir, margin_adapter, reward_model_d
 
     ref_c, ref_r = logps(load_causal_lm(str(tiny_model_dir)))
     m_c, m_r = logps(load_causal_lm(str(tiny_model_dir), adapter=str(margin_adapter)))
-    gaps = [cfg.pref_beta * ((m_c - ref_c) - (m_r - ref_r))]
+    return (m_c - ref_c) - (m_r - ref_r)
+
+
+def expected_first_loss(cfg_dict, tiny_model_dir, margin_adapter, reward_model_dir=None) -> float:
+    """-log sigmoid((1/w0) * (0 - sum_k w_k gap_k)) averaged over the training pairs: at step 1 the policy
+    equals the reference, so h = 0; gaps computed here directly from the margin models."""
+    cfg = load_config(cfg_dict)
+    gaps = [cfg.pref_beta * implicit_gap(cfg, tiny_model_dir, margin_adapter)]
     if reward_model_dir is not None:
         from prefloop.judge.reward import RewardModel
 
         rm = RewardModel(str(reward_model_dir))
-        pairs = data.split_pairs["train"]
+        pairs = load_data(cfg, load_tokenizer(str(tiny_model_dir)), lambda *a, **k: None).split_pairs["train"]
         chosen = torch.tensor(rm.score([(p.prompt_messages(), p.chosen) for p in pairs]))
         rejected = torch.tensor(rm.score([(p.prompt_messages(), p.rejected) for p in pairs]))
         gaps.append(chosen - rejected)

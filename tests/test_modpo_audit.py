@@ -13,10 +13,10 @@ import torch
 
 import prefloop
 from prefloop.config import load_config, round_configs
-from prefloop.models import Reference, load_causal_lm, load_tokenizer
+from prefloop.models import load_tokenizer
 from prefloop.train.losses import SequenceLogps, build_loss_spec, modpo_loss, preference_loss
-from prefloop.train.reference import compute_reference_logps
 from prefloop.train.run import load_data
+from test_modpo import implicit_gap
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPFUL = str(ROOT / "examples" / "data" / "rounds" / "helpfulness.jsonl")
@@ -105,16 +105,7 @@ def test_a_modpo_round_keeps_the_margin_reward_of_the_margin_model_when_its_refe
     prefloop.train(config)
 
     rcfg = round_configs(load_config(config))[1]
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    data = load_data(rcfg, tokenizer, lambda *a, **k: None)
-
-    def logps(model):
-        return compute_reference_logps(Reference(model, "separate", "direct"), data.train, "padded",
-                                       tokenizer.pad_token_id, 4, 4096)
-
-    start_c, start_r = logps(load_causal_lm(str(tiny_model_dir)))
-    m_c, m_r = logps(load_causal_lm(str(tiny_model_dir), adapter=str(margin_adapter)))
-    gap = rcfg.pref_beta * ((m_c - start_c) - (m_r - start_r))
+    gap = rcfg.pref_beta * implicit_gap(rcfg, tiny_model_dir, margin_adapter)  # against the starting model
     expected = float(torch.nn.functional.softplus(weights[1] * gap / weights[0]).mean())
     history = json.loads((out / "round-2" / "trainer_state.json").read_text())["log_history"]
     first = next(h["loss"] for h in history if "loss" in h)
@@ -223,17 +214,7 @@ def test_an_implicit_margin_reward_uses_the_beta_its_model_was_trained_with(tmp_
     capsys.readouterr()
     prefloop.train(config)
     assert "beta 0.5 (its own pref_beta" in capsys.readouterr().out
-    cfg = load_config(config)
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    data = load_data(cfg, tokenizer, lambda *a, **k: None)
-
-    def logps(model):
-        return compute_reference_logps(Reference(model, "separate", "direct"), data.train, "padded",
-                                       tokenizer.pad_token_id, 4, 4096)
-
-    ref_c, ref_r = logps(load_causal_lm(str(tiny_model_dir)))
-    m_c, m_r = logps(load_causal_lm(str(tiny_model_dir), adapter=str(margin)))
-    gap = 0.5 * ((m_c - ref_c) - (m_r - ref_r))
+    gap = 0.5 * implicit_gap(load_config(config), tiny_model_dir, margin)
     expected = float(torch.nn.functional.softplus(gap).mean())  # h = 0: z = -(w1/w0) gap, w1/w0 = 1
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert next(h["loss"] for h in history if "loss" in h) == pytest.approx(expected, abs=1e-4)
