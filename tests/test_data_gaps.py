@@ -140,6 +140,24 @@ def test_misspelt_and_unread_fields_are_counted_and_named(tmp_path, capsys):
     assert "did you mean 'system'?" in capsys.readouterr().out
 
 
+def test_ultrafeedback_binarized_messages_column_is_not_warned_about(tmp_path):
+    """HuggingFaceH4/ultrafeedback_binarized rows carry `messages` = prompt + chosen (and prompt_id, scores):
+    a copy of the pair, so no 'not read' warning; a `messages` that holds something else still is warned."""
+    def row(i, messages):
+        prompt = f"Question {i}?"
+        return {"prompt": prompt, "prompt_id": f"p{i}", "score_chosen": 8.0, "score_rejected": 5.0,
+                "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"Good {i}."}],
+                "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": "Bad."}],
+                "messages": messages}
+    rows = [row(1, [{"role": "user", "content": "Question 1?"}, {"role": "assistant", "content": "Good 1."}]),
+            row(2, [{"role": "user", "content": "Question 2?"}]),
+            row(3, [{"role": "user", "content": "Something else"}, {"role": "assistant", "content": "Other."}])]
+    loaded = load_pairs(str(jsonl(tmp_path / "uf.jsonl", rows)))
+    assert len(loaded.pairs) == 3
+    [line] = [line for line in loaded.warnings.lines() if "'messages'" in line]
+    assert line.startswith("1 pair had a field 'messages'"), line  # row 3 only (was all three)
+
+
 def test_one_answer_rated_is_a_missing_score_not_a_single_score(tmp_path):
     """`prefloop export` writes {"safety": {"chosen": 4}} when a labeler rated one answer: no direction, so
     weighting counts it as missing (it used to stop training with 'expected {"chosen", "rejected"}')."""

@@ -338,6 +338,17 @@ def iter_records(path: Path) -> Iterator[tuple[str, int, Any] | Problem]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _repeats_the_pair(value: Any, pair: PreferencePair) -> bool:
+    """True when an unread `messages` field only repeats the pair's own conversation: the prompt and the chosen
+    answer (UltraFeedback-binarized's `messages` column) or the prompt alone. Nothing is lost by not reading it,
+    so it is not warned about."""
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        return False
+    turns = [(m.get("role"), m.get("content")) for m in value]
+    prompt = [(m["role"], m["content"]) for m in pair.prompt_messages()]
+    return turns in (prompt, prompt + [(pair.chosen_role, pair.chosen)])
+
+
 def _read_source(source: DatasetSource, limit: int | None, pairs: list[PreferencePair], formats: Counter,
                  problems: SkipReport, used_prefixes: dict[str, Path], warnings: WarningReport) -> int:
     pending: list[tuple[str, str, str, str]] = []  # the warnings of the record being read (kept if it is read)
@@ -387,7 +398,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 problems.add(Problem(file_name, record_lines.location(kind, number), err.field, err.message, err.suggestion))
                 continue
             for key in pair.extra:
-                if key in known_fields:
+                if key in known_fields and not (key == "messages" and _repeats_the_pair(pair.extra[key], pair)):
                     warn(unread_kind(key, fmt), key, f"field {key!r} is not read in the {fmt} format; it is kept as "
                          "an extra field and not used", f"write the record in a format that has {key!r}, or remove it")
                     continue
