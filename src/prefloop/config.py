@@ -471,7 +471,7 @@ def _coerce(key: str, value, tp, source: str, shown: str | None = None, line: st
     """`value` as type `tp`, or ConfigError saying what is allowed (`shown`: the value as written; `line`:
     " (line N)" of the config file)."""
     try:
-        value = _coerce_value(value, tp)
+        value = coerce_value(value, tp)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {key}: {shown or repr(value)} is not allowed; expected {_describe(tp)}"
                           f"{line}") from None
@@ -483,7 +483,10 @@ def _coerce(key: str, value, tp, source: str, shown: str | None = None, line: st
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce_value(value, tp):
+def coerce_value(value, tp):
+    """`value` as type `tp` (a config field's annotation: int, float, bool, str, a Literal, a list or a union of
+    these), accepting what YAML may give as text ("1e-6", "true", "0.5"); the one coercion of config values, used
+    by every config file (training, gate rules). Raises ValueError/TypeError when it cannot be read as `tp`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in _UNION_TYPES:
         if value is None and type(None) in args:
@@ -491,12 +494,12 @@ def _coerce_value(value, tp):
         # Try the exact types first so "all" stays a str and [a, b] stays a list.
         for arg in args:
             if arg is not type(None) and _is_instance(value, arg):
-                return _coerce_value(value, arg)
+                return coerce_value(value, arg)
         for arg in args:
             if arg is type(None):
                 continue
             try:
-                return _coerce_value(value, arg)
+                return coerce_value(value, arg)
             except (TypeError, ValueError):
                 continue
         raise ValueError(value)
@@ -507,7 +510,7 @@ def _coerce_value(value, tp):
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise TypeError(value)
-        return [_coerce_value(v, args[0]) for v in value]
+        return [coerce_value(v, args[0]) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value

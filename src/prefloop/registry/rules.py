@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from prefloop.config import _coerce_value
+from prefloop.config import coerce_value
 from prefloop.errors import ConfigError
 from prefloop.evaluate.results import METRIC_NAMES
 
@@ -112,9 +112,9 @@ def load_rules(path: str | Path | None = None) -> list[Rule]:
 
 def _number(raw: dict, key: str, where: str) -> float:
     """`raw[key]` as a float; a number written in quotes ("0.5", "1e-3") counts, as in every config file
-    (`config._coerce_value`)."""
+    (`config.coerce_value`)."""
     try:
-        value = _coerce_value(raw[key], float)
+        value = coerce_value(raw[key], float)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {key}: {raw[key]!r} is not a number; give the threshold as a number") from None
     if value != value or value in (float("inf"), float("-inf")):
@@ -147,7 +147,7 @@ def _parse_rule(raw: dict, where: str, source: str, line: int) -> Rule:
     for key in ("sanity", "required", "custom_metric"):
         if key in raw:
             try:
-                raw[key] = _coerce_value(raw[key], bool)  # "true" in quotes counts, as in every config file
+                raw[key] = coerce_value(raw[key], bool)  # "true" in quotes counts, as in every config file
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: {key}: {raw[key]!r} is not allowed; give true or false") from None
     custom = raw.get("custom_metric", False)

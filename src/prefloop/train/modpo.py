@@ -48,11 +48,10 @@ def margin_beta(path: str, index: int, beta: float, say) -> float:
     with beta_k estimates the reward at that scale (Rafailov et al. 2023; Zhou et al. 2023, sec. 4), so
     beta_k is its own `pref_beta` when its directory holds the prefloop_config.yaml it was trained with;
     else this run's `beta` (the reference code's choice: one beta for all), and that is said."""
-    import math
-
     import yaml
 
     from prefloop.config import CONFIG_FILENAME
+    from prefloop.data.schema import is_number
 
     saved = Path(path) / CONFIG_FILENAME
     own = None
@@ -61,7 +60,7 @@ def margin_beta(path: str, index: int, beta: float, say) -> float:
             own = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("pref_beta")
         except yaml.YAMLError:
             own = None
-    if isinstance(own, bool) or not isinstance(own, (int, float)) or not (math.isfinite(own) and own > 0):
+    if not is_number(own) or own <= 0:
         say(f"MODPO margin model {index}: no pref_beta it was trained with ({saved} is missing or has none); its "
             f"implicit reward uses this run's pref_beta {beta}, which is right only if it was trained with it")
         return beta
