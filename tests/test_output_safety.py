@@ -118,6 +118,11 @@ def test_judge_with_no_pairs_keeps_the_earlier_pairs_file(tmp_path):
         with pytest.raises(ConfigError, match=r"the result is empty \(0 rows.*left out: 2 no clear best"):
             judge_command(candidates=str(cands), out=str(out), judge=server.url)
     assert out.read_text() == before
+    ties = tmp_path / "prefs.ties.jsonl"
+    with BackgroundServer(app) as server:  # with keep_ties the ties it found are written, the pairs file still kept
+        with pytest.raises(ConfigError, match=r"left out: 2 no clear best \(written to .*prefs.ties.jsonl\)"):
+            judge_command(candidates=str(cands), out=str(out), judge=server.url, keep_ties=True)
+    assert out.read_text() == before and len(ties.read_text().splitlines()) == 2
 
 
 # ------------------------------------------------------------------------------- the judge cache on reruns

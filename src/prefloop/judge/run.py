@@ -234,11 +234,15 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
                                      cache_path, {"api_key_env": api_key_env, "api_key_file": api_key_file},
                                      seed, max_tokens, stats)
     left = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(selection.reasons.items()))
-    refuse_empty_replace(out_path, len(selection.pairs), "--out",
-                         f"{read.summary()}; left out: {left or 'nothing'}; finished judgments are in the cache")
-    _write_jsonl(out_path, selection.pairs)
     ties_path = sibling(out_path, ".ties.jsonl")
-    if keep_ties:
+    if keep_ties and selection.left_out:  # written even when the pairs file is refused below: they were found
+        _write_jsonl(ties_path, selection.left_out)
+    refuse_empty_replace(out_path, len(selection.pairs), "--out",
+                         f"{read.summary()}; left out: {left or 'nothing'}"
+                         + (f" (written to {ties_path})" if keep_ties and selection.left_out else "")
+                         + "; finished judgments are in the cache")
+    _write_jsonl(out_path, selection.pairs)
+    if keep_ties and not selection.left_out:
         _write_jsonl(ties_path, selection.left_out)
     report = {"candidates": str(candidates), "out": str(out_path), "pairing": pairing, "prompts": len(read.sets),
               "duplicate_answers": read.duplicate_answers, "prompts_with_too_few_answers": read.too_few,
