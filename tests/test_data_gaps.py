@@ -108,7 +108,6 @@ def _info(tmp_path, entry):
     ({"folder": "data"}, "'folder' (a folder of a hub dataset repository) is not supported"),
     ({"revision": "v1"}, "'revision' (a revision of a hub dataset) is not supported"),
     ({"split": "test"}, "'split': 'test' is not supported"),
-    ({"num_samples": 3}, "num_samples 3, but it has only 2 usable pairs"),
 ])
 def test_dataset_info_keys_prefloop_does_not_read_are_refused(tmp_path, capsys, entry, words):
     _info(tmp_path, entry)
@@ -123,6 +122,31 @@ def test_dataset_info_keys_prefloop_does_not_read_are_refused(tmp_path, capsys, 
 def test_dataset_info_keys_that_change_nothing_are_accepted(tmp_path, entry):
     _info(tmp_path, entry)
     assert len(load_pairs("prefs", str(tmp_path)).pairs) == 2
+
+
+def test_num_samples_draws_at_random_and_repeats_as_llama_factory(tmp_path):
+    """num_samples: a random permutation cut to N (not the first N: a sorted file would give a biased subset); above
+    the dataset's size every pair once plus random repeats (LLaMA-Factory's _load_single_dataset); max_samples then
+    keeps the first of the draw. Reproducible from the seed; said in the load summary."""
+    jsonl(tmp_path / "a.jsonl", [trl(i) for i in range(1, 21)])
+
+    def load(entry, **kw):
+        (tmp_path / "dataset_info.json").write_text(json.dumps({"prefs": {"file_name": "a.jsonl", **entry}}))
+        return load_pairs("prefs", str(tmp_path), **kw)
+
+    five = load({"num_samples": 5})
+    ids = [p.id for p in five.pairs]
+    assert len(ids) == len(set(ids)) == 5 and ids != [f"a:{i}" for i in range(1, 6)]
+    assert ids == [p.id for p in load({"num_samples": 5}).pairs]  # same seed, same draw
+    assert ids != [p.id for p in load({"num_samples": 5}, seed=7).pairs]
+    assert "num_samples 5 drawn at random from its 20 pairs (seed 42)" in five.summary()
+    more = load({"num_samples": 26})
+    base = [p.id.split("#")[0] for p in more.pairs]
+    assert len(more.pairs) == 26 and set(base) == {f"a:{i}" for i in range(1, 21)}
+    assert len({p.id for p in more.pairs}) == 26 and sum("#repeat-" in p.id for p in more.pairs) == 6
+    assert more.pairs_per_dataset == {"prefs": 26} and "6 pairs repeated to reach it" in more.summary()
+    capped = load({"num_samples": 10}, max_samples=3)
+    assert [p.id for p in capped.pairs] == [p.id for p in load({"num_samples": 10}).pairs][:3]
 
 
 def test_misspelt_and_unread_fields_are_counted_and_named(tmp_path, capsys):

@@ -8,6 +8,7 @@ Every pair gets a stable `id` (`file stem:line` when the data has none) and a `s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -113,6 +114,7 @@ class LoadResult:
     sources: list[DatasetSource]
     pairs_per_dataset: dict[str, int] = field(default_factory=dict)
     warnings: WarningReport = field(default_factory=WarningReport)
+    notes: list[str] = field(default_factory=list)  # what was done to the data as asked (num_samples draws)
 
     @property
     def files(self) -> list[str]:
@@ -125,6 +127,8 @@ class LoadResult:
             text += f"; skipped {count(self.skipped.count, 'bad row')}: " + "; ".join(f"{n}x {r}" for r, n in self.skipped.reasons.most_common(5))
         if self.warnings.count:
             text += "; " + "; ".join(self.warnings.lines())
+        if self.notes:
+            text += "; " + "; ".join(self.notes)
         return text
 
 
@@ -425,11 +429,6 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             if limit is not None and read >= limit:
                 complete = False
                 break
-    if source.num_samples is not None and complete and read < source.num_samples:
-        raise DataError(
-            f"dataset {source.name!r}: dataset_info.json asks for num_samples {source.num_samples}, but it has only "
-            f"{count(read, 'usable pair')}; LLaMA-Factory would repeat random pairs to reach {source.num_samples}, prefloop "
-            f"does not: set num_samples to {read} or less, or remove it")
     missing = {name: column for name, column in declared.items() if column not in seen_keys}
     if missing and complete and read:
         names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
@@ -440,11 +439,48 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     return read
 
 
+def _num_samples(source: DatasetSource, pairs: list[PreferencePair], start: int, max_samples: int | None, seed: int,
+                 notes: list[str]) -> int:
+    """Replace `pairs[start:]` (every pair read from `source`) by LLaMA-Factory's `num_samples` draw and return
+    how many are left: a random permutation of the n pairs cut to num_samples; when num_samples > n, all n pairs
+    plus num_samples - n drawn again at random (with replacement); then `max_samples` keeps the first ones
+    (LLaMA-Factory `data/loader.py` `_load_single_dataset`). Reproducible from `seed` and the dataset name.
+    A repeated pair is a copy whose id gets "#repeat-K" (ids stay unique)."""
+    read = pairs[start:]
+    wanted, n = source.num_samples, len(read)
+    if not n or wanted is None:
+        return n
+    rng = random.Random(f"{seed}:{source.name}")
+    order = rng.sample(range(n), min(wanted, n)) + [rng.randrange(n) for _ in range(wanted - n)]
+    if max_samples is not None:
+        order = order[:max_samples]
+    seen: Counter = Counter()
+    chosen = []
+    for i in order:
+        pair = read[i]
+        if seen[i]:
+            pair = dataclasses.replace(pair, id=f"{pair.id}#repeat-{seen[i]}")
+        seen[i] += 1
+        chosen.append(pair)
+    pairs[start:] = chosen
+    repeated = max(wanted - n, 0) if max_samples is None else sum(k - 1 for k in seen.values())
+    detail = [f"seed {seed}"]
+    if repeated:
+        detail.append(f"{count(repeated, 'pair')} repeated to reach it")
+    if max_samples is not None and max_samples < wanted:
+        detail.append(f"max_samples kept the first {len(chosen)}")
+    notes.append(f"dataset {source.name!r}: num_samples {wanted} drawn at random from its {count(n, 'pair')} "
+                 f"({'; '.join(detail)})")
+    return len(chosen)
+
+
 def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = False, max_samples: int | None = None,
-               allow_empty: bool = False, options: OptionNames = NO_OPTIONS) -> LoadResult:
+               allow_empty: bool = False, options: OptionNames = NO_OPTIONS, seed: int = 42) -> LoadResult:
     """Read every pair of `dataset` (names from dataset_info.json, files or directories, comma-separated).
 
-    `max_samples` caps the pairs taken from each dataset (LLaMA-Factory's meaning). Raises DataError
+    `max_samples` caps the pairs taken from each dataset (LLaMA-Factory's meaning: the first ones). A
+    dataset_info.json `num_samples` draws that many pairs at random (repeating pairs when it is more than the
+    dataset has), reproducibly from `seed` (the training seed), as LLaMA-Factory does. Raises DataError
     listing problems unless `skip_bad_rows`; raises when no pair is left unless `allow_empty`.
     `options` names the calling command's options, so that errors name only options it has.
     """
@@ -457,18 +493,21 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
     per_dataset: dict[str, int] = {}
     used_prefixes: dict[str, Path] = {}
     warnings = WarningReport()
+    notes: list[str] = []
     for source in sources:
-        limits = [n for n in (max_samples, source.num_samples) if n is not None]
-        limit = min(limits) if limits else None
-        per_dataset[source.name] = per_dataset.get(source.name, 0) + _read_source(
-            source, limit, pairs, formats, problems, used_prefixes, warnings)
+        start = len(pairs)
+        read = _read_source(source, max_samples if source.num_samples is None else None, pairs, formats, problems,
+                            used_prefixes, warnings)
+        if source.num_samples is not None:
+            read = _num_samples(source, pairs, start, max_samples, seed, notes)
+        per_dataset[source.name] = per_dataset.get(source.name, 0) + read
     if problems.count and not skip_bad_rows:
         raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
         detail = f"; {count(problems.count, 'bad row')} {plural('was', problems.count)} skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
     return LoadResult(pairs=pairs, format_counts=formats, skipped=problems, sources=sources, pairs_per_dataset=per_dataset,
-                      warnings=warnings)
+                      warnings=warnings, notes=notes)
 
 
 def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:

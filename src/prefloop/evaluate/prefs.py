@@ -124,7 +124,8 @@ def load_eval_pairs(setup: PrefsSetup, tokenizer, skip_bad_rows: bool = False):
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.template import get_template
 
-    loaded = load_pairs(setup.data, setup.dataset_dir, skip_bad_rows=skip_bad_rows, max_samples=setup.max_samples)
+    loaded = load_pairs(setup.data, setup.dataset_dir, skip_bad_rows=skip_bad_rows, max_samples=setup.max_samples,
+                        seed=setup.seed)
     pairs = loaded.pairs
     if setup.split == "validation":
         val_size = int(setup.val_size) if setup.val_size >= 1 else setup.val_size

@@ -62,7 +62,8 @@ def read_eval_prompts(prompts: str | None, config: str | None, limit: int | None
             raise ConfigError(f"{config}: val_size is 0, so the config holds no prompts out of training; set val_size "
                               "(e.g. 0.2) before training, or pass --prompts FILE")
         dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
-        loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples)
+        loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
+                            seed=cfg.seed)
         val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
         _, held_out = split_validation(loaded.pairs, val_size, cfg.seed)
         seen, chosen = set(), []

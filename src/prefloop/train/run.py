@@ -404,7 +404,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
 
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
-                        options=CONFIG_KEYS)
+                        options=CONFIG_KEYS, seed=cfg.seed)
     say(f"Data {dataset}: {loaded.summary()}")
     if loaded.skipped.count:  # where: the summary groups reasons without lines (`data check` lists them too)
         shown = loaded.skipped.problems[:_SKIPPED_SHOWN]
