@@ -330,6 +330,24 @@ def test_compare_lists_metric_differences_and_changed_settings(tmp_path, capsys)
         write_results(tmp_path / "c", {**a, "kind": "nonsense"})
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`prefloop eval compare A B --json | head -1`: the closed pipe ends the command quietly (no BrokenPipeError
+    traceback), exit 1 as Python itself exits on EPIPE."""
+    import subprocess
+    import sys
+
+    from prefloop.evaluate.results import new_results, write_results
+
+    for name, wins in (("a", 1), ("b", 2)):
+        write_results(tmp_path / name, new_results("winrate", metrics={f"m{i}": wins * i for i in range(20000)}))
+    proc = subprocess.Popen([sys.executable, "-m", "prefloop", "eval", "compare", str(tmp_path / "a"),
+                             str(tmp_path / "b"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_every_models_entry_records_endpoint_adaptations():
     """`eval prefs` builds its models entry by hand: it lacked endpoint_adaptations (its local model has none)."""
     from prefloop.evaluate.results import model_entry, new_results

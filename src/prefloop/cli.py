@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from prefloop.errors import PrefloopError
@@ -456,6 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     except PrefloopError as err:
         print(f"prefloop {shown}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output stopped early (`prefloop eval compare A B | head`): no traceback. Python's
+        # documented recipe (library/signal.html, "Note on SIGPIPE"): point stdout at devnull so the flush at exit
+        # raises nothing more, and exit 1 as Python itself does on EPIPE.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
