@@ -284,14 +284,14 @@ def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config
 
 
 def _write_json(path: Path, data) -> None:
+    """Write `data` as JSON to `path` through `output_files.write_atomically` (a killed run never leaves half
+    a result; a symlinked `path` keeps pointing at its file). Only rank 0 writes under torchrun."""
+    from prefloop.output_files import write_atomically
     from prefloop.train.distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank runs the rounds; rank 0 writes
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
-    tmp.replace(path)  # atomic: a killed run never leaves half a result
+    write_atomically(path, json.dumps(data, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------------------------------
