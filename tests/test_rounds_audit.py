@@ -47,7 +47,7 @@ def test_a_round_with_no_new_pairs_is_said_so_and_partly_new_data_is_counted(tmp
     said = []
     summary = check_round_data(cfg, round_configs(cfg), say=said.append)
     assert [s["new"] for s in summary] == [9, 9, 0] and summary[2]["seen_in"] == [1]
-    assert any("round 3 (r3) has no new pairs: all 9 of its training pairs were trained on in round(s) 1" in m
+    assert any("round 3 (r3) has no new pairs: all its 9 training pairs were trained on in round 1;" in m
                for m in said), said
     assert not any("round 2" in m for m in said)
     # a round mixing old and new pairs: counted
@@ -58,7 +58,9 @@ def test_a_round_with_no_new_pairs_is_said_so_and_partly_new_data_is_counted(tmp
     summary = check_round_data(cfg, round_configs(cfg), say=said.append)
     assert summary[1]["new"] + (summary[1]["train"] - summary[1]["new"]) == summary[1]["train"] == 21
     assert 0 < summary[1]["train"] - summary[1]["new"] <= 9
-    assert any(m.startswith("Note: round 2 (r2): ") and "are new" in m for m in said), said
+    seen, new = summary[1]["train"] - summary[1]["new"], summary[1]["new"]
+    assert any(m.startswith(f"Note: round 2 (r2): {seen} of its 21 training pairs {'was' if seen == 1 else 'were'} "
+                            f"trained on in round 1; {new} {'is' if new == 1 else 'are'} new") for m in said), said
 
 
 def test_lora_round_two_reference_is_round_one_final_policy_as_trained(tmp_path, tiny_model_dir):

@@ -208,6 +208,7 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]
     from prefloop.data.dimensions import apply_dimensions
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.registry import CONFIG_KEYS
+    from prefloop.data.words import count, plural
     from prefloop.errors import DataError, PrefloopError
 
     seen: dict[str, int] = {}  # pair key -> first round that trained on it
@@ -227,21 +228,21 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]
         except PrefloopError as err:
             raise type(err)(f"{where}: {err}") from None
         if rcfg.do_train and not train:
-            held = f" ({len(pairs)} pair(s), all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
+            held = f" ({count(len(pairs), 'pair')}, all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
             raise DataError(f"{where}: no pairs to train on{held}; give the round preference pairs, lower its "
                             f"val_size, or remove the round")
         keys = [_pair_key(p) for p in train]
         earlier = [seen[k] for k in keys if k in seen]
         new = len(keys) - len(earlier)
         if earlier:
-            rounds_seen = ", ".join(str(r) for r in sorted(set(earlier)))
+            rounds_seen = plural("round", len(set(earlier))) + " " + ", ".join(str(r) for r in sorted(set(earlier)))
             if new == 0:
-                say(f"Warning: round {index} ({name}) has no new pairs: all {len(keys)} of its training pairs were "
-                    f"trained on in round(s) {rounds_seen}; it trains on them again (iterative DPO trains each round "
-                    f"on new pairs: give it new data, or remove the round)")
+                say(f"Warning: round {index} ({name}) has no new pairs: all its {count(len(keys), 'training pair')} "
+                    f"{plural('was', len(keys))} trained on in {rounds_seen}; it trains on them again (iterative "
+                    f"DPO trains each round on new pairs: give it new data, or remove the round)")
             else:
-                say(f"Note: round {index} ({name}): {len(earlier)} of its {len(keys)} training pairs were trained on "
-                    f"in round(s) {rounds_seen}; {new} are new")
+                say(f"Note: round {index} ({name}): {len(earlier)} of its {count(len(keys), 'training pair')} "
+                    f"{plural('was', len(earlier))} trained on in {rounds_seen}; {new} {plural('is', new)} new")
         for k in keys:
             seen.setdefault(k, index)
         summary.append({"pairs": len(pairs), "train": len(keys), "new": new, "seen_in": sorted(set(earlier))})
@@ -414,6 +415,9 @@ def _steps(output_dir: str) -> int | None:
 
 
 def render_report(report: dict) -> str:
+    """The cross-round report as a table for the terminal."""
+    from prefloop.data.words import count
+
     rows = report["rounds"]
     splits = list(rows[-1]["heldout"]) if rows else []
     lines = ["", f"Rounds (ref_update: {report['ref_update']}): held-out preference accuracy against the starting "
@@ -429,7 +433,7 @@ def render_report(report: dict) -> str:
                      f"{row['train_loss'] if row['train_loss'] is None else format(row['train_loss'], '.4f'):>12}"
                      f"{'-' if margin is None else format(margin, '+.3f'):>9}  {cells}")
     totals = report["cache_totals"]
-    lines.append(f"  reference cache: {totals.get('reference_reused', 0)} split(s) reused, "
+    lines.append(f"  reference cache: {count(totals.get('reference_reused', 0), 'split')} reused, "
                  f"{totals.get('reference_computed', 0)} computed"
                  + (f"; MODPO margin cache: {totals.get('margin_reused', 0)} reused, "
                     f"{totals.get('margin_computed', 0)} computed" if any(k.startswith("margin") for k in totals) else ""))
