@@ -100,3 +100,37 @@ def test_lora_round_two_reference_is_round_one_final_policy_as_trained(tmp_path,
     start = compute_reference_logps(Reference(load_causal_lm(str(tiny_model_dir)), "separate", "start"), val,
                                     "padded", tokenizer.pad_token_id, 3, rcfg.logps_chunk_size)
     assert not torch.allclose(start[0], cached["chosen"], atol=1e-3)
+
+
+def test_a_resumed_run_skips_the_data_of_its_finished_rounds(tmp_path, tiny_model_dir, capsys):
+    """Killed in round 2; round 1's data file has moved since round 1 finished. The resumed run reads only the
+    rounds it still trains (was: check_round_data read every round's data first and stopped), and round 2's
+    held-out table leaves round 1's split out, said so, instead of failing."""
+    import json
+    import shutil
+
+    r1, r2 = tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"
+    shutil.copy(HELPFUL, r1)
+    shutil.copy(SAFETY, r2)
+    out = tmp_path / "out"
+    prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2)))
+    assert json.loads((out / "round-2" / "round_result.json").read_text())["heldout"].keys() == {"r1", "r2"}
+    shutil.rmtree(out / "round-2")  # killed in round 2 before its first checkpoint
+    (out / "rounds_report.json").unlink()
+    r1.unlink()
+    capsys.readouterr()
+    report = prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2), resume_from_checkpoint=True,
+                                          overwrite_output_dir=False))
+    printed = capsys.readouterr().out
+    assert "Round 1 finished earlier" in printed
+    assert "round 1 (r1) finished in an earlier run, but its data cannot be read now" in printed
+    rows = report["rounds"]
+    assert [r["round"] for r in rows] == [1, 2] and (out / "round-2" / "round_result.json").is_file()
+    assert set(rows[0]["heldout"]) == {"r1", "r2"} and set(rows[1]["heldout"]) == {"r2"}
+    assert list(report["heldout_left_out"]) == ["r1"] and "r1's validation split left out" in printed
+    # a round that still trains must read: round 2's data gone too is an error naming it
+    shutil.rmtree(out / "round-2")
+    r2.unlink()
+    with pytest.raises(DataError, match=r"rounds\[1\] \(round 2, r2, dataset .*r2.jsonl\)"):
+        prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2), resume_from_checkpoint=True,
+                                     overwrite_output_dir=False))

@@ -16,8 +16,8 @@ After every round its policy is evaluated on every round's validation split agai
 model (implicit-reward accuracy, so forgetting of round 1's preference shows as a falling number),
 and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table across rounds.
 
-Every round's data is read first (`check_round_data`): a round without training pairs stops the run
-before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
+Every round's data is read first (`check_round_data`; a resumed run's finished rounds excepted): a round
+without training pairs stops the run before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
 the margin models' implicit rewards stay measured against the starting model (`margin_reference`).
 
 A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
@@ -151,15 +151,17 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     say = say if main else (lambda *a, **k: None)
     if main:
         save_config(cfg, out)
-    check_round_data(cfg, rounds, say)  # before round 1 trains: a round without pairs fails now, not hours later
+    # finished rounds (resumed run) are skipped below, so their data is not read again (it may have moved)
+    finished = {i for i in range(1, len(rounds) + 1) if resume and (round_dir(cfg, i) / RESULT_FILE).is_file()}
+    check_round_data(cfg, rounds, say, finished)  # before round 1 trains: a round without pairs fails now
     run_id = rounds_run_id(out, resume)
-    evaluator = CrossRoundEvaluator(cfg, rounds, say)
+    evaluator = CrossRoundEvaluator(cfg, rounds, say, finished)
     results: list[RoundResult] = []
     for index, round_cfg in enumerate(rounds, 1):
         name, rdir = round_name(cfg, index), round_dir(cfg, index)
         planned, reference = plan_round(cfg, round_cfg, index)
         say(f"\n=== Round {index}/{len(rounds)} ({name}): data {planned.dataset}; reference: {reference} ===")
-        if resume and (rdir / RESULT_FILE).is_file():
+        if index in finished:
             result = RoundResult(**json.loads((rdir / RESULT_FILE).read_text()))
             say(f"Round {index} finished earlier: {rdir / RESULT_FILE} (skipped)")
         else:
@@ -183,7 +185,7 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
         results.append(result)
         if on_round_end is not None:
             on_round_end(result)
-    report = build_report(cfg, results, evaluator.cache_counts)
+    report = build_report(cfg, results, evaluator.cache_counts, evaluator.left_out)
     _write_json(out / REPORT_FILE, report)
     say(render_report(report))
     if main:
@@ -197,14 +199,16 @@ def _pair_key(pair) -> str:
                        pair.tools], sort_keys=True, ensure_ascii=False, default=str)
 
 
-def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]:
+def check_round_data(cfg: Config, rounds: list[Config], say=print, finished: set[int] = frozenset()) -> list[dict]:
     """Read every round's data before round 1 trains (the rows only; encoding comes in the round) and say,
     per round, how many of its training pairs are new. Raises (DataError/ConfigError, naming `rounds[i]`,
     the round's name and its dataset) when a round's data cannot be read or leaves no pair to train on,
     so a bad last round stops the run before the first round's hours, not after them. A round whose
     training pairs were all trained on in earlier rounds is not a new round of data (iterative DPO, e.g.
     Xu et al. 2023 and Yuan et al. 2024, trains each round on new pairs): said loudly, trained as asked.
-    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give)."""
+    Rounds in `finished` (a resumed run's rounds with round_result.json, which it skips) are not read: their
+    data may have moved since, and their pairs do not count as seen for the later rounds' new-pair counts.
+    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give), or {"finished": True}."""
     from prefloop.data.dimensions import apply_dimensions
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.registry import CONFIG_KEYS
@@ -214,6 +218,9 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]
     seen: dict[str, int] = {}  # pair key -> first round that trained on it
     summary = []
     for index, rcfg in enumerate(rounds, 1):
+        if index in finished:
+            summary.append({"finished": True})
+            continue
         name = round_name(cfg, index)
         dataset = ",".join(rcfg.dataset) if isinstance(rcfg.dataset, list) else rcfg.dataset
         where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
@@ -303,19 +310,23 @@ class CrossRoundEvaluator:
     """Implicit-reward accuracy beta * [(pi_c - ref0_c) - (pi_r - ref0_r)] > 0 (ties count 0.5) and
     reference-free ranking accuracy (mean log-prob per token, chosen > rejected) of a round's policy on
     each round's validation split, against the starting model ref0. The starting model's log-probs go
-    through the reference cache, so splits already computed in training are reused (counted)."""
+    through the reference cache, so splits already computed in training are reused (counted). A round in
+    `finished` (done in an earlier, resumed run) whose data can no longer be read has its split left out,
+    said and listed in `left_out` (round name -> why) for the report; any other round's data must read."""
 
-    def __init__(self, cfg: Config, rounds: list[Config], say):
+    def __init__(self, cfg: Config, rounds: list[Config], say, finished: set[int] = frozenset()):
         from collections import Counter
 
         from prefloop.config import resolve_precision
 
-        self.cfg, self.rounds, self.say = resolve_precision(cfg), rounds, say
+        self.cfg, self.rounds, self.say, self.finished = resolve_precision(cfg), rounds, say, finished
+        self.left_out: dict[str, str] = {}
         self.cache_counts: Counter = Counter()
         self._splits: dict[int, tuple] | None = None
         self.autocast = torch.bfloat16 if self.cfg.bf16 else torch.float16 if self.cfg.fp16 else None
 
     def _load_splits(self, tokenizer) -> dict[int, tuple]:
+        from prefloop.errors import PrefloopError
         from prefloop.train.run import load_data
 
         if self._splits is None:
@@ -325,7 +336,17 @@ class CrossRoundEvaluator:
                     continue
                 quiet = dataclasses.replace(rcfg, do_train=False, rounds=None,
                                             ref_cache_dir=str(self.cfg.reference_cache_dir))
-                data = load_data(quiet, tokenizer, lambda *a, **k: None)
+                try:
+                    data = load_data(quiet, tokenizer, lambda *a, **k: None)
+                except PrefloopError as err:
+                    if j not in self.finished:
+                        raise
+                    name = round_name(self.cfg, j)
+                    self.left_out[name] = f"its data cannot be read now: {err}"
+                    self.say(f"Warning: round {j} ({name}) finished in an earlier run, but its data cannot be read now "
+                             f"({err}); its validation split is left out of the held-out accuracy of the rounds "
+                             f"trained or evaluated in this run (restore the file for a full table)")
+                    continue
                 if data.val:
                     self._splits[j] = (quiet, data)
         return self._splits
@@ -388,7 +409,9 @@ class CrossRoundEvaluator:
 # The report across rounds
 
 
-def build_report(cfg: Config, results: list[RoundResult], eval_cache) -> dict:
+def build_report(cfg: Config, results: list[RoundResult], eval_cache, left_out: dict | None = None) -> dict:
+    """The cross-round table (rounds_report.json): per round its losses, steps, cache use and held-out
+    accuracy; `left_out`: validation splits this run could not evaluate on (round name -> why)."""
     rows = []
     for r in results:
         m = r.metrics
@@ -406,7 +429,10 @@ def build_report(cfg: Config, results: list[RoundResult], eval_cache) -> dict:
     for row in rows:
         for k, v in row["cache"].items():
             totals[k] = totals.get(k, 0) + int(v)
-    return {"ref_update": cfg.ref_update, "rounds": rows, "cache_totals": totals}
+    report = {"ref_update": cfg.ref_update, "rounds": rows, "cache_totals": totals}
+    if left_out:
+        report["heldout_left_out"] = dict(left_out)
+    return report
 
 
 def _steps(output_dir: str) -> int | None:
@@ -414,12 +440,17 @@ def _steps(output_dir: str) -> int | None:
     return json.loads(path.read_text()).get("global_step") if path.is_file() else None
 
 
+def _splits(rows: list[dict]) -> list[str]:
+    """The validation splits any round was evaluated on, in order of first appearance."""
+    return list(dict.fromkeys(name for row in rows for name in row["heldout"]))
+
+
 def render_report(report: dict) -> str:
     """The cross-round report as a table for the terminal."""
     from prefloop.data.words import count
 
     rows = report["rounds"]
-    splits = list(rows[-1]["heldout"]) if rows else []
+    splits = _splits(rows)
     lines = ["", f"Rounds (ref_update: {report['ref_update']}): held-out preference accuracy against the starting "
                  f"model on each round's validation split"]
     header = f"  {'round':<16}{'steps':>6}{'train loss':>12}{'margin':>9}  " + "".join(f"{s[:14]:>15}" for s in splits)
@@ -437,13 +468,15 @@ def render_report(report: dict) -> str:
                  f"{totals.get('reference_computed', 0)} computed"
                  + (f"; MODPO margin cache: {totals.get('margin_reused', 0)} reused, "
                     f"{totals.get('margin_computed', 0)} computed" if any(k.startswith("margin") for k in totals) else ""))
+    for name, why in report.get("heldout_left_out", {}).items():
+        lines.append(f"  {name}'s validation split left out in this run's evaluations ({why})")
     return "\n".join(lines)
 
 
 def plot_rounds(report: dict, out: Path) -> Path | None:
     """rounds_accuracy.png: held-out accuracy on each round's validation split after each round."""
     rows = report["rounds"]
-    splits = list(rows[-1]["heldout"]) if rows else []
+    splits = _splits(rows)
     if not splits:
         return None
     import matplotlib
