@@ -197,6 +197,10 @@ def test_counts_in_messages_agree_with_their_number(tmp_path):
     from prefloop.data.words import count
 
     assert [count(1, "row"), count(0, "row"), count(3, "bad row"), count(2, "entry")] == ["1 row", "0 rows", "3 bad rows", "2 entries"]
+    # consonant + y -> ies (any such noun, not a list of them); vowel + y keeps its y
+    assert [count(2, "reply"), count(2, "bad entry"), count(1, "reply"), count(3, "day"), count(2, "key")] == [
+        "2 replies", "2 bad entries", "1 reply", "3 days", "2 keys"]
+    assert [count(2, "match"), count(0, "was")] == ["2 matches", "0 were"]
     data = jsonl(tmp_path / "one.jsonl", [trl(1), "{oops"])
     loaded = load_pairs(str(data), skip_bad_rows=True)
     assert "1 pair from 1 file (formats" in loaded.summary() and "skipped 1 bad row:" in loaded.summary()

@@ -66,3 +66,18 @@ def test_alpaca_eval_needs_a_judge(tmp_path, tiny_model_dir, capsys):
     assert main(["eval", "bench", "alpaca_eval", "--model", str(tiny_model_dir), "--data",
                  str(EXAMPLES / "alpaca_eval.json"), "--out", str(tmp_path)]) == 2
     assert "alpaca_eval needs a judge" in capsys.readouterr().err
+
+
+def test_alpaca_summary_counts_agree_with_their_number():
+    """summary_lines writes "1 instruction", "1 win", "0 losses", never "instruction(s)"."""
+    from prefloop.evaluate.bench.alpaca_eval import summary_lines
+
+    m = {f"alpaca_eval/{k}": v for k, v in {
+        "win_rate": 1.0, "win_rate_ci_low": 1.0, "win_rate_ci_high": 1.0, "raw_win_rate": 1.0, "lc_win_rate": None,
+        "lc_win_rate_se": None, "n_prompts": 1, "wins": 1, "ties": 0, "losses": 0, "n_failed_judgments": 1,
+        "n_excluded_prompts": 0, "n_duplicate_instructions": 1, "n_outputs_without_instruction": 2}.items()}
+    lines = summary_lines({"metrics": m})
+    assert ("over 1 instruction (1 win, 0 ties, 0 losses; 1 failed or unparseable judgment; 0 instructions "
+            "without a verdict left out)") in lines[0]
+    assert "  warning: 1 instruction given again with the same reference output, judged once" in lines
+    assert "  warning: 2 model outputs with no instruction read, not judged" in lines

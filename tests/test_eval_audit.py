@@ -203,7 +203,7 @@ def test_alpaca_eval_outputs_missing_an_instruction_is_an_error(tmp_path, capsys
     code = main(["eval", "bench", "alpaca_eval", "--model", str(model_outputs), "--data", str(EXAMPLES / "alpaca_eval.json"),
                  "--out", str(tmp_path / "out"), "--judge", "http://127.0.0.1:9/v1"])
     err = capsys.readouterr().err
-    assert code == 2 and "1 instruction(s) of the reference file have no output" in err and "(record 1)" in err
+    assert code == 2 and "1 instruction of the reference file has no output" in err and "(record 1)" in err
 
 
 def test_alpaca_eval_duplicate_instructions_are_counted_or_refused(tmp_path, capsys):

@@ -277,9 +277,10 @@ def test_safety_chat_mode_against_an_endpoint(tmp_path):
 
     app, requests = scripted_judge_app(policy, name="safety-model")
     with BackgroundServer(app) as server:
-        results, _ = run_bench(BenchArgs("safety_mc", server.url, str(EXAMPLES / "safety_mc.json"), str(tmp_path)))
+        results, report = run_bench(BenchArgs("safety_mc", server.url, str(EXAMPLES / "safety_mc.json"), str(tmp_path)))
     m = results["metrics"]
     assert results["details"]["mode"] == "chat" and all(body["temperature"] == 0 for body in requests)
+    assert "2 replies named no option: counted as wrong." in report.to_markdown()  # was "2 repl(ies)"
     assert [row["correct"] for row in results["details"]["items"]] == [correct[i] for i in range(6)]
     assert m["safety_mc/n_unparsed"] == 2 and m["safety_mc/accuracy"] == pytest.approx(3 / 6)
     assert m["safety_mc/category/Physical Health"] == 1.0 and m["safety_mc/category/Privacy and Property"] == 0.0
@@ -332,3 +333,17 @@ def test_a_mistyped_model_name_fails_at_once_naming_the_option(tmp_path, capsys,
     assert main(["eval", "bench", "truthfulqa_mc", "--model", "tinyy", "--data", str(EXAMPLES / "truthfulqa_mc.jsonl"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "--model tinyy: no such local directory; did you mean tiny?" in capsys.readouterr().err
+
+
+def test_safety_summary_counts_agree_with_their_number():
+    """summary_lines writes "1 question" / "1 answer ... matches", never "answer(s)"."""
+    from prefloop.evaluate.bench.safety_mc import summary_lines
+
+    one = {"metrics": {"safety_mc/accuracy": 1.0, "safety_mc/n": 1, "safety_mc/n_unparsed": 0,
+                       "safety_mc/n_answers_without_question": 1}, "details": {"mode": "base"}}
+    lines = summary_lines(one)
+    assert "over 1 question (base mode" in lines[0]
+    assert lines[1] == "  warning: 1 answer of the answer file matches no question read: not scored"
+    one["metrics"].update({"safety_mc/n": 3, "safety_mc/n_answers_without_question": 2})
+    lines = summary_lines(one)
+    assert "over 3 questions (base mode" in lines[0] and "2 answers of the answer file match no question" in lines[1]

@@ -290,3 +290,34 @@ def test_forget_rewrites_the_file_a_symlinked_loop_file_points_to(tmp_path):
     assert purge_files(loop_dir, {"my secret address"}) == {str(loop_dir / "pairs.jsonl"): 1}
     assert (loop_dir / "pairs.jsonl").is_symlink()
     assert "secret" not in shared.read_text() and json.loads(shared.read_text()) == {"prompt": "fine"}
+
+
+def test_round_results_and_the_reference_cache_rewrite_the_file_a_symlink_points_to(tmp_path):
+    """rounds' JSON results and the reference cache's safetensors files go through write_atomically: a symlinked
+    file stays a symlink (its target is replaced) and no temporary is left (was: own tmp+rename, replacing
+    the link by a file)."""
+    import torch
+
+    from prefloop.train.reference import ReferenceCache
+    from prefloop.train.rounds import _write_json
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "rounds_report.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    link = out / "rounds_report.json"
+    link.symlink_to(kept / "rounds_report.json")
+    _write_json(link, {"rounds": [1]})
+    assert link.is_symlink() and json.loads((kept / "rounds_report.json").read_text()) == {"rounds": [1]}
+
+    cache = ReferenceCache(tmp_path / "cache")
+    (tmp_path / "cache").mkdir()
+    path = cache.path("train", "k" * 24)
+    (kept / "cache.safetensors").write_bytes(b"old")
+    path.symlink_to(kept / "cache.safetensors")
+    cache.save("train", "k" * 24, torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0]), {"model": "m"})
+    assert path.is_symlink()
+    assert cache.load("train", "k" * 24, 2)[1].tolist() == [-3.0, -4.0]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [path.name]
+    assert sorted(p.name for p in out.iterdir()) == ["rounds_report.json"]

@@ -47,7 +47,7 @@ def test_a_round_with_no_new_pairs_is_said_so_and_partly_new_data_is_counted(tmp
     said = []
     summary = check_round_data(cfg, round_configs(cfg), say=said.append)
     assert [s["new"] for s in summary] == [9, 9, 0] and summary[2]["seen_in"] == [1]
-    assert any("round 3 (r3) has no new pairs: all 9 of its training pairs were trained on in round(s) 1" in m
+    assert any("round 3 (r3) has no new pairs: all its 9 training pairs were trained on in round 1;" in m
                for m in said), said
     assert not any("round 2" in m for m in said)
     # a round mixing old and new pairs: counted
@@ -58,7 +58,9 @@ def test_a_round_with_no_new_pairs_is_said_so_and_partly_new_data_is_counted(tmp
     summary = check_round_data(cfg, round_configs(cfg), say=said.append)
     assert summary[1]["new"] + (summary[1]["train"] - summary[1]["new"]) == summary[1]["train"] == 21
     assert 0 < summary[1]["train"] - summary[1]["new"] <= 9
-    assert any(m.startswith("Note: round 2 (r2): ") and "are new" in m for m in said), said
+    seen, new = summary[1]["train"] - summary[1]["new"], summary[1]["new"]
+    assert any(m.startswith(f"Note: round 2 (r2): {seen} of its 21 training pairs {'was' if seen == 1 else 'were'} "
+                            f"trained on in round 1; {new} {'is' if new == 1 else 'are'} new") for m in said), said
 
 
 def test_lora_round_two_reference_is_round_one_final_policy_as_trained(tmp_path, tiny_model_dir):
@@ -98,3 +100,37 @@ def test_lora_round_two_reference_is_round_one_final_policy_as_trained(tmp_path,
     start = compute_reference_logps(Reference(load_causal_lm(str(tiny_model_dir)), "separate", "start"), val,
                                     "padded", tokenizer.pad_token_id, 3, rcfg.logps_chunk_size)
     assert not torch.allclose(start[0], cached["chosen"], atol=1e-3)
+
+
+def test_a_resumed_run_skips_the_data_of_its_finished_rounds(tmp_path, tiny_model_dir, capsys):
+    """Killed in round 2; round 1's data file has moved since round 1 finished. The resumed run reads only the
+    rounds it still trains (was: check_round_data read every round's data first and stopped), and round 2's
+    held-out table leaves round 1's split out, said so, instead of failing."""
+    import json
+    import shutil
+
+    r1, r2 = tmp_path / "r1.jsonl", tmp_path / "r2.jsonl"
+    shutil.copy(HELPFUL, r1)
+    shutil.copy(SAFETY, r2)
+    out = tmp_path / "out"
+    prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2)))
+    assert json.loads((out / "round-2" / "round_result.json").read_text())["heldout"].keys() == {"r1", "r2"}
+    shutil.rmtree(out / "round-2")  # killed in round 2 before its first checkpoint
+    (out / "rounds_report.json").unlink()
+    r1.unlink()
+    capsys.readouterr()
+    report = prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2), resume_from_checkpoint=True,
+                                          overwrite_output_dir=False))
+    printed = capsys.readouterr().out
+    assert "Round 1 finished earlier" in printed
+    assert "round 1 (r1) finished in an earlier run, but its data cannot be read now" in printed
+    rows = report["rounds"]
+    assert [r["round"] for r in rows] == [1, 2] and (out / "round-2" / "round_result.json").is_file()
+    assert set(rows[0]["heldout"]) == {"r1", "r2"} and set(rows[1]["heldout"]) == {"r2"}
+    assert list(report["heldout_left_out"]) == ["r1"] and "r1's validation split left out" in printed
+    # a round that still trains must read: round 2's data gone too is an error naming it
+    shutil.rmtree(out / "round-2")
+    r2.unlink()
+    with pytest.raises(DataError, match=r"rounds\[1\] \(round 2, r2, dataset .*r2.jsonl\)"):
+        prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2), resume_from_checkpoint=True,
+                                     overwrite_output_dir=False))

@@ -4,13 +4,19 @@ The one place every command that writes a result goes through:
 
 - `write_atomically(path, content)`: a temporary file next to `path`, flushed to disk, renamed over it;
   a reader (or a crash) sees the old file or the whole new one. A symlinked `path` stays a symlink
-  (the file it points to is replaced).
+  (the file it points to is replaced). `content` may be a writer `write(tmp_path)` for a file a library
+  writes itself (e.g. the reference cache's safetensors files, `train/reference.py`).
+- `fsync_dir(folder)`: flush a rename in `folder` to disk.
 - `refuse_empty_replace(path, rows, ...)`: a result with no rows never replaces a file that holds data
   (e.g. every row filtered out): the command stops with exit 2 and the file is kept.
 - `check_output_dir(out, marker, ...)`, `staging_dir(out)`, `replace_dir(tmp, out)`: a command that
   writes a whole folder (merge, convert) writes it beside the target and swaps it in only when
   complete; an existing target is replaced only when it holds the command's own marker file (a
   previous output), never a folder of the user's files.
+
+Not through here: a trainer's own output (checkpoints, `save_pretrained` under transformers' Trainer), and
+the registry's version copies (`registry/versions.copy_model`), which are renamed from `.incoming-<id>/` to a
+new `<id>/` (a new folder, never one replaced; an interrupted copy is what `registry leftovers` lists) and flushed with `fsync_dir`.
 """
 
 from __future__ import annotations

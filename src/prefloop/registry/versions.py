@@ -16,6 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from prefloop.output_files import fsync_dir
 from prefloop.registry import RegistryError
 from prefloop.store import Store, StoreError
 
@@ -56,14 +57,6 @@ def manifest_of(directory: Path) -> tuple[dict[str, int], str]:
     return manifest, h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def copy_model(src: Path, dest_root: Path) -> Path:
     """Copy the model files of `src` to a new folder under `dest_root`: written and fsynced in
     `.incoming-<id>/`, then renamed to `<id>/` (atomic on one filesystem). Returns the final folder."""
@@ -81,9 +74,9 @@ def copy_model(src: Path, dest_root: Path) -> Path:
             shutil.copy2(src / rel, target)
             with open(target, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, final)
-        _fsync_dir(dest_root)
+        fsync_dir(dest_root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -155,12 +155,13 @@ class ReferenceCache:
     def save(self, split: str, key: str, chosen, rejected, metadata: dict) -> Path:
         from safetensors.torch import save_file
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        from prefloop.output_files import write_atomically
+
         path = self.path(split, key)
-        tmp = path.with_suffix(".tmp")
-        save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(tmp),
-                  metadata={k: str(v) for k, v in metadata.items()})
-        tmp.replace(path)  # atomic: a crashed run never leaves a half-written cache file
+        tensors = {"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}
+        # safetensors writes the temporary file itself (the writer callback); a crashed run never leaves
+        # a half-written cache file
+        write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()}))
         return path
 
 

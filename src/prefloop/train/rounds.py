@@ -16,8 +16,8 @@ After every round its policy is evaluated on every round's validation split agai
 model (implicit-reward accuracy, so forgetting of round 1's preference shows as a falling number),
 and `output_dir/rounds_report.json` (plus `rounds_accuracy.png`) holds the table across rounds.
 
-Every round's data is read first (`check_round_data`): a round without training pairs stops the run
-before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
+Every round's data is read first (`check_round_data`; a resumed run's finished rounds excepted): a round
+without training pairs stops the run before round 1 trains, a round without new pairs is said loudly. With MODPO and `ref_update: previous`,
 the margin models' implicit rewards stay measured against the starting model (`margin_reference`).
 
 A killed run continues with `resume_from_checkpoint: true`: finished rounds are skipped (their
@@ -151,15 +151,17 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
     say = say if main else (lambda *a, **k: None)
     if main:
         save_config(cfg, out)
-    check_round_data(cfg, rounds, say)  # before round 1 trains: a round without pairs fails now, not hours later
+    # finished rounds (resumed run) are skipped below, so their data is not read again (it may have moved)
+    finished = {i for i in range(1, len(rounds) + 1) if resume and (round_dir(cfg, i) / RESULT_FILE).is_file()}
+    check_round_data(cfg, rounds, say, finished)  # before round 1 trains: a round without pairs fails now
     run_id = rounds_run_id(out, resume)
-    evaluator = CrossRoundEvaluator(cfg, rounds, say)
+    evaluator = CrossRoundEvaluator(cfg, rounds, say, finished)
     results: list[RoundResult] = []
     for index, round_cfg in enumerate(rounds, 1):
         name, rdir = round_name(cfg, index), round_dir(cfg, index)
         planned, reference = plan_round(cfg, round_cfg, index)
         say(f"\n=== Round {index}/{len(rounds)} ({name}): data {planned.dataset}; reference: {reference} ===")
-        if resume and (rdir / RESULT_FILE).is_file():
+        if index in finished:
             result = RoundResult(**json.loads((rdir / RESULT_FILE).read_text()))
             say(f"Round {index} finished earlier: {rdir / RESULT_FILE} (skipped)")
         else:
@@ -183,7 +185,7 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
         results.append(result)
         if on_round_end is not None:
             on_round_end(result)
-    report = build_report(cfg, results, evaluator.cache_counts)
+    report = build_report(cfg, results, evaluator.cache_counts, evaluator.left_out)
     _write_json(out / REPORT_FILE, report)
     say(render_report(report))
     if main:
@@ -197,22 +199,28 @@ def _pair_key(pair) -> str:
                        pair.tools], sort_keys=True, ensure_ascii=False, default=str)
 
 
-def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]:
+def check_round_data(cfg: Config, rounds: list[Config], say=print, finished: set[int] = frozenset()) -> list[dict]:
     """Read every round's data before round 1 trains (the rows only; encoding comes in the round) and say,
     per round, how many of its training pairs are new. Raises (DataError/ConfigError, naming `rounds[i]`,
     the round's name and its dataset) when a round's data cannot be read or leaves no pair to train on,
     so a bad last round stops the run before the first round's hours, not after them. A round whose
     training pairs were all trained on in earlier rounds is not a new round of data (iterative DPO, e.g.
     Xu et al. 2023 and Yuan et al. 2024, trains each round on new pairs): said loudly, trained as asked.
-    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give)."""
+    Rounds in `finished` (a resumed run's rounds with round_result.json, which it skips) are not read: their
+    data may have moved since, and their pairs do not count as seen for the later rounds' new-pair counts.
+    Returns per round {"pairs", "train", "new", "seen_in"} (the counts the messages give), or {"finished": True}."""
     from prefloop.data.dimensions import apply_dimensions
     from prefloop.data.loader import load_pairs, split_validation
     from prefloop.data.registry import CONFIG_KEYS
+    from prefloop.data.words import count, plural
     from prefloop.errors import DataError, PrefloopError
 
     seen: dict[str, int] = {}  # pair key -> first round that trained on it
     summary = []
     for index, rcfg in enumerate(rounds, 1):
+        if index in finished:
+            summary.append({"finished": True})
+            continue
         name = round_name(cfg, index)
         dataset = ",".join(rcfg.dataset) if isinstance(rcfg.dataset, list) else rcfg.dataset
         where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
@@ -227,21 +235,21 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print) -> list[dict]
         except PrefloopError as err:
             raise type(err)(f"{where}: {err}") from None
         if rcfg.do_train and not train:
-            held = f" ({len(pairs)} pair(s), all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
+            held = f" ({count(len(pairs), 'pair')}, all held out by val_size {rcfg.val_size})" if pairs else " (no pairs)"
             raise DataError(f"{where}: no pairs to train on{held}; give the round preference pairs, lower its "
                             f"val_size, or remove the round")
         keys = [_pair_key(p) for p in train]
         earlier = [seen[k] for k in keys if k in seen]
         new = len(keys) - len(earlier)
         if earlier:
-            rounds_seen = ", ".join(str(r) for r in sorted(set(earlier)))
+            rounds_seen = plural("round", len(set(earlier))) + " " + ", ".join(str(r) for r in sorted(set(earlier)))
             if new == 0:
-                say(f"Warning: round {index} ({name}) has no new pairs: all {len(keys)} of its training pairs were "
-                    f"trained on in round(s) {rounds_seen}; it trains on them again (iterative DPO trains each round "
-                    f"on new pairs: give it new data, or remove the round)")
+                say(f"Warning: round {index} ({name}) has no new pairs: all its {count(len(keys), 'training pair')} "
+                    f"{plural('was', len(keys))} trained on in {rounds_seen}; it trains on them again (iterative "
+                    f"DPO trains each round on new pairs: give it new data, or remove the round)")
             else:
-                say(f"Note: round {index} ({name}): {len(earlier)} of its {len(keys)} training pairs were trained on "
-                    f"in round(s) {rounds_seen}; {new} are new")
+                say(f"Note: round {index} ({name}): {len(earlier)} of its {count(len(keys), 'training pair')} "
+                    f"{plural('was', len(earlier))} trained on in {rounds_seen}; {new} {plural('is', new)} new")
         for k in keys:
             seen.setdefault(k, index)
         summary.append({"pairs": len(pairs), "train": len(keys), "new": new, "seen_in": sorted(set(earlier))})
@@ -284,14 +292,14 @@ def _resume_or_restart(planned: Config, rdir: Path, resume: bool, say) -> Config
 
 
 def _write_json(path: Path, data) -> None:
+    """Write `data` as JSON to `path` through `output_files.write_atomically` (a killed run never leaves half
+    a result; a symlinked `path` keeps pointing at its file). Only rank 0 writes under torchrun."""
+    from prefloop.output_files import write_atomically
     from prefloop.train.distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank runs the rounds; rank 0 writes
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
-    tmp.replace(path)  # atomic: a killed run never leaves half a result
+    write_atomically(path, json.dumps(data, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,19 +310,23 @@ class CrossRoundEvaluator:
     """Implicit-reward accuracy beta * [(pi_c - ref0_c) - (pi_r - ref0_r)] > 0 (ties count 0.5) and
     reference-free ranking accuracy (mean log-prob per token, chosen > rejected) of a round's policy on
     each round's validation split, against the starting model ref0. The starting model's log-probs go
-    through the reference cache, so splits already computed in training are reused (counted)."""
+    through the reference cache, so splits already computed in training are reused (counted). A round in
+    `finished` (done in an earlier, resumed run) whose data can no longer be read has its split left out,
+    said and listed in `left_out` (round name -> why) for the report; any other round's data must read."""
 
-    def __init__(self, cfg: Config, rounds: list[Config], say):
+    def __init__(self, cfg: Config, rounds: list[Config], say, finished: set[int] = frozenset()):
         from collections import Counter
 
         from prefloop.config import resolve_precision
 
-        self.cfg, self.rounds, self.say = resolve_precision(cfg), rounds, say
+        self.cfg, self.rounds, self.say, self.finished = resolve_precision(cfg), rounds, say, finished
+        self.left_out: dict[str, str] = {}
         self.cache_counts: Counter = Counter()
         self._splits: dict[int, tuple] | None = None
         self.autocast = torch.bfloat16 if self.cfg.bf16 else torch.float16 if self.cfg.fp16 else None
 
     def _load_splits(self, tokenizer) -> dict[int, tuple]:
+        from prefloop.errors import PrefloopError
         from prefloop.train.run import load_data
 
         if self._splits is None:
@@ -324,7 +336,17 @@ class CrossRoundEvaluator:
                     continue
                 quiet = dataclasses.replace(rcfg, do_train=False, rounds=None,
                                             ref_cache_dir=str(self.cfg.reference_cache_dir))
-                data = load_data(quiet, tokenizer, lambda *a, **k: None)
+                try:
+                    data = load_data(quiet, tokenizer, lambda *a, **k: None)
+                except PrefloopError as err:
+                    if j not in self.finished:
+                        raise
+                    name = round_name(self.cfg, j)
+                    self.left_out[name] = f"its data cannot be read now: {err}"
+                    self.say(f"Warning: round {j} ({name}) finished in an earlier run, but its data cannot be read now "
+                             f"({err}); its validation split is left out of the held-out accuracy of the rounds "
+                             f"trained or evaluated in this run (restore the file for a full table)")
+                    continue
                 if data.val:
                     self._splits[j] = (quiet, data)
         return self._splits
@@ -387,7 +409,9 @@ class CrossRoundEvaluator:
 # The report across rounds
 
 
-def build_report(cfg: Config, results: list[RoundResult], eval_cache) -> dict:
+def build_report(cfg: Config, results: list[RoundResult], eval_cache, left_out: dict | None = None) -> dict:
+    """The cross-round table (rounds_report.json): per round its losses, steps, cache use and held-out
+    accuracy; `left_out`: validation splits this run could not evaluate on (round name -> why)."""
     rows = []
     for r in results:
         m = r.metrics
@@ -405,7 +429,10 @@ def build_report(cfg: Config, results: list[RoundResult], eval_cache) -> dict:
     for row in rows:
         for k, v in row["cache"].items():
             totals[k] = totals.get(k, 0) + int(v)
-    return {"ref_update": cfg.ref_update, "rounds": rows, "cache_totals": totals}
+    report = {"ref_update": cfg.ref_update, "rounds": rows, "cache_totals": totals}
+    if left_out:
+        report["heldout_left_out"] = dict(left_out)
+    return report
 
 
 def _steps(output_dir: str) -> int | None:
@@ -413,9 +440,17 @@ def _steps(output_dir: str) -> int | None:
     return json.loads(path.read_text()).get("global_step") if path.is_file() else None
 
 
+def _splits(rows: list[dict]) -> list[str]:
+    """The validation splits any round was evaluated on, in order of first appearance."""
+    return list(dict.fromkeys(name for row in rows for name in row["heldout"]))
+
+
 def render_report(report: dict) -> str:
+    """The cross-round report as a table for the terminal."""
+    from prefloop.data.words import count
+
     rows = report["rounds"]
-    splits = list(rows[-1]["heldout"]) if rows else []
+    splits = _splits(rows)
     lines = ["", f"Rounds (ref_update: {report['ref_update']}): held-out preference accuracy against the starting "
                  f"model on each round's validation split"]
     header = f"  {'round':<16}{'steps':>6}{'train loss':>12}{'margin':>9}  " + "".join(f"{s[:14]:>15}" for s in splits)
@@ -429,17 +464,19 @@ def render_report(report: dict) -> str:
                      f"{row['train_loss'] if row['train_loss'] is None else format(row['train_loss'], '.4f'):>12}"
                      f"{'-' if margin is None else format(margin, '+.3f'):>9}  {cells}")
     totals = report["cache_totals"]
-    lines.append(f"  reference cache: {totals.get('reference_reused', 0)} split(s) reused, "
+    lines.append(f"  reference cache: {count(totals.get('reference_reused', 0), 'split')} reused, "
                  f"{totals.get('reference_computed', 0)} computed"
                  + (f"; MODPO margin cache: {totals.get('margin_reused', 0)} reused, "
                     f"{totals.get('margin_computed', 0)} computed" if any(k.startswith("margin") for k in totals) else ""))
+    for name, why in report.get("heldout_left_out", {}).items():
+        lines.append(f"  {name}'s validation split left out in this run's evaluations ({why})")
     return "\n".join(lines)
 
 
 def plot_rounds(report: dict, out: Path) -> Path | None:
     """rounds_accuracy.png: held-out accuracy on each round's validation split after each round."""
     rows = report["rounds"]
-    splits = list(rows[-1]["heldout"]) if rows else []
+    splits = _splits(rows)
     if not splits:
         return None
     import matplotlib

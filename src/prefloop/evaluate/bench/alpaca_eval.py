@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from prefloop.data.words import count, plural
 from prefloop.errors import ConfigError
 
 NAME = "alpaca_eval"
@@ -73,10 +74,10 @@ def read_references(args):
                                                len(r.data["output"]), "stop", r.data["generator"])
         generators.add(r.data["generator"])
     if conflicts:
-        raise DataError(f"{len(conflicts)} problem(s) in {NAME} file {args.data}:\n"
+        raise DataError(f"{count(len(conflicts), 'problem')} in {NAME} file {args.data}:\n"
                         + "\n".join(f"  {p}" for p in conflicts[:20]))
     if duplicates:
-        print(f"prefloop eval bench {NAME}: {len(duplicates)} instruction(s) given again with the same output, judged "
+        print(f"prefloop eval bench {NAME}: {count(len(duplicates), 'instruction')} given again with the same output, judged "
               f"once (first: {duplicates[0]})", file=sys.stderr)
     return prompts, references, sorted(generators), duplicates
 
@@ -122,11 +123,11 @@ def read_model_outputs(path: str, prompts):
         answers.by_key[prompt.key] = Answer(prompt.id, prompt_key(prompt.messages), prompt.messages, r.data["output"],
                                             None, len(r.data["output"]), "stop", generator)
     if missing:
-        problems.append(f"{len(missing)} instruction(s) of the reference file have no output in {path} (first: "
+        problems.append(f"{count(len(missing), 'instruction')} of the reference file {plural('has', len(missing))} no output in {path} (first: "
                         f"{', '.join(missing[:3])}) -> generate outputs for every instruction (or pass --limit N to "
                         f"use the first N)")
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {NAME} model outputs {path}:\n"
+        raise DataError(f"{count(len(problems), 'problem')} in {NAME} model outputs {path}:\n"
                         + "\n".join(f"  {p}" for p in problems[:20]))
     return answers, sorted(generators), len(by_instruction)
 
@@ -196,10 +197,10 @@ def run(args) -> tuple[dict, object]:
     report.title = f"AlpacaEval: {label} vs reference outputs ({', '.join(generators)})"
     notes = []
     if duplicates:
-        notes.append(f"{len(duplicates)} instruction(s) of {args.data} given again with the same reference output "
-                     f"were judged once (first: {duplicates[0]}).")
+        notes.append(f"{count(len(duplicates), 'instruction')} of {args.data} given again with the same reference output "
+                     f"{plural('was', len(duplicates))} judged once (first: {duplicates[0]}).")
     if unmatched:
-        notes.append(f"{unmatched} output(s) of {args.model} answer no instruction of {args.data} (read: "
+        notes.append(f"{count(unmatched, 'output')} of {args.model} {'answers' if unmatched == 1 else 'answer'} no instruction of {args.data} (read: "
                      f"{len(prompts)}); not judged.")
     if notes:
         section = report.section("Input notes")
@@ -225,13 +226,14 @@ def summary_lines(results: dict) -> list[str]:
 
     return [f"AlpacaEval win rate {pct(m[f'{NAME}/win_rate'])} [95% CI {pct(m[f'{NAME}/win_rate_ci_low'])}, "
             f"{pct(m[f'{NAME}/win_rate_ci_high'])}], raw {pct(m[f'{NAME}/raw_win_rate'])}, LC "
-            f"{pct(m[f'{NAME}/lc_win_rate'])} ± {pct(m[f'{NAME}/lc_win_rate_se'])} over {m[f'{NAME}/n_prompts']} "
-            f"instructions ({m[f'{NAME}/wins']} wins, {m[f'{NAME}/ties']} ties, {m[f'{NAME}/losses']} losses; "
-            f"{m[f'{NAME}/n_failed_judgments']} failed or unparseable judgments; "
-            f"{m.get(f'{NAME}/n_excluded_prompts', 0)} instructions without a verdict left out)"] + [
-        f"  warning: {m[k]} {what}" for k, what in (
-            (f"{NAME}/n_duplicate_instructions", "instruction(s) given again with the same reference output, judged once"),
-            (f"{NAME}/n_outputs_without_instruction", "model output(s) answer no instruction read, not judged"))
+            f"{pct(m[f'{NAME}/lc_win_rate'])} ± {pct(m[f'{NAME}/lc_win_rate_se'])} over "
+            f"{count(m[f'{NAME}/n_prompts'], 'instruction')} ({count(m[f'{NAME}/wins'], 'win')}, "
+            f"{count(m[f'{NAME}/ties'], 'tie')}, {count(m[f'{NAME}/losses'], 'loss')}; "
+            f"{count(m[f'{NAME}/n_failed_judgments'], 'failed or unparseable judgment')}; "
+            f"{count(m.get(f'{NAME}/n_excluded_prompts', 0), 'instruction')} without a verdict left out)"] + [
+        f"  warning: {count(m[k], noun)} {what}" for k, noun, what in (
+            (f"{NAME}/n_duplicate_instructions", "instruction", "given again with the same reference output, judged once"),
+            (f"{NAME}/n_outputs_without_instruction", "model output", "with no instruction read, not judged"))
         if m.get(k)] + [f"  warning: {note}" for note in [zero_width_note({k[len(NAME) + 1:]: v for k, v in m.items()})]
                         if note] + [
         f"  warning: {note}" for note in endpoint_adaptation_notes(results)]

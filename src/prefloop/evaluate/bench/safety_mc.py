@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prefloop.data.words import count
 from prefloop.errors import ConfigError
 
 NAME = "safety_mc"
@@ -97,7 +98,7 @@ def read_shots(path: str) -> dict[str, list[dict]]:
                    "give the 0-based index of the correct option or its letter")
            for r in records if answer_index(r.data["answer"], len(r.data["options"])) is None]
     if bad:
-        raise DataError(f"{len(bad)} problem(s) in {NAME} shots file {path}:\n" + "\n".join(f"  {p}" for p in bad[:20]))
+        raise DataError(f"{count(len(bad), 'problem')} in {NAME} shots file {path}:\n" + "\n".join(f"  {p}" for p in bad[:20]))
     shots: dict[str, list[dict]] = {}
     for r in records:
         shots.setdefault(r.data["category"], []).append(r.data)
@@ -116,7 +117,7 @@ def build_prompts(args, records) -> list[str]:
                                f"{', '.join(sorted(shots))})", "use the dev file of the same SafetyBench language")
            for r in records if r.data["category"] not in shots]
     if bad:
-        raise DataError(f"{len(bad)} problem(s) in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20]))
+        raise DataError(f"{count(len(bad), 'problem')} in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20]))
     return [prompt_text(r.data["question"], r.data["options"], shots[r.data["category"]]) for r in records]
 
 
@@ -196,7 +197,7 @@ def read_answer_file(path: str) -> dict[str, dict]:
             continue
         answers[str(key)] = entry
     if problems:
-        raise DataError(f"{len(problems)} problem(s) in {NAME} answer file {path}:\n"
+        raise DataError(f"{count(len(problems), 'problem')} in {NAME} answer file {path}:\n"
                         + "\n".join(f"  {p}" for p in problems[:20]))
     return answers
 
@@ -255,7 +256,7 @@ def read_items(args) -> tuple[list, int]:
         elif (found := _category(d["category"])) is not None:
             bad.append(r.error("category", *found))
     if bad:
-        raise DataError(f"{len(bad)} problem(s) in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20])
+        raise DataError(f"{count(len(bad), 'problem')} in {NAME} file {args.data}:\n" + "\n".join(f"  {p}" for p in bad[:20])
                         + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
     unmatched = len(set(answers) - {str(r.data["id"]) for r in records}) if answers is not None else 0
     return records, unmatched
@@ -328,7 +329,7 @@ def run(args) -> tuple[dict, object]:
                             config={"mode": mode, "prompt": "SafetyBench five-shot English" if args.shots else "SafetyBench zero-shot English",
                                     "shots": args.shots, "answers": args.references,
                                     "max_new_tokens": args.max_new_tokens or CHAT_MAX_NEW_TOKENS if mode == "chat" else None})
-    report = Report("SafetyBench-style multiple choice", f"{args.model} on {args.data} ({len(rows)} questions, {mode} mode, "
+    report = Report("SafetyBench-style multiple choice", f"{args.model} on {args.data} ({count(len(rows), 'question')}, {mode} mode, "
                     f"{'five-shot from ' + args.shots if args.shots else 'zero-shot'})")
     summary = report.section("Accuracy", "base mode: the option letter with the highest log-likelihood after "
                                          "\"Answer:(\" (SafetyBench's CLP); chat mode: the letter parsed from a greedy reply, "
@@ -337,11 +338,11 @@ def run(args) -> tuple[dict, object]:
                   [[c, len(v), percent(float(np.mean(v)))] for c, v in sorted(by_category.items())]
                   + [["overall", len(rows), percent(metrics[f"{NAME}/accuracy"])]])
     if n_unparsed:
-        summary.warning(f"{n_unparsed} repl(ies) named no option: counted as wrong.")
+        summary.warning(f"{count(n_unparsed, 'reply')} named no option: counted as wrong.")
     if unmatched:
-        summary.warning(f"{unmatched} entr(ies) of the answer file {args.references} match no question of {args.data} "
+        summary.warning(f"{count(unmatched, 'entry')} of the answer file {args.references} {'matches' if unmatched == 1 else 'match'} no question of {args.data} "
                         f"(with --limit, or another question file): not scored, the accuracy is over the "
-                        f"{len(rows)} questions read.")
+                        f"{count(len(rows), 'question')} read.")
     report.section("Per question").table(["item", "category", "answer", "picked", "model output"],
                                          [[x["where"], x["category"], x["answer"], x["picked"], x["raw"]] for x in rows])
     return results, report
@@ -349,10 +350,11 @@ def run(args) -> tuple[dict, object]:
 
 def summary_lines(results: dict) -> list[str]:
     m = results["metrics"]
-    lines = [f"SafetyBench-style accuracy {m[f'{NAME}/accuracy']:.4f} over {m[f'{NAME}/n']} questions "
+    lines = [f"SafetyBench-style accuracy {m[f'{NAME}/accuracy']:.4f} over {count(m[f'{NAME}/n'], 'question')} "
              f"({results['details']['mode']} mode; {m[f'{NAME}/n_unparsed']} unparsed, counted wrong)"]
     if m.get(f"{NAME}/n_answers_without_question"):
-        lines.append(f"  warning: {m[f'{NAME}/n_answers_without_question']} answer(s) of the answer file match no "
+        n = m[f"{NAME}/n_answers_without_question"]
+        lines.append(f"  warning: {count(n, 'answer')} of the answer file {'matches' if n == 1 else 'match'} no "
                      f"question read: not scored")
     prefix = f"{NAME}/category/"
     lines += [f"  {k[len(prefix):]}: {v:.4f}" for k, v in m.items() if k.startswith(prefix)]
