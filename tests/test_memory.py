@@ -296,3 +296,54 @@ def test_a_whole_run_stays_under_its_predicted_peak(tmp_path, monkeypatch, capsy
     predicted = plan.predicted_bytes - planned["static"] + planned["optimizer"]
     measured = peak - at_plan
     assert measured <= predicted <= 2 * measured, (measured, predicted)
+
+
+def test_the_predicted_peak_bounds_a_sliding_window_fallback_step(tiny_tokenizer, monkeypatch):
+    """A sliding-window model (Mistral) whose long sequence is past the window: the packed / prefix-shared
+    batch runs as padded sequences (`_sequence_by_sequence`: sequences x the longest one, the prompt once per
+    answer), far more tokens than the packed row. The plan counts that layout (and probes it: the short probe
+    pair alone would take the packed path); it planned with the packed row's size, 2-3x too low here."""
+    import prefloop.train.memory as memory
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from prefloop.train.logps import decoder_tokens, window_binds
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=256, intermediate_size=512,
+                           num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, sliding_window=64,
+                           pad_token_id=tiny_tokenizer.pad_token_id, bos_token_id=None,
+                           eos_token_id=tiny_tokenizer.eos_token_id)
+    base = MistralForCausalLM(config)
+    base.config._attn_implementation = "sdpa"
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                            init_lora_weights=False))
+    model.train()
+    pairs = [_random_pair(20, 300, 10, 1)] + [_random_pair(20, 20, 20, seed) for seed in (2, 3, 4)]
+    batch = _collator()(pairs)
+    assert window_binds(model, batch) and not window_binds(model, _collator()(pairs[1:2]))
+    assert decoder_tokens(model, batch) == 8 * 320 > 3 * batch["input_ids"].numel()
+    planned = {}
+
+    def plan_and_note(footprint, static, tokens, budget):
+        planned.update(footprint=footprint, tokens=tokens)
+        return plan_checkpointing(footprint, static, tokens, budget)
+
+    monkeypatch.setattr(memory, "plan_checkpointing", plan_and_note)
+    auto_checkpointing(model, pairs, _collator(), batch_size=4, chunk_size=256, budget_gb=1000)
+    assert planned["tokens"] == decoder_tokens(model, batch)
+
+    def step():
+        out = pair_logps(model, batch, chunk_size=256)
+        (out.seq.chosen - out.seq.rejected).sum().backward()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))
+    try:
+        for layers in (0, 2, LAYERS):
+            checkpoint_layers(model, layers)
+            step()
+            measured = _peak_bytes(step)
+            predicted = predicted_bytes(planned["footprint"], 0.0, planned["tokens"], layers)
+            assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
+    finally:
+        torch.set_num_threads(threads)

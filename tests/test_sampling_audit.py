@@ -93,6 +93,42 @@ def test_top_k_limits_the_sampled_tokens():
     assert set(tokens) == {0, 1}
 
 
+def _ops_of_choose_tokens(params: SamplingParams, rows: int = 3) -> set[str]:
+    """The aten ops `choose_tokens` runs for `rows` rows with `params` (a dispatch mode records them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    logits = torch.randn(rows, 50)
+    gens = [torch.Generator().manual_seed(s) for s in range(rows)]
+    with Recorder() as recorder:
+        choose_tokens(logits, [params] * rows, gens)
+    return recorder.names
+
+
+def test_sampling_without_top_k_reads_nothing_back_and_sorts_nothing():
+    """Neither top_k nor top_p set (what serve and generate always send for top_k): no filter runs and no
+    value is read back from the device (`_local_scalar_dense`: a sync per decode step on a GPU). Before,
+    every step built a top_k tensor and tested `bool((top_k > 0).any())`."""
+    plain = _ops_of_choose_tokens(SamplingParams(temperature=0.7, seed=1))
+    assert not plain & {"_local_scalar_dense", "sort", "topk", "any"}, plain
+    top_p = _ops_of_choose_tokens(SamplingParams(top_p=0.9))  # top-p sorts, but reads nothing back either
+    assert "sort" in top_p and not top_p & {"_local_scalar_dense", "topk", "any"}, top_p
+
+
+def test_top_k_takes_the_k_largest_without_sorting_the_vocabulary():
+    ops = _ops_of_choose_tokens(SamplingParams(top_k=5))
+    assert "topk" in ops and "sort" not in ops, ops
+
+
 @pytest.fixture(scope="module")
 def gen(tiny_tokenizer):
     from prefloop.testing import build_tiny_model

@@ -288,6 +288,8 @@ def test_packed_and_prefix_shared_logps_keep_the_sliding_window(kind):
 
 
 def test_sliding_window_gradients_equal_the_padded_computation():
+    from prefloop.train.logps import window_binds
+
     tokenizer = build_tiny_tokenizer()
     model = to_float64(_sliding_model("mistral", tokenizer))
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
@@ -301,6 +303,8 @@ def test_sliding_window_gradients_equal_the_padded_computation():
 
     ref = grads(pair_logps_reference, "padded")
     for layout in ("packed", "prefix_shared", "packed_prefix_shared"):
+        # the window binds: these gradients are those of the sequence-by-sequence fallback
+        assert window_binds(model, collate_pairs(LONG_FEATURES, layout, tokenizer.pad_token_id)), layout
         fast = grads(lambda m, b: pair_logps(m, b, chunk_size=5), layout)
         for name in ref:
             norm = ref[name].abs().max().clamp(min=1e-3)

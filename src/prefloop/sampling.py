@@ -491,19 +491,28 @@ def sampling_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torc
     always stays). Filtered tokens get -inf. The same as transformers' TemperatureLogitsWarper,
     TopKLogitsWarper and TopPLogitsWarper (min_tokens_to_keep=1) applied in that order, as `generate`
     does, ties and the exact top-p boundary included: a token is dropped when the tokens above it
-    already hold `top_p`. `logits` (rows, vocab) float; the others (rows,)."""
+    already hold `top_p`. `logits` (rows, vocab) float; the others (rows,).
+
+    None skips a filter for every row, at no cost: the caller decides from its Python settings
+    (`choose_tokens`), so a step that filters nothing reads nothing back from the device. `top_k`
+    is best given on the CPU: its largest value (read there without a device sync) is how many
+    tokens `torch.topk` takes, not a sort of the whole vocabulary."""
     scaled = logits / temperature[:, None].to(logits.dtype)
-    if top_k is not None and bool((top_k > 0).any()):
-        k = top_k.clamp(max=scaled.shape[-1])
-        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1).clamp(min=0)[:, None].to(torch.long))
-        drop = (scaled < kth) & (k > 0)[:, None]
-        scaled = scaled.masked_fill(drop, float("-inf"))
-    if top_p is not None and bool((top_p < 1.0).any()):
+    if top_k is not None:
+        most = min(int(top_k.max()), scaled.shape[-1])
+        if most > 0:
+            k = top_k.to(scaled.device).clamp(max=scaled.shape[-1])
+            largest = scaled.topk(most, dim=-1).values  # descending: the k-th largest at k - 1, ties included
+            kth = largest.gather(1, (k - 1).clamp(min=0)[:, None].to(torch.long))
+            scaled = scaled.masked_fill((scaled < kth) & (k > 0)[:, None], float("-inf"))
+    if top_p is not None:
         # as TopPLogitsWarper: sorted ascending, drop the tokens whose cumulative probability from the bottom
         # is at most 1 - top_p (the mass above them is then at least top_p), keeping the most likely one
         sorted_logits, order = scaled.sort(dim=-1, descending=False)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # 1 - top_p in float64, then in the logits' precision: as transformers compares with a Python float
+        # 1 - top_p in float64, then in the logits' precision: as transformers compares with a Python float;
+        # a row at 1 (off) gets a threshold no cumulative probability is at or below
+        top_p = top_p.to(scaled.device)
         threshold = torch.where(top_p < 1.0, 1 - top_p.double(), -1.0).to(cumulative.dtype)
         drop = cumulative <= threshold[:, None]
         drop[:, -1] = False
@@ -522,9 +531,15 @@ def choose_tokens(logits: torch.Tensor, params: list["SamplingParams | None"], g
     if rows:
         device = logits.device
         index = torch.tensor(rows, device=device)
+        # top-k / top-p only when a row asks for them, decided here from the settings: no tensors, no work
+        # and no device sync for a batch that uses neither (the usual case)
+        top_k = top_p = None
+        if any(params[i].top_k > 0 for i in rows):
+            top_k = torch.tensor([params[i].top_k for i in rows])  # on the CPU: sampling_logits reads its max
+        if any(params[i].top_p < 1.0 for i in rows):
+            top_p = torch.tensor([params[i].top_p for i in rows], device=device, dtype=torch.float64)
         scaled = sampling_logits(logits[index], torch.tensor([params[i].temperature for i in rows], device=device),
-                                 torch.tensor([params[i].top_k for i in rows], device=device),
-                                 torch.tensor([params[i].top_p for i in rows], device=device, dtype=torch.float64))
+                                 top_k, top_p)
         noise = torch.empty_like(scaled)
         for k, i in enumerate(rows):
             noise[k].uniform_(generator=generators[i])

@@ -106,15 +106,15 @@ def packed_row_tokens(model) -> int | None:
     return ONE_ROW if backend in ("auto", "segments", "varlen", "flex") else None
 
 
-def _hidden_states(decoder, batch: dict) -> torch.Tensor:
+def _hidden_states(decoder, batch: dict, by_sequence: bool | None = None) -> torch.Tensor:
     """Last hidden states [R, L, d] for any layout.
 
     Packed / prefix-shared rows run the model's attention backend (`train/attention.py`): segment
     attention with the batch's plan, varlen attention with its gather/scatter layout or FlexAttention
     with a block mask (each built here once per batch), or (sdpa_mask, eager models) the equivalent
-    explicit 4D mask."""
+    explicit 4D mask; sequence by sequence where the sliding window binds (`by_sequence`, see `pair_logps`)."""
     extra = {}
-    if "attn_segments" in batch and window_binds(decoder, batch):
+    if "attn_segments" in batch and (window_binds(decoder, batch) if by_sequence is None else by_sequence):
         return _sequence_by_sequence(decoder, batch)
     if "attn_segments" in batch:
         segments, branches = batch["attn_segments"], batch["attn_branches"]
@@ -167,6 +167,35 @@ def window_binds(model, batch: dict) -> bool:
     return window is not None and int(batch["position_ids"].max()) + 1 > window
 
 
+def _sequence_pieces(batch: dict) -> list[tuple[int, list[int], int]]:
+    """The sequences of a packed / prefix-shared batch as (row, its columns in the row, how many leading
+    columns another sequence already gives): a whole sequence as it is; a prefix-shared pair as prompt+chosen
+    and prompt+rejected (the rejected one's prompt columns given by the chosen one)."""
+    pieces = []
+    for r, units in enumerate(batch["attn_plan"].rows):
+        for u in units:
+            head = list(range(u.start, u.start + u.shared))
+            chosen = list(range(u.start + u.shared, u.start + u.shared + u.chosen))
+            pieces.append((r, head + chosen, 0))
+            if u.rejected:
+                start = u.start + u.shared + u.chosen
+                pieces.append((r, head + list(range(start, start + u.rejected)), u.shared))
+    return pieces
+
+
+def decoder_tokens(model, batch: dict, by_sequence: bool | None = None) -> int:
+    """Token positions the decoder runs for `batch` in `pair_logps` (what its activations scale with): the
+    batch's own size, or, for a packed / prefix-shared batch computed sequence by sequence (`by_sequence`;
+    None: when `window_binds`), its sequences right-padded to the longest: sequences x longest length, each
+    prompt counted once per answer."""
+    if "attn_segments" not in batch:
+        return int(batch["input_ids"].numel())
+    if not (window_binds(model, batch) if by_sequence is None else by_sequence):
+        return int(batch["input_ids"].numel())
+    pieces = _sequence_pieces(batch)
+    return len(pieces) * max(len(cols) for _, cols, _ in pieces)
+
+
 _warned_window: set[int] = set()
 
 
@@ -183,15 +212,7 @@ def _sequence_by_sequence(decoder, batch: dict) -> torch.Tensor:
                        "prefix-shared batches holding one are computed as plain padded sequences (the same "
                        "log-probs, without the layout's speed-up)", window)
     input_ids, positions = batch["input_ids"], batch["position_ids"]
-    pieces = []  # (row, columns of the sequence, how many leading columns another sequence already gives)
-    for r, units in enumerate(batch["attn_plan"].rows):
-        for u in units:
-            head = list(range(u.start, u.start + u.shared))
-            chosen = list(range(u.start + u.shared, u.start + u.shared + u.chosen))
-            pieces.append((r, head + chosen, 0))
-            if u.rejected:
-                start = u.start + u.shared + u.chosen
-                pieces.append((r, head + list(range(start, start + u.rejected)), u.shared))
+    pieces = _sequence_pieces(batch)
     width = max(len(cols) for _, cols, _ in pieces)
     ids = input_ids.new_zeros(len(pieces), width)
     pos = positions.new_zeros(len(pieces), width)
@@ -343,7 +364,7 @@ def _per_sequence(token_values: torch.Tensor, seqs: torch.Tensor, num_seqs: int)
 
 
 def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alpha: float | None = None,
-               autocast_dtype: torch.dtype | None = None) -> PairLogps:
+               autocast_dtype: torch.dtype | None = None, by_sequence: bool | None = None) -> PairLogps:
     """Summed response log-probs of chosen and rejected for a batch from `collate_pairs` (any layout).
 
     `ld_alpha` (LD-DPO, Liu et al. 2024, "Length Desensitization in DPO"): response tokens beyond
@@ -352,13 +373,18 @@ def pair_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, ld_alph
     weighting (as in TRL 1.16, in the step and when precomputed): otherwise the implicit reward
     log pi/pi_ref of an untrained policy is not 0 but (alpha - 1) * log pi(y[l_p:]). Token counts
     are unweighted.
+
+    `by_sequence`: how a packed / prefix-shared batch runs: None (always, for log-probs) sequence by sequence
+    exactly when a sequence is longer than the sliding window (`window_binds`); True / False force one way
+    for `train/memory.py`'s probes, which must take the path of the batch they plan for (False on a batch the
+    window binds gives log-probs without the window: a memory probe's only).
     """
     decoder, head = decoder_and_head(model)
     batch_size = num_pairs(batch)
     seqs, offsets = batch["target_seqs"], batch["target_offsets"]
     softcap, scale = logit_softcap(model), logit_scale(model)
     with _autocast(batch["input_ids"].device, autocast_dtype):
-        hidden = _hidden_states(decoder, batch)
+        hidden = _hidden_states(decoder, batch, by_sequence)
         selected = hidden[batch["target_rows"], batch["target_cols"]]
         token_logps, logit_sums = response_token_logps(head, selected, batch["target_ids"], chunk_size, softcap,
                                                        scale)

@@ -12,9 +12,12 @@ not pay that. Here the footprint is measured, not guessed:
    block) are checkpointed during the probe, so the probe itself holds one layer's activations, not
    N: it must fit in the budget it plans for. A straight line through the two probes per token count
    gives bytes = fixed + per_token * tokens (the fixed part: e.g. bf16 copies of the weights under
-   autocast).
-2. `plan_checkpointing` predicts the peak at the run's largest batch (the `batch_size` longest pairs in
-   the run's layout) for k checkpointed layers:
+   autocast). Tokens are those the decoder runs (`logps.decoder_tokens`): a packed / prefix-shared batch
+   with a sequence longer than a sliding window runs as padded sequences (`logps._sequence_by_sequence`),
+   sequences x the longest one, and both probes take the largest batch's path.
+2. `plan_checkpointing` predicts the peak at the run's largest batch (`largest_batch`: the `batch_size`
+   pairs with the most tokens in the run's layout, or with the longest sequences where those cost more)
+   for k checkpointed layers:
        static + rest + (N - k) * layer + k * layer_input + working + (layer if k == N else 0)
    static = the memory in use now (CUDA: allocated; CPU: resident) + gradients and AdamW's two fp32
    states of the trainable weights; layer_input = the hidden state a checkpointed layer keeps;
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefloop.train.logps import decoder_and_head, fused_head, logit_softcap, pair_logps
+from prefloop.train.logps import decoder_and_head, decoder_tokens, fused_head, logit_softcap, pair_logps, window_binds
 
 GB = 1e9
 DEFAULT_BUDGET_SHARE = 0.9
@@ -168,13 +171,14 @@ def _count_saved(model, totals: dict):
             handle.remove()
 
 
-def _probe(model, batch: dict, chunk_size: int, autocast_dtype) -> dict:
+def _probe(model, batch: dict, chunk_size: int, autocast_dtype, by_sequence: bool | None = None) -> dict:
     totals: dict = {}
     was_training = model.training
     model.train()
     try:
         with torch.enable_grad(), _count_saved(model, totals):
-            out = pair_logps(model, batch, chunk_size=chunk_size, autocast_dtype=autocast_dtype)
+            out = pair_logps(model, batch, chunk_size=chunk_size, autocast_dtype=autocast_dtype,
+                             by_sequence=by_sequence)
         del out
     finally:
         model.train(was_training)
@@ -182,12 +186,14 @@ def _probe(model, batch: dict, chunk_size: int, autocast_dtype) -> dict:
 
 
 def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast_dtype=None,
-                      head_rows: int | None = None) -> Footprint:
+                      head_rows: int | None = None, by_sequence: bool | None = None) -> Footprint:
     """The saved-for-backward footprint from two probe batches (`collate_pairs` output on the model's
     device) with different token counts; see the module docstring. `head_rows`: the most response
     tokens a training batch has (the head's largest chunk is min(chunk_size, head_rows) rows; default
-    chunk_size). Raises ValueError when the probes have the same number of tokens."""
-    sizes = [int(b["input_ids"].numel()) for b in (small, large)]
+    chunk_size). `by_sequence`: the path both probes take through a sliding window (`pair_logps`; None:
+    each its own); tokens are the decoder's (`decoder_tokens`). Raises ValueError when the probes have the
+    same number of tokens."""
+    sizes = [decoder_tokens(model, b, by_sequence) for b in (small, large)]
     if sizes[0] == sizes[1]:
         raise ValueError("the two probe batches need different token counts")
     num_layers = len(decoder_layers(model))
@@ -195,7 +201,7 @@ def measure_footprint(model, small: dict, large: dict, chunk_size: int, autocast
     # the probe's own memory is one layer's, not N layers'.
     _checkpoint_only(model, set(range(1, num_layers)))
     try:
-        counts = [_probe(model, b, chunk_size, autocast_dtype) for b in (small, large)]
+        counts = [_probe(model, b, chunk_size, autocast_dtype, by_sequence) for b in (small, large)]
     finally:
         _checkpoint_only(model, set())
     per_layer = [c.get(0, 0) for c in counts]
@@ -271,6 +277,23 @@ def _tokens(feature: dict) -> int:
     return len(feature["prompt_ids"]) + len(feature["chosen_ids"]) + len(feature["rejected_ids"])
 
 
+def _longest_sequence(feature: dict) -> int:
+    return len(feature["prompt_ids"]) + max(len(feature["chosen_ids"]), len(feature["rejected_ids"]))
+
+
+def largest_batch(model, features: list[dict], collator, batch_size: int) -> tuple[dict, bool]:
+    """The run's batch with the most decoder tokens (`decoder_tokens`) and whether it runs sequence by
+    sequence (a sliding window binds: `window_binds`): the `batch_size` pairs with the most tokens, or, where
+    the window can bind, the `batch_size` with the longest sequences (padded sequence by sequence, its cost is
+    sequences x the longest), whichever costs more."""
+    candidates = [collator(sorted(features, key=lambda f: -_tokens(f))[:batch_size])]
+    candidates.append(collator(sorted(features, key=lambda f: -_longest_sequence(f))[:batch_size]))
+    paths = [("attn_segments" in b and window_binds(model, b)) for b in candidates]
+    costs = [decoder_tokens(model, b, path) for b, path in zip(candidates, paths)]
+    best = max(range(len(candidates)), key=costs.__getitem__)
+    return candidates[best], paths[best]
+
+
 def auto_checkpointing(model, features: list[dict], collator, batch_size: int, chunk_size: int,
                        autocast_dtype=None, budget_gb: float | None = None) -> CheckpointPlan:
     """Measure, plan and apply `gradient_checkpointing: auto` for training on `features` (encoded pairs)
@@ -281,15 +304,19 @@ def auto_checkpointing(model, features: list[dict], collator, batch_size: int, c
     if len(longest) < 2:
         raise ValueError("gradient_checkpointing: auto needs at least 2 training pairs to measure the footprint")
     checkpoint_layers(model, 0)
+    # The largest batch's path through a sliding window (packed / prefix-shared batches a window binds run
+    # as padded sequences) is the path both probes take, so the fitted line is that path's.
+    planned, by_sequence = largest_batch(model, features, collator, batch_size)
+    size = lambda b: decoder_tokens(model, b, by_sequence)  # noqa: E731
     # The shortest pair and the longest, as collated (a padded or packed layout can give pairs of different
     # lengths the same size); one pair and two when those are the same size.
     small, large = collator(longest[-1:]), collator(longest[:1])
-    if small["input_ids"].numel() >= large["input_ids"].numel():
+    if size(small) >= size(large):
         small, large = large, collator(longest[:2])
     responses = sorted((len(f["chosen_ids"]) + len(f["rejected_ids"]) for f in features), reverse=True)
     footprint = measure_footprint(model, move(small), move(large), chunk_size, autocast_dtype,
-                                  head_rows=sum(responses[:batch_size]))
-    tokens = int(collator(longest[:batch_size])["input_ids"].numel())
+                                  head_rows=sum(responses[:batch_size]), by_sequence=by_sequence)
+    tokens = size(planned)
     budget = budget_gb * GB if budget_gb else DEFAULT_BUDGET_SHARE * device_memory_bytes(device)
     plan = plan_checkpointing(footprint, static_bytes(model, device), tokens, budget)
     checkpoint_layers(model, plan.layers)
