@@ -91,6 +91,39 @@ def test_data_check_write_clean_with_every_pair_removed_keeps_the_old_clean_file
     assert "--write-clean" in capsys.readouterr().err
 
 
+def test_write_clean_onto_its_own_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """`data check messy.jsonl --skip-bad-rows --write-clean messy.jsonl` replaced the input: the skipped bad rows
+    (the ones the user was told to fix) were gone without a trace."""
+    data = tmp_path / "messy.jsonl"
+    text = (json.dumps({"prompt": "q", "chosen": "Good.", "rejected": "Bad."}) + "\n" + "{broken\n"
+            + json.dumps({"prompt": "q2", "chosen": None, "rejected": "x"}) + "\n")
+    data.write_text(text)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(data)
+    for target in (data, link):  # also through a symlink to it
+        assert main(["data", "check", str(data), "--skip-bad-rows", "--write-clean", str(target)]) == 2
+        assert data.read_text() == text
+        assert "is an input file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "check", "{data}", "--write-clean", "{dir}"],
+    ["data", "pairs-from-ratings", "{ratings}", "--out", "{dir}"],
+    ["generate", "--model", "{dir}", "--prompts", "{prompts}", "--out", "{dir}"],
+])
+def test_an_output_path_that_is_a_directory_is_a_clear_error(tmp_path, capsys, argv):
+    """--write-clean / --out given a folder: exit 2 saying to give a file (was an IsADirectoryError traceback)."""
+    files = {"data": tmp_path / "d.jsonl", "ratings": tmp_path / "r.jsonl", "prompts": tmp_path / "p.jsonl",
+             "dir": tmp_path / "folder"}
+    files["data"].write_text(json.dumps({"prompt": "q", "chosen": "Good.", "rejected": "Bad."}) + "\n")
+    files["ratings"].write_text("".join(json.dumps({"prompt": "q", "response": r, "helpfulness": h}) + "\n"
+                                        for r, h in (("Good.", 5), ("Bad.", 1))))
+    files["prompts"].write_text(json.dumps({"prompt": "q"}) + "\n")
+    files["dir"].mkdir()
+    assert main([a.format(**files) for a in argv]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
 def test_pairs_from_ratings_with_no_pairs_keeps_the_old_file(tmp_path, capsys):
     src = tmp_path / "hs.jsonl"
     src.write_text(json.dumps({"prompt": "Alone.", "response": "Only answer.", "helpfulness": 3}) + "\n")

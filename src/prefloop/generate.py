@@ -105,8 +105,11 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     from tqdm import tqdm
 
     _validate(n, temperature, top_p, max_new_tokens, batch_size, concurrency)
-    prompt_set = read_prompts(prompts)
     out_path = Path(out)
+    if out_path.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the JSONL file to write the candidates to "
+                          f"(e.g. {out_path / 'candidates.jsonl'})")
+    prompt_set = read_prompts(prompts)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     runs: dict = {}
     done, repaired = done_prompt_keys(out_path, runs)

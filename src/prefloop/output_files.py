@@ -41,8 +41,14 @@ def write_atomically(path: str | Path, content: Content) -> Path:
     Returns the path written (a symlink's target). The file keeps the permissions of the one it replaces.
     Where a rename cannot replace `path` (EXDEV/EBUSY: e.g. a single file bind-mounted into a container),
     the new content is copied over it in place instead, with a note on stderr (that write is not atomic).
-    On any error the temporary file is removed and `path` is as it was."""
+    On any error the temporary file is removed and `path` is as it was. A `path` that is a directory (or
+    whose folder is a file) is a ConfigError (exit 2) saying to give a file path."""
     target = Path(path).resolve()  # through a symlink: replace the file it points to, not the link
+    if target.is_dir():
+        raise ConfigError(f"{path} is a directory; give the path of a file to write (e.g. {Path(path) / 'out.jsonl'})")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{path}: {blocking} is a file, not a folder; give a path whose folders are folders")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

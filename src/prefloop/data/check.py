@@ -11,6 +11,7 @@ import json as jsonlib
 import statistics
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 from prefloop.data.formats import warning_lines, write_seed_jsonl
@@ -18,8 +19,8 @@ from prefloop.data.loader import LoadResult, load_pairs
 from prefloop.data.quality import QualityReport, run_quality_checks
 from prefloop.data.registry import CHECK_OPTIONS
 from prefloop.data.schema import REASONING_FIELDS, PreferencePair
-from prefloop.errors import ConfigError
 from prefloop.data.words import count, plural
+from prefloop.errors import ConfigError
 
 
 def distribution(values: Sequence[int]) -> dict[str, float]:
@@ -310,6 +311,10 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     if write_clean:
         from prefloop.output_files import refuse_empty_replace, write_atomically
 
+        if Path(write_clean).resolve() in {Path(f).resolve() for f in loaded.files}:
+            raise ConfigError(f"--write-clean {write_clean} is an input file of {dataset}: the pairs the checks "
+                              f"remove and the bad rows skipped ({loaded.skipped.count}) would be lost from it; "
+                              "write the clean copy to another file (and replace the input yourself once it is right)")
         clean = list(quality.clean(loaded.pairs))
         removed = ", ".join(f"{n} {c}" for c, n in sorted(quality.removed_by_check().items()))
         refuse_empty_replace(write_clean, len(clean), "--write-clean",

@@ -226,7 +226,8 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print, finished: set
         where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
         try:
             pairs = load_pairs(dataset, rcfg.dataset_dir, skip_bad_rows=rcfg.skip_bad_rows,
-                               max_samples=rcfg.max_samples, allow_empty=True, options=CONFIG_KEYS).pairs
+                               max_samples=rcfg.max_samples, allow_empty=True, options=CONFIG_KEYS,
+                               seed=rcfg.seed).pairs
             if rcfg.pref_dimensions:
                 pairs, _ = apply_dimensions(pairs, rcfg.pref_dimensions, rcfg.dimension_conflicts,
                                             rcfg.dimension_weighting)
