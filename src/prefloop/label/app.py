@@ -42,9 +42,15 @@ def read_auth_file(path: str) -> list[tuple[str, str]]:
 
 
 def parse_dimensions(text: str | None) -> list[str]:
-    if not text:
+    """The rating dimensions of `--dimensions "helpfulness,safety"`; [] when not given. Raises ConfigError for
+    an empty entry (",", "a,,b"), a name given twice, or one that is not a simple name."""
+    if text is None:
         return []
-    dims = [d.strip() for d in text.split(",") if d.strip()]
+    parts = [d.strip() for d in text.split(",")]
+    if not all(parts):
+        raise ConfigError(f"--dimensions {text!r} has an empty name; give names separated by commas, e.g. "
+                          "helpfulness,safety")
+    dims = parts
     if len(set(dims)) != len(dims):
         raise ConfigError(f"--dimensions {text!r} names a dimension twice")
     for dim in dims:
