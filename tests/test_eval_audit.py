@@ -346,3 +346,23 @@ def test_the_interval_names_its_method():
     assert interval.to_dict()["method"] == "percentile bootstrap, rows resampled with replacement"
     # ties count half, as alpaca_eval and FastChat's win_rate_adjusted: (2 + 0.5) / 4
     assert interval.estimate == pytest.approx(2.5 / 4)
+
+
+def test_another_evaluation_in_the_same_out_keeps_the_earlier_results(tmp_path, tiny_model_dir, capsys):
+    """eval bench into an --out that holds another run's results (another benchmark or mode) moved them to
+    OUT/previous/<created>/ instead of overwriting them silently; the same run again replaces its own."""
+    from prefloop.cli import main
+
+    out = tmp_path / "o"
+    common = ["--model", str(tiny_model_dir), "--out", str(out)]
+    assert main(["eval", "bench", "safety_mc", "--data", str(EXAMPLES / "safety_mc.json"), *common]) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main(["eval", "bench", "safety_mc", "--data", str(EXAMPLES / "safety_mc.json"), *common]) == 0
+    assert not (out / "previous").exists()  # a rerun of the same evaluation replaces its results
+    capsys.readouterr()
+    assert main(["eval", "bench", "truthfulqa_mc", "--data", str(EXAMPLES / "truthfulqa_mc.jsonl"), *common]) == 0
+    assert "held the results of another evaluation run" in capsys.readouterr().err
+    [kept] = list((out / "previous").iterdir())
+    assert json.loads((kept / "results.json").read_text())["benchmark"] == first["benchmark"] == "safety_mc"
+    assert (kept / "report.md").is_file() and "safety" in (kept / "report.md").read_text().lower()
+    assert json.loads((out / "results.json").read_text())["benchmark"] == "truthfulqa_mc"

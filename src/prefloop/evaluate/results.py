@@ -166,8 +166,50 @@ def write_results(out_dir: str | Path, results: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
+    _keep_another_runs_results(out, results)
     write_atomically(path, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return path
+
+
+REPORT_FILES = ("report.md", "report.html")
+
+
+def run_identity(results: dict) -> dict:
+    """What makes two results the same evaluation run: kind, benchmark, the models (path, adapter, endpoint,
+    name), the data file and the settings. A rerun with the same identity replaces its results."""
+    models = {role: {k: m.get(k) for k in ("path", "adapter", "url", "name")} if isinstance(m, dict) else m
+              for role, m in (results.get("models") or {}).items()}
+    data = results.get("data") if isinstance(results.get("data"), dict) else {}
+    return {"kind": results.get("kind"), "benchmark": results.get("benchmark"), "models": models,
+            "data": data.get("path"), "config": results.get("config")}
+
+
+def _keep_another_runs_results(out: Path, results: dict) -> None:
+    """Before `results` replace OUT/results.json: when that file holds another run's results (another
+    benchmark, model, data or settings: `run_identity`), move it, its reports and figures into
+    OUT/previous/<its created time>/ with a note on stderr, so an evaluation never silently overwrites a different one."""
+    import shutil
+    import sys
+
+    old_path = out / RESULTS_FILE
+    if not old_path.is_file():
+        return
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and run_identity(old) == run_identity(results):
+        return  # the same evaluation run again: its results are replaced
+    stamp = str(old.get("created") if isinstance(old, dict) else "") or _dt.datetime.now().isoformat()
+    keep = out / "previous" / "".join(c if c.isalnum() or c in "-_" else "-" for c in stamp)
+    while keep.exists():
+        keep = keep.with_name(keep.name + "-1")
+    keep.mkdir(parents=True)
+    for name in (RESULTS_FILE, *REPORT_FILES, "figures"):
+        if (out / name).exists():
+            shutil.move(str(out / name), keep / name)
+    print(f"prefloop: {out} held the results of another evaluation run; moved them to {keep} (give each run its "
+          f"own --out to keep them apart)", file=sys.stderr)
 
 
 def _lc_fits(results: dict) -> list[dict]:
