@@ -149,6 +149,21 @@ def test_num_samples_draws_at_random_and_repeats_as_llama_factory(tmp_path):
     assert [p.id for p in capped.pairs] == [p.id for p in load({"num_samples": 10}).pairs][:3]
 
 
+def test_a_mapped_column_no_record_has_is_one_error_naming_the_mapping(tmp_path):
+    """dataset_info.json "columns": {"chosen": "better"} with rows that have no "better": one error naming the
+    mapping and the fields the rows do have (was one "missing field 'better'" line per row)."""
+    jsonl(tmp_path / "a.jsonl", [{"instruction": f"q{i}", "input": "", "chosen": "good", "rejected": "bad"}
+                                 for i in range(12)])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"prefs": {
+        "file_name": "a.jsonl", "ranking": True,
+        "columns": {"prompt": "instruction", "query": "input", "chosen": "better", "rejected": "rejected"}}}))
+    with pytest.raises(DataError) as err:
+        load_pairs("prefs", str(tmp_path))
+    message = str(err.value)
+    assert "declares the column 'chosen': 'better', but no record" in message
+    assert "its fields: chosen, input, instruction, rejected" in message and message.count("better") == 1
+
+
 def test_misspelt_and_unread_fields_are_counted_and_named(tmp_path, capsys):
     rows = [trl(1, sytem="be brief"), trl(2, sytem="be brief"), trl(3, histroy=[["a", "b"]]), trl(4, history=[["a", "b"]]),
             trl(5, prompt_id="x1", model="m"), trl(6)]

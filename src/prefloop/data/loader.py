@@ -367,10 +367,12 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     known_fields = (*KNOWN_FIELDS, *source.spec.columns.values())
     score_fields = {key for both in SCORE_FIELDS for key in both}
     typos: dict[str, str | None] = {}
-    # Optional columns declared in dataset_info.json must be fields of the data: a misspelt "system"
-    # column would otherwise drop every system prompt without a word.
-    declared = {name: column for name, column in source.spec.columns.items() if name in _OPTIONAL_COLUMNS}
+    # Every column declared in dataset_info.json must be a field of the data: a misspelt "system" column would
+    # drop every system prompt without a word; a misspelt "chosen" one makes every row a bad row whose message
+    # ("missing field 'better'") does not point at the mapping.
+    declared = {name: column for name, column in source.spec.columns.items() if isinstance(column, str)}
     seen_keys: set[str] = set()
+    records = 0  # JSON objects looked at
     complete = True  # every record of every file was looked at
     for path in source.files:
         if limit is not None and read >= limit:
@@ -391,6 +393,7 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 problems.add(Problem(file_name, record_lines.location(kind, number), "",
                                      f"expected a JSON object, got {type(record).__name__}", FORMATS_HELP))
                 continue
+            records += 1
             if declared:
                 seen_keys.update(record)
             pending.clear()
@@ -430,12 +433,15 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
                 complete = False
                 break
     missing = {name: column for name, column in declared.items() if column not in seen_keys}
-    if missing and complete and read:
+    if missing and complete and records:
         names = ", ".join(f"{name!r}: {column!r}" for name, column in missing.items())
+        fields = sorted(seen_keys)
         raise DataError(
             f"dataset {source.name!r}: dataset_info.json declares {plural('the column', len(missing))} {names}, but no record of "
-            f"{', '.join(str(f) for f in source.files[:3])} has such a field; fix the {plural('column name', len(missing))} or remove "
-            f"{'it' if len(missing) == 1 else 'them'} from 'columns' (their text would be left out of every prompt)")
+            f"{', '.join(str(f) for f in source.files[:3])} has such a field (its fields: {', '.join(fields[:12])}); fix the "
+            f"{plural('column name', len(missing))} in 'columns'"
+            + (" or remove " + ("it" if len(missing) == 1 else "them") + " (their text would be left out of every prompt)"
+               if all(name in _OPTIONAL_COLUMNS for name in missing) else ""))
     return read
 
 
