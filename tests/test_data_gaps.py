@@ -267,3 +267,13 @@ def test_per_answer_scores_are_checked_and_compared_with_the_label(tmp_path, cap
     assert "did you mean 'chosen_score'?" in text
     assert main(["data", "check", str(data), "--skip-bad-rows"]) == 0
     assert "rate the rejected answer higher" in capsys.readouterr().out
+
+
+def test_a_sharegpt_row_without_its_turns_names_the_default_column(tmp_path):
+    """A sharegpt entry without columns reads 'conversations' (or 'messages'): the error named only 'messages'."""
+    jsonl(tmp_path / "s.jsonl", [{"dialogue": [{"from": "human", "value": "q"}],
+                                  "chosen": {"from": "gpt", "value": "a"}, "rejected": {"from": "gpt", "value": "b"}}])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"prefs": {"file_name": "s.jsonl", "ranking": True,
+                                                                      "formatting": "sharegpt"}}))
+    with pytest.raises(DataError, match=r"field 'conversations': missing field 'conversations' \(or 'messages'\)"):
+        load_pairs("prefs", str(tmp_path))

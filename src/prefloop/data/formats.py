@@ -620,6 +620,10 @@ class _ConversationReader:
     def __call__(self, record: Mapping[str, Any]) -> tuple[str, PreferencePair]:
         key = self.messages_key or ("conversations" if "conversations" in record else "messages")
         if key not in record:
+            if self.messages_key is None:  # sharegpt's default column is conversations; messages is read too
+                raise RecordError("conversations", "missing field 'conversations' (or 'messages')",
+                                  "add the prompt turns as a list under 'conversations' (or set columns.messages in "
+                                  "dataset_info.json to the field that holds them)")
             raise RecordError(key, f"missing field {key!r}", "add the prompt turns as a list (or set columns.messages in dataset_info.json)")
         prompt = self.roles.messages(record[key], key)
         prompt = _with_system(prompt, record.get(self.system_key), self.system_key)
