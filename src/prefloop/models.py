@@ -52,6 +52,11 @@ def load_tokenizer(path: str, key: str = "model_name_or_path"):
         raise _explain(path, err, "tokenizer", key) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from prefloop.data.template import repaired_builtin
+
+    repaired = repaired_builtin(tokenizer)  # a built-in template saved by an earlier prefloop, e.g. llama3 on Qwen
+    if repaired is not None:
+        tokenizer.chat_template = repaired
     return tokenizer
 
 
@@ -516,8 +521,13 @@ def training_template(adapter: str, tokenizer):
 def use_chat_template(tokenizer, template, generation_config=None) -> None:
     """Make a saved model carry the chat template it was trained with: the tokenizer's `chat_template` becomes
     `template`'s, and the template's end-of-turn tokens join the generation config's `eos_token_id`, so
-    `generate` (and vLLM, which reads generation_config.json) stops where the trained replies end."""
+    `generate` (and vLLM, which reads generation_config.json) stops where the trained replies end. The
+    tokenizer must then render sample conversations with transformers' `apply_chat_template` exactly as training
+    did (`check_saved_template`), else ConfigError."""
+    from prefloop.data.template import check_saved_template
+
     tokenizer.chat_template = template.source
+    check_saved_template(tokenizer, template, tokenizer, f"the tokenizer of {getattr(tokenizer, 'name_or_path', '')}")
     if generation_config is None:
         return
     eos = generation_config.eos_token_id
@@ -539,11 +549,13 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     the chat template training used) are saved beside it.
 
     `out` must be new, empty or an earlier merge output (it holds MERGE_MARKER): a folder of other files
-    is refused (exit 2), never overwritten. The model is written beside it and swapped in when complete."""
+    is refused (exit 2), never overwritten. The model is written beside it, its tokenizer loaded back and checked to render the chat
+    template as training did, and swapped in when complete."""
     import json
     import shutil
 
     from prefloop.adapters import resolve_base
+    from prefloop.data.template import check_saved_template
     from prefloop.output_files import check_output_dir, replace_dir, staging_dir
 
     base = resolve_base(adapter, base, flag="--base")  # recorded (absolute or hub id) unless --base is given
@@ -577,6 +589,10 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if template is not None:  # what transformers, generate and serve will load renders as training did
+            from transformers import AutoTokenizer  # as a transformers user (or vLLM) loads it: no repair
+
+            check_saved_template(AutoTokenizer.from_pretrained(staging), template, tokenizer, f"--out {out}")
         marker = {"adapter": str(Path(adapter).resolve()), "base": base, "notes": notes}
         (staging / MERGE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         replace_dir(staging, final)
