@@ -1,4 +1,7 @@
-"""A new user's trial: a built-in template on a tokenizer without BOS survives saving and merging."""
+"""A new user's trial: a built-in template on a tokenizer without BOS survives saving and merging; merge and
+convert never delete files the user added to an earlier output folder."""
+
+import json
 
 import pytest
 import yaml
@@ -7,7 +10,7 @@ from prefloop.adapters import record_base
 from prefloop.config import load_config
 from prefloop.data.template import BUILTIN_TEMPLATES, check_saved_template, get_template
 from prefloop.errors import ConfigError
-from prefloop.models import apply_finetuning, load_causal_lm, load_tokenizer, merge_command
+from prefloop.models import MERGE_MARKER, apply_finetuning, load_causal_lm, load_tokenizer, merge_command
 from prefloop.testing import CHATML_TEMPLATE, build_tiny_tokenizer
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
@@ -111,3 +114,48 @@ def test_a_broken_template_at_inference_gives_advice_an_inference_command_can_fo
     assert "it uses bos_token, which this tokenizer does not define" in message
     assert "To generate, serve or evaluate with this model, fix the chat_template" in message
     assert "tokenizer_config.json" in message and "`--template NAME` for `prefloop data check`" in message
+
+
+def test_merge_into_an_earlier_merge_output_keeps_the_users_files(tiny_model_dir, tmp_path):
+    """Was: the earlier output folder was swapped out whole, deleting a file the user had put there."""
+    adapter = _trained_adapter(tmp_path, tiny_model_dir)
+    out = tmp_path / "merged"
+    merge_command(str(adapter), str(out))
+    marker = json.loads((out / MERGE_MARKER).read_text())
+    assert sorted(marker["files"]) == sorted(p.name for p in out.iterdir())
+    merge_command(str(adapter), str(out))  # its own output: replaced
+    (out / "notes.md").write_text("my eval notes")
+    (out / "gguf").mkdir()
+    with pytest.raises(ConfigError, match=r"--out .* is an earlier merge output, but it also holds files merge did "
+                                          r"not write \(gguf/, notes.md\)"):
+        merge_command(str(adapter), str(out))
+    assert (out / "notes.md").read_text() == "my eval notes"
+
+
+def test_a_merge_marker_from_before_the_file_list_allows_only_model_files(tiny_model_dir, tmp_path):
+    adapter = _trained_adapter(tmp_path, tiny_model_dir)
+    out = tmp_path / "merged"
+    merge_command(str(adapter), str(out))
+    (out / MERGE_MARKER).write_text(json.dumps({"adapter": str(adapter), "base": str(tiny_model_dir)}))
+    merge_command(str(adapter), str(out))  # only what save_pretrained writes: an earlier merge, replaced
+    (out / MERGE_MARKER).write_text(json.dumps({"adapter": str(adapter), "base": str(tiny_model_dir)}))
+    (out / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"it also holds files merge did not write \(results.json\)"):
+        merge_command(str(adapter), str(out))
+    assert (out / "results.json").exists()
+
+
+def test_convert_into_an_earlier_conversion_keeps_the_users_files(tmp_path):
+    from prefloop.convert import MARKER, convert_gguf
+    from test_convert import write_tiny_llama_gguf
+
+    gguf = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "converted"
+    convert_gguf(gguf, out)
+    assert sorted(json.loads((out / MARKER).read_text())["files"]) == sorted(p.name for p in out.iterdir())
+    convert_gguf(gguf, out)
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"earlier convert output, but it also holds files convert did not write "
+                                          r"\(notes.md\)"):
+        convert_gguf(gguf, out)
+    assert (out / "notes.md").read_text() == "mine"
