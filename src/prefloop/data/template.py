@@ -297,6 +297,65 @@ def known_templates() -> list[str]:
     return list(BUILTIN_TEMPLATES)
 
 
+# The special-token variables a built-in template may use; prefloop renders a missing one as "".
+_TOKEN_VARIABLES = ("bos_token", "eos_token")
+
+
+def portable_source(source: str, tokenizer) -> str:
+    """A built-in template's `source` as it is saved with a model of `tokenizer`: each special-token variable it
+    uses that the tokenizer does not define (Qwen tokenizers have no BOS token) is bound to "" at its top, as
+    prefloop renders it in training. transformers' `apply_chat_template` (and vLLM, TGI) pass only the tokens a
+    tokenizer has, so without the binding a saved `llama3` template raised "'bos_token' is undefined" where
+    training had rendered no BOS. With every variable defined the source is returned unchanged."""
+    missing = [name for name in _TOKEN_VARIABLES if name in source and not getattr(tokenizer, name, None)]
+    return "".join("{% set " + name + " = '' %}" for name in missing) + source
+
+
+def repaired_builtin(tokenizer) -> str | None:
+    """The `portable_source` of the tokenizer's chat template when it is a built-in's source saved as it was
+    before the variables were bound (a model trained or merged by an earlier prefloop) and it needs them bound;
+    else None (the template is left as it is)."""
+    source = getattr(tokenizer, "chat_template", None)
+    if not isinstance(source, str) or not any(spec.source == source for spec in BUILTIN_TEMPLATES.values()):
+        return None
+    fixed = portable_source(source, tokenizer)
+    return fixed if fixed != source else None
+
+
+# Conversations `check_saved_template` renders: with and without a system prompt, several turns, the
+# generation prompt and a finished conversation (they alternate as mistral and gemma require).
+_SAVE_CHECKS = (
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}], True),
+    ([{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}], False),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "What is 2 + 2?"}], True),
+)
+
+
+def check_saved_template(saved_tokenizer, template: ChatTemplate, tokenizer, where: str) -> None:
+    """Check that a saved model renders prompts as it was trained: `saved_tokenizer` (the tokenizer as saved, or
+    loaded back from the saved folder `where`) renders sample conversations with transformers'
+    `apply_chat_template`, as `prefloop generate`, `serve`, vLLM and any transformers user will, and the text and
+    its token ids must be what `template` renders with the training `tokenizer`. Raises ConfigError (exit 2)
+    saying what differs; nothing claims the model "loads with transformers" unless this passed."""
+    for messages, generation_prompt in _SAVE_CHECKS:
+        expected = template.render(messages, add_generation_prompt=generation_prompt)
+        try:
+            got = saved_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as err:  # noqa: BLE001 - re-raised with what it means
+            raise ConfigError(
+                f"{where}: the saved chat template ({template.name}) fails in transformers' apply_chat_template: "
+                f"{err}; a model saved so could not be prompted outside prefloop. Choose another template "
+                f"(`template: NAME`, known: {', '.join(known_templates())}) or leave it unset to use the "
+                "tokenizer's own") from err
+        ids = tokenizer(expected, add_special_tokens=False)["input_ids"]
+        if got != expected or saved_tokenizer(got, add_special_tokens=False)["input_ids"] != ids:
+            raise ConfigError(
+                f"{where}: the saved tokenizer renders the {template.name} chat template differently from training "
+                f"({got!r} instead of {expected!r} for a sample conversation): prompts to the saved model would not "
+                "match what it was trained on. Choose another template (`template: NAME`) or leave it unset")
+
+
 @lru_cache(maxsize=32)
 def _compile(source: str):
     """Compile with the Jinja environment `apply_chat_template` uses, so renders match it exactly."""
@@ -446,6 +505,8 @@ class ChatTemplate:
 
     def __init__(self, name: str, source: str, tokenizer, end_of_turn: str | None = None):
         self.name = name
+        if name != "tokenizer":
+            source = portable_source(source, tokenizer)  # what is saved with a model renders as training does
         self.source = source
         self._compiled = _compile(source)
         # Same variables apply_chat_template gives a template: the special tokens map.
@@ -571,10 +632,7 @@ class ChatTemplate:
         try:
             text = self.render(probe)
         except Exception as err:  # noqa: BLE001 - a broken template is a config problem
-            raise ConfigError(
-                f"chat template {self.name!r} fails on a plain [user, assistant] conversation: {err}. "
-                f"Choose a built-in template with `template: NAME` (known: {', '.join(known_templates())})."
-            ) from err
+            raise ConfigError(self._failure(tokenizer, err)) from err
         at = text.rfind(_PROBE_REPLY)
         if at < 0:
             raise ConfigError(f"chat template {self.name!r} does not write the assistant's reply; it cannot be trained on")
@@ -606,6 +664,24 @@ class ChatTemplate:
         self.reply_trailer = "" if self.appends_eos else after[len(end_of_turn) :]
         bos = tokenizer.bos_token
         self.bos_token = bos if bos and text.startswith(bos) else None
+
+    def _failure(self, tokenizer, err: Exception) -> str:
+        """What to do when the template fails on a plain conversation. For the tokenizer's own template the
+        advice covers every command: training and `data check` can choose a built-in template, while
+        generate, serve and eval prompt the model with the template it carries, which must be fixed there."""
+        known = ", ".join(known_templates())
+        if self.name != "tokenizer":
+            return (f"chat template {self.name!r} fails on a plain [user, assistant] conversation: {err}. "
+                    f"Choose another built-in template with `template: NAME` (known: {known}).")
+        path = getattr(tokenizer, "name_or_path", "") or "the model"
+        unset = [name for name in _TOKEN_VARIABLES if f"'{name}' is undefined" in str(err)]
+        why = (f" (it uses {unset[0]}, which this tokenizer does not define: set {unset[0]} in its "
+               "tokenizer_config.json, or bind it at the top of the template)") if unset else ""
+        return (f"the chat template of {path} fails on a plain [user, assistant] conversation: {err}{why}. "
+                f"To generate, serve or evaluate with this model, fix the chat_template in {path}'s "
+                "tokenizer_config.json (or chat_template.jinja); to train on it or check data, a built-in template "
+                f"can replace it: `template: NAME` in the training config, `--template NAME` for `prefloop data "
+                f"check` (known: {known}).")
 
     @staticmethod
     def _find_end_of_turn(after: str, tokenizer) -> str:
