@@ -258,3 +258,26 @@ def test_greedy_answers_equal_transformers_generate_alone_and_in_a_batch(tiny_to
         assert sample.token_ids == (expected[:-1] if stopped else expected)
         assert sample.finish_reason == ("stop" if stopped else "length")
         assert gen.generate([(prompt, params)])[0].token_ids == sample.token_ids
+
+
+def test_a_model_with_an_adapter_prompts_with_the_adapters_own_template(tiny_model_dir, tmp_path):
+    """`serve BASE --adapter OUT` (what the model card says to run) and eval's chat mode load the tokenizer the
+    adapter was saved with (its trained chat template), not the base's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefloop.sampling import LocalGenerator
+
+    adapter = tmp_path / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = ("{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}[assistant] {% endif %}")
+    tokenizer.save_pretrained(adapter)
+    generator = LocalGenerator.load(str(tiny_model_dir), adapter=str(adapter))
+    ids = generator.encode_chat([{"role": "user", "content": "Hi"}])
+    assert generator.tokenizer.decode(ids) == "[user] Hi\n[assistant] "
+    plain = LocalGenerator.load(str(tiny_model_dir))  # without the adapter: the base's own template
+    assert "[user]" not in plain.tokenizer.decode(plain.encode_chat([{"role": "user", "content": "Hi"}]))

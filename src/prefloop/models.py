@@ -60,6 +60,15 @@ def load_tokenizer(path: str, key: str = "model_name_or_path"):
     return tokenizer
 
 
+def tokenizer_dir(path: str, adapter: str | None) -> str:
+    """Where the tokenizer of model `path` with LoRA `adapter` is: the adapter directory when it holds one
+    (prefloop saves the tokenizer, with the chat template it trained with, beside each adapter), else `path`.
+    The one rule for every command that runs a base model with an adapter (serve, generate, eval)."""
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        return adapter
+    return path
+
+
 def load_causal_lm(path: str, dtype=None, adapter: str | None = None, device: str | None = None,
                    key: str = "model_name_or_path", check_base: bool = True):
     """A `transformers` causal LM in eval mode; `adapter` applies a LoRA adapter directory (peft) after

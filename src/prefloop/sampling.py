@@ -299,12 +299,15 @@ class LocalGenerator:
 
     @classmethod
     def load(cls, path: str, adapter: str | None = None) -> "LocalGenerator":
-        """Load model and tokenizer from `path` (GPU in bf16 when there is one, else CPU fp32)."""
-        from prefloop.models import load_causal_lm, load_tokenizer
+        """Load the model from `path` (with LoRA `adapter`) and its tokenizer (`models.tokenizer_dir`: the adapter's
+        when it holds one); GPU in bf16 when there is one, else CPU fp32."""
+        from prefloop.models import load_causal_lm, load_tokenizer, tokenizer_dir
 
         device = "cuda" if torch.cuda.is_available() else None
         dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else None
-        return cls(load_causal_lm(path, dtype=dtype, adapter=adapter, device=device), load_tokenizer(path))
+        source = tokenizer_dir(path, adapter)  # the adapter's own tokenizer: the chat template it trained with
+        return cls(load_causal_lm(path, dtype=dtype, adapter=adapter, device=device),
+                   load_tokenizer(source, key="--adapter" if source == adapter else "model_name_or_path"))
 
     @property
     def device(self):

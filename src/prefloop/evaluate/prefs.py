@@ -264,10 +264,10 @@ def compute_logps(policy_model, reference, encoded, pad_token_id: int, batch_siz
 
 def load_models(setup: PrefsSetup):
     """(tokenizer, policy model, Reference or None)."""
-    from prefloop.models import Reference, check_same_vocabulary, load_causal_lm, load_tokenizer, same_model_path
+    from prefloop.models import (Reference, check_same_vocabulary, load_causal_lm, load_tokenizer, same_model_path,
+                                 tokenizer_dir)
 
-    tokenizer = load_tokenizer(setup.adapter if setup.adapter and (Path(setup.adapter) / "tokenizer_config.json").is_file()
-                               else setup.model, key=setup.model_option)
+    tokenizer = load_tokenizer(tokenizer_dir(setup.model, setup.adapter), key=setup.model_option)
     from prefloop.evaluate.scoring import scoring_device
 
     device = scoring_device()

@@ -88,11 +88,11 @@ def load_scoring_model(args: BenchArgs):
     """(model, tokenizer) of a local model (+ adapter) for log-likelihood scoring, in eval mode, float32, on the
     GPU when there is one."""
     from prefloop.evaluate.scoring import scoring_device
-    from prefloop.models import load_causal_lm, load_tokenizer
+    from prefloop.models import load_causal_lm, load_tokenizer, tokenizer_dir
 
-    tokenizer_dir = args.adapter if args.adapter and (Path(args.adapter) / "tokenizer_config.json").is_file() else args.model
+    source = tokenizer_dir(args.model, args.adapter)
     return (load_causal_lm(args.model, adapter=args.adapter, device=scoring_device(), key="--model"),
-            load_tokenizer(tokenizer_dir, key="--adapter" if tokenizer_dir == args.adapter else "--model"))
+            load_tokenizer(source, key="--adapter" if source == args.adapter else "--model"))
 
 
 def open_model_client(args: BenchArgs):
