@@ -73,3 +73,18 @@ def test_overwrite_removes_the_previous_run_when_training_starts(tmp_path, tiny_
     prefloop.train(_quick(tiny_model_dir, data, out, overwrite_output_dir=True, max_steps=1))
     assert "removed the previous run's checkpoint-2, adapter_config.json" in capsys.readouterr().err
     assert not (out / "checkpoint-2").exists() and "pref_beta: 0.3" not in (out / "prefloop_config.yaml").read_text()
+
+
+def test_a_bad_row_in_train_names_only_the_config_key_to_skip_it(tmp_path, tiny_model_dir, capsys):
+    """`prefloop train` said "--skip-bad-rows / skip_bad_rows: true": train has no --skip-bad-rows flag."""
+    from prefloop.cli import main as cli_main
+
+    data = _pairs(tmp_path / "pairs.jsonl", extra_lines=(json.dumps({
+        "conversations": [{"from": "human", "value": "hi"}], "chosen": None, "rejected": "no"}),))
+    config = tmp_path / "cfg.yaml"
+    config.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in _quick(
+        tiny_model_dir, data, tmp_path / "out", max_steps=1).items()) + "\n")
+    assert cli_main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:7" in err and "'chosen' is null" in err and "skip_bad_rows: true" in err
+    assert "--skip-bad-rows" not in err
