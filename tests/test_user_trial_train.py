@@ -88,3 +88,39 @@ def test_a_bad_row_in_train_names_only_the_config_key_to_skip_it(tmp_path, tiny_
     err = capsys.readouterr().err
     assert f"{data}:7" in err and "'chosen' is null" in err and "skip_bad_rows: true" in err
     assert "--skip-bad-rows" not in err
+
+
+def _blank_prompt_row() -> str:
+    return json.dumps({"conversations": [{"from": "human", "value": "  \n\t "}], "chosen": "Yes.", "rejected": "no"})
+
+
+def test_a_whitespace_only_prompt_is_a_bad_row_in_training_as_in_data_check(tmp_path, tiny_model_dir, capsys):
+    """`data check` calls a whitespace-only prompt an ERROR and `generate` refuses it, but `train` trained on it
+    without a word. Right value: a bad row with file:line (an error; skipped and counted with skip_bad_rows)."""
+    from prefloop.data.check import check_command
+
+    data = _pairs(tmp_path / "pairs.jsonl", extra_lines=(_blank_prompt_row(),))
+    check_command(str(data))  # data check's verdict on the same row: the same rule
+    assert "last prompt turn empty" in capsys.readouterr().out
+    with pytest.raises(DataError) as err:
+        prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1))
+    assert f"{data}:7: the prompt is empty or whitespace-only" in str(err.value)
+    assert "skip_bad_rows: true" in str(err.value) and not (tmp_path / "out").exists()
+    metrics = prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1, skip_bad_rows=True))
+    out = capsys.readouterr().out
+    assert "6 pairs from 1 file" in out and "skipped 1 bad row" in out
+    assert f"{data}:7: the prompt is empty or whitespace-only" in out and metrics["train_loss"] > 0
+
+
+def test_exact_duplicate_pairs_are_kept_but_said(tmp_path, tiny_model_dir, capsys):
+    """`data check` reports exact duplicates; `train` kept them silently. Right value: kept (as LLaMA-Factory and
+    TRL do) and counted in the training data summary."""
+    data = tmp_path / "pairs.jsonl"
+    _pairs(data)
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines + [lines[0], lines[0], lines[2]]) + "\n")
+    prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1))
+    out = capsys.readouterr().out
+    assert "9 pairs from 1 file" in out
+    assert "3 exact duplicate pair(s) (beyond the first copy) kept and trained on" in out
+    assert f"{data}:7 same as pairs:1" in out
