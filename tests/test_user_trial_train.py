@@ -124,3 +124,11 @@ def test_exact_duplicate_pairs_are_kept_but_said(tmp_path, tiny_model_dir, capsy
     assert "9 pairs from 1 file" in out
     assert "3 exact duplicate pair(s) (beyond the first copy) kept and trained on" in out
     assert f"{data}:7 same as pairs:1" in out
+
+
+def test_the_split_control_tokens_warning_is_printed_once_per_run(tmp_path, tiny_model_dir, caplog):
+    """template: llama3 on a tokenizer without its control tokens warned "splits into several tokens" twice."""
+    data = _pairs(tmp_path / "pairs.jsonl")
+    with caplog.at_level("WARNING"):
+        prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", template="llama3", max_steps=1))
+    assert sum("splits into several tokens" in r.getMessage() for r in caplog.records) == 1
