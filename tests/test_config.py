@@ -398,3 +398,46 @@ def test_an_adapter_directory_where_a_model_belongs(seed_path, tmp_path):
     assert cfg.ref_model == str(base) and cfg.ref_model_adapters == str(adapter)
     with pytest.raises(ConfigError, match="full fine-tuning needs a whole model: `prefloop merge"):
         load_config(seed_path, [f"model_name_or_path={adapter}", "finetuning_type=full"])
+
+
+# --- user trial U1: where a cross-field error's keys came from; every typo at once ------------------------------
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # bf16 from the command line, fp16 from the file: each key with its own source
+    (["bf16=true"], "fp16 and bf16 are both true: choose one (fp16: SEED, line 18; bf16: command line)"),
+    # both from the command line: the file is not blamed
+    (["fp16=true", "bf16=true", "val_size=0.1"], "command line: fp16 and bf16 are both true: choose one"),
+    (["val_size=0"], "(eval_strategy: SEED, line 25; val_size: command line)"),
+    (["eval_strategy=epoch", "val_size=0"], "command line: eval_strategy: epoch needs a validation split"),
+])
+def test_cross_field_errors_name_where_each_key_came_from(seed_path, overrides, expected):
+    """`llama3_lora_dpo.yaml: fp16 and bf16 are both true` blamed the file for bf16=true given on the command line."""
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path, overrides)
+    assert expected.replace("SEED", str(seed_path)) in str(err.value)
+    if expected.startswith("command line"):
+        assert "seed.yaml" not in str(err.value)
+
+
+def test_both_keys_in_the_file_name_their_lines(seed_path):
+    seed_path.write_text(seed_path.read_text() + "bf16: true\n")
+    line = len(seed_path.read_text().splitlines())
+    with pytest.raises(ConfigError, match=re.escape(f"seed.yaml: fp16 and bf16 are both true: choose one "
+                                                    f"(fp16: line 18, bf16: line {line})")):
+        load_config(seed_path)
+
+
+def test_every_unknown_key_is_reported_at_once(seed_path, capsys):
+    """`lora_rnak` and `pref_betta` took two runs to find: one error per run."""
+    seed_path.write_text(seed_path.read_text() + "lora_rnak: 8\npref_betta: 0.2\n")
+    n = len(seed_path.read_text().splitlines())
+    with pytest.raises(ConfigError) as err:
+        load_config(seed_path, ["lerning_rate=1e-6"])
+    assert str(err.value).splitlines() == [
+        f"{seed_path}: unknown key 'lora_rnak' (did you mean 'lora_rank'?) (line {n - 1})",
+        f"{seed_path}: unknown key 'pref_betta' (did you mean 'pref_beta'?) (line {n})",
+        "command line: unknown key 'lerning_rate' (did you mean 'learning_rate'?)"]
+    assert cli_main(["train", str(seed_path)]) == 2
+    printed = capsys.readouterr().err
+    assert "lora_rnak" in printed and "pref_betta" in printed

@@ -272,7 +272,10 @@ def test_new_trainer_keys_are_checked(seed_path, overrides, message):
 
 def test_a_bad_new_key_in_the_file_names_its_line(seed_path):
     path = _with(seed_path, "warmup_steps: 20")
-    with pytest.raises(ConfigError, match=rf"warmup_steps: 20 and warmup_ratio.*\(line {_line_of(path, 'warmup_steps')}\)"):
+    # both keys are in the file: each with its line (user trial U1)
+    with pytest.raises(ConfigError, match=rf"warmup_steps: 20 and warmup_ratio.*\(warmup_steps: line "
+                                          rf"{_line_of(path, 'warmup_steps')}, warmup_ratio: line "
+                                          rf"{_line_of(path, 'warmup_ratio')}\)"):
         load_config(path)
 
 

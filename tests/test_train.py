@@ -530,7 +530,7 @@ def test_overwrite_output_dir_removes_nothing_without_the_prefloop_marker(tmp_pa
     overwrite_output_dir only allows training there; nothing is removed. With the marker, only the run's own
     outputs go: checkpoint-<digits>, trainer_state.json, samples.jsonl; checkpoint-notes.md stays."""
     from prefloop.config import Config
-    from prefloop.train.run import check_output_dir
+    from prefloop.train.run import check_output_dir, replace_previous_run
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model").mkdir()
@@ -542,7 +542,9 @@ def test_overwrite_output_dir_removes_nothing_without_the_prefloop_marker(tmp_pa
     assert "nothing is removed" in capsys.readouterr().err
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     (out / "prefloop_config.yaml").write_text("output_dir: out\n")
-    check_output_dir(cfg)
+    doomed = check_output_dir(cfg)  # found, removed only when training starts
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted(before + ["prefloop_config.yaml"])
+    replace_previous_run(cfg, doomed)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-notes.md", "prefloop_config.yaml"]
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from prefloop.config_files import PlainText, Written, load_yaml, written_as
-from prefloop.config_lf import Setting, translate
+from prefloop.config_lf import OVERRIDE_SOURCES, Setting, translate
 from prefloop.errors import ConfigError
 
 CONFIG_FILENAME = "prefloop_config.yaml"
@@ -226,10 +226,12 @@ def load_config(config_or_path=None, overrides=None) -> Config:
         values[key] = Setting(value, "command line" if isinstance(overrides, (list, tuple)) else "overrides", "")
     values = translate(values)  # LLaMA-Factory / transformers names and settings (config_lf.py)
     hints = typing.get_type_hints(Config)
+    unknown = [f"{source}: unknown key {key!r}{_suggest(key)}{line}"
+               for key, (value, source, line) in values.items() if key not in hints]
+    if unknown:  # every typo at once, each with its line, not one per run
+        raise ConfigError("\n".join(unknown))
     kwargs = {}
     for key, (value, source, line) in values.items():
-        if key not in hints:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key)}{line}")
         shown = f"{value.text!r} (YAML reads it as {value.value!r})" if isinstance(value, Written) else None
         kwargs[key] = _coerce(key, written_as(value, hints[key]), hints[key], source, shown, line)
     cfg = Config(**kwargs)
@@ -239,10 +241,7 @@ def load_config(config_or_path=None, overrides=None) -> Config:
     except ConfigError as err:
         if where == "config":
             raise
-        # the config file the bad value came from (or overrides), and the key's line when the message names one
-        key = re.match(r"(\w+)[: ]", str(err))
-        line = values[key.group(1)][2] if key and key.group(1) in values else ""
-        raise ConfigError(f"{where}: {err}{line}") from None
+        raise ConfigError(located(str(err), where, values)) from None
     if cfg.rounds:
         lines = _round_lines(Path(where)) if where != "config" else []
         round_configs(cfg, where, lines)  # every round checked as the config it will train with
@@ -308,6 +307,34 @@ def round_configs(cfg: Config, where: str = "config", lines: list[int] | None = 
             raise ConfigError(f"{place}: {err}") from None
         out.append(round_cfg)
     return out
+
+
+def located(message: str, where: str, values: dict[str, Setting]) -> str:
+    """A validation error `message` with where each key it names was given: the config file `where` (and the key's
+    line) or the command line. One source: it leads the message (`seed.yaml: ... (line 7)`, `command line: ...`);
+    keys from both: each key's source follows it (`(fp16: seed.yaml, line 7; bf16: command line)`). Keys the
+    message names that were not given (defaults) name no source."""
+    found = {}
+    for key in values:
+        match = re.search(rf"(?<![\w./-]){re.escape(key)}(?![\w/-])", message)
+        if match:
+            found[key] = match.start()
+    named = sorted(found, key=found.get)
+    if not named:
+        return f"{where}: {message}"
+    sources = {values[k].source for k in named}
+    if len(sources) == 1:
+        source = sources.pop()
+        if source in OVERRIDE_SOURCES or len(named) == 1:
+            return f"{source}: {message}{values[named[0]].line}"
+        return f"{source}: {message} ({', '.join(k + _line_number(values[k]) for k in named)})"
+    return f"{message} ({'; '.join(f'{k}: {values[k].source}' + _line_number(values[k], ',') for k in named)})"
+
+
+def _line_number(setting: Setting, sep: str = ":") -> str:
+    """`setting`'s line in its file as ": line N" (or ", line N"); "" when it has none (command line)."""
+    number = re.search(r"\d+", setting.line)
+    return f"{sep} line {number.group()}" if number else ""
 
 
 def _on_line(lines: dict[str, int], key: str) -> str:

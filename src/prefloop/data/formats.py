@@ -280,7 +280,7 @@ def _absent(record: Mapping[str, Any], key: str, what: str) -> RecordError:
     """The error for an answer `key` that is missing, or present but null (an empty parquet/CSV cell, JSON null)."""
     if key in record:
         return RecordError(key, f"{key!r} is null (an empty cell or JSON null), so the pair has no {what} answer",
-                           f"fill in {key!r}, or leave the row out (--skip-bad-rows / skip_bad_rows: true counts it)")
+                           f"fill in {key!r}, or leave the row out")  # the loader names the command's own skip option
     return RecordError(key, f"missing field {key!r}", f"add {key!r}: the {what} answer as a string or message object")
 
 

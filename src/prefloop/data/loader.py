@@ -508,7 +508,7 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
             read = _num_samples(source, pairs, start, max_samples, seed, notes)
         per_dataset[source.name] = per_dataset.get(source.name, 0) + read
     if problems.count and not skip_bad_rows:
-        raise DataError(_problems_message(dataset, problems, options))
+        raise DataError(problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
         detail = f"; {count(problems.count, 'bad row')} {plural('was', problems.count)} skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
@@ -516,7 +516,8 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
                       warnings=warnings, notes=notes)
 
 
-def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
+def problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
+    """The error for bad rows of `dataset`: the first few with file:line, and how to skip them in `options`."""
     lines = [f"{count(problems.count, 'problem')} reading dataset {dataset!r}:"]
     lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
     if problems.count > MAX_LISTED_PROBLEMS:

@@ -184,6 +184,12 @@ def check_formatting_only(pairs: Sequence[PreferencePair], stops: Sequence[str] 
     ), flagged
 
 
+def is_empty_prompt(pair: PreferencePair) -> bool:
+    """The one definition of an empty prompt: its last turn (the system message aside) is whitespace only.
+    `data check` reports such a pair as an error (`check_empty`); training counts it as a bad row."""
+    return bool(pair.turns) and not pair.turns[-1].content.strip()
+
+
 def check_empty(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
     """Pairs with an empty answer (`template.is_empty_answer`, the encoder's definition: whitespace or
     the tokenizer's stop strings `stops` only, and no tool call) or an empty last prompt turn."""
@@ -191,7 +197,7 @@ def check_empty(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> t
     for i, p in enumerate(pairs):
         empty = [name for name in ("chosen", "rejected")
                  if is_empty_answer(getattr(p, name), getattr(p, f"{name}_fields"), stops)]
-        if p.turns and not p.turns[-1].content.strip():
+        if is_empty_prompt(p):
             empty.append("last prompt turn")
         if empty:
             flagged.append(i)

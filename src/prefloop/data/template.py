@@ -700,11 +700,12 @@ class ChatTemplate:
         return f"ChatTemplate({self.name!r}, end_of_turn={self.end_of_turn!r}, reply_trailer={self.reply_trailer!r})"
 
 
-def get_template(name: str | None, tokenizer) -> ChatTemplate:
+def get_template(name: str | None, tokenizer, warn: bool = True) -> ChatTemplate:
     """The chat template to train and generate with.
 
     `name=None` (or "tokenizer"): the tokenizer's own Jinja template; otherwise a built-in one
-    (see BUILTIN_TEMPLATES). Errors say which names exist.
+    (see BUILTIN_TEMPLATES). Errors say which names exist. `warn=False`: no warning about control tokens
+    the tokenizer splits (for a caller that only inspects the template; the run's own call warns once).
     """
     known = ", ".join(known_templates())
     if name is None or name == "tokenizer":
@@ -724,7 +725,7 @@ def get_template(name: str | None, tokenizer) -> ChatTemplate:
     spec = BUILTIN_TEMPLATES[key]
     template = ChatTemplate(key, spec.source, tokenizer, end_of_turn=spec.end_of_turn)
     missing = split_control_tokens(spec.control_tokens, tokenizer)
-    if missing:
+    if missing and warn:
         logger.warning(
             "template %s writes %s, which this tokenizer splits into several tokens; a model trained this way "
             "still works, but the family's own tokenizer (or adding them as special tokens and resizing the "
@@ -751,7 +752,7 @@ def dropped_by_builtin(tokenizer, name: str | None) -> list[str]:
         own = get_template(None, tokenizer)
     except ConfigError:
         return []
-    builtin = get_template(name, tokenizer)
+    builtin = get_template(name, tokenizer, warn=False)  # the caller's own get_template warned already
     dropped = ["tools"] if own.supports_tools and not builtin.supports_tools else []
     kinds = ("tool_calls", "tool", "function_call", "name", *REASONING_FIELDS)
     return dropped + [kind_text(k) for k in kinds if own.renders(k) and not builtin.renders(k)]

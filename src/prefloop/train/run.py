@@ -109,15 +109,14 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
 
         quiet_library_bars()  # no progress-bar escape codes in a log file
         prepare_environment(cfg)  # torchrun / accelerate / a scheduler's WORLD_SIZE: data-parallel
-        check_output_dir(cfg)
+        doomed = check_output_dir(cfg)  # removed (and prefloop_config.yaml written) only when training starts
         cfg = resolve_precision(cfg)
+        given_cfg = cfg  # the config saved as prefloop_config.yaml (before any change the data forces)
         args = build_args(cfg)
         watch.sync_cuda = args.device.type == "cuda"  # stage times include the GPU work they queued
         say = print if args.process_index == 0 else (lambda *a, **k: None)
         set_seed(cfg.seed)
         resume_from = checkpoint_to_resume(cfg, say)  # checked now, before any model loads
-        if args.process_index == 0:
-            save_config(cfg, cfg.output_dir)
 
     with watch.stage("data"):
         tokenizer = load_tokenizer(cfg.model_name_or_path)
@@ -163,6 +162,10 @@ def run_training(cfg: Config, round_info: dict | None = None) -> dict:
             say(plan_memory(cfg, model, tokenizer, data, autocast_dtype))
 
     with watch.stage("trainer"):
+        # Every input is loaded and checked: only now may the previous run go and this run's config be written.
+        replace_previous_run(cfg, doomed)
+        if args.process_index == 0:
+            save_config(given_cfg, cfg.output_dir)
         trainer = make_trainer(cfg, args, model, tokenizer, data, loss_spec, in_step_reference, autocast_dtype)
         use_metrics_printer(trainer)  # log lines as numbers, bars only on a terminal
         trainer.health = install_health(trainer, cfg)
@@ -237,10 +240,12 @@ def save_timings(trainer, timings: dict, train_metrics: dict | None, eval_metric
 # Stages
 
 
-def check_output_dir(cfg: Config) -> None:
+def check_output_dir(cfg: Config) -> list[Path]:
     """output_dir must not be an input of the run (the model, the reference, an adapter): saving would overwrite it.
     One that holds a training run is refused unless the run is resumed (`resume_from_checkpoint`) or replaced
-    (`overwrite_output_dir: true`). Replacing a *prefloop* run (output_dir holds prefloop_config.yaml) first removes
+    (`overwrite_output_dir: true`). Returns what replacing the previous run removes (`replace_previous_run` removes
+    it once every input of the run is loaded and checked); [] when nothing is to go.
+    Replacing a *prefloop* run (output_dir holds prefloop_config.yaml) removes
     its weights, checkpoint-<digits> directories, state, results and health log (`previous_run_outputs`), so that
     nothing of it mixes into the new run: no stale checkpoint-N that `resume_from_checkpoint: true` or
     `save_total_limit` would take for this run's, no adapter files beside a full model. Before removing anything,
@@ -266,7 +271,7 @@ def check_output_dir(cfg: Config) -> None:
             if is_main_process():
                 print(f"overwrite_output_dir: {out} holds no {CONFIG_FILENAME} (not a prefloop run), so nothing is "
                       f"removed: the run writes over it", file=sys.stderr)
-            return
+            return []
         doomed = previous_run_outputs(out)
         for key, given in input_paths(cfg):
             for path in doomed:
@@ -274,11 +279,22 @@ def check_output_dir(cfg: Config) -> None:
                     raise ConfigError(f"overwrite_output_dir: true would remove {path}, which holds {key} {given} "
                                       f"that this run reads; move it out of output_dir {out} or pick another "
                                       f"output_dir")
-        if is_main_process():
-            removed = clear_previous_run(out, doomed)
-            if removed:
-                print(f"overwrite_output_dir: removed the previous run's {', '.join(removed)} from {out}",
-                      file=sys.stderr)
+        return doomed
+    return []
+
+
+def replace_previous_run(cfg: Config, doomed: list[Path]) -> None:
+    """Remove `doomed` (what `check_output_dir` found of the previous prefloop run in output_dir) on the main
+    process, and say what went. Called only when training is about to start, after the config, the data, the
+    model and the reference were loaded and checked: a run that fails on its input leaves the previous run whole."""
+    from prefloop.train.distributed import is_main_process
+
+    if doomed and is_main_process():
+        out = Path(cfg.output_dir)
+        removed = clear_previous_run(out, doomed)
+        if removed:
+            print(f"overwrite_output_dir: removed the previous run's {', '.join(removed)} from {out}",
+                  file=sys.stderr)
 
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
@@ -405,6 +421,7 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
                         options=CONFIG_KEYS, seed=cfg.seed)
+    skip_empty_prompts(loaded, dataset, cfg.skip_bad_rows)
     say(f"Data {dataset}: {loaded.summary()}")
     if loaded.skipped.count:  # where: the summary groups reasons without lines (`data check` lists them too)
         shown = loaded.skipped.problems[:_SKIPPED_SHOWN]
@@ -422,6 +439,9 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
     train_pairs, val_pairs = split_validation(all_pairs, val_size, cfg.seed) if val_size else (all_pairs, [])
     template = get_template(cfg.template, tokenizer)
+    duplicates = duplicates_note(all_pairs, template.stop_strings(tokenizer))
+    if duplicates:
+        say(f"  {duplicates}")
     dropped = dropped_by_builtin(tokenizer, cfg.template)
     if dropped:
         say(f"Warning: template: {cfg.template} replaces {cfg.model_name_or_path}'s own chat template in the saved "
@@ -456,6 +476,48 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
                 template=template, dimension_names=names, split_pairs=split_pairs,
                 provenance=provenance)
+
+
+def skip_empty_prompts(loaded, dataset: str, skip_bad_rows: bool) -> None:
+    """Pairs whose prompt is empty or whitespace-only (`quality.is_empty_prompt`, the rule of `data check`, which
+    reports them as errors) are bad rows: a DataError listing them with file:line, or with `skip_bad_rows` left
+    out of `loaded.pairs` and counted in `loaded.skipped` with the rows the loader skipped."""
+    from prefloop.data.loader import Problem, SkipReport, problems_message
+    from prefloop.data.quality import is_empty_prompt
+    from prefloop.data.registry import CONFIG_KEYS
+
+    empty = [p for p in loaded.pairs if is_empty_prompt(p)]
+    if not empty:
+        return
+    problems = []
+    for pair in empty:
+        line, record = re.fullmatch(r"(.*):(\d+)", pair.source or ""), re.fullmatch(r"(.*)#(\d+)", pair.source or "")
+        file, location = ((line.group(1), f"line {line.group(2)}") if line else
+                          (record.group(1), f"record {record.group(2)}") if record else (f"pair {pair.id}", ""))
+        problems.append(Problem(file, location, "", "the prompt is empty or whitespace-only (its last turn has no "
+                                                    "text)", "write the question, or leave the row out"))
+    report = loaded.skipped if skip_bad_rows else SkipReport()
+    for problem in problems:
+        report.add(problem)
+    if not skip_bad_rows:
+        raise DataError(problems_message(dataset, report, CONFIG_KEYS))
+    loaded.pairs = [p for p in loaded.pairs if not is_empty_prompt(p)]
+    if not loaded.pairs:
+        raise DataError(f"dataset {dataset!r} has no usable preference pairs: every prompt is empty or "
+                        f"whitespace-only (e.g. {problems[0]})")
+
+
+def duplicates_note(pairs: list, stops) -> str:
+    """"N exact duplicate pairs kept ..." when `pairs` hold exact duplicates (`quality.check_duplicates`, the rule
+    of `data check`); "" when none. They are trained on, as LLaMA-Factory and TRL do, but never silently."""
+    from prefloop.data.quality import check_duplicates
+
+    finding, flagged = check_duplicates(pairs, stops)
+    if not flagged:
+        return ""
+    shown = "; ".join(f"{e['source'] or e['id']} {e['detail']}" for e in finding.examples[:3])
+    return (f"{len(flagged)} exact duplicate pair(s) (beyond the first copy) kept and trained on, as LLaMA-Factory "
+            f"and TRL do (e.g. {shown}); `prefloop data check --write-clean` writes a copy with one of each")
 
 
 def data_check_command(cfg: Config, dataset: str) -> str:
