@@ -122,8 +122,17 @@ def test_exact_duplicate_pairs_are_kept_but_said(tmp_path, tiny_model_dir, capsy
     prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1))
     out = capsys.readouterr().out
     assert "9 pairs from 1 file" in out
-    assert "3 exact duplicate pair(s) (beyond the first copy) kept and trained on" in out
+    assert "3 exact duplicate pairs (beyond the first copy) kept and trained on" in out
     assert f"{data}:7 same as pairs:1" in out
+    # the copies dataset_info's num_samples adds on purpose are said by its own note, not counted as duplicates
+    import json
+
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"twice": {"file_name": data.name,
+                                                                      "num_samples": 12}}))
+    prefloop.train(_quick(tiny_model_dir, "twice", tmp_path / "out2", max_steps=1, dataset_dir=str(tmp_path)))
+    out = capsys.readouterr().out
+    assert "num_samples 12 drawn at random from its 9 pairs" in out and "3 pairs repeated to reach it" in out
+    assert "3 exact duplicate pairs (beyond the first copy)" in out
 
 
 def test_the_split_control_tokens_warning_is_printed_once_per_run(tmp_path, tiny_model_dir, caplog):

@@ -445,6 +445,14 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
     return read
 
 
+REPEAT_MARK = "#repeat-"  # the id suffix of a pair num_samples repeats (`_num_samples`)
+
+
+def is_repeat(pair: PreferencePair) -> bool:
+    """True for a copy that dataset_info's num_samples added on purpose (not a duplicate in the data)."""
+    return REPEAT_MARK in (pair.id or "")
+
+
 def _num_samples(source: DatasetSource, pairs: list[PreferencePair], start: int, max_samples: int | None, seed: int,
                  notes: list[str]) -> int:
     """Replace `pairs[start:]` (every pair read from `source`) by LLaMA-Factory's `num_samples` draw and return
@@ -465,7 +473,7 @@ def _num_samples(source: DatasetSource, pairs: list[PreferencePair], start: int,
     for i in order:
         pair = read[i]
         if seen[i]:
-            pair = dataclasses.replace(pair, id=f"{pair.id}#repeat-{seen[i]}")
+            pair = dataclasses.replace(pair, id=f"{pair.id}{REPEAT_MARK}{seen[i]}")
         seen[i] += 1
         chosen.append(pair)
     pairs[start:] = chosen

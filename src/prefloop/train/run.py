@@ -510,14 +510,17 @@ def skip_empty_prompts(loaded, dataset: str, skip_bad_rows: bool) -> None:
 def duplicates_note(pairs: list, stops) -> str:
     """"N exact duplicate pairs kept ..." when `pairs` hold exact duplicates (`quality.check_duplicates`, the rule
     of `data check`); "" when none. They are trained on, as LLaMA-Factory and TRL do, but never silently."""
+    from prefloop.data.loader import is_repeat
     from prefloop.data.quality import check_duplicates
+    from prefloop.data.words import count
 
-    finding, flagged = check_duplicates(pairs, stops)
+    finding, flagged = check_duplicates([p for p in pairs if not is_repeat(p)], stops)  # num_samples' are said apart
     if not flagged:
         return ""
     shown = "; ".join(f"{e['source'] or e['id']} {e['detail']}" for e in finding.examples[:3])
-    return (f"{len(flagged)} exact duplicate pair(s) (beyond the first copy) kept and trained on, as LLaMA-Factory "
-            f"and TRL do (e.g. {shown}); `prefloop data check --write-clean` writes a copy with one of each")
+    return (f"{count(len(flagged), 'exact duplicate pair')} (beyond the first copy) kept and trained on, as "
+            f"LLaMA-Factory and TRL do (e.g. {shown}); `prefloop data check --write-clean` writes a copy with one of "
+            "each")
 
 
 def data_check_command(cfg: Config, dataset: str) -> str:
