@@ -149,11 +149,11 @@ def run_rounds(cfg: Config, on_round_end: Callable[[RoundResult], None] | None =
 
     main = is_main_process()
     say = say if main else (lambda *a, **k: None)
-    if main:
-        save_config(cfg, out)
     # finished rounds (resumed run) are skipped below, so their data is not read again (it may have moved)
     finished = {i for i in range(1, len(rounds) + 1) if resume and (round_dir(cfg, i) / RESULT_FILE).is_file()}
     check_round_data(cfg, rounds, say, finished)  # before round 1 trains: a round without pairs fails now
+    if main:  # after the data checks: a run that fails them leaves the earlier run's config in place
+        save_config(cfg, out)
     run_id = rounds_run_id(out, resume)
     evaluator = CrossRoundEvaluator(cfg, rounds, say, finished)
     results: list[RoundResult] = []
