@@ -97,19 +97,19 @@ def _blank_prompt_row() -> str:
 def test_a_whitespace_only_prompt_is_a_bad_row_in_training_as_in_data_check(tmp_path, tiny_model_dir, capsys):
     """`data check` calls a whitespace-only prompt an ERROR and `generate` refuses it, but `train` trained on it
     without a word. Right value: a bad row with file:line (an error; skipped and counted with skip_bad_rows)."""
-    from prefloop.data.check import check_command
+    from prefloop.cli import main
 
     data = _pairs(tmp_path / "pairs.jsonl", extra_lines=(_blank_prompt_row(),))
-    check_command(str(data))  # data check's verdict on the same row: the same rule
-    assert "last prompt turn empty" in capsys.readouterr().out
+    assert main(["data", "check", str(data)]) == 2  # data check's verdict on the same row: the same rule (the loader's)
+    assert f"{data}:7: field 'prompt': the prompt is empty or whitespace-only" in capsys.readouterr().err
     with pytest.raises(DataError) as err:
         prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1))
-    assert f"{data}:7: the prompt is empty or whitespace-only" in str(err.value)
+    assert f"{data}:7: field 'prompt': the prompt is empty or whitespace-only" in str(err.value)
     assert "skip_bad_rows: true" in str(err.value) and not (tmp_path / "out").exists()
     metrics = prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", max_steps=1, skip_bad_rows=True))
     out = capsys.readouterr().out
     assert "6 pairs from 1 file" in out and "skipped 1 bad row" in out
-    assert f"{data}:7: the prompt is empty or whitespace-only" in out and metrics["train_loss"] > 0
+    assert f"{data}:7: field 'prompt': the prompt is empty or whitespace-only" in out and metrics["train_loss"] > 0
 
 
 def test_exact_duplicate_pairs_are_kept_but_said(tmp_path, tiny_model_dir, capsys):

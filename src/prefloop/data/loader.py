@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, SCORE_FIELDS, RecordError, check_scores, closest_field,
                                    make_reader, misspelt_kind, unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
-from prefloop.data.schema import PreferencePair
+from prefloop.data.schema import PreferencePair, is_empty_prompt
 from prefloop.errors import DataError, json_error_text
 from prefloop.data.words import count, plural
 
@@ -399,6 +399,9 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             pending.clear()
             try:
                 fmt, pair = read_record(record)
+                if is_empty_prompt(pair):  # before num_samples draws and validation splits: every caller alike
+                    raise RecordError("prompt", "the prompt is empty or whitespace-only (its last turn has no text)",
+                                      "write the question, or leave the row out")
                 if pair.extra:
                     check_scores(pair.extra, warn)
             except RecordError as err:

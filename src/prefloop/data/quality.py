@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from prefloop.data.schema import PreferencePair
+from prefloop.data.schema import PreferencePair, is_empty_prompt
 from prefloop.data.template import answer_key, is_empty_answer
 
 # Defaults of the statistical checks.
@@ -182,12 +182,6 @@ def check_formatting_only(pairs: Sequence[PreferencePair], stops: Sequence[str] 
         removes=True,
         examples=[_example(pairs, i, f"{_preview(pairs[i].chosen, 40)} vs {_preview(pairs[i].rejected, 40)}") for i in flagged[:MAX_EXAMPLES]],
     ), flagged
-
-
-def is_empty_prompt(pair: PreferencePair) -> bool:
-    """The one definition of an empty prompt: its last turn (the system message aside) is whitespace only.
-    `data check` reports such a pair as an error (`check_empty`); training counts it as a bad row."""
-    return bool(pair.turns) and not pair.turns[-1].content.strip()
 
 
 def check_empty(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:

@@ -24,6 +24,12 @@ def has_text(content: Any) -> bool:
     return False
 
 
+def is_empty_prompt(pair: "PreferencePair") -> bool:
+    """The one definition of an empty prompt: its last turn (the system message aside) is whitespace only.
+    The loader makes such a record a bad row (file:line), for training, `data check` and evaluation alike."""
+    return bool(pair.turns) and not pair.turns[-1].content.strip()
+
+
 def is_number(value: Any) -> bool:
     """True for a finite int or float given as a number: not a bool, not a string like "0.5", not NaN/inf.
 

@@ -421,7 +421,6 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     dataset = ",".join(cfg.dataset) if isinstance(cfg.dataset, list) else cfg.dataset
     loaded = load_pairs(dataset, cfg.dataset_dir, skip_bad_rows=cfg.skip_bad_rows, max_samples=cfg.max_samples,
                         options=CONFIG_KEYS, seed=cfg.seed)
-    skip_empty_prompts(loaded, dataset, cfg.skip_bad_rows)
     say(f"Data {dataset}: {loaded.summary()}")
     if loaded.skipped.count:  # where: the summary groups reasons without lines (`data check` lists them too)
         shown = loaded.skipped.problems[:_SKIPPED_SHOWN]
@@ -476,35 +475,6 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
     return Data(splits["train"], splits["validation"], template.name, template.stop_token_ids(tokenizer),
                 template=template, dimension_names=names, split_pairs=split_pairs,
                 provenance=provenance)
-
-
-def skip_empty_prompts(loaded, dataset: str, skip_bad_rows: bool) -> None:
-    """Pairs whose prompt is empty or whitespace-only (`quality.is_empty_prompt`, the rule of `data check`, which
-    reports them as errors) are bad rows: a DataError listing them with file:line, or with `skip_bad_rows` left
-    out of `loaded.pairs` and counted in `loaded.skipped` with the rows the loader skipped."""
-    from prefloop.data.loader import Problem, SkipReport, problems_message
-    from prefloop.data.quality import is_empty_prompt
-    from prefloop.data.registry import CONFIG_KEYS
-
-    empty = [p for p in loaded.pairs if is_empty_prompt(p)]
-    if not empty:
-        return
-    problems = []
-    for pair in empty:
-        line, record = re.fullmatch(r"(.*):(\d+)", pair.source or ""), re.fullmatch(r"(.*)#(\d+)", pair.source or "")
-        file, location = ((line.group(1), f"line {line.group(2)}") if line else
-                          (record.group(1), f"record {record.group(2)}") if record else (f"pair {pair.id}", ""))
-        problems.append(Problem(file, location, "", "the prompt is empty or whitespace-only (its last turn has no "
-                                                    "text)", "write the question, or leave the row out"))
-    report = loaded.skipped if skip_bad_rows else SkipReport()
-    for problem in problems:
-        report.add(problem)
-    if not skip_bad_rows:
-        raise DataError(problems_message(dataset, report, CONFIG_KEYS))
-    loaded.pairs = [p for p in loaded.pairs if not is_empty_prompt(p)]
-    if not loaded.pairs:
-        raise DataError(f"dataset {dataset!r} has no usable preference pairs: every prompt is empty or "
-                        f"whitespace-only (e.g. {problems[0]})")
 
 
 def duplicates_note(pairs: list, stops) -> str:
