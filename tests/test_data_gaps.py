@@ -124,7 +124,7 @@ def test_dataset_info_keys_that_change_nothing_are_accepted(tmp_path, entry):
     assert len(load_pairs("prefs", str(tmp_path)).pairs) == 2
 
 
-def test_num_samples_draws_at_random_and_repeats_as_llama_factory(tmp_path):
+def test_num_samples_draws_at_random_and_repeats_as_llama_factory(tmp_path, capsys):
     """num_samples: a random permutation cut to N (not the first N: a sorted file would give a biased subset); above
     the dataset's size every pair once plus random repeats (LLaMA-Factory's _load_single_dataset); max_samples then
     keeps the first of the draw. Reproducible from the seed; said in the load summary."""
@@ -147,6 +147,12 @@ def test_num_samples_draws_at_random_and_repeats_as_llama_factory(tmp_path):
     assert more.pairs_per_dataset == {"prefs": 26} and "6 pairs repeated to reach it" in more.summary()
     capped = load({"num_samples": 10}, max_samples=3)
     assert [p.id for p in capped.pairs] == [p.id for p in load({"num_samples": 10}).pairs][:3]
+    # data check reads the same draw (--seed as training's), says so, and does not call the repeats duplicates
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"prefs": {"file_name": "a.jsonl", "num_samples": 26}}))
+    assert main(["data", "check", "prefs", "--dataset-dir", str(tmp_path), "--seed", "7", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pairs"] == report["usable_pairs"] == 26 and "(seed 7; 6 pairs repeated" in report["notes"][0]
+    assert next(f for f in report["quality"]["findings"] if f["check"] == "duplicate")["count"] == 0
 
 
 def test_a_mapped_column_no_record_has_is_one_error_naming_the_mapping(tmp_path):

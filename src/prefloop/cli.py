@@ -95,6 +95,8 @@ def _add_data(sub) -> None:
     c.add_argument("--dimension-weights", metavar="W",
                    help="combine per-dimension scores with these weights (e.g. helpfulness=1,safety=2) before "
                         "reporting each dimension's agreement (default: agreement with the data's label)")
+    c.add_argument("--seed", type=int, default=42,
+                   help="the training seed, for a dataset_info.json num_samples draw (default 42, as training)")
     r = data_sub.add_parser("pairs-from-ratings", help="several rated responses per prompt (UltraFeedback, "
                                                        "HelpSteer) -> preference pairs with per-dimension scores")
     r.add_argument("ratings", help="JSONL/JSON/parquet file of rated responses")

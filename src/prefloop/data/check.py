@@ -128,6 +128,7 @@ def build_report(loaded: LoadResult, quality: QualityReport, tokens: dict[str, A
         "formats": dict(loaded.format_counts.most_common()),
         "skipped": loaded.skipped.to_dict(),
         "warnings": loaded.warnings.to_dict(),
+        "notes": list(loaded.notes),
         "turns": turn_stats(pairs),
         "quality": quality.to_dict(),
     }
@@ -176,6 +177,8 @@ def render_text(report: dict[str, Any], dataset: str) -> str:
         for p in warned["first"][:3]:
             where = f"{p['file']} {p['location']}".strip()
             lines.append(f"    e.g. {where}: {p['field'] + ': ' if p['field'] else ''}{p['message']}")
+    for note in report.get("notes") or []:  # what was done as asked: a num_samples draw
+        lines.append(f"  {note}")
     t = report["turns"]
     lines.append(f"  prompt turns per pair: {_dist_text(t['prompt_turns'])}; {t['multi_turn_pairs']} multi-turn, "
                  f"{t['with_system_prompt']} with a system prompt, {t['with_tools']} with tools")
@@ -284,11 +287,12 @@ def _dimension_lines(dims: dict | None) -> list[str]:
 
 def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None = None, template: str | None = None,
                   cutoff_len: int | None = None, write_clean: str | None = None, json: bool = False,
-                  skip_bad_rows: bool = False, dimension_weights: str | None = None) -> int:
+                  skip_bad_rows: bool = False, dimension_weights: str | None = None, seed: int = 42) -> int:
     """`prefloop data check`; returns 0 (trainable), 1 (no usable pairs). Unreadable data raises DataError.
 
     `dimension_weights` ("helpfulness=1,safety=2"): the per-dimension report compares each dimension
-    with the weighted scores' direction instead of the data's label."""
+    with the weighted scores' direction instead of the data's label. `seed`: the training seed, for a
+    dataset_info num_samples draw (the same pairs training reads with that seed)."""
     from prefloop.data.dimensions import agreement_report, check_weight_names
     from prefloop.data.ratings import parse_weights
 
@@ -297,7 +301,7 @@ def check_command(dataset: str, dataset_dir: str = "data", tokenizer: str | None
     if cutoff_len is not None and cutoff_len < 1:
         raise ConfigError(f"--cutoff-len must be a positive number of tokens, got {cutoff_len}")
     loaded = load_pairs(dataset, dataset_dir=dataset_dir, skip_bad_rows=skip_bad_rows, allow_empty=True,
-                        options=CHECK_OPTIONS)
+                        options=CHECK_OPTIONS, seed=seed)
     # The identical/empty checks strip only this tokenizer's stop strings, as the encoder does (none without one).
     model = tokenizer_and_template(tokenizer, template) if tokenizer and loaded.pairs else None
     quality = run_quality_checks(loaded.pairs, stops=model[1].stop_strings(model[0]) if model else ())

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, SCORE_FIELDS, RecordError, check_scores, closest_field,
                                    make_reader, misspelt_kind, unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
-from prefloop.data.schema import PreferencePair, is_empty_prompt
+from prefloop.data.schema import REPEAT_MARK, PreferencePair, is_empty_prompt
 from prefloop.errors import DataError, json_error_text
 from prefloop.data.words import count, plural
 
@@ -446,14 +446,6 @@ def _read_source(source: DatasetSource, limit: int | None, pairs: list[Preferenc
             + (" or remove " + ("it" if len(missing) == 1 else "them") + " (their text would be left out of every prompt)"
                if all(name in _OPTIONAL_COLUMNS for name in missing) else ""))
     return read
-
-
-REPEAT_MARK = "#repeat-"  # the id suffix of a pair num_samples repeats (`_num_samples`)
-
-
-def is_repeat(pair: PreferencePair) -> bool:
-    """True for a copy that dataset_info's num_samples added on purpose (not a duplicate in the data)."""
-    return REPEAT_MARK in (pair.id or "")
 
 
 def _num_samples(source: DatasetSource, pairs: list[PreferencePair], start: int, max_samples: int | None, seed: int,

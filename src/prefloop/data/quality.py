@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from prefloop.data.schema import PreferencePair, is_empty_prompt
+from prefloop.data.schema import PreferencePair, is_empty_prompt, is_repeat
 from prefloop.data.template import answer_key, is_empty_answer
 
 # Defaults of the statistical checks.
@@ -204,9 +204,13 @@ def check_empty(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> t
 
 
 def check_duplicates(pairs: Sequence[PreferencePair], stops: Sequence[str] = ()) -> tuple[Finding, list[int]]:
+    """Exact duplicate pairs beyond the first copy; the copies dataset_info's num_samples adds on purpose
+    (`schema.is_repeat`, said in the load summary) are not duplicates in the data and are not flagged."""
     first: dict[tuple, int] = {}
     flagged = []
     for i, p in enumerate(pairs):
+        if is_repeat(p):
+            continue
         j = first.setdefault((_prompt_key(p), _answer_key(p, "chosen", stops), _answer_key(p, "rejected", stops)), i)
         if j != i:
             flagged.append((i, j))

@@ -24,6 +24,14 @@ def has_text(content: Any) -> bool:
     return False
 
 
+REPEAT_MARK = "#repeat-"  # the id suffix of a copy dataset_info's num_samples adds (loader `_num_samples`)
+
+
+def is_repeat(pair: "PreferencePair") -> bool:
+    """True for a copy that dataset_info's num_samples added on purpose (not a duplicate in the data)."""
+    return REPEAT_MARK in (pair.id or "")
+
+
 def is_empty_prompt(pair: "PreferencePair") -> bool:
     """The one definition of an empty prompt: its last turn (the system message aside) is whitespace only.
     The loader makes such a record a bad row (file:line), for training, `data check` and evaluation alike."""

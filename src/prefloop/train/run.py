@@ -480,11 +480,10 @@ def load_data(cfg: Config, tokenizer, say) -> Data:
 def duplicates_note(pairs: list, stops) -> str:
     """"N exact duplicate pairs kept ..." when `pairs` hold exact duplicates (`quality.check_duplicates`, the rule
     of `data check`); "" when none. They are trained on, as LLaMA-Factory and TRL do, but never silently."""
-    from prefloop.data.loader import is_repeat
     from prefloop.data.quality import check_duplicates
     from prefloop.data.words import count
 
-    finding, flagged = check_duplicates([p for p in pairs if not is_repeat(p)], stops)  # num_samples' are said apart
+    finding, flagged = check_duplicates(pairs, stops)
     if not flagged:
         return ""
     shown = "; ".join(f"{e['source'] or e['id']} {e['detail']}" for e in finding.examples[:3])
