@@ -366,3 +366,16 @@ def test_another_evaluation_in_the_same_out_keeps_the_earlier_results(tmp_path, 
     assert json.loads((kept / "results.json").read_text())["benchmark"] == first["benchmark"] == "safety_mc"
     assert (kept / "report.md").is_file() and "safety" in (kept / "report.md").read_text().lower()
     assert json.loads((out / "results.json").read_text())["benchmark"] == "truthfulqa_mc"
+
+
+def test_run_identity_tells_judges_and_seeds_apart():
+    """Two win-rate runs that differ only in their judge (or seed) are different runs: the second keeps the first's
+    results under OUT/previous instead of replacing them."""
+    from prefloop.evaluate.results import new_results, run_identity
+
+    def run(judge, seed=0):
+        return new_results("winrate", models={"after": {"path": "m"}}, judge={"name": judge, "target": "http://j"},
+                           seeds={"judge": seed})
+    assert run_identity(run("judge-a")) == run_identity(run("judge-a"))
+    assert run_identity(run("judge-a")) != run_identity(run("judge-b"))
+    assert run_identity(run("judge-a")) != run_identity(run("judge-a", seed=1))

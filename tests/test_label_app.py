@@ -71,7 +71,8 @@ def test_auth_file_and_dimensions(tmp_path):
     assert parse_dimensions("helpfulness, safety") == ["helpfulness", "safety"]
     with pytest.raises(ConfigError, match="twice"):
         parse_dimensions("a,a")
-    for empty in (",", "", "a,,b", "a, "):  # was accepted: "," as no dimensions, "a,,b" as a and b
+    assert parse_dimensions("") == parse_dimensions("  ") == []  # `--dimensions "$DIMS"` with DIMS empty
+    for empty in (",", "a,,b", "a, "):  # was accepted: "," as no dimensions, "a,,b" as a and b
         with pytest.raises(ConfigError, match="empty name"):
             parse_dimensions(empty)
 

@@ -587,8 +587,8 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
         model = model.to(dtype)
     if dtype is not None:
         model.config.dtype = dtype
-    tokenizer_dir = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
-    tokenizer = load_tokenizer(tokenizer_dir, key="--base")
+    source = tokenizer_dir(base, adapter)
+    tokenizer = load_tokenizer(source, key="adapter" if source == adapter else "--base")
     template = training_template(adapter, tokenizer)
     if template is not None:
         use_chat_template(tokenizer, template, getattr(model, "generation_config", None))

@@ -267,7 +267,8 @@ def load_models(setup: PrefsSetup):
     from prefloop.models import (Reference, check_same_vocabulary, load_causal_lm, load_tokenizer, same_model_path,
                                  tokenizer_dir)
 
-    tokenizer = load_tokenizer(tokenizer_dir(setup.model, setup.adapter), key=setup.model_option)
+    source = tokenizer_dir(setup.model, setup.adapter)
+    tokenizer = load_tokenizer(source, key="--adapter" if source == setup.adapter else setup.model_option)
     from prefloop.evaluate.scoring import scoring_device
 
     device = scoring_device()

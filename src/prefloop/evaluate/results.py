@@ -176,12 +176,17 @@ REPORT_FILES = ("report.md", "report.html")
 
 def run_identity(results: dict) -> dict:
     """What makes two results the same evaluation run: kind, benchmark, the models (path, adapter, endpoint,
-    name), the data file and the settings. A rerun with the same identity replaces its results."""
-    models = {role: {k: m.get(k) for k in ("path", "adapter", "url", "name")} if isinstance(m, dict) else m
-              for role, m in (results.get("models") or {}).items()}
+    name), the judge (its endpoint and model), the data file, the seeds and the settings. A rerun with the
+    same identity replaces its results."""
+    def who(entry):
+        keys = ("path", "adapter", "url", "name", "target", "template_fingerprint")
+        return {k: entry.get(k) for k in keys} if isinstance(entry, dict) else entry
+
+    models = {role: who(m) for role, m in (results.get("models") or {}).items()}
     data = results.get("data") if isinstance(results.get("data"), dict) else {}
     return {"kind": results.get("kind"), "benchmark": results.get("benchmark"), "models": models,
-            "data": data.get("path"), "config": results.get("config")}
+            "judge": who(results.get("judge")), "data": data.get("path"), "seeds": results.get("seeds"),
+            "config": results.get("config")}
 
 
 def _keep_another_runs_results(out: Path, results: dict) -> None:

@@ -42,9 +42,9 @@ def read_auth_file(path: str) -> list[tuple[str, str]]:
 
 
 def parse_dimensions(text: str | None) -> list[str]:
-    """The rating dimensions of `--dimensions "helpfulness,safety"`; [] when not given. Raises ConfigError for
-    an empty entry (",", "a,,b"), a name given twice, or one that is not a simple name."""
-    if text is None:
+    """The rating dimensions of `--dimensions "helpfulness,safety"`; [] when not given or empty. Raises
+    ConfigError for an empty entry (",", "a,,b"), a name given twice, or one that is not a simple name."""
+    if text is None or not text.strip():  # not given, or given empty (`--dimensions "$DIMS"` with DIMS unset)
         return []
     parts = [d.strip() for d in text.split(",")]
     if not all(parts):
