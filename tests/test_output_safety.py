@@ -152,10 +152,13 @@ def test_judge_with_no_pairs_keeps_the_earlier_pairs_file(tmp_path):
             judge_command(candidates=str(cands), out=str(out), judge=server.url)
     assert out.read_text() == before
     ties = tmp_path / "prefs.ties.jsonl"
+    ties.write_text('{"earlier": "ties"}\n')
     with BackgroundServer(app) as server:  # with keep_ties the ties it found are written, the pairs file still kept
-        with pytest.raises(ConfigError, match=r"left out: 2 no clear best \(written to .*prefs.ties.jsonl\)"):
+        with pytest.raises(ConfigError, match=r"left out: 2 no clear best \(written to .*prefs.ties.\d{8}-\d{6}.jsonl\)"):
             judge_command(candidates=str(cands), out=str(out), judge=server.url, keep_ties=True)
-    assert out.read_text() == before and len(ties.read_text().splitlines()) == 2
+    assert out.read_text() == before and ties.read_text() == '{"earlier": "ties"}\n'  # the earlier run's, kept
+    [new] = [p for p in tmp_path.glob("prefs.ties.*.jsonl") if p != ties]
+    assert len(new.read_text().splitlines()) == 2
 
 
 # ------------------------------------------------------------------------------- the judge cache on reruns

@@ -9,6 +9,7 @@ for comparisons it has not seen.
 
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import sys
@@ -235,14 +236,18 @@ def judge_command(candidates, out, judge=None, judge_model=None, criteria="helpf
                                      seed, max_tokens, stats)
     left = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(selection.reasons.items()))
     ties_path = sibling(out_path, ".ties.jsonl")
-    if keep_ties and selection.left_out:  # written even when the pairs file is refused below: they were found
+    kept_earlier = not selection.pairs and out_path.is_file() and out_path.stat().st_size > 0  # refused below
+    if kept_earlier and keep_ties and selection.left_out:
+        # the ties found are written, but beside the earlier run's pairs and ties, never over its ties file
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        ties_path = sibling(out_path, f".ties.{stamp}.jsonl")
         _write_jsonl(ties_path, selection.left_out)
     refuse_empty_replace(out_path, len(selection.pairs), "--out",
                          f"{read.summary()}; left out: {left or 'nothing'}"
                          + (f" (written to {ties_path})" if keep_ties and selection.left_out else "")
                          + "; finished judgments are in the cache")
     _write_jsonl(out_path, selection.pairs)
-    if keep_ties and not selection.left_out:
+    if keep_ties:
         _write_jsonl(ties_path, selection.left_out)
     report = {"candidates": str(candidates), "out": str(out_path), "pairing": pairing, "prompts": len(read.sets),
               "duplicate_answers": read.duplicate_answers, "prompts_with_too_few_answers": read.too_few,
