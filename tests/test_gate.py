@@ -53,6 +53,14 @@ def test_every_default_rule_has_a_case_here():
     assert {r.name for r in load_rules()} - {a[0] for a in ALONE} == {"win_rate_target"}
 
 
+def test_many_ties_are_not_length_hacking():
+    """Equal lengths and many ties: lc_win_rate ~ win_rate (ties = 1/2) while raw_win_rate (ties = 0) is far below;
+    the length rule compared LC with the raw rate and refused every tie-heavy run."""
+    ties = {**GOOD, "win_rate": 0.66, "raw_win_rate": 0.40, "lc_win_rate": 0.65}
+    result = evaluate_gate(load_rules(), ties, BASE)
+    assert result.verdict == "pass", result.reason
+
+
 def test_target_is_a_warning_not_a_failure():
     result = evaluate_gate(load_rules(), {**GOOD, "win_rate": 0.59, "raw_win_rate": 0.59, "lc_win_rate": 0.58}, BASE)
     assert result.verdict == "pass"
