@@ -313,6 +313,9 @@ def test_generate_refuses_to_append_another_model_s_or_settings_answers(tiny_mod
     assert generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=2,
                             max_new_tokens=3) == 0  # the same run resumes
     assert len(out.read_text().splitlines()) == 2
+    # a finished file: a rerun with other settings was "nothing to do", exit 0, the file passing for n=3's
+    with pytest.raises(ConfigError, match=r"holds answers of another run \(n 2, not 3\)"):
+        generate_command(model=str(tiny_model_dir), prompts=str(prompts), out=str(out), n=3, max_new_tokens=3)
 
 
 def test_forget_rewrites_the_file_a_symlinked_loop_file_points_to(tmp_path):

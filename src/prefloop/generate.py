@@ -59,14 +59,15 @@ def done_prompt_keys(out: Path, runs: dict | None = None) -> tuple[set[str], boo
     return keys, False
 
 
-def check_same_run(out: Path, runs: dict, model: str, params: dict) -> None:
+def check_same_run(out: Path, runs: dict, model: str | None, params: dict) -> None:
     """Raise ConfigError (exit 2) when `out` already holds answers of another model or other sampling settings
-    (`runs` from `done_prompt_keys`): appending would mix two runs' answers in one candidates file."""
+    (`runs` from `done_prompt_keys`): appending would mix two runs' answers in one candidates file, and a
+    finished file would pass for this run's. `model` None checks the settings only (before the model loads)."""
     mine = json.dumps(params, sort_keys=True)
     for (other_model, other_params), line in runs.items():
-        if (other_model, other_params) == (model, mine):
+        if (model is None or other_model == model) and other_params == mine:
             continue
-        what = [f"model {other_model!r}, not {model!r}"] if other_model != model else []
+        what = [f"model {other_model!r}, not {model!r}"] if model is not None and other_model != model else []
         theirs = json.loads(other_params)
         what += [f"{k} {theirs.get(k)!r}, not {v!r}" for k, v in params.items() if theirs.get(k) != v]
         raise ConfigError(f"--out {out}:{line}: holds answers of another run ({'; '.join(what)}); adding this "
@@ -116,12 +117,13 @@ def generate_command(model, prompts, out, model_name=None, n=4, temperature=0.8,
     todo = [p for p in prompt_set.prompts if p.key not in done]
     print(f"prefloop generate: {prompt_set.summary()}; {len(prompt_set.prompts) - len(todo)} already in {out}"
           + (" (removed a half-written last line)" if repaired else ""), file=sys.stderr)
+    params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
+    check_same_run(out_path, runs, None, params)  # before "nothing to do": a finished file of other settings
     if not todo:
         print(f"prefloop generate: nothing to do, every prompt is in {out}", file=sys.stderr)
         return 0
     client = open_chat_client(model, model_name, None, batch_size, concurrency, api_key_env=api_key_env,
                               api_key_file=api_key_file, log_requests=log_requests)
-    params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "n": n, "seed": seed}
     check_same_run(out_path, runs, client.name, params)
     calls = [ChatCall(p.messages, n, SamplingParams(max_new_tokens, temperature, top_p, seed=prompt_seed(seed, p)))
              for p in todo]
