@@ -2,6 +2,7 @@
 directory, `prefloop serve`), a scripted judge endpoint on the landed server helpers, the real store."""
 
 import json
+import re
 
 import pytest
 from fastapi import FastAPI, Request
@@ -101,7 +102,8 @@ def test_winrate_end_to_end_then_another_judge_generates_nothing(tiny_model_dir,
     assert {r["id"]: r["outcome"] for r in results["details"]["per_prompt"]} == expected
     assert results["models"]["after"]["adapter"] == str(adapter_dir)
     assert results["models"]["after"]["path"] == str(tiny_model_dir)
-    assert len(requests) == 12  # six prompts, both orders
+    identical = sum(after[k]["answer"] == before[k]["answer"] for k in after)  # a tie, the judge not asked
+    assert m["n_identical_answers"] == identical and len(requests) == 2 * (6 - identical)  # both orders
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "<script" not in page
     assert 'src="http' not in page and 'href="http' not in page and "<link" not in page
@@ -113,13 +115,33 @@ def test_winrate_end_to_end_then_another_judge_generates_nothing(tiny_model_dir,
     with BackgroundServer(app2) as judge:
         code = main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
                      str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "run"), *GEN])
-    assert code == 0 and (out / "answers" / "after.jsonl").read_text() == cached and len(requests2) == 12
+    assert code == 0 and (out / "answers" / "after.jsonl").read_text() == cached and len(requests2) == 2 * (6 - identical)
     m2 = read_results(out)["metrics"]
     assert (m2["wins"], m2["ties"], m2["losses"]) == (0, 6, 0)  # A in both orders: disagreement = tie
     assert m2["judge_consistency"] == 0.0 and m2["first_position_rate"] == 1.0
 
     # compare prints both runs' differences; the first run's results were overwritten, so compare with a copy
     assert main(["eval", "compare", str(out), str(out / "results.json")]) == 0
+
+
+def test_identical_answers_are_ties_the_judge_is_not_asked_about(tiny_model_dir, prompts_file, tmp_path):
+    """Before and after answering with the same text (here: the same model, greedy): every prompt a tie without a
+    judge request (alpaca_eval's PairwiseAnnotator sets equal outputs to 1.5); the judge used to be asked, and
+    its noise between equal texts gave wins and losses."""
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model_dir, twin)
+    app, requests = scripted_judge_app(always_a)
+    with BackgroundServer(app) as judge:
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(twin), "--prompts",
+                     str(prompts_file), "--judge", judge.url, "--out", str(tmp_path / "o"), "--max-new-tokens", "8",
+                     "--temperature", "0", "--resamples", "50"]) == 0
+    results = read_results(tmp_path / "o")
+    m = results["metrics"]
+    assert len(requests) == 0 and (m["wins"], m["ties"], m["losses"]) == (0, 6, 0) and m["win_rate"] == 0.5
+    assert m["n_identical_answers"] == 6 and m["n_failed_judgments"] == 0
+    assert all(r["identical_answers"] for r in results["details"]["per_prompt"])
 
 
 def test_endpoint_models_and_a_refusing_endpoint(tiny_model_dir, prompts_file, tmp_path, capsys):
@@ -183,7 +205,7 @@ def test_fields_a_reasoning_endpoint_refused_are_recorded_and_no_temperature_is_
             assert "judge endpoint (o-judge) refused" in err and "temperature left out" in err
 
 
-def test_bad_inputs_are_located_errors(tiny_model_dir, prompts_file, tmp_path, capsys):
+def test_bad_inputs_are_located_errors(tiny_model_dir, adapter_dir, prompts_file, tmp_path, capsys):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "fine"}\n{"prompt": \n{"text": "no prompt field"}\n')
     app, _ = scripted_judge_app(never_decides)
@@ -194,15 +216,15 @@ def test_bad_inputs_are_located_errors(tiny_model_dir, prompts_file, tmp_path, c
         assert "prefloop eval winrate: error" in err
         assert "broken.jsonl:2: malformed JSON" in err and "broken.jsonl:3: no prompt field" in err
 
-        out = tmp_path / "b"
-        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+        out = tmp_path / "b"  # an adapter: answers that differ, so the judge is asked
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
                      str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN]) == 2
         err = capsys.readouterr().err
-        assert "gave no usable verdict in any of its 12 judgments" in err
+        assert re.search(r"gave no usable verdict in any of its \d+ judgments", err)  # identical answers: not asked
         assert len(answers(out, "after")) == 6  # partial results kept
 
         # the answers cache of another run (other sampling settings) is refused, with file, line and field
-        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
                      str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN, "--seed", "5"]) == 2
         err = capsys.readouterr().err
         assert "before.jsonl:1: field spec" in err and "seed=0 here, 5 now" in err
@@ -214,7 +236,7 @@ def test_bad_inputs_are_located_errors(tiny_model_dir, prompts_file, tmp_path, c
         record["key"] = "0" * 32
         lines[2] = json.dumps(record)
         path.write_text("\n".join(lines) + "\n")
-        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(tiny_model_dir), "--prompts",
+        assert main(["eval", "winrate", "--before", str(tiny_model_dir), "--after", str(adapter_dir), "--prompts",
                      str(prompts_file), "--judge", judge.url, "--out", str(out), *GEN]) == 2
         assert "before.jsonl:3: field id" in capsys.readouterr().err
 

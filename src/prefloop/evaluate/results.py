@@ -52,7 +52,7 @@ LC_ORIENTATION = "before - after"
 METRIC_NAMES = {
     "winrate": ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "win_rate_se", "discrete_win_rate",
                 "raw_win_rate", "lc_win_rate", "lc_win_rate_se", "wins", "ties", "losses", "n_prompts",
-                "n_excluded_prompts", "judge_consistency", "first_position_rate", "n_failed_judgments",
+                "n_excluded_prompts", "n_identical_answers", "judge_consistency", "first_position_rate", "n_failed_judgments",
                 "failed_judgment_rate", "mean_length_tokens/after", "mean_length_tokens/before"),
     "prefs": ("pref_accuracy", "pref_ties", "ref_free_accuracy", "reward_margin", "n_pairs"),
     "bench": ("mt_bench/score", "mt_bench/turn_1", "mt_bench/turn_2", "mt_bench/n_excluded",

@@ -156,20 +156,30 @@ def judge_entry(pj, judge_prompt, target: str, max_tokens: int, seed: int, templ
 
 
 def judge_both_orders(pj, prompts: list[Prompt], after: AnswerSet, before: AnswerSet, label: str) -> list[dict]:
-    """Per prompt: both judgments and the combined outcome for the after-model (win / tie / loss / None)."""
+    """Per prompt: both judgments and the combined outcome for the after-model (win / tie / loss / None).
+
+    Two identical answers (the same text) are a tie without asking the judge, as alpaca_eval's
+    `PairwiseAnnotator` sets them (preference 1.5): a judge's verdict between equal texts is noise. Such a row
+    has `identical_answers: True` and no judgments (`comparison` None); `_judge_stats` leaves it out."""
     from tqdm import tqdm
 
     from prefloop.judge.pairwise import Comparison
 
     pairs = [_Pair(p.messages, [after.by_key[p.key].answer, before.by_key[p.key].answer]) for p in prompts]
-    comparisons = [Comparison(i, 0, 1) for i in range(len(prompts))]
-    with tqdm(total=len(comparisons), desc=f"judging ({label})", unit="prompt", disable=None) as bar:
-        for start in range(0, len(comparisons), JUDGE_CHUNK):
-            chunk = comparisons[start : start + JUDGE_CHUNK]
+    comparisons = [None if pair.candidates[0] == pair.candidates[1] else Comparison(i, 0, 1)
+                   for i, pair in enumerate(pairs)]
+    asked = [c for c in comparisons if c is not None]
+    with tqdm(total=len(asked), desc=f"judging ({label})", unit="prompt", disable=None) as bar:
+        for start in range(0, len(asked), JUDGE_CHUNK):
+            chunk = asked[start : start + JUDGE_CHUNK]
             pj.judge(chunk, pairs)
             bar.update(len(chunk))
     rows = []
     for p, c in zip(prompts, comparisons):
+        if c is None:
+            rows.append({"id": p.id, "key": p.key, "after_first": None, "before_first": None, "errors": None,
+                         "outcome": "tie", "identical_answers": True, "judge_text": None, "comparison": None})
+            continue
         first = ORDER_OUTCOME.get(c.first.verdict) if not c.first.error else None
         second = SWAPPED_OUTCOME.get(c.second.verdict) if not c.second.error else None
         rows.append({"id": p.id, "key": p.key, "after_first": c.first.verdict, "before_first": c.second.verdict,
@@ -215,6 +225,7 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
         "first_position_rate": (judge_stats or {}).get("first_position_rate"),
         "n_failed_judgments": failed, "failed_judgment_rate": failed / n_judgments if n_judgments else None,
         "n_excluded_prompts": len(rows) - len(judged),
+        "n_identical_answers": sum(1 for r in rows if r.get("identical_answers")),  # ties, not judged
         "mean_length_tokens/after": mean(after.by_key[k].tokens for k in keys),
         "mean_length_tokens/before": mean(before.by_key[k].tokens for k in keys),
         "mean_length_chars/after": mean(after.by_key[k].chars for k in keys),
@@ -223,7 +234,8 @@ def summarize(rows: list[dict], after: AnswerSet, before: AnswerSet, resamples: 
     details = {
         "interval": interval.to_dict() if interval else None, "lc": {**lc.to_dict(), "delta_len": LC_ORIENTATION},
         "per_prompt": [{"id": r["id"], "outcome": r["outcome"],
-                        **{k: r[k] for k in ("after_first", "before_first", "errors", "votes", "preference") if k in r},
+                        **{k: r[k] for k in ("after_first", "before_first", "errors", "votes", "preference",
+                                             "identical_answers") if k in r},
                         "after_chars": after.by_key[r["key"]].chars, "before_chars": before.by_key[r["key"]].chars,
                         "after_tokens": after.by_key[r["key"]].tokens, "before_tokens": before.by_key[r["key"]].tokens}
                        for r in rows],
@@ -238,7 +250,7 @@ def usable_judge_stats(rows: list[dict], judge: str, out_dir: Path, check: str =
     Raises DataError, naming the first request error, when not one judgment gave a verdict: then there
     is nothing to report, and the answers stay cached under `out_dir/answers` for a rerun."""
     js = _judge_stats(rows)
-    if js["failed_judgments"] == js["judgments"]:
+    if js["judgments"] and js["failed_judgments"] == js["judgments"]:
         errors = [e for r in rows for e in (r["errors"] or [])]
         raise DataError(f"the judge {judge} gave no usable verdict in any of its {js['judgments']} judgments ("
                         + (f"request errors, first: {errors[0][:300]}" if errors else
@@ -251,12 +263,14 @@ def usable_judge_stats(rows: list[dict], judge: str, out_dir: Path, check: str =
 def _judge_stats(rows: list[dict]) -> dict:
     from prefloop.judge.pairwise import JudgeStats
 
+    asked = [r for r in rows if r.get("comparison") is not None]  # identical answers were not judged
     js = JudgeStats()
-    js.add([r["comparison"] for r in rows])
+    js.add([r["comparison"] for r in asked])
     d = js.to_dict()
-    d["failed_judgments"] = sum(1 for r in rows for j in (r["comparison"].first, r["comparison"].second)
+    d["failed_judgments"] = sum(1 for r in asked for j in (r["comparison"].first, r["comparison"].second)
                                 if j.error or j.verdict is None)
-    d["judgments"] = 2 * len(rows)
+    d["judgments"] = 2 * len(asked)
+    d["identical_answers"] = len(rows) - len(asked)
     return d
 
 
