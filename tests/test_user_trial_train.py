@@ -141,3 +141,16 @@ def test_the_split_control_tokens_warning_is_printed_once_per_run(tmp_path, tiny
     with caplog.at_level("WARNING"):
         prefloop.train(_quick(tiny_model_dir, data, tmp_path / "out", template="llama3", max_steps=1))
     assert sum("splits into several tokens" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_before_training_tie_note_only_when_the_pairs_are_ties():
+    """Round 2 of `rounds:` starts from round 1's policy: its first evaluation has real margins, and the note
+    "policy = reference, so every pair is a tie" was printed anyway."""
+    from prefloop.train.run import report_quality
+
+    lines = []
+    tied = {"eval_rewards/accuracies": 0.5, "eval_rewards/margins": 0.0, "eval_ranking/accuracies": 0.6}
+    report_quality("Before training", tied, lines.append, first=True)
+    report_quality("Before training", {**tied, "eval_rewards/margins": 6.7e-05}, lines.append, first=True)
+    report_quality("Before training", {**tied, "eval_rewards/accuracies": 0.75}, lines.append, first=True)
+    assert ["every pair is a tie" in line for line in lines] == [True, False, False]

@@ -839,9 +839,13 @@ def check_run_not_complete(cfg: Config, checkpoint: Path, say=None) -> str:
 
 
 def report_quality(when: str, metrics: dict, say, first: bool = False) -> None:
+    """The held-out accuracy line. Before training (`first`) it says why the accuracy is 0.5 only when the
+    measurement shows it (every pair a tie: margins 0); a round that starts from an earlier round's policy, or
+    a reference other than the starting model, starts with real margins."""
     if "eval_rewards/accuracies" not in metrics:
         return
-    note = " (policy = reference, so every pair is a tie; ties count as 0.5)" if first else ""
+    tied = metrics["eval_rewards/accuracies"] == 0.5 and abs(metrics.get("eval_rewards/margins", 1.0)) < 1e-6
+    note = " (policy = reference, so every pair is a tie; ties count as 0.5)" if first and tied else ""
     say(f"{when}: held-out preference accuracy {metrics['eval_rewards/accuracies']:.3f}{note}; "
         f"reference-free ranking accuracy (mean log-prob per token, chosen > rejected) "
         f"{metrics['eval_ranking/accuracies']:.3f}")
