@@ -384,9 +384,14 @@ def test_steps_run_in_order_and_one_process_at_a_time(tmp_path, tiny_model_dir, 
     _setup(tmp_path, tiny_model_dir, judge.url, FAIL_RULES)
     loop = str(tmp_path / "loop.yaml")
     cfg = yaml.safe_load((tmp_path / "loop.yaml").read_text())
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**cfg, "name": "nobody"}))
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**cfg, "name": "tiyn"}))  # a typo in name:
     assert main(["loop", str(tmp_path / "other.yaml")]) == 2
-    assert "nobody has no champion in" in capsys.readouterr().err
+    assert "no model named 'tiyn' in" in (err := capsys.readouterr().err) and "did you mean 'tiny'?" in err
+    assert "registered: tiny" in err
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**cfg, "store": str(tmp_path / "typo.sqlite")}))
+    assert main(["loop", str(tmp_path / "other.yaml")]) == 2  # a typo in store: no empty store made
+    assert "typo.sqlite does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "typo.sqlite").exists() and not (tmp_path / "typo.sqlite.loop").exists()
     assert main(["loop", loop, "--step", "train"]) == 2
     assert "iteration 1: train needs collect, sample, generate, label, pairs first" in capsys.readouterr().err
     assert main(["loop", loop, "--step", "deploy"]) == 2

@@ -135,4 +135,4 @@ def test_serve_needs_a_model_or_a_registry(tmp_path, capsys):
     assert main(["serve"]) == 2
     assert "give a MODEL to serve, or --registry NAME" in capsys.readouterr().err
     assert main(["serve", "--registry", "demo", "--db", str(tmp_path / "empty.sqlite")]) == 2
-    assert "demo has no champion in" in capsys.readouterr().err
+    assert "no model named 'demo' in" in (err := capsys.readouterr().err) and "holds no model yet" in err

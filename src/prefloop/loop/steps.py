@@ -499,6 +499,11 @@ def run_loop(cfg: LoopConfig, step: str | None = None, hook: Hook | None = None,
     promote is left to a person), or only `step`; returns {"iteration", "outputs"}.
 
     Raises LoopError when another process is running the same loop, or a step cannot run."""
+    if not Path(cfg.store).is_file():  # the loop starts from a registered champion: a missing store is a typo
+        raise LoopError(f"store (loop.yaml): {cfg.store} does not exist; the loop starts from the champion of "
+                        f"{cfg.name!r} in an existing store: check the path, or register and promote the starting "
+                        f"model first (prefloop models register PATH --name {cfg.name} --db {cfg.store}; prefloop "
+                        f"models promote v1 --name {cfg.name} --db {cfg.store})")
     with _RunLock(cfg.workdir), Store(cfg.store, option="store (loop.yaml)") as store:
         from prefloop.registry.follow import champion
 

@@ -39,8 +39,19 @@ def champion(store: Store, name: str) -> dict:
     """The version `name@champion` points to; RegistryError when none is promoted yet."""
     vid = store.aliases(name).get(ALIAS)
     if vid is None:
+        names = store.model_names()
+        if name not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name, names, n=1)
+            raise RegistryError(f"no model named {name!r} in {store.path}"
+                                + (f" (did you mean {close[0]!r}?)" if close else "")
+                                + (f"; registered: {', '.join(names)}" if names else
+                                   "; it holds no model yet: register the starting model with `prefloop models "
+                                   f"register PATH --name {name} --db {store.path}`, then promote it"))
+        latest = store.model_versions(name)[-1]["version"]
         raise RegistryError(f"{name} has no champion in {store.path}: promote a version first "
-                            f"(prefloop models promote v1 --name {name})")
+                            f"(prefloop models promote {latest} --name {name} --db {store.path})")
     return store.model_version(vid)
 
 
