@@ -168,7 +168,7 @@ def test_the_export_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.sqlite", "prefs.jsonl"]
     monkeypatch.undo()
     (tmp_path / "adir").mkdir()
-    with pytest.raises(ConfigError, match="cannot write it"):
+    with pytest.raises(ConfigError, match="adir is a directory; give the path of a file to write"):
         export_command(str(tmp_path / "db.sqlite"), str(tmp_path / "adir"))
 
 
