@@ -151,6 +151,15 @@ def test_training_config_gives_the_held_out_split(tmp_path, tiny_model_dir, caps
     assert [p["id"] for p in results["details"]["pairs"]] == [p.id for p in held_out]
     assert results["config"]["beta"] == 0.5 and results["data"]["split"] == "validation"
     assert results["models"]["model"]["adapter"] == str(adapter)
+    # the gate's baseline (the champion, the base alone) from the same config: --no-adapter (it picked up the
+    # trained adapter, so the baseline was the candidate and the gate refused "the same model")
+    base = tmp_path / "eval-base"
+    assert main(["eval", "prefs", "--config", str(config), "--model", str(tiny_model_dir), "--no-adapter",
+                 "--out", str(base)]) == 0
+    baseline = json.loads((base / "results.json").read_text())
+    assert baseline["models"]["model"]["adapter"] is None and baseline["models"]["model"]["path"] == str(tiny_model_dir)
+    assert [p["id"] for p in baseline["details"]["pairs"]] == [p.id for p in held_out]
+    assert baseline["metrics"]["pref_ties"] == len(held_out)  # the base against itself: every pair a tie
 
 
 def test_bad_pairs_file_is_a_located_error(tmp_path, tiny_model_dir, capsys):

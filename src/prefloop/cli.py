@@ -276,6 +276,9 @@ def _add_eval_prefs(eval_sub) -> None:
                             "dimension. Writes results.json, report.md and report.html into --out.")
     r.add_argument("--model", help="policy model directory (the base when --adapter is given)")
     r.add_argument("--adapter", help="LoRA adapter directory; the reference is then the base with adapters disabled")
+    r.add_argument("--no-adapter", action="store_true",
+                   help="with --config: score --model (or the config's base) alone, not the adapter in the "
+                        "config's output_dir (e.g. the current champion as the gate's baseline)")
     r.add_argument("--reference", help="reference model directory (without --adapter; omitted: reference-free only)")
     r.add_argument("--data", help="preference pairs (any format `prefloop data check` reads)")
     r.add_argument("--config", help="training config: its held-out split (val_size, seed), template, cutoff_len, "

@@ -67,16 +67,21 @@ class PrefsSetup:
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
 
-def setup_from_config(config_path: str, model=None, adapter=None, reference=None, data=None, beta=None) -> PrefsSetup:
+def setup_from_config(config_path: str, model=None, adapter=None, reference=None, data=None, beta=None,
+                      no_adapter: bool = False) -> PrefsSetup:
     """The held-out split, template, cutoff, beta and models of a training config; explicit options win.
 
     LoRA runs: the policy is `model_name_or_path` plus the adapter in `output_dir`; full/freeze runs:
-    the trained model in `output_dir` against `ref_model` (default: the starting weights)."""
+    the trained model in `output_dir` against `ref_model` (default: the starting weights). `no_adapter`: the
+    model alone (`model`, else the config's base) against the config's reference: a baseline's score."""
     from prefloop.config import load_config
 
     cfg = load_config(config_path)
     trained = Path(cfg.output_dir)
-    if cfg.finetuning_type == "lora":
+    if no_adapter:
+        model = model or cfg.model_name_or_path
+        reference = reference or cfg.ref_model or cfg.model_name_or_path
+    elif cfg.finetuning_type == "lora":
         model = model or cfg.model_name_or_path
         if adapter is None and (trained / "adapter_config.json").is_file():
             adapter = str(trained)
@@ -419,12 +424,15 @@ def write_outputs(out: str, results: dict, report) -> list[Path]:
 
 def prefs_command(model=None, adapter=None, reference=None, data=None, config=None, out="eval/prefs", beta=None,
                   template=None, cutoff_len=None, dataset_dir="data", batch_size=8, skip_bad_rows=False,
-                  precision="auto") -> int:
-    """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`."""
+                  precision="auto", no_adapter=False) -> int:
+    """`prefloop eval prefs`: writes results.json, report.md and report.html into `out`. `no_adapter`: with a
+    config, score the model alone, not the adapter its output_dir holds (a baseline such as the champion)."""
     from prefloop.evaluate.checks import check_model_path
     from prefloop.evaluate.results import check_out_dir
 
     check_out_dir(out)
+    if no_adapter and adapter:
+        raise ConfigError("--no-adapter and --adapter contradict each other; give one")
     if adapter and reference:
         raise ConfigError("--reference works only without --adapter: with --adapter the reference is the base "
                           "model (--model) with the adapters disabled; drop --reference, or drop --adapter and give "
@@ -434,7 +442,7 @@ def prefs_command(model=None, adapter=None, reference=None, data=None, config=No
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if config:
-        setup = setup_from_config(config, model, adapter, reference, data, beta)
+        setup = setup_from_config(config, model, adapter, reference, data, beta, no_adapter=no_adapter)
     else:
         if not model or not data:
             raise ConfigError("eval prefs needs --model and --data (or --config TRAIN.yaml for a training run's "
