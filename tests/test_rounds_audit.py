@@ -28,7 +28,7 @@ def test_a_round_without_pairs_stops_the_run_before_round_one_trains(tmp_path, t
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"rounds\[1\] \(round 2, r2, dataset .*empty.jsonl\)"):
+    with pytest.raises(DataError, match=r"rounds\[2\] \(round 2, r2, dataset .*empty.jsonl\)"):
         prefloop.train(rounds_config(tiny_model_dir, out, HELPFUL, str(empty)))
     assert not (out / "round-1").exists()  # nothing trained for nothing
 
@@ -38,7 +38,7 @@ def test_a_round_whose_pairs_are_all_held_out_is_an_error_naming_it(tmp_path, ti
     small = tmp_path / "three.jsonl"
     small.write_text("\n".join(lines) + "\n")
     cfg = load_config(rounds_config(tiny_model_dir, tmp_path / "out", HELPFUL, str(small)))
-    with pytest.raises(DataError, match=r"rounds\[1\] \(round 2, r2, dataset .*three.jsonl\): val_size 3 leaves no training pairs"):
+    with pytest.raises(DataError, match=r"rounds\[2\] \(round 2, r2, dataset .*three.jsonl\): val_size 3 leaves no training pairs"):
         check_round_data(cfg, round_configs(cfg), say=lambda *a: None)
 
 
@@ -131,6 +131,6 @@ def test_a_resumed_run_skips_the_data_of_its_finished_rounds(tmp_path, tiny_mode
     # a round that still trains must read: round 2's data gone too is an error naming it
     shutil.rmtree(out / "round-2")
     r2.unlink()
-    with pytest.raises(DataError, match=r"rounds\[1\] \(round 2, r2, dataset .*r2.jsonl\)"):
+    with pytest.raises(DataError, match=r"rounds\[2\] \(round 2, r2, dataset .*r2.jsonl\)"):
         prefloop.train(rounds_config(tiny_model_dir, out, str(r1), str(r2), resume_from_checkpoint=True,
                                      overwrite_output_dir=False))

@@ -223,7 +223,7 @@ def check_round_data(cfg: Config, rounds: list[Config], say=print, finished: set
             continue
         name = round_name(cfg, index)
         dataset = ",".join(rcfg.dataset) if isinstance(rcfg.dataset, list) else rcfg.dataset
-        where = f"rounds[{index - 1}] (round {index}, {name}, dataset {dataset})"
+        where = f"rounds[{index}] (round {index}, {name}, dataset {dataset})"  # 1-based, as the config errors
         try:
             pairs = load_pairs(dataset, rcfg.dataset_dir, skip_bad_rows=rcfg.skip_bad_rows,
                                max_samples=rcfg.max_samples, allow_empty=True, options=CONFIG_KEYS,
