@@ -42,7 +42,9 @@ KILLS = [
     ("open:.incoming-:2", "train"),                                   # trained; the registry's copy half done
     ("call:prefloop.store:Store._move_alias_in:1", "train"),          # in the registration's transaction, its
                                                                       # @candidate not yet written: neither stays
-    (f"lines:DIR/{ITER}/eval/judgments/*.jsonl:3", "eval"),          # answers done, judgments half done
+    (f"lines:DIR/{ITER}/eval/answers/*.jsonl:2", "eval"),            # answers half done (identical answers are
+                                                                      # ties the judge is not asked about, so
+                                                                      # the judgments may be too few to cut)
     ("hook:gate:before_record", "gate"),                              # the gate event written, step not recorded
     ("hook:promote:before_record", "promote"),                        # the alias moved, step not recorded
 ]
