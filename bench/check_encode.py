@@ -47,6 +47,8 @@ from prefloop.train.collate import LAYOUTS, collate_pairs  # noqa: E402
 from prefloop.train.logps import pair_logps  # noqa: E402
 from prefloop.train.losses import LossSpec, SequenceLogps, preference_loss  # noqa: E402
 
+from check_losses import _Accelerator  # noqa: E402 - the stand-in accelerator TRL's loss code asks for (bench/)
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2 = Path(os.environ.get("PREFLOOP_MODEL_DIR", ROOT / "models" / "SmolLM2-135M-Instruct"))
 LOGPS_TOL = 1e-4  # fp32, summed over up to ~60 tokens
@@ -345,16 +347,6 @@ def trl_batch_and_logps(model, tok, features):
                     fused_lm_head=True, use_cache=False)
     seq_len = batch["completion_mask"].shape[1] - 1
     return batch, fused, out.log_probs[:, -seq_len:].sum(1)
-
-
-class _Accelerator:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(t):
-        return t
-
-    gather_for_metrics = gather
 
 
 def trl_compute_loss(fused, batch, loss_type, beta, ld_alpha, ref):

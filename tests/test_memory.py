@@ -220,6 +220,12 @@ def test_the_predicted_peak_bounds_a_real_step_from_above(tiny_tokenizer, autoca
                                   autocast_dtype=autocast_dtype,
                                   head_rows=sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs))
 
+    _assert_prediction_bounds_each_plan(model, batch, footprint, batch["input_ids"].numel(), autocast_dtype)
+
+
+def _assert_prediction_bounds_each_plan(model, batch, footprint, tokens, autocast_dtype=None):
+    """For 0, 2 and all layers checkpointed: the real peak of one step's forward and backward on `batch` is at
+    most the prediction for `tokens` decoder tokens, and the prediction at most 1.75x it."""
     def step():
         out = pair_logps(model, batch, chunk_size=256, autocast_dtype=autocast_dtype)
         (out.seq.chosen - out.seq.rejected).sum().backward()
@@ -233,7 +239,7 @@ def test_the_predicted_peak_bounds_a_real_step_from_above(tiny_tokenizer, autoca
             checkpoint_layers(model, layers)
             step()  # the gradients exist from here on, as in every step after the first
             measured = _peak_bytes(step)
-            predicted = predicted_bytes(footprint, 0.0, batch["input_ids"].numel(), layers)
+            predicted = predicted_bytes(footprint, 0.0, tokens, layers)
             assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
     finally:
         torch.set_num_threads(threads)
@@ -332,18 +338,4 @@ def test_the_predicted_peak_bounds_a_sliding_window_fallback_step(tiny_tokenizer
     auto_checkpointing(model, pairs, _collator(), batch_size=4, chunk_size=256, budget_gb=1000)
     assert planned["tokens"] == decoder_tokens(model, batch)
 
-    def step():
-        out = pair_logps(model, batch, chunk_size=256)
-        (out.seq.chosen - out.seq.rejected).sum().backward()
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(2, threads))
-    try:
-        for layers in (0, 2, LAYERS):
-            checkpoint_layers(model, layers)
-            step()
-            measured = _peak_bytes(step)
-            predicted = predicted_bytes(planned["footprint"], 0.0, planned["tokens"], layers)
-            assert measured <= predicted <= 1.75 * measured, (layers, measured, predicted)
-    finally:
-        torch.set_num_threads(threads)
+    _assert_prediction_bounds_each_plan(model, batch, planned["footprint"], planned["tokens"])

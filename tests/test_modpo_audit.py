@@ -16,7 +16,7 @@ from prefloop.config import load_config, round_configs
 from prefloop.models import load_tokenizer
 from prefloop.train.losses import SequenceLogps, build_loss_spec, modpo_loss, preference_loss
 from prefloop.train.run import load_data
-from test_modpo import implicit_gap
+from test_modpo import implicit_gap, margin_adapter  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPFUL = str(ROOT / "examples" / "data" / "rounds" / "helpfulness.jsonl")
@@ -79,15 +79,6 @@ def test_weights_that_do_not_sum_to_one_scale_beta_as_the_paper_normalisation_sh
 BASE = dict(stage="dpo", finetuning_type="lora", lora_target="all", lora_rank=4, pref_beta=0.1, cutoff_len=256,
             learning_rate=5e-3, val_size=3, report_to="none", sample_prompts=0, logging_steps=1, save_strategy="no",
             plot_loss=False)
-
-
-@pytest.fixture(scope="module")
-def margin_adapter(tmp_path_factory, tiny_model_dir):
-    """A DPO adapter trained on helpfulness against the base model: the other objective's margin model."""
-    out = tmp_path_factory.mktemp("modpo-audit") / "helpful"
-    prefloop.train(dict(BASE, model_name_or_path=str(tiny_model_dir), dataset=HELPFUL, output_dir=str(out),
-                        max_steps=3, per_device_train_batch_size=4))
-    return out
 
 
 def test_a_modpo_round_keeps_the_margin_reward_of_the_margin_model_when_its_reference_moves(

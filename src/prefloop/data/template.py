@@ -336,7 +336,8 @@ def check_saved_template(saved_tokenizer, template: ChatTemplate, tokenizer, whe
     """Check that a saved model renders prompts as it was trained: `saved_tokenizer` (the tokenizer as saved, or
     loaded back from the saved folder `where`) renders sample conversations with transformers'
     `apply_chat_template`, as `prefloop generate`, `serve`, vLLM and any transformers user will, and the text and
-    its token ids must be what `template` renders with the training `tokenizer`. Raises ConfigError (exit 2)
+    its token ids must be what `template` renders with the training `tokenizer` (at training start both are the
+    same object, so only the text can differ; merge loads the saved folder back). Raises ConfigError (exit 2)
     saying what differs; nothing claims the model "loads with transformers" unless this passed."""
     for messages, generation_prompt in _SAVE_CHECKS:
         expected = template.render(messages, add_generation_prompt=generation_prompt)
